@@ -1,0 +1,214 @@
+"""The catalog: one SQLite file in the data directory naming every database, branch and token.
+
+Calls are short and serialised by a lock; the engine runs them on a worker thread.
+Per-database idempotency records live in each database file (same transaction as
+the write they guard); the ones kept here guard catalog writes (create database,
+create token) the same way.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import apsw
+import msgspec
+
+from shoal.errors import ShoalError
+
+SCHEMA = """
+PRAGMA journal_mode=WAL;
+PRAGMA synchronous=FULL;
+CREATE TABLE IF NOT EXISTS databases(
+    name TEXT PRIMARY KEY,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS branches(
+    database TEXT NOT NULL REFERENCES databases(name) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    parent TEXT,
+    fork_txid INTEGER,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (database, name)
+);
+CREATE TABLE IF NOT EXISTS tokens(
+    id TEXT PRIMARY KEY,
+    databases TEXT NOT NULL,
+    access TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    revoked_at REAL
+);
+CREATE TABLE IF NOT EXISTS usage(
+    database TEXT PRIMARY KEY,
+    rows_read INTEGER NOT NULL DEFAULT 0,
+    rows_written INTEGER NOT NULL DEFAULT 0,
+    queries INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS idempotency(
+    scope TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    key TEXT NOT NULL,
+    body_hash BLOB NOT NULL,
+    status INTEGER NOT NULL,
+    response BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (scope, subject, key)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class DatabaseRecord:
+    name: str
+    created_at: float
+
+
+@dataclass(frozen=True)
+class BranchRecord:
+    database: str
+    name: str
+    parent: str | None
+    fork_txid: int | None
+    created_at: float
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    id: str
+    databases: list[str] | None
+    access: str
+    created_by: str
+    created_at: float
+    expires_at: float
+    revoked_at: float | None
+
+
+class Catalog:
+    def __init__(self, path: str):
+        self._db = apsw.Connection(path)
+        self._db.set_busy_timeout(5000)
+        self._lock = threading.Lock()
+        self._db.execute("PRAGMA foreign_keys=ON")
+        list(self._db.execute(SCHEMA))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _rows(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return list(self._db.execute(sql, args))
+
+    # -- databases ----------------------------------------------------------------------------
+    def names(self) -> set[str]:
+        return {r[0] for r in self._rows("SELECT name FROM databases")}
+
+    def create_database(self, name: str) -> DatabaseRecord:
+        now = time.time()
+        try:
+            self._db.execute("INSERT INTO databases(name, created_at) VALUES (?, ?)", (name, now))
+        except apsw.ConstraintError:
+            raise ShoalError("DATABASE_EXISTS", f"database {name!r} already exists") from None
+        self._db.execute(
+            "INSERT INTO branches(database, name, parent, fork_txid, created_at)"
+            " VALUES (?, 'main', NULL, NULL, ?)", (name, now))
+        return DatabaseRecord(name, now)
+
+    def delete_database(self, name: str) -> bool:
+        with self._lock, self._db:
+            self._db.execute("DELETE FROM usage WHERE database = ?", (name,))
+            self._db.execute("DELETE FROM idempotency WHERE scope = ?", (name,))
+            self._db.execute("DELETE FROM databases WHERE name = ?", (name,))
+            return bool(self._db.changes())
+
+    def get_database(self, name: str) -> DatabaseRecord | None:
+        rows = self._rows("SELECT name, created_at FROM databases WHERE name = ?", (name,))
+        return DatabaseRecord(*rows[0]) if rows else None
+
+    def list_databases(self, limit: int, after: str | None,
+                       allowed: frozenset[str] | None) -> list[DatabaseRecord]:
+        rows = self._rows(
+            "SELECT name, created_at FROM databases WHERE name > ? ORDER BY name",
+            (after or "",))
+        out = []
+        for row in rows:
+            if allowed is None or row[0] in allowed:
+                out.append(DatabaseRecord(*row))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def branches(self, database: str) -> list[BranchRecord]:
+        rows = self._rows(
+            "SELECT database, name, parent, fork_txid, created_at FROM branches"
+            " WHERE database = ? ORDER BY name", (database,))
+        return [BranchRecord(*r) for r in rows]
+
+    # -- tokens -------------------------------------------------------------------------------
+    def add_token(self, rec: TokenRecord) -> None:
+        dbs = "*" if rec.databases is None else msgspec.json.encode(rec.databases).decode()
+        self._db.execute(
+            "INSERT INTO tokens(id, databases, access, created_by, created_at, expires_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (rec.id, dbs, rec.access, rec.created_by, rec.created_at, rec.expires_at))
+
+    def revoke_token(self, token_id: str) -> bool:
+        with self._lock:
+            self._db.execute(
+                "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (time.time(), token_id))
+            if self._db.changes():
+                return True
+            return bool(list(self._db.execute("SELECT 1 FROM tokens WHERE id = ?", (token_id,))))
+
+    def revoked_ids(self) -> set[str]:
+        return {r[0] for r in self._rows("SELECT id FROM tokens WHERE revoked_at IS NOT NULL")}
+
+    # -- usage --------------------------------------------------------------------------------
+    def add_usage(self, deltas: dict[str, tuple[int, int, int]]) -> None:
+        with self._lock, self._db:
+            for name, (read, written, queries) in deltas.items():
+                self._db.execute(
+                    "INSERT INTO usage(database, rows_read, rows_written, queries)"
+                    " SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM databases WHERE name = ?)"
+                    " ON CONFLICT(database) DO UPDATE SET rows_read = rows_read + excluded.rows_read,"
+                    " rows_written = rows_written + excluded.rows_written,"
+                    " queries = queries + excluded.queries",
+                    (name, read, written, queries, name))
+
+    def usage(self, database: str) -> tuple[int, int, int]:
+        rows = self._rows(
+            "SELECT rows_read, rows_written, queries FROM usage WHERE database = ?", (database,))
+        return rows[0] if rows else (0, 0, 0)
+
+    # -- catalog writes, optionally idempotent ----------------------------------------------------
+    def write(self, fn: Callable[[], tuple[int, bytes]], scope: str,
+              idempotency: tuple[str, str, bytes] | None, ttl: float) -> tuple[int, bytes]:
+        """Run fn in one catalog transaction; with (subject, key, body_hash) record its answer.
+
+        Returns fn's (status, body), or the recorded one for a repeated key.
+        """
+        with self._lock, self._db:
+            if idempotency:
+                subject, key, body_hash = idempotency
+                rows = list(self._db.execute(
+                    "SELECT body_hash, status, response FROM idempotency WHERE scope = ? AND"
+                    " subject = ? AND key = ? AND created_at >= ?",
+                    (scope, subject, key, time.time() - ttl)))
+                if rows:
+                    if rows[0][0] != body_hash:
+                        raise ShoalError("IDEMPOTENCY_KEY_REUSED",
+                                         "this Idempotency-Key was used with a different body")
+                    return rows[0][1], rows[0][2]
+            status, body = fn()
+            if idempotency:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO idempotency(scope, subject, key, body_hash, status,"
+                    " response, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (scope, subject, key, body_hash, status, body, time.time()))
+            return status, body

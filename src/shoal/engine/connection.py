@@ -1,0 +1,242 @@
+"""One pooled SQLite connection and the code that runs a request's statements on it.
+
+Everything about a statement is learned from SQLite itself through apsw's
+exec tracer, called after a statement is prepared and before it steps: its
+columns and declared types (even when it returns no rows), whether it is
+read-only (``sqlite3_stmt_readonly``), and whether the text held a second
+statement (refused). A progress handler enforces the time budget.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import apsw
+
+from shoal.engine.policy import Guard
+from shoal.errors import ShoalError, from_sqlite
+from shoal.values import SQLValue, decode_args, encode_row
+
+OPEN_FLAGS = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_NOMUTEX
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS _shoal_state(
+    k INTEGER PRIMARY KEY CHECK (k = 0),
+    txid INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO _shoal_state(k, txid) VALUES (0, 0);
+CREATE TABLE IF NOT EXISTS _shoal_idempotency(
+    subject TEXT NOT NULL,
+    key TEXT NOT NULL,
+    body_hash BLOB NOT NULL,
+    status INTEGER NOT NULL,
+    response BLOB NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (subject, key)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(slots=True)
+class Statement:
+    sql: str
+    args: tuple[SQLValue, ...] | dict[str, SQLValue] | None = None
+
+    @classmethod
+    def parse(cls, item: Any) -> Statement:
+        """A statement from request JSON: a string, or {"sql", "args"}."""
+        if type(item) is str:
+            return cls(item)
+        if type(item) is dict:
+            sql = item.get("sql")
+            extra = set(item) - {"sql", "args"}
+            if type(sql) is not str or extra:
+                raise ShoalError(
+                    "INVALID_REQUEST",
+                    "a statement is a string or an object {\"sql\": string, \"args\": [..]|{..}}",
+                )
+            return cls(sql, decode_args(item.get("args")))
+        raise ShoalError("INVALID_REQUEST", "each statement must be a string or an object")
+
+
+@dataclass(slots=True)
+class Result:
+    columns: list[str]
+    decltypes: list[str | None]
+    rows: list[list[Any]]
+    rows_affected: int
+    last_insert_rowid: int | None
+    rows_read: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "columns": self.columns,
+            "decltypes": self.decltypes,
+            "rows": self.rows,
+            "rows_affected": self.rows_affected,
+            "last_insert_rowid": self.last_insert_rowid,
+        }
+
+
+class NeedsWriter(Exception):
+    """A statement run on a reader would write: run the request on the writer."""
+
+
+class SoftDeadline(Exception):
+    """The inline time budget ran out: run the request again off the event loop."""
+
+
+@dataclass
+class Limits:
+    statement_timeout: float
+    max_response_bytes: int
+    soft_budget: float | None = None  # inline fast path: give up early, retry in a thread
+
+
+@dataclass
+class Counters:
+    rows_read: int = 0
+    rows_written: int = 0
+    bytes: int = 0
+    results: list[Result] = field(default_factory=list)
+
+
+class Connection:
+    """An apsw connection with its authorizer, tracer and time budget."""
+
+    def __init__(self, path: str, *, reader: bool, synchronous: str = "full"):
+        self.reader = reader
+        self.raw = apsw.Connection(path, flags=OPEN_FLAGS)
+        self.guard = Guard()
+        self.deadline = float("inf")
+        self.soft_deadline = float("inf")
+        self.soft_fired = False
+        self._count = 0
+        self._description: tuple[tuple[str, str | None], ...] = ()
+        self._would_write = False
+        raw = self.raw
+        raw.set_busy_timeout(5000)
+        self.internal("PRAGMA journal_mode=WAL")
+        self.internal(f"PRAGMA synchronous={synchronous}")
+        self.internal("PRAGMA foreign_keys=ON")
+        if reader:
+            self.internal("PRAGMA query_only=1")
+        raw.authorizer = self.guard
+        raw.exec_trace = self._trace
+        raw.set_progress_handler(self._progress, 1000)
+
+    def close(self) -> None:
+        self.raw.close()
+
+    # -- hooks -----------------------------------------------------------------------------
+    def _trace(self, cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
+        if self.guard.internal:
+            return True
+        self._count += 1
+        if self._count > 1:
+            return False
+        self._description = cursor.get_description()
+        if self.reader and not cursor.is_readonly:
+            self._would_write = True
+            return False
+        return True
+
+    def _progress(self) -> bool:
+        now = time.monotonic()
+        if now > self.soft_deadline:
+            self.soft_fired = True
+            return True
+        return now > self.deadline
+
+    # -- internal statements ----------------------------------------------------------------
+    def internal(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+        """Run Shoal's own SQL: bypasses the authorizer, never cached (see policy.py)."""
+        self.guard.internal = True
+        try:
+            return list(self.raw.cursor().execute(sql, args, can_cache=False))
+        finally:
+            self.guard.internal = False
+
+    # -- user statements --------------------------------------------------------------------
+    def run(self, statements: list[Statement], limits: Limits, first_index: int = 0) -> Counters:
+        """Run statements in order; any failure raises ShoalError naming the statement index.
+
+        The caller owns the transaction (BEGIN/SAVEPOINT) around this call.
+        """
+        out = Counters()
+        now = time.monotonic()
+        self.soft_deadline = now + limits.soft_budget if limits.soft_budget else float("inf")
+        self.soft_fired = False
+        try:
+            for i, stmt in enumerate(statements):
+                self.deadline = time.monotonic() + limits.statement_timeout
+                self._run_one(stmt, first_index + i, limits, out)
+        finally:
+            self.deadline = self.soft_deadline = float("inf")
+        return out
+
+    def _run_one(self, stmt: Statement, index: int, limits: Limits, out: Counters) -> None:
+        raw = self.raw
+        self._count = 0
+        self._description = ()
+        self._would_write = False
+        changes_before = raw.total_changes()
+        rows: list[list[Any]] = []
+        size = out.bytes
+        try:
+            cursor = raw.cursor().execute(stmt.sql, stmt.args)
+            for row in cursor:
+                rows.append(encode_row(row))
+                size += len(repr(row))
+                if size > limits.max_response_bytes:
+                    raise ShoalError(
+                        "RESPONSE_TOO_LARGE",
+                        f"result exceeds max_response_bytes ({limits.max_response_bytes})",
+                        statement=index,
+                    )
+        except apsw.ExecTraceAbort:
+            if self._would_write:
+                raise NeedsWriter() from None
+            raise ShoalError(
+                "MULTIPLE_STATEMENTS", "one entry held more than one SQL statement",
+                statement=index,
+            ) from None
+        except apsw.InterruptError:
+            if self.soft_fired:
+                raise SoftDeadline() from None
+            raise ShoalError(
+                "STATEMENT_TIMEOUT",
+                f"statement ran longer than statement_timeout ({limits.statement_timeout:g} s)",
+                statement=index,
+            ) from None
+        except apsw.AuthError as exc:
+            reason = self.guard.reason
+            self.guard.reason = None
+            if reason:
+                raise ShoalError(reason[0], reason[1], statement=index) from None
+            raise from_sqlite(exc, index) from None
+        except apsw.ReadOnlyError as exc:
+            if self.reader:
+                raise NeedsWriter() from None
+            raise from_sqlite(exc, index) from None
+        except apsw.BindingsError as exc:
+            raise ShoalError("INVALID_ARGUMENT", str(exc), statement=index) from None
+        except apsw.Error as exc:
+            raise from_sqlite(exc, index) from None
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ShoalError("INVALID_ARGUMENT", str(exc), statement=index) from None
+        written = raw.total_changes() - changes_before
+        desc = self._description
+        out.rows_read += len(rows)
+        out.rows_written += written
+        out.bytes = size
+        out.results.append(Result(
+            columns=[d[0] for d in desc],
+            decltypes=[d[1] for d in desc],
+            rows=rows,
+            rows_affected=raw.changes() if written else 0,
+            last_insert_rowid=raw.last_insert_rowid() if written else None,
+            rows_read=len(rows),
+        ))

@@ -1,0 +1,97 @@
+"""What SQL may do, decided inside SQLite by the authorizer — never by reading SQL text.
+
+Connections are pooled across requests and tokens, so anything that would
+change a connection's state for the next request (temp objects, per-connection
+PRAGMAs) or reach outside the database file (ATTACH, extensions, VACUUM INTO)
+is refused for everyone. Read-only access is enforced by ``PRAGMA query_only``
+on reader connections, not here.
+
+Internal statements (BEGIN, SAVEPOINT, bookkeeping) run with
+``guard.internal`` set and are never put in apsw's statement cache, because
+the authorizer only runs when a statement is prepared.
+"""
+
+from __future__ import annotations
+
+import apsw
+
+HIDDEN_PREFIX = "_shoal_"
+
+# PRAGMAs anyone may read. Setting is allowed only for SETTABLE.
+READABLE_PRAGMAS = frozenset({
+    "application_id", "collation_list", "compile_options", "data_version",
+    "defer_foreign_keys", "encoding", "foreign_key_check", "foreign_key_list", "foreign_keys",
+    "freelist_count", "function_list", "index_info", "index_list", "index_xinfo",
+    "integrity_check", "module_list", "page_count", "page_size", "pragma_list",
+    "quick_check", "schema_version", "table_info", "table_list", "table_xinfo",
+    "user_version", "optimize",
+})
+# Settable ones live in the database file (transactional) or reset at commit.
+SETTABLE_PRAGMAS = frozenset({"application_id", "user_version", "defer_foreign_keys",
+                              "foreign_keys", "optimize"})
+
+_TABLE_OPS = {
+    apsw.SQLITE_READ, apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE,
+    apsw.SQLITE_CREATE_TABLE, apsw.SQLITE_DROP_TABLE, apsw.SQLITE_ALTER_TABLE,
+    apsw.SQLITE_ANALYZE,
+}
+_INDEX_TRIGGER_OPS = {
+    apsw.SQLITE_CREATE_INDEX, apsw.SQLITE_DROP_INDEX,
+    apsw.SQLITE_CREATE_TRIGGER, apsw.SQLITE_DROP_TRIGGER,
+}
+_TEMP_OPS = {
+    apsw.SQLITE_CREATE_TEMP_TABLE, apsw.SQLITE_CREATE_TEMP_INDEX,
+    apsw.SQLITE_CREATE_TEMP_TRIGGER, apsw.SQLITE_CREATE_TEMP_VIEW,
+}
+_DENIED_FUNCTIONS = frozenset({"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"})
+
+
+class Denied(Exception):
+    """Raised by the authorizer's owner to explain why SQLite said SQLITE_AUTH."""
+
+
+class Guard:
+    """The authorizer of one pooled connection, with the reason of its last denial."""
+
+    __slots__ = ("internal", "reason")
+
+    def __init__(self) -> None:
+        self.internal = False
+        self.reason: tuple[str, str] | None = None
+
+    def _deny(self, code: str, message: str) -> int:
+        self.reason = (code, message)
+        return apsw.SQLITE_DENY
+
+    def __call__(self, op: int, p1: str | None, p2: str | None,
+                 dbname: str | None, trigger: str | None) -> int:
+        if self.internal:
+            return apsw.SQLITE_OK
+        if op in _TABLE_OPS:
+            if p1 and p1.lower().startswith(HIDDEN_PREFIX):
+                return self._deny("SQL_NOT_ALLOWED", f"table {p1} is reserved by Shoal")
+            return apsw.SQLITE_OK
+        if op in _INDEX_TRIGGER_OPS:
+            if p2 and p2.lower().startswith(HIDDEN_PREFIX):
+                return self._deny("SQL_NOT_ALLOWED", f"table {p2} is reserved by Shoal")
+            return apsw.SQLITE_OK
+        if op == apsw.SQLITE_PRAGMA:
+            name = (p1 or "").lower()
+            if name in READABLE_PRAGMAS and (p2 is None or name in SETTABLE_PRAGMAS):
+                return apsw.SQLITE_OK
+            return self._deny("SQL_NOT_ALLOWED", f"PRAGMA {name} is not allowed")
+        if op == apsw.SQLITE_FUNCTION:
+            if (p2 or "").lower() in _DENIED_FUNCTIONS:
+                return self._deny("SQL_NOT_ALLOWED", f"function {p2} is not allowed")
+            return apsw.SQLITE_OK
+        if op in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
+            return self._deny("SQL_NOT_ALLOWED", "ATTACH and DETACH are not allowed")
+        if op in _TEMP_OPS:
+            return self._deny("SQL_NOT_ALLOWED", "temporary objects are not allowed")
+        if op in (apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT):
+            return self._deny(
+                "SQL_NOT_ALLOWED",
+                "transaction statements are not allowed here; every request is already a "
+                "transaction, and POST .../transactions opens an interactive one",
+            )
+        return apsw.SQLITE_OK

@@ -1,0 +1,105 @@
+"""One error type and one table from error code to HTTP status.
+
+Every failure a client can see is a :class:`ShoalError` rendered as
+``{"error": {"code", "message", "hint", ...}}``. Codes are stable API; the
+table below is the only place that decides their HTTP status, and
+``docs/api.md`` documents each one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import apsw
+
+# code -> (HTTP status, default hint)
+CODES: dict[str, tuple[int, str]] = {
+    # request shape
+    "INVALID_JSON": (400, "The body must be one JSON object."),
+    "INVALID_REQUEST": (400, "Check the field names and types against /openapi.json."),
+    "INVALID_NAME": (400, "Names match [a-z0-9][a-z0-9_-]{0,62}."),
+    "INVALID_ARGUMENT": (400, "Values are null, numbers, strings, {\"base64\"}, {\"integer\"}."),
+    "TOO_MANY_STATEMENTS": (400, "Split the request or raise max_statements."),
+    "MULTIPLE_STATEMENTS": (400, "Send one SQL statement per entry of 'statements'."),
+    "PAYLOAD_TOO_LARGE": (413, "Send a smaller body or raise max_request_bytes."),
+    "RESPONSE_TOO_LARGE": (400, "Select fewer rows (LIMIT) or raise max_response_bytes."),
+    "STATEMENT_TIMEOUT": (400, "Make the statement cheaper or raise statement_timeout."),
+    # auth
+    "UNAUTHORIZED": (401, "Send 'Authorization: Bearer <token>'."),
+    "TOKEN_INVALID": (401, "The token is malformed or its signature does not verify."),
+    "TOKEN_EXPIRED": (401, "Create a new token."),
+    "TOKEN_REVOKED": (401, "Create a new token."),
+    "FORBIDDEN": (403, "The token does not grant this database or action."),
+    "READ_ONLY": (403, "This token may only read; use a token with write access."),
+    "SQL_NOT_ALLOWED": (403, "ATTACH, extensions, file and durability PRAGMAs are refused."),
+    # resources
+    "NOT_FOUND": (404, "See /openapi.json for the routes."),
+    "METHOD_NOT_ALLOWED": (405, "See /openapi.json for the routes."),
+    "DATABASE_NOT_FOUND": (404, "Create it with POST /v1/databases."),
+    "TOKEN_NOT_FOUND": (404, "List tokens you created; ids are in the create response."),
+    "TRANSACTION_NOT_FOUND": (404, "Open one with POST .../transactions."),
+    "DATABASE_EXISTS": (409, "Pick another name or use the existing database."),
+    "DATABASE_BUSY": (409, "Another transaction holds the write lock; retry shortly."),
+    "TRANSACTION_EXPIRED": (410, "The transaction sat idle too long and was rolled back."),
+    "IDEMPOTENCY_KEY_REUSED": (422, "Use a new Idempotency-Key for a different request."),
+    "INTERNAL": (500, "A server fault; it is logged."),
+}
+
+# SQLite primary result code name -> HTTP status. Unknown names fall back to 400.
+_SQLITE_STATUS = {
+    "SQLITE_BUSY": 409,
+    "SQLITE_LOCKED": 409,
+    "SQLITE_READONLY": 403,
+    "SQLITE_AUTH": 403,
+    "SQLITE_IOERR": 500,
+    "SQLITE_CORRUPT": 500,
+    "SQLITE_FULL": 500,
+    "SQLITE_CANTOPEN": 500,
+    "SQLITE_NOMEM": 500,
+    "SQLITE_INTERNAL": 500,
+    "SQLITE_NOTADB": 500,
+    "SQLITE_PROTOCOL": 500,
+}
+
+
+class ShoalError(Exception):
+    """An error with a stable code, shown to the client in the envelope."""
+
+    def __init__(self, code: str, message: str, *, hint: str | None = None, **extra: Any):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.hint = hint
+        self.extra = extra
+
+    @property
+    def status(self) -> int:
+        if self.code in CODES:
+            return CODES[self.code][0]
+        return _SQLITE_STATUS.get(self.code, 400)
+
+    def body(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        hint = self.hint if self.hint is not None else CODES.get(self.code, (0, None))[1]
+        if hint:
+            err["hint"] = hint
+        err.update(self.extra)
+        return {"error": err}
+
+
+def sqlite_names(exc: apsw.Error) -> tuple[str, str]:
+    """(primary, extended) SQLite result code names for an apsw exception."""
+    primary = apsw.mapping_result_codes.get(getattr(exc, "result", 1) or 1, "SQLITE_ERROR")
+    ext_code = getattr(exc, "extendedresult", None)
+    extended = apsw.mapping_extended_result_codes.get(ext_code, primary) if ext_code else primary
+    return primary, extended
+
+
+def from_sqlite(exc: apsw.Error, statement: int | None = None) -> ShoalError:
+    """Map an apsw exception to the envelope: code by SQLite name, extended name too."""
+    primary, extended = sqlite_names(exc)
+    message = str(exc)
+    extra: dict[str, Any] = {"extended_code": extended}
+    if statement is not None:
+        extra["statement"] = statement
+    return ShoalError(primary, message, hint="", **extra)

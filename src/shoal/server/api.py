@@ -1,0 +1,243 @@
+"""The native JSON API, /v1: request types (msgspec), handlers and response shapes."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import msgspec
+
+from shoal import names
+from shoal.engine.catalog import DatabaseRecord, TokenRecord
+from shoal.engine.connection import Statement
+from shoal.engine.database import Committed
+from shoal.engine.engine import Engine, Idempotency, Outcome
+from shoal.errors import ShoalError
+from shoal.server.http import Request, Response, Router, encode, json_response
+from shoal.values import decode_args
+
+
+# -- request bodies (also the OpenAPI schemas) -------------------------------------------------
+class StatementObject(msgspec.Struct, forbid_unknown_fields=True):
+    """One SQL statement with arguments: positional (array) or named (object)."""
+
+    sql: str
+    args: list[Any] | dict[str, Any] | None = None
+
+
+class QueryRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Statements run in order in one transaction: all or nothing."""
+
+    statements: list[str | StatementObject]
+
+
+class CreateDatabaseRequest(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+
+
+class CreateTokenRequest(msgspec.Struct, forbid_unknown_fields=True):
+    databases: list[str] | Literal["*"]
+    access: Literal["read", "write", "admin"]
+    expires_in: int = 3600
+
+
+class BeginRequest(msgspec.Struct, forbid_unknown_fields=True):
+    mode: Literal["read", "write"] | None = None
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def database_json(rec: DatabaseRecord) -> dict[str, Any]:
+    return {"name": rec.name, "created_at": iso(rec.created_at)}
+
+
+class NativeAPI:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        s = engine.settings
+        self.max_statements = s.max_statements
+        self.max_body = s.max_request_bytes
+
+    def register(self, router: Router) -> None:
+        db = "/v1/databases/{db}"
+        tx = db + "/transactions/{tx}"
+        for method, path, handler in (
+            ("GET", "/v1/databases", self.list_databases),
+            ("POST", "/v1/databases", self.create_database),
+            ("GET", db, self.get_database),
+            ("DELETE", db, self.delete_database),
+            ("POST", db + "/query", self.query),
+            ("GET", db + "/usage", self.usage),
+            ("POST", db + "/transactions", self.begin),
+            ("POST", tx + "/query", self.tx_query),
+            ("POST", tx + "/commit", self.tx_commit),
+            ("POST", tx + "/rollback", self.tx_rollback),
+            ("POST", "/v1/tokens", self.create_token),
+            ("DELETE", "/v1/tokens/{id}", self.revoke_token),
+        ):
+            router.add(method, path, handler)
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _statements(self, body: QueryRequest) -> list[Statement]:
+        if not body.statements:
+            raise ShoalError("INVALID_REQUEST", "'statements' must hold at least one statement")
+        if len(body.statements) > self.max_statements:
+            raise ShoalError("TOO_MANY_STATEMENTS",
+                             f"{len(body.statements)} statements; at most {self.max_statements}")
+        out = []
+        for i, item in enumerate(body.statements):
+            if type(item) is str:
+                out.append(Statement(item))
+                continue
+            assert isinstance(item, StatementObject)
+            try:
+                out.append(Statement(item.sql, decode_args(item.args)))
+            except ShoalError as exc:
+                exc.extra["statement"] = i
+                raise
+        return out
+
+    @staticmethod
+    def _idem(request: Request) -> Idempotency | None:
+        return Idempotency.of(request.header(b"idempotency-key"), request.body)
+
+    @staticmethod
+    def _db(request: Request) -> str:
+        return names.check(request.params["db"])
+
+    @staticmethod
+    def _result_body(outcome: Outcome | Committed, results: Any, started: float) -> bytes:
+        counters = getattr(outcome, "counters", outcome)
+        return encode({
+            "results": [r.as_json() for r in results],
+            "meta": {
+                "rows_read": counters.rows_read,
+                "rows_written": counters.rows_written,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "txid": outcome.txid,
+                "bookmark": outcome.bookmark,
+            },
+        })
+
+    # -- databases --------------------------------------------------------------------------
+    async def list_databases(self, request: Request) -> Response:
+        limit_raw = request.query("limit") or "100"
+        if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 1000:
+            raise ShoalError("INVALID_REQUEST", "limit must be an integer from 1 to 1000")
+        limit = int(limit_raw)
+        cursor = request.query("cursor")
+        records = await self.engine.list_databases(request.principal, limit, cursor)
+        page: dict[str, Any] = {"databases": [database_json(r) for r in records]}
+        page["next_cursor"] = records[-1].name if len(records) == limit else None
+        return json_response(200, page)
+
+    async def create_database(self, request: Request) -> Response:
+        await request.read_body(self.max_body)
+        body = request.decode(CreateDatabaseRequest)
+
+        def render(rec: DatabaseRecord) -> tuple[int, bytes]:
+            return 201, encode(database_json(rec) | {"branches": ["main"], "txid": 0})
+
+        status, out = await self.engine.create_database(
+            request.principal, body.name, self._idem(request), render)
+        return Response(status, out)
+
+    async def get_database(self, request: Request) -> Response:
+        info = await self.engine.database_info(request.principal, self._db(request))
+        return json_response(200, database_json(info.record) | {
+            "size_bytes": info.size_bytes,
+            "branches": [
+                {"name": b.name, "parent": b.parent, "fork_txid": b.fork_txid,
+                 "created_at": iso(b.created_at)} for b in info.branches],
+            "txid": info.txid,
+            "open": info.open,
+        })
+
+    async def delete_database(self, request: Request) -> Response:
+        await self.engine.delete_database(request.principal, self._db(request))
+        return Response(204, b"", [])
+
+    async def usage(self, request: Request) -> Response:
+        name = self._db(request)
+        return json_response(200, {"database": name} | await self.engine.usage_of(
+            request.principal, name))
+
+    # -- queries ----------------------------------------------------------------------------
+    async def query(self, request: Request) -> Response:
+        started = time.perf_counter()
+        name = self._db(request)
+        await request.read_body(self.max_body)
+        statements = self._statements(request.decode(QueryRequest))
+
+        def render(done: Committed) -> tuple[int, bytes]:
+            return 200, self._result_body(done, done.counters.results, started)
+
+        out = await self.engine.query(request.principal, name, statements,
+                                      self._idem(request), render)
+        if out.replay is not None:
+            return Response(*out.replay)
+        return Response(200, self._result_body(out, out.results, started))
+
+    # -- interactive transactions ------------------------------------------------------------
+    async def begin(self, request: Request) -> Response:
+        name = self._db(request)
+        await request.read_body(self.max_body)
+        body = request.decode(BeginRequest) if request.body.strip() else BeginRequest()
+        tx = await self.engine.begin(request.principal, name, body.mode)
+        expires = time.time() + self.engine.settings.transaction_timeout
+        return json_response(201, {"id": tx.id, "mode": "write" if tx.write else "read",
+                                   "expires_at": iso(expires)})
+
+    async def tx_query(self, request: Request) -> Response:
+        started = time.perf_counter()
+        name = self._db(request)
+        await request.read_body(self.max_body)
+        statements = self._statements(request.decode(QueryRequest))
+        out = await self.engine.tx_query(request.principal, name, request.params["tx"], statements)
+        return Response(200, self._result_body(out, out.results, started))
+
+    async def tx_commit(self, request: Request) -> Response:
+        name = self._db(request)
+        await request.read_body(self.max_body)
+
+        def render(done: Committed) -> tuple[int, bytes]:
+            return 200, encode({"committed": True, "txid": done.txid, "bookmark": done.bookmark})
+
+        done = await self.engine.tx_end(request.principal, name, request.params["tx"], True,
+                                        self._idem(request), render)
+        if done is None:  # a read transaction: nothing to commit
+            return json_response(200, {"committed": True, "txid": None, "bookmark": None})
+        if done.response is not None:
+            return Response(*done.response)
+        return Response(*render(done))
+
+    async def tx_rollback(self, request: Request) -> Response:
+        name = self._db(request)
+        await self.engine.tx_end(request.principal, name, request.params["tx"], False)
+        return json_response(200, {"rolled_back": True})
+
+    # -- tokens -------------------------------------------------------------------------------
+    async def create_token(self, request: Request) -> Response:
+        await request.read_body(self.max_body)
+        body = request.decode(CreateTokenRequest)
+        if body.expires_in <= 0 or body.expires_in > 10 * 365 * 86400:
+            raise ShoalError("INVALID_REQUEST", "expires_in must be 1 second to 10 years")
+        databases = None if body.databases == "*" else list(body.databases)
+
+        def render(rec: TokenRecord, token: str) -> tuple[int, bytes]:
+            return 201, encode({
+                "id": rec.id, "token": token, "databases": rec.databases or "*",
+                "access": rec.access, "expires_at": iso(rec.expires_at)})
+
+        status, out = await self.engine.create_token(
+            request.principal, databases, body.access, float(body.expires_in),
+            self._idem(request), render)
+        return Response(status, out)
+
+    async def revoke_token(self, request: Request) -> Response:
+        await self.engine.revoke_token(request.principal, request.params["id"])
+        return Response(204, b"", [])

@@ -1,0 +1,113 @@
+"""The ASGI application: routing, authentication, the error envelope, metrics and access log."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from shoal.engine.engine import Engine
+from shoal.errors import ShoalError
+from shoal.metrics import METRICS
+from shoal.server.api import NativeAPI
+from shoal.server.http import Receive, Request, Response, Router, Scope, Send, encode, \
+    json_response
+from shoal.server.openapi import openapi_document
+from shoal.settings import Settings
+
+log = logging.getLogger("shoal")
+
+
+class App:
+    def __init__(self, settings: Settings, engine: Engine | None = None):
+        self.settings = settings
+        self.engine = engine or Engine(settings)
+        self.router = Router()
+        NativeAPI(self.engine).register(self.router)
+        self.router.add("GET", "/health", self.health)
+        self.router.add("GET", "/metrics", self.metrics)
+        self.router.add("GET", "/openapi.json", self.openapi)
+        self.public = {"/health"}
+        if settings.metrics:
+            self.public.add("/metrics")
+        if settings.openapi:
+            self.public.add("/openapi.json")
+        self._openapi = encode(openapi_document(self.router.routes()))
+        self._log = sys.stderr.buffer if settings.access_log else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.http(scope, receive, send)
+        elif kind == "lifespan":
+            await self.lifespan(receive, send)
+        elif kind == "websocket":
+            await send({"type": "websocket.close", "code": 1008})
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.engine.start()
+                except Exception as exc:
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.engine.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        request = Request(scope, receive)
+        try:
+            handler = self.router.resolve(request)
+            if request.route not in self.public:
+                request.principal = self.engine.auth.authenticate(
+                    request.header(b"authorization"))
+            response = await handler(request)
+        except ShoalError as exc:
+            response = json_response(exc.status, exc.body())
+        except Exception:
+            log.exception("unhandled error on %s %s", request.method, request.route)
+            response = json_response(500, ShoalError("INTERNAL", "internal error").body())
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": response.headers})
+        await send({"type": "http.response.body", "body": response.body})
+        elapsed = time.perf_counter() - started
+        METRICS.requests.labels(request.route, request.method, response.status).inc()
+        METRICS.latency.labels(request.route).observe(elapsed)
+        if self._log is not None:
+            self._access_log(request, response, elapsed)
+
+    def _access_log(self, request: Request, response: Response, elapsed: float) -> None:
+        """One JSON line per request: never the token, the body or the SQL arguments."""
+        line: dict[str, Any] = {
+            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "method": request.method,
+            "route": request.route,
+            "status": response.status,
+            "ms": round(elapsed * 1000, 3),
+        }
+        if "db" in request.params:
+            line["database"] = request.params["db"][:80]
+        assert self._log is not None
+        self._log.write(encode(line) + b"\n")
+
+    # -- open endpoints --------------------------------------------------------------------
+    async def health(self, request: Request) -> Response:
+        return json_response(200, {"status": "ok"})
+
+    async def metrics(self, request: Request) -> Response:
+        if request.route not in self.public:
+            request.principal.require("admin")
+        return Response(200, METRICS.render(), [(b"content-type", b"text/plain; version=0.0.4")])
+
+    async def openapi(self, request: Request) -> Response:
+        if request.route not in self.public:
+            request.principal.require("read")
+        return Response(200, self._openapi)

@@ -1,0 +1,157 @@
+"""Minimal ASGI plumbing: the request, the router and JSON responses.
+
+A framework would add a few microseconds to every request on the hot path for
+features the API does not use, so routing is a dictionary of path templates by
+segment count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import parse_qs
+
+import msgspec
+
+from shoal.errors import ShoalError
+from shoal.tokens import Principal
+
+ANONYMOUS = Principal("anonymous", frozenset(), "read")
+
+T = TypeVar("T")
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+_encoder = msgspec.json.Encoder()
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes = b""
+    headers: list[tuple[bytes, bytes]] = field(default_factory=lambda: list(JSON_HEADERS))
+
+
+def json_response(status: int, data: Any) -> Response:
+    return Response(status, _encoder.encode(data))
+
+
+def encode(data: Any) -> bytes:
+    return _encoder.encode(data)
+
+
+class Request:
+    __slots__ = ("_query", "body", "headers", "method", "params", "path", "principal",
+                 "receive", "route", "scope")
+
+    def __init__(self, scope: Scope, receive: Receive):
+        self.scope = scope
+        self.receive = receive
+        self.method: str = scope["method"]
+        self.path: str = scope["path"]
+        self.headers: dict[bytes, bytes] = dict(scope["headers"])
+        self.params: dict[str, str] = {}
+        self.route = "unmatched"
+        self.body = b""
+        self._query: dict[str, list[str]] | None = None
+        self.principal: Principal = ANONYMOUS
+
+    def header(self, name: bytes) -> str | None:
+        value = self.headers.get(name)
+        return value.decode("latin-1") if value is not None else None
+
+    def query(self, name: str) -> str | None:
+        if self._query is None:
+            self._query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        values = self._query.get(name)
+        return values[0] if values else None
+
+    async def read_body(self, limit: int) -> bytes:
+        length = self.headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            raise ShoalError("PAYLOAD_TOO_LARGE", f"body exceeds max_request_bytes ({limit})")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise ShoalError("PAYLOAD_TOO_LARGE", f"body exceeds max_request_bytes ({limit})")
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                break
+        self.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        return self.body
+
+    def decode(self, kind: type[T]) -> T:
+        """The body as a msgspec type: invalid JSON and wrong shapes are distinct 400s."""
+        if not self.body:
+            raise ShoalError("INVALID_JSON", "request body is empty; send a JSON object")
+        try:
+            return msgspec.json.decode(self.body, type=kind)
+        except msgspec.ValidationError as exc:
+            raise ShoalError("INVALID_REQUEST", str(exc)) from None
+        except msgspec.DecodeError as exc:
+            raise ShoalError("INVALID_JSON", f"body is not valid JSON: {exc}") from None
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class Router:
+    """Routes by path template, e.g. ``/v1/databases/{db}/query``."""
+
+    def __init__(self) -> None:
+        self._static: dict[str, dict[str, Handler]] = {}
+        self._templates: dict[int, list[tuple[str, list[str], dict[str, Handler]]]] = {}
+
+    def add(self, method: str, template: str, handler: Handler) -> None:
+        if "{" not in template:
+            self._static.setdefault(template, {})[method] = handler
+            return
+        parts = template.strip("/").split("/")
+        for entry in self._templates.setdefault(len(parts), []):
+            if entry[0] == template:
+                entry[2][method] = handler
+                return
+        self._templates[len(parts)].append((template, parts, {method: handler}))
+
+    def resolve(self, request: Request) -> Handler:
+        path = request.path
+        methods = self._static.get(path)
+        if methods is not None:
+            request.route = path
+            return self._pick(methods, request)
+        parts = path.strip("/").split("/")
+        for template, pattern, handlers in self._templates.get(len(parts), ()):
+            params = {}
+            for want, got in zip(pattern, parts, strict=True):
+                if want[0] == "{":
+                    params[want[1:-1]] = got
+                elif want != got:
+                    break
+            else:
+                request.route = template
+                request.params = params
+                return self._pick(handlers, request)
+        raise ShoalError("NOT_FOUND", f"no route for {request.method} {path[:200]}")
+
+    @staticmethod
+    def _pick(handlers: dict[str, Handler], request: Request) -> Handler:
+        handler = handlers.get(request.method)
+        if handler is None:
+            raise ShoalError("METHOD_NOT_ALLOWED",
+                             f"{request.method} is not allowed here; use {', '.join(handlers)}")
+        return handler
+
+    def routes(self) -> list[tuple[str, str]]:
+        out = [(m, p) for p, hs in self._static.items() for m in hs]
+        for entries in self._templates.values():
+            out += [(m, t) for t, _, hs in entries for m in hs]
+        return out

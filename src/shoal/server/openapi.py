@@ -1,0 +1,91 @@
+"""The OpenAPI 3.1 document of the native API, built from the router and the msgspec types."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from shoal.errors import CODES
+
+# (method, template) -> (summary, request type name or None, success status)
+_OPS: dict[tuple[str, str], tuple[str, str | None, int]] = {
+    ("GET", "/health"): ("Liveness; open without a token", None, 200),
+    ("GET", "/metrics"): ("Prometheus metrics (text format)", None, 200),
+    ("GET", "/openapi.json"): ("This document", None, 200),
+    ("GET", "/v1/databases"): ("List databases (limit, cursor)", None, 200),
+    ("POST", "/v1/databases"): ("Create a database", "CreateDatabaseRequest", 201),
+    ("GET", "/v1/databases/{db}"): ("Describe a database", None, 200),
+    ("DELETE", "/v1/databases/{db}"): ("Delete a database and its data", None, 204),
+    ("POST", "/v1/databases/{db}/query"): (
+        "Run statements in one transaction (all or nothing)", "QueryRequest", 200),
+    ("GET", "/v1/databases/{db}/usage"): ("Cumulative usage", None, 200),
+    ("POST", "/v1/databases/{db}/transactions"): (
+        "Open an interactive transaction", "BeginRequest", 201),
+    ("POST", "/v1/databases/{db}/transactions/{tx}/query"): (
+        "Run statements inside the transaction", "QueryRequest", 200),
+    ("POST", "/v1/databases/{db}/transactions/{tx}/commit"): ("Commit", None, 200),
+    ("POST", "/v1/databases/{db}/transactions/{tx}/rollback"): ("Roll back", None, 200),
+    ("POST", "/v1/tokens"): ("Create a token (admin)", "CreateTokenRequest", 201),
+    ("DELETE", "/v1/tokens/{id}"): ("Revoke a token at once (admin)", None, 204),
+}
+
+_ERROR = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {"error": {
+        "type": "object",
+        "required": ["code", "message"],
+        "properties": {
+            "code": {"type": "string", "description": "Stable code: " + ", ".join(CODES)
+                     + ", or an SQLite primary result code name (SQLITE_CONSTRAINT, ...)"},
+            "message": {"type": "string"},
+            "hint": {"type": "string"},
+            "extended_code": {"type": "string", "description": "SQLite extended code name"},
+            "statement": {"type": "integer", "description": "Index of the failing statement"},
+        },
+    }},
+}
+
+
+def openapi_document(routes: list[tuple[str, str]]) -> dict[str, Any]:
+    from shoal.server import api  # the request types live with their handlers
+
+    kinds = [api.QueryRequest, api.CreateDatabaseRequest, api.CreateTokenRequest,
+             api.BeginRequest]
+    _, components = msgspec.json.schema_components(kinds, ref_template="#/components/schemas/{name}")
+    components["Error"] = _ERROR
+    paths: dict[str, Any] = {}
+    for method, template in sorted(routes, key=lambda r: (r[1], r[0])):
+        summary, body, status = _OPS.get((method, template), (template, None, 200))
+        op: dict[str, Any] = {
+            "summary": summary,
+            "responses": {
+                str(status): {"description": "Success"},
+                "4XX": {"description": "Error envelope", "content": {"application/json": {
+                    "schema": {"$ref": "#/components/schemas/Error"}}}},
+            },
+        }
+        params = [p[1:-1] for p in template.split("/") if p.startswith("{")]
+        if params:
+            op["parameters"] = [{"name": p, "in": "path", "required": True,
+                                 "schema": {"type": "string"}} for p in params]
+        if method == "POST" and template != "/v1/databases/{db}/transactions/{tx}/rollback":
+            op.setdefault("parameters", []).append({
+                "name": "Idempotency-Key", "in": "header", "required": False,
+                "schema": {"type": "string", "maxLength": 255}})
+        if body:
+            op["requestBody"] = {"required": body != "BeginRequest", "content": {
+                "application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}}}
+        if template not in ("/health",):
+            op["security"] = [{"bearer": []}]
+        paths.setdefault(template, {})[method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Shoal native API", "version": "1"},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }

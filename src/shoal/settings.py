@@ -1,0 +1,145 @@
+"""Every server setting, declared once as data.
+
+The same table feeds the TOML loader, the ``SHOAL_<NAME>`` environment
+variables, ``shoal serve --help`` and ``docs/operations.md``. Precedence, lowest
+first: default, TOML file, environment, command-line flag.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    type: type
+    default: Any
+    help: str
+    secret: bool = False
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("host", str, "127.0.0.1", "Address to listen on."),
+    Setting("port", int, 8080, "TCP port to listen on."),
+    Setting("data", str, "./shoal-data", "Data directory: catalog, databases, keys."),
+    Setting(
+        "admin_token", str, None,
+        "Admin bearer token. Unset: one is generated on first start into DATA/admin-token.",
+        secret=True,
+    ),
+    Setting("idle_timeout", float, 60.0, "Seconds without requests before a database is closed."),
+    Setting("max_open", int, 1000, "Most databases open at once; least recently used close first."),
+    Setting("transaction_timeout", float, 10.0,
+            "Seconds an interactive transaction may sit idle before it is rolled back."),
+    Setting("busy_timeout", float, 5.0,
+            "Seconds a write waits for the database's write lock before DATABASE_BUSY."),
+    Setting("statement_timeout", float, 5.0,
+            "Seconds one statement may run before STATEMENT_TIMEOUT."),
+    Setting("max_request_bytes", int, 8 * 1024 * 1024, "Largest accepted request body."),
+    Setting("max_response_bytes", int, 10 * 1000 * 1000, "Largest result a request may return."),
+    Setting("max_statements", int, 1000, "Most statements in one request."),
+    Setting("synchronous", str, "full",
+            "SQLite synchronous mode for writes: 'full' (durable on ack) or 'normal'."),
+    Setting("readers", int, 4, "Reader connections per open database."),
+    Setting("threads", int, 16, "Worker threads running SQLite work off the event loop."),
+    Setting("idempotency_ttl", float, 86400.0, "Seconds an Idempotency-Key is remembered."),
+    Setting("metrics", bool, True, "Serve GET /metrics without a token."),
+    Setting("openapi", bool, True, "Serve GET /openapi.json without a token."),
+    Setting("access_log", bool, True, "Write one JSON line per request to stderr."),
+    Setting("log_level", str, "info", "Server log level: debug, info, warning, error."),
+)
+
+BY_NAME = {s.name: s for s in SETTINGS}
+
+
+class SettingsError(ValueError):
+    """A setting could not be read or has the wrong type."""
+
+
+def _coerce(setting: Setting, raw: Any, source: str) -> Any:
+    if raw is None:
+        return None
+    want = setting.type
+    if isinstance(raw, want) and not (want is int and isinstance(raw, bool)):
+        return raw
+    if isinstance(raw, str):
+        text = raw.strip()
+        try:
+            if want is bool:
+                if text.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if text.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(text)
+            if want is int:
+                return int(text)
+            if want is float:
+                return float(text)
+        except ValueError:
+            raise SettingsError(
+                f"{source}: {setting.name} must be {want.__name__}, got {raw!r}"
+            ) from None
+        return text
+    if want is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
+    raise SettingsError(f"{source}: {setting.name} must be {want.__name__}, got {raw!r}")
+
+
+@dataclass
+class Settings:
+    """Resolved settings; attribute access by setting name."""
+
+    values: dict[str, Any] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.values["data"]).resolve()
+
+    def public(self) -> dict[str, Any]:
+        """Values safe to log or show: secrets masked."""
+        return {
+            s.name: ("***" if s.secret and self.values[s.name] else self.values[s.name])
+            for s in SETTINGS
+        }
+
+
+def load(
+    config_file: str | None = None,
+    overrides: dict[str, Any] | None = None,
+    environ: dict[str, str] | None = None,
+) -> Settings:
+    """Resolve settings: defaults < TOML file < SHOAL_* environment < overrides."""
+    env = os.environ if environ is None else environ
+    values = {s.name: s.default for s in SETTINGS}
+    path = config_file or env.get("SHOAL_CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as fh:
+                table = tomllib.load(fh)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"cannot read config file {path}: {exc}") from None
+        for key, raw in table.items():
+            if key not in BY_NAME:
+                raise SettingsError(f"{path}: unknown setting {key!r}")
+            values[key] = _coerce(BY_NAME[key], raw, path)
+    for s in SETTINGS:
+        raw = env.get("SHOAL_" + s.name.upper())
+        if raw is not None and raw != "":
+            values[s.name] = _coerce(s, raw, "SHOAL_" + s.name.upper())
+    for key, raw in (overrides or {}).items():
+        if raw is not None:
+            values[key] = _coerce(BY_NAME[key], raw, "--" + key.replace("_", "-"))
+    if values["synchronous"] not in ("full", "normal"):
+        raise SettingsError("synchronous must be 'full' or 'normal'")
+    return Settings(values)

@@ -1,0 +1,157 @@
+"""Bearer tokens: signed JWTs (HS256, pyjwt) naming databases and an access level.
+
+A token carries ``jti`` (its id, for revocation), ``dbs`` (a list of database
+names or ``"*"``), ``acc`` (``read`` < ``write`` < ``admin``), ``iat`` and
+``exp``. The signing key is generated on first start into the data directory.
+The static admin token (setting ``admin_token``) is compared in constant time
+and grants admin on every database.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from shoal.errors import ShoalError
+
+ACCESS_LEVELS = {"read": 1, "write": 2, "admin": 3}
+ISSUER = "shoal"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking: the token's id, its databases and its access level."""
+
+    subject: str
+    databases: frozenset[str] | None  # None means every database
+    access: str
+    expires_at: float | None = None
+
+    def can(self, access: str, database: str | None = None) -> bool:
+        if ACCESS_LEVELS[self.access] < ACCESS_LEVELS[access]:
+            return False
+        return database is None or self.databases is None or database in self.databases
+
+    def require(self, access: str, database: str | None = None) -> None:
+        if self.databases is not None and database is not None and database not in self.databases:
+            raise ShoalError("FORBIDDEN", f"token does not grant database {database!r}")
+        if not self.can(access):
+            if access == "write":
+                raise ShoalError("READ_ONLY", "token has read access only")
+            raise ShoalError("FORBIDDEN", f"token lacks {access} access")
+
+    @property
+    def can_write(self) -> bool:
+        return ACCESS_LEVELS[self.access] >= ACCESS_LEVELS["write"]
+
+
+def _write_secret(path: Path, value: str) -> None:
+    """Create a 0600 file holding value; never overwrite an existing one."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(value + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_or_create_secret(path: Path, make: Any) -> tuple[str, bool]:
+    """(secret, created): read path, or create it with make() on first start."""
+    try:
+        return path.read_text().strip(), False
+    except FileNotFoundError:
+        pass
+    value = make()
+    try:
+        _write_secret(path, value)
+        return value, True
+    except FileExistsError:  # another process won the race
+        return path.read_text().strip(), False
+
+
+class TokenAuthority:
+    """Signs and verifies tokens; remembers revocations; caches verified tokens."""
+
+    CACHE_SIZE = 4096
+
+    def __init__(self, signing_key: str, admin_token: str, revoked: set[str]):
+        self._key = signing_key
+        self._admin = admin_token.encode()
+        self._revoked = revoked
+        self._cache: OrderedDict[str, Principal] = OrderedDict()
+        self.admin = Principal("admin", None, "admin")
+
+    def sign(self, token_id: str, databases: list[str] | None, access: str,
+             expires_at: float) -> str:
+        claims = {
+            "iss": ISSUER,
+            "jti": token_id,
+            "dbs": "*" if databases is None else databases,
+            "acc": access,
+            "iat": int(time.time()),
+            "exp": int(expires_at),
+        }
+        return jwt.encode(claims, self._key, algorithm="HS256")
+
+    def revoke(self, token_id: str) -> None:
+        self._revoked.add(token_id)
+
+    def authenticate(self, header: str | None) -> Principal:
+        """Principal for an Authorization header value, or a 401 ShoalError."""
+        if not header:
+            raise ShoalError("UNAUTHORIZED", "missing bearer token")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ShoalError("UNAUTHORIZED", "Authorization must be 'Bearer <token>'")
+        return self.verify(token.strip())
+
+    def verify(self, token: str) -> Principal:
+        if hmac.compare_digest(token.encode(), self._admin):
+            return self.admin
+        principal = self._cache.get(token)
+        if principal is None:
+            principal = self._decode(token)
+            self._cache[token] = principal
+            if len(self._cache) > self.CACHE_SIZE:
+                self._cache.popitem(last=False)
+        if principal.subject in self._revoked:
+            raise ShoalError("TOKEN_REVOKED", "token has been revoked")
+        if principal.expires_at is not None and principal.expires_at <= time.time():
+            raise ShoalError("TOKEN_EXPIRED", "token has expired")
+        return principal
+
+    def _decode(self, token: str) -> Principal:
+        try:
+            claims = jwt.decode(
+                token, self._key, algorithms=["HS256"], issuer=ISSUER,
+                options={"require": ["exp", "jti", "iss"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise ShoalError("TOKEN_EXPIRED", "token has expired") from None
+        except jwt.PyJWTError:
+            raise ShoalError("TOKEN_INVALID", "token is malformed or not signed by this server") \
+                from None
+        dbs, acc = claims.get("dbs"), claims.get("acc")
+        if acc not in ACCESS_LEVELS or not (dbs == "*" or isinstance(dbs, list)):
+            raise ShoalError("TOKEN_INVALID", "token claims are malformed")
+        return Principal(
+            subject=str(claims["jti"]),
+            databases=None if dbs == "*" else frozenset(str(d) for d in dbs),
+            access=acc,
+            expires_at=float(claims["exp"]),
+        )
+
+
+def new_token_id() -> str:
+    return "tok_" + secrets.token_hex(8)
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)
