@@ -8,7 +8,7 @@ import sys
 from shoal import settings as settings_mod
 
 
-def _add_serve(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run a Shoal node",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="settings (flag, env SHOAL_<NAME>, or TOML key):\n" + "\n".join(

@@ -41,6 +41,8 @@ CODES: dict[str, tuple[int, str]] = {
     "DATABASE_EXISTS": (409, "Pick another name or use the existing database."),
     "DATABASE_BUSY": (409, "Another transaction holds the write lock; retry shortly."),
     "TRANSACTION_EXPIRED": (410, "The transaction sat idle too long and was rolled back."),
+    "TRANSACTION_ABORTED": (410, "An error (e.g. a statement timeout) rolled the transaction "
+                                 "back; open a new one."),
     "IDEMPOTENCY_KEY_REUSED": (422, "Use a new Idempotency-Key for a different request."),
     "INTERNAL": (500, "A server fault; it is logged."),
 }
@@ -89,9 +91,10 @@ class ShoalError(Exception):
 
 def sqlite_names(exc: apsw.Error) -> tuple[str, str]:
     """(primary, extended) SQLite result code names for an apsw exception."""
-    primary = apsw.mapping_result_codes.get(getattr(exc, "result", 1) or 1, "SQLITE_ERROR")
+    primary = str(apsw.mapping_result_codes.get(getattr(exc, "result", 1) or 1, "SQLITE_ERROR"))
     ext_code = getattr(exc, "extendedresult", None)
-    extended = apsw.mapping_extended_result_codes.get(ext_code, primary) if ext_code else primary
+    extended = str(apsw.mapping_extended_result_codes.get(ext_code, primary)) if ext_code \
+        else primary
     return primary, extended
 
 

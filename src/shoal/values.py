@@ -52,14 +52,14 @@ def encode(value: SQLValue) -> Any:
 
 def encode_row(row: tuple[SQLValue, ...]) -> list[Any]:
     """A row as a JSON-ready list; the common all-simple row costs one pass."""
-    out = list(row)
+    out: list[Any] = list(row)
     for i, v in enumerate(out):
         t = type(v)
         if t is str or v is None:
             continue
-        if t is int and -SAFE_INT <= v <= SAFE_INT:  # type: ignore[operator]
+        if t is int and -SAFE_INT <= v <= SAFE_INT:
             continue
-        if t is float and not math.isinf(v):  # type: ignore[arg-type]
+        if t is float and not math.isinf(v):
             continue
         out[i] = encode(v)
     return out
@@ -73,13 +73,13 @@ def decode(value: Any) -> SQLValue:
     """One JSON argument as a value SQLite can bind."""
     t = type(value)
     if value is None or t is str or t is float:
-        return value  # type: ignore[no-any-return]
+        return value
     if t is bool:
         return int(value)
     if t is int:
         if not INT64_MIN <= value <= INT64_MAX:
             raise _bad(f"integer {value} does not fit in 64 bits")
-        return value  # type: ignore[no-any-return]
+        return value
     if t is dict and len(value) == 1:
         ((kind, inner),) = value.items()
         if kind == "base64" and isinstance(inner, str):

@@ -124,7 +124,8 @@ class Catalog:
             self._db.execute("DELETE FROM usage WHERE database = ?", (name,))
             self._db.execute("DELETE FROM idempotency WHERE scope = ?", (name,))
             self._db.execute("DELETE FROM databases WHERE name = ?", (name,))
-            return bool(self._db.changes())
+            deleted = bool(self._db.changes())
+        return deleted
 
     def get_database(self, name: str) -> DatabaseRecord | None:
         rows = self._rows("SELECT name, created_at FROM databases WHERE name = ?", (name,))
@@ -176,7 +177,8 @@ class Catalog:
                 self._db.execute(
                     "INSERT INTO usage(database, rows_read, rows_written, queries)"
                     " SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM databases WHERE name = ?)"
-                    " ON CONFLICT(database) DO UPDATE SET rows_read = rows_read + excluded.rows_read,"
+                    " ON CONFLICT(database) DO UPDATE SET"
+                    " rows_read = rows_read + excluded.rows_read,"
                     " rows_written = rows_written + excluded.rows_written,"
                     " queries = queries + excluded.queries",
                     (name, read, written, queries, name))
@@ -204,11 +206,11 @@ class Catalog:
                     if rows[0][0] != body_hash:
                         raise ShoalError("IDEMPOTENCY_KEY_REUSED",
                                          "this Idempotency-Key was used with a different body")
-                    return rows[0][1], rows[0][2]
+                    return int(rows[0][1]), bytes(rows[0][2])
             status, body = fn()
             if idempotency:
                 self._db.execute(
                     "INSERT OR REPLACE INTO idempotency(scope, subject, key, body_hash, status,"
                     " response, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (scope, subject, key, body_hash, status, body, time.time()))
-            return status, body
+        return status, body

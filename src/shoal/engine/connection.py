@@ -185,12 +185,14 @@ class Connection:
         changes_before = raw.total_changes()
         rows: list[list[Any]] = []
         size = out.bytes
+        cursor = raw.cursor()
         try:
-            cursor = raw.cursor().execute(stmt.sql, stmt.args)
+            cursor.execute(stmt.sql, stmt.args)
             for row in cursor:
                 rows.append(encode_row(row))
                 size += len(repr(row))
                 if size > limits.max_response_bytes:
+                    cursor.close(True)  # stop the statement before its savepoint rolls back
                     raise ShoalError(
                         "RESPONSE_TOO_LARGE",
                         f"result exceeds max_response_bytes ({limits.max_response_bytes})",
@@ -228,7 +230,7 @@ class Connection:
         except (TypeError, ValueError, OverflowError) as exc:
             raise ShoalError("INVALID_ARGUMENT", str(exc), statement=index) from None
         written = raw.total_changes() - changes_before
-        desc = self._description
+        desc: tuple[tuple[str, str | None], ...] = self._description
         out.rows_read += len(rows)
         out.rows_written += written
         out.bytes = size

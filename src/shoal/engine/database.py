@@ -25,8 +25,15 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
 
-from shoal.engine.connection import SCHEMA, Connection, Counters, Limits, NeedsWriter, \
-    SoftDeadline, Statement
+from shoal.engine.connection import (
+    SCHEMA,
+    Connection,
+    Counters,
+    Limits,
+    NeedsWriter,
+    SoftDeadline,
+    Statement,
+)
 from shoal.errors import ShoalError
 from shoal.metrics import METRICS
 
@@ -99,6 +106,7 @@ class Transaction:
     conn: Connection
     idle_deadline: float
     busy: bool = False
+    aborted: bool = False  # SQLite rolled it back after an error; only rollback remains
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
@@ -263,16 +271,32 @@ class Database:
         return False
 
     def _commit(self, batch: list[WriteJob]) -> list[Committed | BaseException]:
-        """Worker thread: one transaction, a SAVEPOINT per job, one commit."""
+        """Worker thread: one transaction, a SAVEPOINT per job, one commit.
+
+        Some errors (an interrupted write statement, SQLITE_FULL, I/O errors) make
+        SQLite roll back the whole transaction, not just the job's savepoint. The
+        job that caused it fails alone and the batch runs again without it.
+        """
+        METRICS.batch_size.observe(len(batch))
+        failed: dict[int, BaseException] = {}
+        while True:
+            outcomes = self._commit_once(batch, failed)
+            if outcomes is not None:
+                return outcomes
+
+    def _commit_once(self, batch: list[WriteJob],
+                     failed: dict[int, BaseException]) -> list[Committed | BaseException] | None:
         conn = self.writer
         assert conn is not None
-        METRICS.batch_size.observe(len(batch))
         txid = self.txid + 1
         bookmark = self.bookmark(txid)
         outcomes: list[Committed | BaseException] = []
         conn.internal(BEGIN_IMMEDIATE)
         try:
-            for job in batch:
+            for i, job in enumerate(batch):
+                if i in failed:
+                    outcomes.append(failed[i])
+                    continue
                 conn.internal(SAVEPOINT)
                 try:
                     counters = conn.run(job.statements, self.limits)
@@ -282,6 +306,9 @@ class Database:
                     conn.internal(RELEASE)
                     outcomes.append(done)
                 except (ShoalError, NeedsWriter) as exc:
+                    if conn.raw.get_autocommit():  # SQLite dropped the whole transaction
+                        failed[i] = exc
+                        return None
                     conn.internal(ROLLBACK_TO)
                     conn.internal(RELEASE)
                     outcomes.append(exc)
@@ -355,13 +382,17 @@ class Database:
         conn.internal(SAVEPOINT)
         try:
             out = conn.run(statements, self.limits)
-        except NeedsWriter:
+        except BaseException as exc:
+            if conn.raw.get_autocommit():  # SQLite rolled back the whole transaction
+                tx.aborted = True
+                if isinstance(exc, ShoalError):
+                    exc.message += "; the transaction was rolled back"
+                    exc.args = (exc.message,)
+                raise
             conn.internal(ROLLBACK_TO)
             conn.internal(RELEASE)
-            raise ShoalError("READ_ONLY", "this transaction is read-only") from None
-        except BaseException:
-            conn.internal(ROLLBACK_TO)
-            conn.internal(RELEASE)
+            if isinstance(exc, NeedsWriter):
+                raise ShoalError("READ_ONLY", "this transaction is read-only") from None
             raise
         conn.internal(RELEASE)
         return out

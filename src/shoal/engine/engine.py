@@ -96,7 +96,7 @@ class Engine:
         self.auth = tokens.TokenAuthority(signing_key, admin, self.catalog.revoked_ids())
         self.lifecycle = Lifecycle(self.root / "dbs", settings, self.executor, self.names)
         self.transactions: dict[str, tuple[Database, Transaction]] = {}
-        self.expired: OrderedDict[str, float] = OrderedDict()
+        self.expired: OrderedDict[str, str] = OrderedDict()  # tx id -> why it ended
         self.inflight: dict[tuple[str, str, str], asyncio.Future[Any]] = {}
         self.usage: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
         self._sweeper: asyncio.Task[None] | None = None
@@ -315,27 +315,36 @@ class Engine:
         METRICS.open_transactions.set(len(self.transactions))
         return tx
 
-    def _tx(self, principal: tokens.Principal, name: str, tx_id: str) -> tuple[Database, Transaction]:
+    def _tx(self, principal: tokens.Principal, name: str,
+            tx_id: str) -> tuple[Database, Transaction]:
         principal.require("read", name)
         entry = self.transactions.get(tx_id)
         if entry is None or entry[0].name != name or entry[1].subject != principal.subject:
             if tx_id in self.expired:
-                raise ShoalError("TRANSACTION_EXPIRED", f"transaction {tx_id} expired")
+                raise self._over(tx_id)
             raise ShoalError("TRANSACTION_NOT_FOUND", f"no open transaction {tx_id!r}")
         return entry
+
+    def _over(self, tx_id: str) -> ShoalError:
+        code = self.expired.get(tx_id, "TRANSACTION_EXPIRED")
+        return ShoalError(code, f"transaction {tx_id} is over ({code.lower()})")
 
     async def tx_query(self, principal: tokens.Principal, name: str, tx_id: str,
                        statements: list[Statement]) -> Outcome:
         db, tx = self._tx(principal, name, tx_id)
         async with tx.lock:
             if tx_id not in self.transactions:
-                raise ShoalError("TRANSACTION_EXPIRED", f"transaction {tx_id} expired")
+                raise self._over(tx_id)
             tx.busy = True
             try:
                 counters = await db.tx_query(tx, statements)
             finally:
                 tx.busy = False
                 tx.idle_deadline = time.monotonic() + self.settings.transaction_timeout
+                if tx.aborted:  # release the write lock now, not at expiry
+                    self.transactions.pop(tx_id, None)
+                    self.expired[tx_id] = "TRANSACTION_ABORTED"
+                    await db.end(tx, commit=False)
         self._meter(name, counters)
         return Outcome(counters.results, counters.rows_read, counters.rows_written,
                        db.txid, db.bookmark(db.txid))
@@ -347,7 +356,7 @@ class Engine:
         db, tx = self._tx(principal, name, tx_id)
         async with tx.lock:
             if self.transactions.pop(tx_id, None) is None:
-                raise ShoalError("TRANSACTION_EXPIRED", f"transaction {tx_id} expired")
+                raise self._over(tx_id)
             METRICS.open_transactions.set(len(self.transactions))
             record = IdempotencyRecord(principal.subject, idem.key, idem.body_hash, render) \
                 if idem and render else None
@@ -359,7 +368,7 @@ class Engine:
             if tx.busy or tx.idle_deadline > now or tx.lock.locked():
                 continue
             self.transactions.pop(tx_id, None)
-            self.expired[tx_id] = now
+            self.expired[tx_id] = "TRANSACTION_EXPIRED"
             await db.end(tx, commit=False)
         METRICS.open_transactions.set(len(self.transactions))
         while len(self.expired) > 10000:

@@ -10,7 +10,7 @@ import msgspec
 
 from shoal import names
 from shoal.engine.catalog import DatabaseRecord, TokenRecord
-from shoal.engine.connection import Statement
+from shoal.engine.connection import Result, Statement
 from shoal.engine.database import Committed
 from shoal.engine.engine import Engine, Idempotency, Outcome
 from shoal.errors import ShoalError
@@ -110,18 +110,27 @@ class NativeAPI:
         return names.check(request.params["db"])
 
     @staticmethod
-    def _result_body(outcome: Outcome | Committed, results: Any, started: float) -> bytes:
-        counters = getattr(outcome, "counters", outcome)
+    def _result_body(results: list[Result], rows_read: int, rows_written: int, txid: int,
+                     bookmark: str, started: float) -> bytes:
         return encode({
             "results": [r.as_json() for r in results],
             "meta": {
-                "rows_read": counters.rows_read,
-                "rows_written": counters.rows_written,
+                "rows_read": rows_read,
+                "rows_written": rows_written,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 3),
-                "txid": outcome.txid,
-                "bookmark": outcome.bookmark,
+                "txid": txid,
+                "bookmark": bookmark,
             },
         })
+
+    def _outcome_body(self, out: Outcome, started: float) -> bytes:
+        return self._result_body(out.results, out.rows_read, out.rows_written, out.txid,
+                                 out.bookmark, started)
+
+    def _committed_body(self, done: Committed, started: float) -> bytes:
+        c = done.counters
+        return self._result_body(c.results, c.rows_read, c.rows_written, done.txid,
+                                 done.bookmark, started)
 
     # -- databases --------------------------------------------------------------------------
     async def list_databases(self, request: Request) -> Response:
@@ -174,13 +183,13 @@ class NativeAPI:
         statements = self._statements(request.decode(QueryRequest))
 
         def render(done: Committed) -> tuple[int, bytes]:
-            return 200, self._result_body(done, done.counters.results, started)
+            return 200, self._committed_body(done, started)
 
         out = await self.engine.query(request.principal, name, statements,
                                       self._idem(request), render)
         if out.replay is not None:
             return Response(*out.replay)
-        return Response(200, self._result_body(out, out.results, started))
+        return Response(200, self._outcome_body(out, started))
 
     # -- interactive transactions ------------------------------------------------------------
     async def begin(self, request: Request) -> Response:
@@ -198,7 +207,7 @@ class NativeAPI:
         await request.read_body(self.max_body)
         statements = self._statements(request.decode(QueryRequest))
         out = await self.engine.tx_query(request.principal, name, request.params["tx"], statements)
-        return Response(200, self._result_body(out, out.results, started))
+        return Response(200, self._outcome_body(out, started))
 
     async def tx_commit(self, request: Request) -> Response:
         name = self._db(request)

@@ -12,8 +12,7 @@ from shoal.engine.engine import Engine
 from shoal.errors import ShoalError
 from shoal.metrics import METRICS
 from shoal.server.api import NativeAPI
-from shoal.server.http import Receive, Request, Response, Router, Scope, Send, encode, \
-    json_response
+from shoal.server.http import Receive, Request, Response, Router, Scope, Send, encode, json_response
 from shoal.server.openapi import openapi_document
 from shoal.settings import Settings
 

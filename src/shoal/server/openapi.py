@@ -53,7 +53,8 @@ def openapi_document(routes: list[tuple[str, str]]) -> dict[str, Any]:
 
     kinds = [api.QueryRequest, api.CreateDatabaseRequest, api.CreateTokenRequest,
              api.BeginRequest]
-    _, components = msgspec.json.schema_components(kinds, ref_template="#/components/schemas/{name}")
+    _, components = msgspec.json.schema_components(
+        kinds, ref_template="#/components/schemas/{name}")
     components["Error"] = _ERROR
     paths: dict[str, Any] = {}
     for method, template in sorted(routes, key=lambda r: (r[1], r[0])):

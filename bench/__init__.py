@@ -1,0 +1,1 @@
+"""Shoal's benchmarks: `python -m bench.core` and `python -m bench.servers` (see RESULTS.md)."""

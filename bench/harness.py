@@ -1,0 +1,264 @@
+"""What the benchmarks share: a node to measure, its API, statistics and the results files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import re
+import secrets
+import statistics
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import apsw
+import httpx
+
+from tests.support.server import ServerProcess
+
+BENCH_DIR = Path(__file__).parent
+RESULTS_DIR = BENCH_DIR / "results"
+RESULTS_MD = BENCH_DIR / "RESULTS.md"
+
+POINT_READ = "SELECT * FROM t WHERE id = ?"
+POINT_SCHEMA = "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT, score REAL)"
+POINT_ROWS = (
+    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
+    "INSERT INTO t(id, name, email, score) "
+    "SELECT i, 'user ' || i, 'user' || i || '@example.com', i * 0.5 FROM n"
+)
+
+
+# -- a node under test --------------------------------------------------------------------
+def node_settings(**overrides: Any) -> dict[str, Any]:
+    """Settings for a measured node: known admin token, no access log, quiet logs."""
+    return {"admin_token": "bench-" + secrets.token_hex(16), "access_log": "false",
+            "log_level": "warning"} | overrides
+
+
+@contextmanager
+def running_node(data_dir: Path, **settings: Any) -> Iterator[ServerProcess]:
+    """A `shoal serve` subprocess on a free loopback port, stopped on exit."""
+    node = ServerProcess(data_dir, node_settings(**settings))
+    node.start()
+    try:
+        yield node
+    finally:
+        node.stop()
+
+
+class Api:
+    """A thin synchronous client of the native API (keep-alive)."""
+
+    def __init__(self, url: str, token: str):
+        self.url = url
+        self.token = token
+        self.http = httpx.Client(base_url=url, timeout=60,
+                                 headers={"Authorization": f"Bearer {token}"})
+
+    def close(self) -> None:
+        self.http.close()
+
+    def create_database(self, name: str) -> None:
+        response = self.http.post("/v1/databases", json={"name": name})
+        if response.status_code != 201:
+            raise RuntimeError(f"create {name}: {response.status_code} {response.text}")
+
+    def query(self, db: str, *statements: str | dict[str, Any]) -> dict[str, Any]:
+        response = self.http.post(f"/v1/databases/{db}/query",
+                                  json={"statements": list(statements)})
+        if response.status_code != 200:
+            raise RuntimeError(f"query {db}: {response.status_code} {response.text}")
+        out: dict[str, Any] = response.json()
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        return parse_metrics(self.http.get("/metrics").text)
+
+
+def seed_point_table(api: Api, db: str, rows: int) -> None:
+    """Create db with table t holding `rows` rows (ids 1..rows) in one request."""
+    api.create_database(db)
+    api.query(db, POINT_SCHEMA, {"sql": POINT_ROWS, "args": [rows]})
+    got = api.query(db, {"sql": POINT_READ, "args": [rows]})["results"][0]["rows"]
+    if not got or got[0][0] != rows:
+        raise RuntimeError(f"seeding {db} failed: {got}")
+
+
+_METRIC_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Prometheus text format to {"name{labels}": value}."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        match = _METRIC_LINE.match(line)
+        if match:
+            out[match.group(1) + (match.group(2) or "")] = float(match.group(3))
+    return out
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (VmRSS in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+# -- in-process ceilings --------------------------------------------------------------------
+def apsw_point_reads(path: Path, rows: int, seconds: float, max_ops: int = 10_000_000) -> float:
+    """Point reads per second run in-process with apsw on one thread (the ceiling)."""
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        ids = [random.randint(1, rows) for _ in range(4096)]
+        done = 0
+        started = time.perf_counter()
+        deadline = started + seconds
+        while done < max_ops and time.perf_counter() < deadline:
+            for key in ids[:1024]:
+                conn.execute(POINT_READ, (key,)).fetchall()
+            done += 1024
+            random.shuffle(ids)
+        return done / (time.perf_counter() - started)
+    finally:
+        conn.close()
+
+
+# -- statistics -----------------------------------------------------------------------------
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(pct / 100 * len(ordered) + 0.5)))
+    return float(ordered[rank - 1])
+
+
+# -- the report -------------------------------------------------------------------------------
+@dataclass
+class Row:
+    """One headline line: a figure, its baseline from the same run, and the target."""
+
+    name: str
+    value: float
+    unit: str
+    baseline_name: str = ""
+    baseline: float | None = None
+    target: str = ""
+    met: bool | None = None
+    detail: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        return self.value / self.baseline if self.baseline else None
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "value": self.value, "unit": self.unit,
+                "baseline_name": self.baseline_name, "baseline": self.baseline,
+                "ratio": self.ratio, "target": self.target, "met": self.met,
+                "detail": self.detail}
+
+
+def fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if unit == "MB":
+        return f"{value:,.1f} MB"
+    if unit == "ms":
+        return f"{value:,.2f} ms"
+    if abs(value) >= 100:
+        return f"{value:,.0f}{(' ' + unit) if unit else ''}"
+    return f"{value:,.2f}{(' ' + unit) if unit else ''}"
+
+
+HEADERS = ("benchmark", "median", "baseline (same run)", "ratio", "target", "met")
+
+
+def table_cells(row: Row) -> tuple[str, ...]:
+    ratio = f"{row.ratio:.2f}x" if row.ratio is not None else "-"
+    met = "-" if row.met is None else ("yes" if row.met else "NO")
+    baseline = f"{fmt(row.baseline, row.unit)} ({row.baseline_name})" if row.baseline_name else "-"
+    return (row.name, fmt(row.value, row.unit), baseline, ratio, row.target or "-", met)
+
+
+def print_table(title: str, rows: Sequence[Row]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for header in HEADERS:
+        table.add_column(header, justify="left" if header == "benchmark" else "right")
+    for row in rows:
+        table.add_row(*table_cells(row))
+    Console().print(table)
+    for row in rows:
+        if row.detail:
+            print(f"  {row.name}: {row.detail}")
+
+
+def markdown_table(rows: Sequence[Row]) -> str:
+    lines = ["| " + " | ".join(HEADERS) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(HEADERS) - 1)) + "|"]
+    lines += ["| " + " | ".join(table_cells(row)) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+@dataclass
+class Report:
+    """Everything one bench run produced; written as JSON and summarised in RESULTS.md."""
+
+    kind: str
+    command: str
+    options: dict[str, Any]
+    rows: list[Row] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def machine(self) -> dict[str, Any]:
+        return {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+                "platform": platform.platform(), "apsw": apsw.apsw_version(),
+                "sqlite": apsw.sqlite_lib_version(), "load_avg_at_end": os.getloadavg()}
+
+    def write_json(self) -> Path:
+        RESULTS_DIR.mkdir(exist_ok=True)
+        stamp = self.started.strftime("%Y%m%dT%H%M%SZ")
+        path = RESULTS_DIR / f"{self.kind}-{stamp}.json"
+        path.write_text(json.dumps({
+            "kind": self.kind, "command": self.command, "started": self.started.isoformat(),
+            "machine": self.machine(), "options": self.options,
+            "rows": [r.as_json() for r in self.rows], "raw": self.raw,
+        }, indent=2) + "\n")
+        return path
+
+    def update_results_md(self, json_path: Path, notes: str = "") -> None:
+        """Replace this kind's section of RESULTS.md; everything else in the file is kept."""
+        begin, end = f"<!-- {self.kind}:begin -->", f"<!-- {self.kind}:end -->"
+        m = self.machine()
+        section = "\n".join([
+            begin,
+            f"Produced by `{self.command}` on {self.started:%Y-%m-%d %H:%M} UTC "
+            f"({m['cpus']} CPUs, Python {m['python']}, SQLite {m['sqlite']}, "
+            f"load average at the end {m['load_avg_at_end'][0]:.2f}); "
+            f"raw figures in `{json_path.relative_to(BENCH_DIR.parent)}`.",
+            "",
+            markdown_table(self.rows),
+            *(["", notes] if notes else []),
+            end,
+        ])
+        text = RESULTS_MD.read_text() if RESULTS_MD.exists() else "# Benchmark results\n"
+        if begin in text and end in text:
+            head, rest = text.split(begin, 1)
+            text = head + section + rest.split(end, 1)[1]
+        else:
+            text = text.rstrip("\n") + "\n\n" + section + "\n"
+        RESULTS_MD.write_text(text)

@@ -1,0 +1,1 @@
+-- Plain GET of the URL given to wrk (the HTTP floor, e.g. /health): no args.

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.server import ServerProcess
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Factory: start_server(**settings) -> a running `shoal serve` (stopped after the test)."""
+    started: list[ServerProcess] = []
+
+    def start(data_dir: Path | None = None, **settings: Any) -> ServerProcess:
+        node = ServerProcess(data_dir or tmp_path / f"data{next(_names)}", settings)
+        started.append(node)
+        return node.start()
+
+    yield start
+    for node in started:
+        node.stop()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One node shared by a test module (default settings, short transaction timeout)."""
+    node = ServerProcess(tmp_path_factory.mktemp("shared") / "data",
+                         {"transaction_timeout": 1.0, "busy_timeout": 1.0})
+    node.start()
+    yield node
+    node.stop()
+
+
+@pytest.fixture
+def admin(server: ServerProcess) -> Iterator[httpx.Client]:
+    with server.client() as c:
+        yield c
+
+
+@pytest.fixture
+def new_db(admin: httpx.Client) -> Callable[[], str]:
+    """Create a fresh database on the shared node and return its name."""
+
+    def make() -> str:
+        name = f"db{next(_names)}"
+        r = admin.post("/v1/databases", json={"name": name})
+        assert r.status_code == 201, r.text
+        return name
+
+    return make

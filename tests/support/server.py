@@ -1,0 +1,93 @@
+"""Start a real `shoal serve` subprocess on a free port, for integration tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    """A running node. `settings` become SHOAL_* environment variables."""
+
+    data_dir: Path
+    settings: dict[str, Any] = field(default_factory=dict)
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_token(self) -> str:
+        if "admin_token" in self.settings:
+            return str(self.settings["admin_token"])
+        return (self.data_dir / "admin-token").read_text().strip()
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        self.port = self.port or free_port()
+        env = dict(os.environ)
+        env.update({f"SHOAL_{k.upper()}": str(v) for k, v in self.settings.items()})
+        env["SHOAL_ACCESS_LOG"] = str(self.settings.get("access_log", "false"))
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server.log"
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the subprocess
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "shoal", "serve", "--data", str(self.data_dir),
+             "--port", str(self.port)],
+            stdout=log, stderr=log, env=env,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"shoal serve exited: {self.log()}")
+            try:
+                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"shoal serve did not become healthy: {self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:] if self.log_path else ""
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        """kill -9: no shutdown code runs."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def restart(self) -> ServerProcess:
+        self.stop()
+        return self.start()
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=30,
+                            headers={"Authorization": f"Bearer {token or self.admin_token}"})

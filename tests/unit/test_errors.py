@@ -1,0 +1,159 @@
+"""The error envelope, the code -> HTTP status table and the SQLite code mapping."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import apsw
+import pytest
+
+from shoal.errors import CODES, ShoalError, from_sqlite, sqlite_names
+
+EXPECTED_STATUS = {
+    "INVALID_JSON": 400,
+    "INVALID_REQUEST": 400,
+    "INVALID_NAME": 400,
+    "INVALID_ARGUMENT": 400,
+    "TOO_MANY_STATEMENTS": 400,
+    "MULTIPLE_STATEMENTS": 400,
+    "PAYLOAD_TOO_LARGE": 413,
+    "RESPONSE_TOO_LARGE": 400,
+    "STATEMENT_TIMEOUT": 400,
+    "UNAUTHORIZED": 401,
+    "TOKEN_INVALID": 401,
+    "TOKEN_EXPIRED": 401,
+    "TOKEN_REVOKED": 401,
+    "FORBIDDEN": 403,
+    "READ_ONLY": 403,
+    "SQL_NOT_ALLOWED": 403,
+    "NOT_FOUND": 404,
+    "METHOD_NOT_ALLOWED": 405,
+    "DATABASE_NOT_FOUND": 404,
+    "TOKEN_NOT_FOUND": 404,
+    "TRANSACTION_NOT_FOUND": 404,
+    "DATABASE_EXISTS": 409,
+    "DATABASE_BUSY": 409,
+    "TRANSACTION_EXPIRED": 410,
+    "IDEMPOTENCY_KEY_REUSED": 422,
+    "INTERNAL": 500,
+}
+
+
+@pytest.mark.parametrize(("code", "status"), sorted(EXPECTED_STATUS.items()))
+def test_status_of_each_documented_code(code: str, status: int) -> None:
+    assert ShoalError(code, "m").status == status
+
+
+def test_every_code_in_the_table_is_stable_and_has_a_hint() -> None:
+    for code, (status, hint) in CODES.items():
+        assert re.fullmatch(r"[A-Z][A-Z_]*", code)
+        assert 400 <= status <= 599
+        assert hint.strip()
+        assert code in EXPECTED_STATUS, f"{code} is new: add it to this test and docs/api.md"
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [
+        ("SQLITE_CONSTRAINT", 400),
+        ("SQLITE_ERROR", 400),
+        ("SQLITE_MISMATCH", 400),
+        ("SQLITE_RANGE", 400),
+        ("SQLITE_TOOBIG", 400),
+        ("SQLITE_BUSY", 409),
+        ("SQLITE_LOCKED", 409),
+        ("SQLITE_READONLY", 403),
+        ("SQLITE_AUTH", 403),
+        ("SQLITE_IOERR", 500),
+        ("SQLITE_CORRUPT", 500),
+        ("SQLITE_FULL", 500),
+        ("SQLITE_CANTOPEN", 500),
+        ("SQLITE_NOMEM", 500),
+        ("SQLITE_NOTADB", 500),
+        ("SOMETHING_UNKNOWN", 400),
+    ],
+)
+def test_status_of_sqlite_codes(code: str, status: int) -> None:
+    assert ShoalError(code, "m").status == status
+
+
+def test_body_carries_code_message_default_hint_and_extras() -> None:
+    body = ShoalError("DATABASE_BUSY", "busy", statement=2).body()
+    assert body == {"error": {
+        "code": "DATABASE_BUSY", "message": "busy", "hint": CODES["DATABASE_BUSY"][1],
+        "statement": 2,
+    }}
+
+
+def test_body_hint_override_and_empty_hint() -> None:
+    assert ShoalError("INTERNAL", "m", hint="look here").body()["error"]["hint"] == "look here"
+    assert "hint" not in ShoalError("INTERNAL", "m", hint="").body()["error"]
+    assert "hint" not in ShoalError("SQLITE_ERROR", "m").body()["error"]
+
+
+# -- mapping real SQLite failures ------------------------------------------------------------
+
+
+@pytest.fixture
+def conn() -> Iterator[apsw.Connection]:
+    c = apsw.Connection(":memory:")
+    c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, u TEXT UNIQUE, n TEXT NOT NULL, "
+              "c INTEGER CHECK (c > 0), p INTEGER REFERENCES t(id))")
+    c.execute("PRAGMA foreign_keys=ON")
+    yield c
+    c.close()
+
+
+@pytest.mark.parametrize(
+    ("sql", "primary", "extended"),
+    [
+        ("INSERT INTO t(id, n) VALUES (1, 'a'), (1, 'b')", "SQLITE_CONSTRAINT",
+         "SQLITE_CONSTRAINT_PRIMARYKEY"),
+        ("INSERT INTO t(u, n) VALUES ('x', 'a'), ('x', 'b')", "SQLITE_CONSTRAINT",
+         "SQLITE_CONSTRAINT_UNIQUE"),
+        ("INSERT INTO t(n) VALUES (NULL)", "SQLITE_CONSTRAINT", "SQLITE_CONSTRAINT_NOTNULL"),
+        ("INSERT INTO t(n, c) VALUES ('a', 0)", "SQLITE_CONSTRAINT", "SQLITE_CONSTRAINT_CHECK"),
+        ("INSERT INTO t(n, p) VALUES ('a', 99)", "SQLITE_CONSTRAINT",
+         "SQLITE_CONSTRAINT_FOREIGNKEY"),
+        ("SELECT * FROM nowhere", "SQLITE_ERROR", "SQLITE_ERROR"),
+        ("SELEC 1", "SQLITE_ERROR", "SQLITE_ERROR"),
+    ],
+)
+def test_sqlite_errors_map_by_name_with_the_extended_name(
+        conn: apsw.Connection, sql: str, primary: str, extended: str) -> None:
+    with pytest.raises(apsw.Error) as info:
+        conn.execute(sql)
+    assert sqlite_names(info.value) == (primary, extended)
+    err = from_sqlite(info.value, statement=3)
+    assert err.code == primary
+    assert err.status == 400
+    body = err.body()["error"]
+    assert body["code"] == primary
+    assert body["extended_code"] == extended
+    assert body["statement"] == 3
+    assert body["message"] == str(info.value)
+
+
+def test_busy_maps_to_409(tmp_path: Path) -> None:
+    path = f"{tmp_path}/busy.db"
+    a, b = apsw.Connection(path), apsw.Connection(path)
+    try:
+        a.execute("PRAGMA journal_mode=WAL")
+        a.execute("CREATE TABLE t(x)")
+        a.execute("BEGIN IMMEDIATE")
+        with pytest.raises(apsw.BusyError) as info:
+            b.execute("BEGIN IMMEDIATE")
+        err = from_sqlite(info.value)
+        assert err.code == "SQLITE_BUSY"
+        assert err.status == 409
+        assert "statement" not in err.body()["error"]
+        a.execute("ROLLBACK")
+    finally:
+        a.close()
+        b.close()
+
+
+def test_an_exception_without_codes_is_sqlite_error() -> None:
+    assert sqlite_names(apsw.Error("bare")) == ("SQLITE_ERROR", "SQLITE_ERROR")
