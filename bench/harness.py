@@ -21,6 +21,7 @@ from typing import Any
 import apsw
 import httpx
 
+from bench import wrk
 from tests.support.server import ServerProcess
 
 BENCH_DIR = Path(__file__).parent
@@ -105,12 +106,63 @@ def parse_metrics(text: str) -> dict[str, float]:
     return out
 
 
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process and its live descendants (granian forks)."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        proc = Path(f"/proc/{current}")
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            for task in (proc / "task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of a process (VmRSS in /proc/PID/status)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+# -- load ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Load:
+    """One wrk run and the server CPU time (user + system, with children) it cost."""
+
+    result: wrk.WrkResult
+    cpu_s: float
+    wall_s: float
+
+    @property
+    def cpu_us_per_request(self) -> float:
+        return self.cpu_s / max(1, self.result.requests) * 1e6
+
+    @property
+    def busy(self) -> float:
+        """Server CPU seconds per second: 1.0 is one core fully used."""
+        return self.cpu_s / self.wall_s
+
+    def as_json(self) -> dict[str, Any]:
+        return self.result.as_json() | {
+            "server_cpu_s": round(self.cpu_s, 3),
+            "server_cpu_us_per_request": round(self.cpu_us_per_request, 1),
+            "server_cpu_utilisation": round(self.busy, 3)}
+
+
+def run_load(pid: int, url: str, script: str, args: list[str], *, connections: int,
+             threads: int, seconds: float) -> Load:
+    """wrk against url, with the CPU time the server process `pid` spent meanwhile."""
+    cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
+    result = wrk.run(url, script, args, connections=connections, threads=threads,
+                     seconds=seconds)
+    return Load(result, cpu_seconds(pid) - cpu0, time.perf_counter() - wall0)
 
 
 # -- in-process ceilings --------------------------------------------------------------------
@@ -200,7 +252,9 @@ def print_table(title: str, rows: Sequence[Row]) -> None:
         table.add_column(header, justify="left" if header == "benchmark" else "right")
     for row in rows:
         table.add_row(*table_cells(row))
-    Console().print(table)
+    console = Console()
+    console.width = max(console.width, 150)
+    console.print(table)
     for row in rows:
         if row.detail:
             print(f"  {row.name}: {row.detail}")

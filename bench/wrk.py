@@ -77,14 +77,15 @@ def parse_summary(output: str) -> WrkResult:
 
 
 def run(url: str, script: str, args: list[str], *, connections: int = 64, threads: int = 2,
-        seconds: float = 10.0, request_timeout: float = 10.0) -> WrkResult:
-    """Run wrk against url for `seconds` (bounded: killed if it overruns by 30 s)."""
+        seconds: float = 10, request_timeout: float = 10.0) -> WrkResult:
+    """Run wrk against url for `seconds` (whole, at least 1; killed if it overruns by 30 s)."""
     wrk = ensure_wrk()
+    seconds = max(1, round(seconds))
     source = (LUA_DIR / script).read_text() + "\n" + (LUA_DIR / "report.lua").read_text()
     with tempfile.NamedTemporaryFile("w", suffix=".lua", prefix="bench-") as fh:
         fh.write(source)
         fh.flush()
-        command = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s",
+        command = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s",
                    "--timeout", f"{request_timeout:g}s", "-s", fh.name, url, "--", *args]
         done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30)
     if done.returncode != 0:

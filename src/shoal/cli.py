@@ -3,9 +3,34 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import sqlite3
 import sys
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from shoal import settings as settings_mod
+from shoal.client import (
+    Client,
+    Result,
+    ShoalError,
+    Transaction,
+    from_json,
+    split_sql,
+    transaction_control,
+)
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+HISTORY_FILE = "~/.shoal_history"
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -36,10 +61,492 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- client commands: shared plumbing ------------------------------------------------------------
+class UsageError(Exception):
+    """A command line the client refuses before sending anything."""
+
+
+def _common_options() -> argparse.ArgumentParser:
+    """--url, --token and --json, shared by every client command."""
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("server")
+    g.add_argument("--url", default=None,
+                   help=f"server URL (env SHOAL_URL; default {DEFAULT_URL})")
+    g.add_argument("--token", default=None,
+                   help="bearer token (env SHOAL_TOKEN; local fallback below)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    return p
+
+
+CLIENT_EPILOG = f"""\
+server and token:
+  --url, else $SHOAL_URL, else {DEFAULT_URL}.
+  --token, else $SHOAL_TOKEN. With neither, when the URL is local (127.0.0.1,
+  localhost, ::1), the admin token is read from ./shoal-data/admin-token
+  ($SHOAL_DATA/admin-token when SHOAL_DATA is set) if that file exists.
+errors print 'error CODE: message' on stderr and exit with status 1."""
+
+
+def _client_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+                   common: argparse.ArgumentParser, text: str) -> argparse.ArgumentParser:
+    """A client subcommand: shared options, and the epilog on where the token comes from."""
+    return sub.add_parser(name, parents=[common], help=text, description=text,
+                          epilog=CLIENT_EPILOG,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def resolve_token(url: str, token: str | None) -> str | None:
+    """--token, else SHOAL_TOKEN, else a local node's admin-token file (for `make run` users)."""
+    if token:
+        return token
+    if os.environ.get("SHOAL_TOKEN"):
+        return os.environ["SHOAL_TOKEN"]
+    try:
+        host = urlsplit(url).hostname
+    except ValueError:
+        return None
+    if host in LOCAL_HOSTS:
+        path = Path(os.environ.get("SHOAL_DATA") or "shoal-data") / "admin-token"
+        if path.is_file():
+            return path.read_text().strip() or None
+    return None
+
+
+def print_error(code: str, message: str, hint: str | None = None,
+                statement: int | None = None) -> None:
+    """`error CODE: message` on stderr (plain text: messages may hold brackets)."""
+    print(f"error {code}: {message}", file=sys.stderr)
+    if statement is not None:
+        print(f"  in statement {statement}", file=sys.stderr)
+    if hint:
+        print(f"  hint: {hint}", file=sys.stderr)
+
+
+ClientCommand = Callable[[argparse.Namespace, Client, "Output"], int]
+
+
+def _client_command(func: ClientCommand) -> Callable[[argparse.Namespace], int]:
+    """Wrap a command: build the client, print typed errors as `error CODE: message`, exit 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        url = args.url or os.environ.get("SHOAL_URL") or DEFAULT_URL
+        try:
+            client = Client(url, resolve_token(url, args.token))
+        except ValueError as exc:
+            print_error("USAGE", str(exc))
+            return 1
+        try:
+            with client:
+                return func(args, client, Output(args.json))
+        except ShoalError as exc:
+            print_error(exc.code, exc.message, exc.hint, exc.statement)
+        except UsageError as exc:
+            print_error("USAGE", str(exc))
+        except KeyboardInterrupt:
+            return 130
+        return 1
+
+    return run
+
+
+# -- output --------------------------------------------------------------------------------------
+def _cell(value: Any) -> Text:
+    """One SQL value for a table: NULL dimmed, blobs as x'hex' (long ones cut)."""
+    if value is None:
+        return Text("NULL", style="dim")
+    if isinstance(value, bytes):
+        shown = value[:32].hex()
+        more = f"… ({len(value)} bytes)" if len(value) > 32 else ""
+        return Text(f"x'{shown}'{more}", style="cyan")
+    if isinstance(value, float):
+        return Text(repr(value))
+    return Text(str(value))
+
+
+class Output:
+    """Tables through rich, or JSON with --json: one place decides the format."""
+
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
+        self.console: Console = Console(highlight=False)
+
+    def json(self, data: Any) -> None:
+        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+
+    def plain(self, text: str) -> None:
+        """A line no terminal width may wrap or cut (tokens)."""
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    def message(self, text: str) -> None:
+            self.console.print(Text(text), soft_wrap=True)  # SQL text stays as written
+
+    def table(self, columns: list[str], rows: list[tuple[Any, ...]] | list[list[Any]],
+              footer: str | None = None) -> None:
+        table = Table(header_style="bold")
+        for name in columns:
+            table.add_column(name, overflow="fold")  # wrap long values, never cut them
+        for row in rows:
+            table.add_row(*(_cell(v) for v in row))
+        self.console.print(table)
+        if footer:
+            self.console.print(footer, style="dim")
+
+    def fields(self, items: dict[str, Any]) -> None:
+        self.table(["field", "value"], [[k, v] for k, v in items.items()])
+
+    def results(self, results: list[Result]) -> None:
+        if self.as_json:
+            meta = asdict(results[0].meta) if results else {}
+            self.json({"results": [r.to_json() for r in results], "meta": meta})
+            return
+        for result in results:
+            if result.columns:
+                n = len(result.rows)
+                self.table(result.columns, result.rows, f"{n} row{'s' * (n != 1)}")
+            elif result.rows_affected:
+                n = result.rows_affected
+                self.message(f"{n} row{'s' * (n != 1)} affected")
+            else:
+                self.message("ok")
+
+
+# -- db ------------------------------------------------------------------------------------------
+def _db_create(args: argparse.Namespace, client: Client, out: Output) -> int:
+    info = client.create_database(args.name)
+    if out.as_json:
+        out.json(info)
+    else:
+        out.message(f"created database {info['name']}")
+    return 0
+
+
+def _db_list(args: argparse.Namespace, client: Client, out: Output) -> int:
+    databases = client.list_databases(limit=args.limit)
+    if out.as_json:
+        out.json({"databases": databases})
+    else:
+        out.table(["name", "created_at"], [[d["name"], d.get("created_at")] for d in databases],
+                  f"{len(databases)} database{'s' * (len(databases) != 1)}")
+    return 0
+
+
+def _db_info(args: argparse.Namespace, client: Client, out: Output) -> int:
+    info = client.database(args.name)
+    usage = client.usage(args.name)
+    if out.as_json:
+        out.json(info | {"usage": usage})
+        return 0
+    branches = info.get("branches") or []
+    out.fields({
+        "name": info["name"],
+        "created_at": info.get("created_at"),
+        "size_bytes": info.get("size_bytes"),
+        "txid": info.get("txid"),
+        "open": info.get("open"),
+        "branches": ", ".join(b["name"] if isinstance(b, dict) else str(b) for b in branches),
+        "rows_read": usage.get("rows_read"),
+        "rows_written": usage.get("rows_written"),
+        "queries": usage.get("queries"),
+    })
+    return 0
+
+
+def _db_delete(args: argparse.Namespace, client: Client, out: Output) -> int:
+    client.delete_database(args.name)
+    if out.as_json:
+        out.json({"deleted": args.name})
+    else:
+        out.message(f"deleted database {args.name}")
+    return 0
+
+
+# -- sql -----------------------------------------------------------------------------------------
+def parse_arg(text: str) -> Any:
+    """A --arg: JSON when it parses (1, 2.5, null, true, "007", {"base64": ...}), else the text."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(value, dict):
+        try:
+            return from_json(value)
+        except ValueError:
+            raise UsageError(f"--arg {text}: an object must be {{\"base64\": ...}}, "
+                             "{\"integer\": ...} or {\"float\": ...}") from None
+    if isinstance(value, list):
+        raise UsageError(f"--arg {text}: an array is not an SQL value")
+    return value
+
+
+def _sql(args: argparse.Namespace, client: Client, out: Output) -> int:
+    statements = split_sql(args.sql)
+    if not statements:
+        raise UsageError("no SQL statement given")
+    values = [parse_arg(a) for a in args.arg]
+    if values and len(statements) > 1:
+        raise UsageError("--arg needs a single statement; this SQL holds "
+                         f"{len(statements)}")
+    items: list[Any] = [(statements[0], values)] if values else statements
+    out.results(client.batch(items, database=args.database))
+    return 0
+
+
+# -- shell ---------------------------------------------------------------------------------------
+_HIDDEN = "name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE '\\_shoal\\_%' ESCAPE '\\'"
+SHELL_HELP = """\
+End each SQL statement with ';' (it may span lines). BEGIN, COMMIT and ROLLBACK open and
+end an interactive transaction on the server.
+  .tables            list tables and views
+  .schema [TABLE]    show CREATE statements
+  .help              this text
+  .quit / .exit      leave (an open transaction is rolled back)"""
+
+
+class Shell:
+    """Reads statements until ';', runs them, draws results; dot-commands for the schema."""
+
+    def __init__(self, client: Client, database: str, out: Output):
+        self.client = client
+        self.database = database
+        self.out = out
+        self.tx: Transaction | None = None
+        self.errors = 0
+
+    def prompt(self, continuing: bool) -> str:
+        if continuing:
+            return " " * max(len(self.database) - 2, 0) + "...> "
+        return f"{self.database}{'*' if self.tx else ''}> "
+
+    def loop(self, read: Callable[[str], str]) -> None:
+        """Until EOF or .quit: ``read(prompt)`` gives a line or raises EOFError."""
+        buffer: list[str] = []
+        while True:
+            try:
+                line = read(self.prompt(bool(buffer)))
+            except EOFError:
+                break
+            except KeyboardInterrupt:
+                buffer.clear()
+                continue
+            if not buffer and line.strip().startswith("."):
+                if not self.dot(line.strip()):
+                    break
+                continue
+            buffer.append(line)
+            text = "\n".join(buffer)
+            if not text.strip():
+                buffer.clear()
+            elif sqlite3.complete_statement(text):
+                buffer.clear()
+                try:
+                    self.run_text(text)
+                except KeyboardInterrupt:  # stop waiting for this one, keep the shell
+                    self.fail("INTERRUPTED", "stopped waiting for the server")
+        if split_sql("\n".join(buffer)):
+            self.fail("INCOMPLETE", "input ended inside a statement (missing ';')")
+        self.finish()
+
+    def run_text(self, text: str) -> None:
+        for statement in split_sql(text):
+            try:
+                self.run(statement)
+            except ShoalError as exc:
+                if self.tx is not None and self.tx.done:
+                    self.tx = None
+                    self.out.message("the transaction has ended")
+                self.fail(exc.code, exc.message, exc.hint)
+
+    def run(self, sql: str) -> None:
+        control = transaction_control(sql)
+        if control == "BEGIN":
+            if self.tx is not None:
+                self.fail("USAGE", "a transaction is already open")
+                return
+            tx = self.client.transaction(database=self.database)
+            tx.begin()
+            self.tx = tx
+            self.out.message(f"transaction {tx.id} open ({tx.mode}); COMMIT or ROLLBACK ends it")
+        elif control is not None:
+            ending, self.tx = self.tx, None
+            if ending is None:
+                self.fail("USAGE", "no transaction is open")
+                return
+            if control == "ROLLBACK":
+                ending.rollback()
+                self.out.message("rolled back")
+            else:
+                ending.commit()
+                self.out.message(f"committed (txid {ending.txid})" if ending.txid
+                                 else "committed")
+        else:
+            self.out.results([self.execute(sql)])
+
+    def execute(self, sql: str, args: list[Any] | None = None) -> Result:
+        if self.tx is not None:
+            return self.tx.execute(sql, args)
+        return self.client.execute(sql, args, database=self.database)
+
+    def dot(self, line: str) -> bool:
+        """Run a dot-command; False means leave the shell."""
+        command, _, rest = line.partition(" ")
+        rest = rest.strip()
+        try:
+            if command in (".quit", ".exit"):
+                return False
+            if command == ".help":
+                self.out.message(SHELL_HELP)
+            elif command == ".tables":
+                result = self.execute("SELECT name FROM sqlite_schema WHERE type IN "
+                                      f"('table', 'view') AND {_HIDDEN} ORDER BY name")
+                names = [str(row[0]) for row in result.rows]
+                if self.out.as_json:
+                    self.out.json(names)
+                elif names:
+                    self.out.message("\n".join(names))
+            elif command == ".schema":
+                where = " AND tbl_name = ?" if rest else ""
+                result = self.execute(
+                    f"SELECT sql FROM sqlite_schema WHERE sql IS NOT NULL AND {_HIDDEN}{where} "
+                    "ORDER BY tbl_name, type DESC, name", [rest] if rest else None)
+                sql = [f"{row[0]!s};" for row in result.rows]
+                if self.out.as_json:
+                    self.out.json(sql)
+                elif sql:
+                    self.out.message("\n".join(sql))
+            else:
+                self.fail("USAGE", f"unknown command {command}; try .help")
+        except ShoalError as exc:
+            self.fail(exc.code, exc.message, exc.hint)
+        return True
+
+    def fail(self, code: str, message: str, hint: str | None = None) -> None:
+        self.errors += 1
+        print_error(code, message, hint)
+
+    def finish(self) -> None:
+        """Leaving with a transaction open rolls it back, as sqlite3 does."""
+        tx, self.tx = self.tx, None
+        if tx is not None:
+            try:
+                tx.rollback()
+                self.out.message("rolled back the open transaction")
+            except ShoalError as exc:
+                self.fail(exc.code, exc.message, exc.hint)
+
+
+def _stdin_lines() -> Callable[[str], str]:
+    """Non-interactive input: stdin lines, no prompts."""
+    lines: Iterator[str] = iter(sys.stdin)
+
+    def read(prompt: str) -> str:
+        try:
+            return next(lines).rstrip("\n")
+        except StopIteration:
+            raise EOFError from None
+
+    return read
+
+
+def _terminal() -> Callable[[str], str]:
+    """Interactive input: prompt_toolkit with persistent history."""
+    from prompt_toolkit import PromptSession
+    from prompt_toolkit.history import FileHistory
+
+    session: PromptSession[str] = PromptSession(
+        history=FileHistory(os.path.expanduser(HISTORY_FILE)))
+    return session.prompt
+
+
+def _shell(args: argparse.Namespace, client: Client, out: Output) -> int:
+    client.database(args.database)  # fail early on a wrong name or token
+    interactive = sys.stdin.isatty()
+    shell = Shell(client, args.database, out)
+    if interactive:
+        out.message(f"shoal shell on {client.url}/db/{args.database}; .help for help")
+    shell.loop(_terminal() if interactive else _stdin_lines())
+    return 1 if shell.errors and not interactive else 0
+
+
+# -- tokens --------------------------------------------------------------------------------------
+def _token_create(args: argparse.Namespace, client: Client, out: Output) -> int:
+    scope = args.databases.strip()
+    databases: list[str] | str = "*" if scope == "*" else \
+        [d.strip() for d in scope.split(",") if d.strip()]
+    if not databases:
+        raise UsageError("--databases needs names (a,b) or '*'")
+    made = client.create_token(databases, args.access, args.expires_in)
+    if out.as_json:
+        out.json(made)
+    else:
+        scope_text = made["databases"] if isinstance(made["databases"], str) \
+            else ", ".join(made["databases"])
+        out.fields({"id": made["id"], "databases": scope_text, "access": made["access"],
+                    "expires_at": made["expires_at"]})
+        out.plain(f"token: {made['token']}")  # one unbroken line, easy to copy; shown once
+    return 0
+
+
+def _token_revoke(args: argparse.Namespace, client: Client, out: Output) -> int:
+    client.revoke_token(args.id)
+    if out.as_json:
+        out.json({"revoked": args.id})
+    else:
+        out.message(f"revoked token {args.id}")
+    return 0
+
+
+def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    common = _common_options()
+
+    db = sub.add_parser("db", help="create, list, inspect and delete databases")
+    dbs = db.add_subparsers(dest="db_command", required=True, metavar="{create,list,info,delete}")
+    p = _client_parser(dbs, "create", common, "create a database")
+    p.add_argument("name", help="name: [a-z0-9][a-z0-9_-]{0,62}")
+    p.set_defaults(func=_client_command(_db_create))
+    p = _client_parser(dbs, "list", common, "list databases (every page)")
+    p.add_argument("--limit", type=int, default=None, help="show at most this many")
+    p.set_defaults(func=_client_command(_db_list))
+    p = _client_parser(dbs, "info", common, "size, txid, branches and usage")
+    p.add_argument("name")
+    p.set_defaults(func=_client_command(_db_info))
+    p = _client_parser(dbs, "delete", common, "delete a database and its data")
+    p.add_argument("name")
+    p.set_defaults(func=_client_command(_db_delete))
+
+    p = _client_parser(sub, "sql", common, "run SQL (one transaction) and print results")
+    p.add_argument("database")
+    p.add_argument("sql", help="one statement, or several separated by ';'")
+    p.add_argument("--arg", action="append", default=[], metavar="VALUE",
+                   help="a value for the next '?' (repeat); JSON when it parses as JSON "
+                        "(42, null, \"007\", {\"base64\": \"AAE=\"}), else the text itself")
+    p.set_defaults(func=_client_command(_sql))
+
+    p = _client_parser(sub, "shell", common,
+                       "interactive SQL shell (history in ~/.shoal_history); "
+                       "reads stdin when it is not a terminal")
+    p.add_argument("database")
+    p.set_defaults(func=_client_command(_shell))
+
+    token = sub.add_parser("token", help="create and revoke access tokens")
+    ts = token.add_subparsers(dest="token_command", required=True, metavar="{create,revoke}")
+    p = _client_parser(ts, "create", common, "create a token (needs an admin token)")
+    p.add_argument("--databases", required=True, help="comma-separated names, or '*' for all")
+    p.add_argument("--access", choices=("read", "write", "admin"), default="read")
+    p.add_argument("--expires-in", type=int, default=3600, metavar="SECONDS",
+                   help="lifetime in seconds (default 3600)")
+    p.set_defaults(func=_client_command(_token_create))
+    p = _client_parser(ts, "revoke", common, "revoke a token by id, at once")
+    p.add_argument("id")
+    p.set_defaults(func=_client_command(_token_revoke))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shoal", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_serve(sub)
+    _add_client_commands(sub)
     return parser
 
 

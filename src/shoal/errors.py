@@ -31,7 +31,9 @@ CODES: dict[str, tuple[int, str]] = {
     "TOKEN_REVOKED": (401, "Create a new token."),
     "FORBIDDEN": (403, "The token does not grant this database or action."),
     "READ_ONLY": (403, "This token may only read; use a token with write access."),
-    "SQL_NOT_ALLOWED": (403, "ATTACH, extensions, file and durability PRAGMAs are refused."),
+    "SQL_NOT_ALLOWED": (403, "SQL that reaches outside the database, weakens durability, leaves "
+                             "state on a pooled connection or touches _shoal_* tables is refused; "
+                             "see docs/api.md, 'What SQL may do'."),
     # resources
     "NOT_FOUND": (404, "See /openapi.json for the routes."),
     "METHOD_NOT_ALLOWED": (405, "See /openapi.json for the routes."),

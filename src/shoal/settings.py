@@ -138,6 +138,8 @@ def load(
         if raw is not None and raw != "":
             values[s.name] = _coerce(s, raw, "SHOAL_" + s.name.upper())
     for key, raw in (overrides or {}).items():
+        if key not in BY_NAME:
+            raise SettingsError(f"unknown setting {key!r}")
         if raw is not None:
             values[key] = _coerce(BY_NAME[key], raw, "--" + key.replace("_", "-"))
     if values["synchronous"] not in ("full", "normal"):

@@ -98,7 +98,8 @@ def test_forged_with_another_key(authority: TokenAuthority) -> None:
     other = TokenAuthority("another-key-" + "z" * 32, ADMIN, set())
     forged = other.sign("tok_f", None, "admin", time.time() + 60)
     expect("TOKEN_INVALID", authority.verify, forged)
-    forged2 = jwt.encode(claims(acc="admin", dbs="*"), "a-guessed-key-" + "g" * 40, algorithm="HS256")
+    guessed = "a-guessed-key-" + "g" * 40
+    forged2 = jwt.encode(claims(acc="admin", dbs="*"), guessed, algorithm="HS256")
     expect("TOKEN_INVALID", authority.verify, forged2)
 
 
@@ -120,7 +121,7 @@ def test_tampered_payload(authority: TokenAuthority) -> None:
 
 def test_alg_none_is_refused(authority: TokenAuthority) -> None:
     body = claims(acc="admin", dbs="*")
-    unsigned = jwt.encode(body, None, algorithm="none")
+    unsigned = jwt.encode(body, "", algorithm="none")
     expect("TOKEN_INVALID", authority.verify, unsigned)
     handmade = f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(body)}."
     expect("TOKEN_INVALID", authority.verify, handmade)

@@ -160,7 +160,7 @@ sqlite_values = st.one_of(
     st.sampled_from([SAFE_INT - 1, SAFE_INT, SAFE_INT + 1, -SAFE_INT - 1, INT64_MAX, INT64_MIN]),
     st.floats(allow_nan=False),  # SQLite stores NaN as NULL: it is not an SQLite value
     st.sampled_from([0.0, -0.0, math.inf, -math.inf, 5e-324, 1.7976931348623157e308]),
-    st.text(alphabet=st.characters(exclude_categories=("Cs",))),  # SQLite text is UTF-8
+    st.text(alphabet=st.characters(exclude_categories=["Cs"])),  # SQLite text is UTF-8
     st.binary(),
 )
 

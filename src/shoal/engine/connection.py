@@ -9,13 +9,15 @@ statement (refused). A progress handler enforces the time budget.
 
 from __future__ import annotations
 
+import re
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import apsw
 
-from shoal.engine.policy import Guard
+from shoal.engine.policy import TRANSACTION_CONTROL, Guard
 from shoal.errors import ShoalError, from_sqlite
 from shoal.values import SQLValue, decode_args, encode_row
 
@@ -88,6 +90,88 @@ class SoftDeadline(Exception):
     """The inline time budget ran out: run the request again off the event loop."""
 
 
+class TransactionControl(ShoalError):
+    """SQLite refused a transaction statement that was the whole entry (BEGIN, COMMIT, ...).
+
+    The native API shows it as SQL_NOT_ALLOWED (every request is a transaction);
+    Hrana clients send transactions as SQL, so their streams map it to
+    Engine.begin / tx_end. ``verb`` is what SQLite's authorizer reported;
+    ``immediate`` says whether a BEGIN takes the write lock at once
+    (IMMEDIATE, EXCLUSIVE), as SQLite itself decides on a scratch database.
+    """
+
+    def __init__(self, verb: str, immediate: bool, message: str, statement: int):
+        super().__init__("SQL_NOT_ALLOWED", message, statement=statement)
+        self.verb = verb
+        self.immediate = immediate
+
+
+@dataclass(slots=True)
+class Description:
+    """A statement as SQLite prepared it, without running it (Hrana's describe)."""
+
+    params: list[str | None]  # with their prefix (":a", "?2"); None for a bare "?"
+    columns: list[str]
+    decltypes: list[str | None]
+    is_explain: bool
+    is_readonly: bool
+
+
+_probes = threading.local()
+_BINDINGS_WANTED = re.compile(r"has (\d+) binding")
+
+
+def _param_name(sql: str, name: str | None) -> str | None:
+    """apsw drops a parameter's prefix; put back the one the statement uses."""
+    if name is None:
+        return None
+    if name.isdigit():
+        return "?" + name
+    for prefix in ":@$":
+        if prefix + name in sql:
+            return prefix + name
+    return ":" + name
+
+
+def probe_transaction(sql: str, verb: str, index: int) -> bool:
+    """Run a transaction statement on an empty in-memory database, as SQLite would.
+
+    Returns True when a BEGIN takes the write lock at once. Text holding anything
+    after the statement is refused (the authorizer only saw the first statement).
+    """
+    conn: apsw.Connection | None = getattr(_probes, "conn", None)
+    if conn is None:
+        conn = _probes.conn = apsw.Connection(":memory:")
+    seen = 0
+
+    def trace(cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
+        nonlocal seen
+        if cursor.has_vdbe:
+            seen += 1
+        return seen <= 1
+
+    def allow(op: int, *_: Any) -> int:
+        return apsw.SQLITE_OK if op == apsw.SQLITE_TRANSACTION else apsw.SQLITE_DENY
+
+    if verb != "BEGIN":
+        conn.execute("BEGIN")
+    try:
+        cursor = conn.cursor()
+        cursor.exec_trace = trace
+        conn.authorizer = allow
+        try:
+            cursor.execute(sql).fetchall()
+        except apsw.Error:
+            raise ShoalError("MULTIPLE_STATEMENTS", "one entry held more than one SQL statement",
+                             statement=index) from None
+        finally:
+            conn.authorizer = None
+        return bool(conn.txn_state() == apsw.SQLITE_TXN_WRITE)
+    finally:
+        if not conn.get_autocommit():
+            conn.execute("ROLLBACK")
+
+
 @dataclass
 class Limits:
     statement_timeout: float
@@ -132,7 +216,7 @@ class Connection:
 
     # -- hooks -----------------------------------------------------------------------------
     def _trace(self, cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
-        if self.guard.internal:
+        if self.guard.internal or not cursor.has_vdbe:  # no VDBE: only comments, nothing runs
             return True
         self._count += 1
         if self._count > 1:
@@ -177,11 +261,55 @@ class Connection:
             self.deadline = self.soft_deadline = float("inf")
         return out
 
+    def describe(self, sql: str) -> Description:
+        """Prepare sql under the authorizer and report it without stepping it."""
+        found: list[Description] = []
+
+        def trace(cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
+            if not cursor.has_vdbe:
+                return True
+            desc = cursor.get_description()
+            found.append(Description(
+                [_param_name(sql, name) for name in cursor.bindings_names],
+                [d[0] for d in desc], [d[1] for d in desc],
+                bool(cursor.is_explain), bool(cursor.is_readonly)))
+            return False
+
+        cursor = self.raw.cursor()
+        cursor.exec_trace = trace
+        self.guard.reason = self.guard.control = None
+        bindings: tuple[None, ...] | None = None
+        for _ in range(2):
+            try:
+                cursor.execute(sql, bindings)
+            except apsw.BindingsError as exc:  # apsw binds before tracing: bind NULLs
+                wanted = _BINDINGS_WANTED.search(str(exc))
+                if wanted is None or bindings is not None:
+                    raise ShoalError("INVALID_ARGUMENT", str(exc)) from None
+                bindings = (None,) * int(wanted.group(1))
+                continue
+            except apsw.ExecTraceAbort:
+                pass
+            except (apsw.AuthError, apsw.SQLError) as exc:
+                reason, control = self.guard.reason, self.guard.control
+                self.guard.reason = self.guard.control = None
+                if reason and reason[0] == TRANSACTION_CONTROL and control:
+                    return Description([], [], [], False, True)  # as SQLite describes BEGIN
+                if reason:
+                    raise ShoalError(reason[0], reason[1]) from None
+                raise from_sqlite(exc) from None
+            except apsw.Error as exc:
+                raise from_sqlite(exc) from None
+            break
+        return found[0] if found else Description([], [], [], False, True)
+
     def _run_one(self, stmt: Statement, index: int, limits: Limits, out: Counters) -> None:
         raw = self.raw
         self._count = 0
         self._description = ()
         self._would_write = False
+        self.guard.reason = None
+        self.guard.control = None
         changes_before = raw.total_changes()
         rows: list[list[Any]] = []
         size = out.bytes
@@ -189,6 +317,9 @@ class Connection:
         try:
             cursor.execute(stmt.sql, stmt.args)
             for row in cursor:
+                if not rows:  # SQLite re-prepares a cached statement at its first step after
+                    # a schema change; `description` is not cached by apsw (get_description is)
+                    self._description = tuple((d[0], d[1]) for d in cursor.description)
                 rows.append(encode_row(row))
                 size += len(repr(row))
                 if size > limits.max_response_bytes:
@@ -213,9 +344,15 @@ class Connection:
                 f"statement ran longer than statement_timeout ({limits.statement_timeout:g} s)",
                 statement=index,
             ) from None
-        except apsw.AuthError as exc:
-            reason = self.guard.reason
-            self.guard.reason = None
+        except (apsw.AuthError, apsw.SQLError) as exc:  # a denied function is an SQLError
+            reason, control = self.guard.reason, self.guard.control
+            self.guard.reason = self.guard.control = None
+            if reason and reason[0] == TRANSACTION_CONTROL:
+                if control and self._count == 0:  # the entry's first statement
+                    immediate = control in ("BEGIN", "COMMIT", "ROLLBACK") and \
+                        probe_transaction(stmt.sql, control, index)
+                    raise TransactionControl(control, immediate, reason[1], index) from None
+                reason = ("SQL_NOT_ALLOWED", reason[1])
             if reason:
                 raise ShoalError(reason[0], reason[1], statement=index) from None
             raise from_sqlite(exc, index) from None
@@ -229,6 +366,9 @@ class Connection:
             raise from_sqlite(exc, index) from None
         except (TypeError, ValueError, OverflowError) as exc:
             raise ShoalError("INVALID_ARGUMENT", str(exc), statement=index) from None
+        except KeyError as exc:  # apsw: a named parameter missing from the args object
+            raise ShoalError("INVALID_ARGUMENT", f"no value for parameter {exc}",
+                             statement=index) from None
         written = raw.total_changes() - changes_before
         desc: tuple[tuple[str, str | None], ...] = self._description
         out.rows_read += len(rows)

@@ -29,6 +29,7 @@ from shoal.engine.connection import (
     SCHEMA,
     Connection,
     Counters,
+    Description,
     Limits,
     NeedsWriter,
     SoftDeadline,
@@ -49,8 +50,9 @@ RELEASE = f"RELEASE s{_NONCE}"
 ROLLBACK_TO = f"ROLLBACK TO s{_NONCE}"
 SET_TXID = f"UPDATE _shoal_state SET txid = ? /*{_NONCE}*/"
 GET_TXID = f"SELECT txid FROM _shoal_state /*{_NONCE}*/"
-PUT_IDEM = (f"INSERT INTO _shoal_idempotency(subject, key, body_hash, status, response, created_at)"
-            f" VALUES (?, ?, ?, ?, ?, ?) /*{_NONCE}*/")
+# OR REPLACE: a record past idempotency_ttl may still be in the file (purged at open only)
+PUT_IDEM = (f"INSERT OR REPLACE INTO _shoal_idempotency(subject, key, body_hash, status,"
+            f" response, created_at) VALUES (?, ?, ?, ?, ?, ?) /*{_NONCE}*/")
 GET_IDEM = (f"SELECT body_hash, status, response, created_at FROM _shoal_idempotency"
             f" WHERE subject = ? AND key = ? /*{_NONCE}*/")
 PURGE_IDEM = f"DELETE FROM _shoal_idempotency WHERE created_at < ? /*{_NONCE}*/"
@@ -108,6 +110,7 @@ class Transaction:
     busy: bool = False
     aborted: bool = False  # SQLite rolled it back after an error; only rollback remains
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    start_txid: int = 0  # the commit its snapshot (read) or write lock (write) starts from
 
 
 class Database:
@@ -201,10 +204,12 @@ class Database:
 
     @staticmethod
     def _read_on(conn: Connection, statements: list[Statement], limits: Limits) -> Counters:
-        if len(statements) == 1:  # one statement is its own read transaction
-            return conn.run(statements, limits)
+        # Open the snapshot before preparing: a reader's cached schema may predate the
+        # writer's last commit, and statements prepared against it report stale columns
+        # or fail ("no such column") where SQLite does not re-check the schema itself.
         conn.internal(BEGIN)
         try:
+            conn.internal(GET_TXID)
             return conn.run(statements, limits)
         finally:
             conn.internal(ROLLBACK)
@@ -347,6 +352,22 @@ class Database:
         body_hash, status, response, _ = rows[0]
         return body_hash, status, response
 
+    async def describe(self, sql: str) -> Description:
+        """Prepare sql on a reader (authorizer on) and describe it without running it."""
+        await self.reader_slots.acquire()
+        conn = self.readers.pop() if self.readers else None
+        try:
+            if conn is None:
+                conn = Connection(self.path, reader=True, synchronous=self.settings.synchronous)
+            return conn.describe(sql)
+        finally:
+            if conn is not None:
+                if self.closed:
+                    conn.close()
+                else:
+                    self.readers.append(conn)
+            self.reader_slots.release()
+
     # -- interactive transactions -----------------------------------------------------------
     async def begin(self, tx_id: str, subject: str, write: bool) -> Transaction:
         loop = asyncio.get_running_loop()
@@ -363,12 +384,13 @@ class Database:
             except BaseException:
                 self.write_lock.release()
                 raise
+            start = self.txid  # no commit can land while the write lock is held
         else:
             conn = Connection(self.path, reader=True, synchronous=self.settings.synchronous)
             conn.internal(BEGIN)
-            conn.internal(GET_TXID)  # pin the snapshot now, not at the first query
+            start = conn.internal(GET_TXID)[0][0]  # pin the snapshot now, not at the first query
         tx = Transaction(tx_id, subject, write, conn,
-                         time.monotonic() + self.settings.transaction_timeout)
+                         time.monotonic() + self.settings.transaction_timeout, start_txid=start)
         self.transactions[tx_id] = tx
         return tx
 

@@ -26,9 +26,9 @@ import apsw
 
 from shoal import tokens
 from shoal.engine.catalog import Catalog, DatabaseRecord, TokenRecord
-from shoal.engine.connection import Counters, NeedsWriter, Result, Statement
+from shoal.engine.connection import Counters, Description, NeedsWriter, Result, Statement
 from shoal.engine.database import GET_TXID, Committed, Database, IdempotencyRecord, Transaction
-from shoal.engine.lifecycle import Lifecycle
+from shoal.engine.lifecycle import Lifecycle, drain
 from shoal.errors import ShoalError
 from shoal.metrics import METRICS
 from shoal.names import check as check_name
@@ -115,7 +115,7 @@ class Engine:
             with contextlib.suppress(Exception):
                 await db.end(tx, commit=False)
         self._flush_usage()
-        self.lifecycle.close_all()
+        await self.lifecycle.close_all(self.settings.statement_timeout + 1)
         self.catalog.close()
         self.executor.shutdown(wait=True)
 
@@ -197,10 +197,7 @@ class Engine:
                 with contextlib.suppress(Exception):
                     await db.end(tx, commit=False)
         for db in self.lifecycle.close_database(name):
-            deadline = time.monotonic() + self.settings.statement_timeout + 1
-            while not db.idle and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-            db.close()
+            await drain(db, self.settings.statement_timeout + 1)
         self.usage.pop(name, None)
         await self._run(self.catalog.delete_database, name)
         await self._run(shutil.rmtree, self.lifecycle.root / name, True)
@@ -299,6 +296,24 @@ class Engine:
         return {"rows_read": read + pending[0], "rows_written": written + pending[1],
                 "queries": queries + pending[2], "storage_bytes": size}
 
+    async def describe(self, principal: tokens.Principal, name: str, sql: str) -> Description:
+        """Prepare one statement without running it (Hrana's describe): read access."""
+        principal.require("read", name)
+        async with self.lifecycle.use(name) as db:
+            return await db.describe(sql)
+
+    async def find_idempotent(self, principal: tokens.Principal, name: str,
+                              idem: Idempotency) -> tuple[int, bytes] | None:
+        """The response stored for this key, if any; a different body is refused.
+
+        For protocols that commit through several engine calls (Hrana), which look
+        the key up once before running and record it with their one commit.
+        """
+        principal.require("read", name)
+        async with self.lifecycle.use(name) as db:
+            found = await db.find_idempotent(principal.subject, idem.key)
+        return None if found is None else self._replay(found, idem).replay
+
     # -- interactive transactions ------------------------------------------------------------
     async def begin(self, principal: tokens.Principal, name: str, mode: str | None) -> Transaction:
         principal.require("read", name)
@@ -353,14 +368,30 @@ class Engine:
                      idem: Idempotency | None = None,
                      render: Callable[[Committed], tuple[int, bytes]] | None = None,
                      ) -> Committed | None:
+        keyed = commit and idem is not None and render is not None
+        if keyed and (stored := await self._stored_commit(principal, name, idem)):
+            return stored  # a retried commit: the first answer, not TRANSACTION_NOT_FOUND
         db, tx = self._tx(principal, name, tx_id)
         async with tx.lock:
             if self.transactions.pop(tx_id, None) is None:
+                if keyed and (stored := await self._stored_commit(principal, name, idem)):
+                    return stored  # the same commit, in flight, finished meanwhile
                 raise self._over(tx_id)
             METRICS.open_transactions.set(len(self.transactions))
             record = IdempotencyRecord(principal.subject, idem.key, idem.body_hash, render) \
                 if idem and render else None
             return await db.end(tx, commit, record)
+
+    async def _stored_commit(self, principal: tokens.Principal, name: str,
+                             idem: Idempotency | None) -> Committed | None:
+        """The recorded answer of a commit sent with this Idempotency-Key, if any."""
+        assert idem is not None
+        principal.require("read", name)
+        async with self.lifecycle.use(name) as db:
+            found = await db.find_idempotent(principal.subject, idem.key)
+        if found is None:
+            return None
+        return Committed(Counters(), 0, "", response=self._replay(found, idem).replay)
 
     async def _expire_transactions(self) -> None:
         now = time.monotonic()

@@ -7,6 +7,7 @@ inline so that a request never waits on a thread to find its database.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
@@ -18,6 +19,18 @@ from typing import Any
 from shoal.engine.database import Database
 from shoal.errors import ShoalError
 from shoal.metrics import METRICS
+
+
+async def drain(db: Database, timeout: float) -> None:
+    """Wait until db has no request, queued write or lock holder (bounded), then close it.
+
+    Closing while a batch runs on a worker thread would pull the connection out
+    from under SQLite, so the wait comes first.
+    """
+    deadline = time.monotonic() + timeout
+    while not db.idle and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    db.close()
 
 
 class Lifecycle:
@@ -53,9 +66,10 @@ class Lifecycle:
             db.open()
             self.open[key] = db
             METRICS.open_databases.set(len(self.open))
+            db.active += 1  # before evicting, so the new database cannot be the one closed
             self.evict()
-        else:
-            self.open.move_to_end(key)
+            return db
+        self.open.move_to_end(key)
         db.active += 1
         return db
 
@@ -90,9 +104,13 @@ class Lifecycle:
         METRICS.open_databases.set(len(self.open))
         return out
 
-    def close_all(self) -> None:
-        for key in list(self.open):
-            self._close(key)
+    async def close_all(self, timeout: float) -> None:
+        """Shutdown: let running work finish (bounded), then close everything."""
+        databases = list(self.open.values())
+        self.open.clear()
+        METRICS.open_databases.set(0)
+        for db in databases:
+            await drain(db, timeout)
 
     def is_open(self, name: str) -> bool:
         return any(k[0] == name for k in self.open)

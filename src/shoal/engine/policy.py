@@ -30,20 +30,37 @@ READABLE_PRAGMAS = frozenset({
 SETTABLE_PRAGMAS = frozenset({"application_id", "user_version", "defer_foreign_keys",
                               "foreign_keys", "optimize"})
 
+# PRAGMAs whose argument (a table or index name) SQLite reports like a value being set.
+ARGUMENT_PRAGMAS = frozenset({
+    "foreign_key_check", "foreign_key_list", "index_info", "index_list", "index_xinfo",
+    "integrity_check", "quick_check", "table_info", "table_list", "table_xinfo",
+})
+
 _TABLE_OPS = {
     apsw.SQLITE_READ, apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE,
-    apsw.SQLITE_CREATE_TABLE, apsw.SQLITE_DROP_TABLE, apsw.SQLITE_ALTER_TABLE,
-    apsw.SQLITE_ANALYZE,
+    apsw.SQLITE_CREATE_TABLE, apsw.SQLITE_DROP_TABLE, apsw.SQLITE_ANALYZE,
 }
+# The table name comes second for these (ALTER TABLE reports (schema, table)).
 _INDEX_TRIGGER_OPS = {
     apsw.SQLITE_CREATE_INDEX, apsw.SQLITE_DROP_INDEX,
-    apsw.SQLITE_CREATE_TRIGGER, apsw.SQLITE_DROP_TRIGGER,
+    apsw.SQLITE_CREATE_TRIGGER, apsw.SQLITE_DROP_TRIGGER, apsw.SQLITE_ALTER_TABLE,
 }
 _TEMP_OPS = {
     apsw.SQLITE_CREATE_TEMP_TABLE, apsw.SQLITE_CREATE_TEMP_INDEX,
     apsw.SQLITE_CREATE_TEMP_TRIGGER, apsw.SQLITE_CREATE_TEMP_VIEW,
 }
+# In schema "temp" (ALTER TABLE RENAME legitimately updates temp's schema table).
+_TEMP_SCHEMA_OPS = {
+    apsw.SQLITE_INSERT, apsw.SQLITE_CREATE_TABLE, apsw.SQLITE_CREATE_VIEW,
+    apsw.SQLITE_CREATE_VTABLE, apsw.SQLITE_PRAGMA,
+}
 _DENIED_FUNCTIONS = frozenset({"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"})
+
+
+# Guard.reason code of a denied transaction statement; Connection turns it into
+# TransactionControl (public code SQL_NOT_ALLOWED).
+TRANSACTION_CONTROL = "TRANSACTION_CONTROL"
+_SAVEPOINT_VERBS = {"BEGIN": "SAVEPOINT", "RELEASE": "RELEASE", "ROLLBACK": "ROLLBACK TO"}
 
 
 class Denied(Exception):
@@ -53,11 +70,15 @@ class Denied(Exception):
 class Guard:
     """The authorizer of one pooled connection, with the reason of its last denial."""
 
-    __slots__ = ("internal", "reason")
+    __slots__ = ("control", "internal", "reason")
 
     def __init__(self) -> None:
         self.internal = False
         self.reason: tuple[str, str] | None = None
+        # The transaction verb SQLite reported when it denied one ("BEGIN", "COMMIT",
+        # "ROLLBACK", "SAVEPOINT", "RELEASE", "ROLLBACK TO"): protocols whose clients
+        # send transactions as SQL (Hrana) act on it, without reading the SQL text.
+        self.control: str | None = None
 
     def _deny(self, code: str, message: str) -> int:
         self.reason = (code, message)
@@ -67,8 +88,13 @@ class Guard:
                  dbname: str | None, trigger: str | None) -> int:
         if self.internal:
             return apsw.SQLITE_OK
+        if dbname == "temp" and op in _TEMP_SCHEMA_OPS:
+            # CREATE TABLE temp.x is reported as a plain CREATE TABLE in schema "temp".
+            return self._deny("SQL_NOT_ALLOWED", "temporary objects are not allowed")
         if op in _TABLE_OPS:
             if p1 and p1.lower().startswith(HIDDEN_PREFIX):
+                if op == apsw.SQLITE_ANALYZE:  # plain ANALYZE / PRAGMA optimize: skip it
+                    return apsw.SQLITE_IGNORE
                 return self._deny("SQL_NOT_ALLOWED", f"table {p1} is reserved by Shoal")
             return apsw.SQLITE_OK
         if op in _INDEX_TRIGGER_OPS:
@@ -77,7 +103,8 @@ class Guard:
             return apsw.SQLITE_OK
         if op == apsw.SQLITE_PRAGMA:
             name = (p1 or "").lower()
-            if name in READABLE_PRAGMAS and (p2 is None or name in SETTABLE_PRAGMAS):
+            if name in READABLE_PRAGMAS and (p2 is None or name in SETTABLE_PRAGMAS
+                                             or name in ARGUMENT_PRAGMAS):
                 return apsw.SQLITE_OK
             return self._deny("SQL_NOT_ALLOWED", f"PRAGMA {name} is not allowed")
         if op == apsw.SQLITE_FUNCTION:
@@ -89,8 +116,12 @@ class Guard:
         if op in _TEMP_OPS:
             return self._deny("SQL_NOT_ALLOWED", "temporary objects are not allowed")
         if op in (apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT):
+            verb = (p1 or "").upper()  # SQLITE_TRANSACTION: BEGIN, COMMIT or ROLLBACK
+            if op == apsw.SQLITE_SAVEPOINT:  # p1 is BEGIN, RELEASE or ROLLBACK
+                verb = _SAVEPOINT_VERBS.get(verb, "SAVEPOINT")
+            self.control = verb
             return self._deny(
-                "SQL_NOT_ALLOWED",
+                TRANSACTION_CONTROL,
                 "transaction statements are not allowed here; every request is already a "
                 "transaction, and POST .../transactions opens an interactive one",
             )

@@ -55,6 +55,18 @@ def database_json(rec: DatabaseRecord) -> dict[str, Any]:
     return {"name": rec.name, "created_at": iso(rec.created_at)}
 
 
+def branch_json(name: str, parent: str | None, fork_txid: int | None,
+                created_at: float) -> dict[str, Any]:
+    return {"name": name, "parent": parent, "fork_txid": fork_txid, "created_at": iso(created_at)}
+
+
+def info_json(rec: DatabaseRecord, size_bytes: int, branches: list[dict[str, Any]], txid: int,
+              is_open: bool) -> dict[str, Any]:
+    """One shape for a database, from create and from GET."""
+    return database_json(rec) | {"size_bytes": size_bytes, "branches": branches, "txid": txid,
+                                 "open": is_open}
+
+
 class NativeAPI:
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -149,7 +161,8 @@ class NativeAPI:
         body = request.decode(CreateDatabaseRequest)
 
         def render(rec: DatabaseRecord) -> tuple[int, bytes]:
-            return 201, encode(database_json(rec) | {"branches": ["main"], "txid": 0})
+            main = branch_json("main", None, None, rec.created_at)
+            return 201, encode(info_json(rec, 0, [main], 0, False))
 
         status, out = await self.engine.create_database(
             request.principal, body.name, self._idem(request), render)
@@ -157,14 +170,10 @@ class NativeAPI:
 
     async def get_database(self, request: Request) -> Response:
         info = await self.engine.database_info(request.principal, self._db(request))
-        return json_response(200, database_json(info.record) | {
-            "size_bytes": info.size_bytes,
-            "branches": [
-                {"name": b.name, "parent": b.parent, "fork_txid": b.fork_txid,
-                 "created_at": iso(b.created_at)} for b in info.branches],
-            "txid": info.txid,
-            "open": info.open,
-        })
+        branches = [branch_json(b.name, b.parent, b.fork_txid, b.created_at)
+                    for b in info.branches]
+        return json_response(200, info_json(info.record, info.size_bytes, branches, info.txid,
+                                            info.open))
 
     async def delete_database(self, request: Request) -> Response:
         await self.engine.delete_database(request.principal, self._db(request))
@@ -216,8 +225,11 @@ class NativeAPI:
         def render(done: Committed) -> tuple[int, bytes]:
             return 200, encode({"committed": True, "txid": done.txid, "bookmark": done.bookmark})
 
+        # The key names the commit of this transaction: its id counts as part of the body.
+        idem = Idempotency.of(request.header(b"idempotency-key"),
+                              request.params["tx"].encode() + b"\n" + request.body)
         done = await self.engine.tx_end(request.principal, name, request.params["tx"], True,
-                                        self._idem(request), render)
+                                        idem, render)
         if done is None:  # a read transaction: nothing to commit
             return json_response(200, {"committed": True, "txid": None, "bookmark": None})
         if done.response is not None:

@@ -1,0 +1,50 @@
+"""Capture: each SQLite commit of a branch becomes a stamped Commit, read from its -wal.
+
+The engine calls :meth:`Capture.commit` right after every COMMIT of the branch
+(under its write lock, so commits are seen one at a time and in order) with the
+txid that commit wrote into ``_shoal_state``. On open, :meth:`Capture.recover`
+returns the commits still in the WAL (those not yet checkpointed, which
+includes every one not yet durable, since checkpoints wait for durability).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from shoal.log.errors import WalError
+from shoal.log.segment import Commit
+from shoal.log.wal import WalCommit, WalReader
+
+
+class Capture:
+    """Reads one branch's -wal file and stamps each commit with its txid and time."""
+
+    def __init__(self, wal_path: str | Path, *, clock: Callable[[], float] = time.time,
+                 verify: bool = True, last_time: float = 0.0):
+        self.reader = WalReader(wal_path, verify=verify)
+        self.clock = clock
+        self.last_time = last_time  # commit times never go backwards along a timeline
+
+    def _stamp(self, found: WalCommit, txid: int, when: float) -> Commit:
+        self.last_time = max(self.last_time, when)
+        return Commit(txid, self.last_time, found.page_size, found.db_pages, found.frames)
+
+    def commit(self, txid: int, max_frame: int | None = None) -> Commit:
+        """The commit just made, as txid. WalError unless the WAL holds exactly one new commit
+        (a commit that did not bump the txid would otherwise go unnoticed)."""
+        found = self.reader.read(max_frame)
+        if len(found) != 1:
+            raise WalError(f"{self.reader.path}: expected one new commit for txid {txid}, "
+                           f"found {len(found)}", str(self.reader.path))
+        return self._stamp(found[0], txid, self.clock())
+
+    def recover(self, head_txid: int) -> list[Commit]:
+        """Every commit in the current WAL, numbered so that the last is ``head_txid``
+        (each commit bumps the txid by one). Their original times are lost with the
+        process: they are stamped now."""
+        found = self.reader.read()
+        now = self.clock()
+        first = head_txid - len(found) + 1
+        return [self._stamp(c, first + i, now) for i, c in enumerate(found)]

@@ -1,0 +1,299 @@
+"""Restore a branch's database file to any txid or timestamp from the object store.
+
+Restore = the nearest snapshot at or before the target in the branch's history
+(its own timeline or an ancestor's up to the fork) + every commit after it up
+to the target, replayed by writing each page at ``(pgno - 1) * page_size`` and
+finally truncating the file to the target commit's database size. That is the
+database SQLite itself would read at that commit: byte for byte.
+
+Nothing is taken on trust: every snapshot and segment is checksummed, segments
+must match the txid range their key names, and the chosen objects must cover
+every txid from the snapshot to the target. Any fault stops the restore with a
+LogError naming the object (or the missing range); the destination is only
+replaced once the whole image is written and fsynced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from shoal.log import layout
+from shoal.log.errors import CorruptObject, LogError, MissingObject
+from shoal.log.segment import Commit, decode_segment
+from shoal.log.snapshot import write_image
+from shoal.log.timeline import Timeline, ancestry, segments, snapshots, spans
+from shoal.storage.base import NotFound, ObjectStore
+
+PREFETCH = 4  # segments downloaded ahead of the one being applied
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    txid: int
+    time: float  # commit time of txid (the snapshot's time if no commit was replayed)
+    page_size: int
+    db_pages: int
+    snapshot: str  # key of the snapshot restore started from
+    segments: tuple[str, ...]  # keys of the segments replayed, in order
+
+
+@dataclass(frozen=True, slots=True)
+class Point:
+    txid: int
+    time: float
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """The restorable window of a branch: earliest and latest points."""
+
+    earliest: Point
+    latest: Point
+
+
+@dataclass
+class _Plan:
+    target: int
+    snapshot: layout.SnapshotInfo
+    segments: list[tuple[layout.SegmentInfo, int, int]]  # (segment, first, last) to apply
+
+
+def _fetch(store: ObjectStore, key: str, what: str) -> bytes:
+    try:
+        return store.get(key).data
+    except NotFound:
+        raise MissingObject(f"{what} {key} is missing from the store", key) from None
+
+
+def _listings(store: ObjectStore, db: str, chain: list[Timeline]
+              ) -> tuple[dict[str, list[layout.SegmentInfo]],
+                         dict[str, list[layout.SnapshotInfo]]]:
+    segs = {t.id: segments(store, db, t.id) for t in chain}
+    snaps = {t.id: snapshots(store, db, t.id) for t in chain}
+    return segs, snaps
+
+
+def _head(timeline: Timeline, segs: list[layout.SegmentInfo],
+          snaps: list[layout.SnapshotInfo]) -> int:
+    return max([timeline.fork_txid] + [s.last for s in segs] + [s.txid for s in snaps])
+
+
+def _cover(segs: list[layout.SegmentInfo], timeline: str, db: str, lo: int,
+           hi: int) -> list[tuple[layout.SegmentInfo, int, int]]:
+    """Segments covering txids lo+1..hi without a gap (greedy: furthest reach first)."""
+    out: list[tuple[layout.SegmentInfo, int, int]] = []
+    need = lo + 1
+    while need <= hi:
+        best = None
+        for seg in segs:
+            if seg.first <= need <= seg.last and (best is None or seg.last > best.last):
+                best = seg
+        if best is None:
+            after = min((s.first for s in segs if s.first > need), default=None)
+            upto = min(hi, after - 1) if after is not None else hi
+            raise MissingObject(
+                f"txids {need}..{upto} of timeline {timeline} are missing: no segment under "
+                f"{layout.log_prefix(db, timeline)} covers txid {need}",
+                layout.log_prefix(db, timeline))
+        last = min(best.last, hi)
+        out.append((best, need, last))
+        need = last + 1
+    return out
+
+
+def _plan(store: ObjectStore, db: str, chain: list[Timeline], target: int | None) -> _Plan:
+    segs, snaps = _listings(store, db, chain)
+    leaf = chain[0]
+    if target is None:
+        target = _head(leaf, segs[leaf.id], snaps[leaf.id])
+    history = spans(chain, target)  # root first
+    base: layout.SnapshotInfo | None = None
+    base_span = 0
+    for i in range(len(history) - 1, -1, -1):
+        span = history[i]
+        assert span.hi is not None
+        usable = [s for s in snaps[span.timeline] if span.lo <= s.txid <= span.hi]
+        if usable:
+            base, base_span = usable[-1], i
+            break
+    if base is None:
+        raise MissingObject(f"no snapshot at or before txid {target} in the history of "
+                            f"timeline {leaf.id} of database {db!r}",
+                            layout.snapshot_prefix(db, leaf.id))
+    plan = _Plan(target, base, [])
+    done = base.txid
+    for span in history[base_span:]:
+        assert span.hi is not None
+        if span.hi > done:
+            plan.segments += _cover(segs[span.timeline], span.timeline, db,
+                                    max(done, span.lo), span.hi)
+            done = span.hi
+    return plan
+
+
+def _prefetch(store: ObjectStore, keys: list[str]) -> Iterator[tuple[str, bytes]]:
+    """Download keys in order, PREFETCH ahead, yielding (key, bytes)."""
+    with ThreadPoolExecutor(max_workers=PREFETCH) as pool:
+        pending: list[tuple[str, Future[bytes]]] = []
+        it = iter(keys)
+        for key in it:
+            pending.append((key, pool.submit(_fetch, store, key, "segment")))
+            if len(pending) >= PREFETCH:
+                break
+        while pending:
+            key, fut = pending.pop(0)
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(_fetch, store, nxt, "segment")))
+            yield key, fut.result()
+
+
+def restore(store: ObjectStore, db: str, timeline: str, dest: str | Path, *,
+            txid: int | None = None, timestamp: float | None = None) -> Restored:
+    """Write the database of ``timeline`` as of ``txid`` / ``timestamp`` (default: its head)
+    to ``dest``, replacing it atomically. Removes ``dest``'s stale -wal and -shm first,
+    so the caller must not have ``dest`` open."""
+    if txid is not None and timestamp is not None:
+        raise ValueError("give txid or timestamp, not both")
+    chain = ancestry(store, db, timeline)
+    if timestamp is not None:
+        txid = resolve_time(store, db, chain, timestamp)
+    plan = _plan(store, db, chain, txid)
+    dest = Path(dest)
+    tmp = dest.with_name(dest.name + ".restoring")
+    try:
+        result = _write(store, plan, tmp)
+        for suffix in ("-wal", "-shm", "-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{dest}{suffix}")
+        os.replace(tmp, dest)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return result
+
+
+def _write(store: ObjectStore, plan: _Plan, path: Path) -> Restored:
+    snap_key = plan.snapshot.key
+    data = _fetch(store, snap_key, "snapshot")
+    with open(path, "wb") as out:
+        header = write_image(data, out, snap_key)
+    del data
+    if header.txid != plan.snapshot.txid:
+        raise CorruptObject(f"snapshot {snap_key} holds txid {header.txid}, its key says "
+                            f"{plan.snapshot.txid}", snap_key)
+    page_size, db_pages, when = header.page_size, header.db_pages, header.time
+    expected = header.txid + 1
+    applied: list[str] = []
+    fd = os.open(path, os.O_RDWR)
+    try:
+        keys = [seg.key for seg, _, _ in plan.segments]
+        for (seg, first, last), (key, raw) in zip(plan.segments, _prefetch(store, keys),
+                                                   strict=True):
+            head, commits = decode_segment(raw, key)
+            if (head.first_txid, head.last_txid) != (seg.first, seg.last):
+                raise CorruptObject(f"segment {key} holds txids {head.first_txid}.."
+                                    f"{head.last_txid}, its key says {seg.first}..{seg.last}",
+                                    key)
+            for commit in commits:
+                if commit.txid < first or commit.txid > last:
+                    continue
+                if commit.txid != expected:
+                    raise MissingObject(f"segment {key} starts at txid {commit.txid}, "
+                                        f"restore needs {expected} next", key)
+                if page_size and commit.page_size != page_size:
+                    raise CorruptObject(f"segment {key}: txid {commit.txid} has page size "
+                                        f"{commit.page_size}, the database {page_size}", key)
+                _apply(fd, commit)
+                page_size, db_pages, when = commit.page_size, commit.db_pages, commit.time
+                expected += 1
+            applied.append(key)
+        if expected != plan.target + 1:
+            raise MissingObject(f"restore reached txid {expected - 1}, not {plan.target}")
+        os.ftruncate(fd, db_pages * page_size)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return Restored(plan.target, when, page_size, db_pages, snap_key, tuple(applied))
+
+
+def _apply(fd: int, commit: Commit) -> None:
+    size = commit.page_size
+    for pgno, page in commit.frames:
+        os.pwrite(fd, page, (pgno - 1) * size)
+
+
+def resolve_time(store: ObjectStore, db: str, chain: list[Timeline], when: float) -> int:
+    """The txid of the last commit at or before ``when`` in the history of chain[0].
+
+    MissingObject if ``when`` is before the earliest restorable point.
+    """
+    segs, snaps = _listings(store, db, chain)
+    leaf = chain[0]
+    history = spans(chain, _head(leaf, segs[leaf.id], snaps[leaf.id]))
+    ordered: list[tuple[layout.SegmentInfo, int, int]] = []  # (segment, first, last) in use
+    for span in history:
+        assert span.hi is not None
+        for seg in segs[span.timeline]:
+            lo, hi = max(seg.first, span.lo + 1), min(seg.last, span.hi)
+            if lo <= hi:
+                ordered.append((seg, lo, hi))
+    target = history[-1].hi
+    assert target is not None
+    for seg, lo, hi in ordered:
+        if seg.last_time <= when:  # key time rounds up: every commit in it is <= when
+            continue
+        _, commits = decode_segment(_fetch(store, seg.key, "segment"), seg.key)
+        later = [c.txid for c in commits if lo <= c.txid <= hi and c.time > when]
+        if later:
+            target = later[0] - 1
+            break
+    # That state is restorable at `when` if its commit is in the log (so its time is known
+    # to be <= when), or a snapshot at exactly that txid is no later than `when`.
+    if any(lo <= target <= hi for _, lo, hi in ordered):
+        return target
+    for span in history:
+        assert span.hi is not None
+        if any(s.txid == target and s.time <= when and span.lo <= s.txid <= span.hi
+               for s in snaps[span.timeline]):
+            return target
+    raise MissingObject(f"no restorable point at or before {when} in the history of timeline "
+                        f"{leaf.id} of database {db!r} (it is before the history window)")
+
+
+def history(store: ObjectStore, db: str, timeline: str) -> History:
+    """The earliest and latest points a branch on ``timeline`` can be restored to."""
+    chain = ancestry(store, db, timeline)
+    segs, snaps = _listings(store, db, chain)
+    leaf = chain[0]
+    target = _head(leaf, segs[leaf.id], snaps[leaf.id])
+    earliest: Point | None = None
+    latest = Point(target, 0.0)
+    for span in spans(chain, target):
+        assert span.hi is not None
+        for snap in snaps[span.timeline]:
+            if span.lo <= snap.txid <= span.hi:
+                if earliest is None:
+                    earliest = Point(snap.txid, snap.time)
+                if snap.txid == target:
+                    latest = Point(target, snap.time)
+        for seg in segs[span.timeline]:
+            if seg.first <= target <= seg.last and span.lo < target <= span.hi:
+                latest = Point(target, seg.last_time)
+    if earliest is None:
+        raise MissingObject(f"timeline {leaf.id} of database {db!r} has no snapshot in its "
+                            f"history", layout.snapshot_prefix(db, leaf.id))
+    return History(earliest, latest)
+
+
+__all__ = ["History", "LogError", "Point", "Restored", "history", "resolve_time", "restore"]

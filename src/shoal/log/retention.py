@@ -1,0 +1,83 @@
+"""Retention: delete segments and snapshots older than the history window, unless needed.
+
+For every live branch the store must still be able to restore any point from
+the start of the window to its head; for every timeline a needed child forked
+from, the state at the fork point. Each such requirement is met by the nearest
+snapshot at or before it plus the log after that snapshot; a timeline with no
+such snapshot passes the requirement on to its parent at its fork point.
+Everything else is deleted, including timelines no branch needs any more.
+Young timelines (within ``grace``) count as live, so a branch being created
+while retention runs cannot lose its parent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shoal.log import layout
+from shoal.log.branch import list_branches
+from shoal.log.timeline import Timeline, list_timelines, segments, snapshots
+from shoal.storage.base import ObjectStore
+
+
+@dataclass
+class RetentionReport:
+    deleted: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+
+
+def _depth(timeline: Timeline, timelines: dict[str, Timeline]) -> int:
+    depth = 0
+    cur: Timeline | None = timeline
+    while cur is not None and cur.parent is not None and depth <= len(timelines):
+        cur = timelines.get(cur.parent)
+        depth += 1
+    return depth
+
+
+def apply_retention(store: ObjectStore, db: str, *, now: float, window: float,
+                    grace: float = 3600.0, dry_run: bool = False) -> RetentionReport:
+    """Delete what no restore inside the window (and no branch) needs; report what it did."""
+    start = now - window
+    timelines = list_timelines(store, db)
+    live = {b.timeline for b in list_branches(store, db)}
+    live |= {t.id for t in timelines.values() if t.created_at >= now - grace}
+    segs = {t: segments(store, db, t) for t in timelines}
+    snaps = {t: snapshots(store, db, t) for t in timelines}
+
+    # requirement (a, b): every txid in [a, b] restorable (b None: up to the head)
+    needs: dict[str, list[tuple[int, int | None]]] = {t: [] for t in timelines}
+    for tid in live & timelines.keys():
+        timeline = timelines[tid]
+        recent = [s for s in segs[tid] if s.last_time >= start and s.last > timeline.fork_txid]
+        if recent:
+            a = max(timeline.fork_txid, recent[0].first - 1)
+        else:
+            a = max([timeline.fork_txid] + [s.last for s in segs[tid]] +
+                    [s.txid for s in snaps[tid]])
+        needs[tid].append((a, None))
+
+    keep: set[str] = set()
+    for tid in sorted(timelines, key=lambda t: -_depth(timelines[t], timelines)):
+        timeline = timelines[tid]
+        for a, b in needs[tid]:
+            bases = [s for s in snaps[tid] if timeline.fork_txid <= s.txid <= a]
+            floor = bases[-1].txid if bases else timeline.fork_txid
+            if not bases and timeline.parent is not None and timeline.parent in timelines:
+                needs[timeline.parent].append((timeline.fork_txid, timeline.fork_txid))
+            keep.update(s.key for s in snaps[tid]
+                        if s.txid >= floor and (b is None or s.txid <= b))
+            keep.update(s.key for s in segs[tid]
+                        if s.last > floor and (b is None or s.first <= b))
+
+    report = RetentionReport()
+    doomed_records = [layout.timeline_key(db, t) for t in timelines
+                      if t not in live and not needs[t]]
+    for tid in timelines:
+        for key in [s.key for s in snaps[tid]] + [s.key for s in segs[tid]]:
+            (report.kept if key in keep else report.deleted).append(key)
+    report.deleted += doomed_records
+    if not dry_run:
+        for key in report.deleted:  # data first, records last: a rerun finishes the job
+            store.delete(key)
+    return report

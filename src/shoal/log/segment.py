@@ -1,0 +1,139 @@
+"""Segments: consecutive commits of one timeline, compressed and checksummed.
+
+Layout of a segment object (integers little-endian)::
+
+    header   magic "SHOALSEG", version u16, flags u16, commits u32,
+             first_txid u64, last_txid u64, first_time f64, last_time f64   (48 bytes)
+    body     one zstandard frame holding, per commit:
+             txid u64, time f64, page_size u32, db_pages u32, frames u32,
+             then per frame: pgno u32 + the page
+    trailer  blake2b-128 of header + body                                  (16 bytes)
+
+The header is readable without decompressing, and the checksum covers it, so a
+flipped bit anywhere is caught before a single page is used. Decoding checks
+that commits are contiguous and match the header (and the key, see layout.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import zstandard
+
+from shoal.log.errors import CorruptObject
+
+MAGIC = b"SHOALSEG"
+VERSION = 1
+_HEADER = struct.Struct("<8sHHIQQdd")
+_COMMIT = struct.Struct("<QdIII")
+_PGNO = struct.Struct("<I")
+DIGEST_SIZE = 16
+LEVEL = 3  # zstd level: pages compress well already at fast levels
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """One commit of a branch: its txid, when, and the pages it wrote."""
+
+    txid: int
+    time: float  # seconds since the epoch, never decreasing along a timeline
+    page_size: int
+    db_pages: int  # database size in pages after the commit
+    frames: tuple[tuple[int, bytes], ...]  # (pgno, page bytes)
+
+    @property
+    def size(self) -> int:
+        """Bytes of page data (what a segment grows by, before compression)."""
+        return len(self.frames) * (self.page_size + 4) + _COMMIT.size
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentHeader:
+    commits: int
+    first_txid: int
+    last_txid: int
+    first_time: float
+    last_time: float
+
+
+def digest(data: bytes | memoryview) -> bytes:
+    return hashlib.blake2b(data, digest_size=DIGEST_SIZE).digest()
+
+
+def encode_segment(commits: Iterable[Commit], level: int = LEVEL) -> bytes:
+    """Serialise contiguous commits (ValueError if they are not) into one segment object."""
+    commits = list(commits)
+    if not commits:
+        raise ValueError("a segment holds at least one commit")
+    for prev, cur in itertools.pairwise(commits):
+        if cur.txid != prev.txid + 1:
+            raise ValueError(f"commits are not contiguous: {prev.txid} then {cur.txid}")
+    parts: list[bytes] = []
+    for c in commits:
+        parts.append(_COMMIT.pack(c.txid, c.time, c.page_size, c.db_pages, len(c.frames)))
+        for pgno, page in c.frames:
+            if len(page) != c.page_size:
+                raise ValueError(f"txid {c.txid}: page {pgno} is {len(page)} bytes, "
+                                 f"not {c.page_size}")
+            parts.append(_PGNO.pack(pgno))
+            parts.append(page)
+    body = zstandard.ZstdCompressor(level=level).compress(b"".join(parts))
+    header = _HEADER.pack(MAGIC, VERSION, 0, len(commits), commits[0].txid, commits[-1].txid,
+                          commits[0].time, commits[-1].time)
+    return header + body + digest(header + body)
+
+
+def read_header(data: bytes, key: str = "segment") -> SegmentHeader:
+    """The header alone (no checksum check): cheap, for listings and diagnostics."""
+    if len(data) < _HEADER.size + DIGEST_SIZE:
+        raise CorruptObject(f"segment {key} is truncated ({len(data)} bytes)", key)
+    magic, version, _flags, count, first, last, t0, t1 = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise CorruptObject(f"segment {key} has a bad magic number", key)
+    if version != VERSION:
+        raise CorruptObject(f"segment {key} has unknown version {version}", key)
+    return SegmentHeader(count, first, last, t0, t1)
+
+
+def decode_segment(data: bytes, key: str = "segment") -> tuple[SegmentHeader, list[Commit]]:
+    """Verify the checksum and structure; CorruptObject naming ``key`` on any fault."""
+    header = read_header(data, key)
+    if digest(memoryview(data)[:-DIGEST_SIZE]) != data[-DIGEST_SIZE:]:
+        raise CorruptObject(f"segment {key} fails its checksum", key)
+    try:
+        raw = zstandard.ZstdDecompressor().decompress(
+            memoryview(data)[_HEADER.size:-DIGEST_SIZE])
+    except zstandard.ZstdError as exc:
+        raise CorruptObject(f"segment {key} does not decompress: {exc}", key) from None
+    commits = list(_commits(raw, key))
+    if (not commits or len(commits) != header.commits or commits[0].txid != header.first_txid
+            or commits[-1].txid != header.last_txid):
+        raise CorruptObject(f"segment {key}: body does not match its header", key)
+    for prev, cur in itertools.pairwise(commits):
+        if cur.txid != prev.txid + 1:
+            raise CorruptObject(f"segment {key}: txid {prev.txid} is followed by {cur.txid}",
+                                key)
+    return header, commits
+
+
+def _commits(raw: bytes, key: str) -> Iterator[Commit]:
+    off = 0
+    try:
+        while off < len(raw):
+            txid, when, page_size, db_pages, count = _COMMIT.unpack_from(raw, off)
+            off += _COMMIT.size
+            frames = []
+            for _ in range(count):
+                (pgno,) = _PGNO.unpack_from(raw, off)
+                page = raw[off + 4:off + 4 + page_size]
+                if len(page) != page_size:
+                    raise struct.error("short page")
+                frames.append((pgno, page))
+                off += 4 + page_size
+            yield Commit(txid, when, page_size, db_pages, tuple(frames))
+    except struct.error:
+        raise CorruptObject(f"segment {key}: body is truncated", key) from None

@@ -1,0 +1,268 @@
+"""The shipper: one timeline's commits -> segments in the object store, in order, no gaps.
+
+Commits are appended as they happen (from any thread). A background task on
+the event loop seals the open segment and uploads it when it is due:
+
+- ``local`` durability: ``sync_interval`` after its first commit (or once it
+  reaches ``max_segment_bytes``); the commit was acknowledged after the local
+  fsync and reaches the store within the interval;
+- ``remote`` durability: the engine awaits :meth:`wait_durable` before
+  acknowledging; a waiter makes the upload start at once, and the commits that
+  arrive while one upload is in flight share the next one (group commit again).
+
+Segments are uploaded one at a time, in txid order, each retried with
+exponential backoff until it is in the store, so the log never has a gap and
+``durable_txid`` only moves forward over contiguous commits. The engine may
+checkpoint the WAL only up to ``durable_txid``.
+
+An upload is ``If-None-Match: *`` (write-once). If the key already exists with
+the same bytes, an earlier attempt succeeded after all (a timeout); if with
+bytes that fail their checksum, an earlier attempt was cut short and is
+overwritten; if with a different valid segment, another writer owns this
+timeline: the shipper stops with LogConflict rather than fork the history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from shoal.log import layout
+from shoal.log.errors import CorruptObject, LogConflict, LogError
+from shoal.log.segment import Commit, decode_segment, encode_segment
+from shoal.storage.base import NotFound, ObjectStore, PreconditionFailed
+
+log = logging.getLogger("shoal.log.shipper")
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Retry delays: initial * factor**attempt, capped, with jitter (0.5x to 1x)."""
+
+    initial: float = 0.05
+    maximum: float = 5.0
+    factor: float = 2.0
+
+    def delay(self, attempt: int) -> float:
+        return min(self.maximum, self.initial * self.factor ** min(attempt, 64)) \
+            * random.uniform(0.5, 1.0)
+
+
+class Shipper:
+    """Ships one timeline. Create on the event loop, then :meth:`start`."""
+
+    def __init__(self, store: ObjectStore, db: str, timeline: str, *, durable_txid: int,
+                 sync_interval: float = 1.0, max_segment_bytes: int = 8 << 20,
+                 backoff: Backoff | None = None, executor: Executor | None = None,
+                 on_durable: Callable[[int], None] | None = None):
+        self.store = store
+        self.db = db
+        self.timeline = timeline
+        self.sync_interval = sync_interval
+        self.max_segment_bytes = max_segment_bytes
+        self.backoff = backoff or Backoff()
+        self.executor = executor
+        self.on_durable = on_durable
+        self.durable_txid = durable_txid  # every txid <= this is in the store
+        self.head_txid = durable_txid  # the last appended
+        self.shipped_bytes = 0  # compressed bytes uploaded (for the snapshot policy)
+        self.segments_shipped = 0
+        self.failures = 0  # failed upload attempts, all retried
+        self.last_error: BaseException | None = None
+        self.failed: LogError | None = None  # fatal: nothing more will ship
+        self._lock = threading.Lock()
+        self._pending: list[Commit] = []
+        self._pending_bytes = 0
+        self._first_pending_at = 0.0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    # -- feeding --------------------------------------------------------------------------
+    @property
+    def backlog_bytes(self) -> int:
+        """Page bytes appended but not yet durable (for back-pressure and metrics)."""
+        return self._pending_bytes
+
+    def append(self, commit: Commit) -> None:
+        """Add the next commit (txid = head + 1). Thread-safe; never blocks on the store."""
+        with self._lock:
+            if commit.txid != self.head_txid + 1:
+                raise LogError(f"timeline {self.timeline}: commit {commit.txid} appended "
+                               f"after {self.head_txid}: txids must be contiguous")
+            first = not self._pending
+            self._pending.append(commit)
+            self._pending_bytes += commit.size
+            self.head_txid = commit.txid
+            if first:
+                self._first_pending_at = self._loop.time()
+            wake = first or self._pending_bytes >= self.max_segment_bytes
+        if wake:
+            self._poke()
+
+    def _poke(self) -> None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self._loop:
+            self._wake.set()
+        else:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def wait_durable(self, txid: int) -> None:
+        """Return once every commit up to ``txid`` is in the store (remote durability)."""
+        if txid <= self.durable_txid:
+            return
+        if self.failed is not None:
+            raise self.failed
+        if txid > self.head_txid:
+            raise ValueError(f"txid {txid} was never appended (head is {self.head_txid})")
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._waiters.append((txid, fut))
+        self._wake.set()
+        await fut
+
+    async def flush(self) -> None:
+        """Ship everything appended so far and wait for it."""
+        await self.wait_durable(self.head_txid)
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = self._loop.create_task(self._run(), name=f"shipper-{self.timeline}")
+
+    async def close(self, flush: bool = True) -> None:
+        """Stop shipping, after shipping everything appended if ``flush``."""
+        try:
+            if flush and self.failed is None:
+                await self.flush()
+        finally:
+            if self._task is not None:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+            for _, fut in self._waiters:
+                if not fut.done():
+                    fut.set_exception(LogError(f"shipper of timeline {self.timeline} closed"))
+            self._waiters.clear()
+
+    # -- the loop -------------------------------------------------------------------------
+    def _due_in(self) -> float | None:
+        """Seconds until the open segment must ship (0: now), None if nothing is pending."""
+        with self._lock:
+            if not self._pending:
+                return None
+            if self._pending_bytes >= self.max_segment_bytes:
+                return 0.0
+            if any(txid > self.durable_txid for txid, _ in self._waiters):
+                return 0.0
+            return max(0.0, self._first_pending_at + self.sync_interval - self._loop.time())
+
+    def _take(self) -> list[Commit]:
+        """Seal the open segment: the pending commits up to max_segment_bytes (at least one)."""
+        with self._lock:
+            size = 0
+            count = 0
+            for commit in self._pending:
+                if count and size + commit.size > self.max_segment_bytes:
+                    break
+                size += commit.size
+                count += 1
+            batch = self._pending[:count]
+            self._pending = self._pending[count:]
+            self._pending_bytes -= size
+            if self._pending:
+                self._first_pending_at = self._loop.time()
+            return batch
+
+    async def _run(self) -> None:
+        while True:
+            due = self._due_in()
+            if due is None or due > 0:
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), due)
+                continue
+            batch = self._take()
+            try:
+                await self._ship(batch)
+            except LogError as exc:
+                self._fail(exc)
+                return
+            except Exception as exc:  # a bug (e.g. a malformed commit): stop loudly
+                self._fail(LogError(f"shipping timeline {self.timeline} failed: {exc!r}"))
+                return
+            self._durable(batch[-1].txid)
+
+    def _durable(self, txid: int) -> None:
+        self.durable_txid = txid
+        keep = []
+        for want, fut in self._waiters:
+            if want <= txid:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                keep.append((want, fut))
+        self._waiters = keep
+        if self.on_durable is not None:
+            try:
+                self.on_durable(txid)
+            except Exception:
+                log.exception("on_durable callback of %s/%s failed", self.db, self.timeline)
+
+    def _fail(self, exc: LogError) -> None:
+        log.error("shipping of %s/%s stopped: %s", self.db, self.timeline, exc)
+        self.failed = exc
+        for _, fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(exc)
+        self._waiters.clear()
+
+    async def _ship(self, batch: list[Commit]) -> None:
+        key = layout.segment_key(self.db, self.timeline, batch[0].txid, batch[-1].txid,
+                                 batch[-1].time)
+        data = await self._loop.run_in_executor(self.executor, encode_segment, batch)
+        attempt = 0
+        while True:
+            try:
+                await self._loop.run_in_executor(self.executor, self._upload, key, data)
+                self.shipped_bytes += len(data)
+                self.segments_shipped += 1
+                self.last_error = None
+                return
+            except LogError:
+                raise
+            except Exception as exc:  # the store failed: retry the same object, forever
+                self.failures += 1
+                self.last_error = exc
+                log.warning("upload of %s failed (attempt %d): %r", key, attempt + 1, exc)
+                await asyncio.sleep(self.backoff.delay(attempt))
+                attempt += 1
+
+    def _upload(self, key: str, data: bytes) -> None:
+        """One attempt to make ``key`` hold ``data`` (worker thread)."""
+        try:
+            self.store.put(key, data, if_none_match="*")
+            return
+        except PreconditionFailed:
+            pass
+        try:
+            existing = self.store.get(key).data
+        except NotFound:  # vanished between the two calls: try again from the start
+            raise OSError(f"{key} vanished during a conditional upload") from None
+        if existing == data:
+            return  # an earlier attempt landed after all
+        try:
+            decode_segment(existing, key)
+        except CorruptObject:
+            self.store.put(key, data)  # our own cut-short attempt: replace it
+            return
+        raise LogConflict(f"segment {key} already holds different commits: another writer "
+                          f"is shipping timeline {self.timeline}", key)

@@ -1,0 +1,452 @@
+"""libSQL's Hrana protocol over HTTP: pipelines, cursors, batons, the v1 and legacy endpoints.
+
+Every Hrana path is served at the root and under ``/db/{db}/`` (a database URL).
+At the root the database comes from the ``x-namespace`` header (as sqld) or
+from a token that names exactly one database. @libsql/client resolves
+``v2/pipeline`` relative to its URL, so ``http://HOST/db/orders`` (no trailing
+slash) arrives as ``/db/v2/pipeline``: that form works when the header or the
+token names the database, and otherwise gets DATABASE_REQUIRED saying to add
+the slash.
+
+A stream lives in this process between requests. Its baton is
+``base64url(boot, stream id, sequence, expiry) + HMAC-SHA256`` under a key kept
+in the data directory: it cannot be forged, is good for one request (the
+sequence moves on), names the stream, and after a restart (another boot id)
+says so. A stream idle for ``transaction_timeout`` expires; its transaction,
+if any, is rolled back.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgspec
+
+from shoal import __version__, names, tokens
+from shoal.engine.connection import Statement
+from shoal.engine.database import Committed
+from shoal.engine.engine import Engine, Idempotency
+from shoal.errors import ShoalError
+from shoal.server import hrana_proto as p
+from shoal.server.hrana_proto import HranaError
+from shoal.server.hrana_stream import (
+    Ran,
+    Recorder,
+    Replay,
+    Stream,
+    cursor_entries,
+    scope_error,
+)
+from shoal.server.http import Request, Response, Router, encode
+from shoal.tokens import Principal
+from shoal.values import decode_args
+
+T = TypeVar("T")
+TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
+MAX_STREAMS = 4096
+_BATON = struct.Struct(">QQQQ")  # boot id, stream id, sequence, expiry (unix seconds)
+
+
+@dataclass
+class HttpStream:
+    """A stream kept between HTTP requests, reachable only through its newest baton."""
+
+    id: int
+    stream: Stream
+    seq: int
+    deadline: float  # monotonic
+    busy: bool = False
+    reserved: str | None = None  # the baton already promised (Idempotency-Key responses)
+
+
+class HranaHTTP:
+    """The Hrana HTTP endpoints; they authenticate themselves so errors keep Hrana's shape."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        settings = engine.settings
+        self.timeout = float(settings.transaction_timeout)
+        self.max_body = int(settings.max_request_bytes)
+        self.max_statements = int(settings.max_statements)
+        key, _ = tokens.read_or_create_secret(engine.root / "baton-key", tokens.new_secret)
+        self._key = key.encode()
+        self.boot = secrets.randbits(63)
+        self.streams: dict[int, HttpStream] = {}
+        self.gone: OrderedDict[int, str] = OrderedDict()  # stream id -> why it is gone
+        self._last_sweep = time.monotonic()
+
+    # -- routes --------------------------------------------------------------------------------
+    def register(self, router: Router) -> set[str]:
+        """Add the routes; returns the route templates that do their own authentication."""
+        routes: list[tuple[str, str, Callable[[Request], Any]]] = []
+        for prefix in ("", "/db/{db}", "/db"):  # "/db": a database URL without its slash
+            routes += [
+                ("POST", prefix + "/v2/pipeline", self.pipeline),
+                ("POST", prefix + "/v3/pipeline", self.pipeline),
+                ("POST", prefix + "/v3/cursor", self.cursor),
+                ("POST", prefix + "/v1/execute", self.v1_execute),
+                ("POST", prefix + "/v1/batch", self.v1_batch),
+                ("GET", prefix + "/v2", self.version_check),
+                ("GET", prefix + "/v3", self.version_check),
+            ]
+        routes += [("POST", "/", self.legacy), ("POST", "/db/{db}", self.legacy),
+                   ("GET", "/version", self.version)]
+        for method, path, handler in routes:
+            router.add(method, path, handler)
+        return {path for _, path, _ in routes}
+
+    async def version_check(self, request: Request) -> Response:
+        version = request.path.rstrip("/").rsplit("/", 1)[-1]
+        return Response(200, f"Hello, this is HTTP API {version} (Hrana over HTTP)".encode(),
+                        TEXT)
+
+    async def version(self, request: Request) -> Response:
+        return Response(200, f"shoal {__version__}".encode(), TEXT)
+
+    # -- helpers -------------------------------------------------------------------------------
+    def resolve(self, request: Request) -> tuple[Principal, str]:
+        """The caller and the database the request addresses (path, header, or token)."""
+        principal = self.engine.auth.authenticate(request.header(b"authorization"))
+        db = request.params.get("db") or request.header(b"x-namespace")
+        if not db:
+            if principal.databases is not None and len(principal.databases) == 1:
+                db = next(iter(principal.databases))
+            else:
+                lost = request.route.startswith("/db/")
+                raise HranaError("DATABASE_REQUIRED", (
+                    "the URL lost the database name: @libsql/client resolves paths relative "
+                    "to the URL, so end it with a slash (http://HOST/db/NAME/)" if lost else
+                    "no database named: use http://HOST/db/NAME/, the x-namespace header, "
+                    "or a token for exactly one database"))
+        names.check(db)
+        principal.require("read", db)
+        if db not in self.engine.names:
+            raise ShoalError("DATABASE_NOT_FOUND", f"database {db!r} does not exist")
+        return principal, db
+
+    async def _body(self, request: Request, kind: type[T]) -> T:
+        await request.read_body(self.max_body)
+        try:
+            return msgspec.json.decode(request.body, type=kind)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise p.protocol_error(exc) from None
+
+    @staticmethod
+    def _error(exc: Exception) -> Response:
+        err = exc if isinstance(exc, HranaError) else p.from_shoal(exc)  # type: ignore[arg-type]
+        return Response(err.status, encode(err.body()))
+
+    async def _stored(self, request: Request, principal: Principal,
+                      db: str) -> tuple[Idempotency | None, Response | None]:
+        """The Idempotency-Key, and the response it already has, if any."""
+        idem = Idempotency.of(request.header(b"idempotency-key"), request.body)
+        if idem is None:
+            return None, None
+        stored = await self.engine.find_idempotent(principal, db, idem)
+        return idem, (Response(*stored) if stored is not None else None)
+
+    # -- batons and the stream table -----------------------------------------------------------
+    def _baton(self, handle: HttpStream) -> str:
+        expires = int(time.time() + self.timeout) + 1
+        payload = _BATON.pack(self.boot, handle.id, handle.seq, expires)
+        mac = hmac.new(self._key, payload, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(payload + mac).decode().rstrip("=")
+
+    async def _open(self, baton: str | None, principal: Principal, db: str) -> HttpStream:
+        await self._sweep()
+        if baton is None:
+            if len(self.streams) >= MAX_STREAMS:
+                raise HranaError("NOT_SUPPORTED", f"too many open streams ({MAX_STREAMS}); "
+                                                  "close streams you no longer use", 503)
+            stream_id = secrets.randbits(63)
+            return HttpStream(stream_id, Stream(self.engine, principal, db),
+                              secrets.randbits(63), 0.0, busy=True)
+        try:
+            raw = base64.urlsafe_b64decode(baton + "=" * (-len(baton) % 4))
+        except (binascii.Error, ValueError):
+            raise HranaError("BATON_INVALID", "the baton is not valid base64") from None
+        if len(raw) != _BATON.size + 32:
+            raise HranaError("BATON_INVALID", "the baton has the wrong length")
+        payload, mac = raw[:_BATON.size], raw[_BATON.size:]
+        if not hmac.compare_digest(mac, hmac.new(self._key, payload, hashlib.sha256).digest()):
+            raise HranaError("BATON_INVALID", "the baton was not issued by this server")
+        boot, stream_id, seq, expires = _BATON.unpack(payload)
+        handle = self.streams.get(stream_id)
+        if handle is None:
+            if boot != self.boot:
+                raise HranaError("STREAM_EXPIRED", "the server restarted since this baton was "
+                                                   "issued; its stream (and any transaction "
+                                                   "on it) is gone")
+            why = self.gone.get(stream_id)
+            if why is None and expires <= time.time():
+                why = "expired"
+            if why == "expired":
+                raise HranaError("STREAM_EXPIRED", "the stream expired after "
+                                                   f"{self.timeout:g} s without requests")
+            if why == "closed":
+                raise HranaError("STREAM_CLOSED", "the stream was closed")
+            raise HranaError("BATON_INVALID", "no stream has this baton")
+        if handle.busy or handle.seq != seq:
+            raise HranaError("BATON_REUSED", "this baton was already used; send the baton "
+                                             "from the newest response on the stream")
+        if handle.deadline <= time.monotonic():
+            await self._drop(handle, "expired")
+            raise HranaError("STREAM_EXPIRED", f"the stream expired after {self.timeout:g} s "
+                                               "without requests")
+        stream = handle.stream
+        if stream.principal.subject != principal.subject or stream.db != db:
+            raise HranaError("BATON_INVALID", "the baton belongs to another token or database")
+        stream.principal = principal  # the same token, verified again just now
+        handle.busy = True
+        handle.seq = (handle.seq + 1) & (2**63 - 1)
+        return handle
+
+    def _release(self, handle: HttpStream) -> str | None:
+        """The stream's next baton (None once closed); the stream waits for it."""
+        handle.busy = False
+        if handle.stream.closed:
+            self._forget(handle.id, "closed")
+            return None
+        baton = handle.reserved or self._baton(handle)
+        handle.reserved = None
+        handle.deadline = time.monotonic() + self.timeout
+        self.streams[handle.id] = handle
+        return baton
+
+    async def _drop(self, handle: HttpStream, why: str = "closed") -> None:
+        handle.busy = False
+        self._forget(handle.id, why)
+        await handle.stream.close()
+
+    def _forget(self, stream_id: int, why: str) -> None:
+        self.streams.pop(stream_id, None)
+        self.gone[stream_id] = why
+        while len(self.gone) > 10000:
+            self.gone.popitem(last=False)
+
+    async def _sweep(self) -> None:
+        """Expire idle streams (at most twice a second), rolling back their transactions."""
+        now = time.monotonic()
+        if now - self._last_sweep < 0.5:
+            return
+        self._last_sweep = now
+        for handle in [h for h in self.streams.values() if not h.busy and h.deadline <= now]:
+            await self._drop(handle, "expired")
+
+    # -- pipeline ------------------------------------------------------------------------------
+    async def pipeline(self, request: Request) -> Response:
+        try:
+            principal, db = self.resolve(request)
+            body = await self._body(request, p.PipelineBody)
+            if len(body.requests) > self.max_statements:
+                raise HranaError("TOO_MANY_STATEMENTS", f"{len(body.requests)} requests in one "
+                                                        f"pipeline; at most {self.max_statements}")
+            idem, stored = await self._stored(request, principal, db)
+            if stored is not None:
+                return stored
+            handle = await self._open(body.baton, principal, db)
+        except (HranaError, ShoalError) as exc:
+            return self._error(exc)
+        stream = handle.stream
+        stream.budget = self.engine.settings.max_response_bytes
+        rec = stream.recorder = Recorder(idem) if idem is not None else None
+        results: list[Any] = []
+        try:
+            for i, req in enumerate(body.requests):
+                if rec is not None:
+                    rec.frames.append(self._pipeline_frame(handle, body.requests, i, results))
+                try:
+                    results.append(await self._request(stream, req))
+                finally:
+                    if rec is not None:
+                        rec.frames.pop()
+        except Replay as replay:
+            await self._drop(handle)
+            return Response(replay.status, replay.body)
+        except BaseException:
+            await self._drop(handle)
+            raise
+        finally:
+            stream.recorder = None
+        baton = self._release(handle)
+        return Response(200, encode({"baton": baton, "base_url": None, "results": results}))
+
+    async def _request(self, stream: Stream, req: p.StreamRequest) -> dict[str, Any]:
+        """One stream request: {"type": "ok", "response"} or {"type": "error", "error"}."""
+        try:
+            if stream.closed:
+                raise HranaError("STREAM_CLOSED", "the stream was closed by an earlier request")
+            return {"type": "ok", "response": await self._respond(stream, req)}
+        except HranaError as exc:
+            return {"type": "error", "error": exc.obj()}
+        except ShoalError as exc:
+            return {"type": "error", "error": p.from_shoal(exc).obj()}
+
+    @staticmethod
+    async def _respond(stream: Stream, req: p.StreamRequest) -> dict[str, Any]:
+        if isinstance(req, p.ExecuteReq):
+            return {"type": "execute", "result": await stream.execute(req.stmt)}
+        if isinstance(req, p.BatchReq):
+            return {"type": "batch", "result": await stream.batch(req.batch)}
+        if isinstance(req, p.SequenceReq):
+            await stream.sequence(req.sql, req.sql_id)
+            return {"type": "sequence"}
+        if isinstance(req, p.DescribeReq):
+            return {"type": "describe", "result": await stream.describe(req.sql, req.sql_id)}
+        if isinstance(req, p.StoreSqlReq):
+            stream.store_sql(req.sql_id, req.sql)
+            return {"type": "store_sql"}
+        if isinstance(req, p.CloseSqlReq):
+            stream.close_sql(req.sql_id)
+            return {"type": "close_sql"}
+        if isinstance(req, p.GetAutocommitReq):
+            return {"type": "get_autocommit", "is_autocommit": stream.autocommit}
+        await stream.close()
+        return {"type": "close"}
+
+    def _pipeline_frame(self, handle: HttpStream, requests: list[p.StreamRequest], at: int,
+                        results: list[Any]) -> Callable[[Any], bytes]:
+        """Idempotency: the whole pipeline response as it will be once request ``at`` commits."""
+
+        def frame(inner: Any) -> bytes:
+            stream = handle.stream
+            out = [*results, {"type": "ok", "response": _wrap(requests[at], inner)}]
+            closed = False
+            sqls = set(stream.sqls)
+            for req in requests[at + 1:]:
+                if closed:
+                    out.append({"type": "error", "error": HranaError(
+                        "STREAM_CLOSED", "the stream was closed by an earlier request").obj()})
+                elif isinstance(req, p.CloseReq):
+                    closed = True
+                    out.append({"type": "ok", "response": {"type": "close"}})
+                elif isinstance(req, p.StoreSqlReq) and req.sql_id in sqls:
+                    out.append({"type": "error", "error": HranaError(
+                        "SQL_EXISTS", f"SQL text {req.sql_id} already exists").obj()})
+                elif isinstance(req, p.StoreSqlReq):
+                    sqls.add(req.sql_id)
+                    out.append({"type": "ok", "response": {"type": "store_sql"}})
+                elif isinstance(req, p.CloseSqlReq):
+                    sqls.discard(req.sql_id)
+                    out.append({"type": "ok", "response": {"type": "close_sql"}})
+                elif isinstance(req, p.GetAutocommitReq):
+                    out.append({"type": "ok", "response": {"type": "get_autocommit",
+                                                           "is_autocommit": stream.tx is None}})
+                else:
+                    raise scope_error()
+            baton = None
+            if not closed:
+                handle.reserved = baton = self._baton(handle)
+            return encode({"baton": baton, "base_url": None, "results": out})
+
+        return frame
+
+    # -- cursor --------------------------------------------------------------------------------
+    async def cursor(self, request: Request) -> Response:
+        try:
+            principal, db = self.resolve(request)
+            body = await self._body(request, p.CursorBody)
+            handle = await self._open(body.baton, principal, db)
+        except (HranaError, ShoalError) as exc:
+            return self._error(exc)
+        stream = handle.stream
+        budget = [self.engine.settings.max_response_bytes]
+        lines: list[bytes] = []
+
+        def on_step(i: int, ran: Ran | HranaError, stmt: p.Stmt) -> None:
+            step = [encode(entry) for entry in cursor_entries(i, ran, stmt)]
+            budget[0] -= sum(len(line) + 1 for line in step)
+            if budget[0] < 0:
+                raise HranaError("RESPONSE_TOO_LARGE", "the cursor's rows exceed "
+                                                       "max_response_bytes")
+            lines.extend(step)
+
+        try:
+            await stream.run_batch(body.batch, on_step)
+        except HranaError as exc:
+            lines.append(encode({"type": "error", "error": exc.obj()}))
+        except BaseException:
+            await self._drop(handle)
+            raise
+        head = encode({"baton": self._release(handle), "base_url": None})
+        return Response(200, b"\n".join([head, *lines]) + b"\n", TEXT)
+
+    # -- HTTP API v1: one request on a fresh stream ----------------------------------------------
+    async def v1_execute(self, request: Request) -> Response:
+        return await self._v1(request, p.ExecuteBody)
+
+    async def v1_batch(self, request: Request) -> Response:
+        return await self._v1(request, p.BatchBody)
+
+    async def _v1(self, request: Request, kind: type[p.ExecuteBody] | type[p.BatchBody],
+                  ) -> Response:
+        try:
+            principal, db = self.resolve(request)
+            body = await self._body(request, kind)
+            idem, stored = await self._stored(request, principal, db)
+            if stored is not None:
+                return stored
+        except (HranaError, ShoalError) as exc:
+            return self._error(exc)
+        stream = Stream(self.engine, principal, db)
+        if idem is not None:
+            stream.recorder = Recorder(idem)
+            stream.recorder.frames.append(lambda inner: encode({"result": inner}))
+        try:
+            if isinstance(body, p.ExecuteBody):
+                result: Any = await stream.execute(body.stmt)
+            else:
+                result = await stream.batch(body.batch)
+        except (HranaError, ShoalError) as exc:
+            return self._error(exc)
+        except Replay as replay:
+            return Response(replay.status, replay.body)
+        finally:
+            await stream.close()  # a transaction left open is rolled back
+        return Response(200, encode({"result": result}))
+
+    # -- sqld's first API: POST / {"statements": [...]}, one transaction --------------------------
+    async def legacy(self, request: Request) -> Response:
+        try:
+            principal, db = self.resolve(request)
+            body = await self._body(request, p.LegacyBody)
+            if not body.statements or len(body.statements) > self.max_statements:
+                raise HranaError("TOO_MANY_STATEMENTS" if body.statements else "HRANA_PROTO_ERROR",
+                                 f"send 1 to {self.max_statements} statements")
+            statements = [Statement(s) if isinstance(s, str)
+                          else Statement(s.q, decode_args(s.params)) for s in body.statements]
+            idem = Idempotency.of(request.header(b"idempotency-key"), request.body)
+
+            def render(done: Committed) -> tuple[int, bytes]:
+                return 200, _legacy_body(done.counters.results)
+
+            out = await self.engine.query(principal, db, statements, idem, render)
+        except (HranaError, ShoalError) as exc:
+            return self._error(exc)
+        if out.replay is not None:
+            return Response(*out.replay)
+        return Response(200, _legacy_body(out.results))
+
+
+def _legacy_body(results: list[Any]) -> bytes:
+    return encode([{"results": {"columns": r.columns, "rows": r.rows}} if r.columns else None
+                   for r in results])
+
+
+def _wrap(req: p.StreamRequest, inner: Any) -> dict[str, Any]:
+    """A stream response around the result that carried a request's commit."""
+    if type(req) is p.ExecuteReq:
+        return {"type": "execute", "result": inner}
+    if type(req) is p.BatchReq:
+        return {"type": "batch", "result": inner}
+    return {"type": "sequence"}

@@ -1,0 +1,406 @@
+"""libSQL's Hrana protocol over WebSocket (subprotocols hrana3, hrana2, hrana1; JSON).
+
+One connection carries many streams. Requests on one stream run in order on
+that stream's own task; different streams run side by side, so responses may
+come back out of order, as the spec allows. SQL texts stored with ``store_sql``
+belong to the connection and are resolved when a request arrives. A cursor
+runs its batch when opened and hands the entries out page by page.
+
+The client authenticates with ``hello`` (a JWT, or null when the upgrade
+request carried ``Authorization``); the token is checked again on every request,
+so revocation and expiry take effect at once. The database comes from the URL
+(``/db/{db}``), the ``x-namespace`` header, or a token for one database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from shoal import names
+from shoal.engine.engine import Engine
+from shoal.errors import ShoalError
+from shoal.server import hrana_proto as p
+from shoal.server.hrana_proto import HranaError
+from shoal.server.hrana_stream import Ran, Stream, cursor_entries
+from shoal.server.http import Receive, Scope, Send
+from shoal.tokens import Principal
+
+log = logging.getLogger("shoal")
+SUBPROTOCOLS = ("hrana3", "hrana2", "hrana1")  # preferred first
+MAX_STREAMS = 1024
+MAX_CURSORS = 256
+MAX_INFLIGHT = 256  # requests received but not answered; then stop reading (back-pressure)
+
+_decode = msgspec.json.Decoder(p.ClientMsg).decode
+_encode = msgspec.json.encode
+
+
+class ProtocolViolation(Exception):
+    """The peer broke the protocol: close the WebSocket (code 1002) with this reason."""
+
+
+@dataclass
+class WsStream:
+    stream: Stream
+    queue: asyncio.Queue[Callable[[], Awaitable[None]] | None] = field(
+        default_factory=asyncio.Queue)
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class Cursor:
+    stream_id: int
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    error: HranaError | None = None  # the open failed: fetches answer this
+
+
+def database_of(path: str) -> str | None | bool:
+    """The database a WebSocket URL names: a name, None (the root), or False (no such URL)."""
+    parts = [part for part in path.split("/") if part]
+    if not parts:
+        return None
+    if len(parts) == 2 and parts[0] == "db":
+        return parts[1]
+    return False
+
+
+class HranaWebSocket:
+    """ASGI entry for ``websocket`` scopes."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        db = database_of(scope.get("path", "/"))
+        offered = list(scope.get("subprotocols") or [])
+        chosen = next((proto for proto in SUBPROTOCOLS if proto in offered), None)
+        if db is False or (offered and chosen is None):
+            await send({"type": "websocket.close", "code": 1008})  # refused: HTTP 403
+            return
+        await send({"type": "websocket.accept", "subprotocol": chosen})
+        headers = dict(scope.get("headers") or [])
+        conn = Connection(self.engine, send, db if isinstance(db, str) else None,
+                          headers, int((chosen or "hrana1")[-1]))
+        await conn.serve(receive)
+
+
+class Connection:
+    """One WebSocket connection: its token, database, streams, cursors and stored SQL."""
+
+    def __init__(self, engine: Engine, send: Send, db: str | None,
+                 headers: dict[bytes, bytes], version: int):
+        self.engine = engine
+        self._send = send
+        self.url_db = db
+        self.headers = headers
+        self.version = version
+        self.jwt: str | None = None
+        self.principal: Principal | None = None
+        self.db: str | None = None
+        self.streams: dict[int, WsStream] = {}
+        self.cursors: dict[int, Cursor] = {}
+        self.sqls: dict[int, str] = {}
+        self.inflight = asyncio.Semaphore(MAX_INFLIGHT)
+        self.closing = False
+        self.tasks: set[asyncio.Task[None]] = set()  # stream workers and quick replies
+
+    # -- the receive loop ------------------------------------------------------------------------
+    async def serve(self, receive: Receive) -> None:
+        code, reason = 1000, ""
+        try:
+            while True:
+                message = await receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                if text is None:
+                    raise ProtocolViolation("binary message on a JSON subprotocol")
+                try:
+                    msg = _decode(text)
+                except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+                    raise ProtocolViolation(f"not a Hrana message: {exc}"[:120]) from None
+                if isinstance(msg, p.HelloMsg):
+                    if not await self.hello(msg.jwt):
+                        code, reason = 1008, "hello refused"
+                        break
+                    continue
+                if self.principal is None:
+                    raise ProtocolViolation("a request came before hello")
+                await self.inflight.acquire()
+                self.dispatch(msg.request_id, msg.request)
+        except ProtocolViolation as exc:
+            code, reason = 1002, str(exc)
+        finally:
+            await self.shutdown(code, reason)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.closing:
+            return
+        try:
+            await self._send({"type": "websocket.send", "text": _encode(message).decode()})
+        except Exception:  # the peer went away; the receive loop sees the disconnect
+            self.closing = True
+
+    async def shutdown(self, code: int, reason: str) -> None:
+        """Finish the running request of every stream, then roll back their transactions."""
+        self.closing = True
+        for ws in self.streams.values():
+            ws.queue.put_nowait(None)
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+        for ws in self.streams.values():
+            await ws.stream.close()
+        self.streams.clear()
+        with contextlib.suppress(Exception):
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    # -- hello -----------------------------------------------------------------------------------
+    async def hello(self, jwt: str | None) -> bool:
+        """Authenticate (or re-authenticate); on failure answer hello_error and close."""
+        try:
+            if jwt is not None:
+                principal = self.engine.auth.verify(jwt)
+            else:
+                header = self.headers.get(b"authorization")
+                principal = self.engine.auth.authenticate(
+                    header.decode("latin-1") if header else None)
+            db = self._database(principal)
+        except (ShoalError, HranaError) as exc:
+            err = exc if isinstance(exc, HranaError) else p.from_shoal(exc)
+            await self.send({"type": "hello_error", "error": err.obj()})
+            return False
+        self.jwt, self.principal, self.db = jwt, principal, db
+        for ws in self.streams.values():
+            ws.stream.principal = principal
+        await self.send({"type": "hello_ok"})
+        return True
+
+    def _database(self, principal: Principal) -> str:
+        namespace = self.headers.get(b"x-namespace")
+        db = self.url_db or (namespace.decode("latin-1") if namespace else None)
+        if not db:
+            if principal.databases is None or len(principal.databases) != 1:
+                raise HranaError("DATABASE_REQUIRED", "no database named: connect to "
+                                                      "ws://HOST/db/NAME, send x-namespace, or "
+                                                      "use a token for exactly one database")
+            db = next(iter(principal.databases))
+        if self.db is not None and db != self.db:
+            raise HranaError("DATABASE_REQUIRED", "a connection stays on its database")
+        names.check(db)
+        principal.require("read", db)
+        if db not in self.engine.names:
+            raise ShoalError("DATABASE_NOT_FOUND", f"database {db!r} does not exist")
+        return db
+
+    def _current(self) -> Principal:
+        """The token, verified again: revocation and expiry apply to open connections."""
+        assert self.principal is not None
+        if self.jwt is not None:
+            self.principal = self.engine.auth.verify(self.jwt)
+        else:
+            header = self.headers.get(b"authorization")
+            self.principal = self.engine.auth.authenticate(
+                header.decode("latin-1") if header else None)
+        return self.principal
+
+    # -- requests ----------------------------------------------------------------------------------
+    def dispatch(self, request_id: int, req: p.WsRequest) -> None:
+        """Answer connection-level requests now; queue stream requests on their stream."""
+        try:
+            self._current()
+            if isinstance(req, p.OpenStreamReq):
+                self._open_stream(req.stream_id)
+                self._reply_soon(request_id, {"type": "open_stream"})
+            elif isinstance(req, p.StoreSqlReq):
+                if req.sql_id in self.sqls:
+                    raise HranaError("SQL_EXISTS", f"SQL text {req.sql_id} already exists")
+                self.sqls[req.sql_id] = req.sql
+                self._reply_soon(request_id, {"type": "store_sql"})
+            elif isinstance(req, p.CloseSqlReq):
+                self.sqls.pop(req.sql_id, None)
+                self._reply_soon(request_id, {"type": "close_sql"})
+            elif isinstance(req, p.CloseStreamReq):
+                ws = self.streams.pop(req.stream_id, None)
+                if ws is None:
+                    self._reply_soon(request_id, {"type": "close_stream"})
+                    return
+                self._queue_on(ws, req.stream_id, request_id, req)
+                ws.queue.put_nowait(None)  # the stream's worker ends after closing it
+            elif isinstance(req, p.CloseCursorReq | p.FetchCursorReq):
+                cursor = self.cursors.get(req.cursor_id)
+                if cursor is None:
+                    if isinstance(req, p.CloseCursorReq):
+                        self._reply_soon(request_id, {"type": "close_cursor"})
+                        return
+                    raise HranaError("CURSOR_NOT_FOUND", f"cursor {req.cursor_id} not found")
+                self._queue(cursor.stream_id, request_id, req)
+            else:
+                self._queue(req.stream_id, request_id, self._resolve(req))
+        except (HranaError, ShoalError) as exc:
+            self._reply_soon(request_id, exc)
+
+    def _open_stream(self, stream_id: int) -> None:
+        if stream_id in self.streams:
+            raise HranaError("STREAM_EXISTS", f"stream {stream_id} already exists")
+        if len(self.streams) >= MAX_STREAMS:
+            raise HranaError("NOT_SUPPORTED", f"at most {MAX_STREAMS} streams per connection")
+        assert self.principal is not None and self.db is not None
+        ws = WsStream(Stream(self.engine, self.principal, self.db, self.sqls))
+        ws.task = self._spawn(self._worker(ws))
+        self.streams[stream_id] = ws
+
+    def _spawn(self, work: Awaitable[None]) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(work)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def _resolve(self, req: p.WsRequest) -> p.WsRequest:
+        """Stored SQL is looked up on arrival: a later close_sql cannot pull it away."""
+        if isinstance(req, p.WsExecuteReq):
+            return msgspec.structs.replace(req, stmt=self._stmt(req.stmt))
+        if isinstance(req, p.WsBatchReq | p.OpenCursorReq):
+            steps = [msgspec.structs.replace(s, stmt=self._stmt(s.stmt)) for s in req.batch.steps]
+            return msgspec.structs.replace(
+                req, batch=msgspec.structs.replace(req.batch, steps=steps))
+        if isinstance(req, p.WsSequenceReq | p.WsDescribeReq) and req.sql_id is not None \
+                and req.sql is None:
+            return msgspec.structs.replace(req, sql=self._text(req.sql_id), sql_id=None)
+        return req
+
+    def _stmt(self, stmt: p.Stmt) -> p.Stmt:
+        if stmt.sql_id is None or stmt.sql is not None:
+            return stmt
+        return msgspec.structs.replace(stmt, sql=self._text(stmt.sql_id), sql_id=None)
+
+    def _text(self, sql_id: int) -> str:
+        text = self.sqls.get(sql_id)
+        if text is None:
+            raise HranaError("SQL_NOT_FOUND", f"SQL text {sql_id} not found")
+        return text
+
+    def _queue(self, stream_id: int, request_id: int, req: p.WsRequest) -> None:
+        ws = self.streams.get(stream_id)
+        if ws is None:
+            raise HranaError("STREAM_NOT_FOUND", f"stream {stream_id} not found")
+        self._queue_on(ws, stream_id, request_id, req)
+
+    def _queue_on(self, ws: WsStream, stream_id: int, request_id: int,
+                  req: p.WsRequest) -> None:
+        if isinstance(req, p.OpenCursorReq):
+            if req.cursor_id in self.cursors:
+                raise HranaError("CURSOR_EXISTS", f"cursor {req.cursor_id} already exists")
+            if len(self.cursors) >= MAX_CURSORS:
+                raise HranaError("NOT_SUPPORTED", f"at most {MAX_CURSORS} cursors at a time")
+            self.cursors[req.cursor_id] = Cursor(stream_id)
+
+        async def job() -> None:
+            try:
+                answer: dict[str, Any] | Exception = await self._handle(stream_id, ws, req)
+            except (HranaError, ShoalError) as exc:
+                answer = exc
+            except Exception as exc:
+                log.exception("hrana websocket request failed")
+                answer = HranaError("INTERNAL", f"internal error: {type(exc).__name__}", 500)
+            await self._reply(request_id, answer)
+
+        ws.queue.put_nowait(job)
+
+    async def _worker(self, ws: WsStream) -> None:
+        while True:
+            job = await ws.queue.get()
+            if job is None:
+                return
+            if self.closing:  # the peer left: drop what is still queued
+                self.inflight.release()
+                continue
+            await job()
+
+    async def _handle(self, stream_id: int, ws: WsStream, req: p.WsRequest) -> dict[str, Any]:
+        stream = ws.stream
+        stream.principal = self._current()
+        stream.budget = self.engine.settings.max_response_bytes
+        if isinstance(req, p.WsExecuteReq):
+            return {"type": "execute", "result": await stream.execute(req.stmt)}
+        if isinstance(req, p.WsBatchReq):
+            return {"type": "batch", "result": await stream.batch(req.batch)}
+        if isinstance(req, p.WsSequenceReq):
+            await stream.sequence(req.sql, req.sql_id)
+            return {"type": "sequence"}
+        if isinstance(req, p.WsDescribeReq):
+            return {"type": "describe", "result": await stream.describe(req.sql, req.sql_id)}
+        if isinstance(req, p.WsGetAutocommitReq):
+            return {"type": "get_autocommit", "is_autocommit": stream.autocommit}
+        if isinstance(req, p.OpenCursorReq):
+            return await self._open_cursor(stream, req)
+        if isinstance(req, p.FetchCursorReq):
+            return self._fetch(req)
+        if isinstance(req, p.CloseCursorReq):
+            self.cursors.pop(req.cursor_id, None)
+            return {"type": "close_cursor"}
+        assert isinstance(req, p.CloseStreamReq)
+        await stream.close()
+        for cursor_id in [c for c, cur in self.cursors.items() if cur.stream_id == stream_id]:
+            del self.cursors[cursor_id]
+        return {"type": "close_stream"}
+
+    async def _open_cursor(self, stream: Stream, req: p.OpenCursorReq) -> dict[str, Any]:
+        cursor = self.cursors.get(req.cursor_id)
+        if cursor is None:  # closed before it ran
+            return {"type": "open_cursor"}
+        budget = [self.engine.settings.max_response_bytes]
+
+        def on_step(i: int, ran: Ran | HranaError, stmt: p.Stmt) -> None:
+            entries = cursor_entries(i, ran, stmt)
+            budget[0] -= sum(len(_encode(e)) for e in entries)
+            if budget[0] < 0:
+                raise HranaError("RESPONSE_TOO_LARGE", "the cursor's rows exceed "
+                                                       "max_response_bytes")
+            cursor.entries.extend(entries)
+
+        try:
+            await stream.run_batch(req.batch, on_step)
+        except HranaError as exc:
+            if not cursor.entries:
+                cursor.error = exc
+                raise
+            cursor.entries.append({"type": "error", "error": exc.obj()})
+        return {"type": "open_cursor"}
+
+    def _fetch(self, req: p.FetchCursorReq) -> dict[str, Any]:
+        cursor = self.cursors.get(req.cursor_id)
+        if cursor is None:
+            raise HranaError("CURSOR_NOT_FOUND", f"cursor {req.cursor_id} not found")
+        if cursor.error is not None:
+            raise cursor.error
+        count = max(0, min(req.max_count, 10000))
+        entries, cursor.entries = cursor.entries[:count], cursor.entries[count:]
+        return {"type": "fetch_cursor", "entries": entries, "done": not cursor.entries}
+
+    def _reply_soon(self, request_id: int, answer: dict[str, Any] | Exception) -> None:
+        """Answer a request handled in the receive loop (sends stay ordered per stream)."""
+        self._spawn(self._reply(request_id, answer))
+
+    async def _reply(self, request_id: int, answer: dict[str, Any] | Exception) -> None:
+        try:
+            if isinstance(answer, Exception):
+                err = answer if isinstance(answer, HranaError) else \
+                    p.from_shoal(answer) if isinstance(answer, ShoalError) else \
+                    HranaError("INTERNAL", "internal error", 500)
+                await self.send({"type": "response_error", "request_id": request_id,
+                                 "error": err.obj()})
+            else:
+                await self.send({"type": "response_ok", "request_id": request_id,
+                                 "response": answer})
+        finally:
+            self.inflight.release()

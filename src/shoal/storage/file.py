@@ -1,0 +1,135 @@
+"""An object store in a local folder: the embedded default, safe across processes.
+
+A put writes a temp file beside the target, fsyncs it, renames it over the key
+and fsyncs the directory, so a reader sees the old object or the new one,
+never a torn one, and a returned put survives power loss. Every mutation of a
+key (put, conditional put, delete) holds an exclusive ``flock`` on one of a few
+lock files picked by the key's hash, so check-then-rename is atomic against
+other threads and other processes on the same host (not over NFS).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from shoal.storage.base import (
+    Blob,
+    NotFound,
+    ObjectInfo,
+    PreconditionFailed,
+    check_conditions,
+    check_key,
+    content_etag,
+)
+
+LOCK_STRIPES = 64
+LOCK_DIR = ".locks"
+TEMP_PREFIX = ".tmp-"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class FileStore:
+    """Objects as files under ``root``; keys map to relative paths."""
+
+    def __init__(self, root: str | os.PathLike[str], url: str | None = None):
+        self.root = Path(root).resolve()
+        self.url = url or self.root.as_uri()
+        (self.root / LOCK_DIR).mkdir(parents=True, exist_ok=True)
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    @contextlib.contextmanager
+    def _locked(self, key: str) -> Iterator[None]:
+        stripe = hashlib.blake2b(key.encode(), digest_size=2).digest()[0] % LOCK_STRIPES
+        fd = os.open(self.root / LOCK_DIR / f"{stripe:02d}", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
+
+    def get(self, key: str) -> Blob:
+        try:
+            return Blob(self._path(key).read_bytes())
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            raise NotFound(key) from None
+
+    def head(self, key: str) -> str:
+        return self.get(key).etag
+
+    def _current_etag(self, path: Path) -> str | None:
+        try:
+            return content_etag(path.read_bytes())
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+
+    def put(self, key: str, data: bytes, *, if_none_match: str | None = None,
+            if_match: str | None = None) -> str:
+        path = self._path(key)
+        check_conditions(if_none_match, if_match)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f"{TEMP_PREFIX}{path.name}-{secrets.token_hex(6)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            with self._locked(key):
+                if if_none_match and path.exists():
+                    raise PreconditionFailed(key, "If-None-Match")
+                if if_match is not None and self._current_etag(path) != if_match:
+                    raise PreconditionFailed(key, "If-Match")
+                os.replace(tmp, path)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        _fsync_dir(path.parent)
+        return content_etag(data)
+
+    def list(self, prefix: str, *, start_after: str = "") -> Iterator[ObjectInfo]:
+        # Walk only the folder the prefix names; then filter and sort by key as S3 does.
+        base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
+        top = self.root / base if base else self.root
+        found: list[ObjectInfo] = []
+        for dirpath, dirnames, filenames in os.walk(top):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            rel = Path(dirpath).relative_to(self.root).as_posix()
+            for name in filenames:
+                if name.startswith("."):
+                    continue
+                key = name if rel == "." else f"{rel}/{name}"
+                if key.startswith(prefix) and key > start_after:
+                    with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                        found.append(ObjectInfo(key, os.stat(os.path.join(dirpath, name)).st_size))
+        found.sort(key=lambda info: info.key.encode())
+        yield from found
+
+    def delete(self, key: str) -> None:
+        path = self._path(key)
+        with self._locked(key):
+            try:
+                path.unlink()
+            except (FileNotFoundError, NotADirectoryError):
+                return
+        _fsync_dir(path.parent)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,231 @@
+"""The `shoal` client commands, run as real subprocesses against a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from shoal import cli
+from tests.support.server import ServerProcess
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SHOAL_")}
+    env.update(extra)
+    env["COLUMNS"] = "200"  # wide tables: cells stay on one line for the assertions
+    return env
+
+
+@pytest.fixture
+def shoal(server: ServerProcess) -> Run:
+    """shoal(*args, input=..., env=..., cwd=...): `python -m shoal ...` with URL and token set."""
+
+    def run(*args: str, input: str | None = None, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "shoal", *args], input=input, capture_output=True,
+            text=True, timeout=60, cwd=cwd,
+            env=env if env is not None else _env(SHOAL_URL=server.url,
+                                                 SHOAL_TOKEN=server.admin_token))
+
+    return run
+
+
+def _rows(admin: httpx.Client, db: str, sql: str) -> Any:
+    """Set up or check through the HTTP API directly: one subprocess fewer each time."""
+    r = admin.post(f"/v1/databases/{db}/query", json={"statements": [sql]})
+    assert r.status_code == 200, r.text
+    return r.json()["results"][0]["rows"]
+
+
+def _json(proc: subprocess.CompletedProcess[str]) -> Any:
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_db_commands(shoal: Run, server: ServerProcess) -> None:
+    created = _json(shoal("db", "create", "cli-db", "--json"))
+    assert created["name"] == "cli-db"
+    listed = shoal("db", "list")
+    assert listed.returncode == 0 and "│ cli-db " in listed.stdout
+    info = _json(shoal("db", "info", "cli-db", "--json"))
+    assert info["name"] == "cli-db" and info["usage"]["database"] == "cli-db"
+    table = shoal("db", "info", "cli-db")
+    assert "size_bytes" in table.stdout and "main" in table.stdout
+    again = shoal("db", "create", "cli-db")
+    assert again.returncode == 1 and again.stdout == ""
+    assert again.stderr.startswith("error DATABASE_EXISTS: ")
+    deleted = shoal("db", "delete", "cli-db")
+    assert deleted.returncode == 0 and "deleted database cli-db" in deleted.stdout
+    missing = shoal("db", "info", "cli-db")
+    assert missing.returncode == 1 and missing.stderr.startswith("error DATABASE_NOT_FOUND: ")
+
+
+def test_sql_command(shoal: Run, new_db: Callable[[], str]) -> None:
+    db = new_db()
+    made = shoal("sql", db, "CREATE TABLE t (id INTEGER PRIMARY KEY, v, b BLOB); "
+                 "INSERT INTO t (v) VALUES ('one')")
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.split("\n")[:2] == ["ok", "1 row affected"]
+    out = _json(shoal("sql", db, "INSERT INTO t (v, b) VALUES (?, ?)",
+                      "--arg", "9007199254740993", "--arg", '{"base64": "AAE="}', "--json"))
+    assert out["results"][0]["rows_affected"] == 1 and out["meta"]["txid"] >= 2
+    rows = _json(shoal("sql", db, "SELECT v, b, ? AS s, ? AS n, ? AS q FROM t ORDER BY id",
+                       "--arg", "plain text", "--arg", "null", "--arg", '"007"', "--json"))
+    assert rows["results"][0]["columns"] == ["v", "b", "s", "n", "q"]
+    assert rows["results"][0]["rows"] == [
+        ["one", None, "plain text", None, "007"],
+        [{"integer": "9007199254740993"}, {"base64": "AAE="}, "plain text", None, "007"]]
+    table = shoal("sql", db, "SELECT id, b FROM t ORDER BY id")
+    assert table.returncode == 0
+    assert "x'0001'" in table.stdout and "NULL" in table.stdout and "2 rows" in table.stdout
+
+
+def test_sql_errors_exit_1_with_the_code(shoal: Run, admin: httpx.Client,
+                                         new_db: Callable[[], str]) -> None:
+    db = new_db()
+    syntax = shoal("sql", db, "SELEC 1")
+    assert syntax.returncode == 1 and syntax.stdout == ""
+    assert syntax.stderr.startswith('error SQLITE_ERROR: near "SELEC": syntax error')
+    _rows(admin, db, "CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    atomic = shoal("sql", db, "INSERT INTO t VALUES (1); INSERT INTO t VALUES (1)")
+    assert atomic.returncode == 1 and atomic.stderr.startswith("error SQLITE_CONSTRAINT: ")
+    assert "statement 1" in atomic.stderr
+    assert _rows(admin, db, "SELECT count(*) FROM t") == [[0]]
+    usage = shoal("sql", db, "SELECT 1; SELECT 2", "--arg", "1")
+    assert usage.returncode == 1 and usage.stderr.startswith("error USAGE: ")
+    no_auth = shoal("sql", db, "SELECT 1", "--token", "forged")
+    assert no_auth.returncode == 1 and no_auth.stderr.startswith("error TOKEN_INVALID: ")
+
+
+def test_shell_reads_stdin(shoal: Run, admin: httpx.Client, new_db: Callable[[], str]) -> None:
+    db = new_db()
+    script = "\n".join([
+        "CREATE TABLE pets (id INTEGER PRIMARY KEY,",
+        "                   name TEXT);",
+        "INSERT INTO pets (name) VALUES ('rex'); INSERT INTO pets (name) VALUES ('tom');",
+        ".tables",
+        ".schema pets",
+        "BEGIN;",
+        "DELETE FROM pets;",
+        "ROLLBACK;",
+        "BEGIN;",
+        "INSERT INTO pets (name) VALUES ('new');",
+        "COMMIT;",
+        "SELECT name FROM pets ORDER BY id;",
+        ".quit",
+        "SELECT 'never reached';",
+    ]) + "\n"
+    proc = shoal("shell", db, input=script)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "pets" in out and "_shoal" not in out
+    assert "CREATE TABLE pets (id INTEGER PRIMARY KEY,\n                   name TEXT);" in out
+    assert "rolled back" in out and "committed" in out
+    assert "rex" in out and "tom" in out and "new" in out and "3 rows" in out
+    assert "never reached" not in out
+    assert _rows(admin, db, "SELECT name FROM pets ORDER BY id") == [["rex"], ["tom"], ["new"]]
+
+
+def test_shell_errors_and_open_transaction(shoal: Run, admin: httpx.Client,
+                                           new_db: Callable[[], str]) -> None:
+    db = new_db()
+    script = "CREATE TABLE t (x);\nSELEC;\nBEGIN;\nINSERT INTO t VALUES (1);\n.bogus\n"
+    proc = shoal("shell", db, input=script)
+    assert proc.returncode == 1  # non-interactive input with errors
+    assert "error SQLITE_ERROR: " in proc.stderr and "error USAGE: unknown command" in proc.stderr
+    assert "rolled back the open transaction" in proc.stdout
+    assert _rows(admin, db, "SELECT count(*) FROM t") == [[0]]
+    unfinished = shoal("shell", db, input="SELECT 1\n")
+    assert unfinished.returncode == 1 and "error INCOMPLETE" in unfinished.stderr
+
+
+def test_token_commands(shoal: Run, server: ServerProcess, admin: httpx.Client,
+                        new_db: Callable[[], str]) -> None:
+    db = new_db()
+    _rows(admin, db, "CREATE TABLE t (x)")
+    made = _json(shoal("token", "create", "--databases", db, "--access", "read",
+                       "--expires-in", "120", "--json"))
+    assert made["access"] == "read" and made["databases"] == [db]
+    reader = _env(SHOAL_URL=server.url, SHOAL_TOKEN=made["token"])
+    assert shoal("sql", db, "SELECT count(*) FROM t", env=reader).returncode == 0
+    denied = shoal("sql", db, "INSERT INTO t VALUES (1)", env=reader)
+    assert denied.returncode == 1 and denied.stderr.startswith("error READ_ONLY: ")
+    revoked = shoal("token", "revoke", made["id"])
+    assert revoked.returncode == 0 and made["id"] in revoked.stdout
+    after = shoal("sql", db, "SELECT 1", env=reader)
+    assert after.returncode == 1 and after.stderr.startswith("error TOKEN_REVOKED: ")
+    table = shoal("token", "create", "--databases", "*", "--access", "write")
+    assert table.returncode == 0
+    line = [ln for ln in table.stdout.splitlines() if ln.startswith("token: ")]
+    assert len(line) == 1 and line[0].count(".") == 2  # the whole JWT on one line
+
+
+def test_local_admin_token_fallback(shoal: Run, server: ServerProcess, tmp_path: Path) -> None:
+    env = _env(SHOAL_URL=server.url)
+    (tmp_path / "shoal-data").mkdir()
+    none = shoal("db", "list", env=env, cwd=tmp_path)
+    assert none.returncode == 1 and none.stderr.startswith("error UNAUTHORIZED: ")
+    (tmp_path / "shoal-data" / "admin-token").write_text(server.admin_token + "\n")
+    found = shoal("db", "list", "--json", env=env, cwd=tmp_path)
+    assert found.returncode == 0, found.stderr
+    remote = shoal("db", "list", "--url", "http://127.0.0.2:9", env=env, cwd=tmp_path)
+    assert remote.returncode == 1 and remote.stderr.startswith("error CONNECTION_ERROR: ")
+
+
+@pytest.mark.parametrize("command", [["sql"], ["shell"], ["db", "list"], ["token", "create"]])
+def test_help_says_where_the_token_comes_from(command: list[str],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        cli.main([*command, "--help"])
+    assert done.value.code == 0
+    flat = " ".join(capsys.readouterr().out.split())
+    assert "SHOAL_TOKEN" in flat and "shoal-data/admin-token" in flat and "SHOAL_URL" in flat
+    assert "--json" in flat
+
+
+def test_serve_is_still_there(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    out = capsys.readouterr().out
+    assert "--port" in out and "--data" in out and "--config" in out
+
+
+# -- pieces of the CLI that need no subprocess -------------------------------------------------
+@pytest.mark.parametrize(("text", "value"), [
+    ("42", 42), ("2.5", 2.5), ("null", None), ("true", True), ('"007"', "007"),
+    ("hello", "hello"), ("", ""), ('{"base64": "AAE="}', b"\x00\x01"),
+    ('{"integer": "9007199254740993"}', 2**53 + 1),
+])
+def test_parse_arg(text: str, value: Any) -> None:
+    assert cli.parse_arg(text) == value
+
+
+@pytest.mark.parametrize("text", ['{"x": 1}', "[1, 2]"])
+def test_parse_arg_refuses_non_values(text: str) -> None:
+    with pytest.raises(cli.UsageError):
+        cli.parse_arg(text)
+
+
+def test_resolve_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SHOAL_TOKEN", "SHOAL_DATA"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert cli.resolve_token("http://127.0.0.1:8080", None) is None
+    (tmp_path / "shoal-data").mkdir()
+    (tmp_path / "shoal-data" / "admin-token").write_text("secret\n")
+    assert cli.resolve_token("http://localhost:8080", None) == "secret"
+    assert cli.resolve_token("http://db.example.com", None) is None
+    assert cli.resolve_token("http://127.0.0.1:8080", "given") == "given"
+    monkeypatch.setenv("SHOAL_TOKEN", "env")
+    assert cli.resolve_token("http://127.0.0.1:8080", None) == "env"

@@ -1,0 +1,144 @@
+"""A SQLite database captured the way the engine will capture it, for the log's tests.
+
+apsw in WAL mode, auto-checkpoint off, no checkpoint on close; a WAL hook records
+the frame count; after every commit the new frames are captured as the next txid.
+``image()`` gives the oracle: the database file SQLite itself produces for the
+current commit (the files copied aside, checkpointed by the stdlib sqlite3).
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import sqlite3
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from shoal.log import layout
+from shoal.log.capture import Capture
+from shoal.log.segment import Commit, encode_segment
+from shoal.log.snapshot import encode_snapshot
+from shoal.storage.base import ObjectStore
+
+
+class LoggedDatabase:
+    def __init__(self, path: Path, *, page_size: int = 4096,
+                 clock: Callable[[], float] | None = None, auto_vacuum: bool = False):
+        self.path = path
+        self.conn = apsw.Connection(str(path))
+        self.conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+        self.conn.execute(f"PRAGMA page_size={page_size}")
+        if auto_vacuum:
+            self.conn.execute("PRAGMA auto_vacuum=FULL")
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA wal_autocheckpoint=0")
+        self.conn.execute("PRAGMA synchronous=FULL")
+        self.frames = 0
+        self.conn.set_wal_hook(self._hook)
+        self.conn.execute("CREATE TABLE _state(k INTEGER PRIMARY KEY, txid INTEGER NOT NULL);"
+                          "INSERT INTO _state VALUES (0, 0)")
+        self.checkpoint()  # the file now holds txid 0; the log starts at 1
+        self.txid = 0
+        self.time = 1_000_000.0
+        self.capture = Capture(f"{path}-wal", clock=clock or self._tick)
+        self.commits: list[Commit] = []
+
+    def _tick(self) -> float:
+        self.time += 0.5
+        return self.time
+
+    def _hook(self, conn: apsw.Connection, name: str, frames: int) -> int:
+        self.frames = frames
+        return apsw.SQLITE_OK
+
+    def write(self, *statements: str | tuple[str, Any]) -> Commit:
+        """One transaction: the statements plus the txid bump; returns the captured commit."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in statements:
+                if isinstance(stmt, tuple):
+                    self.conn.execute(stmt[0], stmt[1])
+                else:
+                    self.conn.execute(stmt)
+            self.conn.execute("UPDATE _state SET txid = txid + 1")
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if not self.conn.get_autocommit():
+                self.conn.execute("ROLLBACK")
+            raise
+        return self._captured()
+
+    def vacuum(self) -> Commit:
+        """VACUUM is its own transaction (the database may shrink)."""
+        self.conn.execute("VACUUM")
+        return self._captured()
+
+    def _captured(self) -> Commit:
+        self.txid += 1
+        commit = self.capture.commit(self.txid, max_frame=self.frames)
+        self.commits.append(commit)
+        return commit
+
+    def checkpoint(self) -> None:
+        """Backfill and truncate the WAL (the engine does this once frames are durable)."""
+        busy, log, done = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        assert busy == 0
+
+    def image(self) -> bytes:
+        """The database file SQLite produces for the current state (the oracle)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            copy = Path(tmp) / "copy.db"
+            shutil.copyfile(self.path, copy)
+            wal = Path(f"{self.path}-wal")
+            if wal.exists():
+                shutil.copyfile(wal, f"{copy}-wal")
+            con = sqlite3.connect(copy)
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            con.close()
+            return copy.read_bytes()
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def dump(path: Path) -> tuple[list[str], str]:
+    """(logical SQL dump, integrity_check) of a database file, read with the stdlib."""
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return list(con.iterdump()), con.execute("PRAGMA integrity_check").fetchone()[0]
+    finally:
+        con.close()
+
+
+def dump_image(image: bytes) -> tuple[list[str], str]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "image.db"
+        path.write_bytes(image)
+        return dump(path)
+
+
+def put_segments(store: ObjectStore, db: str, timeline: str, commits: list[Commit],
+                 sizes: Iterable[int]) -> list[str]:
+    """Upload commits as consecutive segments of the given sizes (the rest as one)."""
+    keys = []
+    i = 0
+    for size in [*sizes, len(commits)]:
+        group = commits[i:i + max(1, size)]
+        if not group:
+            break
+        key = layout.segment_key(db, timeline, group[0].txid, group[-1].txid, group[-1].time)
+        store.put(key, encode_segment(group))
+        keys.append(key)
+        i += len(group)
+    return keys
+
+
+def put_snapshot(store: ObjectStore, db: str, timeline: str, image: bytes, txid: int,
+                 time: float) -> str:
+    key = layout.snapshot_key(db, timeline, txid, time)
+    store.put(key, encode_snapshot(io.BytesIO(image), txid, time))
+    return key

@@ -1,0 +1,415 @@
+"""shoal.client and shoal.dbapi without a server: values, SQL splitting, URLs, errors, requests.
+
+The HTTP side runs against httpx.MockTransport, which records what the client sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import math
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shoal import client, dbapi
+from shoal.client import (
+    AlreadyExists,
+    AsyncClient,
+    AuthError,
+    Busy,
+    Client,
+    ConnectionFailed,
+    InvalidRequest,
+    NotFound,
+    ServerError,
+    ShoalError,
+    SQLError,
+    Timeout,
+    TransactionExpired,
+    first_keyword,
+    from_json,
+    parse_url,
+    split_sql,
+    to_json,
+    transaction_control,
+)
+
+sql_values = st.one_of(
+    st.none(),
+    st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(allow_nan=False),
+    st.text(),
+    st.binary(),
+)
+
+
+# -- values ------------------------------------------------------------------------------------
+@given(sql_values)
+def test_value_round_trip_through_json_text(value: Any) -> None:
+    wire = msgspec.json.decode(msgspec.json.encode(to_json(value)))
+    back = from_json(wire)
+    assert type(back) is type(value)
+    assert back == value
+
+
+def test_value_encoding_forms() -> None:
+    assert to_json(2**53) == 2**53
+    assert to_json(2**53 + 1) == {"integer": str(2**53 + 1)}
+    assert to_json(-(2**63)) == {"integer": str(-(2**63))}
+    assert to_json(b"\x00\xff") == {"base64": "AP8="}
+    assert to_json(bytearray(b"ab")) == to_json(memoryview(b"ab")) == {"base64": "YWI="}
+    assert to_json(math.inf) == {"float": "Infinity"}
+    assert to_json(-math.inf) == {"float": "-Infinity"}
+    assert to_json(math.nan) is None  # SQLite stores NaN as NULL
+    assert to_json(True) == 1 and to_json(False) == 0
+
+    class Color(enum.IntEnum):
+        RED = 7
+
+    assert to_json(Color.RED) == 7 and type(to_json(Color.RED)) is int
+
+
+def test_unsupported_values_are_refused() -> None:
+    with pytest.raises(TypeError, match="unsupported value type"):
+        to_json(object())
+    with pytest.raises(TypeError, match="not a single value"):
+        client.args_json("abc")
+    with pytest.raises(ValueError, match="not an encoded SQL value"):
+        from_json({"what": 1})
+
+
+def test_statement_json_shapes() -> None:
+    assert client.statement_json("SELECT 1") == "SELECT 1"
+    assert client.statement_json(("SELECT 1", None)) == "SELECT 1"
+    assert client.statement_json(("SELECT ?", (1, b"\x01"))) == {
+        "sql": "SELECT ?", "args": [1, {"base64": "AQ=="}]}
+    assert client.statement_json(("SELECT :a", {"a": 2**60})) == {
+        "sql": "SELECT :a", "args": {"a": {"integer": str(2**60)}}}
+
+
+# -- SQL text ----------------------------------------------------------------------------------
+@pytest.mark.parametrize(("script", "expected"), [
+    ("SELECT 1", ["SELECT 1"]),
+    ("SELECT 1; SELECT 2;", ["SELECT 1;", "SELECT 2;"]),
+    ("SELECT ';'; SELECT \"a;b\" ; -- c;\n", ["SELECT ';';", 'SELECT "a;b" ;']),
+    ("/* ; */ SELECT 1;;", ["/* ; */ SELECT 1;"]),
+    ("-- only a comment\n;", []),
+    ("CREATE TRIGGER tr AFTER INSERT ON t BEGIN UPDATE t SET a = 1; DELETE FROM u; END; SELECT 2",
+     ["CREATE TRIGGER tr AFTER INSERT ON t BEGIN UPDATE t SET a = 1; DELETE FROM u; END;",
+      "SELECT 2"]),
+    ("", []),
+])
+def test_split_sql(script: str, expected: list[str]) -> None:
+    assert split_sql(script) == expected
+
+
+def test_first_keyword_skips_comments() -> None:
+    assert first_keyword("  -- note\n /* x */ insert into t values (1)") == "INSERT"
+    assert first_keyword("BEGIN;") == "BEGIN"
+    assert first_keyword("-- nothing") == ""
+
+
+@pytest.mark.parametrize(("sql", "control"), [
+    ("BEGIN", "BEGIN"), ("begin immediate;", "BEGIN"), ("COMMIT", "COMMIT"),
+    ("END TRANSACTION", "COMMIT"), ("-- c\nrollback", "ROLLBACK"),
+    ("ROLLBACK TO SAVEPOINT a", None), ("rollback transaction to a", None),
+    ("SELECT 'BEGIN'", None), ("SAVEPOINT a", None),
+])
+def test_transaction_control(sql: str, control: str | None) -> None:
+    assert transaction_control(sql) == control
+
+
+# -- URLs --------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("url", "expected"), [
+    ("http://h:8080", ("http://h:8080", None)),
+    ("http://h:8080/", ("http://h:8080", None)),
+    ("https://h/db/orders", ("https://h", "orders")),
+    ("http://h/prefix/db/orders/", ("http://h/prefix", "orders")),
+    ("shoal://h:8080/orders", ("http://h:8080", "orders")),
+    ("shoals://h/orders", ("https://h", "orders")),
+    ("shoal://h:8080", ("http://h:8080", None)),
+])
+def test_parse_url(url: str, expected: tuple[str, str | None]) -> None:
+    assert parse_url(url) == expected
+
+
+def test_parse_url_refuses_other_schemes() -> None:
+    with pytest.raises(ValueError, match="unsupported URL"):
+        parse_url("ftp://h/x")
+
+
+def test_defaults_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SHOAL_URL", "http://example.test:9/db/envdb")
+    monkeypatch.setenv("SHOAL_TOKEN", "env-token")
+    seen: list[httpx.Request] = []
+    with Client(transport=_mock(seen, _answer(200, _query_body()))) as c:
+        c.execute("SELECT 1")
+    assert str(seen[0].url) == "http://example.test:9/v1/databases/envdb/query"
+    assert seen[0].headers["authorization"] == "Bearer env-token"
+
+
+def test_no_database_is_a_clear_error() -> None:
+    with Client("http://h", "t") as c, pytest.raises(ValueError, match="no database"):
+        c.execute("SELECT 1")
+    with Client("http://h/db/keep", "t") as c, pytest.raises(ValueError, match="needs the"):
+        c.delete_database("")  # the default database is never deleted by accident
+
+
+# -- requests against a mock transport ---------------------------------------------------------
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def _mock(seen: list[httpx.Request], handler: Handler) -> httpx.MockTransport:
+    def record(request: httpx.Request) -> httpx.Response:
+        request.read()
+        seen.append(request)
+        return handler(request)
+
+    return httpx.MockTransport(record)
+
+
+def _answer(status: int, body: Any) -> Handler:
+    return lambda request: httpx.Response(status, json=body)
+
+
+def _query_body(*results: dict[str, Any], txid: int = 3) -> dict[str, Any]:
+    empty = {"columns": [], "decltypes": [], "rows": [], "rows_affected": 0,
+             "last_insert_rowid": None}
+    return {"results": list(results) or [empty],
+            "meta": {"rows_read": 1, "rows_written": 0, "duration_ms": 0.1, "txid": txid,
+                     "bookmark": "bm"}}
+
+
+def _body(request: httpx.Request) -> Any:
+    return json.loads(request.content)
+
+
+def test_execute_sends_statement_and_decodes_rows() -> None:
+    seen: list[httpx.Request] = []
+    result_json = {"columns": ["b", "n", "f"], "decltypes": ["BLOB", None, "REAL"],
+                   "rows": [[{"base64": "AAE="}, {"integer": "9007199254740993"},
+                             {"float": "-Infinity"}], [None, 1, 2.5]],
+                   "rows_affected": 0, "last_insert_rowid": {"integer": str(2**62)}}
+    with Client("http://h:1/db/d", "tok", transport=_mock(
+            seen, _answer(200, _query_body(result_json, txid=9)))) as c:
+        result = c.execute("SELECT ?, ?", [b"\x00", 2**60], idempotency_key="k-1")
+    request = seen[0]
+    assert request.method == "POST"
+    assert request.headers["idempotency-key"] == "k-1"
+    assert request.headers["authorization"] == "Bearer tok"
+    assert _body(request) == {"statements": [{"sql": "SELECT ?, ?", "args": [
+        {"base64": "AA=="}, {"integer": str(2**60)}]}]}
+    assert result.rows == [(b"\x00\x01", 2**53 + 1, -math.inf), (None, 1, 2.5)]
+    assert result.columns == ["b", "n", "f"] and result.decltypes == ["BLOB", None, "REAL"]
+    assert result.last_insert_rowid == 2**62
+    assert (result.txid, result.bookmark) == (9, "bm")
+    assert result.to_json()["rows"] == result_json["rows"]
+
+
+def test_batch_sends_one_request_and_skips_empty() -> None:
+    seen: list[httpx.Request] = []
+    empty = _query_body()["results"][0]
+    with Client("http://h", "t", database="d",
+                transport=_mock(seen, _answer(200, _query_body(empty, empty)))) as c:
+        assert c.batch([]) == []
+        results = c.batch(["SELECT 1", ("SELECT :x", {"x": "y"})], database="other")
+    assert len(seen) == 1 and len(results) == 2
+    assert seen[0].url.path == "/v1/databases/other/query"
+    assert _body(seen[0])["statements"] == ["SELECT 1", {"sql": "SELECT :x", "args": {"x": "y"}}]
+
+
+@pytest.mark.parametrize(("status", "code", "kind"), [
+    (401, "TOKEN_EXPIRED", AuthError),
+    (403, "READ_ONLY", AuthError),
+    (404, "DATABASE_NOT_FOUND", NotFound),
+    (409, "DATABASE_EXISTS", AlreadyExists),
+    (409, "DATABASE_BUSY", Busy),
+    (409, "SQLITE_BUSY", Busy),
+    (400, "STATEMENT_TIMEOUT", Timeout),
+    (410, "TRANSACTION_EXPIRED", TransactionExpired),
+    (400, "SQLITE_CONSTRAINT", SQLError),
+    (400, "MULTIPLE_STATEMENTS", InvalidRequest),
+    (422, "IDEMPOTENCY_KEY_REUSED", InvalidRequest),
+    (500, "INTERNAL", ServerError),
+])
+def test_errors_are_typed_and_carry_the_envelope(status: int, code: str,
+                                                 kind: type[ShoalError]) -> None:
+    envelope = {"error": {"code": code, "message": "m", "hint": "h", "statement": 1,
+                          "extended_code": code + "_X"}}
+    with Client("http://h/db/d", "t", transport=_mock([], _answer(status, envelope))) as c, \
+            pytest.raises(kind) as caught:
+        c.execute("SELECT 1")
+    err = caught.value
+    assert (err.code, err.message, err.hint, err.status) == (code, "m", "h", status)
+    assert (err.statement, err.extended_code) == (1, code + "_X")
+    assert str(err) == f"{code}: m (statement 1)"
+
+
+def test_a_body_that_is_not_the_envelope_still_gives_a_typed_error() -> None:
+    def bad_gateway(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(502, text="<html>bad gateway</html>")
+
+    with Client("http://h/db/d", transport=_mock([], bad_gateway)) as c, \
+            pytest.raises(ServerError) as caught:
+        c.execute("SELECT 1")
+    assert caught.value.code == "HTTP_502" and "bad gateway" in caught.value.message
+
+
+@pytest.mark.parametrize(("exc", "kind", "code"), [
+    (httpx.ConnectError("refused"), ConnectionFailed, "CONNECTION_ERROR"),
+    (httpx.ReadTimeout("slow"), Timeout, "CLIENT_TIMEOUT"),
+])
+def test_transport_failures_are_typed(exc: Exception, kind: type[ShoalError], code: str) -> None:
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise exc
+
+    with Client("http://h/db/d", transport=httpx.MockTransport(fail)) as c, \
+            pytest.raises(kind) as caught:
+        c.execute("SELECT 1")
+    assert caught.value.code == code and caught.value.status is None
+
+
+def _pages(names: list[str]) -> Handler:
+    """Serve the database list as the server does: limit/cursor, next_cursor."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        limit = int(request.url.params["limit"])
+        cursor = request.url.params.get("cursor")
+        rest = [n for n in names if cursor is None or n > cursor][:limit]
+        page = {"databases": [{"name": n, "created_at": "t"} for n in rest],
+                "next_cursor": rest[-1] if len(rest) == limit else None}
+        return httpx.Response(200, json=page)
+
+    return handle
+
+
+def test_list_databases_follows_pagination() -> None:
+    names = [f"db{i:02d}" for i in range(7)]
+    seen: list[httpx.Request] = []
+    with Client("http://h", "t", transport=_mock(seen, _pages(names))) as c:
+        assert [d["name"] for d in c.list_databases(page_size=3)] == names
+        assert len(seen) == 3
+        assert [d["name"] for d in c.list_databases(limit=4, page_size=3)] == names[:4]
+        assert seen[-1].url.params["limit"] == "1"  # asks only for what is still missing
+
+
+def _tx_server(log: list[str], fail_rollback: bool = False) -> Handler:
+    def handle(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        log.append(path.rsplit("/", 1)[-1])
+        if path.endswith("/transactions"):
+            return httpx.Response(201, json={"id": "tx_1", "mode": "write", "expires_at": "t"})
+        if path.endswith("/commit"):
+            return httpx.Response(200, json={"committed": True, "txid": 5, "bookmark": "b5"})
+        if path.endswith("/rollback"):
+            if fail_rollback:
+                return httpx.Response(410, json={"error": {"code": "TRANSACTION_EXPIRED",
+                                                           "message": "gone"}})
+            return httpx.Response(200, json={"rolled_back": True})
+        return httpx.Response(200, json=_query_body())
+
+    return handle
+
+
+def test_transaction_commits_on_success() -> None:
+    log: list[str] = []
+    seen: list[httpx.Request] = []
+    with Client("http://h/db/d", transport=_mock(seen, _tx_server(log))) as c:
+        with c.transaction(idempotency_key="once") as tx:
+            tx.execute("INSERT INTO t VALUES (1)")
+            tx.batch(["SELECT 1", "SELECT 2"])
+        assert (tx.committed, tx.txid, tx.bookmark, tx.open) == (True, 5, "b5", False)
+    assert log == ["transactions", "query", "query", "commit"]
+    assert seen[1].url.path == "/v1/databases/d/transactions/tx_1/query"
+    assert seen[-1].headers["idempotency-key"] == "once"
+
+
+def test_transaction_rolls_back_on_exception() -> None:
+    log: list[str] = []
+    c = Client("http://h/db/d", transport=_mock([], _tx_server(log)))
+    with pytest.raises(KeyError), c.transaction() as tx:
+        tx.execute("INSERT INTO t VALUES (1)")
+        raise KeyError("boom")
+    assert log == ["transactions", "query", "rollback"]
+    with pytest.raises(RuntimeError, match="already committed or rolled back"):
+        tx.execute("SELECT 1")
+
+
+def test_failed_rollback_keeps_the_original_error() -> None:
+    c = Client("http://h/db/d", transport=_mock([], _tx_server([], fail_rollback=True)))
+    with pytest.raises(ZeroDivisionError) as caught, c.transaction():
+        _ = 1 / 0
+    assert any("rollback also failed" in note for note in caught.value.__notes__)
+
+
+def test_async_client_shares_the_request_shapes() -> None:
+    log: list[str] = []
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/databases":
+            return _pages(["a", "b", "c"])(request)
+        return _tx_server(log)(request)
+
+    async def main() -> None:
+        async with AsyncClient("shoal://h:1/d", "tok",
+                               transport=_mock(seen, handle)) as c:
+            result = await c.execute("SELECT ?", [b"x"], idempotency_key="k")
+            assert result.txid == 3
+            assert [d["name"] for d in await c.list_databases(page_size=2)] == ["a", "b", "c"]
+            async with c.transaction() as tx:
+                await tx.execute("SELECT 1")
+            assert tx.txid == 5
+            with pytest.raises(ValueError, match="inside"):
+                async with c.transaction():
+                    raise ValueError("inside")
+
+    asyncio.run(main())
+    assert seen[0].headers["idempotency-key"] == "k"
+    assert _body(seen[0]) == {"statements": [{"sql": "SELECT ?", "args": [{"base64": "eA=="}]}]}
+    assert log == ["query", "transactions", "query", "commit", "transactions", "rollback"]
+
+
+# -- DB-API pieces that need no server ---------------------------------------------------------
+@pytest.mark.parametrize(("code", "kind"), [
+    ("SQLITE_CONSTRAINT", dbapi.IntegrityError),
+    ("SQLITE_ERROR", dbapi.OperationalError),
+    ("SQLITE_TOOBIG", dbapi.DataError),
+    ("MULTIPLE_STATEMENTS", dbapi.ProgrammingError),
+    ("INVALID_ARGUMENT", dbapi.ProgrammingError),
+    ("DATABASE_NOT_FOUND", dbapi.OperationalError),
+    ("READ_ONLY", dbapi.OperationalError),
+    ("INTERNAL", dbapi.InternalError),
+])
+def test_dbapi_error_mapping(code: str, kind: type[dbapi.Error]) -> None:
+    source = client.error_class(code, 400)(code, "msg", extended_code=code + "_X", statement=0)
+    err = dbapi._translate(source)
+    assert type(err) is kind and isinstance(err, dbapi.DatabaseError)
+    assert (err.code, err.extended_code, err.statement) == (code, code + "_X", 0)
+    assert err.__cause__ is source
+    assert err.sqlite_errorname == (code + "_X" if code.startswith("SQLITE_") else None)
+
+
+def test_dbapi_module_globals_and_hierarchy() -> None:
+    assert (dbapi.apilevel, dbapi.threadsafety, dbapi.paramstyle) == ("2.0", 1, "qmark")
+    for name in ("InterfaceError", "DatabaseError"):
+        assert issubclass(getattr(dbapi, name), dbapi.Error)
+    for name in ("DataError", "OperationalError", "IntegrityError", "InternalError",
+                 "ProgrammingError", "NotSupportedError"):
+        assert issubclass(getattr(dbapi, name), dbapi.DatabaseError)
+    assert dbapi.Binary(b"x") == b"x"
+    assert dbapi.DateFromTicks(0).year in (1969, 1970)
+
+
+def test_dbapi_connect_needs_a_database() -> None:
+    with pytest.raises(dbapi.InterfaceError, match="no database"):
+        dbapi.connect("http://h:1")
+    with pytest.raises(ValueError, match="isolation_level"):
+        dbapi.connect("http://h:1/db/x", isolation_level="SOMETIMES")
