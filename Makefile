@@ -15,7 +15,12 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/shoal serve
 
-test: $(STAMP)
+# Node clients for the Hrana conformance tests; reinstalled only when the lock file changes.
+NODE_DEPS := tests/conformance/node/node_modules/.package-lock.json
+$(NODE_DEPS): tests/conformance/node/package-lock.json
+	npm ci --prefix tests/conformance/node --no-audit --no-fund
+
+test: $(STAMP) $(NODE_DEPS)
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest -q -n 2 --dist loadfile

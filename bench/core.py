@@ -418,6 +418,25 @@ def bench_many(opts: Options, root: Path, raw: dict[str, Any]) -> list[Row]:
     ]
 
 
+def profile_notes(raw: dict[str, Any], top: int = 8) -> str:
+    """Markdown: the top self-time frames of each py-spy profile taken in this run."""
+    found = [("point reads", raw.get("point_reads", {}).get("profile")),
+             ("inserts", raw.get("inserts_profile")),
+             ("first query of closed databases", raw.get("many", {}).get("cold_profile"))]
+    parts = []
+    for title, prof in found:
+        if not prof:
+            continue
+        lines = [f"  - {share * 100:.1f}% `{name}`" for name, share in prof["self"][:top]]
+        parts.append(f"- {title} ({prof['samples']} active samples, "
+                     f"`bench/results/{prof['collapsed']}`), top frames by self time:\n"
+                     + "\n".join(lines))
+    if not parts:
+        return ""
+    return ("py-spy profiles of extra, unmeasured runs (taken because a target was missed "
+            "or --profile was given):\n\n" + "\n".join(parts))
+
+
 # -- the run ---------------------------------------------------------------------------------------
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -446,7 +465,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = report.write_json()
     print(f"bench: wrote {path}")
     if not opts.quick and set(opts.only) == set(PARTS):
-        report.update_results_md(path)
+        report.update_results_md(path, profile_notes(report.raw))
         print("bench: refreshed bench/RESULTS.md")
     return 0
 

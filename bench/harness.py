@@ -9,6 +9,7 @@ import random
 import re
 import secrets
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -267,6 +268,19 @@ def markdown_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
+def source_version() -> str:
+    """The checked-out commit, with "+dirty" when src/ has uncommitted changes (read-only)."""
+    root = BENCH_DIR.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
+                                capture_output=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=root,
+                               text=True, capture_output=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return (commit or "unknown") + ("+dirty" if dirty else "")
+
+
 @dataclass
 class Report:
     """Everything one bench run produced; written as JSON and summarised in RESULTS.md."""
@@ -281,7 +295,8 @@ class Report:
     def machine(self) -> dict[str, Any]:
         return {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                 "platform": platform.platform(), "apsw": apsw.apsw_version(),
-                "sqlite": apsw.sqlite_lib_version(), "load_avg_at_end": os.getloadavg()}
+                "sqlite": apsw.sqlite_lib_version(), "load_avg_at_end": os.getloadavg(),
+                "commit": source_version()}
 
     def write_json(self) -> Path:
         RESULTS_DIR.mkdir(exist_ok=True)
@@ -301,7 +316,8 @@ class Report:
         section = "\n".join([
             begin,
             f"Produced by `{self.command}` on {self.started:%Y-%m-%d %H:%M} UTC "
-            f"({m['cpus']} CPUs, Python {m['python']}, SQLite {m['sqlite']}, "
+            f"at commit {m['commit']} ({m['cpus']} CPUs, Python {m['python']}, "
+            f"SQLite {m['sqlite']}, "
             f"load average at the end {m['load_avg_at_end'][0]:.2f}); "
             f"raw figures in `{json_path.relative_to(BENCH_DIR.parent)}`.",
             "",

@@ -95,8 +95,7 @@ def test_invalid_names_in_paths(admin: httpx.Client, path: str) -> None:
     (b"name=fine", "INVALID_JSON"),
     (b"", "INVALID_JSON"),
 ])
-def test_create_with_bad_bodies(server: ServerProcess, admin: httpx.Client, body: bytes,
-                                code: str) -> None:
+def test_create_with_bad_bodies(admin: httpx.Client, body: bytes, code: str) -> None:
     r = admin.post("/v1/databases", content=body, headers={"content-type": "application/json"})
     error_of(r, 400, code)
     error_of(admin.get("/v1/databases/fine"), 404, "DATABASE_NOT_FOUND")

@@ -146,8 +146,8 @@ def test_a_failing_read_statement_fails_the_request(admin: httpx.Client, db: str
     ([], "SELECT no_such_function(1)", "SQLITE_ERROR", "SQLITE_ERROR"),
     ([], "INSERT INTO t VALUES (1)", "SQLITE_ERROR", "SQLITE_ERROR"),
 ])
-def test_sqlite_errors_by_name(server: ServerProcess, admin: httpx.Client, db: str,
-                               setup: list[str], sql: str, code: str, extended: str) -> None:
+def test_sqlite_errors_by_name(admin: httpx.Client, db: str, setup: list[str], sql: str,
+                               code: str, extended: str) -> None:
     ok(query(admin, db, "INSERT INTO t VALUES (1, 'one')", *setup))
     err = error_of(query(admin, db, "SELECT 1", sql), 400, code)
     assert err["extended_code"] == extended
@@ -312,7 +312,7 @@ def test_bad_request_bodies(admin: httpx.Client, db: str) -> None:
     assert_serving(admin, db)
 
 
-def test_too_many_statements(server: ServerProcess, admin: httpx.Client, db: str) -> None:
+def test_too_many_statements(admin: httpx.Client, db: str) -> None:
     limit = 1000  # max_statements default
     assert len(ok(query(admin, db, *["SELECT 1"] * limit))["results"]) == limit
     error_of(query(admin, db, *["INSERT INTO t(v) VALUES ('x')"] * (limit + 1)),
@@ -347,7 +347,7 @@ def test_trailing_semicolon_and_comments_are_one_statement(admin: httpx.Client, 
 
 
 # -- limits ----------------------------------------------------------------------------------
-def test_payload_too_large(server: ServerProcess, admin: httpx.Client, db: str) -> None:
+def test_payload_too_large(admin: httpx.Client, db: str) -> None:
     big = "x" * (8 * 1024 * 1024 + 10)  # max_request_bytes default is 8 MiB
     r = query(admin, db, {"sql": "INSERT INTO t(v) VALUES (?)", "args": [big]})
     error_of(r, 413, "PAYLOAD_TOO_LARGE")
@@ -368,7 +368,7 @@ def test_payload_too_large(server: ServerProcess, admin: httpx.Client, db: str) 
     assert_serving(admin, db)
 
 
-def test_response_too_large(server: ServerProcess, admin: httpx.Client, db: str) -> None:
+def test_response_too_large(admin: httpx.Client, db: str) -> None:
     # max_response_bytes default is 10 MB: 12,000 rows of 1,000 characters exceed it
     many = ("WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r WHERE x < 12000)"
             " SELECT x, printf('%.1000c', 'x') FROM r")

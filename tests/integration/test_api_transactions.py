@@ -297,7 +297,7 @@ def test_activity_keeps_a_transaction_alive(admin: httpx.Client, db: str) -> Non
     while time.monotonic() - started < 1.6:  # longer than transaction_timeout (1 s)
         i += 1
         ok(tx.query({"sql": "INSERT INTO t VALUES (?, ?)", "args": [i, f"v{i}"]}))
-        time.sleep(0.3)  # idle, but less than the timeout
+        time.sleep(0.2)  # idle, but well under the timeout
     ok(tx.commit())
     assert scalar(admin, db, "SELECT count(*) FROM t") == i
 
@@ -383,12 +383,12 @@ def test_txids_under_concurrent_writes_have_no_gaps(server: ServerProcess,
         t.start()
     for t in threads:
         t.join()
-    txids = {t for t, _ in got}
+    txids = {txid for txid, _ in got}
     last = txid_of(admin, db)
     assert txids == set(range(start + 1, last + 1))  # every commit acknowledged something
     by_txid: dict[int, set[str]] = {}
-    for t, b in got:
-        by_txid.setdefault(t, set()).add(b)
+    for txid, bookmark in got:
+        by_txid.setdefault(txid, set()).add(bookmark)
     assert all(len(b) == 1 for b in by_txid.values())  # one bookmark per commit
     assert len({next(iter(b)) for b in by_txid.values()}) == len(by_txid)
     assert scalar(admin, db, "SELECT count(*) FROM t") == 32

@@ -15,4 +15,4 @@ def test_quickstart_python_examples_run(server: ServerProcess) -> None:
     assert len(blocks) >= 2
     scope: dict[str, object] = {"token": server.admin_token}
     for block in blocks:
-        exec(block.replace("http://127.0.0.1:8080", server.url), scope)  # noqa: S102
+        exec(block.replace("http://127.0.0.1:8080", server.url), scope)

@@ -224,7 +224,7 @@ def _process_increments(root: str, times: int) -> None:
     cas_increment(FileStore(root), "counter", times)
 
 
-def _process_create(root: str, i: int, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _process_create(root: str, i: int, out: multiprocessing.Queue[int]) -> None:
     try:
         FileStore(root).put("leader", str(i).encode(), if_none_match="*")
         out.put(i)
@@ -244,7 +244,7 @@ def test_file_store_conditional_puts_are_atomic_across_processes(tmp_path: Path)
     assert all(p.exitcode == 0 for p in procs)
     assert FileStore(root).get("counter").data == b"100"
 
-    out: multiprocessing.Queue = ctx.Queue()  # type: ignore[type-arg]
+    out: multiprocessing.Queue[int] = ctx.Queue()
     procs = [ctx.Process(target=_process_create, args=(root, i, out)) for i in range(6)]
     for p in procs:
         p.start()

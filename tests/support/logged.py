@@ -27,23 +27,29 @@ from shoal.storage.base import ObjectStore
 
 class LoggedDatabase:
     def __init__(self, path: Path, *, page_size: int = 4096,
-                 clock: Callable[[], float] | None = None, auto_vacuum: bool = False):
+                 clock: Callable[[], float] | None = None, auto_vacuum: bool = False,
+                 txid: int | None = None, start_time: float = 1_000_000.0):
+        """A new database, or (``txid`` given) an existing file at that txid, e.g. a
+        branch materialised by restore."""
         self.path = path
+        existing = txid is not None
         self.conn = apsw.Connection(str(path))
         self.conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
-        self.conn.execute(f"PRAGMA page_size={page_size}")
-        if auto_vacuum:
+        if not existing:
+            self.conn.execute(f"PRAGMA page_size={page_size}")
+        if auto_vacuum and not existing:
             self.conn.execute("PRAGMA auto_vacuum=FULL")
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA wal_autocheckpoint=0")
         self.conn.execute("PRAGMA synchronous=FULL")
         self.frames = 0
         self.conn.set_wal_hook(self._hook)
-        self.conn.execute("CREATE TABLE _state(k INTEGER PRIMARY KEY, txid INTEGER NOT NULL);"
-                          "INSERT INTO _state VALUES (0, 0)")
-        self.checkpoint()  # the file now holds txid 0; the log starts at 1
-        self.txid = 0
-        self.time = 1_000_000.0
+        if not existing:
+            self.conn.execute("CREATE TABLE _state(k INTEGER PRIMARY KEY, txid INTEGER NOT NULL);"
+                              "INSERT INTO _state VALUES (0, 0)")
+        self.checkpoint()  # the file now holds the start txid; the log continues after it
+        self.txid = txid or 0
+        self.time = start_time
         self.capture = Capture(f"{path}-wal", clock=clock or self._tick)
         self.commits: list[Commit] = []
 
@@ -85,8 +91,8 @@ class LoggedDatabase:
 
     def checkpoint(self) -> None:
         """Backfill and truncate the WAL (the engine does this once frames are durable)."""
-        busy, log, done = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        assert busy == 0
+        row = self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        assert row is not None and row[0] == 0  # not busy: every frame backfilled
 
     def image(self) -> bytes:
         """The database file SQLite produces for the current state (the oracle)."""

@@ -10,6 +10,7 @@ statement (refused). A progress handler enforces the time budget.
 from __future__ import annotations
 
 import re
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ import apsw
 from shoal.engine.policy import TRANSACTION_CONTROL, Guard
 from shoal.errors import ShoalError, from_sqlite
 from shoal.values import SQLValue, decode_args, encode_row
+
+# Tags Shoal's own SQL (in a comment); see Connection.internal.
+TAG = secrets.token_hex(8)
 
 OPEN_FLAGS = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_NOMUTEX
 
@@ -236,10 +240,15 @@ class Connection:
 
     # -- internal statements ----------------------------------------------------------------
     def internal(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
-        """Run Shoal's own SQL: bypasses the authorizer, never cached (see policy.py)."""
+        """Run Shoal's own SQL with the authorizer off.
+
+        The authorizer only runs when a statement is prepared, so a cached internal
+        statement must never be reachable by user SQL: only statements carrying the
+        per-process secret TAG (which no user can know or read back) are cached.
+        """
         self.guard.internal = True
         try:
-            return list(self.raw.cursor().execute(sql, args, can_cache=False))
+            return list(self.raw.cursor().execute(sql, args, can_cache=TAG in sql))
         finally:
             self.guard.internal = False
 

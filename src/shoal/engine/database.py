@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import secrets
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -27,6 +26,7 @@ from typing import Any
 
 from shoal.engine.connection import (
     SCHEMA,
+    TAG,
     Connection,
     Counters,
     Description,
@@ -38,9 +38,9 @@ from shoal.engine.connection import (
 from shoal.errors import ShoalError
 from shoal.metrics import METRICS
 
-# Internal SQL carries a per-process nonce so that no user statement can ever share
+# Internal SQL carries the per-process TAG so that no user statement can ever share
 # its apsw statement-cache entry (the authorizer runs only at prepare time).
-_NONCE = secrets.token_hex(6)
+_NONCE = TAG
 BEGIN = f"BEGIN /*{_NONCE}*/"
 BEGIN_IMMEDIATE = f"BEGIN IMMEDIATE /*{_NONCE}*/"
 COMMIT = f"COMMIT /*{_NONCE}*/"

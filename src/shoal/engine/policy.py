@@ -23,7 +23,7 @@ READABLE_PRAGMAS = frozenset({
     "defer_foreign_keys", "encoding", "foreign_key_check", "foreign_key_list", "foreign_keys",
     "freelist_count", "function_list", "index_info", "index_list", "index_xinfo",
     "integrity_check", "module_list", "page_count", "page_size", "pragma_list",
-    "quick_check", "schema_version", "table_info", "table_list", "table_xinfo",
+    "quick_check", "read_uncommitted", "schema_version", "table_info", "table_list", "table_xinfo",
     "user_version", "optimize",
 })
 # Settable ones live in the database file (transactional) or reset at commit.

@@ -12,6 +12,8 @@ from shoal.engine.engine import Engine
 from shoal.errors import ShoalError
 from shoal.metrics import METRICS
 from shoal.server.api import NativeAPI
+from shoal.server.hrana import HranaHTTP
+from shoal.server.hrana_ws import HranaWebSocket
 from shoal.server.http import Receive, Request, Response, Router, Scope, Send, encode, json_response
 from shoal.server.openapi import openapi_document
 from shoal.settings import Settings
@@ -34,6 +36,10 @@ class App:
         if settings.openapi:
             self.public.add("/openapi.json")
         self._openapi = encode(openapi_document(self.router.routes()))
+        # libSQL's Hrana protocol (not in the native OpenAPI document). Its handlers
+        # authenticate themselves so that every error keeps Hrana's shape.
+        self.public |= HranaHTTP(self.engine).register(self.router)
+        self.websocket = HranaWebSocket(self.engine)
         self._log = sys.stderr.buffer if settings.access_log else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -43,7 +49,7 @@ class App:
         elif kind == "lifespan":
             await self.lifespan(receive, send)
         elif kind == "websocket":
-            await send({"type": "websocket.close", "code": 1008})
+            await self.websocket(scope, receive, send)
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -96,6 +102,7 @@ class App:
             line["database"] = request.params["db"][:80]
         assert self._log is not None
         self._log.write(encode(line) + b"\n")
+        self._log.flush()  # stderr's binary buffer is block-buffered unless PYTHONUNBUFFERED
 
     # -- open endpoints --------------------------------------------------------------------
     async def health(self, request: Request) -> Response:

@@ -83,6 +83,7 @@ class Recorder:
     def __init__(self, idem: Idempotency):
         self.idem = idem
         self.recorded = False
+        self.response: tuple[int, bytes] | None = None  # what was recorded: the reply to send
         self.frames: list[Callable[[Any], Any]] = []
         self._attempts = 0
 
@@ -193,7 +194,7 @@ class Stream:
             if not out.results:  # a concurrent duplicate recorded it first
                 raise Replay(*out.replay)
             if rec is not None and idem is rec.idem:
-                rec.recorded = True
+                rec.recorded, rec.response = True, out.replay
         ms = (time.perf_counter() - started) * 1000
         return Ran(out.results[0], out.rows_read, out.rows_written, out.txid, ms)
 
@@ -268,7 +269,7 @@ class Stream:
         done = await self.engine.tx_end(self.principal, self.db, tx.id, commit, idem, render)
         if rec is not None and done is not None and done.response is not None \
                 and idem is rec.idem:
-            rec.recorded = True
+            rec.recorded, rec.response = True, done.response
         txid = done.txid if done is not None else None
         return Ran(None, 0, 0, txid, (time.perf_counter() - started) * 1000)
 

@@ -61,7 +61,7 @@ class Cursor:
     error: HranaError | None = None  # the open failed: fetches answer this
 
 
-def database_of(path: str) -> str | None | bool:
+def database_of(path: str) -> str | bool | None:
     """The database a WebSocket URL names: a name, None (the root), or False (no such URL)."""
     parts = [part for part in path.split("/") if part]
     if not parts:

@@ -22,7 +22,7 @@ def serve(settings: Settings) -> None:
           file=sys.stderr, flush=True)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-        lifespan="on", access_log=False, log_level="warning", ws="none",
+        lifespan="on", access_log=False, log_level="warning", ws="websockets-sansio",
         timeout_keep_alive=30, backlog=4096,
     )
     uvicorn.Server(config).run()

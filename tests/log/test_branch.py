@@ -1,0 +1,261 @@
+"""Branches (metadata only, isolated histories) and retention over the store."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shoal.log import layout
+from shoal.log.branch import (
+    Branch,
+    create_branch,
+    create_database,
+    delete_branch,
+    get_branch,
+    list_branches,
+    move_branch,
+    reset_branch,
+    restore_in_place,
+)
+from shoal.log.errors import BranchExists, BranchNotFound, LogConflict, MissingObject
+from shoal.log.restore import restore
+from shoal.log.retention import apply_retention
+from shoal.log.timeline import ancestry, head, load_timeline, spans
+from shoal.storage.base import Blob, ObjectInfo
+from shoal.storage.memory import MemoryStore
+from tests.support.logged import LoggedDatabase, put_segments, put_snapshot
+
+DB = "app"
+
+
+class Counting(MemoryStore):
+    """Counts operations, to show what branch creation touches."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def get(self, key: str) -> Blob:
+        self.ops.append(f"get {key}")
+        return super().get(key)
+
+    def put(self, key: str, data: bytes, **kw: str | None) -> str:
+        self.ops.append(f"put {key}")
+        return super().put(key, data, **kw)
+
+    def list(self, prefix: str, *, start_after: str = "") -> Iterator[ObjectInfo]:
+        self.ops.append(f"list {prefix}")
+        return super().list(prefix, start_after=start_after)
+
+
+class World:
+    """A store with a main branch whose commits come from a real SQLite database."""
+
+    def __init__(self, tmp: Path, store: MemoryStore | None = None):
+        self.tmp = tmp
+        self.store = store or MemoryStore()
+        self.main = create_database(self.store, DB, created_at=100.0)
+        logged = LoggedDatabase(tmp / "main.db")
+        put_snapshot(self.store, DB, self.main.timeline, logged.image(), 0, logged.time)
+        self.dbs: dict[str, LoggedDatabase] = {"main": logged}
+        self.images: dict[str, dict[int, bytes]] = {self.main.timeline: {0: logged.image()}}
+        logged.write("CREATE TABLE t(who TEXT, n INTEGER)")
+        self.images[self.main.timeline][1] = logged.image()
+        self.ship("main")
+
+    def write(self, name: str, count: int) -> None:
+        logged = self.dbs[name]
+        timeline = get_branch(self.store, DB, name).timeline
+        for _ in range(count):
+            logged.write(("INSERT INTO t VALUES (?, ?)", (name, logged.txid)))
+            self.images.setdefault(timeline, {})[logged.txid] = logged.image()
+        self.ship(name)
+
+    def ship(self, name: str) -> None:
+        logged = self.dbs[name]
+        timeline = get_branch(self.store, DB, name).timeline
+        start = max((s.last for s in _segs(self.store, timeline)),
+                    default=load_timeline(self.store, DB, timeline).fork_txid)
+        todo = [c for c in logged.commits if c.txid > start]
+        if todo:
+            put_segments(self.store, DB, timeline, todo, [2] * len(todo))
+
+    def branch(self, name: str, source: str, fork_txid: int,
+               created_at: float = 200.0) -> Branch:
+        branch = create_branch(self.store, DB, name, get_branch(self.store, DB, source),
+                               fork_txid, created_at=created_at)
+        path = self.tmp / f"{name}.db"
+        restore(self.store, DB, branch.timeline, path)  # materialise: the parent at the fork
+        logged = LoggedDatabase(path, txid=fork_txid, start_time=2_000_000.0)
+        self.dbs[name] = logged
+        self.images[branch.timeline] = {fork_txid: logged.image()}
+        return branch
+
+    def rows(self, name: str, txid: int | None = None) -> list[tuple[str, int]]:
+        path = self.tmp / f"check-{name}.db"
+        timeline = get_branch(self.store, DB, name).timeline
+        restore(self.store, DB, timeline, path, txid=txid)
+        import sqlite3
+        con = sqlite3.connect(path)
+        try:
+            return con.execute("SELECT who, n FROM t ORDER BY rowid").fetchall()
+        finally:
+            con.close()
+
+
+def _segs(store: MemoryStore, timeline: str) -> list[layout.SegmentInfo]:
+    found = (layout.parse_segment(i) for i in store.list(layout.log_prefix(DB, timeline)))
+    return [s for s in found if s is not None]
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    w = World(tmp_path)
+    w.write("main", 9)  # main at txid 10
+    return w
+
+
+def test_branch_creation_writes_two_small_records_and_reads_no_data(tmp_path: Path) -> None:
+    store = Counting()
+    w = World(tmp_path, store)
+    w.write("main", 30)
+    main = get_branch(store, DB, "main")
+    store.ops.clear()
+    child = create_branch(store, DB, "preview", main, 20, created_at=300.0)
+    assert store.ops == [f"put {layout.timeline_key(DB, child.timeline)}",
+                         f"put {layout.branch_key(DB, 'preview')}"]
+    assert all(len(store.get(k.split(' ', 1)[1]).data) < 300 for k in store.ops[:2])
+
+
+def test_child_sees_parent_up_to_fork_and_they_never_see_each_other(world: World) -> None:
+    world.branch("feature", "main", 6)
+    assert world.rows("feature") == world.rows("main", 6)
+    world.write("feature", 3)  # feature txids 7..9 on its own timeline
+    world.write("main", 2)  # main txids 11..12
+    main_rows = world.rows("main")
+    feature_rows = world.rows("feature")
+    assert ("feature", 6) in feature_rows and all(w != "feature" for w, _ in main_rows)
+    assert all(n <= 5 for w, n in feature_rows if w == "main")
+    assert (tmp := world.tmp / "check-feature.db").exists() and tmp.stat().st_size
+    feature = get_branch(world.store, DB, "feature")
+    for txid in range(6, 10):
+        restore(world.store, DB, feature.timeline, world.tmp / "f.db", txid=txid)
+        assert (world.tmp / "f.db").read_bytes() == world.images[feature.timeline][txid]
+    main = get_branch(world.store, DB, "main")
+    restore(world.store, DB, main.timeline, world.tmp / "m.db", txid=9)
+    assert (world.tmp / "m.db").read_bytes() == world.images[main.timeline][9]
+
+
+def test_grandchild_forked_below_its_parents_fork(world: World) -> None:
+    world.branch("a", "main", 8)
+    world.write("a", 2)
+    world.branch("b", "a", 5)  # below a's fork point: main's state at 5
+    assert world.rows("b") == world.rows("main", 5)
+    b = get_branch(world.store, DB, "b")
+    chain = ancestry(world.store, DB, b.timeline)
+    assert [(s.lo, s.hi) for s in spans(chain, 5)] == [(0, 5), (8, 5), (5, 5)]
+
+
+def test_names_exist_once_and_can_be_listed_and_deleted(world: World) -> None:
+    world.branch("x", "main", 3)
+    with pytest.raises(BranchExists):
+        create_branch(world.store, DB, "x", get_branch(world.store, DB, "main"), 4, 1.0)
+    assert [b.name for b in list_branches(world.store, DB)] == ["main", "x"]
+    delete_branch(world.store, DB, "x")
+    with pytest.raises(BranchNotFound):
+        get_branch(world.store, DB, "x")
+    with pytest.raises(BranchNotFound):
+        delete_branch(world.store, DB, "x")
+    again = world.branch("x", "main", 9)  # a new timeline: old history cannot leak in
+    assert again.fork_txid == 9 and world.rows("x") == world.rows("main", 9)
+
+
+def test_reset_moves_a_branch_to_the_parents_latest_state(world: World) -> None:
+    world.branch("preview", "main", 4)
+    world.write("preview", 2)
+    world.write("main", 3)
+    preview = get_branch(world.store, DB, "preview")
+    main = get_branch(world.store, DB, "main")
+    top = head(world.store, DB, load_timeline(world.store, DB, main.timeline))
+    moved = reset_branch(world.store, preview, main, top, created_at=400.0)
+    assert moved.timeline != preview.timeline and moved.fork_txid == 13
+    assert world.rows("preview") == world.rows("main")
+    with pytest.raises(LogConflict):  # the stale record lost the race
+        move_branch(world.store, preview, main.timeline, 2, 500.0)
+
+
+def test_restore_in_place_keeps_the_old_state_as_a_branch(world: World) -> None:
+    before = world.rows("main")
+    main = get_branch(world.store, DB, "main")
+    moved, kept = restore_in_place(world.store, main, 4, "main-before-restore", 600.0)
+    assert world.rows("main") == world.rows("main-before-restore", 4)
+    assert world.rows("main-before-restore") == before
+    assert kept.timeline == main.timeline and moved.fork_txid == 4
+
+
+def test_retention_keeps_the_window_and_what_children_need(tmp_path: Path) -> None:
+    w = World(tmp_path)
+    w.write("main", 29)  # txids 1..30, times 1e6 + 0.5 * k
+    main = get_branch(w.store, DB, "main")
+    log = w.dbs["main"]
+    put_snapshot(w.store, DB, main.timeline, w.images[main.timeline][10], 10,
+                 log.commits[9].time)
+    put_snapshot(w.store, DB, main.timeline, w.images[main.timeline][20], 20,
+                 log.commits[19].time)
+    w.branch("old-fork", "main", 3)  # forked long before the window; no snapshot of its own
+    w.write("old-fork", 2)
+    now = log.commits[-1].time + 1
+    window = now - log.commits[24].time  # the window starts at commit 25's time
+    report = apply_retention(w.store, DB, now=now, window=window, grace=0)
+    deleted = set(report.deleted)
+    snaps = [i.key for i in w.store.list(layout.snapshot_prefix(DB, main.timeline))]
+    parsed = [layout.parse_snapshot(ObjectInfo(k, 0)) for k in snaps]
+    assert [p.txid for p in parsed if p] == [0, 20]
+    assert any("00000000000000000010-" in k for k in deleted)
+    # everything from the window start restores exactly
+    for txid in range(24, 31):
+        restore(w.store, DB, main.timeline, tmp_path / "r.db", txid=txid)
+        assert (tmp_path / "r.db").read_bytes() == w.images[main.timeline][txid]
+    with pytest.raises(MissingObject):
+        restore(w.store, DB, main.timeline, tmp_path / "r.db", txid=12)
+    # the old fork still materialises: main's snapshot 0 and segments up to 3 were kept
+    fork = get_branch(w.store, DB, "old-fork")
+    restore(w.store, DB, fork.timeline, tmp_path / "f.db")
+    assert (tmp_path / "f.db").read_bytes() == w.images[fork.timeline][5]
+    assert apply_retention(w.store, DB, now=now, window=window, grace=0).deleted == []
+
+
+def test_retention_drops_deleted_branches_unless_needed(world: World) -> None:
+    a = world.branch("a", "main", 5)
+    world.write("a", 2)
+    b = world.branch("b", "a", 6)
+    world.write("b", 1)
+    delete_branch(world.store, DB, "a")
+    kept_report = apply_retention(world.store, DB, now=3e6, window=1e9, grace=0)
+    assert layout.timeline_key(DB, a.timeline) not in kept_report.deleted  # b needs a up to 6
+    world.rows("b")
+    delete_branch(world.store, DB, "b")
+    dry = apply_retention(world.store, DB, now=3e6, window=1e9, grace=0, dry_run=True)
+    assert layout.timeline_key(DB, b.timeline) in dry.deleted
+    assert world.store.get(layout.timeline_key(DB, b.timeline))  # dry run deleted nothing
+    report = apply_retention(world.store, DB, now=3e6, window=1e9, grace=0)
+    gone = set(report.deleted)
+    assert {layout.timeline_key(DB, a.timeline), layout.timeline_key(DB, b.timeline)} <= gone
+    assert not list(world.store.list(layout.log_prefix(DB, a.timeline)))
+    assert not list(world.store.list(layout.log_prefix(DB, b.timeline)))
+    assert world.rows("main")  # main untouched
+
+
+def test_retention_spares_young_timelines(world: World) -> None:
+    now = 5e6
+    fresh = world.branch("fresh", "main", 5, created_at=now - 10)
+    world.write("fresh", 1)
+    delete_branch(world.store, DB, "fresh")  # as if its create were still in progress
+    mine = (layout.log_prefix(DB, fresh.timeline), layout.timeline_key(DB, fresh.timeline))
+    report = apply_retention(world.store, DB, now=now, window=1.0, grace=3600)
+    assert not [k for k in report.deleted if k.startswith(mine)]
+    report = apply_retention(world.store, DB, now=now, window=1.0, grace=0)
+    assert mine[1] in report.deleted
+    assert not list(world.store.list(mine[0]))
