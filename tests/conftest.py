@@ -38,7 +38,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     node.stop()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def admin(server: ServerProcess) -> Iterator[httpx.Client]:
     with server.client() as c:
         yield c

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,13 +11,11 @@ import httpx
 from tests.support.server import ServerProcess
 
 # An httpx.Client builds an SSL context when made (~40 ms); share one across the tests.
-_SSL = ssl.create_default_context()
 
 
 def connect(node: ServerProcess, token: str | None = None) -> httpx.Client:
     """A client of node: with the admin token by default, none when token is ""."""
-    headers = {} if token == "" else {"Authorization": f"Bearer {token or node.admin_token}"}
-    return httpx.Client(base_url=node.url, timeout=30, headers=headers, verify=_SSL)
+    return node.client(token)
 
 
 def error_of(r: httpx.Response, status: int, code: str) -> dict[str, Any]:

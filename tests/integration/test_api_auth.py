@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -24,12 +24,6 @@ from tests.integration.api_support import (
     scalar,
 )
 from tests.support.server import ServerProcess
-
-
-@pytest.fixture(scope="module")
-def admin(server: ServerProcess) -> Iterator[httpx.Client]:
-    with connect(server) as c:
-        yield c
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,11 +24,6 @@ from tests.support.server import ServerProcess
 
 _seq = itertools.count()
 
-
-@pytest.fixture(scope="module")
-def admin(server: ServerProcess) -> Iterator[httpx.Client]:
-    with connect(server) as c:
-        yield c
 
 
 def _utc(text: str) -> datetime:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -27,11 +27,6 @@ _keys = itertools.count()
 def new_key() -> str:
     return f"key-{next(_keys)}-{time.time_ns()}"
 
-
-@pytest.fixture(scope="module")
-def admin(server: ServerProcess) -> Iterator[httpx.Client]:
-    with connect(server) as c:
-        yield c
 
 
 @pytest.fixture

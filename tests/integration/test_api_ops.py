@@ -39,11 +39,6 @@ ROUTES = {
 }
 
 
-@pytest.fixture(scope="module")
-def admin(server: ServerProcess) -> Iterator[httpx.Client]:
-    with connect(server) as c:
-        yield c
-
 
 @pytest.fixture(scope="module")
 def anon(server: ServerProcess) -> Iterator[httpx.Client]:

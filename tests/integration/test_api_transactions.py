@@ -30,11 +30,6 @@ _seq = itertools.count()
 ENDLESS = "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT count(*) FROM r"
 
 
-@pytest.fixture(scope="module")
-def admin(server: ServerProcess) -> Iterator[httpx.Client]:
-    with connect(server) as c:
-        yield c
-
 
 @pytest.fixture
 def db(admin: httpx.Client, new_db: Callable[[], str]) -> str:

@@ -28,7 +28,8 @@ from shoal.storage.base import ObjectStore
 class LoggedDatabase:
     def __init__(self, path: Path, *, page_size: int = 4096,
                  clock: Callable[[], float] | None = None, auto_vacuum: bool = False,
-                 txid: int | None = None, start_time: float = 1_000_000.0):
+                 txid: int | None = None, start_time: float = 1_000_000.0,
+                 verify: bool = True):
         """A new database, or (``txid`` given) an existing file at that txid, e.g. a
         branch materialised by restore."""
         self.path = path
@@ -50,7 +51,7 @@ class LoggedDatabase:
         self.checkpoint()  # the file now holds the start txid; the log continues after it
         self.txid = txid or 0
         self.time = start_time
-        self.capture = Capture(f"{path}-wal", clock=clock or self._tick)
+        self.capture = Capture(f"{path}-wal", clock=clock or self._tick, verify=verify)
         self.commits: list[Commit] = []
 
     def _tick(self) -> float:

@@ -179,13 +179,27 @@ class Database:
         return make_bookmark(self.name, self.branch, txid)
 
     # -- reads ------------------------------------------------------------------------------
+    async def _take_reader(self) -> Connection:
+        """A reader connection from the pool (opened on demand); pair with _give_reader."""
+        await self.reader_slots.acquire()
+        try:
+            return self.readers.pop() if self.readers else \
+                Connection(self.path, reader=True, synchronous=self.settings.synchronous)
+        except BaseException:
+            self.reader_slots.release()
+            raise
+
+    def _give_reader(self, conn: Connection) -> None:
+        if self.closed:
+            conn.close()
+        else:
+            self.readers.append(conn)
+        self.reader_slots.release()
+
     async def read(self, statements: list[Statement]) -> tuple[Counters, int]:
         """Run read-only statements on a reader; raise NeedsWriter if one would write."""
-        await self.reader_slots.acquire()
-        conn = self.readers.pop() if self.readers else None
+        conn = await self._take_reader()
         try:
-            if conn is None:
-                conn = Connection(self.path, reader=True, synchronous=self.settings.synchronous)
             txid = self.txid  # the snapshot holds at least this commit
             try:
                 return self._read_on(conn, statements, self.inline_limits), txid
@@ -195,12 +209,7 @@ class Database:
                     self.executor, self._read_on, conn, statements, self.limits)
                 return out, txid
         finally:
-            if conn is not None:
-                if self.closed:
-                    conn.close()
-                else:
-                    self.readers.append(conn)
-            self.reader_slots.release()
+            self._give_reader(conn)
 
     @staticmethod
     def _read_on(conn: Connection, statements: list[Statement], limits: Limits) -> Counters:
@@ -339,14 +348,11 @@ class Database:
     # -- idempotency lookups ------------------------------------------------------------------
     async def find_idempotent(self, subject: str, key: str) -> tuple[bytes, int, bytes] | None:
         """(body_hash, status, response) recorded for this key within the TTL, if any."""
-        await self.reader_slots.acquire()
-        conn = self.readers.pop() if self.readers else \
-            Connection(self.path, reader=True, synchronous=self.settings.synchronous)
+        conn = await self._take_reader()
         try:
             rows = conn.internal(GET_IDEM, (subject, key))
         finally:
-            self.readers.append(conn)
-            self.reader_slots.release()
+            self._give_reader(conn)
         if not rows or rows[0][3] < time.time() - self.settings.idempotency_ttl:
             return None
         body_hash, status, response, _ = rows[0]
@@ -354,19 +360,11 @@ class Database:
 
     async def describe(self, sql: str) -> Description:
         """Prepare sql on a reader (authorizer on) and describe it without running it."""
-        await self.reader_slots.acquire()
-        conn = self.readers.pop() if self.readers else None
+        conn = await self._take_reader()
         try:
-            if conn is None:
-                conn = Connection(self.path, reader=True, synchronous=self.settings.synchronous)
             return conn.describe(sql)
         finally:
-            if conn is not None:
-                if self.closed:
-                    conn.close()
-                else:
-                    self.readers.append(conn)
-            self.reader_slots.release()
+            self._give_reader(conn)
 
     # -- interactive transactions -----------------------------------------------------------
     async def begin(self, tx_id: str, subject: str, write: bool) -> Transaction:

@@ -2,9 +2,18 @@
 
 The engine calls :meth:`Capture.commit` right after every COMMIT of the branch
 (under its write lock, so commits are seen one at a time and in order) with the
-txid that commit wrote into ``_shoal_state``. On open, :meth:`Capture.recover`
-returns the commits still in the WAL (those not yet checkpointed, which
-includes every one not yet durable, since checkpoints wait for durability).
+txid that commit wrote into ``_shoal_state`` and the frame count SQLite's WAL
+hook reported. On open, :meth:`Capture.recover` returns the commits still in
+the WAL (those not yet checkpointed, which includes every one not yet durable,
+since checkpoints wait for durability).
+
+Checksums: ``recover`` always verifies SQLite's WAL checksums, because after a
+crash the tail of the WAL may be torn. ``commit`` by default checks salts,
+structure, the commit frame and the exact frame count SQLite reported, but not
+the checksum arithmetic: the frames were written by SQLite a moment ago in this
+process, the pure-Python checksum costs about 120 us per 4 KiB page (0.7 ms
+for a typical 6-page commit, measured), and from here on every segment carries
+its own blake2b checksum end to end. ``verify=True`` turns it on.
 """
 
 from __future__ import annotations
@@ -15,14 +24,14 @@ from pathlib import Path
 
 from shoal.log.errors import WalError
 from shoal.log.segment import Commit
-from shoal.log.wal import WalCommit, WalReader
+from shoal.log.wal import WalCommit, WalReader, read_commits
 
 
 class Capture:
     """Reads one branch's -wal file and stamps each commit with its txid and time."""
 
     def __init__(self, wal_path: str | Path, *, clock: Callable[[], float] = time.time,
-                 verify: bool = True, last_time: float = 0.0):
+                 verify: bool = False, last_time: float = 0.0):
         self.reader = WalReader(wal_path, verify=verify)
         self.clock = clock
         self.last_time = last_time  # commit times never go backwards along a timeline
@@ -44,7 +53,7 @@ class Capture:
         """Every commit in the current WAL, numbered so that the last is ``head_txid``
         (each commit bumps the txid by one). Their original times are lost with the
         process: they are stamped now."""
-        found = self.reader.read()
+        found, self.reader.position = read_commits(self.reader.path, None, verify=True)
         now = self.clock()
         first = head_txid - len(found) + 1
         return [self._stamp(c, first + i, now) for i, c in enumerate(found)]
