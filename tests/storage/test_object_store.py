@@ -288,3 +288,17 @@ def test_open_store_urls(tmp_path: Path) -> None:
     for bad in ("ftp://x", "file://host/path", "s3:///nobucket", "relative/path"):
         with pytest.raises(ValueError):
             open_store(bad)
+
+
+def test_open_store_s3_with_endpoint_and_env_credentials(
+        moto: MotoS3, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    moto.client.create_bucket(Bucket="opened-by-url")
+    store = open_store("s3://opened-by-url/pre/fix", endpoint_url=moto.endpoint,
+                       region="us-east-1")
+    etag = store.put("a/b", b"hello", if_none_match="*")
+    assert store.get("a/b").data == b"hello" and store.head("a/b") == etag
+    assert moto.client.get_object(Bucket="opened-by-url", Key="pre/fix/a/b")["Body"].read() \
+        == b"hello"
+    store.close()

@@ -88,8 +88,12 @@ class Guard:
                  dbname: str | None, trigger: str | None) -> int:
         if self.internal:
             return apsw.SQLITE_OK
-        if dbname == "temp" and op in _TEMP_SCHEMA_OPS:
+        reads_temp = op == apsw.SQLITE_PRAGMA and (
+            p2 is None or (p1 or "").lower() in ARGUMENT_PRAGMAS)
+        if dbname == "temp" and op in _TEMP_SCHEMA_OPS and not reads_temp:
             # CREATE TABLE temp.x is reported as a plain CREATE TABLE in schema "temp".
+            # Reading PRAGMAs of the (always empty) temp schema is harmless: ORMs such as
+            # SQLAlchemy ask PRAGMA temp.table_info(...) when they look for a table.
             return self._deny("SQL_NOT_ALLOWED", "temporary objects are not allowed")
         if op in _TABLE_OPS:
             if p1 and p1.lower().startswith(HIDDEN_PREFIX):

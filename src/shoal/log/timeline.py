@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import secrets
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 from shoal.log import layout
@@ -121,10 +120,3 @@ def head(store: ObjectStore, db: str, timeline: Timeline) -> int:
         top = max(top, snap.txid)
     return top
 
-
-def walk(chain: list[Timeline]) -> Iterator[tuple[Timeline, Timeline | None]]:
-    """(timeline, its child in the chain) pairs, leaf first."""
-    child: Timeline | None = None
-    for timeline in chain:
-        yield timeline, child
-        child = timeline

@@ -46,7 +46,11 @@ class S3Store:
         self.client = client or boto3.session.Session().client(
             "s3", endpoint_url=endpoint_url, region_name=region,
             config=Config(retries={"max_attempts": 3, "mode": "standard"},
-                          max_pool_connections=max_connections))
+                          max_pool_connections=max_connections,
+                          # Newer botocore adds CRC checksum headers to every request by
+                          # default; several S3-compatible services reject them.
+                          request_checksum_calculation="when_required",
+                          response_checksum_validation="when_required"))
 
     def _key(self, key: str) -> str:
         return self.prefix + check_key(key)
