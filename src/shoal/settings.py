@@ -52,6 +52,31 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("openapi", bool, True, "Serve GET /openapi.json without a token."),
     Setting("access_log", bool, True, "Write one JSON line per request to stderr."),
     Setting("log_level", str, "info", "Server log level: debug, info, warning, error."),
+    Setting("store", str, None,
+            "Object store holding every commit: file:///path or s3://bucket/prefix. "
+            "Unset: file://DATA/store."),
+    Setting("s3_endpoint", str, None,
+            "Endpoint URL of a non-AWS S3 service (MinIO, R2, GCS, Ceph); credentials and "
+            "region come from the AWS_* variables."),
+    Setting("durability", str, "local",
+            "'local': acknowledge after the local fsync, ship within sync_interval; "
+            "'remote': acknowledge once the commit is in the object store."),
+    Setting("sync_interval", float, 1.0,
+            "Seconds within which a commit reaches the object store (local durability)."),
+    Setting("storage_timeout", float, 30.0,
+            "Seconds a write waits for the object store (remote durability) before "
+            "STORAGE_UNAVAILABLE."),
+    Setting("history_retention", float, 7 * 86400.0,
+            "Seconds of history kept restorable; older segments and snapshots are deleted "
+            "unless a branch needs them."),
+    Setting("snapshot_interval", float, 3600.0,
+            "Most seconds between snapshots of a branch that has new commits."),
+    Setting("snapshot_log_bytes", int, 16 << 20,
+            "Snapshot a branch once this many bytes of log follow its last snapshot "
+            "(and snapshot_log_ratio x the database size)."),
+    Setting("snapshot_log_ratio", float, 0.5,
+            "Log since the last snapshot, as a fraction of the database size, that makes "
+            "a snapshot due."),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}
@@ -106,6 +131,11 @@ class Settings:
     def data_dir(self) -> Path:
         return Path(self.values["data"]).resolve()
 
+    @property
+    def store_url(self) -> str:
+        """The object store: the ``store`` setting, else a folder inside the data directory."""
+        return self.values.get("store") or (self.data_dir / "store").as_uri()
+
     def public(self) -> dict[str, Any]:
         """Values safe to log or show: secrets masked."""
         return {
@@ -144,4 +174,6 @@ def load(
             values[key] = _coerce(BY_NAME[key], raw, "--" + key.replace("_", "-"))
     if values["synchronous"] not in ("full", "normal"):
         raise SettingsError("synchronous must be 'full' or 'normal'")
+    if values["durability"] not in ("local", "remote"):
+        raise SettingsError("durability must be 'local' or 'remote'")
     return Settings(values)

@@ -410,17 +410,24 @@ def test_deferred_transaction_upgrade_conflicts_like_sqlite(
         [["other"], ["other2"], ["mine2"]]
 
 
-def test_a_write_transaction_holds_the_write_lock(server: ServerProcess, admin: httpx.Client,
-                                                  db: str) -> None:
-    _, baton = pipeline(admin, db, [execute("BEGIN IMMEDIATE"),
-                                    execute("INSERT INTO t (name) VALUES ('held')")])
-    assert baton
-    r = query(admin, db, "INSERT INTO t (name) VALUES ('blocked')")  # waits busy_timeout (1 s)
-    assert r.status_code == 409 and r.json()["error"]["code"] == "DATABASE_BUSY"
-    # the idle transaction (transaction_timeout 1 s) is rolled back and the lock comes free
-    results, _ = pipeline(admin, db, [execute("INSERT INTO t (name) VALUES ('after')")])
-    ok(results[0])
-    assert native_rows(admin, db, "SELECT name FROM t") == [["after"]]
+def test_a_write_transaction_holds_the_write_lock(
+        start_server: Callable[..., ServerProcess]) -> None:
+    node = start_server(transaction_timeout=30, busy_timeout=0.3)
+    with node.client() as admin:
+        admin.post("/v1/databases", json={"name": "lock"})
+        pipeline(admin, "lock", [execute("CREATE TABLE t (name TEXT)")])
+        _, baton = pipeline(admin, "lock", [execute("BEGIN IMMEDIATE"),
+                                            execute("INSERT INTO t VALUES ('held')")])
+        r = query(admin, "lock", "INSERT INTO t VALUES ('blocked')")
+        assert r.status_code == 409 and r.json()["error"]["code"] == "DATABASE_BUSY"
+        results, _ = pipeline(admin, "lock", [execute("INSERT INTO t VALUES ('hrana')")])
+        err(results[0], "SQLITE_BUSY")  # Hrana names it as SQLite would
+        assert native_rows(admin, "lock", "SELECT count(*) FROM t") == [[0]]  # readers go on
+        results, _ = pipeline(admin, "lock", [execute("COMMIT"), {"type": "close"}], baton)
+        ok(results[0])
+        results, _ = pipeline(admin, "lock", [execute("INSERT INTO t VALUES ('after')")])
+        ok(results[0])
+        assert native_rows(admin, "lock", "SELECT name FROM t") == [["held"], ["after"]]
 
 
 # -- tokens and addressing -------------------------------------------------------------------------

@@ -275,6 +275,13 @@ CODES: dict[str, tuple[int, str]] = {
     "NOT_SUPPORTED": (400, "Not supported by this server."),
 }
 
+def codes_table() -> str:
+    """The Markdown table of CODES that docs/hrana.md carries (a unit test keeps it current)."""
+    rows = ["| code | HTTP | when / what to do |", "|---|---|---|"]
+    rows += [f"| `{code}` | {status} | {hint} |" for code, (status, hint) in CODES.items()]
+    return "\n".join(rows)
+
+
 # Shoal codes whose Hrana spelling differs (sqld's, or SQLite's for what SQLite would say).
 _RENAMED = {
     "MULTIPLE_STATEMENTS": "SQL_MANY_STATEMENTS",

@@ -221,6 +221,18 @@ for (const transport of ["http", "ws"]) {
       assert.equal(after.rows[0].n, 3); // each statement of a script outside a transaction commits alone
     });
 
+    it("runs migrate() batches", async () => {
+      const rs = await client.migrate([
+        "CREATE TABLE mig (id INTEGER PRIMARY KEY, note TEXT)",
+        { sql: "INSERT INTO mig (note) VALUES (?)", args: ["first"] },
+        "SELECT note FROM mig",
+      ]);
+      assert.equal(rs[2].rows[0].note, "first");
+      await assert.rejects(client.migrate(["INSERT INTO mig (note) VALUES ('x')", "INSERT INTO nowhere VALUES (1)"]));
+      const count = await client.execute("SELECT count(*) AS n FROM mig");
+      assert.equal(count.rows[0].n, 1);
+    });
+
     it("answers concurrent requests on one client", async () => {
       const results = await Promise.all(
         Array.from({ length: 20 }, (_, i) => client.execute({ sql: "SELECT ? AS i", args: [i] })),
