@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench-core clean
+.PHONY: run test lint typecheck bench bench-core clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -30,6 +30,11 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# Shoal against PostgreSQL, PgBouncer, Datasette, SQLite and litestream: installs what it
+# needs (apt-get, pip), writes bench/REPORT.md. ARGS=--quick for a run under 5 minutes.
+bench: $(STAMP)
+	$(BIN)/python -m bench $(ARGS)
 
 bench-core: $(STAMP)
 	$(BIN)/python -m bench.core

@@ -158,11 +158,11 @@ class Load:
 
 
 def run_load(pid: int, url: str, script: str, args: list[str], *, connections: int,
-             threads: int, seconds: float) -> Load:
+             threads: int, seconds: float, headers: Sequence[str] = ()) -> Load:
     """wrk against url, with the CPU time the server process `pid` spent meanwhile."""
     cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
     result = wrk.run(url, script, args, connections=connections, threads=threads,
-                     seconds=seconds)
+                     seconds=seconds, headers=headers)
     return Load(result, cpu_seconds(pid) - cpu0, time.perf_counter() - wall0)
 
 

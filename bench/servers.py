@@ -155,7 +155,7 @@ def one_round(node: Node, opts: Options, token: str) -> tuple[Load, Load]:
         pid = node.proc.pid
         query_url = f"{node.url}/v1/databases/reads/query"
         args = [token, str(opts.rows)]
-        common = {"connections": opts.connections, "threads": opts.wrk_threads}
+        common: dict[str, Any] = {"connections": opts.connections, "threads": opts.wrk_threads}
         run_load(pid, query_url, "point_read.lua", args, seconds=2, **common)
         reads = run_load(pid, query_url, "point_read.lua", args, seconds=opts.seconds, **common)
         health = run_load(pid, node.url + "/health", "get.lua", [],

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,8 +78,10 @@ def parse_summary(output: str) -> WrkResult:
 
 
 def run(url: str, script: str, args: list[str], *, connections: int = 64, threads: int = 2,
-        seconds: float = 10, request_timeout: float = 10.0) -> WrkResult:
-    """Run wrk against url for `seconds` (whole, at least 1; killed if it overruns by 30 s)."""
+        seconds: float = 10, request_timeout: float = 10.0,
+        headers: Sequence[str] = ()) -> WrkResult:
+    """Run wrk against url for `seconds` (whole, at least 1; killed if it overruns by 30 s),
+    with extra request `headers` ("Name: value", e.g. "Connection: close")."""
     wrk = ensure_wrk()
     seconds = max(1, round(seconds))
     source = (LUA_DIR / script).read_text() + "\n" + (LUA_DIR / "report.lua").read_text()
@@ -86,7 +89,9 @@ def run(url: str, script: str, args: list[str], *, connections: int = 64, thread
         fh.write(source)
         fh.flush()
         command = [wrk, "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s",
-                   "--timeout", f"{request_timeout:g}s", "-s", fh.name, url, "--", *args]
+                   "--timeout", f"{request_timeout:g}s",
+                   *[arg for header in headers for arg in ("-H", header)],
+                   "-s", fh.name, url, "--", *args]
         done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 30)
     if done.returncode != 0:
         raise RuntimeError(f"wrk failed ({done.returncode}): {done.stderr or done.stdout}")

@@ -32,7 +32,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One node shared by a test module (default settings, short transaction timeout)."""
     node = ServerProcess(tmp_path_factory.mktemp("shared") / "data",
-                         {"transaction_timeout": 1.0, "busy_timeout": 1.0})
+                         {"transaction_timeout": 1.0, "busy_timeout": 0.5})
     node.start()
     yield node
     node.stop()

@@ -9,6 +9,7 @@ import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -497,6 +498,133 @@ def _token_revoke(args: argparse.Namespace, client: Client, out: Output) -> int:
     return 0
 
 
+# -- branches and point in time ------------------------------------------------------------------
+def point(text: str) -> dict[str, str]:
+    """--to / --at: an ISO 8601 time when it parses as one, else a bookmark."""
+    try:
+        datetime.fromisoformat(text.strip())
+    except ValueError:
+        return {"bookmark": text.strip()}
+    return {"timestamp": text.strip()}
+
+
+def _branch_rows(branches: list[dict[str, Any]]) -> list[list[Any]]:
+    return [[b["name"], b.get("parent"), b.get("fork_txid"), b.get("txid"), b.get("created_at"),
+             b.get("size_bytes"), b.get("store_bytes")] for b in branches]
+
+
+BRANCH_COLUMNS = ["name", "parent", "fork_txid", "txid", "created_at", "size_bytes",
+                  "store_bytes"]
+
+
+def _branch_create(args: argparse.Namespace, client: Client, out: Output) -> int:
+    at = point(args.at) if args.at else {}
+    made = client.create_branch(args.name, database=args.database, source=args.source,
+                                timestamp=at.get("timestamp"), bookmark=at.get("bookmark"))
+    if out.as_json:
+        out.json(made)
+    else:
+        out.message(f"created branch {made['name']} of {made['parent']} at txid "
+                    f"{made['fork_txid']}")
+    return 0
+
+
+def _branch_list(args: argparse.Namespace, client: Client, out: Output) -> int:
+    branches = client.list_branches(args.database)
+    if out.as_json:
+        out.json({"branches": branches})
+    else:
+        out.table(BRANCH_COLUMNS, _branch_rows(branches),
+                  f"{len(branches)} branch{'es' * (len(branches) != 1)}")
+    return 0
+
+
+def _branch_delete(args: argparse.Namespace, client: Client, out: Output) -> int:
+    client.delete_branch(args.name, database=args.database)
+    if out.as_json:
+        out.json({"deleted": args.name})
+    else:
+        out.message(f"deleted branch {args.name}")
+    return 0
+
+
+def _branch_reset(args: argparse.Namespace, client: Client, out: Output) -> int:
+    reset = client.reset_branch(args.name, database=args.database)
+    if out.as_json:
+        out.json(reset)
+    else:
+        out.message(f"reset branch {reset['name']} to {reset['parent']} at txid "
+                    f"{reset['fork_txid']}")
+    return 0
+
+
+def _restore(args: argparse.Namespace, client: Client, out: Output) -> int:
+    to = point(args.to)
+    done = client.restore(database=args.database, branch=args.branch,
+                          timestamp=to.get("timestamp"), bookmark=to.get("bookmark"),
+                          keep_as=args.keep_as)
+    if out.as_json:
+        out.json(done)
+    else:
+        out.message(f"restored {args.database}/{done['branch']} to txid "
+                    f"{done['restored_to']['txid']}; the state before is branch "
+                    f"{done['kept_as']}")
+    return 0
+
+
+def _history(args: argparse.Namespace, client: Client, out: Output) -> int:
+    window = client.history(database=args.database, branch=args.branch)
+    if out.as_json:
+        out.json(window)
+    else:
+        out.table(["point", "txid", "time"], [
+            ["earliest", window["earliest"]["txid"], window["earliest"]["time"]],
+            ["latest", window["latest"]["txid"], window["latest"]["time"]]])
+    return 0
+
+
+def _add_branch_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                         common: argparse.ArgumentParser) -> None:
+    branch = sub.add_parser("branch", help="create, list, delete and reset branches")
+    bs = branch.add_subparsers(dest="branch_command", required=True,
+                               metavar="{create,list,delete,reset}")
+    p = _client_parser(bs, "create", common, "create a branch (copies no data)")
+    p.add_argument("database")
+    p.add_argument("name", help="name: [a-z0-9][a-z0-9_-]{0,62}")
+    p.add_argument("--from", dest="source", default=None, help="source branch (default main)")
+    p.add_argument("--at", default=None, metavar="TIMESTAMP|BOOKMARK",
+                   help="fork point: an ISO 8601 time or a bookmark (default: latest)")
+    p.set_defaults(func=_client_command(_branch_create))
+    p = _client_parser(bs, "list", common, "list branches with their fork points and sizes")
+    p.add_argument("database")
+    p.set_defaults(func=_client_command(_branch_list))
+    p = _client_parser(bs, "delete", common, "delete a branch")
+    p.add_argument("database")
+    p.add_argument("name")
+    p.set_defaults(func=_client_command(_branch_delete))
+    p = _client_parser(bs, "reset", common,
+                       "reset a branch to its parent's latest state (drops its own writes)")
+    p.add_argument("database")
+    p.add_argument("name")
+    p.set_defaults(func=_client_command(_branch_reset))
+
+    p = _client_parser(sub, "restore", common,
+                       "restore a branch in place to a time or bookmark; the state before "
+                       "stays reachable as a branch")
+    p.add_argument("database")
+    p.add_argument("--to", required=True, metavar="TIMESTAMP|BOOKMARK",
+                   help="an ISO 8601 time (UTC unless it names a zone) or a bookmark")
+    p.add_argument("--branch", default="main", help="the branch to restore (default main)")
+    p.add_argument("--keep-as", default=None, metavar="NAME",
+                   help="name of the branch keeping the state before (default: generated)")
+    p.set_defaults(func=_client_command(_restore))
+
+    p = _client_parser(sub, "history", common, "the restorable window of a branch")
+    p.add_argument("database")
+    p.add_argument("--branch", default="main")
+    p.set_defaults(func=_client_command(_history))
+
+
 def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = _common_options()
 
@@ -540,6 +668,7 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p = _client_parser(ts, "revoke", common, "revoke a token by id, at once")
     p.add_argument("id")
     p.set_defaults(func=_client_command(_token_revoke))
+    _add_branch_commands(sub, common)
 
 
 def build_parser() -> argparse.ArgumentParser:

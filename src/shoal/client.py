@@ -36,6 +36,7 @@ import sqlite3
 import ssl
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import cache
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
@@ -275,7 +276,7 @@ class NotFound(ShoalError):
 
 
 class AlreadyExists(ShoalError):
-    """409 DATABASE_EXISTS."""
+    """409 DATABASE_EXISTS or BRANCH_EXISTS."""
 
 
 class Busy(ShoalError):
@@ -308,6 +309,7 @@ class ConnectionFailed(ShoalError):
 
 _BY_CODE: dict[str, type[ShoalError]] = {
     "DATABASE_EXISTS": AlreadyExists,
+    "BRANCH_EXISTS": AlreadyExists,
     "DATABASE_BUSY": Busy,
     "SQLITE_BUSY": Busy,
     "SQLITE_LOCKED": Busy,
@@ -444,6 +446,20 @@ class Ended:
     bookmark: str | None
 
 
+def _point(timestamp: str | datetime | None, bookmark: str | None) -> dict[str, str]:
+    """A point in history as the API takes it: {"timestamp"} or {"bookmark"}."""
+    if (timestamp is None) == (bookmark is None):
+        raise ValueError("give timestamp or bookmark (one of them)")
+    if bookmark is not None:
+        return {"bookmark": bookmark}
+    if isinstance(timestamp, datetime):
+        if timestamp.tzinfo is None:
+            raise ValueError("a datetime timestamp needs a time zone (e.g. UTC)")
+        return {"timestamp": timestamp.isoformat()}
+    assert timestamp is not None
+    return {"timestamp": timestamp}
+
+
 # -- requests, shared by both clients ----------------------------------------------------------
 _NO_BODY = object()
 
@@ -568,6 +584,41 @@ class _API:
 
     def _revoke_token(self, token_id: str) -> Call[None]:
         return Call("DELETE", "/v1/tokens/" + quote(token_id, safe=""), _nothing)
+
+    # -- branches and history ----------------------------------------------------------------
+    def _branch_path(self, database: str | None, branch: str) -> str:
+        return f"{self._db_path(database)}/branches/{quote(branch, safe='')}"
+
+    def _branches(self, database: str | None) -> Call[list[dict[str, Any]]]:
+        return Call("GET", self._db_path(database) + "/branches", lambda d: d["branches"])
+
+    def _create_branch(self, name: str, database: str | None, source: str | None,
+                       timestamp: str | datetime | None,
+                       bookmark: str | None) -> Call[dict[str, Any]]:
+        body: dict[str, Any] = {"name": name}
+        if source is not None:
+            body["from"] = source
+        if timestamp is not None or bookmark is not None:
+            body["at"] = _point(timestamp, bookmark)
+        return Call("POST", self._db_path(database) + "/branches", _identity, body)
+
+    def _delete_branch(self, name: str, database: str | None) -> Call[None]:
+        return Call("DELETE", self._branch_path(database, name), _nothing)
+
+    def _reset_branch(self, name: str, database: str | None) -> Call[dict[str, Any]]:
+        return Call("POST", self._branch_path(database, name) + "/reset", _identity, {})
+
+    def _restore(self, database: str | None, branch: str, timestamp: str | datetime | None,
+                 bookmark: str | None, keep_as: str | None) -> Call[dict[str, Any]]:
+        body = {"branch": branch} | _point(timestamp, bookmark)
+        if keep_as is not None:
+            body["keep_as"] = keep_as
+        return Call("POST", self._db_path(database) + "/restore", _identity, body)
+
+    def _history(self, database: str | None, branch: str) -> Call[dict[str, Any]]:
+        base = self._db_path(database) if branch == "main" else \
+            self._branch_path(database, branch)
+        return Call("GET", base + "/history", _identity)
 
     def _list(self, limit: int | None, page_size: int) -> Plan[list[dict[str, Any]]]:
         """Follow ``next_cursor`` until the list (or ``limit`` entries) is complete."""
@@ -730,6 +781,36 @@ class Client(_API):
     def revoke_token(self, token_id: str) -> None:
         self._send(self._revoke_token(token_id))
 
+    # -- branches and point in time -----------------------------------------------------------
+    def list_branches(self, database: str | None = None) -> list[dict[str, Any]]:
+        """Every branch: name, parent, fork_txid, created_at, timeline, txid, sizes."""
+        return self._send(self._branches(database))
+
+    def create_branch(self, name: str, *, database: str | None = None,
+                      source: str | None = None, timestamp: str | datetime | None = None,
+                      bookmark: str | None = None) -> dict[str, Any]:
+        """A branch of ``source`` (default main) at its latest state, a time or a bookmark.
+        No data is copied."""
+        return self._send(self._create_branch(name, database, source, timestamp, bookmark))
+
+    def delete_branch(self, name: str, *, database: str | None = None) -> None:
+        self._send(self._delete_branch(name, database))
+
+    def reset_branch(self, name: str, *, database: str | None = None) -> dict[str, Any]:
+        """Back to its parent's latest state; the branch's own writes are dropped."""
+        return self._send(self._reset_branch(name, database))
+
+    def restore(self, *, database: str | None = None, branch: str = "main",
+                timestamp: str | datetime | None = None, bookmark: str | None = None,
+                keep_as: str | None = None) -> dict[str, Any]:
+        """Restore a branch in place; the answer's ``kept_as`` names the branch that keeps
+        the state before."""
+        return self._send(self._restore(database, branch, timestamp, bookmark, keep_as))
+
+    def history(self, *, database: str | None = None, branch: str = "main") -> dict[str, Any]:
+        """The restorable window: ``earliest`` and ``latest`` points (txid, time)."""
+        return self._send(self._history(database, branch))
+
 
 class Transaction(_TxState):
     """A blocking interactive transaction; every call is one request on the client's pool."""
@@ -858,6 +939,31 @@ class AsyncClient(_API):
 
     async def revoke_token(self, token_id: str) -> None:
         await self._send(self._revoke_token(token_id))
+
+    async def list_branches(self, database: str | None = None) -> list[dict[str, Any]]:
+        return await self._send(self._branches(database))
+
+    async def create_branch(self, name: str, *, database: str | None = None,
+                            source: str | None = None,
+                            timestamp: str | datetime | None = None,
+                            bookmark: str | None = None) -> dict[str, Any]:
+        return await self._send(self._create_branch(name, database, source, timestamp,
+                                                    bookmark))
+
+    async def delete_branch(self, name: str, *, database: str | None = None) -> None:
+        await self._send(self._delete_branch(name, database))
+
+    async def reset_branch(self, name: str, *, database: str | None = None) -> dict[str, Any]:
+        return await self._send(self._reset_branch(name, database))
+
+    async def restore(self, *, database: str | None = None, branch: str = "main",
+                      timestamp: str | datetime | None = None, bookmark: str | None = None,
+                      keep_as: str | None = None) -> dict[str, Any]:
+        return await self._send(self._restore(database, branch, timestamp, bookmark, keep_as))
+
+    async def history(self, *, database: str | None = None,
+                      branch: str = "main") -> dict[str, Any]:
+        return await self._send(self._history(database, branch))
 
 
 class AsyncTransaction(_TxState):

@@ -46,6 +46,20 @@ CODES: dict[str, tuple[int, str]] = {
     "TRANSACTION_ABORTED": (410, "An error (e.g. a statement timeout) rolled the transaction "
                                  "back; open a new one."),
     "IDEMPOTENCY_KEY_REUSED": (422, "Use a new Idempotency-Key for a different request."),
+    # branches and history
+    "BRANCH_NOT_FOUND": (404, "List branches with GET /v1/databases/{db}/branches."),
+    "BRANCH_EXISTS": (409, "Pick another branch name, or delete or reset the existing one."),
+    "OUTSIDE_HISTORY": (400, "Pick a point inside the restorable window: "
+                             "GET /v1/databases/{db}/history."),
+    "HISTORY_DISABLED": (409, "This node runs with store = \"none\" (no object store, no "
+                              "history): restore, history and branches other than main need "
+                              "a node started with --store."),
+    # object storage
+    "STORAGE_UNAVAILABLE": (503, "The object store failed or timed out. A write answered with "
+                                 "this is committed on the node and ships once the store is "
+                                 "back; retry with the same Idempotency-Key."),
+    "STORAGE_CORRUPT": (500, "An object of the commit log is missing or fails its checksum; "
+                             "the message names it. Restore from another point or branch."),
     "INTERNAL": (500, "A server fault; it is logged."),
 }
 

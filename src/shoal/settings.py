@@ -52,9 +52,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("openapi", bool, True, "Serve GET /openapi.json without a token."),
     Setting("access_log", bool, True, "Write one JSON line per request to stderr."),
     Setting("log_level", str, "info", "Server log level: debug, info, warning, error."),
+    Setting("http_server", str, "uvicorn",
+            "HTTP server: 'uvicorn' (uvloop + httptools) or 'granian' (Rust I/O, in-process)."),
     Setting("store", str, None,
             "Object store holding every commit: file:///path or s3://bucket/prefix. "
-            "Unset: file://DATA/store."),
+            "Unset: file://DATA/store. 'none': a local-only node (no commit log, no "
+            "shipping, SQLite auto-checkpoint on; restore, history and branches other "
+            "than main answer HISTORY_DISABLED)."),
     Setting("s3_endpoint", str, None,
             "Endpoint URL of a non-AWS S3 service (MinIO, R2, GCS, Ceph); credentials and "
             "region come from the AWS_* variables."),
@@ -69,6 +73,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("history_retention", float, 7 * 86400.0,
             "Seconds of history kept restorable; older segments and snapshots are deleted "
             "unless a branch needs them."),
+    Setting("checkpoint_frames", int, 1000,
+            "WAL frames (pages) that make a checkpoint due; it runs once they are in the "
+            "object store."),
     Setting("snapshot_interval", float, 3600.0,
             "Most seconds between snapshots of a branch that has new commits."),
     Setting("snapshot_log_bytes", int, 16 << 20,
@@ -132,6 +139,11 @@ class Settings:
         return Path(self.values["data"]).resolve()
 
     @property
+    def local_only(self) -> bool:
+        """store = "none": no object store, no commit log; the data directory is the truth."""
+        return str(self.values.get("store") or "").strip().lower() == "none"
+
+    @property
     def store_url(self) -> str:
         """The object store: the ``store`` setting, else a folder inside the data directory."""
         return self.values.get("store") or (self.data_dir / "store").as_uri()
@@ -172,6 +184,8 @@ def load(
             raise SettingsError(f"unknown setting {key!r}")
         if raw is not None:
             values[key] = _coerce(BY_NAME[key], raw, "--" + key.replace("_", "-"))
+    if values["http_server"] not in ("uvicorn", "granian"):
+        raise SettingsError("http_server must be 'uvicorn' or 'granian'")
     if values["synchronous"] not in ("full", "normal"):
         raise SettingsError("synchronous must be 'full' or 'normal'")
     if values["durability"] not in ("local", "remote"):

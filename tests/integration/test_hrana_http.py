@@ -653,3 +653,19 @@ def test_huge_batches_and_bodies_are_refused(server: ServerProcess, admin: httpx
     ])
     err(results[0], "RESPONSE_TOO_LARGE")
     assert rows(results[1]) == [[2]]
+
+
+# -- branches --------------------------------------------------------------------------------------
+def test_branch_urls(admin: httpx.Client, db: str) -> None:
+    pipeline(admin, db, [execute("INSERT INTO t (name) VALUES ('before fork')")])
+    r = admin.post(f"/v1/databases/{db}/branches", json={"name": "dev"})
+    assert r.status_code == 201, r.text
+    results, baton = pipeline(admin, f"{db}/branches/dev", [
+        execute("INSERT INTO t (name) VALUES ('on dev')"),
+        execute("SELECT name FROM t ORDER BY id")])
+    assert rows(results[1]) == [["before fork"], ["on dev"]]
+    assert native_rows(admin, db, "SELECT name FROM t") == [["before fork"]]  # main untouched
+    http_error(post(admin, db, {"baton": baton, "requests": [execute("SELECT 1")]}), 400,
+               "BATON_INVALID")  # a stream stays on its branch
+    results, _ = pipeline(admin, f"{db}/branches/nope", [execute("SELECT 1")])
+    err(results[0], "BRANCH_NOT_FOUND")

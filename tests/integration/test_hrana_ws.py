@@ -325,3 +325,14 @@ def test_a_dropped_connection_rolls_its_transactions_back(open_ws: Callable[...,
                    json={"statements": ["INSERT INTO t (x) VALUES ('after')"]})
     assert r.status_code == 200, r.text  # the write lock came free
     assert native_rows(admin, db, "SELECT x FROM t") == [["after"]]
+
+
+def test_branch_websocket_url(open_ws: Callable[..., Hrana], server: ServerProcess,
+                              admin: httpx.Client, db: str) -> None:
+    assert admin.post(f"/v1/databases/{db}/branches", json={"name": "feature"}).status_code == 201
+    h = open_ws(f"/db/{db}/branches/feature")
+    assert h.hello(server.admin_token) == {"type": "hello_ok"}
+    h.ok({"type": "open_stream", "stream_id": 1})
+    h.rows(1, "INSERT INTO t (x) VALUES ('branch only')")
+    assert h.rows(1, "SELECT x FROM t") == [["branch only"]]
+    assert native_rows(admin, db, "SELECT count(*) FROM t") == [[0]]

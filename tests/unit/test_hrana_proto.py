@@ -35,14 +35,17 @@ def test_engine_values_come_out_as_hrana_values_losslessly(v: object) -> None:
     assert back == v and type(back) is type(v)
 
 
-def test_value_shapes_are_the_specs() -> None:
-    assert p.from_native(None) == {"type": "null"}
-    assert p.from_native(42) == {"type": "integer", "value": "42"}
-    assert p.from_native(2.5) == {"type": "float", "value": 2.5}
-    assert p.from_native("a") == {"type": "text", "value": "a"}
-    assert p.from_native({"base64": "AAE="}) == {"type": "blob", "base64": "AAE="}
-    assert msgspec.json.encode(p.from_native({"float": "-Infinity"})) == \
-        b'{"type":"float","value":-1e999}'
+@pytest.mark.parametrize(("native", "json_text"), [
+    (None, b'{"type":"null"}'),
+    (42, b'{"type":"integer","value":"42"}'),
+    ({"integer": "9223372036854775807"}, b'{"type":"integer","value":"9223372036854775807"}'),
+    (2.5, b'{"type":"float","value":2.5}'),
+    ("a", b'{"type":"text","value":"a"}'),
+    ({"base64": "AAE="}, b'{"type":"blob","base64":"AAE="}'),
+    ({"float": "-Infinity"}, b'{"type":"float","value":-1e999}'),
+])
+def test_value_shapes_are_the_specs(native: object, json_text: bytes) -> None:
+    assert msgspec.json.encode(p.from_native(native)) == json_text
 
 
 @pytest.mark.parametrize(("raw", "expected"), [

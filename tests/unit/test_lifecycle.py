@@ -90,7 +90,7 @@ def test_opens_on_first_request_only_for_known_databases(tmp_path: Path) -> None
             assert db.active == 0
             assert await touch(life, "orders") is db  # the same open database is reused
             with pytest.raises(ShoalError) as info:
-                life.acquire("billing")
+                await life.acquire("billing")
             assert info.value.code == "DATABASE_NOT_FOUND"
             assert not life.is_open("billing")
 

@@ -249,3 +249,19 @@ def test_a_denial_does_not_leak_into_the_next_error(writer: Connection) -> None:
     refused(writer, "SELECT load_extension('x')")
     err = refused(writer, "SELEC 1", code="SQLITE_ERROR")
     assert "syntax error" in err.message
+
+
+def test_foreign_keys_setting_is_ignored_and_never_sticks_to_a_pooled_reader(
+        tmp_path: Path) -> None:
+    """PRAGMA foreign_keys=OFF is read-only to SQLite, so it runs on a reader: it must not
+    switch enforcement off for the next request on that pooled connection."""
+    path = str(tmp_path / "fk.db")
+    writer = Connection(path, reader=False)
+    writer.internal("CREATE TABLE p(id INTEGER PRIMARY KEY)")
+    reader = Connection(path, reader=True)
+    limits = Limits(5.0, 1_000_000)
+    reader.run([Statement("PRAGMA foreign_keys=OFF")], limits)
+    out = reader.run([Statement("PRAGMA foreign_keys")], limits)
+    assert out.results[0].rows == [[1]]
+    reader.close()
+    writer.close()

@@ -1,4 +1,7 @@
-"""The catalog: one SQLite file in the data directory naming every database, branch and token.
+"""The catalog: one SQLite file in the data directory naming every database and token.
+
+With an object store it is a cache: the store's catalog records (engine/registry.py)
+are the truth, and the node rebuilds this file's list of databases from them at start.
 
 Calls are short and serialised by a lock; the engine runs them on a worker thread.
 Per-database idempotency records live in each database file (same transaction as
@@ -25,14 +28,6 @@ PRAGMA synchronous=FULL;
 CREATE TABLE IF NOT EXISTS databases(
     name TEXT PRIMARY KEY,
     created_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS branches(
-    database TEXT NOT NULL REFERENCES databases(name) ON DELETE CASCADE,
-    name TEXT NOT NULL,
-    parent TEXT,
-    fork_txid INTEGER,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (database, name)
 );
 CREATE TABLE IF NOT EXISTS tokens(
     id TEXT PRIMARY KEY,
@@ -65,15 +60,6 @@ CREATE TABLE IF NOT EXISTS idempotency(
 @dataclass(frozen=True)
 class DatabaseRecord:
     name: str
-    created_at: float
-
-
-@dataclass(frozen=True)
-class BranchRecord:
-    database: str
-    name: str
-    parent: str | None
-    fork_txid: int | None
     created_at: float
 
 
@@ -114,14 +100,18 @@ class Catalog:
             self._db.execute("INSERT INTO databases(name, created_at) VALUES (?, ?)", (name, now))
         except apsw.ConstraintError:
             raise ShoalError("DATABASE_EXISTS", f"database {name!r} already exists") from None
-        self._db.execute(
-            "INSERT INTO branches(database, name, parent, fork_txid, created_at)"
-            " VALUES (?, 'main', NULL, NULL, ?)", (name, now))
         return DatabaseRecord(name, now)
+
+    def adopt_database(self, name: str, created_at: float) -> None:
+        """Record a database that exists in the object store (a cache rebuilt at start)."""
+        with self._lock, self._db:
+            self._db.execute("INSERT OR IGNORE INTO databases(name, created_at) VALUES (?, ?)",
+                             (name, created_at))
 
     def delete_database(self, name: str) -> bool:
         with self._lock, self._db:
-            self._db.execute("DELETE FROM usage WHERE database = ?", (name,))
+            self._db.execute("DELETE FROM usage WHERE database = ? OR database LIKE ?",
+                             (name, name + "/%"))
             self._db.execute("DELETE FROM idempotency WHERE scope = ?", (name,))
             self._db.execute("DELETE FROM databases WHERE name = ?", (name,))
             deleted = bool(self._db.changes())
@@ -143,12 +133,6 @@ class Catalog:
                 if len(out) >= limit:
                     break
         return out
-
-    def branches(self, database: str) -> list[BranchRecord]:
-        rows = self._rows(
-            "SELECT database, name, parent, fork_txid, created_at FROM branches"
-            " WHERE database = ? ORDER BY name", (database,))
-        return [BranchRecord(*r) for r in rows]
 
     # -- tokens -------------------------------------------------------------------------------
     def add_token(self, rec: TokenRecord) -> None:
@@ -172,6 +156,7 @@ class Catalog:
 
     # -- usage --------------------------------------------------------------------------------
     def add_usage(self, deltas: dict[str, tuple[int, int, int]]) -> None:
+        """Add counters; keys are a database name (its main branch) or 'database/branch'."""
         with self._lock, self._db:
             for name, (read, written, queries) in deltas.items():
                 self._db.execute(
@@ -181,7 +166,11 @@ class Catalog:
                     " rows_read = rows_read + excluded.rows_read,"
                     " rows_written = rows_written + excluded.rows_written,"
                     " queries = queries + excluded.queries",
-                    (name, read, written, queries, name))
+                    (name, read, written, queries, name.split("/")[0]))
+
+    def delete_usage(self, key: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM usage WHERE database = ?", (key,))
 
     def usage(self, database: str) -> tuple[int, int, int]:
         rows = self._rows(

@@ -89,6 +89,10 @@ class Result:
 class NeedsWriter(Exception):
     """A statement run on a reader would write: run the request on the writer."""
 
+    def __init__(self, sql: str):
+        super().__init__(sql)
+        self.sql = sql  # the statement SQLite found not read-only
+
 
 class SoftDeadline(Exception):
     """The inline time budget ran out: run the request again off the event loop."""
@@ -194,13 +198,20 @@ class Counters:
 class Connection:
     """An apsw connection with its authorizer, tracer and time budget."""
 
-    def __init__(self, path: str, *, reader: bool, synchronous: str = "full"):
+    def __init__(self, path: str, *, reader: bool, synchronous: str = "full",
+                 manual_checkpoints: bool = False):
         self.reader = reader
         self.raw = apsw.Connection(path, flags=OPEN_FLAGS)
+        if manual_checkpoints:
+            # The commit log decides when WAL frames may be backfilled (once they are in
+            # the object store): no automatic checkpoint, and none when the last
+            # connection closes, which would also delete the WAL and unshipped commits.
+            self.raw.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
         self.guard = Guard()
         self.deadline = float("inf")
         self.soft_deadline = float("inf")
         self.soft_fired = False
+        self.schema_generation = -1  # the writer's schema generation this reader has loaded
         self._count = 0
         self._description: tuple[tuple[str, str | None], ...] = ()
         self._would_write = False
@@ -209,6 +220,8 @@ class Connection:
         self.internal("PRAGMA journal_mode=WAL")
         self.internal(f"PRAGMA synchronous={synchronous}")
         self.internal("PRAGMA foreign_keys=ON")
+        if manual_checkpoints:
+            self.internal("PRAGMA wal_autocheckpoint=0")
         if reader:
             self.internal("PRAGMA query_only=1")
         raw.authorizer = self.guard
@@ -340,7 +353,7 @@ class Connection:
                     )
         except apsw.ExecTraceAbort:
             if self._would_write:
-                raise NeedsWriter() from None
+                raise NeedsWriter(stmt.sql) from None
             raise ShoalError(
                 "MULTIPLE_STATEMENTS", "one entry held more than one SQL statement",
                 statement=index,
@@ -367,7 +380,7 @@ class Connection:
             raise from_sqlite(exc, index) from None
         except apsw.ReadOnlyError as exc:
             if self.reader:
-                raise NeedsWriter() from None
+                raise NeedsWriter(stmt.sql) from None
             raise from_sqlite(exc, index) from None
         except apsw.BindingsError as exc:
             raise ShoalError("INVALID_ARGUMENT", str(exc), statement=index) from None

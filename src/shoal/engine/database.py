@@ -11,6 +11,11 @@ job, runs each in its own SAVEPOINT of one transaction (a failing job rolls back
 alone), bumps the branch txid once, commits once (one fsync), then answers all.
 An interactive write transaction holds the same lock, so queued writers wait for
 it at most ``busy_timeout`` and then get DATABASE_BUSY.
+
+With a commit log (``journal``), every commit is captured from the WAL right
+after COMMIT, still under the write lock, and handed to the shipper; with
+``remote`` durability the answers wait (in a task of their own, so the writer
+keeps committing) until the commit is in the object store.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shoal.engine.connection import (
     SCHEMA,
@@ -38,6 +45,11 @@ from shoal.engine.connection import (
 from shoal.errors import ShoalError
 from shoal.metrics import METRICS
 
+if TYPE_CHECKING:
+    from shoal.engine.journal import Journal
+
+log = logging.getLogger("shoal")
+
 # Internal SQL carries the per-process TAG so that no user statement can ever share
 # its apsw statement-cache entry (the authorizer runs only at prepare time).
 _NONCE = TAG
@@ -50,7 +62,10 @@ RELEASE = f"RELEASE s{_NONCE}"
 ROLLBACK_TO = f"ROLLBACK TO s{_NONCE}"
 SET_TXID = f"UPDATE _shoal_state SET txid = ? /*{_NONCE}*/"
 GET_TXID = f"SELECT txid FROM _shoal_state /*{_NONCE}*/"
-# OR REPLACE: a record past idempotency_ttl may still be in the file (purged at open only)
+SCHEMA_VERSION = f"PRAGMA schema_version /*{_NONCE}*/"
+KNOWN_WRITES = 1024  # SQL texts remembered per database as needing the writer
+# OR REPLACE: a record past idempotency_ttl may still be in the file (purged by the first
+# write batch after open, inside a numbered commit: every commit must carry a txid)
 PUT_IDEM = (f"INSERT OR REPLACE INTO _shoal_idempotency(subject, key, body_hash, status,"
             f" response, created_at) VALUES (?, ?, ?, ?, ?, ?) /*{_NONCE}*/")
 GET_IDEM = (f"SELECT body_hash, status, response, created_at FROM _shoal_idempotency"
@@ -60,18 +75,36 @@ PURGE_IDEM = f"DELETE FROM _shoal_idempotency WHERE created_at < ? /*{_NONCE}*/"
 INLINE_BUDGET = 0.002  # seconds a read may hold the event loop before moving to a thread
 
 
-def make_bookmark(database: str, branch: str, txid: int) -> str:
-    raw = f"{database}/{branch}/{txid}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+def make_bookmark(database: str, branch: str, txid: int, timeline: str | None = None) -> str:
+    """An opaque (database, branch, txid[, timeline]) string. The timeline pins the history:
+    after a reset or restore the same branch name continues on another one."""
+    raw = f"{database}/{branch}/{txid}" + (f"/{timeline}" if timeline else "")
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+@dataclass(frozen=True)
+class Bookmark:
+    database: str
+    branch: str
+    txid: int
+    timeline: str | None  # None in bookmarks of a node without a commit log
+
+
+def read_bookmark(bookmark: str) -> Bookmark:
+    try:
+        raw = base64.urlsafe_b64decode(bookmark + "=" * (-len(bookmark) % 4)).decode()
+        parts = raw.split("/")
+        if len(parts) not in (3, 4) or int(parts[2]) < 0:
+            raise ValueError(raw)
+        return Bookmark(parts[0], parts[1], int(parts[2]),
+                        parts[3] if len(parts) == 4 else None)
+    except (ValueError, UnicodeDecodeError):
+        raise ShoalError("INVALID_REQUEST", "malformed bookmark") from None
 
 
 def parse_bookmark(bookmark: str) -> tuple[str, str, int]:
-    try:
-        raw = base64.urlsafe_b64decode(bookmark + "=" * (-len(bookmark) % 4)).decode()
-        database, branch, txid = raw.split("/")
-        return database, branch, int(txid)
-    except (ValueError, UnicodeDecodeError):
-        raise ShoalError("INVALID_REQUEST", "malformed bookmark") from None
+    found = read_bookmark(bookmark)
+    return found.database, found.branch, found.txid
 
 
 @dataclass
@@ -132,22 +165,42 @@ class Database:
         self.queue: list[WriteJob] = []
         self.wake = asyncio.Event()
         self.txid = 0
+        self.schema_generation = 0  # bumped when a commit changed the schema
+        self._schema_version = 0
+        self.known_writes: OrderedDict[str, None] = OrderedDict()  # SQL SQLite said writes
         self.active = 0
         self.transactions: dict[str, Transaction] = {}
         self.last_used = time.monotonic()
         self.closed = False
         self._task: asyncio.Task[None] | None = None
+        self.journal: Journal | None = None  # the link to the commit log, set before open()
+        self.timeline: str | None = None  # the timeline this branch writes to (bookmarks)
+        self._purge_due = True  # expired idempotency records go with the first write batch
+        self._acks: set[asyncio.Task[None]] = set()  # answers waiting for remote durability
 
     # -- open / close -----------------------------------------------------------------------
+    def _connect(self, reader: bool) -> Connection:
+        return Connection(self.path, reader=reader, synchronous=self.settings.synchronous,
+                          manual_checkpoints=self.journal is not None)
+
     def open(self) -> None:
-        """Open the writer (creating the file and Shoal's tables) and start the writer task."""
-        writer = Connection(self.path, reader=False, synchronous=self.settings.synchronous)
+        """Open the writer and start the writer task.
+
+        Without a commit log the file and Shoal's tables are created here. With one,
+        the file comes from the store (its snapshot at txid 0 already holds the
+        tables) and nothing is written here: a commit that bumps no txid would be a
+        hole in the log.
+        """
+        writer = self._connect(reader=False)
         try:
-            writer.internal(BEGIN_IMMEDIATE)
-            writer.internal(SCHEMA)
+            if self.journal is not None:
+                writer.raw.set_wal_hook(self.journal.hook)
+            else:
+                writer.internal(BEGIN_IMMEDIATE)
+                writer.internal(SCHEMA)
+                writer.internal(COMMIT)
             self.txid = writer.internal(GET_TXID)[0][0]
-            writer.internal(PURGE_IDEM, (time.time() - self.settings.idempotency_ttl,))
-            writer.internal(COMMIT)
+            self._schema_version = writer.internal(SCHEMA_VERSION)[0][0]
         except BaseException:
             writer.close()
             raise
@@ -158,6 +211,19 @@ class Database:
     def idle(self) -> bool:
         return self.active == 0 and not self.transactions and not self.queue \
             and not self.write_lock.locked()
+
+    async def aclose(self, flush: bool = True) -> None:
+        """Close; with a commit log, first ship what is pending (bounded by storage_timeout)
+        and checkpoint what is durable. Call only when idle."""
+        if self.journal is not None and not self.closed:
+            self.closed = True
+            if self._task:
+                self._task.cancel()
+            try:
+                await self.journal.close(self, flush)
+            except Exception:
+                log.exception("closing the commit log of %s/%s failed", self.name, self.branch)
+        self.close()
 
     def close(self) -> None:
         """Release every connection and the writer task. Call only when idle."""
@@ -176,15 +242,25 @@ class Database:
             self.writer = None
 
     def bookmark(self, txid: int) -> str:
-        return make_bookmark(self.name, self.branch, txid)
+        return make_bookmark(self.name, self.branch, txid, self.timeline)
+
+    @property
+    def usage_key(self) -> str:
+        """Usage is metered per branch: the database name for main, else 'name/branch'."""
+        return self.name if self.branch == "main" else f"{self.name}/{self.branch}"
+
+    async def wait_durable(self, txid: int) -> None:
+        """Return once txid is as durable as the durability mode promises (remote: in the
+        store); STORAGE_UNAVAILABLE after storage_timeout."""
+        if self.journal is not None and self.journal.remote:
+            await self.journal.durable(txid)
 
     # -- reads ------------------------------------------------------------------------------
     async def _take_reader(self) -> Connection:
         """A reader connection from the pool (opened on demand); pair with _give_reader."""
         await self.reader_slots.acquire()
         try:
-            return self.readers.pop() if self.readers else \
-                Connection(self.path, reader=True, synchronous=self.settings.synchronous)
+            return self.readers.pop() if self.readers else self._connect(reader=True)
         except BaseException:
             self.reader_slots.release()
             raise
@@ -195,6 +271,18 @@ class Database:
         else:
             self.readers.append(conn)
         self.reader_slots.release()
+
+    def remember_write(self, sql: str) -> None:
+        """Note SQL that SQLite reported as writing, so its next run goes to the writer first."""
+        self.known_writes[sql] = None
+        self.known_writes.move_to_end(sql)
+        if len(self.known_writes) > KNOWN_WRITES:
+            self.known_writes.popitem(last=False)
+
+    def writes(self, statements: list[Statement]) -> bool:
+        """Whether a statement of the request is known (from SQLite, earlier) to write."""
+        known = self.known_writes
+        return any(s.sql in known for s in statements)
 
     async def read(self, statements: list[Statement]) -> tuple[Counters, int]:
         """Run read-only statements on a reader; raise NeedsWriter if one would write."""
@@ -211,14 +299,24 @@ class Database:
         finally:
             self._give_reader(conn)
 
-    @staticmethod
-    def _read_on(conn: Connection, statements: list[Statement], limits: Limits) -> Counters:
-        # Open the snapshot before preparing: a reader's cached schema may predate the
-        # writer's last commit, and statements prepared against it report stale columns
-        # or fail ("no such column") where SQLite does not re-check the schema itself.
+    def _read_on(self, conn: Connection, statements: list[Statement], limits: Limits) -> Counters:
+        """Run a read; one statement is its own snapshot, several share one.
+
+        A reader's cached schema may predate the writer's last schema change, and
+        SQLite does not re-check it when preparing (statements fail with "no such
+        column" or report stale columns). So when the writer's schema generation has
+        moved, the reader first touches a table inside a snapshot, which makes
+        SQLite reload the schema.
+        """
+        generation = self.schema_generation
+        stale = conn.schema_generation != generation
+        if not stale and len(statements) == 1:
+            return conn.run(statements, limits)
         conn.internal(BEGIN)
         try:
-            conn.internal(GET_TXID)
+            if stale:
+                conn.internal(GET_TXID)
+                conn.schema_generation = generation
             return conn.run(statements, limits)
         finally:
             conn.internal(ROLLBACK)
@@ -226,6 +324,7 @@ class Database:
     # -- writes (group commit) --------------------------------------------------------------
     async def write(self, statements: list[Statement],
                     idempotency: IdempotencyRecord | None = None) -> Committed:
+        self._check_log()
         loop = asyncio.get_running_loop()
         job = WriteJob(statements, loop.create_future(),
                        time.monotonic() + self.settings.busy_timeout, idempotency)
@@ -245,6 +344,7 @@ class Database:
                 batch, self.queue = self.queue, []
                 try:
                     outcomes = await loop.run_in_executor(self.executor, self._commit, batch)
+                    await self._mend_log()
                 except BaseException as exc:  # cancelled while committing: fail the batch
                     outcomes = [exc] * len(batch)
                     if isinstance(exc, asyncio.CancelledError):
@@ -252,7 +352,41 @@ class Database:
                         raise
                 finally:
                     self.write_lock.release()
-                self._answer(batch, outcomes)
+                self._answer_when_durable(batch, outcomes)
+
+    def _check_log(self) -> None:
+        """Refuse writes once shipping has stopped for good (another writer on the timeline)."""
+        failed = self.journal.failed if self.journal is not None else None
+        if failed is not None:
+            raise ShoalError("STORAGE_UNAVAILABLE", f"writes to {self.name}/{self.branch} are "
+                                                    f"refused: {failed}")
+
+    async def _mend_log(self) -> None:
+        """Under the write lock, after a commit: if capturing it failed, re-base the log on
+        a fresh snapshot (a failure is logged; the journal tries again after the next)."""
+        if self.journal is not None and self.journal.broken:
+            try:
+                await self.journal.repair(self)
+            except Exception:
+                log.exception("repairing the commit log of %s/%s failed", self.name,
+                              self.branch)
+
+    def _answer_when_durable(self, batch: list[WriteJob], outcomes: list[Any]) -> None:
+        """Answer now, or (remote durability) once the batch's commit is in the store."""
+        txid = next((o.txid for o in outcomes if isinstance(o, Committed)), None)
+        if txid is None or self.journal is None or not self.journal.remote:
+            self._answer(batch, outcomes)
+            return
+        task = asyncio.get_running_loop().create_task(self._ack(batch, outcomes, txid))
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
+
+    async def _ack(self, batch: list[WriteJob], outcomes: list[Any], txid: int) -> None:
+        try:
+            await self.wait_durable(txid)
+        except ShoalError as exc:
+            outcomes = [exc if isinstance(o, Committed) else o for o in outcomes]
+        self._answer(batch, outcomes)
 
     @staticmethod
     def _answer(batch: list[WriteJob], outcomes: list[Any]) -> None:
@@ -327,9 +461,12 @@ class Database:
                     conn.internal(RELEASE)
                     outcomes.append(exc)
             if any(isinstance(o, Committed) for o in outcomes):
+                if self._purge_due:
+                    conn.internal(PURGE_IDEM, (time.time() - self.settings.idempotency_ttl,))
                 conn.internal(SET_TXID, (txid,))
                 conn.internal(COMMIT)
-                self.txid = txid
+                self._purge_due = False
+                self._committed(conn, txid)
             else:
                 conn.internal(ROLLBACK)
         except BaseException as exc:
@@ -370,6 +507,7 @@ class Database:
     async def begin(self, tx_id: str, subject: str, write: bool) -> Transaction:
         loop = asyncio.get_running_loop()
         if write:
+            self._check_log()
             try:
                 await asyncio.wait_for(self.write_lock.acquire(), self.settings.busy_timeout)
             except TimeoutError:
@@ -384,7 +522,7 @@ class Database:
                 raise
             start = self.txid  # no commit can land while the write lock is held
         else:
-            conn = Connection(self.path, reader=True, synchronous=self.settings.synchronous)
+            conn = self._connect(reader=True)
             conn.internal(BEGIN)
             start = conn.internal(GET_TXID)[0][0]  # pin the snapshot now, not at the first query
         tx = Transaction(tx_id, subject, write, conn,
@@ -423,13 +561,18 @@ class Database:
         self.transactions.pop(tx.id, None)
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self.executor, self._end, tx, commit, idempotency)
+            done = await loop.run_in_executor(self.executor, self._end, tx, commit, idempotency)
+            if done is not None:
+                await self._mend_log()
         finally:
             if tx.write:
                 self.write_lock.release()
                 self.wake.set()
             else:
                 tx.conn.close()
+        if done is not None:
+            await self.wait_durable(done.txid)
+        return done
 
     def _end(self, tx: Transaction, commit: bool,
              idempotency: IdempotencyRecord | None) -> Committed | None:
@@ -450,5 +593,17 @@ class Database:
                 if not conn.raw.get_autocommit():
                     conn.internal(ROLLBACK)
             raise
-        self.txid = txid
+        self._committed(conn, txid)
         return done
+
+    def _committed(self, conn: Connection, txid: int) -> None:
+        """After a commit: publish its txid; note a schema change for the readers; hand the
+        commit to the log (it never raises: the commit has happened). The log has it
+        before anyone can see the txid and wait for its durability."""
+        if self.journal is not None:
+            self.journal.captured(txid)
+        self.txid = txid
+        version = conn.internal(SCHEMA_VERSION)[0][0]
+        if version != self._schema_version:
+            self._schema_version = version
+            self.schema_generation += 1

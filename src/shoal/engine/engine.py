@@ -3,6 +3,11 @@
 It owns the catalog, the token authority, the lifecycle of open databases, the
 interactive transactions, usage metering and idempotency bookkeeping. The HTTP
 layer passes a :class:`~shoal.tokens.Principal` and gets records back.
+
+Durable state lives in the object store (``registry``): the catalog's records,
+the token signing key, and every branch's commit log. Every data call takes a
+``branch`` (default ``main``); branch operations (create, reset, restore in
+place, delete) take the branch out of service while its name moves.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from collections import OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -27,18 +33,33 @@ import apsw
 from shoal import tokens
 from shoal.engine.catalog import Catalog, DatabaseRecord, TokenRecord
 from shoal.engine.connection import Counters, Description, NeedsWriter, Result, Statement
-from shoal.engine.database import GET_TXID, Committed, Database, IdempotencyRecord, Transaction
+from shoal.engine.database import (
+    GET_TXID,
+    Bookmark,
+    Committed,
+    Database,
+    IdempotencyRecord,
+    Transaction,
+    read_bookmark,
+)
+from shoal.engine.journal import Stores
 from shoal.engine.lifecycle import Lifecycle, drain
+from shoal.engine.registry import BranchView, Registry
 from shoal.errors import ShoalError
+from shoal.log.branch import Branch
+from shoal.log.restore import History
 from shoal.metrics import METRICS
 from shoal.names import check as check_name
 from shoal.settings import Settings
+from shoal.storage import open_store
+from shoal.storage.retry import RetryingStore
 
 log = logging.getLogger("shoal")
 T = TypeVar("T")
 
 SWEEP_INTERVAL = 0.25
 USAGE_FLUSH_INTERVAL = 2.0
+RETENTION_INTERVAL = 600.0  # seconds between retention passes over every database
 
 
 @dataclass
@@ -57,9 +78,28 @@ class Outcome:
 class DatabaseInfo:
     record: DatabaseRecord
     size_bytes: int
-    branches: list[Any]
+    branches: list[Branch]
     txid: int
     open: bool
+
+
+@dataclass
+class BranchInfo:
+    """A branch as the API shows it."""
+
+    record: Branch
+    txid: int  # its latest commit: the open database's, else the store's head
+    size_bytes: int  # its files on this node (0 until it is first opened here)
+    store_bytes: int  # its own segments and snapshots in the object store
+
+
+@dataclass
+class Restored:
+    """A restore in place: the branch's new state and the branch keeping the old one."""
+
+    branch: Branch
+    txid: int
+    kept: Branch
 
 
 @dataclass(frozen=True)
@@ -85,21 +125,56 @@ class Engine:
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
         self.executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="shoal-sql")
+        self.io = ThreadPoolExecutor(max(4, settings.threads), thread_name_prefix="shoal-io")
+        # store = "none": a local-only node (no commit log; the data directory is the truth)
+        self.store: RetryingStore | None = None
+        self._registry: Registry | None = None
+        if not settings.local_only:
+            raw_store = open_store(settings.store_url, endpoint_url=settings.s3_endpoint)
+            self.store = RetryingStore(raw_store)
+            self._registry = Registry(Stores(self.store, raw_store, self.io), settings,
+                                      self.executor, self.root / "tmp")
         self.catalog = Catalog(str(self.root / "catalog.db"))
-        self.names = self.catalog.names()
-        signing_key, _ = tokens.read_or_create_secret(self.root / "signing-key", tokens.new_secret)
         self.admin_token_path: Path | None = None
         admin = settings.admin_token
         if not admin:
             self.admin_token_path = self.root / "admin-token"
-            admin, _ = tokens.read_or_create_secret(self.admin_token_path, tokens.new_secret)
-        self.auth = tokens.TokenAuthority(signing_key, admin, self.catalog.revoked_ids())
-        self.lifecycle = Lifecycle(self.root / "dbs", settings, self.executor, self.names)
+        revoked: set[str] = set()
+        if self._registry is None:
+            self.names = self.catalog.names()
+            signing_key, _ = tokens.read_or_create_secret(self.root / "signing-key",
+                                                          tokens.new_secret)
+            if self.admin_token_path is not None:
+                admin, _ = tokens.read_or_create_secret(self.admin_token_path,
+                                                        tokens.new_secret)
+        else:
+            # The store is the truth; the data directory is a cache rebuilt from it here.
+            self.names, revoked = self._registry.sync_catalog(self.catalog)
+            signing_key = self._registry.secret("signing-key", self.root / "signing-key",
+                                                tokens.new_secret)
+            if self.admin_token_path is not None:
+                admin = self._registry.secret("admin-token", self.admin_token_path,
+                                              tokens.new_secret)
+        self.auth = tokens.TokenAuthority(signing_key, admin,
+                                          self.catalog.revoked_ids() | revoked)
+        self.lifecycle = Lifecycle(self.root / "dbs", settings, self.executor, self.names,
+                                   self._registry)
         self.transactions: dict[str, tuple[Database, Transaction]] = {}
         self.expired: OrderedDict[str, str] = OrderedDict()  # tx id -> why it ended
         self.inflight: dict[tuple[str, str, str], asyncio.Future[Any]] = {}
         self.usage: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
         self._sweeper: asyncio.Task[None] | None = None
+        self._retention: asyncio.Task[None] | None = None
+
+    @property
+    def registry(self) -> Registry:
+        """The commit log's registry; HISTORY_DISABLED on a local-only node (store none)."""
+        if self._registry is None:
+            raise ShoalError("HISTORY_DISABLED", "this node runs without an object store "
+                                                 "(store = \"none\"): it keeps no history, so "
+                                                 "restore, history and branches other than "
+                                                 "main are not available")
+        return self._registry
 
     # -- process lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -114,13 +189,21 @@ class Engine:
             db, tx = self.transactions.pop(tx_id)
             with contextlib.suppress(Exception):
                 await db.end(tx, commit=False)
+        if self._retention:
+            self._retention.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._retention
         self._flush_usage()
         await self.lifecycle.close_all(self.settings.statement_timeout + 1)
         self.catalog.close()
         self.executor.shutdown(wait=True)
+        self.io.shutdown(wait=True)
+        if self.store is not None:
+            self.store.close()
 
     async def _sweep(self) -> None:
         last_flush = time.monotonic()
+        last_retention = time.monotonic() - RETENTION_INTERVAL + 60  # first pass after a minute
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
@@ -130,11 +213,31 @@ class Engine:
                 if time.monotonic() - last_flush >= USAGE_FLUSH_INTERVAL:
                     last_flush = time.monotonic()
                     await self._run(self._flush_usage)
+                if self._registry is not None and \
+                        time.monotonic() - last_retention >= RETENTION_INTERVAL and \
+                        (self._retention is None or self._retention.done()):
+                    last_retention = time.monotonic()
+                    self._retention = asyncio.get_running_loop().create_task(self._retain())
             except Exception:  # the sweeper must survive anything
                 log.exception("sweeper failed")
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking store call on the I/O threads."""
+        return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
+
+    async def _retain(self) -> None:
+        """Delete what no restore inside history_retention and no branch needs any more."""
+        for name in sorted(self.names):
+            try:
+                report = await self._io(self.registry.retention, name, time.time(),
+                                        self.settings.history_retention)
+                if report.deleted:
+                    log.info("retention deleted %d objects of %s", len(report.deleted), name)
+            except Exception as exc:
+                log.warning("retention of %s failed: %r", name, exc)
 
     # -- databases ---------------------------------------------------------------------------
     async def create_database(
@@ -144,9 +247,16 @@ class Engine:
         check_name(name)
         principal.require("admin", name)
         key = (idem.key if idem else "")
+
+        def make() -> tuple[int, bytes]:
+            rec = self.catalog.create_database(name)
+            if self._registry is not None:
+                self._registry.create_database(name, rec.created_at)
+            return render(rec)
+
         status, body = await self._run(
             self.catalog.write,
-            lambda: render(self.catalog.create_database(name)),
+            make,
             "*",
             (principal.subject, key, idem.body_hash) if idem else None,
             self.settings.idempotency_ttl,
@@ -167,18 +277,28 @@ class Engine:
             raise ShoalError("DATABASE_NOT_FOUND", f"database {name!r} does not exist")
         open_db = self.lifecycle.open.get((name, "main"))
         path = self.lifecycle.path(name)
-        txid = open_db.txid if open_db else await self._run(self._stored_txid, path)
+        if self._registry is None:  # local-only: main is the one branch
+            views = [BranchView(Branch(name, "main", "", None, 0, record.created_at), 0, 0)]
+        else:
+            views = await self._io(self._registry.branches, name)
+        if open_db is not None:
+            txid = open_db.txid
+        else:
+            local = await self._run(self._stored_txid, path)
+            txid = max([local] + [v.head_txid for v in views if v.branch.name == "main"])
         size = sum(p.stat().st_size for p in path.parent.glob("*") if p.is_file()) \
             if path.parent.exists() else 0
-        branches = await self._run(self.catalog.branches, name)
-        return DatabaseInfo(record, size, branches, txid, open_db is not None)
+        return DatabaseInfo(record, size, [v.branch for v in views], txid, open_db is not None)
 
     @staticmethod
     def _stored_txid(path: Path) -> int:
+        """The txid in a closed branch's local file (0 if none). The connection must not
+        checkpoint when it closes: the WAL may hold commits not yet in the store."""
         if not path.exists():
             return 0
         conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
         try:
+            conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
             return int(next(iter(conn.execute(GET_TXID)))[0])
         except apsw.Error:
             return 0
@@ -190,29 +310,41 @@ class Engine:
         principal.require("admin", name)
         if name not in self.names:
             raise ShoalError("DATABASE_NOT_FOUND", f"database {name!r} does not exist")
+        if self._registry is not None:  # the store first: the truth
+            await self._io(self._registry.forget_database, name)
         self.names.discard(name)  # no new request can open it from here on
-        for tx_id, (db, tx) in list(self.transactions.items()):
-            if db.name == name:
-                self.transactions.pop(tx_id)
-                with contextlib.suppress(Exception):
-                    await db.end(tx, commit=False)
-        for db in self.lifecycle.close_database(name):
-            await drain(db, self.settings.statement_timeout + 1)
-        self.usage.pop(name, None)
+        await self._end_transactions(name)
+        for db in await self.lifecycle.close_database(name):
+            await drain(db, self.settings.statement_timeout + 1, flush=False)
+        if self._registry is not None:
+            await self._io(self._registry.wipe_database, name)
+        for key in [k for k in self.usage if k == name or k.startswith(name + "/")]:
+            self.usage.pop(key, None)
         await self._run(self.catalog.delete_database, name)
         await self._run(shutil.rmtree, self.lifecycle.root / name, True)
 
     # -- queries -----------------------------------------------------------------------------
+    async def _end_transactions(self, name: str, branch: str | None = None) -> None:
+        """Roll back the open transactions of a database (or of one of its branches)."""
+        for tx_id, (db, tx) in list(self.transactions.items()):
+            if db.name == name and branch in (None, db.branch):
+                self.transactions.pop(tx_id)
+                self.expired[tx_id] = "TRANSACTION_ABORTED"
+                with contextlib.suppress(Exception):
+                    await db.end(tx, commit=False)
+        METRICS.open_transactions.set(len(self.transactions))
+
     async def query(
         self, principal: tokens.Principal, name: str, statements: list[Statement],
         idem: Idempotency | None, render: Callable[[Committed], tuple[int, bytes]],
+        *, branch: str = "main",
     ) -> Outcome:
         principal.require("read", name)
-        async with self.lifecycle.use(name) as db:
+        async with self.lifecycle.use(name, branch) as db:
             if idem is None:
                 return await self._query(principal, db, statements, None)
             return await self._idempotent(
-                (name, principal.subject, idem.key),
+                (db.usage_key, principal.subject, idem.key),
                 lambda: self._query_once(principal, db, statements, idem, render))
 
     async def _query_once(self, principal: tokens.Principal, db: Database,
@@ -220,6 +352,7 @@ class Engine:
                           render: Callable[[Committed], tuple[int, bytes]]) -> Outcome:
         found = await db.find_idempotent(principal.subject, idem.key)
         if found is not None:
+            await db.wait_durable(db.txid)  # the first answer may still be waiting for it
             return self._replay(found, idem)
         record = IdempotencyRecord(principal.subject, idem.key, idem.body_hash, render)
         return await self._query(principal, db, statements, record)
@@ -253,17 +386,20 @@ class Engine:
 
     async def _query(self, principal: tokens.Principal, db: Database,
                      statements: list[Statement], record: IdempotencyRecord | None) -> Outcome:
-        try:
-            counters, txid = await db.read(statements)
-            self._meter(db.name, counters)
-            return Outcome(counters.results, counters.rows_read, counters.rows_written,
-                           txid, db.bookmark(txid))
-        except NeedsWriter:
-            pass
+        # A request known to write skips the reader; this only saves time: a reader
+        # still refuses writes itself (query_only), whatever this hint says.
+        if not (principal.can_write and db.writes(statements)):
+            try:
+                counters, txid = await db.read(statements)
+                self._meter(db.usage_key, counters)
+                return Outcome(counters.results, counters.rows_read, counters.rows_written,
+                               txid, db.bookmark(txid))
+            except NeedsWriter as exc:
+                db.remember_write(exc.sql)
         if not principal.can_write:
             raise ShoalError("READ_ONLY", "this token has read access only; the request writes")
         done = await db.write(statements, record)
-        self._meter(db.name, done.counters)
+        self._meter(db.usage_key, done.counters)
         out = Outcome(done.counters.results, done.counters.rows_read,
                       done.counters.rows_written, done.txid, done.bookmark)
         if done.response is not None:
@@ -283,44 +419,54 @@ class Engine:
         self.usage.clear()
         self.catalog.add_usage(deltas)
 
-    async def usage_of(self, principal: tokens.Principal, name: str) -> dict[str, int]:
+    async def usage_of(self, principal: tokens.Principal, name: str,
+                       branch: str = "main") -> dict[str, int]:
         check_name(name)
+        check_name(branch)
         principal.require("read", name)
         if name not in self.names:
             raise ShoalError("DATABASE_NOT_FOUND", f"database {name!r} does not exist")
-        read, written, queries = await self._run(self.catalog.usage, name)
-        pending = self.usage.get(name, [0, 0, 0])
-        path = self.lifecycle.path(name).parent
-        size = sum(p.stat().st_size for p in path.glob("*") if p.is_file()) \
-            if path.exists() else 0
+        if branch != "main":
+            await self._io(self.registry.branch, name, branch)  # BRANCH_NOT_FOUND
+        key = name if branch == "main" else f"{name}/{branch}"
+        read, written, queries = await self._run(self.catalog.usage, key)
+        pending = self.usage.get(key, [0, 0, 0])
+        path = self.lifecycle.path(name, branch)
+        size = sum(os.stat(f"{path}{suffix}").st_size for suffix in ("", "-wal", "-shm")
+                   if os.path.exists(f"{path}{suffix}"))
         return {"rows_read": read + pending[0], "rows_written": written + pending[1],
                 "queries": queries + pending[2], "storage_bytes": size}
 
-    async def describe(self, principal: tokens.Principal, name: str, sql: str) -> Description:
+    async def describe(self, principal: tokens.Principal, name: str, sql: str,
+                       *, branch: str = "main") -> Description:
         """Prepare one statement without running it (Hrana's describe): read access."""
         principal.require("read", name)
-        async with self.lifecycle.use(name) as db:
+        async with self.lifecycle.use(name, branch) as db:
             return await db.describe(sql)
 
     async def find_idempotent(self, principal: tokens.Principal, name: str,
-                              idem: Idempotency) -> tuple[int, bytes] | None:
+                              idem: Idempotency, *,
+                              branch: str = "main") -> tuple[int, bytes] | None:
         """The response stored for this key, if any; a different body is refused.
 
         For protocols that commit through several engine calls (Hrana), which look
         the key up once before running and record it with their one commit.
         """
         principal.require("read", name)
-        async with self.lifecycle.use(name) as db:
+        async with self.lifecycle.use(name, branch) as db:
             found = await db.find_idempotent(principal.subject, idem.key)
+            if found is not None:
+                await db.wait_durable(db.txid)
         return None if found is None else self._replay(found, idem).replay
 
     # -- interactive transactions ------------------------------------------------------------
-    async def begin(self, principal: tokens.Principal, name: str, mode: str | None) -> Transaction:
+    async def begin(self, principal: tokens.Principal, name: str, mode: str | None,
+                    *, branch: str = "main") -> Transaction:
         principal.require("read", name)
         write = principal.can_write if mode is None else mode == "write"
         if write and not principal.can_write:
             raise ShoalError("READ_ONLY", "this token may open read transactions only")
-        db = self.lifecycle.acquire(name)
+        db = await self.lifecycle.acquire(name, branch)
         try:
             tx = await db.begin("tx_" + secrets.token_hex(12), principal.subject, write)
         finally:
@@ -330,11 +476,12 @@ class Engine:
         METRICS.open_transactions.set(len(self.transactions))
         return tx
 
-    def _tx(self, principal: tokens.Principal, name: str,
-            tx_id: str) -> tuple[Database, Transaction]:
+    def _tx(self, principal: tokens.Principal, name: str, tx_id: str,
+            branch: str = "main") -> tuple[Database, Transaction]:
         principal.require("read", name)
         entry = self.transactions.get(tx_id)
-        if entry is None or entry[0].name != name or entry[1].subject != principal.subject:
+        if entry is None or entry[0].name != name or entry[0].branch != branch \
+                or entry[1].subject != principal.subject:
             if tx_id in self.expired:
                 raise self._over(tx_id)
             raise ShoalError("TRANSACTION_NOT_FOUND", f"no open transaction {tx_id!r}")
@@ -345,8 +492,8 @@ class Engine:
         return ShoalError(code, f"transaction {tx_id} is over ({code.lower()})")
 
     async def tx_query(self, principal: tokens.Principal, name: str, tx_id: str,
-                       statements: list[Statement]) -> Outcome:
-        db, tx = self._tx(principal, name, tx_id)
+                       statements: list[Statement], *, branch: str = "main") -> Outcome:
+        db, tx = self._tx(principal, name, tx_id, branch)
         async with tx.lock:
             if tx_id not in self.transactions:
                 raise self._over(tx_id)
@@ -360,21 +507,21 @@ class Engine:
                     self.transactions.pop(tx_id, None)
                     self.expired[tx_id] = "TRANSACTION_ABORTED"
                     await db.end(tx, commit=False)
-        self._meter(name, counters)
+        self._meter(db.usage_key, counters)
         return Outcome(counters.results, counters.rows_read, counters.rows_written,
                        db.txid, db.bookmark(db.txid))
 
     async def tx_end(self, principal: tokens.Principal, name: str, tx_id: str, commit: bool,
                      idem: Idempotency | None = None,
                      render: Callable[[Committed], tuple[int, bytes]] | None = None,
-                     ) -> Committed | None:
+                     *, branch: str = "main") -> Committed | None:
         keyed = commit and idem is not None and render is not None
-        if keyed and (stored := await self._stored_commit(principal, name, idem)):
+        if keyed and (stored := await self._stored_commit(principal, name, idem, branch)):
             return stored  # a retried commit: the first answer, not TRANSACTION_NOT_FOUND
-        db, tx = self._tx(principal, name, tx_id)
+        db, tx = self._tx(principal, name, tx_id, branch)
         async with tx.lock:
             if self.transactions.pop(tx_id, None) is None:
-                if keyed and (stored := await self._stored_commit(principal, name, idem)):
+                if keyed and (stored := await self._stored_commit(principal, name, idem, branch)):
                     return stored  # the same commit, in flight, finished meanwhile
                 raise self._over(tx_id)
             METRICS.open_transactions.set(len(self.transactions))
@@ -383,12 +530,14 @@ class Engine:
             return await db.end(tx, commit, record)
 
     async def _stored_commit(self, principal: tokens.Principal, name: str,
-                             idem: Idempotency | None) -> Committed | None:
+                             idem: Idempotency | None, branch: str = "main") -> Committed | None:
         """The recorded answer of a commit sent with this Idempotency-Key, if any."""
         assert idem is not None
         principal.require("read", name)
-        async with self.lifecycle.use(name) as db:
+        async with self.lifecycle.use(name, branch) as db:
             found = await db.find_idempotent(principal.subject, idem.key)
+            if found is not None:
+                await db.wait_durable(db.txid)
         if found is None:
             return None
         return Committed(Counters(), 0, "", response=self._replay(found, idem).replay)
@@ -424,6 +573,8 @@ class Engine:
             rec = TokenRecord(tokens.new_token_id(), databases, access, principal.subject,
                               now, now + expires_in, None)
             self.catalog.add_token(rec)
+            if self._registry is not None:
+                self._registry.put_token(rec)
             return render(rec, self.auth.sign(rec.id, databases, access, rec.expires_at))
 
         return await self._run(
@@ -433,6 +584,195 @@ class Engine:
 
     async def revoke_token(self, principal: tokens.Principal, token_id: str) -> None:
         principal.require("admin")
-        if not await self._run(self.catalog.revoke_token, token_id):
+        if not await self._run(self.catalog.revoke_token, token_id) and (
+                self._registry is None
+                or not await self._io(self._registry.token_exists, token_id)):
             raise ShoalError("TOKEN_NOT_FOUND", f"no token {token_id!r}")
+        if self._registry is not None:
+            await self._io(self._registry.revoke_token, token_id, time.time())
         self.auth.revoke(token_id)
+
+    # -- branches and history ----------------------------------------------------------------
+    def _known(self, name: str, *branches: str) -> None:
+        check_name(name)
+        for branch in branches:
+            check_name(branch)
+        if name not in self.names:
+            raise ShoalError("DATABASE_NOT_FOUND", f"database {name!r} does not exist")
+
+    async def _flushed(self, name: str, branch: str) -> int | None:
+        """Open the branch and wait until every commit of it is in the store: its txid.
+        Branch operations fork from durable history only.
+
+        None when the branch cannot be opened because its log in the store is damaged:
+        then no local copy exists (else it would have opened) and the store holds all
+        there is; forking or restoring at an earlier point is how to recover.
+        """
+        try:
+            async with self.lifecycle.use(name, branch) as db:
+                txid = db.txid
+                if db.journal is not None:
+                    await db.journal.durable(txid)
+                return txid
+        except ShoalError as exc:
+            if exc.code != "STORAGE_CORRUPT":
+                raise
+            log.warning("%s/%s cannot be opened (%s); using the store's history as it is",
+                        name, branch, exc.message)
+            return None
+
+    def _local_size(self, name: str, branch: Branch) -> int:
+        """Bytes of the branch's files on this node, if they hold its current timeline."""
+        path = self.lifecycle.path(name, branch.name)
+        try:
+            if path.with_suffix(".timeline").read_text().strip() != branch.timeline:
+                return 0
+        except FileNotFoundError:
+            return 0
+        return sum(os.stat(f"{path}{s}").st_size for s in ("", "-wal", "-shm")
+                   if os.path.exists(f"{path}{s}"))
+
+    def _branch_info(self, name: str, view: BranchView) -> BranchInfo:
+        open_db = self.lifecycle.open.get((name, view.branch.name))
+        txid = open_db.txid if open_db is not None else view.head_txid
+        return BranchInfo(view.branch, txid, self._local_size(name, view.branch),
+                          view.store_bytes)
+
+    async def list_branches(self, principal: tokens.Principal, name: str) -> list[BranchInfo]:
+        principal.require("read", name)
+        self._known(name)
+        views = await self._io(self.registry.branches, name)
+        return [self._branch_info(name, v) for v in views]
+
+    async def branch_info(self, principal: tokens.Principal, name: str,
+                          branch: str) -> BranchInfo:
+        principal.require("read", name)
+        self._known(name, branch)
+        for view in await self._io(self.registry.branches, name):
+            if view.branch.name == branch:
+                return self._branch_info(name, view)
+        raise ShoalError("BRANCH_NOT_FOUND", f"no branch {branch!r} in database {name!r}")
+
+    @staticmethod
+    def _bookmark(name: str, bookmark: str) -> Bookmark:
+        found = read_bookmark(bookmark)
+        if found.database != name:
+            raise ShoalError("INVALID_REQUEST", f"the bookmark names database "
+                                                f"{found.database!r}, not {name!r}")
+        return found
+
+    async def create_branch(self, principal: tokens.Principal, name: str, new: str,
+                            source: str | None, timestamp: float | None = None,
+                            bookmark: str | None = None) -> BranchInfo:
+        """A branch of ``source`` at its latest state, a time or a bookmark. Writes two small
+        records: no data is copied, whatever the size of the database."""
+        principal.require("admin", name)
+        mark = self._bookmark(name, bookmark) if bookmark else None
+        if mark is not None:
+            if source is not None and source != mark.branch and mark.timeline is None:
+                raise ShoalError("INVALID_REQUEST", f"the bookmark is of branch "
+                                                    f"{mark.branch!r}, not {source!r}")
+            source = source or mark.branch
+        source = source or "main"
+        self._known(name, new, source)
+        latest = await self._flushed(name, source)
+        record = await self._io(self.registry.branch, name, source)
+        if latest is None and mark is None and timestamp is None:
+            raise ShoalError("STORAGE_CORRUPT", f"the latest state of {name}/{source} cannot "
+                                                f"be restored; branch at an earlier point")
+        timeline, fork = record.timeline, latest or 0
+        if mark is not None:
+            timeline, fork = mark.timeline or record.timeline, mark.txid
+            await self._io(self.registry.check_point, name, timeline, fork)
+        elif timestamp is not None:
+            fork = await self._io(self.registry.resolve, name, timeline, timestamp)
+        created = await self._io(self.registry.create_branch, name, new, record, timeline,
+                                 fork, time.time())
+        return BranchInfo(created, fork, 0, 0)
+
+    async def delete_branch(self, principal: tokens.Principal, name: str, branch: str) -> None:
+        principal.require("admin", name)
+        self._known(name, branch)
+        if branch == "main":
+            raise ShoalError("INVALID_REQUEST", "main cannot be deleted: delete the database")
+        await self._io(self.registry.branch, name, branch)  # BRANCH_NOT_FOUND before waiting
+        async with self.lifecycle.exclusive(name, branch, self._end_transactions,
+                                            self.settings.statement_timeout + 1, flush=False):
+            await self._io(self.registry.delete_branch, name, branch)
+            await self._run(self.registry.discard_local, self.lifecycle.path(name, branch))
+        key = f"{name}/{branch}"
+        self.usage.pop(key, None)
+        await self._run(self.catalog.delete_usage, key)
+
+    async def reset_branch(self, principal: tokens.Principal, name: str,
+                           branch: str) -> BranchInfo:
+        """Back to the parent's latest state (preview environments); the branch's own
+        commits are dropped."""
+        principal.require("admin", name)
+        self._known(name, branch)
+        record = await self._io(self.registry.branch, name, branch)
+        if record.parent is None:
+            raise ShoalError("INVALID_REQUEST", f"branch {branch!r} has no parent to reset to")
+        parent_txid = await self._flushed(name, record.parent)
+        if parent_txid is None:
+            raise ShoalError("STORAGE_CORRUPT", f"the latest state of {name}/{record.parent} "
+                                                f"cannot be restored")
+        parent = await self._io(self.registry.branch, name, record.parent)
+        async with self.lifecycle.exclusive(name, branch, self._end_transactions,
+                                            self.settings.statement_timeout + 1, flush=False):
+            moved = await self._io(self.registry.reset_branch, name, branch, parent,
+                                   parent_txid, time.time())
+            await self._run(self.registry.discard_local, self.lifecycle.path(name, branch))
+        return BranchInfo(moved, parent_txid, 0, 0)
+
+    async def restore_branch(self, principal: tokens.Principal, name: str, branch: str,
+                             timestamp: float | None, bookmark: str | None,
+                             keep_as: str | None = None) -> Restored:
+        """Restore a branch in place to a time or a bookmark; the state before stays
+        reachable as another branch, which the result names."""
+        principal.require("admin", name)
+        self._known(name, branch, *([keep_as] if keep_as else []))
+        if (timestamp is None) == (bookmark is None):
+            raise ShoalError("INVALID_REQUEST", "give 'timestamp' or 'bookmark' (one of them)")
+        mark = self._bookmark(name, bookmark) if bookmark else None
+        if mark is not None and mark.timeline is None and mark.branch != branch:
+            raise ShoalError("INVALID_REQUEST", f"the bookmark is of branch {mark.branch!r}, "
+                                                f"not {branch!r}")
+        await self._flushed(name, branch)
+        record = await self._io(self.registry.branch, name, branch)
+        if mark is not None:
+            timeline, txid = mark.timeline or record.timeline, mark.txid
+            await self._io(self.registry.check_point, name, timeline, txid)
+        else:
+            assert timestamp is not None
+            timeline = record.timeline
+            txid = await self._io(self.registry.resolve, name, timeline, timestamp)
+        async with self.lifecycle.exclusive(name, branch, self._end_transactions,
+                                            self.settings.statement_timeout + 1):
+            moved, kept = await self._io(self.registry.restore_branch, name, branch, timeline,
+                                         txid, keep_as, time.time())
+            await self._run(self.registry.discard_local, self.lifecycle.path(name, branch))
+        return Restored(moved, txid, kept)
+
+    async def history(self, principal: tokens.Principal, name: str,
+                      branch: str = "main") -> tuple[Branch, History]:
+        """The restorable window of a branch (its pending commits shipped first, if open)."""
+        principal.require("read", name)
+        self._known(name, branch)
+        open_db = self.lifecycle.open.get((name, branch))
+        if open_db is not None and open_db.journal is not None:
+            with contextlib.suppress(ShoalError):
+                await open_db.journal.durable(open_db.txid)
+        record = await self._io(self.registry.branch, name, branch)
+        return record, await self._io(self.registry.history, name, record.timeline)
+
+
+def parse_time(text: str) -> float:
+    """An ISO 8601 time (UTC when it names no zone) as seconds since the epoch."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ShoalError("INVALID_REQUEST", f"not an ISO 8601 time: {text[:80]!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()

@@ -3,6 +3,12 @@
 A closed database holds no connection, task or file handle: only its files on
 disk and its catalog rows remain. Opening is a few hundred microseconds, done
 inline so that a request never waits on a thread to find its database.
+
+With a commit log (``registry``), opening may first restore the branch's file
+from the object store, and closing first ships what is pending: both are
+awaited, and a request for a branch that is opening or closing waits for that
+to finish. A branch can also be taken out of service (:meth:`Lifecycle.exclusive`)
+while a restore, reset or delete replaces or removes its files.
 """
 
 from __future__ import annotations
@@ -10,18 +16,23 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shoal.engine.database import Database
 from shoal.errors import ShoalError
 from shoal.metrics import METRICS
 
+if TYPE_CHECKING:
+    from shoal.engine.registry import Registry
 
-async def drain(db: Database, timeout: float) -> None:
+Key = tuple[str, str]
+
+
+async def drain(db: Database, timeout: float, flush: bool = True) -> None:
     """Wait until db has no request, queued write or lock holder (bounded), then close it.
 
     Closing while a batch runs on a worker thread would pull the connection out
@@ -30,16 +41,21 @@ async def drain(db: Database, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not db.idle and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
-    db.close()
+    await db.aclose(flush)
 
 
 class Lifecycle:
-    def __init__(self, root: Path, settings: Any, executor: Executor, names: set[str]):
+    def __init__(self, root: Path, settings: Any, executor: Executor, names: set[str],
+                 registry: Registry | None = None):
         self.root = root
         self.settings = settings
         self.executor = executor
         self.names = names  # databases in the catalog; kept current by the engine
-        self.open: OrderedDict[tuple[str, str], Database] = OrderedDict()
+        self.registry = registry
+        self.open: OrderedDict[Key, Database] = OrderedDict()
+        self.opening: dict[Key, asyncio.Future[None]] = {}
+        self.closing: dict[Key, asyncio.Task[None]] = {}
+        self.held: dict[Key, asyncio.Event] = {}  # out of service: requests wait
 
     def path(self, name: str, branch: str = "main") -> Path:
         return self.root / name / f"{branch}.db"
@@ -47,31 +63,98 @@ class Lifecycle:
     @asynccontextmanager
     async def use(self, name: str, branch: str = "main") -> AsyncIterator[Database]:
         """The open database for a request; it cannot close while the request runs."""
-        db = self.acquire(name, branch)
+        db = await self.acquire(name, branch)
         try:
             yield db
         finally:
             db.active -= 1
             db.last_used = time.monotonic()
 
-    def acquire(self, name: str, branch: str = "main") -> Database:
+    async def acquire(self, name: str, branch: str = "main") -> Database:
+        """The open database (counted active: pair with ``active -= 1``), opening it if closed."""
         key = (name, branch)
-        db = self.open.get(key)
-        if db is None:
+        while True:
+            db = self.open.get(key)
+            if db is not None:
+                self.open.move_to_end(key)
+                db.active += 1
+                return db
+            held = self.held.get(key)
+            if held is not None:
+                await held.wait()
+                continue
+            pending = self.closing.get(key) or self.opening.get(key)
+            if pending is not None:
+                with suppress(Exception):
+                    await asyncio.shield(pending)
+                continue
             if name not in self.names:
                 raise ShoalError("DATABASE_NOT_FOUND", f"database {name!r} does not exist")
-            path = self.path(name, branch)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = Database(name, branch, str(path), self.settings, self.executor)
-            db.open()
+            db = await self._open(key)
+            if name not in self.names:  # deleted while it opened
+                await db.aclose(flush=False)
+                raise ShoalError("DATABASE_NOT_FOUND", f"database {name!r} does not exist")
             self.open[key] = db
             METRICS.open_databases.set(len(self.open))
             db.active += 1  # before evicting, so the new database cannot be the one closed
             self.evict()
             return db
-        self.open.move_to_end(key)
-        db.active += 1
-        return db
+
+    async def _open(self, key: Key) -> Database:
+        name, branch = key
+        if self.registry is None and branch != "main":  # a local-only node has main only
+            raise ShoalError("HISTORY_DISABLED", f"branch {branch!r}: this node runs without "
+                                                 f"an object store (store = \"none\") and "
+                                                 f"has no branches but main")
+        done = asyncio.get_running_loop().create_future()
+        self.opening[key] = done
+        try:
+            path = self.path(name, branch)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if self.registry is not None:
+                return await self.registry.open(name, branch, path)
+            db = Database(name, branch, str(path), self.settings, self.executor)
+            db.open()
+            return db
+        finally:
+            del self.opening[key]
+            done.set_result(None)
+
+    async def settle(self, name: str) -> None:
+        """Wait until no branch of ``name`` is opening or closing."""
+        while pending := [f for k, f in [*self.opening.items(), *self.closing.items()]
+                          if k[0] == name]:
+            for fut in pending:
+                with suppress(Exception):
+                    await asyncio.shield(fut)
+
+    @asynccontextmanager
+    async def exclusive(self, name: str, branch: str,
+                        before: Callable[[str, str], Awaitable[None]] | None = None,
+                        timeout: float = 5.0, flush: bool = True) -> AsyncIterator[None]:
+        """Take a branch out of service: requests for it wait; ``before`` runs (ending its
+        transactions), then it is drained and closed (shipping what is pending if
+        ``flush``: not for a branch whose history is about to be dropped)."""
+        key = (name, branch)
+        while (other := self.held.get(key)) is not None:
+            await other.wait()
+        event = asyncio.Event()
+        self.held[key] = event
+        try:
+            for pending in (self.opening.get(key), self.closing.get(key)):
+                if pending is not None:
+                    with suppress(Exception):
+                        await asyncio.shield(pending)
+            if before is not None:
+                await before(name, branch)
+            db = self.open.pop(key, None)
+            METRICS.open_databases.set(len(self.open))
+            if db is not None:
+                await drain(db, timeout, flush)
+            yield
+        finally:
+            del self.held[key]
+            event.set()
 
     def evict(self) -> None:
         """Close least recently used idle databases while more than max_open are open."""
@@ -91,13 +174,26 @@ class Lifecycle:
             if db.idle and db.last_used < cutoff:
                 self._close(key)
 
-    def _close(self, key: tuple[str, str]) -> None:
+    def _close(self, key: Key) -> None:
+        """Close an idle database: at once, or (commit log) in a task requests can wait on."""
         db = self.open.pop(key)
-        db.close()
         METRICS.open_databases.set(len(self.open))
+        if db.journal is None:
+            db.close()
+            return
+        self.closing[key] = asyncio.get_running_loop().create_task(self._finish_close(key, db))
 
-    def close_database(self, name: str) -> list[Database]:
-        """Take every open branch of name out of service; the caller drains and closes them."""
+    async def _finish_close(self, key: Key, db: Database) -> None:
+        try:
+            await db.aclose()
+        finally:  # before the task is done: whoever sees it done must not find it here
+            if self.closing.get(key) is asyncio.current_task():
+                del self.closing[key]
+
+    async def close_database(self, name: str) -> list[Database]:
+        """Take every open branch of name out of service (once none is opening or closing);
+        the caller drains and closes them."""
+        await self.settle(name)
         out = []
         for key in [k for k in self.open if k[0] == name]:
             out.append(self.open.pop(key))
@@ -109,8 +205,9 @@ class Lifecycle:
         databases = list(self.open.values())
         self.open.clear()
         METRICS.open_databases.set(0)
-        for db in databases:
-            await drain(db, timeout)
+        await asyncio.gather(*(drain(db, timeout) for db in databases))
+        await asyncio.gather(*self.closing.values(), return_exceptions=True)
 
     def is_open(self, name: str) -> bool:
-        return any(k[0] == name for k in self.open)
+        """Whether a branch of name holds resources (open, or still closing)."""
+        return any(k[0] == name for k in [*self.open, *self.closing])

@@ -30,6 +30,11 @@ READABLE_PRAGMAS = frozenset({
 SETTABLE_PRAGMAS = frozenset({"application_id", "user_version", "defer_foreign_keys",
                               "foreign_keys", "optimize"})
 
+# Per-connection settings a client may send (migration tools do) but that must not
+# change a pooled connection for later requests: accepted and ignored. Foreign keys
+# stay enforced; inside a transaction SQLite itself ignores this PRAGMA.
+IGNORED_SETTINGS = frozenset({"foreign_keys"})
+
 # PRAGMAs whose argument (a table or index name) SQLite reports like a value being set.
 ARGUMENT_PRAGMAS = frozenset({
     "foreign_key_check", "foreign_key_list", "index_info", "index_list", "index_xinfo",
@@ -107,6 +112,8 @@ class Guard:
             return apsw.SQLITE_OK
         if op == apsw.SQLITE_PRAGMA:
             name = (p1 or "").lower()
+            if p2 is not None and name in IGNORED_SETTINGS:
+                return apsw.SQLITE_IGNORE
             if name in READABLE_PRAGMAS and (p2 is None or name in SETTABLE_PRAGMAS
                                              or name in ARGUMENT_PRAGMAS):
                 return apsw.SQLITE_OK

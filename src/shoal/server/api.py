@@ -11,8 +11,8 @@ import msgspec
 from shoal import names
 from shoal.engine.catalog import DatabaseRecord, TokenRecord
 from shoal.engine.connection import Result, Statement
-from shoal.engine.database import Committed
-from shoal.engine.engine import Engine, Idempotency, Outcome
+from shoal.engine.database import Committed, make_bookmark
+from shoal.engine.engine import BranchInfo, Engine, Idempotency, Outcome, parse_time
 from shoal.errors import ShoalError
 from shoal.server.http import Request, Response, Router, encode, json_response
 from shoal.values import decode_args
@@ -46,6 +46,31 @@ class BeginRequest(msgspec.Struct, forbid_unknown_fields=True):
     mode: Literal["read", "write"] | None = None
 
 
+class PointRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """A point in a branch's history: an ISO 8601 time, or a bookmark a request returned."""
+
+    timestamp: str | None = None
+    bookmark: str | None = None
+
+
+class CreateBranchRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """A new branch of ``from`` (default main) at ``at`` (default: its latest state)."""
+
+    name: str
+    source: str | None = msgspec.field(default=None, name="from")
+    at: PointRequest | None = None
+
+
+class RestoreRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Restore ``branch`` in place to a time or a bookmark; ``keep_as`` names the branch
+    that keeps the state before (default: '<branch>-before-restore-<UTC time>')."""
+
+    branch: str = "main"
+    timestamp: str | None = None
+    bookmark: str | None = None
+    keep_as: str | None = None
+
+
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z")
@@ -58,6 +83,17 @@ def database_json(rec: DatabaseRecord) -> dict[str, Any]:
 def branch_json(name: str, parent: str | None, fork_txid: int | None,
                 created_at: float) -> dict[str, Any]:
     return {"name": name, "parent": parent, "fork_txid": fork_txid, "created_at": iso(created_at)}
+
+
+def full_branch_json(info: BranchInfo) -> dict[str, Any]:
+    b = info.record
+    return branch_json(b.name, b.parent, b.fork_txid, b.created_at) | {
+        "timeline": b.timeline, "txid": info.txid, "size_bytes": info.size_bytes,
+        "store_bytes": info.store_bytes}
+
+
+def point_json(txid: int, ts: float) -> dict[str, Any]:
+    return {"txid": txid, "time": iso(ts)}
 
 
 def info_json(rec: DatabaseRecord, size_bytes: int, branches: list[dict[str, Any]], txid: int,
@@ -77,7 +113,23 @@ class NativeAPI:
     def register(self, router: Router) -> None:
         db = "/v1/databases/{db}"
         tx = db + "/transactions/{tx}"
+        br = db + "/branches/{branch}"
+        btx = br + "/transactions/{tx}"
         for method, path, handler in (
+            ("GET", db + "/history", self.history),
+            ("POST", db + "/restore", self.restore),
+            ("GET", db + "/branches", self.list_branches),
+            ("POST", db + "/branches", self.create_branch),
+            ("GET", br, self.get_branch),
+            ("DELETE", br, self.delete_branch),
+            ("POST", br + "/reset", self.reset_branch),
+            ("GET", br + "/history", self.history),
+            ("POST", br + "/query", self.query),
+            ("GET", br + "/usage", self.usage),
+            ("POST", br + "/transactions", self.begin),
+            ("POST", btx + "/query", self.tx_query),
+            ("POST", btx + "/commit", self.tx_commit),
+            ("POST", btx + "/rollback", self.tx_rollback),
             ("GET", "/v1/databases", self.list_databases),
             ("POST", "/v1/databases", self.create_database),
             ("GET", db, self.get_database),
@@ -122,6 +174,11 @@ class NativeAPI:
         return names.check(request.params["db"])
 
     @staticmethod
+    def _branch(request: Request) -> str:
+        """The branch a data path names: /branches/{branch}/..., else main."""
+        return names.check(request.params.get("branch", "main"))
+
+    @staticmethod
     def _result_body(results: list[Result], rows_read: int, rows_written: int, txid: int,
                      bookmark: str, started: float) -> bytes:
         return encode({
@@ -161,7 +218,7 @@ class NativeAPI:
         body = request.decode(CreateDatabaseRequest)
 
         def render(rec: DatabaseRecord) -> tuple[int, bytes]:
-            main = branch_json("main", None, None, rec.created_at)
+            main = branch_json("main", None, 0, rec.created_at)
             return 201, encode(info_json(rec, 0, [main], 0, False))
 
         status, out = await self.engine.create_database(
@@ -181,8 +238,10 @@ class NativeAPI:
 
     async def usage(self, request: Request) -> Response:
         name = self._db(request)
-        return json_response(200, {"database": name} | await self.engine.usage_of(
-            request.principal, name))
+        branch = self._branch(request)
+        usage = await self.engine.usage_of(request.principal, name, branch)
+        where = {"database": name} | ({"branch": branch} if "branch" in request.params else {})
+        return json_response(200, where | usage)
 
     # -- queries ----------------------------------------------------------------------------
     async def query(self, request: Request) -> Response:
@@ -195,7 +254,8 @@ class NativeAPI:
             return 200, self._committed_body(done, started)
 
         out = await self.engine.query(request.principal, name, statements,
-                                      self._idem(request), render)
+                                      self._idem(request), render,
+                                      branch=self._branch(request))
         if out.replay is not None:
             return Response(*out.replay)
         return Response(200, self._outcome_body(out, started))
@@ -205,7 +265,8 @@ class NativeAPI:
         name = self._db(request)
         await request.read_body(self.max_body)
         body = request.decode(BeginRequest) if request.body.strip() else BeginRequest()
-        tx = await self.engine.begin(request.principal, name, body.mode)
+        tx = await self.engine.begin(request.principal, name, body.mode,
+                                     branch=self._branch(request))
         expires = time.time() + self.engine.settings.transaction_timeout
         return json_response(201, {"id": tx.id, "mode": "write" if tx.write else "read",
                                    "expires_at": iso(expires)})
@@ -215,7 +276,8 @@ class NativeAPI:
         name = self._db(request)
         await request.read_body(self.max_body)
         statements = self._statements(request.decode(QueryRequest))
-        out = await self.engine.tx_query(request.principal, name, request.params["tx"], statements)
+        out = await self.engine.tx_query(request.principal, name, request.params["tx"], statements,
+                                         branch=self._branch(request))
         return Response(200, self._outcome_body(out, started))
 
     async def tx_commit(self, request: Request) -> Response:
@@ -229,7 +291,7 @@ class NativeAPI:
         idem = Idempotency.of(request.header(b"idempotency-key"),
                               request.params["tx"].encode() + b"\n" + request.body)
         done = await self.engine.tx_end(request.principal, name, request.params["tx"], True,
-                                        idem, render)
+                                        idem, render, branch=self._branch(request))
         if done is None:  # a read transaction: nothing to commit
             return json_response(200, {"committed": True, "txid": None, "bookmark": None})
         if done.response is not None:
@@ -238,8 +300,73 @@ class NativeAPI:
 
     async def tx_rollback(self, request: Request) -> Response:
         name = self._db(request)
-        await self.engine.tx_end(request.principal, name, request.params["tx"], False)
+        await self.engine.tx_end(request.principal, name, request.params["tx"], False,
+                                 branch=self._branch(request))
         return json_response(200, {"rolled_back": True})
+
+    # -- branches, history, restore ----------------------------------------------------------
+    async def list_branches(self, request: Request) -> Response:
+        name = self._db(request)
+        found = await self.engine.list_branches(request.principal, name)
+        return json_response(200, {"database": name,
+                                   "branches": [full_branch_json(b) for b in found]})
+
+    async def get_branch(self, request: Request) -> Response:
+        info = await self.engine.branch_info(request.principal, self._db(request),
+                                             self._branch(request))
+        return json_response(200, full_branch_json(info))
+
+    async def create_branch(self, request: Request) -> Response:
+        name = self._db(request)
+        await request.read_body(self.max_body)
+        body = request.decode(CreateBranchRequest)
+        at = body.at or PointRequest()
+        if at.timestamp is not None and at.bookmark is not None:
+            raise ShoalError("INVALID_REQUEST", "'at' takes 'timestamp' or 'bookmark', not both")
+        info = await self.engine.create_branch(
+            request.principal, name, body.name, body.source,
+            parse_time(at.timestamp) if at.timestamp is not None else None, at.bookmark)
+        return json_response(201, full_branch_json(info))
+
+    async def delete_branch(self, request: Request) -> Response:
+        await self.engine.delete_branch(request.principal, self._db(request),
+                                        self._branch(request))
+        return Response(204, b"", [])
+
+    async def reset_branch(self, request: Request) -> Response:
+        info = await self.engine.reset_branch(request.principal, self._db(request),
+                                              self._branch(request))
+        return json_response(200, full_branch_json(info))
+
+    async def restore(self, request: Request) -> Response:
+        name = self._db(request)
+        await request.read_body(self.max_body)
+        body = request.decode(RestoreRequest)
+        done = await self.engine.restore_branch(
+            request.principal, name, names.check(body.branch),
+            parse_time(body.timestamp) if body.timestamp is not None else None,
+            body.bookmark, body.keep_as)
+        return json_response(200, {
+            "database": name,
+            "branch": done.branch.name,
+            "timeline": done.branch.timeline,
+            "restored_to": {"txid": done.txid, "bookmark": make_bookmark(
+                name, done.branch.name, done.txid, done.branch.timeline)},
+            "kept_as": done.kept.name,
+        })
+
+    async def history(self, request: Request) -> Response:
+        name = self._db(request)
+        record, window = await self.engine.history(request.principal, name,
+                                                   self._branch(request))
+        return json_response(200, {
+            "database": name,
+            "branch": record.name,
+            "timeline": record.timeline,
+            "earliest": point_json(window.earliest.txid, window.earliest.time),
+            "latest": point_json(window.latest.txid, window.latest.time),
+            "retention_seconds": self.engine.settings.history_retention,
+        })
 
     # -- tokens -------------------------------------------------------------------------------
     async def create_token(self, request: Request) -> Response:

@@ -80,12 +80,14 @@ class App:
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.route)
             response = json_response(500, ShoalError("INTERNAL", "internal error").body())
+        headers = response.headers
+        if response.status != 204:  # without a length, the server would send chunks
+            headers = [*headers, (b"content-length", str(len(response.body)).encode())]
         await send({"type": "http.response.start", "status": response.status,
-                    "headers": response.headers})
+                    "headers": headers})
         await send({"type": "http.response.body", "body": response.body})
         elapsed = time.perf_counter() - started
-        METRICS.requests.labels(request.route, request.method, response.status).inc()
-        METRICS.latency.labels(request.route).observe(elapsed)
+        METRICS.observe_request(request.route, request.method, response.status, elapsed)
         if self._log is not None:
             self._access_log(request, response, elapsed)
 

@@ -22,6 +22,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import itertools
 import secrets
 import struct
 import time
@@ -67,6 +68,7 @@ class HttpStream:
     deadline: float  # monotonic
     busy: bool = False
     reserved: str | None = None  # the baton already promised (Idempotency-Key responses)
+    issued: bool = False  # a baton names it: remember why it is gone once it is
 
 
 class HranaHTTP:
@@ -81,6 +83,8 @@ class HranaHTTP:
         key, _ = tokens.read_or_create_secret(engine.root / "baton-key", tokens.new_secret)
         self._key = key.encode()
         self.boot = secrets.randbits(63)
+        self._ids = itertools.count(1)  # batons are signed and carry the boot id: ids may be plain
+        self.max_response = int(settings.max_response_bytes)
         self.streams: dict[int, HttpStream] = {}
         self.gone: OrderedDict[int, str] = OrderedDict()  # stream id -> why it is gone
         self._last_sweep = time.monotonic()
@@ -89,7 +93,8 @@ class HranaHTTP:
     def register(self, router: Router) -> set[str]:
         """Add the routes; returns the route templates that do their own authentication."""
         routes: list[tuple[str, str, Callable[[Request], Any]]] = []
-        for prefix in ("", "/db/{db}", "/db"):  # "/db": a database URL without its slash
+        # "/db": a database URL that lost its name for want of a trailing slash
+        for prefix in ("", "/db/{db}", "/db/{db}/branches/{branch}", "/db"):
             routes += [
                 ("POST", prefix + "/v2/pipeline", self.pipeline),
                 ("POST", prefix + "/v3/pipeline", self.pipeline),
@@ -100,6 +105,7 @@ class HranaHTTP:
                 ("GET", prefix + "/v3", self.version_check),
             ]
         routes += [("POST", "/", self.legacy), ("POST", "/db/{db}", self.legacy),
+                   ("POST", "/db/{db}/branches/{branch}", self.legacy),
                    ("GET", "/version", self.version)]
         for method, path, handler in routes:
             router.add(method, path, handler)
@@ -114,8 +120,8 @@ class HranaHTTP:
         return Response(200, f"shoal {__version__}".encode(), TEXT)
 
     # -- helpers -------------------------------------------------------------------------------
-    def resolve(self, request: Request) -> tuple[Principal, str]:
-        """The caller and the database the request addresses (path, header, or token)."""
+    def resolve(self, request: Request) -> tuple[Principal, str, str]:
+        """The caller, the database (path, header, or token) and the branch (path, or main)."""
         principal = self.engine.auth.authenticate(request.header(b"authorization"))
         db = request.params.get("db") or request.header(b"x-namespace")
         if not db:
@@ -124,15 +130,16 @@ class HranaHTTP:
             else:
                 lost = request.route.startswith("/db/")
                 raise HranaError("DATABASE_REQUIRED", (
-                    "the URL lost the database name: @libsql/client resolves paths relative "
+                    "the URL lost the database name: libSQL clients resolve paths relative "
                     "to the URL, so end it with a slash (http://HOST/db/NAME/)" if lost else
                     "no database named: use http://HOST/db/NAME/, the x-namespace header, "
                     "or a token for exactly one database"))
         names.check(db)
+        branch = names.check(request.params.get("branch", "main"), "branch")
         principal.require("read", db)
         if db not in self.engine.names:
             raise ShoalError("DATABASE_NOT_FOUND", f"database {db!r} does not exist")
-        return principal, db
+        return principal, db, branch
 
     async def _body(self, request: Request, kind: type[T]) -> T:
         await request.read_body(self.max_body)
@@ -146,13 +153,13 @@ class HranaHTTP:
         err = exc if isinstance(exc, HranaError) else p.from_shoal(exc)  # type: ignore[arg-type]
         return Response(err.status, encode(err.body()))
 
-    async def _stored(self, request: Request, principal: Principal,
-                      db: str) -> tuple[Idempotency | None, Response | None]:
+    async def _stored(self, request: Request, principal: Principal, db: str,
+                      branch: str) -> tuple[Idempotency | None, Response | None]:
         """The Idempotency-Key, and the response it already has, if any."""
         idem = Idempotency.of(request.header(b"idempotency-key"), request.body)
         if idem is None:
             return None, None
-        stored = await self.engine.find_idempotent(principal, db, idem)
+        stored = await self.engine.find_idempotent(principal, db, idem, branch=branch)
         return idem, (Response(*stored) if stored is not None else None)
 
     # -- batons and the stream table -----------------------------------------------------------
@@ -162,15 +169,18 @@ class HranaHTTP:
         mac = hmac.new(self._key, payload, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(payload + mac).decode().rstrip("=")
 
-    async def _open(self, baton: str | None, principal: Principal, db: str) -> HttpStream:
-        await self._sweep()
+    async def _open(self, baton: str | None, principal: Principal, db: str,
+                    branch: str) -> HttpStream:
+        if time.monotonic() - self._last_sweep >= 0.5:
+            await self._sweep()
         if baton is None:
             if len(self.streams) >= MAX_STREAMS:
                 raise HranaError("NOT_SUPPORTED", f"too many open streams ({MAX_STREAMS}); "
                                                   "close streams you no longer use", 503)
-            stream_id = secrets.randbits(63)
-            return HttpStream(stream_id, Stream(self.engine, principal, db),
-                              secrets.randbits(63), 0.0, busy=True)
+            stream = Stream(self.engine, principal, db, branch=branch,
+                            max_statements=self.max_statements,
+                            max_response_bytes=self.max_response)
+            return HttpStream(next(self._ids), stream, 0, 0.0, busy=True)
         try:
             raw = base64.urlsafe_b64decode(baton + "=" * (-len(baton) % 4))
         except (binascii.Error, ValueError):
@@ -204,8 +214,10 @@ class HranaHTTP:
             raise HranaError("STREAM_EXPIRED", f"the stream expired after {self.timeout:g} s "
                                                "without requests")
         stream = handle.stream
-        if stream.principal.subject != principal.subject or stream.db != db:
-            raise HranaError("BATON_INVALID", "the baton belongs to another token or database")
+        if stream.principal.subject != principal.subject or stream.db != db \
+                or stream.branch != branch:
+            raise HranaError("BATON_INVALID", "the baton belongs to another token, database "
+                                              "or branch")
         stream.principal = principal  # the same token, verified again just now
         handle.busy = True
         handle.seq = (handle.seq + 1) & (2**63 - 1)
@@ -215,61 +227,64 @@ class HranaHTTP:
         """The stream's next baton (None once closed); the stream waits for it."""
         handle.busy = False
         if handle.stream.closed:
-            self._forget(handle.id, "closed")
+            self._forget(handle, "closed")
             return None
         baton = handle.reserved or self._baton(handle)
         handle.reserved = None
+        handle.issued = True
         handle.deadline = time.monotonic() + self.timeout
         self.streams[handle.id] = handle
         return baton
 
     async def _drop(self, handle: HttpStream, why: str = "closed") -> None:
         handle.busy = False
-        self._forget(handle.id, why)
+        self._forget(handle, why)
         await handle.stream.close()
 
-    def _forget(self, stream_id: int, why: str) -> None:
-        self.streams.pop(stream_id, None)
-        self.gone[stream_id] = why
+    def _forget(self, handle: HttpStream, why: str) -> None:
+        if not handle.issued:  # no baton ever named it (e.g. execute + close in one request)
+            return
+        self.streams.pop(handle.id, None)
+        self.gone[handle.id] = why
         while len(self.gone) > 10000:
             self.gone.popitem(last=False)
 
     async def _sweep(self) -> None:
         """Expire idle streams (at most twice a second), rolling back their transactions."""
-        now = time.monotonic()
-        if now - self._last_sweep < 0.5:
-            return
-        self._last_sweep = now
+        now = self._last_sweep = time.monotonic()
         for handle in [h for h in self.streams.values() if not h.busy and h.deadline <= now]:
             await self._drop(handle, "expired")
 
     # -- pipeline ------------------------------------------------------------------------------
     async def pipeline(self, request: Request) -> Response:
         try:
-            principal, db = self.resolve(request)
+            principal, db, branch = self.resolve(request)
             body = await self._body(request, p.PipelineBody)
             if len(body.requests) > self.max_statements:
                 raise HranaError("TOO_MANY_STATEMENTS", f"{len(body.requests)} requests in one "
                                                         f"pipeline; at most {self.max_statements}")
-            idem, stored = await self._stored(request, principal, db)
-            if stored is not None:
-                return stored
-            handle = await self._open(body.baton, principal, db)
+            idem = None
+            if b"idempotency-key" in request.headers:
+                idem, stored = await self._stored(request, principal, db, branch)
+                if stored is not None:
+                    return stored
+            handle = await self._open(body.baton, principal, db, branch)
         except (HranaError, ShoalError) as exc:
             return self._error(exc)
         stream = handle.stream
-        stream.budget = self.engine.settings.max_response_bytes
+        stream.budget = self.max_response
         rec = stream.recorder = Recorder(idem) if idem is not None else None
         results: list[Any] = []
         try:
             for i, req in enumerate(body.requests):
-                if rec is not None:
-                    rec.frames.append(self._pipeline_frame(handle, body.requests, i, results))
+                if rec is None:
+                    results.append(await self._request(stream, req))
+                    continue
+                rec.frames.append(self._pipeline_frame(handle, body.requests, i, results))
                 try:
                     results.append(await self._request(stream, req))
                 finally:
-                    if rec is not None:
-                        rec.frames.pop()
+                    rec.frames.pop()
         except Replay as replay:
             await self._drop(handle)
             return Response(replay.status, replay.body)
@@ -283,38 +298,39 @@ class HranaHTTP:
             return Response(*rec.response)
         return Response(200, encode({"baton": baton, "base_url": None, "results": results}))
 
-    async def _request(self, stream: Stream, req: p.StreamRequest) -> dict[str, Any]:
+    @staticmethod
+    async def _request(stream: Stream, req: p.StreamRequest) -> dict[str, Any]:
         """One stream request: {"type": "ok", "response"} or {"type": "error", "error"}."""
         try:
             if stream.closed:
                 raise HranaError("STREAM_CLOSED", "the stream was closed by an earlier request")
-            return {"type": "ok", "response": await self._respond(stream, req)}
+            if isinstance(req, p.ExecuteReq):
+                response: dict[str, Any] = {"type": "execute",
+                                            "result": await stream.execute(req.stmt)}
+            elif isinstance(req, p.CloseReq):
+                await stream.close()
+                response = {"type": "close"}
+            elif isinstance(req, p.BatchReq):
+                response = {"type": "batch", "result": await stream.batch(req.batch)}
+            elif isinstance(req, p.SequenceReq):
+                await stream.sequence(req.sql, req.sql_id)
+                response = {"type": "sequence"}
+            elif isinstance(req, p.DescribeReq):
+                response = {"type": "describe",
+                            "result": await stream.describe(req.sql, req.sql_id)}
+            elif isinstance(req, p.StoreSqlReq):
+                stream.store_sql(req.sql_id, req.sql)
+                response = {"type": "store_sql"}
+            elif isinstance(req, p.CloseSqlReq):
+                stream.close_sql(req.sql_id)
+                response = {"type": "close_sql"}
+            else:
+                response = {"type": "get_autocommit", "is_autocommit": stream.autocommit}
+            return {"type": "ok", "response": response}
         except HranaError as exc:
             return {"type": "error", "error": exc.obj()}
         except ShoalError as exc:
             return {"type": "error", "error": p.from_shoal(exc).obj()}
-
-    @staticmethod
-    async def _respond(stream: Stream, req: p.StreamRequest) -> dict[str, Any]:
-        if isinstance(req, p.ExecuteReq):
-            return {"type": "execute", "result": await stream.execute(req.stmt)}
-        if isinstance(req, p.BatchReq):
-            return {"type": "batch", "result": await stream.batch(req.batch)}
-        if isinstance(req, p.SequenceReq):
-            await stream.sequence(req.sql, req.sql_id)
-            return {"type": "sequence"}
-        if isinstance(req, p.DescribeReq):
-            return {"type": "describe", "result": await stream.describe(req.sql, req.sql_id)}
-        if isinstance(req, p.StoreSqlReq):
-            stream.store_sql(req.sql_id, req.sql)
-            return {"type": "store_sql"}
-        if isinstance(req, p.CloseSqlReq):
-            stream.close_sql(req.sql_id)
-            return {"type": "close_sql"}
-        if isinstance(req, p.GetAutocommitReq):
-            return {"type": "get_autocommit", "is_autocommit": stream.autocommit}
-        await stream.close()
-        return {"type": "close"}
 
     def _pipeline_frame(self, handle: HttpStream, requests: list[p.StreamRequest], at: int,
                         results: list[Any]) -> Callable[[Any], bytes]:
@@ -356,13 +372,13 @@ class HranaHTTP:
     # -- cursor --------------------------------------------------------------------------------
     async def cursor(self, request: Request) -> Response:
         try:
-            principal, db = self.resolve(request)
+            principal, db, branch = self.resolve(request)
             body = await self._body(request, p.CursorBody)
-            handle = await self._open(body.baton, principal, db)
+            handle = await self._open(body.baton, principal, db, branch)
         except (HranaError, ShoalError) as exc:
             return self._error(exc)
         stream = handle.stream
-        budget = [self.engine.settings.max_response_bytes]
+        budget = [self.max_response]
         lines: list[bytes] = []
 
         def on_step(i: int, ran: Ran | HranaError, stmt: p.Stmt) -> None:
@@ -393,14 +409,14 @@ class HranaHTTP:
     async def _v1(self, request: Request, kind: type[p.ExecuteBody] | type[p.BatchBody],
                   ) -> Response:
         try:
-            principal, db = self.resolve(request)
+            principal, db, branch = self.resolve(request)
             body = await self._body(request, kind)
-            idem, stored = await self._stored(request, principal, db)
+            idem, stored = await self._stored(request, principal, db, branch)
             if stored is not None:
                 return stored
         except (HranaError, ShoalError) as exc:
             return self._error(exc)
-        stream = Stream(self.engine, principal, db)
+        stream = Stream(self.engine, principal, db, branch=branch)
         if idem is not None:
             stream.recorder = Recorder(idem)
             stream.recorder.frames.append(lambda inner: encode({"result": inner}))
@@ -422,7 +438,7 @@ class HranaHTTP:
     # -- sqld's first API: POST / {"statements": [...]}, one transaction --------------------------
     async def legacy(self, request: Request) -> Response:
         try:
-            principal, db = self.resolve(request)
+            principal, db, branch = self.resolve(request)
             body = await self._body(request, p.LegacyBody)
             if not body.statements or len(body.statements) > self.max_statements:
                 raise HranaError("TOO_MANY_STATEMENTS" if body.statements else "HRANA_PROTO_ERROR",
@@ -434,7 +450,8 @@ class HranaHTTP:
             def render(done: Committed) -> tuple[int, bytes]:
                 return 200, _legacy_body(done.counters.results)
 
-            out = await self.engine.query(principal, db, statements, idem, render)
+            out = await self.engine.query(principal, db, statements, idem, render,
+                                          branch=branch)
         except (HranaError, ShoalError) as exc:
             return self._error(exc)
         if out.replay is not None:

@@ -367,52 +367,70 @@ def strip_prefix(name: str) -> str:
 
 
 # -- values out --------------------------------------------------------------------------------
-_NULL = {"type": "null"}
-_INF = msgspec.Raw(b"1e999")  # JSON has no infinity; every JSON parser reads this as one
+# Results are built from msgspec Structs (the value types above double as output types):
+# on a point read that is half the cost of building and encoding dicts.
+_NULL = NullValue()
+_INF = msgspec.Raw(b"1e999")  # JSON has no infinity; JSON parsers read this as one
 _NEG_INF = msgspec.Raw(b"-1e999")
 
 
-def from_native(v: Any) -> dict[str, Any]:
+class StmtResult(msgspec.Struct):
+    """Hrana's StmtResult with sqld's extensions (rows_read, rows_written, ...)."""
+
+    cols: Any  # list of {"name", "decltype"}, as cached JSON
+    rows: list[list[Any]]
+    affected_row_count: int
+    last_insert_rowid: str | None
+    replication_index: str | None
+    rows_read: int
+    rows_written: int
+    query_duration_ms: float
+
+
+def from_native(v: Any) -> Any:
     """One value of an engine result row (native JSON encoding) as a Hrana value."""
     t = type(v)
     if t is str:
-        return {"type": "text", "value": v}
+        return TextValue(v)
     if t is int:
-        return {"type": "integer", "value": str(v)}
+        return IntegerValue(str(v))
     if v is None:
         return _NULL
     if t is float:
-        return {"type": "float", "value": v}
+        return FloatValue(v)
     if "base64" in v:
-        return {"type": "blob", "base64": v["base64"]}
+        return BlobValue(v["base64"])
     if "integer" in v:
-        return {"type": "integer", "value": v["integer"]}
-    return {"type": "float", "value": _INF if v["float"] == "Infinity" else _NEG_INF}
+        return IntegerValue(v["integer"])
+    return FloatValue(_INF if v["float"] == "Infinity" else _NEG_INF)  # type: ignore[arg-type]
+
+
+_cols_cache: dict[tuple[tuple[str, ...], tuple[str | None, ...]], msgspec.Raw] = {}
+_NO_COLS = msgspec.Raw(b"[]")
+
+
+def _cols(result: Result) -> msgspec.Raw:
+    key = (tuple(result.columns), tuple(result.decltypes))
+    cols = _cols_cache.get(key)
+    if cols is None:
+        if len(_cols_cache) >= 1024:
+            _cols_cache.clear()
+        cols = _cols_cache[key] = msgspec.Raw(msgspec.json.encode(
+            [{"name": n, "decltype": d} for n, d in zip(*key, strict=True)]))
+    return cols
 
 
 def stmt_result(result: Result | None, want_rows: bool, rows_read: int, rows_written: int,
-                txid: int | None, duration_ms: float) -> dict[str, Any]:
+                txid: int | None, duration_ms: float) -> StmtResult:
     """A StmtResult; ``result`` is None for a transaction statement (no columns, no rows)."""
+    index = None if txid is None else str(txid)
+    ms = round(duration_ms, 3)
     if result is None:
-        cols: list[dict[str, Any]] = []
-        rows: list[list[dict[str, Any]]] = []
-        affected, rowid = 0, None
-    else:
-        cols = [{"name": n, "decltype": d} for n, d in zip(result.columns, result.decltypes,
-                                                           strict=True)]
-        rows = [[from_native(v) for v in row] for row in result.rows] if want_rows else []
-        affected = result.rows_affected
-        rowid = None if result.last_insert_rowid is None else str(result.last_insert_rowid)
-    return {
-        "cols": cols,
-        "rows": rows,
-        "affected_row_count": affected,
-        "last_insert_rowid": rowid,
-        "replication_index": None if txid is None else str(txid),
-        "rows_read": rows_read,
-        "rows_written": rows_written,
-        "query_duration_ms": round(duration_ms, 3),
-    }
+        return StmtResult(_NO_COLS, [], 0, None, index, rows_read, rows_written, ms)
+    rows = [[from_native(v) for v in row] for row in result.rows] if want_rows else []
+    rowid = None if result.last_insert_rowid is None else str(result.last_insert_rowid)
+    return StmtResult(_cols(result), rows, result.rows_affected, rowid, index, rows_read,
+                      rows_written, ms)
 
 
 # -- scripts -----------------------------------------------------------------------------------

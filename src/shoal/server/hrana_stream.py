@@ -87,7 +87,7 @@ class Recorder:
         self.frames: list[Callable[[Any], Any]] = []
         self._attempts = 0
 
-    def for_commit(self, stmt_result: Callable[[Committed], dict[str, Any]],
+    def for_commit(self, stmt_result: Callable[[Committed], p.StmtResult],
                    ) -> tuple[Idempotency, Callable[[Committed], tuple[int, bytes]]]:
         if self.recorded:  # a later commit: a fresh key that is never found, and refused
             self._attempts += 1
@@ -119,16 +119,20 @@ class Stream:
     """One stream; its methods run one at a time (the caller serialises them)."""
 
     def __init__(self, engine: Engine, principal: Principal, db: str,
-                 sqls: dict[int, str] | None = None):
+                 sqls: dict[int, str] | None = None, *, branch: str = "main",
+                 max_statements: int | None = None, max_response_bytes: int | None = None):
         self.engine = engine
         self.principal = principal
         self.db = db
+        self.branch = branch
         self.sqls: dict[int, str] = {} if sqls is None else sqls  # WebSocket: per connection
         self.tx: TxState | None = None
         self.closed = False
         self.recorder: Recorder | None = None
-        self.budget = engine.settings.max_response_bytes  # response bytes left (per request)
-        self.max_statements = engine.settings.max_statements
+        settings = engine.settings
+        self.max_statements = max_statements or settings.max_statements
+        self.max_response = max_response_bytes or settings.max_response_bytes
+        self.budget = self.max_response  # response bytes left in the current request
 
     @property
     def autocommit(self) -> bool:
@@ -189,7 +193,8 @@ class Stream:
         if rec is not None:
             idem, render = rec.for_commit(
                 lambda done: self._committed_result(done, started, want_rows))
-        out = await self.engine.query(self.principal, self.db, [st], idem, render)
+        out = await self.engine.query(self.principal, self.db, [st], idem, render,
+                                       branch=self.branch)
         if out.replay is not None:
             if not out.results:  # a concurrent duplicate recorded it first
                 raise Replay(*out.replay)
@@ -199,7 +204,7 @@ class Stream:
         return Ran(out.results[0], out.rows_read, out.rows_written, out.txid, ms)
 
     @staticmethod
-    def _committed_result(done: Committed, started: float, want_rows: bool) -> dict[str, Any]:
+    def _committed_result(done: Committed, started: float, want_rows: bool) -> p.StmtResult:
         c = done.counters
         return p.stmt_result(c.results[0] if c.results else None, want_rows, c.rows_read,
                              c.rows_written, done.txid, (time.perf_counter() - started) * 1000)
@@ -208,7 +213,8 @@ class Stream:
         tx = self.tx
         assert tx is not None
         try:
-            out = await self.engine.tx_query(self.principal, self.db, tx.id, [st])
+            out = await self.engine.tx_query(self.principal, self.db, tx.id, [st],
+                                                 branch=self.branch)
         except TransactionControl:
             raise
         except ShoalError as exc:
@@ -225,15 +231,17 @@ class Stream:
 
     async def _upgrade(self, old: TxState) -> None:
         """A deferred transaction's first write: trade the snapshot for the write lock."""
-        new = await self.engine.begin(self.principal, self.db, "write")
+        new = await self.engine.begin(self.principal, self.db, "write", branch=self.branch)
         if old.used and new.start_txid != old.start_txid:
             with contextlib.suppress(ShoalError):
-                await self.engine.tx_end(self.principal, self.db, new.id, False)
+                await self.engine.tx_end(self.principal, self.db, new.id, False,
+                                          branch=self.branch)
             raise ShoalError(
                 "SQLITE_BUSY", "database is locked: another commit landed since this "
                 "transaction's snapshot (SQLITE_BUSY_SNAPSHOT); roll back and retry")
         with contextlib.suppress(ShoalError):
-            await self.engine.tx_end(self.principal, self.db, old.id, False)
+            await self.engine.tx_end(self.principal, self.db, old.id, False,
+                                      branch=self.branch)
         self.tx = TxState(new.id, True, False, new.start_txid, old.used)
 
     async def _control(self, control: TransactionControl, started: float) -> Ran:
@@ -244,7 +252,7 @@ class Stream:
                     raise HranaError("SQLITE_ERROR",
                                      "cannot start a transaction within a transaction")
                 mode = "write" if control.immediate else "read"
-                tx = await self.engine.begin(self.principal, self.db, mode)
+                tx = await self.engine.begin(self.principal, self.db, mode, branch=self.branch)
                 self.tx = TxState(tx.id, tx.write, not control.immediate, tx.start_txid)
                 return Ran(None, 0, 0, tx.start_txid, (time.perf_counter() - started) * 1000)
             if verb in ("COMMIT", "ROLLBACK"):
@@ -266,7 +274,8 @@ class Stream:
         if commit and tx.write and rec is not None:
             idem, render = rec.for_commit(lambda done: p.stmt_result(
                 None, True, 0, 0, done.txid, (time.perf_counter() - started) * 1000))
-        done = await self.engine.tx_end(self.principal, self.db, tx.id, commit, idem, render)
+        done = await self.engine.tx_end(self.principal, self.db, tx.id, commit, idem, render,
+                                        branch=self.branch)
         if rec is not None and done is not None and done.response is not None \
                 and idem is rec.idem:
             rec.recorded, rec.response = True, done.response
@@ -281,13 +290,27 @@ class Stream:
         self.budget -= len(body)
         if self.budget < 0:
             raise HranaError("RESPONSE_TOO_LARGE", "the response exceeds max_response_bytes "
-                                                   f"({self.engine.settings.max_response_bytes})")
+                                                   f"({self.max_response})")
         return msgspec.Raw(body)
 
     # -- requests ------------------------------------------------------------------------------
     async def execute(self, stmt: p.Stmt) -> msgspec.Raw:
         want = stmt.want_rows is not False
-        return self.render(await self.run(self.statement(stmt), want), want)
+        st = self.statement(stmt)
+        if self.tx is None and self.recorder is None:  # the common case, without the layers
+            started = time.perf_counter()
+            try:
+                out = await self.engine.query(self.principal, self.db, [st], None,
+                                              _unused_render, branch=self.branch)
+            except TransactionControl as control:
+                ran = await self._control(control, started)
+            except ShoalError as exc:
+                raise p.from_shoal(exc) from None
+            else:
+                ran = Ran(out.results[0], out.rows_read, out.rows_written, out.txid,
+                          (time.perf_counter() - started) * 1000)
+            return self.render(ran, want)
+        return self.render(await self.run(st, want), want)
 
     def check_batch(self, batch: p.Batch) -> None:
         if len(batch.steps) > self.max_statements:
@@ -363,7 +386,7 @@ class Stream:
         """Idempotency: the BatchResult as it will be once step ``at`` has committed."""
         results, errors = answered
 
-        def frame(stmt_result: dict[str, Any]) -> dict[str, Any]:
+        def frame(stmt_result: p.StmtResult) -> dict[str, Any]:
             done = list(outcome)
             done[at] = True
             step_results = list(results)
@@ -373,7 +396,7 @@ class Stream:
                 if cond is None or self._holds(cond, done):
                     raise scope_error()
             return {"step_results": step_results, "step_errors": list(errors),
-                    "replication_index": stmt_result["replication_index"]}
+                    "replication_index": stmt_result.replication_index}
 
         return frame
 
@@ -397,7 +420,7 @@ class Stream:
     async def describe(self, sql: str | None, sql_id: int | None) -> dict[str, Any]:
         text = self.sql_text(sql, sql_id)
         try:
-            d = await self.engine.describe(self.principal, self.db, text)
+            d = await self.engine.describe(self.principal, self.db, text, branch=self.branch)
         except ShoalError as exc:
             raise p.from_shoal(exc) from None
         return {
@@ -411,10 +434,11 @@ class Stream:
     async def close(self) -> None:
         """Close the stream; an open transaction is rolled back."""
         self.closed = True
-        tx, self.tx = self.tx, None
-        if tx is not None:
+        if self.tx is not None:
+            tx, self.tx = self.tx, None
             with contextlib.suppress(ShoalError):
-                await self.engine.tx_end(self.principal, self.db, tx.id, False)
+                await self.engine.tx_end(self.principal, self.db, tx.id, False,
+                                         branch=self.branch)
 
 
 def cursor_entries(step: int, ran: Ran | HranaError, stmt: p.Stmt) -> list[dict[str, Any]]:
@@ -424,10 +448,10 @@ def cursor_entries(step: int, ran: Ran | HranaError, stmt: p.Stmt) -> list[dict[
     result = p.stmt_result(ran.result, stmt.want_rows is not False, ran.rows_read,
                            ran.rows_written, ran.txid, ran.ms)
     return [
-        {"type": "step_begin", "step": step, "cols": result["cols"]},
-        *({"type": "row", "row": row} for row in result["rows"]),
-        {"type": "step_end", "affected_row_count": result["affected_row_count"],
-         "last_insert_rowid": result["last_insert_rowid"]},
+        {"type": "step_begin", "step": step, "cols": result.cols},
+        *({"type": "row", "row": row} for row in result.rows),
+        {"type": "step_end", "affected_row_count": result.affected_row_count,
+         "last_insert_rowid": result.last_insert_rowid},
     ]
 
 

@@ -61,14 +61,16 @@ class Cursor:
     error: HranaError | None = None  # the open failed: fetches answer this
 
 
-def database_of(path: str) -> str | bool | None:
-    """The database a WebSocket URL names: a name, None (the root), or False (no such URL)."""
+def address_of(path: str) -> tuple[str | None, str] | None:
+    """(database or None at the root, branch) a WebSocket URL names; None for no such URL."""
     parts = [part for part in path.split("/") if part]
     if not parts:
-        return None
+        return None, "main"
     if len(parts) == 2 and parts[0] == "db":
-        return parts[1]
-    return False
+        return parts[1], "main"
+    if len(parts) == 4 and parts[0] == "db" and parts[2] == "branches":
+        return parts[1], parts[3]
+    return None
 
 
 class HranaWebSocket:
@@ -81,27 +83,28 @@ class HranaWebSocket:
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        db = database_of(scope.get("path", "/"))
+        address = address_of(scope.get("path", "/"))
         offered = list(scope.get("subprotocols") or [])
         chosen = next((proto for proto in SUBPROTOCOLS if proto in offered), None)
-        if db is False or (offered and chosen is None):
+        if address is None or (offered and chosen is None):
             await send({"type": "websocket.close", "code": 1008})  # refused: HTTP 403
             return
         await send({"type": "websocket.accept", "subprotocol": chosen})
         headers = dict(scope.get("headers") or [])
-        conn = Connection(self.engine, send, db if isinstance(db, str) else None,
-                          headers, int((chosen or "hrana1")[-1]))
+        conn = Connection(self.engine, send, address[0], address[1], headers,
+                          int((chosen or "hrana1")[-1]))
         await conn.serve(receive)
 
 
 class Connection:
     """One WebSocket connection: its token, database, streams, cursors and stored SQL."""
 
-    def __init__(self, engine: Engine, send: Send, db: str | None,
+    def __init__(self, engine: Engine, send: Send, db: str | None, branch: str,
                  headers: dict[bytes, bytes], version: int):
         self.engine = engine
         self._send = send
         self.url_db = db
+        self.branch = branch
         self.headers = headers
         self.version = version
         self.jwt: str | None = None
@@ -197,6 +200,7 @@ class Connection:
         if self.db is not None and db != self.db:
             raise HranaError("DATABASE_REQUIRED", "a connection stays on its database")
         names.check(db)
+        names.check(self.branch, "branch")
         principal.require("read", db)
         if db not in self.engine.names:
             raise ShoalError("DATABASE_NOT_FOUND", f"database {db!r} does not exist")
@@ -255,7 +259,8 @@ class Connection:
         if len(self.streams) >= MAX_STREAMS:
             raise HranaError("NOT_SUPPORTED", f"at most {MAX_STREAMS} streams per connection")
         assert self.principal is not None and self.db is not None
-        ws = WsStream(Stream(self.engine, self.principal, self.db, self.sqls))
+        ws = WsStream(Stream(self.engine, self.principal, self.db, self.sqls,
+                             branch=self.branch))
         ws.task = self._spawn(self._worker(ws))
         self.streams[stream_id] = ws
 

@@ -129,7 +129,11 @@ class Router:
             request.route = path
             return self._pick(methods, request)
         parts = path.strip("/").split("/")
+        first = parts[0]
         for template, pattern, handlers in self._templates.get(len(parts), ()):
+            head = pattern[0]
+            if head != first and head[0] != "{":  # most templates differ at once
+                continue
             params = {}
             for want, got in zip(pattern, parts, strict=True):
                 if want[0] == "{":

@@ -1,12 +1,21 @@
-"""`shoal serve`: build the engine and app, then run them under uvicorn (uvloop, httptools)."""
+"""`shoal serve`: build the engine and app, then run them under the chosen HTTP server.
+
+Both servers run the app in this one process (granian in its embedded mode, I/O
+on a Rust thread): a node is one process, so `kill -9` means what it says and
+the engine's state is never split across workers.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import sys
 
 import uvicorn
+import uvloop
 
+from shoal.errors import ShoalError
 from shoal.server.app import App
 from shoal.settings import Settings
 
@@ -15,14 +24,36 @@ def serve(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
                         format='{"level": "%(levelname)s", "logger": "%(name)s", '
                                '"message": "%(message)s"}')
-    app = App(settings)
+    try:
+        app = App(settings)
+    except ShoalError as exc:  # e.g. the object store is unreachable or refuses the keys
+        print(f"shoal: cannot start: {exc.code}: {exc.message}", file=sys.stderr)
+        sys.exit(1)
     if app.engine.admin_token_path is not None:
         print(f"shoal: admin token is in {app.engine.admin_token_path}", file=sys.stderr)
     print(f"shoal: serving {settings.data_dir} on http://{settings.host}:{settings.port}",
           file=sys.stderr, flush=True)
+    if settings.http_server == "granian":
+        _serve_granian(app, settings)
+        return
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
         lifespan="on", access_log=False, log_level="warning", ws="websockets-sansio",
         timeout_keep_alive=30, backlog=4096,
     )
     uvicorn.Server(config).run()
+
+
+def _serve_granian(app: App, settings: Settings) -> None:
+    from granian.constants import Interfaces
+    from granian.server.embed import Server
+
+    async def run() -> None:
+        server = Server(app, address=settings.host, port=settings.port,
+                        interface=Interfaces.ASGI, log_enabled=False, backlog=4096)
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, server.stop)
+        await server.serve()
+
+    uvloop.run(run())

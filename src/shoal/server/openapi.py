@@ -26,6 +26,33 @@ _OPS: dict[tuple[str, str], tuple[str, str | None, int]] = {
         "Run statements inside the transaction", "QueryRequest", 200),
     ("POST", "/v1/databases/{db}/transactions/{tx}/commit"): ("Commit", None, 200),
     ("POST", "/v1/databases/{db}/transactions/{tx}/rollback"): ("Roll back", None, 200),
+    ("GET", "/v1/databases/{db}/history"): (
+        "Restorable window of main: earliest and latest points", None, 200),
+    ("POST", "/v1/databases/{db}/restore"): (
+        "Restore a branch in place to a time or bookmark (admin); names the branch keeping "
+        "the state before", "RestoreRequest", 200),
+    ("GET", "/v1/databases/{db}/branches"): ("List branches", None, 200),
+    ("POST", "/v1/databases/{db}/branches"): (
+        "Create a branch at the latest state, a time or a bookmark (admin; copies no data)",
+        "CreateBranchRequest", 201),
+    ("GET", "/v1/databases/{db}/branches/{branch}"): ("Describe a branch", None, 200),
+    ("DELETE", "/v1/databases/{db}/branches/{branch}"): ("Delete a branch (admin)", None, 204),
+    ("POST", "/v1/databases/{db}/branches/{branch}/reset"): (
+        "Reset a branch to its parent's latest state (admin)", None, 200),
+    ("GET", "/v1/databases/{db}/branches/{branch}/history"): (
+        "Restorable window of a branch", None, 200),
+    ("POST", "/v1/databases/{db}/branches/{branch}/query"): (
+        "Run statements on a branch in one transaction", "QueryRequest", 200),
+    ("GET", "/v1/databases/{db}/branches/{branch}/usage"): ("Cumulative usage of a branch",
+                                                            None, 200),
+    ("POST", "/v1/databases/{db}/branches/{branch}/transactions"): (
+        "Open an interactive transaction on a branch", "BeginRequest", 201),
+    ("POST", "/v1/databases/{db}/branches/{branch}/transactions/{tx}/query"): (
+        "Run statements inside the transaction", "QueryRequest", 200),
+    ("POST", "/v1/databases/{db}/branches/{branch}/transactions/{tx}/commit"): (
+        "Commit", None, 200),
+    ("POST", "/v1/databases/{db}/branches/{branch}/transactions/{tx}/rollback"): (
+        "Roll back", None, 200),
     ("POST", "/v1/tokens"): ("Create a token (admin)", "CreateTokenRequest", 201),
     ("DELETE", "/v1/tokens/{id}"): ("Revoke a token at once (admin)", None, 204),
 }
@@ -52,7 +79,7 @@ def openapi_document(routes: list[tuple[str, str]]) -> dict[str, Any]:
     from shoal.server import api  # the request types live with their handlers
 
     kinds = [api.QueryRequest, api.CreateDatabaseRequest, api.CreateTokenRequest,
-             api.BeginRequest]
+             api.BeginRequest, api.CreateBranchRequest, api.RestoreRequest]
     _, components = msgspec.json.schema_components(
         kinds, ref_template="#/components/schemas/{name}")
     components["Error"] = _ERROR
@@ -71,7 +98,8 @@ def openapi_document(routes: list[tuple[str, str]]) -> dict[str, Any]:
         if params:
             op["parameters"] = [{"name": p, "in": "path", "required": True,
                                  "schema": {"type": "string"}} for p in params]
-        if method == "POST" and template != "/v1/databases/{db}/transactions/{tx}/rollback":
+        if method == "POST" and not template.endswith(("/rollback", "/reset", "/restore",
+                                                          "/branches")):
             op.setdefault("parameters", []).append({
                 "name": "Idempotency-Key", "in": "header", "required": False,
                 "schema": {"type": "string", "maxLength": 255}})

@@ -1,0 +1,336 @@
+"""The outputs of `python -m bench`: results JSON, REPORT.md, charts, RESULTS.md's headline.
+
+REPORT.md is generated from one run and never edited by hand: the machine, the
+version of every system, the exact commands, a table per scenario with the ratio of
+Shoal's figure to every peer's (same run, same machine), and the charts (PNG, drawn
+with matplotlib when it is installed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench.context import Options, Outcome
+from bench.harness import Report, Row, fmt, markdown_table, median, source_version
+
+
+def _first_line(path: str, prefix: str) -> str:
+    try:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(prefix):
+                return line.split(":", 1)[1].strip() if ":" in line else line
+    except OSError:
+        pass
+    return "unknown"
+
+
+def machine(scratch: Path) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    memory = _first_line("/proc/meminfo", "MemTotal")
+    if memory.endswith(" kB"):
+        memory = f"{int(memory.split()[0]) / 1024 ** 2:.1f} GiB"
+    fs = subprocess.run(["stat", "-f", "-c", "%T", str(scratch)], capture_output=True,
+                        text=True).stdout.strip() or "unknown"
+    try:
+        release = Path("/etc/os-release").read_text().splitlines()
+    except OSError:
+        release = []
+    os_name = next((line.split("=", 1)[1].strip('"') for line in release
+                    if line.startswith("PRETTY_NAME=")), "unknown")
+    return {"cpu": _first_line("/proc/cpuinfo", "model name"), "cpus": os.cpu_count(),
+            "memory": memory, "kernel": platform.release(), "os": os_name,
+            "python": sys.version.split()[0], "scratch_filesystem": fs,
+            "load_average": list(os.getloadavg()), "commit": source_version()}
+
+
+@dataclass
+class Run:
+    """Everything one run produced."""
+
+    opts: Options
+    started: datetime
+    machine: dict[str, Any]
+    versions: dict[str, str]
+    commands: list[str]
+    outcomes: list[Outcome] = field(default_factory=list)
+    finished: datetime | None = None
+
+    @property
+    def stamp(self) -> str:
+        return self.started.strftime("%Y-%m-%dT%H%M%SZ")
+
+    def as_json(self) -> dict[str, Any]:
+        return {"started": self.started.isoformat(),
+                "finished": self.finished.isoformat() if self.finished else None,
+                "command": self.opts.command, "mode": self.opts.mode,
+                "options": {k: (str(v) if isinstance(v, Path) else v)
+                            for k, v in self.opts.__dict__.items()},
+                "machine": self.machine, "versions": self.versions,
+                "commands": self.commands, "headline": [r.as_json() for r in headline(self)],
+                "scenarios": [o.as_json() for o in self.outcomes]}
+
+
+# -- ratios ------------------------------------------------------------------------------------
+def ratio(value: float | None, base: float | None) -> str:
+    if value is None or base is None:
+        return "-"
+    if base == 0:
+        return "∞" if value > 0 else "-"
+    return f"{value / base:.2f}x"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.2f} ms"
+
+
+def variants(outcome: Outcome) -> list[str]:
+    return list(dict.fromkeys(s.variant for s in outcome.series))
+
+
+def series_table(outcome: Outcome, variant: str) -> str:
+    """One variant's systems: medians, errors and Shoal's ratios to each."""
+    rows = [s for s in outcome.series if s.variant == variant]
+    ref = next((s for s in rows if s.system == outcome.reference and s.measured), None)
+    head = ["system", f"throughput ({outcome.unit})", "p50", "p99", "errors", "runs",
+            "Shoal ÷ system, throughput", "system ÷ Shoal, p99"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for s in rows:
+        if not s.measured:
+            lines.append(f"| {s.system} | {s.skipped or 'not measured'} |" + " |" * 6)
+            continue
+        own = s is ref
+        lines.append("| " + " | ".join([
+            f"**{s.system}**" if own else s.system, fmt(s.rate), _ms(s.p50_ms), _ms(s.p99_ms),
+            f"{s.errors:,}", str(len(s.samples)),
+            "(reference)" if own else ratio(ref.rate if ref else None, s.rate),
+            "(reference)" if own else ratio(s.p99_ms, ref.p99_ms if ref else None)]) + " |")
+    return "\n".join(lines)
+
+
+def sample_notes(outcome: Outcome) -> list[str]:
+    """What the samples say beside the table: kinds of errors, the clients' CPU time."""
+    notes = []
+    for s in outcome.series:
+        cpu = [x.extra["client_cpu_s"] for x in s.samples if "client_cpu_s" in x.extra]
+        if cpu:
+            notes.append(f"{s.system} ({s.variant}): the benchmark's clients used "
+                         f"{median(cpu):.2f} s of CPU per run (median)")
+        kinds: dict[str, int] = {}
+        for sample in s.samples:
+            for kind, count in (sample.extra.get("error_kinds") or {}).items():
+                kinds[kind] = kinds.get(kind, 0) + count
+            if sample.extra.get("refused"):
+                kinds[sample.extra["refused"]] = kinds.get(sample.extra["refused"], 0) + 1
+        if kinds:
+            notes.append(f"{s.system} ({s.variant}): " + "; ".join(
+                f"{kind} x{count:,}" for kind, count in sorted(kinds.items())))
+    return notes
+
+
+# -- headline (RESULTS.md) ---------------------------------------------------------------------
+def _headline_variant(outcome: Outcome) -> str:
+    names = variants(outcome)
+    return next((v for v in names if v.split()[0] == "64"), names[-1] if names else "")
+
+
+def headline(run: Run) -> list[Row]:
+    """One row per peer of each scenario (at 64 connections where there are several)."""
+    rows: list[Row] = []
+    for outcome in run.outcomes:
+        variant = _headline_variant(outcome)
+        group = {s.system: s for s in outcome.series if s.variant == variant}
+        ref = group.get(outcome.reference)
+        if ref is not None and ref.measured:
+            for s in group.values():
+                if s is ref or not s.measured:
+                    continue
+                if outcome.key == "storm":
+                    rows.append(Row(f"storm, {variant}: {ref.system} p99", ref.p99_ms or 0.0,
+                                    "ms", s.system, s.p99_ms,
+                                    detail=f"errors: Shoal {ref.errors:,}, {s.system} "
+                                           f"{s.errors:,}"))
+                else:
+                    rows.append(Row(f"{outcome.key}, {variant}: {ref.system}", ref.rate or 0.0,
+                                    outcome.unit, s.system, s.rate,
+                                    detail=f"p99 {_ms(ref.p99_ms)} vs {_ms(s.p99_ms)}; errors "
+                                           f"{ref.errors:,} vs {s.errors:,}"))
+        rows += outcome.rows[:3] if outcome.key == "many" else outcome.rows
+    return rows
+
+
+# -- charts -----------------------------------------------------------------------------------
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError:
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def series_chart(outcome: Outcome, path: Path) -> bool:
+    """Grouped bars per variant: throughput and p99 latency (log scale when spread)."""
+    plt = _pyplot()
+    measured = [s for s in outcome.series if s.measured]
+    if plt is None or not measured:
+        return False
+    names = variants(outcome)
+    systems = list(dict.fromkeys(s.system for s in measured))
+    by = {(s.variant, s.system): s for s in measured}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+    width = 0.8 / len(systems)
+    handles = []
+    for panel, (label, get) in zip(axes, ((f"throughput ({outcome.unit}, higher is better)",
+                                           lambda s: s.rate),
+                                          ("p99 latency (ms, lower is better)",
+                                           lambda s: s.p99_ms)), strict=True):
+        values = []
+        for i, system in enumerate(systems):
+            ys = [get(by[(v, system)]) if (v, system) in by else None for v in names]
+            xs = [j + (i - (len(systems) - 1) / 2) * width for j in range(len(names))]
+            heights = [y or 0.0 for y in ys]
+            values += [y for y in ys if y]
+            bars = panel.bar(xs, heights, width, label=system)
+            panel.bar_label(bars, labels=[f"{y:,.3g}" if y else "" for y in ys], fontsize=6)
+            handles.append(bars)
+        if values and max(values) / max(min(values), 1e-9) > 50:
+            panel.set_yscale("log")
+        panel.set_xticks(range(len(names)), names)
+        panel.set_title(label, fontsize=10)
+        panel.grid(axis="y", alpha=0.3)
+    fig.legend(handles[:len(systems)], systems, loc="lower center", fontsize=8,
+               ncol=min(3, len(systems)), frameon=False)
+    fig.suptitle(outcome.title)
+    fig.tight_layout(rect=(0, 0.06 * ((len(systems) + 2) // 3), 1, 1))
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def rows_chart(title: str, rows: Sequence[Row], path: Path) -> bool:
+    """One small panel per figure: Shoal's value beside its baseline from the same run."""
+    plt = _pyplot()
+    rows = [r for r in rows if r.baseline is not None]
+    if plt is None or not rows:
+        return False
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.4 * len(rows), 4), squeeze=False)
+    for panel, row in zip(axes[0], rows, strict=True):
+        bars = panel.bar(["Shoal", row.baseline_name], [row.value, row.baseline or 0.0],
+                         color=["tab:blue", "tab:gray"])
+        panel.bar_label(bars, fmt="%.3g", fontsize=7)
+        panel.set_title(f"{row.name}\n({row.unit})", fontsize=8)
+        panel.tick_params(axis="x", labelsize=7)
+        panel.grid(axis="y", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+# -- REPORT.md -------------------------------------------------------------------------------
+def _section(outcome: Outcome, charts: Path, out: Path) -> list[str]:
+    # The scenario module's docstring, less its title line, one line per paragraph.
+    paragraphs = [" ".join(p.split()) for p in outcome.about.split("\n\n")[1:]]
+    lines = [f"## {outcome.title}", ""]
+    for paragraph in paragraphs:
+        lines += [paragraph, ""]
+    if outcome.skipped:
+        return [*lines, f"**{outcome.skipped}**", ""]
+    for variant in variants(outcome):
+        lines += [f"**{variant}**", "", series_table(outcome, variant), ""]
+    if outcome.rows:
+        lines += [markdown_table(outcome.rows), ""]
+        lines += [f"- {r.name}: {r.detail}" for r in outcome.rows if r.detail]
+        lines.append("")
+    notes = sample_notes(outcome) + outcome.notes
+    notes += [f"{s.system}: {s.note}" for s in outcome.series
+              if s.note and s.variant == (variants(outcome) or [""])[0]]
+    if notes:
+        lines += ["Notes:", "", *[f"- {n}" for n in notes], ""]
+    drawn = [name for name, ok in (
+        (f"{outcome.key}.png", series_chart(outcome, charts / f"{outcome.key}.png")),
+        (f"{outcome.key}-figures.png", rows_chart(outcome.title, outcome.rows,
+                                                  charts / f"{outcome.key}-figures.png")))
+             if ok]
+    for name in drawn:
+        lines += [f"![{outcome.title}]({(charts / name).relative_to(out).as_posix()})", ""]
+    return lines
+
+
+def render(run: Run, out: Path) -> str:
+    charts = out / "charts"
+    charts.mkdir(parents=True, exist_ok=True)
+    m, o = run.machine, run.opts
+    elapsed = (run.finished - run.started).total_seconds() if run.finished else 0.0
+    lines = [
+        "# Shoal against the systems users would pick instead",
+        "",
+        f"Generated by `{o.command}` ({o.mode} run) on {run.started:%Y-%m-%d %H:%M} UTC in "
+        f"{elapsed / 60:.1f} minutes. **Do not edit: run it again.** Raw figures: "
+        f"`results/{run.stamp}.json`.",
+        "",
+        "Every system ran on this one machine, on loopback, in the same run; the load "
+        f"generators (wrk, pgbench, the Python clients) shared its {m['cpus']} cores with the "
+        "servers, and other jobs may have been running, so compare figures within this "
+        "report rather than with other machines. Each measurement is the median of "
+        f"{o.reps} repetitions of {o.seconds:g} s after a {o.warmup:g} s warm-up, the "
+        "systems taking turns in a rotating order. Ratios are Shoal's figure over the "
+        "peer's: above 1x, Shoal serves more per second (or, for p99, the peer waits longer).",
+        "",
+        "## Machine",
+        "",
+        "| | |", "|---|---|",
+        *[f"| {k.replace('_', ' ')} | {v if not isinstance(v, list) else ', '.join(f'{x:.2f}' for x in v)} |"  # noqa: E501
+          for k, v in m.items()],
+        "",
+        "## Versions",
+        "",
+        "| system | version |", "|---|---|",
+        *[f"| {k} | {v} |" for k, v in run.versions.items()],
+        "",
+        "## Headline",
+        "",
+        markdown_table(headline(run)),
+        "",
+    ]
+    for outcome in run.outcomes:
+        lines += _section(outcome, charts, out)
+    lines += ["## Exact commands", "",
+              "PORT is each server's private port, chosen at start; <token> an admin token.", "",
+              "```", *run.commands, "```", ""]
+    return "\n".join(lines)
+
+
+def write(run: Run, out: Path) -> tuple[Path, Path]:
+    """results/<date>.json and REPORT.md (with charts/) under out."""
+    results = out / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    json_path = results / f"{run.stamp}.json"
+    json_path.write_text(json.dumps(run.as_json(), indent=2, default=str) + "\n")
+    report = out / "REPORT.md"
+    report.write_text(render(run, out))
+    return json_path, report
+
+
+def update_results_md(run: Run, json_path: Path) -> None:
+    """The headline table of this (full) run into bench/RESULTS.md's `peers` section."""
+    report = Report("peers", run.opts.command, {}, headline(run), started=run.started)
+    report.update_results_md(json_path, "Full tables, charts and the exact commands: "
+                                        "[bench/REPORT.md](REPORT.md).")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+

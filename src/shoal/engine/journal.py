@@ -1,0 +1,313 @@
+"""The commit log of one open branch: capture every commit, ship it, checkpoint once durable.
+
+The writer connection runs with auto-checkpoint off and no checkpoint on close,
+and a WAL hook that reports the frame count after each commit. Right after
+every COMMIT (on the worker thread, under the write lock) :meth:`Journal.captured`
+reads the commit's frames from the ``-wal`` file, stamps them with the txid the
+commit wrote into ``_shoal_state`` and hands them to the shipper.
+
+Frames leave the WAL only through a checkpoint, and Shoal runs every checkpoint
+itself, only after the frames it backfills are durable in the store: so the WAL
+always holds every commit the store lacks, and a node killed at any moment
+recovers them (``Capture.recover``) when the branch next opens. Right after a
+complete checkpoint the database file holds exactly the state at the last txid,
+which is when a snapshot is taken, if the policy says one is due.
+
+If capture ever fails (the WAL does not hold exactly one new commit: a bug, or a
+commit that bumped no txid), the log is re-based: everything captured so far is
+shipped, the WAL is checkpointed and a snapshot at the current txid uploaded;
+the log then continues from there. No commit is ever silently left out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import apsw
+
+from shoal.errors import ShoalError
+from shoal.log.branch import Branch
+from shoal.log.capture import Capture
+from shoal.log.errors import LogError
+from shoal.log.shipper import Shipper
+from shoal.log.snapshot import SnapshotPolicy, take_snapshot
+from shoal.storage.base import ObjectStore
+
+if TYPE_CHECKING:
+    from shoal.engine.database import Database
+
+log = logging.getLogger("shoal.journal")
+
+FLUSH_UNDER_LOCK = 2.0  # seconds a checkpoint may hold writers back waiting for an upload
+
+
+@dataclass(frozen=True)
+class LogState:
+    """What the store holds of a branch's timeline when the branch opens."""
+
+    branch: Branch
+    head_txid: int  # every txid up to this is in the store
+    head_time: float  # commit time of the head (a floor: times never go backwards)
+    snapshot_time: float  # of the timeline's latest snapshot (its creation if none)
+    log_bytes: int  # segment bytes after that snapshot
+
+
+@dataclass(frozen=True)
+class Stores:
+    """The store twice: retrying one-off calls, and raw for the shipper (it retries itself)."""
+
+    store: ObjectStore
+    raw: ObjectStore
+    io: Executor  # threads for store calls, apart from the SQL threads
+
+
+class Journal:
+    """One open branch's link to the commit log. Create, then :meth:`start` once open."""
+
+    def __init__(self, stores: Stores, name: str, state: LogState, path: str, settings: Any,
+                 executor: Executor):
+        self.stores = stores
+        self.name = name
+        self.branch = state.branch
+        self.timeline = state.branch.timeline
+        self.path = path
+        self.executor = executor
+        self.remote = settings.durability == "remote"
+        self.timeout: float = settings.storage_timeout
+        self.sync_interval: float = settings.sync_interval
+        self.checkpoint_frames: int = settings.checkpoint_frames
+        self.policy = SnapshotPolicy(settings.snapshot_log_bytes, settings.snapshot_log_ratio,
+                                     settings.snapshot_interval)
+        self.head_txid = state.head_txid
+        self.capture = Capture(f"{path}-wal", last_time=state.head_time)
+        self.frames = 0  # WAL frames after the last commit, as the WAL hook reported
+        self.broken = False  # a commit could not be captured: re-base on a snapshot
+        self.shipper: Shipper | None = None
+        self.snapshot_time = state.snapshot_time
+        self.log_bytes = state.log_bytes  # shipped since the last snapshot
+        self._shipped_seen = 0
+        self.backfilled_txid = -1  # the last complete checkpoint's txid
+        self.db: Database | None = None
+        self._closing = False
+        self._checkpoint_task: asyncio.Task[None] | None = None
+        # Held while a checkpoint writes the database file or a snapshot reads it: the
+        # file must hold exactly one txid's state for the whole read.
+        self._file_lock = asyncio.Lock()
+
+    # -- hooks (worker thread, under the write lock) --------------------------------------------
+    def hook(self, conn: apsw.Connection, name: str, frames: int) -> int:
+        self.frames = frames
+        return apsw.SQLITE_OK
+
+    def captured(self, txid: int) -> None:
+        """The commit just made as txid: read its frames and queue them for shipping."""
+        if self.broken or self.shipper is None:
+            return
+        try:
+            self.shipper.append(self.capture.commit(txid, max_frame=self.frames))
+        except Exception as exc:
+            log.error("capture of %s/%s txid %d failed, the log will be re-based on a "
+                      "snapshot: %s", self.name, self.branch.name, txid, exc)
+            self.broken = True
+
+    # -- opening ---------------------------------------------------------------------------------
+    def _new_shipper(self, durable_txid: int) -> Shipper:
+        shipper = Shipper(self.stores.raw, self.name, self.timeline, durable_txid=durable_txid,
+                          sync_interval=self.sync_interval, executor=self.stores.io,
+                          on_durable=self._on_durable)
+        shipper.start()
+        self._shipped_seen = 0
+        return shipper
+
+    async def start(self, db: Database) -> None:
+        """Ship what the store lacks: the commits still in the WAL above the store's head."""
+        self.db = db
+        loop = asyncio.get_running_loop()
+        head = self.head_txid
+        self.shipper = self._new_shipper(head)
+        try:
+            commits = await loop.run_in_executor(self.executor, self.capture.recover, db.txid)
+        except LogError as exc:
+            log.error("recovering the WAL of %s/%s failed: %s", self.name, self.branch.name, exc)
+            commits = []
+        above = [c for c in commits if c.txid > head]
+        if db.txid > head and (not above or above[0].txid != head + 1):
+            log.error("%s/%s: the WAL lacks txids %d..%d that the store lacks too; re-basing "
+                      "the log on a snapshot", self.name, self.branch.name, head + 1, db.txid)
+            self.broken = True
+            async with db.write_lock:
+                await self.repair(db)
+            return
+        for commit in above:
+            self.shipper.append(commit)
+
+    # -- durability ------------------------------------------------------------------------------
+    def _unavailable(self, txid: int, why: str) -> ShoalError:
+        return ShoalError("STORAGE_UNAVAILABLE",
+                          f"txid {txid} of {self.name}/{self.branch.name} is committed on this "
+                          f"node but not yet in the object store: {why}")
+
+    async def durable(self, txid: int) -> None:
+        """Wait until txid is in the store; STORAGE_UNAVAILABLE after storage_timeout."""
+        shipper = self.shipper
+        assert shipper is not None
+        if txid <= shipper.durable_txid:
+            return
+        if self.broken:
+            raise self._unavailable(txid, "the commit log is being repaired")
+        try:
+            await asyncio.wait_for(shipper.wait_durable(txid), self.timeout)
+        except TimeoutError:
+            last = f" (last error: {shipper.last_error!r})" if shipper.last_error else ""
+            raise self._unavailable(txid, f"no upload succeeded within storage_timeout "
+                                          f"({self.timeout:g} s){last}") from None
+        except LogError as exc:
+            raise self._unavailable(txid, str(exc)) from None
+
+    @property
+    def failed(self) -> LogError | None:
+        """A fatal shipping error (another writer on this timeline): refuse writes."""
+        return self.shipper.failed if self.shipper is not None else None
+
+    # -- checkpoints and snapshots ---------------------------------------------------------------
+    def _on_durable(self, txid: int) -> None:
+        shipper = self.shipper
+        if shipper is not None:
+            self.log_bytes += shipper.shipped_bytes - self._shipped_seen
+            self._shipped_seen = shipper.shipped_bytes
+        db = self.db
+        if self._closing or self._checkpoint_task is not None or db is None or db.closed:
+            return
+        if db.txid <= self.backfilled_txid:
+            return
+        if self.frames >= self.checkpoint_frames or self._snapshot_due():
+            task = asyncio.get_running_loop().create_task(self._checkpoint(db))
+            self._checkpoint_task = task
+            task.add_done_callback(self._checkpoint_done)
+
+    def _checkpoint_done(self, task: asyncio.Task[None]) -> None:
+        self._checkpoint_task = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("checkpoint of %s/%s failed: %r", self.name, self.branch.name,
+                      task.exception())
+
+    def _snapshot_due(self) -> bool:
+        try:
+            size = os.path.getsize(self.path)
+        except OSError:
+            return False
+        return self.policy.due(self.log_bytes, size, time.time() - self.snapshot_time)
+
+    def _backfill(self, truncate: bool) -> bool:
+        """Worker thread: checkpoint the WAL into the file; True if every frame went."""
+        db = self.db
+        assert db is not None and db.writer is not None
+        mode = "TRUNCATE" if truncate else "PASSIVE"
+        busy, frames, done = db.writer.internal(f"PRAGMA wal_checkpoint({mode})")[0]
+        complete = busy == 0 and frames == done
+        if complete and truncate:
+            self.capture.reader.position = None
+            self.frames = 0
+        return bool(complete)
+
+    async def _checkpoint(self, db: Database) -> None:
+        """Backfill durable frames; then, if due, snapshot the file while it holds one txid."""
+        shipper = self.shipper
+        assert shipper is not None
+        try:  # wait outside the write lock, so a slow store never blocks writers here
+            await asyncio.wait_for(shipper.wait_durable(db.txid), self.timeout)
+        except (TimeoutError, LogError):
+            return
+        loop = asyncio.get_running_loop()
+        async with db.write_lock:  # no commit lands from here to the checkpoint
+            if self._closing or db.closed or self.broken:
+                return
+            try:  # one upload of what arrived meanwhile; writers wait for it, so bounded
+                await asyncio.wait_for(shipper.flush(), min(self.timeout, FLUSH_UNDER_LOCK))
+            except (TimeoutError, LogError):
+                return
+            await self._file_lock.acquire()
+            try:
+                complete = await loop.run_in_executor(self.executor, self._backfill, False)
+            except BaseException:
+                self._file_lock.release()
+                raise
+            txid, when = db.txid, self.capture.last_time
+        try:  # writers go on (into the WAL) while the file is read for a snapshot
+            if complete:
+                self.backfilled_txid = txid
+                if self._snapshot_due():
+                    await self._snapshot(txid, when)
+        finally:
+            self._file_lock.release()
+
+    async def _snapshot(self, txid: int, when: float) -> None:
+        loop = asyncio.get_running_loop()
+        shipped = self.log_bytes
+        await loop.run_in_executor(self.stores.io, take_snapshot, self.stores.store, self.name,
+                                   self.timeline, self.path, txid, when)
+        self.snapshot_time = time.time()
+        self.log_bytes -= shipped
+        log.info("snapshot of %s/%s at txid %d", self.name, self.branch.name, txid)
+
+    async def repair(self, db: Database) -> None:
+        """Under the write lock: ship what was captured, then re-base the log on a snapshot
+        of the current state (txid ``db.txid``), taken after a full checkpoint."""
+        shipper = self.shipper
+        assert shipper is not None
+        if shipper.failed is not None:
+            raise shipper.failed  # another writer owns the timeline: nothing to re-base
+        await asyncio.wait_for(shipper.flush(), self.timeout)
+        loop = asyncio.get_running_loop()
+        async with self._file_lock:
+            if not await loop.run_in_executor(self.executor, self._backfill, True):
+                raise TimeoutError(f"{self.name}/{self.branch.name}: readers kept the "
+                                   f"checkpoint from finishing; the log will be repaired "
+                                   f"after the next commit")
+            when = max(self.capture.last_time, time.time())
+            await loop.run_in_executor(self.stores.io, take_snapshot, self.stores.store,
+                                       self.name, self.timeline, self.path, db.txid, when)
+        self.capture.last_time = when
+        await shipper.close(flush=False)
+        self.shipper = self._new_shipper(db.txid)
+        self.snapshot_time, self.log_bytes = time.time(), 0
+        self.backfilled_txid = db.txid
+        self.broken = False
+        log.warning("the log of %s/%s was re-based on a snapshot at txid %d", self.name,
+                    self.branch.name, db.txid)
+
+    # -- closing ---------------------------------------------------------------------------------
+    async def close(self, db: Database, flush: bool = True) -> None:
+        """Stop shipping, after shipping what is pending if ``flush`` (bounded); when all
+        is durable, checkpoint and truncate the WAL so the next open starts clean."""
+        self._closing = True
+        if self._checkpoint_task is not None:
+            with contextlib.suppress(Exception):  # reported by its done callback
+                await asyncio.shield(self._checkpoint_task)
+        shipper = self.shipper
+        if shipper is None:
+            return
+        durable = not self.broken and shipper.durable_txid >= shipper.head_txid
+        if not durable and flush and not self.broken and shipper.failed is None:
+            # A store that is failing right now would make every close (and every request
+            # waiting to reopen the branch) wait out the timeout: give up at once instead.
+            timeout = self.timeout if shipper.last_error is None else 0.0
+            try:
+                await asyncio.wait_for(shipper.flush(), timeout)
+                durable = True
+            except (TimeoutError, LogError) as exc:
+                log.warning("closing %s/%s with commits not yet in the store (they stay in "
+                            "the local WAL and ship at the next open): %r", self.name,
+                            self.branch.name, exc)
+        await shipper.close(flush=False)
+        if durable and db.writer is not None:
+            loop = asyncio.get_running_loop()
+            async with self._file_lock:
+                await loop.run_in_executor(self.executor, self._backfill, True)
