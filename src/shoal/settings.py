@@ -46,6 +46,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("synchronous", str, "full",
             "SQLite synchronous mode for writes: 'full' (durable on ack) or 'normal'."),
     Setting("readers", int, 4, "Reader connections per open database."),
+    Setting("reader_idle_timeout", float, 5.0,
+            "Seconds a database's unused reader connections stay open; its writer stays "
+            "until idle_timeout (a reader costs ~150 KB of SQLite memory)."),
     Setting("threads", int, 16, "Worker threads running SQLite work off the event loop."),
     Setting("idempotency_ttl", float, 86400.0, "Seconds an Idempotency-Key is remembered."),
     Setting("metrics", bool, True, "Serve GET /metrics without a token."),

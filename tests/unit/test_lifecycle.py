@@ -276,3 +276,49 @@ def test_closed_connection_objects_refuse_work(tmp_path: Path) -> None:
     with pytest.raises(apsw.ConnectionClosedError):
         conn.raw.execute("SELECT 1")
     assert open_fds_to(tmp_path / "x.db") == []
+
+
+def test_a_local_only_engine_has_main_and_no_history(tmp_path: Path) -> None:
+    """store = "none": no object store, auto-checkpoint on; other branches are refused."""
+    async def main() -> None:
+        engine = Engine(make_settings(tmp_path, store="none"))
+        assert engine.store is None
+        engine.names.add("solo")
+        try:
+            db = await touch(engine.lifecycle, "solo")
+            assert db.journal is None
+            assert db.writer is not None
+            # SQLite checkpoints by itself
+            assert db.writer.internal("PRAGMA wal_autocheckpoint")[0][0] > 0
+            with pytest.raises(ShoalError) as found:
+                await engine.lifecycle.acquire("solo", "dev")
+            assert found.value.code == "HISTORY_DISABLED"
+            with pytest.raises(ShoalError) as found:
+                engine.registry  # noqa: B018 - the property raises
+            assert found.value.code == "HISTORY_DISABLED"
+        finally:
+            await engine.stop()
+    run(main())
+
+
+def test_unused_readers_are_trimmed_while_the_writer_stays(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with lifecycle(tmp_path, {"a"}, reader_idle_timeout=0.05, idle_timeout=60) as life:
+            db = await touch(life, "a")
+            reader = db.readers[0]
+            life.close_idle()  # just used: kept
+            assert db.readers == [reader]
+            deadline = time.monotonic() + 5
+            while db.readers and time.monotonic() < deadline:
+                await asyncio.sleep(0.06)
+                life.close_idle()
+            assert db.readers == [] and db.writer is not None
+            assert ("a", "main") in life.open
+            with pytest.raises(apsw.ConnectionClosedError):
+                reader.raw.execute("SELECT 1")
+            # The next read opens a reader again.
+            async with life.use("a") as again:
+                counters, _ = await again.read([Statement("SELECT count(*) FROM t")])
+            assert counters.results[0].rows == [[1]]
+
+    run(scenario())

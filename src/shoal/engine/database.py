@@ -168,6 +168,7 @@ class Database:
         self.schema_generation = 0  # bumped when a commit changed the schema
         self._schema_version = 0
         self.known_writes: OrderedDict[str, None] = OrderedDict()  # SQL SQLite said writes
+        self.last_read = 0.0  # monotonic time a reader was last returned to the pool
         self.active = 0
         self.transactions: dict[str, Transaction] = {}
         self.last_used = time.monotonic()
@@ -265,7 +266,15 @@ class Database:
             self.reader_slots.release()
             raise
 
+    def trim_readers(self, cutoff: float) -> None:
+        """Close pooled readers when none was used since cutoff (monotonic seconds)."""
+        if self.readers and self.last_read < cutoff:
+            for conn in self.readers:
+                conn.close()
+            self.readers.clear()
+
     def _give_reader(self, conn: Connection) -> None:
+        self.last_read = time.monotonic()
         if self.closed:
             conn.close()
         else:

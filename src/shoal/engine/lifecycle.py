@@ -169,10 +169,15 @@ class Lifecycle:
                 excess -= 1
 
     def close_idle(self) -> None:
-        cutoff = time.monotonic() - self.settings.idle_timeout
+        """Close databases idle past idle_timeout; trim readers idle past reader_idle_timeout."""
+        now = time.monotonic()
+        cutoff = now - self.settings.idle_timeout
+        reader_cutoff = now - self.settings.reader_idle_timeout
         for key, db in list(self.open.items()):
             if db.idle and db.last_used < cutoff:
                 self._close(key)
+            else:
+                db.trim_readers(reader_cutoff)
 
     def _close(self, key: Key) -> None:
         """Close an idle database: at once, or (commit log) in a task requests can wait on."""

@@ -15,6 +15,7 @@ import sys
 import uvicorn
 import uvloop
 
+from shoal.engine.connection import configure_sqlite
 from shoal.errors import ShoalError
 from shoal.server.app import App
 from shoal.settings import Settings
@@ -25,6 +26,7 @@ def serve(settings: Settings) -> None:
                         format='{"level": "%(levelname)s", "logger": "%(name)s", '
                                '"message": "%(message)s"}')
     try:
+        configure_sqlite()
         app = App(settings)
     except ShoalError as exc:  # e.g. the object store is unreachable or refuses the keys
         print(f"shoal: cannot start: {exc.code}: {exc.message}", file=sys.stderr)
