@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench bench-core clean
+.PHONY: run test lint typecheck bench bench-core bench-storage clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -38,6 +38,11 @@ bench: $(STAMP)
 
 bench-core: $(STAMP)
 	$(BIN)/python -m bench.core
+
+# Bottomless storage (issue 3): shipping on/off, remote durability, branches, restore, cold
+# open, litestream side by side. ARGS=--quick for a smoke run, ARGS="--sizes 10,100" to skip 1 GB.
+bench-storage: $(STAMP)
+	$(BIN)/python -m bench.storage $(ARGS)
 
 clean:
 	rm -rf $(VENV) shoal-data .pytest_cache .mypy_cache .ruff_cache

@@ -65,6 +65,7 @@ class Outcome:
     title: str
     about: str  # markdown: what is measured, and how
     reference: str = ""  # the system every ratio is taken against
+    alternate: str = ""  # a second Shoal system the headline also compares with the peers
     unit: str = "req/s"  # of a series' rate
     series: list[Series] = field(default_factory=list)
     rows: list[Row] = field(default_factory=list)
@@ -93,7 +94,6 @@ class Context:
     pgbouncer: PgBouncer | None = None
     datasette: Datasette | None = None
     unavailable: dict[str, str] = field(default_factory=dict)  # system -> why not running
-    versions: dict[str, str] = field(default_factory=dict)
     commands: list[str] = field(default_factory=list)
 
     def wants(self, system: str) -> bool:

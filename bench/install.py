@@ -101,6 +101,13 @@ def venv_bin(name: str) -> Path | None:
     return Path(found) if found else None
 
 
+def require(found: Path | None, name: str, how: str) -> str:
+    """The path of a program that must be there; else an error saying how to install it."""
+    if found is None:
+        raise RuntimeError(f"{name} not found ({how})")
+    return str(found)
+
+
 def command_version(command: list[str]) -> str:
     """The first line a `--version`-style command prints, or "unknown"."""
     try:

@@ -21,6 +21,7 @@ from typing import Any
 
 from bench.context import Options, Outcome
 from bench.harness import Report, Row, fmt, markdown_table, median, source_version
+from bench.measure import Series
 
 
 def _first_line(path: str, prefix: str) -> str:
@@ -142,29 +143,41 @@ def _headline_variant(outcome: Outcome) -> str:
     return next((v for v in names if v.split()[0] == "64"), names[-1] if names else "")
 
 
+def _versus(outcome: Outcome, variant: str, ref: Series, peer: Series) -> Row:
+    if outcome.key == "storm":  # every client at once: latency and refusals, not rate
+        return Row(f"storm, {variant}: {ref.system} p99", ref.p99_ms or 0.0, "ms",
+                   peer.system, peer.p99_ms,
+                   detail=f"errors {ref.errors:,} vs {peer.errors:,} ({peer.system})")
+    return Row(f"{outcome.key}, {variant}: {ref.system}", ref.rate or 0.0, outcome.unit,
+               peer.system, peer.rate,
+               detail=f"p99 {_ms(ref.p99_ms)} vs {_ms(peer.p99_ms)} ({peer.system}); errors "
+                      f"{ref.errors:,} vs {peer.errors:,}")
+
+
 def headline(run: Run) -> list[Row]:
-    """One row per peer of each scenario (at 64 connections where there are several)."""
+    """Each scenario's Shoal figure against every peer (at 64 connections where there are
+    several), and the figures of the scenarios measured once."""
     rows: list[Row] = []
     for outcome in run.outcomes:
         variant = _headline_variant(outcome)
-        group = {s.system: s for s in outcome.series if s.variant == variant}
-        ref = group.get(outcome.reference)
-        if ref is not None and ref.measured:
-            for s in group.values():
-                if s is ref or not s.measured:
-                    continue
-                if outcome.key == "storm":
-                    rows.append(Row(f"storm, {variant}: {ref.system} p99", ref.p99_ms or 0.0,
-                                    "ms", s.system, s.p99_ms,
-                                    detail=f"errors: Shoal {ref.errors:,}, {s.system} "
-                                           f"{s.errors:,}"))
-                else:
-                    rows.append(Row(f"{outcome.key}, {variant}: {ref.system}", ref.rate or 0.0,
-                                    outcome.unit, s.system, s.rate,
-                                    detail=f"p99 {_ms(ref.p99_ms)} vs {_ms(s.p99_ms)}; errors "
-                                           f"{ref.errors:,} vs {s.errors:,}"))
-        rows += outcome.rows[:3] if outcome.key == "many" else outcome.rows
+        group = {s.system: s for s in outcome.series if s.variant == variant and s.measured}
+        refs = [group[name] for name in (outcome.reference, outcome.alternate) if name in group]
+        for i, ref in enumerate(refs):  # each system once against each reference
+            done = refs[:i + 1]
+            rows += [_versus(outcome, variant, ref, peer) for peer in group.values()
+                     if all(peer is not r for r in done)]
+        # many: creating, a cold first query and memory; the p99 and per-db rows stay below
+        rows += [r for r in outcome.rows if outcome.key != "many"
+                 or ("p99" not in r.name and "per open" not in r.name)]
     return rows
+
+
+def headline_notes(rows: Sequence[Row]) -> str:
+    return "\n".join(f"- {row.name}: {row.detail}" for row in rows if row.detail)
+
+
+RATIO = ("Ratio: Shoal's figure ÷ the baseline's, both from the same run. For req/s, "
+         "rows/s and dbs/s higher is better; for ms, lower is better.")
 
 
 # -- charts -----------------------------------------------------------------------------------
@@ -272,6 +285,8 @@ def _section(outcome: Outcome, charts: Path, out: Path) -> list[str]:
 def render(run: Run, out: Path) -> str:
     charts = out / "charts"
     charts.mkdir(parents=True, exist_ok=True)
+    for stale in charts.glob("*.png"):  # every chart is this run's
+        stale.unlink()
     m, o = run.machine, run.opts
     elapsed = (run.finished - run.started).total_seconds() if run.finished else 0.0
     lines = [
@@ -302,7 +317,11 @@ def render(run: Run, out: Path) -> str:
         "",
         "## Headline",
         "",
+        RATIO,
+        "",
         markdown_table(headline(run)),
+        "",
+        headline_notes(headline(run)),
         "",
     ]
     for outcome in run.outcomes:
@@ -326,9 +345,11 @@ def write(run: Run, out: Path) -> tuple[Path, Path]:
 
 def update_results_md(run: Run, json_path: Path) -> None:
     """The headline table of this (full) run into bench/RESULTS.md's `peers` section."""
-    report = Report("peers", run.opts.command, {}, headline(run), started=run.started)
-    report.update_results_md(json_path, "Full tables, charts and the exact commands: "
-                                        "[bench/REPORT.md](REPORT.md).")
+    rows = headline(run)
+    report = Report("peers", run.opts.command, {}, rows, started=run.started)
+    report.update_results_md(json_path, "\n\n".join([
+        RATIO, headline_notes(rows),
+        "Full tables, charts and the exact commands: [REPORT.md](REPORT.md)."]))
 
 
 def now() -> datetime:

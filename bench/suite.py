@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from importlib import metadata
 from pathlib import Path
@@ -133,7 +133,7 @@ def install_needs(opts: Options) -> None:
 
 
 def _missing_tools(ctx: Context) -> None:
-    """With --no-install, mark the systems whose programs are not on this machine."""
+    """Mark the systems whose programs are not on this machine (after --no-install)."""
     needs = {"postgres": ("postgres", None), "pgbouncer": ("pgbouncer", None),
              "datasette": (None, "datasette"), "litestream": (None, "litestream")}
     for system, (tool, script) in needs.items():
@@ -151,10 +151,9 @@ def _missing_tools(ctx: Context) -> None:
                                                    "-e '.[bench]')")
 
 
-def _start(ctx: Context, stack: ExitStack, system: str, start: object) -> None:
+def _start(ctx: Context, system: str, start: Callable[[], None]) -> None:
     """Run start(); a failure marks the system unavailable instead of ending the run."""
     try:
-        assert callable(start)
         start()
     except Exception as exc:
         say(f"{system} could not start: {exc}")
@@ -194,16 +193,16 @@ def start_systems(ctx: Context, stack: ExitStack) -> None:
         ctx.command(ctx.datasette.commands[-1])
 
     if ctx.wants("shoal") and scenarios & NODE_SCENARIOS:
-        _start(ctx, stack, "shoal", shoal)
-    pooled = ctx.wants("pgbouncer") and scenarios & POOLER_SCENARIOS
+        _start(ctx, "shoal", shoal)
+    pooled = ctx.wants("pgbouncer") and bool(scenarios & POOLER_SCENARIOS)
     if (ctx.wants("postgres") and scenarios & POSTGRES_SCENARIOS) or pooled:
-        _start(ctx, stack, "postgres", postgres)
+        _start(ctx, "postgres", postgres)
         if ctx.postgres is None:
             ctx.unavailable.setdefault("pgbouncer", "PostgreSQL could not start")
     if pooled and ctx.wants("pgbouncer"):
-        _start(ctx, stack, "pgbouncer", pgbouncer)
+        _start(ctx, "pgbouncer", pgbouncer)
     if ctx.wants("datasette") and "reads" in scenarios:
-        _start(ctx, stack, "datasette", datasette)
+        _start(ctx, "datasette", datasette)
 
 
 def versions(ctx: Context) -> dict[str, str]:

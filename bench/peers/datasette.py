@@ -16,17 +16,14 @@ from pathlib import Path
 
 import httpx
 
-from bench.install import command_version, venv_bin
+from bench.install import command_version, require, venv_bin
 from bench.peers import Peer, spawn, stop_process, wait_ready
 from bench.peers.sqlite import point_table
 from tests.support.server import free_port
 
 
 def datasette() -> str:
-    found = venv_bin("datasette")
-    if found is None:
-        raise RuntimeError("datasette not found (pip install -e '.[bench]')")
-    return str(found)
+    return require(venv_bin("datasette"), "datasette", "pip install -e '.[bench]'")
 
 
 @dataclass

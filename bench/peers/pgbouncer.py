@@ -16,7 +16,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.install import command_version, tool_path
+from bench.install import command_version, require, tool_path
 from bench.peers import Peer, spawn, stop_process, wait_ready
 from bench.peers.postgres import DATABASE, SERVER_USER, Postgres
 from tests.support.server import free_port
@@ -26,10 +26,7 @@ MAX_CLIENTS = 4096
 
 
 def pgbouncer() -> str:
-    found = tool_path("pgbouncer")
-    if found is None:
-        raise RuntimeError("pgbouncer not found (apt-get install pgbouncer)")
-    return str(found)
+    return require(tool_path("pgbouncer"), "pgbouncer", "apt-get install pgbouncer")
 
 
 @dataclass

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.harness import POINT_READ
-from bench.install import command_version, postgres_bin
+from bench.install import command_version, postgres_bin, require
 from bench.measure import Sample, from_latencies
 from bench.peers import Peer
 from tests.support.server import free_port
@@ -53,10 +53,7 @@ def as_server_user() -> list[str]:
 
 
 def program(name: str) -> str:
-    found = postgres_bin(name)
-    if found is None:
-        raise RuntimeError(f"PostgreSQL's {name} not found (apt-get install postgresql)")
-    return str(found)
+    return require(postgres_bin(name), f"PostgreSQL's {name}", "apt-get install postgresql")
 
 
 @dataclass

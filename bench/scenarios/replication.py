@@ -4,8 +4,8 @@ Write throughput: the insert workload of scenario 4 (wrk, 64 connections, one ro
 per request) against Shoal nodes that ship every commit to a `file://` object store:
 `local` durability (acknowledged after the local fsync, shipped within
 `sync_interval` = 1 s), `remote` durability (acknowledged once in the store), and
-with shipping deferred (`sync_interval` = 3,600 s: commits are captured but nothing is
-uploaded during the run: the closest this build has to shipping off). Next to them,
+with shipping off (`store = "none"`: a local-only node; on a build without it, commits
+are captured but not uploaded during the run, `sync_interval` = 3,600 s). Next to them,
 the raw SQLite workload of scenario 4 (64 threads, autocommit, WAL, synchronous=FULL)
 alone and with `litestream replicate` shipping the same file to a file replica.
 
@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import apsw
 
@@ -38,10 +39,9 @@ from tests.support.server import ServerProcess
 
 SHIP_LOCAL = "Shoal, shipping on (local durability)"
 SHIP_REMOTE = "Shoal, shipping on (remote durability)"
+SHIP_OFF = "Shoal, shipping off (store = none)"
 SHIP_DEFERRED = "Shoal, shipping deferred (sync_interval 3,600 s)"
-NODES = {SHIP_LOCAL: {"durability": "local", "sync_interval": 1.0},
-         SHIP_REMOTE: {"durability": "remote", "sync_interval": 1.0},
-         SHIP_DEFERRED: {"durability": "local", "sync_interval": 3600.0}}
+Settings = dict[str, Any]
 BATCH = 100  # rows per transaction in the restore data set
 PAYLOAD = "x" * 100
 
@@ -86,21 +86,36 @@ def ships(node: ServerProcess, store: Path, time_limit: float = 15.0) -> str:
         time.sleep(0.2)
 
 
+def shipping_modes(smoke: bool) -> dict[str, Settings]:
+    """The nodes to compare, by name: their settings besides a file store of their own.
+    Shipping off is `store = "none"` (a local-only node) where this build has it; before
+    that, commits are captured but not uploaded during the run (sync_interval 3,600 s)."""
+    from shoal.settings import Settings as NodeSettings
+
+    local: Settings = {"durability": "local", "sync_interval": 1.0}
+    if smoke:
+        return {SHIP_LOCAL: local}
+    off = ({SHIP_OFF: {"store": "none"}} if hasattr(NodeSettings, "local_only")
+           else {SHIP_DEFERRED: {"durability": "local", "sync_interval": 3600.0}})
+    return {SHIP_LOCAL: local, SHIP_REMOTE: {"durability": "remote", "sync_interval": 1.0},
+            **off}
+
+
 def start_nodes(ctx: Context, stack: ExitStack) -> dict[str, tuple[ServerProcess, Path]]:
     """A node per shipping mode (only local in a smoke run), each with a file store of its
     own, started at once."""
     nodes: dict[str, tuple[ServerProcess, Path]] = {}
-    modes = {SHIP_LOCAL: NODES[SHIP_LOCAL]} if ctx.opts.mode == "smoke" else NODES
+    modes = shipping_modes(ctx.opts.mode == "smoke")
     for i, (name, settings) in enumerate(modes.items()):
         root = ctx.scratch / f"ship-{i}"
         root.mkdir()
-        node = ServerProcess(root / "data", node_settings(store=(root / "store").as_uri(),
-                                                          **settings))
+        node = ServerProcess(root / "data", node_settings(
+            **({"store": (root / "store").as_uri()} | settings)))
         stack.callback(node.stop)
         nodes[name] = (node, root / "store")
     with ThreadPoolExecutor(len(nodes)) as pool:
         list(pool.map(lambda pair: pair[0].start(), nodes.values()))
-    ctx.command("shoal serve with SHOAL_STORE=file:///... and " + "; ".join(
+    ctx.command("shoal serve with SHOAL_STORE=file:///DIR unless given and " + "; ".join(
         f"{name}: " + ", ".join(f"SHOAL_{k.upper()}={v}" for k, v in settings.items())
         for name, settings in modes.items()))
     return nodes

@@ -134,7 +134,7 @@ def _settled(run: Callable[[], Coroutine[Any, Any, Sample]]) -> Sample:
 def run(ctx: Context) -> Outcome:
     opts = ctx.opts
     out = Outcome("storm", f"3. Connection storm: {opts.storm_clients:,} clients at once",
-                  __doc__ or "", reference=SHOAL_HTTPX, unit="clients/s")
+                  __doc__ or "", reference=SHOAL_HTTPX, alternate=SHOAL_PLAIN, unit="clients/s")
     limit = min(60.0, opts.time_limit)
     n, rows = opts.storm_clients, opts.rows
     plan = ctx.plan(out.key, f"{n:,} clients")

@@ -322,3 +322,18 @@ def test_unused_readers_are_trimmed_while_the_writer_stays(tmp_path: Path) -> No
             assert counters.results[0].rows == [[1]]
 
     run(scenario())
+
+
+def test_release_memory_hands_freed_heap_back() -> None:
+    """After connections close, glibc keeps their memory unless asked to give it back."""
+    from shoal.engine.lifecycle import release_memory
+
+    def rss_kb() -> int:
+        with open("/proc/self/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS"))
+
+    blocks = [bytearray(64 * 1024 - 64) for _ in range(2000)]  # below the mmap threshold
+    grown = rss_kb()
+    del blocks[:-1]  # keep the top one, so the heap cannot shrink by itself
+    release_memory()
+    assert rss_kb() < grown - 50_000  # most of the ~128 MB is back with the OS

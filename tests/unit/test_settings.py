@@ -147,3 +147,10 @@ def test_attribute_access_and_public_view(tmp_path: Path) -> None:
     assert load(environ={}).public()["admin_token"] is None
     with pytest.raises(AttributeError):
         _ = s.no_such_setting
+
+
+def test_store_none_makes_a_local_only_node() -> None:
+    assert load(environ={"SHOAL_STORE": "none"}).local_only
+    assert load(environ={"SHOAL_STORE": "NONE"}).local_only
+    assert not load(environ={}).local_only
+    assert not load(environ={"SHOAL_STORE": "memory://"}).local_only

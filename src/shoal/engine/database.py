@@ -266,12 +266,18 @@ class Database:
             self.reader_slots.release()
             raise
 
-    def trim_readers(self, cutoff: float) -> None:
-        """Close pooled readers when none was used since cutoff (monotonic seconds)."""
-        if self.readers and self.last_read < cutoff:
-            for conn in self.readers:
-                conn.close()
-            self.readers.clear()
+    def trim_readers(self, cutoff: float) -> int:
+        """Close pooled readers when none was used since cutoff (monotonic seconds).
+
+        Returns how many were closed.
+        """
+        if not self.readers or self.last_read >= cutoff:
+            return 0
+        for conn in self.readers:
+            conn.close()
+        closed = len(self.readers)
+        self.readers.clear()
+        return closed
 
     def _give_reader(self, conn: Connection) -> None:
         self.last_read = time.monotonic()

