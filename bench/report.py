@@ -192,6 +192,16 @@ def _pyplot() -> Any:
     return plt
 
 
+def _short(value: float | None) -> str:
+    """A bar's label: 3 significant figures at most, k and M for thousands and millions."""
+    if not value:
+        return ""
+    for scale, suffix in ((1e6, "M"), (1e3, "k")):
+        if value >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.3g}"
+
+
 def series_chart(outcome: Outcome, path: Path) -> bool:
     """Grouped bars per variant: throughput and p99 latency (log scale when spread)."""
     plt = _pyplot()
@@ -215,14 +225,21 @@ def series_chart(outcome: Outcome, path: Path) -> bool:
             heights = [y or 0.0 for y in ys]
             values += [y for y in ys if y]
             bars = panel.bar(xs, heights, width, label=system)
-            panel.bar_label(bars, labels=[f"{y:,.3g}" if y else "" for y in ys], fontsize=6)
+            panel.bar_label(bars, labels=[_short(y) for y in ys], fontsize=6,
+                            rotation=90 if len(systems) > 3 else 0, padding=2)
             handles.append(bars)
         if values and max(values) / max(min(values), 1e-9) > 50:
             panel.set_yscale("log")
+            panel.set_ylim(top=max(values) * 4)  # room for the labels
+        elif values:
+            panel.set_ylim(top=max(values) * 1.2)
         panel.set_xticks(range(len(names)), names)
         panel.set_title(label, fontsize=10)
         panel.grid(axis="y", alpha=0.3)
-    fig.legend(handles[:len(systems)], systems, loc="lower center", fontsize=8,
+    errors = {name: sum(s.errors for s in measured if s.system == name) for name in systems}
+    labels = [name + (f" ({errors[name]:,} errors)" if errors[name] else "")
+              for name in systems]
+    fig.legend(handles[:len(systems)], labels, loc="lower center", fontsize=8,
                ncol=min(3, len(systems)), frameon=False)
     fig.suptitle(outcome.title)
     fig.tight_layout(rect=(0, 0.06 * ((len(systems) + 2) // 3), 1, 1))
@@ -241,7 +258,7 @@ def rows_chart(title: str, rows: Sequence[Row], path: Path) -> bool:
     for panel, row in zip(axes[0], rows, strict=True):
         bars = panel.bar(["Shoal", row.baseline_name], [row.value, row.baseline or 0.0],
                          color=["tab:blue", "tab:gray"])
-        panel.bar_label(bars, fmt="%.3g", fontsize=7)
+        panel.bar_label(bars, labels=[_short(row.value), _short(row.baseline)], fontsize=7)
         panel.set_title(f"{row.name}\n({row.unit})", fontsize=8)
         panel.tick_params(axis="x", labelsize=7)
         panel.grid(axis="y", alpha=0.3)

@@ -1,8 +1,10 @@
 """The peer benchmark still runs end to end: `python -m bench --smoke`.
 
 Shoal and in-process SQLite only, tiny sizes, one-second runs, nothing installed
-(without wrk, the HTTP load runs are reported as skipped). No performance assertion:
-only that every scenario ran or said why not, and that the report and results exist.
+(without wrk, the HTTP load runs are reported as skipped); every scenario but `many`
+(bench.core's many-databases benchmark, which sleeps about 9 s for its memory figures).
+No performance assertion: only that every scenario ran or said why not, and that the
+report and results exist.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ def test_smoke_run_writes_report_and_results(tmp_path: Path) -> None:
     run = json.loads(results.read_text())
     assert run["mode"] == "smoke"
     scenarios = {s["key"]: s for s in run["scenarios"]}
-    assert list(scenarios) == ["reads", "serverless", "storm", "writes", "many", "replication"]
+    assert list(scenarios) == ["reads", "serverless", "storm", "writes", "replication"]
     for scenario in scenarios.values():
         assert not scenario["skipped"].startswith("failed"), scenario["skipped"]
         for series in scenario["series"]:
