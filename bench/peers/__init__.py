@@ -10,20 +10,23 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 
-class Peer:
+class Peer(ABC):
     """start() on entering (stop() if start fails), stop() on leaving."""
 
+    @abstractmethod
     def start(self) -> None:
-        raise NotImplementedError
+        """Start the system; raise if it does not come up."""
 
+    @abstractmethod
     def stop(self) -> None:
-        raise NotImplementedError
+        """Stop whatever start() started; safe to call more than once."""
 
     def __enter__(self) -> Self:
         try:
