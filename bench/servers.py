@@ -4,10 +4,9 @@ The same point-read workload as bench.core (wrk, 64 keep-alive connections, a
 random primary key per request over a 10,000-row table) against the same data
 directory served two ways:
 
-- uvicorn: `shoal serve` as shipped (uvloop, httptools);
-- granian: `granian --interface asgi --factory bench.servers:make_app` (one worker,
-  uvloop, HTTP/1), the same App built from the same SHOAL_* settings; granian's
-  ASGI interface runs the lifespan, so the engine starts and stops as under uvicorn.
+- uvicorn: `shoal serve` as shipped (`http_server = "uvicorn"`: uvloop, httptools);
+- granian: `shoal serve` with `http_server = "granian"` (granian's embedded server,
+  in the node's one process, I/O on a Rust thread): what a user gets by that setting.
 
 Runs alternate between the two servers (restarted each time, warmed up first) and
 the medians are compared. Results go to bench/results/servers-<timestamp>.json and
@@ -17,23 +16,16 @@ the medians are compared. Results go to bench/results/servers-<timestamp>.json a
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-import httpx
+from typing import Any
 
 from bench import wrk
 from bench.harness import (
-    BENCH_DIR,
     Api,
     Load,
     Report,
@@ -44,78 +36,7 @@ from bench.harness import (
     run_load,
     seed_point_table,
 )
-from tests.support.server import ServerProcess, free_port
-
-
-def make_app() -> Any:
-    """granian's factory: Shoal's App from SHOAL_* settings (lifespan starts the engine)."""
-    from shoal.server.app import App
-    from shoal.settings import load
-
-    return App(load())
-
-
-class Node(Protocol):
-    proc: subprocess.Popen[bytes] | None
-
-    @property
-    def url(self) -> str: ...
-
-    def start(self, timeout: float = 20.0) -> Any: ...
-
-    def stop(self) -> None: ...
-
-
-@dataclass
-class GranianProcess:
-    """Shoal's App under granian, with the same settings as a ServerProcess would pass."""
-
-    data_dir: Path
-    settings: dict[str, Any] = field(default_factory=dict)
-    port: int = 0
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = 20.0) -> GranianProcess:
-        self.port = self.port or free_port()
-        env = dict(os.environ)
-        env.update({f"SHOAL_{k.upper()}": str(v) for k, v in self.settings.items()})
-        env["SHOAL_DATA"] = str(self.data_dir)
-        env["PYTHONPATH"] = os.pathsep.join(
-            [str(BENCH_DIR.parent), *filter(None, [env.get("PYTHONPATH")])])
-        granian = Path(sys.executable).parent / "granian"
-        log = open(self.data_dir.parent / "granian.log", "ab")  # noqa: SIM115 - child owns it
-        self.proc = subprocess.Popen(
-            [str(granian), "--interface", "asgi", "--factory", "--host", "127.0.0.1",
-             "--port", str(self.port), "--workers", "1", "--loop", "uvloop", "--http", "1",
-             "--no-ws", "--log-level", "warning", "--backlog", "4096",
-             "bench.servers:make_app"],
-            stdout=log, stderr=log, env=env, cwd=BENCH_DIR.parent)
-        log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError("granian exited; see granian.log in the data root")
-            try:
-                if httpx.get(self.url + "/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError("granian did not become healthy")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+from tests.support.server import ServerProcess
 
 
 @dataclass(frozen=True)
@@ -147,7 +68,7 @@ def parse_args(argv: Sequence[str]) -> Options:
                    rows=args.rows, data_root=args.data_root)
 
 
-def one_round(node: Node, opts: Options, token: str) -> tuple[Load, Load]:
+def one_round(node: ServerProcess, opts: Options, token: str) -> tuple[Load, Load]:
     """Start node, warm it up, measure point reads and GET /health, stop it."""
     node.start()
     try:
@@ -177,8 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         data = Path(tmp) / "data"
         settings = node_settings()
         token = str(settings["admin_token"])
-        nodes: dict[str, Node] = {"uvicorn": ServerProcess(data, settings),
-                                  "granian": GranianProcess(data, settings)}
+        nodes = {name: ServerProcess(data, settings | {"http_server": name})
+                 for name in ("uvicorn", "granian")}
         seeding = nodes["uvicorn"].start()
         try:
             api = Api(seeding.url, token)
