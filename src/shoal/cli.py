@@ -181,7 +181,14 @@ class Output:
         sys.stdout.flush()
 
     def message(self, text: str) -> None:
-            self.console.print(Text(text), soft_wrap=True)  # SQL text stays as written
+        self.console.print(Text(text), soft_wrap=True)  # SQL text stays as written
+
+    def done(self, data: dict[str, Any], text: str) -> None:
+        """The outcome of a command with no listing: data with --json, else a sentence."""
+        if self.as_json:
+            self.json(data)
+        else:
+            self.message(text)
 
     def table(self, columns: list[str], rows: list[tuple[Any, ...]] | list[list[Any]],
               footer: str | None = None) -> None:
@@ -256,10 +263,7 @@ def _db_info(args: argparse.Namespace, client: Client, out: Output) -> int:
 
 def _db_delete(args: argparse.Namespace, client: Client, out: Output) -> int:
     client.delete_database(args.name)
-    if out.as_json:
-        out.json({"deleted": args.name})
-    else:
-        out.message(f"deleted database {args.name}")
+    out.done({"deleted": args.name}, f"deleted database {args.name}")
     return 0
 
 
@@ -491,10 +495,7 @@ def _token_create(args: argparse.Namespace, client: Client, out: Output) -> int:
 
 def _token_revoke(args: argparse.Namespace, client: Client, out: Output) -> int:
     client.revoke_token(args.id)
-    if out.as_json:
-        out.json({"revoked": args.id})
-    else:
-        out.message(f"revoked token {args.id}")
+    out.done({"revoked": args.id}, f"revoked token {args.id}")
     return 0
 
 
@@ -541,10 +542,7 @@ def _branch_list(args: argparse.Namespace, client: Client, out: Output) -> int:
 
 def _branch_delete(args: argparse.Namespace, client: Client, out: Output) -> int:
     client.delete_branch(args.name, database=args.database)
-    if out.as_json:
-        out.json({"deleted": args.name})
-    else:
-        out.message(f"deleted branch {args.name}")
+    out.done({"deleted": args.name}, f"deleted branch {args.name}")
     return 0
 
 
