@@ -158,12 +158,15 @@ class Load:
 
 
 def run_load(pid: int, url: str, script: str, args: list[str], *, connections: int,
-             threads: int, seconds: float, headers: Sequence[str] = ()) -> Load:
-    """wrk against url, with the CPU time the server process `pid` spent meanwhile."""
-    cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
+             threads: int, seconds: float, headers: Sequence[str] = (),
+             also: Sequence[int] = ()) -> Load:
+    """wrk against url, with the CPU time the server process `pid` (and the processes
+    `also`, e.g. a replicator working beside it) spent meanwhile."""
+    pids = (pid, *also)
+    cpu0, wall0 = sum(map(cpu_seconds, pids)), time.perf_counter()
     result = wrk.run(url, script, args, connections=connections, threads=threads,
                      seconds=seconds, headers=headers)
-    return Load(result, cpu_seconds(pid) - cpu0, time.perf_counter() - wall0)
+    return Load(result, sum(map(cpu_seconds, pids)) - cpu0, time.perf_counter() - wall0)
 
 
 # -- in-process ceilings --------------------------------------------------------------------

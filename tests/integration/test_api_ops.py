@@ -103,6 +103,32 @@ def test_metrics_are_open_and_prometheus_text(admin: httpx.Client, anon: httpx.C
     assert name not in text
 
 
+def test_metrics_show_the_commit_log_shipping(admin: httpx.Client, anon: httpx.Client,
+                                              new_db: Callable[[], str]) -> None:
+    """Replication is observable: what it uploads and costs, and how far behind it is."""
+    name = new_db()
+    before = anon.get("/metrics").text
+    ok(query(admin, name, "CREATE TABLE t(a)", "INSERT INTO t VALUES (1)"))
+    ok(query(admin, name, "INSERT INTO t VALUES (2)"))
+
+    def shipped() -> bool:
+        text = anon.get("/metrics").text
+        return sample(text, "shoal_log_segments_total") > sample(before,
+                                                                 "shoal_log_segments_total") \
+            and sample(text, "shoal_log_unshipped_commits") == 0
+
+    wait_until(shipped, timeout=15, what="the writes to reach the store")
+    text = anon.get("/metrics").text
+    assert sample(text, "shoal_log_segment_bytes_total") \
+        > sample(before, "shoal_log_segment_bytes_total")
+    for work in ("capture", "encode", "upload"):
+        assert sample(text, "shoal_log_cpu_seconds_total", work=work) \
+            > sample(before, "shoal_log_cpu_seconds_total", work=work), work
+    assert sample(text, "shoal_log_lag_seconds") == 0.0
+    assert "shoal_log_upload_failures_total" in samples(text)
+    assert name not in text
+
+
 def test_openapi_is_open_and_describes_every_route(anon: httpx.Client) -> None:
     r = anon.get("/openapi.json")
     assert r.status_code == 200

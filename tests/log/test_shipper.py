@@ -130,9 +130,13 @@ def test_remote_durability_concurrent_commits_share_one_upload(tmp_path: Path) -
         rest = [asyncio.create_task(writer()) for _ in range(39)]
         await until(lambda: shipper.head_txid == 40)
         assert shipper.durable_txid == 0
+        # the lag: 40 commits behind, the oldest being txid 1 (sealed, in flight)
+        assert shipper.unshipped == 40
+        assert shipper.oldest_unshipped() == logged.commits[0].time
         store.gate.set()
         done = await asyncio.gather(first, *rest)
         assert sorted(done) == list(range(1, 41))
+        assert shipper.unshipped == 0 and shipper.oldest_unshipped() is None
         await shipper.close()
         return shipper
 

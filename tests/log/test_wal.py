@@ -78,6 +78,25 @@ def test_reading_stops_at_the_last_commit_and_resumes(logged: LoggedDatabase) ->
     assert [c.frames for c in got] == [c.frames for c in logged.commits[1:]]
 
 
+def test_reader_keeps_its_file_open_until_closed(logged: LoggedDatabase,
+                                                  tmp_path: Path) -> None:
+    """Between reads the file stays open; after close() a read opens the path afresh."""
+    copy = tmp_path / "copy-wal"
+    reader = WalReader(copy)
+    assert reader.read() == []  # no file yet: nothing, and nothing held open
+    logged.write("INSERT INTO t(v) VALUES ('a')")
+    shutil.copyfile(f"{logged.path}-wal", copy)
+    assert len(reader.read()) == 2
+    logged.write("INSERT INTO t(v) VALUES ('b')")
+    shutil.copyfile(f"{logged.path}-wal", tmp_path / "next-wal")
+    (tmp_path / "next-wal").replace(copy)  # a new file under the old name
+    assert reader.read() == []  # still reading the file it opened
+    reader.close()
+    assert [c.frames for c in reader.read()] == [c.frames for c in logged.commits[2:]]
+    reader.close()
+    reader.close()  # idempotent
+
+
 def test_wal_restart_after_checkpoint_is_followed(logged: LoggedDatabase) -> None:
     logged.write("INSERT INTO t(v) VALUES ('a')")
     first_salts = parse_header(Path(f"{logged.path}-wal").read_bytes()[:32]).salt1

@@ -229,6 +229,8 @@ class Database:
     def close(self) -> None:
         """Release every connection and the writer task. Call only when idle."""
         self.closed = True
+        if self.journal is not None:
+            self.journal.capture.close()
         if self._task:
             self._task.cancel()
         for job in self.queue:

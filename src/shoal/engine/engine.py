@@ -180,6 +180,8 @@ class Engine:
     # -- process lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        METRICS.log_unshipped.set_function(lambda: self.lifecycle.log_backlog()[0])
+        METRICS.log_lag.set_function(lambda: self.lifecycle.log_backlog()[1])
 
     async def stop(self) -> None:
         if self._sweeper:

@@ -38,6 +38,7 @@ from shoal.log.capture import Capture
 from shoal.log.errors import LogError
 from shoal.log.shipper import Shipper
 from shoal.log.snapshot import SnapshotPolicy, take_snapshot
+from shoal.metrics import METRICS
 from shoal.storage.base import ObjectStore
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ class Journal:
         if self.broken or self.shipper is None:
             return
         try:
-            self.shipper.append(self.capture.commit(txid, max_frame=self.frames))
+            self.shipper.append(METRICS.cpu("capture", self.capture.commit, txid, self.frames))
         except Exception as exc:
             log.error("capture of %s/%s txid %d failed, the log will be re-based on a "
                       "snapshot: %s", self.name, self.branch.name, txid, exc)
@@ -210,7 +211,9 @@ class Journal:
         db = self.db
         assert db is not None and db.writer is not None
         mode = "TRUNCATE" if truncate else "PASSIVE"
-        busy, frames, done = db.writer.internal(f"PRAGMA wal_checkpoint({mode})")[0]
+        busy, frames, done = METRICS.cpu("checkpoint", db.writer.internal,
+                                         f"PRAGMA wal_checkpoint({mode})")[0]
+        METRICS.log_checkpoints.inc()
         complete = busy == 0 and frames == done
         if complete and truncate:
             self.capture.reader.position = None
@@ -251,8 +254,10 @@ class Journal:
     async def _snapshot(self, txid: int, when: float) -> None:
         loop = asyncio.get_running_loop()
         shipped = self.log_bytes
-        await loop.run_in_executor(self.stores.io, take_snapshot, self.stores.store, self.name,
-                                   self.timeline, self.path, txid, when)
+        await loop.run_in_executor(self.stores.io, METRICS.cpu, "snapshot", take_snapshot,
+                                   self.stores.store, self.name, self.timeline, self.path, txid,
+                                   when)
+        METRICS.log_snapshots.inc()
         self.snapshot_time = time.time()
         self.log_bytes -= shipped
         log.info("snapshot of %s/%s at txid %d", self.name, self.branch.name, txid)

@@ -187,6 +187,20 @@ class Lifecycle:
                 self._close(key)
                 excess -= 1
 
+    def log_backlog(self) -> tuple[int, float]:
+        """Commits of open branches not yet in the object store, and the oldest one's age
+        in seconds (0 when every commit is shipped): the replication lag, for /metrics."""
+        commits, oldest = 0, None
+        for db in self.open.values():
+            shipper = db.journal.shipper if db.journal is not None else None
+            if shipper is None:
+                continue
+            commits += shipper.unshipped
+            when = shipper.oldest_unshipped()
+            if when is not None and (oldest is None or when < oldest):
+                oldest = when
+        return commits, 0.0 if oldest is None else max(0.0, time.time() - oldest)
+
     def close_idle(self) -> int:
         """Close databases idle past idle_timeout; trim readers idle past reader_idle_timeout.
 

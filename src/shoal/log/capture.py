@@ -49,6 +49,10 @@ class Capture:
                            f"found {len(found)}", str(self.reader.path))
         return self._stamp(found[0], txid, self.clock())
 
+    def close(self) -> None:
+        """Close the -wal file (the branch is closing); a later read reopens it."""
+        self.reader.close()
+
     def recover(self, head_txid: int) -> list[Commit]:
         """Every commit in the current WAL, numbered so that the last is ``head_txid``
         (each commit bumps the txid by one). Their original times are lost with the

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from shoal.log import layout
 from shoal.log.errors import CorruptObject, LogConflict, LogError
 from shoal.log.segment import Commit, decode_segment, encode_segment
+from shoal.metrics import METRICS
 from shoal.storage.base import NotFound, ObjectStore, PreconditionFailed
 
 log = logging.getLogger("shoal.log.shipper")
@@ -78,6 +79,7 @@ class Shipper:
         self.failed: LogError | None = None  # fatal: nothing more will ship
         self._lock = threading.Lock()
         self._pending: list[Commit] = []
+        self._sealed: list[Commit] = []  # the segment being uploaded
         self._pending_bytes = 0
         self._first_pending_at = 0.0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -90,6 +92,17 @@ class Shipper:
     def backlog_bytes(self) -> int:
         """Page bytes appended but not yet durable (for back-pressure and metrics)."""
         return self._pending_bytes
+
+    @property
+    def unshipped(self) -> int:
+        """Commits appended but not yet durable."""
+        return self.head_txid - self.durable_txid
+
+    def oldest_unshipped(self) -> float | None:
+        """Commit time of the oldest commit not yet durable (None if every one is)."""
+        with self._lock:
+            oldest = self._sealed or self._pending
+            return oldest[0].time if oldest and self.head_txid > self.durable_txid else None
 
     def append(self, commit: Commit) -> None:
         """Add the next commit (txid = head + 1). Thread-safe; never blocks on the store."""
@@ -177,6 +190,7 @@ class Shipper:
                 count += 1
             batch = self._pending[:count]
             self._pending = self._pending[count:]
+            self._sealed = batch
             self._pending_bytes -= size
             if self._pending:
                 self._first_pending_at = self._loop.time()
@@ -202,7 +216,9 @@ class Shipper:
             self._durable(batch[-1].txid)
 
     def _durable(self, txid: int) -> None:
-        self.durable_txid = txid
+        with self._lock:
+            self.durable_txid = txid
+            self._sealed = []
         keep = []
         for want, fut in self._waiters:
             if want <= txid:
@@ -228,19 +244,24 @@ class Shipper:
     async def _ship(self, batch: list[Commit]) -> None:
         key = layout.segment_key(self.db, self.timeline, batch[0].txid, batch[-1].txid,
                                  batch[-1].time)
-        data = await self._loop.run_in_executor(self.executor, encode_segment, batch)
+        data = await self._loop.run_in_executor(self.executor, METRICS.cpu, "encode",
+                                                encode_segment, batch)
         attempt = 0
         while True:
             try:
-                await self._loop.run_in_executor(self.executor, self._upload, key, data)
+                await self._loop.run_in_executor(self.executor, METRICS.cpu, "upload",
+                                                 self._upload, key, data)
                 self.shipped_bytes += len(data)
                 self.segments_shipped += 1
+                METRICS.log_segments.inc()
+                METRICS.log_bytes.inc(len(data))
                 self.last_error = None
                 return
             except LogError:
                 raise
             except Exception as exc:  # the store failed: retry the same object, forever
                 self.failures += 1
+                METRICS.log_upload_failures.inc()
                 self.last_error = exc
                 log.warning("upload of %s failed (attempt %d): %r", key, attempt + 1, exc)
                 await asyncio.sleep(self.backoff.delay(attempt))

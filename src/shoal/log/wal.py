@@ -17,6 +17,7 @@ commit is overwritten before it is seen.
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 from functools import lru_cache
@@ -107,40 +108,53 @@ def read_commits(path: str | Path, since: WalPosition | None = None, *,
     as SQLite's recovery does. ``verify=False`` skips checksum arithmetic
     (salts and structure are still checked).
     """
-    name = str(path)
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below on every path
+        fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
         if max_frame:
-            raise WalError(f"{name}: WAL file missing, expected {max_frame} frames", name) \
-                from None
+            raise WalError(f"{path}: WAL file missing, expected {max_frame} frames",
+                           str(path)) from None
         return [], since
-    with f:
-        head = f.read(HEADER_SIZE)
-        if len(head) < HEADER_SIZE:  # empty (truncated by a checkpoint) or not yet written
-            if max_frame:
-                raise WalError(f"{name}: WAL is empty, expected {max_frame} frames", name)
-            return [], since
-        header = parse_header(head, name)
-        if since is None or (since.salt1, since.salt2) != (header.salt1, header.salt2):
-            since = WalPosition(header.salt1, header.salt2, 0, header.checksum, header.page_size)
-        frame_size = FRAME_HEADER_SIZE + header.page_size
-        f.seek(HEADER_SIZE + since.frames * frame_size)
-        if max_frame is None:
-            data = f.read()
-        else:
-            if max_frame < since.frames:
-                raise WalError(f"{name}: asked to read to frame {max_frame} but already read "
-                               f"{since.frames}", name)
-            want = (max_frame - since.frames) * frame_size
-            data = f.read(want)
-            if len(data) < want:
-                raise WalError(f"{name}: WAL holds fewer than {max_frame} frames", name)
+    try:
+        return _read(fd, str(path), since, max_frame, verify)
+    finally:
+        os.close(fd)
+
+
+def _read(fd: int, name: str, since: WalPosition | None, max_frame: int | None,
+          verify: bool) -> tuple[list[WalCommit], WalPosition | None]:
+    """read_commits on an open file: two preads, the header and the frames after ``since``."""
+    head = os.pread(fd, HEADER_SIZE, 0)
+    if len(head) < HEADER_SIZE:  # empty (truncated by a checkpoint) or not yet written
+        if max_frame:
+            raise WalError(f"{name}: WAL is empty, expected {max_frame} frames", name)
+        return [], since
+    header = _parse_header(head, name)
+    if since is None or (since.salt1, since.salt2) != (header.salt1, header.salt2):
+        since = WalPosition(header.salt1, header.salt2, 0, header.checksum, header.page_size)
+    frame_size = FRAME_HEADER_SIZE + header.page_size
+    offset = HEADER_SIZE + since.frames * frame_size
+    if max_frame is None:
+        data = os.pread(fd, max(0, os.fstat(fd).st_size - offset), offset)
+    else:
+        if max_frame < since.frames:
+            raise WalError(f"{name}: asked to read to frame {max_frame} but already read "
+                           f"{since.frames}", name)
+        want = (max_frame - since.frames) * frame_size
+        data = os.pread(fd, want, offset)
+        if len(data) < want:
+            raise WalError(f"{name}: WAL holds fewer than {max_frame} frames", name)
     commits, position = _scan(data, since, header, verify)
     if max_frame is not None and position.frames != max_frame:
         raise WalError(f"{name}: frames {position.frames + 1}..{max_frame} are not a valid "
                        f"committed transaction", name)
     return commits, position
+
+
+@lru_cache(maxsize=16)
+def _parse_header(data: bytes, name: str) -> WalHeader:
+    """parse_header, once per WAL generation: the header only changes when the WAL restarts."""
+    return parse_header(data, name)
 
 
 def _scan(data: bytes, start: WalPosition, header: WalHeader,
@@ -175,15 +189,33 @@ def _scan(data: bytes, start: WalPosition, header: WalHeader,
 
 
 class WalReader:
-    """Remembers its place in one ``-wal`` file and returns each new commit once."""
+    """Remembers its place in one ``-wal`` file and returns each new commit once.
+
+    The file stays open between reads (a commit's capture is then two preads) and is
+    closed by :meth:`close`; the owner closes it whenever the file may be replaced
+    (the engine does when the branch closes: nothing replaces the WAL of an open branch).
+    """
 
     def __init__(self, path: str | Path, *, verify: bool = True):
         self.path = Path(path)
         self.verify = verify
         self.position: WalPosition | None = None
+        self._fd: int | None = None
 
     def read(self, max_frame: int | None = None) -> list[WalCommit]:
         """Commits added since the last call (or since the start of the current WAL)."""
-        commits, self.position = read_commits(self.path, self.position, max_frame=max_frame,
-                                              verify=self.verify)
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except FileNotFoundError:
+                commits, self.position = read_commits(self.path, self.position,
+                                                      max_frame=max_frame, verify=self.verify)
+                return commits
+        commits, self.position = _read(self._fd, str(self.path), self.position, max_frame,
+                                       self.verify)
         return commits
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
