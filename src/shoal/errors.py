@@ -55,9 +55,11 @@ CODES: dict[str, tuple[int, str]] = {
                               "history): restore, history and branches other than main need "
                               "a node started with --store."),
     # object storage
-    "STORAGE_UNAVAILABLE": (503, "The object store failed or timed out. A write answered with "
-                                 "this is committed on the node and ships once the store is "
-                                 "back; retry with the same Idempotency-Key."),
+    "STORAGE_UNAVAILABLE": (503, "The object store failed, timed out or is too far behind "
+                                 "(max_unshipped_bytes); the message says which. A write that "
+                                 "timed out waiting for it is committed on the node and ships "
+                                 "once the store is back; one refused for the backlog was not "
+                                 "run. Retry later with the same Idempotency-Key."),
     "STORAGE_CORRUPT": (500, "An object of the commit log is missing or fails its checksum; "
                              "the message names it. Restore from another point or branch."),
     "INTERNAL": (500, "A server fault; it is logged."),

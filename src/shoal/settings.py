@@ -73,6 +73,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("storage_timeout", float, 30.0,
             "Seconds a write waits for the object store (remote durability) before "
             "STORAGE_UNAVAILABLE."),
+    Setting("max_unshipped_bytes", int, 256 << 20,
+            "Page bytes of a branch's commits that may wait for the object store (committed "
+            "on this node, not yet shipped); past it, writes to the branch get "
+            "STORAGE_UNAVAILABLE until the store catches up. 0: no limit."),
     Setting("history_retention", float, 7 * 86400.0,
             "Seconds of history kept restorable; older segments and snapshots are deleted "
             "unless a branch needs them."),

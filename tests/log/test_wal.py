@@ -224,3 +224,26 @@ def test_apsw_is_in_wal_mode_with_autocheckpoint_off(logged: LoggedDatabase) -> 
     assert logged.conn.execute("PRAGMA journal_mode").get == "wal"
     assert logged.frames > 50  # nothing was checkpointed behind our back
     assert apsw.sqlite_lib_version()
+
+
+def test_marks_are_read_per_segment_and_checked(logged: LoggedDatabase) -> None:
+    """Commits are marked (no I/O) and their pages read later, in one go, exactly."""
+    capture = Capture(f"{logged.path}-wal")
+    capture.recover(logged.txid)  # reading resumes after the commit already there
+    written, marks = [], []
+    for v in "abc":
+        written.append(logged.write(f"INSERT INTO t(v) VALUES ('{v}')"))
+        marks.append(capture.mark(logged.txid, logged.frames))
+    assert [m.time for m in marks] == sorted(m.time for m in marks)
+    assert all(m.size == c.size for m, c in zip(marks, written, strict=True))
+    got = capture.read(marks)
+    assert [(c.txid, c.frames, c.db_pages) for c in got] == \
+        [(c.txid, c.frames, c.db_pages) for c in written]
+    # an entry that is already a Commit passes through, in order
+    assert capture.read([written[0]]) == [written[0]]
+
+    # a commit nobody marked (what a commit that bumps no txid looks like) is caught
+    logged.write("INSERT INTO t(v) VALUES ('unmarked')")
+    logged.write("INSERT INTO t(v) VALUES ('marked')")
+    with pytest.raises(WalError, match="expected commits ending at frames"):
+        capture.read([capture.mark(logged.txid, logged.frames)])

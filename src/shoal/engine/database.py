@@ -12,10 +12,12 @@ alone), bumps the branch txid once, commits once (one fsync), then answers all.
 An interactive write transaction holds the same lock, so queued writers wait for
 it at most ``busy_timeout`` and then get DATABASE_BUSY.
 
-With a commit log (``journal``), every commit is captured from the WAL right
-after COMMIT, still under the write lock, and handed to the shipper; with
+With a commit log (``journal``), every commit is marked right after COMMIT,
+still under the write lock, and handed to the shipper (which reads its pages
+from the WAL off the commit path); with
 ``remote`` durability the answers wait (in a task of their own, so the writer
-keeps committing) until the commit is in the object store.
+keeps committing) until the commit is in the object store. While more than
+``max_unshipped_bytes`` of commits wait for the store, new writes are refused.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ GET_IDEM = (f"SELECT body_hash, status, response, created_at FROM _shoal_idempot
 PURGE_IDEM = f"DELETE FROM _shoal_idempotency WHERE created_at < ? /*{_NONCE}*/"
 
 INLINE_BUDGET = 0.002  # seconds a read may hold the event loop before moving to a thread
+MIB = 1 << 20
 
 
 def make_bookmark(database: str, branch: str, txid: int, timeline: str | None = None) -> str:
@@ -372,11 +375,27 @@ class Database:
                 self._answer_when_durable(batch, outcomes)
 
     def _check_log(self) -> None:
-        """Refuse writes once shipping has stopped for good (another writer on the timeline)."""
-        failed = self.journal.failed if self.journal is not None else None
-        if failed is not None:
+        """Refuse writes (every write path starts here) once shipping has stopped for good
+        (another writer on the timeline) or while the store is too far behind."""
+        if self.journal is None:
+            return
+        failed = self.journal.failed
+        why = str(failed) if failed is not None else self._behind(self.journal)
+        if why is not None:
             raise ShoalError("STORAGE_UNAVAILABLE", f"writes to {self.name}/{self.branch} are "
-                                                    f"refused: {failed}")
+                                                    f"refused: {why}")
+
+    def _behind(self, journal: Journal) -> str | None:
+        """Why the store's backlog stops writes, if it does. Local durability acknowledges
+        before shipping, so without a bound a store that is down would let unshipped commits
+        fill the disk (WAL) and memory (shipper). A stale read of the count is fine."""
+        limit = self.settings.max_unshipped_bytes
+        backlog = journal.shipper.backlog_bytes if journal.shipper is not None else 0
+        if not limit or backlog <= limit:
+            return None
+        return (f"the object store is behind by {backlog / MIB:.2f} MiB of commits for "
+                f"{self.name}/{self.branch}; writes resume once it catches up "
+                f"(max_unshipped_bytes = {limit})")
 
     async def _mend_log(self) -> None:
         """Under the write lock, after a commit: if capturing it failed, re-base the log on

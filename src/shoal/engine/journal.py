@@ -3,8 +3,9 @@
 The writer connection runs with auto-checkpoint off and no checkpoint on close,
 and a WAL hook that reports the frame count after each commit. Right after
 every COMMIT (on the worker thread, under the write lock) :meth:`Journal.captured`
-reads the commit's frames from the ``-wal`` file, stamps them with the txid the
-commit wrote into ``_shoal_state`` and hands them to the shipper.
+marks the commit (the txid it wrote into ``_shoal_state``, its time, its last
+WAL frame: no I/O) and hands the mark to the shipper, which reads the pages of
+a whole segment's marks from the ``-wal`` file at once, off the commit path.
 
 Frames leave the WAL only through a checkpoint, and Shoal runs every checkpoint
 itself, only after the frames it backfills are durable in the store: so the WAL
@@ -13,10 +14,12 @@ recovers them (``Capture.recover``) when the branch next opens. Right after a
 complete checkpoint the database file holds exactly the state at the last txid,
 which is when a snapshot is taken, if the policy says one is due.
 
-If capture ever fails (the WAL does not hold exactly one new commit: a bug, or a
-commit that bumped no txid), the log is re-based: everything captured so far is
-shipped, the WAL is checkpointed and a snapshot at the current txid uploaded;
-the log then continues from there. No commit is ever silently left out.
+If capture ever fails (the WAL does not hold exactly the marked commits: a bug,
+or a commit that bumped no txid), the log is re-based: the WAL is checkpointed
+and a snapshot at the current txid uploaded; the log then continues from there.
+No commit is ever silently left out: the commits between the last shipped one and
+the snapshot are only restorable through it (point-in-time restore inside that
+range fails with a clear error).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import apsw
 from shoal.errors import ShoalError
 from shoal.log.branch import Branch
 from shoal.log.capture import Capture
-from shoal.log.errors import LogError
+from shoal.log.errors import LogError, WalError
 from shoal.log.shipper import Shipper
 from shoal.log.snapshot import SnapshotPolicy, take_snapshot
 from shoal.metrics import METRICS
@@ -98,6 +101,7 @@ class Journal:
         self.db: Database | None = None
         self._closing = False
         self._checkpoint_task: asyncio.Task[None] | None = None
+        self._repair_task: asyncio.Task[None] | None = None
         # Held while a checkpoint writes the database file or a snapshot reads it: the
         # file must hold exactly one txid's state for the whole read.
         self._file_lock = asyncio.Lock()
@@ -112,7 +116,7 @@ class Journal:
         if self.broken or self.shipper is None:
             return
         try:
-            self.shipper.append(METRICS.cpu("capture", self.capture.commit, txid, self.frames))
+            self.shipper.append(self.capture.mark(txid, self.frames))
         except Exception as exc:
             log.error("capture of %s/%s txid %d failed, the log will be re-based on a "
                       "snapshot: %s", self.name, self.branch.name, txid, exc)
@@ -122,7 +126,8 @@ class Journal:
     def _new_shipper(self, durable_txid: int) -> Shipper:
         shipper = Shipper(self.stores.raw, self.name, self.timeline, durable_txid=durable_txid,
                           sync_interval=self.sync_interval, executor=self.stores.io,
-                          on_durable=self._on_durable)
+                          on_durable=self._on_durable, prepare=self.capture.read,
+                          on_failure=self._on_failure)
         shipper.start()
         self._shipped_seen = 0
         return shipper
@@ -156,15 +161,22 @@ class Journal:
                           f"node but not yet in the object store: {why}")
 
     async def durable(self, txid: int) -> None:
-        """Wait until txid is in the store; STORAGE_UNAVAILABLE after storage_timeout."""
+        """Wait until txid is in the store; STORAGE_UNAVAILABLE after storage_timeout.
+        A capture failure on the way is waited out: the repair's snapshot covers txid."""
         shipper = self.shipper
         assert shipper is not None
         if txid <= shipper.durable_txid:
             return
-        if self.broken:
-            raise self._unavailable(txid, "the commit log is being repaired")
         try:
-            await asyncio.wait_for(shipper.wait_durable(txid), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                while txid > shipper.durable_txid:
+                    if self.broken or isinstance(shipper.failed, WalError):
+                        await self._repaired()
+                    else:
+                        with contextlib.suppress(WalError):
+                            await shipper.wait_durable(txid)
+                    assert self.shipper is not None
+                    shipper = self.shipper
         except TimeoutError:
             last = f" (last error: {shipper.last_error!r})" if shipper.last_error else ""
             raise self._unavailable(txid, f"no upload succeeded within storage_timeout "
@@ -172,10 +184,42 @@ class Journal:
         except LogError as exc:
             raise self._unavailable(txid, str(exc)) from None
 
+    async def _repaired(self) -> None:
+        """Wait for the repair of a capture failure (scheduled by _on_failure)."""
+        task = self._repair_task
+        if task is None or task.done():
+            await asyncio.sleep(0.01)  # a commit's _mend_log is repairing: look again
+            return
+        with contextlib.suppress(Exception):  # logged by the task itself
+            await asyncio.shield(task)
+
     @property
     def failed(self) -> LogError | None:
         """A fatal shipping error (another writer on this timeline): refuse writes."""
-        return self.shipper.failed if self.shipper is not None else None
+        failed = self.shipper.failed if self.shipper is not None else None
+        return None if isinstance(failed, WalError) else failed
+
+    def _on_failure(self, exc: LogError) -> None:
+        """The shipper stopped. A capture failure is repaired after the next commit."""
+        if isinstance(exc, WalError):
+            log.error("capture of %s/%s failed, the log will be re-based on a snapshot: %s",
+                      self.name, self.branch.name, exc)
+            self.broken = True
+            if self._repair_task is None or self._repair_task.done():
+                self._repair_task = asyncio.get_running_loop().create_task(self._repair_now())
+
+    async def _repair_now(self) -> None:
+        """Re-base the log at once, not at the next commit (remote writers are waiting)."""
+        db = self.db
+        if db is None:
+            return
+        async with db.write_lock:
+            if self.broken and not self._closing and not db.closed:
+                try:
+                    await self.repair(db)
+                except Exception:
+                    log.exception("repairing the commit log of %s/%s failed", self.name,
+                                  self.branch.name)
 
     # -- checkpoints and snapshots ---------------------------------------------------------------
     def _on_durable(self, txid: int) -> None:
@@ -216,7 +260,7 @@ class Journal:
         METRICS.log_checkpoints.inc()
         complete = busy == 0 and frames == done
         if complete and truncate:
-            self.capture.reader.position = None
+            self.capture.restarted()
             self.frames = 0
         return bool(complete)
 
@@ -267,9 +311,10 @@ class Journal:
         of the current state (txid ``db.txid``), taken after a full checkpoint."""
         shipper = self.shipper
         assert shipper is not None
-        if shipper.failed is not None:
-            raise shipper.failed  # another writer owns the timeline: nothing to re-base
-        await asyncio.wait_for(shipper.flush(), self.timeout)
+        if self.failed is not None:
+            raise self.failed  # another writer owns the timeline: nothing to re-base
+        if shipper.failed is None:  # ship what can be; after a capture failure nothing can
+            await asyncio.wait_for(shipper.flush(), self.timeout)
         loop = asyncio.get_running_loop()
         async with self._file_lock:
             if not await loop.run_in_executor(self.executor, self._backfill, True):
@@ -293,9 +338,10 @@ class Journal:
         """Stop shipping, after shipping what is pending if ``flush`` (bounded); when all
         is durable, checkpoint and truncate the WAL so the next open starts clean."""
         self._closing = True
-        if self._checkpoint_task is not None:
-            with contextlib.suppress(Exception):  # reported by its done callback
-                await asyncio.shield(self._checkpoint_task)
+        for task in (self._checkpoint_task, self._repair_task):
+            if task is not None:
+                with contextlib.suppress(Exception):  # reported by the task or its callback
+                    await asyncio.shield(task)
         shipper = self.shipper
         if shipper is None:
             return

@@ -35,6 +35,9 @@ DIGEST_SIZE = 16
 LEVEL = 1  # zstd level: 1.5x the speed of level 3 on table pages for 4 % more bytes
 
 
+COMMIT_OVERHEAD = _COMMIT.size  # bytes a commit adds to a segment besides its frames
+
+
 @dataclass(frozen=True, slots=True)
 class Commit:
     """One commit of a branch: its txid, when, and the pages it wrote."""
@@ -48,7 +51,7 @@ class Commit:
     @property
     def size(self) -> int:
         """Bytes of page data (what a segment grows by, before compression)."""
-        return len(self.frames) * (self.page_size + 4) + _COMMIT.size
+        return len(self.frames) * (self.page_size + 4) + COMMIT_OVERHEAD
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,9 +29,10 @@ import contextlib
 import logging
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Protocol
 
 from shoal.log import layout
 from shoal.log.errors import CorruptObject, LogConflict, LogError
@@ -55,13 +56,29 @@ class Backoff:
             * random.uniform(0.5, 1.0)
 
 
+class Entry(Protocol):
+    """What the shipper queues: a Commit, or anything ``prepare`` turns into one."""
+
+    @property
+    def txid(self) -> int: ...
+    @property
+    def time(self) -> float: ...
+    @property
+    def size(self) -> int: ...
+
+
+Prepare = Callable[[Sequence[Entry]], list[Commit]]
+
+
 class Shipper:
     """Ships one timeline. Create on the event loop, then :meth:`start`."""
 
     def __init__(self, store: ObjectStore, db: str, timeline: str, *, durable_txid: int,
                  sync_interval: float = 1.0, max_segment_bytes: int = 8 << 20,
                  backoff: Backoff | None = None, executor: Executor | None = None,
-                 on_durable: Callable[[int], None] | None = None):
+                 on_durable: Callable[[int], None] | None = None,
+                 prepare: Prepare | None = None,
+                 on_failure: Callable[[LogError], None] | None = None):
         self.store = store
         self.db = db
         self.timeline = timeline
@@ -70,6 +87,8 @@ class Shipper:
         self.backoff = backoff or Backoff()
         self.executor = executor
         self.on_durable = on_durable
+        self.prepare = prepare  # entries -> commits, on a worker thread, just before encoding
+        self.on_failure = on_failure  # called once if shipping stops for good
         self.durable_txid = durable_txid  # every txid <= this is in the store
         self.head_txid = durable_txid  # the last appended
         self.shipped_bytes = 0  # compressed bytes uploaded (for the snapshot policy)
@@ -78,8 +97,9 @@ class Shipper:
         self.last_error: BaseException | None = None
         self.failed: LogError | None = None  # fatal: nothing more will ship
         self._lock = threading.Lock()
-        self._pending: list[Commit] = []
-        self._sealed: list[Commit] = []  # the segment being uploaded
+        self._pending: list[Entry] = []
+        self._sealed: list[Entry] = []  # the segment being uploaded
+        self._sealed_bytes = 0
         self._pending_bytes = 0
         self._first_pending_at = 0.0
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
@@ -90,8 +110,9 @@ class Shipper:
     # -- feeding --------------------------------------------------------------------------
     @property
     def backlog_bytes(self) -> int:
-        """Page bytes appended but not yet durable (for back-pressure and metrics)."""
-        return self._pending_bytes
+        """Page bytes appended but not yet durable, the segment in flight included (for
+        back-pressure and metrics)."""
+        return self._pending_bytes + self._sealed_bytes
 
     @property
     def unshipped(self) -> int:
@@ -104,7 +125,7 @@ class Shipper:
             oldest = self._sealed or self._pending
             return oldest[0].time if oldest and self.head_txid > self.durable_txid else None
 
-    def append(self, commit: Commit) -> None:
+    def append(self, commit: Entry) -> None:
         """Add the next commit (txid = head + 1). Thread-safe; never blocks on the store."""
         with self._lock:
             if commit.txid != self.head_txid + 1:
@@ -178,7 +199,7 @@ class Shipper:
                 return 0.0
             return max(0.0, self._first_pending_at + self.sync_interval - self._loop.time())
 
-    def _take(self) -> list[Commit]:
+    def _take(self) -> list[Entry]:
         """Seal the open segment: the pending commits up to max_segment_bytes (at least one)."""
         with self._lock:
             size = 0
@@ -191,6 +212,7 @@ class Shipper:
             batch = self._pending[:count]
             self._pending = self._pending[count:]
             self._sealed = batch
+            self._sealed_bytes = size
             self._pending_bytes -= size
             if self._pending:
                 self._first_pending_at = self._loop.time()
@@ -219,6 +241,7 @@ class Shipper:
         with self._lock:
             self.durable_txid = txid
             self._sealed = []
+            self._sealed_bytes = 0
         keep = []
         for want, fut in self._waiters:
             if want <= txid:
@@ -240,12 +263,18 @@ class Shipper:
             if not fut.done():
                 fut.set_exception(exc)
         self._waiters.clear()
+        if self.on_failure is not None:
+            self.on_failure(exc)
 
-    async def _ship(self, batch: list[Commit]) -> None:
+    def _encode(self, batch: list[Entry]) -> bytes:
+        """Worker thread: the batch's commits (read by ``prepare``) as one segment."""
+        commits = batch if self.prepare is None else METRICS.cpu("capture", self.prepare, batch)
+        return METRICS.cpu("encode", encode_segment, commits)
+
+    async def _ship(self, batch: list[Entry]) -> None:
         key = layout.segment_key(self.db, self.timeline, batch[0].txid, batch[-1].txid,
                                  batch[-1].time)
-        data = await self._loop.run_in_executor(self.executor, METRICS.cpu, "encode",
-                                                encode_segment, batch)
+        data = await self._loop.run_in_executor(self.executor, self._encode, batch)
         attempt = 0
         while True:
             try:
