@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import apsw
 
 from shoal import tokens
+from shoal.engine import datadir
 from shoal.engine.catalog import Catalog, DatabaseRecord, TokenRecord
 from shoal.engine.connection import Counters, Description, NeedsWriter, Result, Statement
 from shoal.engine.database import (
@@ -125,6 +126,7 @@ class Engine:
         self.root = settings.data_dir
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
+        datadir.claim(self.root, settings.local_only)
         self.executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="shoal-sql")
         self.io = ThreadPoolExecutor(max(4, settings.threads), thread_name_prefix="shoal-io")
         # store = "none": a local-only node (no commit log; the data directory is the truth)
@@ -236,8 +238,11 @@ class Engine:
         return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
 
     async def _retain(self) -> None:
-        """Delete what no restore inside history_retention and no branch needs any more."""
+        """Per database: merge runs of small segments (so restore GETs few objects), then
+        delete what no restore inside history_retention and no branch needs any more."""
         for name in sorted(self.names):
+            if self.settings.compact_min_segments:
+                await self._compact(name)
             try:
                 report = await self._io(self.registry.retention, name, time.time(),
                                         self.settings.history_retention)
@@ -245,6 +250,17 @@ class Engine:
                     log.info("retention deleted %d objects of %s", len(report.deleted), name)
             except Exception as exc:
                 log.warning("retention of %s failed: %r", name, exc)
+
+    async def _compact(self, name: str) -> None:
+        try:
+            report = await self._io(self.registry.compact, name, time.time())
+        except Exception as exc:
+            log.warning("compaction of %s failed: %r", name, exc)
+            return
+        for error in report.errors:
+            log.warning("compaction of %s left a run as it was: %s", name, error)
+        if any(m.created for m in report.merges):
+            log.info("compaction of %s %s", name, report.summary())
 
     # -- databases ---------------------------------------------------------------------------
     async def create_database(

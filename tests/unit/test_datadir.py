@@ -1,0 +1,39 @@
+"""A data directory serves one kind of node: local-only or store-backed, never both."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shoal.engine import datadir
+from shoal.errors import CODES, ShoalError
+
+
+@pytest.mark.parametrize("first_local", [True, False])
+def test_the_first_start_claims_the_directory_for_its_kind(tmp_path: Path,
+                                                           first_local: bool) -> None:
+    datadir.claim(tmp_path, first_local)
+    datadir.claim(tmp_path, first_local)  # the same kind again: fine
+    with pytest.raises(ShoalError) as refused:
+        datadir.claim(tmp_path, not first_local)
+    assert refused.value.code == "DATA_DIR_CONFLICT" and "DATA_DIR_CONFLICT" in CODES
+    assert str(tmp_path) in refused.value.message
+    assert ("store = \"none\"" if first_local else "--store") in refused.value.message
+    kind = datadir.LOCAL_ONLY if first_local else datadir.STORE
+    assert (tmp_path / datadir.KIND_FILE).read_text() == kind + "\n"
+
+
+def test_directories_from_before_the_kind_file_are_recognised(tmp_path: Path) -> None:
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "signing-key").write_text("k")
+    with pytest.raises(ShoalError):
+        datadir.claim(local, local_only=False)
+    stored = tmp_path / "stored"
+    (stored / "dbs" / "app").mkdir(parents=True)
+    (stored / "dbs" / "app" / "main.timeline").write_text("0123abcd\n")
+    with pytest.raises(ShoalError):
+        datadir.claim(stored, local_only=True)
+    datadir.claim(stored, local_only=False)
+    assert (stored / datadir.KIND_FILE).read_text() == datadir.STORE + "\n"
