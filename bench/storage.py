@@ -562,12 +562,21 @@ replicating" is the work itself: Shoal's commit-log threads as the server accoun
 repetitions than throughput does on a shared machine."""
 
 
+def section(opts: Options) -> str:
+    """RESULTS.md section (and JSON name) of a run: a run of some parts (say the 1 GB case
+    alone) gets a section of its own instead of replacing the full run's table."""
+    if set(opts.only) == set(PARTS):
+        return "storage"
+    sizes = f"-{'-'.join(map(str, opts.sizes))}mb" if "sizes" in opts.only else ""
+    return f"storage-{'-'.join(opts.only)}{sizes}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     opts = parse_args(argv)
     wrk.ensure_wrk()
-    report = Report("storage", " ".join(["python -m bench.storage", *map(shlex.quote, argv)]),
-                    asdict(opts))
+    report = Report(section(opts), " ".join(["python -m bench.storage",
+                                             *map(shlex.quote, argv)]), asdict(opts))
     if opts.data_root:
         Path(opts.data_root).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="shoal-bench-storage-", dir=opts.data_root) as tmp:

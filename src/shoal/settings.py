@@ -91,6 +91,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("snapshot_log_ratio", float, 0.5,
             "Log since the last snapshot, as a fraction of the database size, that makes "
             "a snapshot due."),
+    Setting("compact_min_segments", int, 8,
+            "Compaction (every 10 minutes) merges runs of at least this many consecutive "
+            "small segments of a branch's log into one, so a restore downloads few "
+            "objects; the small ones are deleted an hour later. 0: compaction off."),
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}

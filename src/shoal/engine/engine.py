@@ -62,6 +62,7 @@ SWEEP_INTERVAL = 0.25
 RELEASE_INTERVAL = 1.0  # at most this often, hand memory freed by closed connections to the OS
 USAGE_FLUSH_INTERVAL = 2.0
 RETENTION_INTERVAL = 600.0  # seconds between retention passes over every database
+COMPACTION_BUDGET = 60.0  # seconds of compaction a database gets per pass (a backlog waits)
 
 
 @dataclass
@@ -168,6 +169,7 @@ class Engine:
         self.usage: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
         self._sweeper: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
+        self._stopping = False  # compaction starts no new run once set
 
     @property
     def registry(self) -> Registry:
@@ -186,6 +188,7 @@ class Engine:
         METRICS.log_lag.set_function(lambda: self.lifecycle.log_backlog()[1])
 
     async def stop(self) -> None:
+        self._stopping = True
         if self._sweeper:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -252,8 +255,14 @@ class Engine:
                 log.warning("retention of %s failed: %r", name, exc)
 
     async def _compact(self, name: str) -> None:
+        """Merge the database's runs of small segments, for COMPACTION_BUDGET at most."""
+        deadline = time.monotonic() + COMPACTION_BUDGET
+
+        def keep_going() -> bool:
+            return not self._stopping and time.monotonic() < deadline
+
         try:
-            report = await self._io(self.registry.compact, name, time.time())
+            report = await self._io(self.registry.compact, name, time.time(), keep_going)
         except Exception as exc:
             log.warning("compaction of %s failed: %r", name, exc)
             return

@@ -45,7 +45,7 @@ from shoal.engine.database import BEGIN_IMMEDIATE, COMMIT, Database
 from shoal.engine.journal import Journal, LogState, Stores
 from shoal.errors import ShoalError
 from shoal.log import branch as branch_log
-from shoal.log import layout
+from shoal.log import compaction, layout
 from shoal.log.errors import (
     BranchExists,
     BranchNotFound,
@@ -57,7 +57,7 @@ from shoal.log.errors import (
 from shoal.log.restore import History, history, resolve_time, restore
 from shoal.log.retention import RetentionReport, apply_retention
 from shoal.log.snapshot import take_snapshot
-from shoal.log.timeline import ancestry, load_timeline, segments, snapshots
+from shoal.log.timeline import ancestry, covered, load_timeline, segments, snapshots
 from shoal.storage.base import NotFound, PreconditionFailed
 
 log = logging.getLogger("shoal.registry")
@@ -276,8 +276,9 @@ class Registry:
                         [s.time for s in snaps])
         last = snaps[-1] if snaps else None
         floor = last.txid if last else record.fork_txid
+        merged = covered(segs)  # bytes compaction merged count once
         return LogState(record, head, head_time, last.time if last else record.created_at,
-                        sum(s.size for s in segs if s.last > floor))
+                        sum(s.size for s in segs if s.last > floor and s.key not in merged))
 
     @staticmethod
     def discard_local(path: Path) -> None:
@@ -404,6 +405,13 @@ class Registry:
                 self.store.delete(layout.branch_key(name, kept.name))
             raise
         return moved, kept
+
+    @mapped
+    def compact(self, name: str, now: float,
+                keep_going: Callable[[], bool] = lambda: True) -> compaction.CompactionReport:
+        return compaction.compact(self.store, name, now=now,
+                                  min_segments=self.settings.compact_min_segments,
+                                  keep_going=keep_going)
 
     @mapped
     def retention(self, name: str, now: float, window: float) -> RetentionReport:

@@ -12,14 +12,16 @@ branch, resetting it or restoring it in place gives the name a new timeline,
 so old and new history never share keys. Txids and times are zero-padded, so
 listing a prefix returns segments and snapshots in txid order; the last commit
 time in a segment's key (rounded up to the millisecond) lets restore-by-time
-and retention pick objects from a listing without downloading them.
+and retention pick objects from a listing without downloading them. The shipper's
+segments tile a timeline's txids; a compacted segment spans a run of them, and
+overlaps them until retention deletes them (see compaction.py).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shoal.storage.base import ObjectInfo
 
@@ -77,6 +79,7 @@ class SegmentInfo:
     last: int
     last_time: float  # upper bound of the last commit's time (ms precision)
     size: int
+    modified: float | None = field(default=None, compare=False)  # when written, if known
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +97,8 @@ def parse_segment(info: ObjectInfo) -> SegmentInfo | None:
     m = _SEGMENT.fullmatch(info.key.rsplit("/", 1)[-1])
     if not m:
         return None
-    return SegmentInfo(info.key, int(m[1]), int(m[2]), int(m[3]) / 1000, info.size)
+    return SegmentInfo(info.key, int(m[1]), int(m[2]), int(m[3]) / 1000, info.size,
+                       info.modified)
 
 
 def parse_snapshot(info: ObjectInfo) -> SnapshotInfo | None:

@@ -4,7 +4,9 @@ Restore = the nearest snapshot at or before the target in the branch's history
 (its own timeline or an ancestor's up to the fork) + every commit after it up
 to the target, replayed by writing each page at ``(pgno - 1) * page_size`` and
 finally truncating the file to the target commit's database size. That is the
-database SQLite itself would read at that commit: byte for byte.
+database SQLite itself would read at that commit: byte for byte. Segments may
+overlap (compaction merges runs of small ones into one that covers them): the
+plan takes, at each txid, the segment reaching furthest, so it reads few objects.
 
 Nothing is taken on trust: every snapshot and segment is checksummed, segments
 must match the txid range their key names, and the chosen objects must cover
@@ -17,7 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Generator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +32,14 @@ from shoal.log.snapshot import write_image
 from shoal.log.timeline import Timeline, ancestry, segments, snapshots, spans
 from shoal.storage.base import NotFound, ObjectStore
 
-PREFETCH = 4  # segments downloaded ahead of the one being applied
+# Segments downloaded ahead of the one being applied: on S3 a GET takes 20-50 ms whatever
+# its size, so many small segments need many requests in flight (the S3 store's pool
+# holds 32 connections). Memory stays bounded by bytes, not count: at most PREFETCH_BYTES
+# of listed (compressed) segment bytes are downloaded ahead, plus the segment being
+# applied, decoded: at most max_segment_bytes (8 MiB) of pages for a shipped segment,
+# compaction.MAX_PAGE_BYTES (32 MiB) for a compacted one.
+PREFETCH = 16
+PREFETCH_BYTES = 32 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,11 +73,44 @@ class _Plan:
     segments: list[tuple[layout.SegmentInfo, int, int]]  # (segment, first, last) to apply
 
 
-def _fetch(store: ObjectStore, key: str, what: str) -> bytes:
+def fetch(store: ObjectStore, key: str, what: str) -> bytes:
+    """The object's bytes; MissingObject naming it (as a ``what``) if it is gone."""
     try:
         return store.get(key).data
     except NotFound:
         raise MissingObject(f"{what} {key} is missing from the store", key) from None
+
+
+def read_segment(seg: layout.SegmentInfo, data: bytes) -> list[Commit]:
+    """The commits of a downloaded segment, checksummed and matching the txids its key
+    names (CorruptObject naming it otherwise)."""
+    head, commits = decode_segment(data, seg.key)
+    if (head.first_txid, head.last_txid) != (seg.first, seg.last):
+        raise CorruptObject(f"segment {seg.key} holds txids {head.first_txid}.."
+                            f"{head.last_txid}, its key says {seg.first}..{seg.last}", seg.key)
+    return commits
+
+
+def download(store: ObjectStore, segs: Sequence[layout.SegmentInfo]
+             ) -> Generator[tuple[layout.SegmentInfo, bytes], None, None]:
+    """Download segments in order, up to PREFETCH at once and PREFETCH_BYTES ahead."""
+    pool = ThreadPoolExecutor(max_workers=PREFETCH)
+    pending: deque[tuple[layout.SegmentInfo, Future[bytes]]] = deque()
+    ahead = 0
+    todo = iter(segs)
+    nxt = next(todo, None)
+    try:
+        while pending or nxt is not None:
+            while nxt is not None and len(pending) < PREFETCH and (
+                    not pending or ahead + nxt.size <= PREFETCH_BYTES):
+                pending.append((nxt, pool.submit(fetch, store, nxt.key, "segment")))
+                ahead += nxt.size
+                nxt = next(todo, None)
+            seg, fut = pending.popleft()
+            ahead -= seg.size
+            yield seg, fut.result()
+    finally:  # on a failure or an early stop, start no more downloads
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _listings(store: ObjectStore, db: str, chain: list[Timeline]
@@ -85,15 +128,20 @@ def _head(timeline: Timeline, segs: list[layout.SegmentInfo],
 
 def _cover(segs: list[layout.SegmentInfo], timeline: str, db: str, lo: int,
            hi: int) -> list[tuple[layout.SegmentInfo, int, int]]:
-    """Segments covering txids lo+1..hi without a gap (greedy: furthest reach first)."""
+    """Segments covering txids lo+1..hi without a gap (greedy: furthest reach first, so a
+    compacted segment is read instead of the small ones it covers). One pass over the
+    segments in txid order: a timeline may list thousands."""
     out: list[tuple[layout.SegmentInfo, int, int]] = []
+    ordered = sorted(segs, key=lambda s: (s.first, s.last))
+    i = 0
+    best: layout.SegmentInfo | None = None  # the furthest-reaching one starting <= need
     need = lo + 1
     while need <= hi:
-        best = None
-        for seg in segs:
-            if seg.first <= need <= seg.last and (best is None or seg.last > best.last):
-                best = seg
-        if best is None:
+        while i < len(ordered) and ordered[i].first <= need:
+            if best is None or ordered[i].last > best.last:
+                best = ordered[i]
+            i += 1
+        if best is None or best.last < need:
             after = min((s.first for s in segs if s.first > need), default=None)
             upto = min(hi, after - 1) if after is not None else hi
             raise MissingObject(
@@ -136,23 +184,6 @@ def _plan(store: ObjectStore, db: str, chain: list[Timeline], target: int | None
     return plan
 
 
-def _prefetch(store: ObjectStore, keys: list[str]) -> Iterator[tuple[str, bytes]]:
-    """Download keys in order, PREFETCH ahead, yielding (key, bytes)."""
-    with ThreadPoolExecutor(max_workers=PREFETCH) as pool:
-        pending: list[tuple[str, Future[bytes]]] = []
-        it = iter(keys)
-        for key in it:
-            pending.append((key, pool.submit(_fetch, store, key, "segment")))
-            if len(pending) >= PREFETCH:
-                break
-        while pending:
-            key, fut = pending.pop(0)
-            nxt = next(it, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(_fetch, store, nxt, "segment")))
-            yield key, fut.result()
-
-
 def restore(store: ObjectStore, db: str, timeline: str, dest: str | Path, *,
             txid: int | None = None, timestamp: float | None = None) -> Restored:
     """Write the database of ``timeline`` as of ``txid`` / ``timestamp`` (default: its head)
@@ -185,7 +216,7 @@ def restore(store: ObjectStore, db: str, timeline: str, dest: str | Path, *,
 
 def _write(store: ObjectStore, plan: _Plan, path: Path) -> Restored:
     snap_key = plan.snapshot.key
-    data = _fetch(store, snap_key, "snapshot")
+    data = fetch(store, snap_key, "snapshot")
     with open(path, "wb") as out:
         header = write_image(data, out, snap_key)
     del data
@@ -196,15 +227,12 @@ def _write(store: ObjectStore, plan: _Plan, path: Path) -> Restored:
     expected = header.txid + 1
     applied: list[str] = []
     fd = os.open(path, os.O_RDWR)
+    fetched = download(store, [seg for seg, _, _ in plan.segments])
     try:
-        keys = [seg.key for seg, _, _ in plan.segments]
-        for (seg, first, last), (key, raw) in zip(plan.segments, _prefetch(store, keys),
-                                                   strict=True):
-            head, commits = decode_segment(raw, key)
-            if (head.first_txid, head.last_txid) != (seg.first, seg.last):
-                raise CorruptObject(f"segment {key} holds txids {head.first_txid}.."
-                                    f"{head.last_txid}, its key says {seg.first}..{seg.last}",
-                                    key)
+        for (seg, first, last), (_, raw) in zip(plan.segments, fetched, strict=True):
+            key = seg.key
+            commits = read_segment(seg, raw)
+            del raw
             for commit in commits:
                 if commit.txid < first or commit.txid > last:
                     continue
@@ -223,6 +251,7 @@ def _write(store: ObjectStore, plan: _Plan, path: Path) -> Restored:
         os.ftruncate(fd, db_pages * page_size)
         os.fsync(fd)
     finally:
+        fetched.close()  # on a failure: no more downloads
         os.close(fd)
     return Restored(plan.target, when, page_size, db_pages, snap_key, tuple(applied))
 
@@ -253,7 +282,7 @@ def resolve_time(store: ObjectStore, db: str, chain: list[Timeline], when: float
     for seg, lo, hi in ordered:
         if seg.last_time <= when:  # key time rounds up: every commit in it is <= when
             continue
-        _, commits = decode_segment(_fetch(store, seg.key, "segment"), seg.key)
+        commits = read_segment(seg, fetch(store, seg.key, "segment"))
         later = [c.txid for c in commits if lo <= c.txid <= hi and c.time > when]
         if later:
             target = later[0] - 1

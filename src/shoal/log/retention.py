@@ -8,6 +8,12 @@ such snapshot passes the requirement on to its parent at its fork point.
 Everything else is deleted, including timelines no branch needs any more.
 Young timelines (within ``grace``) count as live, so a branch being created
 while retention runs cannot lose its parent.
+
+A segment whose txids another segment of its timeline also holds (compaction
+merged it into that one) is deleted too, once the covering segment has been in
+the store for ``grace`` (by the listing's modification time): a restore that
+listed the small segments just before the merge landed still finds them. The
+covering segment stays: among segments with the same range, one always does.
 """
 
 from __future__ import annotations
@@ -16,7 +22,7 @@ from dataclasses import dataclass, field
 
 from shoal.log import layout
 from shoal.log.branch import list_branches
-from shoal.log.timeline import Timeline, list_timelines, segments, snapshots
+from shoal.log.timeline import Timeline, covered, list_timelines, segments, snapshots
 from shoal.storage.base import ObjectStore
 
 
@@ -33,6 +39,15 @@ def _depth(timeline: Timeline, timelines: dict[str, Timeline]) -> int:
         cur = timelines.get(cur.parent)
         depth += 1
     return depth
+
+
+def _superseded(segs: dict[str, list[layout.SegmentInfo]], settled: float) -> set[str]:
+    """Segments covered by another of their timeline stored at or before ``settled`` (a
+    store that reports no modification times keeps them until the window drops them)."""
+    out: set[str] = set()
+    for found in segs.values():
+        out |= covered(found, lambda s: s.modified is not None and s.modified <= settled)
+    return out
 
 
 def apply_retention(store: ObjectStore, db: str, *, now: float, window: float,
@@ -69,6 +84,8 @@ def apply_retention(store: ObjectStore, db: str, *, now: float, window: float,
                         if s.txid >= floor and (b is None or s.txid <= b))
             keep.update(s.key for s in segs[tid]
                         if s.last > floor and (b is None or s.first <= b))
+
+    keep -= _superseded(segs, now - grace)
 
     report = RetentionReport()
     doomed_records = [layout.timeline_key(db, t) for t in timelines

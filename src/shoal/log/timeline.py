@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 from shoal.log import layout
@@ -103,6 +104,21 @@ def segments(store: ObjectStore, db: str, timeline: str) -> list[layout.SegmentI
     """The timeline's segments in txid order (keys that are not segments are ignored)."""
     found = (layout.parse_segment(i) for i in store.list(layout.log_prefix(db, timeline)))
     return [s for s in found if s is not None]
+
+
+def covered(segs: Iterable[layout.SegmentInfo],
+            can_cover: Callable[[layout.SegmentInfo], bool] = lambda seg: True) -> set[str]:
+    """Keys of the segments whose every txid another segment (one ``can_cover`` accepts)
+    also holds: what compaction left behind. Of two segments with the same range, the
+    one with the smaller key counts as the cover, so one of them always stays."""
+    out: set[str] = set()
+    reach = -1  # furthest txid an eligible segment earlier in this order reaches
+    for seg in sorted(segs, key=lambda s: (s.first, -s.last, s.key)):
+        if seg.last <= reach:  # an earlier one starts at or before it and ends at or after
+            out.add(seg.key)
+        if can_cover(seg):
+            reach = max(reach, seg.last)
+    return out
 
 
 def snapshots(store: ObjectStore, db: str, timeline: str) -> list[layout.SnapshotInfo]:

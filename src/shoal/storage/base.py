@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 # Keys are relative, '/'-separated, with no empty, '.' or '..' part and no part
@@ -47,10 +47,13 @@ class PreconditionFailed(StoreError):
 
 @dataclass(frozen=True, slots=True)
 class ObjectInfo:
-    """One listed object: its key (relative to the store) and size."""
+    """One listed object: its key (relative to the store), size and, where the backend
+    reports it, when it was written (seconds since the epoch): retention tells from it
+    how long a compacted segment has been in the store."""
 
     key: str
     size: int
+    modified: float | None = field(default=None, compare=False)
 
 
 class Blob:
@@ -112,7 +115,8 @@ class ObjectStore(Protocol):
         ...
 
     def list(self, prefix: str, *, start_after: str = "") -> Iterator[ObjectInfo]:
-        """Objects whose key starts with prefix, sorted by key, fetched page by page."""
+        """Objects whose key starts with prefix, sorted by key, fetched page by page
+        (with their modification times: S3's LastModified, a file's mtime)."""
         ...
 
     def delete(self, key: str) -> None:

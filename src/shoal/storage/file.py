@@ -118,7 +118,8 @@ class FileStore:
                 key = name if rel == "." else f"{rel}/{name}"
                 if key.startswith(prefix) and key > start_after:
                     with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
-                        found.append(ObjectInfo(key, os.stat(os.path.join(dirpath, name)).st_size))
+                        st = os.stat(os.path.join(dirpath, name))
+                        found.append(ObjectInfo(key, st.st_size, st.st_mtime))
         found.sort(key=lambda info: info.key.encode())
         yield from found
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 from shoal.storage.base import (
     Blob,
@@ -21,10 +22,12 @@ PAGE = 1000  # list yields from sorted snapshots of this many keys, like an S3 p
 class MemoryStore:
     """Objects in a dict; every operation is atomic under one lock."""
 
-    def __init__(self, url: str = "memory://", page_size: int = PAGE):
+    def __init__(self, url: str = "memory://", page_size: int = PAGE,
+                 clock: Callable[[], float] = time.time):
         self.url = url
         self.page_size = page_size
-        self._objects: dict[str, tuple[bytes, str]] = {}
+        self.clock = clock  # stamps each put: the listing's modification time
+        self._objects: dict[str, tuple[bytes, str, float]] = {}
         self._lock = threading.Lock()
 
     def get(self, key: str) -> Blob:
@@ -55,7 +58,7 @@ class MemoryStore:
                 raise PreconditionFailed(key, "If-None-Match")
             if if_match is not None and (current is None or current[1] != if_match):
                 raise PreconditionFailed(key, "If-Match")
-            self._objects[key] = (data, etag)
+            self._objects[key] = (data, etag, self.clock())
         return etag
 
     def list(self, prefix: str, *, start_after: str = "") -> Iterator[ObjectInfo]:
@@ -63,7 +66,8 @@ class MemoryStore:
         while True:
             with self._lock:
                 keys = sorted(k for k in self._objects if k.startswith(prefix) and k > after)
-                page = [ObjectInfo(k, len(self._objects[k][0])) for k in keys[:self.page_size]]
+                page = [ObjectInfo(k, len(self._objects[k][0]), self._objects[k][2])
+                        for k in keys[:self.page_size]]
             yield from page
             if len(page) < self.page_size:
                 return

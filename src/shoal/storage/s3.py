@@ -105,7 +105,9 @@ class S3Store:
         for page in self.client.get_paginator("list_objects_v2").paginate(
                 **args, PaginationConfig={"PageSize": self.page_size}):
             for item in page.get("Contents", ()):
-                yield ObjectInfo(item["Key"][cut:], int(item["Size"]))
+                modified = item.get("LastModified")  # a datetime with its zone
+                yield ObjectInfo(item["Key"][cut:], int(item["Size"]),
+                                 modified.timestamp() if modified is not None else None)
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
