@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import random
@@ -191,6 +192,17 @@ def apsw_point_reads(path: Path, rows: int, seconds: float, max_ops: int = 10_00
 # -- statistics -----------------------------------------------------------------------------
 def median(values: Sequence[float]) -> float:
     return float(statistics.median(values))
+
+
+def paired_ratio(a: Sequence[float], b: Sequence[float], rounds: int = 2000,
+                 seed: int = 1) -> tuple[float, float, float]:
+    """Geometric mean of a[i] / b[i] over repetitions measured side by side, and a 90 %
+    bootstrap interval: how far a noisy machine lets a ratio of two setups be trusted."""
+    logs = [math.log(x / y) for x, y in zip(a, b, strict=True)]
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(logs, k=len(logs))) for _ in range(rounds))
+    return (math.exp(statistics.fmean(logs)), math.exp(means[int(0.05 * rounds)]),
+            math.exp(means[int(0.95 * rounds) - 1]))
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
