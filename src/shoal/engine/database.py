@@ -400,12 +400,8 @@ class Database:
     async def _mend_log(self) -> None:
         """Under the write lock, after a commit: if capturing it failed, re-base the log on
         a fresh snapshot (a failure is logged; the journal tries again after the next)."""
-        if self.journal is not None and self.journal.broken:
-            try:
-                await self.journal.repair(self)
-            except Exception:
-                log.exception("repairing the commit log of %s/%s failed", self.name,
-                              self.branch)
+        if self.journal is not None:
+            await self.journal.mend(self)
 
     def _answer_when_durable(self, batch: list[WriteJob], outcomes: list[Any]) -> None:
         """Answer now, or (remote durability) once the batch's commit is in the store."""

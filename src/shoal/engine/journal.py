@@ -200,7 +200,7 @@ class Journal:
         return None if isinstance(failed, WalError) else failed
 
     def _on_failure(self, exc: LogError) -> None:
-        """The shipper stopped. A capture failure is repaired after the next commit."""
+        """The shipper stopped. A capture failure is repaired at once (see _repair_now)."""
         if isinstance(exc, WalError):
             log.error("capture of %s/%s failed, the log will be re-based on a snapshot: %s",
                       self.name, self.branch.name, exc)
@@ -214,12 +214,19 @@ class Journal:
         if db is None:
             return
         async with db.write_lock:
-            if self.broken and not self._closing and not db.closed:
-                try:
-                    await self.repair(db)
-                except Exception:
-                    log.exception("repairing the commit log of %s/%s failed", self.name,
-                                  self.branch.name)
+            if not self._closing and not db.closed:
+                await self.mend(db)
+
+    async def mend(self, db: Database) -> None:
+        """Under the write lock: repair the log if it is broken. A failure is logged; the
+        next commit tries again."""
+        if not self.broken:
+            return
+        try:
+            await self.repair(db)
+        except Exception:
+            log.exception("repairing the commit log of %s/%s failed", self.name,
+                          self.branch.name)
 
     # -- checkpoints and snapshots ---------------------------------------------------------------
     def _on_durable(self, txid: int) -> None:

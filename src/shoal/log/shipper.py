@@ -1,7 +1,10 @@
 """The shipper: one timeline's commits -> segments in the object store, in order, no gaps.
 
-Commits are appended as they happen (from any thread). A background task on
-the event loop seals the open segment and uploads it when it is due:
+Commits are appended as they happen (from any thread), or marks of them that
+``prepare`` turns into commits, pages and all, on a worker thread just before a
+segment is encoded (the engine's capture reads the -wal there, off the commit
+path). A background task on the event loop seals the open segment and uploads
+it when it is due:
 
 - ``local`` durability: ``sync_interval`` after its first commit (or once it
   reaches ``max_segment_bytes``); the commit was acknowledged after the local
