@@ -521,7 +521,8 @@ BRANCH_COLUMNS = ["name", "parent", "fork_txid", "txid", "created_at", "size_byt
 def _branch_create(args: argparse.Namespace, client: Client, out: Output) -> int:
     at = point(args.at) if args.at else {}
     made = client.create_branch(args.name, database=args.database, source=args.source,
-                                timestamp=at.get("timestamp"), bookmark=at.get("bookmark"))
+                                timestamp=at.get("timestamp"), bookmark=at.get("bookmark"),
+                                materialise=args.materialise)
     if out.as_json:
         out.json(made)
     else:
@@ -592,6 +593,9 @@ def _add_branch_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--from", dest="source", default=None, help="source branch (default main)")
     p.add_argument("--at", default=None, metavar="TIMESTAMP|BOOKMARK",
                    help="fork point: an ISO 8601 time or a bookmark (default: latest)")
+    p.add_argument("--materialise", action="store_true",
+                   help="return once the node has hydrated the branch (its first query "
+                        "then does not wait for it)")
     p.set_defaults(func=_client_command(_branch_create))
     p = _client_parser(bs, "list", common, "list branches with their fork points and sizes")
     p.add_argument("database")

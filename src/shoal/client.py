@@ -593,13 +593,15 @@ class _API:
         return Call("GET", self._db_path(database) + "/branches", lambda d: d["branches"])
 
     def _create_branch(self, name: str, database: str | None, source: str | None,
-                       timestamp: str | datetime | None,
-                       bookmark: str | None) -> Call[dict[str, Any]]:
+                       timestamp: str | datetime | None, bookmark: str | None,
+                       materialise: bool) -> Call[dict[str, Any]]:
         body: dict[str, Any] = {"name": name}
         if source is not None:
             body["from"] = source
         if timestamp is not None or bookmark is not None:
             body["at"] = _point(timestamp, bookmark)
+        if materialise:
+            body["materialise"] = True
         return Call("POST", self._db_path(database) + "/branches", _identity, body)
 
     def _delete_branch(self, name: str, database: str | None) -> Call[None]:
@@ -788,10 +790,12 @@ class Client(_API):
 
     def create_branch(self, name: str, *, database: str | None = None,
                       source: str | None = None, timestamp: str | datetime | None = None,
-                      bookmark: str | None = None) -> dict[str, Any]:
+                      bookmark: str | None = None, materialise: bool = False
+                      ) -> dict[str, Any]:
         """A branch of ``source`` (default main) at its latest state, a time or a bookmark.
-        No data is copied."""
-        return self._send(self._create_branch(name, database, source, timestamp, bookmark))
+        No data is copied; ``materialise`` waits until the node has hydrated it."""
+        return self._send(self._create_branch(name, database, source, timestamp, bookmark,
+                                              materialise))
 
     def delete_branch(self, name: str, *, database: str | None = None) -> None:
         self._send(self._delete_branch(name, database))
@@ -946,9 +950,10 @@ class AsyncClient(_API):
     async def create_branch(self, name: str, *, database: str | None = None,
                             source: str | None = None,
                             timestamp: str | datetime | None = None,
-                            bookmark: str | None = None) -> dict[str, Any]:
+                            bookmark: str | None = None,
+                            materialise: bool = False) -> dict[str, Any]:
         return await self._send(self._create_branch(name, database, source, timestamp,
-                                                    bookmark))
+                                                    bookmark, materialise))
 
     async def delete_branch(self, name: str, *, database: str | None = None) -> None:
         await self._send(self._delete_branch(name, database))

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
+from tests.support.server import ServerProcess
 from tests.support.storage import ok, path, rows, run
 
 _databases = itertools.count()
@@ -119,6 +120,24 @@ def test_branches_are_isolated(admin: httpx.Client, new_db: Callable[[], str]) -
     run_state_machine_as_test(Branches, settings=settings(
         max_examples=12, stateful_step_count=12, deadline=None, derandomize=True,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+
+
+def test_materialise_hydrates_the_branch_before_answering(
+        server: ServerProcess, admin: httpx.Client, new_db: Callable[[], str]) -> None:
+    """By default a branch is two records and its first query hydrates it; with
+    "materialise" the 201 comes once its file is on the node, so that query does not."""
+    db = new_db()
+    run(admin, db, "CREATE TABLE t(v TEXT)", "INSERT INTO t VALUES ('a')")
+    local = server.data_dir / "dbs" / db
+    ok(admin.post(f"/v1/databases/{db}/branches", json={"name": "lazy"}), 201)
+    assert not (local / "lazy.db").exists()
+    made = ok(admin.post(f"/v1/databases/{db}/branches",
+                         json={"name": "ready", "materialise": True}), 201)
+    assert made["fork_txid"] == 1
+    assert (local / "ready.db").exists()
+    assert rows(admin, db, "SELECT v FROM t", "ready") == [["a"]]
+    r = admin.post(f"/v1/databases/{db}/branches", json={"name": "x", "materialise": "yes"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "INVALID_REQUEST"
 
 
 def test_branch_endpoints(admin: httpx.Client, new_db: Callable[[], str]) -> None:

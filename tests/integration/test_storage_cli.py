@@ -35,8 +35,9 @@ def test_branch_and_restore_commands(server: ServerProcess, admin: httpx.Client)
     made = as_json(shoal(server, "branch", "create", "cli-branches", "early",
                          "--at", first["meta"]["bookmark"], "--json"))
     assert (made["name"], made["fork_txid"]) == ("early", first["meta"]["txid"])
-    out = shoal(server, "branch", "create", "cli-branches", "late")
+    out = shoal(server, "branch", "create", "cli-branches", "late", "--materialise")
     assert out.returncode == 0 and "created branch late of main at txid 2" in out.stdout
+    assert (server.data_dir / "dbs" / "cli-branches" / "late.db").exists()  # hydrated
     listed = shoal(server, "branch", "list", "cli-branches")
     assert listed.returncode == 0 and "│ early " in listed.stdout and "3 branches" in listed.stdout
     assert rows(admin, "cli-branches", "SELECT count(*) FROM t", "early") == [[1]]

@@ -695,9 +695,11 @@ class Engine:
 
     async def create_branch(self, principal: tokens.Principal, name: str, new: str,
                             source: str | None, timestamp: float | None = None,
-                            bookmark: str | None = None) -> BranchInfo:
+                            bookmark: str | None = None, *,
+                            materialise: bool = False) -> BranchInfo:
         """A branch of ``source`` at its latest state, a time or a bookmark. Writes two small
-        records: no data is copied, whatever the size of the database."""
+        records: no data is copied, whatever the size of the database. ``materialise``
+        then opens it on this node (hydrated from the store, as its first query would)."""
         principal.require("admin", name)
         mark = self._bookmark(name, bookmark) if bookmark else None
         if mark is not None:
@@ -720,6 +722,9 @@ class Engine:
             fork = await self._io(self.registry.resolve, name, timeline, timestamp)
         created = await self._io(self.registry.create_branch, name, new, record, timeline,
                                  fork, time.time())
+        if materialise:
+            async with self.lifecycle.use(name, new):
+                pass
         return BranchInfo(created, fork, 0, 0)
 
     async def delete_branch(self, principal: tokens.Principal, name: str, branch: str) -> None:

@@ -54,11 +54,14 @@ class PointRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class CreateBranchRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """A new branch of ``from`` (default main) at ``at`` (default: its latest state)."""
+    """A new branch of ``from`` (default main) at ``at`` (default: its latest state);
+    ``materialise``: answer once the branch is hydrated on this node, so that its first
+    query does not pay for it."""
 
     name: str
     source: str | None = msgspec.field(default=None, name="from")
     at: PointRequest | None = None
+    materialise: bool = False
 
 
 class RestoreRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -325,7 +328,8 @@ class NativeAPI:
             raise ShoalError("INVALID_REQUEST", "'at' takes 'timestamp' or 'bookmark', not both")
         info = await self.engine.create_branch(
             request.principal, name, body.name, body.source,
-            parse_time(at.timestamp) if at.timestamp is not None else None, at.bookmark)
+            parse_time(at.timestamp) if at.timestamp is not None else None, at.bookmark,
+            materialise=body.materialise)
         return json_response(201, full_branch_json(info))
 
     async def delete_branch(self, request: Request) -> Response:
