@@ -223,10 +223,7 @@ class Output:
 # -- db ------------------------------------------------------------------------------------------
 def _db_create(args: argparse.Namespace, client: Client, out: Output) -> int:
     info = client.create_database(args.name)
-    if out.as_json:
-        out.json(info)
-    else:
-        out.message(f"created database {info['name']}")
+    out.done(info, f"created database {info['name']}")
     return 0
 
 
@@ -523,11 +520,8 @@ def _branch_create(args: argparse.Namespace, client: Client, out: Output) -> int
     made = client.create_branch(args.name, database=args.database, source=args.source,
                                 timestamp=at.get("timestamp"), bookmark=at.get("bookmark"),
                                 materialise=args.materialise)
-    if out.as_json:
-        out.json(made)
-    else:
-        out.message(f"created branch {made['name']} of {made['parent']} at txid "
-                    f"{made['fork_txid']}")
+    out.done(made, f"created branch {made['name']} of {made['parent']} at txid "
+                   f"{made['fork_txid']}")
     return 0
 
 
@@ -549,10 +543,7 @@ def _branch_delete(args: argparse.Namespace, client: Client, out: Output) -> int
 
 def _branch_reset(args: argparse.Namespace, client: Client, out: Output) -> int:
     reset = client.reset_branch(args.name, database=args.database)
-    if out.as_json:
-        out.json(reset)
-    else:
-        out.message(f"reset branch {reset['name']} to {reset['parent']} at txid "
+    out.done(reset, f"reset branch {reset['name']} to {reset['parent']} at txid "
                     f"{reset['fork_txid']}")
     return 0
 
@@ -562,12 +553,9 @@ def _restore(args: argparse.Namespace, client: Client, out: Output) -> int:
     done = client.restore(database=args.database, branch=args.branch,
                           timestamp=to.get("timestamp"), bookmark=to.get("bookmark"),
                           keep_as=args.keep_as)
-    if out.as_json:
-        out.json(done)
-    else:
-        out.message(f"restored {args.database}/{done['branch']} to txid "
-                    f"{done['restored_to']['txid']}; the state before is branch "
-                    f"{done['kept_as']}")
+    out.done(done, f"restored {args.database}/{done['branch']} to txid "
+                   f"{done['restored_to']['txid']}; the state before is branch "
+                   f"{done['kept_as']}")
     return 0
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -74,6 +74,15 @@ def one_commit_segments(store: ObjectStore, logged: LoggedDatabase,
     return timeline
 
 
+def stocked(logged: LoggedDatabase, images: list[bytes],
+            make: Callable[[Clock], MemoryStore] = lambda c: MemoryStore(clock=c)
+            ) -> tuple[Clock, MemoryStore, str]:
+    """A clock just past the workload, a store made on it, and one_commit_segments in it."""
+    clock = Clock(logged.time + 100)
+    store = make(clock)
+    return clock, store, one_commit_segments(store, logged, images)
+
+
 def restore_every_txid(store: ObjectStore, timeline: str, images: list[bytes],
                        tmp: Path) -> list[Restored]:
     out = []
@@ -91,9 +100,7 @@ def keys(store: ObjectStore, timeline: str) -> list[str]:
 def test_compaction_merges_runs_and_restore_stays_exact(
         recorded: tuple[LoggedDatabase, list[bytes]], tmp_path: Path) -> None:
     logged, images = recorded
-    clock = Clock(logged.time + 100)
-    store = MemoryStore(clock=clock)
-    timeline = one_commit_segments(store, logged, images)
+    clock, store, timeline = stocked(logged, images)
     small = keys(store, timeline)
     before = restore_every_txid(store, timeline, images, tmp_path)
     assert len(before[-1].segments) == len(small) == len(images) - 1
@@ -127,9 +134,7 @@ def test_compaction_merges_runs_and_restore_stays_exact(
 def test_a_corrupt_small_segment_stops_its_run_and_changes_nothing(
         recorded: tuple[LoggedDatabase, list[bytes]], tmp_path: Path) -> None:
     logged, images = recorded
-    clock = Clock(logged.time + 100)
-    store = MemoryStore(clock=clock)
-    timeline = one_commit_segments(store, logged, images)
+    clock, store, timeline = stocked(logged, images)
     small = keys(store, timeline)
     bad = small[13]  # txid 14: in the second run of twelve
     data = bytearray(store.get(bad).data)
@@ -149,9 +154,7 @@ def test_a_corrupt_small_segment_stops_its_run_and_changes_nothing(
 def test_reruns_are_idempotent_and_verify_what_they_find(
         recorded: tuple[LoggedDatabase, list[bytes]], tmp_path: Path) -> None:
     logged, images = recorded
-    clock = Clock(logged.time + 100)
-    store = FrozenListing(clock)
-    timeline = one_commit_segments(store, logged, images)
+    clock, store, timeline = stocked(logged, images, FrozenListing)
     first = compact(store, DB, now=clock.t, max_segments=20)
     assert [len(m.sources) for m in first.merges] == [20, 20]
     held = {k: store.get(k).data for k in keys(store, timeline)}
@@ -189,9 +192,7 @@ class NoTimes(MemoryStore):
 def test_retention_deletes_covered_segments_once_their_cover_is_older_than_grace(
         recorded: tuple[LoggedDatabase, list[bytes]], tmp_path: Path) -> None:
     logged, images = recorded
-    clock = Clock(logged.time + 100)
-    store = MemoryStore(clock=clock)
-    timeline = one_commit_segments(store, logged, images)
+    clock, store, timeline = stocked(logged, images)
     clock.t += 5000  # the small segments are old; the merged ones are written now
     merges = compact(store, DB, now=clock.t, max_segments=20).merges
     sources = sorted(k for m in merges for k in m.sources)

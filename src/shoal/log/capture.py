@@ -13,7 +13,7 @@ checkpoint, and the engine checkpoints only frames already shipped, hence read.
 
 On open, :meth:`Capture.recover` returns the commits still in the WAL (those
 not yet checkpointed, which includes every one not yet durable).
-:meth:`Capture.commit` marks and reads one commit at once (tests, tools).
+:meth:`Capture.commit` reads the next commit at once, without a mark (tests, tools).
 
 Checksums: ``recover`` always verifies SQLite's WAL checksums, because after a
 crash the tail of the WAL may be torn. Marks are read checking salts,
