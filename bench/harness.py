@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -111,18 +112,35 @@ def parse_metrics(text: str) -> dict[str, float]:
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time of a process and its live descendants (granian forks)."""
     total = 0.0
-    pending = [pid]
-    while pending:
-        current = pending.pop()
-        proc = Path(f"/proc/{current}")
+    for process in descendants(pid):
         try:
-            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
-            for task in (proc / "task").iterdir():
-                pending += [int(child) for child in (task / "children").read_text().split()]
+            fields = Path(f"/proc/{process}/stat").read_text().rsplit(")", 1)[1].split()
         except (FileNotFoundError, ProcessLookupError):
             continue
         total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return total
+
+
+def descendants(pid: int) -> list[int]:
+    """pid and every live process it started (granian forks, say)."""
+    out, pending = [], [pid]
+    while pending:
+        current = pending.pop()
+        out.append(current)
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending += [int(child) for child in (task / "children").read_text().split()]
+    return out
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Bind every thread of pid and of its descendants to cpus (threads and processes they
+    start later inherit it): a setup measured with less scheduling noise."""
+    for process in descendants(pid):
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for task in Path(f"/proc/{process}/task").iterdir():
+                with contextlib.suppress(ProcessLookupError):
+                    os.sched_setaffinity(int(task.name), cpus)
 
 
 def rss_bytes(pid: int) -> int:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import shlex
 import shutil
 import sys
@@ -60,6 +61,7 @@ from bench.harness import (
     node_settings,
     paired_ratio,
     parse_metrics,
+    pin,
     print_table,
     run_load,
 )
@@ -94,6 +96,7 @@ class Options:
     profile: bool
     data_root: str | None
     time_limit: float  # seconds any fill or wait loop may take
+    pin: bool  # writes: nodes and replicator on CPU 0, the load generator on CPU 1
 
 
 def parse_args(argv: Sequence[str]) -> Options:
@@ -112,6 +115,10 @@ def parse_args(argv: Sequence[str]) -> Options:
     p.add_argument("--profile", action="store_true",
                    help="sample the local-durability write workload with py-spy")
     p.add_argument("--data-root", help="directory for the temporary data directories")
+    p.add_argument("--pin", action="store_true",
+                   help="writes: bind every node and litestream to CPU 0 and wrk to CPU 1 "
+                        "(less scheduling noise; each replicator's CPU is charged to the "
+                        "node's core, as on a one-core machine)")
     args = p.parse_args(argv)
     quick = bool(args.quick)
     sizes = tuple(int(s) for s in (args.sizes or ("10" if quick else "10,100,1000")).split(","))
@@ -124,7 +131,7 @@ def parse_args(argv: Sequence[str]) -> Options:
                    seconds=args.seconds or (3 if quick else 10),
                    connections=args.connections, sizes=sizes,
                    litestream_max=args.litestream_max, only=only, profile=bool(args.profile),
-                   data_root=args.data_root, time_limit=1800.0)
+                   data_root=args.data_root, time_limit=1800.0, pin=bool(args.pin))
 
 
 # -- nodes --------------------------------------------------------------------------------------
@@ -202,6 +209,9 @@ def bench_writes(opts: Options, root: Path, raw: dict[str, Any]) -> list[Row]:
         streamed = started[LITESTREAM]
         shipping = stack.enter_context(
             Litestream(db_file(streamed, "writes"), root / "litestream-writes-replica"))
+        if opts.pin:
+            stack.enter_context(pinned([p.pid for p in (*(n.proc for n in started.values()),
+                                                         shipping.proc) if p is not None]))
         loads: dict[str, list[Load]] = {label: [] for label in specs}
         committed: dict[str, list[int]] = {label: [] for label in specs}
         replication_us: dict[str, list[float]] = {LOCAL: [], LITESTREAM: []}
@@ -270,6 +280,9 @@ def bench_writes(opts: Options, root: Path, raw: dict[str, Any]) -> list[Row]:
         paired = paired_ratio([x.result.rate for x in loads[LOCAL]],
                               [x.result.rate for x in loads[LITESTREAM]])
         raw["paired_local_over_litestream"] = paired
+        per_cpu = paired_ratio([1 / x.cpu_us_per_request for x in loads[LOCAL]],
+                               [1 / x.cpu_us_per_request for x in loads[LITESTREAM]])
+        raw["paired_local_over_litestream_per_cpu_second"] = per_cpu
         if ratio_shoal < 0.8 or opts.profile:
             raw["writes_profile"] = profiled(
                 started[LOCAL], "local-writes",
@@ -304,8 +317,25 @@ def bench_writes(opts: Options, root: Path, raw: dict[str, Any]) -> list[Row]:
             f"Shoal keeps {ratio_shoal:.2f}x of shipping-off throughput, litestream "
             f"{ratio_litestream:.2f}x; repetition by repetition, Shoal local over litestream: "
             f"geometric mean {paired[0]:.2f}x, 90 % bootstrap interval {paired[1]:.2f}-"
-            f"{paired[2]:.2f}x"),
+            f"{paired[2]:.2f}x; rows per CPU-second of node + replicator, the same way: "
+            f"{per_cpu[0]:.2f}x ({per_cpu[1]:.2f}-{per_cpu[2]:.2f}x)"
+            + ("; nodes and litestream pinned to CPU 0, wrk to CPU 1" if opts.pin else "")),
     ]
+
+
+@contextlib.contextmanager
+def pinned(pids: list[int]) -> Iterator[None]:
+    """The measured processes on CPU 0, this process (and so wrk) on CPU 1, until exit."""
+    if (os.cpu_count() or 1) < 2:
+        raise RuntimeError("--pin needs at least two CPUs")
+    before = os.sched_getaffinity(0)
+    for pid in pids:
+        pin(pid, {0})
+    os.sched_setaffinity(0, {1})
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
 
 
 def profiled(node: ServerProcess, name: str, workload: Callable[[], object]) -> Any:
@@ -571,10 +601,10 @@ repetitions than throughput does on a shared machine."""
 def section(opts: Options) -> str:
     """RESULTS.md section (and JSON name) of a run: a run of some parts (say the 1 GB case
     alone) gets a section of its own instead of replacing the full run's table."""
-    if set(opts.only) == set(PARTS):
+    if set(opts.only) == set(PARTS) and not opts.pin:
         return "storage"
     sizes = f"-{'-'.join(map(str, opts.sizes))}mb" if "sizes" in opts.only else ""
-    return f"storage-{'-'.join(opts.only)}{sizes}"
+    return f"storage-{'-'.join(opts.only)}{sizes}{'-pinned' if opts.pin else ''}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

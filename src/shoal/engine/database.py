@@ -26,6 +26,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -181,6 +182,8 @@ class Database:
         self.timeline: str | None = None  # the timeline this branch writes to (bookmarks)
         self._purge_due = True  # expired idempotency records go with the first write batch
         self._acks: set[asyncio.Task[None]] = set()  # answers waiting for remote durability
+        # unshipped page bytes past which writes are refused (max_unshipped_bytes; 0: never)
+        self._backlog_limit: float = settings.max_unshipped_bytes or math.inf
 
     # -- open / close -----------------------------------------------------------------------
     def _connect(self, reader: bool) -> Connection:
@@ -376,26 +379,28 @@ class Database:
 
     def _check_log(self) -> None:
         """Refuse writes (every write path starts here) once shipping has stopped for good
-        (another writer on the timeline) or while the store is too far behind."""
-        if self.journal is None:
+        (another writer on the timeline) or while the store is too far behind. It runs on
+        every write request, so the usual answer costs two attribute reads."""
+        shipper = self.journal.shipper if self.journal is not None else None
+        if shipper is None or (shipper.failed is None
+                               and shipper.backlog_bytes <= self._backlog_limit):
             return
+        assert self.journal is not None
         failed = self.journal.failed
-        why = str(failed) if failed is not None else self._behind(self.journal)
+        why = str(failed) if failed is not None else self._behind(shipper.backlog_bytes)
         if why is not None:
             raise ShoalError("STORAGE_UNAVAILABLE", f"writes to {self.name}/{self.branch} are "
                                                     f"refused: {why}")
 
-    def _behind(self, journal: Journal) -> str | None:
+    def _behind(self, backlog: int) -> str | None:
         """Why the store's backlog stops writes, if it does. Local durability acknowledges
         before shipping, so without a bound a store that is down would let unshipped commits
         fill the disk (WAL) and memory (shipper). A stale read of the count is fine."""
-        limit = self.settings.max_unshipped_bytes
-        backlog = journal.shipper.backlog_bytes if journal.shipper is not None else 0
-        if not limit or backlog <= limit:
+        if backlog <= self._backlog_limit:
             return None
         return (f"the object store is behind by {backlog / MIB:.2f} MiB of commits for "
                 f"{self.name}/{self.branch}; writes resume once it catches up "
-                f"(max_unshipped_bytes = {limit})")
+                f"(max_unshipped_bytes = {self.settings.max_unshipped_bytes})")
 
     async def _mend_log(self) -> None:
         """Under the write lock, after a commit: if capturing it failed, re-base the log on

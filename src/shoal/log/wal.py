@@ -24,6 +24,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from shoal.log.errors import WalError
+from shoal.log.segment import Page
 
 MAGIC_LE = 0x377F0682  # checksums over little-endian words
 MAGIC_BE = 0x377F0683  # checksums over big-endian words
@@ -82,7 +83,7 @@ class WalCommit:
 
     page_size: int
     db_pages: int  # database size in pages after this commit
-    frames: tuple[tuple[int, bytes], ...]  # (pgno, page), one per page, sorted by pgno
+    frames: tuple[tuple[int, Page], ...]  # (pgno, page), one per page, sorted by pgno
     end_frame: int  # frames in this WAL generation up to and including the commit frame
 
 
@@ -165,7 +166,7 @@ def _scan(data: bytes, start: WalPosition, header: WalHeader,
     salts = (start.salt1, start.salt2)
     s0, s1 = start.checksum
     frames = start.frames
-    pending: dict[int, bytes] = {}
+    pending: dict[int, Page] = {}  # views into data: a segment's pages are not copied
     commits: list[WalCommit] = []
     position = start
     for off in range(0, len(data) - frame_size + 1, frame_size):
@@ -180,7 +181,7 @@ def _scan(data: bytes, start: WalPosition, header: WalHeader,
                 break
         s0, s1 = c1, c2
         frames += 1
-        pending[pgno] = data[off + FRAME_HEADER_SIZE:off + frame_size]
+        pending[pgno] = view[off + FRAME_HEADER_SIZE:off + frame_size]
         if db_size:
             commits.append(WalCommit(page_size, db_size, tuple(sorted(pending.items())), frames))
             pending = {}
