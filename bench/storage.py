@@ -259,7 +259,8 @@ def write_load(opts: Options, node: ServerProcess, tag: str, seconds: float, *,
                         [api.token, tag], connections=opts.connections, threads=2,
                         seconds=seconds,
                         also=[litestream.proc.pid] if litestream and litestream.proc else [])
-        time.sleep(0.3)  # let the last uploads land before reading the CPU they cost
+        if measure and litestream is None:
+            settle(api, "writes")  # the last upload lands before its CPU is read
         per_row = ((replication_cpu(api, litestream) - cpu0)
                    / max(1, load.result.requests) * 1e6) if measure else math.nan
         count = api.query("writes", {"sql": "SELECT count(*) FROM w WHERE k LIKE ?",
