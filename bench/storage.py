@@ -13,6 +13,12 @@ taken in the same run:
    with `local` durability, shipping on with `remote` durability (commit latency p50/p99
    and throughput), and shipping off with `litestream replicate` shipping the node's
    database file to a file replica (the same workload, replicated by litestream);
+   side-by-side (needs root): the same workload against three fresh nodes at once,
+   shipping off, shipping on (local) and shipping off + litestream, each (litestream
+   with its node) in a CPU cgroup of equal weight on CPU 0, wrk on CPU 1
+   (bench/fairshare.py). Measured one after the other, the machine drifts between runs
+   by more than a run's own interval; measured at once, on equal shares, the drift
+   cancels out of the ratios;
 2. per database size (`--sizes`, MB; filled through the API with large
    `INSERT ... WITH RECURSIVE` commits): branch creation time (POST .../branches) and
    the first query on each new branch (which materialises it from the store);
@@ -58,6 +64,7 @@ import apsw
 
 from bench import profile, wrk
 from bench.core import say
+from bench.fairshare import Setup, equal_shares, load_at_once, unavailable
 from bench.harness import (
     RESULTS_DIR,
     Api,
@@ -78,7 +85,7 @@ from bench.peers.litestream import restore as litestream_restore
 from tests.support.server import ServerProcess
 
 MB = 1_000_000
-PARTS = ("writes", "sizes", "cold")
+PARTS = ("writes", "side-by-side", "sizes", "cold")
 CHUNK_MB = 8  # one fill commit
 ROW_SQL = (  # ~540 bytes a row: 500 hex characters of random data (compresses about 2x)
     "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) "
@@ -218,11 +225,12 @@ class Rep:
 
 
 @contextlib.contextmanager
-def write_nodes(opts: Options, root: Path) -> Iterator[tuple[dict[str, ServerProcess],
-                                                             Litestream]]:
-    """The four nodes of the writes part, each with an empty table w, and litestream
-    replicating the last; pinned with --pin."""
-    with nodes(root, WRITES) as started, contextlib.ExitStack() as stack:
+def write_nodes(opts: Options, root: Path, labels: Sequence[str] = tuple(WRITES)
+                ) -> Iterator[tuple[dict[str, ServerProcess], Litestream]]:
+    """The nodes of the writes part (``labels`` of WRITES, LITESTREAM among them), each
+    with an empty table w, and litestream replicating that one; pinned with --pin."""
+    with nodes(root, {label: WRITES[label] for label in labels}) as started, \
+            contextlib.ExitStack() as stack:
         for node in started.values():
             api = api_of(node)
             api.create_database("writes")
@@ -263,14 +271,20 @@ def write_load(opts: Options, node: ServerProcess, tag: str, seconds: float, *,
             settle(api, "writes")  # the last upload lands before its CPU is read
         per_row = ((replication_cpu(api, litestream) - cpu0)
                    / max(1, load.result.requests) * 1e6) if measure else math.nan
-        count = api.query("writes", {"sql": "SELECT count(*) FROM w WHERE k LIKE ?",
-                                     "args": [f"{tag}-%"]})["results"][0]["rows"][0][0]
+        count = committed(api, tag, load)
     finally:
         api.close()
+    return load, count, per_row
+
+
+def committed(api: Api, tag: str, load: Load) -> int:
+    """Rows of wrk run `tag` in table w; RuntimeError if fewer than were acknowledged."""
+    count: int = api.query("writes", {"sql": "SELECT count(*) FROM w WHERE k LIKE ?",
+                                      "args": [f"{tag}-%"]})["results"][0]["rows"][0][0]
     if count < load.result.succeeded:
         raise RuntimeError(f"{tag}: {count} rows committed, {load.result.succeeded} "
                            "acknowledged")
-    return load, count, per_row
+    return count
 
 
 def write_rep(opts: Options, root: Path, rep: int) -> Rep:
@@ -396,6 +410,94 @@ def profiled(node: ServerProcess, name: str, workload: Callable[[], object]) -> 
     summary = profile.summarise(out)
     say(f"py-spy profile of {name} (collapsed stacks in {out.name}):\n{summary.render(15)}")
     return summary.as_json() | {"collapsed": out.name}
+
+
+# -- 1b. writes side by side on equal CPU shares ---------------------------------------------
+SIDE_BY_SIDE = (NONE, LOCAL, LITESTREAM)
+
+
+@dataclass
+class SideRep:
+    loads: dict[str, Load]
+    replication_us: dict[str, float]  # CPU spent replicating per row (LOCAL, LITESTREAM)
+
+
+def side_rep(opts: Options, root: Path, rep: int) -> SideRep:
+    """Three fresh nodes loaded at once, each in a CPU cgroup of equal weight on CPU 0
+    (litestream in its node's group), wrk on CPU 1: see bench/fairshare.py."""
+    root.mkdir(parents=True)
+    with write_nodes(Options(**(asdict(opts) | {"pin": False})), root, SIDE_BY_SIDE) \
+            as (started, shipping), contextlib.ExitStack() as stack:
+        apis = {label: api_of(node) for label, node in started.items()}
+        for api in apis.values():
+            stack.callback(api.close)
+        setups = {label: Setup(f"{node.url}/v1/databases/writes/query",
+                               [p.pid for p in (node.proc, shipping.proc if label == LITESTREAM
+                                                else None) if p is not None])
+                  for label, node in started.items()}
+        replicator = {LOCAL: None, LITESTREAM: shipping}
+        with equal_shares(setups):
+            def load(tag: str, seconds: float) -> dict[str, Load]:
+                return load_at_once(setups, "insert.lua",
+                                    {label: [api.token, tag] for label, api in apis.items()},
+                                    connections=opts.connections, seconds=seconds)
+
+            load("warm", 2)
+            cpu0 = {label: replication_cpu(apis[label], r) for label, r in replicator.items()}
+            loads = load(f"r{rep}", opts.seconds)
+        settle(apis[LOCAL], "writes")
+        replication_us = {label: (replication_cpu(apis[label], r) - cpu0[label])
+                          / max(1, loads[label].result.requests) * 1e6
+                          for label, r in replicator.items()}
+        for label, api in apis.items():
+            committed(api, f"r{rep}", loads[label])
+    say(f"  rep {rep + 1}: " + ", ".join(
+        f"{label}: {loads[label].result.rate:,.0f} rows/s, "
+        f"{loads[label].cpu_us_per_request:.0f} us/row" for label in SIDE_BY_SIDE))
+    shutil.rmtree(root, ignore_errors=True)
+    return SideRep(loads, replication_us)
+
+
+def bench_side_by_side(opts: Options, root: Path, raw: dict[str, Any]) -> list[Row]:
+    why = unavailable()
+    if why is not None:
+        say(f"side-by-side: skipped ({why})")
+        raw["side_by_side_skipped"] = why
+        return []
+    say(f"side-by-side: {opts.runs} repetitions, 3 fresh nodes loaded at once for "
+        f"{opts.seconds:g} s on equal shares of CPU 0 ({opts.connections} connections each)")
+    reps = [side_rep(opts, root / f"side{rep}", rep) for rep in range(opts.runs)]
+    rates = {label: [r.loads[label].result.rate for r in reps] for label in SIDE_BY_SIDE}
+    per_cpu = {label: [1 / r.loads[label].cpu_us_per_request for r in reps]
+               for label in SIDE_BY_SIDE}
+    repl = {label: median([r.replication_us[label] for r in reps]) for label in (LOCAL,
+                                                                                LITESTREAM)}
+    raw["side_by_side"] = {label: [r.loads[label].as_json() for r in reps]
+                           for label in SIDE_BY_SIDE}
+    raw["side_by_side_replication_cpu_us_per_row"] = {
+        label: [r.replication_us[label] for r in reps] for label in (LOCAL, LITESTREAM)}
+    paired = paired_ratio(rates[LOCAL], rates[LITESTREAM])
+    cpu = paired_ratio(per_cpu[LOCAL], per_cpu[LITESTREAM])
+    kept = {label: paired_ratio(rates[label], rates[NONE]) for label in (LOCAL, LITESTREAM)}
+    raw["side_by_side_paired"] = {"local_over_litestream": paired,
+                                  "local_over_litestream_per_cpu_second": cpu,
+                                  "local_over_none": kept[LOCAL],
+                                  "litestream_over_none": kept[LITESTREAM]}
+
+    def interval(x: tuple[float, float, float]) -> str:
+        return f"{x[0]:.3f}x (90 % interval {x[1]:.3f}-{x[2]:.3f})"
+
+    return [
+        Row("side by side, equal CPU shares: Shoal local / litestream (rows/s)", paired[0], "x",
+            "", None, ">= 1.0 (no worse)", paired[0] >= 1.0,
+            f"geometric mean over repetitions, {interval(paired)}; of shipping-off throughput "
+            f"Shoal keeps {interval(kept[LOCAL])}, litestream {interval(kept[LITESTREAM])}; "
+            f"rows per CPU-second of node + replicator: {interval(cpu)}; median rows/s: "
+            + ", ".join(f"{label} {median(rates[label]):,.0f}" for label in SIDE_BY_SIDE)),
+        Row("side by side: CPU spent replicating, per row: Shoal local", repl[LOCAL], "us/row",
+            "litestream replicate", repl[LITESTREAM], "<= litestream",
+            repl[LOCAL] <= repl[LITESTREAM]),
+    ]
 
 
 # -- 2. sizes: fill, branch, restore ------------------------------------------------------------
@@ -644,7 +746,10 @@ samples. The ratio of ratios compares each system's throughput kept under replic
 "rows per CPU-second" divides by the CPU of the node plus litestream. "CPU spent
 replicating" is the work itself: Shoal's commit-log threads as the server accounts them
 (`shoal_log_cpu_seconds_total`), litestream's whole process; it moves far less between
-repetitions than throughput does on a shared machine."""
+repetitions than throughput does on a shared machine. "Side by side" runs the
+shipping-off, Shoal-local and litestream nodes at the same moment, each (litestream with
+its node) on an equal cgroup share of one CPU: the throughput ratio of two setups
+measured at once no longer carries the machine's drift between runs."""
 
 
 def section(opts: Options) -> str:
@@ -669,6 +774,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if "writes" in opts.only:
             (root / "writes").mkdir()
             report.rows += bench_writes(opts, root / "writes", report.raw)
+        if "side-by-side" in opts.only:
+            (root / "side").mkdir()
+            report.rows += bench_side_by_side(opts, root / "side", report.raw)
         if "sizes" in opts.only or "cold" in opts.only:
             sizes_root = root / "sizes"
             sizes_root.mkdir()

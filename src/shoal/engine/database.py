@@ -236,7 +236,7 @@ class Database:
         """Release every connection and the writer task. Call only when idle."""
         self.closed = True
         if self.journal is not None:
-            self.journal.capture.close()
+            self.journal.release()
         if self._task:
             self._task.cancel()
         for job in self.queue:

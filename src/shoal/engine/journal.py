@@ -39,6 +39,7 @@ from shoal.errors import ShoalError
 from shoal.log.branch import Branch
 from shoal.log.capture import Capture
 from shoal.log.errors import LogError, WalError
+from shoal.log.headroom import Headroom
 from shoal.log.shipper import Shipper
 from shoal.log.snapshot import SnapshotPolicy, take_snapshot
 from shoal.metrics import METRICS
@@ -91,6 +92,7 @@ class Journal:
                                      settings.snapshot_interval)
         self.head_txid = state.head_txid
         self.capture = Capture(f"{path}-wal", last_time=state.head_time)
+        self.headroom = Headroom(f"{path}-wal")
         self.frames = 0  # WAL frames after the last commit, as the WAL hook reported
         self.broken = False  # a commit could not be captured: re-base on a snapshot
         self.shipper: Shipper | None = None
@@ -121,6 +123,9 @@ class Journal:
             log.error("capture of %s/%s txid %d failed, the log will be re-based on a "
                       "snapshot: %s", self.name, self.branch.name, txid, exc)
             self.broken = True
+        if self.headroom.keep(self.frames, self.capture.page_size):
+            with contextlib.suppress(RuntimeError):  # the I/O threads are shutting down
+                self.stores.io.submit(self.headroom.sync)
 
     # -- opening ---------------------------------------------------------------------------------
     def _new_shipper(self, durable_txid: int) -> Shipper:
@@ -268,6 +273,7 @@ class Journal:
         complete = busy == 0 and frames == done
         if complete and truncate:
             self.capture.restarted()
+            self.headroom.truncated()
             self.frames = 0
         return bool(complete)
 
@@ -341,6 +347,11 @@ class Journal:
                     self.branch.name, db.txid)
 
     # -- closing ---------------------------------------------------------------------------------
+    def release(self) -> None:
+        """The branch's connections are closing: let go of the -wal file."""
+        self.capture.close()
+        self.headroom.close()
+
     async def close(self, db: Database, flush: bool = True) -> None:
         """Stop shipping, after shipping what is pending if ``flush`` (bounded); when all
         is durable, checkpoint and truncate the WAL so the next open starts clean."""

@@ -2,6 +2,7 @@
 
 - wal.py: read committed frames out of a SQLite -wal file, validated;
 - capture.py: stamp each commit with its txid and time;
+- headroom.py: zeros kept ahead of the WAL's end, so commits overwrite, not append;
 - segment.py: consecutive commits, compressed and checksummed;
 - snapshot.py: a full database image at a txid, and when to take one;
 - shipper.py: upload segments in order, retrying, and report what is durable;

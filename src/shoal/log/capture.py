@@ -62,14 +62,19 @@ class Capture:
         self.last_time = max(self.last_time, when)
         return Commit(txid, self.last_time, found.page_size, found.db_pages, found.frames)
 
+    @property
+    def page_size(self) -> int:
+        """The WAL's page size, once read (an estimate until then)."""
+        position = self.reader.position
+        return position.page_size if position is not None else DEFAULT_PAGE_SIZE
+
     def mark(self, txid: int, max_frame: int) -> Mark:
         """Stamp the commit just made (no I/O): ``max_frame`` is the WAL hook's count."""
         frames = max_frame - self._marked if max_frame > self._marked else max_frame
         self._marked = max_frame
         self.last_time = max(self.last_time, self.clock())
-        position = self.reader.position
-        page_size = position.page_size if position is not None else DEFAULT_PAGE_SIZE
-        return Mark(txid, self.last_time, max_frame, frames * (page_size + 4) + COMMIT_OVERHEAD)
+        return Mark(txid, self.last_time, max_frame,
+                    frames * (self.page_size + 4) + COMMIT_OVERHEAD)
 
     def read(self, entries: Sequence[object]) -> list[Commit]:
         """The commits of ``entries`` (Marks and Commits) in order, marks read from the WAL
