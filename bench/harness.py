@@ -298,7 +298,8 @@ def markdown_table(rows: Sequence[Row]) -> str:
     lines = ["| " + " | ".join(HEADERS) + " |",
              "|" + "|".join(["---"] + ["---:"] * (len(HEADERS) - 1)) + "|"]
     lines += ["| " + " | ".join(table_cells(row)) + " |" for row in rows]
-    return "\n".join(lines)
+    details = [f"- {row.name}: {row.detail}" for row in rows if row.detail]
+    return "\n".join(lines + (["", *details] if details else []))
 
 
 def source_version() -> str:
