@@ -12,8 +12,9 @@ So after a commit, still under the write lock (no frame is being written),
 :meth:`Headroom.keep` looks at how far the WAL's end is from the file's end and,
 when it comes near, writes a chunk of zeros past the file's end (never below it:
 that is where SQLite's frames are). The chunk grows with the WAL, from 64 KiB to
-4 MiB, so a small database's WAL stays small. The fsync that makes the chunk's
-size and blocks durable (:meth:`Headroom.sync`) runs off the commit path.
+4 MiB, so a small database's WAL stays small. An I/O thread then fsyncs the
+chunk (:meth:`Headroom.sync`), making its size and blocks durable; a commit
+whose own fsync comes first flushes it instead, once per chunk.
 
 Zeros are never mistaken for frames: a frame counts only if its salts match the
 WAL header's (``wal.py``), as in SQLite's own recovery.
@@ -31,7 +32,7 @@ log = logging.getLogger("shoal.headroom")
 
 MIN_CHUNK = 64 << 10
 MAX_CHUNK = 4 << 20
-_ZEROS = bytes(MAX_CHUNK)
+_ZEROS = memoryview(bytes(MAX_CHUNK))  # sliced without a copy
 
 
 class Headroom:
@@ -46,7 +47,7 @@ class Headroom:
     def keep(self, frames: int, page_size: int) -> bool:
         """After a commit, under the write lock: extend the file with zeros if the WAL's
         end (``frames`` of ``page_size``) is within a chunk of the file's end. True if
-        it did: call :meth:`sync` then, off the commit path."""
+        it did: call :meth:`sync` then, on another thread."""
         end = HEADER_SIZE + frames * (FRAME_HEADER_SIZE + page_size)
         chunk = min(MAX_CHUNK, max(MIN_CHUNK, end))
         if end + chunk <= self.allocated:
