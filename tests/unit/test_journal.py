@@ -95,7 +95,8 @@ def test_unshipped_commits_in_the_wal_ship_at_the_next_open(tmp_path: Path) -> N
             path = tmp_path / "data" / "dbs" / DB / "main.db"
             path.parent.mkdir(parents=True)
             db = await reg.open(DB, "main", path)
-            for i in range(5):
+            n = 60  # enough commits for the WAL to pass headroom.START
+            for i in range(n):
                 await insert(db, f"v{i}")
             assert db.journal is not None and db.journal.shipper is not None
             assert db.journal.shipper.durable_txid == 0  # nothing shipped yet: a crash now
@@ -104,13 +105,13 @@ def test_unshipped_commits_in_the_wal_ship_at_the_next_open(tmp_path: Path) -> N
             wal = Path(f"{path}-wal").read_bytes()
             assert len(wal) > end and not any(wal[end:])
             await db.journal.shipper.close(flush=False)
-            db.close()  # (no checkpoint on close: the WAL keeps the five commits)
+            db.close()  # (no checkpoint on close: the WAL keeps every commit)
             again = await reg.open(DB, "main", path)
             assert again.journal is not None
-            await again.journal.durable(5)
+            await again.journal.durable(n)
             assert stored_rows(store, again.journal.timeline, tmp_path, "b") == \
-                [f"v{i}" for i in range(5)]
-            assert assert_log_contiguous(store, DB) == 5
+                [f"v{i}" for i in range(n)]
+            assert assert_log_contiguous(store, DB) == n
             await again.aclose()
 
     run(body())

@@ -11,10 +11,12 @@ truncates it), and its first WAL generation, 4,000 frames by default, appends.
 So after a commit, still under the write lock (no frame is being written),
 :meth:`Headroom.keep` looks at how far the WAL's end is from the file's end and,
 when it comes near, writes a chunk of zeros past the file's end (never below it:
-that is where SQLite's frames are). The chunk grows with the WAL, from 64 KiB to
-4 MiB, so a small database's WAL stays small. An I/O thread then fsyncs the
-chunk (:meth:`Headroom.sync`), making its size and blocks durable; a commit
-whose own fsync comes first flushes it instead, once per chunk.
+that is where SQLite's frames are). The chunk is as large as the WAL, up to 4 MiB,
+and a WAL shorter than 256 KiB gets none: a branch opened for a few writes and
+closed again (scale to zero) pays nothing, and a small database's WAL stays
+small. An I/O thread then fsyncs the chunk (:meth:`Headroom.sync`), making its
+size and blocks durable; a commit whose own fsync comes first flushes it
+instead, once per chunk.
 
 Zeros are never mistaken for frames: a frame counts only if its salts match the
 WAL header's (``wal.py``), as in SQLite's own recovery.
@@ -30,7 +32,7 @@ from shoal.log.wal import FRAME_HEADER_SIZE, HEADER_SIZE
 
 log = logging.getLogger("shoal.headroom")
 
-MIN_CHUNK = 64 << 10
+START = 256 << 10  # WAL bytes before any headroom
 MAX_CHUNK = 4 << 20
 _ZEROS = memoryview(bytes(MAX_CHUNK))  # sliced without a copy
 
@@ -49,8 +51,8 @@ class Headroom:
         end (``frames`` of ``page_size``) is within a chunk of the file's end. True if
         it did: call :meth:`sync` then, on another thread."""
         end = HEADER_SIZE + frames * (FRAME_HEADER_SIZE + page_size)
-        chunk = min(MAX_CHUNK, max(MIN_CHUNK, end))
-        if end + chunk <= self.allocated:
+        chunk = min(MAX_CHUNK, end)
+        if end < START or end + chunk <= self.allocated:
             return False
         try:
             if self._fd is None:
