@@ -57,7 +57,7 @@ from shoal.log.errors import (
 from shoal.log.restore import History, history, resolve_time, restore
 from shoal.log.retention import RetentionReport, apply_retention
 from shoal.log.snapshot import take_snapshot
-from shoal.log.timeline import ancestry, covered, load_timeline, segments, snapshots
+from shoal.log.timeline import Timeline, ancestry, covered, load_timeline, segments, snapshots
 from shoal.storage.base import NotFound, PreconditionFailed
 
 log = logging.getLogger("shoal.registry")
@@ -119,9 +119,17 @@ def marker_path(path: Path) -> Path:
     return path.with_suffix(".timeline")
 
 
-def keep_name(branch: str, now: float) -> str:
+KEEP_TRIES = 1000  # restores of one branch within one second, each kept under its own name
+
+
+def keep_names(branch: str, now: float) -> Iterator[str]:
+    """Names for the state before a restore: '<branch>-before-restore-<UTC second>', then
+    '-2', '-3'... for later restores in the same second; every one is a valid branch name."""
     stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%d-%H%M%S")
-    return f"{branch[:40]}-before-restore-{stamp}"
+    base = f"{branch[:28]}-before-restore-{stamp}"
+    yield base
+    for n in range(2, KEEP_TRIES):
+        yield f"{base}-{n}"
 
 
 @dataclass(frozen=True)
@@ -390,14 +398,7 @@ class Registry:
         another branch (``keep_as``, or a name made from the branch and the time)."""
         record = branch_log.get_branch(self.store, name, branch)
         current = load_timeline(self.store, name, record.timeline)
-        want = keep_as or keep_name(branch, now)
-        try:
-            kept = branch_log.adopt_timeline(self.store, name, want, current, branch, now)
-        except BranchExists:
-            if keep_as:
-                raise
-            kept = branch_log.adopt_timeline(self.store, name, f"{want}-{secrets.token_hex(2)}",
-                                           current, branch, now)
+        kept = self._keep(name, branch, current, keep_as, now)
         try:
             moved = branch_log.move_branch(self.store, record, timeline, txid, now)
         except BaseException:
@@ -405,6 +406,21 @@ class Registry:
                 self.store.delete(layout.branch_key(name, kept.name))
             raise
         return moved, kept
+
+    def _keep(self, name: str, branch: str, current: Timeline, keep_as: str | None,
+              now: float) -> branch_log.Branch:
+        """A new branch name on the timeline a restore leaves: ``keep_as``, or the first free
+        name from `keep_names` (the store's conditional put decides, even across nodes)."""
+        if keep_as:
+            return branch_log.adopt_timeline(self.store, name, keep_as, current, branch, now)
+        for want in keep_names(branch, now):
+            try:
+                return branch_log.adopt_timeline(self.store, name, want, current, branch, now)
+            except BranchExists:
+                continue
+        raise ShoalError("BRANCH_EXISTS", f"every name for the state of {name}/{branch} "
+                                          f"before this restore is taken",
+                         hint="Give one with 'keep_as'.")
 
     @mapped
     def compact(self, name: str, now: float,
