@@ -10,6 +10,7 @@ exactly its model rows: parent and child never see each other's later writes.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable
 
 import httpx
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from tests.support.server import ServerProcess
-from tests.support.storage import ok, path, rows, run
+from tests.support.storage import iso, ok, path, rows, run
 
 _databases = itertools.count()
 
@@ -168,6 +169,16 @@ def test_branch_endpoints(admin: httpx.Client, new_db: Callable[[], str]) -> Non
     # names are checked; main cannot be deleted; unknown branches are 404
     r = admin.post(f"/v1/databases/{db}/branches", json={"name": "Bad Name"})
     assert r.json()["error"]["code"] == "INVALID_NAME"
+    assert r.json()["error"]["message"] == "invalid branch name 'Bad Name'"
+    # a point in the future is refused (a local time read as UTC, most likely); one a few
+    # seconds ahead, within clock skew between hosts, is the latest state
+    for ahead, code in ((3 * 3600, "OUTSIDE_HISTORY"), (5, None)):
+        at = {"timestamp": iso(time.time() + ahead)}
+        r = admin.post(f"/v1/databases/{db}/branches", json={"name": f"ahead{ahead}", "at": at})
+        if code:
+            assert r.json()["error"]["code"] == code, r.text
+        else:
+            assert ok(r, 201)["fork_txid"] == 1  # main's latest
     r = admin.delete(f"/v1/databases/{db}/branches/main")
     assert r.json()["error"]["code"] == "INVALID_REQUEST"
     r = admin.post(f"/v1/databases/{db}/branches/main/reset")
@@ -179,7 +190,7 @@ def test_branch_endpoints(admin: httpx.Client, new_db: Callable[[], str]) -> Non
                           json={"statements": ["SELECT 1"]} if url.endswith("query") else None)
         assert r.json()["error"]["code"] == "BRANCH_NOT_FOUND", (method, url, r.text)
     info = ok(admin.get(f"/v1/databases/{db}"))
-    assert sorted(b["name"] for b in info["branches"]) == ["main", "preview"]
+    assert sorted(b["name"] for b in info["branches"]) == ["ahead5", "main", "preview"]
     # deleting the database removes its branches too; the name starts afresh
     assert admin.delete(f"/v1/databases/{db}").status_code == 204
     ok(admin.post("/v1/databases", json={"name": db}), 201)

@@ -14,7 +14,6 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -22,7 +21,7 @@ import pytest
 
 from shoal.engine.database import make_bookmark
 from tests.support.server import ServerProcess
-from tests.support.storage import checksum, ok, rows, run
+from tests.support.storage import checksum, iso, ok, rows, run
 
 COMMITS = 60
 RESTORES = 50
@@ -35,10 +34,6 @@ class Point:
     bookmark: str
     acked_at: float
     digest: str
-
-
-def iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 def restore(http: httpx.Client, body: dict[str, str]) -> dict[str, object]:
@@ -116,6 +111,7 @@ def test_restore_to_random_timestamps_and_bookmarks(
 
 @pytest.mark.parametrize(("body", "code"), [
     ({"timestamp": "2001-01-01T00:00:00Z"}, "OUTSIDE_HISTORY"),
+    ({"timestamp": "2999-01-01T00:00:00Z"}, "OUTSIDE_HISTORY"),  # never quietly the latest
     ({}, "INVALID_REQUEST"),
     ({"timestamp": "yesterday"}, "INVALID_REQUEST"),
     ({"branch": "nope", "timestamp": "2001-01-01T00:00:00Z"}, "BRANCH_NOT_FOUND"),

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,11 @@ def path(db: str, branch: str = "main", tail: str = "query") -> str:
     """The API path of a data endpoint: plain for main, under /branches/ otherwise."""
     base = f"/v1/databases/{db}" + ("" if branch == "main" else f"/branches/{branch}")
     return f"{base}/{tail}"
+
+
+def iso(ts: float) -> str:
+    """A time as the API takes it (ISO 8601, UTC)."""
+    return datetime.fromtimestamp(ts, UTC).isoformat()
 
 
 def ok(r: httpx.Response, status: int = 200) -> Any:

@@ -454,7 +454,7 @@ class Engine:
     async def usage_of(self, principal: tokens.Principal, name: str,
                        branch: str = "main") -> dict[str, int]:
         check_name(name)
-        check_name(branch)
+        check_name(branch, "branch")
         principal.require("read", name)
         if name not in self.names:
             raise ShoalError("DATABASE_NOT_FOUND", f"database {name!r} does not exist")
@@ -628,7 +628,7 @@ class Engine:
     def _known(self, name: str, *branches: str) -> None:
         check_name(name)
         for branch in branches:
-            check_name(branch)
+            check_name(branch, "branch")
         if name not in self.names:
             raise ShoalError("DATABASE_NOT_FOUND", f"database {name!r} does not exist")
 
@@ -719,7 +719,7 @@ class Engine:
             timeline, fork = mark.timeline or record.timeline, mark.txid
             await self._io(self.registry.check_point, name, timeline, fork)
         elif timestamp is not None:
-            fork = await self._io(self.registry.resolve, name, timeline, timestamp)
+            fork = await self._io(self.registry.resolve, name, timeline, timestamp, time.time())
         created = await self._io(self.registry.create_branch, name, new, record, timeline,
                                  fork, time.time())
         if materialise:
@@ -783,7 +783,7 @@ class Engine:
         else:
             assert timestamp is not None
             timeline = record.timeline
-            txid = await self._io(self.registry.resolve, name, timeline, timestamp)
+            txid = await self._io(self.registry.resolve, name, timeline, timestamp, time.time())
         async with self.lifecycle.exclusive(name, branch, self._end_transactions,
                                             self.settings.statement_timeout + 1):
             moved, kept = await self._io(self.registry.restore_branch, name, branch, timeline,

@@ -119,6 +119,7 @@ def marker_path(path: Path) -> Path:
     return path.with_suffix(".timeline")
 
 
+FUTURE_SLACK = 60.0  # seconds a point may lie ahead of the node's clock (skew between hosts)
 KEEP_TRIES = 1000  # restores of one branch within one second, each kept under its own name
 
 
@@ -351,9 +352,13 @@ class Registry:
         return history(self.store, name, timeline)
 
     @mapped
-    def resolve(self, name: str, timeline: str, when: float) -> int:
+    def resolve(self, name: str, timeline: str, when: float, now: float) -> int:
         """The txid a branch on ``timeline`` had at ``when``; OUTSIDE_HISTORY before its
-        window (after its head is its head)."""
+        window or in the future (a local time read as UTC, most likely: never quietly
+        the latest state); between its head and now, its head."""
+        if when > now + FUTURE_SLACK:
+            raise ShoalError("OUTSIDE_HISTORY", f"{_iso(when)} is in the future (the node's "
+                                                f"time is {_iso(now)}); give UTC or a zone")
         window = history(self.store, name, timeline)
         if when < window.earliest.time:
             raise ShoalError("OUTSIDE_HISTORY", f"{_iso(when)} is before the earliest "
