@@ -61,8 +61,12 @@ CODES: dict[str, tuple[int, str]] = {
                                  "once the store is back; one refused for the backlog was not "
                                  "run. Retry later with the same Idempotency-Key."),
     "DATA_DIR_CONFLICT": (500, "Only at startup: the data directory belongs to the other "
-                               "kind of node (local-only or store-backed); the message says "
-                               "what to do. The node does not start."),
+                               "kind of node (local-only or store-backed), or another process "
+                               "uses it; the message says what to do. The node does not "
+                               "start."),
+    "STORE_IN_USE": (500, "Only at startup: another node holds the object store's lease "
+                          "(one writing node per store). Stop it; a node that died frees the "
+                          "store after lease_ttl. The node does not start."),
     "STORAGE_CORRUPT": (500, "An object of the commit log is missing or fails its checksum; "
                              "the message names it. Restore from another point or branch."),
     "INTERNAL": (500, "A server fault; it is logged."),

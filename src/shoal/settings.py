@@ -77,6 +77,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Page bytes of a branch's commits that may wait for the object store (committed "
             "on this node, not yet shipped); past it, writes to the branch get "
             "STORAGE_UNAVAILABLE until the store catches up. 0: no limit."),
+    Setting("lease_ttl", float, 15.0,
+            "Seconds the object store's lease (one writing node per store) outlives its last "
+            "renewal; renewed every quarter of it. A node that dies frees the store after "
+            "this long; one that cannot renew refuses writes after three quarters of it."),
+    Setting("lease_wait", float, 60.0,
+            "Seconds a starting node waits for another node's lease on the same store to be "
+            "released or to lapse before it gives up (STORE_IN_USE)."),
     Setting("history_retention", float, 7 * 86400.0,
             "Seconds of history kept restorable; older segments and snapshots are deleted "
             "unless a branch needs them."),
@@ -201,4 +208,6 @@ def load(
         raise SettingsError("synchronous must be 'full' or 'normal'")
     if values["durability"] not in ("local", "remote"):
         raise SettingsError("durability must be 'local' or 'remote'")
+    if not values["lease_ttl"] > 0 or not values["lease_wait"] >= 0:
+        raise SettingsError("lease_ttl must be above 0 and lease_wait at least 0")
     return Settings(values)

@@ -49,7 +49,7 @@ def test_shipping_catches_up_with_no_gap_once_faults_stop(
         durability: str, start_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
     root = tmp_path / "store"
     common = {"admin_token": ADMIN, "durability": durability, "sync_interval": 0.02,
-              "storage_timeout": 60}
+              "storage_timeout": 60, "lease_ttl": 3}  # a fresh node waits out the killed one
     node = start_server(tmp_path / "node", store=faulty(root, 7), **common)
     setup(node)
     acked = Acked()

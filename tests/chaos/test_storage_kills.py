@@ -36,6 +36,7 @@ pytestmark = pytest.mark.slow
 
 ROUNDS = 10
 ADMIN = "kills-admin-token"
+LEASE_TTL = 3  # a node on an empty disk waits this long for the killed node's lease
 TARGETS = [("k1", "main"), ("k2", "main")]
 
 
@@ -58,7 +59,7 @@ def test_kill_during_shipping(start_server: Callable[..., ServerProcess], tmp_pa
     rng = random.Random(11)
     root = tmp_path / "store"
     settings = {"store": root.as_uri(), "admin_token": ADMIN, "durability": "local",
-                "sync_interval": 0.005}
+                "sync_interval": 0.005, "lease_ttl": LEASE_TTL}
     acked = Acked()
     for round_ in range(ROUNDS):
         node = start_server(tmp_path / "node", **settings)
@@ -86,7 +87,8 @@ def test_kill_during_checkpoints(start_server: Callable[..., ServerProcess],
     rng = random.Random(12)
     root = tmp_path / "store"
     settings = {"store": root.as_uri(), "admin_token": ADMIN, "durability": "remote",
-                "checkpoint_frames": 6, "snapshot_log_bytes": 1, "snapshot_log_ratio": 0.0}
+                "lease_ttl": LEASE_TTL, "checkpoint_frames": 6, "snapshot_log_bytes": 1,
+                "snapshot_log_ratio": 0.0}
     acked = Acked()
     for round_ in range(ROUNDS):
         node = start_server(tmp_path / f"node{round_}", **settings)  # an empty disk each time

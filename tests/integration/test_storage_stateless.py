@@ -25,6 +25,7 @@ from tests.support.server import ServerProcess
 from tests.support.storage import TABLE, Acked, Writers, assert_log_contiguous, ids, ok, run
 
 SYNC_INTERVAL = 0.1
+LEASE_TTL = 3  # the second node waits this long for the killed first one's lease
 SLACK = 0.6  # beyond sync_interval: an upload's own time, on a busy test machine
 TARGETS = [("alpha", "main"), ("alpha", "dev"), ("beta", "main")]
 
@@ -55,7 +56,8 @@ def test_a_node_on_an_empty_disk_serves_every_acknowledged_commit(
         monkeypatch: pytest.MonkeyPatch, start_server: Callable[..., ServerProcess]) -> None:
     moto = request.getfixturevalue("moto") if backend == "s3" else None
     settings = store_settings(backend, tmp_path, moto, monkeypatch) | {
-        "durability": durability, "sync_interval": SYNC_INTERVAL}
+        "durability": durability, "sync_interval": SYNC_INTERVAL,
+        "lease_ttl": LEASE_TTL}
     first = start_server(tmp_path / "first", **settings)
     admin_token = first.admin_token  # generated: it must live in the store too
     with first.client() as http:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -19,7 +19,9 @@ from shoal.engine.connection import Statement
 from shoal.engine.database import BEGIN_IMMEDIATE, COMMIT, Database
 from shoal.engine.journal import Stores
 from shoal.engine.registry import Registry
+from shoal.errors import ShoalError
 from shoal.log.restore import restore
+from shoal.storage.fenced import Fenced
 from shoal.storage.memory import MemoryStore
 from tests.support.storage import assert_log_contiguous
 
@@ -32,14 +34,14 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 @asynccontextmanager
-async def registry(tmp_path: Path, **overrides: Any) -> AsyncIterator[tuple[Registry,
-                                                                            MemoryStore]]:
+async def registry(tmp_path: Path, fence: Callable[[], None] = lambda: None,
+                   **overrides: Any) -> AsyncIterator[tuple[Registry, MemoryStore]]:
     env = {"SHOAL_DATA": str(tmp_path / "data"), "SHOAL_SYNC_INTERVAL": "0.01"}
     env.update({f"SHOAL_{k.upper()}": str(v) for k, v in overrides.items()})
     settings = settings_mod.load(environ=env)
     store = MemoryStore()
     sql, io = ThreadPoolExecutor(4), ThreadPoolExecutor(4)
-    reg = Registry(Stores(store, store, io), settings, sql, tmp_path / "scratch")
+    reg = Registry(Stores(store, store, io, fence), settings, sql, tmp_path / "scratch")
     reg.create_database(DB, 1_000_000.0)
     try:
         yield reg, store
@@ -161,6 +163,36 @@ def test_checkpoints_and_snapshots_follow_durability(tmp_path: Path) -> None:
             assert len(snaps) > 2  # txid 0, then snapshots after complete checkpoints
             assert stored_rows(store, db.journal.timeline, tmp_path, "d") == \
                 [f"v{i}" * 200 for i in range(30)]
+            await db.aclose()
+
+    run(body())
+
+
+def test_a_node_without_the_stores_lease_refuses_writes_and_serves_reads(
+        tmp_path: Path) -> None:
+    held = [True]
+
+    def fence() -> None:
+        if not held[0]:
+            raise Fenced("this node does not hold the object store's lease: test")
+
+    async def body() -> None:
+        async with registry(tmp_path, fence) as (reg, _):
+            path = tmp_path / "data" / "dbs" / DB / "main.db"
+            path.parent.mkdir(parents=True)
+            db = await reg.open(DB, "main", path)
+            await insert(db, "before")
+            held[0] = False
+            for attempt in (insert(db, "refused"), db.begin("tx1", "test", write=True)):
+                try:
+                    await attempt
+                    raise AssertionError("a write passed the fence")
+                except ShoalError as exc:
+                    assert exc.code == "STORAGE_UNAVAILABLE" and "lease" in exc.message
+            counters, _ = await db.read([Statement("SELECT v FROM t")])
+            assert counters.results[0].rows == [["before"]]
+            held[0] = True
+            assert await insert(db, "after") == 2  # the refused write took no txid
             await db.aclose()
 
     run(body())

@@ -47,6 +47,7 @@ from shoal.engine.connection import (
 )
 from shoal.errors import ShoalError
 from shoal.metrics import METRICS
+from shoal.storage.fenced import Fenced
 
 if TYPE_CHECKING:
     from shoal.engine.journal import Journal
@@ -380,8 +381,16 @@ class Database:
     def _check_log(self) -> None:
         """Refuse writes (every write path starts here) once shipping has stopped for good
         (another writer on the timeline) or while the store is too far behind. It runs on
-        every write request, so the usual answer costs two attribute reads."""
-        shipper = self.journal.shipper if self.journal is not None else None
+        every write request, so the usual answer costs a clock read and two attribute reads.
+        A node that does not hold the store's lease takes no writes: they could not ship."""
+        if self.journal is None:
+            return
+        try:
+            self.journal.stores.fence()
+        except Fenced as exc:
+            raise ShoalError("STORAGE_UNAVAILABLE", f"writes to {self.name}/{self.branch} are "
+                                                    f"refused: {exc}") from None
+        shipper = self.journal.shipper
         if shipper is None or (shipper.failed is None
                                and shipper.backlog_bytes <= self._backlog_limit):
             return

@@ -8,15 +8,26 @@ hide it: a local-only node's databases do not exist in any store, and a
 store-backed node's local files are not in a local-only node's catalog. So the
 first start records the kind in ``DATA/node-kind`` and later starts of the other
 kind are refused with a message that says what to do.
+
+A data directory also belongs to one process at a time (``DATA/lock``, a file
+lock), and holds the node's id (``DATA/node-id``), by which the object store's
+lease (``lease.py``) knows a node that restarts on the same disk.
 """
 
 from __future__ import annotations
 
+import fcntl
+import os
+import secrets
+import shutil
 from pathlib import Path
 
 from shoal.errors import ShoalError
 
 KIND_FILE = "node-kind"
+LOCK_FILE = "lock"
+NODE_ID_FILE = "node-id"
+DBS = "dbs"
 LOCAL_ONLY = "local-only"
 STORE = "object-store"
 
@@ -25,7 +36,7 @@ def _inferred(root: Path) -> str | None:
     """The kind of a data directory written before KIND_FILE existed, from its files."""
     if (root / "signing-key").exists():
         return LOCAL_ONLY  # a store-backed node keeps its signing key in the store
-    if any((root / "dbs").glob("*/*.timeline")):
+    if any((root / DBS).glob("*/*.timeline")):
         return STORE  # branch markers of the commit log
     return None
 
@@ -51,3 +62,41 @@ def claim(root: Path, local_only: bool) -> None:
                                               f"{recorded} node, not a {kind} one: {advice}")
     if not path.exists():
         path.write_text(kind + "\n")
+
+
+def lock(root: Path) -> int:
+    """Hold ``root`` for this process (a file lock the kernel drops when the process dies);
+    DATA_DIR_CONFLICT if another process holds it. Returns the descriptor to close."""
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise ShoalError("DATA_DIR_CONFLICT", f"the data directory {root} is in use by another "
+                                              f"process (pid {holder}): stop it, or give this "
+                                              f"node a data directory of its own") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def node_id(root: Path) -> str:
+    """This node's id, kept in ``root``: the object store's lease names its holder by it."""
+    path = root / NODE_ID_FILE
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        node = secrets.token_hex(8)
+        path.write_text(node + "\n")
+        return node
+
+
+def forget_cache(root: Path) -> bool:
+    """Drop the local copies of every branch (True if there were any): another node has
+    written to the store since this one last held it, so they may hold commits that
+    history no longer has."""
+    if not (root / DBS).exists():
+        return False
+    shutil.rmtree(root / DBS)
+    return True

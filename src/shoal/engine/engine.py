@@ -44,6 +44,7 @@ from shoal.engine.database import (
     read_bookmark,
 )
 from shoal.engine.journal import Stores
+from shoal.engine.lease import Lease
 from shoal.engine.lifecycle import Lifecycle, drain, release_memory
 from shoal.engine.registry import BranchView, Registry
 from shoal.errors import ShoalError
@@ -53,6 +54,8 @@ from shoal.metrics import METRICS
 from shoal.names import check as check_name
 from shoal.settings import Settings
 from shoal.storage import open_store
+from shoal.storage.base import ObjectStore
+from shoal.storage.fenced import FencedStore
 from shoal.storage.retry import RetryingStore
 
 log = logging.getLogger("shoal")
@@ -62,6 +65,7 @@ SWEEP_INTERVAL = 0.25
 RELEASE_INTERVAL = 1.0  # at most this often, hand memory freed by closed connections to the OS
 USAGE_FLUSH_INTERVAL = 2.0
 RETENTION_INTERVAL = 600.0  # seconds between retention passes over every database
+EXIT_LEASE_LOST = 75  # the process's exit status when another node took the store's lease
 COMPACTION_BUDGET = 60.0  # seconds of compaction a database gets per pass (a backlog waits)
 
 
@@ -121,6 +125,15 @@ class Idempotency:
         return cls(key, hashlib.sha256(body).digest())
 
 
+def _lease_lost(why: str) -> None:
+    """Another node holds the store now: stop before anything more of this node's reaches
+    it (a clean stop would ship and checkpoint). The next start on this disk drops the
+    local copies, as after a crash."""
+    log.critical("stopping at once: %s", why)
+    logging.shutdown()
+    os._exit(EXIT_LEASE_LOST)
+
+
 class Engine:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -128,16 +141,20 @@ class Engine:
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
         datadir.claim(self.root, settings.local_only)
+        self._lock = datadir.lock(self.root)
         self.executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="shoal-sql")
         self.io = ThreadPoolExecutor(max(4, settings.threads), thread_name_prefix="shoal-io")
         # store = "none": a local-only node (no commit log; the data directory is the truth)
         self.store: RetryingStore | None = None
         self._registry: Registry | None = None
+        self.lease: Lease | None = None
         if not settings.local_only:
             raw_store = open_store(settings.store_url, endpoint_url=settings.s3_endpoint)
-            self.store = RetryingStore(raw_store)
-            self._registry = Registry(Stores(self.store, raw_store, self.io), settings,
-                                      self.executor, self.root / "tmp")
+            self.lease = self._take_lease(raw_store)
+            fenced = FencedStore(raw_store, self.lease.check)
+            self.store = RetryingStore(fenced)
+            self._registry = Registry(Stores(self.store, fenced, self.io, self.lease.check),
+                                      settings, self.executor, self.root / "tmp")
         self.catalog = Catalog(str(self.root / "catalog.db"))
         self.admin_token_path: Path | None = None
         admin = settings.admin_token
@@ -170,6 +187,17 @@ class Engine:
         self._sweeper: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
         self._stopping = False  # compaction starts no new run once set
+
+    def _take_lease(self, store: ObjectStore) -> Lease:
+        """The store's lease, for as long as this node runs; the local copies go if another
+        node has held it since this one (they may hold commits history no longer has)."""
+        lease = Lease(store, datadir.node_id(self.root), self.settings.lease_ttl, _lease_lost)
+        lease.acquire(self.settings.lease_wait)
+        lease.start()
+        if lease.previous not in (None, lease.node) and datadir.forget_cache(self.root):
+            log.warning("node %s held the object store since this node last did: the "
+                        "local copies of branches were dropped", lease.previous)
+        return lease
 
     @property
     def registry(self) -> Registry:
@@ -206,8 +234,11 @@ class Engine:
         self.catalog.close()
         self.executor.shutdown(wait=True)
         self.io.shutdown(wait=True)
+        if self.lease is not None:
+            self.lease.release()
         if self.store is not None:
             self.store.close()
+        os.close(self._lock)
 
     async def _sweep(self) -> None:
         last_flush = time.monotonic()

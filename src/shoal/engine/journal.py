@@ -29,6 +29,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -64,6 +65,10 @@ class LogState:
     log_bytes: int  # segment bytes after that snapshot
 
 
+def _unfenced() -> None:
+    """The fence of a node without a lease (tests that drive a Registry directly)."""
+
+
 @dataclass(frozen=True)
 class Stores:
     """The store twice: retrying one-off calls, and raw for the shipper (it retries itself)."""
@@ -71,6 +76,7 @@ class Stores:
     store: ObjectStore
     raw: ObjectStore
     io: Executor  # threads for store calls, apart from the SQL threads
+    fence: Callable[[], None] = _unfenced  # raises Fenced while this node may not write
 
 
 class Journal:

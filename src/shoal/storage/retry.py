@@ -23,11 +23,12 @@ from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from shoal.storage.base import Blob, NotFound, ObjectInfo, ObjectStore, PreconditionFailed
+from shoal.storage.fenced import Fenced
 
 log = logging.getLogger("shoal.storage")
 T = TypeVar("T")
 
-_SEMANTIC = (NotFound, PreconditionFailed, ValueError, KeyError)
+_SEMANTIC = (NotFound, PreconditionFailed, Fenced, ValueError, KeyError)
 
 
 class RetryingStore:
