@@ -149,6 +149,17 @@ def test_a_node_restarting_on_its_own_disk_takes_its_lease_at_once(
     assert again.held() and again.previous == "a"
 
 
+def test_a_copy_of_the_disk_on_another_host_waits_like_any_other_node(
+        store: Hooked, clock: Clock) -> None:
+    store.put(KEY, json.dumps({"node": "a", "seq": 7, "ttl": TTL, "host": "elsewhere",
+                               "pid": 1, "released": False}).encode())
+    store.on_get = lambda: setattr(clock, "now", clock.now + 1.0)
+    clone = node(store, clock, "a")
+    with pytest.raises(ShoalError) as err:
+        clone.acquire(wait=TTL / 2, poll=0)
+    assert err.value.code == "STORE_IN_USE" and "host elsewhere" in err.value.message
+
+
 def test_a_renewal_whose_answer_was_lost_keeps_the_lease(
         store: Hooked, clock: Clock) -> None:
     a = node(store, clock, "a")

@@ -7,16 +7,16 @@ while it runs. It takes and renews the lease with conditional puts (If-None-Matc
 If-Match), so it needs no coordination service.
 
 - **Taking it.** A missing or released lease is taken at once. So is one that this node
-  wrote last; its id is in the data directory, which one process holds. A lease held by
-  another node is taken only after its etag has stayed the same for ``ttl`` of this node's
-  own clock: the holder has stopped renewing. No two hosts' clocks are compared.
+  wrote last from this host; its id is in the data directory, which one process holds.
+  Any other lease is taken only after its etag has stayed the same for ``ttl`` of this
+  node's own clock: the holder has stopped renewing. No two hosts' clocks are compared.
 - **Holding it.** A thread renews the lease every ``ttl / 4``. The lease counts as held for
   ``ttl * 3/4`` after the start of the last renewal that succeeded. A waiting node starts
   its ``ttl`` only after it has seen that renewal, so by the time it takes over, the old
   holder has stopped counting the lease as held. Writes to the store pass `check` (see
   ``storage/fenced.py``); the engine refuses new writes while the lease is not held.
 - **Losing it.** If a renewal finds another node's lease, the node stops at once: its
-  uncommitted state must not reach the store. A renewal whose answer was lost but which
+  unshipped commits must not reach the store. A renewal whose answer was lost but which
   landed is recognised by its sequence number, and the lease is kept.
 - **Giving it back.** A clean stop writes the lease as released, so the next node starts
   without waiting.
@@ -132,12 +132,12 @@ class Lease:
                 if seen is None or seen[0] != blob.etag:
                     seen = (blob.etag, now)
                     if record is not None and not record.released and \
-                            record.node not in (self.node, announced):
+                            not self._mine(record) and record.node != announced:
                         announced = record.node
                         log.warning("the object store's lease is held by %s; waiting for it "
                                     "to be released or to lapse (%g s without renewal)",
                                     record.holder(), max(self.ttl, record.ttl))
-                free = record is not None and (record.released or record.node == self.node)
+                free = record is not None and (record.released or self._mine(record))
                 lapsed = now - seen[1] >= max(self.ttl, record.ttl if record else 0.0)
                 if free or lapsed:
                     self.previous = record.node if record is not None else "?"
@@ -166,6 +166,12 @@ class Lease:
                                          f"renewed its lease within the last "
                                          f"{max(self.ttl, record.ttl if record else 0):g} s; "
                                          f"waited {wait:g} s")
+
+    def _mine(self, record: Record) -> bool:
+        """Written by this node on this host: its process is gone, since this one holds the
+        data directory. A copy of the directory on another host (a cloned disk) has the
+        same id, but not the same host, so it waits like any other node."""
+        return record.node == self.node and record.host == socket.gethostname()
 
     def _record(self, seq: int, released: bool = False) -> Record:
         return Record(self.node, seq, self.ttl, socket.gethostname(), os.getpid(), released)
