@@ -31,6 +31,8 @@ class Metrics:
     log_snapshots: Counter
     log_unshipped: Gauge
     log_lag: Gauge
+    lease_held: Gauge
+    lease_renewal_failures: Counter
 
     _children: dict[tuple[str, str, int], tuple[Any, Any]] = field(default_factory=dict)
     _cpu_children: dict[str, Any] = field(default_factory=dict)
@@ -94,6 +96,10 @@ def _build() -> Metrics:
         log_lag=Gauge("shoal_log_lag_seconds", "Age of the oldest commit not yet in the "
                       "object store, over every open branch (0 when all are shipped)",
                       registry=reg),
+        lease_held=Gauge("shoal_lease_held", "1 while this node holds the object store's "
+                         "lease (it takes writes), else 0", registry=reg),
+        lease_renewal_failures=Counter("shoal_lease_renewal_failures", "Failed renewals of "
+                                       "the object store's lease (each retried)", registry=reg),
     )
 
 

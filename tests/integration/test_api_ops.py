@@ -125,6 +125,8 @@ def test_metrics_show_the_commit_log_shipping(admin: httpx.Client, anon: httpx.C
         assert sample(text, "shoal_log_cpu_seconds_total", work=work) \
             > sample(before, "shoal_log_cpu_seconds_total", work=work), work
     assert sample(text, "shoal_log_lag_seconds") == 0.0
+    assert sample(text, "shoal_lease_held") == 1.0  # it holds its store's lease
+    assert "shoal_lease_renewal_failures_total" in samples(text)
     assert "shoal_log_upload_failures_total" in samples(text)
     assert name not in text
 

@@ -214,6 +214,9 @@ class Engine:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         METRICS.log_unshipped.set_function(lambda: self.lifecycle.log_backlog()[0])
         METRICS.log_lag.set_function(lambda: self.lifecycle.log_backlog()[1])
+        lease = self.lease
+        if lease is not None:
+            METRICS.lease_held.set_function(lambda: float(lease.held()))
 
     async def stop(self) -> None:
         self._stopping = True

@@ -34,6 +34,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from shoal.errors import ShoalError
+from shoal.metrics import METRICS
 from shoal.storage.base import NotFound, ObjectStore, PreconditionFailed
 from shoal.storage.fenced import Fenced
 
@@ -202,6 +203,7 @@ class Lease:
                 self.renew()
                 pause = self.ttl * RENEW_FRACTION
             except Exception as exc:  # the store failed: try again soon, well before it lapses
+                METRICS.lease_renewal_failures.inc()
                 log.warning("renewing the object store's lease failed: %r", exc)
                 pause = self.ttl * RETRY_FRACTION
             if self.lost:
