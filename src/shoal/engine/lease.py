@@ -156,9 +156,8 @@ class Lease:
                 continue
             except Exception as exc:  # the store failed: keep trying until the deadline
                 error = exc
-            if self.clock() >= deadline:
+            if self.clock() >= deadline or self._stop.wait(poll):  # release() ends the wait
                 break
-            time.sleep(poll)
         if error is not None:
             raise ShoalError("STORAGE_UNAVAILABLE",
                              f"the object store's lease could not be read or written: {error!r}")
