@@ -228,7 +228,8 @@ class Lease:
             return  # our own write had been cut short: it is whole now
         self.lost = True
         self._stop.set()
-        holder = current.holder() if current is not None else "nobody (the lease is gone)"
+        holder = (current.holder() if current is not None else
+                  "nobody (it is unreadable)" if blob is not None else "nobody (it is gone)")
         self.on_lost(f"the object store's lease is now held by {holder}")
 
     def release(self) -> None:
