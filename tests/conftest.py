@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,9 @@ import pytest
 from tests.support.server import ServerProcess
 
 _names = itertools.count()
+
+# Every node a test starts would otherwise allocate the default 64 MiB DATA/reserve.
+os.environ.setdefault("SHOAL_DISK_RESERVE_BYTES", str(1 << 20))
 
 
 @pytest.fixture

@@ -228,6 +228,16 @@ def _db_create(args: argparse.Namespace, client: Client, out: Output) -> int:
 
 
 def _db_list(args: argparse.Namespace, client: Client, out: Output) -> int:
+    if args.deleted:
+        gone = client.deleted_databases()
+        if out.as_json:
+            out.json({"databases": gone})
+        else:
+            out.table(["name", "deleted_at", "restorable_until", "incarnation"],
+                      [[d["name"], d["deleted_at"], d["restorable_until"], d["incarnation"]]
+                       for d in gone],
+                      f"{len(gone)} deleted database{'s' * (len(gone) != 1)}")
+        return 0
     databases = client.list_databases(limit=args.limit)
     if out.as_json:
         out.json({"databases": databases})
@@ -259,8 +269,28 @@ def _db_info(args: argparse.Namespace, client: Client, out: Output) -> int:
 
 
 def _db_delete(args: argparse.Namespace, client: Client, out: Output) -> int:
-    client.delete_database(args.name)
-    out.done({"deleted": args.name}, f"deleted database {args.name}")
+    if not args.yes:
+        what = ("and its history, for good" if args.purge else
+                "(restorable with 'shoal db undelete' within the node's history_retention)")
+        if not sys.stdin.isatty():
+            print(f"shoal: refusing to delete {args.name} without --yes (no terminal to "
+                  f"ask on)", file=sys.stderr)
+            return 2
+        answer = input(f"Delete database {args.name} {what}? Type its name to confirm: ")
+        if answer.strip() != args.name:
+            print("shoal: not deleted", file=sys.stderr)
+            return 1
+    client.delete_database(args.name, purge=args.purge)
+    out.done({"deleted": args.name, "purged": args.purge},
+             f"deleted database {args.name}" + (" and its history" if args.purge else
+                                                "; 'shoal db undelete' brings it back"))
+    return 0
+
+
+def _db_undelete(args: argparse.Namespace, client: Client, out: Output) -> int:
+    info = client.undelete_database(args.name, args.incarnation)
+    out.done(info, f"brought back database {info['name']} "
+                   f"({len(info.get('branches') or [])} branches)")
     return 0
 
 
@@ -619,19 +649,31 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     common = _common_options()
 
     db = sub.add_parser("db", help="create, list, inspect and delete databases")
-    dbs = db.add_subparsers(dest="db_command", required=True, metavar="{create,list,info,delete}")
+    dbs = db.add_subparsers(dest="db_command", required=True,
+                            metavar="{create,list,info,delete,undelete}")
     p = _client_parser(dbs, "create", common, "create a database")
     p.add_argument("name", help="name: [a-z0-9][a-z0-9_-]{0,62}")
     p.set_defaults(func=_client_command(_db_create))
     p = _client_parser(dbs, "list", common, "list databases (every page)")
     p.add_argument("--limit", type=int, default=None, help="show at most this many")
+    p.add_argument("--deleted", action="store_true",
+                   help="list deleted databases still restorable instead")
     p.set_defaults(func=_client_command(_db_list))
     p = _client_parser(dbs, "info", common, "size, txid, branches and usage")
     p.add_argument("name")
     p.set_defaults(func=_client_command(_db_info))
-    p = _client_parser(dbs, "delete", common, "delete a database and its data")
+    p = _client_parser(dbs, "delete", common, "delete a database (restorable for the "
+                                              "node's history_retention unless --purge)")
     p.add_argument("name")
+    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
+    p.add_argument("--purge", action="store_true",
+                   help="remove its history too, at once: it cannot be brought back")
     p.set_defaults(func=_client_command(_db_delete))
+    p = _client_parser(dbs, "undelete", common, "bring back a deleted database")
+    p.add_argument("name")
+    p.add_argument("--incarnation", default=None,
+                   help="which deleted one (see 'db list --deleted'); default the newest")
+    p.set_defaults(func=_client_command(_db_undelete))
 
     p = _client_parser(sub, "sql", common, "run SQL (one transaction) and print results")
     p.add_argument("database")

@@ -567,10 +567,21 @@ class _API:
     def _database(self, name: str | None) -> Call[dict[str, Any]]:
         return Call("GET", self._db_path(name), _identity)
 
-    def _delete_database(self, name: str) -> Call[None]:
+    def _delete_database(self, name: str, purge: bool = False) -> Call[None]:
         if not name:  # never fall back to the default database for a delete
             raise ValueError("delete_database needs the database name")
-        return Call("DELETE", self._db_path(name), _nothing)
+        return Call("DELETE", self._db_path(name), _nothing,
+                    params={"purge": "true"} if purge else None)
+
+    def _undelete_database(self, name: str, incarnation: str | None) -> Call[dict[str, Any]]:
+        if not name:
+            raise ValueError("undelete_database needs the database name")
+        body = {"incarnation": incarnation} if incarnation else {}
+        return Call("POST", self._db_path(name) + "/undelete", _identity, body=body)
+
+    def _deleted_databases(self) -> Call[list[dict[str, Any]]]:
+        return Call("GET", "/v1/databases", lambda d: list(d["databases"]),
+                    params={"deleted": "true"})
 
     def _usage(self, name: str | None) -> Call[dict[str, Any]]:
         return Call("GET", self._db_path(name) + "/usage", _identity)
@@ -766,8 +777,19 @@ class Client(_API):
         """Name, created_at, size_bytes, branches, txid, open."""
         return self._send(self._database(name))
 
-    def delete_database(self, name: str) -> None:
-        self._send(self._delete_database(name))
+    def delete_database(self, name: str, *, purge: bool = False) -> None:
+        """Delete a database: restorable (``undelete_database``) for the node's
+        history_retention, unless ``purge`` (gone at once, with its history)."""
+        self._send(self._delete_database(name, purge))
+
+    def undelete_database(self, name: str, incarnation: str | None = None) -> dict[str, Any]:
+        """Bring back a deleted database (its newest deleted incarnation unless named)."""
+        return self._send(self._undelete_database(name, incarnation))
+
+    def deleted_databases(self) -> list[dict[str, Any]]:
+        """Deleted databases still restorable: name, incarnation, deleted_at,
+        restorable_until, branches."""
+        return self._send(self._deleted_databases())
 
     def usage(self, name: str | None = None) -> dict[str, Any]:
         """Cumulative rows_read, rows_written, queries and storage_bytes."""
@@ -928,8 +950,15 @@ class AsyncClient(_API):
     async def database(self, name: str | None = None) -> dict[str, Any]:
         return await self._send(self._database(name))
 
-    async def delete_database(self, name: str) -> None:
-        await self._send(self._delete_database(name))
+    async def delete_database(self, name: str, *, purge: bool = False) -> None:
+        await self._send(self._delete_database(name, purge))
+
+    async def undelete_database(self, name: str,
+                                incarnation: str | None = None) -> dict[str, Any]:
+        return await self._send(self._undelete_database(name, incarnation))
+
+    async def deleted_databases(self) -> list[dict[str, Any]]:
+        return await self._send(self._deleted_databases())
 
     async def usage(self, name: str | None = None) -> dict[str, Any]:
         return await self._send(self._usage(name))

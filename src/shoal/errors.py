@@ -8,6 +8,9 @@ table below is the only place that decides their HTTP status, and
 
 from __future__ import annotations
 
+import contextlib
+import errno
+from collections.abc import Iterator
 from typing import Any
 
 import apsw
@@ -54,6 +57,12 @@ CODES: dict[str, tuple[int, str]] = {
     "HISTORY_DISABLED": (409, "This node runs with store = \"none\" (no object store, no "
                               "history): restore, history and branches other than main need "
                               "a node started with --store."),
+    # the node's disk
+    "DISK_FULL": (507, "The disk of the node's data directory is full (with the default "
+                       "store, the store's folder is on it too). Reads are served; writes "
+                       "resume by themselves once space is free: free some on that disk "
+                       "(docs/operations.md, 'A full disk'), then retry with the same "
+                       "Idempotency-Key."),
     # object storage
     "STORAGE_UNAVAILABLE": (503, "The object store failed, timed out or is too far behind "
                                  "(max_unshipped_bytes); the message says which. A write that "
@@ -67,6 +76,10 @@ CODES: dict[str, tuple[int, str]] = {
     "STORE_IN_USE": (500, "Only at startup: another node holds the object store's lease "
                           "(one writing node per store). Stop it; a node that died frees the "
                           "store after lease_ttl. The node does not start."),
+    "STORE_UNUSABLE": (500, "Only at startup: the object store failed the check a node makes "
+                            "before anything else (a missing bucket, refused credentials, an "
+                            "unreachable endpoint, a folder the node cannot write); the message "
+                            "names the cause and the hint what to do. The node does not start."),
     "STORAGE_CORRUPT": (500, "An object of the commit log is missing or fails its checksum; "
                              "the message names it. Restore from another point or branch."),
     "INTERNAL": (500, "A server fault; it is logged."),
@@ -80,7 +93,6 @@ _SQLITE_STATUS = {
     "SQLITE_AUTH": 403,
     "SQLITE_IOERR": 500,
     "SQLITE_CORRUPT": 500,
-    "SQLITE_FULL": 500,
     "SQLITE_CANTOPEN": 500,
     "SQLITE_NOMEM": 500,
     "SQLITE_INTERNAL": 500,
@@ -124,10 +136,47 @@ def sqlite_names(exc: apsw.Error) -> tuple[str, str]:
 
 
 def from_sqlite(exc: apsw.Error, statement: int | None = None) -> ShoalError:
-    """Map an apsw exception to the envelope: code by SQLite name, extended name too."""
+    """Map an apsw exception to the envelope: code by SQLite name, extended name too;
+    a full disk is DISK_FULL (it is the node's condition, not the request's)."""
     primary, extended = sqlite_names(exc)
-    message = str(exc)
     extra: dict[str, Any] = {"extended_code": extended}
     if statement is not None:
         extra["statement"] = statement
-    return ShoalError(primary, message, hint="", **extra)
+    if _sqlite_full(exc):
+        return ShoalError("DISK_FULL", f"no space left on the node's disk ({exc})", **extra)
+    return ShoalError(primary, str(exc), hint="", **extra)
+
+
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})  # errnos of a disk (or quota) with no room
+
+
+def _sqlite_full(exc: apsw.Error) -> bool:
+    """SQLITE_FULL, or a -shm file SQLite could not grow (SQLITE_IOERR_SHMSIZE: on a full
+    disk that is what a WAL commit fails with when the WAL index needs another page)."""
+    return isinstance(exc, apsw.FullError) or (
+        isinstance(exc, apsw.IOError)
+        and getattr(exc, "extendedresult", None) == apsw.SQLITE_IOERR_SHMSIZE)
+
+
+def disk_full(exc: BaseException) -> ShoalError | None:
+    """DISK_FULL for an exception that says a local disk has no room, however it surfaced
+    (SQLite, or ENOSPC / EDQUOT from the OS); None for any other exception."""
+    if isinstance(exc, ShoalError):
+        return exc if exc.code == "DISK_FULL" else None
+    if isinstance(exc, apsw.Error) and _sqlite_full(exc):
+        return from_sqlite(exc)
+    if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+        return ShoalError("DISK_FULL", f"no space left on the node's disk ({exc})")
+    return None
+
+
+@contextlib.contextmanager
+def disk_errors() -> Iterator[None]:
+    """A full disk inside the block becomes DISK_FULL; other errors pass as they are."""
+    try:
+        yield
+    except Exception as exc:
+        full = disk_full(exc)
+        if full is None or full is exc:
+            raise
+        raise full from None

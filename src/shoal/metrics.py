@@ -33,6 +33,8 @@ class Metrics:
     log_lag: Gauge
     lease_held: Gauge
     lease_renewal_failures: Counter
+    log_fenced_commits: Counter
+    readiness: Gauge
 
     _children: dict[tuple[str, str, int], tuple[Any, Any]] = field(default_factory=dict)
     _cpu_children: dict[str, Any] = field(default_factory=dict)
@@ -100,6 +102,12 @@ def _build() -> Metrics:
                          "lease (it takes writes), else 0", registry=reg),
         lease_renewal_failures=Counter("shoal_lease_renewal_failures", "Failed renewals of "
                                        "the object store's lease (each retried)", registry=reg),
+        log_fenced_commits=Counter("shoal_log_fenced_commits", "Commits made on this node "
+                                   "that never became history: another writer took their "
+                                   "timeline first (with local durability they had been "
+                                   "acknowledged; with remote durability never)", registry=reg),
+        readiness=Gauge("shoal_readiness", "What GET /ready says: 0 ok, 1 degraded (serving, "
+                        "needs attention), 2 read_only (writes are refused)", registry=reg),
     )
 
 

@@ -27,6 +27,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("host", str, "127.0.0.1", "Address to listen on."),
     Setting("port", int, 8080, "TCP port to listen on."),
     Setting("data", str, "./shoal-data", "Data directory: catalog, databases, keys."),
+    Setting("disk_reserve_bytes", int, 64 << 20,
+            "Space kept allocated in DATA/reserve and released when the disk fills, so "
+            "that recovery can still write; writes then get DISK_FULL until twice this "
+            "much is free, and resume by themselves (a node without its reserve starts "
+            "read-only with less). 0: no reserve."),
     Setting(
         "admin_token", str, None,
         "Admin bearer token. Unset: one is generated on first start into DATA/admin-token.",
@@ -210,4 +215,6 @@ def load(
         raise SettingsError("durability must be 'local' or 'remote'")
     if not values["lease_ttl"] > 0 or not values["lease_wait"] >= 0:
         raise SettingsError("lease_ttl must be above 0 and lease_wait at least 0")
+    if values["disk_reserve_bytes"] < 0:
+        raise SettingsError("disk_reserve_bytes must be at least 0")
     return Settings(values)

@@ -24,6 +24,7 @@ from tests.support.server import ServerProcess
 
 ROUTES = {
     "/health": {"get"},
+    "/ready": {"get"},
     "/metrics": {"get"},
     "/openapi.json": {"get"},
     "/v1/databases": {"get", "post"},

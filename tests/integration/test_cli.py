@@ -65,10 +65,24 @@ def test_db_commands(shoal: Run, server: ServerProcess) -> None:
     again = shoal("db", "create", "cli-db")
     assert again.returncode == 1 and again.stdout == ""
     assert again.stderr.startswith("error DATABASE_EXISTS: ")
-    deleted = shoal("db", "delete", "cli-db")
+    unasked = shoal("db", "delete", "cli-db")  # no terminal to confirm on, no --yes
+    assert unasked.returncode == 2 and "without --yes" in unasked.stderr
+    assert _json(shoal("db", "info", "cli-db", "--json"))["name"] == "cli-db"
+    deleted = shoal("db", "delete", "cli-db", "--yes")
     assert deleted.returncode == 0 and "deleted database cli-db" in deleted.stdout
+    assert "undelete" in deleted.stdout
     missing = shoal("db", "info", "cli-db")
     assert missing.returncode == 1 and missing.stderr.startswith("error DATABASE_NOT_FOUND: ")
+    gone = _json(shoal("db", "list", "--deleted", "--json"))["databases"]
+    assert [d["branches"] for d in gone if d["name"] == "cli-db"] == [["main"]]
+    back = _json(shoal("db", "undelete", "cli-db", "--json"))
+    assert back["name"] == "cli-db"
+    purged = shoal("db", "delete", "cli-db", "--yes", "--purge")
+    assert purged.returncode == 0 and "and its history" in purged.stdout
+    gone = _json(shoal("db", "list", "--deleted", "--json"))["databases"]
+    assert "cli-db" not in {d["name"] for d in gone}
+    nothing = shoal("db", "undelete", "cli-db")
+    assert nothing.returncode == 1 and "DATABASE_NOT_FOUND" in nothing.stderr
 
 
 def test_sql_command(shoal: Run, new_db: Callable[[], str]) -> None:

@@ -8,11 +8,12 @@ opens. Then the segment is deleted: the error names the missing txids.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from tests.support.server import ServerProcess
-from tests.support.storage import ok, rows, run, segment_files
+from tests.support.storage import iso, ok, rows, run, segment_files
 
 DB = "fragile"
 
@@ -68,3 +69,60 @@ def test_corrupt_or_missing_segments_are_named(start_server: Callable[..., Serve
         assert err["code"] == "STORAGE_CORRUPT", r.text
         assert f"txids {first}.." in err["message"] and "missing" in err["message"]
         assert err["object"].startswith(f"dbs/{DB}/log/")
+
+
+def test_a_restore_over_a_damaged_log_fails_before_it_changes_anything(
+        start_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    """Restore to a point whose history holds a flipped byte, then a deleted segment:
+    STORAGE_CORRUPT naming the object, and the branch is as it was (same rows, no branch
+    kept, still writable). A missing segment is "missing", never "before the window"."""
+    root = tmp_path / "store"
+    settings = {"store": root.as_uri(), "durability": "remote", "admin_token": "corrupt-admin",
+                "compact_min_segments": 0}
+    node = start_server(tmp_path / "node", **settings)
+    with node.client() as http:
+        ok(http.post("/v1/databases", json={"name": DB}), 201)
+        run(http, DB, "CREATE TABLE t(v INTEGER)")
+        marks = [run(http, DB, {"sql": "INSERT INTO t VALUES (?)", "args": [i]})["meta"]
+                 for i in range(8)]
+        segs = [s for s in segment_files(root, DB) if int(s.name.split("-")[0]) >= 3]
+        flipped, missing = segs[1], segs[-2]
+        data = bytearray(flipped.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        flipped.write_bytes(bytes(data))
+        before = {b["name"] for b in ok(http.get(f"/v1/databases/{DB}/branches"))["branches"]}
+
+        def unchanged() -> None:
+            assert rows(http, DB, "SELECT count(*) FROM t") == [[8]]
+            names = {b["name"] for b in ok(http.get(f"/v1/databases/{DB}/branches"))["branches"]}
+            assert names == before
+
+        r = http.post(f"/v1/databases/{DB}/restore", json={"bookmark": marks[-1]["bookmark"]})
+        assert r.status_code == 500, r.text
+        err = r.json()["error"]
+        assert err["code"] == "STORAGE_CORRUPT", err
+        assert err["object"] == flipped.relative_to(root).as_posix()
+        unchanged()
+        data[len(data) // 2] ^= 0xFF  # repaired; now a segment goes missing
+        flipped.write_bytes(bytes(data))
+        missing.unlink()
+        gone = int(missing.name.split("-")[0])
+        for body in ({"bookmark": marks[-1]["bookmark"]},
+                     {"timestamp": iso(time.time())}):
+            r = http.post(f"/v1/databases/{DB}/restore", json=body)
+            err = r.json()["error"]
+            assert (r.status_code, err["code"]) == (500, "STORAGE_CORRUPT"), (body, r.text)
+            assert f"txids {gone}" in err["message"] and "missing" in err["message"], err
+            assert "window" not in err["message"]
+            unchanged()
+        # a branch at a point past the hole is refused at once, naming it too
+        r = http.post(f"/v1/databases/{DB}/branches",
+                      json={"name": "past-hole", "at": {"bookmark": marks[-1]["bookmark"]}})
+        assert r.json()["error"]["code"] == "STORAGE_CORRUPT", r.text
+        unchanged()
+        run(http, DB, {"sql": "INSERT INTO t VALUES (?)", "args": [99]})  # still writable
+        # before the hole, restore works and keeps the state before as a branch
+        point = next(m for m in marks if m["txid"] == gone - 1)
+        out = ok(http.post(f"/v1/databases/{DB}/restore", json={"bookmark": point["bookmark"]}))
+        assert rows(http, DB, "SELECT count(*) FROM t") == [[gone - 2]]
+        assert out["kept_as"] not in before

@@ -124,9 +124,10 @@ def test_branch_creation_writes_two_small_records_and_reads_no_data(tmp_path: Pa
     main = get_branch(store, DB, "main")
     store.ops.clear()
     child = create_branch(store, DB, "preview", main, 20, created_at=300.0)
+    record = layout.database_key(DB)
     assert store.ops == [f"put {layout.timeline_key(DB, child.timeline)}",
-                         f"put {layout.branch_key(DB, 'preview')}"]
-    assert all(len(store.get(k.split(' ', 1)[1]).data) < 300 for k in store.ops[:2])
+                         f"get {record}", f"put {record}"]
+    assert all(len(store.get(k.split(" ", 1)[1]).data) < 600 for k in list(store.ops))
 
 
 def test_child_sees_parent_up_to_fork_and_they_never_see_each_other(world: World) -> None:
@@ -192,7 +193,12 @@ def test_restore_in_place_keeps_the_old_state_as_a_branch(world: World) -> None:
     moved, kept = restore_in_place(world.store, main, 4, "main-before-restore", 600.0)
     assert world.rows("main") == world.rows("main-before-restore", 4)
     assert world.rows("main-before-restore") == before
-    assert kept.timeline == main.timeline and moved.fork_txid == 4
+    assert moved.fork_txid == 4
+    # the kept state has a timeline of its own, forked at the old head: never shared
+    kept_line = load_timeline(world.store, DB, kept.timeline)
+    assert kept.timeline != main.timeline and kept_line.parent == main.timeline
+    assert kept_line.fork_txid == head(world.store, DB, load_timeline(world.store, DB,
+                                                                         main.timeline))
 
 
 def test_retention_keeps_the_window_and_what_children_need(tmp_path: Path) -> None:

@@ -28,13 +28,15 @@ def free_port() -> int:
 
 @dataclass
 class ServerProcess:
-    """A running node. `settings` become SHOAL_* environment variables."""
+    """A running node. `settings` become SHOAL_* environment variables; `env` (e.g. AWS
+    credentials) is added to the subprocess environment as is."""
 
     data_dir: Path
     settings: dict[str, Any] = field(default_factory=dict)
     port: int = 0
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -49,6 +51,7 @@ class ServerProcess:
     def start(self, timeout: float = 20.0) -> ServerProcess:
         self.port = self.port or free_port()
         env = dict(os.environ)
+        env.update(self.env)
         env.update({f"SHOAL_{k.upper()}": str(v) for k, v in self.settings.items()})
         env["SHOAL_ACCESS_LOG"] = str(self.settings.get("access_log", "false"))
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server.log"

@@ -37,3 +37,22 @@ def test_directories_from_before_the_kind_file_are_recognised(tmp_path: Path) ->
         datadir.claim(stored, local_only=True)
     datadir.claim(stored, local_only=False)
     assert (stored / datadir.KIND_FILE).read_text() == datadir.STORE + "\n"
+
+
+def test_leftovers_of_a_killed_process_are_swept_at_start(tmp_path: Path) -> None:
+    branches = tmp_path / datadir.DBS / "app"
+    branches.mkdir(parents=True)
+    keep = [branches / "main.db", branches / "main.db-wal", branches / "main.timeline"]
+    for path in keep:
+        path.write_bytes(b"kept")
+    partial = [branches / "main.db.restoring", branches / "side.db.restoring"]
+    for path in partial:
+        path.write_bytes(b"half a restore")
+    scratch = tmp_path / datadir.TMP / "tmpab12cd"
+    scratch.mkdir(parents=True)
+    (scratch / "new.db").write_bytes(b"half an image")
+    gone = datadir.sweep_leftovers(tmp_path)
+    assert sorted(gone) == sorted([*partial, scratch])
+    assert not any(p.exists() for p in partial) and not (tmp_path / datadir.TMP).exists()
+    assert all(p.read_bytes() == b"kept" for p in keep)
+    assert datadir.sweep_leftovers(tmp_path) == []  # nothing left: nothing to do

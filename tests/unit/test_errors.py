@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from shoal.errors import CODES, ShoalError, from_sqlite, sqlite_names
+from shoal.errors import CODES, ShoalError, disk_errors, disk_full, from_sqlite, sqlite_names
 
 EXPECTED_STATUS = {
     "INVALID_JSON": 400,
@@ -42,10 +43,12 @@ EXPECTED_STATUS = {
     "BRANCH_EXISTS": 409,
     "OUTSIDE_HISTORY": 400,
     "HISTORY_DISABLED": 409,
+    "DISK_FULL": 507,
     "STORAGE_UNAVAILABLE": 503,
     "STORAGE_CORRUPT": 500,
     "DATA_DIR_CONFLICT": 500,
     "STORE_IN_USE": 500,
+    "STORE_UNUSABLE": 500,
     "INTERNAL": 500,
 }
 
@@ -77,7 +80,6 @@ def test_every_code_in_the_table_is_stable_and_has_a_hint() -> None:
         ("SQLITE_AUTH", 403),
         ("SQLITE_IOERR", 500),
         ("SQLITE_CORRUPT", 500),
-        ("SQLITE_FULL", 500),
         ("SQLITE_CANTOPEN", 500),
         ("SQLITE_NOMEM", 500),
         ("SQLITE_NOTADB", 500),
@@ -166,3 +168,49 @@ def test_busy_maps_to_409(tmp_path: Path) -> None:
 
 def test_an_exception_without_codes_is_sqlite_error() -> None:
     assert sqlite_names(apsw.Error("bare")) == ("SQLITE_ERROR", "SQLITE_ERROR")
+
+
+# -- a full disk -------------------------------------------------------------------------------
+
+
+def test_sqlite_full_is_disk_full_507_with_its_sqlite_names() -> None:
+    c = apsw.Connection(":memory:")
+    c.execute("CREATE TABLE t(b); PRAGMA max_page_count = 4")  # SQLite's way to say "full"
+    with pytest.raises(apsw.FullError) as info:
+        c.execute("INSERT INTO t VALUES (randomblob(100000))")
+    err = from_sqlite(info.value, statement=0)
+    assert (err.code, err.status) == ("DISK_FULL", 507)
+    body = err.body()["error"]
+    assert body["extended_code"] == "SQLITE_FULL" and body["statement"] == 0
+    assert body["hint"] == CODES["DISK_FULL"][1]
+    assert disk_full(info.value) is not None
+
+
+def _shm_not_grown() -> apsw.IOError:
+    """What a WAL commit fails with on a full disk when the -shm needs another page."""
+    exc = apsw.IOError("disk I/O error")
+    exc.result, exc.extendedresult = apsw.SQLITE_IOERR, apsw.SQLITE_IOERR_SHMSIZE
+    return exc
+
+
+@pytest.mark.parametrize("exc", [
+    _shm_not_grown(),
+    OSError(errno.ENOSPC, "No space left on device"),
+    OSError(errno.EDQUOT, "Disk quota exceeded"),
+    ShoalError("DISK_FULL", "m"),
+])
+def test_no_space_from_the_os_is_disk_full(exc: BaseException) -> None:
+    full = disk_full(exc)
+    assert full is not None and full.code == "DISK_FULL"
+    with pytest.raises(ShoalError) as info, disk_errors():
+        raise exc
+    assert info.value.code == "DISK_FULL"
+
+
+@pytest.mark.parametrize("exc", [OSError(errno.EIO, "I/O error"), apsw.IOError("io"),
+                                 ShoalError("STORAGE_UNAVAILABLE", "m"), ValueError("v")])
+def test_other_failures_pass_through_disk_errors(exc: BaseException) -> None:
+    assert disk_full(exc) is None
+    with pytest.raises(type(exc)) as info, disk_errors():
+        raise exc
+    assert info.value is exc

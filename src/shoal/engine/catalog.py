@@ -11,16 +11,17 @@ create token) the same way.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import apsw
 import msgspec
 
-from shoal.errors import ShoalError
+from shoal.errors import ShoalError, disk_errors
 
 SCHEMA = """
 PRAGMA journal_mode=WAL;
@@ -80,11 +81,18 @@ class Catalog:
         self._db.set_busy_timeout(5000)
         self._lock = threading.Lock()
         self._db.execute("PRAGMA foreign_keys=ON")
-        list(self._db.execute(SCHEMA))
+        with disk_errors():
+            list(self._db.execute(SCHEMA))
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One catalog transaction, serialised; a full disk fails it with DISK_FULL."""
+        with disk_errors(), self._lock, self._db:
+            yield
 
     def _rows(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -104,12 +112,12 @@ class Catalog:
 
     def adopt_database(self, name: str, created_at: float) -> None:
         """Record a database that exists in the object store (a cache rebuilt at start)."""
-        with self._lock, self._db:
+        with self._writing():
             self._db.execute("INSERT OR IGNORE INTO databases(name, created_at) VALUES (?, ?)",
                              (name, created_at))
 
     def delete_database(self, name: str) -> bool:
-        with self._lock, self._db:
+        with self._writing():
             self._db.execute("DELETE FROM usage WHERE database = ? OR database LIKE ?",
                              (name, name + "/%"))
             self._db.execute("DELETE FROM idempotency WHERE scope = ?", (name,))
@@ -143,7 +151,7 @@ class Catalog:
             (rec.id, dbs, rec.access, rec.created_by, rec.created_at, rec.expires_at))
 
     def revoke_token(self, token_id: str) -> bool:
-        with self._lock:
+        with self._writing():
             self._db.execute(
                 "UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
                 (time.time(), token_id))
@@ -157,7 +165,7 @@ class Catalog:
     # -- usage --------------------------------------------------------------------------------
     def add_usage(self, deltas: dict[str, tuple[int, int, int]]) -> None:
         """Add counters; keys are a database name (its main branch) or 'database/branch'."""
-        with self._lock, self._db:
+        with self._writing():
             for name, (read, written, queries) in deltas.items():
                 self._db.execute(
                     "INSERT INTO usage(database, rows_read, rows_written, queries)"
@@ -169,7 +177,7 @@ class Catalog:
                     (name, read, written, queries, name.split("/")[0]))
 
     def delete_usage(self, key: str) -> None:
-        with self._lock:
+        with self._writing():
             self._db.execute("DELETE FROM usage WHERE database = ?", (key,))
 
     def usage(self, database: str) -> tuple[int, int, int]:
@@ -184,7 +192,7 @@ class Catalog:
 
         Returns fn's (status, body), or the recorded one for a repeated key.
         """
-        with self._lock, self._db:
+        with self._writing():
             if idempotency:
                 subject, key, body_hash = idempotency
                 rows = list(self._db.execute(

@@ -220,15 +220,16 @@ class Database:
         return self.active == 0 and not self.transactions and not self.queue \
             and not self.write_lock.locked()
 
-    async def aclose(self, flush: bool = True) -> None:
+    async def aclose(self, flush: bool = True, keep: bool = True) -> None:
         """Close; with a commit log, first ship what is pending (bounded by storage_timeout)
-        and checkpoint what is durable. Call only when idle."""
+        and (unless the files are about to go: ``keep=False``) checkpoint what is durable.
+        Call only when idle."""
         if self.journal is not None and not self.closed:
             self.closed = True
             if self._task:
                 self._task.cancel()
             try:
-                await self.journal.close(self, flush)
+                await self.journal.close(self, flush, keep)
             except Exception:
                 log.exception("closing the commit log of %s/%s failed", self.name, self.branch)
         self.close()
@@ -250,6 +251,8 @@ class Database:
         if self.writer:
             self.writer.close()
             self.writer = None
+        if self.journal is not None:
+            self.journal.closed()
 
     def bookmark(self, txid: int) -> str:
         return make_bookmark(self.name, self.branch, txid, self.timeline)
@@ -348,6 +351,8 @@ class Database:
     # -- writes (group commit) --------------------------------------------------------------
     async def write(self, statements: list[Statement],
                     idempotency: IdempotencyRecord | None = None) -> Committed:
+        if self.journal is not None and self.journal.writer is None:
+            await self.journal.claim()  # the first write takes the timeline (fences others)
         self._check_log()
         loop = asyncio.get_running_loop()
         job = WriteJob(statements, loop.create_future(),
@@ -553,6 +558,8 @@ class Database:
     async def begin(self, tx_id: str, subject: str, write: bool) -> Transaction:
         loop = asyncio.get_running_loop()
         if write:
+            if self.journal is not None and self.journal.writer is None:
+                await self.journal.claim()
             self._check_log()
             try:
                 await asyncio.wait_for(self.write_lock.acquire(), self.settings.busy_timeout)

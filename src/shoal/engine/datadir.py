@@ -12,22 +12,31 @@ kind are refused with a message that says what to do.
 A data directory also belongs to one process at a time (``DATA/lock``, a file
 lock), and holds the node's id (``DATA/node-id``), by which the object store's
 lease (``lease.py``) knows a node that restarts on the same disk.
+
+At start, under that lock, `sweep_leftovers` removes what a killed process left
+half-written: restores cut short and database images being built.
 """
 
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import secrets
 import shutil
 from pathlib import Path
 
-from shoal.errors import ShoalError
+from shoal.engine.disk import optional
+from shoal.errors import ShoalError, disk_errors
+
+log = logging.getLogger("shoal")
 
 KIND_FILE = "node-kind"
 LOCK_FILE = "lock"
 NODE_ID_FILE = "node-id"
 DBS = "dbs"
+TMP = "tmp"  # the registry builds new databases' first images here
+RESTORING = ".restoring"  # log/restore.py writes <branch>.db.restoring, then renames it
 LOCAL_ONLY = "local-only"
 STORE = "object-store"
 
@@ -61,7 +70,18 @@ def claim(root: Path, local_only: bool) -> None:
         raise ShoalError("DATA_DIR_CONFLICT", f"the data directory {root} belongs to a "
                                               f"{recorded} node, not a {kind} one: {advice}")
     if not path.exists():
-        path.write_text(kind + "\n")
+        _write_new(path, kind + "\n")
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Write a small file of the data directory; on a full disk, leave none behind (an empty
+    node-kind would read as the other kind) and fail with DISK_FULL."""
+    try:
+        with disk_errors():
+            path.write_text(text)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def lock(root: Path) -> int:
@@ -76,8 +96,9 @@ def lock(root: Path) -> int:
         raise ShoalError("DATA_DIR_CONFLICT", f"the data directory {root} is in use by another "
                                               f"process (pid {holder}): stop it, or give this "
                                               f"node a data directory of its own") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    with optional(f"writing the pid into {root / LOCK_FILE}"):  # only shown to a second process
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
 
 
@@ -88,7 +109,7 @@ def node_id(root: Path) -> str:
         return path.read_text().strip()
     except FileNotFoundError:
         node = secrets.token_hex(8)
-        path.write_text(node + "\n")
+        _write_new(path, node + "\n")
         return node
 
 
@@ -100,3 +121,22 @@ def forget_cache(root: Path) -> bool:
         return False
     shutil.rmtree(root / DBS)
     return True
+
+
+def sweep_leftovers(root: Path) -> list[Path]:
+    """Remove the partial files of a process that was killed mid-way: restores of a branch
+    (``dbs/*/*.restoring``) and everything under ``tmp``. Call with ``root`` locked (no
+    other process is writing them); they are never reused, only left to fill the disk.
+    Returns what was removed."""
+    gone = sorted((root / DBS).glob(f"*/*{RESTORING}"))
+    for path in gone:
+        path.unlink(missing_ok=True)
+    scratch = root / TMP
+    if scratch.is_dir():
+        gone += sorted(scratch.iterdir())
+        shutil.rmtree(scratch, ignore_errors=True)
+    if gone:
+        log.info("removed %d leftovers of an interrupted run: %s", len(gone),
+                 ", ".join(str(p.relative_to(root)) for p in gone[:5]) +
+                 (", ..." if len(gone) > 5 else ""))
+    return gone

@@ -43,17 +43,19 @@ from shoal.engine.database import (
     Transaction,
     read_bookmark,
 )
+from shoal.engine.disk import Disk
+from shoal.engine.health import LEVELS, Health, Watch
 from shoal.engine.journal import Stores
 from shoal.engine.lease import Lease
 from shoal.engine.lifecycle import Lifecycle, drain, release_memory
-from shoal.engine.registry import BranchView, Registry
+from shoal.engine.registry import BranchView, Deleted, Registry
 from shoal.errors import ShoalError
 from shoal.log.branch import Branch
 from shoal.log.restore import History
 from shoal.metrics import METRICS
 from shoal.names import check as check_name
 from shoal.settings import Settings
-from shoal.storage import open_store
+from shoal.storage import Unusable, open_store
 from shoal.storage.base import ObjectStore
 from shoal.storage.fenced import FencedStore
 from shoal.storage.retry import RetryingStore
@@ -125,23 +127,35 @@ class Idempotency:
         return cls(key, hashlib.sha256(body).digest())
 
 
-def _lease_lost(why: str) -> None:
-    """Another node holds the store now: stop before anything more of this node's reaches
-    it (a clean stop would ship and checkpoint). The next start on this disk drops the
-    local copies, as after a crash."""
-    log.critical("stopping at once: %s", why)
-    logging.shutdown()
-    os._exit(EXIT_LEASE_LOST)
+def _checked_store(settings: Settings) -> ObjectStore:
+    """The configured store, probed in seconds before the lease (which retries for
+    lease_wait): a wrong bucket, endpoint, key or folder stops the start with its cause."""
+    try:
+        store = open_store(settings.store_url, endpoint_url=settings.s3_endpoint)
+        store.probe()
+    except Unusable as exc:
+        raise ShoalError("STORE_UNUSABLE", str(exc), hint=exc.hint) from None
+    except ValueError as exc:  # a malformed store URL or s3_endpoint
+        raise ShoalError("STORE_UNUSABLE", str(exc), hint="store is file:///absolute/path, "
+                         "s3://bucket/prefix or none; s3_endpoint is a URL "
+                         "(https://host:port)") from None
+    return store
 
 
 class Engine:
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.health = Health()  # readiness: conditions under which the node refuses writes
+        self.disk = Disk(settings.data_dir, settings.disk_reserve_bytes, self.health)
+        self._stale_catalog = False  # catalog.db lags the store: synced once the disk has room
+        self._takeover = False  # another node held the store since this one last did
         self.root = settings.data_dir
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
         datadir.claim(self.root, settings.local_only)
         self._lock = datadir.lock(self.root)
+        self.disk.start()  # before anything else writes: a full disk gets its reserve back
+        datadir.sweep_leftovers(self.root)
         self.executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="shoal-sql")
         self.io = ThreadPoolExecutor(max(4, settings.threads), thread_name_prefix="shoal-io")
         # store = "none": a local-only node (no commit log; the data directory is the truth)
@@ -149,12 +163,13 @@ class Engine:
         self._registry: Registry | None = None
         self.lease: Lease | None = None
         if not settings.local_only:
-            raw_store = open_store(settings.store_url, endpoint_url=settings.s3_endpoint)
+            raw_store = _checked_store(settings)
             self.lease = self._take_lease(raw_store)
             fenced = FencedStore(raw_store, self.lease.check)
             self.store = RetryingStore(fenced)
             self._registry = Registry(Stores(self.store, fenced, self.io, self.lease.check),
-                                      settings, self.executor, self.root / "tmp")
+                                      settings, self.executor, self.root / "tmp",
+                                      self.lease.node)
         self.catalog = Catalog(str(self.root / "catalog.db"))
         self.admin_token_path: Path | None = None
         admin = settings.admin_token
@@ -170,7 +185,7 @@ class Engine:
                                                         tokens.new_secret)
         else:
             # The store is the truth; the data directory is a cache rebuilt from it here.
-            self.names, revoked = self._registry.sync_catalog(self.catalog)
+            self.names, revoked = self._sync_catalog(self._registry)
             signing_key = self._registry.secret("signing-key", self.root / "signing-key",
                                                 tokens.new_secret)
             if self.admin_token_path is not None:
@@ -188,16 +203,54 @@ class Engine:
         self._retention: asyncio.Task[None] | None = None
         self._stopping = False  # compaction starts no new run once set
 
+    def _sync_catalog(self, registry: Registry) -> tuple[set[str], set[str]]:
+        """The store's databases and revocations, with catalog.db made to match. On a full
+        disk catalog.db (a cache) stays as it is until the sweeper finds room."""
+        try:
+            return registry.sync_catalog(self.catalog, self._takeover)
+        except ShoalError as exc:
+            if exc.code != "DISK_FULL":
+                raise
+            self.disk.hit(exc)
+        self._stale_catalog = True
+        with contextlib.closing(Catalog(":memory:")) as scratch:
+            return registry.sync_catalog(scratch)
+
     def _take_lease(self, store: ObjectStore) -> Lease:
         """The store's lease, for as long as this node runs; the local copies go if another
         node has held it since this one (they may hold commits history no longer has)."""
-        lease = Lease(store, datadir.node_id(self.root), self.settings.lease_ttl, _lease_lost)
+        lease = Lease(store, datadir.node_id(self.root), self.settings.lease_ttl,
+                      self._lease_lost)
         lease.acquire(self.settings.lease_wait)
         lease.start()
-        if lease.previous not in (None, lease.node) and datadir.forget_cache(self.root):
+        # another node wrote the store since this one did: its catalog cache is read anew
+        self._takeover = lease.previous not in (None, lease.node)
+        if self._takeover and datadir.forget_cache(self.root):
             log.warning("node %s held the object store since this node last did: the "
                         "local copies of branches were dropped", lease.previous)
         return lease
+
+    def _lease_lost(self, why: str) -> None:
+        """Another node holds the store now: stop before anything more of this node's
+        reaches it (a clean stop would ship and checkpoint). Commits made here that never
+        reached the store are named first: with local durability they were acknowledged,
+        and are lost. The next start on this disk drops the local copies."""
+        try:  # from the lease's thread: a racy read of the open branches is good enough
+            for (name, branch), db in list(self.lifecycle.open.items()):  # may not exist yet
+                shipper = db.journal.shipper if db.journal is not None else None
+                if shipper is not None and shipper.head_txid > shipper.durable_txid:
+                    METRICS.log_fenced_commits.inc(shipper.head_txid - shipper.durable_txid)
+                    log.critical("%s/%s: txids %d..%d were committed on this node and never "
+                                 "reached the object store: %s", name, branch,
+                                 shipper.durable_txid + 1, shipper.head_txid,
+                                 "they were acknowledged (durability local) and are lost"
+                                 if self.settings.durability == "local" else
+                                 "none was acknowledged (durability remote)")
+        except Exception:  # never let the report stop the stop
+            log.exception("listing the unshipped commits failed")
+        log.critical("stopping at once: %s", why)
+        logging.shutdown()
+        os._exit(EXIT_LEASE_LOST)
 
     @property
     def registry(self) -> Registry:
@@ -217,6 +270,7 @@ class Engine:
         lease = self.lease
         if lease is not None:
             METRICS.lease_held.set_function(lambda: float(lease.held()))
+        METRICS.readiness.set_function(lambda: LEVELS.index(self.health.status))
 
     async def stop(self) -> None:
         self._stopping = True
@@ -247,9 +301,16 @@ class Engine:
         last_flush = time.monotonic()
         last_release, released = 0.0, 0
         last_retention = time.monotonic() - RETENTION_INTERVAL + 60  # first pass after a minute
+        watch = Watch(self.health, self.lease, self.settings)  # readiness, before any await
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
+                watch.poll(self.lifecycle.open.values())
+                if self.disk.full:
+                    await self._io(self.disk.check)
+                elif self._stale_catalog:
+                    self._stale_catalog = False  # tried once the disk has room (and at start)
+                    await self._io(self.registry.sync_catalog, self.catalog, True)  # every record
                 await self._expire_transactions()
                 released += self.lifecycle.close_idle()
                 self.lifecycle.evict()
@@ -276,7 +337,12 @@ class Engine:
 
     async def _retain(self) -> None:
         """Per database: merge runs of small segments (so restore GETs few objects), then
-        delete what no restore inside history_retention and no branch needs any more."""
+        delete what no restore inside history_retention and no branch needs any more; and
+        purge deleted databases past history_retention."""
+        try:
+            await self._expire_deleted()
+        except Exception as exc:
+            log.warning("expiring deleted databases failed: %r", exc)
         for name in sorted(self.names):
             if self.settings.compact_min_segments:
                 await self._compact(name)
@@ -320,13 +386,14 @@ class Engine:
                 self._registry.create_database(name, rec.created_at)
             return render(rec)
 
-        status, body = await self._run(
-            self.catalog.write,
-            make,
-            "*",
-            (principal.subject, key, idem.body_hash) if idem else None,
-            self.settings.idempotency_ttl,
-        )
+        with self.disk.writes():
+            status, body = await self._run(
+                self.catalog.write,
+                make,
+                "*",
+                (principal.subject, key, idem.body_hash) if idem else None,
+                self.settings.idempotency_ttl,
+            )
         self.names.add(name)
         return status, body
 
@@ -371,23 +438,91 @@ class Engine:
         finally:
             conn.close()
 
-    async def delete_database(self, principal: tokens.Principal, name: str) -> None:
+    async def delete_database(self, principal: tokens.Principal, name: str,
+                              purge: bool = False) -> None:
+        """Delete a database. With an object store it stays restorable (``undelete``) for
+        history_retention, unless ``purge``; ``purge`` on a deleted name removes its
+        deleted incarnations at once. The local files go in any case, first: on a full
+        disk, deleting is how space comes back."""
         check_name(name)
         principal.require("admin", name)
         if name not in self.names:
+            if purge and self._registry is not None and \
+                    len(await self._io(self._registry.purge, name)) > 0:
+                return
             raise ShoalError("DATABASE_NOT_FOUND", f"database {name!r} does not exist")
-        if self._registry is not None:  # the store first: the truth
-            await self._io(self._registry.forget_database, name)
+        record = await self._run(self.catalog.get_database, name)
         self.names.discard(name)  # no new request can open it from here on
-        await self._end_transactions(name)
-        for db in await self.lifecycle.close_database(name):
-            await drain(db, self.settings.statement_timeout + 1, flush=False)
-        if self._registry is not None:
-            await self._io(self._registry.wipe_database, name)
+        # The local catalog first: if this node dies before the store's write, the next
+        # start finds the database in the store and lists it again (nothing happened).
+        uncatalogued = await self._uncatalog(name)
+        try:
+            await self._end_transactions(name)
+            for db in await self.lifecycle.close_database(name):  # ships what is pending
+                await drain(db, self.settings.statement_timeout + 1,
+                            flush=self._registry is not None and not purge, keep=False)
+            if self._registry is not None:  # the one write that deletes it
+                await self._io(self._registry.delete_database, name, time.time())
+        except BaseException:
+            self.names.add(name)
+            if uncatalogued and record is not None:
+                await self._run(self.catalog.adopt_database, name, record.created_at)
+            raise
+        await self._run(shutil.rmtree, self.lifecycle.root / name, True)  # space comes back
         for key in [k for k in self.usage if k == name or k.startswith(name + "/")]:
             self.usage.pop(key, None)
-        await self._run(self.catalog.delete_database, name)
-        await self._run(shutil.rmtree, self.lifecycle.root / name, True)
+        if not uncatalogued and not await self._uncatalog(name):  # again, with room now
+            if self._registry is None:
+                raise ShoalError("DISK_FULL", f"the files of {name!r} are deleted but the "
+                                              f"catalog could not be written")
+            self._stale_catalog = True  # a cache: the sweeper resyncs it from the store
+        if purge and self._registry is not None:
+            await self._io(self._registry.purge, name)
+
+    async def _uncatalog(self, name: str) -> bool:
+        """Drop a database from the local catalog; False if the disk refused (logged)."""
+        try:
+            await self._run(self.catalog.delete_database, name)
+            return True
+        except (ShoalError, apsw.Error, OSError) as exc:
+            log.warning("deleting %r from the local catalog failed: %r", name, exc)
+            return False
+
+    async def undelete_database(self, principal: tokens.Principal, name: str,
+                                incarnation: str | None = None) -> DatabaseRecord:
+        """Bring back a deleted database (its newest deleted incarnation unless named), with
+        every branch and its history; DATABASE_EXISTS while the name is taken."""
+        check_name(name)
+        principal.require("admin", name)
+        if name in self.names:
+            raise ShoalError("DATABASE_EXISTS", f"database {name!r} exists: delete it before "
+                                                f"bringing back a deleted one")
+        created_at = await self._io(self.registry.undelete_database, name, incarnation)
+        await self.lifecycle.settle(name)
+        await self._run(shutil.rmtree, self.lifecycle.root / name, True)  # stale copies
+        await self._run(self.catalog.adopt_database, name, created_at)
+        self.names.add(name)
+        record = await self._run(self.catalog.get_database, name)
+        assert record is not None
+        return record
+
+    async def deleted_databases(self, principal: tokens.Principal) -> list[Deleted]:
+        """Deleted databases still restorable, with when each expires."""
+        principal.require("admin")
+        return await self._io(self.registry.deleted, set(principal.databases)
+                              if principal.databases is not None else None)
+
+    async def _expire_deleted(self) -> None:
+        """Purge deleted incarnations older than history_retention."""
+        cutoff = time.time() - self.settings.history_retention
+        for gone in await self._io(self.registry.deleted):
+            if gone.deleted_at < cutoff:
+                try:
+                    await self._io(self.registry.purge, gone.name, {gone.incarnation})
+                    log.info("retention purged %s (deleted %s)", gone.name,
+                             datetime.fromtimestamp(gone.deleted_at, UTC).isoformat())
+                except Exception as exc:
+                    log.warning("purging deleted %s failed: %r", gone.name, exc)
 
     # -- queries -----------------------------------------------------------------------------
     async def _end_transactions(self, name: str, branch: str | None = None) -> None:
@@ -464,7 +599,8 @@ class Engine:
                 db.remember_write(exc.sql)
         if not principal.can_write:
             raise ShoalError("READ_ONLY", "this token has read access only; the request writes")
-        done = await db.write(statements, record)
+        with self.disk.writes():
+            done = await db.write(statements, record)
         self._meter(db.usage_key, done.counters)
         out = Outcome(done.counters.results, done.counters.rows_read,
                       done.counters.rows_written, done.txid, done.bookmark)
@@ -479,11 +615,12 @@ class Engine:
         u[2] += 1
 
     def _flush_usage(self) -> None:
-        if not self.usage:
+        if not self.usage or self.disk.full:  # the counts wait in memory for room
             return
         deltas = {k: (v[0], v[1], v[2]) for k, v in self.usage.items()}
         self.usage.clear()
-        self.catalog.add_usage(deltas)
+        with contextlib.suppress(ShoalError), self.disk.writes(refuse=False):
+            self.catalog.add_usage(deltas)  # DISK_FULL: the node is read-only, these are lost
 
     async def usage_of(self, principal: tokens.Principal, name: str,
                        branch: str = "main") -> dict[str, int]:
@@ -532,6 +669,8 @@ class Engine:
         write = principal.can_write if mode is None else mode == "write"
         if write and not principal.can_write:
             raise ShoalError("READ_ONLY", "this token may open read transactions only")
+        if write:
+            self.disk.refuse()
         db = await self.lifecycle.acquire(name, branch)
         try:
             tx = await db.begin("tx_" + secrets.token_hex(12), principal.subject, write)
@@ -565,7 +704,8 @@ class Engine:
                 raise self._over(tx_id)
             tx.busy = True
             try:
-                counters = await db.tx_query(tx, statements)
+                with self.disk.writes(refuse=False):  # its statements may write
+                    counters = await db.tx_query(tx, statements)
             finally:
                 tx.busy = False
                 tx.idle_deadline = time.monotonic() + self.settings.transaction_timeout
@@ -593,7 +733,8 @@ class Engine:
             METRICS.open_transactions.set(len(self.transactions))
             record = IdempotencyRecord(principal.subject, idem.key, idem.body_hash, render) \
                 if idem and render else None
-            return await db.end(tx, commit, record)
+            with self.disk.writes(refuse=False):  # begun before the disk filled, maybe
+                return await db.end(tx, commit, record)
 
     async def _stored_commit(self, principal: tokens.Principal, name: str,
                              idem: Idempotency | None, branch: str = "main") -> Committed | None:
@@ -643,16 +784,18 @@ class Engine:
                 self._registry.put_token(rec)
             return render(rec, self.auth.sign(rec.id, databases, access, rec.expires_at))
 
-        return await self._run(
-            self.catalog.write, make, "tokens",
-            (principal.subject, idem.key, idem.body_hash) if idem else None,
-            self.settings.idempotency_ttl)
+        with self.disk.writes():
+            return await self._run(
+                self.catalog.write, make, "tokens",
+                (principal.subject, idem.key, idem.body_hash) if idem else None,
+                self.settings.idempotency_ttl)
 
     async def revoke_token(self, principal: tokens.Principal, token_id: str) -> None:
         principal.require("admin")
-        if not await self._run(self.catalog.revoke_token, token_id) and (
-                self._registry is None
-                or not await self._io(self._registry.token_exists, token_id)):
+        with self.disk.writes(refuse=False):  # tried even on a full disk: it may fit
+            known = await self._run(self.catalog.revoke_token, token_id)
+        if not known and (self._registry is None
+                          or not await self._io(self._registry.token_exists, token_id)):
             raise ShoalError("TOKEN_NOT_FOUND", f"no token {token_id!r}")
         if self._registry is not None:
             await self._io(self._registry.revoke_token, token_id, time.time())
@@ -754,6 +897,9 @@ class Engine:
             await self._io(self.registry.check_point, name, timeline, fork)
         elif timestamp is not None:
             fork = await self._io(self.registry.resolve, name, timeline, timestamp, time.time())
+        # a history that cannot be restored fails here, before the branch exists (listing
+        # only: a branch costs the same whatever the size of the database)
+        await self._io(self.registry.check_plan, name, timeline, fork)
         created = await self._io(self.registry.create_branch, name, new, record, timeline,
                                  fork, time.time())
         if materialise:
@@ -802,9 +948,13 @@ class Engine:
         """Restore a branch in place to a time or a bookmark; the state before stays
         reachable as another branch, which the result names."""
         principal.require("admin", name)
-        self._known(name, branch, *([keep_as] if keep_as else []))
         if (timestamp is None) == (bookmark is None):
             raise ShoalError("INVALID_REQUEST", "give 'timestamp' or 'bookmark' (one of them)")
+        check_name(name)
+        if name not in self.names and self._registry is not None and \
+                len(await self._io(self._registry.deleted, {name})) > 0:
+            await self.undelete_database(principal, name)  # restoring a deleted database
+        self._known(name, branch, *([keep_as] if keep_as else []))
         mark = self._bookmark(name, bookmark) if bookmark else None
         if mark is not None and mark.timeline is None and mark.branch != branch:
             raise ShoalError("INVALID_REQUEST", f"the bookmark is of branch {mark.branch!r}, "
@@ -818,11 +968,18 @@ class Engine:
             assert timestamp is not None
             timeline = record.timeline
             txid = await self._io(self.registry.resolve, name, timeline, timestamp, time.time())
-        async with self.lifecycle.exclusive(name, branch, self._end_transactions,
-                                            self.settings.statement_timeout + 1):
-            moved, kept = await self._io(self.registry.restore_branch, name, branch, timeline,
-                                         txid, keep_as, time.time())
-            await self._run(self.registry.discard_local, self.lifecycle.path(name, branch))
+        # Every object the restored state needs is read and verified before anything moves:
+        # a damaged log fails here (STORAGE_CORRUPT naming the object), the branch unchanged.
+        ready = await self._io(self.registry.materialise, name, timeline, txid)
+        try:
+            async with self.lifecycle.exclusive(name, branch, self._end_transactions,
+                                                self.settings.statement_timeout + 1):
+                moved, kept = await self._io(self.registry.restore_branch, name, branch,
+                                             timeline, txid, keep_as, time.time())
+                await self._run(self.registry.adopt_file, ready,
+                                self.lifecycle.path(name, branch), moved.timeline)
+        finally:
+            await self._run(self.registry.discard_local, ready)  # unless adopted
         return Restored(moved, txid, kept)
 
     async def history(self, principal: tokens.Principal, name: str,

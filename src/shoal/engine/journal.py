@@ -14,6 +14,16 @@ recovers them (``Capture.recover``) when the branch next opens. Right after a
 complete checkpoint the database file holds exactly the state at the last txid,
 which is when a snapshot is taken, if the policy says one is due.
 
+Before its first commit, an open branch takes its timeline (``claim``: a new epoch
+on the timeline's record, conditional on the record this node opened; see
+``log/timeline.py``), and every segment becomes history only when the record's
+head moves over it. If another writer took the timeline in between (a node that
+lost the store's lease and did not know yet, say), the claim or the commit fails:
+no remote-durability write is acknowledged, and commits that were acknowledged
+under local durability are reported lost, loudly (an ERROR line and
+``shoal_log_fenced_commits_total``); the branch then refuses writes and its local
+copy is discarded when it closes, so the next open hydrates from the store.
+
 If capture ever fails (the WAL does not hold exactly the marked commits: a bug,
 or a commit that bumped no txid), the log is re-based: the WAL is checkpointed
 and a snapshot at the current txid uploaded; the log then continues from there.
@@ -32,6 +42,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import apsw
@@ -39,10 +50,11 @@ import apsw
 from shoal.errors import ShoalError
 from shoal.log.branch import Branch
 from shoal.log.capture import Capture
-from shoal.log.errors import LogError, WalError
+from shoal.log.errors import LogConflict, LogError, WalError
 from shoal.log.headroom import Headroom
 from shoal.log.shipper import Shipper
 from shoal.log.snapshot import SnapshotPolicy, take_snapshot
+from shoal.log.timeline import Timeline, Writer, fence
 from shoal.metrics import METRICS
 from shoal.storage.base import ObjectStore
 
@@ -52,6 +64,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("shoal.journal")
 
 FLUSH_UNDER_LOCK = 2.0  # seconds a checkpoint may hold writers back waiting for an upload
+LOCAL_FILES = ("", "-wal", "-shm", "-journal")
+
+
+def marker_path(path: Path) -> Path:
+    """The file beside a branch's database naming the timeline it holds."""
+    return path.with_suffix(".timeline")
+
+
+def discard_local(path: Path) -> None:
+    """Delete a branch's local files (marker first: a half-deleted copy is never used)."""
+    with contextlib.suppress(FileNotFoundError):
+        marker_path(path).unlink()
+    for suffix in LOCAL_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{path}{suffix}")
 
 
 @dataclass(frozen=True)
@@ -63,6 +90,7 @@ class LogState:
     head_time: float  # commit time of the head (a floor: times never go backwards)
     snapshot_time: float  # of the timeline's latest snapshot (its creation if none)
     log_bytes: int  # segment bytes after that snapshot
+    timeline: Timeline | None = None  # the timeline's record as read (the claim's condition)
 
 
 def _unfenced() -> None:
@@ -83,8 +111,13 @@ class Journal:
     """One open branch's link to the commit log. Create, then :meth:`start` once open."""
 
     def __init__(self, stores: Stores, name: str, state: LogState, path: str, settings: Any,
-                 executor: Executor):
+                 executor: Executor, node: str = ""):
         self.stores = stores
+        self.node = node  # named on the timeline's record when this node takes it
+        self.record = state.timeline  # the timeline's record as the branch opened on it
+        self.writer: Writer | None = None  # this node's epoch on the timeline, once claimed
+        self.fenced: LogConflict | None = None  # another writer took the timeline
+        self._claim_lock = asyncio.Lock()
         self.name = name
         self.branch = state.branch
         self.timeline = state.branch.timeline
@@ -123,6 +156,11 @@ class Journal:
         """The commit just made as txid: read its frames and queue them for shipping."""
         if self.broken or self.shipper is None:
             return
+        if self.writer is None:  # every write path claims first: a bug, never ship unfenced
+            log.error("%s/%s: txid %d committed before the timeline was taken; the log will "
+                      "be re-based on a snapshot", self.name, self.branch.name, txid)
+            self.broken = True
+            return
         try:
             self.shipper.append(self.capture.mark(txid, self.frames))
         except Exception as exc:
@@ -138,16 +176,62 @@ class Journal:
         shipper = Shipper(self.stores.raw, self.name, self.timeline, durable_txid=durable_txid,
                           sync_interval=self.sync_interval, executor=self.stores.io,
                           on_durable=self._on_durable, prepare=self.capture.read,
-                          on_failure=self._on_failure)
+                          on_failure=self._on_failure, writer=self.writer)
         shipper.start()
         self._shipped_seen = 0
         return shipper
 
+    # -- taking the timeline ------------------------------------------------------------------
+    async def take(self) -> Writer:
+        """Fence: a new epoch on the timeline for this node, conditional on the head this
+        branch opened at (LogConflict: another writer moved it on or retired it)."""
+        async with self._claim_lock:
+            if self.writer is not None:
+                return self.writer
+            if self.fenced is not None:
+                raise self.fenced
+            record = self.record
+            assert record is not None, "a branch opened with its timeline's record"
+            loop = asyncio.get_running_loop()
+            try:
+                taken = await loop.run_in_executor(
+                    self.stores.io, fence, self.stores.store, record, self.node,
+                    self.head_txid)
+            except LogConflict as exc:
+                self.fenced = exc
+                raise
+            self.writer = Writer(self.stores.store, taken)
+            if self.shipper is not None:
+                self.shipper.writer = self.writer
+            return self.writer
+
+    async def claim(self) -> None:
+        """Take the timeline before the first write (every write path awaits this; after
+        the first, it is an attribute read)."""
+        if self.writer is not None:
+            return
+        try:
+            await self.take()
+        except LogConflict as exc:
+            raise ShoalError("STORAGE_UNAVAILABLE",
+                             f"writes to {self.name}/{self.branch.name} are refused: {exc}",
+                             hint="Another writer took this branch; retry: the next request "
+                                  "reopens it from the object store.") from None
+        except ShoalError:
+            raise
+        except Exception as exc:
+            raise ShoalError("STORAGE_UNAVAILABLE",
+                             f"writes to {self.name}/{self.branch.name} are refused: the "
+                             f"object store failed taking the branch: {exc!r}") from None
+
     async def start(self, db: Database) -> None:
-        """Ship what the store lacks: the commits still in the WAL above the store's head."""
+        """Ship what the store lacks: the commits still in the WAL above the store's head
+        (taking the timeline first; LogConflict if another writer took it)."""
         self.db = db
         loop = asyncio.get_running_loop()
         head = self.head_txid
+        if db.txid > head:
+            await self.take()
         self.shipper = self._new_shipper(head)
         try:
             commits = await loop.run_in_executor(self.executor, self.capture.recover, db.txid)
@@ -207,17 +291,39 @@ class Journal:
     @property
     def failed(self) -> LogError | None:
         """A fatal shipping error (another writer on this timeline): refuse writes."""
+        if self.fenced is not None:
+            return self.fenced
         failed = self.shipper.failed if self.shipper is not None else None
         return None if isinstance(failed, WalError) else failed
 
     def _on_failure(self, exc: LogError) -> None:
-        """The shipper stopped. A capture failure is repaired at once (see _repair_now)."""
+        """The shipper stopped. A capture failure is repaired at once (see _repair_now);
+        another writer on the timeline fences this branch out for good."""
+        if isinstance(exc, LogConflict):
+            self._fenced_out(exc)
+            return
         if isinstance(exc, WalError):
             log.error("capture of %s/%s failed, the log will be re-based on a snapshot: %s",
                       self.name, self.branch.name, exc)
             self.broken = True
             if self._repair_task is None or self._repair_task.done():
                 self._repair_task = asyncio.get_running_loop().create_task(self._repair_now())
+
+    def _fenced_out(self, exc: LogConflict) -> None:
+        """Say loudly what is lost: the commits made here that never became history."""
+        self.fenced = exc
+        shipper = self.shipper
+        lost = shipper.head_txid - shipper.durable_txid if shipper is not None else 0
+        if lost > 0 and shipper is not None:
+            METRICS.log_fenced_commits.inc(lost)
+            acked = ("they had been acknowledged (durability local) and are lost" if not
+                     self.remote else "none was acknowledged (durability remote)")
+            log.error("%s/%s: fenced out of timeline %s: %s. Txids %d..%d were committed on "
+                      "this node and are not history: %s", self.name, self.branch.name,
+                      self.timeline, exc, shipper.durable_txid + 1, shipper.head_txid, acked)
+        else:
+            log.error("%s/%s: fenced out of timeline %s: %s", self.name, self.branch.name,
+                      self.timeline, exc)
 
     async def _repair_now(self) -> None:
         """Re-base the log at once, not at the next commit (remote writers are waiting)."""
@@ -319,7 +425,7 @@ class Journal:
         shipped = self.log_bytes
         await loop.run_in_executor(self.stores.io, METRICS.cpu, "snapshot", take_snapshot,
                                    self.stores.store, self.name, self.timeline, self.path, txid,
-                                   when)
+                                   when, self.writer)
         METRICS.log_snapshots.inc()
         self.snapshot_time = time.time()
         self.log_bytes -= shipped
@@ -332,6 +438,7 @@ class Journal:
         assert shipper is not None
         if self.failed is not None:
             raise self.failed  # another writer owns the timeline: nothing to re-base
+        writer = await self.take()
         if shipper.failed is None:  # ship what can be; after a capture failure nothing can
             await asyncio.wait_for(shipper.flush(), self.timeout)
         loop = asyncio.get_running_loop()
@@ -342,7 +449,8 @@ class Journal:
                                    f"after the next commit")
             when = max(self.capture.last_time, time.time())
             await loop.run_in_executor(self.stores.io, take_snapshot, self.stores.store,
-                                       self.name, self.timeline, self.path, db.txid, when)
+                                       self.name, self.timeline, self.path, db.txid, when,
+                                       writer)
         self.capture.last_time = when
         await shipper.close(flush=False)
         self.shipper = self._new_shipper(db.txid)
@@ -358,9 +466,16 @@ class Journal:
         self.capture.close()
         self.headroom.close()
 
-    async def close(self, db: Database, flush: bool = True) -> None:
+    def closed(self) -> None:
+        """The branch's connections are closed: a copy fenced out is not history; drop it
+        (the next open hydrates from the store)."""
+        if self.fenced is not None:
+            discard_local(Path(self.path))
+
+    async def close(self, db: Database, flush: bool = True, keep: bool = True) -> None:
         """Stop shipping, after shipping what is pending if ``flush`` (bounded); when all
-        is durable, checkpoint and truncate the WAL so the next open starts clean."""
+        is durable and the files stay (``keep``), checkpoint and truncate the WAL so the
+        next open starts clean."""
         self._closing = True
         for task in (self._checkpoint_task, self._repair_task):
             if task is not None:
@@ -382,7 +497,7 @@ class Journal:
                             "the local WAL and ship at the next open): %r", self.name,
                             self.branch.name, exc)
         await shipper.close(flush=False)
-        if durable and db.writer is not None:
+        if durable and keep and db.writer is not None and self.fenced is None:
             loop = asyncio.get_running_loop()
             async with self._file_lock:
                 await loop.run_in_executor(self.executor, self._backfill, True)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shoal.engine.database import Database
-from shoal.errors import ShoalError
+from shoal.errors import ShoalError, disk_errors
 from shoal.metrics import METRICS
 
 if TYPE_CHECKING:
@@ -51,8 +51,9 @@ def release_memory() -> None:
         _TRIM(0)
 
 
-async def drain(db: Database, timeout: float, flush: bool = True) -> None:
-    """Wait until db has no request, queued write or lock holder (bounded), then close it.
+async def drain(db: Database, timeout: float, flush: bool = True, keep: bool = True) -> None:
+    """Wait until db has no request, queued write or lock holder (bounded), then close it
+    (``keep=False``: its files are about to be removed, so no checkpoint).
 
     Closing while a batch runs on a worker thread would pull the connection out
     from under SQLite, so the wait comes first.
@@ -60,7 +61,7 @@ async def drain(db: Database, timeout: float, flush: bool = True) -> None:
     deadline = time.monotonic() + timeout
     while not db.idle and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
-    await db.aclose(flush)
+    await db.aclose(flush, keep)
 
 
 class Lifecycle:
@@ -127,14 +128,15 @@ class Lifecycle:
                                                  f"has no branches but main")
         done = asyncio.get_running_loop().create_future()
         self.opening[key] = done
-        try:
-            path = self.path(name, branch)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            if self.registry is not None:
-                return await self.registry.open(name, branch, path)
-            db = Database(name, branch, str(path), self.settings, self.executor)
-            db.open()
-            return db
+        try:  # a -shm to grow or a file to restore needs room: DISK_FULL, never INTERNAL
+            with disk_errors():
+                path = self.path(name, branch)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if self.registry is not None:
+                    return await self.registry.open(name, branch, path)
+                db = Database(name, branch, str(path), self.settings, self.executor)
+                db.open()
+                return db
         finally:
             del self.opening[key]
             done.set_result(None)
@@ -202,7 +204,9 @@ class Lifecycle:
         return commits, 0.0 if oldest is None else max(0.0, time.time() - oldest)
 
     def close_idle(self) -> int:
-        """Close databases idle past idle_timeout; trim readers idle past reader_idle_timeout.
+        """Close databases idle past idle_timeout, or fenced out by another writer (their
+        copy is dropped and the next request hydrates from the store); trim readers idle
+        past reader_idle_timeout.
 
         Returns how many databases and readers were closed.
         """
@@ -211,7 +215,8 @@ class Lifecycle:
         reader_cutoff = now - self.settings.reader_idle_timeout
         closed = 0
         for key, db in list(self.open.items()):
-            if db.idle and db.last_used < cutoff:
+            fenced = db.journal is not None and db.journal.fenced is not None
+            if db.idle and (db.last_used < cutoff or fenced):  # a fenced copy reopens fresh
                 self._close(key)
                 closed += 1
             else:

@@ -4,7 +4,8 @@ Beside the commit log's keys (``dbs/...``, see ``log/layout.py``) the store hold
 
     catalog/signing-key              the key that signs tokens (the first node creates it)
     catalog/admin-token              the generated admin token (unless set by the environment)
-    catalog/databases/{name}.json    {"name", "created_at"}: the database exists
+    catalog/databases/{name}.json    the database's record: its live incarnation's branches
+                                     and its deleted incarnations (log/branch.py)
     catalog/tokens/{id}.json         a token's record (never the token itself)
     catalog/revoked/{id}             a revocation: the object's existence is the fact
 
@@ -13,9 +14,11 @@ accepts every token: ``catalog.db``, ``signing-key`` and ``admin-token`` in the
 data directory are caches, rebuilt from the store at start, and each branch's
 file is restored from its snapshot and log when it is first opened.
 
-A database's record is written last when it is created and deleted first when it
-is deleted: objects under ``dbs/{name}/`` without a record are leftovers of an
-interrupted create or delete, and the next create of that name clears them.
+A database is created by one write of its record (after its root timeline and
+txid-0 snapshot are stored), and deleted by one write too: the incarnation moves to
+the record's deleted ones and stays restorable (``undelete``) until retention expires
+it or a purge removes it. Timelines no record reaches (an interrupted create) are
+retention's to remove.
 
 Every method but :meth:`Registry.open` blocks (store calls): run it on the I/O
 executor. Failures become ShoalErrors: BRANCH_NOT_FOUND, BRANCH_EXISTS,
@@ -39,25 +42,40 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
+import apsw
+
 from shoal.engine.catalog import Catalog, TokenRecord
 from shoal.engine.connection import SCHEMA, Connection
-from shoal.engine.database import BEGIN_IMMEDIATE, COMMIT, Database
-from shoal.engine.journal import Journal, LogState, Stores
-from shoal.errors import ShoalError
+from shoal.engine.database import BEGIN_IMMEDIATE, COMMIT, GET_TXID, Database
+from shoal.engine.disk import optional
+from shoal.engine.journal import Journal, LogState, Stores, discard_local, marker_path
+from shoal.errors import ShoalError, disk_full
 from shoal.log import branch as branch_log
 from shoal.log import compaction, layout
 from shoal.log.errors import (
     BranchExists,
     BranchNotFound,
     CorruptObject,
+    DatabaseExists,
+    DatabaseNotFound,
     LogConflict,
     LogError,
     MissingObject,
 )
-from shoal.log.restore import History, history, resolve_time, restore
+from shoal.log.restore import History, check_plan, history, resolve_time, restore
 from shoal.log.retention import RetentionReport, apply_retention
 from shoal.log.snapshot import take_snapshot
-from shoal.log.timeline import Timeline, ancestry, covered, load_timeline, segments, snapshots
+from shoal.log.timeline import (
+    Timeline,
+    ancestry,
+    covered,
+    create_timeline,
+    list_timelines,
+    listed_head,
+    listing,
+    load_timeline,
+)
+from shoal.metrics import METRICS
 from shoal.storage.base import NotFound, PreconditionFailed
 
 log = logging.getLogger("shoal.registry")
@@ -68,7 +86,6 @@ CATALOG = "catalog/"
 DATABASES = "catalog/databases/"
 TOKENS = "catalog/tokens/"
 REVOKED = "catalog/revoked/"
-LOCAL_FILES = ("", "-wal", "-shm", "-journal")
 
 
 @contextlib.contextmanager
@@ -82,6 +99,10 @@ def storage_errors() -> Iterator[None]:
         raise ShoalError("BRANCH_NOT_FOUND", str(exc)) from None
     except BranchExists as exc:
         raise ShoalError("BRANCH_EXISTS", str(exc)) from None
+    except DatabaseExists as exc:
+        raise ShoalError("DATABASE_EXISTS", str(exc)) from None
+    except DatabaseNotFound as exc:
+        raise ShoalError("DATABASE_NOT_FOUND", str(exc)) from None
     except (MissingObject, CorruptObject) as exc:
         extra = {"object": exc.key} if exc.key else {}
         raise ShoalError("STORAGE_CORRUPT", str(exc), **extra) from None
@@ -90,6 +111,8 @@ def storage_errors() -> Iterator[None]:
     except LogError as exc:
         raise ShoalError("STORAGE_CORRUPT", str(exc)) from None
     except Exception as exc:  # the store failed (transport, credentials, a lost condition)
+        if (full := disk_full(exc)) is not None:  # the node's disk, not the store
+            raise full from None
         log.warning("object store call failed: %r", exc)
         raise ShoalError("STORAGE_UNAVAILABLE", f"object store: {type(exc).__name__}: {exc}") \
             from None
@@ -107,30 +130,41 @@ def _write_private(path: Path, text: str) -> None:
     """Replace path with text, mode 0600, atomically."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
-def marker_path(path: Path) -> Path:
-    """The file beside a branch's database naming the timeline it holds."""
-    return path.with_suffix(".timeline")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:  # a full disk, say: no empty temp file left behind
+        tmp.unlink(missing_ok=True)
 
 
 FUTURE_SLACK = 60.0  # seconds a point may lie ahead of the node's clock (skew between hosts)
-KEEP_TRIES = 1000  # restores of one branch within one second, each kept under its own name
+KEEP_TRIES = branch_log.KEEP_TRIES  # restores of one branch within one second, each kept
+
+
+def keep_base(branch: str, now: float) -> str:
+    """'<branch>-before-restore-<UTC second>': the state before a restore, named; later
+    restores in the same second take '-2', '-3'... (``branch_log.keep_names``)."""
+    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{branch[:28]}-before-restore-{stamp}"
 
 
 def keep_names(branch: str, now: float) -> Iterator[str]:
-    """Names for the state before a restore: '<branch>-before-restore-<UTC second>', then
-    '-2', '-3'... for later restores in the same second; every one is a valid branch name."""
-    stamp = datetime.fromtimestamp(now, UTC).strftime("%Y%m%d-%H%M%S")
-    base = f"{branch[:28]}-before-restore-{stamp}"
-    yield base
-    for n in range(2, KEEP_TRIES):
-        yield f"{base}-{n}"
+    """Every name a restore at ``now`` may keep the state before under; each one valid."""
+    return branch_log.keep_names(keep_base(branch, now))
+
+
+@dataclass(frozen=True)
+class Deleted:
+    """A deleted incarnation of a database, restorable until it expires."""
+
+    name: str
+    incarnation: str
+    created_at: float
+    deleted_at: float
+    branches: list[str]
 
 
 @dataclass(frozen=True)
@@ -143,12 +177,14 @@ class BranchView:
 
 
 class Registry:
-    def __init__(self, stores: Stores, settings: Any, executor: Executor, scratch: Path):
+    def __init__(self, stores: Stores, settings: Any, executor: Executor, scratch: Path,
+                 node: str = ""):
         self.stores = stores
         self.store = stores.store
         self.settings = settings
         self.executor = executor  # SQL threads (databases are opened with them)
         self.scratch = scratch  # where new database images are built
+        self.node = node  # this node's id: the writer it names on the timelines it takes
 
     # -- secrets -------------------------------------------------------------------------------
     @mapped
@@ -172,74 +208,139 @@ class Registry:
         except FileNotFoundError:
             cached = None
         if cached != value:
-            _write_private(local, value + "\n")
+            with optional(f"caching {name} in {local}"):  # the store has it
+                _write_private(local, value + "\n")
         return value
 
     # -- catalog -------------------------------------------------------------------------------
+    def _live(self, name: str) -> float | None:
+        """The creation time of the live database ``name`` (None if it is not live)."""
+        record = branch_log.load_record(self.store, name)
+        return record.live.created_at if record is not None and record.live else None
+
     @mapped
-    def sync_catalog(self, catalog: Catalog) -> tuple[set[str], set[str]]:
-        """Make the local catalog list exactly the store's databases; return (names,
-        revoked token ids)."""
-        stored = {info.key[len(DATABASES):-len(".json")] for info in self.store.list(DATABASES)
+    def sync_catalog(self, catalog: Catalog, full: bool = False) -> tuple[set[str], set[str]]:
+        """Make the local catalog list exactly the store's live databases; return (names,
+        revoked token ids). The local catalog is this node's cache: databases this node
+        created or deleted are in it already, so only names new to it are read, unless
+        ``full`` (another node has written the store since this one: read every record)."""
+        stored = {info.key[len(layout.DATABASES_PREFIX):-len(".json")]
+                  for info in self.store.list(layout.DATABASES_PREFIX)
                   if info.key.endswith(".json")}
         local = catalog.names()
-        for name in sorted(stored - local):
-            try:
-                record = json.loads(self.store.get(f"{DATABASES}{name}.json").data)
-            except NotFound:
+        live: set[str] = set()
+        for name in sorted(stored):
+            if name in local and not full:
+                live.add(name)
                 continue
-            catalog.adopt_database(name, float(record["created_at"]))
-        for name in sorted(local - stored):
-            log.warning("database %r is in the local catalog but not in the store %s: "
+            created_at = self._live(name)
+            if created_at is None:
+                continue
+            live.add(name)
+            if name not in local:
+                catalog.adopt_database(name, created_at)
+        for name in sorted(local - live):
+            log.warning("database %r is in the local catalog but not live in the store %s: "
                         "dropped from the catalog (its local files are left alone)",
                         name, self.store.url)
             catalog.delete_database(name)
         revoked = {info.key[len(REVOKED):] for info in self.store.list(REVOKED)}
-        return stored, revoked
+        return live, revoked
+
+    def _image(self, path: Path) -> None:
+        """A new database file holding Shoal's tables, checkpointed: the txid-0 state."""
+        conn = Connection(str(path), reader=False, manual_checkpoints=True)
+        try:
+            conn.internal(BEGIN_IMMEDIATE)
+            conn.internal(SCHEMA)
+            conn.internal(COMMIT)
+            conn.internal("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+
+    @mapped
+    def create_database(self, name: str, created_at: float) -> None:
+        """A new database in the store: a root timeline, a snapshot at txid 0 of a file
+        holding Shoal's tables, then (the one write that makes it exist) its record."""
+        if self._live(name) is not None:
+            raise ShoalError("DATABASE_EXISTS", f"database {name!r} already exists")
+        root = create_timeline(self.store, name, None, 0, created_at)
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.scratch) as tmp:
+            path = Path(tmp) / "new.db"
+            self._image(path)
+            take_snapshot(self.store, name, root.id, path, 0, created_at)
+        branch_log.add_database(self.store, name, created_at, root)
+
+    @mapped
+    def delete_database(self, name: str, now: float) -> None:
+        """Soft delete: restorable (undelete) until history_retention has passed."""
+        branch_log.delete_database(self.store, name, now)
+
+    @mapped
+    def undelete_database(self, name: str, incarnation: str | None = None) -> float:
+        """Bring a deleted incarnation back; its creation time."""
+        record = branch_log.undelete_database(self.store, name, incarnation)
+        assert record.live is not None
+        return record.live.created_at
+
+    @mapped
+    def deleted(self, names: set[str] | None = None) -> list[Deleted]:
+        """Deleted incarnations in the store (of ``names`` only, if given), oldest first."""
+        out = []
+        for info in self.store.list(layout.DATABASES_PREFIX):
+            name = info.key[len(layout.DATABASES_PREFIX):-len(".json")]
+            if not info.key.endswith(".json") or (names is not None and name not in names):
+                continue
+            record = branch_log.load_record(self.store, name)
+            for inc in record.deleted if record is not None else ():
+                assert inc.deleted_at is not None
+                out.append(Deleted(name, inc.id, inc.created_at, inc.deleted_at,
+                                   sorted(inc.branches)))
+        return sorted(out, key=lambda d: (d.deleted_at, d.name))
+
+    @mapped
+    def purge(self, name: str, incarnations: set[str] | None = None) -> list[str]:
+        """Remove deleted incarnations (all, or those named) and their history, at once:
+        the record first (they stop being restorable), then every object of every
+        timeline that descends from their roots, then the record if nothing is left.
+        Returns the incarnations removed."""
+        record = branch_log.load_record(self.store, name)
+        if record is None:
+            return []
+        doomed = [d for d in record.deleted if incarnations is None or d.id in incarnations]
+        if not doomed:
+            return []
+        timelines = list_timelines(self.store, name)
+        roots = {self._root(timelines, str(e["timeline"]))
+                 for inc in doomed for e in inc.branches.values()}
+        after = branch_log.forget_incarnations(self.store, name, {d.id for d in doomed})
+        for tid, timeline in timelines.items():
+            if self._root(timelines, tid) in roots - {None}:
+                self._wipe(layout.log_prefix(name, tid))
+                self._wipe(layout.snapshot_prefix(name, tid))
+                self.store.delete(layout.timeline_key(name, timeline.id))
+        if after.live is None and not after.deleted:
+            with contextlib.suppress(PreconditionFailed):  # recreated meanwhile: it stays
+                self.store.put(layout.database_key(name), b"", if_match=after.etag or "")
+                self.store.delete(layout.database_key(name))
+        return [d.id for d in doomed]
+
+    @staticmethod
+    def _root(timelines: dict[str, Timeline], tid: str) -> str | None:
+        """The root timeline a timeline descends from (None if a record is missing)."""
+        seen = 0
+        cur: str | None = tid
+        while cur is not None and cur in timelines and seen <= len(timelines):
+            parent = timelines[cur].parent
+            if parent is None:
+                return cur
+            cur, seen = parent, seen + 1
+        return None
 
     def _wipe(self, prefix: str) -> None:
         for info in self.store.list(prefix):
             self.store.delete(info.key)
-
-    @mapped
-    def create_database(self, name: str, created_at: float) -> None:
-        """A new database in the store: main on a root timeline, a snapshot at txid 0 of a
-        file holding Shoal's tables, then (last: it makes the database exist) its record."""
-        key = f"{DATABASES}{name}.json"
-        try:
-            self.store.head(key)
-            raise ShoalError("DATABASE_EXISTS", f"database {name!r} already exists")
-        except NotFound:
-            pass
-        self._wipe(layout.database_prefix(name))
-        main = branch_log.create_database(self.store, name, created_at)
-        self.scratch.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=self.scratch) as tmp:
-            path = Path(tmp) / "new.db"
-            conn = Connection(str(path), reader=False, manual_checkpoints=True)
-            try:
-                conn.internal(BEGIN_IMMEDIATE)
-                conn.internal(SCHEMA)
-                conn.internal(COMMIT)
-                conn.internal("PRAGMA wal_checkpoint(TRUNCATE)")
-            finally:
-                conn.close()
-            take_snapshot(self.store, name, main.timeline, path, 0, created_at)
-        record = json.dumps({"name": name, "created_at": created_at}).encode()
-        try:
-            self.store.put(key, record, if_none_match="*")
-        except PreconditionFailed:
-            raise ShoalError("DATABASE_EXISTS", f"database {name!r} already exists") from None
-
-    @mapped
-    def forget_database(self, name: str) -> None:
-        """Delete the record: from here on the database does not exist."""
-        self.store.delete(f"{DATABASES}{name}.json")
-
-    @mapped
-    def wipe_database(self, name: str) -> None:
-        """Delete its branches and history (after its branches closed: nothing ships)."""
-        self._wipe(layout.database_prefix(name))
 
     @mapped
     def put_token(self, rec: TokenRecord) -> None:
@@ -261,62 +362,92 @@ class Registry:
         self.store.put(f"{REVOKED}{token_id}", json.dumps({"revoked_at": when}).encode())
 
     # -- opening a branch ----------------------------------------------------------------------
+    def _settled(self, name: str, branch: str) -> tuple[branch_log.Branch, Timeline]:
+        """The branch and its timeline's record, finishing first an operation that sealed
+        the timeline and was cut short before it moved the branch."""
+        for _ in range(4):
+            record = branch_log.get_branch(self.store, name, branch)
+            timeline = load_timeline(self.store, name, record.timeline)
+            if timeline.sealed is None:
+                return record, timeline
+            log.warning("%s/%s: finishing a %s cut short before it moved the branch", name,
+                        branch, timeline.sealed.get("op", "branch operation"))
+            branch_log.complete(self.store, name, timeline)
+        raise ShoalError("STORAGE_UNAVAILABLE", f"{name}/{branch} keeps moving; try again")
+
     @mapped
     def prepare(self, name: str, branch: str, path: Path, force: bool = False) -> LogState:
         """Make ``path`` hold the branch's timeline, restoring it from the store when it is
-        missing, holds another timeline, or ``force``; then read the store's view of it."""
-        record = branch_log.get_branch(self.store, name, branch)
+        missing, holds another timeline, was written by another node since this node's
+        copy (which may then hold commits history does not have), or ``force``; then read
+        the store's view of it."""
+        record, timeline = self._settled(name, branch)
         marker = marker_path(path)
         try:
             held = marker.read_text().strip()
         except FileNotFoundError:
             held = None
-        if force or held != record.timeline or not path.exists():
+        trusted = not force and held == record.timeline and path.exists()
+        head = timeline.head
+        if trusted and head is not None and head.node not in ("", self.node):
+            local = stored_txid(path)
+            if local > head.txid:
+                log.error("%s/%s: this node's copy holds txids up to %d, but node %s took "
+                          "the branch at txid %d (epoch %d): the commits above it that this "
+                          "node acknowledged (local durability) were never in the store and "
+                          "are lost", name, branch, local, head.node, head.start - 1,
+                          head.epoch)
+                METRICS.log_fenced_commits.inc(local - head.txid)
+            trusted = False
+        if not trusted:
             self.discard_local(path)
             restore(self.store, name, record.timeline, path)
             _write_private(marker, record.timeline + "\n")
-        return self._state(name, record)
+        return self._state(name, record, timeline)
 
-    def _state(self, name: str, record: branch_log.Branch) -> LogState:
-        segs = segments(self.store, name, record.timeline)
-        snaps = snapshots(self.store, name, record.timeline)
-        head = max([record.fork_txid] + [s.last for s in segs] + [s.txid for s in snaps])
-        head_time = max([record.created_at] + [s.last_time for s in segs] +
+    def _state(self, name: str, record: branch_log.Branch, timeline: Timeline) -> LogState:
+        segs, snaps = listing(self.store, name, timeline)
+        head, head_time = (listed_head(self.store, name, timeline) if timeline.head is None
+                           else (timeline.head.txid, timeline.head.time))
+        head_time = max([head_time, record.created_at] + [s.last_time for s in segs] +
                         [s.time for s in snaps])
         last = snaps[-1] if snaps else None
         floor = last.txid if last else record.fork_txid
         merged = covered(segs)  # bytes compaction merged count once
         return LogState(record, head, head_time, last.time if last else record.created_at,
-                        sum(s.size for s in segs if s.last > floor and s.key not in merged))
+                        sum(s.size for s in segs if s.last > floor and s.key not in merged),
+                        timeline)
 
-    @staticmethod
-    def discard_local(path: Path) -> None:
-        """Delete a branch's local files (marker first: a half-deleted copy is never used)."""
-        with contextlib.suppress(FileNotFoundError):
-            marker_path(path).unlink()
-        for suffix in LOCAL_FILES:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"{path}{suffix}")
+    discard_local = staticmethod(discard_local)
 
     async def open(self, name: str, branch: str, path: Path) -> Database:
         """Open a branch with its commit log: hydrate from the store where the local copy is
-        missing or behind, ship what the local copy has beyond the store."""
+        missing, behind or not this node's to trust; ship what the local copy has beyond
+        the store (after taking the timeline: see Journal.start)."""
         loop = asyncio.get_running_loop()
         force = False
-        for _ in range(2):
+        for _ in range(3):
             state = await loop.run_in_executor(self.stores.io, self.prepare, name, branch, path,
                                                force)
             db = Database(name, branch, str(path), self.settings, self.executor)
             db.journal = Journal(self.stores, name, state, str(path), self.settings,
-                                 self.executor)
+                                 self.executor, self.node)
             db.timeline = state.branch.timeline
             db.open()
             if db.txid >= state.head_txid:
                 try:
-                    with storage_errors():
-                        await db.journal.start(db)
-                except BaseException:
+                    await db.journal.start(db)
+                except LogConflict as exc:  # another writer took it: this copy is not history
+                    log.error("%s/%s: %s; restoring this node's copy from the store", name,
+                              branch, exc)
                     await db.aclose(flush=False)
+                    force = True
+                    continue
+                except BaseException as exc:
+                    await db.aclose(flush=False)
+                    if isinstance(exc, Exception):
+                        with storage_errors():
+                            raise
                     raise
                 return db
             log.warning("local copy of %s/%s is at txid %d, the store at %d: restoring it",
@@ -327,25 +458,55 @@ class Registry:
                                             f"{db.txid}, the store's log reaches "
                                             f"{state.head_txid}")
 
+    @mapped
+    def materialise(self, name: str, timeline: str, txid: int) -> Path:
+        """Restore ``timeline`` at ``txid`` into a new file under the scratch folder (every
+        object read and verified on the way): the proof that a point can be restored, and
+        the local copy of a branch moved there."""
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        path = self.scratch / f"restore-{secrets.token_hex(6)}.db"
+        try:
+            restore(self.store, name, timeline, path, txid=txid)
+        except BaseException:
+            self.discard_local(path)
+            raise
+        return path
+
+    def adopt_file(self, source: Path, path: Path, timeline: str) -> None:
+        """Make a materialised file the local copy of the branch now on ``timeline``."""
+        self.discard_local(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(source, path)
+        _write_private(marker_path(path), timeline + "\n")
+
     # -- branches ------------------------------------------------------------------------------
     @mapped
     def branch(self, name: str, branch: str) -> branch_log.Branch:
-        return branch_log.get_branch(self.store, name, branch)
+        return self._settled(name, branch)[0]
 
     @mapped
     def branches(self, name: str) -> list[BranchView]:
         out = []
-        for record in branch_log.list_branches(self.store, name):
-            segs = segments(self.store, name, record.timeline)
-            snaps = snapshots(self.store, name, record.timeline)
-            head = max([record.fork_txid] + [s.last for s in segs] + [s.txid for s in snaps])
+        listed = branch_log.list_branches(self.store, name)
+        timelines = [load_timeline(self.store, name, b.timeline) for b in listed]
+        if any(t.sealed is not None for t in timelines):  # finish cut-short operations first
+            for t in timelines:
+                if t.sealed is not None:
+                    branch_log.complete(self.store, name, t)
+            listed = branch_log.list_branches(self.store, name)
+            timelines = [load_timeline(self.store, name, b.timeline) for b in listed]
+        for record, timeline in zip(listed, timelines, strict=True):
+            segs, snaps = listing(self.store, name, timeline)
+            head = (timeline.head.txid if timeline.head is not None else
+                    max([record.fork_txid] + [s.last for s in segs] + [s.txid for s in snaps]))
             out.append(BranchView(record, head,
                                   sum(s.size for s in segs) + sum(s.size for s in snaps)))
         return out
 
     @mapped
     def head(self, name: str, branch: str) -> int:
-        return self._state(name, branch_log.get_branch(self.store, name, branch)).head_txid
+        record, timeline = self._settled(name, branch)
+        return self._state(name, record, timeline).head_txid
 
     @mapped
     def history(self, name: str, timeline: str) -> History:
@@ -379,6 +540,13 @@ class Registry:
                              f"{window.earliest.txid}..{window.latest.txid}")
 
     @mapped
+    def check_plan(self, name: str, timeline: str, txid: int) -> None:
+        """STORAGE_CORRUPT naming the object unless every object a restore of ``timeline``
+        at ``txid`` needs is listed, committed, contiguous and unforked (listing only:
+        constant in the size of the data)."""
+        check_plan(self.store, name, timeline, txid)
+
+    @mapped
     def create_branch(self, name: str, new: str, source: branch_log.Branch, timeline: str,
                       fork_txid: int, now: float) -> branch_log.Branch:
         """A branch whose state is ``timeline``'s at fork_txid (which must be durable)."""
@@ -387,13 +555,13 @@ class Registry:
 
     @mapped
     def delete_branch(self, name: str, branch: str) -> None:
-        branch_log.delete_branch(self.store, name, branch)
+        branch_log.delete_branch(self.store, name, branch, self.node)
 
     @mapped
     def reset_branch(self, name: str, branch: str, parent: branch_log.Branch, parent_txid: int,
                      now: float) -> branch_log.Branch:
-        record = branch_log.get_branch(self.store, name, branch)
-        return branch_log.reset_branch(self.store, record, parent, parent_txid, now)
+        record = self._settled(name, branch)[0]
+        return branch_log.reset_branch(self.store, record, parent, parent_txid, now, self.node)
 
     @mapped
     def restore_branch(self, name: str, branch: str, timeline: str, txid: int,
@@ -401,31 +569,20 @@ class Registry:
                                                                  branch_log.Branch]:
         """Move the branch to ``timeline`` at txid; its state before stays reachable as
         another branch (``keep_as``, or a name made from the branch and the time)."""
-        record = branch_log.get_branch(self.store, name, branch)
-        current = load_timeline(self.store, name, record.timeline)
-        kept = self._keep(name, branch, current, keep_as, now)
-        try:
-            moved = branch_log.move_branch(self.store, record, timeline, txid, now)
-        except BaseException:
-            with contextlib.suppress(Exception):  # never leave two names on one timeline
-                self.store.delete(layout.branch_key(name, kept.name))
-            raise
-        return moved, kept
-
-    def _keep(self, name: str, branch: str, current: Timeline, keep_as: str | None,
-              now: float) -> branch_log.Branch:
-        """A new branch name on the timeline a restore leaves: ``keep_as``, or the first free
-        name from `keep_names` (the store's conditional put decides, even across nodes)."""
-        if keep_as:
-            return branch_log.adopt_timeline(self.store, name, keep_as, current, branch, now)
-        for want in keep_names(branch, now):
-            try:
-                return branch_log.adopt_timeline(self.store, name, want, current, branch, now)
-            except BranchExists:
-                continue
-        raise ShoalError("BRANCH_EXISTS", f"every name for the state of {name}/{branch} "
-                                          f"before this restore is taken",
-                         hint="Give one with 'keep_as'.")
+        record = self._settled(name, branch)[0]
+        if keep_as is not None:
+            with contextlib.suppress(BranchNotFound):
+                branch_log.get_branch(self.store, name, keep_as)
+                raise ShoalError("BRANCH_EXISTS", f"branch {keep_as!r} of {name!r} already "
+                                                  f"exists", hint="Pick another 'keep_as'.")
+        base = keep_as or keep_base(branch, now)
+        existing = {b.name for b in branch_log.list_branches(self.store, name)}
+        if all(n in existing for n in branch_log.keep_names(base)):
+            raise ShoalError("BRANCH_EXISTS", f"every name for the state of {name}/{branch} "
+                                              f"before this restore is taken",
+                             hint="Give one with 'keep_as'.")
+        return branch_log.restore_in_place(self.store, record, txid, base, now, self.node,
+                                           timeline=timeline)
 
     @mapped
     def compact(self, name: str, now: float,
@@ -437,6 +594,21 @@ class Registry:
     @mapped
     def retention(self, name: str, now: float, window: float) -> RetentionReport:
         return apply_retention(self.store, name, now=now, window=window)
+
+
+def stored_txid(path: Path) -> int:
+    """The txid in a closed branch's local file (0 if none). The connection must not
+    checkpoint when it closes: the WAL may hold commits not yet in the store."""
+    if not path.exists():
+        return 0
+    conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+        return int(next(iter(conn.execute(GET_TXID)))[0])
+    except apsw.Error:
+        return 0
+    finally:
+        conn.close()
 
 
 def _iso(ts: float) -> str:

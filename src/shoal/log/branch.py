@@ -1,22 +1,52 @@
-"""Branches: names that point at timelines. Creating one writes two small records.
+"""Databases and their branches: one record per database, changed by compare-and-swap.
 
-A branch record is ``(database, name, timeline, parent, fork_txid, created_at)``;
-its data is the parent's history up to ``fork_txid`` followed by its own log,
-both found through its timeline. Moving a name to a new timeline (reset,
-restore in place) is a compare-and-swap on the branch record, so two nodes
-cannot both move it. Nothing here copies data: the cost is constant in the
-size of the database.
+A database's record (``catalog/databases/{db}.json``) names its live incarnation's
+branches, each ``(timeline, parent, fork_txid, created_at)``, and its deleted
+incarnations (restorable until retention expires them). Every change to a
+database's metadata (create, branch create, delete, reset, restore in place, delete
+and undelete of the database) is one conditional write of that record, so it happens
+whole or not at all, and two nodes cannot both make a change from the same version.
+
+A branch's data is its timeline's history (see ``timeline.py``); nothing here copies
+data, so the cost is constant in the size of the database. A new branch always gets a
+new timeline, and a state kept by a restore gets one too (forked at the old head), so
+two branches never share a timeline's head.
+
+Taking a branch *off* its timeline (restore, reset, delete) is two writes: first the
+timeline is sealed, naming the intent (nothing can commit on it after that, so no
+write acknowledged by any node can be left behind on a timeline no branch reads),
+then the record is changed. If the second write never happens (a crash), whoever next
+finds the sealed timeline under the branch finishes the intent (:func:`complete`):
+the operation happened at its seal.
+
+Records written before the database record held branches kept each branch in
+``dbs/{db}/branches/{name}.json``; they are read as the record's branches until the
+first change writes them into it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import secrets
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from shoal.log import layout
-from shoal.log.errors import BranchExists, BranchNotFound, CorruptObject, LogConflict
-from shoal.log.timeline import Timeline, create_timeline, load_timeline
+from shoal.log.errors import (
+    BranchExists,
+    BranchNotFound,
+    CorruptObject,
+    DatabaseExists,
+    DatabaseNotFound,
+    LogConflict,
+)
+from shoal.log.timeline import Timeline, create_timeline, load_timeline, seal
 from shoal.storage.base import NotFound, ObjectStore, PreconditionFailed
+
+UPDATE_TRIES = 16  # conditional writes of a database record against concurrent changes
+KEEP_TRIES = 1000  # names tried for a state kept by a restore
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,118 +57,395 @@ class Branch:
     parent: str | None  # the branch it was created from (None for a database's first)
     fork_txid: int
     created_at: float
-    etag: str | None = field(default=None, compare=False)  # record version, for moves
+    etag: str | None = field(default=None, compare=False)  # the database record's version
 
-    def record(self) -> bytes:
-        return json.dumps({"database": self.database, "name": self.name,
-                           "timeline": self.timeline, "parent": self.parent,
-                           "fork_txid": self.fork_txid, "created_at": self.created_at},
-                          sort_keys=True).encode()
+    def entry(self) -> dict[str, Any]:
+        return {"timeline": self.timeline, "parent": self.parent,
+                "fork_txid": self.fork_txid, "created_at": self.created_at}
 
 
-def _decode(data: bytes, key: str, etag: str) -> Branch:
+@dataclass(frozen=True, slots=True)
+class Incarnation:
+    """One life of a database name: created, maybe deleted (and then restorable)."""
+
+    id: str
+    created_at: float
+    branches: dict[str, dict[str, Any]]  # name -> Branch.entry()
+    deleted_at: float | None = None
+
+    def raw(self) -> dict[str, Any]:
+        return {"incarnation": self.id, "created_at": self.created_at,
+                "deleted_at": self.deleted_at, "branches": self.branches}
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A database name's record: its live incarnation (None while deleted) and its deleted
+    ones, newest last."""
+
+    name: str
+    live: Incarnation | None
+    deleted: tuple[Incarnation, ...] = ()
+    etag: str | None = field(default=None, compare=False)
+    legacy: bool = field(default=False, compare=False)  # branches still in legacy records
+
+    def encode(self) -> bytes:
+        live = self.live
+        return json.dumps({
+            "name": self.name,
+            "created_at": live.created_at if live else None,
+            "incarnation": live.id if live else None,
+            "branches": live.branches if live else None,
+            "deleted": [d.raw() for d in self.deleted],
+        }, sort_keys=True).encode()
+
+    def branch(self, name: str) -> Branch:
+        if self.live is None or name not in self.live.branches:
+            raise BranchNotFound(f"no branch {name!r} in database {self.name!r}",
+                                 layout.database_key(self.name))
+        return _branch(self.name, name, self.live.branches[name], self.etag)
+
+
+def _branch(db: str, name: str, raw: dict[str, Any], etag: str | None) -> Branch:
+    return Branch(db, name, str(raw["timeline"]), raw["parent"], int(raw["fork_txid"]),
+                  float(raw["created_at"]), etag)
+
+
+def new_incarnation_id() -> str:
+    return secrets.token_hex(6)
+
+
+# -- reading -----------------------------------------------------------------------------------
+def _incarnation(raw: dict[str, Any]) -> Incarnation:
+    branches = raw["branches"]
+    for entry in branches.values():
+        _branch("", "", entry, None)  # checks the shape
+    return Incarnation(str(raw["incarnation"]), float(raw["created_at"]), dict(branches),
+                       None if raw.get("deleted_at") is None else float(raw["deleted_at"]))
+
+
+def _legacy_branches(store: ObjectStore, db: str) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for info in store.list(layout.branches_prefix(db)):
+        try:
+            raw = json.loads(store.get(info.key).data)
+        except NotFound:
+            continue
+        except ValueError:
+            raise CorruptObject(f"branch record {info.key} is not valid", info.key) from None
+        try:
+            out[str(raw["name"])] = _branch(db, str(raw["name"]), raw, None).entry()
+        except (KeyError, TypeError, ValueError):
+            raise CorruptObject(f"branch record {info.key} is not valid", info.key) from None
+    return out
+
+
+def decode_record(store: ObjectStore, db: str, data: bytes, etag: str | None) -> Record:
+    key = layout.database_key(db)
     try:
         raw = json.loads(data)
-        return Branch(str(raw["database"]), str(raw["name"]), str(raw["timeline"]),
-                      raw["parent"], int(raw["fork_txid"]), float(raw["created_at"]), etag)
-    except (ValueError, KeyError, TypeError):
-        raise CorruptObject(f"branch record {key} is not valid", key) from None
+        deleted = tuple(_incarnation(d) for d in raw.get("deleted") or ())
+        if "branches" not in raw:  # written before records held branches
+            legacy = Incarnation("", float(raw["created_at"]), _legacy_branches(store, db))
+            return Record(db, legacy, deleted, etag, legacy=True)
+        live = None if raw.get("incarnation") is None else _incarnation(raw)
+        return Record(db, live, deleted, etag)
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise CorruptObject(f"database record {key} is not valid", key) from None
 
 
-def _create(store: ObjectStore, branch: Branch) -> Branch:
-    key = layout.branch_key(branch.database, branch.name)
+def load_record(store: ObjectStore, db: str) -> Record | None:
+    """The database name's record, or None if the name was never used (or was purged)."""
     try:
-        etag = store.put(key, branch.record(), if_none_match="*")
-    except PreconditionFailed:
-        raise BranchExists(f"branch {branch.name!r} of {branch.database!r} already exists",
-                           key) from None
-    return replace(branch, etag=etag)
+        blob = store.get(layout.database_key(db))
+    except NotFound:
+        return None
+    return decode_record(store, db, blob.data, blob.etag)
+
+
+def live_record(store: ObjectStore, db: str) -> Record:
+    """The record of a live database; DatabaseNotFound otherwise."""
+    record = load_record(store, db)
+    if record is None or record.live is None:
+        raise DatabaseNotFound(f"database {db!r} does not exist", layout.database_key(db))
+    return record
+
+
+def get_branch(store: ObjectStore, db: str, name: str) -> Branch:
+    record = load_record(store, db)
+    if record is None:
+        raise BranchNotFound(f"no branch {name!r} in database {db!r}",
+                             layout.database_key(db))
+    return record.branch(name)
+
+
+def referenced(record: Record | None) -> set[str]:
+    """Timelines the record's branches point at, live or deleted incarnations alike."""
+    if record is None:
+        return set()
+    incarnations = [*record.deleted, *([record.live] if record.live else [])]
+    return {str(e["timeline"]) for inc in incarnations for e in inc.branches.values()}
+
+
+def intended(timeline: Timeline) -> set[str]:
+    """Timelines a sealed timeline's intent will point branches at (once finished)."""
+    intent = timeline.sealed or {}
+    out = {str(intent["to"]["timeline"])} if intent.get("to") else set()
+    if intent.get("keep"):
+        out.add(str(intent["keep"]["timeline"]))
+    return out
+
+
+def list_branches(store: ObjectStore, db: str) -> list[Branch]:
+    record = load_record(store, db)
+    if record is None or record.live is None:
+        return []
+    return sorted((record.branch(n) for n in record.live.branches), key=lambda b: b.name)
+
+
+# -- changing ----------------------------------------------------------------------------------
+def update(store: ObjectStore, db: str, change: Callable[[Record | None], Record]) -> Record:
+    """Apply ``change`` to the current record and write it back conditionally, again on a
+    lost race (``change`` sees the new version and may raise). Returns what was written."""
+    key = layout.database_key(db)
+    for _ in range(UPDATE_TRIES):
+        current = load_record(store, db)
+        new = change(current)
+        try:
+            if current is None:
+                etag = store.put(key, new.encode(), if_none_match="*")
+            else:
+                assert current.etag is not None
+                etag = store.put(key, new.encode(), if_match=current.etag)
+        except PreconditionFailed:
+            continue
+        if current is not None and current.legacy:
+            for info in store.list(layout.branches_prefix(db)):  # migrated: now stale
+                with contextlib.suppress(Exception):
+                    store.delete(info.key)
+        return replace(new, etag=etag, legacy=False)
+    raise LogConflict(f"database {db!r} kept changing while it was being updated", key)
+
+
+def _with_branches(record: Record, branches: dict[str, dict[str, Any]]) -> Record:
+    assert record.live is not None
+    return replace(record, live=replace(record.live, branches=branches))
+
+
+def add_database(store: ObjectStore, db: str, created_at: float, timeline: Timeline,
+                 name: str = "main") -> Branch:
+    """Make the database exist, with its first branch on ``timeline`` (a root whose txid-0
+    snapshot is stored): the one write that creates it. A deleted incarnation of the same
+    name stays restorable beside the new one."""
+    main = Branch(db, name, timeline.id, None, 0, created_at)
+
+    def change(current: Record | None) -> Record:
+        if current is not None and current.live is not None:
+            raise DatabaseExists(f"database {db!r} already exists", layout.database_key(db))
+        live = Incarnation(new_incarnation_id(), created_at, {name: main.entry()})
+        return Record(db, live, current.deleted if current is not None else ())
+
+    return update(store, db, change).branch(name)
 
 
 def create_database(store: ObjectStore, db: str, created_at: float,
                     name: str = "main") -> Branch:
-    """A database's first branch, on a fresh root timeline (the engine then uploads the
-    snapshot at txid 0 of the new file, which every restore starts from)."""
-    timeline = create_timeline(store, db, None, 0, created_at)
-    return _create(store, Branch(db, name, timeline.id, None, 0, created_at))
+    """A database's first branch, on a fresh root timeline (the engine stores the txid-0
+    snapshot before the record, which every restore starts from)."""
+    return add_database(store, db, created_at, create_timeline(store, db, None, 0, created_at),
+                        name)
 
 
 def create_branch(store: ObjectStore, db: str, name: str, source: Branch, fork_txid: int,
                   created_at: float) -> Branch:
-    """A new branch whose state is ``source``'s at ``fork_txid`` (which must be durable)."""
+    """A new branch whose state is ``source``'s at ``fork_txid`` (which must be committed)."""
     timeline = create_timeline(store, db, source.timeline, fork_txid, created_at)
-    return _create(store, Branch(db, name, timeline.id, source.name, fork_txid, created_at))
+    made = Branch(db, name, timeline.id, source.name, fork_txid, created_at)
+
+    def change(current: Record | None) -> Record:
+        if current is None or current.live is None:
+            raise DatabaseNotFound(f"database {db!r} does not exist", layout.database_key(db))
+        if name in current.live.branches:
+            raise BranchExists(f"branch {name!r} of {db!r} already exists",
+                               layout.database_key(db))
+        return _with_branches(current, {**current.live.branches, name: made.entry()})
+
+    return update(store, db, change).branch(name)
 
 
-def adopt_timeline(store: ObjectStore, db: str, name: str, timeline: Timeline,
-                   parent: str | None, created_at: float) -> Branch:
-    """A new branch name for an existing timeline (keeps a pre-restore state reachable)."""
-    return _create(store, Branch(db, name, timeline.id, parent, timeline.fork_txid,
-                                 created_at))
+def keep_names(base: str) -> Iterator[str]:
+    """Names for a kept state: ``base``, then ``base-2``, ``base-3``... (the first free)."""
+    yield base
+    for n in range(2, KEEP_TRIES):
+        yield f"{base}-{n}"
 
 
-def get_branch(store: ObjectStore, db: str, name: str) -> Branch:
-    key = layout.branch_key(db, name)
+class _Done(Exception):
+    """The intent was finished already (or is moot): nothing to write."""
+
+
+def complete(store: ObjectStore, db: str, sealed: Timeline) -> Record | None:
+    """Finish the operation named in a sealed timeline's record, if its branch still points
+    at it (idempotent: a finished one changes nothing). Returns the record written, if
+    any."""
+    intent = sealed.sealed
+    assert intent is not None
+    branch = str(intent["branch"])
+
+    def change(current: Record | None) -> Record:
+        if current is None or current.live is None or \
+                current.live.id != intent.get("incarnation", current.live.id) or \
+                current.live.branches.get(branch, {}).get("timeline") != sealed.id:
+            raise _Done
+        branches = dict(current.live.branches)
+        if intent["op"] == "delete":
+            del branches[branch]
+            return _with_branches(current, branches)
+        moved = intent["to"]
+        branches[branch] = dict(moved)
+        kept = intent.get("keep")
+        if kept:  # the name chosen before sealing, or (taken since) the next free one
+            free = next((n for n in keep_names(kept["name"]) if n not in branches), None)
+            if free is None:
+                raise BranchExists(f"every name for the state of {db}/{branch} before this "
+                                   f"operation is taken", layout.database_key(db))
+            branches[free] = {"timeline": kept["timeline"], "parent": branch,
+                              "fork_txid": kept["fork_txid"],
+                              "created_at": moved["created_at"]}
+        return _with_branches(current, branches)
+
     try:
-        blob = store.get(key)
-    except NotFound:
-        raise BranchNotFound(f"no branch {name!r} in database {db!r}", key) from None
-    return _decode(blob.data, key, blob.etag)
+        return update(store, db, change)
+    except _Done:
+        return None
 
 
-def list_branches(store: ObjectStore, db: str) -> list[Branch]:
-    out = []
-    for info in store.list(layout.branches_prefix(db)):
-        try:
-            blob = store.get(info.key)
-        except NotFound:
-            continue  # deleted meanwhile
-        out.append(_decode(blob.data, info.key, blob.etag))
-    return sorted(out, key=lambda b: b.name)
+def _current(store: ObjectStore, branch: Branch) -> tuple[Record, Timeline]:
+    """The record and the branch's timeline, checking the branch was not moved since it was
+    read (LogConflict: a concurrent operation won)."""
+    db = branch.database
+    record = live_record(store, db)
+    if record.branch(branch.name).timeline != branch.timeline:
+        raise LogConflict(f"branch {branch.name!r} of {db!r} changed concurrently",
+                          layout.database_key(db))
+    return record, load_timeline(store, db, branch.timeline)
 
 
-def delete_branch(store: ObjectStore, db: str, name: str) -> None:
+def retire(store: ObjectStore, branch: Branch, intent: Callable[[int], dict[str, Any]],
+           node: str = "") -> Record:
+    """Take ``branch`` off its timeline: seal it with ``intent(head)`` (the commit point),
+    then change the database record as the intent says. Returns the record after."""
+    record, timeline = _current(store, branch)
+    incarnation = record.live.id if record.live is not None else ""
+    sealed = seal(store, timeline, node,
+                  lambda txid: {"branch": branch.name, "incarnation": incarnation,
+                                **intent(txid)})
+    done = complete(store, branch.database, sealed)
+    return done if done is not None else live_record(store, branch.database)
+
+
+def delete_branch(store: ObjectStore, db: str, name: str, node: str = "") -> None:
     """Remove the name; its timeline's objects go when retention finds no one needs them."""
-    get_branch(store, db, name)
-    store.delete(layout.branch_key(db, name))
+    retire(store, get_branch(store, db, name), lambda txid: {"op": "delete"}, node)
 
 
-def move_branch(store: ObjectStore, branch: Branch, parent_timeline: str, fork_txid: int,
-                created_at: float, parent: str | None = None) -> Branch:
-    """Point ``branch`` at a new timeline forked from ``parent_timeline`` at ``fork_txid``.
-
-    Compare-and-swap on the branch record: LogConflict if it changed since read.
-    """
+def _move(store: ObjectStore, branch: Branch, parent_timeline: str, fork_txid: int,
+          created_at: float, parent: str | None, keep_as: str | None,
+          node: str) -> tuple[Branch, Branch | None]:
     db = branch.database
     load_timeline(store, db, parent_timeline)
     timeline = create_timeline(store, db, parent_timeline, fork_txid, created_at)
-    moved = Branch(db, branch.name, timeline.id, parent if parent is not None else branch.parent,
-                   fork_txid, created_at)
-    key = layout.branch_key(db, branch.name)
-    if branch.etag is None:
-        raise ValueError("move_branch needs a branch read from the store (with its etag)")
-    try:
-        etag = store.put(key, moved.record(), if_match=branch.etag)
-    except PreconditionFailed:
-        raise LogConflict(f"branch {branch.name!r} of {db!r} changed concurrently", key) \
-            from None
-    return replace(moved, etag=etag)
+    to = {"timeline": timeline.id, "parent": parent if parent is not None else branch.parent,
+          "fork_txid": fork_txid, "created_at": created_at}
+    kept_id: list[str] = []
+
+    def intent(head: int) -> dict[str, Any]:
+        out: dict[str, Any] = {"op": "move", "to": to}
+        if keep_as:
+            kept = create_timeline(store, db, branch.timeline, head, created_at)
+            kept_id[:] = [kept.id]
+            out["keep"] = {"name": keep_as, "timeline": kept.id, "fork_txid": head}
+        return out
+
+    record = retire(store, branch, intent, node)
+    assert record.live is not None
+    kept_branch = next((record.branch(n) for n, e in record.live.branches.items()
+                        if kept_id and e["timeline"] == kept_id[0]), None)
+    return record.branch(branch.name), kept_branch
+
+
+def move_branch(store: ObjectStore, branch: Branch, parent_timeline: str, fork_txid: int,
+                created_at: float, parent: str | None = None, node: str = "") -> Branch:
+    """Point ``branch`` at a new timeline forked from ``parent_timeline`` at ``fork_txid``.
+    LogConflict if the branch changed since it was read."""
+    return _move(store, branch, parent_timeline, fork_txid, created_at, parent, None, node)[0]
 
 
 def reset_branch(store: ObjectStore, branch: Branch, parent: Branch, parent_txid: int,
-                 created_at: float) -> Branch:
+                 created_at: float, node: str = "") -> Branch:
     """Back to ``parent``'s state at ``parent_txid`` (its latest durable one, for previews)."""
-    return move_branch(store, branch, parent.timeline, parent_txid, created_at, parent.name)
+    return move_branch(store, branch, parent.timeline, parent_txid, created_at, parent.name,
+                       node=node)
 
 
 def restore_in_place(store: ObjectStore, branch: Branch, txid: int, keep_as: str,
-                     created_at: float) -> tuple[Branch, Branch]:
-    """Restore ``branch`` to its own ``txid``; its state before stays reachable as ``keep_as``.
+                     created_at: float, node: str = "",
+                     timeline: str | None = None) -> tuple[Branch, Branch]:
+    """Restore ``branch`` to ``txid`` of its own timeline (or of ``timeline``, a bookmark's);
+    its state before stays reachable as ``keep_as`` (or the first free ``keep_as-N``), on a
+    timeline of its own forked at the old head.
 
-    Returns (the moved branch, the branch keeping the old timeline).
-    """
-    db = branch.database
-    old = load_timeline(store, db, branch.timeline)
-    kept = adopt_timeline(store, db, keep_as, old, branch.name, created_at)
-    moved = move_branch(store, branch, old.id, txid, created_at)
+    Returns (the moved branch, the branch keeping the old state)."""
+    moved, kept = _move(store, branch, timeline or branch.timeline, txid, created_at,
+                        None, keep_as, node)
+    if kept is None:
+        raise BranchNotFound(f"the state of {branch.database}/{branch.name} before the "
+                             f"restore was not kept: the branch changed concurrently",
+                             layout.database_key(branch.database))
     return moved, kept
+
+
+# -- deleting and undeleting databases ---------------------------------------------------------
+def delete_database(store: ObjectStore, db: str, deleted_at: float) -> Record:
+    """Soft delete: the live incarnation joins the deleted ones (restorable), the name is
+    free for a new database. One write."""
+
+    def change(current: Record | None) -> Record:
+        if current is None or current.live is None:
+            raise DatabaseNotFound(f"database {db!r} does not exist", layout.database_key(db))
+        gone = replace(current.live, deleted_at=deleted_at)
+        return Record(db, None, (*current.deleted, gone))
+
+    return update(store, db, change)
+
+
+def undelete_database(store: ObjectStore, db: str, incarnation: str | None = None) -> Record:
+    """Bring back a deleted incarnation (the newest by default); DatabaseExists while the
+    name is live, DatabaseNotFound if there is no such incarnation."""
+
+    def change(current: Record | None) -> Record:
+        if current is not None and current.live is not None:
+            raise DatabaseExists(f"database {db!r} exists: delete it before bringing back "
+                                 f"a deleted one", layout.database_key(db))
+        found = [d for d in (current.deleted if current else ())
+                 if incarnation is None or d.id == incarnation]
+        if current is None or not found:
+            raise DatabaseNotFound(f"database {db!r} has no deleted incarnation"
+                                   + (f" {incarnation!r}" if incarnation else ""),
+                                   layout.database_key(db))
+        back = found[-1]
+        return Record(db, replace(back, deleted_at=None),
+                      tuple(d for d in current.deleted if d.id != back.id))
+
+    return update(store, db, change)
+
+
+def forget_incarnations(store: ObjectStore, db: str, ids: set[str]) -> Record:
+    """Drop deleted incarnations from the record (purge or expiry; their objects go next)."""
+
+    def change(current: Record | None) -> Record:
+        if current is None:
+            raise DatabaseNotFound(f"database {db!r} does not exist", layout.database_key(db))
+        return replace(current, deleted=tuple(d for d in current.deleted if d.id not in ids))
+
+    return update(store, db, change)

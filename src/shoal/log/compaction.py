@@ -28,7 +28,7 @@ from shoal.log.branch import list_branches
 from shoal.log.errors import CorruptObject, LogConflict, LogError
 from shoal.log.restore import download, fetch, read_segment
 from shoal.log.segment import Commit, decode_segment, encode_segment
-from shoal.log.timeline import covered, list_timelines, segments
+from shoal.log.timeline import Timeline, covered, list_timelines, listing
 from shoal.storage.base import ObjectStore, PreconditionFailed
 
 log = logging.getLogger("shoal.log.compaction")
@@ -82,8 +82,10 @@ def compact(store: ObjectStore, db: str, *, now: float, min_age: float = MIN_AGE
     ``keep_going`` says no, so a backlog is worked off over several passes."""
     report = CompactionReport()
     min_segments = max(2, min_segments)
-    todo = ((timeline, run) for timeline in _branch_timelines(store, db)
-            for run in reversed(plan(segments(store, db, timeline), now=now, min_age=min_age,
+    timelines = list_timelines(store, db)
+    todo = ((timeline, run) for timeline in _branch_timelines(store, db, timelines)
+            for run in reversed(plan(listing(store, db, timelines[timeline])[0], now=now,
+                                     min_age=min_age,
                                      target_bytes=target_bytes, max_segments=max_segments,
                                      min_segments=min_segments)))
     for timeline, run in todo:
@@ -101,10 +103,9 @@ def compact(store: ObjectStore, db: str, *, now: float, min_age: float = MIN_AGE
     return report
 
 
-def _branch_timelines(store: ObjectStore, db: str) -> list[str]:
+def _branch_timelines(store: ObjectStore, db: str, timelines: dict[str, Timeline]) -> list[str]:
     """The timelines some branch reads: its own and its ancestors'. The others (deleted
     branches) are retention's to remove, not worth merging first."""
-    timelines = list_timelines(store, db)
     out: set[str] = set()
     for branch in list_branches(store, db):
         tid: str | None = branch.timeline
@@ -151,7 +152,8 @@ def merge_run(store: ObjectStore, db: str, timeline: str, run: list[layout.Segme
     taken, commits = _read_run(store, run, max_page_bytes)
     if len(taken) < min_segments:
         return None
-    key = layout.segment_key(db, timeline, taken[0].first, taken[-1].last, commits[-1].time)
+    key = layout.segment_key(db, timeline, taken[0].first, taken[-1].last, commits[-1].time,
+                             taken[-1].epoch, taken[-1].start)
     created = _upload(store, key, encode_segment(commits), commits)
     return Merge(timeline, key, taken[0].first, taken[-1].last,
                  tuple(s.key for s in taken), created)

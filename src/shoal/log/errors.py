@@ -32,6 +32,25 @@ class LogConflict(LogError):
     """Another writer stored a different object under a key this writer owns (split brain)."""
 
 
+class FencedOut(LogConflict):
+    """This writer's commit was refused: another writer took the timeline (a newer epoch
+    on its record) or a branch operation retired it. Nothing of this write is history."""
+
+
+class Sealed(LogConflict):
+    """The timeline was retired by a branch operation (restore, reset, delete): nothing
+    extends it; the branch that used it now points elsewhere (or will, once the operation
+    named in the seal is finished)."""
+
+
+class DatabaseExists(LogError):
+    """A live database of that name exists."""
+
+
+class DatabaseNotFound(LogError):
+    """No live database of that name (it may have deleted incarnations)."""
+
+
 class BranchExists(LogError):
     """A branch of that name already exists."""
 

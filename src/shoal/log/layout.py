@@ -2,10 +2,17 @@
 
 ::
 
-    dbs/{db}/branches/{name}.json            branch name -> current timeline (mutable, CAS)
-    dbs/{db}/timelines/{id}.json             timeline: parent, fork txid, created (write-once)
-    dbs/{db}/log/{id}/{first}-{last}-{ms}.seg   segment: txids first..last, last commit time
-    dbs/{db}/snap/{id}/{txid}-{ms}.snap      snapshot: full image at txid, its commit time
+    catalog/databases/{db}.json              the database's record: its branches (name ->
+                                             timeline) and deleted incarnations (CAS)
+    dbs/{db}/timelines/{id}.json             timeline: parent, fork txid, created, and its
+                                             head: txid, writer epoch (CAS: the commit point)
+    dbs/{db}/log/{id}/{first}-{last}-{ms}-{epoch}-{start}.seg
+                                             segment: txids first..last, last commit time,
+                                             the writer's epoch and the txid it started at
+    dbs/{db}/snap/{id}/{txid}-{ms}-{epoch}-{start}.snap
+                                             snapshot: full image at txid, its commit time
+    dbs/{db}/branches/{name}.json            (legacy) branch records before the database record
+                                             held them; read until the first change migrates them
 
 Data lives under a *timeline* id, not a branch name: deleting and re-creating a
 branch, resetting it or restoring it in place gives the name a new timeline,
@@ -15,6 +22,13 @@ time in a segment's key (rounded up to the millisecond) lets restore-by-time
 and retention pick objects from a listing without downloading them. The shipper's
 segments tile a timeline's txids; a compacted segment spans a run of them, and
 overlaps them until retention deletes them (see compaction.py).
+
+The ``-{epoch}-{start}`` suffix names the writer that stored an object (see
+``timeline.py``: every writer of a timeline first takes a new epoch on its record,
+starting at the head it found): an object of an epoch that a later epoch started at
+or before its last txid was never committed (its writer was fenced out), and
+restore ignores it. Keys without the suffix are epoch 0 (written before fencing, or
+before the timeline's first fence).
 """
 
 from __future__ import annotations
@@ -25,8 +39,8 @@ from dataclasses import dataclass, field
 
 from shoal.storage.base import ObjectInfo
 
-_SEGMENT = re.compile(r"(\d{20})-(\d{20})-(\d{15})\.seg")
-_SNAPSHOT = re.compile(r"(\d{20})-(\d{15})\.snap")
+_SEGMENT = re.compile(r"(\d{20})-(\d{20})-(\d{15})(?:-(\d{1,19})-(\d{1,19}))?\.seg")
+_SNAPSHOT = re.compile(r"(\d{20})-(\d{15})(?:-(\d{1,19})-(\d{1,19}))?\.snap")
 
 
 def _ms(t: float) -> int:
@@ -36,6 +50,13 @@ def _ms(t: float) -> int:
 
 def database_prefix(db: str) -> str:
     return f"dbs/{db}/"
+
+
+def database_key(db: str) -> str:
+    return f"catalog/databases/{db}.json"
+
+
+DATABASES_PREFIX = "catalog/databases/"
 
 
 def branch_key(db: str, name: str) -> str:
@@ -62,12 +83,20 @@ def snapshot_prefix(db: str, timeline: str) -> str:
     return f"dbs/{db}/snap/{timeline}/"
 
 
-def segment_key(db: str, timeline: str, first: int, last: int, last_time: float) -> str:
-    return f"{log_prefix(db, timeline)}{first:020d}-{last:020d}-{_ms(last_time):015d}.seg"
+def _writer(epoch: int, start: int) -> str:
+    return f"-{epoch}-{start}" if epoch else ""
 
 
-def snapshot_key(db: str, timeline: str, txid: int, time: float) -> str:
-    return f"{snapshot_prefix(db, timeline)}{txid:020d}-{_ms(time):015d}.snap"
+def segment_key(db: str, timeline: str, first: int, last: int, last_time: float,
+                epoch: int = 0, start: int = 0) -> str:
+    return (f"{log_prefix(db, timeline)}{first:020d}-{last:020d}-{_ms(last_time):015d}"
+            f"{_writer(epoch, start)}.seg")
+
+
+def snapshot_key(db: str, timeline: str, txid: int, time: float, epoch: int = 0,
+                 start: int = 0) -> str:
+    return (f"{snapshot_prefix(db, timeline)}{txid:020d}-{_ms(time):015d}"
+            f"{_writer(epoch, start)}.snap")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +109,12 @@ class SegmentInfo:
     last_time: float  # upper bound of the last commit's time (ms precision)
     size: int
     modified: float | None = field(default=None, compare=False)  # when written, if known
+    epoch: int = 0  # the writer's epoch (0: written before fencing)
+    start: int = 0  # the first txid that epoch could write
+
+    @property
+    def txids(self) -> tuple[int, int]:
+        return self.first, self.last
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +125,12 @@ class SnapshotInfo:
     txid: int
     time: float  # upper bound of the commit time of txid (ms precision)
     size: int
+    epoch: int = 0
+    start: int = 0
+
+    @property
+    def txids(self) -> tuple[int, int]:
+        return self.txid, self.txid
 
 
 def parse_segment(info: ObjectInfo) -> SegmentInfo | None:
@@ -98,7 +139,7 @@ def parse_segment(info: ObjectInfo) -> SegmentInfo | None:
     if not m:
         return None
     return SegmentInfo(info.key, int(m[1]), int(m[2]), int(m[3]) / 1000, info.size,
-                       info.modified)
+                       info.modified, int(m[4] or 0), int(m[5] or 0))
 
 
 def parse_snapshot(info: ObjectInfo) -> SnapshotInfo | None:
@@ -106,4 +147,5 @@ def parse_snapshot(info: ObjectInfo) -> SnapshotInfo | None:
     m = _SNAPSHOT.fullmatch(info.key.rsplit("/", 1)[-1])
     if not m:
         return None
-    return SnapshotInfo(info.key, int(m[1]), int(m[2]) / 1000, info.size)
+    return SnapshotInfo(info.key, int(m[1]), int(m[2]) / 1000, info.size, int(m[3] or 0),
+                        int(m[4] or 0))

@@ -8,11 +8,13 @@ database SQLite itself would read at that commit: byte for byte. Segments may
 overlap (compaction merges runs of small ones into one that covers them): the
 plan takes, at each txid, the segment reaching furthest, so it reads few objects.
 
-Nothing is taken on trust: every snapshot and segment is checksummed, segments
-must match the txid range their key names, and the chosen objects must cover
-every txid from the snapshot to the target. Any fault stops the restore with a
-LogError naming the object (or the missing range); the destination is only
-replaced once the whole image is written and fsynced.
+Nothing is taken on trust: only committed objects count (``timeline.committed``:
+what a fenced-out writer stored is not history), two committed segments that hold
+different histories are a fork that stops the restore naming both, every snapshot
+and segment is checksummed, segments must match the txid range their key names,
+and the chosen objects must cover every txid from the snapshot to the target. Any
+fault stops the restore with a LogError naming the object (or the missing range);
+the destination is only replaced once the whole image is written and fsynced.
 """
 
 from __future__ import annotations
@@ -29,7 +31,13 @@ from shoal.log import layout
 from shoal.log.errors import CorruptObject, LogError, MissingObject
 from shoal.log.segment import Commit, decode_segment
 from shoal.log.snapshot import write_image
-from shoal.log.timeline import Timeline, ancestry, segments, snapshots, spans
+from shoal.log.timeline import (
+    Timeline,
+    ancestry,
+    check_chain,
+    listing,
+    spans,
+)
 from shoal.storage.base import NotFound, ObjectStore
 
 # Segments downloaded ahead of the one being applied: on S3 a GET takes 20-50 ms whatever
@@ -116,13 +124,18 @@ def download(store: ObjectStore, segs: Sequence[layout.SegmentInfo]
 def _listings(store: ObjectStore, db: str, chain: list[Timeline]
               ) -> tuple[dict[str, list[layout.SegmentInfo]],
                          dict[str, list[layout.SnapshotInfo]]]:
-    segs = {t.id: segments(store, db, t.id) for t in chain}
-    snaps = {t.id: snapshots(store, db, t.id) for t in chain}
+    """Each timeline's committed segments and snapshots."""
+    segs: dict[str, list[layout.SegmentInfo]] = {}
+    snaps: dict[str, list[layout.SnapshotInfo]] = {}
+    for t in chain:
+        segs[t.id], snaps[t.id] = listing(store, db, t)
     return segs, snaps
 
 
 def _head(timeline: Timeline, segs: list[layout.SegmentInfo],
           snaps: list[layout.SnapshotInfo]) -> int:
+    if timeline.head is not None:
+        return timeline.head.txid
     return max([timeline.fork_txid] + [s.last for s in segs] + [s.txid for s in snaps])
 
 
@@ -177,11 +190,19 @@ def _plan(store: ObjectStore, db: str, chain: list[Timeline], target: int | None
     done = base.txid
     for span in history[base_span:]:
         assert span.hi is not None
+        check_chain(span.timeline, segs[span.timeline], max(done, span.lo), span.hi)
         if span.hi > done:
             plan.segments += _cover(segs[span.timeline], span.timeline, db,
                                     max(done, span.lo), span.hi)
             done = span.hi
     return plan
+
+
+def check_plan(store: ObjectStore, db: str, timeline: str, txid: int | None = None) -> None:
+    """Raise what a restore of ``timeline`` at ``txid`` would raise from the listing alone
+    (a missing object, a gap, a fork), reading no data: what a branch created at that point
+    checks, in time constant in the size of the database."""
+    _plan(store, db, ancestry(store, db, timeline), txid)
 
 
 def restore(store: ObjectStore, db: str, timeline: str, dest: str | Path, *,
@@ -291,11 +312,17 @@ def resolve_time(store: ObjectStore, db: str, chain: list[Timeline], when: float
     # to be <= when), or a snapshot at exactly that txid is no later than `when`.
     if any(lo <= target <= hi for _, lo, hi in ordered):
         return target
+    earlier = False  # a snapshot before target: the window starts before it
     for span in history:
         assert span.hi is not None
         if any(s.txid == target and s.time <= when and span.lo <= s.txid <= span.hi
                for s in snaps[span.timeline]):
             return target
+        earlier = earlier or any(s.txid < target and s.time <= when and
+                                 span.lo <= s.txid <= span.hi for s in snaps[span.timeline])
+    if earlier:  # inside the window, yet no object holds the commit: a hole in the log
+        _plan(store, db, chain, target)  # raises MissingObject naming the missing txids
+        return target
     raise MissingObject(f"no restorable point at or before {when} in the history of timeline "
                         f"{leaf.id} of database {db!r} (it is before the history window)")
 
@@ -325,4 +352,5 @@ def history(store: ObjectStore, db: str, timeline: str) -> History:
     return History(earliest, latest)
 
 
-__all__ = ["History", "LogError", "Point", "Restored", "history", "resolve_time", "restore"]
+__all__ = ["History", "LogError", "Point", "Restored", "check_plan", "history", "resolve_time",
+           "restore"]

@@ -14,6 +14,13 @@ merged it into that one) is deleted too, once the covering segment has been in
 the store for ``grace`` (by the listing's modification time): a restore that
 listed the small segments just before the merge landed still finds them. The
 covering segment stays: among segments with the same range, one always does.
+
+Only committed objects are history (``timeline.committed``). An object a fenced-out
+writer stored (a later epoch started at or below its last txid) can never become
+history and is deleted; an object of the current epoch beyond the head may be about
+to be committed and is kept. Branches are those of the database record, its deleted
+incarnations included (they are restorable until the engine expires them), and the
+timelines a sealed timeline's unfinished operation will point branches at.
 """
 
 from __future__ import annotations
@@ -21,8 +28,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shoal.log import layout
-from shoal.log.branch import list_branches
-from shoal.log.timeline import Timeline, covered, list_timelines, segments, snapshots
+from shoal.log.branch import intended, load_record, referenced
+from shoal.log.timeline import (
+    Timeline,
+    committed,
+    covered,
+    list_timelines,
+    segments,
+    snapshots,
+)
 from shoal.storage.base import ObjectStore
 
 
@@ -50,15 +64,33 @@ def _superseded(segs: dict[str, list[layout.SegmentInfo]], settled: float) -> se
     return out
 
 
+def _pending(timeline: Timeline, obj: layout.SegmentInfo | layout.SnapshotInfo) -> bool:
+    """Stored by the timeline's current writer beyond the head: its commit may be on the
+    way."""
+    head = timeline.head
+    return (head is not None and timeline.sealed is None and obj.epoch == head.epoch
+            and obj.txids[1] > head.txid)
+
+
 def apply_retention(store: ObjectStore, db: str, *, now: float, window: float,
                     grace: float = 3600.0, dry_run: bool = False) -> RetentionReport:
     """Delete what no restore inside the window (and no branch) needs; report what it did."""
     start = now - window
     timelines = list_timelines(store, db)
-    live = {b.timeline for b in list_branches(store, db)}
+    live = referenced(load_record(store, db))
+    for tid in list(live):
+        if tid in timelines:
+            live |= intended(timelines[tid])
     live |= {t.id for t in timelines.values() if t.created_at >= now - grace}
-    segs = {t: segments(store, db, t) for t in timelines}
-    snaps = {t: snapshots(store, db, t) for t in timelines}
+    segs: dict[str, list[layout.SegmentInfo]] = {}
+    snaps: dict[str, list[layout.SnapshotInfo]] = {}
+    dead: list[str] = []  # stored by fenced-out writers: never history
+    for tid, timeline in timelines.items():
+        listed_segs, listed_snaps = segments(store, db, tid), snapshots(store, db, tid)
+        segs[tid], snaps[tid] = committed(timeline, listed_segs, listed_snaps)
+        kept = {o.key for o in segs[tid]} | {o.key for o in snaps[tid]}
+        stored: list[layout.SegmentInfo | layout.SnapshotInfo] = [*listed_segs, *listed_snaps]
+        dead += [o.key for o in stored if o.key not in kept and not _pending(timeline, o)]
 
     # requirement (a, b): every txid in [a, b] restorable (b None: up to the head)
     needs: dict[str, list[tuple[int, int | None]]] = {t: [] for t in timelines}
@@ -93,7 +125,7 @@ def apply_retention(store: ObjectStore, db: str, *, now: float, window: float,
     for tid in timelines:
         for key in [s.key for s in snaps[tid]] + [s.key for s in segs[tid]]:
             (report.kept if key in keep else report.deleted).append(key)
-    report.deleted += doomed_records
+    report.deleted += dead + doomed_records
     if not dry_run:
         for key in report.deleted:  # data first, records last: a rerun finishes the job
             store.delete(key)

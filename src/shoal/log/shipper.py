@@ -23,6 +23,12 @@ the same bytes, an earlier attempt succeeded after all (a timeout); if with
 bytes that fail their checksum, an earlier attempt was cut short and is
 overwritten; if with a different valid segment, another writer owns this
 timeline: the shipper stops with LogConflict rather than fork the history.
+
+A stored segment is not yet history: with a ``writer`` (the engine always gives
+one: ``timeline.Writer``, this node's fenced epoch on the timeline), its commit
+point is the conditional write of the timeline's record that moves the head over
+it. Only then is it durable. A writer fenced out by another one gets FencedOut
+there; the shipper stops, and nothing it had not committed is reported durable.
 """
 
 from __future__ import annotations
@@ -40,8 +46,9 @@ from typing import Protocol
 from shoal.log import layout
 from shoal.log.errors import CorruptObject, LogConflict, LogError
 from shoal.log.segment import Commit, decode_segment, encode_segment
+from shoal.log.timeline import Writer
 from shoal.metrics import METRICS
-from shoal.storage.base import NotFound, ObjectStore, PreconditionFailed
+from shoal.storage.base import NotFound, ObjectInfo, ObjectStore, PreconditionFailed
 
 log = logging.getLogger("shoal.log.shipper")
 
@@ -81,8 +88,10 @@ class Shipper:
                  backoff: Backoff | None = None, executor: Executor | None = None,
                  on_durable: Callable[[int], None] | None = None,
                  prepare: Prepare | None = None,
-                 on_failure: Callable[[LogError], None] | None = None):
+                 on_failure: Callable[[LogError], None] | None = None,
+                 writer: Writer | None = None):
         self.store = store
+        self.writer = writer  # the commit point (None: segments are history once stored)
         self.db = db
         self.timeline = timeline
         self.sync_interval = sync_interval
@@ -275,14 +284,20 @@ class Shipper:
         return METRICS.cpu("encode", encode_segment, commits)
 
     async def _ship(self, batch: list[Entry]) -> None:
-        key = layout.segment_key(self.db, self.timeline, batch[0].txid, batch[-1].txid,
-                                 batch[-1].time)
+        first, last, when = batch[0].txid, batch[-1].txid, batch[-1].time
+        key = (self.writer.segment_key(first, last, when) if self.writer is not None else
+               layout.segment_key(self.db, self.timeline, first, last, when))
         data = await self._loop.run_in_executor(self.executor, self._encode, batch)
         attempt = 0
         while True:
             try:
                 await self._loop.run_in_executor(self.executor, METRICS.cpu, "upload",
                                                  self._upload, key, data)
+                if self.writer is not None:  # the commit point
+                    info = layout.parse_segment(ObjectInfo(key, len(data)))
+                    assert info is not None
+                    await self._loop.run_in_executor(self.executor, self.writer.commit,
+                                                     info, when)
                 self.shipped_bytes += len(data)
                 self.segments_shipped += 1
                 METRICS.log_segments.inc()

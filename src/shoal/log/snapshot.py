@@ -26,7 +26,8 @@ import zstandard
 from shoal.log import layout
 from shoal.log.errors import CorruptObject, LogError
 from shoal.log.segment import DIGEST_SIZE, LEVEL, digest
-from shoal.storage.base import ObjectStore
+from shoal.log.timeline import Writer
+from shoal.storage.base import ObjectInfo, ObjectStore
 
 MAGIC = b"SHOALSNP"
 VERSION = 1
@@ -112,18 +113,25 @@ def write_image(data: bytes, out: BinaryIO, key: str = "snapshot") -> SnapshotHe
 
 
 def take_snapshot(store: ObjectStore, db: str, timeline: str, db_path: str | Path, txid: int,
-                  time: float) -> layout.SnapshotInfo:
+                  time: float, writer: Writer | None = None) -> layout.SnapshotInfo:
     """Upload the database file at ``db_path`` as the snapshot of ``timeline`` at ``txid``.
 
     The caller guarantees the file holds exactly the state at txid (checkpointed,
     no checkpoint running). Two snapshots at one txid hold the same bytes, so
-    a retried upload may simply overwrite.
+    a retried upload may simply overwrite. With the timeline's ``writer``, the key
+    names its epoch, and a snapshot past the committed head (a log re-based on it)
+    is committed by moving the head (FencedOut if another writer took the timeline).
     """
     with open(db_path, "rb") as f:
         data = encode_snapshot(f, txid, time)
-    key = layout.snapshot_key(db, timeline, txid, time)
+    key = (writer.snapshot_key(txid, time) if writer is not None else
+           layout.snapshot_key(db, timeline, txid, time))
     store.put(key, data)
-    return layout.SnapshotInfo(key, txid, time, len(data))
+    info = layout.parse_snapshot(ObjectInfo(key, len(data)))
+    assert info is not None
+    if writer is not None and txid > writer.txid:
+        writer.commit(info, time)
+    return info
 
 
 @dataclass(frozen=True)

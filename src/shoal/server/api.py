@@ -64,6 +64,12 @@ class CreateBranchRequest(msgspec.Struct, forbid_unknown_fields=True):
     materialise: bool = False
 
 
+class UndeleteRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Which deleted incarnation to bring back (the newest if none is named)."""
+
+    incarnation: str | None = None
+
+
 class RestoreRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Restore ``branch`` in place to a time or a bookmark; ``keep_as`` names the branch
     that keeps the state before (default: '<branch>-before-restore-<UTC time>')."""
@@ -137,6 +143,7 @@ class NativeAPI:
             ("POST", "/v1/databases", self.create_database),
             ("GET", db, self.get_database),
             ("DELETE", db, self.delete_database),
+            ("POST", db + "/undelete", self.undelete_database),
             ("POST", db + "/query", self.query),
             ("GET", db + "/usage", self.usage),
             ("POST", db + "/transactions", self.begin),
@@ -205,7 +212,16 @@ class NativeAPI:
                                  done.bookmark, started)
 
     # -- databases --------------------------------------------------------------------------
+    @staticmethod
+    def _flag(request: Request, name: str) -> bool:
+        raw = (request.query(name) or "false").lower()
+        if raw not in ("true", "false", "1", "0"):
+            raise ShoalError("INVALID_REQUEST", f"{name} must be true or false")
+        return raw in ("true", "1")
+
     async def list_databases(self, request: Request) -> Response:
+        if self._flag(request, "deleted"):
+            return await self.list_deleted(request)
         limit_raw = request.query("limit") or "100"
         if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 1000:
             raise ShoalError("INVALID_REQUEST", "limit must be an integer from 1 to 1000")
@@ -236,8 +252,25 @@ class NativeAPI:
                                             info.open))
 
     async def delete_database(self, request: Request) -> Response:
-        await self.engine.delete_database(request.principal, self._db(request))
+        await self.engine.delete_database(request.principal, self._db(request),
+                                          purge=self._flag(request, "purge"))
         return Response(204, b"", [])
+
+    async def list_deleted(self, request: Request) -> Response:
+        """Deleted databases still restorable (with an object store), oldest first."""
+        keep = self.engine.settings.history_retention
+        gone = await self.engine.deleted_databases(request.principal)
+        return json_response(200, {"databases": [{
+            "name": d.name, "incarnation": d.incarnation, "created_at": iso(d.created_at),
+            "deleted_at": iso(d.deleted_at), "restorable_until": iso(d.deleted_at + keep),
+            "branches": d.branches} for d in gone], "next_cursor": None})
+
+    async def undelete_database(self, request: Request) -> Response:
+        await request.read_body(self.max_body)
+        body = request.decode(UndeleteRequest) if request.body.strip() else UndeleteRequest()
+        name = self._db(request)
+        await self.engine.undelete_database(request.principal, name, body.incarnation)
+        return await self.get_database(request)
 
     async def usage(self, request: Request) -> Response:
         name = self._db(request)

@@ -5,17 +5,29 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 from shoal.engine.engine import Engine
+from shoal.engine.health import READ_ONLY
 from shoal.errors import ShoalError
 from shoal.metrics import METRICS
 from shoal.server.api import NativeAPI
 from shoal.server.hrana import HranaHTTP
 from shoal.server.hrana_ws import HranaWebSocket
-from shoal.server.http import Receive, Request, Response, Router, Scope, Send, encode, json_response
+from shoal.server.http import (
+    ANONYMOUS,
+    Receive,
+    Request,
+    Response,
+    Router,
+    Scope,
+    Send,
+    encode,
+    error_code,
+    json_response,
+)
 from shoal.server.openapi import openapi_document
+from shoal.server.stderr import timestamp
 from shoal.settings import Settings
 
 log = logging.getLogger("shoal")
@@ -28,9 +40,10 @@ class App:
         self.router = Router()
         NativeAPI(self.engine).register(self.router)
         self.router.add("GET", "/health", self.health)
+        self.router.add("GET", "/ready", self.ready)
         self.router.add("GET", "/metrics", self.metrics)
         self.router.add("GET", "/openapi.json", self.openapi)
-        self.public = {"/health"}
+        self.public = {"/health", "/ready"}
         if settings.metrics:
             self.public.add("/metrics")
         if settings.openapi:
@@ -92,9 +105,11 @@ class App:
             self._access_log(request, response, elapsed)
 
     def _access_log(self, request: Request, response: Response, elapsed: float) -> None:
-        """One JSON line per request: never the token, the body or the SQL arguments."""
+        """One JSON line per request: never the token, the body or the SQL arguments. The
+        token's id (``admin`` for the admin token) says who; an error's code says what
+        went wrong, as the client saw it."""
         line: dict[str, Any] = {
-            "ts": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "ts": timestamp(time.time()),
             "method": request.method,
             "route": request.route,
             "status": response.status,
@@ -102,13 +117,30 @@ class App:
         }
         if "db" in request.params:
             line["database"] = request.params["db"][:80]
+        if request.principal is not ANONYMOUS:
+            line["token"] = request.principal.subject
+        if response.status >= 400 and (code := error_code(response.body)):
+            line["code"] = code
         assert self._log is not None
         self._log.write(encode(line) + b"\n")
         self._log.flush()  # stderr's binary buffer is block-buffered unless PYTHONUNBUFFERED
 
     # -- open endpoints --------------------------------------------------------------------
     async def health(self, request: Request) -> Response:
+        """Liveness: the process answers. Whether it takes writes is /ready's question."""
         return json_response(200, {"status": "ok"})
+
+    async def ready(self, request: Request) -> Response:
+        """Readiness: ok, degraded (200, with reasons) or read_only (503, so that any health
+        checker sees the node cannot do all its job; docs/operations.md says when a load
+        balancer should act on it: the node is today its store's only writer)."""
+        status, conditions = self.engine.health.report()
+        if not conditions:
+            return json_response(200, {"status": status})
+        reasons = [{"condition": c.name, "level": c.level, "message": c.message,
+                    "since": timestamp(c.since)} for c in conditions]
+        return json_response(503 if status == READ_ONLY else 200,
+                             {"status": status, "reasons": reasons})
 
     async def metrics(self, request: Request) -> Response:
         if request.route not in self.public:

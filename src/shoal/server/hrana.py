@@ -122,7 +122,8 @@ class HranaHTTP:
     # -- helpers -------------------------------------------------------------------------------
     def resolve(self, request: Request) -> tuple[Principal, str, str]:
         """The caller, the database (path, header, or token) and the branch (path, or main)."""
-        principal = self.engine.auth.authenticate(request.header(b"authorization"))
+        principal = request.principal = self.engine.auth.authenticate(
+            request.header(b"authorization"))  # the access log names the token's id
         db = request.params.get("db") or request.header(b"x-namespace")
         if not db:
             if principal.databases is not None and len(principal.databases) == 1:

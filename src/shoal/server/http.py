@@ -43,6 +43,28 @@ def encode(data: Any) -> bytes:
     return _encoder.encode(data)
 
 
+class _Code(msgspec.Struct):
+    code: str = ""
+
+
+class _Envelope(msgspec.Struct):
+    error: _Code | None = None
+
+
+_envelope = msgspec.json.Decoder(_Envelope)
+
+
+def error_code(body: bytes) -> str:
+    """The ``error.code`` of an error body ("" if it has none): every error a client sees
+    carries the envelope (Hrana's beside its own fields), replies to retried idempotent
+    requests included, so the access log reads the code from what was sent."""
+    try:
+        found = _envelope.decode(body).error
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ""
+    return found.code if found is not None else ""
+
+
 class Request:
     __slots__ = ("_query", "body", "headers", "method", "params", "path", "principal",
                  "receive", "route", "scope")

@@ -8,7 +8,6 @@ the engine's state is never split across workers.
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import sys
 
@@ -17,30 +16,29 @@ import uvloop
 
 from shoal.engine.connection import configure_sqlite
 from shoal.errors import ShoalError
+from shoal.server import stderr
 from shoal.server.app import App
 from shoal.settings import Settings
 
 
 def serve(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(), stream=sys.stderr,
-                        format='{"level": "%(levelname)s", "logger": "%(name)s", '
-                               '"message": "%(message)s"}')
+    stderr.configure(settings.log_level, json_lines=settings.access_log)
     try:
         configure_sqlite()
         app = App(settings)
     except ShoalError as exc:  # e.g. the object store is unreachable or refuses the keys
-        print(f"shoal: cannot start: {exc.code}: {exc.message}", file=sys.stderr)
+        stderr.cannot_start(exc)
         sys.exit(1)
     if app.engine.admin_token_path is not None:
-        print(f"shoal: admin token is in {app.engine.admin_token_path}", file=sys.stderr)
-    print(f"shoal: serving {settings.data_dir} on http://{settings.host}:{settings.port}",
-          file=sys.stderr, flush=True)
+        stderr.announce(f"admin token is in {app.engine.admin_token_path}")
+    stderr.announce(f"serving {settings.data_dir} on http://{settings.host}:{settings.port}")
     if settings.http_server == "granian":
         _serve_granian(app, settings)
         return
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
         lifespan="on", access_log=False, log_level="warning", ws="websockets-sansio",
+        log_config=None,  # uvicorn's records go to the root logger: stderr.configure's format
         timeout_keep_alive=30, backlog=4096,
     )
     uvicorn.Server(config).run()

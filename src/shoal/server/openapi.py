@@ -11,12 +11,21 @@ from shoal.errors import CODES
 # (method, template) -> (summary, request type name or None, success status)
 _OPS: dict[tuple[str, str], tuple[str, str | None, int]] = {
     ("GET", "/health"): ("Liveness; open without a token", None, 200),
+    ("GET", "/ready"): ("Readiness: ok, or degraded with reasons (200); read_only with "
+                        "reasons (503); open without a token", None, 200),
     ("GET", "/metrics"): ("Prometheus metrics (text format)", None, 200),
     ("GET", "/openapi.json"): ("This document", None, 200),
-    ("GET", "/v1/databases"): ("List databases (limit, cursor)", None, 200),
+    ("GET", "/v1/databases"): ("List databases (limit, cursor); deleted=true lists the "
+                               "deleted ones still restorable (admin)", None, 200),
     ("POST", "/v1/databases"): ("Create a database", "CreateDatabaseRequest", 201),
     ("GET", "/v1/databases/{db}"): ("Describe a database", None, 200),
-    ("DELETE", "/v1/databases/{db}"): ("Delete a database and its data", None, 204),
+    ("DELETE", "/v1/databases/{db}"): (
+        "Delete a database (admin); with an object store it stays restorable for "
+        "history_retention (undelete); purge=true removes it and its history at once",
+        None, 204),
+    ("POST", "/v1/databases/{db}/undelete"): (
+        "Bring back a deleted database with its branches and history (admin)",
+        "UndeleteRequest", 200),
     ("POST", "/v1/databases/{db}/query"): (
         "Run statements in one transaction (all or nothing)", "QueryRequest", 200),
     ("GET", "/v1/databases/{db}/usage"): ("Cumulative usage", None, 200),
@@ -57,6 +66,19 @@ _OPS: dict[tuple[str, str], tuple[str, str | None, int]] = {
     ("DELETE", "/v1/tokens/{id}"): ("Revoke a token at once (admin)", None, 204),
 }
 
+_OPEN = ("/health", "/ready")  # no token, whatever the settings
+
+# (method, template) -> query parameters: (name, type, description)
+_QUERY: dict[tuple[str, str], list[tuple[str, str, str]]] = {
+    ("GET", "/v1/databases"): [
+        ("limit", "integer", "Page size, 1 to 1000 (default 100)"),
+        ("cursor", "string", "next_cursor of the previous page"),
+        ("deleted", "boolean", "List deleted databases still restorable instead")],
+    ("DELETE", "/v1/databases/{db}"): [
+        ("purge", "boolean", "Remove the database and its history at once (no undelete); "
+                             "on a deleted name, remove its deleted incarnations")],
+}
+
 _ERROR = {
     "type": "object",
     "required": ["error"],
@@ -79,7 +101,8 @@ def openapi_document(routes: list[tuple[str, str]]) -> dict[str, Any]:
     from shoal.server import api  # the request types live with their handlers
 
     kinds = [api.QueryRequest, api.CreateDatabaseRequest, api.CreateTokenRequest,
-             api.BeginRequest, api.CreateBranchRequest, api.RestoreRequest]
+             api.BeginRequest, api.CreateBranchRequest, api.RestoreRequest,
+             api.UndeleteRequest]
     _, components = msgspec.json.schema_components(
         kinds, ref_template="#/components/schemas/{name}")
     components["Error"] = _ERROR
@@ -98,15 +121,23 @@ def openapi_document(routes: list[tuple[str, str]]) -> dict[str, Any]:
         if params:
             op["parameters"] = [{"name": p, "in": "path", "required": True,
                                  "schema": {"type": "string"}} for p in params]
+        for name, kind, about in _QUERY.get((method, template), []):
+            op.setdefault("parameters", []).append({
+                "name": name, "in": "query", "required": False, "description": about,
+                "schema": {"type": kind}})
         if method == "POST" and not template.endswith(("/rollback", "/reset", "/restore",
-                                                          "/branches")):
+                                                          "/branches", "/undelete")):
             op.setdefault("parameters", []).append({
                 "name": "Idempotency-Key", "in": "header", "required": False,
                 "schema": {"type": "string", "maxLength": 255}})
         if body:
-            op["requestBody"] = {"required": body != "BeginRequest", "content": {
+            op["requestBody"] = {"required": body not in ("BeginRequest", "UndeleteRequest"),
+                                 "content": {
                 "application/json": {"schema": {"$ref": f"#/components/schemas/{body}"}}}}
-        if template not in ("/health",):
+        if template == "/ready":
+            op["responses"]["503"] = {"description": "read_only: the node refuses writes "
+                                                     "(the same body, with reasons)"}
+        if template not in _OPEN:
             op["security"] = [{"bearer": []}]
         paths.setdefault(template, {})[method.lower()] = op
     return {

@@ -20,10 +20,11 @@ from shoal.storage.base import (
     ObjectStore,
     PreconditionFailed,
     StoreError,
+    Unusable,
 )
 
 __all__ = ["Blob", "NotFound", "ObjectInfo", "ObjectStore", "PreconditionFailed", "StoreError",
-           "open_store"]
+           "Unusable", "open_store"]
 
 
 def open_store(url: str, *, endpoint_url: str | None = None,

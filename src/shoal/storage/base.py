@@ -30,6 +30,16 @@ class StoreError(Exception):
         self.key = key
 
 
+class Unusable(StoreError):
+    """The store cannot be used at all (missing bucket, refused credentials, unreachable
+    endpoint, a folder this process cannot write): raised by ``probe`` so a node fails at
+    start with the cause and what to do, instead of retrying for a minute."""
+
+    def __init__(self, message: str, hint: str):
+        super().__init__("", message)
+        self.hint = hint
+
+
 class NotFound(StoreError):
     """The key has no object."""
 
@@ -121,6 +131,11 @@ class ObjectStore(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove the object; removing a missing key is not an error (as in S3)."""
+        ...
+
+    def probe(self) -> None:
+        """Check, quickly (seconds, no retries), that the store can be used at all;
+        Unusable with the cause and a hint if not. Run once at start, before the lease."""
         ...
 
     def close(self) -> None:

@@ -103,5 +103,8 @@ class FaultyStore:
             raise TimeoutError(f"injected timeout on delete {key}")
         self.inner.delete(key)
 
+    def probe(self) -> None:
+        self.inner.probe()  # no injected fault: a start must not fail by chance
+
     def close(self) -> None:
         self.inner.close()

@@ -11,6 +11,7 @@ other threads and other processes on the same host (not over NFS).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -23,6 +24,7 @@ from shoal.storage.base import (
     NotFound,
     ObjectInfo,
     PreconditionFailed,
+    Unusable,
     check_conditions,
     check_key,
     content_etag,
@@ -31,6 +33,27 @@ from shoal.storage.base import (
 LOCK_STRIPES = 64
 LOCK_DIR = ".locks"
 TEMP_PREFIX = ".tmp-"
+
+
+def _unusable(root: Path, exc: OSError) -> Unusable:
+    """What a failure on the store's folder means, for the operator reading why a node
+    did not start."""
+    where = f"the object store folder {root}"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return Unusable(f"{where} is not writable by this process (uid {os.getuid()}): "
+                        f"{exc.strerror}", "Give the node's user write access to the folder "
+                                           "(chown, chmod), or point store at one it can write.")
+    if exc.errno == errno.EROFS:
+        return Unusable(f"{where} is on a read-only file system",
+                        "Mount it read-write, or point store at another folder.")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return Unusable(f"{where} has no space left ({exc.strerror})",
+                        "Free space on its disk (or raise the quota), then start the node.")
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        return Unusable(f"{where} cannot be created: part of its path is a file, not a folder",
+                        "Point store at a folder: file:///absolute/path.")
+    return Unusable(f"{where} cannot be used: {exc.strerror or exc}",
+                    "Check that the folder exists and that this process may write there.")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -47,7 +70,10 @@ class FileStore:
     def __init__(self, root: str | os.PathLike[str], url: str | None = None):
         self.root = Path(root).resolve()
         self.url = url or self.root.as_uri()
-        (self.root / LOCK_DIR).mkdir(parents=True, exist_ok=True)
+        try:
+            (self.root / LOCK_DIR).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _unusable(self.root, exc) from None
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -131,6 +157,23 @@ class FileStore:
             except (FileNotFoundError, NotADirectoryError):
                 return
         _fsync_dir(path.parent)
+
+    def probe(self) -> None:
+        """Create, write, fsync and remove a file in the folder: what every put does."""
+        tmp = self.root / f"{TEMP_PREFIX}probe-{secrets.token_hex(6)}"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, b"probe")
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            tmp.unlink()
+            _fsync_dir(self.root)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise _unusable(self.root, exc) from None
 
     def close(self) -> None:
         pass

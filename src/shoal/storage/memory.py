@@ -78,5 +78,8 @@ class MemoryStore:
         with self._lock:
             self._objects.pop(key, None)
 
+    def probe(self) -> None:
+        pass  # a dict is always there
+
     def close(self) -> None:
         pass

@@ -105,5 +105,8 @@ class RetryingStore:
     def delete(self, key: str) -> None:
         self._call(f"delete {key}", lambda: self.inner.delete(key))
 
+    def probe(self) -> None:
+        self.inner.probe()  # not retried: the probe exists to fail fast
+
     def close(self) -> None:
         self.inner.close()
