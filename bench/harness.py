@@ -343,6 +343,17 @@ class Report:
         }, indent=2) + "\n")
         return path
 
+    def publish(self, title: str, quick: bool, notes: str = "") -> Path:
+        """Print the table, write the JSON, and (unless a --quick smoke run) refresh this
+        kind's section of RESULTS.md; the JSON's path."""
+        print_table(title, self.rows)
+        path = self.write_json()
+        print(f"bench: wrote {path}")
+        if not quick:
+            self.update_results_md(path, notes)
+            print("bench: refreshed bench/RESULTS.md")
+        return path
+
     def update_results_md(self, json_path: Path, notes: str = "") -> None:
         """Replace this kind's section of RESULTS.md; everything else in the file is kept."""
         begin, end = f"<!-- {self.kind}:begin -->", f"<!-- {self.kind}:end -->"

@@ -77,7 +77,6 @@ from bench.harness import (
     paired_ratio,
     parse_metrics,
     pin,
-    print_table,
     run_load,
 )
 from bench.peers.litestream import Litestream
@@ -784,12 +783,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 opts = Options(**(asdict(opts) | {"sizes": ()}))
             report.rows += bench_sizes(opts, sizes_root, report.raw)
     title = "Shoal storage benchmark" + (" (--quick: a smoke run)" if opts.quick else "")
-    print_table(title, report.rows)
-    path = report.write_json()
-    print(f"bench: wrote {path}")
-    if not opts.quick:
-        report.update_results_md(path, NOTES)
-        print("bench: refreshed bench/RESULTS.md")
+    report.publish(title, opts.quick, NOTES)
     return 0
 
 

@@ -290,3 +290,75 @@ def test_no_txid_is_ever_acknowledged_by_two_writers() -> None:
         acked_by = [txid for n in nodes for txid in n.acked]
         assert len(acked_by) == len(set(acked_by)), f"seed {seed}: a txid acked twice"
         assert record.head is not None and set(owner) == set(range(1, record.head.txid + 1))
+
+
+def test_retention_deletes_what_fenced_writers_left_and_keeps_a_commit_on_its_way() -> None:
+    from shoal.log.branch import add_database
+    from shoal.log.retention import apply_retention
+
+    store = MemoryStore()
+    t = new_timeline(store)
+    add_database(store, DB, 100.0, t)
+    a = Writer(store, fence(store, t, "a"))
+    a.commit(put_segment(store, a, 1, 2, 101.0), 101.0)
+    b = Writer(store, fence(store, load_timeline(store, DB, t.id), "b", expect=2))
+    orphan = put_segment(store, a, 3, 3, 102.0)  # a's, after b's fence: never history
+    b.commit(put_segment(store, b, 3, 4, 103.0), 103.0)
+    on_its_way = put_segment(store, b, 5, 5, 104.0)  # b's, not committed yet
+    report = apply_retention(store, DB, now=200.0, window=3600.0)
+    assert report.deleted == [orphan.key]
+    assert {s.key for s in segments(store, DB, t.id)} == {*report.kept, on_its_way.key}
+
+
+def test_a_store_from_before_database_records_is_read_and_migrated(tmp_path: object) -> None:
+    """Branch records in dbs/{db}/branches/ and a catalog record without branches (the
+    layout before database records held them): read as they are, and the first change
+    writes them into the record and removes them."""
+    import json
+
+    from shoal.log.branch import create_branch, get_branch, list_branches, load_record
+
+    store = MemoryStore()
+    t = new_timeline(store)
+    store.put(layout.database_key(DB), json.dumps({"name": DB, "created_at": 100.0}).encode())
+    store.put(layout.branch_key(DB, "main"), json.dumps({
+        "database": DB, "name": "main", "timeline": t.id, "parent": None, "fork_txid": 0,
+        "created_at": 100.0}).encode())
+    record = load_record(store, DB)
+    assert record is not None and record.legacy and record.live is not None
+    main = get_branch(store, DB, "main")
+    assert main.timeline == t.id and [b.name for b in list_branches(store, DB)] == ["main"]
+    create_branch(store, DB, "dev", main, 0, 101.0)
+    assert not list(store.list(layout.branches_prefix(DB)))  # migrated: no legacy records
+    migrated = load_record(store, DB)
+    assert migrated is not None and not migrated.legacy and migrated.live is not None
+    assert sorted(migrated.live.branches) == ["dev", "main"]
+    assert migrated.live.branches["main"]["timeline"] == t.id
+
+
+def test_branches_left_sharing_a_timeline_are_separated() -> None:
+    """The state an older version's restore left when killed between its two records:
+    main and the kept branch on one timeline. The younger branch gets its own."""
+    import json
+
+    from shoal.log.branch import get_branch, load_record, separate, sharing
+    from shoal.log.timeline import head
+
+    store = MemoryStore()
+    t = new_timeline(store)
+    w = Writer(store, fence(store, t, "a"))
+    w.commit(put_segment(store, w, 1, 5, 101.0), 101.0)
+    store.put(layout.database_key(DB), json.dumps({"name": DB, "created_at": 100.0}).encode())
+    for name, created in (("main", 100.0), ("main-before-restore", 150.0)):
+        store.put(layout.branch_key(DB, name), json.dumps({
+            "database": DB, "name": name, "timeline": t.id, "parent": None, "fork_txid": 0,
+            "created_at": created}).encode())
+    record = load_record(store, DB)
+    assert record is not None and sharing(record) == {"main-before-restore": t.id}
+    assert separate(store, DB, 200.0) == ["main-before-restore"]
+    kept = get_branch(store, DB, "main-before-restore")
+    assert get_branch(store, DB, "main").timeline == t.id and kept.timeline != t.id
+    own = load_timeline(store, DB, kept.timeline)
+    assert (own.parent, own.fork_txid) == (t.id, head(store, DB, load_timeline(store, DB, t.id)))
+    record = load_record(store, DB)
+    assert record is not None and not sharing(record)

@@ -149,6 +149,16 @@ class Disk:
                                           f"resume by themselves once {_mib(self.resume_at)} "
                                           f"are free ({_mib(self.free())} now)")
 
+    def failure(self, exc: Exception) -> Exception:
+        """What a failed write raises: DISK_FULL for a full disk (which puts the node in its
+        full state), else the error itself. ``writes`` without the context manager, for
+        the write path of every request."""
+        full = disk_full(exc)
+        if full is None:
+            return exc
+        self.hit(full)
+        return full
+
     @contextlib.contextmanager
     def writes(self, refuse: bool = True) -> Iterator[None]:
         """Around an engine call that writes locally: refused at once while full (unless

@@ -35,7 +35,6 @@ from shoal.engine import datadir
 from shoal.engine.catalog import Catalog, DatabaseRecord, TokenRecord
 from shoal.engine.connection import Counters, Description, NeedsWriter, Result, Statement
 from shoal.engine.database import (
-    GET_TXID,
     Bookmark,
     Committed,
     Database,
@@ -48,7 +47,7 @@ from shoal.engine.health import LEVELS, Health, Watch
 from shoal.engine.journal import Stores
 from shoal.engine.lease import Lease
 from shoal.engine.lifecycle import Lifecycle, drain, release_memory
-from shoal.engine.registry import BranchView, Deleted, Registry
+from shoal.engine.registry import BranchView, Deleted, Registry, stored_txid
 from shoal.errors import ShoalError
 from shoal.log.branch import Branch
 from shoal.log.restore import History
@@ -417,26 +416,11 @@ class Engine:
         if open_db is not None:
             txid = open_db.txid
         else:
-            local = await self._run(self._stored_txid, path)
+            local = await self._run(stored_txid, path)
             txid = max([local] + [v.head_txid for v in views if v.branch.name == "main"])
         size = sum(p.stat().st_size for p in path.parent.glob("*") if p.is_file()) \
             if path.parent.exists() else 0
         return DatabaseInfo(record, size, [v.branch for v in views], txid, open_db is not None)
-
-    @staticmethod
-    def _stored_txid(path: Path) -> int:
-        """The txid in a closed branch's local file (0 if none). The connection must not
-        checkpoint when it closes: the WAL may hold commits not yet in the store."""
-        if not path.exists():
-            return 0
-        conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
-        try:
-            conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
-            return int(next(iter(conn.execute(GET_TXID)))[0])
-        except apsw.Error:
-            return 0
-        finally:
-            conn.close()
 
     async def delete_database(self, principal: tokens.Principal, name: str,
                               purge: bool = False) -> None:
@@ -599,8 +583,13 @@ class Engine:
                 db.remember_write(exc.sql)
         if not principal.can_write:
             raise ShoalError("READ_ONLY", "this token has read access only; the request writes")
-        with self.disk.writes():
+        self.disk.refuse()  # the hot path: no context manager (Disk.writes, inlined)
+        try:
             done = await db.write(statements, record)
+        except Exception as exc:
+            if (mapped := self.disk.failure(exc)) is exc:
+                raise
+            raise mapped from None
         self._meter(db.usage_key, done.counters)
         out = Outcome(done.counters.results, done.counters.rows_read,
                       done.counters.rows_written, done.txid, done.bookmark)

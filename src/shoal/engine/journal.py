@@ -81,6 +81,20 @@ def discard_local(path: Path) -> None:
             os.unlink(f"{path}{suffix}")
 
 
+def quarantine(path: Path) -> Path:
+    """Set a branch's local copy aside as ``<branch>.db.fenced-<UTC time>`` (with its WAL):
+    it holds commits that are not history, which an operator may still want to read.
+    The branch itself then has no local copy (the next open hydrates from the store)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    aside = path.with_name(f"{path.name}.fenced-{stamp}")
+    with contextlib.suppress(FileNotFoundError):
+        marker_path(path).unlink()
+    for suffix in LOCAL_FILES:
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(f"{path}{suffix}", f"{aside}{suffix}")
+    return aside
+
+
 @dataclass(frozen=True)
 class LogState:
     """What the store holds of a branch's timeline when the branch opens."""
@@ -467,10 +481,13 @@ class Journal:
         self.headroom.close()
 
     def closed(self) -> None:
-        """The branch's connections are closed: a copy fenced out is not history; drop it
-        (the next open hydrates from the store)."""
+        """The branch's connections are closed: a copy fenced out is not history; set it
+        aside (the next open hydrates from the store)."""
         if self.fenced is not None:
-            discard_local(Path(self.path))
+            aside = quarantine(Path(self.path))
+            log.error("%s/%s: this node's copy, fenced out, is set aside as %s; the branch "
+                      "is hydrated from the store at its next open", self.name,
+                      self.branch.name, aside)
 
     async def close(self, db: Database, flush: bool = True, keep: bool = True) -> None:
         """Stop shipping, after shipping what is pending if ``flush`` (bounded); when all

@@ -35,6 +35,7 @@ import logging
 import os
 import secrets
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
@@ -48,7 +49,14 @@ from shoal.engine.catalog import Catalog, TokenRecord
 from shoal.engine.connection import SCHEMA, Connection
 from shoal.engine.database import BEGIN_IMMEDIATE, COMMIT, GET_TXID, Database
 from shoal.engine.disk import optional
-from shoal.engine.journal import Journal, LogState, Stores, discard_local, marker_path
+from shoal.engine.journal import (
+    Journal,
+    LogState,
+    Stores,
+    discard_local,
+    marker_path,
+    quarantine,
+)
 from shoal.errors import ShoalError, disk_full
 from shoal.log import branch as branch_log
 from shoal.log import compaction, layout
@@ -364,7 +372,14 @@ class Registry:
     # -- opening a branch ----------------------------------------------------------------------
     def _settled(self, name: str, branch: str) -> tuple[branch_log.Branch, Timeline]:
         """The branch and its timeline's record, finishing first an operation that sealed
-        the timeline and was cut short before it moved the branch."""
+        the timeline and was cut short before it moved the branch (and separating
+        branches that share a timeline, which only an older store can hold)."""
+        found = branch_log.load_record(self.store, name)
+        if found is not None and branch_log.sharing(found):
+            moved = branch_log.separate(self.store, name, time.time())
+            log.warning("%s: branches %s shared a timeline with an older branch (left by a "
+                        "restore cut short before this version): each now has a timeline of "
+                        "its own, forked at the shared head", name, ", ".join(moved))
         for _ in range(4):
             record = branch_log.get_branch(self.store, name, branch)
             timeline = load_timeline(self.store, name, record.timeline)
@@ -392,11 +407,12 @@ class Registry:
         if trusted and head is not None and head.node not in ("", self.node):
             local = stored_txid(path)
             if local > head.txid:
+                aside = quarantine(path)
                 log.error("%s/%s: this node's copy holds txids up to %d, but node %s took "
-                          "the branch at txid %d (epoch %d): the commits above it that this "
+                          "the branch at txid %d (epoch %d): the commits above %d that this "
                           "node acknowledged (local durability) were never in the store and "
-                          "are lost", name, branch, local, head.node, head.start - 1,
-                          head.epoch)
+                          "are lost; the copy is set aside as %s", name, branch, local,
+                          head.node, head.start - 1, head.epoch, head.txid, aside)
                 METRICS.log_fenced_commits.inc(local - head.txid)
             trusted = False
         if not trusted:

@@ -42,7 +42,14 @@ from shoal.log.errors import (
     DatabaseNotFound,
     LogConflict,
 )
-from shoal.log.timeline import Timeline, create_timeline, load_timeline, seal
+from shoal.log.timeline import (
+    Timeline,
+    create_timeline,
+    load_timeline,
+    seal,
+    segments,
+    snapshots,
+)
 from shoal.storage.base import NotFound, ObjectStore, PreconditionFailed
 
 UPDATE_TRIES = 16  # conditional writes of a database record against concurrent changes
@@ -403,6 +410,50 @@ def restore_in_place(store: ObjectStore, branch: Branch, txid: int, keep_as: str
                              f"restore was not kept: the branch changed concurrently",
                              layout.database_key(branch.database))
     return moved, kept
+
+
+def sharing(record: Record) -> dict[str, str]:
+    """Branches that share a timeline with an older branch (name -> timeline): a state only
+    a store written before timelines were fenced can hold (a restore cut short between
+    its two records left the kept branch on the restored branch's timeline)."""
+    if record.live is None:
+        return {}
+    owners: dict[str, tuple[float, str]] = {}
+    for name, entry in record.live.branches.items():
+        key = (float(entry["created_at"]), name)
+        owners[entry["timeline"]] = min(owners.get(entry["timeline"], key), key)
+    return {name: str(e["timeline"]) for name, e in record.live.branches.items()
+            if owners[e["timeline"]][1] != name}
+
+
+def separate(store: ObjectStore, db: str, now: float) -> list[str]:
+    """Give every branch in :func:`sharing` a timeline of its own, forked from the shared
+    one at its head (the oldest branch keeps the shared timeline). Returns their names."""
+    record = live_record(store, db)
+    assert record.live is not None
+    shared = sharing(record)
+    moved: dict[str, dict[str, Any]] = {}
+    for name, tid in shared.items():
+        old = load_timeline(store, db, tid)
+        head = old.head.txid if old.head is not None else max(
+            [old.fork_txid] + [s.last for s in segments(store, db, tid)] +
+            [s.txid for s in snapshots(store, db, tid)])
+        own = create_timeline(store, db, tid, head, now)
+        moved[name] = {**record.live.branches[name], "timeline": own.id, "fork_txid": head,
+                       "created_at": now}
+
+    def change(current: Record | None) -> Record:
+        if current is None or current.live is None:
+            raise DatabaseNotFound(f"database {db!r} does not exist", layout.database_key(db))
+        branches = dict(current.live.branches)
+        for name, entry in moved.items():
+            if branches.get(name, {}).get("timeline") == shared[name]:  # not moved since
+                branches[name] = entry
+        return _with_branches(current, branches)
+
+    if moved:
+        update(store, db, change)
+    return sorted(moved)
 
 
 # -- deleting and undeleting databases ---------------------------------------------------------

@@ -306,34 +306,49 @@ def _swap(store: ObjectStore, timeline: Timeline, new: Timeline) -> Timeline:
     return replace(new, etag=etag)
 
 
+def _take(store: ObjectStore, timeline: Timeline, node: str,
+          check: Callable[[Timeline, int], None],
+          sealed: Callable[[int], dict[str, Any]] | None = None) -> Timeline:
+    """Write the record as a new epoch for ``node`` starting at its head (and sealed with
+    ``sealed(head)``, if given), conditional on the version read; read again and retry on
+    a lost race. ``check(record, head)`` raises when the record may not be taken."""
+    db = timeline.database
+    current = timeline
+    for _ in range(FENCE_TRIES):
+        if current.etag is None:
+            current = load_timeline(store, db, timeline.id)
+        txid, when = listed_head(store, db, current)
+        check(current, txid)
+        epoch = current.head.epoch if current.head is not None else 0
+        new = replace(current, head=Head(txid, when, epoch + 1, txid + 1, node))
+        if sealed is not None:
+            new = replace(new, sealed=sealed(txid))
+        try:
+            return _swap(store, current, new)
+        except PreconditionFailed:
+            current = replace(current, etag=None)  # changed meanwhile: read it again
+    raise LogConflict(f"timeline {timeline.id} of {db!r} kept changing while this node "
+                      f"tried to take it", layout.timeline_key(db, timeline.id))
+
+
 def fence(store: ObjectStore, timeline: Timeline, node: str,
           expect: int | None = None) -> Timeline:
     """Take a new epoch on the timeline for ``node`` (before its first write) and return
     the record as written. ``expect``: the head the writer's copy holds; LogConflict if
     the record's head is elsewhere (another writer moved on: the copy is stale). Sealed
     if a metadata operation retired the timeline."""
-    db = timeline.database
-    current = timeline
-    for _ in range(FENCE_TRIES):
-        if current.etag is None:
-            current = load_timeline(store, db, timeline.id)
+    key = layout.timeline_key(timeline.database, timeline.id)
+
+    def check(current: Timeline, txid: int) -> None:
         if current.sealed is not None:
-            raise Sealed(f"timeline {timeline.id} of {db!r} is retired "
-                         f"({current.sealed.get('op', '?')}): reopen the branch",
-                         layout.timeline_key(db, timeline.id))
-        txid, when = listed_head(store, db, current)
+            raise Sealed(f"timeline {timeline.id} of {timeline.database!r} is retired "
+                         f"({current.sealed.get('op', '?')}): reopen the branch", key)
         if expect is not None and txid != expect:
-            raise LogConflict(f"timeline {timeline.id} of {db!r} is at txid {txid}, this "
-                              f"copy at {expect}: another writer moved it on",
-                              layout.timeline_key(db, timeline.id))
-        epoch = current.head.epoch if current.head is not None else 0
-        try:
-            return _swap(store, current, replace(current, head=Head(txid, when, epoch + 1,
-                                                                    txid + 1, node)))
-        except PreconditionFailed:
-            current = replace(current, etag=None)  # changed meanwhile: read it again
-    raise LogConflict(f"timeline {timeline.id} of {db!r} kept changing while this node "
-                      f"tried to take it", layout.timeline_key(db, timeline.id))
+            raise LogConflict(f"timeline {timeline.id} of {timeline.database!r} is at txid "
+                              f"{txid}, this copy at {expect}: another writer moved it on",
+                              key)
+
+    return _take(store, timeline, node, check)
 
 
 def advance(store: ObjectStore, timeline: Timeline, obj: layout.SegmentInfo |
@@ -379,26 +394,14 @@ def seal(store: ObjectStore, timeline: Timeline, node: str,
     """Retire the timeline: nothing extends it from here on. ``intent(head)`` names what
     the caller does next (built from the head at the moment of sealing, so that a state
     kept from it holds every commit). LogConflict if it is sealed already."""
-    db = timeline.database
-    current = timeline
-    for _ in range(FENCE_TRIES):
-        if current.etag is None:
-            current = load_timeline(store, db, timeline.id)
-        if current.sealed is not None:
-            raise LogConflict(f"timeline {timeline.id} of {db!r} was retired concurrently "
-                              f"({current.sealed.get('op', '?')})",
-                              layout.timeline_key(db, timeline.id))
-        txid, when = listed_head(store, db, current)
-        epoch = current.head.epoch if current.head is not None else 0
-        try:
-            return _swap(store, current, replace(
-                current, head=Head(txid, when, epoch + 1, txid + 1, node),
-                sealed=intent(txid)))
-        except PreconditionFailed:
-            current = replace(current, etag=None)
-    raise LogConflict(f"timeline {timeline.id} of {db!r} kept changing while it was being "
-                      f"retired", layout.timeline_key(db, timeline.id))
 
+    def check(current: Timeline, txid: int) -> None:
+        if current.sealed is not None:
+            raise LogConflict(f"timeline {timeline.id} of {timeline.database!r} was retired "
+                              f"concurrently ({current.sealed.get('op', '?')})",
+                              layout.timeline_key(timeline.database, timeline.id))
+
+    return _take(store, timeline, node, check, intent)
 
 
 class Writer:
