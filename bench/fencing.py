@@ -5,7 +5,9 @@ timeline's record that commits it) and a branch's first write after it opens one
 (the fence). This measures that cost against the same code without it, in one run:
 Shoal at ``--against`` (default: the commit before fencing, bbe51d9), checked out with
 ``git worktree`` into a temporary folder and started with it first on PYTHONPATH,
-next to Shoal as it is in this tree. Both on ``file://`` stores on the same disk:
+next to Shoal as it is in this tree. Both on ``file://`` stores on the same disk, or
+with ``--s3-latency MS`` on moto's S3 server behind a proxy that delays every store
+request by MS milliseconds (a store across a network, as S3 is: 20-50 ms a request):
 
 1. 64 writers, one single-row insert per request (wrk, bench/lua/insert.lua), with
    ``remote`` durability (every answer waits for the store: the commit point is on the
@@ -36,6 +38,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -65,6 +68,7 @@ class Options:
     connections: int
     sequential: int  # inserts of the one-writer latency run
     quick: bool
+    s3_latency: float  # ms; 0: file stores
 
 
 def parse_args(argv: Sequence[str]) -> Options:
@@ -76,10 +80,13 @@ def parse_args(argv: Sequence[str]) -> Options:
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--sequential", type=int, default=300, help="one-writer inserts")
     p.add_argument("--quick", action="store_true", help="2 runs of 4 s: a smoke run")
+    p.add_argument("--s3-latency", type=float, default=0.0, metavar="MS",
+                   help="nodes on moto's S3 behind a proxy delaying each request this long")
     a = p.parse_args(argv)
     if a.quick:
-        return Options(a.against, 2, 4.0, a.connections, 100, True)
-    return Options(a.against, a.runs, a.seconds, a.connections, a.sequential, False)
+        return Options(a.against, 2, 4.0, a.connections, 100, True, a.s3_latency)
+    return Options(a.against, a.runs, a.seconds, a.connections, a.sequential, False,
+                   a.s3_latency)
 
 
 @contextlib.contextmanager
@@ -97,13 +104,46 @@ def checkout(ref: str) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def start(root: Path, name: str, src: Path | None, durability: str) -> ServerProcess:
+@dataclass
+class S3:
+    """moto's S3 server and a proxy in front of it that delays every request."""
+
+    moto: Any
+    proxy: Any
+    buckets: int = 0
+
+    def settings(self) -> dict[str, str]:
+        from tests.support.proxy import s3_settings
+
+        self.buckets += 1
+        bucket = f"fencing-bench-{self.buckets}"
+        self.moto.client.create_bucket(Bucket=bucket)
+        return s3_settings(self.proxy, bucket)
+
+
+@contextlib.contextmanager
+def s3_store(latency_ms: float) -> Iterator[S3 | None]:
+    if not latency_ms:
+        yield None
+        return
+    from tests.support.proxy import StoreProxy
+    from tests.support.s3 import moto_server
+
+    with moto_server() as moto, StoreProxy(moto.endpoint) as proxy:
+        proxy.delay(seconds=latency_ms / 1000)
+        yield S3(moto, proxy)
+
+
+def start(root: Path, name: str, src: Path | None, durability: str,
+          s3: S3 | None = None) -> ServerProcess:
     """A node of one version: ``src`` first on PYTHONPATH (None: this tree's Shoal)."""
+    from tests.support.proxy import AWS_ENV
+
     env = {"PYTHONPATH": str(src)} if src is not None else {}
+    store = s3.settings() if s3 is not None else {"store": (root / f"{name}-store").as_uri()}
     node = ServerProcess(root / name, node_settings(idle_timeout=3600, statement_timeout=300,
-                                                    durability=durability,
-                                                    store=(root / f"{name}-store").as_uri()),
-                         env=env)
+                                                    durability=durability, **store),
+                         env={**env, **AWS_ENV})
     node.start()
     api = Api(node.url, node.admin_token)
     try:
@@ -161,14 +201,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     opts = parse_args(argv)
     wrk.ensure_wrk()
-    report = Report("fencing", " ".join(["python -m bench.fencing", *map(shlex.quote, argv)]),
+    kind = "fencing" + (f"-s3-{opts.s3_latency:g}ms" if opts.s3_latency else "")
+    report = Report(kind, " ".join(["python -m bench.fencing", *map(shlex.quote, argv)]),
                     asdict(opts))
     rates: dict[tuple[str, str], list[float]] = {}
     p99s: dict[tuple[str, str], list[float]] = {}
     puts: dict[tuple[str, str], list[float]] = {}
     cpu: dict[tuple[str, str], list[float]] = {}
     seq: dict[str, list[float]] = {BEFORE: [], AFTER: []}
-    with checkout(opts.against) as tree, \
+    with checkout(opts.against) as tree, s3_store(opts.s3_latency) as s3, \
             tempfile.TemporaryDirectory(prefix="shoal-bench-fencing-") as tmp:
         srcs = {BEFORE: tree / "src", AFTER: None}
         for rep in range(opts.runs):
@@ -177,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for version in order:
                     root = Path(tmp) / f"r{rep}-{durability}-{version}"
                     root.mkdir()
-                    node = start(root, "node", srcs[version], durability)
+                    node = start(root, "node", srcs[version], durability, s3)
                     try:
                         load, per_s = wrk_rep(opts, node, f"r{rep}")
                         key = (version, durability)

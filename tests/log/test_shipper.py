@@ -289,3 +289,73 @@ def test_ship_and_restore_over_s3(tmp_path: Path, moto: MotoS3) -> None:
     for txid in (0, 7, 20):
         restore(store, DB, timeline, tmp_path / "r.db", txid=txid)
         assert (tmp_path / "r.db").read_bytes() == images[txid]
+
+
+class SlowRecord(MemoryStore):
+    """A store whose writes of timeline records (the commit points) take a while, and
+    that records the head each one writes and whether a segment upload overlapped it."""
+
+    def __init__(self, delay: float):
+        super().__init__()
+        self.delay = delay
+        self.heads: list[int] = []
+        self.committing = 0
+        self.overlapped = 0
+
+    def put(self, key: str, data: bytes, **kw: str | None) -> str:
+        if "/timelines/" in key:
+            self.committing += 1
+            try:
+                threading.Event().wait(self.delay)
+                etag = super().put(key, data, **kw)
+            finally:
+                self.committing -= 1
+            import json
+            head = json.loads(data).get("head")
+            if head:
+                self.heads.append(head["txid"])
+            return etag
+        if self.committing:
+            self.overlapped += 1
+        return super().put(key, data, **kw)
+
+
+def test_commits_overlap_uploads_and_land_in_order(tmp_path: Path) -> None:
+    """With a writer, a segment is durable only once its commit landed; commits land one
+    at a time in txid order while the next segment uploads; a writer fenced out stops
+    the shipper and what it had not committed is never reported durable."""
+    from shoal.log.errors import FencedOut
+    from shoal.log.timeline import Writer, fence, load_timeline
+
+    store = SlowRecord(0.02)
+    timeline = create_timeline(store, DB, None, 0, 0.0)
+    writer = Writer(store, fence(store, timeline, "me"))
+    seen: list[tuple[int, int]] = []  # (durable_txid, record head) when durable moved
+
+    async def main() -> None:
+        shipper = Shipper(store, DB, timeline.id, durable_txid=0, sync_interval=0.0,
+                          backoff=FAST, writer=writer)
+
+        def durable(txid: int) -> None:
+            head = load_timeline(store, DB, timeline.id).head
+            seen.append((txid, head.txid if head else -1))
+
+        shipper.on_durable = durable
+        shipper.start()
+        for txid in range(1, 41):
+            shipper.append(Commit(txid, 10.0 + txid, 512, 1, ((1, bytes([txid]) * 512),)))
+            await asyncio.sleep(0.004)
+        await shipper.wait_durable(40)
+        # another writer takes the timeline: the next commit is refused
+        fence(store, load_timeline(store, DB, timeline.id), "other")
+        shipper.append(Commit(41, 60.0, 512, 1, ((1, b"z" * 512),)))
+        with pytest.raises(FencedOut):
+            await shipper.wait_durable(41)
+        assert shipper.durable_txid == 40
+        await shipper.close(flush=False)
+
+    asyncio.run(main())
+    assert store.heads[1:] == sorted(store.heads[1:])  # commits in order (after the fence)
+    assert all(d <= head for d, head in seen), seen  # durable only once committed
+    assert store.overlapped > 0  # uploads ran while a commit was in flight
+    assert len(store.heads) < 41  # group commit: fewer segments than commits

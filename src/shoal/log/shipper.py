@@ -29,6 +29,9 @@ one: ``timeline.Writer``, this node's fenced epoch on the timeline), its commit
 point is the conditional write of the timeline's record that moves the head over
 it. Only then is it durable. A writer fenced out by another one gets FencedOut
 there; the shipper stops, and nothing it had not committed is reported durable.
+The commit of one segment overlaps the upload of the next (commits still happen
+one at a time, in txid order: each waits for the one before it), so under load a
+segment costs about one store round trip, not two.
 """
 
 from __future__ import annotations
@@ -110,7 +113,7 @@ class Shipper:
         self.failed: LogError | None = None  # fatal: nothing more will ship
         self._lock = threading.Lock()
         self._pending: list[Entry] = []
-        self._sealed: list[Entry] = []  # the segment being uploaded
+        self._sealed: list[Entry] = []  # taken for upload, not yet durable (up to two segments)
         self._sealed_bytes = 0
         self._pending_bytes = 0
         self._first_pending_at = 0.0
@@ -223,37 +226,50 @@ class Shipper:
                 count += 1
             batch = self._pending[:count]
             self._pending = self._pending[count:]
-            self._sealed = batch
-            self._sealed_bytes = size
+            self._sealed = self._sealed + batch
+            self._sealed_bytes += size
             self._pending_bytes -= size
             if self._pending:
                 self._first_pending_at = self._loop.time()
             return batch
 
     async def _run(self) -> None:
-        while True:
-            due = self._due_in()
-            if due is None or due > 0:
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), due)
-                continue
-            batch = self._take()
-            try:
-                await self._ship(batch)
-            except LogError as exc:
-                self._fail(exc)
-                return
-            except Exception as exc:  # a bug (e.g. a malformed commit): stop loudly
-                self._fail(LogError(f"shipping timeline {self.timeline} failed: {exc!r}"))
-                return
-            self._durable(batch[-1].txid)
+        committing: asyncio.Task[None] | None = None  # the previous segment's commit
+        try:
+            while self.failed is None:
+                due = self._due_in()
+                if due is None or due > 0:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), due)
+                    continue
+                batch = self._take()
+                try:
+                    info = await self._store(batch)
+                    if committing is not None:
+                        await committing  # commits land in order (a failure reports itself)
+                        committing = None
+                    if self.failed is not None:
+                        return  # what was just stored is not history: it stays an orphan
+                    if info is None:
+                        self._durable(batch[-1].txid)
+                    else:
+                        committing = self._loop.create_task(self._commit(batch, info))
+                except LogError as exc:
+                    self._fail(exc)
+                except Exception as exc:  # a bug (e.g. a malformed commit): stop loudly
+                    self._fail(LogError(f"shipping timeline {self.timeline} failed: {exc!r}"))
+        finally:
+            if committing is not None and not committing.done():
+                committing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await committing
 
     def _durable(self, txid: int) -> None:
         with self._lock:
             self.durable_txid = txid
-            self._sealed = []
-            self._sealed_bytes = 0
+            self._sealed = [e for e in self._sealed if e.txid > txid]
+            self._sealed_bytes = sum(e.size for e in self._sealed)
         keep = []
         for want, fut in self._waiters:
             if want <= txid:
@@ -269,8 +285,11 @@ class Shipper:
                 log.exception("on_durable callback of %s/%s failed", self.db, self.timeline)
 
     def _fail(self, exc: LogError) -> None:
+        if self.failed is not None:
+            return
         log.error("shipping of %s/%s stopped: %s", self.db, self.timeline, exc)
         self.failed = exc
+        self._wake.set()
         for _, fut in self._waiters:
             if not fut.done():
                 fut.set_exception(exc)
@@ -283,36 +302,55 @@ class Shipper:
         commits = batch if self.prepare is None else METRICS.cpu("capture", self.prepare, batch)
         return METRICS.cpu("encode", encode_segment, commits)
 
-    async def _ship(self, batch: list[Entry]) -> None:
-        first, last, when = batch[0].txid, batch[-1].txid, batch[-1].time
-        key = (self.writer.segment_key(first, last, when) if self.writer is not None else
-               layout.segment_key(self.db, self.timeline, first, last, when))
-        data = await self._loop.run_in_executor(self.executor, self._encode, batch)
+    async def _retrying(self, what: str, fn: Callable[[], object]) -> None:
+        """Run fn on an I/O thread until it succeeds: a store failure is retried with
+        backoff, forever (the log must not have a gap); a LogError is final."""
         attempt = 0
         while True:
             try:
-                await self._loop.run_in_executor(self.executor, METRICS.cpu, "upload",
-                                                 self._upload, key, data)
-                if self.writer is not None:  # the commit point
-                    info = layout.parse_segment(ObjectInfo(key, len(data)))
-                    assert info is not None
-                    await self._loop.run_in_executor(self.executor, self.writer.commit,
-                                                     info, when)
-                self.shipped_bytes += len(data)
-                self.segments_shipped += 1
-                METRICS.log_segments.inc()
-                METRICS.log_bytes.inc(len(data))
+                await self._loop.run_in_executor(self.executor, fn)
                 self.last_error = None
                 return
             except LogError:
                 raise
-            except Exception as exc:  # the store failed: retry the same object, forever
+            except Exception as exc:  # the store failed: retry the same write
                 self.failures += 1
                 METRICS.log_upload_failures.inc()
                 self.last_error = exc
-                log.warning("upload of %s failed (attempt %d): %r", key, attempt + 1, exc)
+                log.warning("%s failed (attempt %d): %r", what, attempt + 1, exc)
                 await asyncio.sleep(self.backoff.delay(attempt))
                 attempt += 1
+
+    async def _store(self, batch: list[Entry]) -> layout.SegmentInfo | None:
+        """Encode and upload the batch as one segment (write-once); with a writer, the
+        segment as listed, for its commit (None: without one, stored is durable)."""
+        first, last, when = batch[0].txid, batch[-1].txid, batch[-1].time
+        key = (self.writer.segment_key(first, last, when) if self.writer is not None else
+               layout.segment_key(self.db, self.timeline, first, last, when))
+        data = await self._loop.run_in_executor(self.executor, self._encode, batch)
+        await self._retrying(f"upload of {key}",
+                             lambda: METRICS.cpu("upload", self._upload, key, data))
+        self.shipped_bytes += len(data)
+        self.segments_shipped += 1
+        METRICS.log_segments.inc()
+        METRICS.log_bytes.inc(len(data))
+        return layout.parse_segment(ObjectInfo(key, len(data))) if self.writer else None
+
+    async def _commit(self, batch: list[Entry], info: layout.SegmentInfo) -> None:
+        """The commit point of a stored segment (its own task, overlapping the next upload);
+        then it is durable. A failure stops the shipper."""
+        writer = self.writer
+        assert writer is not None
+        try:
+            await self._retrying(f"commit of {info.key}",
+                                 lambda: writer.commit(info, batch[-1].time))
+        except LogError as exc:
+            self._fail(exc)
+            return
+        except Exception as exc:
+            self._fail(LogError(f"committing on timeline {self.timeline} failed: {exc!r}"))
+            return
+        self._durable(batch[-1].txid)
 
     def _upload(self, key: str, data: bytes) -> None:
         """One attempt to make ``key`` hold ``data`` (worker thread)."""
