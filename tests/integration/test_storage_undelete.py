@@ -8,6 +8,7 @@ for a new database at once. A purge removes it for good.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -133,7 +134,8 @@ def test_purge_removes_it_and_its_history_at_once(start_server: Callable[..., Se
         assert any((root / "dbs" / "temp").rglob("*.seg"))
         assert http.delete("/v1/databases/temp?purge=true").status_code == 204  # a deleted one
         assert not list((root / "dbs" / "temp").rglob("*.*"))
-        assert not (root / "catalog" / "databases" / "temp.json").exists()
+        left = json.loads((root / "catalog" / "databases" / "temp.json").read_text())
+        assert left["incarnation"] is None and left["deleted"] == []  # an empty record
         assert "temp" not in {d["name"] for d in deleted(http)}
         error(http.post("/v1/databases/temp/undelete"), 404, "DATABASE_NOT_FOUND")
         error(http.delete("/v1/databases/temp?purge=true"), 404, "DATABASE_NOT_FOUND")
@@ -142,6 +144,13 @@ def test_purge_removes_it_and_its_history_at_once(start_server: Callable[..., Se
         assert http.delete("/v1/databases/other?purge=true").status_code == 204
         assert not deleted(http)
         make(http, "other", 1)
+        assert values(http, "other") == [0]
+        # purging a live database removes that one, not an older deleted one of the name
+        assert http.delete("/v1/databases/other").status_code == 204
+        make(http, "other", 2)
+        assert http.delete("/v1/databases/other?purge=true").status_code == 204
+        [kept] = deleted(http)
+        ok(http.post("/v1/databases/other/undelete", json={"incarnation": kept["incarnation"]}))
         assert values(http, "other") == [0]
 
 

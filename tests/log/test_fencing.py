@@ -362,3 +362,28 @@ def test_branches_left_sharing_a_timeline_are_separated() -> None:
     assert (own.parent, own.fork_txid) == (t.id, head(store, DB, load_timeline(store, DB, t.id)))
     record = load_record(store, DB)
     assert record is not None and not sharing(record)
+
+
+def test_a_purge_removes_only_what_is_still_deleted_when_it_writes() -> None:
+    """An undelete that lands before the purge's write keeps its database whole: the purge
+    removes the incarnations its own write dropped, not the ones it first read."""
+    from shoal.log.branch import (
+        create_database,
+        delete_database,
+        forget_incarnations,
+        load_record,
+        undelete_database,
+    )
+
+    store = MemoryStore()
+    create_database(store, DB, 100.0)
+    gone = delete_database(store, DB, 200.0).deleted[0]
+    undelete_database(store, DB)  # lands first
+    assert forget_incarnations(store, DB, {gone.id}) == []
+    record = load_record(store, DB)
+    assert record is not None and record.live is not None and record.live.id == gone.id
+    delete_database(store, DB, 300.0)
+    dropped = forget_incarnations(store, DB)
+    assert [d.id for d in dropped] == [gone.id]
+    record = load_record(store, DB)
+    assert record is not None and record.live is None and not record.deleted

@@ -440,13 +440,15 @@ class Engine:
         # The local catalog first: if this node dies before the store's write, the next
         # start finds the database in the store and lists it again (nothing happened).
         uncatalogued = await self._uncatalog(name)
+        incarnation = None
         try:
             await self._end_transactions(name)
             for db in await self.lifecycle.close_database(name):  # ships what is pending
                 await drain(db, self.settings.statement_timeout + 1,
                             flush=self._registry is not None and not purge, keep=False)
             if self._registry is not None:  # the one write that deletes it
-                await self._io(self._registry.delete_database, name, time.time())
+                incarnation = await self._io(self._registry.delete_database, name,
+                                             time.time())
         except BaseException:
             self.names.add(name)
             if uncatalogued and record is not None:
@@ -460,8 +462,8 @@ class Engine:
                 raise ShoalError("DISK_FULL", f"the files of {name!r} are deleted but the "
                                               f"catalog could not be written")
             self._stale_catalog = True  # a cache: the sweeper resyncs it from the store
-        if purge and self._registry is not None:
-            await self._io(self._registry.purge, name)
+        if purge and incarnation is not None and self._registry is not None:
+            await self._io(self._registry.purge, name, {incarnation})  # this one, not older
 
     async def _uncatalog(self, name: str) -> bool:
         """Drop a database from the local catalog; False if the disk refused (logged)."""

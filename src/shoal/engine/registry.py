@@ -37,7 +37,7 @@ import secrets
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -236,12 +236,11 @@ class Registry:
                   for info in self.store.list(layout.DATABASES_PREFIX)
                   if info.key.endswith(".json")}
         local = catalog.names()
-        live: set[str] = set()
-        for name in sorted(stored):
-            if name in local and not full:
-                live.add(name)
-                continue
-            created_at = self._live(name)
+        live = {name for name in stored if name in local and not full}
+        unknown = sorted(stored - live)
+        with ThreadPoolExecutor(min(16, len(unknown) or 1)) as pool:  # many reads at once
+            found = list(pool.map(self._live, unknown))
+        for name, created_at in zip(unknown, found, strict=True):
             if created_at is None:
                 continue
             live.add(name)
@@ -281,9 +280,10 @@ class Registry:
         branch_log.add_database(self.store, name, created_at, root)
 
     @mapped
-    def delete_database(self, name: str, now: float) -> None:
-        """Soft delete: restorable (undelete) until history_retention has passed."""
-        branch_log.delete_database(self.store, name, now)
+    def delete_database(self, name: str, now: float) -> str:
+        """Soft delete: restorable (undelete) until history_retention has passed. Returns
+        the id of the incarnation deleted."""
+        return branch_log.delete_database(self.store, name, now).deleted[-1].id
 
     @mapped
     def undelete_database(self, name: str, incarnation: str | None = None) -> float:
@@ -311,27 +311,20 @@ class Registry:
     def purge(self, name: str, incarnations: set[str] | None = None) -> list[str]:
         """Remove deleted incarnations (all, or those named) and their history, at once:
         the record first (they stop being restorable), then every object of every
-        timeline that descends from their roots, then the record if nothing is left.
-        Returns the incarnations removed."""
-        record = branch_log.load_record(self.store, name)
-        if record is None:
-            return []
-        doomed = [d for d in record.deleted if incarnations is None or d.id in incarnations]
+        timeline that descends from their roots. Returns the incarnations removed."""
+        doomed = branch_log.forget_incarnations(self.store, name, incarnations)
         if not doomed:
             return []
         timelines = list_timelines(self.store, name)
         roots = {self._root(timelines, str(e["timeline"]))
                  for inc in doomed for e in inc.branches.values()}
-        after = branch_log.forget_incarnations(self.store, name, {d.id for d in doomed})
         for tid, timeline in timelines.items():
             if self._root(timelines, tid) in roots - {None}:
                 self._wipe(layout.log_prefix(name, tid))
                 self._wipe(layout.snapshot_prefix(name, tid))
                 self.store.delete(layout.timeline_key(name, timeline.id))
-        if after.live is None and not after.deleted:
-            with contextlib.suppress(PreconditionFailed):  # recreated meanwhile: it stays
-                self.store.put(layout.database_key(name), b"", if_match=after.etag or "")
-                self.store.delete(layout.database_key(name))
+        # the record stays, empty (no live incarnation, no deleted one: as good as none):
+        # deleting it could not be made conditional, and a create of the name may race
         return [d.id for d in doomed]
 
     @staticmethod

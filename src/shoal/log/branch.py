@@ -491,12 +491,22 @@ def undelete_database(store: ObjectStore, db: str, incarnation: str | None = Non
     return update(store, db, change)
 
 
-def forget_incarnations(store: ObjectStore, db: str, ids: set[str]) -> Record:
-    """Drop deleted incarnations from the record (purge or expiry; their objects go next)."""
+def forget_incarnations(store: ObjectStore, db: str,
+                        ids: set[str] | None = None) -> list[Incarnation]:
+    """Drop deleted incarnations (all, or those in ``ids``) from the record (purge or
+    expiry); the ones dropped, as they were when the write succeeded (one undeleted in
+    the meantime is not among them): their objects are the caller's to remove next."""
+    dropped: list[Incarnation] = []
 
     def change(current: Record | None) -> Record:
-        if current is None:
-            raise DatabaseNotFound(f"database {db!r} does not exist", layout.database_key(db))
-        return replace(current, deleted=tuple(d for d in current.deleted if d.id not in ids))
+        dropped[:] = [d for d in (current.deleted if current else ())
+                      if ids is None or d.id in ids]
+        if current is None or not dropped:
+            raise _Done
+        return replace(current, deleted=tuple(d for d in current.deleted if d not in dropped))
 
-    return update(store, db, change)
+    try:
+        update(store, db, change)
+    except _Done:
+        return []
+    return dropped
