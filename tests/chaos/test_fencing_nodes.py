@@ -11,6 +11,7 @@ on an empty disk must find W2 (and not W1).
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from shoal.storage.s3 import S3Store
 from tests.support.proxy import AWS_ENV, StoreProxy, s3_settings
 from tests.support.s3 import MotoS3, moto_server
 from tests.support.server import SSL_CONTEXT, ServerProcess
+from tests.support.soak import SOAK
 from tests.support.storage import ids, ok, run
 
 pytestmark = pytest.mark.slow
@@ -84,9 +86,10 @@ class _suppress:
         return True
 
 
-@pytest.fixture
+@pytest.fixture(params=range(SOAK))
 def cluster(moto: MotoS3, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Cluster]:
-    c = Cluster(moto, tmp_path, f"{BUCKET}-{request.node.name.replace('_', '-')[:40]}")
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.replace("_", "-"))[:40]
+    c = Cluster(moto, tmp_path, f"{BUCKET}-{name}-{request.param}")
     yield c
     c.close()
 

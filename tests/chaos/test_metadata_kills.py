@@ -31,6 +31,7 @@ from shoal.storage.s3 import S3Store
 from tests.support.proxy import AWS_ENV, StoreProxy, s3_settings
 from tests.support.s3 import MotoS3, moto_server
 from tests.support.server import SSL_CONTEXT, ServerProcess
+from tests.support.soak import SOAK
 from tests.support.storage import ok, path, rows, run
 
 pytestmark = pytest.mark.slow
@@ -242,9 +243,10 @@ def test_kill_at_every_store_write(op: Op, moto: MotoS3, tmp_path: Path) -> None
     try:
         count = world.puts(op)
         assert count >= 1, f"{op.name} made {count} store writes"
-        for nth in range(1, count + 1):
-            for late in (False, True):  # the write never lands / lands after the kill
-                world.round(op, nth, late)
+        for _ in range(SOAK):
+            for nth in range(1, count + 1):
+                for late in (False, True):  # the write never lands / lands after the kill
+                    world.round(op, nth, late)
         world.on_an_empty_disk()
     finally:
         world.node.kill()

@@ -29,6 +29,7 @@ from shoal.log.timeline import (
 )
 from shoal.storage.base import ObjectInfo, ObjectStore
 from shoal.storage.memory import MemoryStore
+from tests.support.soak import SOAK
 
 DB = "fenced"
 
@@ -239,7 +240,7 @@ def test_no_txid_is_ever_acknowledged_by_two_writers() -> None:
     between storing and committing while others take over) and a quarter of the commits
     land without their answer (the writer tries the same commit again). Every
     acknowledged txid is history exactly once, by the writer that acknowledged it."""
-    for seed in range(300):
+    for seed in range(300 * SOAK):
         rng = random.Random(seed)
         store = MemoryStore()
         t = new_timeline(store)
