@@ -14,7 +14,7 @@ import os
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +81,13 @@ class TokenAuthority:
 
     CACHE_SIZE = 4096
 
-    def __init__(self, signing_key: str, admin_token: str, revoked: set[str]):
+    def __init__(self, signing_key: str, admin_token: str, revoked: set[str],
+                 narrowed: dict[str, set[str]] | None = None):
         self._key = signing_key
         self._admin = admin_token.encode()
         self._revoked = revoked
+        # token id -> databases it no longer reaches (they were deleted after it was made)
+        self._narrowed = {k: frozenset(v) for k, v in (narrowed or {}).items()}
         self._cache: OrderedDict[str, Principal] = OrderedDict()
         self.admin = Principal("admin", None, "admin")
 
@@ -102,6 +105,11 @@ class TokenAuthority:
 
     def revoke(self, token_id: str) -> None:
         self._revoked.add(token_id)
+
+    def narrow(self, token_id: str, database: str) -> None:
+        """The token stops reaching ``database`` (deleted: a new database of the name later
+        is not the one it was given)."""
+        self._narrowed[token_id] = self._narrowed.get(token_id, frozenset()) | {database}
 
     def authenticate(self, header: str | None) -> Principal:
         """Principal for an Authorization header value, or a 401 ShoalError."""
@@ -125,6 +133,9 @@ class TokenAuthority:
             raise ShoalError("TOKEN_REVOKED", "token has been revoked")
         if principal.expires_at is not None and principal.expires_at <= time.time():
             raise ShoalError("TOKEN_EXPIRED", "token has expired")
+        cut = self._narrowed.get(principal.subject)
+        if cut and principal.databases is not None:
+            return replace(principal, databases=principal.databases - cut)
         return principal
 
     def _decode(self, token: str) -> Principal:

@@ -39,6 +39,11 @@ CREATE TABLE IF NOT EXISTS tokens(
     expires_at REAL NOT NULL,
     revoked_at REAL
 );
+CREATE TABLE IF NOT EXISTS narrowed(
+    token_id TEXT NOT NULL,
+    database TEXT NOT NULL,
+    PRIMARY KEY (token_id, database)
+);
 CREATE TABLE IF NOT EXISTS usage(
     database TEXT PRIMARY KEY,
     rows_read INTEGER NOT NULL DEFAULT 0,
@@ -161,6 +166,31 @@ class Catalog:
 
     def revoked_ids(self) -> set[str]:
         return {r[0] for r in self._rows("SELECT id FROM tokens WHERE revoked_at IS NOT NULL")}
+
+    def token_scope(self, token_id: str) -> tuple[bool, list[str] | None]:
+        """(known, its databases: None for every database) of a token made on this node."""
+        rows = self._rows("SELECT databases FROM tokens WHERE id = ?", (token_id,))
+        if not rows:
+            return False, None
+        return True, None if rows[0][0] == "*" else list(msgspec.json.decode(rows[0][0]))
+
+    def tokens_naming(self, database: str, now: float) -> list[str]:
+        """Unexpired scoped tokens (made on this node) that name ``database``."""
+        rows = self._rows("SELECT id, databases FROM tokens WHERE databases != '*' AND "
+                          "expires_at > ? AND revoked_at IS NULL", (now,))
+        return [tid for tid, dbs in rows if database in msgspec.json.decode(dbs)]
+
+    def narrow(self, token_id: str, database: str) -> None:
+        """Record that ``token_id`` no longer reaches ``database`` (it was deleted)."""
+        with self._writing():
+            self._db.execute("INSERT OR IGNORE INTO narrowed(token_id, database) VALUES (?, ?)",
+                             (token_id, database))
+
+    def narrowed(self) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for tid, db in self._rows("SELECT token_id, database FROM narrowed"):
+            out.setdefault(tid, set()).add(db)
+        return out
 
     # -- usage --------------------------------------------------------------------------------
     def add_usage(self, deltas: dict[str, tuple[int, int, int]]) -> None:

@@ -190,8 +190,12 @@ class Engine:
             if self.admin_token_path is not None:
                 admin = self._registry.secret("admin-token", self.admin_token_path,
                                               tokens.new_secret)
+        narrowed = self.catalog.narrowed()
+        if self._registry is not None:
+            for tid, dbs in self._registry.narrowed().items():
+                narrowed.setdefault(tid, set()).update(dbs)
         self.auth = tokens.TokenAuthority(signing_key, admin,
-                                          self.catalog.revoked_ids() | revoked)
+                                          self.catalog.revoked_ids() | revoked, narrowed)
         self.lifecycle = Lifecycle(self.root / "dbs", settings, self.executor, self.names,
                                    self._registry)
         self.transactions: dict[str, tuple[Database, Transaction]] = {}
@@ -435,6 +439,7 @@ class Engine:
                     len(await self._io(self._registry.purge, name)) > 0:
                 return
             raise ShoalError("DATABASE_NOT_FOUND", f"database {name!r} does not exist")
+        await self._narrow_tokens(name)
         record = await self._run(self.catalog.get_database, name)
         self.names.discard(name)  # no new request can open it from here on
         # The local catalog first: if this node dies before the store's write, the next
@@ -464,6 +469,22 @@ class Engine:
             self._stale_catalog = True  # a cache: the sweeper resyncs it from the store
         if purge and incarnation is not None and self._registry is not None:
             await self._io(self._registry.purge, name, {incarnation})  # this one, not older
+
+    async def _narrow_tokens(self, name: str) -> None:
+        """Every scoped token naming ``name`` stops reaching it: a database of that name
+        created later (by anyone) is not the one those tokens were given, and undelete does
+        not give them back either. First thing of a delete: if it fails, nothing is
+        deleted."""
+        now = time.time()
+        ids = set(await self._run(self.catalog.tokens_naming, name, now))
+        if self._registry is not None:
+            ids |= set(await self._io(self._registry.tokens_naming, name, now))
+        for tid in sorted(ids):
+            if self._registry is not None:
+                await self._io(self._registry.narrow, tid, name)
+            else:
+                await self._run(self.catalog.narrow, tid, name)
+            self.auth.narrow(tid, name)
 
     async def _uncatalog(self, name: str) -> bool:
         """Drop a database from the local catalog; False if the disk refused (logged)."""
@@ -781,13 +802,27 @@ class Engine:
                 (principal.subject, idem.key, idem.body_hash) if idem else None,
                 self.settings.idempotency_ttl)
 
-    async def revoke_token(self, principal: tokens.Principal, token_id: str) -> None:
-        principal.require("admin")
-        with self.disk.writes(refuse=False):  # tried even on a full disk: it may fit
-            known = await self._run(self.catalog.revoke_token, token_id)
-        if not known and (self._registry is None
-                          or not await self._io(self._registry.token_exists, token_id)):
+    async def _token_scope(self, token_id: str) -> list[str] | None:
+        """The databases a token reaches (None: every one); TOKEN_NOT_FOUND if unknown."""
+        known, scope = await self._run(self.catalog.token_scope, token_id)
+        if not known and self._registry is not None:
+            known, scope = await self._io(self._registry.token_scope, token_id)
+        if not known:
             raise ShoalError("TOKEN_NOT_FOUND", f"no token {token_id!r}")
+        return scope
+
+    async def revoke_token(self, principal: tokens.Principal, token_id: str) -> None:
+        """Revoke at once. Revoking needs admin over every database the token reaches: a
+        token that is admin on one database cannot revoke another tenant's (or a "*")."""
+        principal.require("admin")
+        scope = await self._token_scope(token_id)
+        if scope is None and principal.databases is not None:
+            raise ShoalError("FORBIDDEN", "a token that reaches every database can only be "
+                                          "revoked by a token that does too")
+        for name in scope or ():
+            principal.require("admin", name)
+        with self.disk.writes(refuse=False):  # tried even on a full disk: it may fit
+            await self._run(self.catalog.revoke_token, token_id)
         if self._registry is not None:
             await self._io(self._registry.revoke_token, token_id, time.time())
         self.auth.revoke(token_id)

@@ -94,6 +94,7 @@ CATALOG = "catalog/"
 DATABASES = "catalog/databases/"
 TOKENS = "catalog/tokens/"
 REVOKED = "catalog/revoked/"
+NARROWED = "catalog/narrowed/"  # {token id}/{database}: the token no longer reaches it
 
 
 @contextlib.contextmanager
@@ -361,6 +362,45 @@ class Registry:
     @mapped
     def revoke_token(self, token_id: str, when: float) -> None:
         self.store.put(f"{REVOKED}{token_id}", json.dumps({"revoked_at": when}).encode())
+
+    @mapped
+    def token_scope(self, token_id: str) -> tuple[bool, list[str] | None]:
+        """(known, its databases: None for every database), from the token's record."""
+        try:
+            raw = json.loads(self.store.get(f"{TOKENS}{token_id}.json").data)
+        except (NotFound, ValueError):
+            return False, None
+        dbs = raw.get("databases")
+        return True, None if dbs is None else [str(d) for d in dbs]
+
+    @mapped
+    def tokens_naming(self, database: str, now: float) -> list[str]:
+        """Unexpired scoped tokens that name ``database`` (every token record is read:
+        deleting a database is rare, and the store is the truth, whoever made them)."""
+        out = []
+        for info in self.store.list(TOKENS):
+            try:
+                raw = json.loads(self.store.get(info.key).data)
+            except (NotFound, ValueError):
+                continue
+            dbs = raw.get("databases")
+            if dbs is not None and database in dbs and float(raw.get("expires_at", 0)) > now:
+                out.append(str(raw["id"]))
+        return out
+
+    @mapped
+    def narrow(self, token_id: str, database: str) -> None:
+        """The token no longer reaches ``database`` (one object: its existence is the fact)."""
+        self.store.put(f"{NARROWED}{token_id}/{database}", b"")
+
+    @mapped
+    def narrowed(self) -> dict[str, set[str]]:
+        out: dict[str, set[str]] = {}
+        for info in self.store.list(NARROWED):
+            tid, _, db = info.key[len(NARROWED):].partition("/")
+            if db:
+                out.setdefault(tid, set()).add(db)
+        return out
 
     # -- opening a branch ----------------------------------------------------------------------
     def _settled(self, name: str, branch: str) -> tuple[branch_log.Branch, Timeline]:

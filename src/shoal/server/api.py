@@ -412,10 +412,14 @@ class NativeAPI:
         if body.expires_in <= 0 or body.expires_in > 10 * 365 * 86400:
             raise ShoalError("INVALID_REQUEST", "expires_in must be 1 second to 10 years")
         databases = None if body.databases == "*" else list(body.databases)
+        if databases is not None and not databases:
+            raise ShoalError("INVALID_REQUEST", "databases names no database: give their "
+                                                "names, or \"*\" for every database")
 
         def render(rec: TokenRecord, token: str) -> tuple[int, bytes]:
             return 201, encode({
-                "id": rec.id, "token": token, "databases": rec.databases or "*",
+                "id": rec.id, "token": token,
+                "databases": "*" if rec.databases is None else rec.databases,
                 "access": rec.access, "expires_at": iso(rec.expires_at)})
 
         status, out = await self.engine.create_token(

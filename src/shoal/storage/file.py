@@ -6,6 +6,10 @@ never a torn one, and a returned put survives power loss. Every mutation of a
 key (put, conditional put, delete) holds an exclusive ``flock`` on one of a few
 lock files picked by the key's hash, so check-then-rename is atomic against
 other threads and other processes on the same host (not over NFS).
+
+The folder is the node's alone: it holds the token signing key and the admin
+token, so its root is made owner-only (0700) and every object is written 0600;
+anyone else on the host reads nothing there.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from shoal.storage.base import (
     content_etag,
 )
 
+PRIVATE_DIR = 0o700
+PRIVATE_FILE = 0o600
 LOCK_STRIPES = 64
 LOCK_DIR = ".locks"
 TEMP_PREFIX = ".tmp-"
@@ -74,6 +80,8 @@ class FileStore:
             (self.root / LOCK_DIR).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise _unusable(self.root, exc) from None
+        with contextlib.suppress(OSError):  # a folder this user does not own stays as it is
+            os.chmod(self.root, PRIVATE_DIR)  # the signing key is in here
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -81,7 +89,7 @@ class FileStore:
     @contextlib.contextmanager
     def _locked(self, key: str) -> Iterator[None]:
         stripe = hashlib.blake2b(key.encode(), digest_size=2).digest()[0] % LOCK_STRIPES
-        fd = os.open(self.root / LOCK_DIR / f"{stripe:02d}", os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(self.root / LOCK_DIR / f"{stripe:02d}", os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -107,10 +115,10 @@ class FileStore:
             if_match: str | None = None) -> str:
         path = self._path(key)
         check_conditions(if_none_match, if_match)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
         tmp = path.parent / f"{TEMP_PREFIX}{path.name}-{secrets.token_hex(6)}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
             try:
                 view = memoryview(data)
                 while view:
@@ -162,7 +170,7 @@ class FileStore:
         """Create, write, fsync and remove a file in the folder: what every put does."""
         tmp = self.root / f"{TEMP_PREFIX}probe-{secrets.token_hex(6)}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
             try:
                 os.write(fd, b"probe")
                 os.fsync(fd)
