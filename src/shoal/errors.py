@@ -49,6 +49,9 @@ CODES: dict[str, tuple[int, str]] = {
     "TRANSACTION_ABORTED": (410, "An error (e.g. a statement timeout) rolled the transaction "
                                  "back; open a new one."),
     "IDEMPOTENCY_KEY_REUSED": (422, "Use a new Idempotency-Key for a different request."),
+    "TOO_MANY_TRANSACTIONS": (429, "Commit or roll back open transactions first, or raise "
+                                   "max_transactions / max_transactions_per_token; the "
+                                   "message says which limit."),
     # branches and history
     "BRANCH_NOT_FOUND": (404, "List branches with GET /v1/databases/{db}/branches."),
     "BRANCH_EXISTS": (409, "Pick another branch name, or delete or reset the existing one."),

@@ -41,6 +41,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_open", int, 1000, "Most databases open at once; least recently used close first."),
     Setting("transaction_timeout", float, 10.0,
             "Seconds an interactive transaction may sit idle before it is rolled back."),
+    Setting("transaction_max_age", float, 60.0,
+            "Seconds an interactive transaction may stay open in all, busy or not, before it "
+            "is rolled back (an open read snapshot keeps the WAL from being checkpointed)."),
+    Setting("max_transactions", int, 64,
+            "Most interactive transactions open at once on one database "
+            "(TOO_MANY_TRANSACTIONS past it)."),
+    Setting("max_transactions_per_token", int, 16,
+            "Most interactive transactions one token holds open at once, over every "
+            "database (TOO_MANY_TRANSACTIONS past it)."),
     Setting("busy_timeout", float, 5.0,
             "Seconds a write waits for the database's write lock before DATABASE_BUSY."),
     Setting("statement_timeout", float, 5.0,
@@ -55,6 +64,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a database's unused reader connections stay open; its writer stays "
             "until idle_timeout (a reader costs ~150 KB of SQLite memory)."),
     Setting("threads", int, 16, "Worker threads running SQLite work off the event loop."),
+    Setting("threads_per_database", int, 4,
+            "Most worker threads one database's work holds at once; the rest of its work "
+            "waits for them, so another database always finds a thread (the threads serve "
+            "databases round-robin)."),
     Setting("idempotency_ttl", float, 86400.0, "Seconds an Idempotency-Key is remembered."),
     Setting("metrics", bool, True, "Serve GET /metrics without a token."),
     Setting("openapi", bool, True, "Serve GET /openapi.json without a token."),
@@ -213,6 +226,10 @@ def load(
         raise SettingsError("synchronous must be 'full' or 'normal'")
     if values["durability"] not in ("local", "remote"):
         raise SettingsError("durability must be 'local' or 'remote'")
+    for name in ("threads", "threads_per_database", "max_transactions",
+                 "max_transactions_per_token"):
+        if values[name] < 1:
+            raise SettingsError(f"{name} must be at least 1")
     if not values["lease_ttl"] > 0 or not values["lease_wait"] >= 0:
         raise SettingsError("lease_ttl must be above 0 and lease_wait at least 0")
     if values["disk_reserve_bytes"] < 0:

@@ -149,6 +149,7 @@ class Transaction:
     aborted: bool = False  # SQLite rolled it back after an error; only rollback remains
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     start_txid: int = 0  # the commit its snapshot (read) or write lock (write) starts from
+    age_deadline: float = math.inf  # monotonic time it ends whatever it does
 
 
 class Database:

@@ -20,8 +20,8 @@ import os
 import secrets
 import shutil
 import time
-from collections import OrderedDict, defaultdict
-from collections.abc import Awaitable, Callable
+from collections import Counter, OrderedDict, defaultdict
+from collections.abc import Awaitable, Callable, ItemsView, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -47,6 +47,7 @@ from shoal.engine.health import LEVELS, Health, Watch
 from shoal.engine.journal import Stores
 from shoal.engine.lease import Lease
 from shoal.engine.lifecycle import Lifecycle, drain, release_memory
+from shoal.engine.pool import Pool
 from shoal.engine.registry import BranchView, Deleted, Registry, stored_txid
 from shoal.errors import ShoalError
 from shoal.log.branch import Branch
@@ -155,7 +156,7 @@ class Engine:
         self._lock = datadir.lock(self.root)
         self.disk.start()  # before anything else writes: a full disk gets its reserve back
         datadir.sweep_leftovers(self.root)
-        self.executor = ThreadPoolExecutor(settings.threads, thread_name_prefix="shoal-sql")
+        self.executor = Pool(settings.threads, settings.threads_per_database)
         self.io = ThreadPoolExecutor(max(4, settings.threads), thread_name_prefix="shoal-io")
         # store = "none": a local-only node (no commit log; the data directory is the truth)
         self.store: RetryingStore | None = None
@@ -198,7 +199,7 @@ class Engine:
                                           self.catalog.revoked_ids() | revoked, narrowed)
         self.lifecycle = Lifecycle(self.root / "dbs", settings, self.executor, self.names,
                                    self._registry)
-        self.transactions: dict[str, tuple[Database, Transaction]] = {}
+        self.transactions = OpenTransactions()
         self.expired: OrderedDict[str, str] = OrderedDict()  # tx id -> why it ended
         self.inflight: dict[tuple[str, str, str], asyncio.Future[Any]] = {}
         self.usage: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
@@ -282,9 +283,10 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         for tx_id in list(self.transactions):
-            db, tx = self.transactions.pop(tx_id)
-            with contextlib.suppress(Exception):
-                await db.end(tx, commit=False)
+            entry = self.transactions.pop(tx_id)
+            if entry is not None:
+                with contextlib.suppress(Exception):
+                    await entry[0].end(entry[1], commit=False)
         if self._retention:
             self._retention.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -683,15 +685,31 @@ class Engine:
             raise ShoalError("READ_ONLY", "this token may open read transactions only")
         if write:
             self.disk.refuse()
+        self._admit(principal, name)
         db = await self.lifecycle.acquire(name, branch)
         try:
+            self._admit(principal, name)  # again: others may have begun while it opened
             tx = await db.begin("tx_" + secrets.token_hex(12), principal.subject, write)
         finally:
             db.active -= 1
             db.last_used = time.monotonic()
+        tx.age_deadline = time.monotonic() + self.settings.transaction_max_age
         self.transactions[tx.id] = (db, tx)
         METRICS.open_transactions.set(len(self.transactions))
         return tx
+
+    def _admit(self, principal: tokens.Principal, name: str) -> None:
+        """TOO_MANY_TRANSACTIONS past a database's or a token's share of open transactions
+        (each holds a connection, two file descriptors, and pins a snapshot of the WAL)."""
+        s = self.settings
+        if self.transactions.of_database(name) >= s.max_transactions:
+            raise ShoalError("TOO_MANY_TRANSACTIONS",
+                             f"database {name!r} has {s.max_transactions} open transactions "
+                             f"(max_transactions)")
+        if self.transactions.of_subject(principal.subject) >= s.max_transactions_per_token:
+            raise ShoalError("TOO_MANY_TRANSACTIONS",
+                             f"this token has {s.max_transactions_per_token} open transactions "
+                             f"(max_transactions_per_token)")
 
     def _tx(self, principal: tokens.Principal, name: str, tx_id: str,
             branch: str = "main") -> tuple[Database, Transaction]:
@@ -764,7 +782,7 @@ class Engine:
     async def _expire_transactions(self) -> None:
         now = time.monotonic()
         for tx_id, (db, tx) in list(self.transactions.items()):
-            if tx.busy or tx.idle_deadline > now or tx.lock.locked():
+            if tx.busy or tx.lock.locked() or (tx.idle_deadline > now and tx.age_deadline > now):
                 continue
             self.transactions.pop(tx_id, None)
             self.expired[tx_id] = "TRANSACTION_EXPIRED"
@@ -1030,3 +1048,53 @@ def parse_time(text: str) -> float:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when.timestamp()
+
+
+class OpenTransactions:
+    """The node's open interactive transactions by id, counted per database and per token
+    (the caps of ``Engine._admit``) as they come and go."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, tuple[Database, Transaction]] = {}
+        self._databases: Counter[str] = Counter()
+        self._subjects: Counter[str] = Counter()
+
+    def __setitem__(self, tx_id: str, entry: tuple[Database, Transaction]) -> None:
+        if tx_id in self._by_id:
+            self.pop(tx_id)
+        self._by_id[tx_id] = entry
+        self._databases[entry[0].name] += 1
+        self._subjects[entry[1].subject] += 1
+
+    def pop(self, tx_id: str, default: tuple[Database, Transaction] | None = None
+            ) -> tuple[Database, Transaction] | None:
+        entry = self._by_id.pop(tx_id, None)
+        if entry is None:
+            return default
+        for counter, key in ((self._databases, entry[0].name),
+                             (self._subjects, entry[1].subject)):
+            counter[key] -= 1
+            if counter[key] <= 0:
+                del counter[key]
+        return entry
+
+    def get(self, tx_id: str) -> tuple[Database, Transaction] | None:
+        return self._by_id.get(tx_id)
+
+    def __contains__(self, tx_id: object) -> bool:
+        return tx_id in self._by_id
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._by_id)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def items(self) -> ItemsView[str, tuple[Database, Transaction]]:
+        return self._by_id.items()
+
+    def of_database(self, name: str) -> int:
+        return self._databases[name]
+
+    def of_subject(self, subject: str) -> int:
+        return self._subjects[subject]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shoal.engine.database import Database
+from shoal.engine.pool import lane_of
 from shoal.errors import ShoalError, disk_errors
 from shoal.metrics import METRICS
 
@@ -134,7 +135,8 @@ class Lifecycle:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 if self.registry is not None:
                     return await self.registry.open(name, branch, path)
-                db = Database(name, branch, str(path), self.settings, self.executor)
+                db = Database(name, branch, str(path), self.settings,
+                              lane_of(self.executor, name))
                 db.open()
                 return db
         finally:

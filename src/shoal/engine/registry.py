@@ -57,6 +57,7 @@ from shoal.engine.journal import (
     marker_path,
     quarantine,
 )
+from shoal.engine.pool import lane_of
 from shoal.errors import ShoalError, disk_full
 from shoal.log import branch as branch_log
 from shoal.log import compaction, layout
@@ -478,9 +479,10 @@ class Registry:
         for _ in range(3):
             state = await loop.run_in_executor(self.stores.io, self.prepare, name, branch, path,
                                                force)
-            db = Database(name, branch, str(path), self.settings, self.executor)
-            db.journal = Journal(self.stores, name, state, str(path), self.settings,
-                                 self.executor, self.node)
+            lane = lane_of(self.executor, name)  # this database's share of the SQL threads
+            db = Database(name, branch, str(path), self.settings, lane)
+            db.journal = Journal(self.stores, name, state, str(path), self.settings, lane,
+                                 self.node)
             db.timeline = state.branch.timeline
             db.open()
             if db.txid >= state.head_txid:
