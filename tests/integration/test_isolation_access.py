@@ -2,9 +2,9 @@
 
 - Revoking a token needs admin over every database it reaches: a token that is admin on
   one database cannot revoke another tenant's token, nor a "*" one.
-- A token does not outlive its database: deleting a database narrows every scoped token
-  naming it, so a new database of the same name (anyone's) is out of its reach, after a
-  restart and on a node with an empty disk too.
+- A token does not outlive its database: a new database under a used name is out of
+  the reach of every older scoped token naming it (after a restart and on a node with
+  an empty disk too); until then, the deleted one stays within reach to undelete.
 - The store folder holds the signing key and the admin token: owner-only.
 - A token for no database is refused, not turned into "*".
 """
@@ -68,6 +68,11 @@ def test_a_token_does_not_outlive_its_database(start_server: Callable[..., Serve
     with node.client(old) as stale:
         run(stale, "tenantx", "SELECT * FROM t")
         assert stale.delete("/v1/databases/tenantx").status_code == 204
+        # its own mistake stays within its reach until the name is used again
+        gone = ok(stale.get("/v1/databases?deleted=true"))["databases"]
+        assert [d["name"] for d in gone] == ["tenantx"]
+        ok(stale.post("/v1/databases/tenantx/undelete"))
+        assert stale.delete("/v1/databases/tenantx").status_code == 204
     with node.client() as http:  # a new tenant gets the name
         ok(http.post("/v1/databases", json={"name": "tenantx"}), 201)
         run(http, "tenantx", "CREATE TABLE secrets(v)", "INSERT INTO secrets VALUES ('new')")
@@ -78,6 +83,7 @@ def test_a_token_does_not_outlive_its_database(start_server: Callable[..., Serve
                            json={"statements": ["SELECT * FROM secrets"]})
             assert code(r) == (403, "FORBIDDEN"), r.text
             assert code(stale.delete("/v1/databases/tenantx")) == (403, "FORBIDDEN")
+            assert ok(stale.get("/v1/databases?deleted=true"))["databases"] == []
             run(stale, "other", "SELECT 1")  # the rest of its scope is untouched
 
     locked_out(node)

@@ -384,6 +384,10 @@ class Engine:
         check_name(name)
         principal.require("admin", name)
         key = (idem.key if idem else "")
+        if self._registry is not None and name not in self.names and \
+                await self._io(self._registry.used_before, name):
+            # a new database of a name used before is not the one older tokens were given
+            await self._narrow_tokens(name, keep=principal.subject)
 
         def make() -> tuple[int, bytes]:
             rec = self.catalog.create_database(name)
@@ -441,7 +445,8 @@ class Engine:
                     len(await self._io(self._registry.purge, name)) > 0:
                 return
             raise ShoalError("DATABASE_NOT_FOUND", f"database {name!r} does not exist")
-        await self._narrow_tokens(name)
+        if self._registry is None:  # no undelete here: its tokens go with it
+            await self._narrow_tokens(name)
         record = await self._run(self.catalog.get_database, name)
         self.names.discard(name)  # no new request can open it from here on
         # The local catalog first: if this node dies before the store's write, the next
@@ -472,16 +477,18 @@ class Engine:
         if purge and incarnation is not None and self._registry is not None:
             await self._io(self._registry.purge, name, {incarnation})  # this one, not older
 
-    async def _narrow_tokens(self, name: str) -> None:
-        """Every scoped token naming ``name`` stops reaching it: a database of that name
-        created later (by anyone) is not the one those tokens were given, and undelete does
-        not give them back either. First thing of a delete: if it fails, nothing is
-        deleted."""
+    async def _narrow_tokens(self, name: str, keep: str = "") -> None:
+        """Every scoped token naming ``name`` (but ``keep``, the one creating it) stops
+        reaching it: a database created under a name used before is not the one those
+        tokens were given. With a store that happens when the name is used again (until
+        then a deleted database stays in its tokens' reach, to undelete it); on a node
+        without one (no undelete), at the delete. Before the change it guards: if it
+        fails, nothing is created or deleted."""
         now = time.time()
         ids = set(await self._run(self.catalog.tokens_naming, name, now))
         if self._registry is not None:
             ids |= set(await self._io(self._registry.tokens_naming, name, now))
-        for tid in sorted(ids):
+        for tid in sorted(ids - {keep}):
             if self._registry is not None:
                 await self._io(self._registry.narrow, tid, name)
             else:

@@ -282,6 +282,11 @@ class Registry:
         branch_log.add_database(self.store, name, created_at, root)
 
     @mapped
+    def used_before(self, name: str) -> bool:
+        """Whether the name has a record: a database of it exists or existed."""
+        return branch_log.load_record(self.store, name) is not None
+
+    @mapped
     def delete_database(self, name: str, now: float) -> str:
         """Soft delete: restorable (undelete) until history_retention has passed. Returns
         the id of the incarnation deleted."""
