@@ -49,6 +49,9 @@ CODES: dict[str, tuple[int, str]] = {
     "TRANSACTION_ABORTED": (410, "An error (e.g. a statement timeout) rolled the transaction "
                                  "back; open a new one."),
     "IDEMPOTENCY_KEY_REUSED": (422, "Use a new Idempotency-Key for a different request."),
+    "OVERLOADED": (503, "The node is short of memory (max_memory_bytes): retry shortly, with "
+                        "backoff. Operators: GET /ready says why; give the node more memory "
+                        "or fewer tenants."),
     "TOO_MANY_TRANSACTIONS": (429, "Commit or roll back open transactions first, or raise "
                                    "max_transactions / max_transactions_per_token; the "
                                    "message says which limit."),

@@ -64,6 +64,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds a database's unused reader connections stay open; its writer stays "
             "until idle_timeout (a reader costs ~150 KB of SQLite memory)."),
     Setting("threads", int, 16, "Worker threads running SQLite work off the event loop."),
+    Setting("max_memory_bytes", int, 0,
+            "Resident memory past which new requests get 503 OVERLOADED (running ones "
+            "finish) until it is under 90 % of it again; 0: 80 % of the machine's memory "
+            "(or of the container's limit)."),
     Setting("threads_per_database", int, 4,
             "Most worker threads one database's work holds at once; the rest of its work "
             "waits for them, so another database always finds a thread (the threads serve "

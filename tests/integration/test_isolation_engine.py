@@ -152,3 +152,23 @@ def test_a_transaction_in_use_still_ends_at_its_maximum_age(
             time.sleep(0.2)  # never idle for transaction_timeout
         assert answer.get("error", {}).get("code") == "TRANSACTION_EXPIRED", answer
         assert 1.4 < time.monotonic() - started < 5
+
+
+def test_past_its_memory_ceiling_the_node_refuses_new_work_but_answers_probes(
+        start_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    """A ceiling below what the process already holds: every new request is refused with
+    503 OVERLOADED (never a 500, never an out-of-memory kill), /health and /ready answer
+    and /ready says why."""
+    node = start_server(tmp_path / "node", admin_token=ADMIN, store="none",
+                        max_memory_bytes=8 << 20)
+    deadline = time.monotonic() + 10
+    with node.client() as http:
+        while time.monotonic() < deadline:
+            r = http.post("/v1/databases", json={"name": "never"})
+            if r.status_code == 503:
+                break
+            time.sleep(0.1)
+        assert (r.status_code, r.json()["error"]["code"]) == (503, "OVERLOADED"), r.text
+        assert http.get("/health").status_code == 200
+        ready = http.get("/ready").json()
+        assert any(c["condition"] == "memory" for c in ready["reasons"]), ready

@@ -15,6 +15,7 @@ from shoal.errors import CODES, ShoalError, disk_errors, disk_full, from_sqlite,
 EXPECTED_STATUS = {
     "INVALID_JSON": 400,
     "TOO_MANY_TRANSACTIONS": 429,
+    "OVERLOADED": 503,
     "INVALID_REQUEST": 400,
     "INVALID_NAME": 400,
     "INVALID_ARGUMENT": 400,

@@ -47,6 +47,7 @@ from shoal.engine.health import LEVELS, Health, Watch
 from shoal.engine.journal import Stores
 from shoal.engine.lease import Lease
 from shoal.engine.lifecycle import Lifecycle, drain, release_memory
+from shoal.engine.memory import Memory, ceiling
 from shoal.engine.pool import Pool
 from shoal.engine.registry import BranchView, Deleted, Registry, stored_txid
 from shoal.errors import ShoalError
@@ -147,6 +148,7 @@ class Engine:
         self.settings = settings
         self.health = Health()  # readiness: conditions under which the node refuses writes
         self.disk = Disk(settings.data_dir, settings.disk_reserve_bytes, self.health)
+        self.memory = Memory(ceiling(settings.max_memory_bytes), self.health, release_memory)
         self._stale_catalog = False  # catalog.db lags the store: synced once the disk has room
         self._takeover = False  # another node held the store since this one last did
         self.root = settings.data_dir
@@ -311,6 +313,7 @@ class Engine:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
                 watch.poll(self.lifecycle.open.values())
+                self.memory.check()
                 if self.disk.full:
                     await self._io(self.disk.check)
                 elif self._stale_catalog:

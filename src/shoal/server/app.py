@@ -87,6 +87,7 @@ class App:
             if request.route not in self.public:
                 request.principal = self.engine.auth.authenticate(
                     request.header(b"authorization"))
+                self.engine.memory.refuse()  # past the memory ceiling: no new work
             response = await handler(request)
         except ShoalError as exc:
             response = json_response(exc.status, exc.body())
