@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import selectors
 import socket
 import threading
@@ -365,8 +366,8 @@ def status_of(h: Held) -> str:
 
 
 def test_slow_and_silent_connections_are_cut(start_server: Start) -> None:
-    """500 connections sending headers or bodies a byte at a time and 300 WebSockets that
-    never say hello used to stay as long as they liked. Now the headers, the body and the
+    """500 connections sending headers (unauthenticated) or bodies a byte at a time and 300
+    WebSockets that never say hello used to stay as long as they liked. Now the headers, the body and the
     hello each have a deadline, and one address holds at most max_connections_per_client
     connections: the rest are refused at once with 503 TOO_MANY_CONNECTIONS."""
     node = start_server(header_timeout=2, body_timeout=2, hello_timeout=2,
@@ -375,15 +376,24 @@ def test_slow_and_silent_connections_are_cut(start_server: Start) -> None:
     head = f"POST /v1/databases/{attacker.db}/query HTTP/1.1\r\nHost: x\r\n".encode()
     with timed(node, other, "7. slowloris: 500 slow requests, 300 silent WebSockets",
                fresh=True):
-        held = [hold(node, "127.0.0.2", head + b"X-Slow: ", b"a") for _ in range(250)]
-        held += [hold(node, "127.0.0.2", head + b"Content-Type: application/json\r\n"
-                      b"Content-Length: 100000\r\n\r\n{", b" ") for _ in range(250)]
+        slow_head = (head + b"X-Slow: ", b"a")
+        slow_body = (head + f"Authorization: Bearer {attacker.token}\r\n".encode()
+                     + b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{",
+                     b" ")  # authenticated: the node waits for its body
+        held = [hold(node, "127.0.0.2", *(slow_head if i % 2 else slow_body))
+                for i in range(500)]
         silent = [hold(node, f"127.0.0.{3 + i % 3}", ws_handshake(attacker.db), b"")
                   for i in range(300)]
         huge = hold(node, "127.0.0.6", head + b"X-Big: " + b"a" * 70_000, b"")
         idle = Ws(node, attacker)  # said hello, then nothing
         keep_dripping([*held, *silent, huge], 7.0)
     assert status_of(huge) == "HTTP/1.1 431 Request Header Fields Too Large"
+    with node.client() as admin:
+        metrics = admin.get("/metrics").text
+    cuts = {m[0]: float(m[1]) for m in re.findall(
+        r'shoal_connections_cut_total\{reason="(\w+)"\} (\S+)', metrics)}
+    assert cuts["refused"] >= 400 and cuts["headers_too_large"] == 1, cuts
+    assert cuts["header_timeout"] >= 50 and cuts["body_timeout"] >= 50, cuts
     with pytest.raises(ConnectionClosed) as closed:
         idle.conn.recv(timeout=5)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001

@@ -33,6 +33,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from shoal.errors import ShoalError
+from shoal.metrics import METRICS
 from shoal.server.http import encode
 from shoal.settings import Settings
 
@@ -82,9 +83,11 @@ class Gate:
                 return f"the node holds {len(self.members)} connections (max_connections)"
             oldest, _ = waiting.popitem(last=False)
             self.evicted += 1
+            cut("evicted")
             oldest.evict()
         self.members[conn] = host
         self.per_client[host] += 1
+        METRICS.connections.set(len(self.members))
         return None
 
     def leave(self, conn: Any) -> None:
@@ -95,6 +98,7 @@ class Gate:
             self.per_client[host] -= 1
             if self.per_client[host] <= 0:
                 del self.per_client[host]
+            METRICS.connections.set(len(self.members))
 
     def handover(self, old: Any, new: Any) -> None:
         """A connection upgraded to a WebSocket: the new protocol object owns its place."""
@@ -155,6 +159,7 @@ class GatedHttp(HttpToolsProtocol):
         if self._in_head and self._head_bytes > self.gate.max_header_bytes \
                 and not self.transport.is_closing():
             limit = self.gate.max_header_bytes
+            cut("headers_too_large")
             self._answer(431, "HEADERS_TOO_LARGE",
                          f"the request line and headers exceed max_header_bytes ({limit})")
 
@@ -210,6 +215,7 @@ class GatedHttp(HttpToolsProtocol):
 
     def _expired(self, what: str, setting: str, seconds: float) -> None:
         self._timer = None
+        cut(setting)
         self._answer(408, "REQUEST_TIMEOUT",
                      f"the request's {what} did not arrive within {setting} ({seconds:g} s)")
 
@@ -238,6 +244,7 @@ class GatedHttp(HttpToolsProtocol):
             self.transport.close()
 
     def _refuse(self, reason: str) -> None:
+        cut("refused")
         self.transport.write(raw_response(503, "TOO_MANY_CONNECTIONS", reason))
         if self.gate.lingering >= MAX_LINGERING or not self.transport.can_write_eof():
             self.transport.close()
@@ -262,6 +269,10 @@ class GatedWebSocket(WebSocketsSansIOProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
         self.gate.leave(self)
+
+
+def cut(reason: str) -> None:
+    METRICS.connections_cut.labels(reason).inc()
 
 
 def protocols(gate: Gate) -> tuple[type[GatedHttp], type[GatedWebSocket]]:
