@@ -27,6 +27,13 @@ CODES: dict[str, tuple[int, str]] = {
     "PAYLOAD_TOO_LARGE": (413, "Send a smaller body or raise max_request_bytes."),
     "RESPONSE_TOO_LARGE": (400, "Select fewer rows (LIMIT) or raise max_response_bytes."),
     "STATEMENT_TIMEOUT": (400, "Make the statement cheaper or raise statement_timeout."),
+    # connections
+    "REQUEST_TIMEOUT": (408, "Send the request line and headers within header_timeout and the "
+                             "body within body_timeout of them; the connection is closed."),
+    "HEADERS_TOO_LARGE": (431, "Send a request line and headers within max_header_bytes."),
+    "TOO_MANY_CONNECTIONS": (503, "The node or your address holds as many connections as it "
+                                  "may (max_connections, max_connections_per_client): reuse "
+                                  "connections (keep-alive) and retry shortly."),
     # auth
     "UNAUTHORIZED": (401, "Send 'Authorization: Bearer <token>'."),
     "TOKEN_INVALID": (401, "The token is malformed or its signature does not verify."),

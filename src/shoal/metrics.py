@@ -35,6 +35,8 @@ class Metrics:
     lease_renewal_failures: Counter
     log_fenced_commits: Counter
     readiness: Gauge
+    connections: Gauge
+    connections_cut: Counter
 
     _children: dict[tuple[str, str, int], tuple[Any, Any]] = field(default_factory=dict)
     _cpu_children: dict[str, Any] = field(default_factory=dict)
@@ -108,6 +110,12 @@ def _build() -> Metrics:
                                    "acknowledged; with remote durability never)", registry=reg),
         readiness=Gauge("shoal_readiness", "What GET /ready says: 0 ok, 1 degraded (serving, "
                         "needs attention), 2 read_only (writes are refused)", registry=reg),
+        connections=Gauge("shoal_connections", "Client connections open now (HTTP and "
+                          "WebSocket)", registry=reg),
+        connections_cut=Counter("shoal_connections_cut", "Connections the node refused or "
+                                "closed to protect itself, by reason: refused (a cap), "
+                                "evicted (room for a new one), header_timeout, body_timeout, "
+                                "headers_too_large", ["reason"], registry=reg),
     )
 
 

@@ -57,6 +57,51 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_request_bytes", int, 8 * 1024 * 1024, "Largest accepted request body."),
     Setting("max_response_bytes", int, 10 * 1000 * 1000, "Largest result a request may return."),
     Setting("max_statements", int, 1000, "Most statements in one request."),
+    # connections (docs/operations.md, "Limits that protect the node")
+    Setting("max_connections", int, 4096,
+            "Most client connections open at once (never above half the process's file "
+            "descriptor limit). At the cap a new connection takes the place of the one "
+            "that has waited longest for its request; with none waiting it is refused "
+            "(503 TOO_MANY_CONNECTIONS). 0: half the descriptor limit."),
+    Setting("max_connections_per_client", int, 1024,
+            "Most connections open at once from one client address (503 "
+            "TOO_MANY_CONNECTIONS). Behind a proxy every client has the proxy's address: "
+            "raise it or set 0 (no cap) and let the proxy cap clients."),
+    Setting("header_timeout", float, 10.0,
+            "Seconds a request's line and headers may take to arrive, from the connection's "
+            "start or the request's first byte (408 REQUEST_TIMEOUT, then closed)."),
+    Setting("body_timeout", float, 30.0,
+            "Seconds a request's body may take to arrive after its headers (408 "
+            "REQUEST_TIMEOUT, then closed): an 8 MiB body needs 280 KB/s."),
+    Setting("max_header_bytes", int, 64 * 1024,
+            "Largest request line and headers (431 HEADERS_TOO_LARGE, then closed)."),
+    # Hrana (docs/hrana.md, "Limits")
+    Setting("hello_timeout", float, 10.0,
+            "Seconds a Hrana WebSocket may stay open without a hello (closed, code 1008)."),
+    Setting("websocket_idle_timeout", float, 300.0,
+            "Seconds a Hrana WebSocket may stay open without a message while none of its "
+            "requests runs (closed, code 1001)."),
+    Setting("max_streams", int, 4096,
+            "Most Hrana streams open on the node at once, HTTP and WebSocket "
+            "(TOO_MANY_STREAMS). An HTTP stream counts from the pipeline that opens it, "
+            "unless that pipeline closes it, until closed or expired. 0: no cap."),
+    Setting("max_streams_per_token", int, 128,
+            "Most Hrana streams one token holds open at once (TOO_MANY_STREAMS). 0: no cap."),
+    Setting("max_streams_per_database", int, 256,
+            "Most Hrana streams open on one database at once (TOO_MANY_STREAMS). 0: no cap."),
+    Setting("max_streams_per_connection", int, 64,
+            "Most streams one Hrana WebSocket connection holds open (TOO_MANY_STREAMS). "
+            "0: no cap."),
+    Setting("max_cursors_per_connection", int, 16,
+            "Most cursors one Hrana WebSocket connection holds open (TOO_MANY_CURSORS). "
+            "0: no cap."),
+    Setting("max_held_bytes_per_token", int, 32 << 20,
+            "Memory the node keeps for one token between Hrana requests: its stored SQL "
+            "texts and its cursor entries not yet fetched (HELD_BYTES_LIMIT). 0: no cap."),
+    Setting("max_held_bytes_per_database", int, 64 << 20,
+            "The same memory for all tokens of one database (HELD_BYTES_LIMIT). 0: no cap."),
+    Setting("max_held_bytes", int, 256 << 20,
+            "The same memory for the whole node (HELD_BYTES_LIMIT). 0: no cap."),
     Setting("synchronous", str, "full",
             "SQLite synchronous mode for writes: 'full' (durable on ack) or 'normal'."),
     Setting("readers", int, 4, "Reader connections per open database."),
@@ -127,6 +172,12 @@ SETTINGS: tuple[Setting, ...] = (
 )
 
 BY_NAME = {s.name: s for s in SETTINGS}
+_POSITIVE = ("header_timeout", "body_timeout", "max_header_bytes", "hello_timeout",
+             "websocket_idle_timeout")
+_CAPS = ("max_connections", "max_connections_per_client", "max_streams",
+         "max_streams_per_token", "max_streams_per_database", "max_streams_per_connection",
+         "max_cursors_per_connection", "max_held_bytes_per_token",
+         "max_held_bytes_per_database", "max_held_bytes")
 
 
 class SettingsError(ValueError):
@@ -238,4 +289,10 @@ def load(
         raise SettingsError("lease_ttl must be above 0 and lease_wait at least 0")
     if values["disk_reserve_bytes"] < 0:
         raise SettingsError("disk_reserve_bytes must be at least 0")
+    for name in _POSITIVE:
+        if not values[name] > 0:
+            raise SettingsError(f"{name} must be above 0")
+    for name in _CAPS:
+        if values[name] < 0:
+            raise SettingsError(f"{name} must be at least 0 (0: no cap)")
     return Settings(values)

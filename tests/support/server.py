@@ -37,6 +37,7 @@ class ServerProcess:
     proc: subprocess.Popen[bytes] | None = None
     log_path: Path | None = None
     env: dict[str, str] = field(default_factory=dict)
+    prefix: list[str] = field(default_factory=list)  # e.g. ["prlimit", "--nofile=512"]
 
     @property
     def url(self) -> str:
@@ -57,7 +58,7 @@ class ServerProcess:
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the subprocess
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shoal", "serve", "--data", str(self.data_dir),
+            [*self.prefix, sys.executable, "-m", "shoal", "serve", "--data", str(self.data_dir),
              "--port", str(self.port)],
             stdout=log, stderr=log, env=env,
         )

@@ -7,9 +7,10 @@ import math
 import re
 from pathlib import Path
 
+import apsw
 import msgspec
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shoal.errors import ShoalError
@@ -83,6 +84,84 @@ def test_bad_argument_contents_are_args_invalid(raw: str) -> None:
 ])
 def test_scripts_split_where_sqlite_says(script: str, pieces: list[str]) -> None:
     assert p.split_script(script) == pieces
+
+
+def complete_split(text: str) -> list[str]:
+    """The oracle: cut where sqlite3_complete says the text up to a semicolon is complete
+    (what split_script did before; quadratic)."""
+    out, start, at = [], 0, text.find(";")
+    while at != -1:
+        if apsw.complete(text[start:at + 1]):
+            out.append(text[start:at + 1])
+            start = at + 1
+        at = text.find(";", at + 1)
+    return out + ([text[start:]] if text[start:].strip() else [])
+
+
+SCRIPT_TOKENS = [
+    ";", " ", "\n", "\t", "\r", "\f", "\v", "'a;b'", "'", '"x;"', '"', "`q`", "`", "[b;]", "[",
+    "]", "/* c; */", "/*", "*/", "-- d;\n", "--", "-", "/", "end", "END", "End", "create",
+    "CREATE", "temp", "TEMP", "temporary", "trigger", "TRIGGER", "explain", "EXPLAIN", "begin",
+    "BEGIN", "select", "ON", "x", "1", "endx", "xend", "tend", "cend", "é", "$v", "_", "(",
+    "+", "c", "e", "t", "end\u00e9",
+]
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(SCRIPT_TOKENS), st.sampled_from(["", " ", "\n"])),
+                max_size=30))
+def test_scripts_split_exactly_as_sqlite3_complete_would(parts: list[tuple[str, str]]) -> None:
+    script = "".join(token + gap for token, gap in parts)
+    assert p.split_script(script) == complete_split(script)
+
+
+class Spy:
+    """A compiled pattern that counts the characters its matches consume."""
+
+    def __init__(self, pattern: re.Pattern[str], seen: list[int]):
+        self.pattern, self.seen = pattern, seen
+
+    def match(self, text: str, pos: int) -> re.Match[str] | None:
+        found = self.pattern.match(text, pos)
+        self.seen.append(found.end() - pos if found else 0)
+        return found
+
+
+@pytest.mark.parametrize("script", [
+    "SELECT '" + ";" * 200_000 + "'",  # 400 KB of this froze a node for 78 s
+    "CREATE TRIGGER t AFTER INSERT ON x BEGIN " + "a;" * 100_000 + "END;",
+    "CREATE TRIGGER t AFTER INSERT ON x BEGIN " + "; end x" * 30_000 + "; END;",
+    "EXPLAIN " + "c " * 100_000, "SELECT " + "'', " * 60_000 + "1;", "/**/" * 50_000,
+])
+def test_splitting_reads_each_character_once(script: str,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The work is linear: the matches consume the text once, in few steps."""
+    seen: list[int] = []
+    monkeypatch.setattr(p, "_TOKEN", Spy(p._TOKEN, seen))
+    monkeypatch.setattr(p, "_SKIP", {k: Spy(v, seen) for k, v in p._SKIP.items()})
+    p.split_script(script)
+    assert sum(seen) <= len(script)
+    assert len(seen) <= 10 + len(script) // 2
+
+
+def test_splitting_stops_past_the_limit() -> None:
+    assert len(p.split_script("SELECT 1;" * 100_000, limit=1000)) == 1001
+
+
+def test_deep_json_is_a_protocol_error_not_a_recursion_error() -> None:
+    deep = '{"type":"not","cond":' * 5000 + '{"type":"ok","step":0}' + "}" * 5000
+    with pytest.raises(HranaError) as info:
+        p.decode(deep, p.BatchCond)
+    assert info.value.code == "HRANA_PROTO_ERROR" and info.value.status == 400
+
+
+def test_conditions_nest_a_bounded_depth() -> None:
+    cond = msgspec.convert({"type": "ok", "step": 0}, p.BatchCond)
+    for _ in range(150):
+        cond = p.NotCond(cond)
+    with pytest.raises(HranaError) as info:
+        _check_cond(cond, 1)
+    assert info.value.code == "HRANA_PROTO_ERROR"
 
 
 def test_conditions_may_only_name_earlier_steps() -> None:

@@ -154,3 +154,19 @@ def test_store_none_makes_a_local_only_node() -> None:
     assert load(environ={"SHOAL_STORE": "NONE"}).local_only
     assert not load(environ={}).local_only
     assert not load(environ={"SHOAL_STORE": "memory://"}).local_only
+
+
+@pytest.mark.parametrize("env", [
+    {"SHOAL_MAX_STREAMS_PER_TOKEN": "-1"},
+    {"SHOAL_MAX_CONNECTIONS": "-5"},
+    {"SHOAL_HEADER_TIMEOUT": "0"},
+    {"SHOAL_HELLO_TIMEOUT": "-1"},
+])
+def test_limits_must_make_sense(env: dict[str, str]) -> None:
+    with pytest.raises(SettingsError) as info:
+        load(environ=env)
+    assert next(iter(env))[len("SHOAL_"):].lower() in str(info.value)
+
+
+def test_a_cap_of_zero_is_no_cap() -> None:
+    assert load(environ={"SHOAL_MAX_CONNECTIONS_PER_CLIENT": "0"}).max_connections_per_client == 0

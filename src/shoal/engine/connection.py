@@ -129,16 +129,24 @@ _probes = threading.local()
 _BINDINGS_WANTED = re.compile(r"has (\d+) binding")
 
 
-def _param_name(sql: str, name: str | None) -> str | None:
-    """apsw drops a parameter's prefix; put back the one the statement uses."""
-    if name is None:
-        return None
-    if name.isdigit():
-        return "?" + name
-    for prefix in ":@$":
-        if prefix + name in sql:
-            return prefix + name
-    return ":" + name
+# A named parameter as SQLite's tokenizer reads one: identifier characters, "::", and
+# a Tcl-style "(...)" suffix.
+_PARAM = re.compile(r"([:@$])((?:[0-9A-Za-z_$\u0080-\U0010ffff]|::)+(?:\([^)\s]*\))?)")
+_RANK = {":": 0, "@": 1, "$": 2}
+
+
+def _param_names(sql: str, names: tuple[str | None, ...]) -> list[str | None]:
+    """apsw drops a parameter's prefix; put back the one the statement uses (":" first,
+    then "@", then "$"). One pass over the text, however many parameters it has."""
+    named = {name for name in names if name is not None and not name.isdigit()}
+    best: dict[str, str] = {}
+    if named:
+        for match in _PARAM.finditer(sql):
+            prefix, name = match.groups()
+            if name in named and (name not in best or _RANK[prefix] < _RANK[best[name]]):
+                best[name] = prefix
+    return [None if name is None else "?" + name if name.isdigit()
+            else best.get(name, ":") + name for name in names]
 
 
 def probe_transaction(sql: str, verb: str, index: int) -> bool:
@@ -304,7 +312,7 @@ class Connection:
                 return True
             desc = cursor.get_description()
             found.append(Description(
-                [_param_name(sql, name) for name in cursor.bindings_names],
+                _param_names(sql, cursor.bindings_names),
                 [d[0] for d in desc], [d[1] for d in desc],
                 bool(cursor.is_explain), bool(cursor.is_readonly)))
             return False

@@ -548,10 +548,12 @@ class Database:
         return body_hash, status, response
 
     async def describe(self, sql: str) -> Description:
-        """Prepare sql on a reader (authorizer on) and describe it without running it."""
+        """Prepare sql on a reader (authorizer on) and describe it without running it, on a
+        worker thread: the text may be megabytes long."""
         conn = await self._take_reader()
         try:
-            return conn.describe(sql)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.executor, conn.describe, sql)
         finally:
             self._give_reader(conn)
 

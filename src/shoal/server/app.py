@@ -27,6 +27,7 @@ from shoal.server.http import (
     json_response,
 )
 from shoal.server.openapi import openapi_document
+from shoal.server.quota import Quota
 from shoal.server.stderr import timestamp
 from shoal.settings import Settings
 
@@ -51,8 +52,9 @@ class App:
         self._openapi = encode(openapi_document(self.router.routes()))
         # libSQL's Hrana protocol (not in the native OpenAPI document). Its handlers
         # authenticate themselves so that every error keeps Hrana's shape.
-        self.public |= HranaHTTP(self.engine).register(self.router)
-        self.websocket = HranaWebSocket(self.engine)
+        quota = Quota(settings)  # Hrana streams and held bytes, per token, database, node
+        self.public |= HranaHTTP(self.engine, quota).register(self.router)
+        self.websocket = HranaWebSocket(self.engine, quota)
         self._log = sys.stderr.buffer if settings.access_log else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

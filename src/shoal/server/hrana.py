@@ -41,6 +41,8 @@ from shoal.errors import ShoalError
 from shoal.server import hrana_proto as p
 from shoal.server.hrana_proto import HranaError
 from shoal.server.hrana_stream import (
+    RESERVE,
+    Budget,
     Ran,
     Recorder,
     Replay,
@@ -49,12 +51,13 @@ from shoal.server.hrana_stream import (
     scope_error,
 )
 from shoal.server.http import Request, Response, Router, encode
+from shoal.server.quota import Quota
 from shoal.tokens import Principal
 from shoal.values import decode_args
 
 T = TypeVar("T")
 TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
-MAX_STREAMS = 4096
+SQL_WORK = (p.ExecuteReq, p.BatchReq, p.SequenceReq, p.DescribeReq)  # what a full response stops
 _BATON = struct.Struct(">QQQQ")  # boot id, stream id, sequence, expiry (unix seconds)
 
 
@@ -74,8 +77,9 @@ class HttpStream:
 class HranaHTTP:
     """The Hrana HTTP endpoints; they authenticate themselves so errors keep Hrana's shape."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, quota: Quota):
         self.engine = engine
+        self.quota = quota
         settings = engine.settings
         self.timeout = float(settings.transaction_timeout)
         self.max_body = int(settings.max_request_bytes)
@@ -144,10 +148,8 @@ class HranaHTTP:
 
     async def _body(self, request: Request, kind: type[T]) -> T:
         await request.read_body(self.max_body)
-        try:
-            return msgspec.json.decode(request.body, type=kind)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise p.protocol_error(exc) from None
+        body: T = p.decode(request.body, kind)
+        return body
 
     @staticmethod
     def _error(exc: Exception) -> Response:
@@ -171,16 +173,19 @@ class HranaHTTP:
         return base64.urlsafe_b64encode(payload + mac).decode().rstrip("=")
 
     async def _open(self, baton: str | None, principal: Principal, db: str,
-                    branch: str) -> HttpStream:
+                    branch: str, keeps: bool = True) -> HttpStream:
+        """The stream a request names, or a new one. A new stream counts against its
+        token's, its database's and the node's caps unless ``keeps`` is false (the
+        request closes it: it holds nothing between requests)."""
         if time.monotonic() - self._last_sweep >= 0.5:
             await self._sweep()
         if baton is None:
-            if len(self.streams) >= MAX_STREAMS:
-                raise HranaError("NOT_SUPPORTED", f"too many open streams ({MAX_STREAMS}); "
-                                                  "close streams you no longer use", 503)
+            holder = self.quota.holder(principal.subject, db)
+            if keeps:
+                holder.add_stream()
             stream = Stream(self.engine, principal, db, branch=branch,
                             max_statements=self.max_statements,
-                            max_response_bytes=self.max_response)
+                            max_response_bytes=self.max_response, holder=holder)
             return HttpStream(next(self._ids), stream, 0, 0.0, busy=True)
         try:
             raw = base64.urlsafe_b64decode(baton + "=" * (-len(baton) % 4))
@@ -269,23 +274,27 @@ class HranaHTTP:
                 idem, stored = await self._stored(request, principal, db, branch)
                 if stored is not None:
                     return stored
-            handle = await self._open(body.baton, principal, db, branch)
+            closes = any(type(req) is p.CloseReq for req in body.requests)
+            handle = await self._open(body.baton, principal, db, branch, keeps=not closes)
         except (HranaError, ShoalError) as exc:
             return self._error(exc)
         stream = handle.stream
-        stream.budget = self.max_response
+        # every entry may have to be an error: keep room for that, and for the envelope
+        budget = stream.budget = Budget(self.max_response, RESERVE * (len(body.requests) + 1))
         rec = stream.recorder = Recorder(idem) if idem is not None else None
         results: list[Any] = []
         try:
             for i, req in enumerate(body.requests):
+                left = budget.left
                 if rec is None:
-                    results.append(await self._request(stream, req))
-                    continue
-                rec.frames.append(self._pipeline_frame(handle, body.requests, i, results))
-                try:
-                    results.append(await self._request(stream, req))
-                finally:
-                    rec.frames.pop()
+                    entry = await self._request(stream, req)
+                else:
+                    rec.frames.append(self._pipeline_frame(handle, body.requests, i, results))
+                    try:
+                        entry = await self._request(stream, req)
+                    finally:
+                        rec.frames.pop()
+                results.append(_fit(budget, left, req, entry))
         except Replay as replay:
             await self._drop(handle)
             return Response(replay.status, replay.body)
@@ -379,15 +388,12 @@ class HranaHTTP:
         except (HranaError, ShoalError) as exc:
             return self._error(exc)
         stream = handle.stream
-        budget = [self.max_response]
+        budget = stream.budget = Budget(self.max_response, 2 * RESERVE)  # head, error line
         lines: list[bytes] = []
 
         def on_step(i: int, ran: Ran | HranaError, stmt: p.Stmt) -> None:
             step = [encode(entry) for entry in cursor_entries(i, ran, stmt)]
-            budget[0] -= sum(len(line) + 1 for line in step)
-            if budget[0] < 0:
-                raise HranaError("RESPONSE_TOO_LARGE", "the cursor's rows exceed "
-                                                       "max_response_bytes")
+            budget.take(sum(len(line) + 1 for line in step))
             lines.extend(step)
 
         try:
@@ -458,6 +464,20 @@ class HranaHTTP:
         if out.replay is not None:
             return Response(*out.replay)
         return Response(200, _legacy_body(out.results))
+
+
+def _fit(budget: Budget, left: int, req: p.StreamRequest, entry: dict[str, Any]) -> msgspec.Raw:
+    """A pipeline entry as JSON, every byte of it counted once against the response's
+    budget (``left`` is what the budget held before the request ran). SQL work that does
+    not fit becomes a RESPONSE_TOO_LARGE error; the budget kept room for one per entry."""
+    raw = encode(entry)
+    if len(raw) + 1 <= left:
+        budget.left = left - len(raw) - 1
+    else:
+        budget.spent = True
+        if isinstance(req, SQL_WORK):
+            raw = encode({"type": "error", "error": budget.error().obj()})
+    return msgspec.Raw(raw)
 
 
 def _legacy_body(results: list[Any]) -> bytes:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
+import re
 from typing import Any, Union
 
-import apsw
 import msgspec
 
 from shoal.engine.connection import Result
@@ -272,7 +273,17 @@ CODES: dict[str, tuple[int, str]] = {
                                "slash), the x-namespace header, or a token for one database."),
     "IDEMPOTENCY_SCOPE": (400, "With an Idempotency-Key a request may commit once, as its "
                                "last SQL work."),
-    "NOT_SUPPORTED": (400, "Not supported by this server."),
+    "TOO_MANY_STREAMS": (429, "Close streams you no longer use (a pipeline that closes its "
+                              "stream holds none; an idle HTTP stream expires after "
+                              "transaction_timeout). Limits: max_streams_per_token, "
+                              "max_streams_per_database, max_streams_per_connection "
+                              "(WebSocket), max_streams (the node)."),
+    "TOO_MANY_CURSORS": (429, "Fetch cursors to the end or close them; a WebSocket connection "
+                              "holds at most max_cursors_per_connection."),
+    "HELD_BYTES_LIMIT": (429, "The node holds stored SQL texts and unfetched cursor entries "
+                              "for a token up to max_held_bytes_per_token (and "
+                              "max_held_bytes_per_database, max_held_bytes for the node): "
+                              "close_sql texts you no longer use, fetch or close cursors."),
 }
 
 def codes_table() -> str:
@@ -328,10 +339,23 @@ def from_shoal(exc: ShoalError) -> HranaError:
                       exc.status if exc.code in SHOAL_CODES else None)
 
 
-def protocol_error(exc: msgspec.ValidationError | msgspec.DecodeError) -> HranaError:
-    if isinstance(exc, msgspec.ValidationError):
-        return HranaError("HRANA_PROTO_ERROR", f"not a valid Hrana message: {exc}")
-    return HranaError("INVALID_JSON", f"body is not valid JSON: {exc}", 400)
+@functools.cache
+def _decoder(kind: Any) -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(kind)
+
+
+def decode(raw: bytes | str, kind: Any) -> Any:
+    """A Hrana message of this type. A wrong shape, bad JSON or JSON nested deeper than
+    msgspec may go (it raises RecursionError near Python's recursion limit) is a
+    HranaError, never a 500."""
+    try:
+        return _decoder(kind).decode(raw)
+    except msgspec.ValidationError as exc:
+        raise HranaError("HRANA_PROTO_ERROR", f"not a valid Hrana message: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise HranaError("INVALID_JSON", f"body is not valid JSON: {exc}", 400) from None
+    except RecursionError:
+        raise HranaError("HRANA_PROTO_ERROR", "the message is nested too deeply") from None
 
 
 # -- values in ---------------------------------------------------------------------------------
@@ -434,21 +458,74 @@ def stmt_result(result: Result | None, want_rows: bool, rows_read: int, rows_wri
 
 
 # -- scripts -----------------------------------------------------------------------------------
-def split_script(text: str) -> list[str]:
+# Cutting a script where SQLite would (sqlite3_complete's state machine, from complete.c): a
+# semicolon ends a statement unless it is inside a string, an identifier quote, a comment
+# or the body of CREATE TRIGGER (which ends at "; END ;"). Tokens: SEMI, WS (blanks and
+# comments), OTHER, and the keywords EXPLAIN, CREATE, TEMP, TRIGGER, END.
+_SEMI, _OTHER, _EXPLAIN, _CREATE, _TEMP, _TRIGGER, _END = 0, 2, 3, 4, 5, 6, 7
+_COMPLETE = (  # state x token -> state; 1 is "a statement just ended" (WS leaves all alone)
+    (1, 0, 2, 3, 4, 2, 2, 2),  # 0 start
+    (1, 1, 2, 3, 4, 2, 2, 2),  # 1 a statement ended
+    (1, 2, 2, 2, 2, 2, 2, 2),  # 2 a statement
+    (1, 3, 3, 2, 4, 2, 2, 2),  # 3 EXPLAIN
+    (1, 4, 2, 2, 2, 4, 5, 2),  # 4 CREATE [TEMP]
+    (6, 5, 5, 5, 5, 5, 5, 5),  # 5 a trigger's body
+    (6, 6, 5, 5, 5, 5, 5, 7),  # 6 a semicolon in it
+    (1, 7, 5, 5, 5, 5, 5, 5),  # 7 "; END" in it
+)
+_KEYWORDS = {"explain": _EXPLAIN, "create": _CREATE, "temp": _TEMP, "temporary": _TEMP,
+             "trigger": _TRIGGER, "end": _END}
+_ID = "0-9A-Za-z_$\u0080-\U0010ffff"  # SQLite's identifier characters (any non-ASCII too)
+_KW = rf"(?<![{_ID}])(?:explain|create|temporary|temp|trigger|end)(?![{_ID}])"
+_BLANK = r"[ \t\n\r\f]++|--[^\n]*+|/\*.*?\*/"
+_QUOTED = r"'[^']*+'|\"[^\"]*+\"|`[^`]*+`|\[[^\]]*+\]"
+_PLAIN = r"[^;'\"`\[\-/]++|-(?!-)|/(?!\*)"  # no semicolon, quote or comment starts here
+_CET = rf"[^;'\"`\[\-/cCeEtT]++|-(?!-)|/(?!\*)|(?<=[{_ID}])[cCeEtT]|(?!{_KW})[cCeEtT]"
+_FLAGS = re.IGNORECASE | re.DOTALL
+_BLANKS = re.compile(rf"(?:{_BLANK})*+", _FLAGS)
+# What each state skips in one match (the tokens that leave it as it is), possessively:
+# the work is one pass over the text, whatever the text.
+_SKIP = {
+    0: _BLANKS, 1: _BLANKS, 7: _BLANKS,
+    2: re.compile(rf"(?:{_PLAIN}|{_BLANK}|{_QUOTED})*+", _FLAGS),
+    3: re.compile(rf"(?:{_CET}|{_BLANK}|{_QUOTED})*+", _FLAGS),
+    4: re.compile(rf"(?:{_BLANK}|(?<![{_ID}])temp(?:orary)?(?![{_ID}]))*+", _FLAGS),
+    # semicolons that are not followed by END (and then another semicolon) stay in the body
+    5: re.compile(rf"(?:{_PLAIN}|{_BLANK}|{_QUOTED}|;(?:;|{_BLANK})*+"
+                  rf"(?:end(?![{_ID}])(?:{_BLANK})*+)?+(?=[^;]))*+", _FLAGS),
+    6: re.compile(rf"(?:;|{_BLANK})*+", _FLAGS),
+}
+_TOKEN = re.compile(rf"(?P<semi>;)|(?P<kw>{_KW})|(?P<other>{_QUOTED}|{_CET})", _FLAGS)
+
+
+def split_script(text: str, limit: int | None = None) -> list[str]:
     """Cut a script into statements where SQLite's own tokenizer says one ends.
 
-    ``sqlite3_complete`` knows string literals, comments and trigger bodies, so a
-    semicolon inside any of them never splits. Empty pieces are dropped.
+    The same cuts as calling ``sqlite3_complete`` on the text up to each semicolon, in
+    one pass (that was quadratic: a long string full of semicolons froze the node).
+    Blank pieces at the end are dropped; past ``limit`` pieces it stops (the caller
+    refuses the script).
     """
     out: list[str] = []
-    start = 0
-    at = text.find(";")
-    while at != -1:
-        piece = text[start:at + 1]
-        if apsw.complete(piece):
-            out.append(piece)
-            start = at + 1
-        at = text.find(";", at + 1)
+    start = pos = state = 0
+    while True:
+        pos = _SKIP[state].match(text, pos).end()  # type: ignore[union-attr]
+        token = _TOKEN.match(text, pos)
+        if token is None:  # the end, or a quote or comment never closed: no more cuts
+            break
+        pos = token.end()
+        kind = token.lastgroup
+        if kind == "semi":
+            state = _COMPLETE[state][_SEMI]
+            if state == 1:
+                out.append(text[start:pos])
+                start, state = pos, 0
+                if limit is not None and len(out) > limit:
+                    return out
+        elif kind == "kw":
+            state = _COMPLETE[state][_KEYWORDS[token.group().lower()]]
+        else:
+            state = _COMPLETE[state][_OTHER]
     tail = text[start:]
     if tail.strip():
         out.append(tail)

@@ -16,6 +16,7 @@ landed since the snapshot was first read, the write fails with ``SQLITE_BUSY``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Callable
@@ -30,10 +31,47 @@ from shoal.engine.engine import Engine, Idempotency
 from shoal.errors import ShoalError
 from shoal.server import hrana_proto as p
 from shoal.server.hrana_proto import HranaError
+from shoal.server.quota import Holder, size
 from shoal.tokens import Principal
 
 _encode = msgspec.json.encode
 EMPTY_DESCRIBE = {"params": [], "cols": [], "is_explain": False, "is_readonly": True}
+SLICE = 0.002  # seconds of event loop a stream runs before it lets other requests in
+RESERVE = 256  # response bytes kept back for each entry that may have to be an error
+MAX_COND_DEPTH = 100  # batch conditions nest at most this deep
+SPLIT_INLINE = 64 * 1024  # longer scripts are split on a worker thread
+SQL_ENTRY = 100  # what a stored SQL text costs beyond its own size (its table entry)
+
+
+class Budget:
+    """The bytes a response may still take (max_response_bytes, less what it keeps back),
+    shared by everything in it: results, error entries and their wrapping. Once spent
+    (something did not fit), no more SQL runs for that response."""
+
+    __slots__ = ("left", "limit", "spent")
+
+    def __init__(self, limit: int, keep: int = RESERVE):
+        self.limit = limit
+        self.left = limit - keep
+        self.spent = self.left < 0
+
+    def take(self, n: int) -> None:
+        if n > self.left:
+            self.spent = True
+            raise self.error()
+        self.left -= n
+
+    def check(self) -> None:
+        """Refuse to start more work once the budget is spent."""
+        if self.spent:
+            raise self.error()
+
+    def error(self) -> HranaError:
+        return too_large(self.limit)
+
+
+def too_large(limit: int) -> HranaError:
+    return HranaError("RESPONSE_TOO_LARGE", f"the response exceeds max_response_bytes ({limit})")
 
 
 @dataclass
@@ -120,7 +158,8 @@ class Stream:
 
     def __init__(self, engine: Engine, principal: Principal, db: str,
                  sqls: dict[int, str] | None = None, *, branch: str = "main",
-                 max_statements: int | None = None, max_response_bytes: int | None = None):
+                 max_statements: int | None = None, max_response_bytes: int | None = None,
+                 holder: Holder | None = None):
         self.engine = engine
         self.principal = principal
         self.db = db
@@ -132,7 +171,9 @@ class Stream:
         settings = engine.settings
         self.max_statements = max_statements or settings.max_statements
         self.max_response = max_response_bytes or settings.max_response_bytes
-        self.budget = self.max_response  # response bytes left in the current request
+        self.budget = Budget(self.max_response)  # the current request's response
+        self.holder = holder  # what the stream keeps between requests (HTTP: its stored SQL)
+        self._turn = time.perf_counter()
 
     @property
     def autocommit(self) -> bool:
@@ -152,14 +193,10 @@ class Stream:
         return text
 
     def store_sql(self, sql_id: int, sql: str) -> None:
-        if sql_id in self.sqls:
-            raise HranaError("SQL_EXISTS", f"SQL text {sql_id} already exists")
-        if len(self.sqls) >= 1000:
-            raise HranaError("NOT_SUPPORTED", "at most 1000 stored SQL texts at a time")
-        self.sqls[sql_id] = sql
+        store_sql(self.sqls, self.holder, sql_id, sql)
 
     def close_sql(self, sql_id: int) -> None:
-        self.sqls.pop(sql_id, None)
+        close_sql(self.sqls, self.holder, sql_id)
 
     def statement(self, stmt: p.Stmt) -> Statement:
         sql = self.sql_text(stmt.sql, stmt.sql_id)
@@ -174,8 +211,19 @@ class Stream:
         return Statement(sql)
 
     # -- running one statement ------------------------------------------------------------------
+    async def _pace(self) -> None:
+        """Before a statement: stop if the response is spent, and let other requests in
+        now and then. A read runs inline on the event loop (the engine's fast path), so
+        a pipeline or batch of thousands would otherwise hold it for seconds."""
+        self.budget.check()
+        now = time.perf_counter()
+        if now - self._turn >= SLICE:
+            await asyncio.sleep(0)
+            self._turn = time.perf_counter()
+
     async def run(self, st: Statement, want_rows: bool = True) -> Ran:
         """Run one statement on the stream; errors come out as HranaError."""
+        await self._pace()
         started = time.perf_counter()
         try:
             if self.tx is None:
@@ -184,7 +232,15 @@ class Stream:
         except TransactionControl as control:
             return await self._control(control, started)
         except ShoalError as exc:
-            raise p.from_shoal(exc) from None
+            raise self._failed(exc) from None
+
+    def _failed(self, exc: ShoalError) -> HranaError:
+        """A statement's error as Hrana shows it. A result too large for a whole response
+        spends the response: nothing more runs for it (the work was done, the bytes were
+        not sent, and a batch of such statements would repeat it)."""
+        if exc.code == "RESPONSE_TOO_LARGE":
+            self.budget.spent = True
+        return p.from_shoal(exc)
 
     async def _autocommit(self, st: Statement, started: float, want_rows: bool) -> Ran:
         idem: Idempotency | None = None
@@ -287,10 +343,7 @@ class Stream:
         """The StmtResult as JSON bytes, within the request's response budget."""
         body = _encode(p.stmt_result(ran.result, want_rows, ran.rows_read, ran.rows_written,
                                      ran.txid, ran.ms))
-        self.budget -= len(body)
-        if self.budget < 0:
-            raise HranaError("RESPONSE_TOO_LARGE", "the response exceeds max_response_bytes "
-                                                   f"({self.max_response})")
+        self.budget.take(len(body))
         return msgspec.Raw(body)
 
     # -- requests ------------------------------------------------------------------------------
@@ -298,6 +351,7 @@ class Stream:
         want = stmt.want_rows is not False
         st = self.statement(stmt)
         if self.tx is None and self.recorder is None:  # the common case, without the layers
+            await self._pace()
             started = time.perf_counter()
             try:
                 out = await self.engine.query(self.principal, self.db, [st], None,
@@ -305,7 +359,7 @@ class Stream:
             except TransactionControl as control:
                 ran = await self._control(control, started)
             except ShoalError as exc:
-                raise p.from_shoal(exc) from None
+                raise self._failed(exc) from None
             else:
                 ran = Ran(out.results[0], out.rows_read, out.rows_written, out.txid,
                           (time.perf_counter() - started) * 1000)
@@ -331,6 +385,8 @@ class Stream:
         self.check_batch(batch)
         outcome: list[bool | None] = [None] * len(batch.steps)  # True ok, False error
         for i, step in enumerate(batch.steps):
+            if self.budget.spent:  # the response is full: the rest does not run
+                break
             if step.condition is not None and not self._holds(step.condition, outcome):
                 continue
             rec = self.recorder if answered is not None else None
@@ -402,10 +458,15 @@ class Stream:
 
     async def sequence(self, sql: str | None, sql_id: int | None) -> None:
         text = self.sql_text(sql, sql_id)
-        pieces = p.split_script(text)
-        if len(pieces) > self.max_statements:
-            raise HranaError("TOO_MANY_STATEMENTS", f"{len(pieces)} statements in one sequence; "
-                                                    f"at most {self.max_statements}")
+        self.budget.check()
+        limit = self.max_statements
+        if len(text) > SPLIT_INLINE:  # linear, but megabytes of it are not for the loop
+            pieces = await asyncio.to_thread(p.split_script, text, limit)
+        else:
+            pieces = p.split_script(text, limit)
+        if len(pieces) > limit:
+            raise HranaError("TOO_MANY_STATEMENTS", f"more than {limit} statements in one "
+                                                    "sequence (max_statements)")
         rec = self.recorder
         for i, piece in enumerate(pieces):
             last = i == len(pieces) - 1
@@ -419,6 +480,7 @@ class Stream:
 
     async def describe(self, sql: str | None, sql_id: int | None) -> dict[str, Any]:
         text = self.sql_text(sql, sql_id)
+        self.budget.check()
         try:
             d = await self.engine.describe(self.principal, self.db, text, branch=self.branch)
         except ShoalError as exc:
@@ -432,8 +494,10 @@ class Stream:
         }
 
     async def close(self) -> None:
-        """Close the stream; an open transaction is rolled back."""
+        """Close the stream; an open transaction is rolled back, what it held is freed."""
         self.closed = True
+        if self.holder is not None:
+            self.holder.release()
         if self.tx is not None:
             tx, self.tx = self.tx, None
             with contextlib.suppress(ShoalError):
@@ -467,12 +531,34 @@ def _sequence_frame(last: bool) -> Callable[[Any], Any]:
 
 
 def _check_cond(cond: p.BatchCond, at: int) -> None:
-    if isinstance(cond, p.OkCond | p.ErrorCond):
-        if not 0 <= cond.step < at:
-            raise HranaError("BATCH_COND_BAD_STEP",
-                             f"step {at}: a condition names step {cond.step}, not an earlier one")
-    elif isinstance(cond, p.NotCond):
-        _check_cond(cond.cond, at)
-    elif isinstance(cond, p.AndCond | p.OrCond):
-        for c in cond.conds:
-            _check_cond(c, at)
+    """Steps named must come earlier; nesting is bounded (evaluation recurses), and the
+    check itself does not recurse, however deep the JSON was."""
+    todo: list[tuple[p.BatchCond, int]] = [(cond, 1)]
+    while todo:
+        cond, depth = todo.pop()
+        if depth > MAX_COND_DEPTH:
+            raise HranaError("HRANA_PROTO_ERROR", f"step {at}: conditions nest more than "
+                                                  f"{MAX_COND_DEPTH} deep")
+        if isinstance(cond, p.OkCond | p.ErrorCond):
+            if not 0 <= cond.step < at:
+                raise HranaError("BATCH_COND_BAD_STEP", f"step {at}: a condition names step "
+                                                        f"{cond.step}, not an earlier one")
+        elif isinstance(cond, p.NotCond):
+            todo.append((cond.cond, depth + 1))
+        elif isinstance(cond, p.AndCond | p.OrCond):
+            todo.extend((c, depth + 1) for c in cond.conds)
+
+
+def store_sql(sqls: dict[int, str], holder: Holder | None, sql_id: int, sql: str) -> None:
+    """Keep a SQL text for later requests, charged to its owner's held bytes."""
+    if sql_id in sqls:
+        raise HranaError("SQL_EXISTS", f"SQL text {sql_id} already exists")
+    if holder is not None:
+        holder.hold(size(sql) + SQL_ENTRY)
+    sqls[sql_id] = sql
+
+
+def close_sql(sqls: dict[int, str], holder: Holder | None, sql_id: int) -> None:
+    sql = sqls.pop(sql_id, None)
+    if sql is not None and holder is not None:
+        holder.free(size(sql) + SQL_ENTRY)

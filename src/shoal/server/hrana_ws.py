@@ -4,12 +4,20 @@ One connection carries many streams. Requests on one stream run in order on
 that stream's own task; different streams run side by side, so responses may
 come back out of order, as the spec allows. SQL texts stored with ``store_sql``
 belong to the connection and are resolved when a request arrives. A cursor
-runs its batch when opened and hands the entries out page by page.
+runs its batch when opened, keeps its entries encoded and hands them out page
+by page.
 
 The client authenticates with ``hello`` (a JWT, or null when the upgrade
 request carried ``Authorization``); the token is checked again on every request,
 so revocation and expiry take effect at once. The database comes from the URL
 (``/db/{db}``), the ``x-namespace`` header, or a token for one database.
+
+What a connection holds is bounded: a ``hello`` within ``hello_timeout``, a
+message within ``websocket_idle_timeout`` while no request runs, at most
+``max_streams_per_connection`` streams and ``max_cursors_per_connection``
+cursors, and its streams, stored SQL and unfetched cursor entries count against
+its token's and database's quotas (``quota.py``), charged to the token of its
+first ``hello``.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,17 +37,24 @@ from shoal.engine.engine import Engine
 from shoal.errors import ShoalError
 from shoal.server import hrana_proto as p
 from shoal.server.hrana_proto import HranaError
-from shoal.server.hrana_stream import Ran, Stream, cursor_entries
+from shoal.server.hrana_stream import (
+    RESERVE,
+    Budget,
+    Ran,
+    Stream,
+    close_sql,
+    cursor_entries,
+    store_sql,
+    too_large,
+)
 from shoal.server.http import Receive, Scope, Send
+from shoal.server.quota import Holder, Quota, size
 from shoal.tokens import Principal
 
 log = logging.getLogger("shoal")
 SUBPROTOCOLS = ("hrana3", "hrana2", "hrana1")  # preferred first
-MAX_STREAMS = 1024
-MAX_CURSORS = 256
 MAX_INFLIGHT = 256  # requests received but not answered; then stop reading (back-pressure)
 
-_decode = msgspec.json.Decoder(p.ClientMsg).decode
 _encode = msgspec.json.encode
 
 
@@ -56,8 +72,11 @@ class WsStream:
 
 @dataclass
 class Cursor:
+    """A cursor's entries, encoded (what they cost is charged to the connection)."""
+
     stream_id: int
-    entries: list[dict[str, Any]] = field(default_factory=list)
+    entries: deque[bytes] = field(default_factory=deque)
+    held: int = 0  # bytes charged for the entries still here
     error: HranaError | None = None  # the open failed: fetches answer this
 
 
@@ -76,8 +95,9 @@ def address_of(path: str) -> tuple[str | None, str] | None:
 class HranaWebSocket:
     """ASGI entry for ``websocket`` scopes."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, quota: Quota):
         self.engine = engine
+        self.quota = quota
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         message = await receive()
@@ -91,7 +111,7 @@ class HranaWebSocket:
             return
         await send({"type": "websocket.accept", "subprotocol": chosen})
         headers = dict(scope.get("headers") or [])
-        conn = Connection(self.engine, send, address[0], address[1], headers,
+        conn = Connection(self.engine, self.quota, send, address[0], address[1], headers,
                           int((chosen or "hrana1")[-1]))
         await conn.serve(receive)
 
@@ -99,9 +119,17 @@ class HranaWebSocket:
 class Connection:
     """One WebSocket connection: its token, database, streams, cursors and stored SQL."""
 
-    def __init__(self, engine: Engine, send: Send, db: str | None, branch: str,
+    def __init__(self, engine: Engine, quota: Quota, send: Send, db: str | None, branch: str,
                  headers: dict[bytes, bytes], version: int):
         self.engine = engine
+        self.quota = quota
+        settings = engine.settings
+        self.hello_timeout = float(settings.hello_timeout)
+        self.idle_timeout = float(settings.websocket_idle_timeout)
+        self.max_streams = int(settings.max_streams_per_connection)
+        self.max_cursors = int(settings.max_cursors_per_connection)
+        self.max_response = int(settings.max_response_bytes)
+        self.holder: Holder | None = None  # set by the first hello
         self._send = send
         self.url_db = db
         self.branch = branch
@@ -114,6 +142,7 @@ class Connection:
         self.cursors: dict[int, Cursor] = {}
         self.sqls: dict[int, str] = {}
         self.inflight = asyncio.Semaphore(MAX_INFLIGHT)
+        self.pending = 0  # requests received and not yet answered
         self.closing = False
         self.tasks: set[asyncio.Task[None]] = set()  # stream workers and quick replies
 
@@ -122,16 +151,23 @@ class Connection:
         code, reason = 1000, ""
         try:
             while True:
-                message = await receive()
+                try:
+                    message = await self._next(receive)
+                except TimeoutError:
+                    if self.principal is None:
+                        code, reason = 1008, "no hello within hello_timeout"
+                    else:
+                        code, reason = 1001, "idle past websocket_idle_timeout"
+                    break
                 if message["type"] == "websocket.disconnect":
                     break
                 text = message.get("text")
                 if text is None:
                     raise ProtocolViolation("binary message on a JSON subprotocol")
                 try:
-                    msg = _decode(text)
-                except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-                    raise ProtocolViolation(f"not a Hrana message: {exc}"[:120]) from None
+                    msg = p.decode(text, p.ClientMsg)
+                except HranaError as exc:
+                    raise ProtocolViolation(f"not a Hrana message: {exc.message}"[:120]) from None
                 if isinstance(msg, p.HelloMsg):
                     if not await self.hello(msg.jwt):
                         code, reason = 1008, "hello refused"
@@ -140,17 +176,33 @@ class Connection:
                 if self.principal is None:
                     raise ProtocolViolation("a request came before hello")
                 await self.inflight.acquire()
+                self.pending += 1
                 self.dispatch(msg.request_id, msg.request)
         except ProtocolViolation as exc:
             code, reason = 1002, str(exc)
         finally:
             await self.shutdown(code, reason)
 
+    async def _next(self, receive: Receive) -> dict[str, Any]:
+        """The next message; TimeoutError for a connection without hello past
+        hello_timeout, or silent past websocket_idle_timeout with no request running."""
+        while True:
+            wait = self.hello_timeout if self.principal is None else self.idle_timeout
+            try:
+                async with asyncio.timeout(wait):
+                    return await receive()
+            except TimeoutError:
+                if self.principal is None or not self.pending:
+                    raise
+
     async def send(self, message: dict[str, Any]) -> None:
+        await self.send_raw(_encode(message))
+
+    async def send_raw(self, message: bytes) -> None:
         if self.closing:
             return
         try:
-            await self._send({"type": "websocket.send", "text": _encode(message).decode()})
+            await self._send({"type": "websocket.send", "text": message.decode()})
         except Exception:  # the peer went away; the receive loop sees the disconnect
             self.closing = True
 
@@ -164,6 +216,9 @@ class Connection:
         for ws in self.streams.values():
             await ws.stream.close()
         self.streams.clear()
+        self.cursors.clear()
+        if self.holder is not None:
+            self.holder.release()
         with contextlib.suppress(Exception):
             await self._send({"type": "websocket.close", "code": code, "reason": reason})
 
@@ -183,6 +238,8 @@ class Connection:
             await self.send({"type": "hello_error", "error": err.obj()})
             return False
         self.jwt, self.principal, self.db = jwt, principal, db
+        if self.holder is None:
+            self.holder = self.quota.holder(principal.subject, db)
         for ws in self.streams.values():
             ws.stream.principal = principal
         await self.send({"type": "hello_ok"})
@@ -226,18 +283,18 @@ class Connection:
                 self._open_stream(req.stream_id)
                 self._reply_soon(request_id, {"type": "open_stream"})
             elif isinstance(req, p.StoreSqlReq):
-                if req.sql_id in self.sqls:
-                    raise HranaError("SQL_EXISTS", f"SQL text {req.sql_id} already exists")
-                self.sqls[req.sql_id] = req.sql
+                store_sql(self.sqls, self.holder, req.sql_id, req.sql)
                 self._reply_soon(request_id, {"type": "store_sql"})
             elif isinstance(req, p.CloseSqlReq):
-                self.sqls.pop(req.sql_id, None)
+                close_sql(self.sqls, self.holder, req.sql_id)
                 self._reply_soon(request_id, {"type": "close_sql"})
             elif isinstance(req, p.CloseStreamReq):
                 ws = self.streams.pop(req.stream_id, None)
                 if ws is None:
                     self._reply_soon(request_id, {"type": "close_stream"})
                     return
+                assert self.holder is not None
+                self.holder.drop_stream()
                 self._queue_on(ws, req.stream_id, request_id, req)
                 ws.queue.put_nowait(None)  # the stream's worker ends after closing it
             elif isinstance(req, p.CloseCursorReq | p.FetchCursorReq):
@@ -256,9 +313,11 @@ class Connection:
     def _open_stream(self, stream_id: int) -> None:
         if stream_id in self.streams:
             raise HranaError("STREAM_EXISTS", f"stream {stream_id} already exists")
-        if len(self.streams) >= MAX_STREAMS:
-            raise HranaError("NOT_SUPPORTED", f"at most {MAX_STREAMS} streams per connection")
-        assert self.principal is not None and self.db is not None
+        if self.max_streams and len(self.streams) >= self.max_streams:
+            raise HranaError("TOO_MANY_STREAMS", "the connection is at "
+                                                 f"max_streams_per_connection ({self.max_streams})")
+        assert self.principal is not None and self.db is not None and self.holder is not None
+        self.holder.add_stream()
         ws = WsStream(Stream(self.engine, self.principal, self.db, self.sqls,
                              branch=self.branch))
         ws.task = self._spawn(self._worker(ws))
@@ -305,8 +364,10 @@ class Connection:
         if isinstance(req, p.OpenCursorReq):
             if req.cursor_id in self.cursors:
                 raise HranaError("CURSOR_EXISTS", f"cursor {req.cursor_id} already exists")
-            if len(self.cursors) >= MAX_CURSORS:
-                raise HranaError("NOT_SUPPORTED", f"at most {MAX_CURSORS} cursors at a time")
+            if self.max_cursors and len(self.cursors) >= self.max_cursors:
+                cap = self.max_cursors
+                raise HranaError("TOO_MANY_CURSORS",
+                                 f"the connection is at max_cursors_per_connection ({cap})")
             self.cursors[req.cursor_id] = Cursor(stream_id)
 
         async def job() -> None:
@@ -327,14 +388,14 @@ class Connection:
             if job is None:
                 return
             if self.closing:  # the peer left: drop what is still queued
-                self.inflight.release()
+                self._answered()
                 continue
             await job()
 
     async def _handle(self, stream_id: int, ws: WsStream, req: p.WsRequest) -> dict[str, Any]:
         stream = ws.stream
         stream.principal = self._current()
-        stream.budget = self.engine.settings.max_response_bytes
+        stream.budget = Budget(self.max_response)
         if isinstance(req, p.WsExecuteReq):
             return {"type": "execute", "result": await stream.execute(req.stmt)}
         if isinstance(req, p.WsBatchReq):
@@ -351,26 +412,30 @@ class Connection:
         if isinstance(req, p.FetchCursorReq):
             return self._fetch(req)
         if isinstance(req, p.CloseCursorReq):
-            self.cursors.pop(req.cursor_id, None)
+            self._drop_cursor(req.cursor_id)
             return {"type": "close_cursor"}
         assert isinstance(req, p.CloseStreamReq)
         await stream.close()
         for cursor_id in [c for c, cur in self.cursors.items() if cur.stream_id == stream_id]:
-            del self.cursors[cursor_id]
+            self._drop_cursor(cursor_id)
         return {"type": "close_stream"}
 
     async def _open_cursor(self, stream: Stream, req: p.OpenCursorReq) -> dict[str, Any]:
         cursor = self.cursors.get(req.cursor_id)
         if cursor is None:  # closed before it ran
             return {"type": "open_cursor"}
-        budget = [self.engine.settings.max_response_bytes]
+        holder = self.holder
+        assert holder is not None
 
         def on_step(i: int, ran: Ran | HranaError, stmt: p.Stmt) -> None:
-            entries = cursor_entries(i, ran, stmt)
-            budget[0] -= sum(len(_encode(e)) for e in entries)
-            if budget[0] < 0:
-                raise HranaError("RESPONSE_TOO_LARGE", "the cursor's rows exceed "
-                                                       "max_response_bytes")
+            entries = [_encode(e) for e in cursor_entries(i, ran, stmt)]
+            stream.budget.take(sum(len(e) for e in entries))  # max_response_bytes a cursor
+            cost = sum(size(e) for e in entries)
+            holder.hold(cost)
+            if self.cursors.get(req.cursor_id) is not cursor:  # closed meanwhile
+                holder.free(cost)
+                return
+            cursor.held += cost
             cursor.entries.extend(entries)
 
         try:
@@ -379,18 +444,41 @@ class Connection:
             if not cursor.entries:
                 cursor.error = exc
                 raise
-            cursor.entries.append({"type": "error", "error": exc.obj()})
+            cursor.entries.append(_encode({"type": "error", "error": exc.obj()}))
         return {"type": "open_cursor"}
 
     def _fetch(self, req: p.FetchCursorReq) -> dict[str, Any]:
+        """Up to max_count entries, within what one response may carry."""
         cursor = self.cursors.get(req.cursor_id)
         if cursor is None:
             raise HranaError("CURSOR_NOT_FOUND", f"cursor {req.cursor_id} not found")
         if cursor.error is not None:
             raise cursor.error
-        count = max(0, min(req.max_count, 10000))
-        entries, cursor.entries = cursor.entries[:count], cursor.entries[count:]
+        room = self.max_response - RESERVE
+        entries: list[msgspec.Raw] = []
+        freed = 0
+        while cursor.entries and len(entries) < req.max_count:
+            entry = cursor.entries[0]
+            room -= len(entry) + 1
+            if room < 0 and entries:
+                break
+            cursor.entries.popleft()
+            entries.append(msgspec.Raw(entry))
+            freed += size(entry)
+        self._free(cursor, freed)
         return {"type": "fetch_cursor", "entries": entries, "done": not cursor.entries}
+
+    def _drop_cursor(self, cursor_id: int) -> None:
+        cursor = self.cursors.pop(cursor_id, None)
+        if cursor is not None:
+            cursor.entries.clear()
+            self._free(cursor, cursor.held)
+
+    def _free(self, cursor: Cursor, n: int) -> None:
+        n = min(n, cursor.held)
+        cursor.held -= n
+        if self.holder is not None:
+            self.holder.free(n)
 
     def _reply_soon(self, request_id: int, answer: dict[str, Any] | Exception) -> None:
         """Answer a request handled in the receive loop (sends stay ordered per stream)."""
@@ -398,14 +486,21 @@ class Connection:
 
     async def _reply(self, request_id: int, answer: dict[str, Any] | Exception) -> None:
         try:
-            if isinstance(answer, Exception):
-                err = answer if isinstance(answer, HranaError) else \
-                    p.from_shoal(answer) if isinstance(answer, ShoalError) else \
-                    HranaError("INTERNAL", "internal error", 500)
-                await self.send({"type": "response_error", "request_id": request_id,
-                                 "error": err.obj()})
-            else:
-                await self.send({"type": "response_ok", "request_id": request_id,
-                                 "response": answer})
+            if not isinstance(answer, Exception):
+                message = _encode({"type": "response_ok", "request_id": request_id,
+                                   "response": answer})
+                if len(message) <= self.max_response:
+                    await self.send_raw(message)
+                    return
+                answer = too_large(self.max_response)  # every byte counts, wrapping too
+            err = answer if isinstance(answer, HranaError) else \
+                p.from_shoal(answer) if isinstance(answer, ShoalError) else \
+                HranaError("INTERNAL", "internal error", 500)
+            await self.send({"type": "response_error", "request_id": request_id,
+                             "error": err.obj()})
         finally:
-            self.inflight.release()
+            self._answered()
+
+    def _answered(self) -> None:
+        self.pending -= 1
+        self.inflight.release()

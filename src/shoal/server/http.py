@@ -99,8 +99,9 @@ class Request:
         size = 0
         while True:
             message = await self.receive()
-            if message["type"] == "http.disconnect":
-                break
+            if message["type"] == "http.disconnect":  # gone, or cut at body_timeout
+                raise ShoalError("REQUEST_TIMEOUT", "the connection closed before the body "
+                                                    "was complete")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
@@ -121,6 +122,8 @@ class Request:
             raise ShoalError("INVALID_REQUEST", str(exc)) from None
         except msgspec.DecodeError as exc:
             raise ShoalError("INVALID_JSON", f"body is not valid JSON: {exc}") from None
+        except RecursionError:  # msgspec's depth limit is Python's recursion limit
+            raise ShoalError("INVALID_JSON", "body is nested too deeply") from None
 
 
 Handler = Callable[[Request], Awaitable[Response]]

@@ -8,6 +8,7 @@ the engine's state is never split across workers.
 from __future__ import annotations
 
 import asyncio
+import resource
 import signal
 import sys
 
@@ -18,6 +19,7 @@ from shoal.engine.connection import configure_sqlite
 from shoal.errors import ShoalError
 from shoal.server import stderr
 from shoal.server.app import App
+from shoal.server.gate import Gate, protocols
 from shoal.settings import Settings
 
 
@@ -35,13 +37,29 @@ def serve(settings: Settings) -> None:
     if settings.http_server == "granian":
         _serve_granian(app, settings)
         return
+    http, ws = protocols(Gate(settings, raise_fd_limit()))
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, loop="uvloop", http="httptools",
-        lifespan="on", access_log=False, log_level="warning", ws="websockets-sansio",
+        app, host=settings.host, port=settings.port, loop="uvloop", http=http,
+        lifespan="on", access_log=False, log_level="warning", ws=ws,
         log_config=None,  # uvicorn's records go to the root logger: stderr.configure's format
-        timeout_keep_alive=30, backlog=4096,
+        timeout_keep_alive=30, backlog=4096, ws_max_size=int(settings.max_request_bytes),
     )
     uvicorn.Server(config).run()
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard one and return it: every connection
+    and every SQLite file takes a descriptor, and a node out of them cannot open a
+    database (the gate keeps connections to half of this)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError):
+            pass
+    return soft if soft != resource.RLIM_INFINITY else 1 << 20
 
 
 def _serve_granian(app: App, settings: Settings) -> None:

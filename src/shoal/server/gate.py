@@ -1,0 +1,282 @@
+"""Connections: deadlines for a request's headers and body, and caps per node and per
+client address, in uvicorn's own protocol classes (httptools and websockets, subclassed).
+
+uvicorn keeps a connection for as long as its client sends something: headers a byte at
+a time, a body a byte at a time, nothing at all before the first request, each hold a
+connection and a file descriptor for ever, and a node out of descriptors cannot open a
+database file either. So:
+
+- a request's line and headers must arrive within ``header_timeout`` of the connection's
+  start (or of the request's first byte, on a kept-alive connection) and fit in
+  ``max_header_bytes``; its body within ``body_timeout`` of its headers. Otherwise the
+  node answers 408 (or 431) itself and closes the connection;
+- the node holds at most ``max_connections`` connections (and never more than half its
+  file descriptor limit), ``max_connections_per_client`` from one address. At the node's
+  cap a new connection takes the place of the connection that has waited longest for a
+  request (a kept-alive idle one, or one still sending its headers; then one still
+  sending its body): legitimate clients send their request at once, so slow ones are the
+  ones that go. With nothing to evict, and over an address's cap, a connection is
+  answered 503 TOO_MANY_CONNECTIONS and closed.
+
+A WebSocket is counted from its upgrade request until it closes; its ``hello`` and idle
+deadlines are Hrana's (``hrana_ws``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter, OrderedDict
+from typing import Any
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+from shoal.errors import ShoalError
+from shoal.metrics import METRICS
+from shoal.server.http import encode
+from shoal.settings import Settings
+
+log = logging.getLogger("shoal")
+LINGER = 0.5  # seconds a refused connection stays to let its client read the 503
+MAX_LINGERING = 64  # beyond this many, refused connections are closed at once
+WS_CLOSE_TIMEOUT = 2.0  # seconds to wait for the peer's close frame (uvicorn: 10)
+
+
+def raw_response(status: int, code: str, message: str) -> bytes:
+    """A whole HTTP/1.1 response carrying the error envelope; the connection closes after."""
+    err = ShoalError(code, message)
+    body = encode(err.body())
+    reason = {408: "Request Timeout", 431: "Request Header Fields Too Large",
+              503: "Service Unavailable"}.get(status, "")
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+
+
+class Gate:
+    """The node's connections: counts per address, and who may be evicted at the cap."""
+
+    def __init__(self, settings: Settings, fd_limit: int):
+        fd_cap = max(fd_limit // 2, 16)
+        self.max_total = min(settings.max_connections or fd_cap, fd_cap)
+        self.max_per_client = int(settings.max_connections_per_client)
+        self.header_timeout = float(settings.header_timeout)
+        self.body_timeout = float(settings.body_timeout)
+        self.max_header_bytes = int(settings.max_header_bytes)
+        self.members: dict[Any, str] = {}  # protocol -> client address
+        self.per_client: Counter[str] = Counter()
+        # connections that may make room, oldest first: waiting for a request, then
+        # waiting for a body
+        self.idle: OrderedDict[GatedHttp, None] = OrderedDict()
+        self.uploading: OrderedDict[GatedHttp, None] = OrderedDict()
+        self.lingering = 0
+        self.evicted = 0
+
+    def admit(self, conn: Any, host: str) -> str | None:
+        """Count a new connection in; a refusal says why (the caller answers 503)."""
+        if self.max_per_client and self.per_client[host] >= self.max_per_client:
+            return (f"your address holds {self.per_client[host]} connections "
+                    f"(max_connections_per_client)")
+        if len(self.members) >= self.max_total:
+            waiting = self.idle or self.uploading
+            if not waiting:
+                return f"the node holds {len(self.members)} connections (max_connections)"
+            oldest, _ = waiting.popitem(last=False)
+            self.evicted += 1
+            cut("evicted")
+            oldest.evict()
+        self.members[conn] = host
+        self.per_client[host] += 1
+        METRICS.connections.set(len(self.members))
+        return None
+
+    def leave(self, conn: Any) -> None:
+        host = self.members.pop(conn, None)
+        self.idle.pop(conn, None)
+        self.uploading.pop(conn, None)
+        if host is not None:
+            self.per_client[host] -= 1
+            if self.per_client[host] <= 0:
+                del self.per_client[host]
+            METRICS.connections.set(len(self.members))
+
+    def handover(self, old: Any, new: Any) -> None:
+        """A connection upgraded to a WebSocket: the new protocol object owns its place."""
+        host = self.members.pop(old, None)
+        self.idle.pop(old, None)
+        self.uploading.pop(old, None)
+        if host is not None:
+            self.members[new] = host
+
+    def waiting(self, conn: GatedHttp) -> None:
+        self.uploading.pop(conn, None)
+        self.idle[conn] = None
+
+    def receiving(self, conn: GatedHttp) -> None:
+        self.idle.pop(conn, None)
+        self.uploading[conn] = None
+
+    def working(self, conn: GatedHttp) -> None:
+        self.idle.pop(conn, None)
+        self.uploading.pop(conn, None)
+
+
+class GatedHttp(HttpToolsProtocol):
+    """uvicorn's httptools protocol with the gate's deadlines and caps."""
+
+    gate: Gate
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._timer: asyncio.TimerHandle | None = None
+        self._in_head = True  # between requests, or inside a request's line and headers
+        self._head_bytes = 0
+        host = self.client[0] if self.client else ""
+        refusal = self.gate.admit(self, host)
+        self._admitted = refusal is None
+        self._lingering = False
+        if refusal is not None:
+            self._refuse(refusal)
+            return
+        self._settle()
+        self._arm(self.gate.header_timeout, "headers", "header_timeout")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._admitted:
+            self.gate.leave(self)
+        elif self._lingering:
+            self.gate.lingering -= 1
+            self._lingering = False
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._admitted:
+            return  # refused: what it sends is read and dropped until it closes
+        if self._in_head:
+            self._head_bytes += len(data)
+        super().data_received(data)
+        if self._in_head and self._head_bytes > self.gate.max_header_bytes \
+                and not self.transport.is_closing():
+            limit = self.gate.max_header_bytes
+            cut("headers_too_large")
+            self._answer(431, "HEADERS_TOO_LARGE",
+                         f"the request line and headers exceed max_header_bytes ({limit})")
+
+    # -- the request's phases ---------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        if self._timer is None:  # a kept-alive connection's next request
+            self._arm(self.gate.header_timeout, "headers", "header_timeout")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
+        super().on_headers_complete()
+        self._arm(self.gate.body_timeout, "body", "body_timeout")
+        self._settle()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self._disarm()
+        self._in_head = True
+        self._settle()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._settle()
+
+    def _settle(self) -> None:
+        """Tell the gate whether this connection may make room for a new one."""
+        if not self._admitted or self.transport.is_closing():
+            return
+        if not self._in_head:
+            self.gate.receiving(self)  # its body is on the way
+        elif self.cycle is None or self.cycle.response_complete:
+            self.gate.waiting(self)  # waiting for a request (kept alive, or new)
+        else:
+            self.gate.working(self)  # the application has the request
+
+    def handle_websocket_upgrade(self) -> None:
+        self._disarm()
+        super().handle_websocket_upgrade()
+        self.gate.handover(self, self.transport.get_protocol())
+        self._admitted = False
+
+    # -- deadlines, refusals ------------------------------------------------------------------
+    def _arm(self, seconds: float, what: str, setting: str) -> None:
+        self._disarm()
+        self._timer = self.loop.call_later(seconds, self._expired, what, setting, seconds)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _expired(self, what: str, setting: str, seconds: float) -> None:
+        self._timer = None
+        cut(setting)
+        self._answer(408, "REQUEST_TIMEOUT",
+                     f"the request's {what} did not arrive within {setting} ({seconds:g} s)")
+
+    def _answer(self, status: int, code: str, message: str) -> None:
+        """Answer the request in progress with an error and close the connection."""
+        self._disarm()
+        if self.transport.is_closing():
+            return
+        cycle = self.cycle
+        if cycle is None or not cycle.response_started:
+            self.transport.write(raw_response(status, code, message))
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the application's receive() sees a disconnect
+            cycle.message_event.set()
+        self.transport.close()
+
+    def evict(self) -> None:
+        """Make room for a new connection: close this one, which is waiting."""
+        self._admitted = False
+        self.gate.leave(self)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._answer(503, "TOO_MANY_CONNECTIONS", "the node is at max_connections and "
+                                                       "this request was the slowest to arrive")
+        else:
+            self._disarm()
+            self.transport.close()
+
+    def _refuse(self, reason: str) -> None:
+        cut("refused")
+        self.transport.write(raw_response(503, "TOO_MANY_CONNECTIONS", reason))
+        if self.gate.lingering >= MAX_LINGERING or not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        # Half-close so the client reads the answer, and drop what it sends meanwhile:
+        # closing with its request unread would reset the connection and lose the 503.
+        self.gate.lingering += 1
+        self._lingering = True
+        self.transport.write_eof()
+        self._timer = self.loop.call_later(LINGER, self.transport.close)
+
+
+class GatedWebSocket(WebSocketsSansIOProtocol):
+    """uvicorn's websockets protocol, counted by the gate until it closes."""
+
+    gate: Gate
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.close_timeout = WS_CLOSE_TIMEOUT
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self.gate.leave(self)
+
+
+def cut(reason: str) -> None:
+    METRICS.connections_cut.labels(reason).inc()
+
+
+def protocols(gate: Gate) -> tuple[type[GatedHttp], type[GatedWebSocket]]:
+    """The protocol classes uvicorn instantiates, bound to this node's gate."""
+    http = type("ShoalHttp", (GatedHttp,), {"gate": gate})
+    ws = type("ShoalWebSocket", (GatedWebSocket,), {"gate": gate})
+    return http, ws
