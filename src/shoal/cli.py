@@ -45,7 +45,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         if s.secret:
             continue
         flag = "--" + s.name.replace("_", "-")
-        p.add_argument(flag, dest=s.name, default=None, help=s.help)
+        p.add_argument(flag, dest=s.name, default=None,
+                       help=s.help.replace("%", "%%"))  # argparse formats help with %
     p.set_defaults(func=_serve)
 
 
