@@ -154,3 +154,14 @@ def test_store_none_makes_a_local_only_node() -> None:
     assert load(environ={"SHOAL_STORE": "NONE"}).local_only
     assert not load(environ={}).local_only
     assert not load(environ={"SHOAL_STORE": "memory://"}).local_only
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("max_sql_bytes", "100"), ("max_value_bytes", "1023"),
+    ("soft_heap_limit", "-1"), ("hard_heap_limit", "-5"),
+])
+def test_sqlite_limits_are_checked(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load(environ={f"SHOAL_{name.upper()}": value})
+    assert name in str(info.value)
+    assert load(environ={"SHOAL_HARD_HEAP_LIMIT": "0"}).hard_heap_limit == 0  # 0: no limit
