@@ -135,7 +135,7 @@ class Lifecycle:
                 if self.registry is not None:
                     return await self.registry.open(name, branch, path)
                 db = Database(name, branch, str(path), self.settings, self.executor)
-                db.open()
+                await db.open()
                 return db
         finally:
             del self.opening[key]

@@ -1,12 +1,21 @@
-"""The ASGI application: routing, authentication, the error envelope, metrics and access log."""
+"""The ASGI application: routing, authentication, the error envelope, metrics and access log.
+
+A request still running DISCONNECT_WATCH after it started, its body read, listens for its
+client going away, and then resolves the request's ``REQUEST_GONE`` future: the engine
+interrupts the SQL work it was waiting for (a worker thread is not left running it until
+statement_timeout) and the answer is not sent. Nothing else is cancelled: a branch being
+hydrated or a store operation half done finishes as it would have.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
 from typing import Any
 
+from shoal.engine.database import REQUEST_GONE
 from shoal.engine.engine import Engine
 from shoal.engine.health import READ_ONLY
 from shoal.errors import ShoalError
@@ -31,6 +40,9 @@ from shoal.server.stderr import timestamp
 from shoal.settings import Settings
 
 log = logging.getLogger("shoal")
+
+DISCONNECT_WATCH = 0.05  # seconds; most requests are answered sooner and are never watched
+CLIENT_GONE = 499  # the status logged (never sent) for a request whose client went away
 
 
 class App:
@@ -82,6 +94,7 @@ class App:
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         request = Request(scope, receive)
+        watch = _Watch(request)
         try:
             handler = self.router.resolve(request)
             if request.route not in self.public:
@@ -93,12 +106,17 @@ class App:
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.route)
             response = json_response(500, ShoalError("INTERNAL", "internal error").body())
-        headers = response.headers
-        if response.status != 204:  # without a length, the server would send chunks
-            headers = [*headers, (b"content-length", str(len(response.body)).encode())]
-        await send({"type": "http.response.start", "status": response.status,
-                    "headers": headers})
-        await send({"type": "http.response.body", "body": response.body})
+        finally:
+            watch.stop()
+        if request.gone:  # nobody to answer
+            response = Response(CLIENT_GONE)
+        else:
+            headers = response.headers
+            if response.status != 204:  # without a length, the server would send chunks
+                headers = [*headers, (b"content-length", str(len(response.body)).encode())]
+            await send({"type": "http.response.start", "status": response.status,
+                        "headers": headers})
+            await send({"type": "http.response.body", "body": response.body})
         elapsed = time.perf_counter() - started
         METRICS.observe_request(request.route, request.method, response.status, elapsed)
         if self._log is not None:
@@ -151,3 +169,41 @@ class App:
         if request.route not in self.public:
             request.principal.require("read")
         return Response(200, self._openapi)
+
+
+class _Watch:
+    """Resolves the request's REQUEST_GONE future when its client goes away, once the
+    request has run for DISCONNECT_WATCH with its body read (only then may another
+    receive() be awaited: after the body, the server's next message is the disconnect)."""
+
+    __slots__ = ("_listener", "_timer", "_token", "gone", "request")
+
+    def __init__(self, request: Request):
+        self.request = request
+        loop = asyncio.get_running_loop()
+        self.gone: asyncio.Future[None] = loop.create_future()
+        self._token = REQUEST_GONE.set(self.gone)
+        self._listener: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = loop.call_later(DISCONNECT_WATCH, self._start)
+
+    def _start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.request.body_read:
+            self._timer = None
+            self._listener = loop.create_task(self._listen())
+        else:  # the handler reads no body, or has not yet: look again later
+            self._timer = loop.call_later(DISCONNECT_WATCH, self._start)
+
+    async def _listen(self) -> None:
+        message = await self.request.receive()
+        if message["type"] == "http.disconnect":
+            self.request.gone = True
+            if not self.gone.done():
+                self.gone.set_result(None)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._listener is not None:
+            self._listener.cancel()
+        REQUEST_GONE.reset(self._token)
