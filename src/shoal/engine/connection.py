@@ -137,9 +137,10 @@ class SoftDeadline(Exception):
     """An inline run went past its time budget or its limits: run the request again off
     the event loop. ``index`` is the statement it stopped at (of the request's list)."""
 
-    def __init__(self, index: int):
+    def __init__(self, index: int, held: float):
         super().__init__(index)
         self.index = index
+        self.held = held  # seconds the run held the event loop
 
 
 class TransactionControl(ShoalError):
@@ -276,11 +277,14 @@ class Watchdog:
 
     def __init__(self) -> None:
         self.busy: set[Connection] = set()
+        self._work = threading.Event()  # set while a statement may be busy (not idle ticks)
         self._thread: threading.Thread | None = None
         self._starting = threading.Lock()
 
     def watch(self, conn: Connection) -> None:
         self.busy.add(conn)  # one set operation under the GIL: safe from any thread
+        if not self._work.is_set():
+            self._work.set()
         if self._thread is None:
             with self._starting:
                 if self._thread is None:
@@ -291,9 +295,16 @@ class Watchdog:
 
     def _run(self) -> None:
         while True:
+            self._work.wait()
             time.sleep(self.TICK)
             now = time.monotonic()
-            for conn in self.busy.copy():
+            busy = self.busy.copy()
+            if not busy:  # idle: sleep until a statement starts (a wake-up takes the GIL)
+                self._work.clear()
+                if self.busy:  # one started meanwhile
+                    self._work.set()
+                continue
+            for conn in busy:
                 try:
                     conn.expire(now)
                 except Exception:  # the watchdog must outlive anything
@@ -324,7 +335,11 @@ class Connection:
             self.limits[apsw.SQLITE_LIMIT_SQL_LENGTH] = max_sql_bytes
         for limit, value in self.limits.items():
             self.raw.limit(limit, value)
-        self.deadline = float("inf")  # of the running statement; only set under _lock
+        # between runs a reader rests as an inline run needs it (the hot path switches
+        # nothing), a writer as a worker thread's run does
+        self._resting = dict(INLINE_LIMITS) if reader else \
+            {limit: self.full(limit) for limit in INLINE_LIMITS}
+        self.deadline = float("inf")  # of the running statement (under _lock on a worker)
         self._lock = threading.Lock()  # orders the watchdog's interrupt with a statement's end
         self.abandoned = False  # the request awaiting this work went away (reset by its owner)
         self._cancelled: Callable[[], bool] | None = None  # the same, asked of the request
@@ -343,9 +358,15 @@ class Connection:
             self.internal("PRAGMA query_only=1")
         raw.authorizer = self.guard
         raw.exec_trace = self._trace
+        if reader:
+            self._tighten()
 
     def close(self) -> None:
         self.raw.close()
+
+    def full(self, limit: int) -> int:
+        """The node's value of a limit (SQLite's own where the node sets none)."""
+        return self.limits.get(limit, SQLITE_MAX_LENGTH)
 
     # -- deadlines ---------------------------------------------------------------------------
     def _arm(self, deadline: float) -> None:
@@ -412,8 +433,7 @@ class Connection:
         finally:
             self.guard.internal = False
             if large:
-                self.raw.limit(apsw.SQLITE_LIMIT_LENGTH,
-                               self.limits.get(apsw.SQLITE_LIMIT_LENGTH, SQLITE_MAX_LENGTH))
+                self.raw.limit(apsw.SQLITE_LIMIT_LENGTH, self._resting[apsw.SQLITE_LIMIT_LENGTH])
 
     def deferred_violations(self) -> ShoalError | None:
         """The error a COMMIT would fail with now for deferred foreign keys (the
@@ -437,37 +457,47 @@ class Connection:
         SoftDeadline when it needs more than they allow.
         """
         out = Counters()
-        inline = limits.soft_budget is not None
         started = time.monotonic()
-        budget_end = started + limits.soft_budget if limits.soft_budget else None
-        self._cancelled = cancelled
-        if inline:
-            self._tighten()
-        try:
-            for i, stmt in enumerate(statements):
-                deadline = time.monotonic() + limits.statement_timeout
-                self._arm(deadline if budget_end is None else min(deadline, budget_end))
-                try:
-                    self._run_one(stmt, first_index + i, limits, out)
-                finally:
-                    self._disarm()
-        finally:
-            self._cancelled = None
-            if inline:
+        if limits.soft_budget is not None:  # inline: on the event loop, a reader at rest
+            self.deadline = started + limits.soft_budget  # for the progress handler
+            try:
+                for i, stmt in enumerate(statements):
+                    self._run_one(stmt, first_index + i, limits, out, started)
+            finally:
+                self.deadline = float("inf")
+        else:
+            tight = self.reader
+            if tight:
                 self._loosen()
+            self._cancelled = cancelled
+            try:
+                for i, stmt in enumerate(statements):
+                    self._arm(time.monotonic() + limits.statement_timeout)
+                    try:
+                        self._run_one(stmt, first_index + i, limits, out, started)
+                    finally:
+                        self._disarm()
+            finally:
+                self._cancelled = None
+                if tight:
+                    self._tighten()
         out.elapsed = time.monotonic() - started
         return out
 
     def _tighten(self) -> None:
+        """As an inline run needs it: the inline limits and the progress handler (the
+        watchdog's tick is coarser than the inline budget)."""
         raw = self.raw
         for limit, value in INLINE_LIMITS.items():
             raw.limit(limit, value)
         raw.set_progress_handler(self._progress, 1000)
 
     def _loosen(self) -> None:
+        """As a worker thread's run needs it: the node's limits, no progress handler (its
+        Python callback would take the GIL from the event loop every 1,000 VM steps)."""
         raw = self.raw
         for limit in INLINE_LIMITS:
-            raw.limit(limit, self.limits.get(limit, SQLITE_MAX_LENGTH))
+            raw.limit(limit, self.full(limit))
         raw.set_progress_handler(None)
 
     def describe(self, sql: str, timeout: float) -> Description:
@@ -526,7 +556,8 @@ class Connection:
             break
         return found[0] if found else Description([], [], [], False, True)
 
-    def _run_one(self, stmt: Statement, index: int, limits: Limits, out: Counters) -> None:
+    def _run_one(self, stmt: Statement, index: int, limits: Limits, out: Counters,
+                 started: float) -> None:
         raw = self.raw
         self._count = 0
         self._description = ()
@@ -562,13 +593,13 @@ class Connection:
             ) from None
         except apsw.InterruptError:
             if limits.soft_budget is not None:
-                raise SoftDeadline(index) from None
+                raise SoftDeadline(index, time.monotonic() - started) from None
             if self.abandoned or (self._cancelled is not None and self._cancelled()):
                 raise stopped(index) from None
             raise _timeout(limits.statement_timeout, index) from None
         except apsw.TooBigError as exc:
             if limits.soft_budget is not None:  # the inline limits, not the node's
-                raise SoftDeadline(index) from None
+                raise SoftDeadline(index, time.monotonic() - started) from None
             raise self._too_big(exc, stmt.sql, index) from None
         except (apsw.AuthError, apsw.SQLError) as exc:  # a denied function is an SQLError
             reason, control = self.guard.reason, self.guard.control
@@ -597,15 +628,19 @@ class Connection:
                              statement=index) from None
         written = raw.total_changes() - changes_before
         desc: tuple[tuple[str, str | None], ...] = self._description
-        size += sum(len(name) + len(decl or "") + 8 for name, decl in desc) + 64
+        columns = [d[0] for d in desc]
+        decltypes = [d[1] for d in desc]
+        # the result's names and its fixed fields, as the response holds them (roughly)
+        size += 96 + 12 * len(columns) + sum(map(len, columns)) + \
+            sum(map(len, filter(None, decltypes)))
         if size > budget:
             raise _too_large(budget, index)
         out.rows_read += len(rows)
         out.rows_written += written
         out.bytes = size
         out.results.append(Result(
-            columns=[d[0] for d in desc],
-            decltypes=[d[1] for d in desc],
+            columns=columns,
+            decltypes=decltypes,
             rows=rows,
             rows_affected=raw.changes() if written else 0,
             last_insert_rowid=raw.last_insert_rowid() if written else None,

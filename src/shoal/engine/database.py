@@ -40,7 +40,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import apsw
 
@@ -68,10 +68,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("shoal")
 T = TypeVar("T")
 
-# Resolved by the HTTP layer when the current request's client went away: the SQL work the
-# request waits for is then interrupted (reads, transaction statements) or skipped (a write
-# still queued), instead of running on until statement_timeout for nobody.
-REQUEST_GONE: contextvars.ContextVar[asyncio.Future[None] | None] = \
+
+
+class Gone(Protocol):
+    """Signals that a request's client went away (an asyncio.Future[None] is one): the
+    callbacks added run, on the event loop, when it does."""
+
+    def add_done_callback(self, fn: Callable[[Any], object], /) -> None: ...
+
+    def remove_done_callback(self, fn: Callable[[Any], object], /) -> int: ...
+
+
+# Set by the HTTP layer for each request: the SQL work the request waits for is interrupted
+# (reads, transaction statements) or skipped (a write still queued) when its client goes
+# away, instead of running on until statement_timeout for nobody.
+REQUEST_GONE: contextvars.ContextVar[Gone | None] = \
     contextvars.ContextVar("shoal_request_gone", default=None)
 
 # Internal SQL carries the per-process TAG so that no user statement can ever share
@@ -103,30 +114,25 @@ INLINE_PENALTY = 10.0  # ... sends every read of its database to worker threads 
 MIB = 1 << 20
 
 
-class RecentTexts:
+class RecentTexts(OrderedDict[int, None]):
     """The most recent SQL texts SQLite taught a database something about (they write; they
     run inline within its limits): a routing hint, never a decision about what SQL may do.
-    Kept by hash (randomised per process), so a text costs the same whatever its length."""
+    Kept by hash (randomised per process), so a text costs the same whatever its length:
+    ask ``hash(sql) in texts``."""
 
     def __init__(self, size: int = KNOWN_TEXTS):
-        self._texts: OrderedDict[int, None] = OrderedDict()
+        super().__init__()
         self._size = size
 
     def add(self, sql: str) -> None:
         key = hash(sql)
-        self._texts[key] = None
-        self._texts.move_to_end(key)
-        if len(self._texts) > self._size:
-            self._texts.popitem(last=False)
+        self[key] = None
+        self.move_to_end(key)
+        if len(self) > self._size:
+            self.popitem(last=False)
 
     def discard(self, sql: str) -> None:
-        self._texts.pop(hash(sql), None)
-
-    def clear(self) -> None:
-        self._texts.clear()
-
-    def __contains__(self, sql: str) -> bool:
-        return hash(sql) in self._texts
+        self.pop(hash(sql), None)
 
 
 def make_bookmark(database: str, branch: str, txid: int, timeline: str | None = None) -> str:
@@ -376,7 +382,9 @@ class Database:
     def writes(self, statements: list[Statement]) -> bool:
         """Whether a statement of the request is known (from SQLite, earlier) to write."""
         known = self.known_writes
-        return any(s.sql in known for s in statements)
+        if len(statements) == 1:
+            return hash(statements[0].sql) in known
+        return any(hash(s.sql) in known for s in statements)
 
     async def read(self, statements: list[Statement]) -> tuple[Counters, int]:
         """Run read-only statements on a reader; raise NeedsWriter if one would write."""
@@ -384,11 +392,10 @@ class Database:
         try:
             txid = self.txid  # the snapshot holds at least this commit
             if self._inline(conn, statements):
-                started = time.monotonic()
                 try:
                     return self._read_on(conn, statements, self.inline_limits), txid
                 except SoftDeadline as moved:  # it needs more than the loop may give
-                    self._overran(statements[moved.index].sql, time.monotonic() - started)
+                    self._overran(statements[moved.index].sql, moved.held)
             out = await self._off_loop(conn, self._read_on, conn, statements, self.limits)
             if out.elapsed <= INLINE_BUDGET and out.widest <= INLINE_VALUE_BYTES:
                 for stmt in statements:  # cheap, under this schema: next time inline
@@ -413,7 +420,9 @@ class Database:
         if conn.schema_generation != generation:
             return False
         cheap = self.known_cheap
-        return all(stmt.sql in cheap for stmt in statements)
+        if len(statements) == 1:
+            return hash(statements[0].sql) in cheap
+        return all(hash(stmt.sql) in cheap for stmt in statements)
 
     def _overran(self, sql: str, held: float) -> None:
         """A statement known cheap was not, this time (its data grew): it runs on a worker

@@ -1,10 +1,11 @@
 """The ASGI application: routing, authentication, the error envelope, metrics and access log.
 
 A request still running DISCONNECT_WATCH after it started, its body read, listens for its
-client going away, and then resolves the request's ``REQUEST_GONE`` future: the engine
-interrupts the SQL work it was waiting for (a worker thread is not left running it until
-statement_timeout) and the answer is not sent. Nothing else is cancelled: a branch being
-hydrated or a store operation half done finishes as it would have.
+client going away (one task looks for such requests), and then resolves the request's
+``REQUEST_GONE`` future: the engine interrupts the SQL work it was waiting for (a worker
+thread is not left running it until statement_timeout) and the answer is not sent.
+Nothing else is cancelled: a branch being hydrated or a store operation half done
+finishes as it would have.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 from shoal.engine.database import REQUEST_GONE
@@ -66,6 +68,8 @@ class App:
         self.public |= HranaHTTP(self.engine).register(self.router)
         self.websocket = HranaWebSocket(self.engine)
         self._log = sys.stderr.buffer if settings.access_log else None
+        self._watches: dict[_Watch, None] = {}  # requests in flight (see _Watch)
+        self._watcher: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -87,6 +91,8 @@ class App:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._watcher is not None:
+                    self._watcher.cancel()
                 await self.engine.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -94,7 +100,10 @@ class App:
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         request = Request(scope, receive)
-        watch = _Watch(request)
+        watch = _Watch(request, time.monotonic())
+        self._watches[watch] = None
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_requests())
         try:
             handler = self.router.resolve(request)
             if request.route not in self.public:
@@ -107,6 +116,7 @@ class App:
             log.exception("unhandled error on %s %s", request.method, request.route)
             response = json_response(500, ShoalError("INTERNAL", "internal error").body())
         finally:
+            del self._watches[watch]
             watch.stop()
         if request.gone:  # nobody to answer
             response = Response(CLIENT_GONE)
@@ -121,6 +131,16 @@ class App:
         METRICS.observe_request(request.route, request.method, response.status, elapsed)
         if self._log is not None:
             self._access_log(request, response, elapsed)
+
+    async def _watch_requests(self) -> None:
+        """Every DISCONNECT_WATCH, start listening for the client of each request running
+        longer than that (one task for all: a timer per request would cost the hot path)."""
+        while True:
+            await asyncio.sleep(DISCONNECT_WATCH)
+            due = time.monotonic() - DISCONNECT_WATCH
+            for watch in list(self._watches):
+                if watch.started < due:
+                    watch.listen()
 
     def _access_log(self, request: Request, response: Response, elapsed: float) -> None:
         """One JSON line per request: never the token, the body or the SQL arguments. The
@@ -172,38 +192,47 @@ class App:
 
 
 class _Watch:
-    """Resolves the request's REQUEST_GONE future when its client goes away, once the
-    request has run for DISCONNECT_WATCH with its body read (only then may another
-    receive() be awaited: after the body, the server's next message is the disconnect)."""
+    """A request's REQUEST_GONE signal: its callbacks run when the client goes away.
+    Listening starts (App._watch_requests) once the request has run for DISCONNECT_WATCH
+    with its body read: only then may another receive() be awaited, since after the body
+    the server's next message is the disconnect."""
 
-    __slots__ = ("_listener", "_timer", "_token", "gone", "request")
+    __slots__ = ("_callbacks", "_listener", "_token", "request", "started")
 
-    def __init__(self, request: Request):
+    def __init__(self, request: Request, started: float):
         self.request = request
-        loop = asyncio.get_running_loop()
-        self.gone: asyncio.Future[None] = loop.create_future()
-        self._token = REQUEST_GONE.set(self.gone)
+        self.started = started
+        self._callbacks: list[Callable[[Any], object]] | None = None  # made on first use
         self._listener: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = loop.call_later(DISCONNECT_WATCH, self._start)
+        self._token = REQUEST_GONE.set(self)
 
-    def _start(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self.request.body_read:
-            self._timer = None
-            self._listener = loop.create_task(self._listen())
-        else:  # the handler reads no body, or has not yet: look again later
-            self._timer = loop.call_later(DISCONNECT_WATCH, self._start)
+    def add_done_callback(self, fn: Callable[[Any], object], /) -> None:
+        if self.request.gone:
+            fn(self)
+        elif self._callbacks is None:
+            self._callbacks = [fn]
+        else:
+            self._callbacks.append(fn)
+
+    def remove_done_callback(self, fn: Callable[[Any], object], /) -> int:
+        if self._callbacks is not None and fn in self._callbacks:
+            self._callbacks.remove(fn)
+            return 1
+        return 0
+
+    def listen(self) -> None:
+        if self._listener is None and self.request.body_read:
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
 
     async def _listen(self) -> None:
         message = await self.request.receive()
-        if message["type"] == "http.disconnect":
+        if message["type"] == "http.disconnect" and not self.request.gone:
             self.request.gone = True
-            if not self.gone.done():
-                self.gone.set_result(None)
+            callbacks, self._callbacks = self._callbacks or [], None
+            for fn in callbacks:
+                fn(self)
 
     def stop(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
         if self._listener is not None:
             self._listener.cancel()
         REQUEST_GONE.reset(self._token)
