@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from shoal.errors import _SQLITE_STATUS, CODES
+from shoal.errors import _SQLITE_STATUS, CODES, SQLITE_HINTS
 from shoal.settings import SETTINGS
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -33,7 +33,8 @@ def errors_table() -> str:
     rows.append("| `SQLITE_*` (e.g. `SQLITE_CONSTRAINT`) | 400 unless below | An SQLite error, "
                 "by primary result code name; `extended_code` holds the extended name. |")
     for code, status in _SQLITE_STATUS.items():
-        rows.append(f"| `{code}` | {status} | SQLite error of this class. |")
+        hint = SQLITE_HINTS.get(code, "SQLite error of this class.")
+        rows.append(f"| `{code}` | {status} | {hint} |")
     return "\n".join(rows)
 
 

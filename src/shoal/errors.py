@@ -34,6 +34,9 @@ CODES: dict[str, tuple[int, str]] = {
     "TOO_MANY_CONNECTIONS": (503, "The node or your address holds as many connections as it "
                                   "may (max_connections, max_connections_per_client): reuse "
                                   "connections (keep-alive) and retry shortly."),
+    "OUT_OF_MEMORY": (503, "SQLite's memory on this node reached hard_heap_limit, which all its "
+                           "databases share; retry shortly. A statement that alone needs that "
+                           "much (a huge sort, join or value) keeps failing: make it cheaper."),
     # auth
     "UNAUTHORIZED": (401, "Send 'Authorization: Bearer <token>'."),
     "TOKEN_INVALID": (401, "The token is malformed or its signature does not verify."),
@@ -107,10 +110,17 @@ _SQLITE_STATUS = {
     "SQLITE_IOERR": 500,
     "SQLITE_CORRUPT": 500,
     "SQLITE_CANTOPEN": 500,
-    "SQLITE_NOMEM": 500,
     "SQLITE_INTERNAL": 500,
     "SQLITE_NOTADB": 500,
     "SQLITE_PROTOCOL": 500,
+    "SQLITE_TOOBIG": 400,
+}
+
+# SQLite primary result code name -> hint, for the codes whose cause is a node's setting.
+SQLITE_HINTS = {
+    "SQLITE_TOOBIG": "A string, blob or row was longer than max_value_bytes, or one statement's "
+                     "SQL text longer than max_sql_bytes: pass data as arguments, send less, or "
+                     "raise the setting (docs/operations.md, 'Limits that protect the node').",
 }
 
 
@@ -150,14 +160,17 @@ def sqlite_names(exc: apsw.Error) -> tuple[str, str]:
 
 def from_sqlite(exc: apsw.Error, statement: int | None = None) -> ShoalError:
     """Map an apsw exception to the envelope: code by SQLite name, extended name too;
-    a full disk is DISK_FULL (it is the node's condition, not the request's)."""
+    a full disk is DISK_FULL and SQLite's memory at hard_heap_limit OUT_OF_MEMORY (the
+    node's conditions, not the request's fault)."""
     primary, extended = sqlite_names(exc)
     extra: dict[str, Any] = {"extended_code": extended}
     if statement is not None:
         extra["statement"] = statement
     if _sqlite_full(exc):
         return ShoalError("DISK_FULL", f"no space left on the node's disk ({exc})", **extra)
-    return ShoalError(primary, str(exc), hint="", **extra)
+    if primary == "SQLITE_NOMEM":
+        return ShoalError("OUT_OF_MEMORY", f"SQLite ran out of memory ({exc})", **extra)
+    return ShoalError(primary, str(exc), hint=SQLITE_HINTS.get(primary, ""), **extra)
 
 
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})  # errnos of a disk (or quota) with no room

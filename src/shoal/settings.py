@@ -55,7 +55,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("statement_timeout", float, 5.0,
             "Seconds one statement may run before STATEMENT_TIMEOUT."),
     Setting("max_request_bytes", int, 8 * 1024 * 1024, "Largest accepted request body."),
-    Setting("max_response_bytes", int, 10 * 1000 * 1000, "Largest result a request may return."),
+    Setting("max_response_bytes", int, 10 * 1000 * 1000,
+            "Largest result a request may return, counted as the JSON bytes of its rows and "
+            "column names."),
+    Setting("max_sql_bytes", int, 256 * 1024,
+            "Longest SQL text of one statement (SQLite's SQLITE_LIMIT_SQL_LENGTH); longer is "
+            "SQLITE_TOOBIG. Preparing a statement cannot be interrupted and can grow with "
+            "the square of its length: at 256 KiB, about 0.4 s."),
+    Setting("max_value_bytes", int, 2 * 1024 * 1024,
+            "Largest string, blob or row SQLite may build or read (SQLITE_LIMIT_LENGTH); "
+            "larger is SQLITE_TOOBIG. One function call cannot be interrupted, so its work "
+            "is bounded by this size, not by statement_timeout."),
+    Setting("soft_heap_limit", int, 256 << 20,
+            "Bytes of SQLite memory (all databases of the node) past which SQLite gives back "
+            "cache memory before it allocates more. 0: no limit."),
+    Setting("hard_heap_limit", int, 1 << 30,
+            "Bytes of SQLite memory (all databases of the node) that it never passes: the "
+            "statement whose allocation would pass it gets OUT_OF_MEMORY (503), and the node "
+            "keeps running. 0: no limit."),
     Setting("max_statements", int, 1000, "Most statements in one request."),
     # connections (docs/operations.md, "Limits that protect the node")
     Setting("max_connections", int, 4096,
@@ -295,4 +312,10 @@ def load(
     for name in _CAPS:
         if values[name] < 0:
             raise SettingsError(f"{name} must be at least 0 (0: no cap)")
+    for name in ("max_sql_bytes", "max_value_bytes"):
+        if values[name] < 1024:
+            raise SettingsError(f"{name} must be at least 1024")
+    for name in ("soft_heap_limit", "hard_heap_limit"):
+        if values[name] < 0:
+            raise SettingsError(f"{name} must be at least 0 (0: no limit)")
     return Settings(values)

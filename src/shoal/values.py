@@ -13,7 +13,11 @@ BLOB                ``{"base64": "<standard base64>"}``
 ==================  =====================================================
 
 Arguments accept the same forms; ``true``/``false`` bind as 1/0 and
-``{"integer"}`` is accepted at any size that fits 64 bits.
+``{"integer"}`` is accepted at any size that fits 64 bits. ``ArgValue`` is an
+argument as request types decode it: its nesting is bounded (three containers
+deep), so that a body nested thousands deep is refused as it is decoded, in
+linear time, instead of recursing (deeper than any argument form, shallow enough
+that every malformed argument still reaches :func:`decode` and its message).
 """
 
 from __future__ import annotations
@@ -29,6 +33,12 @@ SAFE_INT = 2**53
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 SQLValue = None | int | float | str | bytes
+
+_Leaf = None | bool | int | float | str
+_Depth1 = _Leaf | list[_Leaf] | dict[str, _Leaf]
+_Depth2 = _Leaf | list[_Depth1] | dict[str, _Depth1]
+ArgValue = _Leaf | list[_Depth2] | dict[str, _Depth2]
+Args = list[ArgValue] | dict[str, ArgValue]
 
 
 def encode(value: SQLValue) -> Any:

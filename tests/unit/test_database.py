@@ -37,7 +37,7 @@ async def opened(tmp_path: Path, **overrides: Any) -> AsyncIterator[Database]:
     settings = settings_mod.load(environ=env)
     executor = ThreadPoolExecutor(8)
     db = Database("orders", "main", str(tmp_path / "main.db"), settings, executor)
-    db.open()
+    await db.open()
     try:
         await db.write(stmts("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT)"))
         yield db

@@ -10,7 +10,15 @@ from pathlib import Path
 import apsw
 import pytest
 
-from shoal.errors import CODES, ShoalError, disk_errors, disk_full, from_sqlite, sqlite_names
+from shoal.errors import (
+    CODES,
+    SQLITE_HINTS,
+    ShoalError,
+    disk_errors,
+    disk_full,
+    from_sqlite,
+    sqlite_names,
+)
 
 EXPECTED_STATUS = {
     "INVALID_JSON": 400,
@@ -27,6 +35,7 @@ EXPECTED_STATUS = {
     "REQUEST_TIMEOUT": 408,
     "HEADERS_TOO_LARGE": 431,
     "TOO_MANY_CONNECTIONS": 503,
+    "OUT_OF_MEMORY": 503,
     "UNAUTHORIZED": 401,
     "TOKEN_INVALID": 401,
     "TOKEN_EXPIRED": 401,
@@ -86,7 +95,6 @@ def test_every_code_in_the_table_is_stable_and_has_a_hint() -> None:
         ("SQLITE_IOERR", 500),
         ("SQLITE_CORRUPT", 500),
         ("SQLITE_CANTOPEN", 500),
-        ("SQLITE_NOMEM", 500),
         ("SQLITE_NOTADB", 500),
         ("SOMETHING_UNKNOWN", 400),
     ],
@@ -169,6 +177,32 @@ def test_busy_maps_to_409(tmp_path: Path) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_too_big_keeps_its_sqlite_name_with_a_hint_naming_the_settings() -> None:
+    c = apsw.Connection(":memory:")
+    c.limit(apsw.SQLITE_LIMIT_LENGTH, 1000)
+    with pytest.raises(apsw.TooBigError) as info:
+        c.execute("SELECT zeroblob(5000)")
+    err = from_sqlite(info.value, statement=1)
+    assert (err.code, err.status) == ("SQLITE_TOOBIG", 400)
+    hint = err.body()["error"]["hint"]
+    assert hint == SQLITE_HINTS["SQLITE_TOOBIG"]
+    assert "max_value_bytes" in hint and "max_sql_bytes" in hint
+
+
+def test_sqlite_out_of_memory_is_out_of_memory_503() -> None:
+    """SQLite's hard heap limit (process-wide: set for the statement, then lifted again)."""
+    c = apsw.Connection(":memory:")
+    before = apsw.hard_heap_limit(64 << 20)
+    try:
+        with pytest.raises(apsw.NoMemError) as info:
+            c.execute("SELECT length(randomblob(200000000))")
+    finally:
+        apsw.hard_heap_limit(before)
+    err = from_sqlite(info.value)
+    assert (err.code, err.status) == ("OUT_OF_MEMORY", 503)
+    assert err.body()["error"]["extended_code"] == "SQLITE_NOMEM"
 
 
 def test_an_exception_without_codes_is_sqlite_error() -> None:

@@ -170,3 +170,14 @@ def test_limits_must_make_sense(env: dict[str, str]) -> None:
 
 def test_a_cap_of_zero_is_no_cap() -> None:
     assert load(environ={"SHOAL_MAX_CONNECTIONS_PER_CLIENT": "0"}).max_connections_per_client == 0
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("max_sql_bytes", "100"), ("max_value_bytes", "1023"),
+    ("soft_heap_limit", "-1"), ("hard_heap_limit", "-5"),
+])
+def test_sqlite_limits_are_checked(name: str, value: str) -> None:
+    with pytest.raises(SettingsError) as info:
+        load(environ={f"SHOAL_{name.upper()}": value})
+    assert name in str(info.value)
+    assert load(environ={"SHOAL_HARD_HEAP_LIMIT": "0"}).hard_heap_limit == 0  # 0: no limit

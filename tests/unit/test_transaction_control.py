@@ -89,14 +89,14 @@ def test_the_probe_leaves_no_transaction_behind() -> None:
 
 
 def test_describe_prepares_without_running(reader: Connection) -> None:
-    d = reader.describe("SELECT id, v AS value FROM t WHERE id = ?2 OR v = :v OR v = @w")
+    d = reader.describe("SELECT id, v AS value FROM t WHERE id = ?2 OR v = :v OR v = @w", 5.0)
     assert d.params == [None, "?2", ":v", "@w"]
     assert (d.columns, d.decltypes) == (["id", "value"], ["INTEGER", "TEXT"])
     assert d.is_readonly and not d.is_explain
-    ins = reader.describe("INSERT INTO t (v) VALUES ($x)")
+    ins = reader.describe("INSERT INTO t (v) VALUES ($x)", 5.0)
     assert ins.params == ["$x"] and not ins.is_readonly
-    assert reader.describe("BEGIN").is_readonly
+    assert reader.describe("BEGIN", 5.0).is_readonly
     with pytest.raises(ShoalError) as info:
-        reader.describe("ATTACH 'x' AS x")
+        reader.describe("ATTACH 'x' AS x", 5.0)
     assert info.value.code == "SQL_NOT_ALLOWED"
     assert reader.run([Statement("SELECT count(*) FROM t")], LIMITS).results[0].rows == [[0]]

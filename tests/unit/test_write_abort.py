@@ -25,7 +25,7 @@ def _db(tmp_path: Path) -> Database:
 def test_interrupted_write_fails_alone_in_its_batch(tmp_path: Path) -> None:
     async def scenario() -> None:
         db = _db(tmp_path)
-        db.open()
+        await db.open()
         await db.write([Statement("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")])
         # Queue both before the writer runs, so they share one batch.
         jobs = [db.write([Statement("INSERT INTO t(v) VALUES (?)", (i,))]) for i in range(3)]
@@ -45,7 +45,7 @@ def test_interrupted_write_fails_alone_in_its_batch(tmp_path: Path) -> None:
 def test_interrupted_write_aborts_interactive_transaction(tmp_path: Path) -> None:
     async def scenario() -> None:
         db = _db(tmp_path)
-        db.open()
+        await db.open()
         await db.write([Statement("CREATE TABLE t(id INTEGER PRIMARY KEY, v)")])
         tx = await db.begin("tx1", "s", write=True)
         await db.tx_query(tx, [Statement("INSERT INTO t(v) VALUES (1)")])

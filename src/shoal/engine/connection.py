@@ -4,26 +4,65 @@ Everything about a statement is learned from SQLite itself through apsw's
 exec tracer, called after a statement is prepared and before it steps: its
 columns and declared types (even when it returns no rows), whether it is
 read-only (``sqlite3_stmt_readonly``), and whether the text held a second
-statement (refused). A progress handler enforces the time budget.
+statement (refused).
+
+Time is bounded by deadlines that ``sqlite3_interrupt`` enforces: the
+:class:`Watchdog` thread interrupts a statement past its deadline, whether it is
+being prepared (the progress handler never runs then) or stepped, and an inline
+run on the event loop also has a progress handler for its 2 ms budget. What an
+interrupt cannot stop, because SQLite checks for it only between loops of a
+statement (one function call, a run of code without a loop), is bounded by
+SQLite's limits, set on every connection: the longest value (``max_value_bytes``),
+the longest SQL text (``max_sql_bytes``), and the depth and width of expressions;
+an inline run has much lower ones (see ``INLINE_LIMITS``).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import apsw
+import msgspec
 
 from shoal.engine.policy import TRANSACTION_CONTROL, Guard
 from shoal.errors import ShoalError, from_sqlite
 from shoal.values import SQLValue, decode_args, encode_row
 
+log = logging.getLogger("shoal")
+
 # Tags Shoal's own SQL (in a comment); see Connection.internal.
 TAG = secrets.token_hex(8)
+
+# SQLite limits pinned on every connection (a different SQLite build may default otherwise),
+# beside max_value_bytes and max_sql_bytes. A LIKE or GLOB call costs up to its pattern's
+# length times its subject's, and cannot be interrupted: 1,000 bytes against a 2 MiB value
+# is about a second.
+LIMITS = {
+    apsw.SQLITE_LIMIT_EXPR_DEPTH: 1000,
+    apsw.SQLITE_LIMIT_COMPOUND_SELECT: 500,
+    apsw.SQLITE_LIMIT_VARIABLE_NUMBER: 32766,
+    apsw.SQLITE_LIMIT_FUNCTION_ARG: 1000,
+    apsw.SQLITE_LIMIT_COLUMN: 2000,
+    apsw.SQLITE_LIMIT_LIKE_PATTERN_LENGTH: 1000,
+    apsw.SQLITE_LIMIT_TRIGGER_DEPTH: 100,
+}
+# An inline run holds the event loop, so what SQLite cannot interrupt must stay tiny there:
+# the worst single call at these sizes (ltrim with a 1 KiB character set) takes about 2 ms.
+# A statement that needs more is moved to a worker thread, where the limits above apply.
+INLINE_VALUE_BYTES = 1024
+INLINE_LIMITS = {
+    apsw.SQLITE_LIMIT_LENGTH: INLINE_VALUE_BYTES,
+    apsw.SQLITE_LIMIT_LIKE_PATTERN_LENGTH: 64,
+}
+SQLITE_MAX_LENGTH = 1_000_000_000  # SQLite's own ceiling: Shoal's records (a stored response)
+DEFER_OFF = f"PRAGMA defer_foreign_keys=OFF /*{TAG}*/"
 
 OPEN_FLAGS = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_NOMUTEX
 
@@ -95,7 +134,13 @@ class NeedsWriter(Exception):
 
 
 class SoftDeadline(Exception):
-    """The inline time budget ran out: run the request again off the event loop."""
+    """An inline run went past its time budget or its limits: run the request again off
+    the event loop. ``index`` is the statement it stopped at (of the request's list)."""
+
+    def __init__(self, index: int, held: float):
+        super().__init__(index)
+        self.index = index
+        self.held = held  # seconds the run held the event loop
 
 
 class TransactionControl(ShoalError):
@@ -192,7 +237,8 @@ def probe_transaction(sql: str, verb: str, index: int) -> bool:
 class Limits:
     statement_timeout: float
     max_response_bytes: int
-    soft_budget: float | None = None  # inline fast path: give up early, retry in a thread
+    # inline fast path (on the event loop): give up early and rerun on a worker thread
+    soft_budget: float | None = None
 
 
 @dataclass
@@ -201,25 +247,87 @@ class Counters:
     rows_written: int = 0
     bytes: int = 0
     results: list[Result] = field(default_factory=list)
+    elapsed: float = 0.0  # seconds the statements took, prepare included
+    widest: int = 0  # bytes of the largest row returned (as JSON)
 
 
-def configure_sqlite(lookaside_slot: int = 128, lookaside_count: int = 32) -> None:
+def configure_sqlite(lookaside_slot: int = 128, lookaside_count: int = 32,
+                     soft_heap_limit: int = 0, hard_heap_limit: int = 0) -> None:
     """Process-wide SQLite settings; call before the first connection opens.
 
     SQLite's default lookaside (1,200 x 100 bytes per connection) is most of the
     memory of an idle connection, and a node keeps thousands: a small one keeps
-    most of its speed for a fraction of the memory.
+    most of its speed for a fraction of the memory. The heap limits (0: none) keep
+    one statement from taking the node's memory: past the soft one SQLite reuses
+    cache memory, past the hard one an allocation fails (SQLITE_NOMEM, OUT_OF_MEMORY).
     """
     apsw.shutdown()
     apsw.config(apsw.SQLITE_CONFIG_LOOKASIDE, lookaside_slot, lookaside_count)
     apsw.initialize()
+    apsw.soft_heap_limit(soft_heap_limit)
+    apsw.hard_heap_limit(hard_heap_limit)
+
+
+class Watchdog:
+    """One thread per process that interrupts SQLite work past its deadline.
+
+    The progress handler runs only every 1,000 VM steps of a statement and never while
+    SQLite prepares one (a CASE of 40,000 WHENs took seconds to prepare), so deadlines are
+    enforced from here: ``sqlite3_interrupt`` may be called from any thread, and the
+    parser and every loop of a running statement look at it. A connection is watched
+    while a statement of a request runs on it; every TICK the watchdog interrupts each
+    one past its deadline or whose request was abandoned, again at each tick until the
+    statement ends (an interrupt that lands before SQLite starts on the statement is
+    forgotten by SQLite).
+    """
+
+    TICK = 0.005
+
+    def __init__(self) -> None:
+        self.busy: set[Connection] = set()
+        self._work = threading.Event()  # set while a statement may be busy (not idle ticks)
+        self._thread: threading.Thread | None = None
+        self._starting = threading.Lock()
+
+    def watch(self, conn: Connection) -> None:
+        self.busy.add(conn)  # one set operation under the GIL: safe from any thread
+        if not self._work.is_set():
+            self._work.set()
+        if self._thread is None:
+            with self._starting:
+                if self._thread is None:
+                    thread = threading.Thread(target=self._run, name="shoal-watchdog",
+                                              daemon=True)
+                    thread.start()
+                    self._thread = thread
+
+    def _run(self) -> None:
+        while True:
+            self._work.wait()
+            time.sleep(self.TICK)
+            now = time.monotonic()
+            busy = self.busy.copy()
+            if not busy:  # idle: sleep until a statement starts (a wake-up takes the GIL)
+                self._work.clear()
+                if self.busy:  # one started meanwhile
+                    self._work.set()
+                continue
+            for conn in busy:
+                try:
+                    conn.expire(now)
+                except Exception:  # the watchdog must outlive anything
+                    log.exception("watchdog: interrupting a statement failed")
+
+
+WATCHDOG = Watchdog()
 
 
 class Connection:
-    """An apsw connection with its authorizer, tracer and time budget."""
+    """An apsw connection with its authorizer, tracer, limits and deadline."""
 
     def __init__(self, path: str, *, reader: bool, synchronous: str = "full",
-                 manual_checkpoints: bool = False):
+                 manual_checkpoints: bool = False, max_value_bytes: int | None = None,
+                 max_sql_bytes: int | None = None):
         self.reader = reader
         self.raw = apsw.Connection(path, flags=OPEN_FLAGS)
         if manual_checkpoints:
@@ -228,9 +336,21 @@ class Connection:
             # connection closes, which would also delete the WAL and unshipped commits.
             self.raw.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
         self.guard = Guard()
-        self.deadline = float("inf")
-        self.soft_deadline = float("inf")
-        self.soft_fired = False
+        self.limits: dict[int, int] = dict(LIMITS)
+        if max_value_bytes is not None:
+            self.limits[apsw.SQLITE_LIMIT_LENGTH] = max_value_bytes
+        if max_sql_bytes is not None:
+            self.limits[apsw.SQLITE_LIMIT_SQL_LENGTH] = max_sql_bytes
+        for limit, value in self.limits.items():
+            self.raw.limit(limit, value)
+        # between runs a reader rests as an inline run needs it (the hot path switches
+        # nothing), a writer as a worker thread's run does
+        self._resting = dict(INLINE_LIMITS) if reader else \
+            {limit: self.full(limit) for limit in INLINE_LIMITS}
+        self.deadline = float("inf")  # of the running statement (under _lock on a worker)
+        self._lock = threading.Lock()  # orders the watchdog's interrupt with a statement's end
+        self.abandoned = False  # the request awaiting this work went away (reset by its owner)
+        self._cancelled: Callable[[], bool] | None = None  # the same, asked of the request
         self.schema_generation = -1  # the writer's schema generation this reader has loaded
         self._count = 0
         self._description: tuple[tuple[str, str | None], ...] = ()
@@ -246,10 +366,43 @@ class Connection:
             self.internal("PRAGMA query_only=1")
         raw.authorizer = self.guard
         raw.exec_trace = self._trace
-        raw.set_progress_handler(self._progress, 1000)
+        if reader:
+            self._tighten()
 
     def close(self) -> None:
         self.raw.close()
+
+    def full(self, limit: int) -> int:
+        """The node's value of a limit (SQLite's own where the node sets none)."""
+        return self.limits.get(limit, SQLITE_MAX_LENGTH)
+
+    # -- deadlines ---------------------------------------------------------------------------
+    def _arm(self, deadline: float) -> None:
+        with self._lock:
+            self.deadline = deadline
+        WATCHDOG.watch(self)
+
+    def _disarm(self) -> None:
+        """After this returns, the watchdog interrupts nothing more on this connection."""
+        with self._lock:
+            WATCHDOG.busy.discard(self)
+            self.deadline = float("inf")
+
+    def expire(self, now: float) -> None:
+        """Watchdog thread: interrupt the running statement if it is past its deadline or
+        its request is gone."""
+        if now < self.deadline and not self.abandoned and \
+                (self._cancelled is None or not self._cancelled()):
+            return
+        with self._lock:
+            if self in WATCHDOG.busy:
+                self.raw.interrupt()
+
+    def abandon(self) -> None:
+        """The request awaiting this connection's work went away (its client left): stop
+        its statement now (and at every watchdog tick until it ends)."""
+        self.abandoned = True
+        self.expire(time.monotonic())
 
     # -- hooks -----------------------------------------------------------------------------
     def _trace(self, cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
@@ -265,46 +418,108 @@ class Connection:
         return True
 
     def _progress(self) -> bool:
-        now = time.monotonic()
-        if now > self.soft_deadline:
-            self.soft_fired = True
-            return True
-        return now > self.deadline
+        """An inline run's budget, checked every 1,000 VM steps (only set while one runs:
+        a Python callback on a worker thread would take the GIL from the event loop)."""
+        return time.monotonic() > self.deadline
 
     # -- internal statements ----------------------------------------------------------------
-    def internal(self, sql: str, args: Any = None) -> list[tuple[Any, ...]]:
+    def internal(self, sql: str, args: Any = None, *,
+                 large: bool = False) -> list[tuple[Any, ...]]:
         """Run Shoal's own SQL with the authorizer off.
 
         The authorizer only runs when a statement is prepared, so a cached internal
         statement must never be reachable by user SQL: only statements carrying the
         per-process secret TAG (which no user can know or read back) are cached.
+        ``large``: the statement moves a record bigger than a user value may be (a stored
+        response is up to max_response_bytes).
         """
         self.guard.internal = True
+        if large:
+            self.raw.limit(apsw.SQLITE_LIMIT_LENGTH, SQLITE_MAX_LENGTH)
         try:
             return list(self.raw.cursor().execute(sql, args, can_cache=TAG in sql))
         finally:
             self.guard.internal = False
+            if large:
+                self.raw.limit(apsw.SQLITE_LIMIT_LENGTH, self._resting[apsw.SQLITE_LIMIT_LENGTH])
+
+    def deferred_violations(self) -> ShoalError | None:
+        """The error a COMMIT would fail with now for deferred foreign keys (the
+        defer_foreign_keys pragma, or keys declared DEFERRABLE INITIALLY DEFERRED), if any."""
+        if not self.raw.status(apsw.SQLITE_DBSTATUS_DEFERRED_FKS)[0]:
+            return None
+        return ShoalError("SQLITE_CONSTRAINT", "FOREIGN KEY constraint failed: deferred foreign "
+                                               "keys were not satisfied at the end of the "
+                                               "request", hint="",
+                          extended_code="SQLITE_CONSTRAINT_FOREIGNKEY")
 
     # -- user statements --------------------------------------------------------------------
-    def run(self, statements: list[Statement], limits: Limits, first_index: int = 0) -> Counters:
+    def run(self, statements: list[Statement], limits: Limits, first_index: int = 0,
+            cancelled: Callable[[], bool] | None = None) -> Counters:
         """Run statements in order; any failure raises ShoalError naming the statement index.
 
-        The caller owns the transaction (BEGIN/SAVEPOINT) around this call.
+        The caller owns the transaction (BEGIN/SAVEPOINT) around this call. Each statement,
+        prepare included, runs under a deadline the watchdog enforces; ``cancelled`` says
+        whether the request went away (its statement is then interrupted too). An inline
+        run (``limits.soft_budget``) is bounded by SQLite limits of its own and raises
+        SoftDeadline when it needs more than they allow.
         """
         out = Counters()
-        now = time.monotonic()
-        self.soft_deadline = now + limits.soft_budget if limits.soft_budget else float("inf")
-        self.soft_fired = False
-        try:
-            for i, stmt in enumerate(statements):
-                self.deadline = time.monotonic() + limits.statement_timeout
-                self._run_one(stmt, first_index + i, limits, out)
-        finally:
-            self.deadline = self.soft_deadline = float("inf")
+        started = time.monotonic()
+        if limits.soft_budget is not None:  # inline: on the event loop, a reader at rest
+            self.deadline = started + limits.soft_budget  # for the progress handler
+            try:
+                for i, stmt in enumerate(statements):
+                    self._run_one(stmt, first_index + i, limits, out, started)
+            finally:
+                self.deadline = float("inf")
+        else:
+            tight = self.reader
+            if tight:
+                self._loosen()
+            self._cancelled = cancelled
+            try:
+                for i, stmt in enumerate(statements):
+                    self._arm(time.monotonic() + limits.statement_timeout)
+                    try:
+                        self._run_one(stmt, first_index + i, limits, out, started)
+                    finally:
+                        self._disarm()
+            finally:
+                self._cancelled = None
+                if tight:
+                    self._tighten()
+        out.elapsed = time.monotonic() - started
         return out
 
-    def describe(self, sql: str) -> Description:
-        """Prepare sql under the authorizer and report it without stepping it."""
+    def _tighten(self) -> None:
+        """As an inline run needs it: the inline limits and the progress handler (the
+        watchdog's tick is coarser than the inline budget)."""
+        raw = self.raw
+        for limit, value in INLINE_LIMITS.items():
+            raw.limit(limit, value)
+        raw.set_progress_handler(self._progress, 1000)
+
+    def _loosen(self) -> None:
+        """As a worker thread's run needs it: the node's limits, no progress handler (its
+        Python callback would take the GIL from the event loop every 1,000 VM steps)."""
+        raw = self.raw
+        for limit in INLINE_LIMITS:
+            raw.limit(limit, self.full(limit))
+        raw.set_progress_handler(None)
+
+    def describe(self, sql: str, timeout: float) -> Description:
+        """Prepare sql under the authorizer and report it without stepping it; the prepare
+        is interrupted after ``timeout`` seconds."""
+        self._arm(time.monotonic() + timeout)
+        try:
+            return self._describe(sql)
+        except apsw.InterruptError:
+            raise _timeout(timeout) from None
+        finally:
+            self._disarm()
+
+    def _describe(self, sql: str) -> Description:
         found: list[Description] = []
 
         def trace(cursor: apsw.Cursor, _sql: str, _bindings: Any) -> bool:
@@ -332,6 +547,10 @@ class Connection:
                 continue
             except apsw.ExecTraceAbort:
                 pass
+            except apsw.InterruptError:
+                raise
+            except apsw.TooBigError as exc:
+                raise self._too_big(exc, sql) from None
             except (apsw.AuthError, apsw.SQLError) as exc:
                 reason, control = self.guard.reason, self.guard.control
                 self.guard.reason = self.guard.control = None
@@ -345,7 +564,8 @@ class Connection:
             break
         return found[0] if found else Description([], [], [], False, True)
 
-    def _run_one(self, stmt: Statement, index: int, limits: Limits, out: Counters) -> None:
+    def _run_one(self, stmt: Statement, index: int, limits: Limits, out: Counters,
+                 started: float) -> None:
         raw = self.raw
         self._count = 0
         self._description = ()
@@ -355,6 +575,7 @@ class Connection:
         changes_before = raw.total_changes()
         rows: list[list[Any]] = []
         size = out.bytes
+        budget = limits.max_response_bytes
         cursor = raw.cursor()
         try:
             cursor.execute(stmt.sql, stmt.args)
@@ -362,15 +583,15 @@ class Connection:
                 if not rows:  # SQLite re-prepares a cached statement at its first step after
                     # a schema change; `description` is not cached by apsw (get_description is)
                     self._description = tuple((d[0], d[1]) for d in cursor.description)
-                rows.append(encode_row(row))
-                size += len(repr(row))
-                if size > limits.max_response_bytes:
+                encoded = encode_row(row)
+                rows.append(encoded)
+                width = len(_json.encode(encoded)) + 1  # the row as the response holds it
+                size += width
+                if width > out.widest:
+                    out.widest = width
+                if size > budget:
                     cursor.close(True)  # stop the statement before its savepoint rolls back
-                    raise ShoalError(
-                        "RESPONSE_TOO_LARGE",
-                        f"result exceeds max_response_bytes ({limits.max_response_bytes})",
-                        statement=index,
-                    )
+                    raise _too_large(budget, index)
         except apsw.ExecTraceAbort:
             if self._would_write:
                 raise NeedsWriter(stmt.sql) from None
@@ -379,13 +600,15 @@ class Connection:
                 statement=index,
             ) from None
         except apsw.InterruptError:
-            if self.soft_fired:
-                raise SoftDeadline() from None
-            raise ShoalError(
-                "STATEMENT_TIMEOUT",
-                f"statement ran longer than statement_timeout ({limits.statement_timeout:g} s)",
-                statement=index,
-            ) from None
+            if limits.soft_budget is not None:
+                raise SoftDeadline(index, time.monotonic() - started) from None
+            if self.abandoned or (self._cancelled is not None and self._cancelled()):
+                raise stopped(index) from None
+            raise _timeout(limits.statement_timeout, index) from None
+        except apsw.TooBigError as exc:
+            if limits.soft_budget is not None:  # the inline limits, not the node's
+                raise SoftDeadline(index, time.monotonic() - started) from None
+            raise self._too_big(exc, stmt.sql, index) from None
         except (apsw.AuthError, apsw.SQLError) as exc:  # a denied function is an SQLError
             reason, control = self.guard.reason, self.guard.control
             self.guard.reason = self.guard.control = None
@@ -413,14 +636,60 @@ class Connection:
                              statement=index) from None
         written = raw.total_changes() - changes_before
         desc: tuple[tuple[str, str | None], ...] = self._description
+        columns = [d[0] for d in desc]
+        decltypes = [d[1] for d in desc]
+        # the result's names and its fixed fields, as the response holds them (roughly)
+        size += 96 + 12 * len(columns) + sum(map(len, columns)) + \
+            sum(map(len, filter(None, decltypes)))
+        if size > budget:
+            raise _too_large(budget, index)
         out.rows_read += len(rows)
         out.rows_written += written
         out.bytes = size
         out.results.append(Result(
-            columns=[d[0] for d in desc],
-            decltypes=[d[1] for d in desc],
+            columns=columns,
+            decltypes=decltypes,
             rows=rows,
             rows_affected=raw.changes() if written else 0,
             last_insert_rowid=raw.last_insert_rowid() if written else None,
             rows_read=len(rows),
         ))
+
+    def _too_big(self, exc: apsw.Error, sql: str, index: int | None = None) -> ShoalError:
+        """SQLITE_TOOBIG, naming the limit that was passed."""
+        err = from_sqlite(exc, index)
+        sql_limit = self.limits.get(apsw.SQLITE_LIMIT_SQL_LENGTH)
+        if sql_limit is not None and len(sql) >= sql_limit // 4 and \
+                len(sql.encode()) > sql_limit:
+            err.message = f"the SQL text is longer than max_sql_bytes ({sql_limit})"
+        else:
+            value_limit = self.limits.get(apsw.SQLITE_LIMIT_LENGTH, SQLITE_MAX_LENGTH)
+            err.message = (f"a string, blob or row would be longer than max_value_bytes "
+                           f"({value_limit})")
+        err.args = (err.message,)
+        return err
+
+
+_json = msgspec.json.Encoder()
+
+
+def _timeout(timeout: float, index: int | None = None) -> ShoalError:
+    err = ShoalError("STATEMENT_TIMEOUT",
+                     f"statement ran longer than statement_timeout ({timeout:g} s)")
+    if index is not None:
+        err.extra["statement"] = index
+    return err
+
+
+def stopped(index: int | None = None) -> ShoalError:
+    """What a request whose client went away gets (nobody reads it): its statement was
+    interrupted, or it never ran."""
+    err = ShoalError("STATEMENT_TIMEOUT", "statement stopped: its client went away")
+    if index is not None:
+        err.extra["statement"] = index
+    return err
+
+
+def _too_large(budget: int, index: int) -> ShoalError:
+    return ShoalError("RESPONSE_TOO_LARGE", f"result exceeds max_response_bytes ({budget})",
+                      statement=index)

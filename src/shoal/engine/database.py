@@ -1,14 +1,21 @@
 """One open branch of a database: a writer with group commit, a reader pool, transactions.
 
-Reads run on reader connections (``query_only``). A read is first tried inline on
-the event loop with a small time budget (no thread hop: most point reads take
-microseconds); if the budget runs out it is rerun on a worker thread with the full
-statement budget. A statement SQLite reports as not read-only moves the whole
-request to the writer.
+Reads run on reader connections (``query_only``). A read whose SQL texts the database
+has run quickly before is tried inline on the event loop, with a small time budget and
+small SQLite limits (no thread hop: most point reads take microseconds); if it needs
+more it is rerun on a worker thread with the full statement budget and the node's
+limits. Any other read runs on a worker thread first: preparing SQL cannot be
+interrupted everywhere, and its cost depends on the schema as much as on the text (a
+view over views, chained generated columns), so SQL is prepared on the loop only once
+known cheap, and known again after each schema change. A statement SQLite reports as
+not read-only moves the whole request to the writer. Work on a worker thread whose
+client went away is interrupted (``REQUEST_GONE``).
 
 Writes queue for the writer task. It holds the write lock, takes every queued
 job, runs each in its own SAVEPOINT of one transaction (a failing job rolls back
-alone), bumps the branch txid once, commits once (one fsync), then answers all.
+alone, and so does one that leaves deferred foreign keys unsatisfied, which would
+otherwise fail the shared COMMIT), bumps the branch txid once, commits once (one
+fsync), then answers all.
 An interactive write transaction holds the same lock, so queued writers wait for
 it at most ``busy_timeout`` and then get DATABASE_BUSY.
 
@@ -25,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
 import logging
 import math
 import time
@@ -32,9 +40,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+import apsw
 
 from shoal.engine.connection import (
+    DEFER_OFF,
+    INLINE_VALUE_BYTES,
     SCHEMA,
     TAG,
     Connection,
@@ -44,8 +56,9 @@ from shoal.engine.connection import (
     NeedsWriter,
     SoftDeadline,
     Statement,
+    stopped,
 )
-from shoal.errors import ShoalError
+from shoal.errors import ShoalError, from_sqlite
 from shoal.metrics import METRICS
 from shoal.storage.fenced import Fenced
 
@@ -53,6 +66,24 @@ if TYPE_CHECKING:
     from shoal.engine.journal import Journal
 
 log = logging.getLogger("shoal")
+T = TypeVar("T")
+
+
+
+class Gone(Protocol):
+    """Signals that a request's client went away (an asyncio.Future[None] is one): the
+    callbacks added run, on the event loop, when it does."""
+
+    def add_done_callback(self, fn: Callable[[Any], object], /) -> None: ...
+
+    def remove_done_callback(self, fn: Callable[[Any], object], /) -> int: ...
+
+
+# Set by the HTTP layer for each request: the SQL work the request waits for is interrupted
+# (reads, transaction statements) or skipped (a write still queued) when its client goes
+# away, instead of running on until statement_timeout for nobody.
+REQUEST_GONE: contextvars.ContextVar[Gone | None] = \
+    contextvars.ContextVar("shoal_request_gone", default=None)
 
 # Internal SQL carries the per-process TAG so that no user statement can ever share
 # its apsw statement-cache entry (the authorizer runs only at prepare time).
@@ -67,7 +98,7 @@ ROLLBACK_TO = f"ROLLBACK TO s{_NONCE}"
 SET_TXID = f"UPDATE _shoal_state SET txid = ? /*{_NONCE}*/"
 GET_TXID = f"SELECT txid FROM _shoal_state /*{_NONCE}*/"
 SCHEMA_VERSION = f"PRAGMA schema_version /*{_NONCE}*/"
-KNOWN_WRITES = 1024  # SQL texts remembered per database as needing the writer
+KNOWN_TEXTS = 1024  # SQL texts remembered per database as writing, or as cheap to run inline
 # OR REPLACE: a record past idempotency_ttl may still be in the file (purged by the first
 # write batch after open, inside a numbered commit: every commit must carry a txid)
 PUT_IDEM = (f"INSERT OR REPLACE INTO _shoal_idempotency(subject, key, body_hash, status,"
@@ -77,7 +108,31 @@ GET_IDEM = (f"SELECT body_hash, status, response, created_at FROM _shoal_idempot
 PURGE_IDEM = f"DELETE FROM _shoal_idempotency WHERE created_at < ? /*{_NONCE}*/"
 
 INLINE_BUDGET = 0.002  # seconds a read may hold the event loop before moving to a thread
+INLINE_SQL_CHARS = 1024  # longer SQL never runs inline
+INLINE_OVERRUN = 0.01  # an inline attempt that held the event loop this long (seconds) ...
+INLINE_PENALTY = 10.0  # ... sends every read of its database to worker threads for this long
 MIB = 1 << 20
+
+
+class RecentTexts(OrderedDict[int, None]):
+    """The most recent SQL texts SQLite taught a database something about (they write; they
+    run inline within its limits): a routing hint, never a decision about what SQL may do.
+    Kept by hash (randomised per process), so a text costs the same whatever its length:
+    ask ``hash(sql) in texts``."""
+
+    def __init__(self, size: int = KNOWN_TEXTS):
+        super().__init__()
+        self._size = size
+
+    def add(self, sql: str) -> None:
+        key = hash(sql)
+        self[key] = None
+        self.move_to_end(key)
+        if len(self) > self._size:
+            self.popitem(last=False)
+
+    def discard(self, sql: str) -> None:
+        self.pop(hash(sql), None)
 
 
 def make_bookmark(database: str, branch: str, txid: int, timeline: str | None = None) -> str:
@@ -136,6 +191,15 @@ class WriteJob:
     future: asyncio.Future[Committed]
     deadline: float  # when waiting for the write lock gives DATABASE_BUSY
     idempotency: IdempotencyRecord | None = None
+    abandoned: bool = False  # its client went away: not run, or interrupted if running
+
+    def gone(self) -> bool:
+        """Whether nobody waits for this job any more (read from the writer's thread and the
+        watchdog's: a stale answer only delays the interrupt by a tick)."""
+        return self.abandoned or self.future.cancelled()
+
+    def abandon(self, _: object = None) -> None:
+        self.abandoned = True
 
 
 @dataclass
@@ -173,7 +237,10 @@ class Database:
         self.txid = 0
         self.schema_generation = 0  # bumped when a commit changed the schema
         self._schema_version = 0
-        self.known_writes: OrderedDict[str, None] = OrderedDict()  # SQL SQLite said writes
+        self.known_writes = RecentTexts()  # SQL SQLite said writes
+        self.known_cheap = RecentTexts()  # SQL that ran within the inline limits, this schema
+        self._cheap_generation = 0  # the schema generation known_cheap was learned under
+        self.inline_after = 0.0  # monotonic time before which no read is tried inline
         self.last_read = 0.0  # monotonic time a reader was last returned to the pool
         self.active = 0
         self.transactions: dict[str, Transaction] = {}
@@ -190,16 +257,23 @@ class Database:
     # -- open / close -----------------------------------------------------------------------
     def _connect(self, reader: bool) -> Connection:
         return Connection(self.path, reader=reader, synchronous=self.settings.synchronous,
-                          manual_checkpoints=self.journal is not None)
+                          manual_checkpoints=self.journal is not None,
+                          max_value_bytes=self.settings.max_value_bytes,
+                          max_sql_bytes=self.settings.max_sql_bytes)
 
-    def open(self) -> None:
-        """Open the writer and start the writer task.
+    async def open(self) -> None:
+        """Open the writer (on a worker thread: SQLite reads the whole schema, which may be
+        large, when a connection opens) and start the writer task."""
+        self.writer = await self._off_loop(None, self._open_writer)
+        # a task of the branch, not of the request that opened it: none of its context
+        self._task = asyncio.get_running_loop().create_task(self._writer_loop(),
+                                                            context=contextvars.Context())
 
-        Without a commit log the file and Shoal's tables are created here. With one,
+    def _open_writer(self) -> Connection:
+        """Without a commit log the file and Shoal's tables are created here. With one,
         the file comes from the store (its snapshot at txid 0 already holds the
         tables) and nothing is written here: a commit that bumps no txid would be a
-        hole in the log.
-        """
+        hole in the log."""
         writer = self._connect(reader=False)
         try:
             if self.journal is not None:
@@ -213,8 +287,7 @@ class Database:
         except BaseException:
             writer.close()
             raise
-        self.writer = writer
-        self._task = asyncio.get_running_loop().create_task(self._writer_loop())
+        return writer
 
     @property
     def idle(self) -> bool:
@@ -271,10 +344,13 @@ class Database:
 
     # -- reads ------------------------------------------------------------------------------
     async def _take_reader(self) -> Connection:
-        """A reader connection from the pool (opened on demand); pair with _give_reader."""
+        """A reader connection from the pool (opened on demand, on a worker thread: opening
+        reads the schema); pair with _give_reader."""
         await self.reader_slots.acquire()
         try:
-            return self.readers.pop() if self.readers else self._connect(reader=True)
+            if self.readers:
+                return self.readers.pop()
+            return await self._off_loop(None, self._connect, True)
         except BaseException:
             self.reader_slots.release()
             raise
@@ -302,30 +378,93 @@ class Database:
 
     def remember_write(self, sql: str) -> None:
         """Note SQL that SQLite reported as writing, so its next run goes to the writer first."""
-        self.known_writes[sql] = None
-        self.known_writes.move_to_end(sql)
-        if len(self.known_writes) > KNOWN_WRITES:
-            self.known_writes.popitem(last=False)
+        self.known_writes.add(sql)
 
     def writes(self, statements: list[Statement]) -> bool:
         """Whether a statement of the request is known (from SQLite, earlier) to write."""
         known = self.known_writes
-        return any(s.sql in known for s in statements)
+        if len(statements) == 1:
+            return hash(statements[0].sql) in known
+        return any(hash(s.sql) in known for s in statements)
 
     async def read(self, statements: list[Statement]) -> tuple[Counters, int]:
         """Run read-only statements on a reader; raise NeedsWriter if one would write."""
         conn = await self._take_reader()
         try:
             txid = self.txid  # the snapshot holds at least this commit
-            try:
-                return self._read_on(conn, statements, self.inline_limits), txid
-            except SoftDeadline:
-                loop = asyncio.get_running_loop()
-                out = await loop.run_in_executor(
-                    self.executor, self._read_on, conn, statements, self.limits)
-                return out, txid
+            if self._inline(conn, statements):
+                try:
+                    return self._read_on(conn, statements, self.inline_limits), txid
+                except SoftDeadline as moved:  # it needs more than the loop may give
+                    self._overran(statements[moved.index].sql, moved.held)
+            out = await self._off_loop(conn, self._read_on, conn, statements, self.limits)
+            if out.elapsed <= INLINE_BUDGET and out.widest <= INLINE_VALUE_BYTES:
+                for stmt in statements:  # cheap, under this schema: next time inline
+                    if len(stmt.sql) <= INLINE_SQL_CHARS:
+                        self.known_cheap.add(stmt.sql)
+            return out, txid
         finally:
             self._give_reader(conn)
+
+    def _inline(self, conn: Connection, statements: list[Statement]) -> bool:
+        """Whether a read may be tried on the event loop: every statement of it ran within
+        the inline limits before under the current schema (a new text, or one after a
+        schema change, is prepared on a worker thread: see the module's docstring), and the
+        reader need not reload the schema (that too is work in proportion to the schema)."""
+        if self.inline_after and time.monotonic() < self.inline_after:
+            return False
+        generation = self.schema_generation
+        if generation != self._cheap_generation:
+            self.known_cheap.clear()
+            self._cheap_generation = generation
+            return False
+        if conn.schema_generation != generation:
+            return False
+        cheap = self.known_cheap
+        if len(statements) == 1:
+            return hash(statements[0].sql) in cheap
+        return all(hash(stmt.sql) in cheap for stmt in statements)
+
+    def _overran(self, sql: str, held: float) -> None:
+        """A statement known cheap was not, this time (its data grew): it runs on a worker
+        thread until it is seen cheap again; if it held the event loop long (what SQLite
+        cannot interrupt within the inline limits, a run of ltrim() calls, takes up to a
+        few hundred ms), the database's reads skip the loop for INLINE_PENALTY, so that
+        growing and shrinking the data again and again cannot hold the loop often."""
+        self.known_cheap.discard(sql)
+        if held > INLINE_OVERRUN:
+            self.inline_after = time.monotonic() + INLINE_PENALTY
+            log.info("%s/%s: an inline read held the event loop %.0f ms; reads go to worker "
+                     "threads for %g s", self.name, self.branch, held * 1000, INLINE_PENALTY)
+
+    async def _off_loop(self, conn: Connection | None, fn: Callable[..., T], *args: Any) -> T:
+        """fn(*args) on a worker thread. If the awaiting request is cancelled (its client went
+        away), conn's statement is interrupted, and the thread is waited for before the
+        cancellation goes on: a connection (or the write lock) must never be used by two
+        threads at once."""
+        work = self.executor.submit(fn, *args)
+        gone = REQUEST_GONE.get() if conn is not None else None
+
+        def stop(_: object) -> None:  # may run after the work ended: then it does nothing
+            if conn is not None and not work.done():
+                conn.abandon()
+
+        if gone is not None:
+            gone.add_done_callback(stop)
+        try:
+            return await asyncio.wrap_future(work)
+        except asyncio.CancelledError:
+            if not work.cancelled():  # it was running: stop it, and wait for the thread
+                stop(None)
+                while not work.done():
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await asyncio.wait([asyncio.wrap_future(work)])
+            raise
+        finally:
+            if gone is not None:
+                gone.remove_done_callback(stop)
+            if conn is not None:
+                conn.abandoned = False  # the thread is done with it
 
     def _read_on(self, conn: Connection, statements: list[Statement], limits: Limits) -> Counters:
         """Run a read; one statement is its own snapshot, several share one.
@@ -361,7 +500,14 @@ class Database:
         self.queue.append(job)
         METRICS.queue_depth.observe(len(self.queue))
         self.wake.set()
-        return await job.future
+        gone = REQUEST_GONE.get()
+        if gone is None:
+            return await job.future
+        gone.add_done_callback(job.abandon)
+        try:
+            return await job.future
+        finally:
+            gone.remove_done_callback(job.abandon)
 
     async def _writer_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -497,9 +643,16 @@ class Database:
                 if i in failed:
                     outcomes.append(failed[i])
                     continue
+                if job.gone():  # its request went away before it ran
+                    outcomes.append(stopped())
+                    continue
                 conn.internal(SAVEPOINT)
                 try:
-                    counters = conn.run(job.statements, self.limits)
+                    counters = conn.run(job.statements, self.limits, cancelled=job.gone)
+                    # a deferred foreign key still violated would fail the COMMIT of every
+                    # job of the batch: it fails this job, here
+                    if (violated := conn.deferred_violations()) is not None:
+                        raise violated
                     done = Committed(counters, txid, bookmark)
                     if job.idempotency:
                         self._record(conn, job.idempotency, done)
@@ -512,6 +665,7 @@ class Database:
                     conn.internal(ROLLBACK_TO)
                     conn.internal(RELEASE)
                     outcomes.append(exc)
+                conn.internal(DEFER_OFF)  # the pragma lasts until COMMIT: not into the next job
             if any(isinstance(o, Committed) for o in outcomes):
                 if self._purge_due:
                     conn.internal(PURGE_IDEM, (time.time() - self.settings.idempotency_ttl,))
@@ -524,6 +678,9 @@ class Database:
         except BaseException as exc:
             if not conn.raw.get_autocommit():
                 conn.internal(ROLLBACK)
+            if isinstance(exc, apsw.Error):  # COMMIT itself failed: every job with it
+                log.warning("%s/%s: a group commit failed: %r", self.name, self.branch, exc)
+                exc = from_sqlite(exc)
             return [exc] * len(batch)
         return outcomes
 
@@ -531,7 +688,7 @@ class Database:
     def _record(conn: Connection, idem: IdempotencyRecord, done: Committed) -> None:
         status, body = idem.render(done)
         conn.internal(PUT_IDEM, (idem.subject, idem.key, idem.body_hash, status, body,
-                                 time.time()))
+                                 time.time()), large=True)
         done.response = (status, body)
 
     # -- idempotency lookups ------------------------------------------------------------------
@@ -539,7 +696,7 @@ class Database:
         """(body_hash, status, response) recorded for this key within the TTL, if any."""
         conn = await self._take_reader()
         try:
-            rows = conn.internal(GET_IDEM, (subject, key))
+            rows = conn.internal(GET_IDEM, (subject, key), large=True)
         finally:
             self._give_reader(conn)
         if not rows or rows[0][3] < time.time() - self.settings.idempotency_ttl:
@@ -548,18 +705,18 @@ class Database:
         return body_hash, status, response
 
     async def describe(self, sql: str) -> Description:
-        """Prepare sql on a reader (authorizer on) and describe it without running it, on a
-        worker thread: the text may be megabytes long."""
+        """Prepare sql on a reader (authorizer on) and describe it without running it: on a
+        worker thread, since preparing can take long (a huge CASE) and is not interruptible
+        everywhere."""
         conn = await self._take_reader()
         try:
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self.executor, conn.describe, sql)
+            return await self._off_loop(conn, conn.describe, sql,
+                                        self.settings.statement_timeout)
         finally:
             self._give_reader(conn)
 
     # -- interactive transactions -----------------------------------------------------------
     async def begin(self, tx_id: str, subject: str, write: bool) -> Transaction:
-        loop = asyncio.get_running_loop()
         if write:
             if self.journal is not None and self.journal.writer is None:
                 await self.journal.claim()
@@ -572,13 +729,13 @@ class Database:
             conn = self.writer
             assert conn is not None
             try:
-                await loop.run_in_executor(self.executor, conn.internal, BEGIN_IMMEDIATE)
+                await self._off_loop(None, conn.internal, BEGIN_IMMEDIATE)
             except BaseException:
                 self.write_lock.release()
                 raise
             start = self.txid  # no commit can land while the write lock is held
         else:
-            conn = self._connect(reader=True)
+            conn = await self._off_loop(None, self._connect, True)
             conn.internal(BEGIN)
             start = conn.internal(GET_TXID)[0][0]  # pin the snapshot now, not at the first query
         tx = Transaction(tx_id, subject, write, conn,
@@ -588,8 +745,7 @@ class Database:
 
     async def tx_query(self, tx: Transaction, statements: list[Statement]) -> Counters:
         """Run statements inside the transaction; a failure undoes only this request."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.executor, self._tx_query, tx, statements)
+        return await self._off_loop(tx.conn, self._tx_query, tx, statements)
 
     def _tx_query(self, tx: Transaction, statements: list[Statement]) -> Counters:
         conn = tx.conn
@@ -615,9 +771,8 @@ class Database:
                   idempotency: IdempotencyRecord | None = None) -> Committed | None:
         """Commit or roll back; the write lock is released either way."""
         self.transactions.pop(tx.id, None)
-        loop = asyncio.get_running_loop()
         try:
-            done = await loop.run_in_executor(self.executor, self._end, tx, commit, idempotency)
+            done = await self._off_loop(None, self._end, tx, commit, idempotency)
             if done is not None:
                 await self._mend_log()
         finally:
@@ -640,14 +795,22 @@ class Database:
         txid = self.txid + 1
         done = Committed(Counters(), txid, self.bookmark(txid))
         try:
+            if (violated := conn.deferred_violations()) is not None:
+                raise violated
             if idempotency:
                 self._record(conn, idempotency, done)
             conn.internal(SET_TXID, (txid,))
             conn.internal(COMMIT)
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(Exception):
                 if not conn.raw.get_autocommit():
                     conn.internal(ROLLBACK)
+            if isinstance(exc, apsw.Error):
+                exc = from_sqlite(exc)
+            if isinstance(exc, ShoalError):  # the transaction is over: say so
+                exc.message += "; the transaction was rolled back"
+                exc.args = (exc.message,)
+                raise exc from None
             raise
         self._committed(conn, txid)
         return done

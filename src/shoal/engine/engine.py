@@ -773,8 +773,12 @@ class Engine:
             METRICS.open_transactions.set(len(self.transactions))
             record = IdempotencyRecord(principal.subject, idem.key, idem.body_hash, render) \
                 if idem and render else None
-            with self.disk.writes(refuse=False):  # begun before the disk filled, maybe
-                return await db.end(tx, commit, record)
+            try:
+                with self.disk.writes(refuse=False):  # begun before the disk filled, maybe
+                    return await db.end(tx, commit, record)
+            except BaseException:  # rolled back (a deferred foreign key, a full disk): over
+                self.expired[tx_id] = "TRANSACTION_ABORTED"
+                raise
 
     async def _stored_commit(self, principal: tokens.Principal, name: str,
                              idem: Idempotency | None, branch: str = "main") -> Committed | None:

@@ -137,7 +137,7 @@ class Lifecycle:
                     return await self.registry.open(name, branch, path)
                 db = Database(name, branch, str(path), self.settings,
                               lane_of(self.executor, name))
-                db.open()
+                await db.open()
                 return db
         finally:
             del self.opening[key]

@@ -489,7 +489,7 @@ class Registry:
             db.journal = Journal(self.stores, name, state, str(path), self.settings, lane,
                                  self.node)
             db.timeline = state.branch.timeline
-            db.open()
+            await db.open()
             if db.txid >= state.head_txid:
                 try:
                     await db.journal.start(db)

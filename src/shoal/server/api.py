@@ -15,7 +15,7 @@ from shoal.engine.database import Committed, make_bookmark
 from shoal.engine.engine import BranchInfo, Engine, Idempotency, Outcome, parse_time
 from shoal.errors import ShoalError
 from shoal.server.http import Request, Response, Router, encode, json_response
-from shoal.values import decode_args
+from shoal.values import Args, decode_args
 
 
 # -- request bodies (also the OpenAPI schemas) -------------------------------------------------
@@ -23,7 +23,7 @@ class StatementObject(msgspec.Struct, forbid_unknown_fields=True):
     """One SQL statement with arguments: positional (array) or named (object)."""
 
     sql: str
-    args: list[Any] | dict[str, Any] | None = None
+    args: Args | None = None
 
 
 class QueryRequest(msgspec.Struct, forbid_unknown_fields=True):

@@ -1,12 +1,23 @@
-"""The ASGI application: routing, authentication, the error envelope, metrics and access log."""
+"""The ASGI application: routing, authentication, the error envelope, metrics and access log.
+
+A request still running DISCONNECT_WATCH after it started, its body read, listens for its
+client going away (one task looks for such requests), and then resolves the request's
+``REQUEST_GONE`` future: the engine interrupts the SQL work it was waiting for (a worker
+thread is not left running it until statement_timeout) and the answer is not sent.
+Nothing else is cancelled: a branch being hydrated or a store operation half done
+finishes as it would have.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
+from shoal.engine.database import REQUEST_GONE
 from shoal.engine.engine import Engine
 from shoal.engine.health import READ_ONLY
 from shoal.errors import ShoalError
@@ -33,6 +44,9 @@ from shoal.settings import Settings
 
 log = logging.getLogger("shoal")
 
+DISCONNECT_WATCH = 0.05  # seconds; most requests are answered sooner and are never watched
+CLIENT_GONE = 499  # the status logged (never sent) for a request whose client went away
+
 
 class App:
     def __init__(self, settings: Settings, engine: Engine | None = None):
@@ -56,6 +70,8 @@ class App:
         self.public |= HranaHTTP(self.engine, quota).register(self.router)
         self.websocket = HranaWebSocket(self.engine, quota)
         self._log = sys.stderr.buffer if settings.access_log else None
+        self._watches: dict[_Watch, None] = {}  # requests in flight (see _Watch)
+        self._watcher: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -77,6 +93,8 @@ class App:
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
+                if self._watcher is not None:
+                    self._watcher.cancel()
                 await self.engine.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
@@ -84,6 +102,10 @@ class App:
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         request = Request(scope, receive)
+        watch = _Watch(request, time.monotonic())
+        self._watches[watch] = None
+        if self._watcher is None:
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_requests())
         try:
             handler = self.router.resolve(request)
             if request.route not in self.public:
@@ -96,16 +118,32 @@ class App:
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.route)
             response = json_response(500, ShoalError("INTERNAL", "internal error").body())
-        headers = response.headers
-        if response.status != 204:  # without a length, the server would send chunks
-            headers = [*headers, (b"content-length", str(len(response.body)).encode())]
-        await send({"type": "http.response.start", "status": response.status,
-                    "headers": headers})
-        await send({"type": "http.response.body", "body": response.body})
+        finally:
+            del self._watches[watch]
+            watch.stop()
+        if request.gone:  # nobody to answer
+            response = Response(CLIENT_GONE)
+        else:
+            headers = response.headers
+            if response.status != 204:  # without a length, the server would send chunks
+                headers = [*headers, (b"content-length", str(len(response.body)).encode())]
+            await send({"type": "http.response.start", "status": response.status,
+                        "headers": headers})
+            await send({"type": "http.response.body", "body": response.body})
         elapsed = time.perf_counter() - started
         METRICS.observe_request(request.route, request.method, response.status, elapsed)
         if self._log is not None:
             self._access_log(request, response, elapsed)
+
+    async def _watch_requests(self) -> None:
+        """Every DISCONNECT_WATCH, start listening for the client of each request running
+        longer than that (one task for all: a timer per request would cost the hot path)."""
+        while True:
+            await asyncio.sleep(DISCONNECT_WATCH)
+            due = time.monotonic() - DISCONNECT_WATCH
+            for watch in list(self._watches):
+                if watch.started < due:
+                    watch.listen()
 
     def _access_log(self, request: Request, response: Response, elapsed: float) -> None:
         """One JSON line per request: never the token, the body or the SQL arguments. The
@@ -154,3 +192,50 @@ class App:
         if request.route not in self.public:
             request.principal.require("read")
         return Response(200, self._openapi)
+
+
+class _Watch:
+    """A request's REQUEST_GONE signal: its callbacks run when the client goes away.
+    Listening starts (App._watch_requests) once the request has run for DISCONNECT_WATCH
+    with its body read: only then may another receive() be awaited, since after the body
+    the server's next message is the disconnect."""
+
+    __slots__ = ("_callbacks", "_listener", "_token", "request", "started")
+
+    def __init__(self, request: Request, started: float):
+        self.request = request
+        self.started = started
+        self._callbacks: list[Callable[[Any], object]] | None = None  # made on first use
+        self._listener: asyncio.Task[None] | None = None
+        self._token = REQUEST_GONE.set(self)
+
+    def add_done_callback(self, fn: Callable[[Any], object], /) -> None:
+        if self.request.gone:
+            fn(self)
+        elif self._callbacks is None:
+            self._callbacks = [fn]
+        else:
+            self._callbacks.append(fn)
+
+    def remove_done_callback(self, fn: Callable[[Any], object], /) -> int:
+        if self._callbacks is not None and fn in self._callbacks:
+            self._callbacks.remove(fn)
+            return 1
+        return 0
+
+    def listen(self) -> None:
+        if self._listener is None and self.request.body_read:
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    async def _listen(self) -> None:
+        message = await self.request.receive()
+        if message["type"] == "http.disconnect" and not self.request.gone:
+            self.request.gone = True
+            callbacks, self._callbacks = self._callbacks or [], None
+            for fn in callbacks:
+                fn(self)
+
+    def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+        REQUEST_GONE.reset(self._token)

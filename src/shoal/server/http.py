@@ -66,8 +66,8 @@ def error_code(body: bytes) -> str:
 
 
 class Request:
-    __slots__ = ("_query", "body", "headers", "method", "params", "path", "principal",
-                 "receive", "route", "scope")
+    __slots__ = ("_query", "body", "body_read", "gone", "headers", "method", "params", "path",
+                 "principal", "receive", "route", "scope")
 
     def __init__(self, scope: Scope, receive: Receive):
         self.scope = scope
@@ -78,6 +78,8 @@ class Request:
         self.params: dict[str, str] = {}
         self.route = "unmatched"
         self.body = b""
+        self.body_read = False  # the whole body was received: only a disconnect can follow
+        self.gone = False  # the client went away before the answer
         self._query: dict[str, list[str]] | None = None
         self.principal: Principal = ANONYMOUS
 
@@ -100,6 +102,7 @@ class Request:
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":  # gone, or cut at body_timeout
+                self.gone = True
                 raise ShoalError("REQUEST_TIMEOUT", "the connection closed before the body "
                                                     "was complete")
             chunk = message.get("body", b"")
@@ -108,6 +111,7 @@ class Request:
                 raise ShoalError("PAYLOAD_TOO_LARGE", f"body exceeds max_request_bytes ({limit})")
             chunks.append(chunk)
             if not message.get("more_body"):
+                self.body_read = True
                 break
         self.body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         return self.body
@@ -122,8 +126,8 @@ class Request:
             raise ShoalError("INVALID_REQUEST", str(exc)) from None
         except msgspec.DecodeError as exc:
             raise ShoalError("INVALID_JSON", f"body is not valid JSON: {exc}") from None
-        except RecursionError:  # msgspec's depth limit is Python's recursion limit
-            raise ShoalError("INVALID_JSON", "body is nested too deeply") from None
+        except RecursionError:  # a type holding Any met JSON nested past the stack's depth
+            raise ShoalError("INVALID_REQUEST", "the body is nested too deeply") from None
 
 
 Handler = Callable[[Request], Awaitable[Response]]

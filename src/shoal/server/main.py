@@ -26,7 +26,8 @@ from shoal.settings import Settings
 def serve(settings: Settings) -> None:
     stderr.configure(settings.log_level, json_lines=settings.access_log)
     try:
-        configure_sqlite()
+        configure_sqlite(soft_heap_limit=settings.soft_heap_limit,
+                         hard_heap_limit=settings.hard_heap_limit)
         app = App(settings)
     except ShoalError as exc:  # e.g. the object store is unreachable or refuses the keys
         stderr.cannot_start(exc)
