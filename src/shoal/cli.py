@@ -269,6 +269,40 @@ def _db_info(args: argparse.Namespace, client: Client, out: Output) -> int:
     return 0
 
 
+_UNSET: Any = object()  # an option not given
+LIMIT_OPTIONS = ("size_bytes", "rows_read", "rows_written", "period", "queries_per_second",
+                 "transactions")
+
+
+def _limit_value(text: str) -> float | None:
+    """A limit on the command line: a number, or 'default' (the node's)."""
+    if text == "default":
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number or 'default': {text!r}") from None
+    return int(value) if value.is_integer() else value
+
+
+def _db_limits(args: argparse.Namespace, client: Client, out: Output) -> int:
+    given = {k: getattr(args, k) for k in LIMIT_OPTIONS if getattr(args, k) is not _UNSET}
+    if args.clear or given:
+        own = {} if args.clear else dict(client.limits(args.name)["limits"])
+        own.update(given)
+        found = client.set_limits(args.name, **{k: v for k, v in own.items() if v is not None})
+    else:
+        found = client.limits(args.name)
+    if out.as_json:
+        out.json(found)
+        return 0
+    own = found["limits"]
+    out.table(["limit", "in force", "own"],
+              [[k, found["effective"][k], own.get(k, "(default)")] for k in LIMIT_OPTIONS],
+              f"limits of {args.name} (0: none)")
+    return 0
+
+
 def _db_delete(args: argparse.Namespace, client: Client, out: Output) -> int:
     if not args.yes:
         what = ("and its history, for good" if args.purge else
@@ -651,7 +685,7 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
     db = sub.add_parser("db", help="create, list, inspect and delete databases")
     dbs = db.add_subparsers(dest="db_command", required=True,
-                            metavar="{create,list,info,delete,undelete}")
+                            metavar="{create,list,info,limits,delete,undelete}")
     p = _client_parser(dbs, "create", common, "create a database")
     p.add_argument("name", help="name: [a-z0-9][a-z0-9_-]{0,62}")
     p.set_defaults(func=_client_command(_db_create))
@@ -663,6 +697,15 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p = _client_parser(dbs, "info", common, "size, txid, branches and usage")
     p.add_argument("name")
     p.set_defaults(func=_client_command(_db_info))
+    p = _client_parser(dbs, "limits", common, "show a database's limits, or change them "
+                                              "(needs an admin token for every database)")
+    p.add_argument("name")
+    for name in LIMIT_OPTIONS:
+        p.add_argument("--" + name.replace("_", "-"), type=_limit_value, default=_UNSET,
+                       metavar="N", help="0: no limit; 'default': the node's")
+    p.add_argument("--clear", action="store_true",
+                   help="drop the database's own limits first (the node's defaults apply)")
+    p.set_defaults(func=_client_command(_db_limits))
     p = _client_parser(dbs, "delete", common, "delete a database (restorable for the "
                                               "node's history_retention unless --purge)")
     p.add_argument("name")

@@ -586,6 +586,12 @@ class _API:
     def _usage(self, name: str | None) -> Call[dict[str, Any]]:
         return Call("GET", self._db_path(name) + "/usage", _identity)
 
+    def _limits(self, name: str | None) -> Call[dict[str, Any]]:
+        return Call("GET", self._db_path(name) + "/limits", _identity)
+
+    def _set_limits(self, name: str | None, limits: dict[str, Any]) -> Call[dict[str, Any]]:
+        return Call("PUT", self._db_path(name) + "/limits", _identity, body=limits)
+
     def _create_token(self, databases: Sequence[str] | Literal["*"], access: str,
                       expires_in: int, idempotency_key: str | None) -> Call[dict[str, Any]]:
         scope: list[str] | str = "*" if databases == "*" else list(databases)
@@ -792,8 +798,19 @@ class Client(_API):
         return self._send(self._deleted_databases())
 
     def usage(self, name: str | None = None) -> dict[str, Any]:
-        """Cumulative rows_read, rows_written, queries and storage_bytes."""
+        """Cumulative rows_read, rows_written, queries and storage_bytes; size_bytes, the
+        limits in force and the current period's counts."""
         return self._send(self._usage(name))
+
+    def limits(self, name: str | None = None) -> dict[str, Any]:
+        """The database's own limits and those in force (node defaults filled in)."""
+        return self._send(self._limits(name))
+
+    def set_limits(self, name: str | None = None, **limits: Any) -> dict[str, Any]:
+        """Replace the database's own limits (size_bytes, rows_read, rows_written, period,
+        queries_per_second, transactions; None or absent: the node's default, 0: none).
+        Needs an admin token for every database."""
+        return self._send(self._set_limits(name, limits))
 
     def create_token(self, databases: Sequence[str] | Literal["*"] = "*",
                      access: Literal["read", "write", "admin"] = "read",
@@ -962,6 +979,12 @@ class AsyncClient(_API):
 
     async def usage(self, name: str | None = None) -> dict[str, Any]:
         return await self._send(self._usage(name))
+
+    async def limits(self, name: str | None = None) -> dict[str, Any]:
+        return await self._send(self._limits(name))
+
+    async def set_limits(self, name: str | None = None, **limits: Any) -> dict[str, Any]:
+        return await self._send(self._set_limits(name, limits))
 
     async def create_token(self, databases: Sequence[str] | Literal["*"] = "*",
                            access: Literal["read", "write", "admin"] = "read",

@@ -65,6 +65,17 @@ CODES: dict[str, tuple[int, str]] = {
     "TOO_MANY_TRANSACTIONS": (429, "Commit or roll back open transactions first, or raise "
                                    "max_transactions / max_transactions_per_token; the "
                                    "message says which limit."),
+    # per-database quotas (docs/operations.md, "Quotas")
+    "QUOTA_EXCEEDED": (429, "The database used a row limit (rows_read or rows_written, field "
+                            "'limit') for this period; 'resets_at' says when the period ends "
+                            "and 'retry_after' (also the Retry-After header) in how many "
+                            "seconds. Its admin can ask the node's admin to raise it."),
+    "RATE_LIMITED": (429, "The database runs as many queries per second as its "
+                          "queries_per_second limit allows: retry after 'retry_after' seconds "
+                          "(the Retry-After header)."),
+    "DATABASE_FULL": (507, "The database reached its size limit ('value', bytes; size_bytes): "
+                           "delete rows, then compact it (POST /v1/databases/{db}/compact) to "
+                           "give the space back; deletes and reads keep working."),
     # branches and history
     "BRANCH_NOT_FOUND": (404, "List branches with GET /v1/databases/{db}/branches."),
     "BRANCH_EXISTS": (409, "Pick another branch name, or delete or reset the existing one."),

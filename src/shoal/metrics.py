@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
@@ -37,6 +38,7 @@ class Metrics:
     readiness: Gauge
     connections: Gauge
     connections_cut: Counter
+    quota_refusals: Counter
 
     _children: dict[tuple[str, str, int], tuple[Any, Any]] = field(default_factory=dict)
     _cpu_children: dict[str, Any] = field(default_factory=dict)
@@ -116,7 +118,32 @@ def _build() -> Metrics:
                                 "closed to protect itself, by reason: refused (a cap), "
                                 "evicted (room for a new one), header_timeout, body_timeout, "
                                 "headers_too_large", ["reason"], registry=reg),
+        quota_refusals=Counter("shoal_quota_refusals", "Requests refused for a database's "
+                               "limit, by limit: rows_read, rows_written, queries_per_second, "
+                               "size_bytes, transactions", ["limit"], registry=reg),
     )
+
+
+class UsageCollector:
+    """Per-database usage at scrape time (``shoal_database_*``): the counts saved in the
+    catalog plus those still in memory, so /metrics shows work within a scrape."""
+
+    def __init__(self, usage: Callable[[], dict[str, tuple[int, int, int]]]):
+        self.usage = usage
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        names = ("rows_read", "Rows a database's queries returned"), \
+            ("rows_written", "Rows a database's queries wrote"), \
+            ("queries", "Queries run on a database (a request's statements, or one Hrana "
+                        "statement or batch)")
+        families = [CounterMetricFamily(f"shoal_database_{n}", doc, labels=["database",
+                                                                           "branch"])
+                    for n, doc in names]
+        for key, counts in sorted(self.usage().items()):
+            database, _, branch = key.partition("/")
+            for family, value in zip(families, counts, strict=True):
+                family.add_metric([database, branch or "main"], value)
+        yield from families
 
 
 METRICS = _build()

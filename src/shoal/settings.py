@@ -50,6 +50,22 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_transactions_per_token", int, 16,
             "Most interactive transactions one token holds open at once, over every "
             "database (TOO_MANY_TRANSACTIONS past it)."),
+    # per-database quotas (engine/quota.py): the defaults of databases without their own
+    Setting("database_size_limit", int, 0,
+            "Bytes each branch of a database may hold unless the database has its own "
+            "size_bytes limit (507 DATABASE_FULL past it). 0: no limit."),
+    Setting("database_rows_read_limit", int, 0,
+            "Rows a database may read per period unless it has its own rows_read limit "
+            "(429 QUOTA_EXCEEDED). 0: no limit."),
+    Setting("database_rows_written_limit", int, 0,
+            "Rows a database may write per period unless it has its own rows_written limit "
+            "(429 QUOTA_EXCEEDED). 0: no limit."),
+    Setting("database_queries_per_second", float, 0.0,
+            "Queries a database may run per second unless it has its own "
+            "queries_per_second limit (429 RATE_LIMITED). 0: no limit."),
+    Setting("quota_period", int, 86400,
+            "Seconds of a row-limit period unless the database has its own period; periods "
+            "start at multiples of it since the Unix epoch (UTC midnight for a day)."),
     Setting("busy_timeout", float, 5.0,
             "Seconds a write waits for the database's write lock before DATABASE_BUSY."),
     Setting("statement_timeout", float, 5.0,
@@ -315,7 +331,13 @@ def load(
     for name in ("max_sql_bytes", "max_value_bytes"):
         if values[name] < 1024:
             raise SettingsError(f"{name} must be at least 1024")
-    for name in ("soft_heap_limit", "hard_heap_limit"):
+    for name in ("soft_heap_limit", "hard_heap_limit", "database_size_limit",
+                 "database_rows_read_limit", "database_rows_written_limit",
+                 "database_queries_per_second"):
         if values[name] < 0:
             raise SettingsError(f"{name} must be at least 0 (0: no limit)")
+    if 0 < values["database_size_limit"] < 65536:
+        raise SettingsError("database_size_limit must be 0 or at least 65536")
+    if values["quota_period"] < 1:
+        raise SettingsError("quota_period must be at least 1")
     return Settings(values)

@@ -249,8 +249,10 @@ def test_databases_are_isolated(admin: httpx.Client, new_db: Callable[[], str]) 
 def test_usage_counters(admin: httpx.Client, new_db: Callable[[], str]) -> None:
     name = new_db()
     empty = ok(admin.get(f"/v1/databases/{name}/usage"))
-    assert empty == {"database": name, "rows_read": 0, "rows_written": 0, "queries": 0,
-                     "storage_bytes": 0}
+    assert {k: empty[k] for k in ("database", "rows_read", "rows_written", "queries",
+                                  "storage_bytes")} == {
+        "database": name, "rows_read": 0, "rows_written": 0, "queries": 0, "storage_bytes": 0}
+    assert empty["limits"]["size_bytes"] == 0 and empty["period"]["rows_read"] == 0
     ok(query(admin, name, "CREATE TABLE t(a)"))
     ok(query(admin, name, "INSERT INTO t VALUES (1), (2), (3)"))
     ok(query(admin, name, "SELECT * FROM t"))

@@ -53,6 +53,23 @@ def _json(proc: subprocess.CompletedProcess[str]) -> Any:
     return json.loads(proc.stdout)
 
 
+def test_db_limits(shoal: Run, server: ServerProcess) -> None:
+    _json(shoal("db", "create", "cli-limits", "--json"))
+    shown = _json(shoal("db", "limits", "cli-limits", "--json"))
+    assert shown["limits"] == {} and shown["effective"]["size_bytes"] == 0
+    set_ = _json(shoal("db", "limits", "cli-limits", "--size-bytes", "1048576",
+                       "--queries-per-second", "2.5", "--json"))
+    assert set_["limits"] == {"size_bytes": 1048576, "queries_per_second": 2.5}
+    more = _json(shoal("db", "limits", "cli-limits", "--rows-read", "100",
+                       "--size-bytes", "default", "--json"))  # merged with what it had
+    assert more["limits"] == {"rows_read": 100, "queries_per_second": 2.5}
+    table = shoal("db", "limits", "cli-limits")
+    assert table.returncode == 0 and "rows_read" in table.stdout and "(default)" in table.stdout
+    bad = shoal("db", "limits", "cli-limits", "--period", "0")
+    assert bad.returncode == 1 and bad.stderr.startswith("error INVALID_REQUEST: ")
+    assert _json(shoal("db", "limits", "cli-limits", "--clear", "--json"))["limits"] == {}
+
+
 def test_db_commands(shoal: Run, server: ServerProcess) -> None:
     created = _json(shoal("db", "create", "cli-db", "--json"))
     assert created["name"] == "cli-db"

@@ -169,6 +169,9 @@ def test_past_its_memory_ceiling_the_node_refuses_new_work_but_answers_probes(
                 break
             time.sleep(0.1)
         assert (r.status_code, r.json()["error"]["code"]) == (503, "OVERLOADED"), r.text
+        hrana = http.post("/v2/pipeline", headers={"x-namespace": "never"},  # Hrana too
+                          json={"requests": [{"type": "execute", "stmt": {"sql": "SELECT 1"}}]})
+        assert hrana.status_code == 503 and "OVERLOADED" in hrana.text, hrana.text
         assert http.get("/health").status_code == 200
         ready = http.get("/ready").json()
         assert any(c["condition"] == "memory" for c in ready["reasons"]), ready

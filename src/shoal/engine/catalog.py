@@ -50,6 +50,16 @@ CREATE TABLE IF NOT EXISTS usage(
     rows_written INTEGER NOT NULL DEFAULT 0,
     queries INTEGER NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS limits(
+    database TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS quota_windows(
+    database TEXT PRIMARY KEY,
+    start REAL NOT NULL,
+    rows_read INTEGER NOT NULL,
+    rows_written INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS idempotency(
     scope TEXT NOT NULL,
     subject TEXT NOT NULL,
@@ -126,6 +136,8 @@ class Catalog:
             self._db.execute("DELETE FROM usage WHERE database = ? OR database LIKE ?",
                              (name, name + "/%"))
             self._db.execute("DELETE FROM idempotency WHERE scope = ?", (name,))
+            self._db.execute("DELETE FROM limits WHERE database = ?", (name,))
+            self._db.execute("DELETE FROM quota_windows WHERE database = ?", (name,))
             self._db.execute("DELETE FROM databases WHERE name = ?", (name,))
             deleted = bool(self._db.changes())
         return deleted
@@ -210,10 +222,41 @@ class Catalog:
         with self._writing():
             self._db.execute("DELETE FROM usage WHERE database = ?", (key,))
 
+    def all_usage(self) -> dict[str, tuple[int, int, int]]:
+        return {r[0]: (r[1], r[2], r[3]) for r in
+                self._rows("SELECT database, rows_read, rows_written, queries FROM usage")}
+
     def usage(self, database: str) -> tuple[int, int, int]:
         rows = self._rows(
             "SELECT rows_read, rows_written, queries FROM usage WHERE database = ?", (database,))
         return rows[0] if rows else (0, 0, 0)
+
+    # -- limits (engine/quota.py) -------------------------------------------------------------
+    def set_limits(self, name: str, body: str | None) -> None:
+        """A database's own limits as JSON (None: it has none; the store's record is the
+        truth on a node with a store, this a cache of it)."""
+        with self._writing():
+            if body is None:
+                self._db.execute("DELETE FROM limits WHERE database = ?", (name,))
+            else:
+                self._db.execute("INSERT OR REPLACE INTO limits(database, body) VALUES (?, ?)",
+                                 (name, body))
+
+    def limits(self) -> dict[str, str]:
+        return dict(self._rows("SELECT database, body FROM limits"))
+
+    def save_windows(self, windows: dict[str, tuple[float, int, int]]) -> None:
+        """The current period's counts of the databases with row limits."""
+        with self._writing():
+            for name, (start, read, written) in windows.items():
+                self._db.execute(
+                    "INSERT OR REPLACE INTO quota_windows(database, start, rows_read, "
+                    "rows_written) SELECT ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM databases "
+                    "WHERE name = ?)", (name, start, read, written, name))
+
+    def windows(self) -> dict[str, tuple[float, int, int]]:
+        return {r[0]: (r[1], r[2], r[3]) for r in
+                self._rows("SELECT database, start, rows_read, rows_written FROM quota_windows")}
 
     # -- catalog writes, optionally idempotent ----------------------------------------------------
     def write(self, fn: Callable[[], tuple[int, bytes]], scope: str,

@@ -20,6 +20,7 @@ an inline run has much lower ones (see ``INLINE_LIMITS``).
 from __future__ import annotations
 
 import logging
+import os
 import re
 import secrets
 import threading
@@ -33,6 +34,7 @@ import msgspec
 
 from shoal.engine.policy import TRANSACTION_CONTROL, Guard
 from shoal.errors import ShoalError, from_sqlite
+from shoal.metrics import METRICS
 from shoal.values import SQLValue, decode_args, encode_row
 
 log = logging.getLogger("shoal")
@@ -352,6 +354,7 @@ class Connection:
         self.abandoned = False  # the request awaiting this work went away (reset by its owner)
         self._cancelled: Callable[[], bool] | None = None  # the same, asked of the request
         self.schema_generation = -1  # the writer's schema generation this reader has loaded
+        self.size_cap = 0  # bytes the file may hold (max_page_count; 0: SQLite's own maximum)
         self._count = 0
         self._description: tuple[tuple[str, str | None], ...] = ()
         self._would_write = False
@@ -442,6 +445,28 @@ class Connection:
             self.guard.internal = False
             if large:
                 self.raw.limit(apsw.SQLITE_LIMIT_LENGTH, self._resting[apsw.SQLITE_LIMIT_LENGTH])
+
+    def cap_size(self, size: int) -> None:
+        """Let the file grow to ``size`` bytes at most (0: no cap): a statement that needs
+        more pages fails with SQLITE_FULL, which :meth:`full` tells from a full disk. A cap
+        below the file's size holds it where it is: deletes and updates in place still
+        work, and free pages are reused."""
+        page = self.internal("PRAGMA page_size")[0][0]
+        self.internal(f"PRAGMA max_page_count = {size // page if size else MAX_PAGES}")
+        self.size_cap = size
+
+    def full_error(self, exc: apsw.Error, index: int | None = None) -> ShoalError:
+        """SQLITE_FULL: the database's size limit if it has one and the disk has room (the
+        two look the same to SQLite), else the node's full disk."""
+        if self.size_cap and _disk_has_room(self.raw.filename):
+            METRICS.quota_refusals.labels("size_bytes").inc()
+            err = ShoalError("DATABASE_FULL", f"the database reached its size limit "
+                                              f"({self.size_cap} bytes)",
+                             limit="size_bytes", value=self.size_cap)
+            if index is not None:
+                err.extra["statement"] = index
+            return err
+        return from_sqlite(exc, index)
 
     def deferred_violations(self) -> ShoalError | None:
         """The error a COMMIT would fail with now for deferred foreign keys (the
@@ -627,6 +652,8 @@ class Connection:
             raise from_sqlite(exc, index) from None
         except apsw.BindingsError as exc:
             raise ShoalError("INVALID_ARGUMENT", str(exc), statement=index) from None
+        except apsw.FullError as exc:
+            raise self.full_error(exc, index) from None
         except apsw.Error as exc:
             raise from_sqlite(exc, index) from None
         except (TypeError, ValueError, OverflowError) as exc:
@@ -671,6 +698,16 @@ class Connection:
 
 
 _json = msgspec.json.Encoder()
+MAX_PAGES = 4294967294  # SQLite's largest max_page_count
+ROOM = 64 << 20  # free bytes on the disk past which SQLITE_FULL means the size limit
+
+
+def _disk_has_room(path: str) -> bool:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize > ROOM
 
 
 def _timeout(timeout: float, index: int | None = None) -> ShoalError:

@@ -98,6 +98,7 @@ ROLLBACK_TO = f"ROLLBACK TO s{_NONCE}"
 SET_TXID = f"UPDATE _shoal_state SET txid = ? /*{_NONCE}*/"
 GET_TXID = f"SELECT txid FROM _shoal_state /*{_NONCE}*/"
 SCHEMA_VERSION = f"PRAGMA schema_version /*{_NONCE}*/"
+PAGE_BYTES = f"SELECT page_count * page_size FROM pragma_page_count, pragma_page_size /*{_NONCE}*/"
 KNOWN_TEXTS = 1024  # SQL texts remembered per database as writing, or as cheap to run inline
 # OR REPLACE: a record past idempotency_ttl may still be in the file (purged by the first
 # write batch after open, inside a numbered commit: every commit must carry a txid)
@@ -253,6 +254,7 @@ class Database:
         self._acks: set[asyncio.Task[None]] = set()  # answers waiting for remote durability
         # unshipped page bytes past which writes are refused (max_unshipped_bytes; 0: never)
         self._backlog_limit: float = settings.max_unshipped_bytes or math.inf
+        self.size_limit = 0  # bytes the file may hold (the database's size_bytes; 0: none)
 
     # -- open / close -----------------------------------------------------------------------
     def _connect(self, reader: bool) -> Connection:
@@ -637,6 +639,8 @@ class Database:
         txid = self.txid + 1
         bookmark = self.bookmark(txid)
         outcomes: list[Committed | BaseException] = []
+        if conn.size_cap != self.size_limit:  # set, or changed since the last batch
+            conn.cap_size(self.size_limit)
         conn.internal(BEGIN_IMMEDIATE)
         try:
             for i, job in enumerate(batch):
@@ -687,9 +691,22 @@ class Database:
     @staticmethod
     def _record(conn: Connection, idem: IdempotencyRecord, done: Committed) -> None:
         status, body = idem.render(done)
-        conn.internal(PUT_IDEM, (idem.subject, idem.key, idem.body_hash, status, body,
-                                 time.time()), large=True)
+        try:
+            conn.internal(PUT_IDEM, (idem.subject, idem.key, idem.body_hash, status, body,
+                                     time.time()), large=True)
+        except apsw.FullError as exc:  # the request's own record passed the size limit
+            raise conn.full_error(exc) from None
         done.response = (status, body)
+
+    async def size(self) -> int:
+        """Bytes of the branch's pages (page_count x page_size as of the last commit): what
+        its size limit counts, free pages included (compaction gives those back)."""
+        conn = await self._take_reader()
+        try:
+            rows = await self._off_loop(conn, conn.internal, PAGE_BYTES)
+            return int(rows[0][0])
+        finally:
+            self._give_reader(conn)
 
     # -- idempotency lookups ------------------------------------------------------------------
     async def find_idempotent(self, subject: str, key: str) -> tuple[bytes, int, bytes] | None:
@@ -729,7 +746,7 @@ class Database:
             conn = self.writer
             assert conn is not None
             try:
-                await self._off_loop(None, conn.internal, BEGIN_IMMEDIATE)
+                await self._off_loop(None, self._begin_write, conn)
             except BaseException:
                 self.write_lock.release()
                 raise
@@ -742,6 +759,11 @@ class Database:
                          time.monotonic() + self.settings.transaction_timeout, start_txid=start)
         self.transactions[tx_id] = tx
         return tx
+
+    def _begin_write(self, conn: Connection) -> None:
+        if conn.size_cap != self.size_limit:
+            conn.cap_size(self.size_limit)
+        conn.internal(BEGIN_IMMEDIATE)
 
     async def tx_query(self, tx: Transaction, statements: list[Statement]) -> Counters:
         """Run statements inside the transaction; a failure undoes only this request."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import secrets
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import apsw
+from prometheus_client import CollectorRegistry, generate_latest
 
 from shoal import tokens
 from shoal.engine import datadir
@@ -49,11 +51,12 @@ from shoal.engine.lease import Lease
 from shoal.engine.lifecycle import Lifecycle, drain, release_memory
 from shoal.engine.memory import Memory, ceiling
 from shoal.engine.pool import Pool
+from shoal.engine.quota import DatabaseLimits, Quotas, decode_limits, encode_limits
 from shoal.engine.registry import BranchView, Deleted, Registry, stored_txid
 from shoal.errors import ShoalError
 from shoal.log.branch import Branch
 from shoal.log.restore import History
-from shoal.metrics import METRICS
+from shoal.metrics import METRICS, UsageCollector
 from shoal.names import check as check_name
 from shoal.settings import Settings
 from shoal.storage import Unusable, open_store
@@ -205,6 +208,19 @@ class Engine:
         self.expired: OrderedDict[str, str] = OrderedDict()  # tx id -> why it ended
         self.inflight: dict[tuple[str, str, str], asyncio.Future[Any]] = {}
         self.usage: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+        self.quotas = Quotas(DatabaseLimits(settings.database_size_limit,
+                                    settings.database_rows_read_limit,
+                                    settings.database_rows_written_limit,
+                                    settings.quota_period,
+                                    settings.database_queries_per_second),
+                             settings.max_transactions)
+        for name, body in self.catalog.limits().items():
+            self.quotas.set(name, decode_limits(body))
+        self.quotas.load(self.catalog.windows())
+        self.lifecycle.size_limit = lambda name: self.quotas.of(name).size_bytes
+        self._saved_usage = self.catalog.all_usage()  # refreshed at each flush (/metrics)
+        self._usage_registry = CollectorRegistry(auto_describe=False)  # for "*" admins
+        self._usage_registry.register(UsageCollector(self._usage_now))
         self._sweeper: asyncio.Task[None] | None = None
         self._retention: asyncio.Task[None] | None = None
         self._stopping = False  # compaction starts no new run once set
@@ -327,7 +343,7 @@ class Engine:
                     await self._run(release_memory)
                 if time.monotonic() - last_flush >= USAGE_FLUSH_INTERVAL:
                     last_flush = time.monotonic()
-                    await self._run(self._flush_usage)
+                    await self._run(self._save_usage, *self._take_usage())
                 if self._registry is not None and \
                         time.monotonic() - last_retention >= RETENTION_INTERVAL and \
                         (self._retention is None or self._retention.done()):
@@ -472,6 +488,7 @@ class Engine:
         await self._run(shutil.rmtree, self.lifecycle.root / name, True)  # space comes back
         for key in [k for k in self.usage if k == name or k.startswith(name + "/")]:
             self.usage.pop(key, None)
+        self.quotas.forget(name)
         if not uncatalogued and not await self._uncatalog(name):  # again, with room now
             if self._registry is None:
                 raise ShoalError("DISK_FULL", f"the files of {name!r} are deleted but the "
@@ -520,6 +537,7 @@ class Engine:
         await self.lifecycle.settle(name)
         await self._run(shutil.rmtree, self.lifecycle.root / name, True)  # stale copies
         await self._run(self.catalog.adopt_database, name, created_at)
+        await self._adopt_limits(name, await self._io(self.registry.limits, name))
         self.names.add(name)
         record = await self._run(self.catalog.get_database, name)
         assert record is not None
@@ -560,6 +578,7 @@ class Engine:
         *, branch: str = "main",
     ) -> Outcome:
         principal.require("read", name)
+        self.quotas.admit(name)
         async with self.lifecycle.use(name, branch) as db:
             if idem is None:
                 return await self._query(principal, db, statements, None)
@@ -611,7 +630,7 @@ class Engine:
         if not (principal.can_write and db.writes(statements)):
             try:
                 counters, txid = await db.read(statements)
-                self._meter(db.usage_key, counters)
+                self._meter(db, counters)
                 return Outcome(counters.results, counters.rows_read, counters.rows_written,
                                txid, db.bookmark(txid))
             except NeedsWriter as exc:
@@ -619,32 +638,60 @@ class Engine:
         if not principal.can_write:
             raise ShoalError("READ_ONLY", "this token has read access only; the request writes")
         self.disk.refuse()  # the hot path: no context manager (Disk.writes, inlined)
+        self.quotas.admit_write(db.name)
         try:
             done = await db.write(statements, record)
         except Exception as exc:
             if (mapped := self.disk.failure(exc)) is exc:
                 raise
             raise mapped from None
-        self._meter(db.usage_key, done.counters)
+        self._meter(db, done.counters)
         out = Outcome(done.counters.results, done.counters.rows_read,
                       done.counters.rows_written, done.txid, done.bookmark)
         if done.response is not None:
             out.replay = done.response
         return out
 
-    def _meter(self, name: str, counters: Counters) -> None:
-        u = self.usage[name]
+    def _meter(self, db: Database, counters: Counters) -> None:
+        u = self.usage[db.usage_key]
         u[0] += counters.rows_read
         u[1] += counters.rows_written
         u[2] += 1
+        self.quotas.meter(db.name, counters.rows_read, counters.rows_written)
 
-    def _flush_usage(self) -> None:
-        if not self.usage or self.disk.full:  # the counts wait in memory for room
-            return
+    def _take_usage(self) -> tuple[dict[str, tuple[int, int, int]],
+                                   dict[str, tuple[float, int, int]]]:
+        """Event loop: the counts since the last flush, and the periods' counts."""
+        if self.disk.full:  # the counts wait in memory for room
+            return {}, {}
         deltas = {k: (v[0], v[1], v[2]) for k, v in self.usage.items()}
         self.usage.clear()
+        return deltas, self.quotas.saved()
+
+    def _save_usage(self, deltas: dict[str, tuple[int, int, int]],
+                    windows: dict[str, tuple[float, int, int]]) -> None:
+        if not (deltas or windows):
+            return
         with contextlib.suppress(ShoalError), self.disk.writes(refuse=False):
             self.catalog.add_usage(deltas)  # DISK_FULL: the node is read-only, these are lost
+            self.catalog.save_windows(windows)
+        self._saved_usage = self.catalog.all_usage()
+
+    def usage_metrics(self) -> bytes:
+        """Per-database usage as Prometheus text (database names: only for an admin of
+        every database, never on the open /metrics)."""
+        return generate_latest(self._usage_registry)
+
+    def _usage_now(self) -> dict[str, tuple[int, int, int]]:
+        """Every database's usage: saved, plus what is still in memory (for /metrics)."""
+        out = dict(self._saved_usage)
+        for key, (read, written, queries) in list(self.usage.items()):
+            r, w, q = out.get(key, (0, 0, 0))
+            out[key] = (r + read, w + written, q + queries)
+        return out
+
+    def _flush_usage(self) -> None:
+        self._save_usage(*self._take_usage())
 
     async def usage_of(self, principal: tokens.Principal, name: str,
                        branch: str = "main") -> dict[str, int]:
@@ -661,8 +708,52 @@ class Engine:
         path = self.lifecycle.path(name, branch)
         size = sum(os.stat(f"{path}{suffix}").st_size for suffix in ("", "-wal", "-shm")
                    if os.path.exists(f"{path}{suffix}"))
-        return {"rows_read": read + pending[0], "rows_written": written + pending[1],
-                "queries": queries + pending[2], "storage_bytes": size}
+        out: dict[str, Any] = {"rows_read": read + pending[0], "rows_written": written + pending[1],
+                               "queries": queries + pending[2], "storage_bytes": size}
+        open_db = self.lifecycle.open.get((name, branch))
+        if open_db is not None:
+            out["size_bytes"] = await open_db.size()
+        out["limits"] = self.quotas.of(name).as_dict()
+        out["period"] = self.quotas.period_of(name)
+        return out
+
+    # -- quotas (engine/quota.py) -----------------------------------------------------------
+    async def limits_of(self, principal: tokens.Principal, name: str) -> dict[str, Any]:
+        """A database's own limits and those in force: its readers may look."""
+        check_name(name)
+        principal.require("read", name)
+        if name not in self.names:
+            raise ShoalError("DATABASE_NOT_FOUND", f"database {name!r} does not exist")
+        own = self.quotas.own.get(name, DatabaseLimits())
+        return {"database": name, "limits": encode_limits(own),
+                "effective": self.quotas.of(name).as_dict()}
+
+    async def set_limits(self, principal: tokens.Principal, name: str,
+                         limits: DatabaseLimits) -> dict[str, Any]:
+        """Replace a database's own limits. Only an admin token of every database ('*') may:
+        they are the operator's cost control, not the tenant's."""
+        check_name(name)
+        principal.require("admin", name)
+        if principal.databases is not None:
+            raise ShoalError("FORBIDDEN", "limits are set by an admin token for every "
+                                          "database ('*'); this token may read them")
+        if name not in self.names:
+            raise ShoalError("DATABASE_NOT_FOUND", f"database {name!r} does not exist")
+        raw = encode_limits(limits)
+        with self.disk.writes():
+            if self._registry is not None:  # the store's record is the truth
+                await self._io(self._registry.set_limits, name, raw)
+            await self._adopt_limits(name, raw)
+        return await self.limits_of(principal, name)
+
+    async def _adopt_limits(self, name: str, raw: dict[str, Any]) -> None:
+        """Limits now in force on this node: the catalog (cache), the meters, the files."""
+        limits = decode_limits(raw)
+        await self._run(self.catalog.set_limits, name, json.dumps(raw) if raw else None)
+        effective = self.quotas.set(name, limits)
+        for (db_name, _), db in self.lifecycle.open.items():
+            if db_name == name:
+                db.size_limit = effective.size_bytes
 
     async def describe(self, principal: tokens.Principal, name: str, sql: str,
                        *, branch: str = "main") -> Description:
@@ -695,6 +786,7 @@ class Engine:
             raise ShoalError("READ_ONLY", "this token may open read transactions only")
         if write:
             self.disk.refuse()
+        self.quotas.admit(name, writes=write)
         self._admit(principal, name)
         db = await self.lifecycle.acquire(name, branch)
         try:
@@ -712,10 +804,14 @@ class Engine:
         """TOO_MANY_TRANSACTIONS past a database's or a token's share of open transactions
         (each holds a connection, two file descriptors, and pins a snapshot of the WAL)."""
         s = self.settings
-        if self.transactions.of_database(name) >= s.max_transactions:
+        cap = self.quotas.of(name).transactions
+        if self.transactions.of_database(name) >= cap:
+            if cap < s.max_transactions:
+                METRICS.quota_refusals.labels("transactions").inc()
             raise ShoalError("TOO_MANY_TRANSACTIONS",
-                             f"database {name!r} has {s.max_transactions} open transactions "
-                             f"(max_transactions)")
+                             f"database {name!r} has {cap} open transactions ("
+                             + ("max_transactions)" if cap == s.max_transactions
+                                else "its transactions limit)"))
         if self.transactions.of_subject(principal.subject) >= s.max_transactions_per_token:
             raise ShoalError("TOO_MANY_TRANSACTIONS",
                              f"this token has {s.max_transactions_per_token} open transactions "
@@ -739,6 +835,7 @@ class Engine:
     async def tx_query(self, principal: tokens.Principal, name: str, tx_id: str,
                        statements: list[Statement], *, branch: str = "main") -> Outcome:
         db, tx = self._tx(principal, name, tx_id, branch)
+        self.quotas.admit(name, writes=tx.write)
         async with tx.lock:
             if tx_id not in self.transactions:
                 raise self._over(tx_id)
@@ -753,7 +850,7 @@ class Engine:
                     self.transactions.pop(tx_id, None)
                     self.expired[tx_id] = "TRANSACTION_ABORTED"
                     await db.end(tx, commit=False)
-        self._meter(db.usage_key, counters)
+        self._meter(db, counters)
         return Outcome(counters.results, counters.rows_read, counters.rows_written,
                        db.txid, db.bookmark(db.txid))
 

@@ -77,6 +77,7 @@ class Lifecycle:
         self.opening: dict[Key, asyncio.Future[None]] = {}
         self.closing: dict[Key, asyncio.Task[None]] = {}
         self.held: dict[Key, asyncio.Event] = {}  # out of service: requests wait
+        self.size_limit: Callable[[str], int] = lambda name: 0  # the engine's quotas say
 
     def path(self, name: str, branch: str = "main") -> Path:
         return self.root / name / f"{branch}.db"
@@ -115,6 +116,7 @@ class Lifecycle:
             if name not in self.names:  # deleted while it opened
                 await db.aclose(flush=False)
                 raise ShoalError("DATABASE_NOT_FOUND", f"database {name!r} does not exist")
+            db.size_limit = self.size_limit(name)
             self.open[key] = db
             METRICS.open_databases.set(len(self.open))
             db.active += 1  # before evicting, so the new database cannot be the one closed

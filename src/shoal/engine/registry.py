@@ -61,6 +61,7 @@ from shoal.engine.pool import lane_of
 from shoal.errors import ShoalError, disk_full
 from shoal.log import branch as branch_log
 from shoal.log import compaction, layout
+from shoal.log.branch import Incarnation
 from shoal.log.errors import (
     BranchExists,
     BranchNotFound,
@@ -223,10 +224,20 @@ class Registry:
         return value
 
     # -- catalog -------------------------------------------------------------------------------
-    def _live(self, name: str) -> float | None:
-        """The creation time of the live database ``name`` (None if it is not live)."""
+    def _live(self, name: str) -> Incarnation | None:
+        """The live incarnation of database ``name`` (None if it is not live)."""
         record = branch_log.load_record(self.store, name)
-        return record.live.created_at if record is not None and record.live else None
+        return record.live if record is not None else None
+
+    @mapped
+    def limits(self, name: str) -> dict[str, Any]:
+        """The live database's own limits, as its record holds them."""
+        live = self._live(name)
+        return live.limits if live is not None else {}
+
+    @mapped
+    def set_limits(self, name: str, limits: dict[str, Any]) -> None:
+        branch_log.set_limits(self.store, name, limits)
 
     @mapped
     def sync_catalog(self, catalog: Catalog, full: bool = False) -> tuple[set[str], set[str]]:
@@ -242,12 +253,14 @@ class Registry:
         unknown = sorted(stored - live)
         with ThreadPoolExecutor(min(16, len(unknown) or 1)) as pool:  # many reads at once
             found = list(pool.map(self._live, unknown))
-        for name, created_at in zip(unknown, found, strict=True):
-            if created_at is None:
+        for name, incarnation in zip(unknown, found, strict=True):
+            if incarnation is None:
                 continue
             live.add(name)
             if name not in local:
-                catalog.adopt_database(name, created_at)
+                catalog.adopt_database(name, incarnation.created_at)
+            catalog.set_limits(name, json.dumps(incarnation.limits)
+                               if incarnation.limits else None)
         for name in sorted(local - live):
             log.warning("database %r is in the local catalog but not live in the store %s: "
                         "dropped from the catalog (its local files are left alone)",

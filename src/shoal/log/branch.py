@@ -79,10 +79,14 @@ class Incarnation:
     created_at: float
     branches: dict[str, dict[str, Any]]  # name -> Branch.entry()
     deleted_at: float | None = None
+    limits: dict[str, Any] = field(default_factory=dict)  # engine/quota.py, set by an admin
 
     def raw(self) -> dict[str, Any]:
-        return {"incarnation": self.id, "created_at": self.created_at,
-                "deleted_at": self.deleted_at, "branches": self.branches}
+        out = {"incarnation": self.id, "created_at": self.created_at,
+               "deleted_at": self.deleted_at, "branches": self.branches}
+        if self.limits:
+            out["limits"] = self.limits
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,13 +102,16 @@ class Record:
 
     def encode(self) -> bytes:
         live = self.live
-        return json.dumps({
+        out = {
             "name": self.name,
             "created_at": live.created_at if live else None,
             "incarnation": live.id if live else None,
             "branches": live.branches if live else None,
             "deleted": [d.raw() for d in self.deleted],
-        }, sort_keys=True).encode()
+        }
+        if live is not None and live.limits:
+            out["limits"] = live.limits
+        return json.dumps(out, sort_keys=True).encode()
 
     def branch(self, name: str) -> Branch:
         if self.live is None or name not in self.live.branches:
@@ -128,7 +135,8 @@ def _incarnation(raw: dict[str, Any]) -> Incarnation:
     for entry in branches.values():
         _branch("", "", entry, None)  # checks the shape
     return Incarnation(str(raw["incarnation"]), float(raw["created_at"]), dict(branches),
-                       None if raw.get("deleted_at") is None else float(raw["deleted_at"]))
+                       None if raw.get("deleted_at") is None else float(raw["deleted_at"]),
+                       dict(raw.get("limits") or {}))
 
 
 def _legacy_branches(store: ObjectStore, db: str) -> dict[str, dict[str, Any]]:
@@ -457,6 +465,17 @@ def separate(store: ObjectStore, db: str, now: float) -> list[str]:
 
 
 # -- deleting and undeleting databases ---------------------------------------------------------
+def set_limits(store: ObjectStore, db: str, limits: dict[str, Any]) -> Record:
+    """Replace the live database's limits (engine/quota.py): one conditional write."""
+
+    def change(current: Record | None) -> Record:
+        if current is None or current.live is None:
+            raise DatabaseNotFound(f"database {db!r} does not exist", layout.database_key(db))
+        return replace(current, live=replace(current.live, limits=dict(limits)))
+
+    return update(store, db, change)
+
+
 def delete_database(store: ObjectStore, db: str, deleted_at: float) -> Record:
     """Soft delete: the live incarnation joins the deleted ones (restorable), the name is
     free for a new database. One write."""

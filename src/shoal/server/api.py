@@ -13,6 +13,7 @@ from shoal.engine.catalog import DatabaseRecord, TokenRecord
 from shoal.engine.connection import Result, Statement
 from shoal.engine.database import Committed, make_bookmark
 from shoal.engine.engine import BranchInfo, Engine, Idempotency, Outcome, parse_time
+from shoal.engine.quota import DatabaseLimits
 from shoal.errors import ShoalError
 from shoal.server.http import Request, Response, Router, encode, json_response
 from shoal.values import Args, decode_args
@@ -146,6 +147,8 @@ class NativeAPI:
             ("POST", db + "/undelete", self.undelete_database),
             ("POST", db + "/query", self.query),
             ("GET", db + "/usage", self.usage),
+            ("GET", db + "/limits", self.get_limits),
+            ("PUT", db + "/limits", self.put_limits),
             ("POST", db + "/transactions", self.begin),
             ("POST", tx + "/query", self.tx_query),
             ("POST", tx + "/commit", self.tx_commit),
@@ -278,6 +281,17 @@ class NativeAPI:
         usage = await self.engine.usage_of(request.principal, name, branch)
         where = {"database": name} | ({"branch": branch} if "branch" in request.params else {})
         return json_response(200, where | usage)
+
+    async def get_limits(self, request: Request) -> Response:
+        return json_response(200, await self.engine.limits_of(request.principal,
+                                                              self._db(request)))
+
+    async def put_limits(self, request: Request) -> Response:
+        await request.read_body(self.max_body)
+        limits = request.decode(DatabaseLimits)
+        limits.check()
+        return json_response(200, await self.engine.set_limits(request.principal,
+                                                               self._db(request), limits))
 
     # -- queries ----------------------------------------------------------------------------
     async def query(self, request: Request) -> Response:

@@ -35,6 +35,7 @@ from shoal.server.http import (
     Send,
     encode,
     error_code,
+    error_response,
     json_response,
 )
 from shoal.server.openapi import openapi_document
@@ -114,7 +115,7 @@ class App:
                 self.engine.memory.refuse()  # past the memory ceiling: no new work
             response = await handler(request)
         except ShoalError as exc:
-            response = json_response(exc.status, exc.body())
+            response = error_response(exc)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.route)
             response = json_response(500, ShoalError("INTERNAL", "internal error").body())
@@ -184,9 +185,17 @@ class App:
                              {"status": status, "reasons": reasons})
 
     async def metrics(self, request: Request) -> Response:
+        """The node's metrics; an admin token for every database also gets each database's
+        usage (its names are not for anonymous scrapers, and their number is unbounded)."""
+        principal = request.principal
         if request.route not in self.public:
-            request.principal.require("admin")
-        return Response(200, METRICS.render(), [(b"content-type", b"text/plain; version=0.0.4")])
+            principal.require("admin")
+        elif request.header(b"authorization"):
+            principal = self.engine.auth.authenticate(request.header(b"authorization"))
+        body = METRICS.render()
+        if principal.can("admin") and principal.databases is None:
+            body += self.engine.usage_metrics()
+        return Response(200, body, [(b"content-type", b"text/plain; version=0.0.4")])
 
     async def openapi(self, request: Request) -> Response:
         if request.route not in self.public:

@@ -128,6 +128,7 @@ class HranaHTTP:
         """The caller, the database (path, header, or token) and the branch (path, or main)."""
         principal = request.principal = self.engine.auth.authenticate(
             request.header(b"authorization"))  # the access log names the token's id
+        self.engine.memory.refuse()  # past the memory ceiling: no new work (OVERLOADED)
         db = request.params.get("db") or request.header(b"x-namespace")
         if not db:
             if principal.databases is not None and len(principal.databases) == 1:

@@ -279,6 +279,8 @@ class Connection:
         """Answer connection-level requests now; queue stream requests on their stream."""
         try:
             self._current()
+            if not isinstance(req, p.CloseStreamReq | p.CloseSqlReq | p.CloseCursorReq):
+                self.engine.memory.refuse()  # past the memory ceiling: nothing new (closes free)
             if isinstance(req, p.OpenStreamReq):
                 self._open_stream(req.stream_id)
                 self._reply_soon(request_id, {"type": "open_stream"})

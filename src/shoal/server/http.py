@@ -7,6 +7,7 @@ segment count.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -37,6 +38,17 @@ class Response:
 
 def json_response(status: int, data: Any) -> Response:
     return Response(status, _encoder.encode(data))
+
+
+def error_response(exc: ShoalError, body: Any = None) -> Response:
+    """The envelope of exc (or ``body``, a protocol's own shape), with Retry-After when
+    the error says when to come back (quotas)."""
+    response = json_response(exc.status, exc.body() if body is None else body)
+    retry = exc.extra.get("retry_after")
+    if retry is not None:
+        response.headers = [*response.headers,
+                            (b"retry-after", str(max(1, math.ceil(retry))).encode())]
+    return response
 
 
 def encode(data: Any) -> bytes:

@@ -28,7 +28,14 @@ _OPS: dict[tuple[str, str], tuple[str, str | None, int]] = {
         "UndeleteRequest", 200),
     ("POST", "/v1/databases/{db}/query"): (
         "Run statements in one transaction (all or nothing)", "QueryRequest", 200),
-    ("GET", "/v1/databases/{db}/usage"): ("Cumulative usage", None, 200),
+    ("GET", "/v1/databases/{db}/usage"): (
+        "Cumulative usage, size, the limits in force and the current period's counts",
+        None, 200),
+    ("GET", "/v1/databases/{db}/limits"): (
+        "The database's own limits and those in force (read)", None, 200),
+    ("PUT", "/v1/databases/{db}/limits"): (
+        "Replace the database's own limits (an admin token for every database)",
+        "DatabaseLimits", 200),
     ("POST", "/v1/databases/{db}/transactions"): (
         "Open an interactive transaction", "BeginRequest", 201),
     ("POST", "/v1/databases/{db}/transactions/{tx}/query"): (
@@ -102,7 +109,7 @@ def openapi_document(routes: list[tuple[str, str]]) -> dict[str, Any]:
 
     kinds = [api.QueryRequest, api.CreateDatabaseRequest, api.CreateTokenRequest,
              api.BeginRequest, api.CreateBranchRequest, api.RestoreRequest,
-             api.UndeleteRequest]
+             api.UndeleteRequest, api.DatabaseLimits]
     _, components = msgspec.json.schema_components(
         kinds, ref_template="#/components/schemas/{name}")
     components["Error"] = _ERROR
