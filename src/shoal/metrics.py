@@ -37,6 +37,7 @@ class Metrics:
     readiness: Gauge
     connections: Gauge
     connections_cut: Counter
+    compactions: Counter
 
     _children: dict[tuple[str, str, int], tuple[Any, Any]] = field(default_factory=dict)
     _cpu_children: dict[str, Any] = field(default_factory=dict)
@@ -116,6 +117,8 @@ def _build() -> Metrics:
                                 "closed to protect itself, by reason: refused (a cap), "
                                 "evicted (room for a new one), header_timeout, body_timeout, "
                                 "headers_too_large", ["reason"], registry=reg),
+        compactions=Counter("shoal_compactions", "Databases compacted on request (VACUUM, "
+                            "then the log re-based on a snapshot)", registry=reg),
     )
 
 
