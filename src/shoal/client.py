@@ -586,6 +586,10 @@ class _API:
     def _usage(self, name: str | None) -> Call[dict[str, Any]]:
         return Call("GET", self._db_path(name) + "/usage", _identity)
 
+    def _compact(self, name: str | None, branch: str) -> Call[dict[str, Any]]:
+        base = self._db_path(name) if branch == "main" else self._branch_path(name, branch)
+        return Call("POST", base + "/compact", _identity, {})
+
     def _create_token(self, databases: Sequence[str] | Literal["*"], access: str,
                       expires_in: int, idempotency_key: str | None) -> Call[dict[str, Any]]:
         scope: list[str] | str = "*" if databases == "*" else list(databases)
@@ -795,6 +799,12 @@ class Client(_API):
         """Cumulative rows_read, rows_written, queries and storage_bytes."""
         return self._send(self._usage(name))
 
+    def compact(self, name: str | None = None, *, branch: str = "main") -> dict[str, Any]:
+        """Give a branch's free pages back (admin; writes wait while it runs):
+        ``{"database", "branch", "txid", "bytes_before", "bytes_after", "storage_bytes",
+        "ms"}``."""
+        return self._send(self._compact(name, branch))
+
     def create_token(self, databases: Sequence[str] | Literal["*"] = "*",
                      access: Literal["read", "write", "admin"] = "read",
                      expires_in: int = 3600, *,
@@ -962,6 +972,10 @@ class AsyncClient(_API):
 
     async def usage(self, name: str | None = None) -> dict[str, Any]:
         return await self._send(self._usage(name))
+
+    async def compact(self, name: str | None = None, *,
+                      branch: str = "main") -> dict[str, Any]:
+        return await self._send(self._compact(name, branch))
 
     async def create_token(self, databases: Sequence[str] | Literal["*"] = "*",
                            access: Literal["read", "write", "admin"] = "read",

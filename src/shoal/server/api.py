@@ -132,6 +132,7 @@ class NativeAPI:
             ("GET", br, self.get_branch),
             ("DELETE", br, self.delete_branch),
             ("POST", br + "/reset", self.reset_branch),
+            ("POST", br + "/compact", self.compact),
             ("GET", br + "/history", self.history),
             ("POST", br + "/query", self.query),
             ("GET", br + "/usage", self.usage),
@@ -146,6 +147,7 @@ class NativeAPI:
             ("POST", db + "/undelete", self.undelete_database),
             ("POST", db + "/query", self.query),
             ("GET", db + "/usage", self.usage),
+            ("POST", db + "/compact", self.compact),
             ("POST", db + "/transactions", self.begin),
             ("POST", tx + "/query", self.tx_query),
             ("POST", tx + "/commit", self.tx_commit),
@@ -278,6 +280,14 @@ class NativeAPI:
         usage = await self.engine.usage_of(request.principal, name, branch)
         where = {"database": name} | ({"branch": branch} if "branch" in request.params else {})
         return json_response(200, where | usage)
+
+    async def compact(self, request: Request) -> Response:
+        name, branch = self._db(request), self._branch(request)
+        done = await self.engine.compact(request.principal, name, branch)
+        return json_response(200, {
+            "database": name, "branch": branch, "txid": done.txid,
+            "bytes_before": done.bytes_before, "bytes_after": done.bytes_after,
+            "storage_bytes": done.storage_bytes, "ms": round(done.seconds * 1000, 3)})
 
     # -- queries ----------------------------------------------------------------------------
     async def query(self, request: Request) -> Response:
