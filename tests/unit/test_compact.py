@@ -184,3 +184,33 @@ def test_a_local_only_database_compacts(tmp_path: Path) -> None:
 
     run(body())
 
+
+
+def test_a_reader_after_the_vacuum_leaves_the_log_to_the_next_commit(tmp_path: Path) -> None:
+    """A read that began between the first checkpoint and the re-base holds the second
+    one up: DATABASE_BUSY once busy_timeout passes, the compaction committed on this node,
+    the log broken; the next commit re-bases it (its remote-durability answer waits for
+    that), and the store then holds every row."""
+    async def body() -> None:
+        async with registry(tmp_path, busy_timeout=0.2, durability="remote") as (reg, store):
+            db, _ = await opened(reg, tmp_path)
+            deleted = await fill(db)
+            assert db.journal is not None
+            async with db.write_lock:
+                assert await db.journal.settle(db)
+                db.journal.broken = True
+                txid = await asyncio.get_running_loop().run_in_executor(None, db._vacuum)
+                reader = await db.begin("tx_r", "test", write=False)
+                with pytest.raises(ShoalError) as busy:
+                    await db._checkpoint_after()
+            assert busy.value.code == "DATABASE_BUSY"
+            assert f"compacted at txid {txid}" in busy.value.message
+            assert db.journal.broken and txid == deleted + 1
+            await db.end(reader, commit=False)
+            done = await db.write([Statement("INSERT INTO t VALUES (5000, 'x')")])
+            assert done.txid == txid + 1 and not db.journal.broken  # answered once durable
+            count, _, check = restored(store, db.journal.timeline, tmp_path, "later")
+            assert (count, check) == (11, "ok")
+            await db.aclose()
+
+    run(body())
