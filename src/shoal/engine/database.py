@@ -871,6 +871,8 @@ class Database:
                                               f"s); compaction needs it") from None
         task = asyncio.get_running_loop().create_task(self._compact_locked(),
                                                       context=contextvars.Context())
+        # its error is the request's; if the request went away, nobody asks: no warning
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
         done = await asyncio.shield(task)
         await self.wait_durable(done.txid)
         return done
