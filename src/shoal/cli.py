@@ -303,6 +303,16 @@ def _db_limits(args: argparse.Namespace, client: Client, out: Output) -> int:
     return 0
 
 
+def _db_compact(args: argparse.Namespace, client: Client, out: Output) -> int:
+    done = client.compact(args.name, branch=args.branch)
+    if out.as_json:
+        out.json(done)
+        return 0
+    out.fields({k: done.get(k) for k in ("database", "branch", "txid", "bytes_before",
+                                         "bytes_after", "storage_bytes", "ms")})
+    return 0
+
+
 def _db_delete(args: argparse.Namespace, client: Client, out: Output) -> int:
     if not args.yes:
         what = ("and its history, for good" if args.purge else
@@ -685,7 +695,7 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
     db = sub.add_parser("db", help="create, list, inspect and delete databases")
     dbs = db.add_subparsers(dest="db_command", required=True,
-                            metavar="{create,list,info,limits,delete,undelete}")
+                            metavar="{create,list,info,limits,compact,delete,undelete}")
     p = _client_parser(dbs, "create", common, "create a database")
     p.add_argument("name", help="name: [a-z0-9][a-z0-9_-]{0,62}")
     p.set_defaults(func=_client_command(_db_create))
@@ -706,6 +716,11 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--clear", action="store_true",
                    help="drop the database's own limits first (the node's defaults apply)")
     p.set_defaults(func=_client_command(_db_limits))
+    p = _client_parser(dbs, "compact", common, "give a database's free pages back (VACUUM; "
+                                               "needs admin; its writes wait while it runs)")
+    p.add_argument("name")
+    p.add_argument("--branch", default="main", help="the branch to compact (default main)")
+    p.set_defaults(func=_client_command(_db_compact))
     p = _client_parser(dbs, "delete", common, "delete a database (restorable for the "
                                               "node's history_retention unless --purge)")
     p.add_argument("name")

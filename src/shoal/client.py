@@ -592,6 +592,10 @@ class _API:
     def _set_limits(self, name: str | None, limits: dict[str, Any]) -> Call[dict[str, Any]]:
         return Call("PUT", self._db_path(name) + "/limits", _identity, body=limits)
 
+    def _compact(self, name: str | None, branch: str) -> Call[dict[str, Any]]:
+        base = self._db_path(name) if branch == "main" else self._branch_path(name, branch)
+        return Call("POST", base + "/compact", _identity, {})
+
     def _create_token(self, databases: Sequence[str] | Literal["*"], access: str,
                       expires_in: int, idempotency_key: str | None) -> Call[dict[str, Any]]:
         scope: list[str] | str = "*" if databases == "*" else list(databases)
@@ -812,6 +816,12 @@ class Client(_API):
         Needs an admin token for every database."""
         return self._send(self._set_limits(name, limits))
 
+    def compact(self, name: str | None = None, *, branch: str = "main") -> dict[str, Any]:
+        """Give a branch's free pages back (admin; writes wait while it runs):
+        ``{"database", "branch", "txid", "bytes_before", "bytes_after", "storage_bytes",
+        "ms"}``."""
+        return self._send(self._compact(name, branch))
+
     def create_token(self, databases: Sequence[str] | Literal["*"] = "*",
                      access: Literal["read", "write", "admin"] = "read",
                      expires_in: int = 3600, *,
@@ -985,6 +995,10 @@ class AsyncClient(_API):
 
     async def set_limits(self, name: str | None = None, **limits: Any) -> dict[str, Any]:
         return await self._send(self._set_limits(name, limits))
+
+    async def compact(self, name: str | None = None, *,
+                      branch: str = "main") -> dict[str, Any]:
+        return await self._send(self._compact(name, branch))
 
     async def create_token(self, databases: Sequence[str] | Literal["*"] = "*",
                            access: Literal["read", "write", "admin"] = "read",

@@ -39,6 +39,7 @@ class Metrics:
     connections: Gauge
     connections_cut: Counter
     quota_refusals: Counter
+    compactions: Counter
 
     _children: dict[tuple[str, str, int], tuple[Any, Any]] = field(default_factory=dict)
     _cpu_children: dict[str, Any] = field(default_factory=dict)
@@ -121,6 +122,8 @@ def _build() -> Metrics:
         quota_refusals=Counter("shoal_quota_refusals", "Requests refused for a database's "
                                "limit, by limit: rows_read, rows_written, queries_per_second, "
                                "size_bytes, transactions", ["limit"], registry=reg),
+        compactions=Counter("shoal_compactions", "Databases compacted on request (VACUUM, "
+                            "then the log re-based on a snapshot)", registry=reg),
     )
 
 

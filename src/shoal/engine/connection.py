@@ -468,6 +468,13 @@ class Connection:
             return err
         return from_sqlite(exc, index)
 
+    def checkpoint(self, truncate: bool = False) -> bool:
+        """Checkpoint the WAL into the database file (TRUNCATE: and empty the WAL, waiting
+        up to the busy timeout for readers); True if every frame was backfilled."""
+        mode = "TRUNCATE" if truncate else "PASSIVE"
+        busy, frames, done = self.internal(f"PRAGMA wal_checkpoint({mode})")[0]
+        return bool(busy == 0 and frames == done)
+
     def deferred_violations(self) -> ShoalError | None:
         """The error a COMMIT would fail with now for deferred foreign keys (the
         defer_foreign_keys pragma, or keys declared DEFERRABLE INITIALLY DEFERRED), if any."""

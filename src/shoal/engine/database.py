@@ -25,6 +25,10 @@ from the WAL off the commit path); with
 ``remote`` durability the answers wait (in a task of their own, so the writer
 keeps committing) until the commit is in the object store. While more than
 ``max_unshipped_bytes`` of commits wait for the store, new writes are refused.
+
+Compaction (:meth:`Database.compact`) is the one commit made outside group commit and
+transactions: a VACUUM under the write lock, after which the log is re-based on a
+snapshot of the compacted file rather than shipping it as a segment.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import contextlib
 import contextvars
 import logging
 import math
+import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -58,6 +63,7 @@ from shoal.engine.connection import (
     Statement,
     stopped,
 )
+from shoal.engine.journal import CheckpointBlocked
 from shoal.errors import ShoalError, from_sqlite
 from shoal.metrics import METRICS
 from shoal.storage.fenced import Fenced
@@ -98,7 +104,9 @@ ROLLBACK_TO = f"ROLLBACK TO s{_NONCE}"
 SET_TXID = f"UPDATE _shoal_state SET txid = ? /*{_NONCE}*/"
 GET_TXID = f"SELECT txid FROM _shoal_state /*{_NONCE}*/"
 SCHEMA_VERSION = f"PRAGMA schema_version /*{_NONCE}*/"
-PAGE_BYTES = f"SELECT page_count * page_size FROM pragma_page_count, pragma_page_size /*{_NONCE}*/"
+VACUUM = f"VACUUM /*{_NONCE}*/"
+PAGE_BYTES = (f"SELECT c.page_count * s.page_size FROM pragma_page_count() c, "
+              f"pragma_page_size() s /*{_NONCE}*/")
 KNOWN_TEXTS = 1024  # SQL texts remembered per database as writing, or as cheap to run inline
 # OR REPLACE: a record past idempotency_ttl may still be in the file (purged by the first
 # write batch after open, inside a numbered commit: every commit must carry a txid)
@@ -176,6 +184,17 @@ class Committed:
     txid: int
     bookmark: str
     response: tuple[int, bytes] | None = None  # rendered body, when an idempotency key asked
+
+
+@dataclass(frozen=True)
+class Compacted:
+    """What a compaction did: the commit it made and the file's logical size around it."""
+
+    txid: int
+    bytes_before: int  # page_count x page_size
+    bytes_after: int
+    storage_bytes: int  # the branch's files on this node afterwards (database, WAL, -shm)
+    seconds: float
 
 
 @dataclass
@@ -844,7 +863,154 @@ class Database:
         if self.journal is not None:
             self.journal.captured(txid)
         self.txid = txid
+        self._note_schema(conn)
+
+    def _note_schema(self, conn: Connection) -> None:
+        """Readers reload their schema, and known-cheap texts are relearned, after a change
+        (VACUUM bumps the schema cookie too)."""
         version = conn.internal(SCHEMA_VERSION)[0][0]
         if version != self._schema_version:
             self._schema_version = version
             self.schema_generation += 1
+
+    # -- compaction ---------------------------------------------------------------------------
+    async def compact(self) -> Compacted:
+        """Rewrite the database file without its free pages (VACUUM), as the next txid, under
+        the write lock (waited for up to busy_timeout, as a write transaction does); with a
+        commit log, the log then continues from a snapshot of the compacted file, which is
+        in the store when this returns. Writes wait meanwhile. The work runs in a task of
+        its own: a client that goes away does not stop it half way."""
+        if self.journal is not None and self.journal.writer is None:
+            await self.journal.claim()
+        self._check_log()
+        try:
+            await asyncio.wait_for(self.write_lock.acquire(), self.settings.busy_timeout)
+        except TimeoutError:
+            raise ShoalError("DATABASE_BUSY", f"a transaction held the write lock of "
+                                              f"{self.name}/{self.branch} for over "
+                                              f"busy_timeout ({self.settings.busy_timeout:g} "
+                                              f"s); compaction needs it") from None
+        task = asyncio.get_running_loop().create_task(self._compact_locked(),
+                                                      context=contextvars.Context())
+        # its error is the request's; if the request went away, nobody asks: no warning
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        done = await asyncio.shield(task)
+        await self.wait_durable(done.txid)
+        return done
+
+    async def _compact_locked(self) -> Compacted:
+        """compact, holding the write lock (released here)."""
+        started = time.monotonic()
+        try:
+            before = await self._off_loop(None, self._storage, False)
+            await self._checkpoint_first()
+            if self.journal is not None:
+                # Nothing of what follows is captured: the log is re-based after it, even
+                # if the VACUUM fails (a snapshot of the state the file then holds).
+                self.journal.broken = True
+            try:
+                txid = await self._off_loop(None, self._vacuum)
+            except BaseException:
+                with contextlib.suppress(Exception):  # the VACUUM's own error is the answer
+                    await self._checkpoint_after()
+                raise
+            await self._checkpoint_after()
+            after, on_disk = await self._off_loop(None, self._storage, True)
+        finally:
+            self.write_lock.release()
+            self.wake.set()
+        return Compacted(txid, before[0], after, on_disk, time.monotonic() - started)
+
+    def _storage(self, files: bool) -> tuple[int, int]:
+        """Worker thread: (logical bytes of the database, bytes of its files on disk)."""
+        conn = self.writer
+        assert conn is not None
+        logical = conn.internal(PAGE_BYTES)[0][0]
+        if not files:
+            return logical, 0
+        return logical, sum(os.path.getsize(f"{self.path}{suffix}")
+                            for suffix in ("", "-wal", "-shm")
+                            if os.path.exists(f"{self.path}{suffix}"))
+
+    async def _checkpoint_first(self) -> None:
+        """Before VACUUM: ship every captured commit and checkpoint the whole WAL, or refuse
+        with nothing changed. So VACUUM runs only when the checkpoint after it can
+        complete (the readers that would keep it from completing are the ones open now),
+        and the WAL then holds only compaction's own commits (see _vacuum)."""
+        conn = self.writer
+        assert conn is not None
+        try:
+            if self.journal is not None:
+                done = await self.journal.settle(self)
+            else:
+                done = await self._off_loop(None, conn.checkpoint, True)
+        except ShoalError:
+            raise
+        except Exception as exc:  # the store is down or slow, or the timeline was taken
+            raise ShoalError("STORAGE_UNAVAILABLE", f"{self.name}/{self.branch} was not "
+                                                    f"compacted: its commits could not be "
+                                                    f"shipped first: {exc!r}") from None
+        if not done:
+            raise ShoalError("DATABASE_BUSY", f"open read transactions keep the WAL of "
+                                              f"{self.name}/{self.branch} from being "
+                                              f"checkpointed; compaction needs them to end "
+                                              f"(nothing was changed)")
+
+    def _vacuum(self) -> int:
+        """Worker thread: bump the txid in a commit of its own, then VACUUM (which cannot run
+        in a transaction and commits by itself). In this order, because a node killed
+        before the re-base recovers the WAL's commits by numbering them backwards from the
+        file's txid: the VACUUM commit, last, takes the new txid, and it is a whole image
+        of the file (it writes every page), so shipped as that txid it restores exactly;
+        the bump's commit, numbered as the txid before, is already in the store (the WAL
+        held nothing else: _checkpoint_first)."""
+        conn = self.writer
+        assert conn is not None
+        txid = self.txid + 1
+        try:
+            conn.internal(BEGIN_IMMEDIATE)
+            try:
+                conn.internal(SET_TXID, (txid,))
+                conn.internal(COMMIT)
+            except BaseException:
+                if not conn.raw.get_autocommit():
+                    conn.internal(ROLLBACK)
+                raise
+            self._committed(conn, txid)
+            conn.internal(VACUUM, large=True)
+            self._note_schema(conn)
+        except apsw.Error as exc:
+            raise from_sqlite(exc) from None
+        return txid
+
+    async def _checkpoint_after(self) -> None:
+        """After VACUUM: checkpoint the WAL into the file, so it shrinks (with a commit log:
+        and re-base the log on a snapshot of it). Readers that began since
+        _checkpoint_first may hold it up: retried up to busy_timeout, then DATABASE_BUSY
+        (the compaction stays committed on this node; the next commit re-bases the log)."""
+        conn = self.writer
+        assert conn is not None
+        deadline = time.monotonic() + self.settings.busy_timeout
+        while True:
+            try:
+                if self.journal is not None:
+                    await self.journal.rebase(self)
+                elif not await self._off_loop(None, conn.checkpoint, True):
+                    raise CheckpointBlocked("readers kept the checkpoint from finishing")
+                return
+            except CheckpointBlocked:
+                if time.monotonic() >= deadline:
+                    later = " and the log is re-based with the next commit" \
+                        if self.journal is not None else ""
+                    raise ShoalError(
+                        "DATABASE_BUSY", f"{self.name}/{self.branch} was compacted at txid "
+                                         f"{self.txid}, but open read transactions keep its "
+                                         f"WAL from being checkpointed, so the file has not "
+                                         f"shrunk yet{later}") from None
+                await asyncio.sleep(0.05)
+            except Exception as exc:
+                raise ShoalError("STORAGE_UNAVAILABLE", f"{self.name}/{self.branch} was "
+                                                        f"compacted at txid {self.txid}, but "
+                                                        f"its snapshot could not be stored "
+                                                        f"yet (the log is re-based with the "
+                                                        f"next commit): {exc!r}") from None

@@ -39,6 +39,7 @@ from shoal.engine.connection import Counters, Description, NeedsWriter, Result, 
 from shoal.engine.database import (
     Bookmark,
     Committed,
+    Compacted,
     Database,
     IdempotencyRecord,
     Transaction,
@@ -754,6 +755,20 @@ class Engine:
         for (db_name, _), db in self.lifecycle.open.items():
             if db_name == name:
                 db.size_limit = effective.size_bytes
+
+    async def compact(self, principal: tokens.Principal, name: str,
+                      branch: str = "main") -> Compacted:
+        """Give a branch's free pages back (VACUUM): admin access, as it holds the branch's
+        writes for as long as it runs (see Database.compact)."""
+        principal.require("admin", name)
+        self._known(name, branch)
+        with self.disk.writes():
+            async with self.lifecycle.use(name, branch) as db:
+                done = await db.compact()
+        METRICS.compactions.inc()
+        log.info("compacted %s/%s at txid %d: %d -> %d bytes in %.0f ms", name, branch,
+                 done.txid, done.bytes_before, done.bytes_after, done.seconds * 1000)
+        return done
 
     async def describe(self, principal: tokens.Principal, name: str, sql: str,
                        *, branch: str = "main") -> Description:

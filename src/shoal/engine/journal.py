@@ -30,6 +30,10 @@ and a snapshot at the current txid uploaded; the log then continues from there.
 No commit is ever silently left out: the commits between the last shipped one and
 the snapshot are only restorable through it (point-in-time restore inside that
 range fails with a clear error).
+
+The same re-base is also done on purpose (:meth:`Journal.rebase`): compaction's
+VACUUM is a commit that rewrites every page, so rather than ship it as a segment
+the log continues from a snapshot of the compacted file.
 """
 
 from __future__ import annotations
@@ -105,6 +109,10 @@ class LogState:
     snapshot_time: float  # of the timeline's latest snapshot (its creation if none)
     log_bytes: int  # segment bytes after that snapshot
     timeline: Timeline | None = None  # the timeline's record as read (the claim's condition)
+
+
+class CheckpointBlocked(TimeoutError):
+    """Readers kept a TRUNCATE checkpoint from completing (the log is not re-based yet)."""
 
 
 def _unfenced() -> None:
@@ -392,16 +400,13 @@ class Journal:
         """Worker thread: checkpoint the WAL into the file; True if every frame went."""
         db = self.db
         assert db is not None and db.writer is not None
-        mode = "TRUNCATE" if truncate else "PASSIVE"
-        busy, frames, done = METRICS.cpu("checkpoint", db.writer.internal,
-                                         f"PRAGMA wal_checkpoint({mode})")[0]
+        complete = METRICS.cpu("checkpoint", db.writer.checkpoint, truncate)
         METRICS.log_checkpoints.inc()
-        complete = busy == 0 and frames == done
         if complete and truncate:
             self.capture.restarted()
             self.headroom.truncated()
             self.frames = 0
-        return bool(complete)
+        return complete
 
     async def _checkpoint(self, db: Database) -> None:
         """Backfill durable frames; then, if due, snapshot the file while it holds one txid."""
@@ -445,22 +450,53 @@ class Journal:
         self.log_bytes -= shipped
         log.info("snapshot of %s/%s at txid %d", self.name, self.branch.name, txid)
 
-    async def repair(self, db: Database) -> None:
-        """Under the write lock: ship what was captured, then re-base the log on a snapshot
-        of the current state (txid ``db.txid``), taken after a full checkpoint."""
+    async def _ship_captured(self) -> None:
+        """Under the write lock: wait until every captured commit is in the store (after a
+        capture failure nothing can ship: the snapshot that follows covers them)."""
         shipper = self.shipper
         assert shipper is not None
         if self.failed is not None:
             raise self.failed  # another writer owns the timeline: nothing to re-base
-        writer = await self.take()
-        if shipper.failed is None:  # ship what can be; after a capture failure nothing can
+        await self.take()
+        if shipper.failed is None:
             await asyncio.wait_for(shipper.flush(), self.timeout)
+
+    async def _truncate(self) -> bool:
+        """Under the write lock and the file lock: checkpoint the whole WAL into the file
+        and truncate it; False if readers kept it from completing."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self._backfill, True)
+
+    async def settle(self, db: Database) -> bool:
+        """Under the write lock: ship every captured commit, then checkpoint the whole WAL
+        into the file (TRUNCATE); a broken log is repaired instead (its commits cannot
+        ship: only a snapshot may cover them). False if open read transactions keep the
+        checkpoint from completing. Compaction runs this first, so that it VACUUMs only
+        when the re-base that must follow can complete, and so that the WAL then holds
+        nothing but the compaction's own commits (see Database.compact)."""
+        if self.broken:
+            try:
+                await self.repair(db)
+            except CheckpointBlocked:
+                return False
+            return True
+        await self._ship_captured()
+        async with self._file_lock:
+            return await self._truncate()
+
+    async def _rebase(self, db: Database) -> None:
+        """Under the write lock: ship what was captured, then re-base the log on a snapshot
+        of the current state (txid ``db.txid``), taken after a full checkpoint.
+        CheckpointBlocked if readers keep the checkpoint from completing."""
+        await self._ship_captured()
+        shipper, writer = self.shipper, self.writer
+        assert shipper is not None and writer is not None
         loop = asyncio.get_running_loop()
         async with self._file_lock:
-            if not await loop.run_in_executor(self.executor, self._backfill, True):
-                raise TimeoutError(f"{self.name}/{self.branch.name}: readers kept the "
-                                   f"checkpoint from finishing; the log will be repaired "
-                                   f"after the next commit")
+            if not await self._truncate():
+                raise CheckpointBlocked(f"{self.name}/{self.branch.name}: readers kept the "
+                                        f"checkpoint from finishing; the log will be repaired "
+                                        f"after the next commit")
             when = max(self.capture.last_time, time.time())
             await loop.run_in_executor(self.stores.io, take_snapshot, self.stores.store,
                                        self.name, self.timeline, self.path, db.txid, when,
@@ -471,8 +507,24 @@ class Journal:
         self.snapshot_time, self.log_bytes = time.time(), 0
         self.backfilled_txid = db.txid
         self.broken = False
+        METRICS.log_snapshots.inc()
+
+    async def repair(self, db: Database) -> None:
+        """Under the write lock: after a capture failure, re-base the log on a snapshot of
+        the current state (see _rebase)."""
+        await self._rebase(db)
         log.warning("the log of %s/%s was re-based on a snapshot at txid %d", self.name,
                     self.branch.name, db.txid)
+
+    async def rebase(self, db: Database) -> None:
+        """Under the write lock: re-base the log on a snapshot of the current state after
+        commits made on purpose outside it (compaction's VACUUM). The caller set
+        ``broken`` before making them, so that none was captured; an intended re-base,
+        not a failure. CheckpointBlocked if readers keep the checkpoint from completing:
+        the log then stays broken, and the next commit's mend re-bases it."""
+        await self._rebase(db)
+        log.info("the log of %s/%s continues from a snapshot of the compacted file at "
+                 "txid %d", self.name, self.branch.name, db.txid)
 
     # -- closing ---------------------------------------------------------------------------------
     def release(self) -> None:

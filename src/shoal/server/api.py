@@ -133,6 +133,7 @@ class NativeAPI:
             ("GET", br, self.get_branch),
             ("DELETE", br, self.delete_branch),
             ("POST", br + "/reset", self.reset_branch),
+            ("POST", br + "/compact", self.compact),
             ("GET", br + "/history", self.history),
             ("POST", br + "/query", self.query),
             ("GET", br + "/usage", self.usage),
@@ -149,6 +150,7 @@ class NativeAPI:
             ("GET", db + "/usage", self.usage),
             ("GET", db + "/limits", self.get_limits),
             ("PUT", db + "/limits", self.put_limits),
+            ("POST", db + "/compact", self.compact),
             ("POST", db + "/transactions", self.begin),
             ("POST", tx + "/query", self.tx_query),
             ("POST", tx + "/commit", self.tx_commit),
@@ -292,6 +294,14 @@ class NativeAPI:
         limits.check()
         return json_response(200, await self.engine.set_limits(request.principal,
                                                                self._db(request), limits))
+
+    async def compact(self, request: Request) -> Response:
+        name, branch = self._db(request), self._branch(request)
+        done = await self.engine.compact(request.principal, name, branch)
+        return json_response(200, {
+            "database": name, "branch": branch, "txid": done.txid,
+            "bytes_before": done.bytes_before, "bytes_after": done.bytes_after,
+            "storage_bytes": done.storage_bytes, "ms": round(done.seconds * 1000, 3)})
 
     # -- queries ----------------------------------------------------------------------------
     async def query(self, request: Request) -> Response:

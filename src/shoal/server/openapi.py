@@ -36,6 +36,9 @@ _OPS: dict[tuple[str, str], tuple[str, str | None, int]] = {
     ("PUT", "/v1/databases/{db}/limits"): (
         "Replace the database's own limits (an admin token for every database)",
         "DatabaseLimits", 200),
+    ("POST", "/v1/databases/{db}/compact"): (
+        "Compact main (admin): VACUUM as one commit, the log re-based on a snapshot; "
+        "writes wait while it runs", None, 200),
     ("POST", "/v1/databases/{db}/transactions"): (
         "Open an interactive transaction", "BeginRequest", 201),
     ("POST", "/v1/databases/{db}/transactions/{tx}/query"): (
@@ -55,6 +58,8 @@ _OPS: dict[tuple[str, str], tuple[str, str | None, int]] = {
     ("DELETE", "/v1/databases/{db}/branches/{branch}"): ("Delete a branch (admin)", None, 204),
     ("POST", "/v1/databases/{db}/branches/{branch}/reset"): (
         "Reset a branch to its parent's latest state (admin)", None, 200),
+    ("POST", "/v1/databases/{db}/branches/{branch}/compact"): (
+        "Compact a branch (admin), as /compact does main", None, 200),
     ("GET", "/v1/databases/{db}/branches/{branch}/history"): (
         "Restorable window of a branch", None, 200),
     ("POST", "/v1/databases/{db}/branches/{branch}/query"): (
@@ -133,7 +138,8 @@ def openapi_document(routes: list[tuple[str, str]]) -> dict[str, Any]:
                 "name": name, "in": "query", "required": False, "description": about,
                 "schema": {"type": kind}})
         if method == "POST" and not template.endswith(("/rollback", "/reset", "/restore",
-                                                          "/branches", "/undelete")):
+                                                          "/branches", "/undelete",
+                                                          "/compact")):
             op.setdefault("parameters", []).append({
                 "name": "Idempotency-Key", "in": "header", "required": False,
                 "schema": {"type": "string", "maxLength": 255}})
