@@ -752,16 +752,21 @@ class Database:
             self._give_reader(conn)
 
     # -- interactive transactions -----------------------------------------------------------
+    async def _take_write_lock(self, busy: str) -> None:
+        """What a write transaction or a compaction starts with: the timeline (fencing
+        others), the log's state, then the write lock within busy_timeout (DATABASE_BUSY,
+        with ``busy``, past it)."""
+        if self.journal is not None and self.journal.writer is None:
+            await self.journal.claim()
+        self._check_log()
+        try:
+            await asyncio.wait_for(self.write_lock.acquire(), self.settings.busy_timeout)
+        except TimeoutError:
+            raise ShoalError("DATABASE_BUSY", busy) from None
+
     async def begin(self, tx_id: str, subject: str, write: bool) -> Transaction:
         if write:
-            if self.journal is not None and self.journal.writer is None:
-                await self.journal.claim()
-            self._check_log()
-            try:
-                await asyncio.wait_for(self.write_lock.acquire(), self.settings.busy_timeout)
-            except TimeoutError:
-                raise ShoalError("DATABASE_BUSY", "another transaction holds the write lock") \
-                    from None
+            await self._take_write_lock("another transaction holds the write lock")
             conn = self.writer
             assert conn is not None
             try:
@@ -880,16 +885,9 @@ class Database:
         commit log, the log then continues from a snapshot of the compacted file, which is
         in the store when this returns. Writes wait meanwhile. The work runs in a task of
         its own: a client that goes away does not stop it half way."""
-        if self.journal is not None and self.journal.writer is None:
-            await self.journal.claim()
-        self._check_log()
-        try:
-            await asyncio.wait_for(self.write_lock.acquire(), self.settings.busy_timeout)
-        except TimeoutError:
-            raise ShoalError("DATABASE_BUSY", f"a transaction held the write lock of "
-                                              f"{self.name}/{self.branch} for over "
-                                              f"busy_timeout ({self.settings.busy_timeout:g} "
-                                              f"s); compaction needs it") from None
+        await self._take_write_lock(f"a transaction held the write lock of {self.name}/"
+                                    f"{self.branch} for over busy_timeout "
+                                    f"({self.settings.busy_timeout:g} s); compaction needs it")
         task = asyncio.get_running_loop().create_task(self._compact_locked(),
                                                       context=contextvars.Context())
         # its error is the request's; if the request went away, nobody asks: no warning
