@@ -198,3 +198,26 @@ def test_every_hrana_code_is_documented() -> None:
     block = re.search(r"<!-- hrana-codes:begin -->\n(.*?)\n<!-- hrana-codes:end -->", text, re.S)
     assert block is not None
     assert block.group(1) == p.codes_table(), "refresh the table in docs/hrana.md"
+
+
+def _batch(steps: int, sep: str = ":", **extra: object) -> bytes:
+    step = '{"stmt"' + sep + ' {"sql": "SELECT 1"}}'
+    fields = "".join(f', "{k}": {json.dumps(v)}' for k, v in extra.items())
+    return ('{"type": "batch", "batch": {"steps": [' + ", ".join([step] * steps) + "]}"
+            + fields + "}").encode()
+
+
+def test_an_oversized_batch_is_counted_without_decoding_its_steps() -> None:
+    batch, baton = p.oversized_batch(_batch(5000, baton="b1"), 1000) or (None, None)
+    assert batch is not None and len(batch.steps) == 5000 and baton == "b1"
+    assert p.oversized_batch(_batch(1000), 1000) is None  # at the limit: decoded as usual
+    assert p.oversized_batch(_batch(20), 10) is None  # small bodies are decoded as usual
+    # counted short ("stmt" with a space): decoded in full, never refused by mistake
+    assert p.oversized_batch(_batch(5000, " :"), 1000) is None
+    # a value "stmt" is not a key; an execute request is never taken for a batch
+    text = b'{"type": "execute", "stmt": {"sql": "SELECT ?", "args": [' + \
+        b", ".join([b'{"type": "text", "value": "stmt"}'] * 5000) + b"]}}"
+    assert p.oversized_batch(text, 1000) is None
+    junk = b'{"type": "execute", "x": [' + b", ".join([b'{"stmt": 1}'] * 5000) + b"]}"
+    assert p.oversized_batch(junk, 1000) is None
+    assert p.oversized_batch(b'{"type": "batch", "batch": ' + b'"stmt":' * 20000, 10) is None

@@ -18,6 +18,7 @@ if any, is rolled back.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -42,6 +43,7 @@ from shoal.server import hrana_proto as p
 from shoal.server.hrana_proto import HranaError
 from shoal.server.hrana_stream import (
     RESERVE,
+    SLICE,
     Budget,
     Ran,
     Recorder,
@@ -266,10 +268,7 @@ class HranaHTTP:
     async def pipeline(self, request: Request) -> Response:
         try:
             principal, db, branch = self.resolve(request)
-            body = await self._body(request, p.PipelineBody)
-            if len(body.requests) > self.max_statements:
-                raise HranaError("TOO_MANY_STATEMENTS", f"{len(body.requests)} requests in one "
-                                                        f"pipeline; at most {self.max_statements}")
+            body = await self._pipeline_body(request)
             idem = None
             if b"idempotency-key" in request.headers:
                 idem, stored = await self._stored(request, principal, db, branch)
@@ -308,6 +307,34 @@ class HranaHTTP:
         if rec is not None and rec.response is not None:  # exactly what a retry will get
             return Response(*rec.response)
         return Response(200, encode({"baton": baton, "base_url": None, "results": results}))
+
+    async def _pipeline_body(self, request: Request) -> p.PipelineBody:
+        """The pipeline's requests. A large body is decoded a request at a time, every
+        SLICE of decoding letting other work in; a large batch of too many steps is not
+        decoded at all (see p.oversized_batch)."""
+        await request.read_body(self.max_body)
+        raw = request.body
+        if len(raw) <= p.SPLIT_BYTES:
+            body: p.PipelineBody = p.decode(raw, p.PipelineBody)
+            self._check_requests(len(body.requests))
+            return body
+        split: p.PipelineSplit = p.decode(raw, p.PipelineSplit)
+        self._check_requests(len(split.requests))
+        requests: list[p.StreamRequest] = []
+        until = time.monotonic() + SLICE
+        for item in split.requests:
+            stand_in = p.oversized_batch(item, self.max_statements)
+            requests.append(p.BatchReq(stand_in[0]) if stand_in is not None
+                            else p.decode(item, p.StreamRequest))
+            if time.monotonic() >= until:
+                await asyncio.sleep(0)
+                until = time.monotonic() + SLICE
+        return p.PipelineBody(requests, split.baton)
+
+    def _check_requests(self, count: int) -> None:
+        if count > self.max_statements:
+            raise HranaError("TOO_MANY_STATEMENTS", f"{count} requests in one pipeline; at "
+                                                    f"most {self.max_statements}")
 
     @staticmethod
     async def _request(stream: Stream, req: p.StreamRequest) -> dict[str, Any]:
@@ -384,7 +411,10 @@ class HranaHTTP:
     async def cursor(self, request: Request) -> Response:
         try:
             principal, db, branch = self.resolve(request)
-            body = await self._body(request, p.CursorBody)
+            await request.read_body(self.max_body)
+            stand_in = p.oversized_batch(request.body, self.max_statements, request=False)
+            body = p.CursorBody(*stand_in) if stand_in is not None \
+                else await self._body(request, p.CursorBody)
             handle = await self._open(body.baton, principal, db, branch)
         except (HranaError, ShoalError) as exc:
             return self._error(exc)
