@@ -163,12 +163,16 @@ def test_pipeline_response_budget_counts_every_byte(start_server: Start) -> None
     huge = msgspec.json.encode({"requests": [
         {"type": "batch", "batch": {"steps": [{"stmt": {"sql": "SELECT 1"}}] * 100_000}},
         {"type": "execute", "stmt": {"sql": "SELECT 2"}}, {"type": "close"}]})
+    huge_cursor = msgspec.json.encode(
+        {"batch": {"steps": [{"stmt": {"sql": "SELECT 1"}}] * 100_000}})
     url = f"/db/{attacker.db}/v3/pipeline"
     headers = {"content-type": "application/json"}
     with timed(node, other, "5. pipeline of 100 x 1,000 statements"), \
             client(node, attacker, "127.0.0.2") as http:
         r = http.post(url, content=many, headers=headers)
         r_huge = http.post(url, content=huge, headers=headers)
+        r_cursor = http.post(f"/db/{attacker.db}/v3/cursor", content=huge_cursor,
+                             headers=headers)
     print(f"pipeline answered {len(r.content):,} bytes (max_response_bytes {limit:,})")
     assert len(r.content) <= limit
     codes = result_codes(r)
@@ -177,6 +181,10 @@ def test_pipeline_response_budget_counts_every_byte(start_server: Start) -> None
     assert results[-1] == {"type": "ok", "response": {"type": "close"}}
     assert results[-2]["error"]["code"] == "RESPONSE_TOO_LARGE"
     assert result_codes(r_huge) == {"TOO_MANY_STATEMENTS": 1, "ok": 2}, r_huge.text
+    lines = [msgspec.json.decode(line) for line in r_cursor.content.splitlines()]
+    assert r_cursor.status_code == 200 and "baton" in lines[0], r_cursor.text[:300]
+    assert lines[-1]["type"] == "error" and \
+        lines[-1]["error"]["code"] == "TOO_MANY_STATEMENTS", lines
     with timed(node, other, "5. a WebSocket batch of 20 x 2 MB results"):
         ws = Ws(node, attacker)  # a WebSocket request has the same budget
         ws.ok({"type": "open_stream", "stream_id": 1})

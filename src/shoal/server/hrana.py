@@ -414,7 +414,7 @@ class HranaHTTP:
             await request.read_body(self.max_body)
             stand_in = p.oversized_batch(request.body, self.max_statements, request=False)
             body = p.CursorBody(*stand_in) if stand_in is not None \
-                else await self._body(request, p.CursorBody)
+                else p.decode(request.body, p.CursorBody)
             handle = await self._open(body.baton, principal, db, branch)
         except (HranaError, ShoalError) as exc:
             return self._error(exc)
