@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench bench-core bench-storage clean
+.PHONY: run test lint typecheck mutate bench bench-core bench-storage clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -21,15 +21,22 @@ $(NODE_DEPS): tests/conformance/node/package-lock.json
 	npm ci --prefix tests/conformance/node --no-audit --no-fund
 
 test: $(STAMP) $(NODE_DEPS)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench tools
 	$(BIN)/mypy
 	$(BIN)/pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff check src tests bench tools
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+
+# Mutation testing of the modules that guard data and access (issue 19, docs/testing.md):
+# tens of minutes, so not part of `make test`. MODULE=engine/lease.py for one module,
+# MODULE=all for every module in tools/mutate.py's table, JOBS=N workers (default: CPUs).
+# Survivors and the summary go to mutants/ (git-ignored).
+mutate: $(STAMP)
+	$(BIN)/python -m tools.mutate $(if $(filter all,$(MODULE)),--all,$(if $(MODULE),--module $(MODULE))) $(if $(JOBS),-j $(JOBS)) $(ARGS)
 
 # Shoal against PostgreSQL, PgBouncer, Datasette, SQLite and litestream: installs what it
 # needs (apt-get, pip), writes bench/REPORT.md. ARGS=--quick for a run under 5 minutes.

@@ -1,0 +1,92 @@
+"""The mutation tool itself (issue 19): the mutants it makes, and killed vs survived."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tools import mutate
+
+SAMPLE = '''"""A sample module."""
+
+ALLOWED = frozenset({"read", "write"})
+LIMIT = 10
+
+
+def allowed(verb, n):
+    """Docstrings are not mutated."""
+    if verb in ALLOWED and not n > LIMIT:
+        return True
+    log.warning("refused %s", verb)
+    return False
+'''
+
+TESTS = '''from pkg.sample import allowed
+
+
+def test_read_is_allowed():
+    assert allowed("read", 1)
+
+
+def test_over_the_limit():
+    assert not allowed("read", 11)
+'''
+
+
+def test_sites_cover_every_kind() -> None:
+    found = mutate.sites(ast.parse(SAMPLE))
+    descriptions = {(s.kind, s.description) for s in found}
+    kinds = {s.kind for s in found}
+    assert kinds == {"drop", "constant", "compare", "boolop", "not", "delete", "return"}
+    assert ("drop", "drop `'write'` from set `{'read', 'write'}`") in descriptions
+    assert ("constant", "`10` -> `11`") in descriptions
+    assert ("compare", "`in` -> `not in` in `verb in ALLOWED`") in descriptions
+    assert ("compare", "`>` -> `>=` in `n > LIMIT`") in descriptions
+    assert ("boolop", "`and` -> `or` in `verb in ALLOWED and (not n > LIMIT)`") in descriptions
+    assert ("not", "`not n > LIMIT` -> `n > LIMIT`") in descriptions
+    assert ("return", "`return True` -> `return None`") in descriptions
+    assert ("constant", "`True` -> `False`") in descriptions
+    # Neither the docstrings nor the log message's string are touched.
+    assert not any("Docstrings" in d for _, d in descriptions)
+    assert not any("refused" in d for k, d in descriptions if k == "constant")
+    for i in range(len(found)):
+        compile(mutate.mutate(SAMPLE, i), "sample.py", "exec")  # every mutant is valid code
+
+
+def test_mutant_applies_one_change() -> None:
+    index = next(i for i, s in enumerate(mutate.sites(ast.parse(SAMPLE)))
+                 if s.description == "drop `'write'` from set `{'read', 'write'}`")
+    mutated = mutate.mutate(SAMPLE, index)
+    assert "frozenset({'read'})" in mutated
+    assert ast.dump(ast.parse(mutated)) != ast.dump(ast.parse(SAMPLE))
+
+
+def test_killed_survived_and_harmless(tmp_path: Path) -> None:
+    pkg = tmp_path / "src" / "pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sample.py").write_text(SAMPLE.replace('    log.warning("refused %s", verb)\n',
+                                                  '    print("refused")  # mutate: harmless '
+                                                  '(a message)\n'))
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_sample.py").write_text(TESTS)
+    table = {"sample.py": ("tests/test_samp*.py",)}
+    wanted = {"`>` -> `<=` in `n > LIMIT`", "`>` -> `>=` in `n > LIMIT`",
+              "drop `'read'` from set `{'read', 'write'}`",
+              "drop `'write'` from set `{'read', 'write'}`"}
+    [result] = mutate.run(["sample.py"], root=tmp_path, package="src/pkg", table=table,
+                          jobs=2, shared=(),
+                          only=lambda m: m.description in wanted or m.harmless is not None)
+    assert result.error is None and result.tests == ["tests/test_sample.py"]
+    status = {m.description: m.status for m in result.mutants}
+    assert status["`>` -> `<=` in `n > LIMIT`"] == "killed"  # test_over_the_limit fails
+    assert status["drop `'read'` from set `{'read', 'write'}`"] == "killed"
+    assert status["drop `'write'` from set `{'read', 'write'}`"] == "survived"  # untested
+    assert status["`>` -> `>=` in `n > LIMIT`"] == "survived"  # the boundary is untested
+    [marked] = [m for m in result.mutants if m.harmless is not None]
+    assert marked.kind == "delete" and marked.harmless == "a message"
+    assert marked.status == "survived"
+    assert (result.count("killed"), result.count("survived"), result.harmless) == (2, 2, 1)
+    assert result.score == 50.0  # the harmless one is not scored
+    assert "drop `'write'`" in mutate.survivors_text(result, tmp_path, "src/pkg")
+    assert "| sample.py |" in mutate.summary([result])
