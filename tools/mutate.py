@@ -43,6 +43,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -86,11 +87,19 @@ class Harmless:
     reason: str
 
 
+# Entries match one line's text, so they survive edits elsewhere in the module; where the
+# text is not unique, mark the line instead: `# mutate: harmless [kind] (reason)`.
 HARMLESS: tuple[Harmless, ...] = (
     Harmless("*", "delete", r"^\s*(log|logger)\.(debug|info|warning|error|exception)\(",
              "log message"),
+    Harmless("engine/lease.py", "delete", r"^\s*return None$",
+             "the last statement of decode: falling off the end returns None too"),
+    Harmless("engine/lease.py", "return", r"^\s*return False$",
+             "_write's callers only test its truth: None is as false as False"),
+    Harmless("engine/lease.py", "delete", r"^\s*(record: Record|error: Exception) \| None = None$",
+             "every path through acquire assigns it before reading it"),
 )
-MARKER = re.compile(r"#\s*mutate:\s*harmless\b\s*\(?([^)]*)\)?")
+MARKER = re.compile(r"#\s*mutate:\s*harmless\b(?:\s+(\w+))?\s*\(([^)]*)\)")
 
 _FLIPS: dict[type[ast.cmpop], tuple[type[ast.cmpop], ...]] = {
     ast.Lt: (ast.LtE, ast.GtE), ast.LtE: (ast.Lt, ast.Gt),
@@ -349,8 +358,8 @@ def harmless_reason(module: str, site: Site, lines: Sequence[str]) -> str | None
     span = lines[site.line - 1: max(site.line, site.end_line)]
     for text in span:
         found = MARKER.search(text)
-        if found:
-            return found.group(1).strip() or "marked harmless"
+        if found and found.group(1) in (None, site.kind):
+            return found.group(2).strip() or "marked harmless"
     first = lines[site.line - 1] if 0 < site.line <= len(lines) else ""
     for rule in HARMLESS:
         if (rule.module in ("*", module) and rule.kind in ("*", site.kind)
@@ -578,6 +587,45 @@ def survivors_text(result: Result, root: Path = ROOT, package: str = PACKAGE) ->
     return "\n".join(out) + "\n"
 
 
+LINE = re.compile(r"^(killed|survived|timeout|invalid)\s+(\S+?):(\d+): (\w+): (.*?)"
+                  r"(?: \(harmless: [^)]*\))?$")
+
+
+def rescore(log: Path, root: Path = ROOT, package: str = PACKAGE,
+            table: dict[str, tuple[str, ...]] | None = None) -> list[Result]:
+    """Results read back from a run's lines (``mutants/results.txt`` or its output), with
+    the harmless list as it is now: mark a survivor harmless without running again."""
+    table = MODULES if table is None else table
+    recorded: dict[str, dict[tuple[int, str, str], deque[str]]] = {}
+    for text in log.read_text().splitlines():
+        found = LINE.match(text)
+        if found:
+            status, module, line, kind, description = found.groups()
+            key = (int(line), kind, description)
+            recorded.setdefault(module, {}).setdefault(key, deque()).append(status)
+    results = []
+    for module, statuses in recorded.items():
+        mutants = list_mutants(root, package, module)
+        for m in mutants:
+            queue = statuses.get((m.line, m.kind, m.description))
+            if queue:
+                m.status = queue.popleft()
+        results.append(Result(module, tests_for(root, package, module, table), 0.0, mutants))
+    order = list(table)
+    return sorted(results, key=lambda r: order.index(r.module) if r.module in order else 99)
+
+
+def write_reports(results: Sequence[Result], out: Path, header: str) -> str:
+    """Survivors per module (``out/<module>.txt``) and ``out/summary.md``; the table."""
+    out.mkdir(parents=True, exist_ok=True)
+    for r in results:
+        name = r.module.replace("/", "_").removesuffix(".py") + ".txt"
+        (out / name).write_text(survivors_text(r))
+    table = summary(results)
+    (out / "summary.md").write_text(f"{header}\n\n{table}\n")
+    return table
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.mutate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -590,6 +638,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="timeout as a multiple of the unmutated tests' time")
     parser.add_argument("--out", type=Path, default=ROOT / "mutants",
                         help="where survivors and the summary go (default: mutants/)")
+    parser.add_argument("--rescore", type=Path, metavar="RESULTS",
+                        help="run nothing: re-read a run's results.txt (or its output) and "
+                             "rewrite the summary with the harmless list as it is now")
     args = parser.parse_args(argv)
     modules = args.module or (sorted(MODULES) if args.all else list(DEFAULT))
 
@@ -603,24 +654,27 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"{m.where()}: {m.kind}: {m.description}{note}")
         return 0
 
+    if args.rescore:
+        results = rescore(args.rescore)
+        print(write_reports(results, args.out, f"Rescored from {args.rescore}"))
+        return 0
+
     started = time.monotonic()
     lock = threading.Lock()
-
-    def report(m: Mutant) -> None:
-        with lock:
-            note = f" (harmless: {m.harmless})" if m.harmless else ""
-            print(f"{m.status:8} {m.where()}: {m.kind}: {m.description}{note}", flush=True)
-
-    results = run(modules, jobs=args.jobs, factor=args.factor, report=report)
-    elapsed = time.monotonic() - started
     args.out.mkdir(parents=True, exist_ok=True)
-    for r in results:
-        name = r.module.replace("/", "_").removesuffix(".py") + ".txt"
-        (args.out / name).write_text(survivors_text(r))
-    table = summary(results)
+    with (args.out / "results.txt").open("w") as lines:
+        def report(m: Mutant) -> None:
+            note = f" (harmless: {m.harmless})" if m.harmless else ""
+            text = f"{m.status:8} {m.where()}: {m.kind}: {m.description}{note}"
+            with lock:
+                print(text, flush=True)
+                print(text, file=lines, flush=True)
+
+        results = run(modules, jobs=args.jobs, factor=args.factor, report=report)
+    elapsed = time.monotonic() - started
     stamp = time.strftime("%Y-%m-%d %H:%M")
-    (args.out / "summary.md").write_text(
-        f"Mutation run {stamp}, -j {args.jobs}, {elapsed / 60:.1f} min\n\n{table}\n")
+    table = write_reports(results, args.out,
+                          f"Mutation run {stamp}, -j {args.jobs}, {elapsed / 60:.1f} min")
     print()
     print(table)
     print(f"\n{sum(len(r.mutants) for r in results)} mutants in {elapsed / 60:.1f} min "

@@ -90,3 +90,20 @@ def test_killed_survived_and_harmless(tmp_path: Path) -> None:
     assert result.score == 50.0  # the harmless one is not scored
     assert "drop `'write'`" in mutate.survivors_text(result, tmp_path, "src/pkg")
     assert "| sample.py |" in mutate.summary([result])
+
+
+def test_rescore_applies_the_harmless_list_as_it_is_now(tmp_path: Path) -> None:
+    pkg = tmp_path / "src" / "pkg"
+    pkg.mkdir(parents=True)
+    (pkg / "sample.py").write_text(SAMPLE.replace(
+        "        return True\n", "        return True  # mutate: harmless return (a test)\n"))
+    log = tmp_path / "results.txt"
+    log.write_text("survived sample.py:10: return: `return True` -> `return None`\n"
+                   "killed   sample.py:10: delete: delete `return True`\n"
+                   "survived sample.py:9: compare: `>` -> `>=` in `n > LIMIT`\n")
+    [result] = mutate.rescore(log, tmp_path, "src/pkg", {"sample.py": ("tests/*.py",)})
+    status = {m.description: (m.status, m.harmless) for m in result.mutants}
+    assert status["`return True` -> `return None`"] == ("survived", "a test")
+    assert status["delete `return True`"] == ("killed", None)  # the marker names its kind
+    # harmless: the marked one and the log call (not in the log: it stays pending)
+    assert (result.count("killed"), result.count("survived"), result.harmless) == (1, 1, 2)

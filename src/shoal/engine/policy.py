@@ -105,11 +105,11 @@ class Guard:
                 if op == apsw.SQLITE_ANALYZE:  # plain ANALYZE / PRAGMA optimize: skip it
                     return apsw.SQLITE_IGNORE
                 return self._deny("SQL_NOT_ALLOWED", f"table {p1} is reserved by Shoal")
-            return apsw.SQLITE_OK
+            return apsw.SQLITE_OK  # mutate: harmless delete (falls through to the same SQLITE_OK)
         if op in _INDEX_TRIGGER_OPS:
             if p2 and p2.lower().startswith(HIDDEN_PREFIX):
                 return self._deny("SQL_NOT_ALLOWED", f"table {p2} is reserved by Shoal")
-            return apsw.SQLITE_OK
+            return apsw.SQLITE_OK  # mutate: harmless delete (falls through to the same SQLITE_OK)
         if op == apsw.SQLITE_PRAGMA:
             name = (p1 or "").lower()
             if p2 is not None and name in IGNORED_SETTINGS:
@@ -121,7 +121,7 @@ class Guard:
         if op == apsw.SQLITE_FUNCTION:
             if (p2 or "").lower() in _DENIED_FUNCTIONS:
                 return self._deny("SQL_NOT_ALLOWED", f"function {p2} is not allowed")
-            return apsw.SQLITE_OK
+            return apsw.SQLITE_OK  # mutate: harmless delete (falls through to the same SQLITE_OK)
         if op in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
             return self._deny("SQL_NOT_ALLOWED", "ATTACH and DETACH are not allowed")
         if op in _TEMP_OPS:
