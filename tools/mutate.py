@@ -85,6 +85,7 @@ class Harmless:
     kind: str  # "*" for every kind
     text: str  # a regular expression searched in the mutated line's source
     reason: str
+    mutation: str = ""  # a regular expression searched in the mutant's description
 
 
 # Entries match one line's text, so they survive edits elsewhere in the module; where the
@@ -98,6 +99,26 @@ HARMLESS: tuple[Harmless, ...] = (
              "_write's callers only test its truth: None is as false as False"),
     Harmless("engine/lease.py", "delete", r"^\s*(record: Record|error: Exception) \| None = None$",
              "every path through acquire assigns it before reading it"),
+    Harmless("log/segment.py", "constant", r"^LEVEL = 1\b",
+             "zstd's level: every level decodes to the same bytes"),
+    Harmless("tokens.py", "constant", r"^ACCESS_LEVELS = ",
+             "only the order of the levels is compared: admin stays the highest",
+             mutation=r"`3` -> `4`"),
+    # encode_row's fast path: whatever it lets through to encode() comes back unchanged.
+    Harmless("values.py", "delete", r"^\s*continue$",
+             "encode_row's fast path: encode() returns the value unchanged"),
+    Harmless("values.py", "boolop", r"^\s*if t is str or v is None:",
+             "encode_row's fast path: encode() returns the value unchanged"),
+    Harmless("values.py", "compare", r"^\s*if t is int and -SAFE_INT <= v <= SAFE_INT:",
+             "encode_row's fast path: an int at the bound is returned as is by encode()",
+             mutation=r"`<=` -> `<`"),
+    Harmless("values.py", "compare", r'"Infinity" if value > 0 else',
+             "only an infinity reaches it: > 0 and >= 0 agree on both",
+             mutation=r"`>` -> `>=`"),
+    Harmless("values.py", "constant", r'"Infinity" if value > 0 else',
+             "only an infinity reaches it: > 0 and > 1 agree on both"),
+    Harmless("values.py", "drop", r"except \(binascii\.Error, ValueError\)",
+             "binascii.Error is a ValueError", mutation=r"drop `binascii\.Error`"),
 )
 MARKER = re.compile(r"#\s*mutate:\s*harmless\b(?:\s+(\w+))?\s*\(([^)]*)\)")
 
@@ -363,7 +384,7 @@ def harmless_reason(module: str, site: Site, lines: Sequence[str]) -> str | None
     first = lines[site.line - 1] if 0 < site.line <= len(lines) else ""
     for rule in HARMLESS:
         if (rule.module in ("*", module) and rule.kind in ("*", site.kind)
-                and re.search(rule.text, first)):
+                and re.search(rule.text, first) and re.search(rule.mutation, site.description)):
             return rule.reason
     return None
 
