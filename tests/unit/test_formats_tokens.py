@@ -6,9 +6,9 @@ read), and every verification outcome, access level and narrowing is written out
 from __future__ import annotations
 
 import base64
-import json
 import hashlib
 import hmac
+import json
 import re
 import stat
 import time
