@@ -12,6 +12,7 @@ after a renewal's start), not imported from the module: a changed format or frac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -181,6 +182,12 @@ def make(store: Store, clock: Time, lost: list[str],
     return make
 
 
+def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The warnings logged, all of them by the "shoal.lease" logger."""
+    assert {(r.name, r.levelname) for r in caplog.records} <= {("shoal.lease", "WARNING")}
+    return [r.getMessage() for r in caplog.records]
+
+
 def failures() -> float:
     return METRICS.registry.get_sample_value("shoal_lease_renewal_failures_total") or 0.0
 
@@ -210,6 +217,13 @@ def test_a_record_decodes_with_defaults_and_refuses_what_is_not_one() -> None:
                 b'{"node": "a", "seq": 1, "ttl": 1, "pid": "p"}']:
         assert Record.decode(bad) is None, bad
     assert Record.decode(Record("a", 2, 4.0, "h", 3).encode()) == Record("a", 2, 4.0, "h", 3)
+
+
+def test_a_record_is_a_frozen_value_not_released_by_default() -> None:
+    record = Record("a", 1, 1.0)
+    assert (record.host, record.pid, record.released) == ("", 0, False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        record.seq = 2  # type: ignore[misc]
 
 
 def test_a_holder_is_named_by_node_host_and_pid() -> None:
@@ -295,7 +309,7 @@ def test_a_failed_renewal_is_retried_after_a_twentieth_of_ttl(
         clock.advance(2.0, a)
         assert clock.pauses == [2.0, 0.4, 0.4, 2.0, 2.0] and store.record()["seq"] == 3
     assert failures() == before + 2
-    assert [r.getMessage() for r in caplog.records] == [
+    assert messages(caplog) == [
         "renewing the object store's lease failed: ConnectionError('the store is down')"] * 2
     assert not a.lost and lost == [] and a.held()
 
@@ -436,7 +450,7 @@ def test_a_failed_release_is_logged_and_the_lease_is_no_longer_held(
         a.release()
     assert not a.held()
     assert store.record()["released"] is False  # it lapses by itself
-    assert [r.getMessage() for r in caplog.records] == [
+    assert messages(caplog) == [
         "releasing the object store's lease failed: ConnectionError('the store is down')"]
 
 
@@ -464,7 +478,7 @@ def test_a_live_lease_is_waited_for_up_to_lease_wait_then_store_in_use(
     assert clock.pauses == [1.0] * 5 and clock.now == START + 5
     assert a.previous is None and not a.held()
     assert store.record()["node"] == "b"
-    assert [r.getMessage() for r in caplog.records] == [
+    assert messages(caplog) == [
         "the object store's lease is held by node b (host box, pid 5); waiting for it to be "
         "released or to lapse (8 s without renewal)"]
 
@@ -479,7 +493,7 @@ def test_a_lease_not_renewed_for_ttl_is_taken_over(
     assert clock.now == START + 8 and clock.pauses == [1.0] * 8  # exactly ttl, not before
     assert a.previous == "b" and a.held()
     assert store.record()["node"] == "a" and store.record()["seq"] == 4
-    assert [r.getMessage() for r in caplog.records][-1] == (
+    assert messages(caplog)[-1] == (
         "took over the object store's lease from node b (host box, pid 5), which had not "
         "renewed it for 8 s")
 
@@ -557,7 +571,7 @@ def test_an_unreadable_lease_is_taken_after_ttl_and_its_seq_restarts(
         a.acquire(wait=10, poll=0.25)
     assert clock.now == START + 0.25 + 0.5 and a.previous == "?"
     assert store.record()["seq"] == 1
-    assert [r.getMessage() for r in caplog.records] == [
+    assert messages(caplog) == [
         "took over the object store's lease from an unreadable lease, which had not renewed "
         "it for 0.5 s"]
 
