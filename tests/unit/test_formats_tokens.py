@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import json
+import os
 import re
 import stat
 import time
@@ -287,6 +288,21 @@ def test_a_secret_file_is_written_once_with_mode_0600(tmp_path: Path) -> None:
     assert tokens.read_or_create_secret(path, lambda: "other") == ("s3cret", False)
     path.write_text("  padded \n\n")
     assert tokens.read_or_create_secret(path, lambda: "other") == ("padded", False)
+
+
+def test_a_secret_is_on_disk_before_it_is_used(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "key"
+    synced: list[bytes] = []
+    fsync = os.fsync
+
+    def record(fd: int) -> None:  # what the file holds when it is synced
+        synced.append(path.read_bytes())
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", record)
+    assert tokens.read_or_create_secret(path, lambda: "s3cret") == ("s3cret", True)
+    assert synced == [b"s3cret\n"]
 
 
 def test_a_secret_created_meanwhile_is_read(tmp_path: Path) -> None:

@@ -130,6 +130,8 @@ def test_pinned_json_decodes(text: str, expected: Any) -> None:
     ('{"integer":"' + "z" * 50 + '"}', "invalid integer '" + "z" * 40 + "'"),
     ('{"base64":"-_8="}', "invalid base64 in blob argument"),  # the URL-safe alphabet
     ('{"base64":"AAE"}', "invalid base64 in blob argument"),
+    ('{"base64":"AAEC /w=="}', "invalid base64 in blob argument"),  # nothing is skipped
+    ('{"base64":"AAEC/w==!"}', "invalid base64 in blob argument"),
     ('{"float":"NaN"}', "unsupported argument value of type dict"),
     ('{"float":"infinity"}', "unsupported argument value of type dict"),
     ('{"integer":7}', "unsupported argument value of type dict"),
