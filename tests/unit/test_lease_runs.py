@@ -237,6 +237,9 @@ def test_held_for_three_quarters_of_ttl_from_the_start_of_the_write(
         store: Store, clock: Time, make: Callable[..., Lease]) -> None:
     a = make()
     assert not a.held()  # not before it is taken
+    clock.now = 0.0
+    assert not a.held()  # whatever the clock says
+    clock.now = START
     with pytest.raises(Fenced) as err:
         a.check()
     assert str(err.value) == ("this node does not hold the object store's lease: "
@@ -471,7 +474,7 @@ def test_a_live_lease_is_waited_for_up_to_lease_wait_then_store_in_use(
     a = make()
     with caplog.at_level(logging.WARNING, logger="shoal.lease"), \
             pytest.raises(ShoalError) as err:
-        a.acquire(wait=5, poll=1)
+        a.acquire(wait=5)  # polling once a second
     assert err.value.code == "STORE_IN_USE"
     assert err.value.message == ("the object store is in use by node b (host box, pid 5), "
                                  "which renewed its lease within the last 8 s; waited 5 s")
