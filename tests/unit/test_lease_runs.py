@@ -427,6 +427,8 @@ def test_release_stops_the_thread_and_marks_the_lease_released(
     a.release()
     assert a._thread is not None and not a._thread.is_alive()
     assert not a.held() and not a.lost
+    clock.now = 0.0
+    assert not a.held()  # at any clock
     raw = store.record()
     del raw["written_at"]
     assert raw == {"node": "a", "seq": 4, "ttl": 8.0, "host": HOST, "pid": PID,
