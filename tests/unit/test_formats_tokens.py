@@ -178,8 +178,8 @@ def test_claims_decode_to_a_principal(authority: TokenAuthority) -> None:
 def test_the_authorization_header(authority: TokenAuthority, clock: SimpleNamespace) -> None:
     for header in (f"Bearer {GOLDEN}", f"bearer {GOLDEN}", f"BEARER  {GOLDEN} "):
         assert authority.authenticate(header).subject == "tok_0123456789abcdef"
-    for header in (None, ""):
-        assert refused("UNAUTHORIZED", authority.authenticate, header) == "missing bearer token"
+    for missing in (None, ""):
+        assert refused("UNAUTHORIZED", authority.authenticate, missing) == "missing bearer token"
     for header in ("Bearer", "Bearer ", "Bearer   ", "Basic x", GOLDEN, f"Token {GOLDEN}"):
         assert refused("UNAUTHORIZED", authority.authenticate, header) == \
             "Authorization must be 'Bearer <token>'"

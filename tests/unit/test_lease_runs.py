@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,7 @@ from shoal.errors import ShoalError
 from shoal.metrics import METRICS
 from shoal.storage.base import Blob, NotFound
 from shoal.storage.fenced import Fenced
+from shoal.storage.file import FileStore
 from shoal.storage.memory import MemoryStore
 
 KEY = "node/lease.json"  # written out: the key is a format other nodes read
@@ -223,7 +225,7 @@ def test_a_record_is_a_frozen_value_not_released_by_default() -> None:
     record = Record("a", 1, 1.0)
     assert (record.host, record.pid, record.released) == ("", 0, False)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        record.seq = 2  # type: ignore[misc]
+        setattr(record, "seq", 2)  # noqa: B010 (the assignment a frozen dataclass refuses)
 
 
 def test_a_holder_is_named_by_node_host_and_pid() -> None:
@@ -654,3 +656,26 @@ def test_release_ends_an_acquire_that_is_waiting(
     with pytest.raises(ShoalError) as err:
         a.acquire(wait=60, poll=1)
     assert err.value.code == "STORE_IN_USE" and clock.now == START and clock.pauses == [1.0]
+
+
+# -- on the file store --------------------------------------------------------------------------
+
+def test_two_nodes_on_a_file_store(tmp_path: Path, clock: Time, leases: list[Lease]) -> None:
+    """The same run on the embedded default's store: its etags and conditions."""
+    store = FileStore(tmp_path / "store")
+    lost: list[str] = []
+    a = Lease(store, "a", TTL, lost.append, clock.clock, clock.wait)
+    b = Lease(FileStore(tmp_path / "store"), "b", TTL, lost.append, clock.clock, clock.wait)
+    leases += [a, b]
+    a.acquire(wait=0)
+    a.start()
+    clock.advance(10.0, a)
+    raw = json.loads((tmp_path / "store" / "node" / "lease.json").read_bytes())
+    assert (raw["node"], raw["seq"], raw["released"]) == ("a", 6, False)
+    a._stop.set()  # a stalls (its thread is gone): b takes over after ttl
+    assert a._thread is not None
+    a._thread.join(5)
+    b.acquire(wait=60, poll=1)
+    assert b.previous == "a" and clock.now == START + 10 + 8
+    a.renew()
+    assert lost == [f"the object store's lease is now held by node b (host {HOST}, pid {PID})"]
