@@ -418,6 +418,18 @@ def test_a_renewal_whose_answer_was_lost_goes_on_from_it(
     assert store.record()["seq"] == 4
 
 
+def test_a_node_taking_over_while_the_lost_answer_is_recognised_wins(
+        store: Store, make: Callable[..., Lease], lost: list[str]) -> None:
+    a = make()
+    a.acquire(wait=0)
+    store.plant("a", 2, host=HOST, pid=PID)  # seq 2 landed; its answer never came
+    store.before_put = [lambda: None,  # the renewal (its condition fails)
+                        lambda: store.plant("b", 3)]  # b, before the renewal from seq 2
+    a.renew()
+    assert a.lost and len(lost) == 1
+    assert store.record()["node"] == "b"  # not written over
+
+
 # -- release() ----------------------------------------------------------------------------------
 
 def test_release_stops_the_thread_and_marks_the_lease_released(
