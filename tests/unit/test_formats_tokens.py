@@ -6,6 +6,7 @@ read), and every verification outcome, access level and narrowing is written out
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -220,6 +221,13 @@ def test_levels_are_ordered_read_write_admin(have: str, want: str) -> None:
                 ("FORBIDDEN", f"token lacks {want} access"))
             assert err.value.status == 403
     assert Principal("t", None, have).can_write is (have != "read")
+
+
+def test_a_principal_is_a_frozen_value() -> None:
+    p = Principal("t", None, "read")
+    assert p.expires_at is None
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(p, "access", "admin")  # noqa: B010 (the assignment a frozen dataclass refuses)
 
 
 def test_scope_by_database() -> None:

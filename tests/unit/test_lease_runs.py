@@ -452,6 +452,19 @@ def test_release_stops_the_thread_and_marks_the_lease_released(
     assert store.landed == landed
 
 
+def test_release_after_an_unseen_takeover_leaves_the_new_holders_lease(
+        store: Store, make: Callable[..., Lease], caplog: pytest.LogCaptureFixture) -> None:
+    a = make()
+    a.acquire(wait=0)
+    store.plant("b", 2)  # b took over; a has not renewed since
+    with caplog.at_level(logging.WARNING, logger="shoal.lease"):
+        a.release()
+    assert store.record() == {"node": "b", "seq": 2, "ttl": 8.0, "host": "elsewhere", "pid": 7,
+                              "released": False}
+    assert [m.split(":")[0] for m in messages(caplog)] == [
+        "releasing the object store's lease failed"]
+
+
 def test_release_without_the_lease_writes_nothing(
         store: Store, make: Callable[..., Lease]) -> None:
     make().release()
