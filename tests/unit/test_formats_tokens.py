@@ -288,14 +288,18 @@ def test_the_cache_holds_4096_tokens_and_drops_the_oldest(
 
 # -- secrets and ids -------------------------------------------------------------------------
 
+def unused() -> str:
+    raise AssertionError("a secret was made though the file exists")
+
+
 def test_a_secret_file_is_written_once_with_mode_0600(tmp_path: Path) -> None:
     path = tmp_path / "key"
     assert tokens.read_or_create_secret(path, lambda: "s3cret") == ("s3cret", True)
     assert path.read_bytes() == b"s3cret\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert tokens.read_or_create_secret(path, lambda: "other") == ("s3cret", False)
+    assert tokens.read_or_create_secret(path, unused) == ("s3cret", False)
     path.write_text("  padded \n\n")
-    assert tokens.read_or_create_secret(path, lambda: "other") == ("padded", False)
+    assert tokens.read_or_create_secret(path, unused) == ("padded", False)
 
 
 def test_a_secret_is_on_disk_before_it_is_used(tmp_path: Path,
