@@ -628,12 +628,17 @@ def test_a_takeover_that_loses_the_race_waits_again(
 
 
 def test_a_write_answered_not_found_is_tried_again_at_once(
-        store: Store, clock: Time, make: Callable[..., Lease]) -> None:
+        store: Store, clock: Time, make: Callable[..., Lease],
+        caplog: pytest.LogCaptureFixture) -> None:
     store.plant("b", 1, released=True)
     store.puts_not_found = 1
+    store.put_takes = 8.0  # a slow store: the released lease has been seen for a ttl
     a = make()
-    a.acquire(wait=0)
-    assert a.held() and clock.pauses == [] and store.record()["seq"] == 2
+    with caplog.at_level(logging.WARNING, logger="shoal.lease"):
+        a.acquire(wait=0)
+    assert a.previous == "b" and clock.pauses == [] and store.record()["seq"] == 2
+    assert clock.now == START + 16  # two writes of 8 s: the lease is not held any more
+    assert caplog.records == []  # released, so not taken over: nothing to warn of
 
 
 def test_a_read_answered_not_found_is_a_missing_lease(
