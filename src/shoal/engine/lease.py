@@ -83,12 +83,16 @@ class Lease:
 
     def __init__(self, store: ObjectStore, node: str, ttl: float,
                  on_lost: Callable[[str], None],
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 wait: Callable[[threading.Event, float], bool] = threading.Event.wait):
         self.store = store
         self.node = node
         self.ttl = ttl
         self.on_lost = on_lost
         self.clock = clock
+        # wait(event, seconds): True if the event was set, False after the seconds passed
+        # (tests pass one that keeps time with their own clock)
+        self.wait = wait
         self.previous: str | None = None  # who wrote the lease before this node took it
         self.lost = False
         self._etag: str | None = None
@@ -156,7 +160,7 @@ class Lease:
                 continue
             except Exception as exc:  # the store failed: keep trying until the deadline
                 error = exc
-            if self.clock() >= deadline or self._stop.wait(poll):  # release() ends the wait
+            if self.clock() >= deadline or self.wait(self._stop, poll):  # release() ends the wait
                 break
         if error is not None:
             raise ShoalError("STORAGE_UNAVAILABLE",
@@ -197,7 +201,7 @@ class Lease:
 
     def _renewals(self) -> None:
         pause = self.ttl * RENEW_FRACTION
-        while not self._stop.wait(pause):
+        while not self.wait(self._stop, pause):
             try:
                 self.renew()
                 pause = self.ttl * RENEW_FRACTION
