@@ -7,13 +7,14 @@ numbers as literals: nothing here is imported from the module under test but the
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
 
 import pytest
 
 from shoal.log.errors import WalError
-from shoal.log.wal import WalReader, parse_header, read_commits
+from shoal.log.wal import WalReader, parse_header, read_commits, wal_checksum
 
 MAGIC_LE = 0x377F0682  # https://sqlite.org/fileformat2.html#walformat
 MAGIC_BE = 0x377F0683
@@ -128,7 +129,7 @@ def test_little_endian_magic_bytes(wal_path: Path) -> None:
 
 def test_header_fields(wal_path: Path) -> None:
     head = header(seq=7, salts=(1, 2), page_size=65536)
-    h = parse_header(head)
+    h = parse_header(head + b"\xff" * 40)  # only the first 32 bytes are the header
     assert (h.page_size, h.checkpoint_seq, h.salt1, h.salt2) == (65536, 7, 1, 2)
     assert h.checksum == struct.unpack(">2I", head[24:32])
 
@@ -236,8 +237,10 @@ def test_frames_after_the_last_commit_are_not_read(wal_path: Path, verify: bool)
     commits, pos = read_commits(wal, verify=verify)
     assert [c.end_frame for c in commits] == [2]
     assert pos is not None and pos.frames == 2
-    with pytest.raises(WalError, match=r"frames 3..4 are not a valid committed transaction"):
+    with pytest.raises(WalError) as info:
         read_commits(wal, max_frame=4, verify=verify)
+    assert str(info.value) == f"{wal}: frames 3..4 are not a valid committed transaction"
+    assert info.value.key == str(wal)
     with pytest.raises(WalError, match=r"frames 3..3 are not"):
         read_commits(wal, max_frame=3, verify=verify)
     assert read_commits(wal, max_frame=2, verify=verify)[1] == pos
@@ -249,8 +252,9 @@ def test_a_partial_last_frame_is_not_read(wal_path: Path, verify: bool) -> None:
     wal_path.write_bytes(bytes(wal.data[:-1]))
     commits, _ = read_commits(wal_path, verify=verify)
     assert [c.db_pages for c in commits] == [1]
-    with pytest.raises(WalError, match="WAL holds fewer than 2 frames"):
+    with pytest.raises(WalError) as info:
         read_commits(wal_path, max_frame=2, verify=verify)
+    assert str(info.value) == f"{wal_path}: WAL holds fewer than 2 frames"
     wal.write(wal_path)  # exactly whole frames: every one is read
     assert len(read_commits(wal_path, verify=verify)[0]) == 2
 
@@ -334,3 +338,28 @@ def test_new_salts_start_over(wal_path: Path, verify: bool) -> None:
     assert (reader.position.salt1, reader.position.salt2, reader.position.frames) == (9, 9, 1)
     reader.close()
     reader.close()  # closing twice is harmless
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_readers_close_what_they_open(wal_path: Path) -> None:
+    Wal().commit(1, db_size=1).write(wal_path)
+    before = open_fds()
+    read_commits(wal_path)
+    assert open_fds() == before
+    reader = WalReader(wal_path)
+    reader.read()
+    assert open_fds() == before + 1  # kept open between reads
+    reader.close()
+    assert open_fds() == before
+
+
+def test_defaults_verify_and_name_the_file(wal_path: Path) -> None:
+    Wal().commit(1, db_size=1).frame(2, 2, bad_sum=True).write(wal_path)
+    assert [c.db_pages for c in WalReader(wal_path).read()] == [1]
+    with pytest.raises(WalError, match=r"^-wal: bad WAL magic 0x0$"):
+        parse_header(bytes(32))
+    with pytest.raises(ValueError):  # the checksum runs over pairs of words
+        wal_checksum(bytes(12))
