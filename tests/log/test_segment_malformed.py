@@ -14,7 +14,7 @@ import pytest
 import zstandard
 
 from shoal.log.errors import CorruptObject
-from shoal.log.segment import Commit, decode_segment, read_header
+from shoal.log.segment import Commit, decode_segment, encode_segment, read_header
 
 KEY = "dbs/orders/main/log/00000001.seg"
 PAGE = 512
@@ -123,7 +123,9 @@ def test_the_trailer_covers_header_and_body() -> None:
 
 def test_a_body_that_is_not_zstd() -> None:
     err = corrupt_prefix(seal(header(1, 1, 1), body=b"not a zstd frame"))
-    assert err.startswith(f"segment {KEY} does not decompress: ")
+    with pytest.raises(zstandard.ZstdError) as zstd_error:
+        zstandard.ZstdDecompressor().decompress(b"not a zstd frame")
+    assert err == f"segment {KEY} does not decompress: {zstd_error.value}"
 
 
 def corrupt_prefix(data: bytes) -> str:
@@ -186,3 +188,28 @@ def test_a_page_of_the_declared_size_is_read_whole() -> None:
     assert [(p, bytes(b)) for p, b in c5.frames] == [(1, b"ab" * 512)]
     assert [(p, bytes(b)) for p, b in c6.frames] == [(3, b"c" * 1024)]
     assert c5.page_size == 1024 and isinstance(c5, Commit)
+
+
+# -- the writer's own refusals ----------------------------------------------------------------
+
+
+def test_encode_refusals_say_what_is_wrong() -> None:
+    def c(txid: int, body: bytes = page(1)) -> Commit:
+        return Commit(txid, 1.0, PAGE, 1, ((4, body),))
+
+    with pytest.raises(ValueError, match=r"^a segment holds at least one commit$"):
+        encode_segment([])
+    with pytest.raises(ValueError, match=r"^commits are not contiguous: 3 then 5$"):
+        encode_segment([c(3), c(5)])
+    with pytest.raises(ValueError, match=r"^txid 3: page 4 is 2 bytes, not 512$"):
+        encode_segment([c(3, b"ab")])
+
+
+def test_encode_takes_any_iterable() -> None:
+    commits = [Commit(t, 1.0, PAGE, 1, ((1, page(t)),)) for t in (1, 2)]
+    assert decode_segment(encode_segment(iter(commits)))[1] == commits
+
+
+def test_read_header_names_a_default_key() -> None:
+    with pytest.raises(CorruptObject, match=r"^segment segment is truncated \(3 bytes\)$"):
+        read_header(b"abc")
