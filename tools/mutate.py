@@ -73,7 +73,8 @@ MODULES: dict[str, tuple[str, ...]] = {
 DEFAULT = ("engine/lease.py", "engine/policy.py", "log/wal.py", "log/segment.py",
            "names.py", "tokens.py", "values.py")
 # Test files shared between modules: each one counts for a module only if it imports it.
-SHARED = ("tests/unit/test_formats*.py", "tests/log/test_*_malformed.py",
+SHARED = ("tests/unit/test_formats*.py", "tests/log/test_formats*.py",
+          "tests/log/test_*_malformed.py",
           "tests/unit/test_*_malformed.py")
 
 
