@@ -235,3 +235,21 @@ def test_usage_is_visible_within_five_seconds(start_server: Start, via: str) -> 
                 break
             assert time.monotonic() - done < 5, seen
             time.sleep(0.1)
+
+
+def test_usage_counts_each_query_once_across_flushes(start_server: Start) -> None:
+    """The counters move from memory to the catalog every 2 s: a read of usage (or of
+    /metrics) during that move must neither miss them nor count them twice."""
+    node = start_server()
+    who = tenant(node, "acme")
+    with client(node, who) as http, node.client() as admin:
+        ok(query(http, "acme", "CREATE TABLE t(v)"))
+        deadline = time.monotonic() + 4.5  # two flushes at least
+        expected = 1
+        while time.monotonic() < deadline:
+            ok(query(http, "acme", "INSERT INTO t VALUES (1)"))
+            expected += 1
+            usage = ok(http.get("/v1/databases/acme/usage"))
+            assert (usage["queries"], usage["rows_written"]) == (expected, expected - 1)
+            text = admin.get("/metrics").text
+            assert metric(text, "shoal_database_queries_total", "acme") == expected

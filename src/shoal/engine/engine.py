@@ -219,7 +219,10 @@ class Engine:
             self.quotas.set(name, decode_limits(body))
         self.quotas.load(self.catalog.windows())
         self.lifecycle.size_limit = lambda name: self.quotas.of(name).size_bytes
-        self._saved_usage = self.catalog.all_usage()  # refreshed at each flush (/metrics)
+        # (saved in the catalog, being saved): replaced whole at each flush, for /metrics
+        self._usage_base: tuple[dict[str, tuple[int, int, int]],
+                                dict[str, tuple[int, int, int]]] = (self.catalog.all_usage(), {})
+        self._usage_lock = asyncio.Lock()
         self._usage_registry = CollectorRegistry(auto_describe=False)  # for "*" admins
         self._usage_registry.register(UsageCollector(self._usage_now))
         self._sweeper: asyncio.Task[None] | None = None
@@ -344,7 +347,8 @@ class Engine:
                     await self._run(release_memory)
                 if time.monotonic() - last_flush >= USAGE_FLUSH_INTERVAL:
                     last_flush = time.monotonic()
-                    await self._run(self._save_usage, *self._take_usage())
+                    async with self._usage_lock:  # a reader sees counts once, saved or not
+                        await self._run(self._save_usage, *self._take_usage())
                 if self._registry is not None and \
                         time.monotonic() - last_retention >= RETENTION_INTERVAL and \
                         (self._retention is None or self._retention.done()):
@@ -667,6 +671,7 @@ class Engine:
             return {}, {}
         deltas = {k: (v[0], v[1], v[2]) for k, v in self.usage.items()}
         self.usage.clear()
+        self._usage_base = (self._usage_base[0], deltas)  # one assignment: /metrics reads it
         return deltas, self.quotas.saved()
 
     def _save_usage(self, deltas: dict[str, tuple[int, int, int]],
@@ -676,7 +681,7 @@ class Engine:
         with contextlib.suppress(ShoalError), self.disk.writes(refuse=False):
             self.catalog.add_usage(deltas)  # DISK_FULL: the node is read-only, these are lost
             self.catalog.save_windows(windows)
-        self._saved_usage = self.catalog.all_usage()
+        self._usage_base = (self.catalog.all_usage(), {})
 
     def usage_metrics(self) -> bytes:
         """Per-database usage as Prometheus text (database names: only for an admin of
@@ -685,10 +690,12 @@ class Engine:
 
     def _usage_now(self) -> dict[str, tuple[int, int, int]]:
         """Every database's usage: saved, plus what is still in memory (for /metrics)."""
-        out = dict(self._saved_usage)
-        for key, (read, written, queries) in list(self.usage.items()):
-            r, w, q = out.get(key, (0, 0, 0))
-            out[key] = (r + read, w + written, q + queries)
+        saved, in_flight = self._usage_base
+        out = dict(saved)
+        for counts in (in_flight, self.usage):
+            for key, (read, written, queries) in list(counts.items()):
+                r, w, q = out.get(key, (0, 0, 0))
+                out[key] = (r + read, w + written, q + queries)
         return out
 
     def _flush_usage(self) -> None:
@@ -704,8 +711,9 @@ class Engine:
         if branch != "main":
             await self._io(self.registry.branch, name, branch)  # BRANCH_NOT_FOUND
         key = name if branch == "main" else f"{name}/{branch}"
-        read, written, queries = await self._run(self.catalog.usage, key)
-        pending = self.usage.get(key, [0, 0, 0])
+        async with self._usage_lock:  # not while a flush moves counts from memory to disk
+            read, written, queries = await self._run(self.catalog.usage, key)
+            pending = list(self.usage.get(key, [0, 0, 0]))
         path = self.lifecycle.path(name, branch)
         size = sum(os.stat(f"{path}{suffix}").st_size for suffix in ("", "-wal", "-shm")
                    if os.path.exists(f"{path}{suffix}"))
