@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -442,8 +443,10 @@ def test_statement_timeout_beside_other_writes(quick: ServerProcess) -> None:
 
 
 # -- what SQL may do -------------------------------------------------------------------------
+# a name of this run's own: a file another run left (a mutation run, say) proves nothing here
+ATTACK_DB = f"/tmp/shoal-attack-{uuid.uuid4().hex}.db"
 NOT_ALLOWED = [
-    "ATTACH DATABASE '/tmp/shoal-attack.db' AS other",
+    f"ATTACH DATABASE '{ATTACK_DB}' AS other",
     "ATTACH ':memory:' AS other",
     "DETACH DATABASE main",
     "DETACH other",
@@ -504,7 +507,7 @@ def test_sql_not_allowed_for_every_token(server: ServerProcess, admin: httpx.Cli
             ok(admin.post(f"/v1/databases/{db}/transactions/{tx}/rollback"))
     assert rows(admin, db, "SELECT id, v FROM t") == [[1, "kept"]]
     assert rows(admin, db, "PRAGMA user_version") == [[0]]
-    assert not Path("/tmp/shoal-attack.db").exists()
+    assert not Path(ATTACK_DB).exists()
     assert_serving(admin, db)
 
 

@@ -106,7 +106,7 @@ def test_user_version_is_set(writer: Connection) -> None:
 @pytest.mark.parametrize(
     "sql",
     [
-        "ATTACH DATABASE '/tmp/shoal-attack.db' AS x",
+        "ATTACH DATABASE '/tmp/shoal-attack-unit.db' AS x",
         "ATTACH ':memory:' AS m",
         "DETACH DATABASE main",
         "PRAGMA journal_mode",
