@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.engine.quota import DatabaseLimits, Quotas, decode_limits
+from shoal.engine.quota import DatabaseLimits, Quotas, decode_limits, encode_limits
 from shoal.errors import ShoalError
 
 
@@ -91,3 +91,118 @@ def test_malformed_limits_are_invalid_requests(body: bytes) -> None:
 def test_limits_round_trip_through_a_record() -> None:
     limits = decode_limits(b'{"size_bytes": 65536, "queries_per_second": 2.5, "rows_read": null}')
     assert limits == decode_limits({"size_bytes": 65536, "queries_per_second": 2.5})
+
+
+def test_zero_and_the_smallest_size_are_valid_limits() -> None:
+    assert decode_limits(b'{"rows_read": 0, "size_bytes": 0}') == \
+        DatabaseLimits(size_bytes=0, rows_read=0)
+    assert decode_limits(b'{"size_bytes": 65536}').size_bytes == 65536
+    for bad in (b'{"size_bytes": 1}', b'{"size_bytes": 65535}', b'{"rows_read": -1}', b"{",
+                b'{"period": "day"}'):
+        with pytest.raises(ShoalError):
+            decode_limits(bad)
+    assert decode_limits(None) == DatabaseLimits()
+    assert decode_limits("{}") == DatabaseLimits()
+
+
+def test_limits_encode_only_what_is_set() -> None:
+    assert encode_limits(DatabaseLimits(size_bytes=65536, queries_per_second=2.5)) == \
+        {"size_bytes": 65536, "queries_per_second": 2.5}
+    assert encode_limits(DatabaseLimits()) == {}
+
+
+def test_effective_limits_as_usage_shows_them() -> None:
+    q = Quotas(DatabaseLimits(), max_transactions=64)
+    assert q.of("a").as_dict() == {"size_bytes": 0, "rows_read": 0, "rows_written": 0,
+                                   "period": 86400, "queries_per_second": 0.0,
+                                   "transactions": 64}
+    assert not q.of("a").metered
+    effective = q.set("a", DatabaseLimits(transactions=8, queries_per_second=1))
+    assert effective.transactions == 8 and effective.metered
+    assert q.of("a") is q.of("a")  # resolved once, until the limits change
+    q.set("a", DatabaseLimits(transactions=9))
+    assert q.of("a").transactions == 9
+
+
+def test_new_limits_start_a_new_bucket_and_forget_drops_everything() -> None:
+    now = [0.0]
+    q = Quotas(DatabaseLimits(), 64, monotonic=lambda: now[0])
+    q.set("a", DatabaseLimits(queries_per_second=1, rows_written=1, period=3600))
+    q.admit("a")
+    with pytest.raises(ShoalError):
+        q.admit("a")
+    q.set("a", DatabaseLimits(queries_per_second=1, rows_written=1, period=3600))
+    q.admit("a")  # a new bucket with the new limits
+    q.meter("a", 0, 1)
+    q.forget("a")
+    assert "a" not in q.own and "a" not in q.windows
+    q.admit("a", writes=True)  # no limits, no counts
+    q.admit_write("a")
+
+
+def test_the_bucket_refills_at_its_rate_up_to_one_second() -> None:
+    now = [100.0]
+    q = Quotas(DatabaseLimits(queries_per_second=2), 64, monotonic=lambda: now[0])
+    q.admit("a")
+    q.admit("a")
+    with pytest.raises(ShoalError) as err:
+        q.admit("a")
+    assert err.value.extra["retry_after"] == 0.5
+    now[0] += 0.5  # one more query's worth
+    q.admit("a")
+    with pytest.raises(ShoalError):
+        q.admit("a")
+    now[0] += 60  # a long pause fills the bucket to one second's worth, not more
+    q.admit("a")
+    q.admit("a")
+    with pytest.raises(ShoalError):
+        q.admit("a")
+    slow = Quotas(DatabaseLimits(queries_per_second=0.5), 64, monotonic=lambda: now[0])
+    slow.admit("b")  # below one per second the bucket still holds one
+    with pytest.raises(ShoalError) as err:
+        slow.admit("b")
+    assert err.value.extra["retry_after"] == 2.0
+
+
+def test_reads_are_refused_at_the_limit_and_writes_only_when_writing() -> None:
+    clock = Clock(1_000_000.0)
+    q = Quotas(DatabaseLimits(), 64, clock)
+    q.set("a", DatabaseLimits(rows_read=5, rows_written=2, period=3600))
+    q.meter("a", 4, 2)
+    q.admit("a")  # 4 of 5 read: still allowed
+    with pytest.raises(ShoalError) as err:
+        q.admit("a", writes=True)  # writes: the written limit is used
+    assert err.value.extra["limit"] == "rows_written"
+    q.meter("a", 1, 0)
+    with pytest.raises(ShoalError) as err:
+        q.admit("a")  # exactly at the limit
+    assert err.value.extra == {"limit": "rows_read", "value": 5, "used": 5,
+                               "resets_at": "1970-01-12T14:00:00Z", "retry_after": 800.0}
+    only_writes = Quotas(DatabaseLimits(rows_written=1, period=3600), 64, clock)
+    only_writes.meter("b", 100, 1)
+    only_writes.admit("b")  # reading is not limited
+    with pytest.raises(ShoalError):
+        only_writes.admit("b", writes=True)
+
+
+def test_a_database_without_limits_is_not_counted() -> None:
+    q = Quotas(DatabaseLimits(), 64)
+    q.meter("a", 10, 10)
+    assert q.windows == {} and q.saved() == {}
+    q.set("b", DatabaseLimits(size_bytes=65536))  # its own limits, but none metered
+    q.admit("b", writes=True)
+    q.meter("b", 1, 1)
+    assert q.period_of("b")["rows_read"] == 1
+
+
+def test_periods_start_at_multiples_of_their_length() -> None:
+    clock = Clock(86400 * 3 + 5.0)
+    q = Quotas(DatabaseLimits(rows_read=10), 64, clock)  # the default period: a day
+    q.meter("a", 3, 0)
+    assert q.period_of("a") == {"start": "1970-01-04T00:00:00Z",
+                                "resets_at": "1970-01-05T00:00:00Z",
+                                "rows_read": 3, "rows_written": 0}
+    clock.now = 86400 * 4.0  # exactly the next period
+    assert q.period_of("a")["rows_read"] == 0
+    q.meter("a", 1, 0)
+    assert q.saved() == {"a": (86400 * 4.0, 1, 0)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shoal.server.hrana_proto import HranaError
-from shoal.server.quota import Quota
+from shoal.server.quota import Quota, size
 from shoal.settings import load
 
 
@@ -60,3 +60,59 @@ def test_zero_is_no_cap() -> None:
     for _ in range(10_000):
         h.add_stream()
     assert h.streams == 10_000
+
+
+def test_counts_go_back_down_exactly_and_vanish_at_zero() -> None:
+    q = quota(max_streams_per_token=3, max_held_bytes_per_token=100)
+    h = q.holder("alice", "orders")
+    h.drop_stream()  # nothing held: nothing given back
+    assert not q.streams and h.streams == 0
+    h.add_stream()
+    h.add_stream()
+    assert q.streams == {("token", "alice"): 2, ("db", "orders"): 2, ("node", ""): 2}
+    h.drop_stream()
+    assert q.streams == {("token", "alice"): 1, ("db", "orders"): 1, ("node", ""): 1}
+    assert h.streams == 1
+    h.drop_stream()
+    assert q.streams == {} and h.streams == 0  # keys at zero are removed, not kept at 0
+    h.hold(30)
+    h.free(0)
+    assert q.bytes[("token", "alice")] == 30 and h.bytes == 30
+    h.free(10)
+    assert q.bytes == {("token", "alice"): 20, ("db", "orders"): 20, ("node", ""): 20}
+    h.add_stream()
+    h.add_stream()
+    h.release()  # every stream and byte at once
+    assert q.streams == {} and q.bytes == {} and (h.streams, h.bytes) == (0, 0)
+    h.release()  # twice is harmless
+    assert q.streams == {} and q.bytes == {}
+
+
+@pytest.mark.parametrize(("caps", "whose"), [
+    ({"max_streams_per_token": 1}, "the token is at max_streams_per_token (1)"),
+    ({"max_streams_per_database": 1}, "the database is at max_streams_per_database (1)"),
+    ({"max_streams": 1}, "the node is at max_streams (1)"),
+])
+def test_each_refusal_names_its_cap(caps: dict[str, int], whose: str) -> None:
+    q = quota(**caps)
+    q.holder("alice", "orders").add_stream()
+    with pytest.raises(HranaError) as info:
+        q.holder("alice", "orders").add_stream()
+    assert info.value.message == whose
+    assert sum(q.streams.values()) == 3  # the refused one took nothing
+
+
+def test_a_refused_hold_takes_nothing_and_the_cap_is_inclusive() -> None:
+    q = quota(max_held_bytes_per_token=100, max_held_bytes_per_database=1000,
+              max_held_bytes=1000)
+    h = q.holder("alice", "orders")
+    h.hold(100)  # exactly the cap is allowed
+    with pytest.raises(HranaError) as info:
+        h.hold(1)
+    assert info.value.message == "the token is at max_held_bytes_per_token (100)"
+    assert q.bytes == {("token", "alice"): 100, ("db", "orders"): 100, ("node", ""): 100}
+
+
+def test_size_is_memory_not_length() -> None:
+    assert size("") > 0 and size(b"") > 0
+    assert size("x" * 1000) >= 1000 and size(b"x" * 1000) >= 1000

@@ -119,10 +119,12 @@ class Quotas:
     """The node's per-database limits and their meters (event loop only)."""
 
     def __init__(self, defaults: DatabaseLimits, max_transactions: int,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic):
         self.defaults = defaults
         self.max_transactions = max_transactions
-        self.clock = clock
+        self.clock = clock  # periods: wall time
+        self.monotonic = monotonic  # the rate bucket
         self.own: dict[str, DatabaseLimits] = {}  # databases with limits of their own
         self.windows: dict[str, Window] = {}
         self._buckets: dict[str, _Bucket] = {}
@@ -212,7 +214,7 @@ class Quotas:
                                  limits)
 
     def _take(self, name: str, rate: float) -> None:
-        now = time.monotonic()
+        now = self.monotonic()
         burst = max(rate, 1.0)
         b = self._buckets.get(name)
         if b is None:
