@@ -25,20 +25,22 @@ CONDITION = "memory"
 RESUME = 0.9  # of the ceiling: where new work is taken again
 AUTO_SHARE = 0.8  # of the machine's (or the cgroup's) memory, when max_memory_bytes is 0
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+STATM = "/proc/self/statm"
+CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
 
 
-def resident() -> int:
+def resident(statm: str = STATM) -> int:
     """This process's resident memory in bytes (0 where /proc is not there)."""
     try:
-        with open("/proc/self/statm", "rb") as fh:
+        with open(statm, "rb") as fh:
             return int(fh.read().split()[1]) * _PAGE
     except (OSError, IndexError, ValueError):
         return 0
 
 
-def available() -> int:
+def available(limits: tuple[str, ...] = CGROUP_LIMITS) -> int:
     """Memory the process may use: the cgroup's limit if one is set, else the machine's."""
-    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+    for path in limits:
         try:
             with open(path) as fh:
                 raw = fh.read().strip()
