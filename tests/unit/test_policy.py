@@ -208,6 +208,9 @@ def test_internal_statements_bypass_the_authorizer(writer: Connection) -> None:
         "PRAGMA user_version = 5",
         "VACUUM",
         "VACUUM INTO '/tmp/shoal-vacuum-into.db'",
+        "VACUUM INTO 'copy.db'",
+        "PRAGMA optimize(0x10002)",
+        "INSERT INTO t(v) VALUES ('x')",
     ],
 )
 def test_writes_on_a_reader_move_to_the_writer(reader: Connection, sql: str) -> None:

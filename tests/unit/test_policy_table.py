@@ -14,7 +14,7 @@ from pathlib import Path
 import apsw
 import pytest
 
-from shoal.engine.connection import SCHEMA, Connection, Limits, NeedsWriter, Statement
+from shoal.engine.connection import SCHEMA, Connection, Limits, Statement
 from shoal.engine.policy import Guard
 from shoal.errors import ShoalError
 
@@ -436,18 +436,6 @@ def test_vacuum_into_is_refused(writer: Connection, tmp_path: Path) -> None:
 
 
 # -- readers: read-only is query_only, not the authorizer ------------------------------------------
-
-
-@pytest.mark.parametrize("sql", [
-    "INSERT INTO t(v) VALUES ('x')",
-    "PRAGMA user_version = 5",
-    "PRAGMA optimize(0x10002)",
-    "VACUUM INTO 'copy.db'",
-    "CREATE TABLE r(a)",
-])
-def test_writes_on_a_reader_go_to_the_writer(reader: Connection, sql: str) -> None:
-    with pytest.raises(NeedsWriter):
-        run(reader, sql)
 
 
 def test_a_reader_stays_query_only(reader: Connection) -> None:

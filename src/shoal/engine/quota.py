@@ -200,7 +200,7 @@ class Quotas:
             if limits.rows_read and w.rows_read >= limits.rows_read:
                 raise self._over(name, "rows_read", limits.rows_read, w.rows_read, w, limits)
             if writes:
-                self.admit_write(name)
+                self._check_written(name, limits, w)
 
     def admit_write(self, name: str) -> None:
         """Before a write: QUOTA_EXCEEDED once the period's rows written reached the limit."""
@@ -208,10 +208,12 @@ class Quotas:
             return
         limits = self.of(name)
         if limits.rows_written:
-            w = self.window(name, limits.period)
-            if w.rows_written >= limits.rows_written:
-                raise self._over(name, "rows_written", limits.rows_written, w.rows_written, w,
-                                 limits)
+            self._check_written(name, limits, self.window(name, limits.period))
+
+    def _check_written(self, name: str, limits: Effective, w: Window) -> None:
+        if limits.rows_written and w.rows_written >= limits.rows_written:
+            raise self._over(name, "rows_written", limits.rows_written, w.rows_written, w,
+                             limits)
 
     def _take(self, name: str, rate: float) -> None:
         now = self.monotonic()
