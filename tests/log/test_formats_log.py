@@ -20,11 +20,14 @@ import apsw
 import zstandard
 
 from shoal.engine.database import make_bookmark, read_bookmark
+from shoal.log.branch import Incarnation, Record, decode_record
+from shoal.log.layout import database_key, timeline_key
 from shoal.log.segment import Commit, decode_segment, encode_segment
 from shoal.log.segment import read_header as read_segment_header
 from shoal.log.snapshot import encode_snapshot, write_image
 from shoal.log.snapshot import read_header as read_snapshot_header
 from shoal.log.wal import parse_header, wal_checksum
+from shoal.storage.memory import MemoryStore
 
 # -- segments ---------------------------------------------------------------------------------
 
@@ -152,6 +155,33 @@ def test_bookmarks_are_pinned() -> None:
     found = read_bookmark("b3JkZXJzL21haW4vNDI")
     assert (found.database, found.branch, found.txid, found.timeline) == \
         ("orders", "main", 42, None)
+
+
+# -- the database record: the catalog every node reads ------------------------------------------
+
+DATABASE_RECORD = (
+    b'{"branches": {"main": {"created_at": 1700000000.5, "fork_txid": 0, "parent": null, '
+    b'"timeline": "0011223344556677"}}, "created_at": 1700000000.5, "deleted": '
+    b'[{"branches": {"main": {"created_at": 1600000000.0, "fork_txid": 0, "parent": null, '
+    b'"timeline": "8899aabbccddeeff"}}, "created_at": 1600000000.0, "deleted_at": '
+    b'1650000000.0, "incarnation": "0a0b0c0d0e0f"}], "incarnation": "a1a2a3a4a5a6", '
+    b'"limits": {"rows_read": 1000}, "name": "orders"}')
+
+
+def test_the_database_record_is_pinned() -> None:
+    main = {"created_at": 1700000000.5, "fork_txid": 0, "parent": None,
+            "timeline": "0011223344556677"}
+    old = {"created_at": 1600000000.0, "fork_txid": 0, "parent": None,
+           "timeline": "8899aabbccddeeff"}
+    record = Record("orders", Incarnation("a1a2a3a4a5a6", 1700000000.5, {"main": main},
+                                          limits={"rows_read": 1000}),
+                    (Incarnation("0a0b0c0d0e0f", 1600000000.0, {"main": old}, 1650000000.0),))
+    assert record.encode() == DATABASE_RECORD
+    back = decode_record(MemoryStore(), "orders", DATABASE_RECORD, "e1")
+    assert back == record and back.branch("main").timeline == "0011223344556677"
+    assert database_key("orders") == "catalog/databases/orders.json"
+    assert timeline_key("orders", "0011223344556677") == \
+        "dbs/orders/timelines/0011223344556677.json"
 
 
 # -- SQLite's WAL: the numbers come from SQLite's file format, not from us ------------------------

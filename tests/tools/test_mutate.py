@@ -107,3 +107,20 @@ def test_rescore_applies_the_harmless_list_as_it_is_now(tmp_path: Path) -> None:
     assert status["delete `return True`"] == ("killed", None)  # the marker names its kind
     # harmless: the marked one and the log call (not in the log: it stays pending)
     assert (result.count("killed"), result.count("survived"), result.harmless) == (1, 1, 2)
+
+
+def test_a_marker_on_a_comment_line_just_above_counts_for_the_statement(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "m.py").write_text(
+        "def f(x):\n"
+        "    # mutate: harmless compare (a reason above)\n"
+        "    if x > 1:\n"
+        "        return 1\n"
+        "    # an ordinary comment\n"
+        "    return x == 2\n")
+    found = {m.description: m.harmless for m in mutate.list_mutants(tmp_path, "pkg", "m.py")
+             if m.kind == "compare"}
+    assert found == {"`>` -> `>=` in `x > 1`": "a reason above",
+                     "`>` -> `<=` in `x > 1`": "a reason above",
+                     "`==` -> `!=` in `x == 2`": None}

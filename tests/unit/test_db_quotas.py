@@ -206,3 +206,48 @@ def test_periods_start_at_multiples_of_their_length() -> None:
     assert q.period_of("a")["rows_read"] == 0
     q.meter("a", 1, 0)
     assert q.saved() == {"a": (86400 * 4.0, 1, 0)}
+
+
+def test_limits_of_the_wrong_type_are_invalid_requests() -> None:
+    for body in ({"size_bytes": "big"}, {"period": [60]}, {"rows_read": 1.5}):
+        with pytest.raises(ShoalError) as err:
+            decode_limits(body)  # a dict goes through msgspec.convert: a ValidationError
+        assert err.value.code == "INVALID_REQUEST" and "limits" in err.value.message
+
+
+def _refusals(limit: str) -> float:
+    from shoal.metrics import METRICS
+    return METRICS.quota_refusals.labels(limit)._value.get()  # type: ignore[attr-defined]
+
+
+def test_each_refusal_is_counted_with_its_limit_and_an_exact_retry_after() -> None:
+    clock = Clock(3600.0 * 10 + 3599.12345)  # 0.87655 s before the period's end
+    now = [0.0]
+    q = Quotas(DatabaseLimits(), 64, clock, monotonic=lambda: now[0])
+    q.set("a", DatabaseLimits(rows_read=1, rows_written=1, period=3600, queries_per_second=3))
+    before = {k: _refusals(k) for k in ("rows_read", "rows_written", "queries_per_second")}
+    q.admit("a")
+    q.meter("a", 1, 1)
+    with pytest.raises(ShoalError) as err:
+        q.admit("a")
+    assert err.value.extra["retry_after"] == 0.877  # rounded to the millisecond, under 1 s
+    with pytest.raises(ShoalError):
+        q.admit_write("a")
+    now[0] = 0.0
+    q.set("b", DatabaseLimits(queries_per_second=3))
+    for _ in range(3):
+        q.admit("b")
+    now[0] = 1 / 7  # 3/7 of a token back: the next one is 4/21 s away
+    with pytest.raises(ShoalError) as err:
+        q.admit("b")
+    assert err.value.extra["retry_after"] == 0.19
+    after = {k: _refusals(k) for k in before}
+    assert {k: after[k] - before[k] for k in before} == {
+        "rows_read": 1, "rows_written": 1, "queries_per_second": 1}
+
+
+def test_a_database_without_a_window_shows_zero_counts() -> None:
+    q = Quotas(DatabaseLimits(rows_read=5), 64, Clock(100.0))
+    assert q.period_of("never") == {"start": "1970-01-01T00:00:00Z",
+                                    "resets_at": q.period_of("never")["resets_at"],
+                                    "rows_read": 0, "rows_written": 0}

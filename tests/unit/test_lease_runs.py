@@ -709,3 +709,14 @@ def test_two_nodes_on_a_file_store(tmp_path: Path, clock: Time, leases: list[Lea
     assert b.previous == "a" and clock.now == START + 10 + 8
     a.renew()
     assert lost == [f"the object store's lease is now held by node b (host {HOST}, pid {PID})"]
+
+
+def test_a_lost_race_to_a_lease_released_meanwhile_takes_it_without_waiting(
+        store: Store, clock: Time, make: Callable[..., Lease]) -> None:
+    store.plant("b", 1, released=True)
+    a = make()
+    # b comes back, takes its lease and releases it again between a's read and a's write:
+    # a's write fails its If-Match, and the lease it reads again at once is free
+    store.before_put = [lambda: store.plant("b", 2, released=True)]
+    a.acquire(wait=5, poll=1)
+    assert clock.pauses == [] and a.held() and store.record()["seq"] == 3

@@ -96,7 +96,7 @@ class Lease:
         self.previous: str | None = None  # who wrote the lease before this node took it
         self.lost = False
         self._etag: str | None = None
-        self._seq = 0
+        self._seq = 0  # mutate: harmless (acquire sets it before anything reads it)
         self._held_until = 0.0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -156,7 +156,7 @@ class Lease:
                         return
                     continue
                 error = None
-            except (PreconditionFailed, NotFound):
+            except NotFound:  # a write's If-Match on a key the store lost (S3): read again
                 continue
             except Exception as exc:  # the store failed: keep trying until the deadline
                 error = exc

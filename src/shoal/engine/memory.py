@@ -19,11 +19,12 @@ import os
 from shoal.engine.health import DEGRADED, Health
 from shoal.errors import ShoalError
 
-log = logging.getLogger("shoal.memory")
+log = logging.getLogger("shoal.memory")  # mutate: harmless (the logger's name)
 
 CONDITION = "memory"
 RESUME = 0.9  # of the ceiling: where new work is taken again
 AUTO_SHARE = 0.8  # of the machine's (or the cgroup's) memory, when max_memory_bytes is 0
+# mutate: harmless constant (the fallback where there is no sysconf: not on Linux)
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 STATM = "/proc/self/statm"
 CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")

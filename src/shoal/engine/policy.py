@@ -27,8 +27,9 @@ READABLE_PRAGMAS = frozenset({
     "user_version", "optimize",
 })
 # Settable ones live in the database file (transactional) or reset at commit.
+# (foreign_keys is IGNORED_SETTINGS' below: setting it is accepted and does nothing.)
 SETTABLE_PRAGMAS = frozenset({"application_id", "user_version", "defer_foreign_keys",
-                              "foreign_keys", "optimize"})
+                              "optimize"})
 
 # Per-connection settings a client may send (migration tools do) but that must not
 # change a pooled connection for later requests: accepted and ignored. Foreign keys
@@ -65,7 +66,8 @@ _DENIED_FUNCTIONS = frozenset({"load_extension", "readfile", "writefile", "edit"
 # Guard.reason code of a denied transaction statement; Connection turns it into
 # TransactionControl (public code SQL_NOT_ALLOWED).
 TRANSACTION_CONTROL = "TRANSACTION_CONTROL"
-_SAVEPOINT_VERBS = {"BEGIN": "SAVEPOINT", "RELEASE": "RELEASE", "ROLLBACK": "ROLLBACK TO"}
+# SQLITE_SAVEPOINT's p1 -> the verb as written (BEGIN is SAVEPOINT, the default below).
+_SAVEPOINT_VERBS = {"RELEASE": "RELEASE", "ROLLBACK": "ROLLBACK TO"}
 
 
 class Denied(Exception):

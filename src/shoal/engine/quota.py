@@ -188,11 +188,12 @@ class Quotas:
 
     def admit(self, name: str, writes: bool = False) -> None:
         """Before a query: RATE_LIMITED or QUOTA_EXCEEDED if the database is over a limit."""
+        # The early returns are fast paths: the checks after them find nothing to refuse.
         if not (self.limited or name in self.own):
-            return
+            return  # mutate: harmless (a fast path)
         limits = self.of(name)
         if not limits.metered:
-            return
+            return  # mutate: harmless (a fast path)
         if limits.queries_per_second:
             self._take(name, limits.queries_per_second)
         if limits.rows_read or (writes and limits.rows_written):
@@ -205,7 +206,7 @@ class Quotas:
     def admit_write(self, name: str) -> None:
         """Before a write: QUOTA_EXCEEDED once the period's rows written reached the limit."""
         if not (self.limited or name in self.own):
-            return
+            return  # mutate: harmless (a fast path)
         limits = self.of(name)
         if limits.rows_written:
             self._check_written(name, limits, self.window(name, limits.period))

@@ -136,6 +136,7 @@ def _read(fd: int, name: str, since: WalPosition | None, max_frame: int | None,
     frame_size = FRAME_HEADER_SIZE + header.page_size
     offset = HEADER_SIZE + since.frames * frame_size
     if max_frame is None:
+        # mutate: harmless constant (a read of 1 byte past the end returns nothing too)
         data = os.pread(fd, max(0, os.fstat(fd).st_size - offset), offset)
     else:
         if max_frame < since.frames:
