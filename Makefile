@@ -36,7 +36,7 @@ typecheck: $(STAMP)
 # MODULE=all for every module in tools/mutate.py's table, JOBS=N workers (default: CPUs).
 # Survivors and the summary go to mutants/ (git-ignored).
 mutate: $(STAMP)
-	$(BIN)/python -m tools.mutate $(if $(filter all,$(MODULE)),--all,$(if $(MODULE),--module $(MODULE))) $(if $(JOBS),-j $(JOBS)) $(ARGS)
+	$(BIN)/python -m tools.mutate $(if $(filter all,$(MODULE)),--all,$(foreach m,$(MODULE),--module $(m))) $(if $(JOBS),-j $(JOBS)) $(ARGS)
 
 # Shoal against PostgreSQL, PgBouncer, Datasette, SQLite and litestream: installs what it
 # needs (apt-get, pip), writes bench/REPORT.md. ARGS=--quick for a run under 5 minutes.

@@ -69,7 +69,8 @@ MODULES: dict[str, tuple[str, ...]] = {
     "server/quota.py": ("tests/unit/test_quota*.py",),
     "engine/memory.py": ("tests/unit/test_memory*.py",),
     "storage/fenced.py": ("tests/storage/test_fenced*.py",),
-    "storage/file.py": ("tests/storage/test_object_store.py", "tests/storage/test_file*.py"),
+    "storage/file.py": ("tests/storage/test_object_store.py", "tests/storage/test_file*.py",
+                        "tests/storage/test_probe.py"),
     "server/gate.py": ("tests/unit/test_gate*.py",),
     "engine/disk.py": ("tests/unit/test_disk*.py",),
 }
@@ -125,6 +126,11 @@ HARMLESS: tuple[Harmless, ...] = (
     Harmless("log/wal.py", "constant", r"page_size > 65536 or page_size & \(page_size - 1\)",
              "p & (p - 2) is 0 for p >= 512 exactly when p is a power of two, as p & (p - 1)",
              mutation=r"`1` -> `2`"),
+    Harmless("storage/file.py", "constant", r'base = prefix\.rsplit\("/", 1\)\[0\] if "/" in',
+             "a listing walks a wider folder; the prefix filter keeps the same keys",
+             mutation=r"`1` -> `2`|`'/'` -> "),
+    Harmless("storage/file.py", "delete", r"^\s*return None$",
+             "_current_etag's last line: falling off the end returns None too"),
     Harmless("log/segment.py", "constant", r"^LEVEL = 1\b",
              "zstd's level: every level decodes to the same bytes"),
     Harmless("tokens.py", "constant", r"^ACCESS_LEVELS = ",
@@ -150,7 +156,9 @@ HARMLESS: tuple[Harmless, ...] = (
     Harmless("values.py", "constant", r'"Infinity" if value > 0 else',
              "only an infinity reaches it: > 0 and > 1 agree on both"),
 )
-MARKER = re.compile(r"#\s*mutate:\s*harmless\b(?:\s+(\w+))?\s*\(([^)]*)\)")
+# `# mutate: harmless [kind [word]] (reason)`: the word, if given, must be one of the
+# mutation's own terms (`drop NotADirectoryError`: only that entry's drop; `compare >=`).
+MARKER = re.compile(r"#\s*mutate:\s*harmless\b(?:\s+(\w+))?(?:\s+([^\s(]+))?\s*\(([^)]*)\)")
 
 _FLIPS: dict[type[ast.cmpop], tuple[type[ast.cmpop], ...]] = {
     ast.Lt: (ast.LtE, ast.GtE), ast.LtE: (ast.Lt, ast.Gt),
@@ -412,8 +420,10 @@ def harmless_reason(module: str, site: Site, lines: Sequence[str]) -> str | None
         span = [lines[above], *span]
     for text in span:
         found = MARKER.search(text)
-        if found and found.group(1) in (None, site.kind):
-            return found.group(2).strip() or "marked harmless"
+        change = re.split(r" (?:in|from) `", site.description)[0]  # not the context after it
+        if found and found.group(1) in (None, site.kind) and \
+                (found.group(2) is None or f"`{found.group(2)}`" in change):
+            return found.group(3).strip() or "marked harmless"
     first = lines[site.line - 1] if 0 < site.line <= len(lines) else ""
     for rule in HARMLESS:
         if (rule.module in ("*", module) and rule.kind in ("*", site.kind)

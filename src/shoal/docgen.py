@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shoal.errors import _SQLITE_STATUS, CODES, SQLITE_HINTS
-from shoal.settings import SETTINGS
+from shoal.settings import SETTINGS, Setting
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -22,8 +22,19 @@ def settings_table() -> str:
     for s in SETTINGS:
         default = "(generated)" if s.secret else f"`{s.default}`"
         rows.append(f"| `{s.name}` | `SHOAL_{s.name.upper()}` | {s.type.__name__} | "
-                    f"{default} | {s.help} |")
+                    f"{default} | {s.help}{_allowed(s)} |")
     return "\n".join(rows)
+
+
+def _allowed(s: Setting) -> str:
+    """The values a setting accepts, as the loader checks them."""
+    if s.choices:
+        return " One of " + ", ".join(f"`{c}`" for c in s.choices) + "."
+    if s.minimum is not None:
+        return f" At least {s.minimum:g}."
+    if s.above is not None:
+        return f" Above {s.above:g}."
+    return ""
 
 
 def errors_table() -> str:

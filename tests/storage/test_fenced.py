@@ -67,3 +67,16 @@ def test_closing_closes_the_inner_store() -> None:
 
     FencedStore(Closing(), Check()).close()
     assert closed == [True]
+
+
+def test_the_probe_reaches_the_inner_store_whatever_the_lease() -> None:
+    probed: list[bool] = []
+
+    class Probed(MemoryStore):
+        def probe(self) -> None:
+            probed.append(True)
+
+    check = Check()
+    check.held = False
+    FencedStore(Probed(), check).probe()
+    assert probed == [True] and check.calls == 0

@@ -124,3 +124,18 @@ def test_a_marker_on_a_comment_line_just_above_counts_for_the_statement(tmp_path
     assert found == {"`>` -> `>=` in `x > 1`": "a reason above",
                      "`>` -> `<=` in `x > 1`": "a reason above",
                      "`==` -> `!=` in `x == 2`": None}
+
+
+def test_a_marker_may_name_the_one_mutation_it_covers(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "m.py").write_text(
+        "def f(x):\n"
+        "    try:\n"
+        "        return int(x)\n"
+        "    except (ValueError, TypeError):  # mutate: harmless drop TypeError (a reason)\n"
+        "        return 0\n")
+    found = {m.description: m.harmless for m in mutate.list_mutants(tmp_path, "pkg", "m.py")
+             if m.kind == "drop"}
+    assert found == {"drop `ValueError` from tuple `(ValueError, TypeError)`": None,
+                     "drop `TypeError` from tuple `(ValueError, TypeError)`": "a reason"}

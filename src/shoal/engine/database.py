@@ -66,6 +66,7 @@ from shoal.engine.connection import (
 from shoal.engine.journal import CheckpointBlocked
 from shoal.errors import ShoalError, from_sqlite
 from shoal.metrics import METRICS
+from shoal.settings import Settings
 from shoal.storage.fenced import Fenced
 
 if TYPE_CHECKING:
@@ -239,7 +240,7 @@ class Transaction:
 class Database:
     """One open branch. Create with :meth:`open`; all methods run on the event loop."""
 
-    def __init__(self, name: str, branch: str, path: str, settings: Any, executor: Executor):
+    def __init__(self, name: str, branch: str, path: str, settings: Settings, executor: Executor):
         self.name = name
         self.branch = branch
         self.path = path

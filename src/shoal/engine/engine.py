@@ -178,7 +178,7 @@ class Engine:
                                       self.lease.node)
         self.catalog = Catalog(str(self.root / "catalog.db"))
         self.admin_token_path: Path | None = None
-        admin = settings.admin_token
+        admin = settings.admin_token or ""  # unset: generated once, kept in the data directory
         if not admin:
             self.admin_token_path = self.root / "admin-token"
         revoked: set[str] = set()

@@ -21,8 +21,9 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from shoal.settings import Settings
 from shoal.storage.fenced import Fenced
 
 if TYPE_CHECKING:
@@ -121,7 +122,7 @@ class Watch:
     (``log_conflict``). Each poll costs a clock read and a few attribute reads per open
     branch; nothing here touches the store."""
 
-    def __init__(self, health: Health, lease: Lease | None, settings: Any,
+    def __init__(self, health: Health, lease: Lease | None, settings: Settings,
                  clock: Callable[[], float] = time.monotonic):
         self.health = health
         self.lease = lease

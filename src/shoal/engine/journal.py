@@ -47,7 +47,7 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import apsw
 
@@ -60,6 +60,7 @@ from shoal.log.shipper import Shipper
 from shoal.log.snapshot import SnapshotPolicy, take_snapshot
 from shoal.log.timeline import Timeline, Writer, fence
 from shoal.metrics import METRICS
+from shoal.settings import Settings
 from shoal.storage.base import ObjectStore
 
 if TYPE_CHECKING:
@@ -132,7 +133,7 @@ class Stores:
 class Journal:
     """One open branch's link to the commit log. Create, then :meth:`start` once open."""
 
-    def __init__(self, stores: Stores, name: str, state: LogState, path: str, settings: Any,
+    def __init__(self, stores: Stores, name: str, state: LogState, path: str, settings: Settings,
                  executor: Executor, node: str = ""):
         self.stores = stores
         self.node = node  # named on the timeline's record when this node takes it

@@ -1,8 +1,9 @@
 """Scale to zero: open a branch on its first request, close it when idle or least recently used.
 
 A closed database holds no connection, task or file handle: only its files on
-disk and its catalog rows remain. Opening is a few hundred microseconds, done
-inline so that a request never waits on a thread to find its database.
+disk and its catalog rows remain. Opening runs on the branch's I/O lane (SQLite
+reads the whole schema when a connection opens, and a store-backed node reads the
+branch's records first), so the event loop only awaits it.
 
 With a commit log (``registry``), opening may first restore the branch's file
 from the object store, and closing first ships what is pending: both are
@@ -21,12 +22,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shoal.engine.database import Database
 from shoal.engine.pool import lane_of
 from shoal.errors import ShoalError, disk_errors
 from shoal.metrics import METRICS
+from shoal.settings import Settings
 
 if TYPE_CHECKING:
     from shoal.engine.registry import Registry
@@ -66,7 +68,7 @@ async def drain(db: Database, timeout: float, flush: bool = True, keep: bool = T
 
 
 class Lifecycle:
-    def __init__(self, root: Path, settings: Any, executor: Executor, names: set[str],
+    def __init__(self, root: Path, settings: Settings, executor: Executor, names: set[str],
                  registry: Registry | None = None):
         self.root = root
         self.settings = settings

@@ -7,8 +7,9 @@ is refused for everyone. Read-only access is enforced by ``PRAGMA query_only``
 on reader connections, not here.
 
 Internal statements (BEGIN, SAVEPOINT, bookkeeping) run with
-``guard.internal`` set and are never put in apsw's statement cache, because
-the authorizer only runs when a statement is prepared.
+``guard.internal`` set. The authorizer only runs when a statement is prepared,
+so apsw's statement cache keeps an internal statement only if it carries the
+per-process secret tag that no user can send (``Connection.internal``).
 """
 
 from __future__ import annotations

@@ -86,6 +86,7 @@ from shoal.log.timeline import (
     load_timeline,
 )
 from shoal.metrics import METRICS
+from shoal.settings import Settings
 from shoal.storage.base import NotFound, PreconditionFailed
 
 log = logging.getLogger("shoal.registry")
@@ -188,7 +189,7 @@ class BranchView:
 
 
 class Registry:
-    def __init__(self, stores: Stores, settings: Any, executor: Executor, scratch: Path,
+    def __init__(self, stores: Stores, settings: Settings, executor: Executor, scratch: Path,
                  node: str = ""):
         self.stores = stores
         self.store = stores.store

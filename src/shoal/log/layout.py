@@ -1,4 +1,5 @@
-"""Where the log keeps things in the object store: every key is built and parsed here.
+"""Where the log keeps things in the object store: every key of the log is built and parsed
+here (the catalog's other keys are engine/registry.py's, the lease's engine/lease.py's).
 
 ::
 

@@ -45,7 +45,7 @@ from shoal.storage.base import NotFound, ObjectStore
 # holds 32 connections). Memory stays bounded by bytes, not count: at most PREFETCH_BYTES
 # of listed (compressed) segment bytes are downloaded ahead, plus the segment being
 # applied, decoded: at most max_segment_bytes (8 MiB) of pages for a shipped segment,
-# compaction.MAX_PAGE_BYTES (32 MiB) for a compacted one.
+# compaction.MAX_PAGE_BYTES (16 MiB) for a compacted one.
 PREFETCH = 16
 PREFETCH_BYTES = 32 << 20
 

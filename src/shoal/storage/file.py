@@ -108,6 +108,7 @@ class FileStore:
     def _current_etag(self, path: Path) -> str | None:
         try:
             return content_etag(path.read_bytes())
+        # mutate: harmless drop NotADirectoryError (put made the parent folder: not reached)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
 
