@@ -37,9 +37,8 @@ SELECT = [Statement("SELECT v FROM t ORDER BY rowid")]
 async def failing_store(tmp_path: Path, limit: int) -> AsyncIterator[
         tuple[Database, MemoryStore, FaultyStore]]:
     """An open branch whose shipper uploads through a store that fails every call."""
-    settings = settings_mod.load(environ={
-        "SHOAL_DATA": str(tmp_path / "data"), "SHOAL_SYNC_INTERVAL": "0.01",
-        "SHOAL_MAX_UNSHIPPED_BYTES": str(limit)})
+    settings = settings_mod.Settings(data=str(tmp_path / "data"), sync_interval=0.01,
+                                     max_unshipped_bytes=limit)
     store = MemoryStore()
     faulty = FaultyStore(store, rate=1.0, seed=3)
     faulty.enabled = False  # healthy while the database is created and opened

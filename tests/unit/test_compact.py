@@ -166,8 +166,7 @@ def test_open_read_transactions_refuse_compaction_before_it_changes_anything(
 
 def test_a_local_only_database_compacts(tmp_path: Path) -> None:
     async def body() -> None:
-        env = {"SHOAL_DATA": str(tmp_path / "data")}
-        settings = settings_mod.load(environ=env)
+        settings = settings_mod.Settings(data=str(tmp_path / "data"))
         path = tmp_path / "plain.db"
         db = Database("plain", "main", str(path), settings, ThreadPoolExecutor(2))
         await db.open()

@@ -31,10 +31,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 @asynccontextmanager
 async def opened(tmp_path: Path, **overrides: Any) -> AsyncIterator[Database]:
-    env = {"SHOAL_DATA": str(tmp_path), "SHOAL_BUSY_TIMEOUT": "0.3",
-           "SHOAL_STATEMENT_TIMEOUT": "2"}
-    env.update({f"SHOAL_{k.upper()}": str(v) for k, v in overrides.items()})
-    settings = settings_mod.load(environ=env)
+    settings = settings_mod.Settings(**{"data": str(tmp_path), "busy_timeout": 0.3,
+                                        "statement_timeout": 2.0, **overrides})
     executor = ThreadPoolExecutor(8)
     db = Database("orders", "main", str(tmp_path / "main.db"), settings, executor)
     await db.open()

@@ -36,9 +36,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 @asynccontextmanager
 async def registry(tmp_path: Path, fence: Callable[[], None] = lambda: None,
                    **overrides: Any) -> AsyncIterator[tuple[Registry, MemoryStore]]:
-    env = {"SHOAL_DATA": str(tmp_path / "data"), "SHOAL_SYNC_INTERVAL": "0.01"}
-    env.update({f"SHOAL_{k.upper()}": str(v) for k, v in overrides.items()})
-    settings = settings_mod.load(environ=env)
+    settings = settings_mod.Settings(**{"data": str(tmp_path / "data"), "sync_interval": 0.01,
+                                        **overrides})
     store = MemoryStore()
     sql, io = ThreadPoolExecutor(4), ThreadPoolExecutor(4)
     reg = Registry(Stores(store, store, io, fence), settings, sql, tmp_path / "scratch")

@@ -29,9 +29,8 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
 
 
 def make_settings(tmp_path: Path, **overrides: Any) -> settings_mod.Settings:
-    env = {"SHOAL_DATA": str(tmp_path / "data"), "SHOAL_ADMIN_TOKEN": "admin-token-for-tests"}
-    env.update({f"SHOAL_{k.upper()}": str(v) for k, v in overrides.items()})
-    return settings_mod.load(environ=env)
+    return settings_mod.Settings(**{"data": str(tmp_path / "data"),
+                                    "admin_token": "admin-token-for-tests", **overrides})
 
 
 @asynccontextmanager

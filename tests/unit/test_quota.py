@@ -6,11 +6,11 @@ import pytest
 
 from shoal.server.hrana_proto import HranaError
 from shoal.server.quota import Quota, size
-from shoal.settings import load
+from shoal.settings import Settings
 
 
 def quota(**caps: int) -> Quota:
-    return Quota(load(overrides=caps, environ={}))
+    return Quota(Settings(**caps))
 
 
 def test_a_token_at_its_stream_cap_refuses_only_itself() -> None:

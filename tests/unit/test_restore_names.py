@@ -20,7 +20,7 @@ NOW = 1_795_000_000.0  # 2026-11-18 11:06:40 UTC
 
 @pytest.fixture
 def reg(tmp_path: Path) -> Registry:
-    settings = settings_mod.load(environ={"SHOAL_DATA": str(tmp_path / "data")})
+    settings = settings_mod.Settings(data=str(tmp_path / "data"))
     store = MemoryStore()
     pool = ThreadPoolExecutor(1)
     reg = Registry(Stores(store, store, pool), settings, pool, tmp_path / "scratch")

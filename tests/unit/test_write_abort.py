@@ -11,14 +11,14 @@ import pytest
 from shoal.engine.connection import Statement
 from shoal.engine.database import Database
 from shoal.errors import ShoalError
-from shoal.settings import load
+from shoal.settings import Settings
 
 ENDLESS_INSERT = ("INSERT INTO t(v) WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1"
                   " FROM r) SELECT x FROM r")
 
 
 def _db(tmp_path: Path) -> Database:
-    settings = load(environ={"SHOAL_STATEMENT_TIMEOUT": "0.2", "SHOAL_DATA": str(tmp_path)})
+    settings = Settings(statement_timeout=0.2, data=str(tmp_path))
     return Database("d", "main", str(tmp_path / "d.db"), settings, ThreadPoolExecutor(4))
 
 
