@@ -46,7 +46,7 @@ import httpx
 import msgspec
 
 from shoal import __version__
-from shoal.values import encode as encode_value
+from shoal.wire import encode as encode_value
 
 if TYPE_CHECKING:
     from shoal.dbapi import Connection
