@@ -20,16 +20,16 @@ from rich.text import Text
 
 from shoal import settings as settings_mod
 from shoal.client import (
+    DEFAULT_URL,
     Client,
+    ClientError,
     Result,
-    ShoalError,
     Transaction,
     from_json,
     split_sql,
     transaction_control,
 )
 
-DEFAULT_URL = "http://127.0.0.1:8080"
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 HISTORY_FILE = "~/.shoal_history"
 
@@ -140,7 +140,7 @@ def _client_command(func: ClientCommand) -> Callable[[argparse.Namespace], int]:
         try:
             with client:
                 return func(args, client, Output(args.json))
-        except ShoalError as exc:
+        except ClientError as exc:
             print_error(exc.code, exc.message, exc.hint, exc.statement)
         except UsageError as exc:
             print_error("USAGE", str(exc))
@@ -429,7 +429,7 @@ class Shell:
         for statement in split_sql(text):
             try:
                 self.run(statement)
-            except ShoalError as exc:
+            except ClientError as exc:
                 if self.tx is not None and self.tx.done:
                     self.tx = None
                     self.out.message("the transaction has ended")
@@ -494,7 +494,7 @@ class Shell:
                     self.out.message("\n".join(sql))
             else:
                 self.fail("USAGE", f"unknown command {command}; try .help")
-        except ShoalError as exc:
+        except ClientError as exc:
             self.fail(exc.code, exc.message, exc.hint)
         return True
 
@@ -509,7 +509,7 @@ class Shell:
             try:
                 tx.rollback()
                 self.out.message("rolled back the open transaction")
-            except ShoalError as exc:
+            except ClientError as exc:
                 self.fail(exc.code, exc.message, exc.hint)
 
 

@@ -163,7 +163,7 @@ def test_close_rolls_back_and_refuses_further_use(server: ServerProcess, url: st
         cur.execute("SELECT 1")
     with pytest.raises(dbapi.ProgrammingError, match="closed"):
         c.cursor()
-    with client.connect(url, server.admin_token) as again:
+    with dbapi.connect(url, server.admin_token) as again:
         assert again.execute("SELECT count(*) FROM t").fetchone() == (0,)
         closed = again.cursor()
         closed.close()
