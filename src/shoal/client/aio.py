@@ -14,7 +14,7 @@ from typing import Any, Literal, TypeVar
 
 import httpx
 
-from shoal.client.calls import DEFAULT_TIMEOUT, BaseClient, Call, Plan, TxState
+from shoal.client.calls import DEFAULT_TIMEOUT, BaseClient, BaseTransaction, Call, Plan
 from shoal.client.codec import Args, StatementLike
 from shoal.client.errors import ClientError, transport_error
 from shoal.client.results import Result
@@ -154,7 +154,7 @@ class AsyncClient(BaseClient):
         return await self._send(self._history(database, branch))
 
 
-class AsyncTransaction(TxState):
+class AsyncTransaction(BaseTransaction):
     """An asyncio interactive transaction."""
 
     _client: AsyncClient

@@ -3,7 +3,7 @@
 A :class:`Call` is one HTTP request and how to read its answer; a :data:`Plan` is a flow of
 several (pagination). :class:`BaseClient` builds them from the client's settings, so the
 blocking and the asyncio client differ only in how they send a call (``_send``) and run a
-plan (``_run``); :class:`TxState` is the same for their transactions.
+plan (``_run``); :class:`BaseTransaction` is the same for their transactions.
 
 Where a call goes: its database is the one it names, else the client's; its branch is the
 one it names, else the client's when the call is on the client's database, else ``main``.
@@ -304,7 +304,7 @@ class BaseClient:
             cursor = page.next_cursor
 
 
-class TxState:
+class BaseTransaction:
     """What both transaction kinds know: their database and branch, id and outcome.
 
     The database and branch are fixed when the transaction is made: the server ties a

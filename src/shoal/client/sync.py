@@ -10,7 +10,7 @@ from typing import Any, Literal, TypeVar
 
 import httpx
 
-from shoal.client.calls import DEFAULT_TIMEOUT, BaseClient, Call, Plan, TxState
+from shoal.client.calls import DEFAULT_TIMEOUT, BaseClient, BaseTransaction, Call, Plan
 from shoal.client.codec import Args, StatementLike
 from shoal.client.errors import ClientError, transport_error
 from shoal.client.results import Result
@@ -177,7 +177,7 @@ class Client(BaseClient):
         return self._send(self._history(database, branch))
 
 
-class Transaction(TxState):
+class Transaction(BaseTransaction):
     """A blocking interactive transaction; every call is one request on the client's pool."""
 
     _client: Client
