@@ -20,16 +20,16 @@ from rich.text import Text
 
 from shoal import settings as settings_mod
 from shoal.client import (
+    DEFAULT_URL,
     Client,
+    ClientError,
     Result,
-    ShoalError,
     Transaction,
     from_json,
     split_sql,
     transaction_control,
 )
 
-DEFAULT_URL = "http://127.0.0.1:8080"
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 HISTORY_FILE = "~/.shoal_history"
 
@@ -82,7 +82,9 @@ def _common_options() -> argparse.ArgumentParser:
 
 CLIENT_EPILOG = f"""\
 server and token:
-  --url, else $SHOAL_URL, else {DEFAULT_URL}.
+  --url, else $SHOAL_URL, else {DEFAULT_URL}. A URL naming a branch
+  (.../db/NAME/branches/BRANCH) makes it the branch of NAME that commands use
+  unless --branch says otherwise.
   --token, else $SHOAL_TOKEN. With neither, when the URL is local (127.0.0.1,
   localhost, ::1), the admin token is read from ./shoal-data/admin-token
   ($SHOAL_DATA/admin-token when SHOAL_DATA is set) if that file exists.
@@ -140,7 +142,7 @@ def _client_command(func: ClientCommand) -> Callable[[argparse.Namespace], int]:
         try:
             with client:
                 return func(args, client, Output(args.json))
-        except ShoalError as exc:
+        except ClientError as exc:
             print_error(exc.code, exc.message, exc.hint, exc.statement)
         except UsageError as exc:
             print_error("USAGE", str(exc))
@@ -366,7 +368,7 @@ def _sql(args: argparse.Namespace, client: Client, out: Output) -> int:
         raise UsageError("--arg needs a single statement; this SQL holds "
                          f"{len(statements)}")
     items: list[Any] = [(statements[0], values)] if values else statements
-    out.results(client.batch(items, database=args.database))
+    out.results(client.batch(items, database=args.database, branch=args.branch))
     return 0
 
 
@@ -384,17 +386,19 @@ end an interactive transaction on the server.
 class Shell:
     """Reads statements until ';', runs them, draws results; dot-commands for the schema."""
 
-    def __init__(self, client: Client, database: str, out: Output):
+    def __init__(self, client: Client, database: str, branch: str, out: Output):
         self.client = client
         self.database = database
+        self.branch = branch
+        self.name = database if branch == "main" else f"{database}/{branch}"
         self.out = out
         self.tx: Transaction | None = None
         self.errors = 0
 
     def prompt(self, continuing: bool) -> str:
         if continuing:
-            return " " * max(len(self.database) - 2, 0) + "...> "
-        return f"{self.database}{'*' if self.tx else ''}> "
+            return " " * max(len(self.name) - 2, 0) + "...> "
+        return f"{self.name}{'*' if self.tx else ''}> "
 
     def loop(self, read: Callable[[str], str]) -> None:
         """Until EOF or .quit: ``read(prompt)`` gives a line or raises EOFError."""
@@ -429,7 +433,7 @@ class Shell:
         for statement in split_sql(text):
             try:
                 self.run(statement)
-            except ShoalError as exc:
+            except ClientError as exc:
                 if self.tx is not None and self.tx.done:
                     self.tx = None
                     self.out.message("the transaction has ended")
@@ -441,7 +445,7 @@ class Shell:
             if self.tx is not None:
                 self.fail("USAGE", "a transaction is already open")
                 return
-            tx = self.client.transaction(database=self.database)
+            tx = self.client.transaction(database=self.database, branch=self.branch)
             tx.begin()
             self.tx = tx
             self.out.message(f"transaction {tx.id} open ({tx.mode}); COMMIT or ROLLBACK ends it")
@@ -463,7 +467,7 @@ class Shell:
     def execute(self, sql: str, args: list[Any] | None = None) -> Result:
         if self.tx is not None:
             return self.tx.execute(sql, args)
-        return self.client.execute(sql, args, database=self.database)
+        return self.client.execute(sql, args, database=self.database, branch=self.branch)
 
     def dot(self, line: str) -> bool:
         """Run a dot-command; False means leave the shell."""
@@ -494,7 +498,7 @@ class Shell:
                     self.out.message("\n".join(sql))
             else:
                 self.fail("USAGE", f"unknown command {command}; try .help")
-        except ShoalError as exc:
+        except ClientError as exc:
             self.fail(exc.code, exc.message, exc.hint)
         return True
 
@@ -509,7 +513,7 @@ class Shell:
             try:
                 tx.rollback()
                 self.out.message("rolled back the open transaction")
-            except ShoalError as exc:
+            except ClientError as exc:
                 self.fail(exc.code, exc.message, exc.hint)
 
 
@@ -537,11 +541,17 @@ def _terminal() -> Callable[[str], str]:
 
 
 def _shell(args: argparse.Namespace, client: Client, out: Output) -> int:
-    client.database(args.database)  # fail early on a wrong name or token
+    database, branch = client.resolve(args.database, args.branch)
+    where = f"{client.url}/db/{database}"
+    if branch == "main":
+        client.database(database)  # fail early on a wrong name or token
+    else:
+        client.branch(branch, database=database)
+        where += f"/branches/{branch}"
     interactive = sys.stdin.isatty()
-    shell = Shell(client, args.database, out)
+    shell = Shell(client, database, branch, out)
     if interactive:
-        out.message(f"shoal shell on {client.url}/db/{args.database}; .help for help")
+        out.message(f"shoal shell on {where}; .help for help")
     shell.loop(_terminal() if interactive else _stdin_lines())
     return 1 if shell.errors and not interactive else 0
 
@@ -645,6 +655,12 @@ def _history(args: argparse.Namespace, client: Client, out: Output) -> int:
     return 0
 
 
+def _branch_option(p: argparse.ArgumentParser, text: str) -> None:
+    """--branch: which branch of the command's database; the URL's branch of it by default."""
+    p.add_argument("--branch", default=None, metavar="BRANCH",
+                   help=f"{text} (default: the URL's branch of that database, else main)")
+
+
 def _add_branch_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                          common: argparse.ArgumentParser) -> None:
     branch = sub.add_parser("branch", help="create, list, delete and reset branches")
@@ -679,14 +695,14 @@ def _add_branch_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("database")
     p.add_argument("--to", required=True, metavar="TIMESTAMP|BOOKMARK",
                    help="an ISO 8601 time (UTC unless it names a zone) or a bookmark")
-    p.add_argument("--branch", default="main", help="the branch to restore (default main)")
+    _branch_option(p, "the branch to restore")
     p.add_argument("--keep-as", default=None, metavar="NAME",
                    help="name of the branch keeping the state before (default: generated)")
     p.set_defaults(func=_client_command(_restore))
 
     p = _client_parser(sub, "history", common, "the restorable window of a branch")
     p.add_argument("database")
-    p.add_argument("--branch", default="main")
+    _branch_option(p, "the branch whose history to show")
     p.set_defaults(func=_client_command(_history))
 
 
@@ -719,7 +735,7 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p = _client_parser(dbs, "compact", common, "give a database's free pages back (VACUUM; "
                                                "needs admin; its writes wait while it runs)")
     p.add_argument("name")
-    p.add_argument("--branch", default="main", help="the branch to compact (default main)")
+    _branch_option(p, "the branch to compact")
     p.set_defaults(func=_client_command(_db_compact))
     p = _client_parser(dbs, "delete", common, "delete a database (restorable for the "
                                               "node's history_retention unless --purge)")
@@ -740,12 +756,14 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--arg", action="append", default=[], metavar="VALUE",
                    help="a value for the next '?' (repeat); JSON when it parses as JSON "
                         "(42, null, \"007\", {\"base64\": \"AAE=\"}), else the text itself")
+    _branch_option(p, "the branch to run on")
     p.set_defaults(func=_client_command(_sql))
 
     p = _client_parser(sub, "shell", common,
                        "interactive SQL shell (history in ~/.shoal_history); "
                        "reads stdin when it is not a terminal")
     p.add_argument("database")
+    _branch_option(p, "the branch to work on")
     p.set_defaults(func=_client_command(_shell))
 
     token = sub.add_parser("token", help="create and revoke access tokens")

@@ -12,11 +12,12 @@
     cur.execute("SELECT * FROM t WHERE name = :name", {"name": "a"})
     print(cur.fetchall(), cur.description)
 
-**Where the database is named.** ``connect(url, token=None, database=None)``: ``url`` is
-``http(s)://host:port[/prefix]`` with ``database=NAME``, or names the database itself:
-``http(s)://host:port[/prefix]/db/NAME``, ``shoal://host:port/NAME`` (HTTP) or
-``shoals://host/NAME`` (HTTPS). ``url`` and ``token`` default to ``$SHOAL_URL`` and
-``$SHOAL_TOKEN``.
+**Where the database is named.** ``connect(url, token=None, database=None, branch=None)``:
+``url`` is ``http(s)://host:port[/prefix]`` with ``database=NAME``, or names the database
+itself: ``http(s)://host:port[/prefix]/db/NAME``, ``shoal://host:port/NAME`` (HTTP) or
+``shoals://host/NAME`` (HTTPS). A branch other than ``main`` is ``branch=BRANCH`` or the
+URL's ``/db/NAME/branches/BRANCH`` (``shoal://host/NAME/branches/BRANCH``). ``url`` and
+``token`` default to ``$SHOAL_URL`` and ``$SHOAL_TOKEN``.
 
 **Transactions** follow ``sqlite3``. By default (``isolation_level=""``, legacy control) an
 ``INSERT``/``UPDATE``/``DELETE``/``REPLACE`` opens an interactive transaction on the server
@@ -32,7 +33,7 @@ rolled back by the server after its ``transaction_timeout``; the next call then 
 server transaction each); parameters are ``None``, ``int``, ``float``, ``str``, bytes-like,
 and ``date``/``datetime`` (bound as ISO 8601 text, as sqlite3's default adapters did).
 Errors carry the server's ``code``, ``extended_code`` (also ``sqlite_errorname``) and the
-original :class:`shoal.client.ShoalError` as ``__cause__``.
+original :class:`shoal.client.ClientError` as ``__cause__``.
 """
 
 from __future__ import annotations
@@ -178,7 +179,7 @@ _SHOAL_ERRORS: dict[str, type[Error]] = {
 }
 
 
-def _translate(exc: _client.ShoalError) -> Error:
+def _translate(exc: _client.ClientError) -> Error:
     """The PEP 249 exception for a client error, keeping its code and details."""
     code = exc.code
     if code.startswith("SQLITE_"):
@@ -338,7 +339,7 @@ class Connection:
         tx = self._client.transaction()
         try:
             tx.begin()
-        except _client.ShoalError as exc:
+        except _client.ClientError as exc:
             raise _translate(exc) from exc
         self._tx = tx
 
@@ -351,7 +352,7 @@ class Connection:
                 tx.commit()
             else:
                 tx.rollback()
-        except _client.ShoalError as exc:
+        except _client.ClientError as exc:
             raise _translate(exc) from exc
 
     def commit(self) -> None:
@@ -406,7 +407,7 @@ class Connection:
                     results += self._tx.batch(chunk)
                 else:
                     results += self._client.batch(chunk)
-        except _client.ShoalError as exc:
+        except _client.ClientError as exc:
             if self._tx is not None and self._tx.done:  # expired on the server
                 self._tx = None
             raise _translate(exc) from exc
@@ -572,7 +573,7 @@ class Cursor:
 
 
 def connect(url: str | None = None, token: str | None = None, database: str | None = None, *,
-            isolation_level: str | None = "",
+            branch: str | None = None, isolation_level: str | None = "",
             autocommit: bool | int = LEGACY_TRANSACTION_CONTROL,
             timeout: float = _client.DEFAULT_TIMEOUT) -> Connection:
     """Open a connection; see the module docstring for URL forms and transaction control.
@@ -580,7 +581,7 @@ def connect(url: str | None = None, token: str | None = None, database: str | No
     No request is sent until the first statement (the API is stateless), but a missing
     database name is refused here.
     """
-    http = _client.Client(url, token, database=database, timeout=timeout)
+    http = _client.Client(url, token, database=database, branch=branch, timeout=timeout)
     if not http.default_database:
         http.close()
         raise InterfaceError("no database: pass database=NAME or a URL ending in /db/NAME")

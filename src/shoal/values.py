@@ -1,23 +1,13 @@
-"""SQLite values <-> JSON, lossless both ways.
+"""JSON arguments -> SQLite values, as the server binds them (errors are the server's).
 
-JSON has one number type and no bytes, so the native API encodes:
-
-==================  =====================================================
-SQLite              JSON
-==================  =====================================================
-NULL                ``null``
-INTEGER             a number when ``|n| <= 2**53``, else ``{"integer": "<decimal>"}``
-REAL                a number; infinities as ``{"float": "Infinity"}`` / ``"-Infinity"``
-TEXT                a string
-BLOB                ``{"base64": "<standard base64>"}``
-==================  =====================================================
-
-Arguments accept the same forms; ``true``/``false`` bind as 1/0 and
-``{"integer"}`` is accepted at any size that fits 64 bits. ``ArgValue`` is an
-argument as request types decode it: its nesting is bounded (three containers
-deep), so that a body nested thousands deep is refused as it is decoded, in
-linear time, instead of recursing (deeper than any argument form, shallow enough
-that every malformed argument still reaches :func:`decode` and its message).
+The forms are :mod:`shoal.wire`'s, which writes values (results, and the client's
+arguments) without importing the server. Arguments accept the same forms;
+``true``/``false`` bind as 1/0 and ``{"integer"}`` is accepted at any size that
+fits 64 bits. ``ArgValue`` is an argument as request types decode it: its nesting
+is bounded (three containers deep), so that a body nested thousands deep is refused
+as it is decoded, in linear time, instead of recursing (deeper than any argument
+form, shallow enough that every malformed argument still reaches :func:`decode` and
+its message).
 """
 
 from __future__ import annotations
@@ -27,51 +17,13 @@ import math
 from typing import Any
 
 from shoal.errors import ShoalError
-
-SAFE_INT = 2**53
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-
-SQLValue = None | int | float | str | bytes
+from shoal.wire import INT64_MAX, INT64_MIN, SQLValue
 
 _Leaf = None | bool | int | float | str
 _Depth1 = _Leaf | list[_Leaf] | dict[str, _Leaf]
 _Depth2 = _Leaf | list[_Depth1] | dict[str, _Depth1]
 ArgValue = _Leaf | list[_Depth2] | dict[str, _Depth2]
 Args = list[ArgValue] | dict[str, ArgValue]
-
-
-def encode(value: SQLValue) -> Any:
-    """One SQLite value as JSON-ready data."""
-    t = type(value)
-    if t is str or value is None:
-        return value
-    if t is int:
-        assert isinstance(value, int)
-        return value if -SAFE_INT <= value <= SAFE_INT else {"integer": str(value)}
-    if t is float:
-        assert isinstance(value, float)
-        if math.isinf(value):
-            return {"float": "Infinity" if value > 0 else "-Infinity"}
-        return value
-    if t is bytes:
-        assert isinstance(value, bytes)
-        return {"base64": base64.b64encode(value).decode("ascii")}
-    raise TypeError(f"not an SQLite value: {t.__name__}")
-
-
-def encode_row(row: tuple[SQLValue, ...]) -> list[Any]:
-    """A row as a JSON-ready list; the common all-simple row costs one pass."""
-    out: list[Any] = list(row)
-    for i, v in enumerate(out):
-        t = type(v)
-        if t is str or v is None:
-            continue
-        if t is int and -SAFE_INT <= v <= SAFE_INT:
-            continue
-        if t is float and not math.isinf(v):
-            continue
-        out[i] = encode(v)
-    return out
 
 
 def _bad(message: str) -> ShoalError:

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from shoal import cli
+from shoal.client import Client
 from tests.support.server import ServerProcess
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -179,6 +180,95 @@ def test_shell_errors_and_open_transaction(shoal: Run, admin: httpx.Client,
     assert _rows(admin, db, "SELECT count(*) FROM t") == [[0]]
     unfinished = shoal("shell", db, input="SELECT 1\n")
     assert unfinished.returncode == 1 and "error INCOMPLETE" in unfinished.stderr
+
+
+def _branched(admin: httpx.Client, db: str) -> str:
+    """A table with one row on main, then branch preview-42 of it."""
+    _rows(admin, db, "CREATE TABLE t (v TEXT)")
+    _rows(admin, db, "INSERT INTO t VALUES ('main')")
+    r = admin.post(f"/v1/databases/{db}/branches", json={"name": "preview-42"})
+    assert r.status_code == 201, r.text
+    return "preview-42"
+
+
+def _branch_rows(admin: httpx.Client, db: str, branch: str) -> Any:
+    r = admin.post(f"/v1/databases/{db}/branches/{branch}/query",
+                   json={"statements": ["SELECT v FROM t ORDER BY rowid"]})
+    assert r.status_code == 200, r.text
+    return r.json()["results"][0]["rows"]
+
+
+def test_sql_and_shell_reach_a_branch(shoal: Run, server: ServerProcess, admin: httpx.Client,
+                                      new_db: Callable[[], str]) -> None:
+    db = new_db()
+    branch = _branched(admin, db)
+    made = shoal("sql", db, "INSERT INTO t VALUES ('sql')", "--branch", branch)
+    assert made.returncode == 0, made.stderr
+    shell = shoal("shell", db, "--branch", branch, input="BEGIN;\nINSERT INTO t VALUES "
+                  "('shell');\nCOMMIT;\n.tables\n")
+    assert shell.returncode == 0 and "committed" in shell.stdout and "t\n" in shell.stdout
+    # The URL's branch is the default for its database; --branch main and another
+    # database still reach their main.
+    at_branch = _env(SHOAL_URL=f"{server.url}/db/{db}/branches/{branch}",
+                     SHOAL_TOKEN=server.admin_token)
+    assert shoal("sql", db, "INSERT INTO t VALUES ('url')", env=at_branch).returncode == 0
+    listed = _json(shoal("sql", db, "SELECT v FROM t ORDER BY rowid", "--json", env=at_branch))
+    assert listed["results"][0]["rows"] == [["main"], ["sql"], ["shell"], ["url"]]
+    short = _env(SHOAL_URL=f"shoal://127.0.0.1:{server.port}/{db}/branches/{branch}",
+                 SHOAL_TOKEN=server.admin_token)
+    piped = shoal("shell", db, input="SELECT count(*) AS n FROM t;\n", env=short)
+    assert piped.returncode == 0 and "│ 4 │" in piped.stdout
+    main = _json(shoal("sql", db, "SELECT v FROM t", "--branch", "main", "--json",
+                       env=at_branch))
+    assert main["results"][0]["rows"] == [["main"]]
+    assert _rows(admin, db, "SELECT v FROM t") == [["main"]]
+    other = new_db()
+    _rows(admin, other, "CREATE TABLE t (v TEXT)")
+    assert shoal("sql", other, "INSERT INTO t VALUES ('x')", env=at_branch).returncode == 0
+    assert _rows(admin, other, "SELECT v FROM t") == [["x"]]
+    # A branch that is not there: the code, exit 1, from sql and from the shell's first look.
+    for command in (["sql", db, "SELECT 1"], ["shell", db]):
+        missing = shoal(*command, "--branch", "nope", input="")
+        assert missing.returncode == 1
+        assert missing.stderr.startswith("error BRANCH_NOT_FOUND: "), missing.stderr
+    typo = shoal("sql", db, "SELECT 1", env=_env(SHOAL_URL=f"{server.url}/db/{db}/branch/x"))
+    assert typo.returncode == 1 and "only /branches/BRANCH may follow" in typo.stderr
+
+
+def test_history_and_compact_follow_the_urls_branch(shoal: Run, server: ServerProcess,
+                                                    admin: httpx.Client,
+                                                    new_db: Callable[[], str]) -> None:
+    db = new_db()
+    branch = _branched(admin, db)
+    at_branch = _env(SHOAL_URL=f"{server.url}/db/{db}/branches/{branch}",
+                     SHOAL_TOKEN=server.admin_token)
+    assert _json(shoal("history", db, "--json", env=at_branch))["branch"] == branch
+    assert _json(shoal("history", db, "--json"))["branch"] == "main"
+    assert _json(shoal("db", "compact", db, "--json", env=at_branch))["branch"] == branch
+
+
+def test_client_commands_run_without_apsw(server: ServerProcess, admin: httpx.Client,
+                                          new_db: Callable[[], str]) -> None:
+    """`shoal sql` where apsw cannot be imported: the client side needs none of the server."""
+    db = new_db()
+    branch = _branched(admin, db)
+    code = ("import sys\nsys.modules['apsw'] = None\nfrom shoal.cli import main\n"
+            "main(sys.argv[1:])\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "sql", db, "INSERT INTO t VALUES (?)", "--arg", "no apsw",
+         "--branch", branch, "--json"], capture_output=True, text=True, timeout=60,
+        env=_env(SHOAL_URL=server.url, SHOAL_TOKEN=server.admin_token))
+    assert proc.returncode == 0, proc.stderr
+    assert _branch_rows(admin, db, branch) == [["main"], ["no apsw"]]
+
+
+def test_shell_prompt_names_the_branch() -> None:
+    out = cli.Output(as_json=False)
+    with Client("http://h/db/orders/branches/preview-42") as client:
+        shell = cli.Shell(client, *client.resolve(), out)
+        assert shell.prompt(False) == "orders/preview-42> "
+        assert shell.prompt(True) == " " * 15 + "...> "
+        assert cli.Shell(client, "orders", "main", out).prompt(False) == "orders> "
 
 
 def test_token_commands(shoal: Run, server: ServerProcess, admin: httpx.Client,

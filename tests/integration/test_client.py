@@ -270,3 +270,67 @@ def test_async_client(server: ServerProcess, new_db: Callable[[], str]) -> None:
                 await c.usage("no-such-db")
 
     asyncio.run(main())
+
+
+@pytest.fixture
+def branched(server: ServerProcess, new_db: Callable[[], str]) -> tuple[str, str]:
+    """A database with one row on main, and branch preview-42 of it."""
+    name = new_db()
+    with Client(server.url, server.admin_token, database=name) as c:
+        c.batch(["CREATE TABLE t (v TEXT)", "INSERT INTO t VALUES ('main')"])
+        c.create_branch("preview-42")
+    return name, "preview-42"
+
+
+def _values(server: ServerProcess, name: str, branch: str) -> list[Any]:
+    with Client(server.url, server.admin_token, database=name, branch=branch) as c:
+        return [row[0] for row in c.execute("SELECT v FROM t ORDER BY rowid").rows]
+
+
+def test_client_reaches_a_branch_by_url_and_by_argument(server: ServerProcess,
+                                                        branched: tuple[str, str]) -> None:
+    name, branch = branched
+    for i, url in enumerate((f"{server.url}/db/{name}/branches/{branch}",
+                             f"shoal://127.0.0.1:{server.port}/{name}/branches/{branch}")):
+        with Client(url, server.admin_token) as c:
+            c.execute("INSERT INTO t VALUES (?)", [f"url{i}"])
+            c.batch([("INSERT INTO t VALUES (?)", [f"batch{i}"])])
+            with c.transaction() as tx:
+                tx.execute("INSERT INTO t VALUES (?)", [f"tx{i}"])
+            assert tx.committed and (tx.database, tx.branch) == (name, branch)
+    with Client(server.url, server.admin_token, database=name, branch=branch) as c:
+        c.execute("INSERT INTO t VALUES ('arg')")
+        assert c.branch()["name"] == branch
+        assert c.history()["branch"] == branch
+        assert c.usage()["branch"] == branch
+        assert c.execute("SELECT count(*) FROM t", branch="main").rows == [(1,)]
+    with Client(server.url, server.admin_token, database=name) as c:
+        c.execute("INSERT INTO t VALUES ('call')", branch=branch)
+        with pytest.raises(NotFound) as missing:
+            c.execute("SELECT 1", branch="nope")
+        assert missing.value.code == "BRANCH_NOT_FOUND"
+    assert _values(server, name, branch) == [
+        "main", "url0", "batch0", "tx0", "url1", "batch1", "tx1", "arg", "call"]
+    assert _values(server, name, "main") == ["main"]
+
+
+def test_async_client_reaches_a_branch(server: ServerProcess,
+                                       branched: tuple[str, str]) -> None:
+    name, branch = branched
+
+    async def main() -> None:
+        async with AsyncClient(f"{server.url}/db/{name}/branches/{branch}",
+                               server.admin_token) as c:
+            await c.execute("INSERT INTO t VALUES ('url')")
+            async with c.transaction() as tx:
+                await tx.execute("INSERT INTO t VALUES ('tx')")
+            assert (await c.branch())["name"] == branch
+            assert (await c.history())["branch"] == branch
+        async with AsyncClient(server.url, server.admin_token, database=name,
+                               branch=branch) as c:
+            await c.batch(["INSERT INTO t VALUES ('arg')"])
+            await c.execute("INSERT INTO t VALUES ('main2')", branch="main")
+
+    asyncio.run(main())
+    assert _values(server, name, branch) == ["main", "url", "tx", "arg"]
+    assert _values(server, name, "main") == ["main", "main2"]

@@ -163,7 +163,7 @@ def test_close_rolls_back_and_refuses_further_use(server: ServerProcess, url: st
         cur.execute("SELECT 1")
     with pytest.raises(dbapi.ProgrammingError, match="closed"):
         c.cursor()
-    with client.connect(url, server.admin_token) as again:
+    with dbapi.connect(url, server.admin_token) as again:
         assert again.execute("SELECT count(*) FROM t").fetchone() == (0,)
         closed = again.cursor()
         closed.close()
@@ -208,3 +208,27 @@ def test_read_token_cannot_write(server: ServerProcess, url: str) -> None:
         with pytest.raises(dbapi.OperationalError) as caught:
             reader.execute("INSERT INTO t VALUES (1)")
         assert caught.value.code == "READ_ONLY" and caught.value.status == 403
+
+
+def test_connect_reaches_a_branch(server: ServerProcess, url: str) -> None:
+    """By the URL (/db/NAME/branches/BRANCH) and by branch=; main sees neither write."""
+    name = url.rsplit("/", 1)[-1]
+    with client.Client(url, server.admin_token) as admin:
+        admin.batch(["CREATE TABLE t (v TEXT)", "INSERT INTO t VALUES ('main')"])
+        admin.create_branch("preview-42")
+    with dbapi.connect(f"{url}/branches/preview-42", token=server.admin_token) as by_url:
+        by_url.execute("INSERT INTO t VALUES ('url')")
+        by_url.commit()
+        assert by_url.client.resolve() == (name, "preview-42")
+    with dbapi.connect(url, token=server.admin_token, branch="preview-42") as by_arg:
+        by_arg.execute("BEGIN")
+        by_arg.execute("INSERT INTO t VALUES ('arg')")
+        by_arg.execute("COMMIT")
+        assert by_arg.execute("SELECT v FROM t ORDER BY rowid").fetchall() == [
+            ("main",), ("url",), ("arg",)]
+    with dbapi.connect(url, token=server.admin_token) as main:
+        assert main.execute("SELECT v FROM t").fetchall() == [("main",)]
+    with dbapi.connect(url, token=server.admin_token, branch="nope") as missing, \
+            pytest.raises(dbapi.OperationalError) as caught:
+        missing.execute("SELECT 1")
+    assert caught.value.code == "BRANCH_NOT_FOUND"

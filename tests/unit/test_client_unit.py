@@ -5,11 +5,15 @@ The HTTP side runs against httpx.MockTransport, which records what the client se
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import enum
 import json
 import math
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,18 +22,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shoal import client, dbapi
+from shoal import dbapi
 from shoal.client import (
     AlreadyExists,
     AsyncClient,
     AuthError,
     Busy,
     Client,
+    ClientError,
     ConnectionFailed,
     InvalidRequest,
     NotFound,
     ServerError,
-    ShoalError,
     SQLError,
     Timeout,
     TransactionExpired,
@@ -40,6 +44,8 @@ from shoal.client import (
     to_json,
     transaction_control,
 )
+from shoal.client.codec import args_json, statement_json
+from shoal.client.errors import error_class
 
 sql_values = st.one_of(
     st.none(),
@@ -48,6 +54,42 @@ sql_values = st.one_of(
     st.text(),
     st.binary(),
 )
+
+
+# -- the package: what it may import ------------------------------------------------------------
+CLIENT_PACKAGE = Path(__file__).resolve().parents[2] / "src" / "shoal" / "client"
+
+
+def test_the_client_imports_without_apsw() -> None:
+    """An application installs the client beside its own code: with apsw (the server's
+    SQLite) impossible to import, the client, the DB-API module and the CLI still load, and
+    the client alone loads nothing of the server nor the DB-API (no cycle)."""
+    code = (
+        "import sys\n"
+        "sys.modules['apsw'] = None  # any import of apsw now raises ImportError\n"
+        "import shoal.client\n"
+        "print(sorted(m for m in sys.modules if m.startswith('shoal')))\n"
+        "import shoal.dbapi, shoal.cli\n"
+        "assert 'apsw' not in sys.modules or sys.modules['apsw'] is None\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(json.loads(proc.stdout.replace("'", '"')))
+    assert loaded == {"shoal", "shoal.wire", "shoal.client"} | {
+        f"shoal.client.{f.stem}" for f in CLIENT_PACKAGE.glob("*.py") if f.stem != "__init__"}
+
+
+def test_the_client_package_imports_only_itself_and_wire() -> None:
+    """Read, not run: an import inside a function (how client <-> dbapi was a cycle) counts."""
+    outside: list[str] = []
+    for source in sorted(CLIENT_PACKAGE.glob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            outside += [f"{source.name}: {name}" for name in names
+                        if name.startswith("shoal") and name not in ("shoal", "shoal.wire")
+                        and not name.startswith("shoal.client")]
+    assert outside == []
 
 
 # -- values ------------------------------------------------------------------------------------
@@ -80,17 +122,17 @@ def test_unsupported_values_are_refused() -> None:
     with pytest.raises(TypeError, match="unsupported value type"):
         to_json(object())
     with pytest.raises(TypeError, match="not a single value"):
-        client.args_json("abc")
+        args_json("abc")
     with pytest.raises(ValueError, match="not an encoded SQL value"):
         from_json({"what": 1})
 
 
 def test_statement_json_shapes() -> None:
-    assert client.statement_json("SELECT 1") == "SELECT 1"
-    assert client.statement_json(("SELECT 1", None)) == "SELECT 1"
-    assert client.statement_json(("SELECT ?", (1, b"\x01"))) == {
+    assert statement_json("SELECT 1") == "SELECT 1"
+    assert statement_json(("SELECT 1", None)) == "SELECT 1"
+    assert statement_json(("SELECT ?", (1, b"\x01"))) == {
         "sql": "SELECT ?", "args": [1, {"base64": "AQ=="}]}
-    assert client.statement_json(("SELECT :a", {"a": 2**60})) == {
+    assert statement_json(("SELECT :a", {"a": 2**60})) == {
         "sql": "SELECT :a", "args": {"a": {"integer": str(2**60)}}}
 
 
@@ -128,21 +170,109 @@ def test_transaction_control(sql: str, control: str | None) -> None:
 
 # -- URLs --------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("url", "expected"), [
-    ("http://h:8080", ("http://h:8080", None)),
-    ("http://h:8080/", ("http://h:8080", None)),
-    ("https://h/db/orders", ("https://h", "orders")),
-    ("http://h/prefix/db/orders/", ("http://h/prefix", "orders")),
-    ("shoal://h:8080/orders", ("http://h:8080", "orders")),
-    ("shoals://h/orders", ("https://h", "orders")),
-    ("shoal://h:8080", ("http://h:8080", None)),
+    ("http://h:8080", ("http://h:8080", None, None)),
+    ("http://h:8080/", ("http://h:8080", None, None)),
+    ("https://h/db/orders", ("https://h", "orders", None)),
+    ("http://h/prefix/db/orders/", ("http://h/prefix", "orders", None)),
+    ("http://h/db/orders/branches/preview-42", ("http://h", "orders", "preview-42")),
+    ("http://h:1/p/db/orders/branches/b_1/", ("http://h:1/p", "orders", "b_1")),
+    ("shoal://h:8080/orders", ("http://h:8080", "orders", None)),
+    ("shoals://h/orders", ("https://h", "orders", None)),
+    ("shoal://h:8080", ("http://h:8080", None, None)),
+    ("shoal://h/orders/branches/preview-42", ("http://h", "orders", "preview-42")),
+    ("shoals://h/orders/branches/b/", ("https://h", "orders", "b")),
+    ("shoal://h/db/orders/branches/b", ("http://h", "orders", "b")),  # the long form too
+    ("  HTTP://h/db/x  ", ("http://h", "x", None)),
 ])
-def test_parse_url(url: str, expected: tuple[str, str | None]) -> None:
+def test_parse_url(url: str, expected: tuple[str, str | None, str | None]) -> None:
     assert parse_url(url) == expected
+    assert parse_url(url).branch == expected[2]
 
 
-def test_parse_url_refuses_other_schemes() -> None:
-    with pytest.raises(ValueError, match="unsupported URL"):
-        parse_url("ftp://h/x")
+@pytest.mark.parametrize(("url", "message"), [
+    ("ftp://h/x", "unsupported URL"),
+    ("libsql://h/db/x", "unsupported URL"),
+    ("http:///db/x", "has no host"),
+    ("shoal:///orders", "has no host"),
+    ("http://h/db/orders/branches/", "only /branches/BRANCH may follow"),
+    ("http://h/db/orders/branch/b", "only /branches/BRANCH may follow"),
+    ("http://h/db/orders/v2/pipeline", "only /branches/BRANCH may follow"),
+])
+def test_parse_url_refuses_other_forms(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        parse_url(url)
+
+
+@pytest.mark.parametrize(("url", "kwargs", "call", "path"), [
+    # the URL's database and branch
+    ("http://h/db/o/branches/pr", {}, {}, "/v1/databases/o/branches/pr/query"),
+    ("shoal://h/o/branches/pr", {}, {}, "/v1/databases/o/branches/pr/query"),
+    # arguments to the client, then to the call, win over the URL
+    ("http://h/db/o", {"branch": "pr"}, {}, "/v1/databases/o/branches/pr/query"),
+    ("http://h", {"database": "o", "branch": "pr"}, {}, "/v1/databases/o/branches/pr/query"),
+    ("http://h/db/o/branches/pr", {"branch": "b2"}, {}, "/v1/databases/o/branches/b2/query"),
+    ("http://h/db/o/branches/pr", {}, {"branch": "b3"}, "/v1/databases/o/branches/b3/query"),
+    ("http://h/db/o/branches/pr", {}, {"branch": "main"}, "/v1/databases/o/query"),
+    # a branch belongs to its database: another database is its main
+    ("http://h/db/o/branches/pr", {}, {"database": "other"}, "/v1/databases/other/query"),
+    ("http://h/db/o/branches/pr", {"database": "other"}, {}, "/v1/databases/other/query"),
+    ("http://h/db/o/branches/pr", {}, {"database": "o"}, "/v1/databases/o/branches/pr/query"),
+    ("http://h/db/o", {}, {"database": "x", "branch": "y"}, "/v1/databases/x/branches/y/query"),
+    # main is the plain path, as before branches existed
+    ("http://h/db/o/branches/main", {}, {}, "/v1/databases/o/query"),
+])
+def test_where_a_query_goes(url: str, kwargs: dict[str, str], call: dict[str, str],
+                            path: str) -> None:
+    seen: list[httpx.Request] = []
+    with Client(url, "t", transport=_mock(seen, _answer(200, _query_body())), **kwargs) as c:
+        c.execute("SELECT 1", **call)
+        c.batch(["SELECT 1"], **call)
+    assert [r.url.path for r in seen] == [path, path]
+
+
+def test_a_branch_needs_a_database() -> None:
+    with pytest.raises(ValueError, match="needs a database"):
+        Client("http://h", branch="pr")
+    with pytest.raises(ValueError, match="needs a database"):
+        dbapi.connect("http://h", branch="pr")
+
+
+def test_every_data_call_follows_the_branch() -> None:
+    """Transactions, usage, history, compact, restore and branch info reach the client's
+    branch; database-level calls (info, limits, the branch list) do not take one."""
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/transactions"):
+            return httpx.Response(201, json={"id": "tx_1", "mode": "write", "expires_at": "t"})
+        if request.url.path.endswith("/query"):
+            return httpx.Response(200, json=_query_body())
+        return httpx.Response(200, json={"branches": [], "committed": True})
+
+    with Client("http://h/db/o/branches/pr", "t", transport=_mock(seen, handle)) as c:
+        assert c.resolve() == ("o", "pr") and c.resolve("x") == ("x", "main")
+        with c.transaction() as tx:
+            tx.execute("SELECT 1")
+        assert (tx.database, tx.branch) == ("o", "pr")
+        c.usage()
+        c.history()
+        c.compact()
+        c.restore(bookmark="bm")
+        c.branch()
+        c.branch("other")
+        c.history(branch="main")
+        c.database()
+        c.limits()
+        c.list_branches()
+    br = "/v1/databases/o/branches/pr"
+    assert [(r.method, r.url.path) for r in seen] == [
+        ("POST", br + "/transactions"), ("POST", br + "/transactions/tx_1/query"),
+        ("POST", br + "/transactions/tx_1/commit"), ("GET", br + "/usage"),
+        ("GET", br + "/history"), ("POST", br + "/compact"), ("POST", "/v1/databases/o/restore"),
+        ("GET", br), ("GET", "/v1/databases/o/branches/other"),
+        ("GET", "/v1/databases/o/history"), ("GET", "/v1/databases/o"),
+        ("GET", "/v1/databases/o/limits"), ("GET", "/v1/databases/o/branches")]
+    assert _body(seen[6]) == {"branch": "pr", "bookmark": "bm"}
 
 
 def test_defaults_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -240,7 +370,7 @@ def test_batch_sends_one_request_and_skips_empty() -> None:
     (500, "INTERNAL", ServerError),
 ])
 def test_errors_are_typed_and_carry_the_envelope(status: int, code: str,
-                                                 kind: type[ShoalError]) -> None:
+                                                 kind: type[ClientError]) -> None:
     envelope = {"error": {"code": code, "message": "m", "hint": "h", "statement": 1,
                           "extended_code": code + "_X"}}
     with Client("http://h/db/d", "t", transport=_mock([], _answer(status, envelope))) as c, \
@@ -266,7 +396,7 @@ def test_a_body_that_is_not_the_envelope_still_gives_a_typed_error() -> None:
     (httpx.ConnectError("refused"), ConnectionFailed, "CONNECTION_ERROR"),
     (httpx.ReadTimeout("slow"), Timeout, "CLIENT_TIMEOUT"),
 ])
-def test_transport_failures_are_typed(exc: Exception, kind: type[ShoalError], code: str) -> None:
+def test_transport_failures_are_typed(exc: Exception, kind: type[ClientError], code: str) -> None:
     def fail(request: httpx.Request) -> httpx.Response:
         raise exc
 
@@ -389,7 +519,7 @@ def test_async_client_shares_the_request_shapes() -> None:
     ("INTERNAL", dbapi.InternalError),
 ])
 def test_dbapi_error_mapping(code: str, kind: type[dbapi.Error]) -> None:
-    source = client.error_class(code, 400)(code, "msg", extended_code=code + "_X", statement=0)
+    source = error_class(code, 400)(code, "msg", extended_code=code + "_X", statement=0)
     err = dbapi._translate(source)
     assert type(err) is kind and isinstance(err, dbapi.DatabaseError)
     assert (err.code, err.extended_code, err.statement) == (code, code + "_X", 0)

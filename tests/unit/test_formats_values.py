@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from shoal import values
 from shoal.errors import ShoalError
-from shoal.values import decode, decode_args, encode, encode_row
+from shoal.values import decode, decode_args
+from shoal.wire import encode, encode_row
 
 
 def wire(value: Any) -> str:
@@ -74,7 +74,7 @@ def test_a_row_of_plain_values_is_left_as_it_is(monkeypatch: pytest.MonkeyPatch)
     def refuse(value: Any) -> Any:
         raise AssertionError(f"encode called for {value!r}")
 
-    monkeypatch.setattr(values, "encode", refuse)
+    monkeypatch.setattr("shoal.wire.encode", refuse)
     row = (None, "", "x", 0, 9007199254740992, -9007199254740992, 1.5, -0.0, math.nan)
     out = encode_row(row)
     assert out[:8] == list(row[:8]) and math.isnan(out[8])

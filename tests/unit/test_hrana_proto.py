@@ -17,7 +17,7 @@ from shoal.errors import ShoalError
 from shoal.server import hrana_proto as p
 from shoal.server.hrana_proto import HranaError
 from shoal.server.hrana_stream import _check_cond
-from shoal.values import encode as native_encode
+from shoal.wire import encode as native_encode
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "hrana.md"
 

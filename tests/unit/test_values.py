@@ -13,16 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from shoal.errors import ShoalError
-from shoal.values import (
-    INT64_MAX,
-    INT64_MIN,
-    SAFE_INT,
-    SQLValue,
-    decode,
-    decode_args,
-    encode,
-    encode_row,
-)
+from shoal.values import decode, decode_args
+from shoal.wire import INT64_MAX, INT64_MIN, SAFE_INT, SQLValue, encode, encode_row
 
 # -- encode ---------------------------------------------------------------------------------
 

@@ -35,7 +35,8 @@ import msgspec
 from shoal.engine.policy import TRANSACTION_CONTROL, Guard
 from shoal.errors import ShoalError, from_sqlite
 from shoal.metrics import METRICS
-from shoal.values import SQLValue, decode_args, encode_row
+from shoal.values import decode_args
+from shoal.wire import SQLValue, encode_row
 
 log = logging.getLogger("shoal")
 

@@ -4,7 +4,7 @@ Hrana is the protocol of libSQL's clients (@libsql/client, drizzle, Prisma's
 adapter, Python's libsql-client). Requests decode into msgspec types, which
 ignore unknown fields as the spec asks for forward compatibility; a body of the
 wrong shape is a protocol error. Engine results arrive in the native API's
-lossless encoding (``shoal.values``) and leave as Hrana values::
+lossless encoding (``shoal.wire``) and leave as Hrana values::
 
     {"type": "null"}   {"type": "integer", "value": "42"}   {"type": "float", "value": 1.5}
     {"type": "text", "value": "a"}   {"type": "blob", "base64": "AAE="}
@@ -23,7 +23,7 @@ import msgspec
 from shoal.engine.connection import Result
 from shoal.errors import CODES as SHOAL_CODES
 from shoal.errors import ShoalError
-from shoal.values import INT64_MAX, INT64_MIN, SQLValue
+from shoal.wire import INT64_MAX, INT64_MIN, SQLValue
 
 
 # -- values ----------------------------------------------------------------------------------

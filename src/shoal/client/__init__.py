@@ -1,0 +1,81 @@
+"""Python client for Shoal's native HTTP API: :class:`Client` (blocking) and :class:`AsyncClient`.
+
+Both speak the same ``/v1`` API over one keep-alive ``httpx`` connection pool::
+
+    from shoal.client import Client
+
+    with Client("http://127.0.0.1:8080", token, database="orders") as db:
+        db.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, v BLOB)")
+        db.execute("INSERT INTO t (v) VALUES (?)", [b"\\x00\\x01"], idempotency_key="req-42")
+        rows = db.execute("SELECT * FROM t").rows          # [(1, b'\\x00\\x01')]
+        with db.transaction() as tx:                        # commit on success,
+            tx.execute("UPDATE t SET v = NULL")             # rollback on an exception
+
+``url`` defaults to ``$SHOAL_URL`` (else ``http://127.0.0.1:8080``) and ``token`` to
+``$SHOAL_TOKEN``. The URL may name a database and a branch of it too:
+``http://host:8080/db/orders``, ``http://host:8080/db/orders/branches/preview-42``,
+``shoal://host:8080/orders[/branches/B]`` (plain HTTP) or ``shoals://host/orders``
+(HTTPS); so may ``database=`` and ``branch=``, on the client and on each call.
+
+Values travel losslessly: ``None``, ``int`` (any 64-bit value; beyond 2**53 as
+``{"integer"}``), ``float`` (infinities as ``{"float"}``; NaN binds as NULL, as SQLite
+stores it), ``str`` and ``bytes``-like (as ``{"base64"}``); rows come back as tuples of
+the same Python types. :func:`to_json` and :func:`from_json` are the one conversion path.
+
+Failures raise :class:`ClientError` subclasses carrying the server's stable ``code``.
+The DB-API 2.0 (PEP 249) module built on this client is :mod:`shoal.dbapi`.
+
+The package imports nothing of the server (no apsw), so it installs and runs beside any
+application: ``codec`` (values), ``sql`` (statement splitting), ``urls``, ``errors``,
+``results``, ``calls`` (the requests, shared by both clients), ``sync`` and ``aio``.
+"""
+
+from shoal.client.aio import AsyncClient, AsyncTransaction
+from shoal.client.calls import DEFAULT_TIMEOUT
+from shoal.client.codec import from_json, to_json
+from shoal.client.errors import (
+    AlreadyExists,
+    AuthError,
+    Busy,
+    ClientError,
+    ConnectionFailed,
+    InvalidRequest,
+    NotFound,
+    ServerError,
+    SQLError,
+    Timeout,
+    TransactionExpired,
+)
+from shoal.client.results import Meta, Result
+from shoal.client.sql import first_keyword, split_sql, transaction_control
+from shoal.client.sync import Client, Transaction
+from shoal.client.urls import DEFAULT_URL, Address, parse_url
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "DEFAULT_URL",
+    "Address",
+    "AlreadyExists",
+    "AsyncClient",
+    "AsyncTransaction",
+    "AuthError",
+    "Busy",
+    "Client",
+    "ClientError",
+    "ConnectionFailed",
+    "InvalidRequest",
+    "Meta",
+    "NotFound",
+    "Result",
+    "SQLError",
+    "ServerError",
+    "Timeout",
+    "Transaction",
+    "TransactionExpired",
+    "first_keyword",
+    "from_json",
+    "parse_url",
+    "split_sql",
+    "to_json",
+    "transaction_control",
+]

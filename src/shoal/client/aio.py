@@ -1,0 +1,201 @@
+"""The asyncio client: :class:`AsyncClient` and its :class:`AsyncTransaction`.
+
+The same calls as :mod:`shoal.client.sync`, awaited; see :class:`~shoal.client.Client` for
+what each does.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+import httpx
+
+from shoal.client.calls import DEFAULT_TIMEOUT, BaseClient, BaseTransaction, Call, Plan
+from shoal.client.codec import Args, StatementLike
+from shoal.client.errors import ClientError, transport_error
+from shoal.client.results import Result
+
+T = TypeVar("T")
+
+
+class AsyncClient(BaseClient):
+    """asyncio client with the same methods as :class:`Client`, awaited."""
+
+    def __init__(self, url: str | None = None, token: str | None = None, *,
+                 database: str | None = None, branch: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 verify: ssl.SSLContext | bool | None = None):
+        super().__init__(url, token, database, branch)
+        self._http = httpx.AsyncClient(base_url=self.url, headers=self._headers(),
+                                       timeout=timeout, transport=transport,
+                                       verify=self._verify(verify))
+
+    async def _send(self, call: Call[T]) -> T:
+        try:
+            response = await self._http.send(call.request(self._http))
+        except httpx.HTTPError as exc:
+            raise transport_error(exc) from exc
+        return call.finish(response)
+
+    async def _run(self, plan: Plan[T]) -> T:
+        try:
+            call = next(plan)
+            while True:
+                call = plan.send(await self._send(call))
+        except StopIteration as stop:
+            return stop.value
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def execute(self, sql: str, args: Args = None, *, database: str | None = None,
+                      branch: str | None = None,
+                      idempotency_key: str | None = None) -> Result:
+        return (await self._send(self._query([(sql, args)], database, branch,
+                                             idempotency_key)))[0]
+
+    async def batch(self, statements: Sequence[StatementLike], *, database: str | None = None,
+                    branch: str | None = None,
+                    idempotency_key: str | None = None) -> list[Result]:
+        if not statements:
+            return []
+        return await self._send(self._query(statements, database, branch, idempotency_key))
+
+    def transaction(self, mode: Literal["read", "write"] | None = None, *,
+                    database: str | None = None, branch: str | None = None,
+                    idempotency_key: str | None = None) -> AsyncTransaction:
+        """Use with ``async with``: begins, commits on success, rolls back on error."""
+        return AsyncTransaction(self, mode, database, branch, idempotency_key)
+
+    async def create_database(self, name: str, *,
+                              idempotency_key: str | None = None) -> dict[str, Any]:
+        return await self._send(self._create_database(name, idempotency_key))
+
+    async def list_databases(self, *, limit: int | None = None,
+                             page_size: int = 100) -> list[dict[str, Any]]:
+        return await self._run(self._list(limit, page_size))
+
+    async def database(self, name: str | None = None) -> dict[str, Any]:
+        return await self._send(self._database(name))
+
+    async def delete_database(self, name: str, *, purge: bool = False) -> None:
+        await self._send(self._delete_database(name, purge))
+
+    async def undelete_database(self, name: str,
+                                incarnation: str | None = None) -> dict[str, Any]:
+        return await self._send(self._undelete_database(name, incarnation))
+
+    async def deleted_databases(self) -> list[dict[str, Any]]:
+        return await self._send(self._deleted_databases())
+
+    async def usage(self, name: str | None = None, *,
+                    branch: str | None = None) -> dict[str, Any]:
+        return await self._send(self._usage(name, branch))
+
+    async def limits(self, name: str | None = None) -> dict[str, Any]:
+        return await self._send(self._limits(name))
+
+    async def set_limits(self, name: str | None = None, **limits: Any) -> dict[str, Any]:
+        return await self._send(self._set_limits(name, limits))
+
+    async def compact(self, name: str | None = None, *,
+                      branch: str | None = None) -> dict[str, Any]:
+        return await self._send(self._compact(name, branch))
+
+    async def create_token(self, databases: Sequence[str] | Literal["*"] = "*",
+                           access: Literal["read", "write", "admin"] = "read",
+                           expires_in: int = 3600, *,
+                           idempotency_key: str | None = None) -> dict[str, Any]:
+        return await self._send(self._create_token(databases, access, expires_in,
+                                                   idempotency_key))
+
+    async def revoke_token(self, token_id: str) -> None:
+        await self._send(self._revoke_token(token_id))
+
+    async def list_branches(self, database: str | None = None) -> list[dict[str, Any]]:
+        return await self._send(self._branches(database))
+
+    async def branch(self, name: str | None = None, *,
+                     database: str | None = None) -> dict[str, Any]:
+        return await self._send(self._branch(name, database))
+
+    async def create_branch(self, name: str, *, database: str | None = None,
+                            source: str | None = None,
+                            timestamp: str | datetime | None = None,
+                            bookmark: str | None = None,
+                            materialise: bool = False) -> dict[str, Any]:
+        return await self._send(self._create_branch(name, database, source, timestamp,
+                                                    bookmark, materialise))
+
+    async def delete_branch(self, name: str, *, database: str | None = None) -> None:
+        await self._send(self._delete_branch(name, database))
+
+    async def reset_branch(self, name: str, *, database: str | None = None) -> dict[str, Any]:
+        return await self._send(self._reset_branch(name, database))
+
+    async def restore(self, *, database: str | None = None, branch: str | None = None,
+                      timestamp: str | datetime | None = None, bookmark: str | None = None,
+                      keep_as: str | None = None) -> dict[str, Any]:
+        return await self._send(self._restore(database, branch, timestamp, bookmark, keep_as))
+
+    async def history(self, *, database: str | None = None,
+                      branch: str | None = None) -> dict[str, Any]:
+        return await self._send(self._history(database, branch))
+
+
+class AsyncTransaction(BaseTransaction):
+    """An asyncio interactive transaction."""
+
+    _client: AsyncClient
+
+    def __init__(self, client: AsyncClient, mode: Literal["read", "write"] | None,
+                 database: str | None, branch: str | None, idempotency_key: str | None):
+        super().__init__(client, mode, database, branch, idempotency_key)
+        self._client = client
+
+    async def begin(self) -> AsyncTransaction:
+        self._begun(await self._client._send(self._begin_call()))
+        return self
+
+    async def execute(self, sql: str, args: Args = None) -> Result:
+        return (await self.batch([(sql, args)]))[0]
+
+    async def batch(self, statements: Sequence[StatementLike]) -> list[Result]:
+        try:
+            return await self._client._send(self._query_call(statements))
+        except ClientError as exc:
+            self._expired(exc)
+            raise
+
+    async def commit(self, idempotency_key: str | None = None) -> None:
+        self._ended(await self._client._send(self._end_call(True, idempotency_key
+                                                            or self.idempotency_key)))
+
+    async def rollback(self) -> None:
+        self._ended(await self._client._send(self._end_call(False, None)))
+
+    async def __aenter__(self) -> AsyncTransaction:
+        return await self.begin() if self.id is None else self
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        if not self.open:
+            return
+        if exc is None:
+            await self.commit()
+            return
+        try:
+            await self.rollback()
+        except ClientError as failed:
+            exc.add_note(f"rollback also failed: {failed}")

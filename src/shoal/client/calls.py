@@ -1,0 +1,362 @@
+"""The requests both clients send, built and read without a transport.
+
+A :class:`Call` is one HTTP request and how to read its answer; a :data:`Plan` is a flow of
+several (pagination). :class:`BaseClient` builds them from the client's settings, so the
+blocking and the asyncio client differ only in how they send a call (``_send``) and run a
+plan (``_run``); :class:`BaseTransaction` is the same for their transactions.
+
+Where a call goes: its database is the one it names, else the client's; its branch is the
+one it names, else the client's when the call is on the client's database, else ``main``.
+A branch belongs to the database it was named with: a client made for
+``.../db/orders/branches/preview`` reaches ``billing``'s ``main`` when a call names
+``billing``.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from typing import Any, Generic, Literal, TypeVar
+from urllib.parse import quote
+
+import httpx
+import msgspec
+
+from shoal import __version__
+from shoal.client.codec import StatementLike, statement_json
+from shoal.client.errors import ClientError, TransactionExpired, error_from_response
+from shoal.client.results import Result, parse_results
+from shoal.client.urls import DEFAULT_URL, parse_url
+
+DEFAULT_TIMEOUT = 30.0
+MAIN = "main"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of the database list."""
+
+    databases: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Begun:
+    """An opened interactive transaction."""
+
+    id: str
+    mode: str
+    expires_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """A finished interactive transaction (txid/bookmark None for a read or a rollback)."""
+
+    committed: bool
+    txid: int | None
+    bookmark: str | None
+
+
+def _point(timestamp: str | datetime | None, bookmark: str | None) -> dict[str, str]:
+    """A point in history as the API takes it: {"timestamp"} or {"bookmark"}."""
+    if (timestamp is None) == (bookmark is None):
+        raise ValueError("give timestamp or bookmark (one of them)")
+    if bookmark is not None:
+        return {"bookmark": bookmark}
+    if isinstance(timestamp, datetime):
+        if timestamp.tzinfo is None:
+            raise ValueError("a datetime timestamp needs a time zone (e.g. UTC)")
+        return {"timestamp": timestamp.isoformat()}
+    assert timestamp is not None
+    return {"timestamp": timestamp}
+
+
+_NO_BODY = object()
+
+
+def _identity(data: Any) -> Any:
+    return data
+
+
+def _nothing(data: Any) -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Call(Generic[T]):
+    """One HTTP request and how to read its answer; the transport is the caller's."""
+
+    method: str
+    path: str
+    parse: Callable[[Any], T]
+    body: Any = _NO_BODY
+    idempotency_key: str | None = None
+    params: dict[str, str] | None = None
+
+    def request(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
+        headers = {}
+        content = None
+        if self.body is not _NO_BODY:
+            content = msgspec.json.encode(self.body)
+            headers["content-type"] = "application/json"
+        if self.idempotency_key is not None:
+            headers["idempotency-key"] = self.idempotency_key
+        return http.build_request(self.method, self.path, content=content, headers=headers,
+                                  params=self.params)
+
+    def finish(self, response: httpx.Response) -> T:
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        data = msgspec.json.decode(response.content) if response.content else None
+        return self.parse(data)
+
+
+# A multi-request flow: yields calls, receives their results, returns the outcome.
+Plan = Generator[Call[Any], Any, T]
+
+
+@cache
+def _default_tls() -> ssl.SSLContext:
+    return ssl.create_default_context()
+
+
+class BaseClient:
+    """Settings and request building common to :class:`Client` and :class:`AsyncClient`."""
+
+    def __init__(self, url: str | None, token: str | None, database: str | None,
+                 branch: str | None):
+        address = parse_url(url or os.environ.get("SHOAL_URL") or DEFAULT_URL)
+        self.url = address.base
+        self.default_database = database or address.database
+        if branch is None and self.default_database == address.database:
+            branch = address.branch
+        if branch and not self.default_database:
+            raise ValueError(f"branch {branch!r} needs a database: pass database= too, "
+                             "or use a URL ending in /db/NAME/branches/BRANCH")
+        self.default_branch = branch or MAIN
+        self.token = token if token is not None else os.environ.get("SHOAL_TOKEN") or None
+
+    def _verify(self, verify: ssl.SSLContext | bool | None) -> ssl.SSLContext | bool:
+        """TLS settings: building a default context costs ~40 ms, so plain HTTP skips it
+        (redirects are never followed) and HTTPS shares one per process."""
+        if verify is not None:
+            return verify
+        return _default_tls() if self.url.startswith("https:") else False
+
+    def _headers(self) -> dict[str, str]:
+        headers = {"user-agent": f"shoal-python/{__version__}", "accept": "application/json"}
+        if self.token:
+            headers["authorization"] = f"Bearer {self.token}"
+        return headers
+
+    def resolve(self, database: str | None = None, branch: str | None = None) -> tuple[str, str]:
+        """The (database, branch) a call given these arguments reaches (see the module)."""
+        name = database or self.default_database
+        if not name:
+            raise ValueError("no database: pass database= here or to the client, "
+                             "or use a URL ending in /db/NAME")
+        if branch:
+            return name, branch
+        return name, self.default_branch if name == self.default_database else MAIN
+
+    def _db_path(self, database: str | None) -> str:
+        """A database's own resource (its record, limits, branch list): no branch."""
+        return "/v1/databases/" + quote(self.resolve(database)[0], safe="")
+
+    def _branch_path(self, database: str | None, branch: str) -> str:
+        """A branch as a resource (get, delete, reset), ``main`` included."""
+        return f"{self._db_path(database)}/branches/{quote(branch, safe='')}"
+
+    def _data_path(self, database: str | None, branch: str | None) -> str:
+        """Where a branch's data lives (query, transactions, usage, history, compact); the
+        plain database path for ``main``, as before branches existed."""
+        name, branch = self.resolve(database, branch)
+        if branch == MAIN:
+            return self._db_path(name)
+        return self._branch_path(name, branch)
+
+    # -- calls ------------------------------------------------------------------------------
+    def _query(self, statements: Sequence[StatementLike], database: str | None,
+               branch: str | None, idempotency_key: str | None,
+               tx: str | None = None) -> Call[list[Result]]:
+        path = self._data_path(database, branch)
+        if tx is not None:
+            path += "/transactions/" + quote(tx, safe="")
+        return Call("POST", path + "/query", parse_results,
+                    {"statements": [statement_json(s) for s in statements]}, idempotency_key)
+
+    def _begin(self, mode: Literal["read", "write"] | None, database: str | None,
+               branch: str | None) -> Call[Begun]:
+        return Call("POST", self._data_path(database, branch) + "/transactions",
+                    lambda d: Begun(d["id"], d.get("mode", ""), d.get("expires_at", "")),
+                    {"mode": mode} if mode else {})
+
+    def _end(self, tx: str, commit: bool, database: str | None, branch: str | None,
+             idempotency_key: str | None = None) -> Call[Ended]:
+        action = "commit" if commit else "rollback"
+        path = f"{self._data_path(database, branch)}/transactions/{quote(tx, safe='')}/{action}"
+        return Call("POST", path,
+                    lambda d: Ended(commit, d.get("txid"), d.get("bookmark")),
+                    {}, idempotency_key)
+
+    def _create_database(self, name: str, idempotency_key: str | None) -> Call[dict[str, Any]]:
+        return Call("POST", "/v1/databases", _identity, {"name": name}, idempotency_key)
+
+    def _database(self, name: str | None) -> Call[dict[str, Any]]:
+        return Call("GET", self._db_path(name), _identity)
+
+    def _delete_database(self, name: str, purge: bool = False) -> Call[None]:
+        if not name:  # never fall back to the default database for a delete
+            raise ValueError("delete_database needs the database name")
+        return Call("DELETE", self._db_path(name), _nothing,
+                    params={"purge": "true"} if purge else None)
+
+    def _undelete_database(self, name: str, incarnation: str | None) -> Call[dict[str, Any]]:
+        if not name:
+            raise ValueError("undelete_database needs the database name")
+        body = {"incarnation": incarnation} if incarnation else {}
+        return Call("POST", self._db_path(name) + "/undelete", _identity, body=body)
+
+    def _deleted_databases(self) -> Call[list[dict[str, Any]]]:
+        return Call("GET", "/v1/databases", lambda d: list(d["databases"]),
+                    params={"deleted": "true"})
+
+    def _usage(self, name: str | None, branch: str | None) -> Call[dict[str, Any]]:
+        return Call("GET", self._data_path(name, branch) + "/usage", _identity)
+
+    def _limits(self, name: str | None) -> Call[dict[str, Any]]:
+        return Call("GET", self._db_path(name) + "/limits", _identity)
+
+    def _set_limits(self, name: str | None, limits: dict[str, Any]) -> Call[dict[str, Any]]:
+        return Call("PUT", self._db_path(name) + "/limits", _identity, body=limits)
+
+    def _compact(self, name: str | None, branch: str | None) -> Call[dict[str, Any]]:
+        return Call("POST", self._data_path(name, branch) + "/compact", _identity, {})
+
+    def _create_token(self, databases: Sequence[str] | Literal["*"], access: str,
+                      expires_in: int, idempotency_key: str | None) -> Call[dict[str, Any]]:
+        scope: list[str] | str = "*" if databases == "*" else list(databases)
+        return Call("POST", "/v1/tokens", _identity,
+                    {"databases": scope, "access": access, "expires_in": int(expires_in)},
+                    idempotency_key)
+
+    def _revoke_token(self, token_id: str) -> Call[None]:
+        return Call("DELETE", "/v1/tokens/" + quote(token_id, safe=""), _nothing)
+
+    # -- branches and history ----------------------------------------------------------------
+    def _branches(self, database: str | None) -> Call[list[dict[str, Any]]]:
+        return Call("GET", self._db_path(database) + "/branches", lambda d: d["branches"])
+
+    def _branch(self, name: str | None, database: str | None) -> Call[dict[str, Any]]:
+        database, name = self.resolve(database, name)
+        return Call("GET", self._branch_path(database, name), _identity)
+
+    def _create_branch(self, name: str, database: str | None, source: str | None,
+                       timestamp: str | datetime | None, bookmark: str | None,
+                       materialise: bool) -> Call[dict[str, Any]]:
+        body: dict[str, Any] = {"name": name}
+        if source is not None:
+            body["from"] = source
+        if timestamp is not None or bookmark is not None:
+            body["at"] = _point(timestamp, bookmark)
+        if materialise:
+            body["materialise"] = True
+        return Call("POST", self._db_path(database) + "/branches", _identity, body)
+
+    def _delete_branch(self, name: str, database: str | None) -> Call[None]:
+        return Call("DELETE", self._branch_path(database, name), _nothing)
+
+    def _reset_branch(self, name: str, database: str | None) -> Call[dict[str, Any]]:
+        return Call("POST", self._branch_path(database, name) + "/reset", _identity, {})
+
+    def _restore(self, database: str | None, branch: str | None,
+                 timestamp: str | datetime | None, bookmark: str | None,
+                 keep_as: str | None) -> Call[dict[str, Any]]:
+        database, branch = self.resolve(database, branch)
+        body = {"branch": branch} | _point(timestamp, bookmark)
+        if keep_as is not None:
+            body["keep_as"] = keep_as
+        return Call("POST", self._db_path(database) + "/restore", _identity, body)
+
+    def _history(self, database: str | None, branch: str | None) -> Call[dict[str, Any]]:
+        return Call("GET", self._data_path(database, branch) + "/history", _identity)
+
+    def _list(self, limit: int | None, page_size: int) -> Plan[list[dict[str, Any]]]:
+        """Follow ``next_cursor`` until the list (or ``limit`` entries) is complete."""
+        out: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            size = page_size if limit is None else max(1, min(page_size, limit - len(out)))
+            params = {"limit": str(size)} | ({"cursor": cursor} if cursor else {})
+            page: Page = yield Call(
+                "GET", "/v1/databases",
+                lambda d: Page(d["databases"], d.get("next_cursor")), params=params)
+            out.extend(page.databases)
+            if page.next_cursor is None or (limit is not None and len(out) >= limit):
+                return out if limit is None else out[:limit]
+            cursor = page.next_cursor
+
+
+class BaseTransaction:
+    """What both transaction kinds know: their database and branch, id and outcome.
+
+    The database and branch are fixed when the transaction is made: the server ties a
+    transaction to its branch, and every later call must name the same one.
+    """
+
+    def __init__(self, api: BaseClient, mode: Literal["read", "write"] | None,
+                 database: str | None, branch: str | None, idempotency_key: str | None):
+        self._api = api
+        self.mode = mode
+        self.database, self.branch = api.resolve(database, branch)
+        self.idempotency_key = idempotency_key
+        self.id: str | None = None
+        self.expires_at: str | None = None
+        self.done = False
+        self.committed = False
+        self.txid: int | None = None
+        self.bookmark: str | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.id is not None and not self.done
+
+    def _begin_call(self) -> Call[Begun]:
+        if self.id is not None:
+            raise RuntimeError("this transaction was already begun")
+        return self._api._begin(self.mode, self.database, self.branch)
+
+    def _begun(self, begun: Begun) -> None:
+        self.id, self.expires_at = begun.id, begun.expires_at
+        self.mode = "read" if begun.mode == "read" else "write"
+
+    def _query_call(self, statements: Sequence[StatementLike]) -> Call[list[Result]]:
+        return self._api._query(statements, self.database, self.branch, None, self._live_id())
+
+    def _end_call(self, commit: bool, idempotency_key: str | None) -> Call[Ended]:
+        tx = self._live_id()
+        self.done = True  # the server ends it whatever the answer; never try twice
+        return self._api._end(tx, commit, self.database, self.branch,
+                              idempotency_key if commit else None)
+
+    def _ended(self, ended: Ended) -> None:
+        self.committed, self.txid, self.bookmark = ended.committed, ended.txid, ended.bookmark
+
+    def _live_id(self) -> str:
+        if self.id is None:
+            raise RuntimeError("transaction not begun: use it in a with block or call begin()")
+        if self.done:
+            raise RuntimeError("transaction already committed or rolled back")
+        return self.id
+
+    def _expired(self, exc: ClientError) -> None:
+        """A transaction the server no longer knows cannot be ended by us either."""
+        if isinstance(exc, TransactionExpired) or exc.code == "TRANSACTION_NOT_FOUND":
+            self.done = True

@@ -1,0 +1,225 @@
+"""The blocking client: :class:`Client` and its :class:`Transaction`."""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any, Literal, TypeVar
+
+import httpx
+
+from shoal.client.calls import DEFAULT_TIMEOUT, BaseClient, BaseTransaction, Call, Plan
+from shoal.client.codec import Args, StatementLike
+from shoal.client.errors import ClientError, transport_error
+from shoal.client.results import Result
+
+T = TypeVar("T")
+
+
+class Client(BaseClient):
+    """Blocking client over one keep-alive connection pool; use as a context manager.
+
+    ``database`` and ``branch`` are where calls go when they name none (a URL ending in
+    ``/db/NAME`` or ``/db/NAME/branches/BRANCH`` says the same). ``verify``: TLS
+    verification as httpx takes it (a context, a CA bundle path, False).
+    """
+
+    def __init__(self, url: str | None = None, token: str | None = None, *,
+                 database: str | None = None, branch: str | None = None,
+                 timeout: float = DEFAULT_TIMEOUT,
+                 transport: httpx.BaseTransport | None = None,
+                 verify: ssl.SSLContext | bool | None = None):
+        super().__init__(url, token, database, branch)
+        self._http = httpx.Client(base_url=self.url, headers=self._headers(), timeout=timeout,
+                                  transport=transport, verify=self._verify(verify))
+
+    def _send(self, call: Call[T]) -> T:
+        try:
+            response = self._http.send(call.request(self._http))
+        except httpx.HTTPError as exc:
+            raise transport_error(exc) from exc
+        return call.finish(response)
+
+    def _run(self, plan: Plan[T]) -> T:
+        try:
+            call = next(plan)
+            while True:
+                call = plan.send(self._send(call))
+        except StopIteration as stop:
+            return stop.value
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- SQL --------------------------------------------------------------------------------
+    def execute(self, sql: str, args: Args = None, *, database: str | None = None,
+                branch: str | None = None, idempotency_key: str | None = None) -> Result:
+        """Run one statement in its own transaction."""
+        return self._send(self._query([(sql, args)], database, branch, idempotency_key))[0]
+
+    def batch(self, statements: Sequence[StatementLike], *, database: str | None = None,
+              branch: str | None = None, idempotency_key: str | None = None) -> list[Result]:
+        """Run statements in one transaction: all apply or none does."""
+        if not statements:
+            return []
+        return self._send(self._query(statements, database, branch, idempotency_key))
+
+    def transaction(self, mode: Literal["read", "write"] | None = None, *,
+                    database: str | None = None, branch: str | None = None,
+                    idempotency_key: str | None = None) -> Transaction:
+        """An interactive transaction; ``with`` begins it, commits on success, rolls back on error.
+
+        ``mode`` None means write when the token may write. ``idempotency_key`` guards the commit.
+        """
+        return Transaction(self, mode, database, branch, idempotency_key)
+
+    # -- administration ---------------------------------------------------------------------
+    def create_database(self, name: str, *, idempotency_key: str | None = None) -> dict[str, Any]:
+        return self._send(self._create_database(name, idempotency_key))
+
+    def list_databases(self, *, limit: int | None = None,
+                       page_size: int = 100) -> list[dict[str, Any]]:
+        """Every database the token may see (following pagination), or the first ``limit``."""
+        return self._run(self._list(limit, page_size))
+
+    def database(self, name: str | None = None) -> dict[str, Any]:
+        """Name, created_at, size_bytes, branches, txid, open."""
+        return self._send(self._database(name))
+
+    def delete_database(self, name: str, *, purge: bool = False) -> None:
+        """Delete a database: restorable (``undelete_database``) for the node's
+        history_retention, unless ``purge`` (gone at once, with its history)."""
+        self._send(self._delete_database(name, purge))
+
+    def undelete_database(self, name: str, incarnation: str | None = None) -> dict[str, Any]:
+        """Bring back a deleted database (its newest deleted incarnation unless named)."""
+        return self._send(self._undelete_database(name, incarnation))
+
+    def deleted_databases(self) -> list[dict[str, Any]]:
+        """Deleted databases still restorable: name, incarnation, deleted_at,
+        restorable_until, branches."""
+        return self._send(self._deleted_databases())
+
+    def usage(self, name: str | None = None, *, branch: str | None = None) -> dict[str, Any]:
+        """Cumulative rows_read, rows_written, queries and storage_bytes; size_bytes, the
+        limits in force and the current period's counts (of one branch, when not main)."""
+        return self._send(self._usage(name, branch))
+
+    def limits(self, name: str | None = None) -> dict[str, Any]:
+        """The database's own limits and those in force (node defaults filled in)."""
+        return self._send(self._limits(name))
+
+    def set_limits(self, name: str | None = None, **limits: Any) -> dict[str, Any]:
+        """Replace the database's own limits (size_bytes, rows_read, rows_written, period,
+        queries_per_second, transactions; None or absent: the node's default, 0: none).
+        Needs an admin token for every database."""
+        return self._send(self._set_limits(name, limits))
+
+    def compact(self, name: str | None = None, *, branch: str | None = None) -> dict[str, Any]:
+        """Give a branch's free pages back (admin; writes wait while it runs):
+        ``{"database", "branch", "txid", "bytes_before", "bytes_after", "storage_bytes",
+        "ms"}``."""
+        return self._send(self._compact(name, branch))
+
+    def create_token(self, databases: Sequence[str] | Literal["*"] = "*",
+                     access: Literal["read", "write", "admin"] = "read",
+                     expires_in: int = 3600, *,
+                     idempotency_key: str | None = None) -> dict[str, Any]:
+        """A new token: ``{"id", "token", "databases", "access", "expires_at"}``."""
+        return self._send(self._create_token(databases, access, expires_in, idempotency_key))
+
+    def revoke_token(self, token_id: str) -> None:
+        self._send(self._revoke_token(token_id))
+
+    # -- branches and point in time -----------------------------------------------------------
+    def list_branches(self, database: str | None = None) -> list[dict[str, Any]]:
+        """Every branch: name, parent, fork_txid, created_at, timeline, txid, sizes."""
+        return self._send(self._branches(database))
+
+    def branch(self, name: str | None = None, *, database: str | None = None) -> dict[str, Any]:
+        """One branch (the client's unless named): as an entry of :meth:`list_branches`."""
+        return self._send(self._branch(name, database))
+
+    def create_branch(self, name: str, *, database: str | None = None,
+                      source: str | None = None, timestamp: str | datetime | None = None,
+                      bookmark: str | None = None, materialise: bool = False
+                      ) -> dict[str, Any]:
+        """A branch of ``source`` (default main) at its latest state, a time or a bookmark.
+        No data is copied; ``materialise`` waits until the node has hydrated it."""
+        return self._send(self._create_branch(name, database, source, timestamp, bookmark,
+                                              materialise))
+
+    def delete_branch(self, name: str, *, database: str | None = None) -> None:
+        self._send(self._delete_branch(name, database))
+
+    def reset_branch(self, name: str, *, database: str | None = None) -> dict[str, Any]:
+        """Back to its parent's latest state; the branch's own writes are dropped."""
+        return self._send(self._reset_branch(name, database))
+
+    def restore(self, *, database: str | None = None, branch: str | None = None,
+                timestamp: str | datetime | None = None, bookmark: str | None = None,
+                keep_as: str | None = None) -> dict[str, Any]:
+        """Restore a branch in place; the answer's ``kept_as`` names the branch that keeps
+        the state before."""
+        return self._send(self._restore(database, branch, timestamp, bookmark, keep_as))
+
+    def history(self, *, database: str | None = None,
+                branch: str | None = None) -> dict[str, Any]:
+        """The restorable window: ``earliest`` and ``latest`` points (txid, time)."""
+        return self._send(self._history(database, branch))
+
+
+class Transaction(BaseTransaction):
+    """A blocking interactive transaction; every call is one request on the client's pool."""
+
+    _client: Client
+
+    def __init__(self, client: Client, mode: Literal["read", "write"] | None,
+                 database: str | None, branch: str | None, idempotency_key: str | None):
+        super().__init__(client, mode, database, branch, idempotency_key)
+        self._client = client
+
+    def begin(self) -> Transaction:
+        self._begun(self._client._send(self._begin_call()))
+        return self
+
+    def execute(self, sql: str, args: Args = None) -> Result:
+        return self.batch([(sql, args)])[0]
+
+    def batch(self, statements: Sequence[StatementLike]) -> list[Result]:
+        """Statements run in order; a failure undoes this request only, not the transaction."""
+        try:
+            return self._client._send(self._query_call(statements))
+        except ClientError as exc:
+            self._expired(exc)
+            raise
+
+    def commit(self, idempotency_key: str | None = None) -> None:
+        self._ended(self._client._send(self._end_call(True, idempotency_key
+                                                      or self.idempotency_key)))
+
+    def rollback(self) -> None:
+        self._ended(self._client._send(self._end_call(False, None)))
+
+    def __enter__(self) -> Transaction:
+        return self.begin() if self.id is None else self
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if not self.open:
+            return
+        if exc is None:
+            self.commit()
+            return
+        try:
+            self.rollback()
+        except ClientError as failed:  # the original error matters more
+            exc.add_note(f"rollback also failed: {failed}")
