@@ -1,4 +1,5 @@
-"""@libsql/client and drizzle-orm (pinned in node/package-lock.json) against a real node.
+"""@libsql/client, drizzle-orm and drizzle-kit (pinned in node/package-lock.json) against a real
+node.
 
 The scripts live in tests/conformance/node/*.test.mjs and run under `node --test`;
 each creates its own databases through the native API.
@@ -6,7 +7,9 @@ each creates its own databases through the native API.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -22,3 +25,31 @@ def test_node_client_suite(node_modules: Path, node: ServerProcess, script: str)
     assert proc.returncode == 0, report
     counts = dict(re.findall(r"^# (pass|fail) (\d+)$", proc.stdout, re.M))
     assert counts.get("fail") == "0" and int(counts.get("pass", "0")) > 0, report
+
+
+def test_drizzle_kit_push_sees_only_the_users_tables(node_modules: Path,
+                                                     node: ServerProcess) -> None:
+    """`drizzle-kit push` (no tablesFilter) on a fresh database creates the schema without a
+    prompt, and on the database that has it finds nothing to change: Shoal's own tables are
+    sqlite_* names, which it skips (engine/tables.py)."""
+    with node.client() as c:
+        assert c.post("/v1/databases", json={"name": "kit"}).status_code == 201
+    host = node.url.split("//", 1)[1]
+    push = [str(node_modules / ".bin" / "drizzle-kit"), "push", "--dialect=turso",
+            "--schema=./drizzle-kit/schema.mjs", f"--url=http://{host}/db/kit/",
+            f"--auth-token={node.admin_token}", "--strict=false", "--verbose"]
+    outputs = []
+    for _ in range(2):
+        proc = subprocess.run(push, cwd=node_modules.parent, capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL,
+                              env=dict(os.environ, NODE_NO_WARNINGS="1"))
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+        outputs.append(proc.stdout)
+    assert "CREATE TABLE `users`" in outputs[0] and "Changes applied" in outputs[0]
+    assert "shoal" not in outputs[0].lower()
+    assert "No changes detected" in outputs[1], outputs[1]
+    with node.client() as c:
+        r = c.post("/v1/databases/kit/query", json={"statements": [
+            {"sql": "SELECT name FROM sqlite_master WHERE type = 'table' "
+                    "AND name NOT LIKE 'sqlite_%' ORDER BY name"}]})
+        assert r.json()["results"][0]["rows"] == [["posts"], ["users"]]

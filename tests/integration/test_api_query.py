@@ -472,17 +472,15 @@ NOT_ALLOWED = [
     "END",
     "SAVEPOINT s",
     "RELEASE s",
-    "SELECT * FROM _shoal_state",
-    "SELECT * FROM _shoal_idempotency",
-    "SELECT txid FROM main._shoal_state",
-    "UPDATE _shoal_state SET txid = 99",
-    "DELETE FROM _shoal_idempotency",
-    "DROP TABLE _shoal_state",
+    "SELECT * FROM sqlite_shoal_state",
+    "SELECT * FROM sqlite_shoal_idempotency",
+    "SELECT txid FROM main.sqlite_shoal_state",
+    "UPDATE sqlite_shoal_state SET txid = 99",
+    "DELETE FROM sqlite_shoal_idempotency",
+    "DROP TABLE sqlite_shoal_state",
     "CREATE TABLE _shoal_mine(a)",
-    "CREATE INDEX i ON _shoal_state(txid)",
-    "CREATE TRIGGER tr AFTER INSERT ON _shoal_state BEGIN SELECT 1; END",
-    "INSERT INTO t(v) SELECT txid FROM _shoal_state",
-    "SELECT (SELECT count(*) FROM _SHOAL_IDEMPOTENCY)",
+    "INSERT INTO t(v) SELECT txid FROM sqlite_shoal_state",
+    "SELECT (SELECT count(*) FROM SQLITE_SHOAL_IDEMPOTENCY)",
 ]
 
 
@@ -508,6 +506,23 @@ def test_sql_not_allowed_for_every_token(server: ServerProcess, admin: httpx.Cli
     assert rows(admin, db, "SELECT id, v FROM t") == [[1, "kept"]]
     assert rows(admin, db, "PRAGMA user_version") == [[0]]
     assert not Path(ATTACK_DB).exists()
+    assert_serving(admin, db)
+
+
+def test_shoal_tables_bear_sqlites_own_names(admin: httpx.Client, db: str) -> None:
+    """Schema tools skip sqlite_* (drizzle-kit, Prisma, SQLAlchemy): they see the user's
+    tables only; and SQLite refuses everyone schema changes in that namespace."""
+    listed = rows(admin, db, "SELECT name FROM sqlite_master WHERE type = 'table' "
+                             "AND name NOT LIKE 'sqlite_%' ORDER BY name")
+    assert [r[0] for r in listed] == sorted(
+        r[0] for r in rows(admin, db, "SELECT name FROM sqlite_master WHERE type = 'table'")
+        if not r[0].startswith("sqlite_"))
+    assert not [r for r in listed if "shoal" in r[0]]
+    for sql in ("CREATE INDEX i ON sqlite_shoal_state(txid)",
+                "CREATE TRIGGER tr AFTER INSERT ON sqlite_shoal_state BEGIN SELECT 1; END",
+                "ALTER TABLE t RENAME TO sqlite_shoal_x", "CREATE VIEW sqlite_v AS SELECT 1"):
+        err = error_of(query(admin, db, sql), 400, "SQLITE_ERROR")
+        assert "sqlite_" in err["message"] or "system table" in err["message"]
     assert_serving(admin, db)
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 import apsw
 import pytest
 
-from shoal.engine.connection import SCHEMA, Connection, Limits, NeedsWriter, Statement
+from shoal.engine import tables
+from shoal.engine.connection import Connection, Limits, NeedsWriter, Statement
 from shoal.engine.policy import Guard
 from shoal.errors import ShoalError
 
@@ -18,7 +19,7 @@ LIMITS = Limits(statement_timeout=5.0, max_response_bytes=10_000_000)
 @pytest.fixture
 def writer(tmp_path: Path) -> Iterator[Connection]:
     conn = Connection(str(tmp_path / "main.db"), reader=False)
-    conn.internal(SCHEMA)
+    tables.create(conn)
     conn.internal("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
     conn.internal("INSERT INTO t VALUES (1, 'one')")
     yield conn
@@ -142,20 +143,15 @@ def test_user_version_is_set(writer: Connection) -> None:
         "ROLLBACK",
         "SAVEPOINT sp",
         "RELEASE sp",
-        "SELECT * FROM _shoal_state",
-        "SELECT txid FROM main._shoal_state",
-        "SELECT * FROM _SHOAL_STATE",
-        "SELECT * FROM _shoal_idempotency",
-        "UPDATE _shoal_state SET txid = 99",
-        "DELETE FROM _shoal_idempotency",
-        "INSERT INTO _shoal_state VALUES (1, 1)",
-        "DROP TABLE _shoal_state",
-        "ALTER TABLE _shoal_state RENAME TO mine",
-        "ALTER TABLE _shoal_idempotency ADD COLUMN x",
-        "ALTER TABLE _shoal_state RENAME COLUMN txid TO x",
+        "SELECT * FROM sqlite_shoal_state",
+        "SELECT txid FROM main.sqlite_shoal_state",
+        "SELECT * FROM SQLITE_SHOAL_STATE",
+        "SELECT * FROM sqlite_shoal_idempotency",
+        "UPDATE sqlite_shoal_state SET txid = 99",
+        "DELETE FROM sqlite_shoal_idempotency",
+        "INSERT INTO sqlite_shoal_state VALUES (1, 1)",
+        "DROP TABLE sqlite_shoal_state",
         "CREATE TABLE _shoal_new(a)",
-        "CREATE INDEX mine ON _shoal_state(txid)",
-        "CREATE TRIGGER mine AFTER UPDATE ON _shoal_state BEGIN SELECT 1; END",
     ],
 )
 def test_refused_on_the_writer(writer: Connection, sql: str) -> None:
@@ -164,14 +160,39 @@ def test_refused_on_the_writer(writer: Connection, sql: str) -> None:
     assert run(writer, "SELECT v FROM t WHERE id = 1") == [["one"]]
 
 
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "ALTER TABLE sqlite_shoal_state RENAME TO mine",
+        "ALTER TABLE sqlite_shoal_idempotency ADD COLUMN x",
+        "ALTER TABLE sqlite_shoal_state RENAME COLUMN txid TO x",
+        "CREATE INDEX mine ON sqlite_shoal_state(txid)",
+        "CREATE TRIGGER mine AFTER UPDATE ON sqlite_shoal_state BEGIN SELECT 1; END",
+        "CREATE TABLE sqlite_shoal_new(a)",
+        "CREATE VIEW sqlite_shoal_v AS SELECT 1",
+        "ALTER TABLE t RENAME TO sqlite_shoal_x",
+    ],
+)
+def test_sqlite_itself_refuses_schema_changes_to_its_namespace(writer: Connection,
+                                                               sql: str) -> None:
+    """Shoal's tables are named sqlite_* (engine/tables.py): SQLite refuses these before the
+    authorizer is asked."""
+    err = refused(writer, sql, "SQLITE_ERROR")
+    assert "may not be altered" in err.message or "reserved for internal use" in err.message \
+        or "may not be indexed" in err.message or "cannot create trigger" in err.message, \
+        err.message
+    assert writer.internal("SELECT txid FROM sqlite_shoal_state") == [(0,)]
+
+
 def test_refusals_leave_the_connection_as_it_was(writer: Connection) -> None:
     for sql in ("CREATE TABLE temp.t(shadow)", "PRAGMA journal_mode = DELETE",
-                "ALTER TABLE _shoal_state RENAME TO mine"):
+                "ALTER TABLE sqlite_shoal_state RENAME TO mine", "UPDATE sqlite_shoal_state "
+                "SET txid = 5"):
         with pytest.raises(ShoalError):
             run(writer, sql)
     assert writer.internal("PRAGMA journal_mode") == [("wal",)]
     assert writer.internal("SELECT name FROM sqlite_temp_master") == []
-    assert writer.internal("SELECT txid FROM _shoal_state") == [(0,)]
+    assert writer.internal("SELECT txid FROM sqlite_shoal_state") == [(0,)]
     # `t` still names the real table, not a temporary shadow of it
     run(writer, "INSERT INTO t(v) VALUES ('kept')")
     assert writer.internal("SELECT count(*) FROM main.t") == [(2,)]
@@ -179,18 +200,18 @@ def test_refusals_leave_the_connection_as_it_was(writer: Connection) -> None:
 
 def test_a_trigger_cannot_reach_reserved_tables(writer: Connection) -> None:
     run(writer, "CREATE TRIGGER sneaky AFTER INSERT ON t BEGIN "
-                "UPDATE _shoal_state SET txid = 1000; END")
+                "UPDATE sqlite_shoal_state SET txid = 1000; END")
     refused(writer, "INSERT INTO t(v) VALUES ('x')")
-    assert writer.internal("SELECT txid FROM _shoal_state") == [(0,)]
+    assert writer.internal("SELECT txid FROM sqlite_shoal_state") == [(0,)]
 
 
 def test_a_view_cannot_reach_reserved_tables(writer: Connection) -> None:
-    run(writer, "CREATE VIEW peek AS SELECT * FROM _shoal_idempotency")
+    run(writer, "CREATE VIEW peek AS SELECT * FROM sqlite_shoal_idempotency")
     refused(writer, "SELECT * FROM peek")
 
 
 def test_internal_statements_bypass_the_authorizer(writer: Connection) -> None:
-    assert writer.internal("SELECT txid FROM _shoal_state") == [(0,)]
+    assert writer.internal("SELECT txid FROM sqlite_shoal_state") == [(0,)]
     assert writer.guard.internal is False  # reset afterwards
 
 

@@ -14,9 +14,11 @@ from pathlib import Path
 import apsw
 import pytest
 
-from shoal.engine.connection import SCHEMA, Connection, Limits, Statement
+from shoal.engine import tables
+from shoal.engine.connection import Connection, Limits, Statement
 from shoal.engine.policy import Guard
 from shoal.errors import ShoalError
+from tests.support.tables import legacy_tables
 
 LIMITS = Limits(statement_timeout=5.0, max_response_bytes=10_000_000)
 
@@ -93,7 +95,7 @@ def path(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture(scope="module")
 def writer(path: str) -> Iterator[Connection]:
     conn = Connection(path, reader=False)
-    conn.internal(SCHEMA)
+    tables.create(conn)
     conn.internal("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
     conn.internal("CREATE INDEX t_v ON t(v)")
     conn.internal("CREATE TABLE c(id INTEGER PRIMARY KEY, t_id INTEGER REFERENCES t(id))")
@@ -101,6 +103,14 @@ def writer(path: str) -> Iterator[Connection]:
     # functions SQLite's shell adds: a build that has them must still refuse them
     for name in ("ReadFile", "WriteFile", "Edit"):
         conn.raw.create_scalar_function(name, lambda *args: None)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def legacy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Connection]:
+    conn = Connection(str(tmp_path_factory.mktemp("legacy") / "main.db"), reader=False)
+    legacy_tables(conn)
     yield conn
     conn.close()
 
@@ -276,19 +286,26 @@ CALLS = [
     (apsw.SQLITE_PRAGMA, "user_version", "3", "main", OK, None),
     (apsw.SQLITE_PRAGMA, "user_version", "3", None, OK, None),
     # reserved names: table first for table operations, second for index/trigger/alter
-    (apsw.SQLITE_READ, "_shoal_state", "txid", "main", DENY, reserved("_shoal_state")),
-    (apsw.SQLITE_READ, "_Shoal_State", "txid", "main", DENY, reserved("_Shoal_State")),
-    (apsw.SQLITE_INSERT, "_SHOAL_STATE", None, "main", DENY, reserved("_SHOAL_STATE")),
-    (apsw.SQLITE_UPDATE, "_shoal_state", "txid", "main", DENY, reserved("_shoal_state")),
-    (apsw.SQLITE_DELETE, "_shoal_idempotency", None, "main", DENY, reserved("_shoal_idempotency")),
+    (apsw.SQLITE_READ, "sqlite_shoal_state", "txid", "main", DENY, reserved("sqlite_shoal_state")),
+    (apsw.SQLITE_READ, "sqlite_Shoal_State", "txid", "main", DENY, reserved("sqlite_Shoal_State")),
+    (apsw.SQLITE_INSERT, "SQLITE_SHOAL_STATE", None, "main", DENY, reserved("SQLITE_SHOAL_STATE")),
+    (apsw.SQLITE_UPDATE, "sqlite_shoal_state", "txid", "main", DENY,
+     reserved("sqlite_shoal_state")),
+    (apsw.SQLITE_DELETE, "sqlite_shoal_idempotency", None, "main", DENY,
+     reserved("sqlite_shoal_idempotency")),
     (apsw.SQLITE_CREATE_TABLE, "_SHOAL_NEW", None, "main", DENY, reserved("_SHOAL_NEW")),
-    (apsw.SQLITE_DROP_TABLE, "_shoal_state", None, "main", DENY, reserved("_shoal_state")),
-    (apsw.SQLITE_CREATE_INDEX, "mine", "_SHOAL_STATE", "main", DENY,
-     reserved("_SHOAL_STATE")),
-    (apsw.SQLITE_DROP_INDEX, "mine", "_shoal_state", "main", DENY, reserved("_shoal_state")),
-    (apsw.SQLITE_CREATE_TRIGGER, "mine", "_Shoal_State", "main", DENY, reserved("_Shoal_State")),
-    (apsw.SQLITE_DROP_TRIGGER, "mine", "_shoal_state", "main", DENY, reserved("_shoal_state")),
-    (apsw.SQLITE_ALTER_TABLE, "main", "_SHOAL_STATE", None, DENY, reserved("_SHOAL_STATE")),
+    (apsw.SQLITE_DROP_TABLE, "sqlite_shoal_state", None, "main", DENY,
+     reserved("sqlite_shoal_state")),
+    (apsw.SQLITE_CREATE_INDEX, "mine", "SQLITE_SHOAL_STATE", "main", DENY,
+     reserved("SQLITE_SHOAL_STATE")),
+    (apsw.SQLITE_DROP_INDEX, "mine", "sqlite_shoal_state", "main", DENY,
+     reserved("sqlite_shoal_state")),
+    (apsw.SQLITE_CREATE_TRIGGER, "mine", "sqlite_Shoal_State", "main", DENY,
+     reserved("sqlite_Shoal_State")),
+    (apsw.SQLITE_DROP_TRIGGER, "mine", "sqlite_shoal_state", "main", DENY,
+     reserved("sqlite_shoal_state")),
+    (apsw.SQLITE_ALTER_TABLE, "main", "SQLITE_SHOAL_STATE", None, DENY,
+     reserved("SQLITE_SHOAL_STATE")),
     (apsw.SQLITE_CREATE_INDEX, "_shoal_like", "t", "main", OK, None),  # an index's own name
     (apsw.SQLITE_ALTER_TABLE, "main", "t", None, OK, None),
     (apsw.SQLITE_READ, "shoal_state", "txid", "main", OK, None),
@@ -297,8 +314,8 @@ CALLS = [
     (apsw.SQLITE_CREATE_TABLE, None, None, "main", OK, None),
     (apsw.SQLITE_CREATE_INDEX, "i", None, "main", OK, None),
     # ANALYZE (plain, or run by PRAGMA optimize) skips reserved tables instead of failing
-    (apsw.SQLITE_ANALYZE, "_shoal_state", None, "main", IGNORE, None),
-    (apsw.SQLITE_ANALYZE, "_SHOAL_STATE", None, "main", IGNORE, None),
+    (apsw.SQLITE_ANALYZE, "sqlite_shoal_state", None, "main", IGNORE, None),
+    (apsw.SQLITE_ANALYZE, "SQLITE_SHOAL_STATE", None, "main", IGNORE, None),
     (apsw.SQLITE_ANALYZE, "t", None, "main", OK, None),
     # PRAGMAs
     (apsw.SQLITE_PRAGMA, "foreign_keys", "OFF", None, IGNORE, None),
@@ -385,16 +402,34 @@ def test_transaction_calls_name_their_verb(op: int, p1: str | None, verb: str) -
     "SELECT count(*) FROM main.{s}_idempotency",
 ])
 @pytest.mark.parametrize("prefix", ["_shoal", "_SHOAL", "_Shoal"])
-def test_reserved_names_in_any_case(writer: Connection, sql: str, prefix: str) -> None:
+def test_reserved_names_in_any_case(legacy: Connection, sql: str, prefix: str) -> None:
+    """A file from before Shoal's tables took sqlite_* names (restored from old history
+    until its first write moves them): the authorizer refuses their old names."""
+    refused(legacy, sql.format(s=prefix), RESERVED)
+    assert legacy.internal("SELECT txid FROM _shoal_state") == [(0,)]
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO {s}_state VALUES (1, 1)",
+    "REPLACE INTO {s}_state VALUES (0, 5)",
+    "UPDATE {s}_state SET txid = 99",
+    "DELETE FROM {s}_idempotency",
+    "SELECT * FROM {s}_state",
+    "SELECT count(*) FROM main.{s}_idempotency",
+    "DROP TABLE IF EXISTS {s}_idempotency",
+])
+@pytest.mark.parametrize("prefix", ["sqlite_shoal", "SQLITE_SHOAL", "Sqlite_Shoal"])
+def test_shoal_tables_in_any_case(writer: Connection, sql: str, prefix: str) -> None:
+    # (DROP: the authorizer is asked before SQLite's own "may not be dropped")
     refused(writer, sql.format(s=prefix), RESERVED)
-    assert writer.internal("SELECT txid FROM _shoal_state") == [(0,)]
+    assert writer.internal("SELECT txid FROM sqlite_shoal_state") == [(0,)]
 
 
 def test_analyze_skips_reserved_tables(writer: Connection) -> None:
-    for sql in ("ANALYZE", "ANALYZE main", "ANALYZE _shoal_state", "ANALYZE _SHOAL_STATE",
-                "PRAGMA optimize(0x10002)", "PRAGMA OPTIMIZE"):
+    for sql in ("ANALYZE", "ANALYZE main", "ANALYZE sqlite_shoal_state",
+                "ANALYZE SQLITE_SHOAL_STATE", "PRAGMA optimize(0x10002)", "PRAGMA OPTIMIZE"):
         tables = run_then(writer, sql, "SELECT DISTINCT tbl FROM sqlite_stat1 ORDER BY tbl")
-        assert not [t for t in tables if str(t[0]).lower().startswith("_shoal_")], sql
+        assert not [t for t in tables if "shoal" in str(t[0]).lower()], sql
     # the user's own tables are analyzed
     assert ["t"] in run_then(writer, "ANALYZE", "SELECT DISTINCT tbl FROM sqlite_stat1")
     assert ["t"] in run_then(writer, "ANALYZE t", "SELECT DISTINCT tbl FROM sqlite_stat1")
@@ -443,5 +478,5 @@ def test_a_reader_stays_query_only(reader: Connection) -> None:
         refused(reader, sql, pragma("query_only"))
     assert reader.internal("PRAGMA query_only") == [(1,)]
     assert run(reader, "SELECT v FROM t") == [["one"]]
-    refused(reader, "SELECT * FROM _SHOAL_STATE", RESERVED)
+    refused(reader, "SELECT * FROM SQLITE_SHOAL_STATE", RESERVED)
     refused(reader, "PRAGMA temp.user_version = 1", TEMPORARY)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from shoal.engine import tables
 from shoal.engine.connection import (
-    SCHEMA,
     Connection,
     Limits,
     Statement,
@@ -23,7 +23,7 @@ LIMITS = Limits(statement_timeout=5.0, max_response_bytes=10_000_000)
 @pytest.fixture
 def reader(tmp_path: Path) -> Iterator[Connection]:
     writer = Connection(str(tmp_path / "main.db"), reader=False)
-    writer.internal(SCHEMA)
+    tables.create(writer)
     writer.internal("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)")
     conn = Connection(str(tmp_path / "main.db"), reader=True)
     yield conn

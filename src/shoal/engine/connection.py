@@ -69,24 +69,6 @@ DEFER_OFF = f"PRAGMA defer_foreign_keys=OFF /*{TAG}*/"
 
 OPEN_FLAGS = apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE | apsw.SQLITE_OPEN_NOMUTEX
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS _shoal_state(
-    k INTEGER PRIMARY KEY CHECK (k = 0),
-    txid INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO _shoal_state(k, txid) VALUES (0, 0);
-CREATE TABLE IF NOT EXISTS _shoal_idempotency(
-    subject TEXT NOT NULL,
-    key TEXT NOT NULL,
-    body_hash BLOB NOT NULL,
-    status INTEGER NOT NULL,
-    response BLOB NOT NULL,
-    created_at REAL NOT NULL,
-    PRIMARY KEY (subject, key)
-) WITHOUT ROWID;
-"""
-
-
 @dataclass(slots=True)
 class Statement:
     sql: str

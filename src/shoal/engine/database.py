@@ -49,10 +49,10 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import apsw
 
+from shoal.engine import tables
 from shoal.engine.connection import (
     DEFER_OFF,
     INLINE_VALUE_BYTES,
-    SCHEMA,
     TAG,
     Connection,
     Counters,
@@ -102,20 +102,11 @@ ROLLBACK = f"ROLLBACK /*{_NONCE}*/"
 SAVEPOINT = f"SAVEPOINT s{_NONCE}"
 RELEASE = f"RELEASE s{_NONCE}"
 ROLLBACK_TO = f"ROLLBACK TO s{_NONCE}"
-SET_TXID = f"UPDATE _shoal_state SET txid = ? /*{_NONCE}*/"
-GET_TXID = f"SELECT txid FROM _shoal_state /*{_NONCE}*/"
 SCHEMA_VERSION = f"PRAGMA schema_version /*{_NONCE}*/"
 VACUUM = f"VACUUM /*{_NONCE}*/"
 PAGE_BYTES = (f"SELECT c.page_count * s.page_size FROM pragma_page_count() c, "
               f"pragma_page_size() s /*{_NONCE}*/")
 KNOWN_TEXTS = 1024  # SQL texts remembered per database as writing, or as cheap to run inline
-# OR REPLACE: a record past idempotency_ttl may still be in the file (purged by the first
-# write batch after open, inside a numbered commit: every commit must carry a txid)
-PUT_IDEM = (f"INSERT OR REPLACE INTO _shoal_idempotency(subject, key, body_hash, status,"
-            f" response, created_at) VALUES (?, ?, ?, ?, ?, ?) /*{_NONCE}*/")
-GET_IDEM = (f"SELECT body_hash, status, response, created_at FROM _shoal_idempotency"
-            f" WHERE subject = ? AND key = ? /*{_NONCE}*/")
-PURGE_IDEM = f"DELETE FROM _shoal_idempotency WHERE created_at < ? /*{_NONCE}*/"
 
 INLINE_BUDGET = 0.002  # seconds a read may hold the event loop before moving to a thread
 INLINE_SQL_CHARS = 1024  # longer SQL never runs inline
@@ -256,6 +247,7 @@ class Database:
         self.queue: list[WriteJob] = []
         self.wake = asyncio.Event()
         self.txid = 0
+        self.layout = tables.CURRENT  # the names of Shoal's tables in the file (tables.py)
         self.schema_generation = 0  # bumped when a commit changed the schema
         self._schema_version = 0
         self.known_writes = RecentTexts()  # SQL SQLite said writes
@@ -292,19 +284,20 @@ class Database:
                                                             context=contextvars.Context())
 
     def _open_writer(self) -> Connection:
-        """Without a commit log the file and Shoal's tables are created here. With one,
-        the file comes from the store (its snapshot at txid 0 already holds the
-        tables) and nothing is written here: a commit that bumps no txid would be a
-        hole in the log."""
+        """Without a commit log a new file gets Shoal's tables here. With one, the file
+        comes from the store (its snapshot at txid 0 already holds the tables) and nothing
+        is written here: a commit that bumps no txid would be a hole in the log."""
         writer = self._connect(reader=False)
         try:
             if self.journal is not None:
                 writer.raw.set_wal_hook(self.journal.hook)
-            else:
+            layout = tables.layout_of(writer)
+            if layout is None and self.journal is None:
                 writer.internal(BEGIN_IMMEDIATE)
-                writer.internal(SCHEMA)
+                tables.create(writer)
                 writer.internal(COMMIT)
-            self.txid = writer.internal(GET_TXID)[0][0]
+            self.layout = layout or tables.CURRENT
+            self.txid = writer.internal(self.layout.get_txid)[0][0]
             self._schema_version = writer.internal(SCHEMA_VERSION)[0][0]
         except BaseException:
             writer.close()
@@ -504,7 +497,7 @@ class Database:
         conn.internal(BEGIN)
         try:
             if stale:
-                conn.internal(GET_TXID)
+                self._own_read(conn, lambda t: t.get_txid)
                 conn.schema_generation = generation
             return conn.run(statements, limits)
         finally:
@@ -656,11 +649,15 @@ class Database:
                      failed: dict[int, BaseException]) -> list[Committed | BaseException] | None:
         conn = self.writer
         assert conn is not None
+        if conn.size_cap != self.size_limit:  # set, or changed since the last batch
+            conn.cap_size(self.size_limit)
+        try:
+            self._upgrade(conn)
+        except BaseException as exc:  # every job of the batch fails with it (as with COMMIT)
+            return [from_sqlite(exc) if isinstance(exc, apsw.Error) else exc] * len(batch)
         txid = self.txid + 1
         bookmark = self.bookmark(txid)
         outcomes: list[Committed | BaseException] = []
-        if conn.size_cap != self.size_limit:  # set, or changed since the last batch
-            conn.cap_size(self.size_limit)
         conn.internal(BEGIN_IMMEDIATE)
         try:
             for i, job in enumerate(batch):
@@ -692,8 +689,9 @@ class Database:
                 conn.internal(DEFER_OFF)  # the pragma lasts until COMMIT: not into the next job
             if any(isinstance(o, Committed) for o in outcomes):
                 if self._purge_due:
-                    conn.internal(PURGE_IDEM, (time.time() - self.settings.idempotency_ttl,))
-                conn.internal(SET_TXID, (txid,))
+                    conn.internal(self.layout.purge_idem,
+                                  (time.time() - self.settings.idempotency_ttl,))
+                conn.internal(self.layout.set_txid, (txid,))
                 conn.internal(COMMIT)
                 self._purge_due = False
                 self._committed(conn, txid)
@@ -708,12 +706,11 @@ class Database:
             return [exc] * len(batch)
         return outcomes
 
-    @staticmethod
-    def _record(conn: Connection, idem: IdempotencyRecord, done: Committed) -> None:
+    def _record(self, conn: Connection, idem: IdempotencyRecord, done: Committed) -> None:
         status, body = idem.render(done)
         try:
-            conn.internal(PUT_IDEM, (idem.subject, idem.key, idem.body_hash, status, body,
-                                     time.time()), large=True)
+            conn.internal(self.layout.put_idem, (idem.subject, idem.key, idem.body_hash,
+                                                 status, body, time.time()), large=True)
         except apsw.FullError as exc:  # the request's own record passed the size limit
             raise conn.full_error(exc) from None
         done.response = (status, body)
@@ -733,7 +730,7 @@ class Database:
         """(body_hash, status, response) recorded for this key within the TTL, if any."""
         conn = await self._take_reader()
         try:
-            rows = conn.internal(GET_IDEM, (subject, key), large=True)
+            rows = self._own_read(conn, lambda t: t.get_idem, (subject, key), large=True)
         finally:
             self._give_reader(conn)
         if not rows or rows[0][3] < time.time() - self.settings.idempotency_ttl:
@@ -779,7 +776,8 @@ class Database:
         else:
             conn = await self._off_loop(None, self._connect, True)
             conn.internal(BEGIN)
-            start = conn.internal(GET_TXID)[0][0]  # pin the snapshot now, not at the first query
+            # pin the snapshot now, not at the first query
+            start = self._own_read(conn, lambda t: t.get_txid)[0][0]
         tx = Transaction(tx_id, subject, write, conn,
                          time.monotonic() + self.settings.transaction_timeout, start_txid=start)
         self.transactions[tx_id] = tx
@@ -788,7 +786,35 @@ class Database:
     def _begin_write(self, conn: Connection) -> None:
         if conn.size_cap != self.size_limit:
             conn.cap_size(self.size_limit)
+        self._upgrade(conn)
         conn.internal(BEGIN_IMMEDIATE)
+
+    def _upgrade(self, conn: Connection) -> None:
+        """Writer, under the write lock, before a write: a LEGACY file's tables move to their
+        new names (tables.migrate) in a commit of their own, the next txid, like any other
+        commit in the log."""
+        if self.layout is tables.CURRENT:
+            return
+        txid = self.txid + 1
+        conn.internal(BEGIN_IMMEDIATE)
+        try:
+            tables.migrate(conn)
+            conn.internal(tables.CURRENT.set_txid, (txid,))
+            conn.internal(COMMIT)
+        except BaseException:
+            if not conn.raw.get_autocommit():
+                conn.internal(ROLLBACK)
+            raise
+        self.layout = tables.CURRENT
+        self._committed(conn, txid)
+        log.info("%s/%s: Shoal's tables moved to their sqlite_shoal_* names at txid %d",
+                 self.name, self.branch, txid)
+
+    def _own_read(self, conn: Connection, statement: Callable[[tables.Layout], str],
+                  args: Any = None, *, large: bool = False) -> list[Any]:
+        """One of Shoal's reads on a reader, under the names this snapshot holds."""
+        return tables.read(lambda sql, a: conn.internal(sql, a, large=large), self.layout,
+                           statement, args)
 
     async def tx_query(self, tx: Transaction, statements: list[Statement]) -> Counters:
         """Run statements inside the transaction; a failure undoes only this request."""
@@ -846,7 +872,7 @@ class Database:
                 raise violated
             if idempotency:
                 self._record(conn, idempotency, done)
-            conn.internal(SET_TXID, (txid,))
+            conn.internal(self.layout.set_txid, (txid,))
             conn.internal(COMMIT)
         except BaseException as exc:
             with contextlib.suppress(Exception):
@@ -902,6 +928,7 @@ class Database:
         started = time.monotonic()
         try:
             before = await self._off_loop(None, self._storage, False)
+            await self._off_loop(None, self._upgrade, self.writer)  # shipped by the next step
             await self._checkpoint_first()
             if self.journal is not None:
                 # Nothing of what follows is captured: the log is re-based after it, even
@@ -969,7 +996,7 @@ class Database:
         try:
             conn.internal(BEGIN_IMMEDIATE)
             try:
-                conn.internal(SET_TXID, (txid,))
+                conn.internal(self.layout.set_txid, (txid,))
                 conn.internal(COMMIT)
             except BaseException:
                 if not conn.raw.get_autocommit():

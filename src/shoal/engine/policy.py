@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import apsw
 
-HIDDEN_PREFIX = "_shoal_"
+# Shoal's own tables (engine/tables.py), and the names they had before
+HIDDEN_PREFIXES = ("sqlite_shoal_", "_shoal_")
 
 # PRAGMAs anyone may read. Setting is allowed only for SETTABLE.
 READABLE_PRAGMAS = frozenset({
@@ -104,13 +105,13 @@ class Guard:
             # SQLAlchemy ask PRAGMA temp.table_info(...) when they look for a table.
             return self._deny("SQL_NOT_ALLOWED", "temporary objects are not allowed")
         if op in _TABLE_OPS:
-            if p1 and p1.lower().startswith(HIDDEN_PREFIX):
+            if p1 and p1.lower().startswith(HIDDEN_PREFIXES):
                 if op == apsw.SQLITE_ANALYZE:  # plain ANALYZE / PRAGMA optimize: skip it
                     return apsw.SQLITE_IGNORE
                 return self._deny("SQL_NOT_ALLOWED", f"table {p1} is reserved by Shoal")
             return apsw.SQLITE_OK  # mutate: harmless delete (falls through to the same SQLITE_OK)
         if op in _INDEX_TRIGGER_OPS:
-            if p2 and p2.lower().startswith(HIDDEN_PREFIX):
+            if p2 and p2.lower().startswith(HIDDEN_PREFIXES):
                 return self._deny("SQL_NOT_ALLOWED", f"table {p2} is reserved by Shoal")
             return apsw.SQLITE_OK  # mutate: harmless delete (falls through to the same SQLITE_OK)
         if op == apsw.SQLITE_PRAGMA:

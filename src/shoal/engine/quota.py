@@ -61,7 +61,7 @@ def decode_limits(body: bytes | str | dict[str, Any] | None) -> DatabaseLimits:
             return DatabaseLimits()
         limits = msgspec.convert(body, DatabaseLimits) if isinstance(body, dict) \
             else _decoder.decode(body)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except msgspec.DecodeError as exc:  # a ValidationError is one too
         raise ShoalError("INVALID_REQUEST", f"limits: {exc}") from None
     limits.check()
     return limits

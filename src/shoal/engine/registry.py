@@ -45,9 +45,10 @@ from typing import Any, ParamSpec, TypeVar
 
 import apsw
 
+from shoal.engine import tables
 from shoal.engine.catalog import Catalog, TokenRecord
-from shoal.engine.connection import SCHEMA, Connection
-from shoal.engine.database import BEGIN_IMMEDIATE, COMMIT, GET_TXID, Database
+from shoal.engine.connection import Connection
+from shoal.engine.database import BEGIN_IMMEDIATE, COMMIT, Database
 from shoal.engine.disk import optional
 from shoal.engine.journal import (
     Journal,
@@ -275,7 +276,7 @@ class Registry:
         conn = Connection(str(path), reader=False, manual_checkpoints=True)
         try:
             conn.internal(BEGIN_IMMEDIATE)
-            conn.internal(SCHEMA)
+            tables.create(conn)
             conn.internal(COMMIT)
             conn.internal("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
@@ -674,7 +675,9 @@ def stored_txid(path: Path) -> int:
     conn = apsw.Connection(str(path), flags=apsw.SQLITE_OPEN_READONLY)
     try:
         conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
-        return int(next(iter(conn.execute(GET_TXID)))[0])
+        rows = tables.read(lambda sql, args: list(conn.execute(sql, args)), tables.CURRENT,
+                           lambda t: t.get_txid)
+        return int(rows[0][0])
     except apsw.Error:
         return 0
     finally:
