@@ -3,10 +3,11 @@
 A branch's txid and its idempotency records are written inside the user's own commits, so
 they are atomic with them: that is why they live in the database file. They are named in
 SQLite's reserved namespace, ``sqlite_shoal_state`` and ``sqlite_shoal_idempotency``.
-SQLite refuses users every ``sqlite_*`` name (create, rename to, drop), and schema tools
-already skip the prefix, since ``sqlite_sequence`` and ``sqlite_stat1`` live in ordinary
-files: drizzle-kit, Prisma and SQLAlchemy list none of them, so ``drizzle-kit push`` sees
-only the user's tables. Creating a table with such a name takes ``PRAGMA writable_schema``
+SQLite refuses users every ``sqlite_*`` name (create, rename to, drop), and most schema
+tools skip the prefix, since ``sqlite_sequence`` and ``sqlite_stat1`` live in ordinary
+files: drizzle-kit and SQLAlchemy list none of them, so ``drizzle-kit push`` sees only
+the user's tables. (Prisma's introspection skips an exact list of names instead, so
+``prisma db pull`` still shows these two: issue 18's note says what would hide them.) Creating a table with such a name takes ``PRAGMA writable_schema``
 for the two CREATE statements (:func:`create`); reading and writing them needs nothing.
 The authorizer keeps users from reading or writing them (``policy.HIDDEN_PREFIXES``).
 
