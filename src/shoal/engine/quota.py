@@ -68,7 +68,8 @@ def decode_limits(body: bytes | str | dict[str, Any] | None) -> DatabaseLimits:
 
 
 def encode_limits(limits: DatabaseLimits) -> dict[str, Any]:
-    return msgspec.to_builtins(limits)
+    out: dict[str, Any] = msgspec.to_builtins(limits)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

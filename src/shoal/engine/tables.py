@@ -7,8 +7,9 @@ SQLite refuses users every ``sqlite_*`` name (create, rename to, drop), and most
 tools skip the prefix, since ``sqlite_sequence`` and ``sqlite_stat1`` live in ordinary
 files: drizzle-kit and SQLAlchemy list none of them, so ``drizzle-kit push`` sees only
 the user's tables. (Prisma's introspection skips an exact list of names instead, so
-``prisma db pull`` still shows these two: issue 18's note says what would hide them.) Creating a table with such a name takes ``PRAGMA writable_schema``
-for the two CREATE statements (:func:`create`); reading and writing them needs nothing.
+``prisma db pull`` still shows these two: issue 18's note says what would hide them.)
+Creating a table with such a name takes ``PRAGMA writable_schema`` for the two CREATE
+statements (:func:`create`); reading and writing them needs nothing.
 The authorizer keeps users from reading or writing them (``policy.HIDDEN_PREFIXES``).
 
 Files written before held ``_shoal_state`` and ``_shoal_idempotency`` (the LEGACY layout),

@@ -6,6 +6,7 @@ from typing import Any
 
 import msgspec
 
+from shoal.engine.quota import DatabaseLimits
 from shoal.errors import CODES
 
 # (method, template) -> (summary, request type name or None, success status)
@@ -114,7 +115,7 @@ def openapi_document(routes: list[tuple[str, str]]) -> dict[str, Any]:
 
     kinds = [api.QueryRequest, api.CreateDatabaseRequest, api.CreateTokenRequest,
              api.BeginRequest, api.CreateBranchRequest, api.RestoreRequest,
-             api.UndeleteRequest, api.DatabaseLimits]
+             api.UndeleteRequest, DatabaseLimits]
     _, components = msgspec.json.schema_components(
         kinds, ref_template="#/components/schemas/{name}")
     components["Error"] = _ERROR
