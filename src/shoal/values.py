@@ -26,7 +26,7 @@ import base64
 import math
 from typing import Any
 
-from shoal.errors import ShoalError
+from shoal.errors import Code, ShoalError
 
 SAFE_INT = 2**53
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -75,7 +75,7 @@ def encode_row(row: tuple[SQLValue, ...]) -> list[Any]:
 
 
 def _bad(message: str) -> ShoalError:
-    return ShoalError("INVALID_ARGUMENT", message)
+    return ShoalError(Code.INVALID_ARGUMENT, message)
 
 
 def decode(value: Any) -> SQLValue:

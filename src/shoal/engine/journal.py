@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from shoal.errors import ShoalError
+from shoal.errors import Code, ShoalError
 from shoal.log.branch import Branch
 from shoal.log.capture import Capture
 from shoal.log.errors import LogConflict, LogError, WalError
@@ -235,14 +235,14 @@ class Journal:
         try:
             await self.take()
         except LogConflict as exc:
-            raise ShoalError("STORAGE_UNAVAILABLE",
+            raise ShoalError(Code.STORAGE_UNAVAILABLE,
                              f"writes to {self.name}/{self.branch.name} are refused: {exc}",
                              hint="Another writer took this branch; retry: the next request "
                                   "reopens it from the object store.") from None
         except ShoalError:
             raise
         except Exception as exc:
-            raise ShoalError("STORAGE_UNAVAILABLE",
+            raise ShoalError(Code.STORAGE_UNAVAILABLE,
                              f"writes to {self.name}/{self.branch.name} are refused: the "
                              f"object store failed taking the branch: {exc!r}") from None
 
@@ -273,7 +273,7 @@ class Journal:
 
     # -- durability ------------------------------------------------------------------------------
     def _unavailable(self, txid: int, why: str) -> ShoalError:
-        return ShoalError("STORAGE_UNAVAILABLE",
+        return ShoalError(Code.STORAGE_UNAVAILABLE,
                           f"txid {txid} of {self.name}/{self.branch.name} is committed on this "
                           f"node but not yet in the object store: {why}")
 

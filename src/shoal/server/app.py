@@ -20,7 +20,7 @@ from typing import Any
 from shoal.engine.database import REQUEST_GONE
 from shoal.engine.engine import Engine
 from shoal.engine.health import READ_ONLY
-from shoal.errors import ShoalError
+from shoal.errors import Code, ShoalError
 from shoal.metrics import METRICS
 from shoal.server.api import NativeAPI
 from shoal.server.hrana import HranaHTTP
@@ -118,7 +118,7 @@ class App:
             response = error_response(exc)
         except Exception:
             log.exception("unhandled error on %s %s", request.method, request.route)
-            response = json_response(500, ShoalError("INTERNAL", "internal error").body())
+            response = json_response(500, ShoalError(Code.INTERNAL, "internal error").body())
         finally:
             del self._watches[watch]
             watch.stop()
