@@ -289,13 +289,16 @@ def _sqlite_full(exc: apsw.Error) -> bool:
 
 def disk_full(exc: BaseException) -> ShoalError | None:
     """DISK_FULL for an exception that says a local disk has no room, however it surfaced
-    (SQLite, or ENOSPC / EDQUOT from the OS); None for any other exception."""
+    (SQLite, ENOSPC / EDQUOT from the OS, or an error raised from one: a folder store's
+    StorageUnavailable); None for any other exception."""
     if isinstance(exc, ShoalError):
         return exc if exc.code == Code.DISK_FULL else None
     if isinstance(exc, apsw.Error) and _sqlite_full(exc):
         return from_sqlite(exc)
     if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
         return ShoalError(Code.DISK_FULL, f"no space left on the node's disk ({exc})")
+    if exc.__cause__ is not None:
+        return disk_full(exc.__cause__)
     return None
 
 

@@ -289,6 +289,22 @@ def test_other_failures_pass_through_disk_errors(exc: BaseException) -> None:
     assert info.value is exc
 
 
+def test_a_store_error_raised_from_a_full_disk_is_disk_full() -> None:
+    """A folder store's StorageUnavailable keeps the OSError as its cause: the node's disk
+    is full, not the store unreachable."""
+    from shoal.storage.base import StorageUnavailable
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as exc:
+            raise StorageUnavailable("k", "put k failed") from exc
+    except StorageUnavailable as exc:
+        full = disk_full(exc)
+    assert full is not None and full.code == Code.DISK_FULL
+    assert disk_full(StorageUnavailable("k", "timed out")) is None
+
+
 # -- no code outside the table -----------------------------------------------------------------
 
 
