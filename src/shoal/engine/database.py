@@ -63,7 +63,7 @@ from shoal.engine.connection import (
     Statement,
     stopped,
 )
-from shoal.engine.journal import CheckpointBlocked
+from shoal.engine.journal import STORE_FAILURES, CheckpointBlocked
 from shoal.errors import Code, ShoalError, from_sqlite
 from shoal.metrics import METRICS
 from shoal.storage.fenced import Fenced
@@ -942,12 +942,10 @@ class Database:
                 done = await self.journal.settle(self)
             else:
                 done = await self._off_loop(None, conn.checkpoint, True)
-        except ShoalError:
-            raise
-        except Exception as exc:  # the store is down or slow, or the timeline was taken
+        except STORE_FAILURES as exc:  # the store is down or slow, or the timeline was taken
             raise ShoalError(Code.STORAGE_UNAVAILABLE, f"{self.name}/{self.branch} was not "
                                                        f"compacted: its commits could not be "
-                                                       f"shipped first: {exc!r}") from None
+                                                       f"shipped first: {exc}") from None
         if not done:
             raise ShoalError(Code.DATABASE_BUSY, f"open read transactions keep the WAL of "
                                                  f"{self.name}/{self.branch} from being "
@@ -1006,9 +1004,9 @@ class Database:
                                          f"WAL from being checkpointed, so the file has not "
                                          f"shrunk yet{later}") from None
                 await asyncio.sleep(0.05)
-            except Exception as exc:
+            except STORE_FAILURES as exc:
                 raise ShoalError(Code.STORAGE_UNAVAILABLE, f"{self.name}/{self.branch} was "
                                                            f"compacted at txid {self.txid}, but "
                                                            f"its snapshot could not be stored "
                                                            f"yet (the log is re-based with the "
-                                                           f"next commit): {exc!r}") from None
+                                                           f"next commit): {exc}") from None

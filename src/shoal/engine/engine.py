@@ -132,6 +132,15 @@ class Idempotency:
         return cls(key, hashlib.sha256(body).digest())
 
 
+def _pass_failed(what: str, exc: Exception) -> None:
+    """A background pass that failed: the store failing (a ShoalError by then) is a warning;
+    anything else is a bug, logged with its traceback."""
+    if isinstance(exc, ShoalError):
+        log.warning("%s failed: %s", what, exc)
+    else:
+        log.error("%s failed", what, exc_info=exc)
+
+
 def _checked_store(settings: Settings) -> ObjectStore:
     """The configured store, probed in seconds before the lease (which retries for
     lease_wait): a wrong bucket, endpoint, key or folder stops the start with its cause."""
@@ -370,8 +379,8 @@ class Engine:
         purge deleted databases past history_retention."""
         try:
             await self._expire_deleted()
-        except Exception as exc:
-            log.warning("expiring deleted databases failed: %r", exc)
+        except Exception as exc:  # background work: the next pass tries again
+            _pass_failed("expiring deleted databases", exc)
         for name in sorted(self.names):
             if self.settings.compact_min_segments:
                 await self._compact(name)
@@ -380,8 +389,8 @@ class Engine:
                                         self.settings.history_retention)
                 if report.deleted:
                     log.info("retention deleted %d objects of %s", len(report.deleted), name)
-            except Exception as exc:
-                log.warning("retention of %s failed: %r", name, exc)
+            except Exception as exc:  # background work: the next pass tries again
+                _pass_failed(f"retention of {name}", exc)
 
     async def _compact(self, name: str) -> None:
         """Merge the database's runs of small segments, for COMPACTION_BUDGET at most."""
@@ -392,8 +401,8 @@ class Engine:
 
         try:
             report = await self._io(self.registry.compact, name, time.time(), keep_going)
-        except Exception as exc:
-            log.warning("compaction of %s failed: %r", name, exc)
+        except Exception as exc:  # background work: the next pass tries again
+            _pass_failed(f"compaction of {name}", exc)
             return
         for error in report.errors:
             log.warning("compaction of %s left a run as it was: %s", name, error)
@@ -563,8 +572,8 @@ class Engine:
                     await self._io(self.registry.purge, gone.name, {gone.incarnation})
                     log.info("retention purged %s (deleted %s)", gone.name,
                              datetime.fromtimestamp(gone.deleted_at, UTC).isoformat())
-                except Exception as exc:
-                    log.warning("purging deleted %s failed: %r", gone.name, exc)
+                except Exception as exc:  # background work: the next pass tries again
+                    _pass_failed(f"purging deleted {gone.name}", exc)
 
     # -- queries -----------------------------------------------------------------------------
     async def _end_transactions(self, name: str, branch: str | None = None) -> None:

@@ -60,7 +60,8 @@ from shoal.log.shipper import Shipper
 from shoal.log.snapshot import SnapshotPolicy, take_snapshot
 from shoal.log.timeline import Timeline, Writer, fence
 from shoal.metrics import METRICS
-from shoal.storage.base import ObjectStore
+from shoal.storage.base import ObjectStore, StoreError
+from shoal.storage.fenced import Fenced
 
 if TYPE_CHECKING:
     from shoal.engine.database import Database
@@ -113,6 +114,12 @@ class LogState:
 
 class CheckpointBlocked(TimeoutError):
     """Readers kept a TRUNCATE checkpoint from completing (the log is not re-based yet)."""
+
+
+# What taking a timeline, shipping and storing a snapshot fail with when the store is at
+# fault (its errors; Fenced: no lease; LogError: another writer, a stopped shipper; a wait
+# that timed out): 503 STORAGE_UNAVAILABLE. Anything else is a bug and goes up as it is.
+STORE_FAILURES = (StoreError, Fenced, LogError, TimeoutError)
 
 
 def _unfenced() -> None:
@@ -185,7 +192,7 @@ class Journal:
             return
         try:
             self.shipper.append(self.capture.mark(txid, self.frames))
-        except Exception as exc:
+        except Exception as exc:  # a WalError or a bug: either way a snapshot covers it
             log.error("capture of %s/%s txid %d failed, the log will be re-based on a "
                       "snapshot: %s", self.name, self.branch.name, txid, exc)
             self.broken = True
@@ -239,12 +246,10 @@ class Journal:
                              f"writes to {self.name}/{self.branch.name} are refused: {exc}",
                              hint="Another writer took this branch; retry: the next request "
                                   "reopens it from the object store.") from None
-        except ShoalError:
-            raise
-        except Exception as exc:
+        except STORE_FAILURES as exc:
             raise ShoalError(Code.STORAGE_UNAVAILABLE,
                              f"writes to {self.name}/{self.branch.name} are refused: the "
-                             f"object store failed taking the branch: {exc!r}") from None
+                             f"object store failed taking the branch: {exc}") from None
 
     async def start(self, db: Database) -> None:
         """Ship what the store lacks: the commits still in the WAL above the store's head

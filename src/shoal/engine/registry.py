@@ -86,7 +86,8 @@ from shoal.log.timeline import (
     load_timeline,
 )
 from shoal.metrics import METRICS
-from shoal.storage.base import NotFound, PreconditionFailed
+from shoal.storage.base import NotFound, PreconditionFailed, StoreError
+from shoal.storage.fenced import Fenced
 
 log = logging.getLogger("shoal.registry")
 P = ParamSpec("P")
@@ -101,7 +102,10 @@ NARROWED = "catalog/narrowed/"  # {token id}/{database}: the token no longer rea
 
 @contextlib.contextmanager
 def storage_errors() -> Iterator[None]:
-    """Turn the log's and the store's failures into the API's error codes."""
+    """Turn the log's and the store's failures into the API's error codes, by name. A full
+    local disk is DISK_FULL wherever it surfaced; anything else (a TypeError, a KeyError:
+    a bug) goes up as it is, to the server's one handler of the unexpected, which logs its
+    traceback and answers 500 INTERNAL: never blamed on the store."""
     try:
         yield
     except ShoalError:
@@ -121,12 +125,15 @@ def storage_errors() -> Iterator[None]:
         raise ShoalError(Code.STORAGE_UNAVAILABLE, str(exc)) from None
     except LogError as exc:
         raise ShoalError(Code.STORAGE_CORRUPT, str(exc)) from None
-    except Exception as exc:  # the store failed (transport, credentials, a lost condition)
-        if (full := disk_full(exc)) is not None:  # the node's disk, not the store
+    except (StoreError, Fenced) as exc:  # the store failed, a lost condition, or no lease
+        if (full := disk_full(exc)) is not None:  # a folder store on a full disk
             raise full from None
-        log.warning("object store call failed: %r", exc)
-        raise ShoalError(Code.STORAGE_UNAVAILABLE, f"object store: {type(exc).__name__}: "
-                                                   f"{exc}") from None
+        log.warning("object store call failed: %s", exc)
+        raise ShoalError(Code.STORAGE_UNAVAILABLE, f"object store: {exc}") from None
+    except (OSError, apsw.Error) as exc:  # the node's own files: a full disk, or as it is
+        if (full := disk_full(exc)) is not None:
+            raise full from None
+        raise
 
 
 def mapped(fn: Callable[P, T]) -> Callable[P, T]:

@@ -89,7 +89,7 @@ class App:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.engine.start()
-                except Exception as exc:
+                except Exception as exc:  # whatever stops the start is said to the server
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
@@ -116,7 +116,7 @@ class App:
             response = await handler(request)
         except ShoalError as exc:
             response = error_response(exc)
-        except Exception:
+        except Exception:  # a bug: the one place it becomes 500 INTERNAL, traceback logged
             log.exception("unhandled error on %s %s", request.method, request.route)
             response = json_response(500, ShoalError(Code.INTERNAL, "internal error").body())
         finally:

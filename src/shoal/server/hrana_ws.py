@@ -378,7 +378,7 @@ class Connection:
                 answer: dict[str, Any] | Exception = await self._handle(stream_id, ws, req)
             except (HranaError, ShoalError) as exc:
                 answer = exc
-            except Exception as exc:
+            except Exception as exc:  # a bug: INTERNAL for this request, traceback logged
                 log.exception("hrana websocket request failed")
                 answer = HranaError(Code.INTERNAL, f"internal error: {type(exc).__name__}", 500)
             await self._reply(request_id, answer)
