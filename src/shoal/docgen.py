@@ -2,7 +2,7 @@
 
 ``python -m shoal.docgen`` rewrites the blocks between ``<!-- NAME:begin -->`` and
 ``<!-- NAME:end -->``; a unit test fails when a block is out of date, so the docs
-cannot drift from ``settings.SETTINGS`` and ``errors.CODES``.
+cannot drift from ``settings.SETTINGS`` and ``errors.Code``.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from shoal.errors import _SQLITE_STATUS, CODES, SQLITE_HINTS
+from shoal.errors import Code
 from shoal.settings import SETTINGS, Setting
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -37,15 +37,26 @@ def _allowed(s: Setting) -> str:
     return ""
 
 
+def _grouped(codes: list[Code], text: Callable[[Code], str]) -> list[str]:
+    """One row per status and text (by status), naming every code that shares them."""
+    groups: dict[tuple[int, str], list[Code]] = {}
+    for code in codes:
+        groups.setdefault((code.status, text(code)), []).append(code)
+    return [f"| {', '.join(f'`{c}`' for c in group)} | {status} | {what} |"
+            for (status, what), group in sorted(groups.items(), key=lambda g: g[0][0])]
+
+
+SQLITE_TEXT = ("An SQLite error, by primary result code name; `extended_code` holds the "
+               "extended name.")
+HRANA_TEXT = "Hrana (libSQL clients) only: docs/hrana.md says when and what to do."
+
+
 def errors_table() -> str:
+    """Every code Shoal sends: the native API's one by one, SQLite's and Hrana's grouped."""
     rows = ["| code | HTTP | when / what to do |", "|---|---|---|"]
-    for code, (status, hint) in CODES.items():
-        rows.append(f"| `{code}` | {status} | {hint} |")
-    rows.append("| `SQLITE_*` (e.g. `SQLITE_CONSTRAINT`) | 400 unless below | An SQLite error, "
-                "by primary result code name; `extended_code` holds the extended name. |")
-    for code, status in _SQLITE_STATUS.items():
-        hint = SQLITE_HINTS.get(code, "SQLite error of this class.")
-        rows.append(f"| `{code}` | {status} | {hint} |")
+    rows += [f"| `{c}` | {c.status} | {c.hint} |" for c in Code if not c.sqlite and not c.hrana]
+    rows += _grouped([c for c in Code if c.sqlite], lambda c: c.hint or SQLITE_TEXT)
+    rows += _grouped([c for c in Code if c.hrana], lambda c: HRANA_TEXT)
     return "\n".join(rows)
 
 

@@ -1,9 +1,10 @@
-"""One error type and one table from error code to HTTP status.
+"""Every error code Shoal sends, with its HTTP status and hint: one enum, one table.
 
-Every failure a client can see is a :class:`ShoalError` rendered as
-``{"error": {"code", "message", "hint", ...}}``. Codes are stable API; the
-table below is the only place that decides their HTTP status, and
-``docs/api.md`` documents each one.
+Every failure a client can see is a :class:`ShoalError` (or, to Hrana clients, a
+``HranaError``) rendered as ``{"error": {"code", "message", "hint", ...}}``. Codes are
+stable API: :class:`Code` lists each one with the only HTTP status it maps to and its
+default hint, ``docs/api.md`` and ``docs/hrana.md`` document each one (generated from it
+and checked by tests), and an error cannot be made with a code that is not in it.
 """
 
 from __future__ import annotations
@@ -11,149 +12,240 @@ from __future__ import annotations
 import contextlib
 import errno
 from collections.abc import Iterator
-from typing import Any
+from enum import StrEnum, auto
+from typing import Any, Self
 
 import apsw
 
-# code -> (HTTP status, default hint)
-CODES: dict[str, tuple[int, str]] = {
+HRANA = True  # marks a code of Hrana's own (libSQL clients; docs/hrana.md)
+
+
+class Code(StrEnum):
+    """An error code: its value is its name, the string on the wire; ``status`` the HTTP
+    status it maps to, ``hint`` what to do (sent unless the error gives its own).
+
+    The native API's codes come first, then SQLite's primary result codes (``from_sqlite``
+    passes them through; ``extended_code`` carries the extended name), then Hrana's own.
+    """
+
+    status: int
+    hint: str
+    hrana: bool  # Hrana's own code, documented with the protocol in docs/hrana.md
+
+    def __new__(cls, value: str, status: int, hint: str = "", hrana: bool = False) -> Self:
+        member = str.__new__(cls, value)
+        member._value_ = value
+        member.status = status
+        member.hint = hint
+        member.hrana = hrana
+        return member
+
+    @staticmethod
+    def _generate_next_value_(name: str, start: int, count: int, last: list[Any]) -> str:
+        return name  # the wire string is the member's name, spelled once
+
+    @property
+    def sqlite(self) -> bool:
+        """One of SQLite's primary result codes, passed through as SQLite named it."""
+        return self.startswith("SQLITE_")
+
     # request shape
-    "INVALID_JSON": (400, "The body must be one JSON object."),
-    "INVALID_REQUEST": (400, "Check the field names and types against /openapi.json."),
-    "INVALID_NAME": (400, "Names match [a-z0-9][a-z0-9_-]{0,62}."),
-    "INVALID_ARGUMENT": (400, "Values are null, numbers, strings, {\"base64\"}, {\"integer\"}."),
-    "TOO_MANY_STATEMENTS": (400, "Split the request or raise max_statements."),
-    "MULTIPLE_STATEMENTS": (400, "Send one SQL statement per entry of 'statements'."),
-    "PAYLOAD_TOO_LARGE": (413, "Send a smaller body or raise max_request_bytes."),
-    "RESPONSE_TOO_LARGE": (400, "Select fewer rows (LIMIT) or raise max_response_bytes."),
-    "STATEMENT_TIMEOUT": (400, "Make the statement cheaper or raise statement_timeout."),
+    INVALID_JSON = auto(), 400, "The body must be one JSON object."
+    INVALID_REQUEST = auto(), 400, "Check the field names and types against /openapi.json."
+    INVALID_NAME = auto(), 400, "Names match [a-z0-9][a-z0-9_-]{0,62}."
+    INVALID_ARGUMENT = auto(), 400, ("Values are null, numbers, strings, {\"base64\"}, "
+                                     "{\"integer\"}.")
+    TOO_MANY_STATEMENTS = auto(), 400, "Split the request or raise max_statements."
+    MULTIPLE_STATEMENTS = auto(), 400, "Send one SQL statement per entry of 'statements'."
+    PAYLOAD_TOO_LARGE = auto(), 413, "Send a smaller body or raise max_request_bytes."
+    RESPONSE_TOO_LARGE = auto(), 400, "Select fewer rows (LIMIT) or raise max_response_bytes."
+    STATEMENT_TIMEOUT = auto(), 400, "Make the statement cheaper or raise statement_timeout."
     # connections
-    "REQUEST_TIMEOUT": (408, "Send the request line and headers within header_timeout and the "
-                             "body within body_timeout of them; the connection is closed."),
-    "HEADERS_TOO_LARGE": (431, "Send a request line and headers within max_header_bytes."),
-    "TOO_MANY_CONNECTIONS": (503, "The node or your address holds as many connections as it "
-                                  "may (max_connections, max_connections_per_client): reuse "
-                                  "connections (keep-alive) and retry shortly."),
-    "OUT_OF_MEMORY": (503, "SQLite's memory on this node reached hard_heap_limit, which all its "
-                           "databases share; retry shortly. A statement that alone needs that "
-                           "much (a huge sort, join or value) keeps failing: make it cheaper."),
+    REQUEST_TIMEOUT = auto(), 408, ("Send the request line and headers within header_timeout and "
+                                    "the body within body_timeout of them; the connection is "
+                                    "closed.")
+    HEADERS_TOO_LARGE = auto(), 431, "Send a request line and headers within max_header_bytes."
+    TOO_MANY_CONNECTIONS = auto(), 503, ("The node or your address holds as many connections as "
+                                         "it may (max_connections, max_connections_per_client): "
+                                         "reuse connections (keep-alive) and retry shortly.")
+    OUT_OF_MEMORY = auto(), 503, ("SQLite's memory on this node reached hard_heap_limit, which "
+                                  "all its databases share; retry shortly. A statement that alone "
+                                  "needs that much (a huge sort, join or value) keeps failing: "
+                                  "make it cheaper.")
     # auth
-    "UNAUTHORIZED": (401, "Send 'Authorization: Bearer <token>'."),
-    "TOKEN_INVALID": (401, "The token is malformed or its signature does not verify."),
-    "TOKEN_EXPIRED": (401, "Create a new token."),
-    "TOKEN_REVOKED": (401, "Create a new token."),
-    "FORBIDDEN": (403, "The token does not grant this database or action."),
-    "READ_ONLY": (403, "This token may only read; use a token with write access."),
-    "SQL_NOT_ALLOWED": (403, "SQL that reaches outside the database, weakens durability, leaves "
-                             "state on a pooled connection or touches _shoal_* tables is refused; "
-                             "see docs/api.md, 'What SQL may do'."),
+    UNAUTHORIZED = auto(), 401, "Send 'Authorization: Bearer <token>'."
+    TOKEN_INVALID = auto(), 401, "The token is malformed or its signature does not verify."
+    TOKEN_EXPIRED = auto(), 401, "Create a new token."
+    TOKEN_REVOKED = auto(), 401, "Create a new token."
+    FORBIDDEN = auto(), 403, "The token does not grant this database or action."
+    READ_ONLY = auto(), 403, "This token may only read; use a token with write access."
+    SQL_NOT_ALLOWED = auto(), 403, ("SQL that reaches outside the database, weakens durability, "
+                                    "leaves state on a pooled connection or touches Shoal's own "
+                                    "tables is refused; see docs/api.md, 'What SQL may do'.")
     # resources
-    "NOT_FOUND": (404, "See /openapi.json for the routes."),
-    "METHOD_NOT_ALLOWED": (405, "See /openapi.json for the routes."),
-    "DATABASE_NOT_FOUND": (404, "Create it with POST /v1/databases."),
-    "TOKEN_NOT_FOUND": (404, "List tokens you created; ids are in the create response."),
-    "TRANSACTION_NOT_FOUND": (404, "Open one with POST .../transactions."),
-    "DATABASE_EXISTS": (409, "Pick another name or use the existing database."),
-    "DATABASE_BUSY": (409, "Another transaction holds the write lock; retry shortly."),
-    "TRANSACTION_EXPIRED": (410, "The transaction sat idle too long and was rolled back."),
-    "TRANSACTION_ABORTED": (410, "An error (e.g. a statement timeout) rolled the transaction "
-                                 "back; open a new one."),
-    "IDEMPOTENCY_KEY_REUSED": (422, "Use a new Idempotency-Key for a different request."),
-    "OVERLOADED": (503, "The node is short of memory (max_memory_bytes): retry shortly, with "
-                        "backoff. Operators: GET /ready says why; give the node more memory "
-                        "or fewer tenants."),
-    "TOO_MANY_TRANSACTIONS": (429, "Commit or roll back open transactions first, or raise "
-                                   "max_transactions / max_transactions_per_token; the "
-                                   "message says which limit."),
+    NOT_FOUND = auto(), 404, "See /openapi.json for the routes."
+    METHOD_NOT_ALLOWED = auto(), 405, "See /openapi.json for the routes."
+    DATABASE_NOT_FOUND = auto(), 404, "Create it with POST /v1/databases."
+    TOKEN_NOT_FOUND = auto(), 404, "List tokens you created; ids are in the create response."
+    TRANSACTION_NOT_FOUND = auto(), 404, "Open one with POST .../transactions."
+    DATABASE_EXISTS = auto(), 409, "Pick another name or use the existing database."
+    DATABASE_BUSY = auto(), 409, "Another transaction holds the write lock; retry shortly."
+    TRANSACTION_EXPIRED = auto(), 410, "The transaction sat idle too long and was rolled back."
+    TRANSACTION_ABORTED = auto(), 410, ("An error (e.g. a statement timeout) rolled the "
+                                        "transaction back; open a new one.")
+    IDEMPOTENCY_KEY_REUSED = auto(), 422, "Use a new Idempotency-Key for a different request."
+    OVERLOADED = auto(), 503, ("The node is short of memory (max_memory_bytes): retry shortly, "
+                               "with backoff. Operators: GET /ready says why; give the node more "
+                               "memory or fewer tenants.")
+    TOO_MANY_TRANSACTIONS = auto(), 429, ("Commit or roll back open transactions first, or raise "
+                                          "max_transactions / max_transactions_per_token; the "
+                                          "message says which limit.")
     # per-database quotas (docs/operations.md, "Quotas")
-    "QUOTA_EXCEEDED": (429, "The database used a row limit (rows_read or rows_written, field "
-                            "'limit') for this period; 'resets_at' says when the period ends "
-                            "and 'retry_after' (also the Retry-After header) in how many "
-                            "seconds. Its admin can ask the node's admin to raise it."),
-    "RATE_LIMITED": (429, "The database runs as many queries per second as its "
-                          "queries_per_second limit allows: retry after 'retry_after' seconds "
-                          "(the Retry-After header)."),
-    "DATABASE_FULL": (507, "The database reached its size limit ('value', bytes; size_bytes): "
-                           "delete rows, then compact it (POST /v1/databases/{db}/compact) to "
-                           "give the space back; deletes and reads keep working."),
+    QUOTA_EXCEEDED = auto(), 429, ("The database used a row limit (rows_read or rows_written, "
+                                   "field 'limit') for this period; 'resets_at' says when the "
+                                   "period ends and 'retry_after' (also the Retry-After header) "
+                                   "in how many seconds. Its admin can ask the node's admin to "
+                                   "raise it.")
+    RATE_LIMITED = auto(), 429, ("The database runs as many queries per second as its "
+                                 "queries_per_second limit allows: retry after 'retry_after' "
+                                 "seconds (the Retry-After header).")
+    DATABASE_FULL = auto(), 507, ("The database reached its size limit ('value', bytes; "
+                                  "size_bytes): delete rows, then compact it (POST "
+                                  "/v1/databases/{db}/compact) to give the space back; deletes "
+                                  "and reads keep working.")
     # branches and history
-    "BRANCH_NOT_FOUND": (404, "List branches with GET /v1/databases/{db}/branches."),
-    "BRANCH_EXISTS": (409, "Pick another branch name, or delete or reset the existing one."),
-    "OUTSIDE_HISTORY": (400, "Pick a point inside the restorable window: "
-                             "GET /v1/databases/{db}/history."),
-    "HISTORY_DISABLED": (409, "This node runs with store = \"none\" (no object store, no "
-                              "history): restore, history and branches other than main need "
-                              "a node started with --store."),
+    BRANCH_NOT_FOUND = auto(), 404, "List branches with GET /v1/databases/{db}/branches."
+    BRANCH_EXISTS = auto(), 409, "Pick another branch name, or delete or reset the existing one."
+    OUTSIDE_HISTORY = auto(), 400, ("Pick a point inside the restorable window: GET "
+                                    "/v1/databases/{db}/history.")
+    HISTORY_DISABLED = auto(), 409, ("This node runs with store = \"none\" (no object store, no "
+                                     "history): restore, history and branches other than main "
+                                     "need a node started with --store.")
     # the node's disk
-    "DISK_FULL": (507, "The disk of the node's data directory is full (with the default "
-                       "store, the store's folder is on it too). Reads are served; writes "
-                       "resume by themselves once space is free: free some on that disk "
-                       "(docs/operations.md, 'A full disk'), then retry with the same "
-                       "Idempotency-Key."),
+    DISK_FULL = auto(), 507, ("The disk of the node's data directory is full (with the default "
+                              "store, the store's folder is on it too). Reads are served; writes "
+                              "resume by themselves once space is free: free some on that disk "
+                              "(docs/operations.md, 'A full disk'), then retry with the same "
+                              "Idempotency-Key.")
     # object storage
-    "STORAGE_UNAVAILABLE": (503, "The object store failed, timed out or is too far behind "
-                                 "(max_unshipped_bytes); the message says which. A write that "
-                                 "timed out waiting for it is committed on the node and ships "
-                                 "once the store is back; one refused for the backlog was not "
-                                 "run. Retry later with the same Idempotency-Key."),
-    "DATA_DIR_CONFLICT": (500, "Only at startup: the data directory belongs to the other "
-                               "kind of node (local-only or store-backed), or another process "
-                               "uses it; the message says what to do. The node does not "
-                               "start."),
-    "STORE_IN_USE": (500, "Only at startup: another node holds the object store's lease "
-                          "(one writing node per store). Stop it; a node that died frees the "
-                          "store after lease_ttl. The node does not start."),
-    "STORE_UNUSABLE": (500, "Only at startup: the object store failed the check a node makes "
-                            "before anything else (a missing bucket, refused credentials, an "
-                            "unreachable endpoint, a folder the node cannot write); the message "
-                            "names the cause and the hint what to do. The node does not start."),
-    "STORAGE_CORRUPT": (500, "An object of the commit log is missing or fails its checksum; "
-                             "the message names it. Restore from another point or branch."),
-    "INTERNAL": (500, "A server fault; it is logged."),
-}
-
-# SQLite primary result code name -> HTTP status. Unknown names fall back to 400.
-_SQLITE_STATUS = {
-    "SQLITE_BUSY": 409,
-    "SQLITE_LOCKED": 409,
-    "SQLITE_READONLY": 403,
-    "SQLITE_AUTH": 403,
-    "SQLITE_IOERR": 500,
-    "SQLITE_CORRUPT": 500,
-    "SQLITE_CANTOPEN": 500,
-    "SQLITE_INTERNAL": 500,
-    "SQLITE_NOTADB": 500,
-    "SQLITE_PROTOCOL": 500,
-    "SQLITE_TOOBIG": 400,
-}
-
-# SQLite primary result code name -> hint, for the codes whose cause is a node's setting.
-SQLITE_HINTS = {
-    "SQLITE_TOOBIG": "A string, blob or row was longer than max_value_bytes, or one statement's "
-                     "SQL text longer than max_sql_bytes: pass data as arguments, send less, or "
-                     "raise the setting (docs/operations.md, 'Limits that protect the node').",
-}
+    STORAGE_UNAVAILABLE = auto(), 503, ("The object store failed, timed out or is too far behind "
+                                        "(max_unshipped_bytes); the message says which. A write "
+                                        "that timed out waiting for it is committed on the node "
+                                        "and ships once the store is back; one refused for the "
+                                        "backlog was not run. Retry later with the same "
+                                        "Idempotency-Key.")
+    DATA_DIR_CONFLICT = auto(), 500, ("Only at startup: the data directory belongs to the other "
+                                      "kind of node (local-only or store-backed), or another "
+                                      "process uses it; the message says what to do. The node "
+                                      "does not start.")
+    STORE_IN_USE = auto(), 500, ("Only at startup: another node holds the object store's lease "
+                                 "(one writing node per store). Stop it; a node that died frees "
+                                 "the store after lease_ttl. The node does not start.")
+    STORE_UNUSABLE = auto(), 500, ("Only at startup: the object store failed the check a node "
+                                   "makes before anything else (a missing bucket, refused "
+                                   "credentials, an unreachable endpoint, a folder the node "
+                                   "cannot write); the message names the cause and the hint what "
+                                   "to do. The node does not start.")
+    STORAGE_CORRUPT = auto(), 500, ("An object of the commit log is missing or fails its "
+                                    "checksum; the message names it. Restore from another point "
+                                    "or branch.")
+    INTERNAL = auto(), 500, "A server fault; it is logged."
+    # SQLite's primary result codes (OK, ROW and DONE are not errors); 400 unless below
+    SQLITE_ERROR = auto(), 400
+    SQLITE_INTERNAL = auto(), 500
+    SQLITE_PERM = auto(), 400
+    SQLITE_ABORT = auto(), 400
+    SQLITE_BUSY = auto(), 409
+    SQLITE_LOCKED = auto(), 409
+    SQLITE_NOMEM = auto(), 400
+    SQLITE_READONLY = auto(), 403
+    SQLITE_INTERRUPT = auto(), 400
+    SQLITE_IOERR = auto(), 500
+    SQLITE_CORRUPT = auto(), 500
+    SQLITE_NOTFOUND = auto(), 400
+    SQLITE_FULL = auto(), 400
+    SQLITE_CANTOPEN = auto(), 500
+    SQLITE_PROTOCOL = auto(), 500
+    SQLITE_EMPTY = auto(), 400
+    SQLITE_SCHEMA = auto(), 400
+    SQLITE_TOOBIG = auto(), 400, ("A string, blob or row was longer than max_value_bytes, or one "
+                                  "statement's SQL text longer than max_sql_bytes: pass data as "
+                                  "arguments, send less, or raise the setting "
+                                  "(docs/operations.md, 'Limits that protect the node').")
+    SQLITE_CONSTRAINT = auto(), 400
+    SQLITE_MISMATCH = auto(), 400
+    SQLITE_MISUSE = auto(), 400
+    SQLITE_NOLFS = auto(), 400
+    SQLITE_AUTH = auto(), 403
+    SQLITE_FORMAT = auto(), 400
+    SQLITE_RANGE = auto(), 400
+    SQLITE_NOTADB = auto(), 500
+    SQLITE_NOTICE = auto(), 400
+    SQLITE_WARNING = auto(), 400
+    # Hrana's own (the protocol leaves codes to the server; these follow sqld's); the status
+    # is the one of a request that fails as a whole
+    HRANA_PROTO_ERROR = auto(), 400, "The body is not a Hrana message of the expected shape.", HRANA
+    BATON_INVALID = auto(), 400, "Send the baton from the previous response on this stream.", HRANA
+    BATON_REUSED = auto(), 400, "A baton is good for one request; use the newest one.", HRANA
+    STREAM_EXPIRED = auto(), 400, ("The stream sat idle past transaction_timeout or the server "
+                                   "restarted; open a new stream (baton null)."), HRANA
+    STREAM_CLOSED = auto(), 400, "The stream was closed; open a new one (baton null).", HRANA
+    STREAM_NOT_FOUND = auto(), 400, "Open the stream with open_stream first.", HRANA
+    STREAM_EXISTS = auto(), 400, "Close the stream id before opening it again.", HRANA
+    CURSOR_NOT_FOUND = auto(), 400, "Open the cursor with open_cursor first.", HRANA
+    CURSOR_EXISTS = auto(), 400, "Close the cursor id before opening it again.", HRANA
+    SQL_NOT_FOUND = auto(), 400, "Store the SQL text with store_sql before using its sql_id.", HRANA
+    SQL_EXISTS = auto(), 400, "Close the sql_id with close_sql before storing it again.", HRANA
+    SQL_ID_AND_SQL_GIVEN = auto(), 400, "Send either sql or sql_id, not both.", HRANA
+    SQL_ID_OR_SQL_NOT_GIVEN = auto(), 400, "Send sql or sql_id.", HRANA
+    SQL_MANY_STATEMENTS = auto(), 400, ("Send one statement per execute; use sequence for "
+                                        "scripts."), HRANA
+    ARGS_INVALID = auto(), 400, "Arguments must match the statement's parameters.", HRANA
+    ARGS_BOTH_POSITIONAL_AND_NAMED = auto(), 400, "Send args or named_args, not both.", HRANA
+    BATCH_COND_BAD_STEP = auto(), 400, ("A condition may only name an earlier step of its "
+                                        "batch."), HRANA
+    TRANSACTION_TIMEOUT = auto(), 400, ("The transaction sat idle past transaction_timeout and "
+                                        "was rolled back."), HRANA
+    DATABASE_REQUIRED = auto(), 400, ("Name the database: http://HOST/db/NAME/ (with the trailing "
+                                      "slash), the x-namespace header, or a token for one "
+                                      "database."), HRANA
+    IDEMPOTENCY_SCOPE = auto(), 400, ("With an Idempotency-Key a request may commit once, as its "
+                                      "last SQL work."), HRANA
+    TOO_MANY_STREAMS = auto(), 429, ("Close streams you no longer use (a pipeline that closes its "
+                                     "stream holds none; an idle HTTP stream expires after "
+                                     "transaction_timeout). Limits: max_streams_per_token, "
+                                     "max_streams_per_database, max_streams_per_connection "
+                                     "(WebSocket), max_streams (the node)."), HRANA
+    TOO_MANY_CURSORS = auto(), 429, ("Fetch cursors to the end or close them; a WebSocket "
+                                     "connection holds at most max_cursors_per_connection."), HRANA
+    HELD_BYTES_LIMIT = auto(), 429, ("The node holds stored SQL texts and unfetched cursor "
+                                     "entries for a token up to max_held_bytes_per_token (and "
+                                     "max_held_bytes_per_database, max_held_bytes for the node): "
+                                     "close_sql texts you no longer use, fetch or close "
+                                     "cursors."), HRANA
 
 
 class ShoalError(Exception):
-    """An error with a stable code, shown to the client in the envelope."""
+    """An error with a stable code, shown to the client in the envelope.
 
-    def __init__(self, code: str, message: str, *, hint: str | None = None, **extra: Any):
+    ``code`` is a :class:`Code`; a string is taken too (tests, a code read back) if it
+    names one, so an error can never carry a code that has no status or documentation.
+    """
+
+    def __init__(self, code: Code, message: str, *, hint: str | None = None, **extra: Any):
         super().__init__(message)
-        self.code = code
+        self.code = code if isinstance(code, Code) else Code[code]
         self.message = message
         self.hint = hint
         self.extra = extra
 
     @property
     def status(self) -> int:
-        if self.code in CODES:
-            return CODES[self.code][0]
-        return _SQLITE_STATUS.get(self.code, 400)
+        return self.code.status
 
     def body(self) -> dict[str, Any]:
-        err: dict[str, Any] = {"code": self.code, "message": self.message}
-        hint = self.hint if self.hint is not None else CODES.get(self.code, (0, None))[1]
+        err: dict[str, Any] = {"code": str(self.code), "message": self.message}
+        hint = self.code.hint if self.hint is None else self.hint
         if hint:
             err["hint"] = hint
         err.update(self.extra)
@@ -178,10 +270,10 @@ def from_sqlite(exc: apsw.Error, statement: int | None = None) -> ShoalError:
     if statement is not None:
         extra["statement"] = statement
     if _sqlite_full(exc):
-        return ShoalError("DISK_FULL", f"no space left on the node's disk ({exc})", **extra)
+        return ShoalError(Code.DISK_FULL, f"no space left on the node's disk ({exc})", **extra)
     if primary == "SQLITE_NOMEM":
-        return ShoalError("OUT_OF_MEMORY", f"SQLite ran out of memory ({exc})", **extra)
-    return ShoalError(primary, str(exc), hint=SQLITE_HINTS.get(primary, ""), **extra)
+        return ShoalError(Code.OUT_OF_MEMORY, f"SQLite ran out of memory ({exc})", **extra)
+    return ShoalError(Code[primary], str(exc), **extra)
 
 
 _NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})  # errnos of a disk (or quota) with no room
@@ -197,13 +289,16 @@ def _sqlite_full(exc: apsw.Error) -> bool:
 
 def disk_full(exc: BaseException) -> ShoalError | None:
     """DISK_FULL for an exception that says a local disk has no room, however it surfaced
-    (SQLite, or ENOSPC / EDQUOT from the OS); None for any other exception."""
+    (SQLite, ENOSPC / EDQUOT from the OS, or an error raised from one: a folder store's
+    StorageUnavailable); None for any other exception."""
     if isinstance(exc, ShoalError):
-        return exc if exc.code == "DISK_FULL" else None
+        return exc if exc.code == Code.DISK_FULL else None
     if isinstance(exc, apsw.Error) and _sqlite_full(exc):
         return from_sqlite(exc)
     if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
-        return ShoalError("DISK_FULL", f"no space left on the node's disk ({exc})")
+        return ShoalError(Code.DISK_FULL, f"no space left on the node's disk ({exc})")
+    if exc.__cause__ is not None:
+        return disk_full(exc.__cause__)
     return None
 
 

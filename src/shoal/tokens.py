@@ -20,7 +20,7 @@ from typing import Any
 
 import jwt
 
-from shoal.errors import ShoalError
+from shoal.errors import Code, ShoalError
 
 ACCESS_LEVELS = {"read": 1, "write": 2, "admin": 3}
 ISSUER = "shoal"
@@ -42,11 +42,11 @@ class Principal:
 
     def require(self, access: str, database: str | None = None) -> None:
         if self.databases is not None and database is not None and database not in self.databases:
-            raise ShoalError("FORBIDDEN", f"token does not grant database {database!r}")
+            raise ShoalError(Code.FORBIDDEN, f"token does not grant database {database!r}")
         if not self.can(access):
             if access == "write":
-                raise ShoalError("READ_ONLY", "token has read access only")
-            raise ShoalError("FORBIDDEN", f"token lacks {access} access")
+                raise ShoalError(Code.READ_ONLY, "token has read access only")
+            raise ShoalError(Code.FORBIDDEN, f"token lacks {access} access")
 
     @property
     def can_write(self) -> bool:
@@ -114,10 +114,10 @@ class TokenAuthority:
     def authenticate(self, header: str | None) -> Principal:
         """Principal for an Authorization header value, or a 401 ShoalError."""
         if not header:
-            raise ShoalError("UNAUTHORIZED", "missing bearer token")
+            raise ShoalError(Code.UNAUTHORIZED, "missing bearer token")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise ShoalError("UNAUTHORIZED", "Authorization must be 'Bearer <token>'")
+            raise ShoalError(Code.UNAUTHORIZED, "Authorization must be 'Bearer <token>'")
         return self.verify(token.strip())
 
     def verify(self, token: str) -> Principal:
@@ -130,9 +130,9 @@ class TokenAuthority:
             if len(self._cache) > self.CACHE_SIZE:
                 self._cache.popitem(last=False)
         if principal.subject in self._revoked:
-            raise ShoalError("TOKEN_REVOKED", "token has been revoked")
+            raise ShoalError(Code.TOKEN_REVOKED, "token has been revoked")
         if principal.expires_at is not None and principal.expires_at <= time.time():
-            raise ShoalError("TOKEN_EXPIRED", "token has expired")
+            raise ShoalError(Code.TOKEN_EXPIRED, "token has expired")
         cut = self._narrowed.get(principal.subject)
         if cut and principal.databases is not None:
             return replace(principal, databases=principal.databases - cut)
@@ -145,13 +145,13 @@ class TokenAuthority:
                 options={"require": ["exp", "jti", "iss"]},
             )
         except jwt.ExpiredSignatureError:
-            raise ShoalError("TOKEN_EXPIRED", "token has expired") from None
+            raise ShoalError(Code.TOKEN_EXPIRED, "token has expired") from None
         except jwt.PyJWTError:
-            raise ShoalError("TOKEN_INVALID", "token is malformed or not signed by this server") \
-                from None
+            raise ShoalError(Code.TOKEN_INVALID,
+                             "token is malformed or not signed by this server") from None
         dbs, acc = claims.get("dbs"), claims.get("acc")
         if acc not in ACCESS_LEVELS or not (dbs == "*" or isinstance(dbs, list)):
-            raise ShoalError("TOKEN_INVALID", "token claims are malformed")
+            raise ShoalError(Code.TOKEN_INVALID, "token claims are malformed")
         return Principal(
             subject=str(claims["jti"]),
             databases=None if dbs == "*" else frozenset(str(d) for d in dbs),

@@ -16,7 +16,7 @@ import base64
 import math
 from typing import Any
 
-from shoal.errors import ShoalError
+from shoal.errors import Code, ShoalError
 from shoal.wire import INT64_MAX, INT64_MIN, SQLValue
 
 _Leaf = None | bool | int | float | str
@@ -27,7 +27,7 @@ Args = list[ArgValue] | dict[str, ArgValue]
 
 
 def _bad(message: str) -> ShoalError:
-    return ShoalError("INVALID_ARGUMENT", message)
+    return ShoalError(Code.INVALID_ARGUMENT, message)
 
 
 def decode(value: Any) -> SQLValue:

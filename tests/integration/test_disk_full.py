@@ -30,7 +30,7 @@ from typing import Any
 import httpx
 import pytest
 
-from shoal.errors import CODES
+from shoal.errors import Code
 from tests.integration.api_support import error_of, ok, query, rows, wait_until
 from tests.support.server import ServerProcess
 
@@ -99,7 +99,7 @@ def refusal(r: httpx.Response, codes: tuple[str, ...]) -> dict[str, Any]:
     assert r.status_code != 500, r.text
     code = r.json()["error"]["code"] if r.status_code in (503, 507) else "?"
     assert code in codes, r.text
-    return error_of(r, CODES[code][0], code)
+    return error_of(r, Code[code].status, code)
 
 
 def fill(client: httpx.Client, acked: list[int],
@@ -119,7 +119,7 @@ def refused_fast(client: httpx.Client) -> None:
     started = time.monotonic()
     err = error_of(query(client, "a", {"sql": FILL, "args": [10]}), 507, "DISK_FULL")
     assert "resume by themselves" in err["message"], err
-    assert err["hint"] == CODES["DISK_FULL"][1]
+    assert err["hint"] == Code.DISK_FULL.hint
     assert time.monotonic() - started < 0.5
     assert ready(client)["status"] == "read_only"
     assert "disk_full" in conditions(client)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from shoal.storage import file as file_store
-from shoal.storage.base import NotFound, PreconditionFailed, Unusable
+from shoal.storage.base import NotFound, PreconditionFailed, StorageUnavailable, Unusable
 from shoal.storage.file import FileStore
 
 
@@ -99,7 +99,7 @@ def test_a_failed_put_leaves_neither_object_nor_temp_file(
         raise OSError(errno.EIO, "I/O error")
 
     monkeypatch.setattr(os, "replace", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(StorageUnavailable, match="I/O error"):
         store.put("dbs/a", b"1")
     assert os.listdir(tmp_path / "dbs") == [] and list(store.list("")) == []
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shoal.storage.base import PreconditionFailed
+from shoal.storage.base import Blob, PreconditionFailed, StorageUnavailable
 from shoal.storage.faulty import FaultyStore
 from shoal.storage.memory import MemoryStore
 from shoal.storage.retry import RetryingStore
@@ -50,5 +50,25 @@ def test_reads_and_lists_retry_and_give_up_in_the_end() -> None:
     assert store.get("p/05").data == b"x"
     always = RetryingStore(FaultyStore(inner, rate=1.0, seed=1), attempts=3, initial=0.0,
                            maximum=0.0)
-    with pytest.raises(OSError):
+    with pytest.raises(StorageUnavailable):
         always.get("p/05")
+
+
+class Broken(MemoryStore):
+    """A store whose get has a bug: not the store failing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def get(self, key: str) -> Blob:
+        self.calls += 1
+        raise TypeError("a bug")
+
+
+def test_a_bug_is_not_retried() -> None:
+    """Only StorageUnavailable is the store failing; anything else is raised at once."""
+    inner = Broken()
+    with pytest.raises(TypeError):
+        RetryingStore(inner, attempts=5, initial=0.0, maximum=0.0).get("k")
+    assert inner.calls == 1

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from shoal.engine import datadir
-from shoal.errors import CODES, ShoalError
+from shoal.errors import Code, ShoalError
 
 
 @pytest.mark.parametrize("first_local", [True, False])
@@ -17,7 +17,7 @@ def test_the_first_start_claims_the_directory_for_its_kind(tmp_path: Path,
     datadir.claim(tmp_path, first_local)  # the same kind again: fine
     with pytest.raises(ShoalError) as refused:
         datadir.claim(tmp_path, not first_local)
-    assert refused.value.code == "DATA_DIR_CONFLICT" and "DATA_DIR_CONFLICT" in CODES
+    assert refused.value.code == Code.DATA_DIR_CONFLICT
     assert str(tmp_path) in refused.value.message
     assert ("store = \"none\"" if first_local else "--store") in refused.value.message
     kind = datadir.LOCAL_ONLY if first_local else datadir.STORE

@@ -1,7 +1,9 @@
-"""The error envelope, the code -> HTTP status table and the SQLite code mapping."""
+"""The error envelope, the code -> HTTP status table, the SQLite code mapping, and that
+Shoal's source sends no code the table lacks."""
 
 from __future__ import annotations
 
+import ast
 import errno
 import re
 from collections.abc import Iterator
@@ -11,14 +13,16 @@ import apsw
 import pytest
 
 from shoal.errors import (
-    CODES,
-    SQLITE_HINTS,
+    Code,
     ShoalError,
     disk_errors,
     disk_full,
     from_sqlite,
     sqlite_names,
 )
+from shoal.server.hrana_proto import HranaError
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "shoal"
 
 EXPECTED_STATUS = {
     "INVALID_JSON": 400,
@@ -76,11 +80,39 @@ def test_status_of_each_documented_code(code: str, status: int) -> None:
 
 
 def test_every_code_in_the_table_is_stable_and_has_a_hint() -> None:
-    for code, (status, hint) in CODES.items():
+    for code in Code:
+        assert code.value == code.name and str(code) == code.name  # the wire string
         assert re.fullmatch(r"[A-Z][A-Z_]*", code)
-        assert 400 <= status <= 599
-        assert hint.strip()
-        assert code in EXPECTED_STATUS, f"{code} is new: add it to this test and docs/api.md"
+        assert 400 <= code.status <= 599
+        assert not (code.sqlite and code.hrana)
+        if code.sqlite:
+            continue
+        assert code.hint.strip(), code
+        if not code.hrana:
+            assert code in EXPECTED_STATUS, f"{code} is new: add it to this test"
+
+
+def test_every_sqlite_result_code_that_is_an_error_is_a_code() -> None:
+    """from_sqlite passes SQLite's primary result code names through: each one must be a
+    Code (an apsw upgrade that adds one fails here, not in a request)."""
+    names = {k for k in apsw.mapping_result_codes if isinstance(k, str)}
+    errors = names - {"SQLITE_OK", "SQLITE_ROW", "SQLITE_DONE"}
+    assert errors <= set(Code.__members__)
+    assert {c.name for c in Code if c.sqlite} == errors
+
+
+@pytest.mark.parametrize("make", [ShoalError, HranaError])
+def test_an_unknown_code_cannot_be_made(make: type[Exception]) -> None:
+    with pytest.raises(KeyError):
+        make("SOMETHING_UNKNOWN", "m")
+    assert make("DATABASE_BUSY", "m").code is Code.DATABASE_BUSY  # a known name is its member
+
+
+def test_idempotency_scope_is_a_code_with_its_status_and_hint() -> None:
+    """Raised as a ShoalError inside the engine's commit (Hrana's idempotent pipelines)."""
+    err = ShoalError(Code.IDEMPOTENCY_SCOPE, "m")
+    assert (err.status, err.body()["error"]["hint"]) == (400, Code.IDEMPOTENCY_SCOPE.hint)
+    assert Code.IDEMPOTENCY_SCOPE.hrana
 
 
 @pytest.mark.parametrize(
@@ -99,7 +131,6 @@ def test_every_code_in_the_table_is_stable_and_has_a_hint() -> None:
         ("SQLITE_CORRUPT", 500),
         ("SQLITE_CANTOPEN", 500),
         ("SQLITE_NOTADB", 500),
-        ("SOMETHING_UNKNOWN", 400),
     ],
 )
 def test_status_of_sqlite_codes(code: str, status: int) -> None:
@@ -109,7 +140,7 @@ def test_status_of_sqlite_codes(code: str, status: int) -> None:
 def test_body_carries_code_message_default_hint_and_extras() -> None:
     body = ShoalError("DATABASE_BUSY", "busy", statement=2).body()
     assert body == {"error": {
-        "code": "DATABASE_BUSY", "message": "busy", "hint": CODES["DATABASE_BUSY"][1],
+        "code": "DATABASE_BUSY", "message": "busy", "hint": Code.DATABASE_BUSY.hint,
         "statement": 2,
     }}
 
@@ -190,7 +221,7 @@ def test_too_big_keeps_its_sqlite_name_with_a_hint_naming_the_settings() -> None
     err = from_sqlite(info.value, statement=1)
     assert (err.code, err.status) == ("SQLITE_TOOBIG", 400)
     hint = err.body()["error"]["hint"]
-    assert hint == SQLITE_HINTS["SQLITE_TOOBIG"]
+    assert hint == Code.SQLITE_TOOBIG.hint
     assert "max_value_bytes" in hint and "max_sql_bytes" in hint
 
 
@@ -224,7 +255,7 @@ def test_sqlite_full_is_disk_full_507_with_its_sqlite_names() -> None:
     assert (err.code, err.status) == ("DISK_FULL", 507)
     body = err.body()["error"]
     assert body["extended_code"] == "SQLITE_FULL" and body["statement"] == 0
-    assert body["hint"] == CODES["DISK_FULL"][1]
+    assert body["hint"] == Code.DISK_FULL.hint
     assert disk_full(info.value) is not None
 
 
@@ -256,3 +287,66 @@ def test_other_failures_pass_through_disk_errors(exc: BaseException) -> None:
     with pytest.raises(type(exc)) as info, disk_errors():
         raise exc
     assert info.value is exc
+
+
+def test_a_store_error_raised_from_a_full_disk_is_disk_full() -> None:
+    """A folder store's StorageUnavailable keeps the OSError as its cause: the node's disk
+    is full, not the store unreachable."""
+    from shoal.storage.base import StorageUnavailable
+
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError as exc:
+            raise StorageUnavailable("k", "put k failed") from exc
+    except StorageUnavailable as exc:
+        full = disk_full(exc)
+    assert full is not None and full.code == Code.DISK_FULL
+    assert disk_full(StorageUnavailable("k", "timed out")) is None
+
+
+# -- no code outside the table -----------------------------------------------------------------
+
+
+def _calls(tree: ast.AST) -> Iterator[tuple[ast.Call, str]]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            fn = node.func
+            name = fn.id if isinstance(fn, ast.Name) else fn.attr if isinstance(
+                fn, ast.Attribute) else ""
+            if name in ("ShoalError", "HranaError"):
+                yield node, name
+
+
+def _sources() -> list[Path]:
+    # the client package reads codes a server sent, as strings: it imports nothing of the
+    # server (no apsw), so not this enum either
+    return [p for p in sorted(SRC.rglob("*.py")) if "client" not in p.relative_to(SRC).parts]
+
+
+def test_every_error_made_in_the_source_names_a_member_of_code() -> None:
+    """Each ShoalError / HranaError in src/ passes its code as ``Code.X`` (X a member) or as
+    an expression mypy checks to be a Code, never a string literal; and no code is compared
+    with a string literal. mypy checks the rest (``ShoalError.__init__`` takes a Code)."""
+    found, bad = 0, []
+    for path in _sources():
+        tree = ast.parse(path.read_text(), str(path))
+        for call, name in _calls(tree):
+            found += 1
+            first = call.args[0] if call.args else None
+            where = f"{path.relative_to(SRC)}:{call.lineno} {name}"
+            if isinstance(first, ast.Constant):
+                bad.append(f"{where}: a literal code {first.value!r}")
+            elif isinstance(first, ast.Attribute) and isinstance(first.value, ast.Name) \
+                    and first.value.id == "Code" and first.attr not in Code.__members__:
+                bad.append(f"{where}: Code.{first.attr} is not a member")
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Compare) and any(
+                    isinstance(side, ast.Attribute) and side.attr == "code"
+                    for side in [node.left, *node.comparators]) and any(
+                    isinstance(side, ast.Constant) and isinstance(side.value, str)
+                    for side in [node.left, *node.comparators]):
+                bad.append(f"{path.relative_to(SRC)}:{node.lineno}: .code compared with a "
+                           f"string literal")
+    assert found > 150  # the walk sees the source's errors
+    assert bad == []

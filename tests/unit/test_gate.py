@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from shoal.errors import Code
 from shoal.server.gate import Gate, raw_response
 from shoal.settings import load
 
@@ -56,7 +57,7 @@ def test_the_cap_is_at_most_half_the_fd_limit() -> None:
 
 
 def test_raw_answers_carry_the_envelope() -> None:
-    raw = raw_response(408, "REQUEST_TIMEOUT", "too slow")
+    raw = raw_response(Code.REQUEST_TIMEOUT, "too slow")  # the status is the code's
     head, body = raw.split(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 408 Request Timeout") and b"connection: close" in head
     assert f"content-length: {len(body)}".encode() in head

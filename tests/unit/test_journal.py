@@ -14,13 +14,16 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
+
 from shoal import settings as settings_mod
 from shoal.engine.connection import Statement
 from shoal.engine.database import BEGIN_IMMEDIATE, COMMIT, Database
 from shoal.engine.journal import Stores
 from shoal.engine.registry import Registry
-from shoal.errors import ShoalError
+from shoal.errors import Code, ShoalError
 from shoal.log.restore import restore
+from shoal.storage import StorageUnavailable
 from shoal.storage.fenced import Fenced
 from shoal.storage.memory import MemoryStore
 from tests.support.storage import assert_log_contiguous
@@ -192,6 +195,41 @@ def test_a_node_without_the_stores_lease_refuses_writes_and_serves_reads(
             assert counters.results[0].rows == [["before"]]
             held[0] = True
             assert await insert(db, "after") == 2  # the refused write took no txid
+            await db.aclose()
+
+    run(body())
+
+
+@pytest.mark.parametrize(("failure", "raised"), [
+    (StorageUnavailable("t", "put t failed: timed out"), ShoalError),
+    (TypeError("a bug"), TypeError),
+])
+def test_taking_the_branch_maps_the_store_failing_and_lets_a_bug_through(
+        tmp_path: Path, failure: Exception, raised: type[Exception]) -> None:
+    """The first write takes the timeline (a conditional put of its record): the store
+    failing there is 503 STORAGE_UNAVAILABLE; anything else is a bug, raised as it is."""
+    async def body() -> None:
+        async with registry(tmp_path) as (reg, store):
+            path = tmp_path / "data" / "dbs" / DB / "main.db"
+            path.parent.mkdir(parents=True)
+            db = await reg.open(DB, "main", path)
+            put = store.put
+
+            def failing(key: str, data: bytes, **conditions: Any) -> str:
+                if "/timelines/" in key:
+                    raise failure
+                return put(key, data, **conditions)
+
+            store.put = failing  # type: ignore[method-assign]
+            with pytest.raises(raised) as info:
+                await insert(db, "refused")
+            if isinstance(info.value, ShoalError):
+                assert info.value.code == Code.STORAGE_UNAVAILABLE
+                assert "put t failed: timed out" in info.value.message
+            else:
+                assert info.value is failure
+            store.put = put  # type: ignore[method-assign]
+            assert await insert(db, "after") == 1
             await db.aclose()
 
     run(body())

@@ -375,7 +375,7 @@ def test_transaction_calls_name_their_verb(op: int, p1: str | None, verb: str) -
     assert guard(op, p1, "sp", None, None) == DENY
     assert guard.control == verb
     assert guard.reason is not None
-    assert guard.reason[0] == "TRANSACTION_CONTROL"
+    assert guard.reason[0] == "SQL_NOT_ALLOWED"
     assert guard.reason[1] == ("transaction statements are not allowed here; every request is "
                                "already a transaction, and POST .../transactions opens an "
                                "interactive one")
@@ -480,3 +480,13 @@ def test_a_reader_stays_query_only(reader: Connection) -> None:
     assert run(reader, "SELECT v FROM t") == [["one"]]
     refused(reader, "SELECT * FROM SQLITE_SHOAL_STATE", RESERVED)
     refused(reader, "PRAGMA temp.user_version = 1", TEMPORARY)
+
+
+def test_a_later_denial_is_not_a_transaction_statement() -> None:
+    """A statement denied for a transaction verb and then for something else is refused as
+    SQL_NOT_ALLOWED: only the last denial counts, as Connection reads it."""
+    guard = Guard()
+    assert guard(apsw.SQLITE_TRANSACTION, "BEGIN", None, None, None) == DENY
+    assert guard(apsw.SQLITE_ATTACH, "x.db", None, None, None) == DENY
+    assert guard.control is None
+    assert guard.reason == ("SQL_NOT_ALLOWED", "ATTACH and DETACH are not allowed")

@@ -21,7 +21,7 @@ from typing import Any
 import apsw
 import msgspec
 
-from shoal.errors import ShoalError, disk_errors
+from shoal.errors import Code, ShoalError, disk_errors
 
 SCHEMA = """
 PRAGMA journal_mode=WAL;
@@ -122,7 +122,7 @@ class Catalog:
         try:
             self._db.execute("INSERT INTO databases(name, created_at) VALUES (?, ?)", (name, now))
         except apsw.ConstraintError:
-            raise ShoalError("DATABASE_EXISTS", f"database {name!r} already exists") from None
+            raise ShoalError(Code.DATABASE_EXISTS, f"database {name!r} already exists") from None
         return DatabaseRecord(name, now)
 
     def adopt_database(self, name: str, created_at: float) -> None:
@@ -274,7 +274,7 @@ class Catalog:
                     (scope, subject, key, time.time() - ttl)))
                 if rows:
                     if rows[0][0] != body_hash:
-                        raise ShoalError("IDEMPOTENCY_KEY_REUSED",
+                        raise ShoalError(Code.IDEMPOTENCY_KEY_REUSED,
                                          "this Idempotency-Key was used with a different body")
                     return int(rows[0][1]), bytes(rows[0][2])
             status, body = fn()

@@ -32,8 +32,8 @@ from typing import Any
 import apsw
 import msgspec
 
-from shoal.engine.policy import TRANSACTION_CONTROL, Guard
-from shoal.errors import ShoalError, from_sqlite
+from shoal.engine.policy import Guard
+from shoal.errors import Code, ShoalError, from_sqlite
 from shoal.metrics import METRICS
 from shoal.values import decode_args
 from shoal.wire import SQLValue, encode_row
@@ -84,11 +84,11 @@ class Statement:
             extra = set(item) - {"sql", "args"}
             if type(sql) is not str or extra:
                 raise ShoalError(
-                    "INVALID_REQUEST",
+                    Code.INVALID_REQUEST,
                     "a statement is a string or an object {\"sql\": string, \"args\": [..]|{..}}",
                 )
             return cls(sql, decode_args(item.get("args")))
-        raise ShoalError("INVALID_REQUEST", "each statement must be a string or an object")
+        raise ShoalError(Code.INVALID_REQUEST, "each statement must be a string or an object")
 
 
 @dataclass(slots=True)
@@ -139,7 +139,7 @@ class TransactionControl(ShoalError):
     """
 
     def __init__(self, verb: str, immediate: bool, message: str, statement: int):
-        super().__init__("SQL_NOT_ALLOWED", message, statement=statement)
+        super().__init__(Code.SQL_NOT_ALLOWED, message, statement=statement)
         self.verb = verb
         self.immediate = immediate
 
@@ -208,7 +208,7 @@ def probe_transaction(sql: str, verb: str, index: int) -> bool:
         try:
             cursor.execute(sql).fetchall()
         except apsw.Error:
-            raise ShoalError("MULTIPLE_STATEMENTS", "one entry held more than one SQL statement",
+            raise ShoalError(Code.MULTIPLE_STATEMENTS, "one entry held more than one SQL statement",
                              statement=index) from None
         finally:
             conn.authorizer = None
@@ -443,8 +443,8 @@ class Connection:
         two look the same to SQLite), else the node's full disk."""
         if self.size_cap and _disk_has_room(self.raw.filename):
             METRICS.quota_refusals.labels("size_bytes").inc()
-            err = ShoalError("DATABASE_FULL", f"the database reached its size limit "
-                                              f"({self.size_cap} bytes)",
+            err = ShoalError(Code.DATABASE_FULL, f"the database reached its size limit "
+                                                 f"({self.size_cap} bytes)",
                              limit="size_bytes", value=self.size_cap)
             if index is not None:
                 err.extra["statement"] = index
@@ -463,9 +463,9 @@ class Connection:
         defer_foreign_keys pragma, or keys declared DEFERRABLE INITIALLY DEFERRED), if any."""
         if not self.raw.status(apsw.SQLITE_DBSTATUS_DEFERRED_FKS)[0]:
             return None
-        return ShoalError("SQLITE_CONSTRAINT", "FOREIGN KEY constraint failed: deferred foreign "
-                                               "keys were not satisfied at the end of the "
-                                               "request", hint="",
+        return ShoalError(Code.SQLITE_CONSTRAINT, "FOREIGN KEY constraint failed: deferred foreign "
+                                                  "keys were not satisfied at the end of the "
+                                                  "request", hint="",
                           extended_code="SQLITE_CONSTRAINT_FOREIGNKEY")
 
     # -- user statements --------------------------------------------------------------------
@@ -557,7 +557,7 @@ class Connection:
             except apsw.BindingsError as exc:  # apsw binds before tracing: bind NULLs
                 wanted = _BINDINGS_WANTED.search(str(exc))
                 if wanted is None or bindings is not None:
-                    raise ShoalError("INVALID_ARGUMENT", str(exc)) from None
+                    raise ShoalError(Code.INVALID_ARGUMENT, str(exc)) from None
                 bindings = (None,) * int(wanted.group(1))
                 continue
             except apsw.ExecTraceAbort:
@@ -569,7 +569,7 @@ class Connection:
             except (apsw.AuthError, apsw.SQLError) as exc:
                 reason, control = self.guard.reason, self.guard.control
                 self.guard.reason = self.guard.control = None
-                if reason and reason[0] == TRANSACTION_CONTROL and control:
+                if reason and control:
                     return Description([], [], [], False, True)  # as SQLite describes BEGIN
                 if reason:
                     raise ShoalError(reason[0], reason[1]) from None
@@ -611,7 +611,7 @@ class Connection:
             if self._would_write:
                 raise NeedsWriter(stmt.sql) from None
             raise ShoalError(
-                "MULTIPLE_STATEMENTS", "one entry held more than one SQL statement",
+                Code.MULTIPLE_STATEMENTS, "one entry held more than one SQL statement",
                 statement=index,
             ) from None
         except apsw.InterruptError:
@@ -627,12 +627,10 @@ class Connection:
         except (apsw.AuthError, apsw.SQLError) as exc:  # a denied function is an SQLError
             reason, control = self.guard.reason, self.guard.control
             self.guard.reason = self.guard.control = None
-            if reason and reason[0] == TRANSACTION_CONTROL:
-                if control and self._count == 0:  # the entry's first statement
-                    immediate = control in ("BEGIN", "COMMIT", "ROLLBACK") and \
-                        probe_transaction(stmt.sql, control, index)
-                    raise TransactionControl(control, immediate, reason[1], index) from None
-                reason = ("SQL_NOT_ALLOWED", reason[1])
+            if reason and control and self._count == 0:  # the entry's first statement
+                immediate = control in ("BEGIN", "COMMIT", "ROLLBACK") and \
+                    probe_transaction(stmt.sql, control, index)
+                raise TransactionControl(control, immediate, reason[1], index) from None
             if reason:
                 raise ShoalError(reason[0], reason[1], statement=index) from None
             raise from_sqlite(exc, index) from None
@@ -641,15 +639,15 @@ class Connection:
                 raise NeedsWriter(stmt.sql) from None
             raise from_sqlite(exc, index) from None
         except apsw.BindingsError as exc:
-            raise ShoalError("INVALID_ARGUMENT", str(exc), statement=index) from None
+            raise ShoalError(Code.INVALID_ARGUMENT, str(exc), statement=index) from None
         except apsw.FullError as exc:
             raise self.full_error(exc, index) from None
         except apsw.Error as exc:
             raise from_sqlite(exc, index) from None
         except (TypeError, ValueError, OverflowError) as exc:
-            raise ShoalError("INVALID_ARGUMENT", str(exc), statement=index) from None
+            raise ShoalError(Code.INVALID_ARGUMENT, str(exc), statement=index) from None
         except KeyError as exc:  # apsw: a named parameter missing from the args object
-            raise ShoalError("INVALID_ARGUMENT", f"no value for parameter {exc}",
+            raise ShoalError(Code.INVALID_ARGUMENT, f"no value for parameter {exc}",
                              statement=index) from None
         written = raw.total_changes() - changes_before
         desc: tuple[tuple[str, str | None], ...] = self._description
@@ -701,7 +699,7 @@ def _disk_has_room(path: str) -> bool:
 
 
 def _timeout(timeout: float, index: int | None = None) -> ShoalError:
-    err = ShoalError("STATEMENT_TIMEOUT",
+    err = ShoalError(Code.STATEMENT_TIMEOUT,
                      f"statement ran longer than statement_timeout ({timeout:g} s)")
     if index is not None:
         err.extra["statement"] = index
@@ -711,12 +709,12 @@ def _timeout(timeout: float, index: int | None = None) -> ShoalError:
 def stopped(index: int | None = None) -> ShoalError:
     """What a request whose client went away gets (nobody reads it): its statement was
     interrupted, or it never ran."""
-    err = ShoalError("STATEMENT_TIMEOUT", "statement stopped: its client went away")
+    err = ShoalError(Code.STATEMENT_TIMEOUT, "statement stopped: its client went away")
     if index is not None:
         err.extra["statement"] = index
     return err
 
 
 def _too_large(budget: int, index: int) -> ShoalError:
-    return ShoalError("RESPONSE_TOO_LARGE", f"result exceeds max_response_bytes ({budget})",
+    return ShoalError(Code.RESPONSE_TOO_LARGE, f"result exceeds max_response_bytes ({budget})",
                       statement=index)

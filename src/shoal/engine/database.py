@@ -63,8 +63,8 @@ from shoal.engine.connection import (
     Statement,
     stopped,
 )
-from shoal.engine.journal import CheckpointBlocked
-from shoal.errors import ShoalError, from_sqlite
+from shoal.engine.journal import STORE_FAILURES, CheckpointBlocked
+from shoal.errors import Code, ShoalError, from_sqlite
 from shoal.metrics import METRICS
 from shoal.settings import Settings
 from shoal.storage.fenced import Fenced
@@ -160,7 +160,7 @@ def read_bookmark(bookmark: str) -> Bookmark:
         return Bookmark(parts[0], parts[1], int(parts[2]),
                         parts[3] if len(parts) == 4 else None)
     except (ValueError, UnicodeDecodeError):
-        raise ShoalError("INVALID_REQUEST", "malformed bookmark") from None
+        raise ShoalError(Code.INVALID_REQUEST, "malformed bookmark") from None
 
 
 def parse_bookmark(bookmark: str) -> tuple[str, str, int]:
@@ -332,7 +332,7 @@ class Database:
             self._task.cancel()
         for job in self.queue:
             if not job.future.done():
-                job.future.set_exception(ShoalError("DATABASE_NOT_FOUND", "database was closed"))
+                job.future.set_exception(ShoalError(Code.DATABASE_NOT_FOUND, "database was closed"))
         self.queue.clear()
         for conn in self.readers:
             conn.close()
@@ -555,8 +555,8 @@ class Database:
         try:
             self.journal.stores.fence()
         except Fenced as exc:
-            raise ShoalError("STORAGE_UNAVAILABLE", f"writes to {self.name}/{self.branch} are "
-                                                    f"refused: {exc}") from None
+            raise ShoalError(Code.STORAGE_UNAVAILABLE, f"writes to {self.name}/{self.branch} are "
+                                                       f"refused: {exc}") from None
         shipper = self.journal.shipper
         if shipper is None or (shipper.failed is None
                                and shipper.backlog_bytes <= self._backlog_limit):
@@ -565,8 +565,8 @@ class Database:
         failed = self.journal.failed
         why = str(failed) if failed is not None else self._behind(shipper.backlog_bytes)
         if why is not None:
-            raise ShoalError("STORAGE_UNAVAILABLE", f"writes to {self.name}/{self.branch} are "
-                                                    f"refused: {why}")
+            raise ShoalError(Code.STORAGE_UNAVAILABLE, f"writes to {self.name}/{self.branch} are "
+                                                       f"refused: {why}")
 
     def _behind(self, backlog: int) -> str | None:
         """Why the store's backlog stops writes, if it does. Local durability acknowledges
@@ -626,7 +626,7 @@ class Database:
         for job in expired:
             if not job.future.done():
                 job.future.set_exception(ShoalError(
-                    "DATABASE_BUSY",
+                    Code.DATABASE_BUSY,
                     f"write lock held by a transaction for over busy_timeout "
                     f"({self.settings.busy_timeout:g} s)"))
         return False
@@ -760,7 +760,7 @@ class Database:
         try:
             await asyncio.wait_for(self.write_lock.acquire(), self.settings.busy_timeout)
         except TimeoutError:
-            raise ShoalError("DATABASE_BUSY", busy) from None
+            raise ShoalError(Code.DATABASE_BUSY, busy) from None
 
     async def begin(self, tx_id: str, subject: str, write: bool) -> Transaction:
         if write:
@@ -835,7 +835,7 @@ class Database:
             conn.internal(ROLLBACK_TO)
             conn.internal(RELEASE)
             if isinstance(exc, NeedsWriter):
-                raise ShoalError("READ_ONLY", "this transaction is read-only") from None
+                raise ShoalError(Code.READ_ONLY, "this transaction is read-only") from None
             raise
         conn.internal(RELEASE)
         return out
@@ -970,17 +970,15 @@ class Database:
                 done = await self.journal.settle(self)
             else:
                 done = await self._off_loop(None, conn.checkpoint, True)
-        except ShoalError:
-            raise
-        except Exception as exc:  # the store is down or slow, or the timeline was taken
-            raise ShoalError("STORAGE_UNAVAILABLE", f"{self.name}/{self.branch} was not "
-                                                    f"compacted: its commits could not be "
-                                                    f"shipped first: {exc!r}") from None
+        except STORE_FAILURES as exc:  # the store is down or slow, or the timeline was taken
+            raise ShoalError(Code.STORAGE_UNAVAILABLE, f"{self.name}/{self.branch} was not "
+                                                       f"compacted: its commits could not be "
+                                                       f"shipped first: {exc}") from None
         if not done:
-            raise ShoalError("DATABASE_BUSY", f"open read transactions keep the WAL of "
-                                              f"{self.name}/{self.branch} from being "
-                                              f"checkpointed; compaction needs them to end "
-                                              f"(nothing was changed)")
+            raise ShoalError(Code.DATABASE_BUSY, f"open read transactions keep the WAL of "
+                                                 f"{self.name}/{self.branch} from being "
+                                                 f"checkpointed; compaction needs them to end "
+                                                 f"(nothing was changed)")
 
     def _vacuum(self) -> int:
         """Worker thread: bump the txid in a commit of its own, then VACUUM (which cannot run
@@ -1029,14 +1027,14 @@ class Database:
                     later = " and the log is re-based with the next commit" \
                         if self.journal is not None else ""
                     raise ShoalError(
-                        "DATABASE_BUSY", f"{self.name}/{self.branch} was compacted at txid "
+                        Code.DATABASE_BUSY, f"{self.name}/{self.branch} was compacted at txid "
                                          f"{self.txid}, but open read transactions keep its "
                                          f"WAL from being checkpointed, so the file has not "
                                          f"shrunk yet{later}") from None
                 await asyncio.sleep(0.05)
-            except Exception as exc:
-                raise ShoalError("STORAGE_UNAVAILABLE", f"{self.name}/{self.branch} was "
-                                                        f"compacted at txid {self.txid}, but "
-                                                        f"its snapshot could not be stored "
-                                                        f"yet (the log is re-based with the "
-                                                        f"next commit): {exc!r}") from None
+            except STORE_FAILURES as exc:
+                raise ShoalError(Code.STORAGE_UNAVAILABLE, f"{self.name}/{self.branch} was "
+                                                           f"compacted at txid {self.txid}, but "
+                                                           f"its snapshot could not be stored "
+                                                           f"yet (the log is re-based with the "
+                                                           f"next commit): {exc}") from None

@@ -27,7 +27,7 @@ import shutil
 from pathlib import Path
 
 from shoal.engine.disk import optional
-from shoal.errors import ShoalError, disk_errors
+from shoal.errors import Code, ShoalError, disk_errors
 
 log = logging.getLogger("shoal")
 
@@ -67,8 +67,8 @@ def claim(root: Path, local_only: bool) -> None:
             advice = ("it is a cache of an object store, which holds its databases, tokens "
                       "and history: start it with that --store again, or give the local-only "
                       "node an empty data directory")
-        raise ShoalError("DATA_DIR_CONFLICT", f"the data directory {root} belongs to a "
-                                              f"{recorded} node, not a {kind} one: {advice}")
+        raise ShoalError(Code.DATA_DIR_CONFLICT, f"the data directory {root} belongs to a "
+                                                 f"{recorded} node, not a {kind} one: {advice}")
     if not path.exists():
         _write_new(path, kind + "\n")
 
@@ -93,9 +93,9 @@ def lock(root: Path) -> int:
     except BlockingIOError:
         holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
-        raise ShoalError("DATA_DIR_CONFLICT", f"the data directory {root} is in use by another "
-                                              f"process (pid {holder}): stop it, or give this "
-                                              f"node a data directory of its own") from None
+        raise ShoalError(Code.DATA_DIR_CONFLICT, f"the data directory {root} is in use by another "
+                                                 f"process (pid {holder}): stop it, or give this "
+                                                 f"node a data directory of its own") from None
     with optional(f"writing the pid into {root / LOCK_FILE}"):  # only shown to a second process
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

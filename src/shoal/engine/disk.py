@@ -28,7 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from shoal.engine.health import READ_ONLY, Health
-from shoal.errors import ShoalError, disk_errors, disk_full
+from shoal.errors import Code, ShoalError, disk_errors, disk_full
 
 log = logging.getLogger("shoal.disk")
 
@@ -145,9 +145,9 @@ class Disk:
     def refuse(self) -> None:
         """DISK_FULL at once while the disk is full: a write would only fail there."""
         if self.full:
-            raise ShoalError("DISK_FULL", f"the disk of the data directory is full: writes "
-                                          f"resume by themselves once {_mib(self.resume_at)} "
-                                          f"are free ({_mib(self.free())} now)")
+            raise ShoalError(Code.DISK_FULL, f"the disk of the data directory is full: writes "
+                                             f"resume by themselves once {_mib(self.resume_at)} "
+                                             f"are free ({_mib(self.free())} now)")
 
     def failure(self, exc: Exception) -> Exception:
         """What a failed write raises: DISK_FULL for a full disk (which puts the node in its
@@ -171,7 +171,7 @@ class Disk:
             with disk_errors():
                 yield
         except ShoalError as exc:
-            if exc.code == "DISK_FULL":
+            if exc.code == Code.DISK_FULL:
                 self.hit(exc)
             raise
 

@@ -54,7 +54,7 @@ from shoal.engine.memory import Memory, ceiling
 from shoal.engine.pool import Pool
 from shoal.engine.quota import DatabaseLimits, Quotas, decode_limits, encode_limits
 from shoal.engine.registry import BranchView, Deleted, Registry, stored_txid
-from shoal.errors import ShoalError
+from shoal.errors import Code, ShoalError
 from shoal.log.branch import Branch
 from shoal.log.restore import History
 from shoal.metrics import METRICS, UsageCollector
@@ -128,8 +128,17 @@ class Idempotency:
         if not key:
             return None
         if len(key) > 255:
-            raise ShoalError("INVALID_REQUEST", "Idempotency-Key is longer than 255 characters")
+            raise ShoalError(Code.INVALID_REQUEST, "Idempotency-Key is longer than 255 characters")
         return cls(key, hashlib.sha256(body).digest())
+
+
+def _pass_failed(what: str, exc: Exception) -> None:
+    """A background pass that failed: the store failing (a ShoalError by then) is a warning;
+    anything else is a bug, logged with its traceback."""
+    if isinstance(exc, ShoalError):
+        log.warning("%s failed: %s", what, exc)
+    else:
+        log.error("%s failed", what, exc_info=exc)
 
 
 def _checked_store(settings: Settings) -> ObjectStore:
@@ -139,9 +148,9 @@ def _checked_store(settings: Settings) -> ObjectStore:
         store = open_store(settings.store_url, endpoint_url=settings.s3_endpoint)
         store.probe()
     except Unusable as exc:
-        raise ShoalError("STORE_UNUSABLE", str(exc), hint=exc.hint) from None
+        raise ShoalError(Code.STORE_UNUSABLE, str(exc), hint=exc.hint) from None
     except ValueError as exc:  # a malformed store URL or s3_endpoint
-        raise ShoalError("STORE_UNUSABLE", str(exc), hint="store is file:///absolute/path, "
+        raise ShoalError(Code.STORE_UNUSABLE, str(exc), hint="store is file:///absolute/path, "
                          "s3://bucket/prefix or none; s3_endpoint is a URL "
                          "(https://host:port)") from None
     return store
@@ -206,7 +215,7 @@ class Engine:
         self.lifecycle = Lifecycle(self.root / "dbs", settings, self.executor, self.names,
                                    self._registry)
         self.transactions = OpenTransactions()
-        self.expired: OrderedDict[str, str] = OrderedDict()  # tx id -> why it ended
+        self.expired: OrderedDict[str, Code] = OrderedDict()  # tx id -> why it ended
         self.inflight: dict[tuple[str, str, str], asyncio.Future[Any]] = {}
         self.usage: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
         self.quotas = Quotas(DatabaseLimits(settings.database_size_limit,
@@ -235,7 +244,7 @@ class Engine:
         try:
             return registry.sync_catalog(self.catalog, self._takeover)
         except ShoalError as exc:
-            if exc.code != "DISK_FULL":
+            if exc.code != Code.DISK_FULL:
                 raise
             self.disk.hit(exc)
         self._stale_catalog = True
@@ -282,10 +291,10 @@ class Engine:
     def registry(self) -> Registry:
         """The commit log's registry; HISTORY_DISABLED on a local-only node (store none)."""
         if self._registry is None:
-            raise ShoalError("HISTORY_DISABLED", "this node runs without an object store "
-                                                 "(store = \"none\"): it keeps no history, so "
-                                                 "restore, history and branches other than "
-                                                 "main are not available")
+            raise ShoalError(Code.HISTORY_DISABLED, "this node runs without an object store "
+                                                    "(store = \"none\"): it keeps no history, so "
+                                                    "restore, history and branches other than "
+                                                    "main are not available")
         return self._registry
 
     # -- process lifecycle ------------------------------------------------------------------
@@ -370,8 +379,8 @@ class Engine:
         purge deleted databases past history_retention."""
         try:
             await self._expire_deleted()
-        except Exception as exc:
-            log.warning("expiring deleted databases failed: %r", exc)
+        except Exception as exc:  # background work: the next pass tries again
+            _pass_failed("expiring deleted databases", exc)
         for name in sorted(self.names):
             if self.settings.compact_min_segments:
                 await self._compact(name)
@@ -380,8 +389,8 @@ class Engine:
                                         self.settings.history_retention)
                 if report.deleted:
                     log.info("retention deleted %d objects of %s", len(report.deleted), name)
-            except Exception as exc:
-                log.warning("retention of %s failed: %r", name, exc)
+            except Exception as exc:  # background work: the next pass tries again
+                _pass_failed(f"retention of {name}", exc)
 
     async def _compact(self, name: str) -> None:
         """Merge the database's runs of small segments, for COMPACTION_BUDGET at most."""
@@ -392,8 +401,8 @@ class Engine:
 
         try:
             report = await self._io(self.registry.compact, name, time.time(), keep_going)
-        except Exception as exc:
-            log.warning("compaction of %s failed: %r", name, exc)
+        except Exception as exc:  # background work: the next pass tries again
+            _pass_failed(f"compaction of {name}", exc)
             return
         for error in report.errors:
             log.warning("compaction of %s left a run as it was: %s", name, error)
@@ -440,7 +449,7 @@ class Engine:
         principal.require("read", name)
         record = await self._run(self.catalog.get_database, name)
         if record is None:
-            raise ShoalError("DATABASE_NOT_FOUND", f"database {name!r} does not exist")
+            raise ShoalError(Code.DATABASE_NOT_FOUND, f"database {name!r} does not exist")
         open_db = self.lifecycle.open.get((name, "main"))
         path = self.lifecycle.path(name)
         if self._registry is None:  # local-only: main is the one branch
@@ -468,7 +477,7 @@ class Engine:
             if purge and self._registry is not None and \
                     len(await self._io(self._registry.purge, name)) > 0:
                 return
-            raise ShoalError("DATABASE_NOT_FOUND", f"database {name!r} does not exist")
+            raise ShoalError(Code.DATABASE_NOT_FOUND, f"database {name!r} does not exist")
         if self._registry is None:  # no undelete here: its tokens go with it
             await self._narrow_tokens(name)
         record = await self._run(self.catalog.get_database, name)
@@ -496,8 +505,8 @@ class Engine:
         self.quotas.forget(name)
         if not uncatalogued and not await self._uncatalog(name):  # again, with room now
             if self._registry is None:
-                raise ShoalError("DISK_FULL", f"the files of {name!r} are deleted but the "
-                                              f"catalog could not be written")
+                raise ShoalError(Code.DISK_FULL, f"the files of {name!r} are deleted but the "
+                                                 f"catalog could not be written")
             self._stale_catalog = True  # a cache: the sweeper resyncs it from the store
         if purge and incarnation is not None and self._registry is not None:
             await self._io(self._registry.purge, name, {incarnation})  # this one, not older
@@ -536,8 +545,8 @@ class Engine:
         check_name(name)
         principal.require("admin", name)
         if name in self.names:
-            raise ShoalError("DATABASE_EXISTS", f"database {name!r} exists: delete it before "
-                                                f"bringing back a deleted one")
+            raise ShoalError(Code.DATABASE_EXISTS, f"database {name!r} exists: delete it before "
+                                                   f"bringing back a deleted one")
         created_at = await self._io(self.registry.undelete_database, name, incarnation)
         await self.lifecycle.settle(name)
         await self._run(shutil.rmtree, self.lifecycle.root / name, True)  # stale copies
@@ -563,8 +572,8 @@ class Engine:
                     await self._io(self.registry.purge, gone.name, {gone.incarnation})
                     log.info("retention purged %s (deleted %s)", gone.name,
                              datetime.fromtimestamp(gone.deleted_at, UTC).isoformat())
-                except Exception as exc:
-                    log.warning("purging deleted %s failed: %r", gone.name, exc)
+                except Exception as exc:  # background work: the next pass tries again
+                    _pass_failed(f"purging deleted {gone.name}", exc)
 
     # -- queries -----------------------------------------------------------------------------
     async def _end_transactions(self, name: str, branch: str | None = None) -> None:
@@ -572,7 +581,7 @@ class Engine:
         for tx_id, (db, tx) in list(self.transactions.items()):
             if db.name == name and branch in (None, db.branch):
                 self.transactions.pop(tx_id)
-                self.expired[tx_id] = "TRANSACTION_ABORTED"
+                self.expired[tx_id] = Code.TRANSACTION_ABORTED
                 with contextlib.suppress(Exception):
                     await db.end(tx, commit=False)
         METRICS.open_transactions.set(len(self.transactions))
@@ -605,7 +614,7 @@ class Engine:
     def _replay(found: tuple[bytes, int, bytes], idem: Idempotency) -> Outcome:
         body_hash, status, response = found
         if body_hash != idem.body_hash:
-            raise ShoalError("IDEMPOTENCY_KEY_REUSED",
+            raise ShoalError(Code.IDEMPOTENCY_KEY_REUSED,
                              "this Idempotency-Key was used with a different body")
         return Outcome([], 0, 0, 0, "", replay=(status, response))
 
@@ -641,7 +650,7 @@ class Engine:
             except NeedsWriter as exc:
                 db.remember_write(exc.sql)
         if not principal.can_write:
-            raise ShoalError("READ_ONLY", "this token has read access only; the request writes")
+            raise ShoalError(Code.READ_ONLY, "this token has read access only; the request writes")
         self.disk.refuse()  # the hot path: no context manager (Disk.writes, inlined)
         self.quotas.admit_write(db.name)
         try:
@@ -707,7 +716,7 @@ class Engine:
         check_name(branch, "branch")
         principal.require("read", name)
         if name not in self.names:
-            raise ShoalError("DATABASE_NOT_FOUND", f"database {name!r} does not exist")
+            raise ShoalError(Code.DATABASE_NOT_FOUND, f"database {name!r} does not exist")
         if branch != "main":
             await self._io(self.registry.branch, name, branch)  # BRANCH_NOT_FOUND
         key = name if branch == "main" else f"{name}/{branch}"
@@ -732,7 +741,7 @@ class Engine:
         check_name(name)
         principal.require("read", name)
         if name not in self.names:
-            raise ShoalError("DATABASE_NOT_FOUND", f"database {name!r} does not exist")
+            raise ShoalError(Code.DATABASE_NOT_FOUND, f"database {name!r} does not exist")
         own = self.quotas.own.get(name, DatabaseLimits())
         return {"database": name, "limits": encode_limits(own),
                 "effective": self.quotas.of(name).as_dict()}
@@ -744,10 +753,10 @@ class Engine:
         check_name(name)
         principal.require("admin", name)
         if principal.databases is not None:
-            raise ShoalError("FORBIDDEN", "limits are set by an admin token for every "
-                                          "database ('*'); this token may read them")
+            raise ShoalError(Code.FORBIDDEN, "limits are set by an admin token for every "
+                                             "database ('*'); this token may read them")
         if name not in self.names:
-            raise ShoalError("DATABASE_NOT_FOUND", f"database {name!r} does not exist")
+            raise ShoalError(Code.DATABASE_NOT_FOUND, f"database {name!r} does not exist")
         raw = encode_limits(limits)
         with self.disk.writes():
             if self._registry is not None:  # the store's record is the truth
@@ -806,7 +815,7 @@ class Engine:
         principal.require("read", name)
         write = principal.can_write if mode is None else mode == "write"
         if write and not principal.can_write:
-            raise ShoalError("READ_ONLY", "this token may open read transactions only")
+            raise ShoalError(Code.READ_ONLY, "this token may open read transactions only")
         if write:
             self.disk.refuse()
         self.quotas.admit(name, writes=write)
@@ -831,12 +840,12 @@ class Engine:
         if self.transactions.of_database(name) >= cap:
             if cap < s.max_transactions:
                 METRICS.quota_refusals.labels("transactions").inc()
-            raise ShoalError("TOO_MANY_TRANSACTIONS",
+            raise ShoalError(Code.TOO_MANY_TRANSACTIONS,
                              f"database {name!r} has {cap} open transactions ("
                              + ("max_transactions)" if cap == s.max_transactions
                                 else "its transactions limit)"))
         if self.transactions.of_subject(principal.subject) >= s.max_transactions_per_token:
-            raise ShoalError("TOO_MANY_TRANSACTIONS",
+            raise ShoalError(Code.TOO_MANY_TRANSACTIONS,
                              f"this token has {s.max_transactions_per_token} open transactions "
                              f"(max_transactions_per_token)")
 
@@ -848,11 +857,11 @@ class Engine:
                 or entry[1].subject != principal.subject:
             if tx_id in self.expired:
                 raise self._over(tx_id)
-            raise ShoalError("TRANSACTION_NOT_FOUND", f"no open transaction {tx_id!r}")
+            raise ShoalError(Code.TRANSACTION_NOT_FOUND, f"no open transaction {tx_id!r}")
         return entry
 
     def _over(self, tx_id: str) -> ShoalError:
-        code = self.expired.get(tx_id, "TRANSACTION_EXPIRED")
+        code = self.expired.get(tx_id, Code.TRANSACTION_EXPIRED)
         return ShoalError(code, f"transaction {tx_id} is over ({code.lower()})")
 
     async def tx_query(self, principal: tokens.Principal, name: str, tx_id: str,
@@ -871,7 +880,7 @@ class Engine:
                 tx.idle_deadline = time.monotonic() + self.settings.transaction_timeout
                 if tx.aborted:  # release the write lock now, not at expiry
                     self.transactions.pop(tx_id, None)
-                    self.expired[tx_id] = "TRANSACTION_ABORTED"
+                    self.expired[tx_id] = Code.TRANSACTION_ABORTED
                     await db.end(tx, commit=False)
         self._meter(db, counters)
         return Outcome(counters.results, counters.rows_read, counters.rows_written,
@@ -897,7 +906,7 @@ class Engine:
                 with self.disk.writes(refuse=False):  # begun before the disk filled, maybe
                     return await db.end(tx, commit, record)
             except BaseException:  # rolled back (a deferred foreign key, a full disk): over
-                self.expired[tx_id] = "TRANSACTION_ABORTED"
+                self.expired[tx_id] = Code.TRANSACTION_ABORTED
                 raise
 
     async def _stored_commit(self, principal: tokens.Principal, name: str,
@@ -919,7 +928,7 @@ class Engine:
             if tx.busy or tx.lock.locked() or (tx.idle_deadline > now and tx.age_deadline > now):
                 continue
             self.transactions.pop(tx_id, None)
-            self.expired[tx_id] = "TRANSACTION_EXPIRED"
+            self.expired[tx_id] = Code.TRANSACTION_EXPIRED
             await db.end(tx, commit=False)
         METRICS.open_transactions.set(len(self.transactions))
         while len(self.expired) > 10000:
@@ -937,7 +946,8 @@ class Engine:
                 check_name(name)
                 principal.require("admin", name)
         elif principal.databases is not None:
-            raise ShoalError("FORBIDDEN", "a scoped token cannot create a token for every database")
+            raise ShoalError(Code.FORBIDDEN,
+                             "a scoped token cannot create a token for every database")
 
         def make() -> tuple[int, bytes]:
             now = time.time()
@@ -960,7 +970,7 @@ class Engine:
         if not known and self._registry is not None:
             known, scope = await self._io(self._registry.token_scope, token_id)
         if not known:
-            raise ShoalError("TOKEN_NOT_FOUND", f"no token {token_id!r}")
+            raise ShoalError(Code.TOKEN_NOT_FOUND, f"no token {token_id!r}")
         return scope
 
     async def revoke_token(self, principal: tokens.Principal, token_id: str) -> None:
@@ -969,8 +979,8 @@ class Engine:
         principal.require("admin")
         scope = await self._token_scope(token_id)
         if scope is None and principal.databases is not None:
-            raise ShoalError("FORBIDDEN", "a token that reaches every database can only be "
-                                          "revoked by a token that does too")
+            raise ShoalError(Code.FORBIDDEN, "a token that reaches every database can only be "
+                                             "revoked by a token that does too")
         for name in scope or ():
             principal.require("admin", name)
         with self.disk.writes(refuse=False):  # tried even on a full disk: it may fit
@@ -985,7 +995,7 @@ class Engine:
         for branch in branches:
             check_name(branch, "branch")
         if name not in self.names:
-            raise ShoalError("DATABASE_NOT_FOUND", f"database {name!r} does not exist")
+            raise ShoalError(Code.DATABASE_NOT_FOUND, f"database {name!r} does not exist")
 
     async def _flushed(self, name: str, branch: str) -> int | None:
         """Open the branch and wait until every commit of it is in the store: its txid.
@@ -1002,7 +1012,7 @@ class Engine:
                     await db.journal.durable(txid)
                 return txid
         except ShoalError as exc:
-            if exc.code != "STORAGE_CORRUPT":
+            if exc.code != Code.STORAGE_CORRUPT:
                 raise
             log.warning("%s/%s cannot be opened (%s); using the store's history as it is",
                         name, branch, exc.message)
@@ -1038,14 +1048,14 @@ class Engine:
         for view in await self._io(self.registry.branches, name):
             if view.branch.name == branch:
                 return self._branch_info(name, view)
-        raise ShoalError("BRANCH_NOT_FOUND", f"no branch {branch!r} in database {name!r}")
+        raise ShoalError(Code.BRANCH_NOT_FOUND, f"no branch {branch!r} in database {name!r}")
 
     @staticmethod
     def _bookmark(name: str, bookmark: str) -> Bookmark:
         found = read_bookmark(bookmark)
         if found.database != name:
-            raise ShoalError("INVALID_REQUEST", f"the bookmark names database "
-                                                f"{found.database!r}, not {name!r}")
+            raise ShoalError(Code.INVALID_REQUEST, f"the bookmark names database "
+                                                   f"{found.database!r}, not {name!r}")
         return found
 
     async def create_branch(self, principal: tokens.Principal, name: str, new: str,
@@ -1059,16 +1069,16 @@ class Engine:
         mark = self._bookmark(name, bookmark) if bookmark else None
         if mark is not None:
             if source is not None and source != mark.branch and mark.timeline is None:
-                raise ShoalError("INVALID_REQUEST", f"the bookmark is of branch "
-                                                    f"{mark.branch!r}, not {source!r}")
+                raise ShoalError(Code.INVALID_REQUEST, f"the bookmark is of branch "
+                                                       f"{mark.branch!r}, not {source!r}")
             source = source or mark.branch
         source = source or "main"
         self._known(name, new, source)
         latest = await self._flushed(name, source)
         record = await self._io(self.registry.branch, name, source)
         if latest is None and mark is None and timestamp is None:
-            raise ShoalError("STORAGE_CORRUPT", f"the latest state of {name}/{source} cannot "
-                                                f"be restored; branch at an earlier point")
+            raise ShoalError(Code.STORAGE_CORRUPT, f"the latest state of {name}/{source} cannot "
+                                                   f"be restored; branch at an earlier point")
         timeline, fork = record.timeline, latest or 0
         if mark is not None:
             timeline, fork = mark.timeline or record.timeline, mark.txid
@@ -1089,7 +1099,7 @@ class Engine:
         principal.require("admin", name)
         self._known(name, branch)
         if branch == "main":
-            raise ShoalError("INVALID_REQUEST", "main cannot be deleted: delete the database")
+            raise ShoalError(Code.INVALID_REQUEST, "main cannot be deleted: delete the database")
         await self._io(self.registry.branch, name, branch)  # BRANCH_NOT_FOUND before waiting
         async with self.lifecycle.exclusive(name, branch, self._end_transactions,
                                             self.settings.statement_timeout + 1, flush=False):
@@ -1107,11 +1117,11 @@ class Engine:
         self._known(name, branch)
         record = await self._io(self.registry.branch, name, branch)
         if record.parent is None:
-            raise ShoalError("INVALID_REQUEST", f"branch {branch!r} has no parent to reset to")
+            raise ShoalError(Code.INVALID_REQUEST, f"branch {branch!r} has no parent to reset to")
         parent_txid = await self._flushed(name, record.parent)
         if parent_txid is None:
-            raise ShoalError("STORAGE_CORRUPT", f"the latest state of {name}/{record.parent} "
-                                                f"cannot be restored")
+            raise ShoalError(Code.STORAGE_CORRUPT, f"the latest state of {name}/{record.parent} "
+                                                   f"cannot be restored")
         parent = await self._io(self.registry.branch, name, record.parent)
         async with self.lifecycle.exclusive(name, branch, self._end_transactions,
                                             self.settings.statement_timeout + 1, flush=False):
@@ -1127,7 +1137,7 @@ class Engine:
         reachable as another branch, which the result names."""
         principal.require("admin", name)
         if (timestamp is None) == (bookmark is None):
-            raise ShoalError("INVALID_REQUEST", "give 'timestamp' or 'bookmark' (one of them)")
+            raise ShoalError(Code.INVALID_REQUEST, "give 'timestamp' or 'bookmark' (one of them)")
         check_name(name)
         if name not in self.names and self._registry is not None and \
                 len(await self._io(self._registry.deleted, {name})) > 0:
@@ -1135,8 +1145,8 @@ class Engine:
         self._known(name, branch, *([keep_as] if keep_as else []))
         mark = self._bookmark(name, bookmark) if bookmark else None
         if mark is not None and mark.timeline is None and mark.branch != branch:
-            raise ShoalError("INVALID_REQUEST", f"the bookmark is of branch {mark.branch!r}, "
-                                                f"not {branch!r}")
+            raise ShoalError(Code.INVALID_REQUEST, f"the bookmark is of branch {mark.branch!r}, "
+                                                   f"not {branch!r}")
         await self._flushed(name, branch)
         record = await self._io(self.registry.branch, name, branch)
         if mark is not None:
@@ -1178,7 +1188,7 @@ def parse_time(text: str) -> float:
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ShoalError("INVALID_REQUEST", f"not an ISO 8601 time: {text[:80]!r}") from None
+        raise ShoalError(Code.INVALID_REQUEST, f"not an ISO 8601 time: {text[:80]!r}") from None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return when.timestamp()

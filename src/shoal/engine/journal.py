@@ -51,7 +51,7 @@ from typing import TYPE_CHECKING
 
 import apsw
 
-from shoal.errors import ShoalError
+from shoal.errors import Code, ShoalError
 from shoal.log.branch import Branch
 from shoal.log.capture import Capture
 from shoal.log.errors import LogConflict, LogError, WalError
@@ -61,7 +61,8 @@ from shoal.log.snapshot import SnapshotPolicy, take_snapshot
 from shoal.log.timeline import Timeline, Writer, fence
 from shoal.metrics import METRICS
 from shoal.settings import Settings
-from shoal.storage.base import ObjectStore
+from shoal.storage.base import ObjectStore, StoreError
+from shoal.storage.fenced import Fenced
 
 if TYPE_CHECKING:
     from shoal.engine.database import Database
@@ -114,6 +115,12 @@ class LogState:
 
 class CheckpointBlocked(TimeoutError):
     """Readers kept a TRUNCATE checkpoint from completing (the log is not re-based yet)."""
+
+
+# What taking a timeline, shipping and storing a snapshot fail with when the store is at
+# fault (its errors; Fenced: no lease; LogError: another writer, a stopped shipper; a wait
+# that timed out): 503 STORAGE_UNAVAILABLE. Anything else is a bug and goes up as it is.
+STORE_FAILURES = (StoreError, Fenced, LogError, TimeoutError)
 
 
 def _unfenced() -> None:
@@ -186,7 +193,7 @@ class Journal:
             return
         try:
             self.shipper.append(self.capture.mark(txid, self.frames))
-        except Exception as exc:
+        except Exception as exc:  # a WalError or a bug: either way a snapshot covers it
             log.error("capture of %s/%s txid %d failed, the log will be re-based on a "
                       "snapshot: %s", self.name, self.branch.name, txid, exc)
             self.broken = True
@@ -236,16 +243,14 @@ class Journal:
         try:
             await self.take()
         except LogConflict as exc:
-            raise ShoalError("STORAGE_UNAVAILABLE",
+            raise ShoalError(Code.STORAGE_UNAVAILABLE,
                              f"writes to {self.name}/{self.branch.name} are refused: {exc}",
                              hint="Another writer took this branch; retry: the next request "
                                   "reopens it from the object store.") from None
-        except ShoalError:
-            raise
-        except Exception as exc:
-            raise ShoalError("STORAGE_UNAVAILABLE",
+        except STORE_FAILURES as exc:
+            raise ShoalError(Code.STORAGE_UNAVAILABLE,
                              f"writes to {self.name}/{self.branch.name} are refused: the "
-                             f"object store failed taking the branch: {exc!r}") from None
+                             f"object store failed taking the branch: {exc}") from None
 
     async def start(self, db: Database) -> None:
         """Ship what the store lacks: the commits still in the WAL above the store's head
@@ -274,7 +279,7 @@ class Journal:
 
     # -- durability ------------------------------------------------------------------------------
     def _unavailable(self, txid: int, why: str) -> ShoalError:
-        return ShoalError("STORAGE_UNAVAILABLE",
+        return ShoalError(Code.STORAGE_UNAVAILABLE,
                           f"txid {txid} of {self.name}/{self.branch.name} is committed on this "
                           f"node but not yet in the object store: {why}")
 

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from shoal.errors import ShoalError
+from shoal.errors import Code, ShoalError
 from shoal.metrics import METRICS
 from shoal.storage.base import NotFound, ObjectStore, PreconditionFailed
 from shoal.storage.fenced import Fenced
@@ -163,13 +163,13 @@ class Lease:
             if self.clock() >= deadline or self.wait(self._stop, poll):  # release() ends the wait
                 break
         if error is not None:
-            raise ShoalError("STORAGE_UNAVAILABLE",
+            raise ShoalError(Code.STORAGE_UNAVAILABLE,
                              f"the object store's lease could not be read or written: {error!r}")
         holder = record.holder() if record is not None else "an unreadable lease"
-        raise ShoalError("STORE_IN_USE", f"the object store is in use by {holder}, which "
-                                         f"renewed its lease within the last "
-                                         f"{max(self.ttl, record.ttl if record else 0):g} s; "
-                                         f"waited {wait:g} s")
+        raise ShoalError(Code.STORE_IN_USE, f"the object store is in use by {holder}, which "
+                                            f"renewed its lease within the last "
+                                            f"{max(self.ttl, record.ttl if record else 0):g} s; "
+                                            f"waited {wait:g} s")
 
     def _mine(self, record: Record) -> bool:
         """Written by this node on this host: its process is gone, since this one holds the

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from shoal.engine.database import Database
 from shoal.engine.pool import lane_of
-from shoal.errors import ShoalError, disk_errors
+from shoal.errors import Code, ShoalError, disk_errors
 from shoal.metrics import METRICS
 from shoal.settings import Settings
 
@@ -113,11 +113,11 @@ class Lifecycle:
                     await asyncio.shield(pending)
                 continue
             if name not in self.names:
-                raise ShoalError("DATABASE_NOT_FOUND", f"database {name!r} does not exist")
+                raise ShoalError(Code.DATABASE_NOT_FOUND, f"database {name!r} does not exist")
             db = await self._open(key)
             if name not in self.names:  # deleted while it opened
                 await db.aclose(flush=False)
-                raise ShoalError("DATABASE_NOT_FOUND", f"database {name!r} does not exist")
+                raise ShoalError(Code.DATABASE_NOT_FOUND, f"database {name!r} does not exist")
             db.size_limit = self.size_limit(name)
             self.open[key] = db
             METRICS.open_databases.set(len(self.open))
@@ -128,9 +128,9 @@ class Lifecycle:
     async def _open(self, key: Key) -> Database:
         name, branch = key
         if self.registry is None and branch != "main":  # a local-only node has main only
-            raise ShoalError("HISTORY_DISABLED", f"branch {branch!r}: this node runs without "
-                                                 f"an object store (store = \"none\") and "
-                                                 f"has no branches but main")
+            raise ShoalError(Code.HISTORY_DISABLED, f"branch {branch!r}: this node runs without "
+                                                    f"an object store (store = \"none\") and "
+                                                    f"has no branches but main")
         done = asyncio.get_running_loop().create_future()
         self.opening[key] = done
         try:  # a -shm to grow or a file to restore needs room: DISK_FULL, never INTERNAL

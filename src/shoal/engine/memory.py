@@ -17,7 +17,7 @@ import logging
 import os
 
 from shoal.engine.health import DEGRADED, Health
-from shoal.errors import ShoalError
+from shoal.errors import Code, ShoalError
 
 log = logging.getLogger("shoal.memory")  # mutate: harmless (the logger's name)
 
@@ -92,6 +92,6 @@ class Memory:
     def refuse(self) -> None:
         """OVERLOADED while past the ceiling (one attribute read otherwise)."""
         if self.over:
-            raise ShoalError("OVERLOADED", f"the node's memory is past its ceiling "
-                                           f"({self.rss >> 20} MiB of {self.limit >> 20} "
-                                           f"MiB); retry shortly")
+            raise ShoalError(Code.OVERLOADED, f"the node's memory is past its ceiling "
+                                              f"({self.rss >> 20} MiB of {self.limit >> 20} "
+                                              f"MiB); retry shortly")

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import apsw
 
+from shoal.errors import Code
+
 # Shoal's own tables (engine/tables.py), and the names they had before
 HIDDEN_PREFIXES = ("sqlite_shoal_", "_shoal_")
 
@@ -65,9 +67,6 @@ _TEMP_SCHEMA_OPS = {
 _DENIED_FUNCTIONS = frozenset({"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"})
 
 
-# Guard.reason code of a denied transaction statement; Connection turns it into
-# TransactionControl (public code SQL_NOT_ALLOWED).
-TRANSACTION_CONTROL = "TRANSACTION_CONTROL"
 # SQLITE_SAVEPOINT's p1 -> the verb as written (BEGIN is SAVEPOINT, the default below).
 _SAVEPOINT_VERBS = {"RELEASE": "RELEASE", "ROLLBACK": "ROLLBACK TO"}
 
@@ -77,20 +76,23 @@ class Denied(Exception):
 
 
 class Guard:
-    """The authorizer of one pooled connection, with the reason of its last denial."""
+    """The authorizer of one pooled connection, with the reason of its last denial (its
+    ``control`` set when that denial was of a transaction statement: Connection turns it
+    into TransactionControl)."""
 
     __slots__ = ("control", "internal", "reason")
 
     def __init__(self) -> None:
         self.internal = False
-        self.reason: tuple[str, str] | None = None
+        self.reason: tuple[Code, str] | None = None
         # The transaction verb SQLite reported when it denied one ("BEGIN", "COMMIT",
         # "ROLLBACK", "SAVEPOINT", "RELEASE", "ROLLBACK TO"): protocols whose clients
         # send transactions as SQL (Hrana) act on it, without reading the SQL text.
         self.control: str | None = None
 
-    def _deny(self, code: str, message: str) -> int:
-        self.reason = (code, message)
+    def _deny(self, message: str, control: str | None = None) -> int:
+        self.reason = (Code.SQL_NOT_ALLOWED, message)
+        self.control = control
         return apsw.SQLITE_DENY
 
     def __call__(self, op: int, p1: str | None, p2: str | None,
@@ -103,16 +105,16 @@ class Guard:
             # CREATE TABLE temp.x is reported as a plain CREATE TABLE in schema "temp".
             # Reading PRAGMAs of the (always empty) temp schema is harmless: ORMs such as
             # SQLAlchemy ask PRAGMA temp.table_info(...) when they look for a table.
-            return self._deny("SQL_NOT_ALLOWED", "temporary objects are not allowed")
+            return self._deny("temporary objects are not allowed")
         if op in _TABLE_OPS:
             if p1 and p1.lower().startswith(HIDDEN_PREFIXES):
                 if op == apsw.SQLITE_ANALYZE:  # plain ANALYZE / PRAGMA optimize: skip it
                     return apsw.SQLITE_IGNORE
-                return self._deny("SQL_NOT_ALLOWED", f"table {p1} is reserved by Shoal")
+                return self._deny(f"table {p1} is reserved by Shoal")
             return apsw.SQLITE_OK  # mutate: harmless delete (falls through to the same SQLITE_OK)
         if op in _INDEX_TRIGGER_OPS:
             if p2 and p2.lower().startswith(HIDDEN_PREFIXES):
-                return self._deny("SQL_NOT_ALLOWED", f"table {p2} is reserved by Shoal")
+                return self._deny(f"table {p2} is reserved by Shoal")
             return apsw.SQLITE_OK  # mutate: harmless delete (falls through to the same SQLITE_OK)
         if op == apsw.SQLITE_PRAGMA:
             name = (p1 or "").lower()
@@ -121,23 +123,22 @@ class Guard:
             if name in READABLE_PRAGMAS and (p2 is None or name in SETTABLE_PRAGMAS
                                              or name in ARGUMENT_PRAGMAS):
                 return apsw.SQLITE_OK
-            return self._deny("SQL_NOT_ALLOWED", f"PRAGMA {name} is not allowed")
+            return self._deny(f"PRAGMA {name} is not allowed")
         if op == apsw.SQLITE_FUNCTION:
             if (p2 or "").lower() in _DENIED_FUNCTIONS:
-                return self._deny("SQL_NOT_ALLOWED", f"function {p2} is not allowed")
+                return self._deny(f"function {p2} is not allowed")
             return apsw.SQLITE_OK  # mutate: harmless delete (falls through to the same SQLITE_OK)
         if op in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
-            return self._deny("SQL_NOT_ALLOWED", "ATTACH and DETACH are not allowed")
+            return self._deny("ATTACH and DETACH are not allowed")
         if op in _TEMP_OPS:
-            return self._deny("SQL_NOT_ALLOWED", "temporary objects are not allowed")
+            return self._deny("temporary objects are not allowed")
         if op in (apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT):
             verb = (p1 or "").upper()  # SQLITE_TRANSACTION: BEGIN, COMMIT or ROLLBACK
             if op == apsw.SQLITE_SAVEPOINT:  # p1 is BEGIN, RELEASE or ROLLBACK
                 verb = _SAVEPOINT_VERBS.get(verb, "SAVEPOINT")
-            self.control = verb
             return self._deny(
-                TRANSACTION_CONTROL,
                 "transaction statements are not allowed here; every request is already a "
                 "transaction, and POST .../transactions opens an interactive one",
+                control=verb,
             )
         return apsw.SQLITE_OK

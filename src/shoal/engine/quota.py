@@ -24,7 +24,7 @@ from typing import Any
 
 import msgspec
 
-from shoal.errors import ShoalError
+from shoal.errors import Code, ShoalError
 from shoal.metrics import METRICS
 
 
@@ -42,12 +42,12 @@ class DatabaseLimits(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=T
         for name in self.__struct_fields__:
             value = getattr(self, name)
             if value is not None and (value < 0 or not math.isfinite(value)):
-                raise ShoalError("INVALID_REQUEST", f"limit {name} must be at least 0 "
-                                                    f"(0: no limit; null: the node's default)")
+                raise ShoalError(Code.INVALID_REQUEST, f"limit {name} must be at least 0 "
+                                                       f"(0: no limit; null: the node's default)")
         if self.period == 0:
-            raise ShoalError("INVALID_REQUEST", "period must be at least 1 second")
+            raise ShoalError(Code.INVALID_REQUEST, "period must be at least 1 second")
         if self.size_bytes is not None and 0 < self.size_bytes < MIN_SIZE:
-            raise ShoalError("INVALID_REQUEST", f"size_bytes must be 0 or at least {MIN_SIZE}")
+            raise ShoalError(Code.INVALID_REQUEST, f"size_bytes must be 0 or at least {MIN_SIZE}")
 
 
 MIN_SIZE = 64 * 1024  # a database holding Shoal's own tables needs a few pages
@@ -62,7 +62,7 @@ def decode_limits(body: bytes | str | dict[str, Any] | None) -> DatabaseLimits:
         limits = msgspec.convert(body, DatabaseLimits) if isinstance(body, dict) \
             else _decoder.decode(body)
     except msgspec.DecodeError as exc:  # a ValidationError is one too
-        raise ShoalError("INVALID_REQUEST", f"limits: {exc}") from None
+        raise ShoalError(Code.INVALID_REQUEST, f"limits: {exc}") from None
     limits.check()
     return limits
 
@@ -230,7 +230,7 @@ class Quotas:
             return
         wait = (1.0 - b.tokens) / rate
         METRICS.quota_refusals.labels("queries_per_second").inc()
-        raise ShoalError("RATE_LIMITED",
+        raise ShoalError(Code.RATE_LIMITED,
                          f"database {name!r} is limited to {rate:g} queries per second",
                          limit="queries_per_second", value=rate, retry_after=round(wait, 3),
                          resets_at=iso(self.clock() + wait))
@@ -239,7 +239,7 @@ class Quotas:
               limits: Effective) -> ShoalError:
         METRICS.quota_refusals.labels(limit).inc()
         resets = w.start + limits.period
-        return ShoalError("QUOTA_EXCEEDED",
+        return ShoalError(Code.QUOTA_EXCEEDED,
                           f"database {name!r} used its {limit} limit for this period "
                           f"({used} of {value}); it resets at {iso(resets)}",
                           limit=limit, value=value, used=used, resets_at=iso(resets),

@@ -59,7 +59,7 @@ from shoal.engine.journal import (
     quarantine,
 )
 from shoal.engine.pool import lane_of
-from shoal.errors import ShoalError, disk_full
+from shoal.errors import Code, ShoalError, disk_full
 from shoal.log import branch as branch_log
 from shoal.log import compaction, layout
 from shoal.log.branch import Incarnation
@@ -88,7 +88,8 @@ from shoal.log.timeline import (
 )
 from shoal.metrics import METRICS
 from shoal.settings import Settings
-from shoal.storage.base import NotFound, PreconditionFailed
+from shoal.storage.base import NotFound, PreconditionFailed, StoreError
+from shoal.storage.fenced import Fenced
 
 log = logging.getLogger("shoal.registry")
 P = ParamSpec("P")
@@ -103,32 +104,38 @@ NARROWED = "catalog/narrowed/"  # {token id}/{database}: the token no longer rea
 
 @contextlib.contextmanager
 def storage_errors() -> Iterator[None]:
-    """Turn the log's and the store's failures into the API's error codes."""
+    """Turn the log's and the store's failures into the API's error codes, by name. A full
+    local disk is DISK_FULL wherever it surfaced; anything else (a TypeError, a KeyError:
+    a bug) goes up as it is, to the server's one handler of the unexpected, which logs its
+    traceback and answers 500 INTERNAL: never blamed on the store."""
     try:
         yield
     except ShoalError:
         raise
     except BranchNotFound as exc:
-        raise ShoalError("BRANCH_NOT_FOUND", str(exc)) from None
+        raise ShoalError(Code.BRANCH_NOT_FOUND, str(exc)) from None
     except BranchExists as exc:
-        raise ShoalError("BRANCH_EXISTS", str(exc)) from None
+        raise ShoalError(Code.BRANCH_EXISTS, str(exc)) from None
     except DatabaseExists as exc:
-        raise ShoalError("DATABASE_EXISTS", str(exc)) from None
+        raise ShoalError(Code.DATABASE_EXISTS, str(exc)) from None
     except DatabaseNotFound as exc:
-        raise ShoalError("DATABASE_NOT_FOUND", str(exc)) from None
+        raise ShoalError(Code.DATABASE_NOT_FOUND, str(exc)) from None
     except (MissingObject, CorruptObject) as exc:
         extra = {"object": exc.key} if exc.key else {}
-        raise ShoalError("STORAGE_CORRUPT", str(exc), **extra) from None
+        raise ShoalError(Code.STORAGE_CORRUPT, str(exc), **extra) from None
     except LogConflict as exc:
-        raise ShoalError("STORAGE_UNAVAILABLE", str(exc)) from None
+        raise ShoalError(Code.STORAGE_UNAVAILABLE, str(exc)) from None
     except LogError as exc:
-        raise ShoalError("STORAGE_CORRUPT", str(exc)) from None
-    except Exception as exc:  # the store failed (transport, credentials, a lost condition)
-        if (full := disk_full(exc)) is not None:  # the node's disk, not the store
+        raise ShoalError(Code.STORAGE_CORRUPT, str(exc)) from None
+    except (StoreError, Fenced) as exc:  # the store failed, a lost condition, or no lease
+        if (full := disk_full(exc)) is not None:  # a folder store on a full disk
             raise full from None
-        log.warning("object store call failed: %r", exc)
-        raise ShoalError("STORAGE_UNAVAILABLE", f"object store: {type(exc).__name__}: {exc}") \
-            from None
+        log.warning("object store call failed: %s", exc)
+        raise ShoalError(Code.STORAGE_UNAVAILABLE, f"object store: {exc}") from None
+    except (OSError, apsw.Error) as exc:  # the node's own files: a full disk, or as it is
+        if (full := disk_full(exc)) is not None:
+            raise full from None
+        raise
 
 
 def mapped(fn: Callable[P, T]) -> Callable[P, T]:
@@ -287,7 +294,7 @@ class Registry:
         """A new database in the store: a root timeline, a snapshot at txid 0 of a file
         holding Shoal's tables, then (the one write that makes it exist) its record."""
         if self._live(name) is not None:
-            raise ShoalError("DATABASE_EXISTS", f"database {name!r} already exists")
+            raise ShoalError(Code.DATABASE_EXISTS, f"database {name!r} already exists")
         root = create_timeline(self.store, name, None, 0, created_at)
         self.scratch.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=self.scratch) as tmp:
@@ -442,7 +449,7 @@ class Registry:
             log.warning("%s/%s: finishing a %s cut short before it moved the branch", name,
                         branch, timeline.sealed.get("op", "branch operation"))
             branch_log.complete(self.store, name, timeline)
-        raise ShoalError("STORAGE_UNAVAILABLE", f"{name}/{branch} keeps moving; try again")
+        raise ShoalError(Code.STORAGE_UNAVAILABLE, f"{name}/{branch} keeps moving; try again")
 
     @mapped
     def prepare(self, name: str, branch: str, path: Path, force: bool = False) -> LogState:
@@ -525,9 +532,9 @@ class Registry:
                         name, branch, db.txid, state.head_txid)
             db.close()
             force = True
-        raise ShoalError("STORAGE_CORRUPT", f"{name}/{branch}: the restored file is at txid "
-                                            f"{db.txid}, the store's log reaches "
-                                            f"{state.head_txid}")
+        raise ShoalError(Code.STORAGE_CORRUPT, f"{name}/{branch}: the restored file is at txid "
+                                               f"{db.txid}, the store's log reaches "
+                                               f"{state.head_txid}")
 
     @mapped
     def materialise(self, name: str, timeline: str, txid: int) -> Path:
@@ -589,12 +596,13 @@ class Registry:
         window or in the future (a local time read as UTC, most likely: never quietly
         the latest state); between its head and now, its head."""
         if when > now + FUTURE_SLACK:
-            raise ShoalError("OUTSIDE_HISTORY", f"{_iso(when)} is in the future (the node's "
-                                                f"time is {_iso(now)}); give UTC or a zone")
+            raise ShoalError(Code.OUTSIDE_HISTORY, f"{_iso(when)} is in the future (the node's "
+                                                   f"time is {_iso(now)}); give UTC or a zone")
         window = history(self.store, name, timeline)
         if when < window.earliest.time:
-            raise ShoalError("OUTSIDE_HISTORY", f"{_iso(when)} is before the earliest "
-                                                f"restorable point ({_iso(window.earliest.time)})")
+            raise ShoalError(Code.OUTSIDE_HISTORY,
+                             f"{_iso(when)} is before the earliest restorable point "
+                             f"({_iso(window.earliest.time)})")
         return resolve_time(self.store, name, ancestry(self.store, name, timeline), when)
 
     @mapped
@@ -603,10 +611,10 @@ class Registry:
         try:
             window = history(self.store, name, timeline)
         except MissingObject:
-            raise ShoalError("OUTSIDE_HISTORY", f"the history of timeline {timeline} is no "
-                                                f"longer in the store") from None
+            raise ShoalError(Code.OUTSIDE_HISTORY, f"the history of timeline {timeline} is no "
+                                                   f"longer in the store") from None
         if not window.earliest.txid <= txid <= window.latest.txid:
-            raise ShoalError("OUTSIDE_HISTORY",
+            raise ShoalError(Code.OUTSIDE_HISTORY,
                              f"txid {txid} is outside the restorable window "
                              f"{window.earliest.txid}..{window.latest.txid}")
 
@@ -644,13 +652,13 @@ class Registry:
         if keep_as is not None:
             with contextlib.suppress(BranchNotFound):
                 branch_log.get_branch(self.store, name, keep_as)
-                raise ShoalError("BRANCH_EXISTS", f"branch {keep_as!r} of {name!r} already "
-                                                  f"exists", hint="Pick another 'keep_as'.")
+                raise ShoalError(Code.BRANCH_EXISTS, f"branch {keep_as!r} of {name!r} already "
+                                                     f"exists", hint="Pick another 'keep_as'.")
         base = keep_as or keep_base(branch, now)
         existing = {b.name for b in branch_log.list_branches(self.store, name)}
         if all(n in existing for n in branch_log.keep_names(base)):
-            raise ShoalError("BRANCH_EXISTS", f"every name for the state of {name}/{branch} "
-                                              f"before this restore is taken",
+            raise ShoalError(Code.BRANCH_EXISTS, f"every name for the state of {name}/{branch} "
+                                                 f"before this restore is taken",
                              hint="Give one with 'keep_as'.")
         return branch_log.restore_in_place(self.store, record, txid, base, now, self.node,
                                            timeline=timeline)

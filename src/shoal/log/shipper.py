@@ -258,7 +258,8 @@ class Shipper:
                 except LogError as exc:
                     self._fail(exc)
                 except Exception as exc:  # a bug (e.g. a malformed commit): stop loudly
-                    self._fail(LogError(f"shipping timeline {self.timeline} failed: {exc!r}"))
+                    self._fail(LogError(f"shipping timeline {self.timeline} failed: {exc!r}"),
+                               exc)
         finally:
             if committing is not None and not committing.done():
                 committing.cancel()
@@ -281,13 +282,14 @@ class Shipper:
         if self.on_durable is not None:
             try:
                 self.on_durable(txid)
-            except Exception:
+            except Exception:  # the commit is durable whatever a listener does
                 log.exception("on_durable callback of %s/%s failed", self.db, self.timeline)
 
-    def _fail(self, exc: LogError) -> None:
+    def _fail(self, exc: LogError, bug: BaseException | None = None) -> None:
+        """Stop for good; a ``bug`` (not the log's own error) is logged with its traceback."""
         if self.failed is not None:
             return
-        log.error("shipping of %s/%s stopped: %s", self.db, self.timeline, exc)
+        log.error("shipping of %s/%s stopped: %s", self.db, self.timeline, exc, exc_info=bug)
         self.failed = exc
         self._wake.set()
         for _, fut in self._waiters:
@@ -313,7 +315,7 @@ class Shipper:
                 return
             except LogError:
                 raise
-            except Exception as exc:  # the store failed: retry the same write
+            except Exception as exc:  # any failure, the store's or not: a gap is worse
                 self.failures += 1
                 METRICS.log_upload_failures.inc()
                 self.last_error = exc
@@ -347,8 +349,8 @@ class Shipper:
         except LogError as exc:
             self._fail(exc)
             return
-        except Exception as exc:
-            self._fail(LogError(f"committing on timeline {self.timeline} failed: {exc!r}"))
+        except Exception as exc:  # a bug: stop loudly, as the loop does
+            self._fail(LogError(f"committing on timeline {self.timeline} failed: {exc!r}"), exc)
             return
         self._durable(batch[-1].txid)
 

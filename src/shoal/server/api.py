@@ -14,7 +14,7 @@ from shoal.engine.connection import Result, Statement
 from shoal.engine.database import Committed, make_bookmark
 from shoal.engine.engine import BranchInfo, Engine, Idempotency, Outcome, parse_time
 from shoal.engine.quota import DatabaseLimits
-from shoal.errors import ShoalError
+from shoal.errors import Code, ShoalError
 from shoal.server.http import Request, Response, Router, encode, json_response
 from shoal.values import Args, decode_args
 
@@ -163,9 +163,9 @@ class NativeAPI:
     # -- helpers ----------------------------------------------------------------------------
     def _statements(self, body: QueryRequest) -> list[Statement]:
         if not body.statements:
-            raise ShoalError("INVALID_REQUEST", "'statements' must hold at least one statement")
+            raise ShoalError(Code.INVALID_REQUEST, "'statements' must hold at least one statement")
         if len(body.statements) > self.max_statements:
-            raise ShoalError("TOO_MANY_STATEMENTS",
+            raise ShoalError(Code.TOO_MANY_STATEMENTS,
                              f"{len(body.statements)} statements; at most {self.max_statements}")
         out = []
         for i, item in enumerate(body.statements):
@@ -221,7 +221,7 @@ class NativeAPI:
     def _flag(request: Request, name: str) -> bool:
         raw = (request.query(name) or "false").lower()
         if raw not in ("true", "false", "1", "0"):
-            raise ShoalError("INVALID_REQUEST", f"{name} must be true or false")
+            raise ShoalError(Code.INVALID_REQUEST, f"{name} must be true or false")
         return raw in ("true", "1")
 
     async def list_databases(self, request: Request) -> Response:
@@ -229,7 +229,7 @@ class NativeAPI:
             return await self.list_deleted(request)
         limit_raw = request.query("limit") or "100"
         if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 1000:
-            raise ShoalError("INVALID_REQUEST", "limit must be an integer from 1 to 1000")
+            raise ShoalError(Code.INVALID_REQUEST, "limit must be an integer from 1 to 1000")
         limit = int(limit_raw)
         cursor = request.query("cursor")
         records = await self.engine.list_databases(request.principal, limit, cursor)
@@ -382,7 +382,7 @@ class NativeAPI:
         body = request.decode(CreateBranchRequest)
         at = body.at or PointRequest()
         if at.timestamp is not None and at.bookmark is not None:
-            raise ShoalError("INVALID_REQUEST", "'at' takes 'timestamp' or 'bookmark', not both")
+            raise ShoalError(Code.INVALID_REQUEST, "'at' takes 'timestamp' or 'bookmark', not both")
         info = await self.engine.create_branch(
             request.principal, name, body.name, body.source,
             parse_time(at.timestamp) if at.timestamp is not None else None, at.bookmark,
@@ -434,11 +434,11 @@ class NativeAPI:
         await request.read_body(self.max_body)
         body = request.decode(CreateTokenRequest)
         if body.expires_in <= 0 or body.expires_in > 10 * 365 * 86400:
-            raise ShoalError("INVALID_REQUEST", "expires_in must be 1 second to 10 years")
+            raise ShoalError(Code.INVALID_REQUEST, "expires_in must be 1 second to 10 years")
         databases = None if body.databases == "*" else list(body.databases)
         if databases is not None and not databases:
-            raise ShoalError("INVALID_REQUEST", "databases names no database: give their "
-                                                "names, or \"*\" for every database")
+            raise ShoalError(Code.INVALID_REQUEST, "databases names no database: give their "
+                                                   "names, or \"*\" for every database")
 
         def render(rec: TokenRecord, token: str) -> tuple[int, bytes]:
             return 201, encode({

@@ -20,7 +20,7 @@ from typing import Any
 from shoal.engine.database import REQUEST_GONE
 from shoal.engine.engine import Engine
 from shoal.engine.health import READ_ONLY
-from shoal.errors import ShoalError
+from shoal.errors import Code, ShoalError
 from shoal.metrics import METRICS
 from shoal.server.api import NativeAPI
 from shoal.server.hrana import HranaHTTP
@@ -89,7 +89,7 @@ class App:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.engine.start()
-                except Exception as exc:
+                except Exception as exc:  # whatever stops the start is said to the server
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
                 await send({"type": "lifespan.startup.complete"})
@@ -116,9 +116,9 @@ class App:
             response = await handler(request)
         except ShoalError as exc:
             response = error_response(exc)
-        except Exception:
+        except Exception:  # a bug: the one place it becomes 500 INTERNAL, traceback logged
             log.exception("unhandled error on %s %s", request.method, request.route)
-            response = json_response(500, ShoalError("INTERNAL", "internal error").body())
+            response = json_response(500, ShoalError(Code.INTERNAL, "internal error").body())
         finally:
             del self._watches[watch]
             watch.stop()

@@ -32,7 +32,7 @@ from typing import Any
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from shoal.errors import ShoalError
+from shoal.errors import Code, ShoalError
 from shoal.metrics import METRICS
 from shoal.server.http import encode
 from shoal.settings import Settings
@@ -43,10 +43,12 @@ MAX_LINGERING = 64  # beyond this many, refused connections are closed at once
 WS_CLOSE_TIMEOUT = 2.0  # seconds to wait for the peer's close frame (uvicorn: 10)
 
 
-def raw_response(status: int, code: str, message: str) -> bytes:
-    """A whole HTTP/1.1 response carrying the error envelope; the connection closes after."""
+def raw_response(code: Code, message: str) -> bytes:
+    """A whole HTTP/1.1 response carrying the error envelope (the code's status); the
+    connection closes after."""
     err = ShoalError(code, message)
     body = encode(err.body())
+    status = err.status
     reason = {408: "Request Timeout", 431: "Request Header Fields Too Large",
               503: "Service Unavailable"}.get(status, "")
     return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
@@ -160,7 +162,7 @@ class GatedHttp(HttpToolsProtocol):
                 and not self.transport.is_closing():
             limit = self.gate.max_header_bytes
             cut("headers_too_large")
-            self._answer(431, "HEADERS_TOO_LARGE",
+            self._answer(Code.HEADERS_TOO_LARGE,
                          f"the request line and headers exceed max_header_bytes ({limit})")
 
     # -- the request's phases ---------------------------------------------------------------
@@ -216,17 +218,17 @@ class GatedHttp(HttpToolsProtocol):
     def _expired(self, what: str, setting: str, seconds: float) -> None:
         self._timer = None
         cut(setting)
-        self._answer(408, "REQUEST_TIMEOUT",
+        self._answer(Code.REQUEST_TIMEOUT,
                      f"the request's {what} did not arrive within {setting} ({seconds:g} s)")
 
-    def _answer(self, status: int, code: str, message: str) -> None:
+    def _answer(self, code: Code, message: str) -> None:
         """Answer the request in progress with an error and close the connection."""
         self._disarm()
         if self.transport.is_closing():
             return
         cycle = self.cycle
         if cycle is None or not cycle.response_started:
-            self.transport.write(raw_response(status, code, message))
+            self.transport.write(raw_response(code, message))
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True  # the application's receive() sees a disconnect
             cycle.message_event.set()
@@ -237,15 +239,15 @@ class GatedHttp(HttpToolsProtocol):
         self._admitted = False
         self.gate.leave(self)
         if self.cycle is not None and not self.cycle.response_complete:
-            self._answer(503, "TOO_MANY_CONNECTIONS", "the node is at max_connections and "
-                                                       "this request was the slowest to arrive")
+            self._answer(Code.TOO_MANY_CONNECTIONS, "the node is at max_connections and "
+                                                    "this request was the slowest to arrive")
         else:
             self._disarm()
             self.transport.close()
 
     def _refuse(self, reason: str) -> None:
         cut("refused")
-        self.transport.write(raw_response(503, "TOO_MANY_CONNECTIONS", reason))
+        self.transport.write(raw_response(Code.TOO_MANY_CONNECTIONS, reason))
         if self.gate.lingering >= MAX_LINGERING or not self.transport.can_write_eof():
             self.transport.close()
             return

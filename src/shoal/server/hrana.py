@@ -38,7 +38,7 @@ from shoal import __version__, names, tokens
 from shoal.engine.connection import Statement
 from shoal.engine.database import Committed
 from shoal.engine.engine import Engine, Idempotency
-from shoal.errors import ShoalError
+from shoal.errors import Code, ShoalError
 from shoal.server import hrana_proto as p
 from shoal.server.hrana_proto import HranaError
 from shoal.server.hrana_stream import (
@@ -137,7 +137,7 @@ class HranaHTTP:
                 db = next(iter(principal.databases))
             else:
                 lost = request.route.startswith("/db/")
-                raise HranaError("DATABASE_REQUIRED", (
+                raise HranaError(Code.DATABASE_REQUIRED, (
                     "the URL lost the database name: libSQL clients resolve paths relative "
                     "to the URL, so end it with a slash (http://HOST/db/NAME/)" if lost else
                     "no database named: use http://HOST/db/NAME/, the x-namespace header, "
@@ -146,7 +146,7 @@ class HranaHTTP:
         branch = names.check(request.params.get("branch", "main"), "branch")
         principal.require("read", db)
         if db not in self.engine.names:
-            raise ShoalError("DATABASE_NOT_FOUND", f"database {db!r} does not exist")
+            raise ShoalError(Code.DATABASE_NOT_FOUND, f"database {db!r} does not exist")
         return principal, db, branch
 
     async def _body(self, request: Request, kind: type[T]) -> T:
@@ -193,40 +193,40 @@ class HranaHTTP:
         try:
             raw = base64.urlsafe_b64decode(baton + "=" * (-len(baton) % 4))
         except (binascii.Error, ValueError):
-            raise HranaError("BATON_INVALID", "the baton is not valid base64") from None
+            raise HranaError(Code.BATON_INVALID, "the baton is not valid base64") from None
         if len(raw) != _BATON.size + 32:
-            raise HranaError("BATON_INVALID", "the baton has the wrong length")
+            raise HranaError(Code.BATON_INVALID, "the baton has the wrong length")
         payload, mac = raw[:_BATON.size], raw[_BATON.size:]
         if not hmac.compare_digest(mac, hmac.new(self._key, payload, hashlib.sha256).digest()):
-            raise HranaError("BATON_INVALID", "the baton was not issued by this server")
+            raise HranaError(Code.BATON_INVALID, "the baton was not issued by this server")
         boot, stream_id, seq, expires = _BATON.unpack(payload)
         handle = self.streams.get(stream_id)
         if handle is None:
             if boot != self.boot:
-                raise HranaError("STREAM_EXPIRED", "the server restarted since this baton was "
-                                                   "issued; its stream (and any transaction "
-                                                   "on it) is gone")
+                raise HranaError(Code.STREAM_EXPIRED, "the server restarted since this baton was "
+                                                      "issued; its stream (and any transaction "
+                                                      "on it) is gone")
             why = self.gone.get(stream_id)
             if why is None and expires <= time.time():
                 why = "expired"
             if why == "expired":
-                raise HranaError("STREAM_EXPIRED", "the stream expired after "
-                                                   f"{self.timeout:g} s without requests")
+                raise HranaError(Code.STREAM_EXPIRED, "the stream expired after "
+                                                      f"{self.timeout:g} s without requests")
             if why == "closed":
-                raise HranaError("STREAM_CLOSED", "the stream was closed")
-            raise HranaError("BATON_INVALID", "no stream has this baton")
+                raise HranaError(Code.STREAM_CLOSED, "the stream was closed")
+            raise HranaError(Code.BATON_INVALID, "no stream has this baton")
         if handle.busy or handle.seq != seq:
-            raise HranaError("BATON_REUSED", "this baton was already used; send the baton "
-                                             "from the newest response on the stream")
+            raise HranaError(Code.BATON_REUSED, "this baton was already used; send the baton "
+                                                "from the newest response on the stream")
         if handle.deadline <= time.monotonic():
             await self._drop(handle, "expired")
-            raise HranaError("STREAM_EXPIRED", f"the stream expired after {self.timeout:g} s "
-                                               "without requests")
+            raise HranaError(Code.STREAM_EXPIRED, f"the stream expired after {self.timeout:g} s "
+                                                  "without requests")
         stream = handle.stream
         if stream.principal.subject != principal.subject or stream.db != db \
                 or stream.branch != branch:
-            raise HranaError("BATON_INVALID", "the baton belongs to another token, database "
-                                              "or branch")
+            raise HranaError(Code.BATON_INVALID, "the baton belongs to another token, database "
+                                                 "or branch")
         stream.principal = principal  # the same token, verified again just now
         handle.busy = True
         handle.seq = (handle.seq + 1) & (2**63 - 1)
@@ -333,15 +333,15 @@ class HranaHTTP:
 
     def _check_requests(self, count: int) -> None:
         if count > self.max_statements:
-            raise HranaError("TOO_MANY_STATEMENTS", f"{count} requests in one pipeline; at "
-                                                    f"most {self.max_statements}")
+            raise HranaError(Code.TOO_MANY_STATEMENTS, f"{count} requests in one pipeline; at "
+                                                       f"most {self.max_statements}")
 
     @staticmethod
     async def _request(stream: Stream, req: p.StreamRequest) -> dict[str, Any]:
         """One stream request: {"type": "ok", "response"} or {"type": "error", "error"}."""
         try:
             if stream.closed:
-                raise HranaError("STREAM_CLOSED", "the stream was closed by an earlier request")
+                raise HranaError(Code.STREAM_CLOSED, "the stream was closed by an earlier request")
             if isinstance(req, p.ExecuteReq):
                 response: dict[str, Any] = {"type": "execute",
                                             "result": await stream.execute(req.stmt)}
@@ -382,13 +382,13 @@ class HranaHTTP:
             for req in requests[at + 1:]:
                 if closed:
                     out.append({"type": "error", "error": HranaError(
-                        "STREAM_CLOSED", "the stream was closed by an earlier request").obj()})
+                        Code.STREAM_CLOSED, "the stream was closed by an earlier request").obj()})
                 elif isinstance(req, p.CloseReq):
                     closed = True
                     out.append({"type": "ok", "response": {"type": "close"}})
                 elif isinstance(req, p.StoreSqlReq) and req.sql_id in sqls:
                     out.append({"type": "error", "error": HranaError(
-                        "SQL_EXISTS", f"SQL text {req.sql_id} already exists").obj()})
+                        Code.SQL_EXISTS, f"SQL text {req.sql_id} already exists").obj()})
                 elif isinstance(req, p.StoreSqlReq):
                     sqls.add(req.sql_id)
                     out.append({"type": "ok", "response": {"type": "store_sql"}})
@@ -479,8 +479,8 @@ class HranaHTTP:
             principal, db, branch = self.resolve(request)
             body = await self._body(request, p.LegacyBody)
             if not body.statements or len(body.statements) > self.max_statements:
-                raise HranaError("TOO_MANY_STATEMENTS" if body.statements else "HRANA_PROTO_ERROR",
-                                 f"send 1 to {self.max_statements} statements")
+                code = Code.TOO_MANY_STATEMENTS if body.statements else Code.HRANA_PROTO_ERROR
+                raise HranaError(code, f"send 1 to {self.max_statements} statements")
             statements = [Statement(s) if isinstance(s, str)
                           else Statement(s.q, decode_args(s.params)) for s in body.statements]
             idem = Idempotency.of(request.header(b"idempotency-key"), request.body)

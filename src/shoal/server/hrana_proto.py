@@ -1,4 +1,4 @@
-"""The Hrana protocol's JSON structures (libSQL), its values and its error codes.
+"""The Hrana protocol's JSON structures (libSQL), its values and its errors.
 
 Hrana is the protocol of libSQL's clients (@libsql/client, drizzle, Prisma's
 adapter, Python's libsql-client). Requests decode into msgspec types, which
@@ -21,8 +21,7 @@ from typing import Any, Union
 import msgspec
 
 from shoal.engine.connection import Result
-from shoal.errors import CODES as SHOAL_CODES
-from shoal.errors import ShoalError
+from shoal.errors import Code, ShoalError
 from shoal.wire import INT64_MAX, INT64_MIN, SQLValue
 
 
@@ -293,97 +292,57 @@ ClientMsg = Union[HelloMsg, RequestMsg]  # noqa: UP007
 
 
 # -- errors ----------------------------------------------------------------------------------
-# Hrana's own error codes (the protocol leaves codes to the server; these follow sqld's):
-# code -> (HTTP status when the whole request fails, hint). docs/hrana.md lists them.
-CODES: dict[str, tuple[int, str]] = {
-    "HRANA_PROTO_ERROR": (400, "The body is not a Hrana message of the expected shape."),
-    "BATON_INVALID": (400, "Send the baton from the previous response on this stream."),
-    "BATON_REUSED": (400, "A baton is good for one request; use the newest one."),
-    "STREAM_EXPIRED": (400, "The stream sat idle past transaction_timeout or the server "
-                            "restarted; open a new stream (baton null)."),
-    "STREAM_CLOSED": (400, "The stream was closed; open a new one (baton null)."),
-    "STREAM_NOT_FOUND": (400, "Open the stream with open_stream first."),
-    "STREAM_EXISTS": (400, "Close the stream id before opening it again."),
-    "CURSOR_NOT_FOUND": (400, "Open the cursor with open_cursor first."),
-    "CURSOR_EXISTS": (400, "Close the cursor id before opening it again."),
-    "SQL_NOT_FOUND": (400, "Store the SQL text with store_sql before using its sql_id."),
-    "SQL_EXISTS": (400, "Close the sql_id with close_sql before storing it again."),
-    "SQL_ID_AND_SQL_GIVEN": (400, "Send either sql or sql_id, not both."),
-    "SQL_ID_OR_SQL_NOT_GIVEN": (400, "Send sql or sql_id."),
-    "SQL_MANY_STATEMENTS": (400, "Send one statement per execute; use sequence for scripts."),
-    "ARGS_INVALID": (400, "Arguments must match the statement's parameters."),
-    "ARGS_BOTH_POSITIONAL_AND_NAMED": (400, "Send args or named_args, not both."),
-    "BATCH_COND_BAD_STEP": (400, "A condition may only name an earlier step of its batch."),
-    "TRANSACTION_TIMEOUT": (400, "The transaction sat idle past transaction_timeout and was "
-                                 "rolled back."),
-    "DATABASE_REQUIRED": (400, "Name the database: http://HOST/db/NAME/ (with the trailing "
-                               "slash), the x-namespace header, or a token for one database."),
-    "IDEMPOTENCY_SCOPE": (400, "With an Idempotency-Key a request may commit once, as its "
-                               "last SQL work."),
-    "TOO_MANY_STREAMS": (429, "Close streams you no longer use (a pipeline that closes its "
-                              "stream holds none; an idle HTTP stream expires after "
-                              "transaction_timeout). Limits: max_streams_per_token, "
-                              "max_streams_per_database, max_streams_per_connection "
-                              "(WebSocket), max_streams (the node)."),
-    "TOO_MANY_CURSORS": (429, "Fetch cursors to the end or close them; a WebSocket connection "
-                              "holds at most max_cursors_per_connection."),
-    "HELD_BYTES_LIMIT": (429, "The node holds stored SQL texts and unfetched cursor entries "
-                              "for a token up to max_held_bytes_per_token (and "
-                              "max_held_bytes_per_database, max_held_bytes for the node): "
-                              "close_sql texts you no longer use, fetch or close cursors."),
-}
-
+# Hrana's own error codes are in shoal.errors.Code (marked ``hrana``), with every other code
+# Shoal sends: docs/hrana.md lists them.
 def codes_table() -> str:
-    """The Markdown table of CODES that docs/hrana.md carries (a unit test keeps it current)."""
+    """The Markdown table of Hrana's own codes that docs/hrana.md carries (a unit test keeps
+    it current)."""
     rows = ["| code | HTTP | when / what to do |", "|---|---|---|"]
-    rows += [f"| `{code}` | {status} | {hint} |" for code, (status, hint) in CODES.items()]
+    rows += [f"| `{code}` | {code.status} | {code.hint} |" for code in Code if code.hrana]
     return "\n".join(rows)
 
 
 # Shoal codes whose Hrana spelling differs (sqld's, or SQLite's for what SQLite would say).
 _RENAMED = {
-    "MULTIPLE_STATEMENTS": "SQL_MANY_STATEMENTS",
-    "INVALID_ARGUMENT": "ARGS_INVALID",
-    "TRANSACTION_EXPIRED": "TRANSACTION_TIMEOUT",
-    "DATABASE_BUSY": "SQLITE_BUSY",
-    "READ_ONLY": "SQLITE_READONLY",
-    "SQL_NOT_ALLOWED": "SQLITE_AUTH",
+    Code.MULTIPLE_STATEMENTS: Code.SQL_MANY_STATEMENTS,
+    Code.INVALID_ARGUMENT: Code.ARGS_INVALID,
+    Code.TRANSACTION_EXPIRED: Code.TRANSACTION_TIMEOUT,
+    Code.DATABASE_BUSY: Code.SQLITE_BUSY,
+    Code.READ_ONLY: Code.SQLITE_READONLY,
+    Code.SQL_NOT_ALLOWED: Code.SQLITE_AUTH,
 }
 
 
 class HranaError(Exception):
-    """An error in Hrana's shape, ``{"message", "code"}``."""
+    """An error in Hrana's shape, ``{"message", "code"}``; ``status`` overrides the code's
+    (a renamed Shoal error keeps the status of its own code)."""
 
-    def __init__(self, code: str, message: str, status: int | None = None):
+    def __init__(self, code: Code, message: str, status: int | None = None):
         super().__init__(message)
-        self.code = code
+        self.code = code if isinstance(code, Code) else Code[code]
         self.message = message
         self._status = status
 
     @property
     def status(self) -> int:
-        if self._status is not None:
-            return self._status
-        if self.code in CODES:
-            return CODES[self.code][0]
-        return ShoalError(self.code, self.message).status
+        return self.code.status if self._status is None else self._status
 
     def obj(self) -> dict[str, str]:
-        return {"message": self.message, "code": self.code}
+        return {"message": self.message, "code": str(self.code)}
 
     def body(self) -> dict[str, Any]:
         """An HTTP error body: Hrana's Error at the top, Shoal's envelope beside it."""
-        hint = CODES.get(self.code, SHOAL_CODES.get(self.code, (0, "")))[1]
-        envelope: dict[str, Any] = {"code": self.code, "message": self.message}
-        if hint:
-            envelope["hint"] = hint
-        return {"message": self.message, "code": self.code, "error": envelope}
+        code = str(self.code)
+        envelope: dict[str, Any] = {"code": code, "message": self.message}
+        if self.code.hint:
+            envelope["hint"] = self.code.hint
+        return {"message": self.message, "code": code, "error": envelope}
 
 
 def from_shoal(exc: ShoalError) -> HranaError:
-    """A Shoal error as Hrana shows it: SQLite codes as they are, a few renamed."""
-    return HranaError(_RENAMED.get(exc.code, exc.code), exc.message,
-                      exc.status if exc.code in SHOAL_CODES else None)
+    """A Shoal error as Hrana shows it: SQLite codes as they are, a few renamed (with the
+    status of the code they had)."""
+    return HranaError(_RENAMED.get(exc.code, exc.code), exc.message, exc.status)
 
 
 @functools.cache
@@ -398,11 +357,11 @@ def decode(raw: bytes | str, kind: Any) -> Any:
     try:
         return _decoder(kind).decode(raw)
     except msgspec.ValidationError as exc:
-        raise HranaError("HRANA_PROTO_ERROR", f"not a valid Hrana message: {exc}") from None
+        raise HranaError(Code.HRANA_PROTO_ERROR, f"not a valid Hrana message: {exc}") from None
     except msgspec.DecodeError as exc:
-        raise HranaError("INVALID_JSON", f"body is not valid JSON: {exc}", 400) from None
+        raise HranaError(Code.INVALID_JSON, f"body is not valid JSON: {exc}", 400) from None
     except RecursionError:
-        raise HranaError("HRANA_PROTO_ERROR", "the message is nested too deeply") from None
+        raise HranaError(Code.HRANA_PROTO_ERROR, "the message is nested too deeply") from None
 
 
 # -- values in ---------------------------------------------------------------------------------
@@ -416,10 +375,10 @@ def to_sql(value: Value) -> SQLValue:
         try:
             n = int(raw)
         except ValueError:
-            raise HranaError("ARGS_INVALID", f"integer value {str(raw)[:40]!r} is not a decimal "
-                                             "integer") from None
+            raise HranaError(Code.ARGS_INVALID, f"integer value {str(raw)[:40]!r} is not a decimal "
+                                                "integer") from None
         if not INT64_MIN <= n <= INT64_MAX:
-            raise HranaError("ARGS_INVALID", f"integer {str(raw)[:40]} does not fit in 64 bits")
+            raise HranaError(Code.ARGS_INVALID, f"integer {str(raw)[:40]} does not fit in 64 bits")
         return n
     if t is FloatValue:
         return float(value.value)  # type: ignore[union-attr]
@@ -428,7 +387,7 @@ def to_sql(value: Value) -> SQLValue:
         try:
             return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
         except (binascii.Error, ValueError):
-            raise HranaError("ARGS_INVALID", "blob value is not valid base64") from None
+            raise HranaError(Code.ARGS_INVALID, "blob value is not valid base64") from None
     return None
 
 

@@ -28,7 +28,7 @@ import msgspec
 from shoal.engine.connection import Result, Statement, TransactionControl
 from shoal.engine.database import Committed
 from shoal.engine.engine import Engine, Idempotency
-from shoal.errors import ShoalError
+from shoal.errors import Code, ShoalError
 from shoal.server import hrana_proto as p
 from shoal.server.hrana_proto import HranaError
 from shoal.server.quota import Holder, size
@@ -71,7 +71,7 @@ class Budget:
 
 
 def too_large(limit: int) -> HranaError:
-    return HranaError("RESPONSE_TOO_LARGE", f"the response exceeds max_response_bytes ({limit})")
+    return HranaError(Code.RESPONSE_TOO_LARGE, f"the response exceeds max_response_bytes ({limit})")
 
 
 @dataclass
@@ -143,12 +143,12 @@ class Recorder:
 
     @staticmethod
     def _refuse(done: Committed) -> tuple[int, bytes]:
-        raise ShoalError("IDEMPOTENCY_SCOPE", "a request with an Idempotency-Key commits once; "
-                                              "this statement would commit a second time")
+        raise ShoalError(Code.IDEMPOTENCY_SCOPE, "a request with an Idempotency-Key commits once; "
+                                                 "this statement would commit a second time")
 
 
 def scope_error() -> ShoalError:
-    return ShoalError("IDEMPOTENCY_SCOPE",
+    return ShoalError(Code.IDEMPOTENCY_SCOPE,
                       "with an Idempotency-Key, the commit must be the request's last SQL work "
                       "(only close, store_sql, close_sql and get_autocommit may follow it)")
 
@@ -182,14 +182,15 @@ class Stream:
     # -- SQL texts and statements ---------------------------------------------------------------
     def sql_text(self, sql: str | None, sql_id: int | None) -> str:
         if sql is not None and sql_id is not None:
-            raise HranaError("SQL_ID_AND_SQL_GIVEN", "send either sql or sql_id, not both")
+            raise HranaError(Code.SQL_ID_AND_SQL_GIVEN, "send either sql or sql_id, not both")
         if sql is not None:
             return sql
         if sql_id is None:
-            raise HranaError("SQL_ID_OR_SQL_NOT_GIVEN", "the statement has neither sql nor sql_id")
+            raise HranaError(Code.SQL_ID_OR_SQL_NOT_GIVEN,
+                             "the statement has neither sql nor sql_id")
         text = self.sqls.get(sql_id)
         if text is None:
-            raise HranaError("SQL_NOT_FOUND", f"SQL text {sql_id} not found")
+            raise HranaError(Code.SQL_NOT_FOUND, f"SQL text {sql_id} not found")
         return text
 
     def store_sql(self, sql_id: int, sql: str) -> None:
@@ -201,7 +202,7 @@ class Stream:
     def statement(self, stmt: p.Stmt) -> Statement:
         sql = self.sql_text(stmt.sql, stmt.sql_id)
         if stmt.args and stmt.named_args:
-            raise HranaError("ARGS_BOTH_POSITIONAL_AND_NAMED",
+            raise HranaError(Code.ARGS_BOTH_POSITIONAL_AND_NAMED,
                              "positional and named arguments together are not supported")
         if stmt.named_args:
             return Statement(sql, {p.strip_prefix(a.name): p.to_sql(a.value)
@@ -238,7 +239,7 @@ class Stream:
         """A statement's error as Hrana shows it. A result too large for a whole response
         spends the response: nothing more runs for it (the work was done, the bytes were
         not sent, and a batch of such statements would repeat it)."""
-        if exc.code == "RESPONSE_TOO_LARGE":
+        if exc.code == Code.RESPONSE_TOO_LARGE:
             self.budget.spent = True
         return p.from_shoal(exc)
 
@@ -274,7 +275,7 @@ class Stream:
         except TransactionControl:
             raise
         except ShoalError as exc:
-            if exc.code == "READ_ONLY" and tx.deferred and not tx.write \
+            if exc.code == Code.READ_ONLY and tx.deferred and not tx.write \
                     and self.principal.can_write:
                 await self._upgrade(tx)
                 return await self._in_transaction(st, started)
@@ -293,7 +294,7 @@ class Stream:
                 await self.engine.tx_end(self.principal, self.db, new.id, False,
                                           branch=self.branch)
             raise ShoalError(
-                "SQLITE_BUSY", "database is locked: another commit landed since this "
+                Code.SQLITE_BUSY, "database is locked: another commit landed since this "
                 "transaction's snapshot (SQLITE_BUSY_SNAPSHOT); roll back and retry")
         with contextlib.suppress(ShoalError):
             await self.engine.tx_end(self.principal, self.db, old.id, False,
@@ -305,7 +306,7 @@ class Stream:
         try:
             if verb == "BEGIN":
                 if self.tx is not None:
-                    raise HranaError("SQLITE_ERROR",
+                    raise HranaError(Code.SQLITE_ERROR,
                                      "cannot start a transaction within a transaction")
                 mode = "write" if control.immediate else "read"
                 tx = await self.engine.begin(self.principal, self.db, mode, branch=self.branch)
@@ -315,15 +316,15 @@ class Stream:
                 return await self._end(verb == "COMMIT", started)
         except ShoalError as exc:
             raise p.from_shoal(exc) from None
-        raise HranaError("SQLITE_AUTH", f"{verb} is not supported over Hrana: Shoal runs each "
-                                        "statement of a transaction in its own savepoint; use "
-                                        "BEGIN, COMMIT and ROLLBACK")
+        raise HranaError(Code.SQLITE_AUTH, f"{verb} is not supported over Hrana: Shoal runs each "
+                                           "statement of a transaction in its own savepoint; use "
+                                           "BEGIN, COMMIT and ROLLBACK")
 
     async def _end(self, commit: bool, started: float) -> Ran:
         tx = self.tx
         if tx is None:
             verb = "commit" if commit else "rollback"
-            raise HranaError("SQLITE_ERROR", f"cannot {verb} - no transaction is active")
+            raise HranaError(Code.SQLITE_ERROR, f"cannot {verb} - no transaction is active")
         self.tx = None
         idem, render = None, None
         rec = self.recorder
@@ -368,8 +369,8 @@ class Stream:
 
     def check_batch(self, batch: p.Batch) -> None:
         if len(batch.steps) > self.max_statements:
-            raise HranaError("TOO_MANY_STATEMENTS", f"{len(batch.steps)} steps in one batch; "
-                                                    f"at most {self.max_statements}")
+            raise HranaError(Code.TOO_MANY_STATEMENTS, f"{len(batch.steps)} steps in one batch; "
+                                                       f"at most {self.max_statements}")
         for i, step in enumerate(batch.steps):
             if step.condition is not None:
                 _check_cond(step.condition, i)
@@ -465,8 +466,8 @@ class Stream:
         else:
             pieces = p.split_script(text, limit)
         if len(pieces) > limit:
-            raise HranaError("TOO_MANY_STATEMENTS", f"more than {limit} statements in one "
-                                                    "sequence (max_statements)")
+            raise HranaError(Code.TOO_MANY_STATEMENTS, f"more than {limit} statements in one "
+                                                       "sequence (max_statements)")
         rec = self.recorder
         for i, piece in enumerate(pieces):
             last = i == len(pieces) - 1
@@ -537,12 +538,12 @@ def _check_cond(cond: p.BatchCond, at: int) -> None:
     while todo:
         cond, depth = todo.pop()
         if depth > MAX_COND_DEPTH:
-            raise HranaError("HRANA_PROTO_ERROR", f"step {at}: conditions nest more than "
-                                                  f"{MAX_COND_DEPTH} deep")
+            raise HranaError(Code.HRANA_PROTO_ERROR, f"step {at}: conditions nest more than "
+                                                     f"{MAX_COND_DEPTH} deep")
         if isinstance(cond, p.OkCond | p.ErrorCond):
             if not 0 <= cond.step < at:
-                raise HranaError("BATCH_COND_BAD_STEP", f"step {at}: a condition names step "
-                                                        f"{cond.step}, not an earlier one")
+                raise HranaError(Code.BATCH_COND_BAD_STEP, f"step {at}: a condition names step "
+                                                           f"{cond.step}, not an earlier one")
         elif isinstance(cond, p.NotCond):
             todo.append((cond.cond, depth + 1))
         elif isinstance(cond, p.AndCond | p.OrCond):
@@ -552,7 +553,7 @@ def _check_cond(cond: p.BatchCond, at: int) -> None:
 def store_sql(sqls: dict[int, str], holder: Holder | None, sql_id: int, sql: str) -> None:
     """Keep a SQL text for later requests, charged to its owner's held bytes."""
     if sql_id in sqls:
-        raise HranaError("SQL_EXISTS", f"SQL text {sql_id} already exists")
+        raise HranaError(Code.SQL_EXISTS, f"SQL text {sql_id} already exists")
     if holder is not None:
         holder.hold(size(sql) + SQL_ENTRY)
     sqls[sql_id] = sql

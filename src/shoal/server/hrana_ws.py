@@ -34,7 +34,7 @@ import msgspec
 
 from shoal import names
 from shoal.engine.engine import Engine
-from shoal.errors import ShoalError
+from shoal.errors import Code, ShoalError
 from shoal.server import hrana_proto as p
 from shoal.server.hrana_proto import HranaError
 from shoal.server.hrana_stream import (
@@ -250,17 +250,17 @@ class Connection:
         db = self.url_db or (namespace.decode("latin-1") if namespace else None)
         if not db:
             if principal.databases is None or len(principal.databases) != 1:
-                raise HranaError("DATABASE_REQUIRED", "no database named: connect to "
-                                                      "ws://HOST/db/NAME, send x-namespace, or "
-                                                      "use a token for exactly one database")
+                raise HranaError(Code.DATABASE_REQUIRED, "no database named: connect to "
+                                                         "ws://HOST/db/NAME, send x-namespace, or "
+                                                         "use a token for exactly one database")
             db = next(iter(principal.databases))
         if self.db is not None and db != self.db:
-            raise HranaError("DATABASE_REQUIRED", "a connection stays on its database")
+            raise HranaError(Code.DATABASE_REQUIRED, "a connection stays on its database")
         names.check(db)
         names.check(self.branch, "branch")
         principal.require("read", db)
         if db not in self.engine.names:
-            raise ShoalError("DATABASE_NOT_FOUND", f"database {db!r} does not exist")
+            raise ShoalError(Code.DATABASE_NOT_FOUND, f"database {db!r} does not exist")
         return db
 
     def _current(self) -> Principal:
@@ -305,7 +305,7 @@ class Connection:
                     if isinstance(req, p.CloseCursorReq):
                         self._reply_soon(request_id, {"type": "close_cursor"})
                         return
-                    raise HranaError("CURSOR_NOT_FOUND", f"cursor {req.cursor_id} not found")
+                    raise HranaError(Code.CURSOR_NOT_FOUND, f"cursor {req.cursor_id} not found")
                 self._queue(cursor.stream_id, request_id, req)
             else:
                 self._queue(req.stream_id, request_id, self._resolve(req))
@@ -314,10 +314,11 @@ class Connection:
 
     def _open_stream(self, stream_id: int) -> None:
         if stream_id in self.streams:
-            raise HranaError("STREAM_EXISTS", f"stream {stream_id} already exists")
+            raise HranaError(Code.STREAM_EXISTS, f"stream {stream_id} already exists")
         if self.max_streams and len(self.streams) >= self.max_streams:
-            raise HranaError("TOO_MANY_STREAMS", "the connection is at "
-                                                 f"max_streams_per_connection ({self.max_streams})")
+            raise HranaError(Code.TOO_MANY_STREAMS, f"the connection is at "
+                                                    f"max_streams_per_connection "
+                                                    f"({self.max_streams})")
         assert self.principal is not None and self.db is not None and self.holder is not None
         self.holder.add_stream()
         ws = WsStream(Stream(self.engine, self.principal, self.db, self.sqls,
@@ -352,23 +353,23 @@ class Connection:
     def _text(self, sql_id: int) -> str:
         text = self.sqls.get(sql_id)
         if text is None:
-            raise HranaError("SQL_NOT_FOUND", f"SQL text {sql_id} not found")
+            raise HranaError(Code.SQL_NOT_FOUND, f"SQL text {sql_id} not found")
         return text
 
     def _queue(self, stream_id: int, request_id: int, req: p.WsRequest) -> None:
         ws = self.streams.get(stream_id)
         if ws is None:
-            raise HranaError("STREAM_NOT_FOUND", f"stream {stream_id} not found")
+            raise HranaError(Code.STREAM_NOT_FOUND, f"stream {stream_id} not found")
         self._queue_on(ws, stream_id, request_id, req)
 
     def _queue_on(self, ws: WsStream, stream_id: int, request_id: int,
                   req: p.WsRequest) -> None:
         if isinstance(req, p.OpenCursorReq):
             if req.cursor_id in self.cursors:
-                raise HranaError("CURSOR_EXISTS", f"cursor {req.cursor_id} already exists")
+                raise HranaError(Code.CURSOR_EXISTS, f"cursor {req.cursor_id} already exists")
             if self.max_cursors and len(self.cursors) >= self.max_cursors:
                 cap = self.max_cursors
-                raise HranaError("TOO_MANY_CURSORS",
+                raise HranaError(Code.TOO_MANY_CURSORS,
                                  f"the connection is at max_cursors_per_connection ({cap})")
             self.cursors[req.cursor_id] = Cursor(stream_id)
 
@@ -377,9 +378,9 @@ class Connection:
                 answer: dict[str, Any] | Exception = await self._handle(stream_id, ws, req)
             except (HranaError, ShoalError) as exc:
                 answer = exc
-            except Exception as exc:
+            except Exception as exc:  # a bug: INTERNAL for this request, traceback logged
                 log.exception("hrana websocket request failed")
-                answer = HranaError("INTERNAL", f"internal error: {type(exc).__name__}", 500)
+                answer = HranaError(Code.INTERNAL, f"internal error: {type(exc).__name__}", 500)
             await self._reply(request_id, answer)
 
         ws.queue.put_nowait(job)
@@ -453,7 +454,7 @@ class Connection:
         """Up to max_count entries, within what one response may carry."""
         cursor = self.cursors.get(req.cursor_id)
         if cursor is None:
-            raise HranaError("CURSOR_NOT_FOUND", f"cursor {req.cursor_id} not found")
+            raise HranaError(Code.CURSOR_NOT_FOUND, f"cursor {req.cursor_id} not found")
         if cursor.error is not None:
             raise cursor.error
         room = self.max_response - RESERVE
@@ -497,7 +498,7 @@ class Connection:
                 answer = too_large(self.max_response)  # every byte counts, wrapping too
             err = answer if isinstance(answer, HranaError) else \
                 p.from_shoal(answer) if isinstance(answer, ShoalError) else \
-                HranaError("INTERNAL", "internal error", 500)
+                HranaError(Code.INTERNAL, "internal error", 500)
             await self.send({"type": "response_error", "request_id": request_id,
                              "error": err.obj()})
         finally:

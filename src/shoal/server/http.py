@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 
 import msgspec
 
-from shoal.errors import ShoalError
+from shoal.errors import Code, ShoalError
 from shoal.tokens import Principal
 
 ANONYMOUS = Principal("anonymous", frozenset(), "read")
@@ -108,19 +108,20 @@ class Request:
     async def read_body(self, limit: int) -> bytes:
         length = self.headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
-            raise ShoalError("PAYLOAD_TOO_LARGE", f"body exceeds max_request_bytes ({limit})")
+            raise ShoalError(Code.PAYLOAD_TOO_LARGE, f"body exceeds max_request_bytes ({limit})")
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await self.receive()
             if message["type"] == "http.disconnect":  # gone, or cut at body_timeout
                 self.gone = True
-                raise ShoalError("REQUEST_TIMEOUT", "the connection closed before the body "
-                                                    "was complete")
+                raise ShoalError(Code.REQUEST_TIMEOUT, "the connection closed before the body "
+                                                       "was complete")
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                raise ShoalError("PAYLOAD_TOO_LARGE", f"body exceeds max_request_bytes ({limit})")
+                raise ShoalError(Code.PAYLOAD_TOO_LARGE,
+                                 f"body exceeds max_request_bytes ({limit})")
             chunks.append(chunk)
             if not message.get("more_body"):
                 self.body_read = True
@@ -131,15 +132,15 @@ class Request:
     def decode(self, kind: type[T]) -> T:
         """The body as a msgspec type: invalid JSON and wrong shapes are distinct 400s."""
         if not self.body:
-            raise ShoalError("INVALID_JSON", "request body is empty; send a JSON object")
+            raise ShoalError(Code.INVALID_JSON, "request body is empty; send a JSON object")
         try:
             return msgspec.json.decode(self.body, type=kind)
         except msgspec.ValidationError as exc:
-            raise ShoalError("INVALID_REQUEST", str(exc)) from None
+            raise ShoalError(Code.INVALID_REQUEST, str(exc)) from None
         except msgspec.DecodeError as exc:
-            raise ShoalError("INVALID_JSON", f"body is not valid JSON: {exc}") from None
+            raise ShoalError(Code.INVALID_JSON, f"body is not valid JSON: {exc}") from None
         except RecursionError:  # a type holding Any met JSON nested past the stack's depth
-            raise ShoalError("INVALID_REQUEST", "the body is nested too deeply") from None
+            raise ShoalError(Code.INVALID_REQUEST, "the body is nested too deeply") from None
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -185,13 +186,13 @@ class Router:
                 request.route = template
                 request.params = params
                 return self._pick(handlers, request)
-        raise ShoalError("NOT_FOUND", f"no route for {request.method} {path[:200]}")
+        raise ShoalError(Code.NOT_FOUND, f"no route for {request.method} {path[:200]}")
 
     @staticmethod
     def _pick(handlers: dict[str, Handler], request: Request) -> Handler:
         handler = handlers.get(request.method)
         if handler is None:
-            raise ShoalError("METHOD_NOT_ALLOWED",
+            raise ShoalError(Code.METHOD_NOT_ALLOWED,
                              f"{request.method} is not allowed here; use {', '.join(handlers)}")
         return handler
 

@@ -7,7 +7,7 @@ from typing import Any
 import msgspec
 
 from shoal.engine.quota import DatabaseLimits
-from shoal.errors import CODES
+from shoal.errors import Code
 
 # (method, template) -> (summary, request type name or None, success status)
 _OPS: dict[tuple[str, str], tuple[str, str | None, int]] = {
@@ -99,7 +99,8 @@ _ERROR = {
         "type": "object",
         "required": ["code", "message"],
         "properties": {
-            "code": {"type": "string", "description": "Stable code: " + ", ".join(CODES)
+            "code": {"type": "string", "description": "Stable code: " + ", ".join(
+                         c for c in Code if not c.sqlite and not c.hrana)
                      + ", or an SQLite primary result code name (SQLITE_CONSTRAINT, ...)"},
             "message": {"type": "string"},
             "hint": {"type": "string"},

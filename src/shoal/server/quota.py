@@ -13,6 +13,7 @@ from __future__ import annotations
 import sys
 from collections import Counter
 
+from shoal.errors import Code
 from shoal.server.hrana_proto import HranaError
 from shoal.settings import Settings
 
@@ -39,7 +40,7 @@ class Quota:
 
     @staticmethod
     def _take(counts: Counter[tuple[str, str]], keys: tuple[tuple[str, str], ...], n: int,
-              caps: dict[str, tuple[str, int]], code: str) -> None:
+              caps: dict[str, tuple[str, int]], code: Code) -> None:
         for key in keys:
             setting, cap = caps[key[0]]
             if cap and counts[key] + n > cap:
@@ -71,7 +72,7 @@ class Holder:
 
     def add_stream(self) -> None:
         q = self.quota
-        q._take(q.streams, self.keys, 1, q.stream_caps, "TOO_MANY_STREAMS")
+        q._take(q.streams, self.keys, 1, q.stream_caps, Code.TOO_MANY_STREAMS)
         self.streams += 1
 
     def drop_stream(self) -> None:
@@ -81,7 +82,7 @@ class Holder:
 
     def hold(self, n: int) -> None:
         q = self.quota
-        q._take(q.bytes, self.keys, n, q.byte_caps, "HELD_BYTES_LIMIT")
+        q._take(q.bytes, self.keys, n, q.byte_caps, Code.HELD_BYTES_LIMIT)
         self.bytes += n
 
     def free(self, n: int) -> None:

@@ -19,12 +19,13 @@ from shoal.storage.base import (
     ObjectInfo,
     ObjectStore,
     PreconditionFailed,
+    StorageUnavailable,
     StoreError,
     Unusable,
 )
 
-__all__ = ["Blob", "NotFound", "ObjectInfo", "ObjectStore", "PreconditionFailed", "StoreError",
-           "Unusable", "open_store"]
+__all__ = ["Blob", "NotFound", "ObjectInfo", "ObjectStore", "PreconditionFailed",
+           "StorageUnavailable", "StoreError", "Unusable", "open_store"]
 
 
 def open_store(url: str, *, endpoint_url: str | None = None,

@@ -23,11 +23,22 @@ MAX_KEY = 900
 
 
 class StoreError(Exception):
-    """Base of the errors a store raises on purpose (transport errors pass through)."""
+    """Base of the errors a store raises: its answers (NotFound, PreconditionFailed), and
+    StorageUnavailable when it could not answer. Anything else a store call raises is a
+    bug, not the store's failure."""
 
     def __init__(self, key: str, message: str):
         super().__init__(message)
         self.key = key
+
+
+class StorageUnavailable(StoreError):
+    """The store did not answer: a network error, a timeout, a 5xx, throttling, refused
+    credentials, a failing disk under a folder store (each backend's own retries spent).
+    The one failure a retry may cure: RetryingStore and the shipper retry it, and the API
+    answers it with 503 STORAGE_UNAVAILABLE. The message names the operation and the key,
+    never a credential; the backend's exception is its ``__cause__`` (a full disk under a
+    folder store stays recognisable as one: ``errors.disk_full``)."""
 
 
 class Unusable(StoreError):
@@ -102,7 +113,11 @@ def check_conditions(if_none_match: str | None, if_match: str | None) -> None:
 
 
 class ObjectStore(Protocol):
-    """What the log layer needs from object storage (S3 semantics, blocking calls)."""
+    """What the log layer needs from object storage (S3 semantics, blocking calls).
+
+    Every operation raises StorageUnavailable when the store does not answer (and
+    ValueError for an invalid key); its other errors are named below.
+    """
 
     url: str
 

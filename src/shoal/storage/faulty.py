@@ -14,11 +14,15 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from shoal.storage.base import Blob, ObjectInfo, ObjectStore
+from shoal.storage.base import Blob, ObjectInfo, ObjectStore, StorageUnavailable
 
 
-class InjectedFault(OSError):
-    """An error the wrapper made up (a transport failure as far as callers know)."""
+class InjectedFault(StorageUnavailable):
+    """An error or a timeout the wrapper made up: a transport failure, as a real backend
+    reports one."""
+
+    def __init__(self, kind: str, op: str, key: str):
+        super().__init__(key, f"injected {kind} on {op} {key}")
 
 
 @dataclass
@@ -64,43 +68,43 @@ class FaultyStore:
     def get(self, key: str) -> Blob:
         fault = self._draw(("errors", "timeouts"))
         if fault == "errors":
-            raise InjectedFault(f"injected error on get {key}")
+            raise InjectedFault("error", "get", key)
         if fault == "timeouts":
-            raise TimeoutError(f"injected timeout on get {key}")
+            raise InjectedFault("timeout", "get", key)
         return self.inner.get(key)
 
     def head(self, key: str) -> str:
         if self._draw(("errors",)):
-            raise InjectedFault(f"injected error on head {key}")
+            raise InjectedFault("error", "head", key)
         return self.inner.head(key)
 
     def put(self, key: str, data: bytes, *, if_none_match: str | None = None,
             if_match: str | None = None) -> str:
         fault = self._draw(("errors", "timeouts", "partial_writes"))
         if fault == "errors":
-            raise InjectedFault(f"injected error on put {key}")
+            raise InjectedFault("error", "put", key)
         if fault == "partial_writes":
             self.inner.put(key, data[:self._cut(len(data))])
-            raise InjectedFault(f"injected partial write on put {key}")
+            raise InjectedFault("partial write", "put", key)
         if fault == "timeouts":
             if self._timeout_after():
                 self.inner.put(key, data, if_none_match=if_none_match, if_match=if_match)
-            raise TimeoutError(f"injected timeout on put {key}")
+            raise InjectedFault("timeout", "put", key)
         return self.inner.put(key, data, if_none_match=if_none_match, if_match=if_match)
 
     def list(self, prefix: str, *, start_after: str = "") -> Iterator[ObjectInfo]:
         if self._draw(("errors",)):
-            raise InjectedFault(f"injected error on list {prefix}")
+            raise InjectedFault("error", "list", prefix)
         return self.inner.list(prefix, start_after=start_after)
 
     def delete(self, key: str) -> None:
         fault = self._draw(("errors", "timeouts"))
         if fault == "errors":
-            raise InjectedFault(f"injected error on delete {key}")
+            raise InjectedFault("error", "delete", key)
         if fault == "timeouts":
             if self._timeout_after():
                 self.inner.delete(key)
-            raise TimeoutError(f"injected timeout on delete {key}")
+            raise InjectedFault("timeout", "delete", key)
         self.inner.delete(key)
 
     def probe(self) -> None:

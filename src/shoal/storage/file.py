@@ -10,6 +10,9 @@ other threads and other processes on the same host (not over NFS).
 The folder is the node's alone: it holds the token signing key and the admin
 token, so its root is made owner-only (0700) and every object is written 0600;
 anyone else on the host reads nothing there.
+
+An OSError on the folder (a failing disk, permissions changed under the node, a full
+disk) is the store failing: StorageUnavailable, with the OSError as its cause.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import fcntl
 import hashlib
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from shoal.storage.base import (
@@ -28,6 +31,7 @@ from shoal.storage.base import (
     NotFound,
     ObjectInfo,
     PreconditionFailed,
+    StorageUnavailable,
     Unusable,
     check_conditions,
     check_key,
@@ -62,6 +66,12 @@ def _unusable(root: Path, exc: OSError) -> Unusable:
                     "Check that the folder exists and that this process may write there.")
 
 
+def _unless_gone(exc: OSError) -> None:
+    """os.walk's onerror: a folder that is not there lists nothing; any other error fails."""
+    if not isinstance(exc, FileNotFoundError | NotADirectoryError):
+        raise exc
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -87,6 +97,16 @@ class FileStore:
         return self.root / check_key(key)
 
     @contextlib.contextmanager
+    def _failing(self, op: str, key: str) -> Iterator[None]:
+        """An OSError inside (the answers made of some, NotFound, are raised before) is
+        the store failing: StorageUnavailable naming the operation, the key and the cause."""
+        try:
+            yield
+        except OSError as exc:
+            raise StorageUnavailable(key, f"{op} {key} in the object store folder {self.root} "
+                                          f"failed: {exc.strerror or exc}") from exc
+
+    @contextlib.contextmanager
     def _locked(self, key: str) -> Iterator[None]:
         stripe = hashlib.blake2b(key.encode(), digest_size=2).digest()[0] % LOCK_STRIPES
         fd = os.open(self.root / LOCK_DIR / f"{stripe:02d}", os.O_RDWR | os.O_CREAT, PRIVATE_FILE)
@@ -97,10 +117,11 @@ class FileStore:
             os.close(fd)  # closing the descriptor releases the lock
 
     def get(self, key: str) -> Blob:
-        try:
-            return Blob(self._path(key).read_bytes())
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
-            raise NotFound(key) from None
+        with self._failing("get", key):
+            try:
+                return Blob(self._path(key).read_bytes())
+            except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+                raise NotFound(key) from None
 
     def head(self, key: str) -> str:
         return self.get(key).etag
@@ -116,6 +137,11 @@ class FileStore:
             if_match: str | None = None) -> str:
         path = self._path(key)
         check_conditions(if_none_match, if_match)
+        with self._failing("put", key):
+            return self._put(key, path, data, if_none_match, if_match)
+
+    def _put(self, key: str, path: Path, data: bytes, if_none_match: str | None,
+             if_match: str | None) -> str:
         path.parent.mkdir(mode=PRIVATE_DIR, parents=True, exist_ok=True)
         tmp = path.parent / f"{TEMP_PREFIX}{path.name}-{secrets.token_hex(6)}"
         try:
@@ -140,11 +166,18 @@ class FileStore:
         return content_etag(data)
 
     def list(self, prefix: str, *, start_after: str = "") -> Iterator[ObjectInfo]:
+        with self._failing("list", prefix):
+            found = self._listed(prefix, start_after)
+        yield from found
+
+    def _listed(self, prefix: str, start_after: str) -> Sequence[ObjectInfo]:
         # Walk only the folder the prefix names; then filter and sort by key as S3 does.
+        # A folder that cannot be read fails the listing (os.walk would skip it quietly);
+        # one missing or removed meanwhile holds nothing.
         base = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
         top = self.root / base if base else self.root
         found: list[ObjectInfo] = []
-        for dirpath, dirnames, filenames in os.walk(top):
+        for dirpath, dirnames, filenames in os.walk(top, onerror=_unless_gone):
             dirnames[:] = [d for d in dirnames if not d.startswith(".")]
             rel = Path(dirpath).relative_to(self.root).as_posix()
             for name in filenames:
@@ -156,16 +189,17 @@ class FileStore:
                         st = os.stat(os.path.join(dirpath, name))
                         found.append(ObjectInfo(key, st.st_size, st.st_mtime))
         found.sort(key=lambda info: info.key.encode())
-        yield from found
+        return found
 
     def delete(self, key: str) -> None:
         path = self._path(key)
-        with self._locked(key):
-            try:
-                path.unlink()
-            except (FileNotFoundError, NotADirectoryError):
-                return
-        _fsync_dir(path.parent)
+        with self._failing("delete", key):
+            with self._locked(key):
+                try:
+                    path.unlink()
+                except (FileNotFoundError, NotADirectoryError):
+                    return
+            _fsync_dir(path.parent)
 
     def probe(self) -> None:
         """Create, write, fsync and remove a file in the folder: what every put does."""

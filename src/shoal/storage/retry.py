@@ -5,8 +5,10 @@ The shipper retries its uploads itself, forever and in order. Every other caller
 one-off calls that should ride out a blip of the store rather than fail a
 request: this wrapper retries them a bounded number of times with backoff.
 
-Only transport failures are retried (connection errors, timeouts, 5xx): the
-store's own answers (NotFound, PreconditionFailed, an invalid key) are results.
+Only the store's failures are retried (StorageUnavailable: connection errors,
+timeouts, 5xx): its answers (NotFound, PreconditionFailed, an invalid key) are
+results, a refused write (Fenced) is final, and anything else is a bug, raised at
+once.
 A conditional put that failed in transport may still have landed, or (a crash-
 prone backend, or the fault injector) left a cut-short object behind; so when
 its retry loses the condition, the object is read back: the same bytes mean
@@ -22,17 +24,22 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from shoal.storage.base import Blob, NotFound, ObjectInfo, ObjectStore, PreconditionFailed
-from shoal.storage.fenced import Fenced
+from shoal.storage.base import (
+    Blob,
+    NotFound,
+    ObjectInfo,
+    ObjectStore,
+    PreconditionFailed,
+    StorageUnavailable,
+)
 
 log = logging.getLogger("shoal.storage")
 T = TypeVar("T")
 
-_SEMANTIC = (NotFound, PreconditionFailed, Fenced, ValueError, KeyError)
-
 
 class RetryingStore:
-    """Wraps a store; each call is retried on transport errors, ``attempts`` times in all."""
+    """Wraps a store; each call is tried ``attempts`` times in all while it raises
+    StorageUnavailable (the last one is raised)."""
 
     def __init__(self, inner: ObjectStore, attempts: int = 8, initial: float = 0.02,
                  maximum: float = 1.0):
@@ -47,13 +54,11 @@ class RetryingStore:
         while True:
             try:
                 return fn()
-            except _SEMANTIC:
-                raise
-            except Exception as exc:
+            except StorageUnavailable as exc:
                 attempt += 1
                 if attempt >= self.attempts:
                     raise
-                log.warning("store %s failed (attempt %d), retrying: %r", what, attempt, exc)
+                log.warning("store %s failed (attempt %d), retrying: %s", what, attempt, exc)
                 time.sleep(min(self.maximum, self.initial * 2 ** attempt)
                            * random.uniform(0.5, 1.0))
 
@@ -78,9 +83,7 @@ class RetryingStore:
                 if not failed_once:
                     raise
                 return self._settle(key, data)
-            except _SEMANTIC:
-                raise
-            except Exception:
+            except StorageUnavailable:
                 failed_once = True
                 raise
 

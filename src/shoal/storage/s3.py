@@ -4,10 +4,17 @@ Conditional writes use PutObject's ``If-None-Match`` / ``If-Match`` headers, so
 leases and write-once objects need no coordination service. Credentials and
 region come from the usual ``AWS_*`` variables and files; ``endpoint_url``
 points at a non-AWS service.
+
+botocore retries throttling and 5xx answers itself (standard mode); a failure left after
+that (a network error, a timeout, any S3 error but NotFound's and PreconditionFailed's)
+is StorageUnavailable, its message the S3 error code and HTTP status or botocore's
+error, never the request's credentials or signature.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,6 +34,7 @@ from shoal.storage.base import (
     NotFound,
     ObjectInfo,
     PreconditionFailed,
+    StorageUnavailable,
     Unusable,
     check_conditions,
     check_key,
@@ -51,6 +59,19 @@ def _code(exc: ClientError) -> tuple[str, int]:
     error = exc.response.get("Error", {})
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
     return str(error.get("Code", "")), int(status)
+
+
+_USERINFO = re.compile(r"(?<=://)[^@\s\"']+@")  # user:password@ in a URL (a path's @ too)
+
+
+def _reason(exc: ClientError | BotoCoreError) -> str:
+    """What failed, for a message: S3's error code and status (not the error body, which
+    may echo the access key id and the string signed), or botocore's error with any
+    password in its URLs cut out."""
+    if isinstance(exc, ClientError):
+        code, status = _code(exc)
+        return f"{code or 'error'} (HTTP {status})"
+    return f"{type(exc).__name__}: {_USERINFO.sub('***@', str(exc))}"
 
 
 class S3Store:
@@ -78,23 +99,35 @@ class S3Store:
     def _key(self, key: str) -> str:
         return self.prefix + check_key(key)
 
-    def get(self, key: str) -> Blob:
+    @contextlib.contextmanager
+    def _failing(self, op: str, key: str) -> Iterator[None]:
+        """botocore's errors inside (the answers made of some, NotFound and
+        PreconditionFailed, are raised before) are the store failing."""
         try:
-            out = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as exc:
-            if _code(exc)[0] in _MISSING or _code(exc)[1] == 404:
-                raise NotFound(key) from None
-            raise
-        with out["Body"] as body:
-            return Blob(body.read(), out["ETag"])
+            yield
+        except (ClientError, BotoCoreError) as exc:
+            raise StorageUnavailable(key, f"S3 {op} of {self.url}{key} failed: "
+                                          f"{_reason(exc)}") from exc
+
+    def get(self, key: str) -> Blob:
+        with self._failing("GetObject", key):
+            try:
+                out = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            except ClientError as exc:
+                if _code(exc)[0] in _MISSING or _code(exc)[1] == 404:
+                    raise NotFound(key) from None
+                raise
+            with out["Body"] as body:
+                return Blob(body.read(), out["ETag"])
 
     def head(self, key: str) -> str:
-        try:
-            out = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except ClientError as exc:
-            if _code(exc)[0] in _MISSING or _code(exc)[1] == 404:
-                raise NotFound(key) from None
-            raise
+        with self._failing("HeadObject", key):
+            try:
+                out = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            except ClientError as exc:
+                if _code(exc)[0] in _MISSING or _code(exc)[1] == 404:
+                    raise NotFound(key) from None
+                raise
         return str(out["ETag"])
 
     def put(self, key: str, data: bytes, *, if_none_match: str | None = None,
@@ -105,19 +138,20 @@ class S3Store:
             extra["IfNoneMatch"] = if_none_match
         if if_match is not None:
             extra["IfMatch"] = if_match
-        try:
-            out = self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
-                                         **extra)
-        except ClientError as exc:
-            code, status = _code(exc)
-            # 412: condition false. 409 ConditionalRequestConflict: a concurrent conditional
-            # write won the race. If-Match on a missing key answers 404 NoSuchKey.
-            conditional = bool(if_none_match) or if_match is not None
-            if conditional and (status in (409, 412) or (
-                    if_match is not None and (code in _MISSING or status == 404))):
-                raise PreconditionFailed(
-                    key, "If-None-Match" if if_none_match else "If-Match") from None
-            raise
+        with self._failing("PutObject", key):
+            try:
+                out = self.client.put_object(Bucket=self.bucket, Key=self._key(key),
+                                             Body=data, **extra)
+            except ClientError as exc:
+                code, status = _code(exc)
+                # 412: condition false. 409 ConditionalRequestConflict: a concurrent
+                # conditional write won the race. If-Match on a missing key answers 404.
+                conditional = bool(if_none_match) or if_match is not None
+                if conditional and (status in (409, 412) or (
+                        if_match is not None and (code in _MISSING or status == 404))):
+                    raise PreconditionFailed(
+                        key, "If-None-Match" if if_none_match else "If-Match") from None
+                raise
         return str(out["ETag"])
 
     def list(self, prefix: str, *, start_after: str = "") -> Iterator[ObjectInfo]:
@@ -125,15 +159,21 @@ class S3Store:
         if start_after:
             args["StartAfter"] = self.prefix + start_after
         cut = len(self.prefix)
-        for page in self.client.get_paginator("list_objects_v2").paginate(
-                **args, PaginationConfig={"PageSize": self.page_size}):
+        pages = iter(self.client.get_paginator("list_objects_v2").paginate(
+            **args, PaginationConfig={"PageSize": self.page_size}))
+        while True:
+            with self._failing("ListObjectsV2", prefix):  # each page is a request
+                page = next(pages, None)
+            if page is None:
+                return
             for item in page.get("Contents", ()):
                 modified = item.get("LastModified")  # a datetime with its zone
                 yield ObjectInfo(item["Key"][cut:], int(item["Size"]),
                                  modified.timestamp() if modified is not None else None)
 
     def delete(self, key: str) -> None:
-        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        with self._failing("DeleteObject", key):
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
 
     def probe(self) -> None:
         """One ListObjectsV2 (MaxKeys=1) under the prefix, with a client that waits
