@@ -417,7 +417,8 @@ class Database:
                 try:
                     return self._read_on(conn, statements, self.inline_limits), txid
                 except SoftDeadline as moved:  # it needs more than the loop may give
-                    self._overran(statements[moved.index].sql, moved.held)
+                    if moved.index is not None:  # else: many statements, each cheap
+                        self._overran(statements[moved.index].sql, moved.held)
             out = await self._off_loop(conn, self._read_on, conn, statements, self.limits)
             if out.elapsed <= INLINE_BUDGET and out.widest <= INLINE_VALUE_BYTES:
                 for stmt in statements:  # cheap, under this schema: next time inline

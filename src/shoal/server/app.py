@@ -11,6 +11,7 @@ finishes as it would have.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 import time
@@ -92,6 +93,10 @@ class App:
                 except Exception as exc:
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                # What start-up made (modules, settings, the engine) lives as long as the
+                # process: out of the collector's way, a full collection (it runs on the
+                # event loop, when requests have made many objects) walks only theirs.
+                gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self._watcher is not None:
