@@ -89,7 +89,12 @@ SETTINGS: tuple[Setting, ...] = (
             "Bytes of SQLite memory (all databases of the node) that it never passes: the "
             "statement whose allocation would pass it gets OUT_OF_MEMORY (503), and the node "
             "keeps running. 0: no limit."),
-    Setting("max_statements", int, 1000, "Most statements in one request."),
+    Setting("max_statements", int, 100_000,
+            "Most statements in one request (a native request's statements; a Hrana "
+            "pipeline's requests, batch's steps or script's statements): a guard against "
+            "absurd counts, refused before they are decoded. A request's bytes "
+            "(max_request_bytes) bound ordinary ones: libSQL clients send batches of "
+            "thousands of statements."),
     # connections (docs/operations.md, "Limits that protect the node")
     Setting("max_connections", int, 4096,
             "Most client connections open at once (never above half the process's file "

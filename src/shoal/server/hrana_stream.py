@@ -31,12 +31,12 @@ from shoal.engine.engine import Engine, Idempotency
 from shoal.errors import ShoalError
 from shoal.server import hrana_proto as p
 from shoal.server.hrana_proto import HranaError
+from shoal.server.http import SLICE, paced
 from shoal.server.quota import Holder, size
 from shoal.tokens import Principal
 
 _encode = msgspec.json.encode
 EMPTY_DESCRIBE = {"params": [], "cols": [], "is_explain": False, "is_readonly": True}
-SLICE = 0.002  # seconds of event loop a stream runs before it lets other requests in
 RESERVE = 256  # response bytes kept back for each entry that may have to be an error
 MAX_COND_DEPTH = 100  # batch conditions nest at most this deep
 SPLIT_INLINE = 64 * 1024  # longer scripts are split on a worker thread
@@ -366,11 +366,13 @@ class Stream:
             return self.render(ran, want)
         return self.render(await self.run(st, want), want)
 
-    def check_batch(self, batch: p.Batch) -> None:
+    async def check_batch(self, batch: p.Batch) -> None:
+        """Refuse a batch of too many steps, or whose conditions name no earlier step,
+        before any step runs: paced, as a batch may have 100,000 steps."""
         if len(batch.steps) > self.max_statements:
             raise HranaError("TOO_MANY_STATEMENTS", f"{len(batch.steps)} steps in one batch; "
                                                     f"at most {self.max_statements}")
-        for i, step in enumerate(batch.steps):
+        async for i, step in paced(enumerate(batch.steps)):
             if step.condition is not None:
                 _check_cond(step.condition, i)
 
@@ -382,7 +384,7 @@ class Stream:
         ``answered`` (step results and errors as rendered so far) lets an
         Idempotency-Key record the whole BatchResult with the batch's commit.
         """
-        self.check_batch(batch)
+        await self.check_batch(batch)
         outcome: list[bool | None] = [None] * len(batch.steps)  # True ok, False error
         for i, step in enumerate(batch.steps):
             if self.budget.spent:  # the response is full: the rest does not run

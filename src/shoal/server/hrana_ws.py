@@ -47,7 +47,7 @@ from shoal.server.hrana_stream import (
     store_sql,
     too_large,
 )
-from shoal.server.http import Receive, Scope, Send
+from shoal.server.http import PACED_ITEMS, Receive, Scope, Send, paced
 from shoal.server.quota import Holder, Quota, size
 from shoal.tokens import Principal
 
@@ -129,6 +129,7 @@ class Connection:
         self.max_streams = int(settings.max_streams_per_connection)
         self.max_cursors = int(settings.max_cursors_per_connection)
         self.max_response = int(settings.max_response_bytes)
+        self.max_statements = int(settings.max_statements)
         self.holder: Holder | None = None  # set by the first hello
         self._send = send
         self.url_db = db
@@ -165,7 +166,7 @@ class Connection:
                 if text is None:
                     raise ProtocolViolation("binary message on a JSON subprotocol")
                 try:
-                    msg = p.decode(text, p.ClientMsg)
+                    msg = await p.decode_message(text, p.ClientMsg, self.max_statements)
                 except HranaError as exc:
                     raise ProtocolViolation(f"not a Hrana message: {exc.message}"[:120]) from None
                 if isinstance(msg, p.HelloMsg):
@@ -177,7 +178,7 @@ class Connection:
                     raise ProtocolViolation("a request came before hello")
                 await self.inflight.acquire()
                 self.pending += 1
-                self.dispatch(msg.request_id, msg.request)
+                await self.dispatch(msg.request_id, msg.request)
         except ProtocolViolation as exc:
             code, reason = 1002, str(exc)
         finally:
@@ -275,7 +276,7 @@ class Connection:
         return self.principal
 
     # -- requests ----------------------------------------------------------------------------------
-    def dispatch(self, request_id: int, req: p.WsRequest) -> None:
+    async def dispatch(self, request_id: int, req: p.WsRequest) -> None:
         """Answer connection-level requests now; queue stream requests on their stream."""
         try:
             self._current()
@@ -308,7 +309,7 @@ class Connection:
                     raise HranaError("CURSOR_NOT_FOUND", f"cursor {req.cursor_id} not found")
                 self._queue(cursor.stream_id, request_id, req)
             else:
-                self._queue(req.stream_id, request_id, self._resolve(req))
+                self._queue(req.stream_id, request_id, await self._resolve(req))
         except (HranaError, ShoalError) as exc:
             self._reply_soon(request_id, exc)
 
@@ -331,23 +332,28 @@ class Connection:
         task.add_done_callback(self.tasks.discard)
         return task
 
-    def _resolve(self, req: p.WsRequest) -> p.WsRequest:
-        """Stored SQL is looked up on arrival: a later close_sql cannot pull it away."""
+    async def _resolve(self, req: p.WsRequest) -> p.WsRequest:
+        """Stored SQL is looked up on arrival: a later close_sql cannot pull it away. The
+        request was decoded for this connection alone, so it is resolved in place; a long
+        batch paced (the receive loop waits, keeping the connection's order)."""
         if isinstance(req, p.WsExecuteReq):
-            return msgspec.structs.replace(req, stmt=self._stmt(req.stmt))
-        if isinstance(req, p.WsBatchReq | p.OpenCursorReq):
-            steps = [msgspec.structs.replace(s, stmt=self._stmt(s.stmt)) for s in req.batch.steps]
-            return msgspec.structs.replace(
-                req, batch=msgspec.structs.replace(req.batch, steps=steps))
-        if isinstance(req, p.WsSequenceReq | p.WsDescribeReq) and req.sql_id is not None \
+            self._stmt(req.stmt)
+        elif isinstance(req, p.WsBatchReq | p.OpenCursorReq):
+            steps = req.batch.steps
+            if len(steps) <= PACED_ITEMS:
+                for step in steps:
+                    self._stmt(step.stmt)
+            elif len(steps) <= self.max_statements:  # longer: the stream refuses it as it is
+                async for step in paced(steps):
+                    self._stmt(step.stmt)
+        elif isinstance(req, p.WsSequenceReq | p.WsDescribeReq) and req.sql_id is not None \
                 and req.sql is None:
-            return msgspec.structs.replace(req, sql=self._text(req.sql_id), sql_id=None)
+            req.sql, req.sql_id = self._text(req.sql_id), None
         return req
 
-    def _stmt(self, stmt: p.Stmt) -> p.Stmt:
-        if stmt.sql_id is None or stmt.sql is not None:
-            return stmt
-        return msgspec.structs.replace(stmt, sql=self._text(stmt.sql_id), sql_id=None)
+    def _stmt(self, stmt: p.Stmt) -> None:
+        if stmt.sql_id is not None and stmt.sql is None:
+            stmt.sql, stmt.sql_id = self._text(stmt.sql_id), None
 
     def _text(self, sql_id: int) -> str:
         text = self.sqls.get(sql_id)
