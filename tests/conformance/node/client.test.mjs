@@ -196,6 +196,20 @@ for (const transport of ["http", "ws"]) {
       assert.equal(rs.rows[0].n, 1);
     });
 
+    it("runs a batch of 10,000 inserts (a bulk insert, a migration)", async () => {
+      await client.execute("CREATE TABLE bulk (id INTEGER PRIMARY KEY, n INTEGER, label TEXT)");
+      const stmts = Array.from({ length: 10000 }, (_, i) => ({ sql: "INSERT INTO bulk (n, label) VALUES (?, ?)", args: [i, `row ${i}`] }));
+      const rs = await client.batch(stmts, "write");
+      assert.equal(rs.length, 10000);
+      assert.ok(rs.every((r) => r.rowsAffected === 1));
+      assert.equal(rs[9999].lastInsertRowid, 10000n);
+      const count = await client.execute("SELECT count(*) AS n, sum(n) AS total FROM bulk");
+      assert.deepEqual([count.rows[0].n, count.rows[0].total], [10000, (9999 * 10000) / 2]);
+      await assert.rejects(client.batch([...stmts, "INSERT INTO nowhere VALUES (1)"], "write"), (e) => e.code === "SQLITE_ERROR");
+      const after = await client.execute("SELECT count(*) AS n FROM bulk");
+      assert.equal(after.rows[0].n, 10000); // all or nothing
+    });
+
     it("runs scripts with executeMultiple, inside and outside transactions", async () => {
       await client.executeMultiple(`
         CREATE TABLE tags (id INTEGER PRIMARY KEY, label TEXT); -- a comment; with a semicolon
