@@ -237,6 +237,9 @@ class _Watch:
             return 1
         return 0
 
+    def done(self) -> bool:
+        return self.request.gone
+
     def listen(self) -> None:
         if self._listener is None and self.request.body_read:
             self._listener = asyncio.get_running_loop().create_task(self._listen())

@@ -304,6 +304,9 @@ class HranaHTTP:
             raise
         finally:
             stream.recorder = None
+        if request.gone:  # nobody gets the baton: roll back now, not when the stream expires
+            await self._drop(handle)
+            return Response(200)
         baton = self._release(handle)
         if rec is not None and rec.response is not None:  # exactly what a retry will get
             return Response(*rec.response)
@@ -425,6 +428,9 @@ class HranaHTTP:
         except BaseException:
             await self._drop(handle)
             raise
+        if request.gone:  # as in pipeline
+            await self._drop(handle)
+            return Response(200)
         head = encode({"baton": self._release(handle), "base_url": None})
         return Response(200, b"\n".join([head, *lines]) + b"\n", TEXT)
 

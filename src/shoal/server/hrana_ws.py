@@ -8,9 +8,16 @@ runs its batch when opened, keeps its entries encoded and hands them out page
 by page.
 
 The client authenticates with ``hello`` (a JWT, or null when the upgrade
-request carried ``Authorization``); the token is checked again on every request,
-so revocation and expiry take effect at once. The database comes from the URL
-(``/db/{db}``), the ``x-namespace`` header, or a token for one database.
+request carried ``Authorization``); the token is checked again on every request
+but the closing ones (closing only frees), so revocation and expiry take effect at
+once. The database comes from the URL (``/db/{db}``), the ``x-namespace`` header,
+or a token for one database.
+
+Closing a stream rolls back its transaction as soon as the requests sent before the
+close have run. When the connection ends (the client disconnects, or a deadline or a
+protocol error closes it) nobody is left to answer: the streams' running statements
+are interrupted, their queued writes and waits for the write lock given up (the
+connection is their ``REQUEST_GONE``), and their transactions rolled back at once.
 
 What a connection holds is bounded: a ``hello`` within ``hello_timeout``, a
 message within ``websocket_idle_timeout`` while no request runs, at most
@@ -33,6 +40,7 @@ from typing import Any
 import msgspec
 
 from shoal import names
+from shoal.engine.database import REQUEST_GONE
 from shoal.engine.engine import Engine
 from shoal.errors import ShoalError
 from shoal.server import hrana_proto as p
@@ -56,6 +64,9 @@ SUBPROTOCOLS = ("hrana3", "hrana2", "hrana1")  # preferred first
 MAX_INFLIGHT = 256  # requests received but not answered; then stop reading (back-pressure)
 
 _encode = msgspec.json.encode
+
+
+CLOSING = (p.CloseStreamReq, p.CloseSqlReq, p.CloseCursorReq)  # free what the connection holds
 
 
 class ProtocolViolation(Exception):
@@ -146,6 +157,7 @@ class Connection:
         self.pending = 0  # requests received and not yet answered
         self.closing = False
         self.tasks: set[asyncio.Task[None]] = set()  # stream workers and quick replies
+        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- the receive loop ------------------------------------------------------------------------
     async def serve(self, receive: Receive) -> None:
@@ -208,8 +220,10 @@ class Connection:
             self.closing = True
 
     async def shutdown(self, code: int, reason: str) -> None:
-        """Finish the running request of every stream, then roll back their transactions."""
+        """Stop the streams' work (nobody will read its answers), then roll back their
+        transactions: a transaction must not keep the write lock for a client that left."""
         self.closing = True
+        self.gone.set_result(None)  # running statements interrupted, lock waits given up
         for ws in self.streams.values():
             ws.queue.put_nowait(None)
         while self.tasks:
@@ -279,9 +293,9 @@ class Connection:
     async def dispatch(self, request_id: int, req: p.WsRequest) -> None:
         """Answer connection-level requests now; queue stream requests on their stream."""
         try:
-            self._current()
-            if not isinstance(req, p.CloseStreamReq | p.CloseSqlReq | p.CloseCursorReq):
-                self.engine.memory.refuse()  # past the memory ceiling: nothing new (closes free)
+            if not isinstance(req, CLOSING):  # closes only free: always taken
+                self._current()
+                self.engine.memory.refuse()  # past the memory ceiling: nothing new
             if isinstance(req, p.OpenStreamReq):
                 self._open_stream(req.stream_id)
                 self._reply_soon(request_id, {"type": "open_stream"})
@@ -391,6 +405,7 @@ class Connection:
         ws.queue.put_nowait(job)
 
     async def _worker(self, ws: WsStream) -> None:
+        REQUEST_GONE.set(self.gone)  # this task's own context: its SQL work stops with us
         while True:
             job = await ws.queue.get()
             if job is None:
@@ -402,7 +417,8 @@ class Connection:
 
     async def _handle(self, stream_id: int, ws: WsStream, req: p.WsRequest) -> dict[str, Any]:
         stream = ws.stream
-        stream.principal = self._current()
+        if not isinstance(req, CLOSING):
+            stream.principal = self._current()
         stream.budget = Budget(self.max_response)
         if isinstance(req, p.WsExecuteReq):
             return {"type": "execute", "result": await stream.execute(req.stmt)}
