@@ -32,8 +32,10 @@ from shoal.values import Args, decode_args
 
 
 # -- request bodies (also the OpenAPI schemas) -------------------------------------------------
-class StatementObject(msgspec.Struct, forbid_unknown_fields=True):
-    """One SQL statement with arguments: positional (array) or named (object)."""
+class StatementObject(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """One SQL statement with arguments: positional (array) or named (object). Decoded
+    JSON is a tree, never a reference cycle: not tracked by the garbage collector (see
+    hrana_proto.Tree), as a request may hold 100,000."""
 
     sql: str
     args: Args | None = None

@@ -168,7 +168,7 @@ class PipelineBody(msgspec.Struct):
 class PipelineSplit(msgspec.Struct):
     """A pipeline's outline: each request kept as raw JSON. Finding the requests' bounds
     costs about 1 ms per MB; decoding them (structs for every step, statement and value)
-    about 20 ms per MB, which the handler does a request at a time, and a large batch a
+    several times that, which the handler does a request at a time, and a large batch a
     step at a time (``decode_message``), letting other work in between."""
 
     requests: list[msgspec.Raw]
