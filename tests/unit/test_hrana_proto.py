@@ -230,6 +230,8 @@ def _steps(n: int) -> list[dict[str, Any]]:
 @pytest.mark.parametrize(("kind", "message"), [
     (p.StreamRequest, {"type": "batch", "batch": {"steps": _steps(3000),
                                                   "replication_index": "9"}}),
+    # fields Hrana does not know are ignored, whatever their type: still a step at a time
+    (p.StreamRequest, {"type": "batch", "request": 7, "batch": {"steps": _steps(3000)}}),
     (p.CursorBody, {"baton": "b1", "batch": {"steps": _steps(3000)}}),
     (p.BatchBody, {"batch": {"steps": _steps(3000)}}),
     (p.ClientMsg, {"type": "request", "request_id": 4, "request": {

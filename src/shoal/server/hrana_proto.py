@@ -272,11 +272,17 @@ ClientMsg = Union[HelloMsg, RequestMsg]  # noqa: UP007
 
 
 # -- messages that carry a batch, decoded a step at a time -----------------------------------
-class _Kind(msgspec.Struct):
-    """What a message is, read without decoding the rest (about 1 ms per MB)."""
+class _Type(msgspec.Struct):
+    """What a pipeline's request is, read without decoding the rest (about 1 ms per MB)."""
 
     type: str = ""
-    request: _Kind | None = None  # a WebSocket request message's
+
+
+class _Kind(msgspec.Struct):
+    """The same of a WebSocket message, and of its request."""
+
+    type: str = ""
+    request: _Type | None = None
 
 
 class _Steps(msgspec.Struct):
@@ -350,13 +356,13 @@ def _carries_batch(raw: bytes | str | msgspec.Raw, kind: Any) -> bool:
     do; a pipeline's request or a WebSocket message if its type says so."""
     if kind is not StreamRequest and kind is not ClientMsg:
         return kind is CursorBody or kind is BatchBody
-    try:
-        what = _decoder(_Kind).decode(raw)
-    except msgspec.ValidationError:  # not an object of string types: whole, it fails fast
+    try:  # read as the whole decode reads the tags it chooses a type by
+        what = _decoder(_Type if kind is StreamRequest else _Kind).decode(raw)
+    except msgspec.ValidationError:  # a tag that is not a string: whole, it fails there
         return False
     except msgspec.DecodeError as exc:  # found at the end: not after decoding every step
         raise HranaError("INVALID_JSON", f"body is not valid JSON: {exc}", 400) from None
-    if kind is StreamRequest:
+    if isinstance(what, _Type):
         return what.type == "batch"
     return what.type == "request" and what.request is not None \
         and what.request.type in ("batch", "open_cursor")
