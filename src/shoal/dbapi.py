@@ -79,7 +79,7 @@ threadsafety: Final = 1  # threads may share the module, not connections
 paramstyle: Final = "qmark"  # named (:name) parameters work too, with a mapping
 
 LEGACY_TRANSACTION_CONTROL: Final = -1
-BATCH_SIZE: Final = 500  # statements per request in executemany (server max_statements: 1000)
+BATCH_SIZE: Final = 500  # statements per request in executemany (well under max_statements)
 _DML = frozenset({"INSERT", "UPDATE", "DELETE", "REPLACE"})
 _ISOLATION_LEVELS = frozenset({"", "DEFERRED", "IMMEDIATE", "EXCLUSIVE"})
 

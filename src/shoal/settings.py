@@ -114,7 +114,11 @@ class Settings:
         1 << 30, "Bytes of SQLite memory (all databases of the node) that it never passes: the "
         "statement whose allocation would pass it gets OUT_OF_MEMORY (503), and the node keeps "
         "running. 0: no limit.", minimum=0, zero="no limit")
-    max_statements: int = _s(1000, "Most statements in one request.")
+    max_statements: int = _s(
+        100_000, "Most statements in one request (a native request's statements; a Hrana "
+        "pipeline's requests, batch's steps or script's statements): a guard against absurd "
+        "counts, refused before they are decoded. A request's bytes (max_request_bytes) bound "
+        "ordinary ones: libSQL clients send batches of thousands of statements.", minimum=1)
     # connections (docs/operations.md, "Limits that protect the node")
     max_connections: int = _s(
         4096, "Most client connections open at once (never above half the process's file "

@@ -634,15 +634,45 @@ def test_wrong_value_contents_fail_only_their_request(admin: httpx.Client, db: s
     assert rows(results[4]) == [[1]]  # unknown fields are ignored (forward compatibility)
 
 
+def test_large_batches_run(admin: httpx.Client, db: str) -> None:
+    """@libsql/client sends batches of thousands of steps (a bulk insert, a migration):
+    they run, in every form that carries a batch, their bodies decoded a step at a time."""
+    n = 10_000
+    inserts = [{"stmt": stmt("INSERT INTO t (name) VALUES (?)", f"n{i}", want_rows=False),
+                "condition": {"type": "ok", "step": i}} for i in range(n)]
+    steps = [{"stmt": stmt("BEGIN IMMEDIATE")}, *inserts,
+             {"stmt": stmt("COMMIT"), "condition": {"type": "ok", "step": n}}]
+    results, _ = pipeline(admin, db, [{"type": "batch", "batch": {"steps": steps}},
+                                      {"type": "close"}])
+    batch = ok(results[0])["result"]
+    assert batch["step_errors"] == [None] * (n + 2)
+    assert [r["affected_row_count"] for r in batch["step_results"][1:-1]] == [1] * n
+    r = post(admin, db, {"statements": [f"INSERT INTO t (name) VALUES ('legacy{i}')"
+                                        for i in range(n)]}, path="")
+    assert r.status_code == 200 and len(r.json()) == n, r.text[:300]
+    reads = [{"stmt": stmt("SELECT count(*) FROM t WHERE name LIKE ?", f"{p}%")}
+             for p in ("n", "legacy")] + [{"stmt": stmt("SELECT ?", i)} for i in range(3000)]
+    r = post(admin, db, {"batch": {"steps": reads}}, path="v1/batch")
+    assert r.status_code == 200, r.text[:300]
+    answers = [plain(x["rows"][0][0]) for x in r.json()["result"]["step_results"]]
+    assert answers == [n, n, *range(3000)]
+    r = post(admin, db, {"baton": None, "batch": {"steps": reads}}, path="v3/cursor")
+    ends = [line for line in r.text.splitlines() if '"step_end"' in line]
+    assert r.status_code == 200 and len(ends) == len(reads), r.text[:300]
+
+
 def test_huge_batches_and_bodies_are_refused(server: ServerProcess, admin: httpx.Client,
                                              db: str) -> None:
-    steps = [{"stmt": stmt("SELECT 1")}] * 1001  # max_statements is 1000
+    over = 100_001  # max_statements is 100,000
+    steps = [{"stmt": stmt("SELECT 1")}] * over
     results, _ = pipeline(admin, db, [{"type": "batch", "batch": {"steps": steps}}])
     err(results[0], "TOO_MANY_STATEMENTS")
-    r = post(admin, db, {"requests": [execute("SELECT 1")] * 1001})
+    r = post(admin, db, {"requests": [execute("SELECT 1")] * over})
     http_error(r, 400, "TOO_MANY_STATEMENTS")
-    r = post(admin, db, {"requests": [{"type": "sequence", "sql": "SELECT 1;" * 1001}]})
+    r = post(admin, db, {"requests": [{"type": "sequence", "sql": "SELECT 1;" * over}]})
     err(r.json()["results"][0], "TOO_MANY_STATEMENTS")
+    r = post(admin, db, {"statements": ["SELECT 1"] * over}, path="")
+    http_error(r, 400, "TOO_MANY_STATEMENTS")
     big = "x" * (8 * 1024 * 1024 + 1)
     r = post(admin, db, {"requests": [execute("SELECT ?", big)]})
     http_error(r, 413, "PAYLOAD_TOO_LARGE")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
 from pathlib import Path
+from typing import Any
 
 import apsw
 import msgspec
@@ -15,6 +17,7 @@ from hypothesis import strategies as st
 
 from shoal.errors import ShoalError
 from shoal.server import hrana_proto as p
+from shoal.server import http
 from shoal.server.hrana_proto import HranaError
 from shoal.server.hrana_stream import _check_cond
 from shoal.wire import encode as native_encode
@@ -207,17 +210,103 @@ def _batch(steps: int, sep: str = ":", **extra: object) -> bytes:
             + fields + "}").encode()
 
 
-def test_an_oversized_batch_is_counted_without_decoding_its_steps() -> None:
-    batch, baton = p.oversized_batch(_batch(5000, baton="b1"), 1000) or (None, None)
-    assert batch is not None and len(batch.steps) == 5000 and baton == "b1"
-    assert p.oversized_batch(_batch(1000), 1000) is None  # at the limit: decoded as usual
-    assert p.oversized_batch(_batch(20), 10) is None  # small bodies are decoded as usual
-    # counted short ("stmt" with a space): decoded in full, never refused by mistake
-    assert p.oversized_batch(_batch(5000, " :"), 1000) is None
+def _decode(raw: bytes | str, kind: object, limit: int = 1000) -> Any:
+    return asyncio.run(p.decode_message(raw, kind, limit))
+
+
+def _steps(n: int) -> list[dict[str, Any]]:
+    """Steps as @libsql/client writes them: arguments, conditions, stored SQL."""
+    return [{"stmt": {"sql": "INSERT INTO t VALUES (?, ?)", "args": [
+                {"type": "integer", "value": str(i)}, {"type": "text", "value": f"r{i}"}],
+             "want_rows": False},
+             "condition": {"type": "and", "conds": [{"type": "ok", "step": max(i - 1, 0)},
+                                                    {"type": "not", "cond": {
+                                                        "type": "is_autocommit"}}]}}
+            if i % 2 else {"stmt": {"sql_id": 7, "named_args": [
+                {"name": ":a", "value": {"type": "blob", "base64": "AAE="}}]}}
+            for i in range(n)]
+
+
+@pytest.mark.parametrize(("kind", "message"), [
+    (p.StreamRequest, {"type": "batch", "batch": {"steps": _steps(3000),
+                                                  "replication_index": "9"}}),
+    # fields Hrana does not know are ignored, whatever their type: still a step at a time
+    (p.StreamRequest, {"type": "batch", "request": 7, "batch": {"steps": _steps(3000)}}),
+    (p.CursorBody, {"baton": "b1", "batch": {"steps": _steps(3000)}}),
+    (p.BatchBody, {"batch": {"steps": _steps(3000)}}),
+    (p.ClientMsg, {"type": "request", "request_id": 4, "request": {
+        "type": "batch", "stream_id": 2, "batch": {"steps": _steps(3000)}}}),
+    (p.ClientMsg, {"type": "request", "request_id": 5, "request": {
+        "type": "open_cursor", "stream_id": 2, "cursor_id": 3,
+        "batch": {"steps": _steps(3000)}}}),
+])
+def test_a_large_batch_decodes_a_step_at_a_time_to_the_same_message(
+        kind: object, message: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = msgspec.json.encode(message)
+    assert len(raw) > p.SPLIT_BYTES
+    ticks = 0
+
+    async def both() -> Any:
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.ensure_future(ticker())
+        await asyncio.sleep(0)
+        try:
+            return await p.decode_message(raw.decode(), kind, 10_000)  # WebSocket text too
+        finally:
+            task.cancel()
+
+    monkeypatch.setattr(http, "SLICE", 0.0)  # let other work in after every step
+    assert asyncio.run(both()) == p.decode(raw, kind)
+    assert ticks > 1000  # the loop was not held for the whole batch
+
+
+def test_small_and_other_messages_are_decoded_whole() -> None:
+    small = _batch(20)
+    assert _decode(small, p.StreamRequest, 10) == p.decode(small, p.StreamRequest)
     # a value "stmt" is not a key; an execute request is never taken for a batch
     text = b'{"type": "execute", "stmt": {"sql": "SELECT ?", "args": [' + \
         b", ".join([b'{"type": "text", "value": "stmt"}'] * 5000) + b"]}}"
-    assert p.oversized_batch(text, 1000) is None
-    junk = b'{"type": "execute", "x": [' + b", ".join([b'{"stmt": 1}'] * 5000) + b"]}"
-    assert p.oversized_batch(junk, 1000) is None
-    assert p.oversized_batch(b'{"type": "batch", "batch": ' + b'"stmt":' * 20000, 10) is None
+    assert len(_decode(text, p.StreamRequest).stmt.args) == 5000
+    hello = msgspec.json.encode({"type": "hello", "jwt": "x" * 100_000})
+    assert _decode(hello, p.ClientMsg) == p.HelloMsg("x" * 100_000)
+
+
+def test_a_batch_of_too_many_steps_gets_a_stand_in_without_decoding_them() -> None:
+    body = _decode(_batch(5000, baton="b1").replace(b'"type": "batch", ', b""), p.CursorBody)
+    assert len(body.batch.steps) == 5000 and body.baton == "b1"
+    assert set(map(id, body.batch.steps)) == {id(body.batch.steps[0])}  # one empty step
+    assert body.batch.steps[0].stmt.sql == ""
+    # counted short ("stmt" with a space): the steps' bounds give the exact count
+    assert len(_decode(_batch(5000, " :"), p.StreamRequest).batch.steps) == 5000
+    assert len(_decode(_batch(5000), p.StreamRequest, 5000).batch.steps[-1].stmt.sql) == 8
+    msg = _decode(b'{"type": "request", "request_id": 9, "request": {"type": "batch", '
+                  b'"stream_id": 1, "batch": {"steps": ['
+                  + b", ".join([b'{"stmt": {"sql_id": 1}}'] * 5000) + b"]}}}", p.ClientMsg)
+    assert msg.request_id == 9 and msg.request.stream_id == 1
+    assert len(msg.request.batch.steps) == 5000
+
+
+def test_errors_in_a_large_batch_name_their_place() -> None:
+    steps = [{"stmt": {"sql": "SELECT 1"}}] * 5000
+    steps = [*steps[:4321], {"stmt": {"sql": 5}}, *steps[4321:]]
+    raw = msgspec.json.encode({"type": "batch", "batch": {"steps": steps}})
+    with pytest.raises(HranaError) as info:
+        _decode(raw, p.StreamRequest, 10_000)
+    assert info.value.code == "HRANA_PROTO_ERROR"
+    assert "`$.batch.steps[4321].stmt.sql`" in info.value.message
+    with pytest.raises(HranaError) as info:  # as the whole message would have said
+        _decode(msgspec.json.encode({"type": "request", "request_id": 1, "request": {
+            "type": "batch", "batch": {"steps": steps}}}), p.ClientMsg, 10_000)
+    assert info.value.code == "HRANA_PROTO_ERROR" and "stream_id" in info.value.message
+    with pytest.raises(HranaError) as info:  # broken at the very end: no whole decode first
+        _decode(_batch(5000)[:-1], p.StreamRequest, 10_000)
+    assert info.value.code == "INVALID_JSON"
+    with pytest.raises(HranaError) as info:
+        _decode(b'{"type": "batch", "batch": {"steps": 5, "x": "' + b"y" * 70_000 + b'"}}',
+                p.StreamRequest)
+    assert info.value.code == "HRANA_PROTO_ERROR"

@@ -287,6 +287,121 @@ def test_a_queued_write_whose_client_went_away_is_not_run(tmp_path: Path) -> Non
     run(body())
 
 
+def test_a_queued_write_whose_client_went_away_is_answered_at_once(tmp_path: Path) -> None:
+    """Not only skipped when the writer reaches it: its request ends now, not when the
+    lock frees (a WebSocket's streams are waited for before their transactions roll back,
+    and one of them may hold that lock)."""
+    async def body() -> None:
+        async with opened(tmp_path, busy_timeout=60) as db:
+            tx = await db.begin("tx_1", "tok", write=True)
+            gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            async def request() -> Any:
+                REQUEST_GONE.set(gone)
+                return await db.write(stmts("INSERT INTO t(id, v) VALUES (1, 'a')"))
+
+            task = asyncio.ensure_future(request())
+            await until(lambda: len(db.queue) == 1)
+            gone.set_result(None)
+            with pytest.raises(ShoalError) as info:
+                await asyncio.wait_for(task, 10)  # the lock is still held
+            assert "client went away" in info.value.message
+            await db.end(tx, commit=False)
+            await db.write(stmts("INSERT INTO t(id, v) VALUES (2, 'b')"))
+            assert await count(db, "t") == 1
+
+    run(body())
+
+
+@pytest.mark.parametrize("when", ["waiting", "before"])
+def test_a_write_transaction_whose_client_went_away_stops_waiting_for_the_lock(
+        tmp_path: Path, when: str) -> None:
+    async def body() -> None:
+        async with opened(tmp_path, busy_timeout=60) as db:
+            tx = await db.begin("tx_1", "tok", write=True)
+            gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if when == "before":
+                gone.set_result(None)
+
+            async def request() -> Any:
+                REQUEST_GONE.set(gone)
+                return await db.begin("tx_2", "tok", write=True)
+
+            task = asyncio.ensure_future(request())
+            if when == "waiting":
+                await until(lambda: bool(db.write_lock._waiters))
+                gone.set_result(None)
+            with pytest.raises(ShoalError) as info:
+                await asyncio.wait_for(task, 10)  # not busy_timeout's minute
+            assert "client went away" in info.value.message
+            assert "tx_2" not in db.transactions
+            await db.end(tx, commit=False)
+            assert not db.write_lock.locked()  # the one that gave up took nothing
+            await db.write(stmts("INSERT INTO t(id, v) VALUES (1, 'a')"))
+
+    run(body())
+
+
+def test_a_lock_handed_to_a_waiter_whose_client_left_is_passed_on(tmp_path: Path) -> None:
+    """The race: the lock frees as the client goes away. Whoever won, the lock ends free."""
+    async def body() -> None:
+        async with opened(tmp_path, busy_timeout=60) as db:
+            for i in range(20):
+                tx = await db.begin("tx_1", "tok", write=True)
+                gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+                async def request() -> Any:
+                    REQUEST_GONE.set(gone)  # noqa: B023 - awaited in this iteration
+                    return await db.begin("tx_2", "tok", write=True)
+
+                task = asyncio.ensure_future(request())
+                await until(lambda: bool(db.write_lock._waiters))
+                if i % 2:  # the lock is handed over first, then the client leaves
+                    await db.end(tx, commit=False)
+                    gone.set_result(None)
+                else:
+                    gone.set_result(None)
+                    await db.end(tx, commit=False)
+                try:
+                    won = await asyncio.wait_for(task, 10)
+                except ShoalError:
+                    pass
+                else:
+                    await db.end(won, commit=False)
+                await until(lambda: not db.write_lock.locked())
+
+    run(body())
+
+
+def test_an_inline_read_of_many_statements_stops_at_its_budget(tmp_path: Path) -> None:
+    """Each statement is cheap, so the progress handler (inside a statement) never fires:
+    the run is checked between statements too, and moved to a worker thread whole."""
+    async def body() -> None:
+        async with opened(tmp_path) as db:
+            sql = "SELECT ?"
+            await db.read([Statement(sql, (1,))])  # known cheap from now on
+            ran_inline: list[int] = []
+            real = Connection.run
+
+            def run_spy(self: Connection, statements: list[Statement], limits: Limits,
+                        *args: Any, **kw: Any) -> Any:
+                if limits.soft_budget is not None:
+                    ran_inline.append(len(statements))
+                return real(self, statements, limits, *args, **kw)
+
+            Connection.run = run_spy  # type: ignore[method-assign]
+            try:
+                many = [Statement(sql, (i,)) for i in range(20_000)]
+                out, _ = await db.read(many)
+            finally:
+                Connection.run = real  # type: ignore[method-assign]
+            assert ran_inline == [20_000]  # tried inline once, then moved
+            assert [r.rows for r in out.results] == [[[i]] for i in range(20_000)]
+            assert hash(sql) in db.known_cheap  # the text is still cheap: it was the count
+
+    run(body())
+
+
 # -- request bodies: nesting is bounded, never a RecursionError ------------------------------
 class _Loose(msgspec.Struct):
     anything: Any

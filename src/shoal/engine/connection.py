@@ -120,9 +120,10 @@ class NeedsWriter(Exception):
 
 class SoftDeadline(Exception):
     """An inline run went past its time budget or its limits: run the request again off
-    the event loop. ``index`` is the statement it stopped at (of the request's list)."""
+    the event loop. ``index`` is the statement it stopped at (of the request's list), or
+    None when no statement did: the request's many cheap statements added up."""
 
-    def __init__(self, index: int, held: float):
+    def __init__(self, index: int | None, held: float):
         super().__init__(index)
         self.index = index
         self.held = held  # seconds the run held the event loop
@@ -485,6 +486,10 @@ class Connection:
             self.deadline = started + limits.soft_budget  # for the progress handler
             try:
                 for i, stmt in enumerate(statements):
+                    # the progress handler looks inside a statement (every 1,000 VM steps):
+                    # thousands of tiny ones would never meet it
+                    if i and time.monotonic() > self.deadline:
+                        raise SoftDeadline(None, time.monotonic() - started)
                     self._run_one(stmt, first_index + i, limits, out, started)
             finally:
                 self.deadline = float("inf")

@@ -85,12 +85,59 @@ class Gone(Protocol):
 
     def remove_done_callback(self, fn: Callable[[Any], object], /) -> int: ...
 
+    def done(self) -> bool: ...
 
-# Set by the HTTP layer for each request: the SQL work the request waits for is interrupted
-# (reads, transaction statements) or skipped (a write still queued) when its client goes
-# away, instead of running on until statement_timeout for nobody.
+
+# Set by the HTTP layer for each request (and a WebSocket's for its streams' work): the SQL
+# work the request waits for is interrupted (reads, transaction statements) or given up (a
+# write still queued, a wait for the write lock) when its client goes away, instead of
+# running on, or holding the lock, for nobody.
 REQUEST_GONE: contextvars.ContextVar[Gone | None] = \
     contextvars.ContextVar("shoal_request_gone", default=None)
+
+async def _acquire(lock: asyncio.Lock, timeout: float, gone: Gone | None) -> bool:
+    """Take ``lock`` within ``timeout`` seconds (False past it). If the request's client goes
+    away meanwhile, stop waiting (``stopped()``): a transaction begun for nobody would hold
+    the lock until it expired, and the others would wait for it."""
+    if gone is None:
+        try:
+            await asyncio.wait_for(lock.acquire(), timeout)
+            return True
+        except TimeoutError:
+            return False
+    if gone.done():
+        raise stopped()
+    waiter = asyncio.ensure_future(lock.acquire())
+    left = asyncio.get_running_loop().create_future()
+
+    def leave(_: object) -> None:
+        if not left.done():
+            left.set_result(None)
+
+    gone.add_done_callback(leave)
+    try:
+        await asyncio.wait((waiter, left), timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        _give_up(lock, waiter)
+        raise
+    finally:
+        gone.remove_done_callback(leave)
+    if waiter.done() and not left.done():
+        return True
+    _give_up(lock, waiter)
+    if left.done():
+        raise stopped()
+    return False
+
+
+def _give_up(lock: asyncio.Lock, waiter: asyncio.Future[Any]) -> None:
+    """Stop waiting for ``lock``; if the waiter already has it, give it back. (A waiter
+    cancelled after the lock was handed to it passes it on: asyncio.Lock sees to that.)"""
+    if not waiter.done():
+        waiter.cancel()
+    elif not waiter.cancelled() and waiter.exception() is None:
+        lock.release()
+
 
 # Internal SQL carries the per-process TAG so that no user statement can ever share
 # its apsw statement-cache entry (the authorizer runs only at prepare time).
@@ -411,7 +458,8 @@ class Database:
                 try:
                     return self._read_on(conn, statements, self.inline_limits), txid
                 except SoftDeadline as moved:  # it needs more than the loop may give
-                    self._overran(statements[moved.index].sql, moved.held)
+                    if moved.index is not None:  # else: many statements, each cheap
+                        self._overran(statements[moved.index].sql, moved.held)
             out = await self._off_loop(conn, self._read_on, conn, statements, self.limits)
             if out.elapsed <= INLINE_BUDGET and out.widest <= INLINE_VALUE_BYTES:
                 for stmt in statements:  # cheap, under this schema: next time inline
@@ -518,11 +566,19 @@ class Database:
         gone = REQUEST_GONE.get()
         if gone is None:
             return await job.future
-        gone.add_done_callback(job.abandon)
+
+        def abandon(_: object) -> None:
+            """Not run, or interrupted; one still queued (the writer skips it) is answered
+            now rather than after the write lock frees."""
+            job.abandon()
+            if not job.future.done() and any(queued is job for queued in self.queue):
+                job.future.set_exception(stopped())
+
+        gone.add_done_callback(abandon)
         try:
             return await job.future
         finally:
-            gone.remove_done_callback(job.abandon)
+            gone.remove_done_callback(abandon)
 
     async def _writer_loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -757,10 +813,8 @@ class Database:
         if self.journal is not None and self.journal.writer is None:
             await self.journal.claim()
         self._check_log()
-        try:
-            await asyncio.wait_for(self.write_lock.acquire(), self.settings.busy_timeout)
-        except TimeoutError:
-            raise ShoalError(Code.DATABASE_BUSY, busy) from None
+        if not await _acquire(self.write_lock, self.settings.busy_timeout, REQUEST_GONE.get()):
+            raise ShoalError(Code.DATABASE_BUSY, busy)
 
     async def begin(self, tx_id: str, subject: str, write: bool) -> Transaction:
         if write:

@@ -15,13 +15,27 @@ from shoal.engine.database import Committed, make_bookmark
 from shoal.engine.engine import BranchInfo, Engine, Idempotency, Outcome, parse_time
 from shoal.engine.quota import DatabaseLimits
 from shoal.errors import Code, ShoalError
-from shoal.server.http import Request, Response, Router, encode, json_response
+from shoal.server.http import (
+    PACED_ITEMS,
+    SPLIT_BYTES,
+    Request,
+    Response,
+    Router,
+    decode_each,
+    decoding,
+    encode,
+    encode_each,
+    json_response,
+    paced,
+)
 from shoal.values import Args, decode_args
 
 
 # -- request bodies (also the OpenAPI schemas) -------------------------------------------------
-class StatementObject(msgspec.Struct, forbid_unknown_fields=True):
-    """One SQL statement with arguments: positional (array) or named (object)."""
+class StatementObject(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    """One SQL statement with arguments: positional (array) or named (object). Decoded
+    JSON is a tree, never a reference cycle: not tracked by the garbage collector (see
+    hrana_proto.Tree), as a request may hold 100,000."""
 
     sql: str
     args: Args | None = None
@@ -31,6 +45,26 @@ class QueryRequest(msgspec.Struct, forbid_unknown_fields=True):
     """Statements run in order in one transaction: all or nothing."""
 
     statements: list[str | StatementObject]
+
+
+class _QueryOutline(msgspec.Struct, forbid_unknown_fields=True):
+    """A large QueryRequest with its statements still JSON, to be decoded one at a time."""
+
+    statements: list[msgspec.Raw]
+
+
+_statement_decoder = msgspec.json.Decoder(str | StatementObject)
+
+
+def _statement(index: int, item: str | StatementObject) -> Statement:
+    if type(item) is str:
+        return Statement(item)
+    assert isinstance(item, StatementObject)
+    try:
+        return Statement(item.sql, decode_args(item.args))
+    except ShoalError as exc:
+        exc.extra["statement"] = index
+        raise
 
 
 class CreateDatabaseRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -161,24 +195,28 @@ class NativeAPI:
             router.add(method, path, handler)
 
     # -- helpers ----------------------------------------------------------------------------
-    def _statements(self, body: QueryRequest) -> list[Statement]:
-        if not body.statements:
+    async def _statements(self, request: Request) -> list[Statement]:
+        """The body's statements. A large body is decoded a statement at a time, paced (the
+        count is checked first), so that thousands of statements never hold the loop."""
+        items: list[str | StatementObject]
+        if len(request.body) <= SPLIT_BYTES:
+            items = request.decode(QueryRequest).statements
+            self._count(len(items))
+        else:
+            raws = request.decode(_QueryOutline).statements
+            self._count(len(raws))
+            with decoding():
+                items = await decode_each(raws, _statement_decoder, "$.statements")
+        if len(items) <= PACED_ITEMS:
+            return [_statement(i, item) for i, item in enumerate(items)]
+        return [_statement(i, item) async for i, item in paced(enumerate(items))]
+
+    def _count(self, n: int) -> None:
+        if not n:
             raise ShoalError(Code.INVALID_REQUEST, "'statements' must hold at least one statement")
-        if len(body.statements) > self.max_statements:
+        if n > self.max_statements:
             raise ShoalError(Code.TOO_MANY_STATEMENTS,
-                             f"{len(body.statements)} statements; at most {self.max_statements}")
-        out = []
-        for i, item in enumerate(body.statements):
-            if type(item) is str:
-                out.append(Statement(item))
-                continue
-            assert isinstance(item, StatementObject)
-            try:
-                out.append(Statement(item.sql, decode_args(item.args)))
-            except ShoalError as exc:
-                exc.extra["statement"] = i
-                raise
-        return out
+                             f"{n} statements; at most {self.max_statements}")
 
     @staticmethod
     def _idem(request: Request) -> Idempotency | None:
@@ -194,10 +232,11 @@ class NativeAPI:
         return names.check(request.params.get("branch", "main"))
 
     @staticmethod
-    def _result_body(results: list[Result], rows_read: int, rows_written: int, txid: int,
-                     bookmark: str, started: float) -> bytes:
+    def _result_body(results: list[Any] | msgspec.Raw, rows_read: int, rows_written: int,
+                     txid: int, bookmark: str, started: float) -> bytes:
+        """``results`` as JSON values (``Result.as_json``), or already encoded."""
         return encode({
-            "results": [r.as_json() for r in results],
+            "results": results,
             "meta": {
                 "rows_read": rows_read,
                 "rows_written": rows_written,
@@ -207,14 +246,18 @@ class NativeAPI:
             },
         })
 
-    def _outcome_body(self, out: Outcome, started: float) -> bytes:
-        return self._result_body(out.results, out.rows_read, out.rows_written, out.txid,
+    async def _outcome_body(self, out: Outcome, started: float) -> bytes:
+        """On the event loop: thousands of results are encoded a piece at a time."""
+        results: list[Any] | msgspec.Raw = [r.as_json() for r in out.results] \
+            if len(out.results) <= PACED_ITEMS else await encode_each(out.results, Result.as_json)
+        return self._result_body(results, out.rows_read, out.rows_written, out.txid,
                                  out.bookmark, started)
 
     def _committed_body(self, done: Committed, started: float) -> bytes:
+        """Inside the commit, on the writer's thread (an Idempotency-Key's stored answer)."""
         c = done.counters
-        return self._result_body(c.results, c.rows_read, c.rows_written, done.txid,
-                                 done.bookmark, started)
+        return self._result_body([r.as_json() for r in c.results], c.rows_read,
+                                 c.rows_written, done.txid, done.bookmark, started)
 
     # -- databases --------------------------------------------------------------------------
     @staticmethod
@@ -308,7 +351,7 @@ class NativeAPI:
         started = time.perf_counter()
         name = self._db(request)
         await request.read_body(self.max_body)
-        statements = self._statements(request.decode(QueryRequest))
+        statements = await self._statements(request)
 
         def render(done: Committed) -> tuple[int, bytes]:
             return 200, self._committed_body(done, started)
@@ -318,7 +361,7 @@ class NativeAPI:
                                       branch=self._branch(request))
         if out.replay is not None:
             return Response(*out.replay)
-        return Response(200, self._outcome_body(out, started))
+        return Response(200, await self._outcome_body(out, started))
 
     # -- interactive transactions ------------------------------------------------------------
     async def begin(self, request: Request) -> Response:
@@ -335,10 +378,10 @@ class NativeAPI:
         started = time.perf_counter()
         name = self._db(request)
         await request.read_body(self.max_body)
-        statements = self._statements(request.decode(QueryRequest))
+        statements = await self._statements(request)
         out = await self.engine.tx_query(request.principal, name, request.params["tx"], statements,
                                          branch=self._branch(request))
-        return Response(200, self._outcome_body(out, started))
+        return Response(200, await self._outcome_body(out, started))
 
     async def tx_commit(self, request: Request) -> Response:
         name = self._db(request)

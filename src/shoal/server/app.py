@@ -11,6 +11,7 @@ finishes as it would have.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import sys
 import time
@@ -92,6 +93,10 @@ class App:
                 except Exception as exc:  # whatever stops the start is said to the server
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
+                # What start-up made (modules, settings, the engine) lives as long as the
+                # process: out of the collector's way, a full collection (it runs on the
+                # event loop, when requests have made many objects) walks only theirs.
+                gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 if self._watcher is not None:
@@ -231,6 +236,9 @@ class _Watch:
             self._callbacks.remove(fn)
             return 1
         return 0
+
+    def done(self) -> bool:
+        return self.request.gone
 
     def listen(self) -> None:
         if self._listener is None and self.request.body_read:

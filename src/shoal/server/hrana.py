@@ -18,7 +18,6 @@ if any, is rolled back.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import hashlib
@@ -30,7 +29,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 
@@ -43,7 +42,6 @@ from shoal.server import hrana_proto as p
 from shoal.server.hrana_proto import HranaError
 from shoal.server.hrana_stream import (
     RESERVE,
-    SLICE,
     Budget,
     Ran,
     Recorder,
@@ -52,12 +50,20 @@ from shoal.server.hrana_stream import (
     cursor_entries,
     scope_error,
 )
-from shoal.server.http import Request, Response, Router, encode
+from shoal.server.http import (
+    PACED_ITEMS,
+    SPLIT_BYTES,
+    Request,
+    Response,
+    Router,
+    encode,
+    encode_each,
+    paced,
+)
 from shoal.server.quota import Quota
 from shoal.tokens import Principal
 from shoal.values import decode_args
 
-T = TypeVar("T")
 TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
 SQL_WORK = (p.ExecuteReq, p.BatchReq, p.SequenceReq, p.DescribeReq)  # what a full response stops
 _BATON = struct.Struct(">QQQQ")  # boot id, stream id, sequence, expiry (unix seconds)
@@ -148,11 +154,6 @@ class HranaHTTP:
         if db not in self.engine.names:
             raise ShoalError(Code.DATABASE_NOT_FOUND, f"database {db!r} does not exist")
         return principal, db, branch
-
-    async def _body(self, request: Request, kind: type[T]) -> T:
-        await request.read_body(self.max_body)
-        body: T = p.decode(request.body, kind)
-        return body
 
     @staticmethod
     def _error(exc: Exception) -> Response:
@@ -303,32 +304,27 @@ class HranaHTTP:
             raise
         finally:
             stream.recorder = None
+        if request.gone:  # nobody gets the baton: roll back now, not when the stream expires
+            await self._drop(handle)
+            return Response(200)
         baton = self._release(handle)
         if rec is not None and rec.response is not None:  # exactly what a retry will get
             return Response(*rec.response)
         return Response(200, encode({"baton": baton, "base_url": None, "results": results}))
 
     async def _pipeline_body(self, request: Request) -> p.PipelineBody:
-        """The pipeline's requests. A large body is decoded a request at a time, every
-        SLICE of decoding letting other work in; a large batch of too many steps is not
-        decoded at all (see p.oversized_batch)."""
+        """The pipeline's requests. A large body is decoded a request at a time, and a
+        large batch a step at a time, paced (see p.decode_message)."""
         await request.read_body(self.max_body)
         raw = request.body
-        if len(raw) <= p.SPLIT_BYTES:
+        if len(raw) <= SPLIT_BYTES:
             body: p.PipelineBody = p.decode(raw, p.PipelineBody)
             self._check_requests(len(body.requests))
             return body
         split: p.PipelineSplit = p.decode(raw, p.PipelineSplit)
         self._check_requests(len(split.requests))
-        requests: list[p.StreamRequest] = []
-        until = time.monotonic() + SLICE
-        for item in split.requests:
-            stand_in = p.oversized_batch(item, self.max_statements)
-            requests.append(p.BatchReq(stand_in[0]) if stand_in is not None
-                            else p.decode(item, p.StreamRequest))
-            if time.monotonic() >= until:
-                await asyncio.sleep(0)
-                until = time.monotonic() + SLICE
+        requests = [await p.decode_message(item, p.StreamRequest, self.max_statements)
+                    async for item in paced(split.requests)]
         return p.PipelineBody(requests, split.baton)
 
     def _check_requests(self, count: int) -> None:
@@ -412,9 +408,7 @@ class HranaHTTP:
         try:
             principal, db, branch = self.resolve(request)
             await request.read_body(self.max_body)
-            stand_in = p.oversized_batch(request.body, self.max_statements, request=False)
-            body = p.CursorBody(*stand_in) if stand_in is not None \
-                else p.decode(request.body, p.CursorBody)
+            body = await p.decode_message(request.body, p.CursorBody, self.max_statements)
             handle = await self._open(body.baton, principal, db, branch)
         except (HranaError, ShoalError) as exc:
             return self._error(exc)
@@ -434,6 +428,9 @@ class HranaHTTP:
         except BaseException:
             await self._drop(handle)
             raise
+        if request.gone:  # as in pipeline
+            await self._drop(handle)
+            return Response(200)
         head = encode({"baton": self._release(handle), "base_url": None})
         return Response(200, b"\n".join([head, *lines]) + b"\n", TEXT)
 
@@ -448,7 +445,8 @@ class HranaHTTP:
                   ) -> Response:
         try:
             principal, db, branch = self.resolve(request)
-            body = await self._body(request, kind)
+            await request.read_body(self.max_body)
+            body = await p.decode_message(request.body, kind, self.max_statements)
             idem, stored = await self._stored(request, principal, db, branch)
             if stored is not None:
                 return stored
@@ -477,12 +475,10 @@ class HranaHTTP:
     async def legacy(self, request: Request) -> Response:
         try:
             principal, db, branch = self.resolve(request)
-            body = await self._body(request, p.LegacyBody)
-            if not body.statements or len(body.statements) > self.max_statements:
-                code = Code.TOO_MANY_STATEMENTS if body.statements else Code.HRANA_PROTO_ERROR
-                raise HranaError(code, f"send 1 to {self.max_statements} statements")
-            statements = [Statement(s) if isinstance(s, str)
-                          else Statement(s.q, decode_args(s.params)) for s in body.statements]
+            await request.read_body(self.max_body)
+            items = await p.decode_statements(request.body, self.max_statements)
+            statements = [_legacy_statement(s) for s in items] if len(items) <= PACED_ITEMS \
+                else [_legacy_statement(s) async for s in paced(items)]
             idem = Idempotency.of(request.header(b"idempotency-key"), request.body)
 
             def render(done: Committed) -> tuple[int, bytes]:
@@ -494,7 +490,9 @@ class HranaHTTP:
             return self._error(exc)
         if out.replay is not None:
             return Response(*out.replay)
-        return Response(200, _legacy_body(out.results))
+        if len(out.results) <= PACED_ITEMS:
+            return Response(200, _legacy_body(out.results))
+        return Response(200, bytes(await encode_each(out.results, _legacy_entry)))
 
 
 def _fit(budget: Budget, left: int, req: p.StreamRequest, entry: dict[str, Any]) -> msgspec.Raw:
@@ -511,9 +509,16 @@ def _fit(budget: Budget, left: int, req: p.StreamRequest, entry: dict[str, Any])
     return msgspec.Raw(raw)
 
 
+def _legacy_statement(s: str | p.LegacyStatement) -> Statement:
+    return Statement(s) if isinstance(s, str) else Statement(s.q, decode_args(s.params))
+
+
 def _legacy_body(results: list[Any]) -> bytes:
-    return encode([{"results": {"columns": r.columns, "rows": r.rows}} if r.columns else None
-                   for r in results])
+    return encode([_legacy_entry(r) for r in results])
+
+
+def _legacy_entry(r: Any) -> dict[str, Any] | None:
+    return {"results": {"columns": r.columns, "rows": r.rows}} if r.columns else None
 
 
 def _wrap(req: p.StreamRequest, inner: Any) -> dict[str, Any]:

@@ -12,49 +12,61 @@ lossless encoding (``shoal.wire``) and leave as Hrana values::
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import functools
 import re
-from typing import Any, Union
+from collections.abc import Callable
+from typing import Any, TypeVar, Union
 
 import msgspec
 
 from shoal.engine.connection import Result
 from shoal.errors import Code, ShoalError
+from shoal.server.http import SPLIT_BYTES, decode_each
 from shoal.wire import INT64_MAX, INT64_MIN, SQLValue
+
+T = TypeVar("T")
+
+
+class Tree(msgspec.Struct, gc=False):
+    """What a statement or a step decodes into (values, arguments, conditions, steps) and
+    what a result renders from. JSON decodes to a tree, never a reference cycle, so these
+    are not tracked by the garbage collector: a batch of 10,000 steps makes some 100,000
+    of them, and every full collection would walk them all, on the event loop."""
 
 
 # -- values ----------------------------------------------------------------------------------
-class NullValue(msgspec.Struct, tag="null", tag_field="type"):
+class NullValue(Tree, tag="null", tag_field="type"):
     pass
 
 
-class IntegerValue(msgspec.Struct, tag="integer", tag_field="type"):
+class IntegerValue(Tree, tag="integer", tag_field="type"):
     value: str | int
 
 
-class FloatValue(msgspec.Struct, tag="float", tag_field="type"):
+class FloatValue(Tree, tag="float", tag_field="type"):
     value: float
 
 
-class TextValue(msgspec.Struct, tag="text", tag_field="type"):
+class TextValue(Tree, tag="text", tag_field="type"):
     value: str
 
 
-class BlobValue(msgspec.Struct, tag="blob", tag_field="type"):
+class BlobValue(Tree, tag="blob", tag_field="type"):
     base64: str
 
 
 Value = Union[NullValue, IntegerValue, FloatValue, TextValue, BlobValue]  # noqa: UP007
 
 
-class NamedArg(msgspec.Struct):
+class NamedArg(Tree):
     name: str
     value: Value
 
 
-class Stmt(msgspec.Struct):
+class Stmt(Tree):
     sql: str | None = None
     sql_id: int | None = None
     args: list[Value] | None = None
@@ -64,34 +76,34 @@ class Stmt(msgspec.Struct):
 
 
 # -- batches ---------------------------------------------------------------------------------
-class OkCond(msgspec.Struct, tag="ok", tag_field="type"):
+class OkCond(Tree, tag="ok", tag_field="type"):
     step: int
 
 
-class ErrorCond(msgspec.Struct, tag="error", tag_field="type"):
+class ErrorCond(Tree, tag="error", tag_field="type"):
     step: int
 
 
-class NotCond(msgspec.Struct, tag="not", tag_field="type"):
+class NotCond(Tree, tag="not", tag_field="type"):
     cond: BatchCond
 
 
-class AndCond(msgspec.Struct, tag="and", tag_field="type"):
+class AndCond(Tree, tag="and", tag_field="type"):
     conds: list[BatchCond]
 
 
-class OrCond(msgspec.Struct, tag="or", tag_field="type"):
+class OrCond(Tree, tag="or", tag_field="type"):
     conds: list[BatchCond]
 
 
-class IsAutocommitCond(msgspec.Struct, tag="is_autocommit", tag_field="type"):
+class IsAutocommitCond(Tree, tag="is_autocommit", tag_field="type"):
     pass
 
 
 BatchCond = Union[OkCond, ErrorCond, NotCond, AndCond, OrCond, IsAutocommitCond]  # noqa: UP007
 
 
-class BatchStep(msgspec.Struct):
+class BatchStep(Tree):
     stmt: Stmt
     condition: BatchCond | None = None
 
@@ -152,47 +164,14 @@ class PipelineBody(msgspec.Struct):
 
 
 # -- large bodies: decoded a piece at a time -------------------------------------------------
-SPLIT_BYTES = 64 * 1024  # JSON past which a body is decoded request by request
-
-
 class PipelineSplit(msgspec.Struct):
     """A pipeline's outline: each request kept as raw JSON. Finding the requests' bounds
     costs about 1 ms per MB; decoding them (structs for every step, statement and value)
-    about 20 ms per MB, which the handler does a request at a time, letting other work
-    in between (100 batches of 1,000 steps took 55 ms in one piece)."""
+    several times that, which the handler does a request at a time, and a large batch a
+    step at a time (``decode_message``), letting other work in between."""
 
     requests: list[msgspec.Raw]
     baton: str | None = None
-
-
-class _Outline(msgspec.Struct):
-    type: str = ""  # a request's
-    baton: str | None = None  # a cursor body's
-
-
-_outline = msgspec.json.Decoder(_Outline)  # skips the rest: about 1 ms per MB
-
-
-def oversized_batch(raw: bytes | msgspec.Raw, limit: int, request: bool = True
-                    ) -> tuple[Batch, str | None] | None:
-    """For a large batch request (or cursor body, ``request=False``) of more than ``limit``
-    steps: a stand-in batch of as many empty steps, and the body's baton, found without
-    decoding the steps (100,000 take 55 ms). The stream refuses it (TOO_MANY_STATEMENTS)
-    as it would the real one. Steps are counted by their ``"stmt":`` keys (a JSON string
-    followed by a colon is a key, never a value): a client that writes ``"stmt" :``
-    is counted short and decoded in full, which is only slower. Anything else: None."""
-    if len(raw) <= SPLIT_BYTES:
-        return None
-    steps = bytes(raw).count(b'"stmt":')
-    if steps <= limit:
-        return None
-    try:
-        outline = _outline.decode(raw)
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
-        return None  # the full decode says what is wrong
-    if request and outline.type != "batch":
-        return None
-    return Batch([_EMPTY_STEP] * steps), outline.baton
 
 
 class CursorBody(msgspec.Struct):
@@ -212,7 +191,7 @@ class BatchBody(msgspec.Struct):
     batch: Batch
 
 
-class LegacyStatement(msgspec.Struct):
+class LegacyStatement(Tree):
     q: str
     params: list[Any] | dict[str, Any] | None = None
 
@@ -289,6 +268,159 @@ class RequestMsg(msgspec.Struct, tag="request", tag_field="type"):
 
 
 ClientMsg = Union[HelloMsg, RequestMsg]  # noqa: UP007
+
+
+# -- messages that carry a batch, decoded a step at a time -----------------------------------
+class _Type(msgspec.Struct):
+    """What a pipeline's request is, read without decoding the rest (about 1 ms per MB)."""
+
+    type: str = ""
+
+
+class _Kind(msgspec.Struct):
+    """The same of a WebSocket message, and of its request."""
+
+    type: str = ""
+    request: _Type | None = None
+
+
+class _Steps(msgspec.Struct):
+    """A batch with its steps still one piece of JSON."""
+
+    steps: msgspec.Raw
+    replication_index: str | int | None = None
+
+
+class _HttpCarrier(msgspec.Struct):
+    """A batch request of a pipeline, a cursor body or a v1 batch body (Hrana ignores the
+    fields it does not know, so one shape reads all three)."""
+
+    batch: _Steps
+    baton: str | None = None
+
+
+class _WsBatch(msgspec.Struct, tag="batch", tag_field="type"):
+    stream_id: int
+    batch: _Steps
+
+
+class _WsCursor(msgspec.Struct, tag="open_cursor", tag_field="type"):
+    stream_id: int
+    cursor_id: int
+    batch: _Steps
+
+
+class _WsCarrier(msgspec.Struct, tag="request", tag_field="type"):
+    request_id: int
+    request: _WsBatch | _WsCursor
+
+
+_step_decoder = msgspec.json.Decoder(BatchStep)
+_STEP_KEY = b'"stmt":'
+
+
+async def decode_message(raw: bytes | str | msgspec.Raw, kind: Any, limit: int) -> Any:
+    """A Hrana message of type ``kind`` (``StreamRequest``, ``CursorBody``, ``BatchBody``
+    or ``ClientMsg``), as ``decode`` makes it, without holding the event loop.
+
+    Decoding a batch costs about 3 ms per MB (a struct for every step, statement, value
+    and condition), so the batch of a message over SPLIT_BYTES is decoded a step at a time,
+    paced, after passes that find its parts (about 1 ms per MB each, one per turn of the
+    loop). One of more than ``limit`` steps is not decoded at all: it gets a stand-in of
+    as many empty steps, which the stream refuses (TOO_MANY_STATEMENTS) as it would the
+    real one. Steps are first counted by their ``"stmt":`` keys (a JSON string followed by
+    a colon is a key, never a value), which costs no allocation however many there are;
+    a count that falls short (``"stmt" :``) is made exact by finding each step's bounds.
+    """
+    if len(raw) <= SPLIT_BYTES:
+        return decode(raw, kind)
+    await asyncio.sleep(0)  # each pass over a large message in a turn of the loop of its own
+    if not _carries_batch(raw, kind):
+        return decode(raw, kind)
+    await asyncio.sleep(0)
+    steps_json, index, build = _carrier(raw, kind)
+    await asyncio.sleep(0)
+    count = bytes(steps_json).count(_STEP_KEY)
+    if count <= limit:
+        await asyncio.sleep(0)
+        raws: list[msgspec.Raw] = decode(steps_json, list[msgspec.Raw])
+        count = len(raws)
+    if count > limit:
+        return build(Batch([_EMPTY_STEP] * count, index))
+    return build(Batch(await _decode_each(raws, _step_decoder, "$.batch.steps"), index))
+
+
+def _carries_batch(raw: bytes | str | msgspec.Raw, kind: Any) -> bool:
+    """Whether a message of this kind carries a batch: cursor and v1 batch bodies always
+    do; a pipeline's request or a WebSocket message if its type says so."""
+    if kind is not StreamRequest and kind is not ClientMsg:
+        return kind is CursorBody or kind is BatchBody
+    try:  # read as the whole decode reads the tags it chooses a type by
+        what = _decoder(_Type if kind is StreamRequest else _Kind).decode(raw)
+    except msgspec.ValidationError:  # a tag that is not a string: whole, it fails there
+        return False
+    except msgspec.DecodeError as exc:  # found at the end: not after decoding every step
+        raise HranaError(Code.INVALID_JSON, f"body is not valid JSON: {exc}", 400) from None
+    if isinstance(what, _Type):
+        return what.type == "batch"
+    return what.type == "request" and what.request is not None \
+        and what.request.type in ("batch", "open_cursor")
+
+
+def _carrier(raw: bytes | str | msgspec.Raw, kind: Any
+             ) -> tuple[msgspec.Raw, str | int | None, Callable[[Batch], Any]]:
+    """A message that carries a batch: its steps (JSON), its replication index, and how to
+    build the message around the decoded batch. The outline's errors are final: decoding
+    the message whole to find them would cost what this avoids."""
+    if kind is ClientMsg:
+        msg: _WsCarrier = decode(raw, _WsCarrier)
+        req = msg.request
+        if isinstance(req, _WsBatch):
+            return req.batch.steps, req.batch.replication_index, \
+                lambda b: RequestMsg(msg.request_id, WsBatchReq(req.stream_id, b))
+        return req.batch.steps, req.batch.replication_index, \
+            lambda b: RequestMsg(msg.request_id, OpenCursorReq(req.stream_id, req.cursor_id, b))
+    body: _HttpCarrier = decode(raw, _HttpCarrier)
+    builds: dict[Any, Callable[[Batch], Any]] = {
+        StreamRequest: BatchReq, CursorBody: lambda b: CursorBody(b, body.baton),
+        BatchBody: BatchBody}
+    return body.batch.steps, body.batch.replication_index, builds[kind]
+
+
+class _LegacyOutline(msgspec.Struct):
+    statements: list[msgspec.Raw]
+
+
+_legacy_decoder = msgspec.json.Decoder(str | LegacyStatement)
+
+
+async def decode_statements(raw: bytes, limit: int) -> list[str | LegacyStatement]:
+    """A legacy body's 1 to ``limit`` statements; a large body's are counted first, then
+    decoded one at a time, paced."""
+    if len(raw) <= SPLIT_BYTES:
+        items: list[str | LegacyStatement] = decode(raw, LegacyBody).statements
+        _check_count(len(items), limit)
+        return items
+    raws = decode(raw, _LegacyOutline).statements
+    _check_count(len(raws), limit)
+    return await _decode_each(raws, _legacy_decoder, "$.statements")
+
+
+def _check_count(n: int, limit: int) -> None:
+    if not n or n > limit:
+        raise HranaError(Code.TOO_MANY_STATEMENTS if n else Code.HRANA_PROTO_ERROR,
+                         f"send 1 to {limit} statements")
+
+
+async def _decode_each(raws: list[msgspec.Raw], decoder: msgspec.json.Decoder[T],
+                       where: str) -> list[T]:
+    """decode_each with decode's errors."""
+    try:
+        return await decode_each(raws, decoder, where)
+    except msgspec.ValidationError as exc:
+        raise HranaError(Code.HRANA_PROTO_ERROR, f"not a valid Hrana message: {exc}") from None
+    except RecursionError:
+        raise HranaError(Code.HRANA_PROTO_ERROR, "the message is nested too deeply") from None
 
 
 # -- errors ----------------------------------------------------------------------------------
@@ -404,7 +536,7 @@ _INF = msgspec.Raw(b"1e999")  # JSON has no infinity; JSON parsers read this as 
 _NEG_INF = msgspec.Raw(b"-1e999")
 
 
-class StmtResult(msgspec.Struct):
+class StmtResult(Tree):
     """Hrana's StmtResult with sqld's extensions (rows_read, rows_written, ...)."""
 
     cols: Any  # list of {"name", "decltype"}, as cached JSON

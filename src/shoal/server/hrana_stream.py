@@ -25,18 +25,18 @@ from typing import Any
 
 import msgspec
 
-from shoal.engine.connection import Result, Statement, TransactionControl
-from shoal.engine.database import Committed
+from shoal.engine.connection import Result, Statement, TransactionControl, stopped
+from shoal.engine.database import REQUEST_GONE, Committed
 from shoal.engine.engine import Engine, Idempotency
 from shoal.errors import Code, ShoalError
 from shoal.server import hrana_proto as p
 from shoal.server.hrana_proto import HranaError
+from shoal.server.http import SLICE, paced
 from shoal.server.quota import Holder, size
 from shoal.tokens import Principal
 
 _encode = msgspec.json.encode
 EMPTY_DESCRIBE = {"params": [], "cols": [], "is_explain": False, "is_readonly": True}
-SLICE = 0.002  # seconds of event loop a stream runs before it lets other requests in
 RESERVE = 256  # response bytes kept back for each entry that may have to be an error
 MAX_COND_DEPTH = 100  # batch conditions nest at most this deep
 SPLIT_INLINE = 64 * 1024  # longer scripts are split on a worker thread
@@ -82,6 +82,7 @@ class TxState:
     write: bool
     deferred: bool  # may become a write transaction at its first write
     start_txid: int
+    owner: Principal  # who began it: closing the stream rolls it back as them, whatever
     used: bool = False  # a statement ran: the snapshot is established
 
 
@@ -213,10 +214,14 @@ class Stream:
 
     # -- running one statement ------------------------------------------------------------------
     async def _pace(self) -> None:
-        """Before a statement: stop if the response is spent, and let other requests in
-        now and then. A read runs inline on the event loop (the engine's fast path), so
-        a pipeline or batch of thousands would otherwise hold it for seconds."""
+        """Before a statement: stop if the response is spent or its client went away, and
+        let other requests in now and then. A read runs inline on the event loop (the
+        engine's fast path), so a pipeline or batch of thousands would otherwise hold it
+        for seconds."""
         self.budget.check()
+        gone = REQUEST_GONE.get()
+        if gone is not None and gone.done():
+            raise p.from_shoal(stopped())
         now = time.perf_counter()
         if now - self._turn >= SLICE:
             await asyncio.sleep(0)
@@ -299,7 +304,7 @@ class Stream:
         with contextlib.suppress(ShoalError):
             await self.engine.tx_end(self.principal, self.db, old.id, False,
                                       branch=self.branch)
-        self.tx = TxState(new.id, True, False, new.start_txid, old.used)
+        self.tx = TxState(new.id, True, False, new.start_txid, self.principal, old.used)
 
     async def _control(self, control: TransactionControl, started: float) -> Ran:
         verb = control.verb
@@ -310,7 +315,8 @@ class Stream:
                                      "cannot start a transaction within a transaction")
                 mode = "write" if control.immediate else "read"
                 tx = await self.engine.begin(self.principal, self.db, mode, branch=self.branch)
-                self.tx = TxState(tx.id, tx.write, not control.immediate, tx.start_txid)
+                self.tx = TxState(tx.id, tx.write, not control.immediate, tx.start_txid,
+                                  self.principal)
                 return Ran(None, 0, 0, tx.start_txid, (time.perf_counter() - started) * 1000)
             if verb in ("COMMIT", "ROLLBACK"):
                 return await self._end(verb == "COMMIT", started)
@@ -367,11 +373,13 @@ class Stream:
             return self.render(ran, want)
         return self.render(await self.run(st, want), want)
 
-    def check_batch(self, batch: p.Batch) -> None:
+    async def check_batch(self, batch: p.Batch) -> None:
+        """Refuse a batch of too many steps, or whose conditions name no earlier step,
+        before any step runs: paced, as a batch may have 100,000 steps."""
         if len(batch.steps) > self.max_statements:
             raise HranaError(Code.TOO_MANY_STATEMENTS, f"{len(batch.steps)} steps in one batch; "
-                                                       f"at most {self.max_statements}")
-        for i, step in enumerate(batch.steps):
+                                                    f"at most {self.max_statements}")
+        async for i, step in paced(enumerate(batch.steps)):
             if step.condition is not None:
                 _check_cond(step.condition, i)
 
@@ -383,7 +391,7 @@ class Stream:
         ``answered`` (step results and errors as rendered so far) lets an
         Idempotency-Key record the whole BatchResult with the batch's commit.
         """
-        self.check_batch(batch)
+        await self.check_batch(batch)
         outcome: list[bool | None] = [None] * len(batch.steps)  # True ok, False error
         for i, step in enumerate(batch.steps):
             if self.budget.spent:  # the response is full: the rest does not run
@@ -495,15 +503,15 @@ class Stream:
         }
 
     async def close(self) -> None:
-        """Close the stream; an open transaction is rolled back, what it held is freed."""
+        """Close the stream; an open transaction is rolled back at once (its write lock
+        freed), as the token that began it, and what the stream held is freed."""
         self.closed = True
         if self.holder is not None:
             self.holder.release()
         if self.tx is not None:
             tx, self.tx = self.tx, None
             with contextlib.suppress(ShoalError):
-                await self.engine.tx_end(self.principal, self.db, tx.id, False,
-                                         branch=self.branch)
+                await self.engine.tx_end(tx.owner, self.db, tx.id, False, branch=self.branch)
 
 
 def cursor_entries(step: int, ran: Ran | HranaError, stmt: p.Stmt) -> list[dict[str, Any]]:

@@ -8,9 +8,16 @@ runs its batch when opened, keeps its entries encoded and hands them out page
 by page.
 
 The client authenticates with ``hello`` (a JWT, or null when the upgrade
-request carried ``Authorization``); the token is checked again on every request,
-so revocation and expiry take effect at once. The database comes from the URL
-(``/db/{db}``), the ``x-namespace`` header, or a token for one database.
+request carried ``Authorization``); the token is checked again on every request
+but the closing ones (closing only frees), so revocation and expiry take effect at
+once. The database comes from the URL (``/db/{db}``), the ``x-namespace`` header,
+or a token for one database.
+
+Closing a stream rolls back its transaction as soon as the requests sent before the
+close have run. When the connection ends (the client disconnects, or a deadline or a
+protocol error closes it) nobody is left to answer: the streams' running statements
+are interrupted, their queued writes and waits for the write lock given up (the
+connection is their ``REQUEST_GONE``), and their transactions rolled back at once.
 
 What a connection holds is bounded: a ``hello`` within ``hello_timeout``, a
 message within ``websocket_idle_timeout`` while no request runs, at most
@@ -33,6 +40,7 @@ from typing import Any
 import msgspec
 
 from shoal import names
+from shoal.engine.database import REQUEST_GONE
 from shoal.engine.engine import Engine
 from shoal.errors import Code, ShoalError
 from shoal.server import hrana_proto as p
@@ -47,7 +55,7 @@ from shoal.server.hrana_stream import (
     store_sql,
     too_large,
 )
-from shoal.server.http import Receive, Scope, Send
+from shoal.server.http import PACED_ITEMS, Receive, Scope, Send, paced
 from shoal.server.quota import Holder, Quota, size
 from shoal.tokens import Principal
 
@@ -56,6 +64,9 @@ SUBPROTOCOLS = ("hrana3", "hrana2", "hrana1")  # preferred first
 MAX_INFLIGHT = 256  # requests received but not answered; then stop reading (back-pressure)
 
 _encode = msgspec.json.encode
+
+
+CLOSING = (p.CloseStreamReq, p.CloseSqlReq, p.CloseCursorReq)  # free what the connection holds
 
 
 class ProtocolViolation(Exception):
@@ -129,6 +140,7 @@ class Connection:
         self.max_streams = int(settings.max_streams_per_connection)
         self.max_cursors = int(settings.max_cursors_per_connection)
         self.max_response = int(settings.max_response_bytes)
+        self.max_statements = int(settings.max_statements)
         self.holder: Holder | None = None  # set by the first hello
         self._send = send
         self.url_db = db
@@ -145,6 +157,7 @@ class Connection:
         self.pending = 0  # requests received and not yet answered
         self.closing = False
         self.tasks: set[asyncio.Task[None]] = set()  # stream workers and quick replies
+        self.gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- the receive loop ------------------------------------------------------------------------
     async def serve(self, receive: Receive) -> None:
@@ -165,7 +178,7 @@ class Connection:
                 if text is None:
                     raise ProtocolViolation("binary message on a JSON subprotocol")
                 try:
-                    msg = p.decode(text, p.ClientMsg)
+                    msg = await p.decode_message(text, p.ClientMsg, self.max_statements)
                 except HranaError as exc:
                     raise ProtocolViolation(f"not a Hrana message: {exc.message}"[:120]) from None
                 if isinstance(msg, p.HelloMsg):
@@ -177,7 +190,7 @@ class Connection:
                     raise ProtocolViolation("a request came before hello")
                 await self.inflight.acquire()
                 self.pending += 1
-                self.dispatch(msg.request_id, msg.request)
+                await self.dispatch(msg.request_id, msg.request)
         except ProtocolViolation as exc:
             code, reason = 1002, str(exc)
         finally:
@@ -207,8 +220,10 @@ class Connection:
             self.closing = True
 
     async def shutdown(self, code: int, reason: str) -> None:
-        """Finish the running request of every stream, then roll back their transactions."""
+        """Stop the streams' work (nobody will read its answers), then roll back their
+        transactions: a transaction must not keep the write lock for a client that left."""
         self.closing = True
+        self.gone.set_result(None)  # running statements interrupted, lock waits given up
         for ws in self.streams.values():
             ws.queue.put_nowait(None)
         while self.tasks:
@@ -275,12 +290,12 @@ class Connection:
         return self.principal
 
     # -- requests ----------------------------------------------------------------------------------
-    def dispatch(self, request_id: int, req: p.WsRequest) -> None:
+    async def dispatch(self, request_id: int, req: p.WsRequest) -> None:
         """Answer connection-level requests now; queue stream requests on their stream."""
         try:
-            self._current()
-            if not isinstance(req, p.CloseStreamReq | p.CloseSqlReq | p.CloseCursorReq):
-                self.engine.memory.refuse()  # past the memory ceiling: nothing new (closes free)
+            if not isinstance(req, CLOSING):  # closes only free: always taken
+                self._current()
+                self.engine.memory.refuse()  # past the memory ceiling: nothing new
             if isinstance(req, p.OpenStreamReq):
                 self._open_stream(req.stream_id)
                 self._reply_soon(request_id, {"type": "open_stream"})
@@ -308,7 +323,7 @@ class Connection:
                     raise HranaError(Code.CURSOR_NOT_FOUND, f"cursor {req.cursor_id} not found")
                 self._queue(cursor.stream_id, request_id, req)
             else:
-                self._queue(req.stream_id, request_id, self._resolve(req))
+                self._queue(req.stream_id, request_id, await self._resolve(req))
         except (HranaError, ShoalError) as exc:
             self._reply_soon(request_id, exc)
 
@@ -332,23 +347,28 @@ class Connection:
         task.add_done_callback(self.tasks.discard)
         return task
 
-    def _resolve(self, req: p.WsRequest) -> p.WsRequest:
-        """Stored SQL is looked up on arrival: a later close_sql cannot pull it away."""
+    async def _resolve(self, req: p.WsRequest) -> p.WsRequest:
+        """Stored SQL is looked up on arrival: a later close_sql cannot pull it away. The
+        request was decoded for this connection alone, so it is resolved in place; a long
+        batch paced (the receive loop waits, keeping the connection's order)."""
         if isinstance(req, p.WsExecuteReq):
-            return msgspec.structs.replace(req, stmt=self._stmt(req.stmt))
-        if isinstance(req, p.WsBatchReq | p.OpenCursorReq):
-            steps = [msgspec.structs.replace(s, stmt=self._stmt(s.stmt)) for s in req.batch.steps]
-            return msgspec.structs.replace(
-                req, batch=msgspec.structs.replace(req.batch, steps=steps))
-        if isinstance(req, p.WsSequenceReq | p.WsDescribeReq) and req.sql_id is not None \
+            self._stmt(req.stmt)
+        elif isinstance(req, p.WsBatchReq | p.OpenCursorReq):
+            steps = req.batch.steps
+            if len(steps) <= PACED_ITEMS:
+                for step in steps:
+                    self._stmt(step.stmt)
+            elif len(steps) <= self.max_statements:  # longer: the stream refuses it as it is
+                async for step in paced(steps):
+                    self._stmt(step.stmt)
+        elif isinstance(req, p.WsSequenceReq | p.WsDescribeReq) and req.sql_id is not None \
                 and req.sql is None:
-            return msgspec.structs.replace(req, sql=self._text(req.sql_id), sql_id=None)
+            req.sql, req.sql_id = self._text(req.sql_id), None
         return req
 
-    def _stmt(self, stmt: p.Stmt) -> p.Stmt:
-        if stmt.sql_id is None or stmt.sql is not None:
-            return stmt
-        return msgspec.structs.replace(stmt, sql=self._text(stmt.sql_id), sql_id=None)
+    def _stmt(self, stmt: p.Stmt) -> None:
+        if stmt.sql_id is not None and stmt.sql is None:
+            stmt.sql, stmt.sql_id = self._text(stmt.sql_id), None
 
     def _text(self, sql_id: int) -> str:
         text = self.sqls.get(sql_id)
@@ -386,6 +406,7 @@ class Connection:
         ws.queue.put_nowait(job)
 
     async def _worker(self, ws: WsStream) -> None:
+        REQUEST_GONE.set(self.gone)  # this task's own context: its SQL work stops with us
         while True:
             job = await ws.queue.get()
             if job is None:
@@ -397,7 +418,8 @@ class Connection:
 
     async def _handle(self, stream_id: int, ws: WsStream, req: p.WsRequest) -> dict[str, Any]:
         stream = ws.stream
-        stream.principal = self._current()
+        if not isinstance(req, CLOSING):
+            stream.principal = self._current()
         stream.budget = Budget(self.max_response)
         if isinstance(req, p.WsExecuteReq):
             return {"type": "execute", "result": await stream.execute(req.stmt)}

@@ -196,6 +196,74 @@ for (const transport of ["http", "ws"]) {
       assert.equal(rs.rows[0].n, 1);
     });
 
+    it("releases the write lock at once when a transaction is closed without commit", async () => {
+      // what an ORM does when a transaction callback throws: txn.close(), no ROLLBACK
+      await client.execute("CREATE TABLE IF NOT EXISTS locks (who TEXT)");
+      const other = open();
+      try {
+        const tx = await client.transaction("write");
+        await tx.execute("INSERT INTO locks VALUES ('closed')");
+        tx.close();
+        const started = performance.now();
+        const next = await other.transaction("write");
+        try {
+          await next.execute("INSERT INTO locks VALUES ('next')");
+          await next.commit();
+        } finally {
+          next.close();
+        }
+        const took = performance.now() - started;
+        assert.ok(took < 1000, `the next write transaction waited ${took.toFixed(0)} ms (busy_timeout is 5 s)`);
+        const rs = await client.execute("SELECT who FROM locks ORDER BY rowid");
+        assert.deepEqual(rs.rows.map((r) => r.who), ["next"]);
+      } finally {
+        other.close();
+        await client.execute("DELETE FROM locks");
+      }
+    });
+
+    if (transport === "ws") {
+      it("releases the write lock at once when the client goes away", async () => {
+        await client.execute("CREATE TABLE IF NOT EXISTS locks (who TEXT)");
+        const leaving = open();
+        const tx = await leaving.transaction("write");
+        await tx.execute("INSERT INTO locks VALUES ('left')");
+        // a second transaction of the same client waits for the lock the first one holds
+        const waiting = await leaving.transaction("write");
+        const blocked = waiting.execute("INSERT INTO locks VALUES ('left too')").then(() => "ran", (e) => e);
+        await new Promise((resolve) => setTimeout(resolve, 200));
+        leaving.close(); // the socket closes with both transactions open
+        const started = performance.now();
+        const next = await client.transaction("write");
+        try {
+          await next.execute("INSERT INTO locks VALUES ('next')");
+          await next.commit();
+        } finally {
+          next.close();
+        }
+        const took = performance.now() - started;
+        assert.ok(took < 1000, `the next write transaction waited ${took.toFixed(0)} ms (busy_timeout is 5 s)`);
+        assert.ok((await blocked) instanceof Error);
+        const rs = await client.execute("SELECT who FROM locks ORDER BY rowid");
+        assert.deepEqual(rs.rows.map((r) => r.who), ["next"]);
+        await client.execute("DELETE FROM locks");
+      });
+    }
+
+    it("runs a batch of 10,000 inserts (a bulk insert, a migration)", async () => {
+      await client.execute("CREATE TABLE bulk (id INTEGER PRIMARY KEY, n INTEGER, label TEXT)");
+      const stmts = Array.from({ length: 10000 }, (_, i) => ({ sql: "INSERT INTO bulk (n, label) VALUES (?, ?)", args: [i, `row ${i}`] }));
+      const rs = await client.batch(stmts, "write");
+      assert.equal(rs.length, 10000);
+      assert.ok(rs.every((r) => r.rowsAffected === 1));
+      assert.equal(rs[9999].lastInsertRowid, 10000n);
+      const count = await client.execute("SELECT count(*) AS n, sum(n) AS total FROM bulk");
+      assert.deepEqual([count.rows[0].n, count.rows[0].total], [10000, (9999 * 10000) / 2]);
+      await assert.rejects(client.batch([...stmts, "INSERT INTO nowhere VALUES (1)"], "write"), (e) => e.code === "SQLITE_ERROR");
+      const after = await client.execute("SELECT count(*) AS n FROM bulk");
+      assert.equal(after.rows[0].n, 10000); // all or nothing
+    });
+
     it("runs scripts with executeMultiple, inside and outside transactions", async () => {
       await client.executeMultiple(`
         CREATE TABLE tags (id INTEGER PRIMARY KEY, label TEXT); -- a comment; with a semicolon
