@@ -196,6 +196,7 @@ def test_a_catalog_the_full_disk_cannot_update_is_served_from_the_store(
 
     async def first() -> None:
         engine = Engine(settings_mod.load(environ=env))
+        engine.open()
         for name in ("a", "b"):
             await engine.create_database(engine.auth.admin, name, None, lambda rec: (201, b""))
         await engine.stop()
@@ -214,6 +215,7 @@ def test_a_catalog_the_full_disk_cannot_update_is_served_from_the_store(
 
     async def second() -> None:
         engine = Engine(settings_mod.load(environ=env))
+        engine.open()
         try:
             assert engine.names == {"a", "b"}
             assert engine.catalog.names() == set()

@@ -281,6 +281,7 @@ def test_a_local_only_engine_has_main_and_no_history(tmp_path: Path) -> None:
     """store = "none": no object store, auto-checkpoint on; other branches are refused."""
     async def main() -> None:
         engine = Engine(make_settings(tmp_path, store="none"))
+        engine.open()
         assert engine.store is None
         engine.names.add("solo")
         try:
@@ -336,3 +337,15 @@ def test_release_memory_hands_freed_heap_back() -> None:
     del blocks[:-1]  # keep the top one, so the heap cannot shrink by itself
     release_memory()
     assert rss_kb() < grown - 50_000  # most of the ~128 MB is back with the OS
+
+
+def test_an_engine_is_built_without_touching_disk_or_store(tmp_path: Path) -> None:
+    """Construction sets fields; open() takes the data directory and the store's lease."""
+    data = tmp_path / "never-made"
+    engine = Engine(make_settings(data))
+    assert not data.exists() and engine.lease is None and engine.store is None
+    run(engine.stop())  # stopping a node never opened does nothing
+    engine.open()
+    assert (data / "data" / "catalog.db").exists() and engine.lease is not None
+    engine.open()  # once
+    run(engine.stop())

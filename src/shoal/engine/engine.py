@@ -157,14 +157,55 @@ def _checked_store(settings: Settings) -> ObjectStore:
 
 
 class Engine:
+    """The node: its databases, tokens, commit log and limits. Construction only sets fields;
+    :meth:`open` does the blocking work of starting (the data directory's lock, the store's
+    lease, the catalog from the store), :meth:`start` the background tasks, :meth:`stop`
+    ends both (litestream's NewDB / Open / Close)."""
+
+    # built by open(): what a started node has
+    executor: Pool
+    io: ThreadPoolExecutor
+    memory: Memory
+    catalog: Catalog
+    names: set[str]
+    auth: tokens.TokenAuthority
+    lifecycle: Lifecycle
+    quotas: Quotas
+    _lock: Any
+    _usage_base: tuple[dict[str, tuple[int, int, int]], dict[str, tuple[int, int, int]]]
+
     def __init__(self, settings: Settings):
         self.settings = settings
+        self.root = settings.data_dir
         self.health = Health()  # readiness: conditions under which the node refuses writes
         self.disk = Disk(settings.data_dir, settings.disk_reserve_bytes, self.health)
-        self.memory = Memory(ceiling(settings.max_memory_bytes), self.health, release_memory)
         self._stale_catalog = False  # catalog.db lags the store: synced once the disk has room
         self._takeover = False  # another node held the store since this one last did
-        self.root = settings.data_dir
+        # store = "none": a local-only node (no commit log; the data directory is the truth)
+        self.store: RetryingStore | None = None
+        self._registry: Registry | None = None
+        self.lease: Lease | None = None
+        self.admin_token_path: Path | None = None  # set when the admin token is generated
+        self.transactions = OpenTransactions()
+        self.expired: OrderedDict[str, Code] = OrderedDict()  # tx id -> why it ended
+        self.inflight: dict[tuple[str, str, str], asyncio.Future[Any]] = {}
+        self.usage: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
+        self._usage_lock = asyncio.Lock()
+        self._usage_registry = CollectorRegistry(auto_describe=False)  # for "*" admins
+        self._usage_registry.register(UsageCollector(self._usage_now))
+        self._sweeper: asyncio.Task[None] | None = None
+        self._retention: asyncio.Task[None] | None = None
+        self._stopping = False  # compaction starts no new run once set
+        self._opened = False
+
+    def open(self) -> None:
+        """The blocking part of starting, before the node serves: take the data directory
+        (its lock) and, with a store, the store's lease (waiting up to lease_wait), then
+        read the catalog, the keys and the limits. ShoalError if the node cannot start."""
+        if self._opened:
+            return
+        settings = self.settings
+        self.memory = Memory(ceiling(settings.max_memory_bytes), self.health, release_memory)
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o700)
         datadir.claim(self.root, settings.local_only)
@@ -173,10 +214,6 @@ class Engine:
         datadir.sweep_leftovers(self.root)
         self.executor = Pool(settings.threads, settings.threads_per_database)
         self.io = ThreadPoolExecutor(max(4, settings.threads), thread_name_prefix="shoal-io")
-        # store = "none": a local-only node (no commit log; the data directory is the truth)
-        self.store: RetryingStore | None = None
-        self._registry: Registry | None = None
-        self.lease: Lease | None = None
         if not settings.local_only:
             raw_store = _checked_store(settings)
             self.lease = self._take_lease(raw_store)
@@ -186,7 +223,6 @@ class Engine:
                                       settings, self.executor, self.root / "tmp",
                                       self.lease.node)
         self.catalog = Catalog(str(self.root / "catalog.db"))
-        self.admin_token_path: Path | None = None
         admin = settings.admin_token or ""  # unset: generated once, kept in the data directory
         if not admin:
             self.admin_token_path = self.root / "admin-token"
@@ -214,10 +250,6 @@ class Engine:
                                           self.catalog.revoked_ids() | revoked, narrowed)
         self.lifecycle = Lifecycle(self.root / "dbs", settings, self.executor, self.names,
                                    self._registry)
-        self.transactions = OpenTransactions()
-        self.expired: OrderedDict[str, Code] = OrderedDict()  # tx id -> why it ended
-        self.inflight: dict[tuple[str, str, str], asyncio.Future[Any]] = {}
-        self.usage: defaultdict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
         self.quotas = Quotas(DatabaseLimits(settings.database_size_limit,
                                     settings.database_rows_read_limit,
                                     settings.database_rows_written_limit,
@@ -229,14 +261,8 @@ class Engine:
         self.quotas.load(self.catalog.windows())
         self.lifecycle.size_limit = lambda name: self.quotas.of(name).size_bytes
         # (saved in the catalog, being saved): replaced whole at each flush, for /metrics
-        self._usage_base: tuple[dict[str, tuple[int, int, int]],
-                                dict[str, tuple[int, int, int]]] = (self.catalog.all_usage(), {})
-        self._usage_lock = asyncio.Lock()
-        self._usage_registry = CollectorRegistry(auto_describe=False)  # for "*" admins
-        self._usage_registry.register(UsageCollector(self._usage_now))
-        self._sweeper: asyncio.Task[None] | None = None
-        self._retention: asyncio.Task[None] | None = None
-        self._stopping = False  # compaction starts no new run once set
+        self._usage_base = (self.catalog.all_usage(), {})
+        self._opened = True
 
     def _sync_catalog(self, registry: Registry) -> tuple[set[str], set[str]]:
         """The store's databases and revocations, with catalog.db made to match. On a full
@@ -299,6 +325,9 @@ class Engine:
 
     # -- process lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
+        """Open the node if that was not done yet (blocking: before it serves), then start
+        its sweeper."""
+        self.open()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         METRICS.log_unshipped.set_function(lambda: self.lifecycle.log_backlog()[0])
         METRICS.log_lag.set_function(lambda: self.lifecycle.log_backlog()[1])
@@ -308,6 +337,8 @@ class Engine:
         METRICS.readiness.set_function(lambda: LEVELS.index(self.health.status))
 
     async def stop(self) -> None:
+        if not self._opened:
+            return
         self._stopping = True
         if self._sweeper:
             self._sweeper.cancel()

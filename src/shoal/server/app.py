@@ -51,6 +51,9 @@ CLIENT_GONE = 499  # the status logged (never sent) for a request whose client w
 
 
 class App:
+    """The ASGI app: routes and their handlers. Construction only builds them; the ASGI
+    lifespan (:meth:`start`, :meth:`stop`) starts and stops the engine."""
+
     def __init__(self, settings: Settings, engine: Engine | None = None):
         self.settings = settings
         self.engine = engine or Engine(settings)
@@ -69,7 +72,8 @@ class App:
         # libSQL's Hrana protocol (not in the native OpenAPI document). Its handlers
         # authenticate themselves so that every error keeps Hrana's shape.
         quota = Quota(settings)  # Hrana streams and held bytes, per token, database, node
-        self.public |= HranaHTTP(self.engine, quota).register(self.router)
+        self.hrana = HranaHTTP(self.engine, quota)
+        self.public |= self.hrana.register(self.router)
         self.websocket = HranaWebSocket(self.engine, quota)
         self._log = sys.stderr.buffer if settings.access_log else None
         self._watches: dict[_Watch, None] = {}  # requests in flight (see _Watch)
@@ -89,7 +93,7 @@ class App:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 try:
-                    await self.engine.start()
+                    await self.start()
                 except Exception as exc:  # whatever stops the start is said to the server
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
                     return
@@ -99,11 +103,20 @@ class App:
                 gc.freeze()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                if self._watcher is not None:
-                    self._watcher.cancel()
-                await self.engine.stop()
+                await self.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    async def start(self) -> None:
+        """Open and start the engine (blocking until the node may serve), then what the
+        handlers keep in the data directory."""
+        await self.engine.start()
+        self.hrana.start()
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+        await self.engine.stop()
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()

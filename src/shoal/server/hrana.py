@@ -92,14 +92,18 @@ class HranaHTTP:
         self.timeout = float(settings.transaction_timeout)
         self.max_body = int(settings.max_request_bytes)
         self.max_statements = int(settings.max_statements)
-        key, _ = tokens.read_or_create_secret(engine.root / "baton-key", tokens.new_secret)
-        self._key = key.encode()
+        self._key = b""  # signs batons: read (or made) by start(), in the data directory
         self.boot = secrets.randbits(63)
         self._ids = itertools.count(1)  # batons are signed and carry the boot id: ids may be plain
         self.max_response = int(settings.max_response_bytes)
         self.streams: dict[int, HttpStream] = {}
         self.gone: OrderedDict[int, str] = OrderedDict()  # stream id -> why it is gone
         self._last_sweep = time.monotonic()
+
+    def start(self) -> None:
+        """The batons' key, kept in the data directory (the engine's open() made it)."""
+        key, _ = tokens.read_or_create_secret(self.engine.root / "baton-key", tokens.new_secret)
+        self._key = key.encode()
 
     # -- routes --------------------------------------------------------------------------------
     def register(self, router: Router) -> set[str]:

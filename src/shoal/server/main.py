@@ -29,6 +29,7 @@ def serve(settings: Settings) -> None:
         configure_sqlite(soft_heap_limit=settings.soft_heap_limit,
                          hard_heap_limit=settings.hard_heap_limit)
         app = App(settings)
+        app.engine.open()  # before listening: a node that cannot start says why and exits
     except ShoalError as exc:  # e.g. the object store is unreachable or refuses the keys
         stderr.cannot_start(exc)
         sys.exit(1)
