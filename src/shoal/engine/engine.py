@@ -46,7 +46,7 @@ from shoal.engine.database import (
     read_bookmark,
 )
 from shoal.engine.disk import Disk
-from shoal.engine.health import LEVELS, Health, Watch
+from shoal.engine.health import LEVELS, Condition, Health, Watch
 from shoal.engine.journal import Stores
 from shoal.engine.lease import Lease
 from shoal.engine.lifecycle import Lifecycle, drain, release_memory
@@ -322,6 +322,32 @@ class Engine:
                                                     "restore, history and branches other than "
                                                     "main are not available")
         return self._registry
+
+    # -- what the server asks of the node, besides its operations -------------------------
+    def authenticate(self, header: str | None) -> tokens.Principal:
+        """The caller of an Authorization header value (401 UNAUTHORIZED otherwise)."""
+        return self.auth.authenticate(header)
+
+    def verify(self, token: str) -> tokens.Principal:
+        """The caller of a bare token (Hrana's hello)."""
+        return self.auth.verify(token)
+
+    def refuse_when_overloaded(self) -> None:
+        """503 OVERLOADED while the node is past its memory ceiling: no new work."""
+        self.memory.refuse()
+
+    def readiness(self) -> tuple[str, list[Condition]]:
+        """The node's status and the conditions behind it (/ready)."""
+        return self.health.report()
+
+    def require_database(self, name: str) -> None:
+        """404 DATABASE_NOT_FOUND unless the database exists (the one place that says so)."""
+        if name not in self.names:
+            raise ShoalError(Code.DATABASE_NOT_FOUND, f"database {name!r} does not exist")
+
+    def transaction_open(self, tx_id: str) -> bool:
+        """Whether an interactive transaction is still open (not ended by SQLite or expiry)."""
+        return tx_id in self.transactions
 
     # -- process lifecycle ------------------------------------------------------------------
     async def start(self) -> None:
@@ -746,8 +772,7 @@ class Engine:
         check_name(name)
         check_name(branch, "branch")
         principal.require("read", name)
-        if name not in self.names:
-            raise ShoalError(Code.DATABASE_NOT_FOUND, f"database {name!r} does not exist")
+        self.require_database(name)
         if branch != "main":
             await self._io(self.registry.branch, name, branch)  # BRANCH_NOT_FOUND
         key = name if branch == "main" else f"{name}/{branch}"
@@ -771,8 +796,7 @@ class Engine:
         """A database's own limits and those in force: its readers may look."""
         check_name(name)
         principal.require("read", name)
-        if name not in self.names:
-            raise ShoalError(Code.DATABASE_NOT_FOUND, f"database {name!r} does not exist")
+        self.require_database(name)
         own = self.quotas.own.get(name, DatabaseLimits())
         return {"database": name, "limits": encode_limits(own),
                 "effective": self.quotas.of(name).as_dict()}
@@ -786,8 +810,7 @@ class Engine:
         if principal.databases is not None:
             raise ShoalError(Code.FORBIDDEN, "limits are set by an admin token for every "
                                              "database ('*'); this token may read them")
-        if name not in self.names:
-            raise ShoalError(Code.DATABASE_NOT_FOUND, f"database {name!r} does not exist")
+        self.require_database(name)
         raw = encode_limits(limits)
         with self.disk.writes():
             if self._registry is not None:  # the store's record is the truth
@@ -1025,8 +1048,7 @@ class Engine:
         check_name(name)
         for branch in branches:
             check_name(branch, "branch")
-        if name not in self.names:
-            raise ShoalError(Code.DATABASE_NOT_FOUND, f"database {name!r} does not exist")
+        self.require_database(name)
 
     async def _flushed(self, name: str, branch: str) -> int | None:
         """Open the branch and wait until every commit of it is in the store: its txid.

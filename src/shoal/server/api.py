@@ -9,11 +9,20 @@ from typing import Any, Literal
 import msgspec
 
 from shoal import names
-from shoal.engine.catalog import DatabaseRecord, TokenRecord
-from shoal.engine.connection import Result, Statement
-from shoal.engine.database import Committed, make_bookmark
-from shoal.engine.engine import BranchInfo, Engine, Idempotency, Outcome, parse_time
-from shoal.engine.quota import DatabaseLimits
+from shoal.engine import (
+    BranchInfo,
+    Committed,
+    DatabaseLimits,
+    DatabaseRecord,
+    Engine,
+    Idempotency,
+    Outcome,
+    Result,
+    Statement,
+    TokenRecord,
+    make_bookmark,
+    parse_time,
+)
 from shoal.errors import Code, ShoalError
 from shoal.server.http import (
     PACED_ITEMS,

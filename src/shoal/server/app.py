@@ -18,9 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from shoal.engine.database import REQUEST_GONE
-from shoal.engine.engine import Engine
-from shoal.engine.health import READ_ONLY
+from shoal.engine import READ_ONLY, REQUEST_GONE, Engine
 from shoal.errors import Code, ShoalError
 from shoal.metrics import METRICS
 from shoal.server.api import NativeAPI
@@ -128,9 +126,9 @@ class App:
         try:
             handler = self.router.resolve(request)
             if request.route not in self.public:
-                request.principal = self.engine.auth.authenticate(
+                request.principal = self.engine.authenticate(
                     request.header(b"authorization"))
-                self.engine.memory.refuse()  # past the memory ceiling: no new work
+                self.engine.refuse_when_overloaded()  # past the memory ceiling: no new work
             response = await handler(request)
         except ShoalError as exc:
             response = error_response(exc)
@@ -194,7 +192,7 @@ class App:
         """Readiness: ok, degraded (200, with reasons) or read_only (503, so that any health
         checker sees the node cannot do all its job; docs/operations.md says when a load
         balancer should act on it: the node is today its store's only writer)."""
-        status, conditions = self.engine.health.report()
+        status, conditions = self.engine.readiness()
         if not conditions:
             return json_response(200, {"status": status})
         reasons = [{"condition": c.name, "level": c.level, "message": c.message,
@@ -209,7 +207,7 @@ class App:
         if request.route not in self.public:
             principal.require("admin")
         elif request.header(b"authorization"):
-            principal = self.engine.auth.authenticate(request.header(b"authorization"))
+            principal = self.engine.authenticate(request.header(b"authorization"))
         body = METRICS.render()
         if principal.can("admin") and principal.databases is None:
             body += self.engine.usage_metrics()

@@ -34,9 +34,7 @@ from typing import Any
 import msgspec
 
 from shoal import __version__, names, tokens
-from shoal.engine.connection import Statement
-from shoal.engine.database import Committed
-from shoal.engine.engine import Engine, Idempotency
+from shoal.engine import Committed, Engine, Idempotency, Statement
 from shoal.errors import Code, ShoalError
 from shoal.server import hrana_proto as p
 from shoal.server.hrana_proto import HranaError
@@ -138,9 +136,9 @@ class HranaHTTP:
     # -- helpers -------------------------------------------------------------------------------
     def resolve(self, request: Request) -> tuple[Principal, str, str]:
         """The caller, the database (path, header, or token) and the branch (path, or main)."""
-        principal = request.principal = self.engine.auth.authenticate(
+        principal = request.principal = self.engine.authenticate(
             request.header(b"authorization"))  # the access log names the token's id
-        self.engine.memory.refuse()  # past the memory ceiling: no new work (OVERLOADED)
+        self.engine.refuse_when_overloaded()  # past the memory ceiling: no new work (OVERLOADED)
         db = request.params.get("db") or request.header(b"x-namespace")
         if not db:
             if principal.databases is not None and len(principal.databases) == 1:
@@ -155,8 +153,7 @@ class HranaHTTP:
         names.check(db)
         branch = names.check(request.params.get("branch", "main"), "branch")
         principal.require("read", db)
-        if db not in self.engine.names:
-            raise ShoalError(Code.DATABASE_NOT_FOUND, f"database {db!r} does not exist")
+        self.engine.require_database(db)
         return principal, db, branch
 
     @staticmethod

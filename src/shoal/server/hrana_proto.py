@@ -22,7 +22,7 @@ from typing import Any, TypeVar, Union
 
 import msgspec
 
-from shoal.engine.connection import Result
+from shoal.engine import Result
 from shoal.errors import Code, ShoalError
 from shoal.server.http import SPLIT_BYTES, decode_each
 from shoal.wire import INT64_MAX, INT64_MIN, SQLValue

@@ -25,9 +25,16 @@ from typing import Any
 
 import msgspec
 
-from shoal.engine.connection import Result, Statement, TransactionControl, stopped
-from shoal.engine.database import REQUEST_GONE, Committed
-from shoal.engine.engine import Engine, Idempotency
+from shoal.engine import (
+    REQUEST_GONE,
+    Committed,
+    Engine,
+    Idempotency,
+    Result,
+    Statement,
+    TransactionControl,
+    stopped,
+)
 from shoal.errors import Code, ShoalError
 from shoal.server import hrana_proto as p
 from shoal.server.hrana_proto import HranaError
@@ -284,7 +291,7 @@ class Stream:
                     and self.principal.can_write:
                 await self._upgrade(tx)
                 return await self._in_transaction(st, started)
-            if tx.id not in self.engine.transactions:  # SQLite or the sweeper ended it
+            if not self.engine.transaction_open(tx.id):  # SQLite or the sweeper ended it
                 self.tx = None
             raise
         tx.used = True

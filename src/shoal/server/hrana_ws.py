@@ -40,8 +40,7 @@ from typing import Any
 import msgspec
 
 from shoal import names
-from shoal.engine.database import REQUEST_GONE
-from shoal.engine.engine import Engine
+from shoal.engine import REQUEST_GONE, Engine
 from shoal.errors import Code, ShoalError
 from shoal.server import hrana_proto as p
 from shoal.server.hrana_proto import HranaError
@@ -242,10 +241,10 @@ class Connection:
         """Authenticate (or re-authenticate); on failure answer hello_error and close."""
         try:
             if jwt is not None:
-                principal = self.engine.auth.verify(jwt)
+                principal = self.engine.verify(jwt)
             else:
                 header = self.headers.get(b"authorization")
-                principal = self.engine.auth.authenticate(
+                principal = self.engine.authenticate(
                     header.decode("latin-1") if header else None)
             db = self._database(principal)
         except (ShoalError, HranaError) as exc:
@@ -274,18 +273,17 @@ class Connection:
         names.check(db)
         names.check(self.branch, "branch")
         principal.require("read", db)
-        if db not in self.engine.names:
-            raise ShoalError(Code.DATABASE_NOT_FOUND, f"database {db!r} does not exist")
+        self.engine.require_database(db)
         return db
 
     def _current(self) -> Principal:
         """The token, verified again: revocation and expiry apply to open connections."""
         assert self.principal is not None
         if self.jwt is not None:
-            self.principal = self.engine.auth.verify(self.jwt)
+            self.principal = self.engine.verify(self.jwt)
         else:
             header = self.headers.get(b"authorization")
-            self.principal = self.engine.auth.authenticate(
+            self.principal = self.engine.authenticate(
                 header.decode("latin-1") if header else None)
         return self.principal
 
@@ -295,7 +293,7 @@ class Connection:
         try:
             if not isinstance(req, CLOSING):  # closes only free: always taken
                 self._current()
-                self.engine.memory.refuse()  # past the memory ceiling: nothing new
+                self.engine.refuse_when_overloaded()  # past the memory ceiling: nothing new
             if isinstance(req, p.OpenStreamReq):
                 self._open_stream(req.stream_id)
                 self._reply_soon(request_id, {"type": "open_stream"})

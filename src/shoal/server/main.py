@@ -15,7 +15,7 @@ import sys
 import uvicorn
 import uvloop
 
-from shoal.engine.connection import configure_sqlite
+from shoal.engine import configure_sqlite
 from shoal.errors import ShoalError
 from shoal.server import stderr
 from shoal.server.app import App

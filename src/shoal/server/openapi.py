@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from shoal.engine.quota import DatabaseLimits
+from shoal.engine import DatabaseLimits
 from shoal.errors import Code
 
 # (method, template) -> (summary, request type name or None, success status)
