@@ -45,7 +45,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import apsw
 
@@ -65,14 +65,40 @@ from shoal.engine.connection import (
 )
 from shoal.engine.journal import STORE_FAILURES, CheckpointBlocked
 from shoal.errors import Code, ShoalError, from_sqlite
+from shoal.log.errors import LogConflict, LogError
+from shoal.log.shipper import Shipper
+from shoal.log.timeline import Writer
 from shoal.metrics import METRICS
 from shoal.settings import Settings
 from shoal.storage.fenced import Fenced
 
-if TYPE_CHECKING:
-    from shoal.engine.journal import Journal
-
 log = logging.getLogger("shoal")
+
+
+class Log(Protocol):
+    """What a branch needs of its commit log (engine/journal.py's Journal): the WAL hook
+    and the capture of each commit, the timeline's claim, durability, and the re-base and
+    close steps, which take the branch itself (as journal.Logged)."""
+
+    remote: bool  # durability remote: a commit is answered once in the store
+    broken: bool  # set when a commit could not be captured: the log re-bases on a snapshot
+    writer: Writer | None  # this node's epoch on the timeline, once claimed
+    shipper: Shipper | None
+    fenced: LogConflict | None  # another writer took the timeline
+
+    @property
+    def failed(self) -> LogError | None: ...
+    def fence(self) -> None: ...
+    def hook(self, conn: apsw.Connection, name: str, frames: int) -> int: ...
+    def captured(self, txid: int) -> None: ...
+    async def claim(self) -> None: ...
+    async def durable(self, txid: int) -> None: ...
+    async def mend(self, db: Database) -> None: ...
+    async def settle(self, db: Database) -> bool: ...
+    async def rebase(self, db: Database) -> None: ...
+    async def close(self, db: Database, flush: bool = True, keep: bool = True) -> None: ...
+    def release(self) -> None: ...
+    def closed(self) -> None: ...
 T = TypeVar("T")
 
 
@@ -278,7 +304,8 @@ class Transaction:
 class Database:
     """One open branch. Create with :meth:`open`; all methods run on the event loop."""
 
-    def __init__(self, name: str, branch: str, path: str, settings: Settings, executor: Executor):
+    def __init__(self, name: str, branch: str, path: str, settings: Settings, executor: Executor,
+                 journal: Log | None = None):
         self.name = name
         self.branch = branch
         self.path = path
@@ -307,7 +334,7 @@ class Database:
         self.last_used = time.monotonic()
         self.closed = False
         self._task: asyncio.Task[None] | None = None
-        self.journal: Journal | None = None  # the link to the commit log, set before open()
+        self.journal = journal  # the commit log (engine/journal.py); None: local-only
         self.timeline: str | None = None  # the timeline this branch writes to (bookmarks)
         self._purge_due = True  # expired idempotency records go with the first write batch
         self._acks: set[asyncio.Task[None]] = set()  # answers waiting for remote durability
@@ -609,7 +636,7 @@ class Database:
         if self.journal is None:
             return
         try:
-            self.journal.stores.fence()
+            self.journal.fence()
         except Fenced as exc:
             raise ShoalError(Code.STORAGE_UNAVAILABLE, f"writes to {self.name}/{self.branch} are "
                                                        f"refused: {exc}") from None

@@ -47,10 +47,11 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import apsw
 
+from shoal.engine.connection import Connection
 from shoal.errors import Code, ShoalError
 from shoal.log.branch import Branch
 from shoal.log.capture import Capture
@@ -64,10 +65,18 @@ from shoal.settings import Settings
 from shoal.storage.base import ObjectStore, StoreError
 from shoal.storage.fenced import Fenced
 
-if TYPE_CHECKING:
-    from shoal.engine.database import Database
-
 log = logging.getLogger("shoal.journal")
+
+
+class Logged(Protocol):
+    """What the journal needs of the branch it logs (engine/database.py's Database): its
+    txid, its write lock (no commit lands while held), its writer connection (to
+    checkpoint) and whether it closed."""
+
+    txid: int
+    write_lock: asyncio.Lock
+    writer: Connection | None
+    closed: bool
 
 FLUSH_UNDER_LOCK = 2.0  # seconds a checkpoint may hold writers back waiting for an upload
 LOCAL_FILES = ("", "-wal", "-shm", "-journal")
@@ -169,7 +178,7 @@ class Journal:
         self.log_bytes = state.log_bytes  # shipped since the last snapshot
         self._shipped_seen = 0
         self.backfilled_txid = -1  # the last complete checkpoint's txid
-        self.db: Database | None = None
+        self.db: Logged | None = None
         self._closing = False
         self._checkpoint_task: asyncio.Task[None] | None = None
         self._repair_task: asyncio.Task[None] | None = None
@@ -178,6 +187,10 @@ class Journal:
         self._file_lock = asyncio.Lock()
 
     # -- hooks (worker thread, under the write lock) --------------------------------------------
+    def fence(self) -> None:
+        """Fenced unless this node may write to the store now (it holds the lease)."""
+        self.stores.fence()
+
     def hook(self, conn: apsw.Connection, name: str, frames: int) -> int:
         self.frames = frames
         return apsw.SQLITE_OK
@@ -252,7 +265,7 @@ class Journal:
                              f"writes to {self.name}/{self.branch.name} are refused: the "
                              f"object store failed taking the branch: {exc}") from None
 
-    async def start(self, db: Database) -> None:
+    async def start(self, db: Logged) -> None:
         """Ship what the store lacks: the commits still in the WAL above the store's head
         (taking the timeline first; LogConflict if another writer took it)."""
         self.db = db
@@ -362,7 +375,7 @@ class Journal:
             if not self._closing and not db.closed:
                 await self.mend(db)
 
-    async def mend(self, db: Database) -> None:
+    async def mend(self, db: Logged) -> None:
         """Under the write lock: repair the log if it is broken. A failure is logged; the
         next commit tries again."""
         if not self.broken:
@@ -414,7 +427,7 @@ class Journal:
             self.frames = 0
         return complete
 
-    async def _checkpoint(self, db: Database) -> None:
+    async def _checkpoint(self, db: Logged) -> None:
         """Backfill durable frames; then, if due, snapshot the file while it holds one txid."""
         shipper = self.shipper
         assert shipper is not None
@@ -473,7 +486,7 @@ class Journal:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, self._backfill, True)
 
-    async def settle(self, db: Database) -> bool:
+    async def settle(self, db: Logged) -> bool:
         """Under the write lock: ship every captured commit, then checkpoint the whole WAL
         into the file (TRUNCATE); a broken log is repaired instead (its commits cannot
         ship: only a snapshot may cover them). False if open read transactions keep the
@@ -490,7 +503,7 @@ class Journal:
         async with self._file_lock:
             return await self._truncate()
 
-    async def _rebase(self, db: Database) -> None:
+    async def _rebase(self, db: Logged) -> None:
         """Under the write lock: ship what was captured, then re-base the log on a snapshot
         of the current state (txid ``db.txid``), taken after a full checkpoint.
         CheckpointBlocked if readers keep the checkpoint from completing."""
@@ -515,14 +528,14 @@ class Journal:
         self.broken = False
         METRICS.log_snapshots.inc()
 
-    async def repair(self, db: Database) -> None:
+    async def repair(self, db: Logged) -> None:
         """Under the write lock: after a capture failure, re-base the log on a snapshot of
         the current state (see _rebase)."""
         await self._rebase(db)
         log.warning("the log of %s/%s was re-based on a snapshot at txid %d", self.name,
                     self.branch.name, db.txid)
 
-    async def rebase(self, db: Database) -> None:
+    async def rebase(self, db: Logged) -> None:
         """Under the write lock: re-base the log on a snapshot of the current state after
         commits made on purpose outside it (compaction's VACUUM). The caller set
         ``broken`` before making them, so that none was captured; an intended re-base,
@@ -547,7 +560,7 @@ class Journal:
                       "is hydrated from the store at its next open", self.name,
                       self.branch.name, aside)
 
-    async def close(self, db: Database, flush: bool = True, keep: bool = True) -> None:
+    async def close(self, db: Logged, flush: bool = True, keep: bool = True) -> None:
         """Stop shipping, after shipping what is pending if ``flush`` (bounded); when all
         is durable and the files stay (``keep``), checkpoint and truncate the WAL so the
         next open starts clean."""

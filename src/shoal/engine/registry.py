@@ -507,14 +507,14 @@ class Registry:
             state = await loop.run_in_executor(self.stores.io, self.prepare, name, branch, path,
                                                force)
             lane = lane_of(self.executor, name)  # this database's share of the SQL threads
-            db = Database(name, branch, str(path), self.settings, lane)
-            db.journal = Journal(self.stores, name, state, str(path), self.settings, lane,
-                                 self.node)
+            journal = Journal(self.stores, name, state, str(path), self.settings, lane,
+                              self.node)
+            db = Database(name, branch, str(path), self.settings, lane, journal)
             db.timeline = state.branch.timeline
             await db.open()
             if db.txid >= state.head_txid:
                 try:
-                    await db.journal.start(db)
+                    await journal.start(db)
                 except LogConflict as exc:  # another writer took it: this copy is not history
                     log.error("%s/%s: %s; restoring this node's copy from the store", name,
                               branch, exc)
