@@ -55,20 +55,20 @@ PACKAGE = "src/shoal"
 # Module (under PACKAGE) -> its fast tests, as globs under the repository root. A glob that
 # matches nothing yet is fine: files that are added later are picked up by it.
 MODULES: dict[str, tuple[str, ...]] = {
-    "engine/lease.py": ("tests/unit/test_lease*.py",),
-    "engine/policy.py": ("tests/unit/test_policy*.py",),
+    "engine/lease.py": ("tests/engine/test_lease*.py",),
+    "engine/policy.py": ("tests/engine/test_policy*.py",),
     "log/wal.py": ("tests/log/test_wal*.py", "tests/log/test_headroom.py"),
     "log/segment.py": ("tests/log/test_segment*.py", "tests/log/test_shipper.py"),
-    "names.py": ("tests/unit/test_names*.py", "tests/unit/test_restore_names.py"),
+    "names.py": ("tests/unit/test_names*.py", "tests/engine/test_restore_names.py"),
     "tokens.py": ("tests/unit/test_tokens*.py",),
     "values.py": ("tests/unit/test_values*.py",),
     "wire.py": ("tests/unit/test_values*.py",),  # values.py's encoding half, moved out
     # Later additions on the guarding path: fencing and isolation limits.
     "log/timeline.py": ("tests/log/test_fencing*.py", "tests/log/test_branch.py",
                         "tests/log/test_restore.py"),
-    "engine/quota.py": ("tests/unit/test_db_quotas*.py",),
+    "engine/quota.py": ("tests/engine/test_db_quotas*.py",),
     "server/quota.py": ("tests/unit/test_quota*.py",),
-    "engine/memory.py": ("tests/unit/test_memory*.py",),
+    "engine/memory.py": ("tests/engine/test_memory*.py",),
     "storage/fenced.py": ("tests/storage/test_fenced*.py",),
     "storage/file.py": ("tests/storage/test_object_store.py", "tests/storage/test_file*.py",
                         "tests/storage/test_probe.py"),

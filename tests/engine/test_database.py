@@ -6,52 +6,19 @@ Each test runs a real Database (apsw files in a tmp dir) in its own asyncio loop
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import apsw
 import pytest
 
-from shoal import settings as settings_mod
 from shoal.engine.connection import NeedsWriter, Statement
 from shoal.engine.database import Committed, Database, IdempotencyRecord, parse_bookmark
 from shoal.errors import ShoalError
 from shoal.metrics import METRICS
+from tests.support.engine import opened, run, stmts, until
 
 T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
-
-
-@asynccontextmanager
-async def opened(tmp_path: Path, **overrides: Any) -> AsyncIterator[Database]:
-    settings = settings_mod.Settings(**{"data": str(tmp_path), "busy_timeout": 0.3,
-                                        "statement_timeout": 2.0, **overrides})
-    executor = ThreadPoolExecutor(8)
-    db = Database("orders", "main", str(tmp_path / "main.db"), settings, executor)
-    await db.open()
-    try:
-        await db.write(stmts("CREATE TABLE IF NOT EXISTS t(id INTEGER PRIMARY KEY, v TEXT)"))
-        yield db
-    finally:
-        db.close()
-        executor.shutdown(wait=True)
-
-
-def stmts(*items: str | tuple[str, Any]) -> list[Statement]:
-    out = []
-    for item in items:
-        if isinstance(item, str):
-            out.append(Statement(item))
-        else:
-            out.append(Statement(item[0], item[1]))
-    return out
 
 
 def insert(i: int) -> list[Statement]:
@@ -81,14 +48,6 @@ def batch_stats() -> tuple[float, float]:
             elif sample.name.endswith("_sum"):
                 total = sample.value
     return count, total
-
-
-async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Yield to the loop until check() holds (bounded by a deadline)."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.001)
 
 
 # -- group commit ---------------------------------------------------------------------------

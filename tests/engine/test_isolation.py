@@ -20,7 +20,7 @@ from shoal.engine.database import REQUEST_GONE, Database
 from shoal.errors import ShoalError
 from shoal.server.http import Request
 from shoal.values import Args
-from tests.unit.test_database import opened, run, stmts, until
+from tests.support.engine import opened, run, stmts, until
 
 ENDLESS = "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT count(*) FROM r"
 

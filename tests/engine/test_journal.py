@@ -8,50 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
-from shoal import settings as settings_mod
 from shoal.engine.connection import Statement
 from shoal.engine.database import BEGIN_IMMEDIATE, COMMIT, Database
-from shoal.engine.journal import Stores
-from shoal.engine.registry import Registry
 from shoal.errors import Code, ShoalError
 from shoal.log.restore import restore
 from shoal.storage import StorageUnavailable
 from shoal.storage.fenced import Fenced
 from shoal.storage.memory import MemoryStore
+from tests.support.engine import DB, registry, run
 from tests.support.storage import assert_log_contiguous
 
 T = TypeVar("T")
-DB = "journaled"
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
-
-
-@asynccontextmanager
-async def registry(tmp_path: Path, fence: Callable[[], None] = lambda: None,
-                   **overrides: Any) -> AsyncIterator[tuple[Registry, MemoryStore]]:
-    settings = settings_mod.Settings(**{"data": str(tmp_path / "data"), "sync_interval": 0.01,
-                                        **overrides})
-    store = MemoryStore()
-    sql, io = ThreadPoolExecutor(4), ThreadPoolExecutor(4)
-    reg = Registry(Stores(store, store, io, fence), settings, sql, tmp_path / "scratch")
-    reg.create_database(DB, 1_000_000.0)
-    try:
-        yield reg, store
-    finally:
-        sql.shutdown(wait=True)
-        io.shutdown(wait=True)
-
-
 async def insert(db: Database, *values: str) -> int:
     done = await db.write([Statement("CREATE TABLE IF NOT EXISTS t(v TEXT)")] +
                           [Statement("INSERT INTO t VALUES (?)", (v,)) for v in values])

@@ -19,8 +19,8 @@ from shoal.engine import tables
 from shoal.engine.connection import Connection, Statement
 from shoal.engine.database import Database, IdempotencyRecord
 from shoal.log.restore import restore
+from tests.support.engine import DB, registry, run
 from tests.support.tables import legacy_tables
-from tests.unit.test_journal import DB, registry, run
 
 # What schema tools list (drizzle-kit, Prisma and SQLAlchemy all leave out sqlite_*)
 USER_TABLES = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"

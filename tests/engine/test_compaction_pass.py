@@ -16,7 +16,7 @@ from shoal.engine.connection import Statement
 from shoal.engine.engine import Engine
 from shoal.log.timeline import covered, segments
 from shoal.storage import open_store
-from tests.unit.test_lifecycle import make_settings
+from tests.support.engine import make_settings
 
 
 def answer(done: object) -> tuple[int, bytes]:

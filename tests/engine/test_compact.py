@@ -22,7 +22,7 @@ from shoal.errors import ShoalError
 from shoal.log.restore import check_plan, restore
 from shoal.log.timeline import load_timeline, segments, snapshots
 from shoal.log.wal import read_commits
-from tests.unit.test_journal import DB, registry, run
+from tests.support.engine import DB, registry, run
 
 ROWS = 400
 PAD = 4000  # bytes a row: ~1.6 MB of rows

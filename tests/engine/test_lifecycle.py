@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,23 +14,14 @@ from typing import Any, TypeVar
 import apsw
 import pytest
 
-from shoal import settings as settings_mod
 from shoal.engine.connection import Connection, Statement
 from shoal.engine.database import Database
 from shoal.engine.engine import Engine
 from shoal.engine.lifecycle import Lifecycle
 from shoal.errors import ShoalError
+from tests.support.engine import make_settings, run
 
 T = TypeVar("T")
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
-
-
-def make_settings(tmp_path: Path, **overrides: Any) -> settings_mod.Settings:
-    return settings_mod.Settings(**{"data": str(tmp_path / "data"),
-                                    "admin_token": "admin-token-for-tests", **overrides})
 
 
 @asynccontextmanager
