@@ -151,10 +151,10 @@ def test_a_missing_record_is_a_missing_object() -> None:
 
 def test_a_record_removed_between_listing_and_reading_is_skipped() -> None:
     store = Hooked()
-    kept = create_timeline(store, DB, None, 0, 1.0)
-    gone = create_timeline(store, DB, kept.id, 0, 2.0)
-    store.gets[layout.timeline_key(DB, gone.id)] = [None]
-    assert list_timelines(store, DB) == {kept.id: kept}
+    for tid in ("a0", "b0", "c0"):  # listed in this order; the first one goes meanwhile
+        store.put(layout.timeline_key(DB, tid), timeline._encode(Timeline(DB, tid, None, 0, 1.0)))
+    store.gets[layout.timeline_key(DB, "a0")] = [None]
+    assert sorted(list_timelines(store, DB)) == ["b0", "c0"]
 
 
 # -- the ancestry ---------------------------------------------------------------------------

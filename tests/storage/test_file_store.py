@@ -14,6 +14,7 @@ import os
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -191,3 +192,24 @@ def test_a_root_that_cannot_be_made_is_unusable(tmp_path: Path) -> None:
     with pytest.raises(Unusable, match="part of its path is a file"):
         FileStore(tmp_path / "file" / "store")
     assert file_store.FileStore is FileStore
+
+
+def test_a_folder_that_cannot_be_read_fails_the_listing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a partial history: a listing that skipped a folder would lose its objects."""
+    store = FileStore(tmp_path)
+    store.put("dbs/a/x", b"1")
+    store.put("dbs/b/y", b"2")
+    real = os.scandir
+
+    def denied(path: Any = ".") -> Any:
+        if str(path).endswith("dbs/a"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+    with pytest.raises(StorageUnavailable, match="Permission denied"):
+        list(store.list("dbs/"))
+    store.delete("dbs/b/y")  # a folder that vanished meanwhile lists nothing, quietly
+    monkeypatch.setattr(os, "scandir", real)
+    assert [i.key for i in store.list("dbs/")] == ["dbs/a/x"]
