@@ -359,3 +359,17 @@ def test_write_and_admin_tokens_can_write(server: ServerProcess, admin: httpx.Cl
         with connect(server, token) as c:
             ok(query(c, db, {"sql": "INSERT INTO t VALUES (?, ?)", "args": [i, access]}))
     assert scalar(admin, db, "SELECT count(*) FROM t") == 3
+
+
+def test_revocation_survives_a_restart(start_server: Callable[..., ServerProcess]) -> None:
+    node = start_server()
+    with connect(node) as a:
+        ok(a.post("/v1/databases", json={"name": "kept"}), 201)
+        revoked_id, revoked = make_token(a, ["kept"], "read")
+        _, kept = make_token(a, ["kept"], "read")
+        assert a.delete(f"/v1/tokens/{revoked_id}").status_code == 204
+    node.restart()
+    with connect(node, revoked) as c:
+        error_of(c.get("/v1/databases/kept"), 401, "TOKEN_REVOKED")
+    with connect(node, kept) as c:  # the signing key is kept too
+        assert ok(c.get("/v1/databases/kept"))["name"] == "kept"

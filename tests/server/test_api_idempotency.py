@@ -188,3 +188,30 @@ def test_keys_expire_after_the_ttl(start_server: Callable[..., ServerProcess]) -
         assert count(c, "ttl") == 2
         ok(insert(c, "ttl", "a", key))  # and is recorded again
         assert count(c, "ttl") == 2
+
+
+def test_keys_survive_a_restart(server: ServerProcess, db: str) -> None:
+    key, db_key, tx_key = new_key(), new_key(), new_key()
+    name = f"idem-restart-{next(_keys)}"
+    with connect(server) as c:
+        first = insert(c, db, "a", key)
+        ok(first)
+        created = c.post("/v1/databases", json={"name": name},
+                         headers={"Idempotency-Key": db_key})
+        assert created.status_code == 201
+        tx = ok(c.post(f"/v1/databases/{db}/transactions"), 201)["id"]
+        tx_path = f"/v1/databases/{db}/transactions/{tx}"
+        ok(c.post(tx_path + "/query", json={"statements": ["INSERT INTO t(v) VALUES ('t')"]}))
+        committed = c.post(tx_path + "/commit", headers={"Idempotency-Key": tx_key})
+        ok(committed)
+    server.restart()
+    with connect(server) as c:
+        again = insert(c, db, "a", key)
+        assert (again.status_code, again.content) == (200, first.content)
+        error_of(insert(c, db, "b", key), 422, "IDEMPOTENCY_KEY_REUSED")
+        recreated = c.post("/v1/databases", json={"name": name},
+                           headers={"Idempotency-Key": db_key})
+        assert (recreated.status_code, recreated.content) == (201, created.content)
+        recommitted = c.post(tx_path + "/commit", headers={"Idempotency-Key": tx_key})
+        assert (recommitted.status_code, recommitted.content) == (200, committed.content)
+        assert count(c, db) == 2

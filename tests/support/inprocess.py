@@ -6,7 +6,8 @@ test's log.
 a real ``shoal serve`` to this tier by swapping its fixture. The App runs on an event loop of
 its own thread, started and stopped through the ASGI lifespan as uvicorn does it; a client's
 requests go to it through ``httpx.ASGITransport``, handed across to that loop. Its object
-store is ``memory://`` unless the test names another. What needs a real process stays in
+store is a ``memory://NAME`` of its own (found again by ``restart()``) unless the test names
+another. What needs a real process stays in
 tests/integration: connection limits and deadlines (uvicorn's protocol classes), crashes,
 the lease between processes, the CLI.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,14 +63,15 @@ class InProcessNode:
     _answers: asyncio.Queue[dict[str, Any]] | None = None
 
     url = "http://shoal.in-process"
+    store_url: str = field(default_factory=lambda: f"memory://{uuid.uuid4().hex}")
 
     @property
     def admin_token(self) -> str:
         return str(self.settings.get("admin_token", ADMIN_TOKEN))
 
     def start(self) -> InProcessNode:
-        values = {"data": str(self.data_dir), "store": "memory://", "admin_token": ADMIN_TOKEN,
-                  "access_log": False, **self.settings}
+        values = {"data": str(self.data_dir), "store": self.store_url,
+                  "admin_token": ADMIN_TOKEN, "access_log": False, **self.settings}
         loop = self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=loop.run_forever, name="shoal-in-process",
                                         daemon=True)
@@ -110,6 +113,11 @@ class InProcessNode:
             self._loop.close()
             self._loop = None
             self.app = None
+
+    def restart(self) -> InProcessNode:
+        """A clean stop and a new App on the same data directory and store."""
+        self.stop()
+        return self.start()
 
     def client(self, token: str | None = None) -> httpx.Client:
         """An HTTP client of this node: admin token by default, no Authorization when ""."""

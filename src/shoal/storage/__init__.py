@@ -3,7 +3,8 @@
 ``open_store(url)`` picks the backend from the URL:
 
 - ``file:///abs/path``: a local folder (the embedded default),
-- ``memory://``: a dict in this process (tests),
+- ``memory://``: a dict in this process (tests); ``memory://NAME``: the same dict for
+  every open of that name in this process (a node restarted in a test finds its store),
 - ``s3://bucket/prefix``: any S3-compatible service; ``endpoint_url`` (the
   ``s3_endpoint`` setting) points at a non-AWS one,
 - ``faulty+<url>?rate=0.1&seed=1``: another store with injected faults (chaos tests).
@@ -11,7 +12,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, unquote, urlsplit
+
+if TYPE_CHECKING:
+    from shoal.storage.memory import MemoryStore
 
 from shoal.storage.base import (
     Blob,
@@ -23,6 +28,8 @@ from shoal.storage.base import (
     StoreError,
     Unusable,
 )
+
+_NAMED_MEMORY: dict[str, MemoryStore] = {}  # memory://NAME -> its store, for this process
 
 __all__ = ["Blob", "NotFound", "ObjectInfo", "ObjectStore", "PreconditionFailed",
            "StorageUnavailable", "StoreError", "Unusable", "open_store"]
@@ -44,7 +51,9 @@ def open_store(url: str, *, endpoint_url: str | None = None,
     if parts.scheme == "memory":
         from shoal.storage.memory import MemoryStore
 
-        return MemoryStore(url)
+        if not parts.netloc:
+            return MemoryStore(url)
+        return _NAMED_MEMORY.setdefault(parts.netloc, MemoryStore(url))
     if parts.scheme == "file":
         from shoal.storage.file import FileStore
 
