@@ -8,30 +8,51 @@ records, outcomes). Everything else in the package is the engine's own business.
 
 from shoal.engine.catalog import DatabaseRecord, TokenRecord
 from shoal.engine.connection import (
+    Description,
     Result,
     Statement,
     TransactionControl,
     configure_sqlite,
     stopped,
 )
-from shoal.engine.database import REQUEST_GONE, Committed, make_bookmark
-from shoal.engine.engine import BranchInfo, Engine, Idempotency, Outcome, parse_time
-from shoal.engine.health import READ_ONLY
+from shoal.engine.database import REQUEST_GONE, Committed, Compacted, Transaction, make_bookmark
+from shoal.engine.engine import (
+    BranchInfo,
+    DatabaseInfo,
+    Engine,
+    Idempotency,
+    Outcome,
+    Restored,
+    parse_time,
+)
+from shoal.engine.health import READ_ONLY, Condition
 from shoal.engine.quota import DatabaseLimits
+from shoal.engine.registry import Deleted
+from shoal.log.branch import Branch as LogBranch
+from shoal.log.restore import History
 
 __all__ = [
     "READ_ONLY",
     "REQUEST_GONE",
     "BranchInfo",
     "Committed",
+    "Compacted",
+    "Condition",
+    "DatabaseInfo",
     "DatabaseLimits",
     "DatabaseRecord",
+    "Deleted",
+    "Description",
     "Engine",
+    "History",
     "Idempotency",
+    "LogBranch",
     "Outcome",
+    "Restored",
     "Result",
     "Statement",
     "TokenRecord",
+    "Transaction",
     "TransactionControl",
     "configure_sqlite",
     "make_bookmark",

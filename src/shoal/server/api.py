@@ -14,7 +14,6 @@ from shoal.engine import (
     Committed,
     DatabaseLimits,
     DatabaseRecord,
-    Engine,
     Idempotency,
     Outcome,
     Result,
@@ -37,6 +36,7 @@ from shoal.server.http import (
     json_response,
     paced,
 )
+from shoal.server.ports import EngineAPI
 from shoal.values import Args, decode_args
 
 
@@ -157,7 +157,7 @@ def info_json(rec: DatabaseRecord, size_bytes: int, branches: list[dict[str, Any
 
 
 class NativeAPI:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: EngineAPI):
         self.engine = engine
         s = engine.settings
         self.max_statements = s.max_statements

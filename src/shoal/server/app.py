@@ -38,6 +38,7 @@ from shoal.server.http import (
     json_response,
 )
 from shoal.server.openapi import openapi_document
+from shoal.server.ports import EngineAPI
 from shoal.server.quota import Quota
 from shoal.server.stderr import timestamp
 from shoal.settings import Settings
@@ -52,9 +53,9 @@ class App:
     """The ASGI app: routes and their handlers. Construction only builds them; the ASGI
     lifespan (:meth:`start`, :meth:`stop`) starts and stops the engine."""
 
-    def __init__(self, settings: Settings, engine: Engine | None = None):
+    def __init__(self, settings: Settings, engine: EngineAPI | None = None):
         self.settings = settings
-        self.engine = engine or Engine(settings)
+        self.engine: EngineAPI = engine or Engine(settings)
         self.router = Router()
         NativeAPI(self.engine).register(self.router)
         self.router.add("GET", "/health", self.health)

@@ -34,7 +34,7 @@ from typing import Any
 import msgspec
 
 from shoal import __version__, names, tokens
-from shoal.engine import Committed, Engine, Idempotency, Statement
+from shoal.engine import Committed, Idempotency, Statement
 from shoal.errors import Code, ShoalError
 from shoal.server import hrana_proto as p
 from shoal.server.hrana_proto import HranaError
@@ -58,6 +58,7 @@ from shoal.server.http import (
     encode_each,
     paced,
 )
+from shoal.server.ports import EngineAPI
 from shoal.server.quota import Quota
 from shoal.tokens import Principal
 from shoal.values import decode_args
@@ -83,7 +84,7 @@ class HttpStream:
 class HranaHTTP:
     """The Hrana HTTP endpoints; they authenticate themselves so errors keep Hrana's shape."""
 
-    def __init__(self, engine: Engine, quota: Quota):
+    def __init__(self, engine: EngineAPI, quota: Quota):
         self.engine = engine
         self.quota = quota
         settings = engine.settings

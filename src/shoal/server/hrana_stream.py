@@ -28,7 +28,6 @@ import msgspec
 from shoal.engine import (
     REQUEST_GONE,
     Committed,
-    Engine,
     Idempotency,
     Result,
     Statement,
@@ -39,6 +38,7 @@ from shoal.errors import Code, ShoalError
 from shoal.server import hrana_proto as p
 from shoal.server.hrana_proto import HranaError
 from shoal.server.http import SLICE, paced
+from shoal.server.ports import EngineAPI
 from shoal.server.quota import Holder, size
 from shoal.tokens import Principal
 
@@ -164,7 +164,7 @@ def scope_error() -> ShoalError:
 class Stream:
     """One stream; its methods run one at a time (the caller serialises them)."""
 
-    def __init__(self, engine: Engine, principal: Principal, db: str,
+    def __init__(self, engine: EngineAPI, principal: Principal, db: str,
                  sqls: dict[int, str] | None = None, *, branch: str = "main",
                  max_statements: int | None = None, max_response_bytes: int | None = None,
                  holder: Holder | None = None):

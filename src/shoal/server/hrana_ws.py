@@ -40,7 +40,7 @@ from typing import Any
 import msgspec
 
 from shoal import names
-from shoal.engine import REQUEST_GONE, Engine
+from shoal.engine import REQUEST_GONE
 from shoal.errors import Code, ShoalError
 from shoal.server import hrana_proto as p
 from shoal.server.hrana_proto import HranaError
@@ -55,6 +55,7 @@ from shoal.server.hrana_stream import (
     too_large,
 )
 from shoal.server.http import PACED_ITEMS, Receive, Scope, Send, paced
+from shoal.server.ports import EngineAPI
 from shoal.server.quota import Holder, Quota, size
 from shoal.tokens import Principal
 
@@ -105,7 +106,7 @@ def address_of(path: str) -> tuple[str | None, str] | None:
 class HranaWebSocket:
     """ASGI entry for ``websocket`` scopes."""
 
-    def __init__(self, engine: Engine, quota: Quota):
+    def __init__(self, engine: EngineAPI, quota: Quota):
         self.engine = engine
         self.quota = quota
 
@@ -129,7 +130,7 @@ class HranaWebSocket:
 class Connection:
     """One WebSocket connection: its token, database, streams, cursors and stored SQL."""
 
-    def __init__(self, engine: Engine, quota: Quota, send: Send, db: str | None, branch: str,
+    def __init__(self, engine: EngineAPI, quota: Quota, send: Send, db: str | None, branch: str,
                  headers: dict[bytes, bytes], version: int):
         self.engine = engine
         self.quota = quota
