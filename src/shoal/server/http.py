@@ -185,21 +185,30 @@ class Request:
         """The body as a msgspec type: invalid JSON and wrong shapes are distinct 400s."""
         if not self.body:
             raise ShoalError(Code.INVALID_JSON, "request body is empty; send a JSON object")
-        with decoding():
+        try:  # (not `with decoding()`: every request passes here, a generator costs ~2 us)
             return msgspec.json.decode(self.body, type=kind)
+        except (ValueError, RecursionError) as exc:
+            raise _decode_error(exc) from None
+
+
+def _decode_error(exc: BaseException) -> BaseException:
+    """A decoding error as the native API's 400: invalid JSON and wrong shapes differ."""
+    if isinstance(exc, msgspec.ValidationError):
+        return ShoalError(Code.INVALID_REQUEST, str(exc))
+    if isinstance(exc, msgspec.DecodeError):
+        return ShoalError(Code.INVALID_JSON, f"body is not valid JSON: {exc}")
+    if isinstance(exc, RecursionError):  # a type holding Any met JSON nested too deeply
+        return ShoalError(Code.INVALID_REQUEST, "the body is nested too deeply")
+    return exc
 
 
 @contextlib.contextmanager
 def decoding() -> Iterator[None]:
-    """Decoding errors as the native API's 400s: invalid JSON and wrong shapes differ."""
+    """Decoding errors as the native API's 400s, around a decode done piece by piece."""
     try:
         yield
-    except msgspec.ValidationError as exc:
-        raise ShoalError(Code.INVALID_REQUEST, str(exc)) from None
-    except msgspec.DecodeError as exc:
-        raise ShoalError(Code.INVALID_JSON, f"body is not valid JSON: {exc}") from None
-    except RecursionError:  # a type holding Any met JSON nested past the stack's depth
-        raise ShoalError(Code.INVALID_REQUEST, "the body is nested too deeply") from None
+    except (ValueError, RecursionError) as exc:
+        raise _decode_error(exc) from None
 
 
 Handler = Callable[[Request], Awaitable[Response]]
