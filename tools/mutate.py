@@ -73,7 +73,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "storage/file.py": ("tests/storage/test_object_store.py", "tests/storage/test_file*.py",
                         "tests/storage/test_probe.py"),
     "server/gate.py": ("tests/unit/test_gate*.py",),
-    "engine/disk.py": ("tests/unit/test_disk*.py",),
+    "engine/disk.py": ("tests/engine/test_disk*.py",),
 }
 # The modules `make mutate` runs when no MODULE is named (issue 19's seven; values.py
 # is two modules since its encoding moved to wire.py for the client).

@@ -95,7 +95,8 @@ class Disk:
             self._release()
             if disk_full(exc) is None:
                 raise
-            return False
+            # mutate: harmless return (its two callers test its truth only: None is false too)
+            return False  # mutate: harmless delete (falling off the end returns None: false)
 
     # -- the node's view --------------------------------------------------------------------------
     def start(self) -> None:

@@ -25,7 +25,6 @@ deadlines are Hrana's (``hrana_ws``).
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import Counter, OrderedDict
 from typing import Any
 
@@ -37,7 +36,6 @@ from shoal.metrics import METRICS
 from shoal.server.http import encode
 from shoal.settings import Settings
 
-log = logging.getLogger("shoal")
 LINGER = 0.5  # seconds a refused connection stays to let its client read the 503
 MAX_LINGERING = 64  # beyond this many, refused connections are closed at once
 WS_CLOSE_TIMEOUT = 2.0  # seconds to wait for the peer's close frame (uvicorn: 10)
@@ -90,7 +88,7 @@ class Gate:
         self.members[conn] = host
         self.per_client[host] += 1
         METRICS.connections.set(len(self.members))
-        return None
+        return None  # mutate: harmless delete (falling off the end returns None too)
 
     def leave(self, conn: Any) -> None:
         host = self.members.pop(conn, None)
@@ -149,21 +147,35 @@ class GatedHttp(HttpToolsProtocol):
             self.gate.leave(self)
         elif self._lingering:
             self.gate.lingering -= 1
+            # mutate: harmless (connection_lost runs once: nothing reads the flag again)
             self._lingering = False
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if not self._admitted:
             return  # refused: what it sends is read and dropped until it closes
+        # A head may take max_header_bytes however it arrives. A read holding more than the
+        # head in progress has room for (a whole oversized head sent at once, or one behind
+        # the end of the request before it) is fed a part at a time, the head's room
+        # checked after each part. A head that begins inside a part is counted from the
+        # part's end, so one pipelined behind another request may reach nearly twice it.
+        limit = self.gate.max_header_bytes
+        view = memoryview(data)  # parts without copies (httptools reads any buffer)
+        while len(view) > limit - self._head_bytes:
+            room = limit - self._head_bytes
+            if self._in_head:
+                self._head_bytes = limit
+            super().data_received(view[:room])  # type: ignore[arg-type]
+            if self._in_head and self._head_bytes == limit and not self.transport.is_closing():
+                cut("headers_too_large")  # the same head goes on past its room
+                self._answer(Code.HEADERS_TOO_LARGE,
+                             f"the request line and headers exceed max_header_bytes ({limit})")
+            if not self._admitted or self.transport.is_closing():
+                return  # answered (431, or 400 for a malformed request), or upgraded
+            view = view[room:]
         if self._in_head:
-            self._head_bytes += len(data)
-        super().data_received(data)
-        if self._in_head and self._head_bytes > self.gate.max_header_bytes \
-                and not self.transport.is_closing():
-            limit = self.gate.max_header_bytes
-            cut("headers_too_large")
-            self._answer(Code.HEADERS_TOO_LARGE,
-                         f"the request line and headers exceed max_header_bytes ({limit})")
+            self._head_bytes += len(view)
+        super().data_received(view)  # type: ignore[arg-type]
 
     # -- the request's phases ---------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -200,6 +212,8 @@ class GatedHttp(HttpToolsProtocol):
             self.gate.working(self)  # the application has the request
 
     def handle_websocket_upgrade(self) -> None:
+        # llhttp completes the upgrade request's message before it pauses for the upgrade:
+        # mutate: harmless delete (on_message_complete has disarmed it already)
         self._disarm()
         super().handle_websocket_upgrade()
         self.gate.handover(self, self.transport.get_protocol())
@@ -216,7 +230,7 @@ class GatedHttp(HttpToolsProtocol):
             self._timer = None
 
     def _expired(self, what: str, setting: str, seconds: float) -> None:
-        self._timer = None
+        self._timer = None  # mutate: harmless delete (_answer disarms it: a fired timer too)
         cut(setting)
         self._answer(Code.REQUEST_TIMEOUT,
                      f"the request's {what} did not arrive within {setting} ({seconds:g} s)")
@@ -226,8 +240,12 @@ class GatedHttp(HttpToolsProtocol):
         self._disarm()
         if self.transport.is_closing():
             return
-        cycle = self.cycle
-        if cycle is None or not cycle.response_started:
+        cycle = self.cycle  # the last request's, until this one's headers are complete
+        if self._in_head:  # a next request: answered once the last one's answer is complete
+            answer = cycle is None or cycle.response_complete
+        else:  # this request's body: answered unless the application has begun to
+            answer = not cycle.response_started
+        if answer:
             self.transport.write(raw_response(code, message))
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True  # the application's receive() sees a disconnect
@@ -236,6 +254,7 @@ class GatedHttp(HttpToolsProtocol):
 
     def evict(self) -> None:
         """Make room for a new connection: close this one, which is waiting."""
+        # mutate: harmless (it has left the gate here, and a closing transport reads no more)
         self._admitted = False
         self.gate.leave(self)
         if self.cycle is not None and not self.cycle.response_complete:
@@ -248,15 +267,15 @@ class GatedHttp(HttpToolsProtocol):
     def _refuse(self, reason: str) -> None:
         cut("refused")
         self.transport.write(raw_response(Code.TOO_MANY_CONNECTIONS, reason))
-        if self.gate.lingering >= MAX_LINGERING or not self.transport.can_write_eof():
+        if self.gate.lingering < MAX_LINGERING and self.transport.can_write_eof():
+            # Half-close so the client reads the answer, and drop what it sends meanwhile:
+            # closing with its request unread would reset the connection and lose the 503.
+            self.gate.lingering += 1
+            self._lingering = True
+            self.transport.write_eof()
+            self._timer = self.loop.call_later(LINGER, self.transport.close)
+        else:
             self.transport.close()
-            return
-        # Half-close so the client reads the answer, and drop what it sends meanwhile:
-        # closing with its request unread would reset the connection and lose the 503.
-        self.gate.lingering += 1
-        self._lingering = True
-        self.transport.write_eof()
-        self._timer = self.loop.call_later(LINGER, self.transport.close)
 
 
 class GatedWebSocket(WebSocketsSansIOProtocol):
