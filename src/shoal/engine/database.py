@@ -209,6 +209,13 @@ class RecentTexts(OrderedDict[int, None]):
         self.pop(hash(sql), None)
 
 
+def branch_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes of a branch's files on this node: the database file, its WAL and its -shm (the
+    one measure usage, branch listings and compaction report)."""
+    return sum(os.stat(f"{path}{suffix}").st_size for suffix in ("", "-wal", "-shm")
+               if os.path.exists(f"{path}{suffix}"))
+
+
 def make_bookmark(database: str, branch: str, txid: int, timeline: str | None = None) -> str:
     """An opaque (database, branch, txid[, timeline]) string. The timeline pins the history:
     after a reset or restore the same branch name continues on another one."""
@@ -1035,9 +1042,7 @@ class Database:
         logical = conn.internal(PAGE_BYTES)[0][0]
         if not files:
             return logical, 0
-        return logical, sum(os.path.getsize(f"{self.path}{suffix}")
-                            for suffix in ("", "-wal", "-shm")
-                            if os.path.exists(f"{self.path}{suffix}"))
+        return logical, branch_bytes(self.path)
 
     async def _checkpoint_first(self) -> None:
         """Before VACUUM: ship every captured commit and checkpoint the whole WAL, or refuse

@@ -43,6 +43,7 @@ from shoal.engine.database import (
     Database,
     IdempotencyRecord,
     Transaction,
+    branch_bytes,
     read_bookmark,
 )
 from shoal.engine.disk import Disk
@@ -518,6 +519,7 @@ class Engine:
         else:
             local = await self._run(stored_txid, path)
             txid = max([local] + [v.head_txid for v in views if v.branch.name == "main"])
+        # every branch's files on this node (and their markers): the database's footprint
         size = sum(p.stat().st_size for p in path.parent.glob("*") if p.is_file()) \
             if path.parent.exists() else 0
         return DatabaseInfo(record, size, [v.branch for v in views], txid, open_db is not None)
@@ -780,8 +782,7 @@ class Engine:
             read, written, queries = await self._run(self.catalog.usage, key)
             pending = list(self.usage.get(key, [0, 0, 0]))
         path = self.lifecycle.path(name, branch)
-        size = sum(os.stat(f"{path}{suffix}").st_size for suffix in ("", "-wal", "-shm")
-                   if os.path.exists(f"{path}{suffix}"))
+        size = branch_bytes(path)
         out: dict[str, Any] = {"rows_read": read + pending[0], "rows_written": written + pending[1],
                                "queries": queries + pending[2], "storage_bytes": size}
         open_db = self.lifecycle.open.get((name, branch))
@@ -1079,8 +1080,7 @@ class Engine:
                 return 0
         except FileNotFoundError:
             return 0
-        return sum(os.stat(f"{path}{s}").st_size for s in ("", "-wal", "-shm")
-                   if os.path.exists(f"{path}{s}"))
+        return branch_bytes(path)
 
     def _branch_info(self, name: str, view: BranchView) -> BranchInfo:
         open_db = self.lifecycle.open.get((name, view.branch.name))
