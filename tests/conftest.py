@@ -17,13 +17,21 @@ _names = itertools.count()
 os.environ.setdefault("SHOAL_DISK_RESERVE_BYTES", str(1 << 20))
 
 
+@pytest.fixture(scope="session")
+def node_kind() -> type[ServerProcess]:
+    """What a test's node is: a real `shoal serve` here; tests/server runs the App in
+    process (tests/support/inprocess.py), through the same fixtures."""
+    return ServerProcess
+
+
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
-    """Factory: start_server(**settings) -> a running `shoal serve` (stopped after the test)."""
+def start_server(tmp_path: Path,
+                 node_kind: type[ServerProcess]) -> Iterator[Callable[..., ServerProcess]]:
+    """Factory: start_server(**settings) -> a running node (stopped after the test)."""
     started: list[ServerProcess] = []
 
     def start(data_dir: Path | None = None, **settings: Any) -> ServerProcess:
-        node = ServerProcess(data_dir or tmp_path / f"data{next(_names)}", settings)
+        node = node_kind(data_dir or tmp_path / f"data{next(_names)}", settings)
         started.append(node)
         return node.start()
 
@@ -33,10 +41,11 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def server(tmp_path_factory: pytest.TempPathFactory,
+           node_kind: type[ServerProcess]) -> Iterator[ServerProcess]:
     """One node shared by a test module (default settings, short transaction timeout)."""
-    node = ServerProcess(tmp_path_factory.mktemp("shared") / "data",
-                         {"transaction_timeout": 1.0, "busy_timeout": 0.5})
+    node = node_kind(tmp_path_factory.mktemp("shared") / "data",
+                     {"transaction_timeout": 1.0, "busy_timeout": 0.5})
     node.start()
     yield node
     node.stop()

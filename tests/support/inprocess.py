@@ -125,6 +125,3 @@ class InProcessNode:
         headers = {} if token == "" else {"Authorization": f"Bearer {token or self.admin_token}"}
         return httpx.Client(base_url=self.url, timeout=30, headers=headers,
                             transport=LoopTransport(self._loop, self.app))
-
-    def log(self) -> str:
-        return ""  # the server logs into the test's own output
