@@ -8,6 +8,7 @@ point of its history restores, before and after the move.
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +19,8 @@ from shoal import settings as settings_mod
 from shoal.engine import tables
 from shoal.engine.connection import Connection, Statement
 from shoal.engine.database import Database, IdempotencyRecord
+from shoal.engine.journal import Stores
+from shoal.engine.registry import Registry
 from shoal.log.restore import restore
 from tests.support.engine import DB, registry, run
 from tests.support.tables import legacy_tables
@@ -179,3 +182,49 @@ def test_the_move_is_a_commit_of_the_log_and_history_restores_on_both_sides(
             out = tmp_path / f"at{txid}.db"
             restore(store, DB, timeline, out, txid=txid)
             assert names(out) == expect and txid_of(out) == txid
+
+
+def test_a_node_killed_after_the_move_recovers_it_from_its_wal(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """kill -9 right after the move's commit and the write after it, neither shipped yet
+    (local durability): the files as the killed process left them (the WAL holds both
+    commits) open on another registry on the same store, which numbers the WAL's commits
+    from the file's txid, ships them and restores at each txid."""
+    monkeypatch.setattr(tables, "create", legacy_tables)
+    async def body() -> None:
+        async with registry(tmp_path, sync_interval=60.0) as (reg, store):
+            monkeypatch.undo()
+            path = tmp_path / "data" / "dbs" / DB / "main.db"
+            path.parent.mkdir(parents=True)
+            db = await reg.open(DB, "main", path)
+            done = await db.write([Statement("CREATE TABLE t(v TEXT)"),
+                                   Statement("INSERT INTO t VALUES ('after')")])
+            assert done.txid == 2
+            assert db.journal is not None and db.journal.shipper is not None
+            assert db.journal.shipper.durable_txid == 0  # acknowledged, not shipped
+            timeline = db.journal.timeline
+            copy = tmp_path / "node2" / "dbs" / DB / "main.db"  # what kill -9 leaves
+            copy.parent.mkdir(parents=True)
+            for f in path.parent.iterdir():
+                if f.name.startswith("main.") and not f.name.endswith("-shm"):
+                    shutil.copyfile(f, copy.parent / f.name)
+            settings = settings_mod.Settings(data=str(tmp_path / "node2"), sync_interval=0.01)
+            sql, io = ThreadPoolExecutor(4), ThreadPoolExecutor(4)
+            try:
+                reg2 = Registry(Stores(store, store, io), settings, sql, tmp_path / "scratch2")
+                db2 = await reg2.open(DB, "main", copy)
+                assert db2.txid == 2 and db2.layout is tables.CURRENT
+                assert db2.journal is not None
+                await db2.journal.durable(2)
+                await db2.aclose()
+            finally:
+                sql.shutdown(wait=True)
+                io.shutdown(wait=True)
+        for txid, expect in ((0, ["_shoal_idempotency", "_shoal_state"]),
+                             (1, ["sqlite_shoal_idempotency", "sqlite_shoal_state"]),
+                             (2, ["sqlite_shoal_idempotency", "sqlite_shoal_state", "t"])):
+            out = tmp_path / f"at{txid}.db"
+            restore(store, DB, timeline, out, txid=txid)
+            assert names(out) == expect and txid_of(out) == txid
+
+    run(body())
