@@ -373,7 +373,9 @@ def _sql(args: argparse.Namespace, client: Client, out: Output) -> int:
 
 
 # -- shell ---------------------------------------------------------------------------------------
-_HIDDEN = "name NOT LIKE 'sqlite\\_%' ESCAPE '\\' AND name NOT LIKE '\\_shoal\\_%' ESCAPE '\\'"
+# SQLite's tables and Shoal's (engine/tables.py: current and older names); LIKE ignores case
+_HIDDEN = " AND ".join(f"name NOT LIKE '{prefix}%' ESCAPE '\\'"
+                       for prefix in ("sqlite\\_", "\\_cf\\_shoal\\_", "\\_shoal\\_"))
 SHELL_HELP = """\
 End each SQL statement with ';' (it may span lines). BEGIN, COMMIT and ROLLBACK open and
 end an interactive transaction on the server.

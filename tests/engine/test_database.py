@@ -33,7 +33,7 @@ async def ids(db: Database) -> list[int]:
 def stored_txid(path: str) -> int:
     conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
     try:
-        return int(next(iter(conn.execute("SELECT txid FROM sqlite_shoal_state")))[0])
+        return int(next(iter(conn.execute("SELECT txid FROM _cf_SHOAL_state")))[0])
     finally:
         conn.close()
 

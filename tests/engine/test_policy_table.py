@@ -18,7 +18,7 @@ from shoal.engine import tables
 from shoal.engine.connection import Connection, Limits, Statement
 from shoal.engine.policy import Guard
 from shoal.errors import ShoalError
-from tests.support.tables import legacy_tables
+from tests.support.tables import legacy_tables, reserved_tables
 
 LIMITS = Limits(statement_timeout=5.0, max_response_bytes=10_000_000)
 
@@ -111,6 +111,14 @@ def writer(path: str) -> Iterator[Connection]:
 def legacy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Connection]:
     conn = Connection(str(tmp_path_factory.mktemp("legacy") / "main.db"), reader=False)
     legacy_tables(conn)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def reserved_layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Connection]:
+    conn = Connection(str(tmp_path_factory.mktemp("reserved") / "main.db"), reader=False)
+    reserved_tables(conn)
     yield conn
     conn.close()
 
@@ -306,6 +314,12 @@ CALLS = [
      reserved("sqlite_shoal_state")),
     (apsw.SQLITE_ALTER_TABLE, "main", "SQLITE_SHOAL_STATE", None, DENY,
      reserved("SQLITE_SHOAL_STATE")),
+    (apsw.SQLITE_READ, "_cf_SHOAL_state", "txid", "main", DENY, reserved("_cf_SHOAL_state")),
+    (apsw.SQLITE_UPDATE, "_CF_shoal_State", "txid", "main", DENY, reserved("_CF_shoal_State")),
+    (apsw.SQLITE_CREATE_TABLE, "_cf_SHOAL_new", None, "main", DENY, reserved("_cf_SHOAL_new")),
+    (apsw.SQLITE_ALTER_TABLE, "main", "_cf_SHOAL_idempotency", None, DENY,
+     reserved("_cf_SHOAL_idempotency")),
+    (apsw.SQLITE_READ, "_cf_KV", "value", "main", OK, None),  # a user's own _cf_ table
     (apsw.SQLITE_CREATE_INDEX, "_shoal_like", "t", "main", OK, None),  # an index's own name
     (apsw.SQLITE_ALTER_TABLE, "main", "t", None, OK, None),
     (apsw.SQLITE_READ, "shoal_state", "txid", "main", OK, None),
@@ -316,6 +330,7 @@ CALLS = [
     # ANALYZE (plain, or run by PRAGMA optimize) skips reserved tables instead of failing
     (apsw.SQLITE_ANALYZE, "sqlite_shoal_state", None, "main", IGNORE, None),
     (apsw.SQLITE_ANALYZE, "SQLITE_SHOAL_STATE", None, "main", IGNORE, None),
+    (apsw.SQLITE_ANALYZE, "_cf_SHOAL_idempotency", None, "main", IGNORE, None),
     (apsw.SQLITE_ANALYZE, "t", None, "main", OK, None),
     # PRAGMAs
     (apsw.SQLITE_PRAGMA, "foreign_keys", "OFF", None, IGNORE, None),
@@ -401,12 +416,16 @@ def test_transaction_calls_name_their_verb(op: int, p1: str | None, verb: str) -
     "SELECT * FROM {s}_state",
     "SELECT count(*) FROM main.{s}_idempotency",
 ])
-@pytest.mark.parametrize("prefix", ["_shoal", "_SHOAL", "_Shoal"])
-def test_reserved_names_in_any_case(legacy: Connection, sql: str, prefix: str) -> None:
-    """A file from before Shoal's tables took sqlite_* names (restored from old history
-    until its first write moves them): the authorizer refuses their old names."""
-    refused(legacy, sql.format(s=prefix), RESERVED)
-    assert legacy.internal("SELECT txid FROM _shoal_state") == [(0,)]
+@pytest.mark.parametrize(("file", "prefix"), [
+    ("writer", "_cf_SHOAL"), ("writer", "_CF_SHOAL"), ("writer", "_cf_shoal"),
+    ("legacy", "_shoal"), ("legacy", "_SHOAL"), ("legacy", "_Shoal")])
+def test_reserved_names_in_any_case(request: pytest.FixtureRequest, sql: str, file: str,
+                                    prefix: str) -> None:
+    """The authorizer refuses Shoal's names, and the LEGACY ones in a file from before
+    (restored from old history until its first write moves them)."""
+    conn: Connection = request.getfixturevalue(file)
+    refused(conn, sql.format(s=prefix), RESERVED)
+    assert conn.internal(f"SELECT txid FROM {prefix}_state") == [(0,)]
 
 
 @pytest.mark.parametrize("sql", [
@@ -419,15 +438,17 @@ def test_reserved_names_in_any_case(legacy: Connection, sql: str, prefix: str) -
     "DROP TABLE IF EXISTS {s}_idempotency",
 ])
 @pytest.mark.parametrize("prefix", ["sqlite_shoal", "SQLITE_SHOAL", "Sqlite_Shoal"])
-def test_shoal_tables_in_any_case(writer: Connection, sql: str, prefix: str) -> None:
-    # (DROP: the authorizer is asked before SQLite's own "may not be dropped")
-    refused(writer, sql.format(s=prefix), RESERVED)
-    assert writer.internal("SELECT txid FROM sqlite_shoal_state") == [(0,)]
+def test_reserved_layout_names_in_any_case(reserved_layout: Connection, sql: str,
+                                           prefix: str) -> None:
+    """A file of the RESERVED layout (sqlite_shoal_*; SQLite itself refuses schema changes
+    to its sqlite_* names). DROP: the authorizer is asked before SQLite's own refusal."""
+    refused(reserved_layout, sql.format(s=prefix), RESERVED)
+    assert reserved_layout.internal("SELECT txid FROM sqlite_shoal_state") == [(0,)]
 
 
 def test_analyze_skips_reserved_tables(writer: Connection) -> None:
-    for sql in ("ANALYZE", "ANALYZE main", "ANALYZE sqlite_shoal_state",
-                "ANALYZE SQLITE_SHOAL_STATE", "PRAGMA optimize(0x10002)", "PRAGMA OPTIMIZE"):
+    for sql in ("ANALYZE", "ANALYZE main", "ANALYZE _cf_SHOAL_state",
+                "ANALYZE _CF_SHOAL_STATE", "PRAGMA optimize(0x10002)", "PRAGMA OPTIMIZE"):
         tables = run_then(writer, sql, "SELECT DISTINCT tbl FROM sqlite_stat1 ORDER BY tbl")
         assert not [t for t in tables if "shoal" in str(t[0]).lower()], sql
     # the user's own tables are analyzed
@@ -478,7 +499,7 @@ def test_a_reader_stays_query_only(reader: Connection) -> None:
         refused(reader, sql, pragma("query_only"))
     assert reader.internal("PRAGMA query_only") == [(1,)]
     assert run(reader, "SELECT v FROM t") == [["one"]]
-    refused(reader, "SELECT * FROM SQLITE_SHOAL_STATE", RESERVED)
+    refused(reader, "SELECT * FROM _CF_SHOAL_STATE", RESERVED)
     refused(reader, "PRAGMA temp.user_version = 1", TEMPORARY)
 
 

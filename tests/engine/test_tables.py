@@ -1,5 +1,6 @@
-"""engine/tables.py: Shoal's tables under sqlite_* names, where schema tools do not look, and
-files of the old layout (``_shoal_state``) read as they are and moved by their first write.
+"""engine/tables.py: Shoal's tables under _cf_SHOAL_* names, which schema tools leave out,
+and files of the two older layouts (``_shoal_state``, ``sqlite_shoal_state``) read as they
+are and moved by their first write.
 
 A store-backed database created by an older release is made here by building its txid-0
 snapshot with the old tables; its log then holds the move as a commit of its own, so every
@@ -23,10 +24,17 @@ from shoal.engine.journal import Stores
 from shoal.engine.registry import Registry
 from shoal.log.restore import restore
 from tests.support.engine import DB, registry, run
-from tests.support.tables import legacy_tables
+from tests.support.tables import legacy_tables, reserved_tables
 
-# What schema tools list (drizzle-kit, Prisma and SQLAlchemy all leave out sqlite_*)
-USER_TABLES = "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+# What Prisma's introspection lists (it leaves out SQLite's tables by name, and _cf_ + capitals)
+USER_TABLES = ("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT IN "
+               "('sqlite_sequence', 'sqlite_stat1', 'sqlite_stat4') "
+               "AND NOT (name GLOB '_cf_[A-Z]*')")
+CURRENT = ["_cf_SHOAL_idempotency", "_cf_SHOAL_state"]
+# An older layout: how to make it, its names
+OLD = {"legacy": (legacy_tables, tables.LEGACY, ["_shoal_idempotency", "_shoal_state"]),
+       "reserved": (reserved_tables, tables.RESERVED,
+                    ["sqlite_shoal_idempotency", "sqlite_shoal_state"])}
 
 
 def names(path: Path) -> list[str]:
@@ -46,9 +54,9 @@ def schema(db: Database) -> list[str]:
 def txid_of(path: Path) -> int:
     con = sqlite3.connect(path)
     try:
-        for table in ("sqlite_shoal_state", "_shoal_state"):
+        for layout in tables.LAYOUTS:
             try:
-                return int(con.execute(f"SELECT txid FROM {table}").fetchone()[0])
+                return int(con.execute(f"SELECT txid FROM {layout.state}").fetchone()[0])
             except sqlite3.OperationalError:
                 continue
         raise AssertionError("no txid")
@@ -62,76 +70,113 @@ def test_a_new_file_shows_schema_tools_only_the_users_tables(tmp_path: Path) -> 
     conn.internal("CREATE TABLE t(a)")
     assert conn.internal(USER_TABLES) == [("t",)]
     assert tables.layout_of(conn) is tables.CURRENT
-    assert conn.internal("SELECT txid FROM sqlite_shoal_state") == [(0,)]
-    assert conn.internal("PRAGMA writable_schema") == [(0,)]  # on for the CREATEs only
+    assert conn.internal("SELECT txid FROM _cf_SHOAL_state") == [(0,)]
     tables.create(conn)  # again: nothing changes
-    assert conn.internal("SELECT count(*) FROM sqlite_shoal_state") == [(1,)]
+    assert conn.internal("SELECT count(*) FROM _cf_SHOAL_state") == [(1,)]
     conn.close()
 
 
-def test_a_file_without_tables_has_no_layout_and_an_old_one_the_legacy_layout(
-        tmp_path: Path) -> None:
+@pytest.mark.parametrize("old", OLD)
+def test_each_layout_is_known_by_its_names(tmp_path: Path, old: str) -> None:
+    make, layout, _ = OLD[old]
     conn = Connection(str(tmp_path / "a.db"), reader=False)
     assert tables.layout_of(conn) is None
-    legacy_tables(conn)
-    assert tables.layout_of(conn) is tables.LEGACY
+    make(conn)
+    assert tables.layout_of(conn) is layout
     conn.close()
 
 
-def test_a_failed_create_leaves_writable_schema_off(tmp_path: Path) -> None:
-    conn = Connection(str(tmp_path / "a.db"), reader=False)
-    conn.internal("PRAGMA writable_schema=ON")
-    conn.internal("CREATE TABLE sqlite_shoal_state(a)")  # in the way, of another shape
-    conn.internal("PRAGMA writable_schema=OFF")
-    with pytest.raises(Exception, match="k"):
-        tables.create(conn)  # its INSERT names a column the table in the way lacks
+@pytest.mark.parametrize("old", OLD)
+def test_the_move_gives_the_same_tables_as_a_new_file_under_the_new_names(
+        tmp_path: Path, old: str) -> None:
+    make, layout, _ = OLD[old]
+    fresh = Connection(str(tmp_path / "new.db"), reader=False)
+    tables.create(fresh)
+    conn = Connection(str(tmp_path / "old.db"), reader=False)
+    make(conn)
+    conn.internal(f"UPDATE {layout.state} SET txid = 7")
+    conn.internal(f"INSERT INTO {layout.idempotency} VALUES ('s', 'k', x'01', 200, x'02', 1.5)")
+    conn.internal("CREATE TABLE t(a)")
+    conn.internal("CREATE TABLE gone(a); CREATE VIEW v AS SELECT a FROM gone; DROP TABLE gone")
+    conn.internal("BEGIN IMMEDIATE")
+    tables.migrate(conn, layout)  # (ALTER TABLE RENAME would fail on the broken view)
+    conn.internal("COMMIT")
+    listing = "SELECT type, name, tbl_name, sql FROM sqlite_schema WHERE name LIKE '%shoal%'"
+    assert sorted(conn.internal(listing)) == sorted(fresh.internal(listing))
     assert conn.internal("PRAGMA writable_schema") == [(0,)]
+    assert tables.layout_of(conn) is tables.CURRENT
+    assert conn.internal(tables.CURRENT.get_txid) == [(7,)]
+    assert conn.internal(tables.CURRENT.get_idem, ("s", "k")) == [(b"\x01", 200, b"\x02", 1.5)]
+    other = Connection(str(tmp_path / "old.db"), reader=True)  # another connection sees it
+    assert other.internal(tables.CURRENT.get_txid) == [(7,)]
+    for c in (conn, other):
+        assert c.internal("PRAGMA integrity_check") == [("ok",)]
+    for c in (other, conn, fresh):
+        c.close()
+    assert names(tmp_path / "old.db") == [*CURRENT, "t", "v"]
+
+
+def test_the_move_refuses_when_a_new_name_is_taken(tmp_path: Path) -> None:
+    conn = Connection(str(tmp_path / "a.db"), reader=False)
+    legacy_tables(conn)
+    conn.internal("CREATE TABLE _CF_shoal_IDEMPOTENCY(a)")  # in the way (names ignore case)
+    conn.internal("BEGIN IMMEDIATE")
+    with pytest.raises(Exception, match="exists"):
+        tables.migrate(conn, tables.LEGACY)
+    conn.internal("ROLLBACK")
+    assert conn.internal("PRAGMA writable_schema") == [(0,)]
+    assert tables.layout_of(conn) is tables.LEGACY
+    assert conn.internal("PRAGMA integrity_check") == [("ok",)]
     conn.close()
 
 
-def _opened(tmp_path: Path, legacy: bool) -> Database:
+def _opened(tmp_path: Path, old: str | None) -> Database:
     path = tmp_path / "main.db"
-    if legacy:
+    if old:
+        make, layout, _ = OLD[old]
         conn = Connection(str(path), reader=False)
-        legacy_tables(conn)
-        conn.internal("UPDATE _shoal_state SET txid = 41")
+        make(conn)
+        conn.internal(f"UPDATE {layout.state} SET txid = 41")
         conn.internal("CREATE TABLE t(v TEXT)")
-        conn.internal("INSERT INTO _shoal_idempotency VALUES ('sub', 'key-1', x'01', 200, "
+        conn.internal(f"INSERT INTO {layout.idempotency} VALUES ('sub', 'key-1', x'01', 200, "
                       "x'7b7d', 1e12)")  # far in the future: not purged
         conn.close()
     settings = settings_mod.Settings(data=str(tmp_path / "data"))
     return Database(DB, "main", str(path), settings, ThreadPoolExecutor(4))
 
 
-def test_an_old_local_file_is_read_then_moved_by_its_first_write(tmp_path: Path) -> None:
+@pytest.mark.parametrize("old", OLD)
+def test_an_old_local_file_is_read_then_moved_by_its_first_write(tmp_path: Path,
+                                                                  old: str) -> None:
+    _, layout, old_names = OLD[old]
     async def body() -> None:
-        db = _opened(tmp_path, legacy=True)
+        db = _opened(tmp_path, old)
         await db.open()
-        assert db.txid == 41 and db.layout is tables.LEGACY
+        assert db.txid == 41 and db.layout is layout
         assert await db.find_idempotent("sub", "key-1") == (b"\x01", 200, b"{}")
         tx = await db.begin("tx_r", "test", write=False)
         assert tx.start_txid == 41
         await db.end(tx, commit=False)
-        assert schema(db) == ["_shoal_idempotency", "_shoal_state", "t"]
+        assert schema(db) == sorted([*old_names, "t"])
         done = await db.write([Statement("INSERT INTO t VALUES ('x')")])
         assert done.txid == 43  # 42: the move, a commit of its own
         assert db.layout is tables.CURRENT
-        assert schema(db) == ["sqlite_shoal_idempotency", "sqlite_shoal_state", "t"]
+        assert schema(db) == [*CURRENT, "t"]
         assert await db.find_idempotent("sub", "key-1") == (b"\x01", 200, b"{}")
         idem = IdempotencyRecord("sub", "key-2", b"\x02", lambda done: (201, b"[]"))
         await db.write([Statement("INSERT INTO t VALUES ('y')")], idem)
         assert await db.find_idempotent("sub", "key-2") == (b"\x02", 201, b"[]")
         db.close()
         assert txid_of(tmp_path / "main.db") == 44
-        assert names(tmp_path / "main.db") == ["sqlite_shoal_idempotency",
-                                               "sqlite_shoal_state", "t"]
+        assert names(tmp_path / "main.db") == [*CURRENT, "t"]
 
     run(body())
 
 
-def test_an_interactive_write_transaction_moves_them_first(tmp_path: Path) -> None:
+@pytest.mark.parametrize("old", OLD)
+def test_an_interactive_write_transaction_moves_them_first(tmp_path: Path, old: str) -> None:
     async def body() -> None:
-        db = _opened(tmp_path, legacy=True)
+        db = _opened(tmp_path, old)
         await db.open()
         tx = await db.begin("tx_w", "test", write=True)
         assert tx.start_txid == 42 and db.layout is tables.CURRENT
@@ -143,15 +188,17 @@ def test_an_interactive_write_transaction_moves_them_first(tmp_path: Path) -> No
     run(body())
 
 
-def test_a_failed_write_still_moves_them_and_a_new_file_never_needs_to(tmp_path: Path) -> None:
+@pytest.mark.parametrize("old", OLD)
+def test_a_failed_write_still_moves_them_and_a_new_file_never_needs_to(tmp_path: Path,
+                                                                       old: str) -> None:
     async def body() -> None:
-        db = _opened(tmp_path, legacy=True)
+        db = _opened(tmp_path, old)
         await db.open()
         with pytest.raises(Exception):  # noqa: B017 - any SQL error
             await db.write([Statement("INSERT INTO nowhere VALUES (1)")])
         assert db.layout is tables.CURRENT and db.txid == 42
         db.close()
-        fresh = _opened(tmp_path / "new", legacy=False)
+        fresh = _opened(tmp_path / "new", None)
         (tmp_path / "new").mkdir()
         await fresh.open()
         assert fresh.layout is tables.CURRENT and fresh.txid == 0
@@ -160,37 +207,39 @@ def test_a_failed_write_still_moves_them_and_a_new_file_never_needs_to(tmp_path:
     run(body())
 
 
+@pytest.mark.parametrize("old", OLD)
 def test_the_move_is_a_commit_of_the_log_and_history_restores_on_both_sides(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tables, "create", legacy_tables)  # a database made by an older node
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old: str) -> None:
+    make, layout, old_names = OLD[old]
+    monkeypatch.setattr(tables, "create", make)  # a database made by an older node
     async def body() -> None:
         async with registry(tmp_path, durability="remote") as (reg, store):
             monkeypatch.undo()
             path = tmp_path / "data" / "dbs" / DB / "main.db"
             path.parent.mkdir(parents=True)
             db = await reg.open(DB, "main", path)
-            assert db.layout is tables.LEGACY and db.txid == 0
+            assert db.layout is layout and db.txid == 0
             done = await db.write([Statement("CREATE TABLE t(v TEXT)"),
                                    Statement("INSERT INTO t VALUES ('after')")])
             assert done.txid == 2 and db.layout is tables.CURRENT
             assert db.journal is not None
             timeline = db.journal.timeline
             await db.aclose()
-        for txid, expect in ((0, ["_shoal_idempotency", "_shoal_state"]),
-                             (1, ["sqlite_shoal_idempotency", "sqlite_shoal_state"]),
-                             (2, ["sqlite_shoal_idempotency", "sqlite_shoal_state", "t"])):
+        for txid, expect in ((0, old_names), (1, CURRENT), (2, [*CURRENT, "t"])):
             out = tmp_path / f"at{txid}.db"
             restore(store, DB, timeline, out, txid=txid)
             assert names(out) == expect and txid_of(out) == txid
 
 
+@pytest.mark.parametrize("old", OLD)
 def test_a_node_killed_after_the_move_recovers_it_from_its_wal(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, old: str) -> None:
     """kill -9 right after the move's commit and the write after it, neither shipped yet
     (local durability): the files as the killed process left them (the WAL holds both
     commits) open on another registry on the same store, which numbers the WAL's commits
     from the file's txid, ships them and restores at each txid."""
-    monkeypatch.setattr(tables, "create", legacy_tables)
+    make, _, old_names = OLD[old]
+    monkeypatch.setattr(tables, "create", make)
     async def body() -> None:
         async with registry(tmp_path, sync_interval=60.0) as (reg, store):
             monkeypatch.undo()
@@ -220,9 +269,7 @@ def test_a_node_killed_after_the_move_recovers_it_from_its_wal(
             finally:
                 sql.shutdown(wait=True)
                 io.shutdown(wait=True)
-        for txid, expect in ((0, ["_shoal_idempotency", "_shoal_state"]),
-                             (1, ["sqlite_shoal_idempotency", "sqlite_shoal_state"]),
-                             (2, ["sqlite_shoal_idempotency", "sqlite_shoal_state", "t"])):
+        for txid, expect in ((0, old_names), (1, CURRENT), (2, [*CURRENT, "t"])):
             out = tmp_path / f"at{txid}.db"
             restore(store, DB, timeline, out, txid=txid)
             assert names(out) == expect and txid_of(out) == txid

@@ -87,7 +87,7 @@ def check_files_as_left(db_path: Path, scratch: Path, acks: Acks) -> int:
         present = {row[0] for row in conn.execute("SELECT id FROM acked")}
         missing = acks.ids - present
         assert not missing, f"acknowledged rows lost in the crash: {sorted(missing)[:10]}"
-        txid = int(next(iter(conn.execute("SELECT txid FROM sqlite_shoal_state")))[0])
+        txid = int(next(iter(conn.execute("SELECT txid FROM _cf_SHOAL_state")))[0])
     finally:
         conn.close()
     return txid

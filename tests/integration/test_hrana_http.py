@@ -130,7 +130,7 @@ def test_sqlite_errors_keep_sqlite_codes(admin: httpx.Client, db: str) -> None:
         execute("SELECT * FROM nowhere"),
         execute("SELECT 1; SELECT 2"),
         execute("ATTACH 'x.db' AS x"),
-        execute("SELECT * FROM sqlite_shoal_state"),
+        execute("SELECT * FROM _cf_SHOAL_state"),
     ])
     ok(results[0])
     assert "UNIQUE" in err(results[1], "SQLITE_CONSTRAINT")["message"]

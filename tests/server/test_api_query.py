@@ -23,6 +23,7 @@ from tests.integration.api_support import (
     scalar,
 )
 from tests.support.server import ServerProcess
+from tests.support.tables import DRIZZLE_TABLES, PRISMA_TABLES
 
 ENDLESS = "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT count(*) FROM r"
 
@@ -486,15 +487,15 @@ NOT_ALLOWED = [
     "END",
     "SAVEPOINT s",
     "RELEASE s",
-    "SELECT * FROM sqlite_shoal_state",
-    "SELECT * FROM sqlite_shoal_idempotency",
-    "SELECT txid FROM main.sqlite_shoal_state",
-    "UPDATE sqlite_shoal_state SET txid = 99",
-    "DELETE FROM sqlite_shoal_idempotency",
-    "DROP TABLE sqlite_shoal_state",
+    "SELECT * FROM _cf_SHOAL_state",
+    "SELECT * FROM _cf_SHOAL_idempotency",
+    "SELECT txid FROM main._cf_SHOAL_state",
+    "UPDATE _cf_SHOAL_state SET txid = 99",
+    "DELETE FROM _cf_SHOAL_idempotency",
+    "DROP TABLE _cf_SHOAL_state",
     "CREATE TABLE _shoal_mine(a)",
-    "INSERT INTO t(v) SELECT txid FROM sqlite_shoal_state",
-    "SELECT (SELECT count(*) FROM SQLITE_SHOAL_IDEMPOTENCY)",
+    "INSERT INTO t(v) SELECT txid FROM _cf_SHOAL_state",
+    "SELECT (SELECT count(*) FROM _CF_SHOAL_IDEMPOTENCY)",
 ]
 
 
@@ -523,20 +524,21 @@ def test_sql_not_allowed_for_every_token(server: ServerProcess, admin: httpx.Cli
     assert_serving(admin, db)
 
 
-def test_shoal_tables_bear_sqlites_own_names(admin: httpx.Client, db: str) -> None:
-    """Schema tools skip sqlite_* (drizzle-kit, Prisma, SQLAlchemy): they see the user's
-    tables only; and SQLite refuses everyone schema changes in that namespace."""
-    listed = rows(admin, db, "SELECT name FROM sqlite_master WHERE type = 'table' "
-                             "AND name NOT LIKE 'sqlite_%' ORDER BY name")
-    assert [r[0] for r in listed] == sorted(
-        r[0] for r in rows(admin, db, "SELECT name FROM sqlite_master WHERE type = 'table'")
-        if not r[0].startswith("sqlite_"))
-    assert not [r for r in listed if "shoal" in r[0]]
-    for sql in ("CREATE INDEX i ON sqlite_shoal_state(txid)",
-                "CREATE TRIGGER tr AFTER INSERT ON sqlite_shoal_state BEGIN SELECT 1; END",
-                "ALTER TABLE t RENAME TO sqlite_shoal_x", "CREATE VIEW sqlite_v AS SELECT 1"):
-        err = error_of(query(admin, db, sql), 400, "SQLITE_ERROR")
-        assert "sqlite_" in err["message"] or "system table" in err["message"]
+def test_schema_tools_see_only_the_users_tables(admin: httpx.Client, db: str) -> None:
+    """Shoal's tables are _cf_SHOAL_* (engine/tables.py): the names Prisma's and
+    drizzle-kit's introspection leave out, and Datasette's (every name starting with _)."""
+    ok(query(admin, db, "CREATE VIEW tv AS SELECT v FROM t"))
+    everything = [r[0] for r in rows(admin, db, "SELECT name FROM sqlite_master "
+                                                "WHERE type IN ('table', 'view')")]
+    assert {"_cf_SHOAL_state", "_cf_SHOAL_idempotency"} <= set(everything)
+    users = sorted(n for n in everything if not n.startswith(("_cf_SHOAL_", "sqlite_")))
+    assert [r[0] for r in rows(admin, db, PRISMA_TABLES)] == users
+    assert [r[0] for r in rows(admin, db, DRIZZLE_TABLES)] == users
+    for sql in ("CREATE INDEX i ON _cf_SHOAL_state(txid)",
+                "CREATE TRIGGER tr AFTER INSERT ON _cf_SHOAL_state BEGIN SELECT 1; END",
+                "CREATE TABLE _cf_SHOAL_x(a)", "ALTER TABLE _cf_SHOAL_state RENAME TO x"):
+        error_of(query(admin, db, sql), 403, "SQL_NOT_ALLOWED")
+    ok(query(admin, db, "DROP VIEW tv"))
     assert_serving(admin, db)
 
 
@@ -607,7 +609,7 @@ def test_ordinary_schema_changes_are_allowed(admin: httpx.Client, db: str) -> No
         ok(query(admin, db, sql))
     assert rows(admin, db, "SELECT id, v FROM s ORDER BY id") == [[1, "one"], [2, "two!"]]
     assert rows(admin, db, "SELECT name FROM sqlite_master WHERE type IN ('table', 'trigger')"
-                           " AND name NOT LIKE '\\_shoal\\_%' ESCAPE '\\' AND name"
+                           " AND name NOT LIKE '\\_cf\\_SHOAL\\_%' ESCAPE '\\' AND name"
                            " NOT LIKE 'sqlite_%' ORDER BY name") == [["s"], ["t2"], ["t_ai"]]
 
 

@@ -878,25 +878,25 @@ class Database:
         conn.internal(BEGIN_IMMEDIATE)
 
     def _upgrade(self, conn: Connection) -> None:
-        """Writer, under the write lock, before a write: a LEGACY file's tables move to their
-        new names (tables.migrate) in a commit of their own, the next txid, like any other
-        commit in the log."""
+        """Writer, under the write lock, before a write: an older layout's tables move to
+        their current names (tables.migrate) in a commit of their own, the next txid, like
+        any other commit in the log."""
         if self.layout is tables.CURRENT:
             return
         txid = self.txid + 1
         conn.internal(BEGIN_IMMEDIATE)
         try:
-            tables.migrate(conn)
+            tables.migrate(conn, self.layout)
             conn.internal(tables.CURRENT.set_txid, (txid,))
             conn.internal(COMMIT)
         except BaseException:
             if not conn.raw.get_autocommit():
                 conn.internal(ROLLBACK)
             raise
-        self.layout = tables.CURRENT
+        old, self.layout = self.layout, tables.CURRENT
         self._committed(conn, txid)
-        log.info("%s/%s: Shoal's tables moved to their sqlite_shoal_* names at txid %d",
-                 self.name, self.branch, txid)
+        log.info("%s/%s: Shoal's tables moved from %s to %s at txid %d", self.name,
+                 self.branch, old.state, tables.STATE, txid)
 
     def _own_read(self, conn: Connection, statement: Callable[[tables.Layout], str],
                   args: Any = None, *, large: bool = False) -> list[Any]:

@@ -3,7 +3,7 @@
 The writer connection runs with auto-checkpoint off and no checkpoint on close,
 and a WAL hook that reports the frame count after each commit. Right after
 every COMMIT (on the worker thread, under the write lock) :meth:`Journal.captured`
-marks the commit (the txid it wrote into ``_shoal_state``, its time, its last
+marks the commit (the txid it wrote into ``_cf_SHOAL_state``, its time, its last
 WAL frame: no I/O) and hands the mark to the shipper, which reads the pages of
 a whole segment's marks from the ``-wal`` file at once, off the commit path.
 

@@ -18,8 +18,8 @@ import apsw
 
 from shoal.errors import Code
 
-# Shoal's own tables (engine/tables.py), and the names they had before
-HIDDEN_PREFIXES = ("sqlite_shoal_", "_shoal_")
+# Shoal's own tables (engine/tables.py), and the names they had before (compared lowercased)
+HIDDEN_PREFIXES = ("_cf_shoal_", "sqlite_shoal_", "_shoal_")
 
 # PRAGMAs anyone may read. Setting is allowed only for SETTABLE.
 READABLE_PRAGMAS = frozenset({

@@ -2,7 +2,7 @@
 
 Right after every COMMIT of the branch (under its write lock, so commits are
 seen one at a time and in order) the engine calls :meth:`Capture.mark` with the
-txid that commit wrote into ``_shoal_state`` and the frame count SQLite's WAL
+txid that commit wrote into ``_cf_SHOAL_state`` and the frame count SQLite's WAL
 hook reported: a :class:`Mark` (txid, time, last frame) costs no I/O, so the
 commit path does not wait for it. The pages are read later, off the commit path,
 by :meth:`Capture.read`, once per segment: one ``pread`` of every marked frame,
