@@ -101,3 +101,20 @@ def test_hrana_asks_the_engine_whether_the_database_exists(tmp_path: Path) -> No
     r = serve(engine, "POST", "/db/known/v2/pipeline", json={"requests": []},
               headers={"Authorization": "Bearer bad"})
     assert r.status_code == 401
+
+
+def test_a_bug_under_a_hrana_route_is_a_500_in_hranas_shape(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A libSQL client reads Hrana's top-level message and code; a native envelope alone
+    would reach its user as a bare status."""
+    engine = FakeEngine(tmp_path)
+    with caplog.at_level(logging.ERROR):  # the fake has no streams: AttributeError
+        r = serve(engine, "POST", "/db/known/v3/pipeline",
+                  json={"requests": [{"type": "execute", "stmt": {"sql": "SELECT 1"}}]},
+                  headers={"Authorization": "Bearer good"})
+    assert r.status_code == 500
+    body = r.json()
+    assert body["code"] == "INTERNAL" and body["message"] == "internal error"
+    assert body["error"]["code"] == "INTERNAL"  # Shoal's envelope beside it
+    assert "FakeEngine" not in r.text
+    assert any("FakeEngine" in (rec.exc_text or "") for rec in caplog.records)

@@ -72,7 +72,8 @@ class App:
         # authenticate themselves so that every error keeps Hrana's shape.
         quota = Quota(settings)  # Hrana streams and held bytes, per token, database, node
         self.hrana = HranaHTTP(self.engine, quota)
-        self.public |= self.hrana.register(self.router)
+        self.hrana_routes = self.hrana.register(self.router)  # errors in Hrana's shape
+        self.public |= self.hrana_routes
         self.websocket = HranaWebSocket(self.engine, quota)
         self._log = sys.stderr.buffer if settings.access_log else None
         self._watches: dict[_Watch, None] = {}  # requests in flight (see _Watch)
@@ -112,6 +113,13 @@ class App:
         await self.engine.start()
         self.hrana.start()
 
+    def _error(self, request: Request, exc: ShoalError) -> Response:
+        """The error in the envelope of the request's protocol (a libSQL client reads
+        Hrana's, and would show a native one as a bare status)."""
+        if request.route in self.hrana_routes:
+            return self.hrana.error(exc)
+        return error_response(exc)
+
     async def stop(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
@@ -132,10 +140,10 @@ class App:
                 self.engine.refuse_when_overloaded()  # past the memory ceiling: no new work
             response = await handler(request)
         except ShoalError as exc:
-            response = error_response(exc)
+            response = self._error(request, exc)
         except Exception:  # a bug: the one place it becomes 500 INTERNAL, traceback logged
             log.exception("unhandled error on %s %s", request.method, request.route)
-            response = json_response(500, ShoalError(Code.INTERNAL, "internal error").body())
+            response = self._error(request, ShoalError(Code.INTERNAL, "internal error"))
         finally:
             del self._watches[watch]
             watch.stop()

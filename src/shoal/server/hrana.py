@@ -158,7 +158,8 @@ class HranaHTTP:
         return principal, db, branch
 
     @staticmethod
-    def _error(exc: Exception) -> Response:
+    def error(exc: Exception) -> Response:
+        """A Hrana error response (a Shoal error as Hrana shows it)."""
         err = exc if isinstance(exc, HranaError) else p.from_shoal(exc)  # type: ignore[arg-type]
         return Response(err.status, encode(err.body()))
 
@@ -280,7 +281,7 @@ class HranaHTTP:
             closes = any(type(req) is p.CloseReq for req in body.requests)
             handle = await self._open(body.baton, principal, db, branch, keeps=not closes)
         except (HranaError, ShoalError) as exc:
-            return self._error(exc)
+            return self.error(exc)
         stream = handle.stream
         # every entry may have to be an error: keep room for that, and for the envelope
         budget = stream.budget = Budget(self.max_response, RESERVE * (len(body.requests) + 1))
@@ -413,7 +414,7 @@ class HranaHTTP:
             body = await p.decode_message(request.body, p.CursorBody, self.max_statements)
             handle = await self._open(body.baton, principal, db, branch)
         except (HranaError, ShoalError) as exc:
-            return self._error(exc)
+            return self.error(exc)
         stream = handle.stream
         budget = stream.budget = Budget(self.max_response, 2 * RESERVE)  # head, error line
         lines: list[bytes] = []
@@ -453,7 +454,7 @@ class HranaHTTP:
             if stored is not None:
                 return stored
         except (HranaError, ShoalError) as exc:
-            return self._error(exc)
+            return self.error(exc)
         stream = Stream(self.engine, principal, db, branch=branch)
         if idem is not None:
             stream.recorder = Recorder(idem)
@@ -464,7 +465,7 @@ class HranaHTTP:
             else:
                 result = await stream.batch(body.batch)
         except (HranaError, ShoalError) as exc:
-            return self._error(exc)
+            return self.error(exc)
         except Replay as replay:
             return Response(replay.status, replay.body)
         finally:
@@ -489,7 +490,7 @@ class HranaHTTP:
             out = await self.engine.query(principal, db, statements, idem, render,
                                           branch=branch)
         except (HranaError, ShoalError) as exc:
-            return self._error(exc)
+            return self.error(exc)
         if out.replay is not None:
             return Response(*out.replay)
         if len(out.results) <= PACED_ITEMS:
