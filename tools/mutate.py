@@ -74,6 +74,7 @@ MODULES: dict[str, tuple[str, ...]] = {
                         "tests/storage/test_probe.py"),
     "server/gate.py": ("tests/unit/test_gate*.py",),
     "engine/disk.py": ("tests/engine/test_disk*.py",),
+    "engine/tables.py": ("tests/engine/test_tables.py", "tests/engine/test_policy*.py"),
 }
 # The modules `make mutate` runs when no MODULE is named (issue 19's seven; values.py
 # is two modules since its encoding moved to wire.py for the client).

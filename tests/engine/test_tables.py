@@ -14,6 +14,7 @@ import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import apsw
 import pytest
 
 from shoal import settings as settings_mod
@@ -275,3 +276,34 @@ def test_a_node_killed_after_the_move_recovers_it_from_its_wal(
             assert names(out) == expect and txid_of(out) == txid
 
     run(body())
+
+
+@pytest.mark.parametrize("old", OLD)
+def test_a_read_falls_back_to_the_layout_the_snapshot_holds(tmp_path: Path, old: str) -> None:
+    """A reader told of the current layout whose snapshot is older (or the reverse) runs the
+    read under the names its snapshot has."""
+    make, layout, _ = OLD[old]
+    conn = Connection(str(tmp_path / "a.db"), reader=False)
+    make(conn)
+    conn.internal(f"UPDATE {layout.state} SET txid = 9")
+    ran: list[str] = []
+
+    def run_sql(sql: str, args: object) -> list[object]:
+        ran.append(sql)
+        return conn.internal(sql, args)
+
+    assert tables.read(run_sql, tables.CURRENT, lambda t: t.get_txid) == [(9,)]
+    assert ran[0] == tables.CURRENT.get_txid and ran[-1] == layout.get_txid
+    conn.close()
+
+
+def test_a_read_raises_what_is_not_a_missing_table(tmp_path: Path) -> None:
+    conn = Connection(str(tmp_path / "a.db"), reader=False)
+    tables.create(conn)
+    with pytest.raises(apsw.SQLError, match="no such column"):
+        tables.read(lambda sql, args: conn.internal(sql, args), tables.CURRENT,
+                    lambda t: f"SELECT no_column FROM {t.state}")
+    with pytest.raises(apsw.SQLError, match="no such table"):  # nor under any layout
+        tables.read(lambda sql, args: conn.internal(sql, args), tables.CURRENT,
+                    lambda t: f"SELECT txid FROM {t.state}_gone")
+    conn.close()
