@@ -20,10 +20,15 @@ NODE_DEPS := tests/conformance/node/node_modules/.package-lock.json
 $(NODE_DEPS): tests/conformance/node/package-lock.json
 	npm ci --prefix tests/conformance/node --no-audit --no-fund
 
+# pytest: two workers, a test module to one worker (its module-scoped node and moto server
+# start once), modules handed out in collection order (--no-loadscope-reorder): the slow
+# few-test modules (tests/chaos, tests/integration) start early and the many quick ones
+# (tests/unit last) fill in at the end. xdist's default order (most tests first) ran the
+# slow modules last, where one long test could leave the other worker idle.
 test: $(STAMP) $(NODE_DEPS)
 	$(BIN)/ruff check src tests bench tools
 	$(BIN)/mypy
-	$(BIN)/pytest -q -n 2 --dist loadfile
+	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench tools

@@ -4,7 +4,8 @@ The node runs on ``faulty+file://...?rate=0.1``: every store call may fail, time
 out (applied or not) or leave a truncated object. Writers keep going; then the
 faults stop (the next node uses the same folder without the wrapper). Nothing
 acknowledged may be lost and the log must be complete: contiguous segments,
-every one valid, from txid 1 to the head.
+every one valid, from txid 1 to the head. The killed node's lease is released for the
+node on an empty disk (tests/support/lease.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from shoal.storage import open_store
+from tests.support.lease import release_killed_lease
 from tests.support.server import ServerProcess
 from tests.support.storage import TABLE, Acked, Writers, assert_log_contiguous, ids, ok, run
 
@@ -49,7 +51,7 @@ def test_shipping_catches_up_with_no_gap_once_faults_stop(
         durability: str, start_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
     root = tmp_path / "store"
     common = {"admin_token": ADMIN, "durability": durability, "sync_interval": 0.02,
-              "storage_timeout": 60, "lease_ttl": 3}  # a fresh node waits out the killed one
+              "storage_timeout": 60}
     node = start_server(tmp_path / "node", store=faulty(root, 7), **common)
     setup(node)
     acked = Acked()
@@ -67,6 +69,7 @@ def test_shipping_catches_up_with_no_gap_once_faults_stop(
                 base = f"/v1/databases/{db}" + ("" if branch == "main" else f"/branches/{branch}")
                 ok(http.get(base + "/history"))
         node.kill()
+    release_killed_lease(node, open_store(root.as_uri()))
     shutil.rmtree(tmp_path / "node")
 
     fresh = start_server(tmp_path / "fresh", store=root.as_uri(), **common)

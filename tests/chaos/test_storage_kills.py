@@ -7,7 +7,8 @@ may be lost, and once a node stops cleanly a node on an empty disk has it all.
 
 Checkpoints: ``remote`` durability with a checkpoint every few WAL frames and a
 snapshot after every checkpoint; every round starts on an empty disk, so each
-hydrates from snapshots and the log that the killed rounds left behind.
+hydrates from snapshots and the log that the killed rounds left behind (the killed
+node's lease is released for it: tests/support/lease.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from shoal.storage import open_store
+from tests.support.lease import release_killed_lease
 from tests.support.server import ServerProcess
 from tests.support.storage import (
     TABLE,
@@ -36,7 +38,6 @@ pytestmark = pytest.mark.slow
 
 ROUNDS = 10
 ADMIN = "kills-admin-token"
-LEASE_TTL = 3  # a node on an empty disk waits this long for the killed node's lease
 TARGETS = [("k1", "main"), ("k2", "main")]
 
 
@@ -59,7 +60,7 @@ def test_kill_during_shipping(start_server: Callable[..., ServerProcess], tmp_pa
     rng = random.Random(11)
     root = tmp_path / "store"
     settings = {"store": root.as_uri(), "admin_token": ADMIN, "durability": "local",
-                "sync_interval": 0.005, "lease_ttl": LEASE_TTL}
+                "sync_interval": 0.005}
     acked = Acked()
     for round_ in range(ROUNDS):
         node = start_server(tmp_path / "node", **settings)
@@ -87,8 +88,8 @@ def test_kill_during_checkpoints(start_server: Callable[..., ServerProcess],
     rng = random.Random(12)
     root = tmp_path / "store"
     settings = {"store": root.as_uri(), "admin_token": ADMIN, "durability": "remote",
-                "lease_ttl": LEASE_TTL, "checkpoint_frames": 6, "snapshot_log_bytes": 1,
-                "snapshot_log_ratio": 0.0}
+                "checkpoint_frames": 6, "snapshot_log_bytes": 1, "snapshot_log_ratio": 0.0}
+    store = open_store(root.as_uri())
     acked = Acked()
     for round_ in range(ROUNDS):
         node = start_server(tmp_path / f"node{round_}", **settings)  # an empty disk each time
@@ -101,6 +102,7 @@ def test_kill_during_checkpoints(start_server: Callable[..., ServerProcess],
             w.wait_ready()
             node.kill()
         assert acked.errors == []
+        release_killed_lease(node, store)  # the next round's empty disk need not wait it out
     snaps = list((root / "dbs").glob("*/snap/*/*.snap"))
     assert len(snaps) > 2 * len(TARGETS), "checkpoints took no snapshots"
     node = start_server(tmp_path / "last", **settings)

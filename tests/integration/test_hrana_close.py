@@ -23,7 +23,7 @@ from websockets.sync.client import connect
 from tests.integration.api_support import make_token
 from tests.integration.api_support import rows as native_rows
 from tests.integration.hrana_support import execute, ok, pipeline
-from tests.integration.test_hrana_ws import Hrana, ws_url
+from tests.support.hrana_ws import Hrana, ws_url
 from tests.support.server import ServerProcess
 
 ENDLESS = "WITH RECURSIVE r(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM r) SELECT count(*) FROM r"

@@ -22,7 +22,9 @@ import httpx
 import pytest
 
 from shoal.client import AsyncClient, AuthError, Client, NotFound
+from shoal.storage import open_store
 from tests.integration.api_support import error_of, make_token
+from tests.support.lease import release_killed_lease
 from tests.support.server import ServerProcess
 from tests.support.storage import iso, ok, rows, run
 
@@ -201,7 +203,8 @@ def test_kill_9_right_after_the_answer_keeps_the_compacted_state(
         assert run(http, DB, "INSERT INTO t VALUES (10, 'x', x'00')")["meta"]["txid"] == \
             done["txid"] + 1
     node.kill()  # and the store alone holds it all (remote durability)
-    fresh = start_server(tmp_path / "b", store=store, durability="remote", lease_ttl=1)
+    release_killed_lease(node, open_store(store))  # tests/support/lease.py
+    fresh = start_server(tmp_path / "b", store=store, durability="remote")
     with fresh.client() as http:
         assert count(http) == 11
         assert rows(http, DB, "PRAGMA integrity_check") == [["ok"]]

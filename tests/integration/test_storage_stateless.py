@@ -5,7 +5,9 @@ node, on an empty disk, must serve every database and branch with every
 acknowledged commit (``remote`` durability: every one; ``local``: all but those
 acknowledged within the last ``sync_interval``), accept the tokens the first
 node issued (and refuse the one it revoked), and have the same generated admin
-token. Runs on a file:// store and on S3 (moto's server).
+token. Runs on a file:// store and on S3 (moto's server). The killed node's lease is
+released for the new node (tests/support/lease.py): the lapse is
+tests/integration/test_storage_lease.py's subject.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ import httpx
 import pytest
 
 from shoal.storage import open_store
+from tests.support.lease import release_killed_lease
 from tests.support.s3 import MotoS3, moto_server
 from tests.support.server import ServerProcess
 from tests.support.storage import TABLE, Acked, Writers, assert_log_contiguous, ids, ok, run
 
 SYNC_INTERVAL = 0.1
-LEASE_TTL = 3  # the second node waits this long for the killed first one's lease
 SLACK = 0.6  # beyond sync_interval: an upload's own time, on a busy test machine
 TARGETS = [("alpha", "main"), ("alpha", "dev"), ("beta", "main")]
 
@@ -56,8 +58,7 @@ def test_a_node_on_an_empty_disk_serves_every_acknowledged_commit(
         monkeypatch: pytest.MonkeyPatch, start_server: Callable[..., ServerProcess]) -> None:
     moto = request.getfixturevalue("moto") if backend == "s3" else None
     settings = store_settings(backend, tmp_path, moto, monkeypatch) | {
-        "durability": durability, "sync_interval": SYNC_INTERVAL,
-        "lease_ttl": LEASE_TTL}
+        "durability": durability, "sync_interval": SYNC_INTERVAL}
     first = start_server(tmp_path / "first", **settings)
     admin_token = first.admin_token  # generated: it must live in the store too
     with first.client() as http:
@@ -79,6 +80,8 @@ def test_a_node_on_an_empty_disk_serves_every_acknowledged_commit(
         first.kill()
     assert acked.errors == []
     shutil.rmtree(first.data_dir)
+    store = open_store(settings["store"], endpoint_url=settings.get("s3_endpoint"))
+    release_killed_lease(first, store)
 
     second = start_server(tmp_path / "second", **settings)
     assert second.admin_token == admin_token
@@ -112,6 +115,5 @@ def test_a_node_on_an_empty_disk_serves_every_acknowledged_commit(
         assert r.status_code == 401 and r.json()["error"]["code"] == "TOKEN_REVOKED"
 
     second.stop()  # a clean stop ships everything: the log is complete and contiguous
-    store = open_store(settings["store"], endpoint_url=settings.get("s3_endpoint"))
     for db, branch in TARGETS:
         assert_log_contiguous(store, db, branch)

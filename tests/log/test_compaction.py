@@ -24,9 +24,8 @@ from shoal.log.segment import encode_segment
 from shoal.log.timeline import covered, create_timeline, segments
 from shoal.storage.base import ObjectInfo, ObjectStore
 from shoal.storage.memory import MemoryStore
-from tests.log.test_branch import World
-from tests.log.test_restore import workload
-from tests.support.logged import LoggedDatabase, put_segments, put_snapshot
+from tests.support.branches import World
+from tests.support.logged import LoggedDatabase, put_segments, put_snapshot, workload
 from tests.support.s3 import MotoS3, moto_server
 
 DB = "app"

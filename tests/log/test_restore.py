@@ -14,42 +14,16 @@ from shoal.log.errors import CorruptObject, MissingObject
 from shoal.log.restore import history, restore
 from shoal.log.timeline import create_timeline
 from shoal.storage.memory import MemoryStore
-from tests.support.logged import LoggedDatabase, dump, dump_image, put_segments, put_snapshot
+from tests.support.logged import (
+    LoggedDatabase,
+    dump,
+    dump_image,
+    put_segments,
+    put_snapshot,
+    workload,
+)
 
 DB = "app"
-
-
-def workload(logged: LoggedDatabase, rng: random.Random, steps: int) -> list[bytes]:
-    """Run a mixed workload; return the oracle image after each commit (index = txid)."""
-    images = [logged.image()]
-    logged.write("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, b BLOB)",
-                 "CREATE INDEX t_v ON t(v)")
-    images.append(logged.image())
-    for step in range(steps):
-        kind = rng.choice(["insert", "insert", "update", "delete", "blob", "ddl", "vacuum"])
-        if kind == "insert":
-            logged.write(*[("INSERT INTO t(v) VALUES (?)", (f"v{rng.random()}",))
-                           for _ in range(rng.randint(1, 30))])
-        elif kind == "update":
-            logged.write(("UPDATE t SET v = v || ? WHERE id % 3 = ?", ("u", rng.randint(0, 2))))
-        elif kind == "delete":
-            logged.write(("DELETE FROM t WHERE id % 4 = ?", (rng.randint(0, 3),)))
-        elif kind == "blob":
-            logged.write(("INSERT INTO t(v, b) VALUES ('blob', randomblob(?))",
-                          (rng.randint(1, 20000),)))
-        elif kind == "ddl":
-            logged.write(f"CREATE TABLE IF NOT EXISTS x{step % 3}(a)",
-                         f"DROP TABLE IF EXISTS x{(step + 1) % 3}")
-        else:
-            logged.vacuum()
-        images.append(logged.image())
-    logged.write("INSERT INTO t(v, b) VALUES ('big', randomblob(200000))")  # grow, then shrink
-    images.append(logged.image())
-    logged.write("DELETE FROM t WHERE b IS NOT NULL")
-    images.append(logged.image())
-    logged.vacuum()
-    images.append(logged.image())
-    return images
 
 
 @pytest.fixture(scope="module")

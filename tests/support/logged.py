@@ -4,11 +4,13 @@ apsw in WAL mode, auto-checkpoint off, no checkpoint on close; a WAL hook record
 the frame count; after every commit the new frames are captured as the next txid.
 ``image()`` gives the oracle: the database file SQLite itself produces for the
 current commit (the files copied aside, checkpointed by the stdlib sqlite3).
+``workload()`` runs a mixed workload on one, keeping the oracle of every commit.
 """
 
 from __future__ import annotations
 
 import io
+import random
 import shutil
 import sqlite3
 import tempfile
@@ -149,3 +151,36 @@ def put_snapshot(store: ObjectStore, db: str, timeline: str, image: bytes, txid:
     key = layout.snapshot_key(db, timeline, txid, time)
     store.put(key, encode_snapshot(io.BytesIO(image), txid, time))
     return key
+
+
+def workload(logged: LoggedDatabase, rng: random.Random, steps: int) -> list[bytes]:
+    """Run a mixed workload; return the oracle image after each commit (index = txid)."""
+    images = [logged.image()]
+    logged.write("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT, b BLOB)",
+                 "CREATE INDEX t_v ON t(v)")
+    images.append(logged.image())
+    for step in range(steps):
+        kind = rng.choice(["insert", "insert", "update", "delete", "blob", "ddl", "vacuum"])
+        if kind == "insert":
+            logged.write(*[("INSERT INTO t(v) VALUES (?)", (f"v{rng.random()}",))
+                           for _ in range(rng.randint(1, 30))])
+        elif kind == "update":
+            logged.write(("UPDATE t SET v = v || ? WHERE id % 3 = ?", ("u", rng.randint(0, 2))))
+        elif kind == "delete":
+            logged.write(("DELETE FROM t WHERE id % 4 = ?", (rng.randint(0, 3),)))
+        elif kind == "blob":
+            logged.write(("INSERT INTO t(v, b) VALUES ('blob', randomblob(?))",
+                          (rng.randint(1, 20000),)))
+        elif kind == "ddl":
+            logged.write(f"CREATE TABLE IF NOT EXISTS x{step % 3}(a)",
+                         f"DROP TABLE IF EXISTS x{(step + 1) % 3}")
+        else:
+            logged.vacuum()
+        images.append(logged.image())
+    logged.write("INSERT INTO t(v, b) VALUES ('big', randomblob(200000))")  # grow, then shrink
+    images.append(logged.image())
+    logged.write("DELETE FROM t WHERE b IS NOT NULL")
+    images.append(logged.image())
+    logged.vacuum()
+    images.append(logged.image())
+    return images
