@@ -93,7 +93,8 @@ class Settings:
         86400, "Seconds of a row-limit period unless the database has its own period; periods "
         "start at multiples of it since the Unix epoch (UTC midnight for a day).", minimum=1)
     busy_timeout: float = _s(
-        5.0, "Seconds a write waits for the database's write lock before DATABASE_BUSY.")
+        5.0, "Seconds a write waits for the database's write lock before DATABASE_BUSY; "
+        "also how long SQLite waits for a lock (compaction's checkpoint for open readers).")
     statement_timeout: float = _s(5.0, "Seconds one statement may run before STATEMENT_TIMEOUT.")
     max_request_bytes: int = _s(8 * 1024 * 1024, "Largest accepted request body.")
     max_response_bytes: int = _s(

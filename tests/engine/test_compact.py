@@ -52,14 +52,6 @@ def restored(store: object, timeline: str, tmp_path: Path, name: str,
     return count, os.path.getsize(path), check
 
 
-def readers_hold_checkpoints_for(db: Database, seconds: float) -> None:
-    """A TRUNCATE checkpoint waits SQLite's busy timeout of the writer's connection for open
-    read transactions: 5 s as the engine opens it, whatever the busy_timeout setting. The
-    tests that keep a reader open need only the refusal that follows, not the 5 s."""
-    assert db.writer is not None
-    db.writer.raw.set_busy_timeout(int(seconds * 1000))
-
-
 async def opened(reg: object, tmp_path: Path) -> tuple[Database, Path]:
     path = tmp_path / "data" / "dbs" / DB / "main.db"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -158,7 +150,6 @@ def test_open_read_transactions_refuse_compaction_before_it_changes_anything(
     async def body() -> None:
         async with registry(tmp_path, busy_timeout=0.2) as (reg, _):
             db, _ = await opened(reg, tmp_path)
-            readers_hold_checkpoints_for(db, 0.2)
             deleted = await fill(db)
             reader = await db.begin("tx_r", "test", write=False)
             with pytest.raises(ShoalError) as refused:
@@ -202,7 +193,6 @@ def test_a_reader_after_the_vacuum_leaves_the_log_to_the_next_commit(tmp_path: P
     async def body() -> None:
         async with registry(tmp_path, busy_timeout=0.2, durability="remote") as (reg, store):
             db, _ = await opened(reg, tmp_path)
-            readers_hold_checkpoints_for(db, 0.2)
             deleted = await fill(db)
             assert db.journal is not None
             async with db.write_lock:

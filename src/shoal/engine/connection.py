@@ -313,7 +313,7 @@ class Connection:
 
     def __init__(self, path: str, *, reader: bool, synchronous: str = "full",
                  manual_checkpoints: bool = False, max_value_bytes: int | None = None,
-                 max_sql_bytes: int | None = None):
+                 max_sql_bytes: int | None = None, busy_timeout: float = 5.0):
         self.reader = reader
         self.raw = apsw.Connection(path, flags=OPEN_FLAGS)
         if manual_checkpoints:
@@ -343,7 +343,9 @@ class Connection:
         self._description: tuple[tuple[str, str | None], ...] = ()
         self._would_write = False
         raw = self.raw
-        raw.set_busy_timeout(5000)
+        # SQLite's own wait for a lock (a checkpoint waiting out readers, for one): the
+        # writers of one process already queue on the write lock, within busy_timeout
+        raw.set_busy_timeout(round(busy_timeout * 1000))
         self.internal("PRAGMA journal_mode=WAL")
         self.internal(f"PRAGMA synchronous={synchronous}")
         self.internal("PRAGMA foreign_keys=ON")

@@ -354,7 +354,8 @@ class Database:
         return Connection(self.path, reader=reader, synchronous=self.settings.synchronous,
                           manual_checkpoints=self.journal is not None,
                           max_value_bytes=self.settings.max_value_bytes,
-                          max_sql_bytes=self.settings.max_sql_bytes)
+                          max_sql_bytes=self.settings.max_sql_bytes,
+                          busy_timeout=self.settings.busy_timeout)
 
     async def open(self) -> None:
         """Open the writer (on a worker thread: SQLite reads the whole schema, which may be
