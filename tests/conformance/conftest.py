@@ -32,7 +32,8 @@ def node_modules() -> Path:
         pytest.skip("Node.js is not installed")
     marker = NODE_DIR / "node_modules" / ".package-lock.json"
     lock = NODE_DIR / "package-lock.json"
-    if not marker.exists() or marker.stat().st_mtime < lock.stat().st_mtime:
+    linked = (NODE_DIR / "node_modules").is_symlink()  # a worktree's: npm ci would empty it
+    if not linked and (not marker.exists() or marker.stat().st_mtime < lock.stat().st_mtime):
         subprocess.run(["npm", "ci"], cwd=NODE_DIR, check=True, timeout=600,
                        env=dict(os.environ, npm_config_update_notifier="false"))
     return NODE_DIR / "node_modules"
