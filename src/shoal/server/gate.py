@@ -121,13 +121,64 @@ class Gate:
         self.uploading.pop(conn, None)
 
 
+class Corked:
+    """A transport whose writes of one turn of the event loop leave as one ``write``.
+
+    uvicorn writes a response's head and its body separately, two system calls and two TCP
+    segments for the one response a client waits for; the head and body of an answer are
+    written in the same turn, so they leave together, at the end of it. Everything else is
+    the transport's own; what ends the connection sends what is held first."""
+
+    __slots__ = ("_held", "_loop", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] | None = None
+
+    def write(self, data: bytes) -> None:
+        if self._held is None:
+            self._held = [bytes(data)]
+            self._loop.call_soon(self.flush)
+        else:
+            self._held.append(bytes(data))
+
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
+
+    def flush(self) -> None:
+        held, self._held = self._held, None
+        if held and not self._transport.is_closing():  # gone: like a write to it, dropped
+            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def get_write_buffer_size(self) -> int:
+        held = sum(map(len, self._held)) if self._held else 0
+        return self._transport.get_write_buffer_size() + held
+
+    def write_eof(self) -> None:
+        self.flush()
+        self._transport.write_eof()
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._held = None
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
 class GatedHttp(HttpToolsProtocol):
     """uvicorn's httptools protocol with the gate's deadlines and caps."""
 
     gate: Gate
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(Corked(transport, self.loop))  # type: ignore[arg-type]
         self._timer: asyncio.TimerHandle | None = None
         self._in_head = True  # between requests, or inside a request's line and headers
         self._head_bytes = 0
@@ -239,7 +290,7 @@ class GatedHttp(HttpToolsProtocol):
         """Answer the request in progress with an error and close the connection."""
         self._disarm()
         if self.transport.is_closing():
-            return
+            return  # mutate: harmless delete (Corked drops a write to a closing transport)
         cycle = self.cycle  # the last request's, until this one's headers are complete
         if self._in_head:  # a next request: answered once the last one's answer is complete
             answer = cycle is None or cycle.response_complete
