@@ -343,6 +343,7 @@ class Database:
         self._task: asyncio.Task[None] | None = None
         self.journal = journal  # the commit log (engine/journal.py); None: local-only
         self.timeline: str | None = None  # the timeline this branch writes to (bookmarks)
+        self._bookmark: tuple[int, str | None, str] = (-1, None, "")  # the last made
         self._purge_due = True  # expired idempotency records go with the first write batch
         self._acks: set[asyncio.Task[None]] = set()  # answers waiting for remote durability
         # unshipped page bytes past which writes are refused (max_unshipped_bytes; 0: never)
@@ -426,7 +427,14 @@ class Database:
             self.journal.closed()
 
     def bookmark(self, txid: int) -> str:
-        return make_bookmark(self.name, self.branch, txid, self.timeline)
+        """The bookmark of txid on this branch; the last one is kept, with every input it
+        was made of (name and branch never change), so it cannot be stale."""
+        timeline, (seen_txid, seen_timeline, made) = self.timeline, self._bookmark
+        if txid == seen_txid and timeline == seen_timeline:
+            return made
+        made = make_bookmark(self.name, self.branch, txid, timeline)
+        self._bookmark = (txid, timeline, made)
+        return made
 
     @property
     def usage_key(self) -> str:

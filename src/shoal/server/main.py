@@ -45,6 +45,9 @@ def serve(settings: Settings) -> None:
         lifespan="on", access_log=False, log_level="warning", ws=ws,
         log_config=None,  # uvicorn's records go to the root logger: stderr.configure's format
         timeout_keep_alive=30, backlog=4096, ws_max_size=int(settings.max_request_bytes),
+        # Nothing reads the client's address from the scope (the gate counts the socket's
+        # peer), so X-Forwarded-For need not be parsed on every request; no Server header
+        proxy_headers=False, server_header=False,
     )
     uvicorn.Server(config).run()
 
