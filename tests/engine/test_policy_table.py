@@ -8,7 +8,7 @@ When policy.py gains or loses an entry, this file changes with it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import apsw
@@ -107,20 +107,23 @@ def writer(path: str) -> Iterator[Connection]:
     conn.close()
 
 
-@pytest.fixture(scope="module")
-def legacy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Connection]:
-    conn = Connection(str(tmp_path_factory.mktemp("legacy") / "main.db"), reader=False)
-    legacy_tables(conn)
+def _older_file(factory: pytest.TempPathFactory, make: Callable[[Connection], None],
+                ) -> Iterator[Connection]:
+    """A writer on a file of an older layout (tests/support/tables.py)."""
+    conn = Connection(str(factory.mktemp("older") / "main.db"), reader=False)
+    make(conn)
     yield conn
     conn.close()
+
+
+@pytest.fixture(scope="module")
+def legacy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Connection]:
+    yield from _older_file(tmp_path_factory, legacy_tables)
 
 
 @pytest.fixture(scope="module")
 def reserved_layout(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Connection]:
-    conn = Connection(str(tmp_path_factory.mktemp("reserved") / "main.db"), reader=False)
-    reserved_tables(conn)
-    yield conn
-    conn.close()
+    yield from _older_file(tmp_path_factory, reserved_tables)
 
 
 @pytest.fixture(scope="module")
