@@ -44,9 +44,9 @@ class World:
         timeline = get_branch(self.store, DB, name).timeline
         start = max((s.last for s in _segs(self.store, timeline)),
                     default=load_timeline(self.store, DB, timeline).fork_txid)
-        todo = [c for c in logged.commits if c.txid > start]
-        if todo:
-            put_segments(self.store, DB, timeline, todo, [2] * len(todo))
+        unshipped = [c for c in logged.commits if c.txid > start]
+        if unshipped:
+            put_segments(self.store, DB, timeline, unshipped, [2] * len(unshipped))
 
     def branch(self, name: str, source: str, fork_txid: int,
                created_at: float = 200.0) -> Branch:

@@ -22,6 +22,10 @@ class Transport:
         assert not self.closing, "a write after close"
         self.events.append(bytes(data))
 
+    def writelines(self, lines: list[bytes]) -> None:  # one writev: the events show one write
+        assert not self.closing, "a write after close"
+        self.events.append(b"".join(lines))
+
     def is_closing(self) -> bool:
         return self.closing
 

@@ -150,7 +150,8 @@ class Corked:
     def flush(self) -> None:
         held, self._held = self._held, None
         if held and not self._transport.is_closing():  # gone: like a write to it, dropped
-            self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+            # one writev under uvloop: the body is not copied to join it to the head
+            self._transport.writelines(held)
 
     def get_write_buffer_size(self) -> int:
         held = sum(map(len, self._held)) if self._held else 0
