@@ -304,6 +304,49 @@ def test_get_autocommit_close_and_requests_after_close(admin: httpx.Client, db: 
     assert baton is None
 
 
+def _timeless(result: dict[str, Any]) -> dict[str, Any]:
+    """A pipeline entry without what differs from run to run (time, commit index)."""
+    if result["type"] == "ok" and result["response"]["type"] == "execute":
+        inner = dict(result["response"]["result"])
+        inner.pop("query_duration_ms")
+        inner.pop("replication_index")
+        return {"type": "ok", "response": {"type": "execute", "result": inner}}
+    return result
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT id, name FROM t ORDER BY id",
+    "INSERT INTO t (name, n) VALUES ('once', 1)",
+    "INSERT INTO t (name, n) VALUES ('twice', 2) RETURNING id, name",
+    "BEGIN IMMEDIATE",
+    "BEGIN",
+    "COMMIT",
+    "SELECT * FROM nowhere",
+    "INSERT INTO t (name) VALUES (NULL)",
+    "SELECT 1; SELECT 2",
+])
+def test_execute_and_close_in_one_request_is_a_whole_pipeline(
+        admin: httpx.Client, db: str, sql: str) -> None:
+    """execute + close without a baton (what a libSQL client sends for each statement
+    outside a transaction) takes a shorter path on the node: its answer must be the one
+    the same requests get as a longer pipeline, and nothing may outlive it (a BEGIN's
+    transaction is rolled back, its write lock freed)."""
+    assert query(admin, db, "DELETE FROM t").status_code == 200
+    short, baton = pipeline(admin, db, [execute(sql), {"type": "close"}])
+    assert baton is None
+    assert query(admin, db, "DELETE FROM t").status_code == 200
+    long, baton = pipeline(admin, db, [{"type": "get_autocommit"}, execute(sql),
+                                       {"type": "close"}])
+    assert baton is None
+    assert [_timeless(r) for r in short] == [_timeless(r) for r in long[1:]]
+    assert ok(short[1]) == {"type": "close"}
+    # nothing held: another request writes at once, and finds no row of a rolled-back BEGIN
+    results, _ = pipeline(admin, db, [execute("INSERT INTO t (name) VALUES ('after')"),
+                                      {"type": "close"}])
+    ok(results[0])
+    assert native_rows(admin, db, "SELECT name FROM t WHERE name = 'after'") == [["after"]]
+
+
 def test_cursor_streams_entries_as_json_lines(admin: httpx.Client, db: str) -> None:
     steps = [{"stmt": stmt("INSERT INTO t (name, n) VALUES ('cur', 1)")},
              {"stmt": stmt("SELECT name, n FROM t WHERE name = 'cur'")},

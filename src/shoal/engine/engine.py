@@ -652,12 +652,15 @@ class Engine:
     ) -> Outcome:
         principal.require("read", name)
         self.quotas.admit(name)
-        async with self.lifecycle.use(name, branch) as db:
+        db = await self.lifecycle.acquire(name, branch)  # lifecycle.use, without its
+        try:  # context manager's cost on the hot path
             if idem is None:
                 return await self._query(principal, db, statements, None)
             return await self._idempotent(
                 (db.usage_key, principal.subject, idem.key),
                 lambda: self._query_once(principal, db, statements, idem, render))
+        finally:
+            self.lifecycle.release(db)
 
     async def _query_once(self, principal: tokens.Principal, db: Database,
                           statements: list[Statement], idem: Idempotency,

@@ -91,8 +91,13 @@ class Lifecycle:
         try:
             yield db
         finally:
-            db.active -= 1
-            db.last_used = time.monotonic()
+            self.release(db)
+
+    @staticmethod
+    def release(db: Database) -> None:
+        """The request that acquired db is done with it."""
+        db.active -= 1
+        db.last_used = time.monotonic()
 
     async def acquire(self, name: str, branch: str = "main") -> Database:
         """The open database (counted active: pair with ``active -= 1``), opening it if closed."""

@@ -65,6 +65,7 @@ from shoal.values import decode_args
 
 TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
 SQL_WORK = (p.ExecuteReq, p.BatchReq, p.SequenceReq, p.DescribeReq)  # what a full response stops
+_CLOSED = msgspec.Raw(b'{"type":"ok","response":{"type":"close"}}')
 _BATON = struct.Struct(">QQQQ")  # boot id, stream id, sequence, expiry (unix seconds)
 
 
@@ -152,7 +153,8 @@ class HranaHTTP:
                     "no database named: use http://HOST/db/NAME/, the x-namespace header, "
                     "or a token for exactly one database"))
         names.check(db)
-        branch = names.check(request.params.get("branch", "main"), "branch")
+        branch = request.params.get("branch")
+        branch = "main" if branch is None else names.check(branch, "branch")
         principal.require("read", db)
         self.engine.require_database(db)
         return principal, db, branch
@@ -184,8 +186,7 @@ class HranaHTTP:
         """The stream a request names, or a new one. A new stream counts against its
         token's, its database's and the node's caps unless ``keeps`` is false (the
         request closes it: it holds nothing between requests)."""
-        if time.monotonic() - self._last_sweep >= 0.5:
-            await self._sweep()
+        await self._sweep_due()
         if baton is None:
             holder = self.quota.holder(principal.subject, db)
             if keeps:
@@ -262,6 +263,10 @@ class HranaHTTP:
         while len(self.gone) > 10000:
             self.gone.popitem(last=False)
 
+    async def _sweep_due(self) -> None:
+        if time.monotonic() - self._last_sweep >= 0.5:
+            await self._sweep()
+
     async def _sweep(self) -> None:
         """Expire idle streams (at most twice a second), rolling back their transactions."""
         now = self._last_sweep = time.monotonic()
@@ -278,7 +283,11 @@ class HranaHTTP:
                 idem, stored = await self._stored(request, principal, db, branch)
                 if stored is not None:
                     return stored
-            closes = any(type(req) is p.CloseReq for req in body.requests)
+            requests = body.requests
+            if body.baton is None and idem is None and len(requests) == 2 \
+                    and type(requests[0]) is p.ExecuteReq and type(requests[1]) is p.CloseReq:
+                return await self._execute_once(request, principal, db, branch, requests)
+            closes = any(type(req) is p.CloseReq for req in requests)
             handle = await self._open(body.baton, principal, db, branch, keeps=not closes)
         except (HranaError, ShoalError) as exc:
             return self.error(exc)
@@ -314,6 +323,26 @@ class HranaHTTP:
         if rec is not None and rec.response is not None:  # exactly what a retry will get
             return Response(*rec.response)
         return Response(200, encode({"baton": baton, "base_url": None, "results": results}))
+
+    async def _execute_once(self, request: Request, principal: Principal, db: str, branch: str,
+                            requests: list[p.StreamRequest]) -> Response:
+        """execute + close on a new stream, without a baton or an Idempotency-Key: what a
+        libSQL client sends for each statement outside a transaction. The pipeline's work
+        without the stream table: nothing of this stream outlives the request."""
+        await self._sweep_due()
+        stream = Stream(self.engine, principal, db, branch=branch,
+                        max_statements=self.max_statements, max_response_bytes=self.max_response)
+        budget = stream.budget = Budget(self.max_response, RESERVE * 3)
+        execute = requests[0]
+        try:
+            left = budget.left
+            result = _fit(budget, left, execute, await self._request(stream, execute))
+        finally:
+            await stream.close()  # rolls back what a BEGIN began
+        if request.gone:
+            return Response(200)
+        return Response(200, encode({"baton": None, "base_url": None,
+                                     "results": [result, _CLOSED]}))
 
     async def _pipeline_body(self, request: Request) -> p.PipelineBody:
         """The pipeline's requests. A large body is decoded a request at a time, and a

@@ -216,7 +216,7 @@ class Stream:
             return Statement(sql, {p.strip_prefix(a.name): p.to_sql(a.value)
                                    for a in stmt.named_args})
         if stmt.args:
-            return Statement(sql, tuple(p.to_sql(v) for v in stmt.args))
+            return Statement(sql, tuple([p.to_sql(v) for v in stmt.args]))
         return Statement(sql)
 
     # -- running one statement ------------------------------------------------------------------

@@ -217,11 +217,17 @@ Handler = Callable[[Request], Awaitable[Response]]
 class Router:
     """Routes by path template, e.g. ``/v1/databases/{db}/query``."""
 
+    RESOLVED = 4096  # paths whose template and parameters are kept (then forgotten at once)
+
     def __init__(self) -> None:
         self._static: dict[str, dict[str, Handler]] = {}
         self._templates: dict[int, list[tuple[str, list[str], dict[str, Handler]]]] = {}
+        # path -> (template, params, handlers): routes are added before serving and never
+        # change after, so a path resolves the same way for the process's life
+        self._resolved: dict[str, tuple[str, dict[str, str], dict[str, Handler]]] = {}
 
     def add(self, method: str, template: str, handler: Handler) -> None:
+        self._resolved.clear()
         if "{" not in template:
             self._static.setdefault(template, {})[method] = handler
             return
@@ -238,6 +244,11 @@ class Router:
         if methods is not None:
             request.route = path
             return self._pick(methods, request)
+        resolved = self._resolved.get(path)
+        if resolved is not None:
+            request.route, params, methods = resolved
+            request.params = params.copy()
+            return self._pick(methods, request)
         parts = path.strip("/").split("/")
         first = parts[0]
         for template, pattern, handlers in self._templates.get(len(parts), ()):
@@ -251,6 +262,9 @@ class Router:
                 elif want != got:
                     break
             else:
+                if len(self._resolved) >= self.RESOLVED:
+                    self._resolved.clear()
+                self._resolved[path] = (template, params.copy(), handlers)
                 request.route = template
                 request.params = params
                 return self._pick(handlers, request)
