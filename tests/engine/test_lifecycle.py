@@ -315,6 +315,45 @@ def test_unused_readers_are_trimmed_while_the_writer_stays(tmp_path: Path) -> No
     run(scenario())
 
 
+def cached_bytes(conn: Connection) -> int:
+    """What SQLite counts in a connection's page cache (its pages, not the spare room)."""
+    return int(conn.raw.status(apsw.SQLITE_DBSTATUS_CACHE_USED)[0])
+
+
+def test_page_caches_of_a_quiet_database_are_given_back(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with lifecycle(tmp_path, {"a"}, cache_idle_timeout=30, reader_idle_timeout=60,
+                             idle_timeout=60) as life:
+            db = await touch(life, "a")
+            assert db.writer is not None and len(db.readers) == 1
+            conns = [db.writer, *db.readers]
+            warm = [cached_bytes(c) for c in conns]
+            life.close_idle()  # just used: kept
+            assert [cached_bytes(c) for c in conns] == warm
+            async with life.use("a"):  # a request in flight: left alone, however old
+                db.last_used = time.monotonic() - 31
+                life.close_idle()
+                assert [cached_bytes(c) for c in conns] == warm
+            db.last_used = time.monotonic() - 31
+            heap = apsw.memory_used()
+            assert life.close_idle() == len(conns)
+            assert all(cached_bytes(c) < w for c, w in zip(conns, warm, strict=True))
+            # each connection's spare room for 20 pages went too, not only its pages
+            assert heap - apsw.memory_used() > 32 * 1024 * len(conns)
+            # once per quiet spell: nothing more until the database is used again
+            assert life.close_idle() == 0
+            # the same connections serve the next requests, reading the file again
+            async with life.use("a") as again:
+                counters, _ = await again.read([Statement("SELECT count(*) FROM t")])
+                await again.write([Statement("INSERT INTO t VALUES (2)")])
+            assert counters.results[0].rows == [[1]]
+            assert again is db and db.readers == conns[1:] and db.writer is conns[0]
+            db.last_used = time.monotonic() - 31
+            assert life.close_idle() == len(conns)
+
+    run(scenario())
+
+
 def test_release_memory_hands_freed_heap_back() -> None:
     """After connections close, glibc keeps their memory unless asked to give it back."""
     from shoal.engine.lifecycle import release_memory

@@ -336,6 +336,7 @@ class Database:
         self._cheap_generation = 0  # the schema generation known_cheap was learned under
         self.inline_after = 0.0  # monotonic time before which no read is tried inline
         self.last_read = 0.0  # monotonic time a reader was last returned to the pool
+        self._released_use = -1.0  # last_used when the page caches were last given back
         self.active = 0
         self.transactions: dict[str, Transaction] = {}
         self.last_used = time.monotonic()
@@ -472,6 +473,23 @@ class Database:
         closed = len(self.readers)
         self.readers.clear()
         return closed
+
+    def release_caches(self, cutoff: float) -> int:
+        """Give back the page cache of the connections at rest (the writer, the pooled
+        readers) when the branch is idle, was last used before cutoff (monotonic seconds),
+        and was used since the last time: see :meth:`Connection.release_cache`.
+
+        Runs on the event loop: while the branch is idle no worker thread holds its
+        writer (every use of it holds the write lock or a transaction), and a pooled
+        reader is in use by nobody. Returns how many connections released memory.
+        """
+        if self.last_used >= cutoff or self.last_used == self._released_use or not self.idle:
+            return 0
+        self._released_use = self.last_used
+        conns = [*self.readers, *([self.writer] if self.writer is not None else [])]
+        for conn in conns:
+            conn.release_cache()
+        return len(conns)
 
     def _give_reader(self, conn: Connection) -> None:
         self.last_read = time.monotonic()

@@ -47,9 +47,9 @@ _TRIM = _malloc_trim()
 
 
 def release_memory() -> None:
-    """Give freed heap back to the OS. glibc keeps what closed connections freed (SQLite's
-    caches, ~150 KB a connection) in its arenas, so without this a node that scaled down
-    keeps the resident memory of its busiest moment."""
+    """Give freed heap back to the OS. glibc keeps what closed connections and released
+    page caches freed (~130 KB and ~90 KB a connection) in its arenas, so without this a
+    node that scaled down keeps the resident memory of its busiest moment."""
     if _TRIM is not None:
         _TRIM(0)
 
@@ -217,22 +217,26 @@ class Lifecycle:
     def close_idle(self) -> int:
         """Close databases idle past idle_timeout, or fenced out by another writer (their
         copy is dropped and the next request hydrates from the store); trim readers idle
-        past reader_idle_timeout.
+        past reader_idle_timeout; give back the page caches of databases unused for
+        cache_idle_timeout.
 
-        Returns how many databases and readers were closed.
+        Returns how many databases and readers were closed and connections released
+        memory (freed heap, for the caller to hand back to the OS).
         """
         now = time.monotonic()
         cutoff = now - self.settings.idle_timeout
         reader_cutoff = now - self.settings.reader_idle_timeout
-        closed = 0
+        cache_cutoff = now - self.settings.cache_idle_timeout
+        freed = 0
         for key, db in list(self.open.items()):
             fenced = db.journal is not None and db.journal.fenced is not None
             if db.idle and (db.last_used < cutoff or fenced):  # a fenced copy reopens fresh
                 self._close(key)
-                closed += 1
+                freed += 1
             else:
-                closed += db.trim_readers(reader_cutoff)
-        return closed
+                freed += db.trim_readers(reader_cutoff)
+                freed += db.release_caches(cache_cutoff)
+        return freed
 
     def _close(self, key: Key) -> None:
         """Close an idle database: at once, or (commit log) in a task requests can wait on."""
