@@ -74,11 +74,21 @@ class Outcome:
     raw: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
-        return {"key": self.key, "title": self.title, "reference": self.reference,
-                "unit": self.unit,
+        return {"key": self.key, "title": self.title, "about": self.about,
+                "reference": self.reference, "alternate": self.alternate, "unit": self.unit,
                 "skipped": self.skipped, "notes": self.notes,
                 "series": [s.as_json() for s in self.series],
                 "rows": [r.as_json() for r in self.rows], "raw": self.raw}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], about: str = "", alternate: str = "") -> Outcome:
+        """The Outcome as_json() wrote; `about` and `alternate` stand in for what results
+        written before they were saved lack."""
+        return cls(data["key"], data["title"], data.get("about", about),
+                   data.get("reference", ""), data.get("alternate", alternate),
+                   data.get("unit", "req/s"), [Series.from_json(s) for s in data["series"]],
+                   [Row.from_json(r) for r in data["rows"]], list(data.get("notes", [])),
+                   data.get("skipped", ""), data.get("raw", {}))
 
 
 @dataclass

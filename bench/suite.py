@@ -40,7 +40,7 @@ from bench import install
 from bench.context import SCENARIOS, SYSTEMS, Context, Options, Outcome
 from bench.core import say
 from bench.harness import BENCH_DIR, Api, running_node, seed_point_table, source_version
-from bench.report import Run, machine, now, update_results_md, write
+from bench.report import Run, load, machine, now, update_results_md, write, write_report
 from bench.scenarios import RUNNERS
 from bench.scenarios.reads import DATABASE
 
@@ -77,9 +77,17 @@ def _csv(text: str, allowed: Sequence[str], flag: str) -> tuple[str, ...]:
     return items
 
 
-def parse_args(argv: Sequence[str]) -> Options:
+# The flags of a run, which a redraw (--from) takes none of.
+RUN_FLAGS = ("quick", "smoke", "systems", "scenarios", "reps", "seconds", "concurrency",
+             "storm_clients", "databases", "no_install", "data_root")
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--from", dest="source", type=Path, metavar="FILE",
+                   help="draw REPORT.md and charts/ again from a saved run "
+                        "(results/<date>.json) under --out (default bench/); runs nothing")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="the whole suite in under 5 minutes")
     mode.add_argument("--smoke", action="store_true",
@@ -98,7 +106,15 @@ def parse_args(argv: Sequence[str]) -> Options:
     p.add_argument("--out", type=Path,
                    help="where REPORT.md, charts/ and results/ go (default bench/)")
     p.add_argument("--data-root", help="directory for the temporary data directories")
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Sequence[str]) -> Options:
+    return options(parser().parse_args(argv), argv)
+
+
+def options(args: argparse.Namespace, argv: Sequence[str]) -> Options:
+    """A run's options from its command line."""
     name = "smoke" if args.smoke else "quick" if args.quick else "full"
     preset = dict(PRESETS[name])
     for key in ("reps", "seconds", "storm_clients", "databases"):
@@ -251,9 +267,29 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 # -- the run ---------------------------------------------------------------------------------
+def redraw(source: Path, out: Path) -> int:
+    """REPORT.md and charts/ under out, drawn again from a saved run; nothing is run."""
+    run = load(source, out)
+    report = write_report(run, out)
+    say(f"redrew {report} from {source}")
+    print(report.read_text().split("## Headline", 1)[1].split("\n## ", 1)[0].strip())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    opts = parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.source is not None:
+        given = [f"--{k.replace('_', '-')}" for k in RUN_FLAGS
+                 if getattr(args, k) not in (None, False)]
+        if given:
+            p.error(f"--from redraws a saved run: {', '.join(given)} cannot go with it "
+                    "(only --out)")
+        if not args.source.is_file():
+            p.error(f"--from {args.source}: no such file")
+        return redraw(args.source, args.out or BENCH_DIR)
+    opts = options(args, argv)
     if opts.install:
         install_needs(opts)
     signal.signal(signal.SIGTERM, _interrupt)  # stop what we started, as on Ctrl-C
