@@ -14,9 +14,10 @@ from tests.support.server import ServerProcess
 if TYPE_CHECKING:
     from bench.peers.datasette import Datasette
     from bench.peers.pgbouncer import PgBouncer
+    from bench.peers.pocketbase import PocketBase
     from bench.peers.postgres import PgBench, Postgres
 
-SYSTEMS = ("shoal", "postgres", "pgbouncer", "datasette", "apsw", "litestream")
+SYSTEMS = ("shoal", "postgres", "pgbouncer", "datasette", "pocketbase", "apsw", "litestream")
 SCENARIOS = ("reads", "serverless", "storm", "writes", "many", "replication")
 
 # How each system is named in the tables.
@@ -26,6 +27,7 @@ SHOAL_CLOSE = "Shoal (HTTP, Connection: close)"
 POSTGRES = "PostgreSQL (direct)"
 PGBOUNCER = "PostgreSQL via PgBouncer"
 DATASETTE = "Datasette (JSON API)"
+POCKETBASE = "PocketBase (REST API)"
 
 
 def sqlite_name(threads: int, detail: str = "") -> str:
@@ -74,11 +76,21 @@ class Outcome:
     raw: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
-        return {"key": self.key, "title": self.title, "reference": self.reference,
-                "unit": self.unit,
+        return {"key": self.key, "title": self.title, "about": self.about,
+                "reference": self.reference, "alternate": self.alternate, "unit": self.unit,
                 "skipped": self.skipped, "notes": self.notes,
                 "series": [s.as_json() for s in self.series],
                 "rows": [r.as_json() for r in self.rows], "raw": self.raw}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], about: str = "", alternate: str = "") -> Outcome:
+        """The Outcome as_json() wrote; `about` and `alternate` stand in for what results
+        written before they were saved lack."""
+        return cls(data["key"], data["title"], data.get("about", about),
+                   data.get("reference", ""), data.get("alternate", alternate),
+                   data.get("unit", "req/s"), [Series.from_json(s) for s in data["series"]],
+                   [Row.from_json(r) for r in data["rows"]], list(data.get("notes", [])),
+                   data.get("skipped", ""), data.get("raw", {}))
 
 
 @dataclass
@@ -93,6 +105,7 @@ class Context:
     postgres: Postgres | None = None
     pgbouncer: PgBouncer | None = None
     datasette: Datasette | None = None
+    pocketbase: PocketBase | None = None
     unavailable: dict[str, str] = field(default_factory=dict)  # system -> why not running
     commands: list[str] = field(default_factory=list)
 

@@ -254,6 +254,13 @@ class Row:
                 "ratio": self.ratio, "target": self.target, "met": self.met,
                 "detail": self.detail}
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Row:
+        """The Row as_json() wrote (its `ratio` is derived)."""
+        return cls(data["name"], data["value"], data["unit"], data.get("baseline_name", ""),
+                   data.get("baseline"), data.get("target", ""), data.get("met"),
+                   data.get("detail", ""))
+
 
 def fmt(value: float | None, unit: str = "") -> str:
     if value is None:

