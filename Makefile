@@ -43,7 +43,7 @@ typecheck: $(STAMP)
 mutate: $(STAMP)
 	$(BIN)/python -m tools.mutate $(if $(filter all,$(MODULE)),--all,$(foreach m,$(MODULE),--module $(m))) $(if $(JOBS),-j $(JOBS)) $(ARGS)
 
-# Shoal against PostgreSQL, PgBouncer, Datasette, SQLite and litestream: installs what it
+# Shoal against PostgreSQL, PgBouncer, PocketBase, Datasette, SQLite and litestream: installs what it
 # needs (apt-get, pip), writes bench/REPORT.md. ARGS=--quick for a run under 5 minutes.
 bench: $(STAMP)
 	$(BIN)/python -m bench $(ARGS)

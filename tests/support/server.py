@@ -26,6 +26,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class PortTaken(RuntimeError):
+    """The node could not bind its port."""
+
+
 @dataclass
 class ServerProcess:
     """A running node. `settings` become SHOAL_* environment variables; `env` (e.g. AWS
@@ -50,13 +54,28 @@ class ServerProcess:
         return (self.data_dir / "admin-token").read_text().strip()
 
     def start(self, timeout: float = 20.0) -> ServerProcess:
-        self.port = self.port or free_port()
+        """Start the node and wait for /health. A port picked here may be taken by another
+        process between free_port() and the node's bind: then another is picked (a port the
+        caller chose is kept, and its failure raised)."""
+        picked = not self.port
+        for _ in range(3 if picked else 1):
+            if picked:
+                self.port = free_port()
+            try:
+                return self._start(timeout)
+            except PortTaken:
+                if not picked:
+                    raise
+        raise PortTaken(f"three free ports were taken before the node bound them: {self.log()}")
+
+    def _start(self, timeout: float) -> ServerProcess:
         env = dict(os.environ)
         env.update(self.env)
         env.update({f"SHOAL_{k.upper()}": str(v) for k, v in self.settings.items()})
         env["SHOAL_ACCESS_LOG"] = str(self.settings.get("access_log", "false"))
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-server.log"
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the subprocess
+        logged_before = log.tell()
         self.proc = subprocess.Popen(
             [*self.prefix, sys.executable, "-m", "shoal", "serve", "--data", str(self.data_dir),
              "--port", str(self.port)],
@@ -69,7 +88,10 @@ class ServerProcess:
         with httpx.Client(timeout=1, verify=SSL_CONTEXT) as probe:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"shoal serve exited: {self.log()}")
+                    said = self.log()
+                    if b"address already in use" in self.log_path.read_bytes()[logged_before:]:
+                        raise PortTaken(f"shoal serve exited: {said}")
+                    raise RuntimeError(f"shoal serve exited: {said}")
                 try:
                     if probe.get(self.url + "/health").status_code == 200:
                         return self

@@ -567,6 +567,18 @@ def from_native(v: Any) -> Any:
     return FloatValue(_INF if v["float"] == "Infinity" else _NEG_INF)  # type: ignore[arg-type]
 
 
+# the common types' conversions, looked up by type (a row is a few dict lookups, not a chain
+# of tests per value); anything else (blobs, big integers, infinities) goes to from_native
+_BY_TYPE: dict[type, Callable[[Any], Any]] = {
+    str: TextValue, int: lambda v: IntegerValue(str(v)), float: FloatValue,
+    type(None): lambda v: _NULL}
+
+
+def _row(row: list[Any]) -> list[Any]:
+    by_type = _BY_TYPE
+    return [(c(v) if (c := by_type.get(type(v))) is not None else from_native(v)) for v in row]
+
+
 _cols_cache: dict[tuple[tuple[str, ...], tuple[str | None, ...]], msgspec.Raw] = {}
 _NO_COLS = msgspec.Raw(b"[]")
 
@@ -589,7 +601,7 @@ def stmt_result(result: Result | None, want_rows: bool, rows_read: int, rows_wri
     ms = round(duration_ms, 3)
     if result is None:
         return StmtResult(_NO_COLS, [], 0, None, index, rows_read, rows_written, ms)
-    rows = [[from_native(v) for v in row] for row in result.rows] if want_rows else []
+    rows = [_row(row) for row in result.rows] if want_rows else []
     rowid = None if result.last_insert_rowid is None else str(result.last_insert_rowid)
     return StmtResult(_cols(result), rows, result.rows_affected, rowid, index, rows_read,
                       rows_written, ms)
