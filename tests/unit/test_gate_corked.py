@@ -43,8 +43,9 @@ class Transport:
     def get_write_buffer_size(self) -> int:
         return self.buffered
 
-    def get_extra_info(self, name: str) -> Any:
-        return ("127.0.0.1", 1) if name == "peername" else None
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 1), "sockname": ("127.0.0.1", 2),
+                "socket": object(), "sslcontext": None}.get(name, default)
 
 
 def corked() -> tuple[Corked, Transport, asyncio.AbstractEventLoop]:
@@ -115,4 +116,20 @@ def test_what_is_held_when_the_peer_goes_is_dropped_not_written() -> None:
     turn(loop)
     assert real.events == []
     assert t.is_closing() and t.get_extra_info("peername") == ("127.0.0.1", 1)
+    loop.close()
+
+
+def test_no_socket_and_no_local_address_reach_uvicorn() -> None:
+    """uvicorn reads a new connection's addresses through its socket (uvloop makes a Python
+    socket for each); Corked hides the socket and the local address, so uvicorn asks for
+    the peer's address alone, which the gate needs."""
+    from uvicorn.protocols.utils import get_local_addr, get_remote_addr
+
+    t, _, loop = corked()
+    assert t.get_extra_info("socket") is None
+    assert t.get_extra_info("sockname", "x") == "x"
+    assert t.get_extra_info("peername") == ("127.0.0.1", 1)
+    assert t.get_extra_info("unknown", 7) == 7
+    assert get_remote_addr(t) == ("127.0.0.1", 1)  # type: ignore[arg-type]
+    assert get_local_addr(t) is None  # type: ignore[arg-type]
     loop.close()
