@@ -238,7 +238,8 @@ class NativeAPI:
     @staticmethod
     def _branch(request: Request) -> str:
         """The branch a data path names: /branches/{branch}/..., else main."""
-        return names.check(request.params.get("branch", "main"))
+        branch = request.params.get("branch")
+        return "main" if branch is None else names.check(branch)
 
     @staticmethod
     def _result_body(results: list[Any] | msgspec.Raw, rows_read: int, rows_written: int,
