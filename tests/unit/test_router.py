@@ -104,3 +104,11 @@ def test_a_route_added_later_is_found(router: Router) -> None:
     assert _resolve(router, "GET", "/v1/databases/app/tables")[0] == "special"
     router.add("GET", "/v1/databases/{db}/nothing", _handler("nothing"))
     assert _resolve(router, "GET", "/v1/databases/app/nothing")[0] == "nothing"
+
+
+def test_long_paths_are_resolved_but_not_kept(router: Router) -> None:
+    """A path can be as long as the headers allow: keeping such paths would let a client
+    fill the router's memory with 4,096 of them."""
+    long_name = "x" * (Router.RESOLVED_CHARS + 1)
+    assert _resolve(router, "POST", f"/v1/databases/{long_name}/query")[2] == {"db": long_name}
+    assert not router._resolved

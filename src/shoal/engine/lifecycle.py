@@ -100,7 +100,7 @@ class Lifecycle:
         db.last_used = time.monotonic()
 
     async def acquire(self, name: str, branch: str = "main") -> Database:
-        """The open database (counted active: pair with ``active -= 1``), opening it if closed."""
+        """The open database (counted active: pair with ``release``), opening it if closed."""
         key = (name, branch)
         while True:
             db = self.open.get(key)

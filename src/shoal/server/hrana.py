@@ -286,7 +286,7 @@ class HranaHTTP:
             requests = body.requests
             if body.baton is None and idem is None and len(requests) == 2 \
                     and type(requests[0]) is p.ExecuteReq and type(requests[1]) is p.CloseReq:
-                return await self._execute_once(request, principal, db, branch, requests)
+                return await self._execute_once(request, principal, db, branch, requests[0])
             closes = any(type(req) is p.CloseReq for req in requests)
             handle = await self._open(body.baton, principal, db, branch, keeps=not closes)
         except (HranaError, ShoalError) as exc:
@@ -325,7 +325,7 @@ class HranaHTTP:
         return Response(200, encode({"baton": baton, "base_url": None, "results": results}))
 
     async def _execute_once(self, request: Request, principal: Principal, db: str, branch: str,
-                            requests: list[p.StreamRequest]) -> Response:
+                            execute: p.StreamRequest) -> Response:
         """execute + close on a new stream, without a baton or an Idempotency-Key: what a
         libSQL client sends for each statement outside a transaction. The pipeline's work
         without the stream table: nothing of this stream outlives the request."""
@@ -333,7 +333,6 @@ class HranaHTTP:
         stream = Stream(self.engine, principal, db, branch=branch,
                         max_statements=self.max_statements, max_response_bytes=self.max_response)
         budget = stream.budget = Budget(self.max_response, RESERVE * 3)
-        execute = requests[0]
         try:
             left = budget.left
             result = _fit(budget, left, execute, await self._request(stream, execute))

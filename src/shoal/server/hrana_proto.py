@@ -567,23 +567,6 @@ def from_native(v: Any) -> Any:
     return FloatValue(_INF if v["float"] == "Infinity" else _NEG_INF)  # type: ignore[arg-type]
 
 
-def _row(row: list[Any]) -> list[Any]:
-    """A row's values as Hrana values: from_native's common cases inline (a call per
-    value costs more than the test)."""
-    out: list[Any] = []
-    for v in row:
-        t = type(v)
-        if t is str:
-            out.append(TextValue(v))
-        elif t is int:
-            out.append(IntegerValue(str(v)))
-        elif t is float:
-            out.append(FloatValue(v))
-        else:
-            out.append(from_native(v))
-    return out
-
-
 _cols_cache: dict[tuple[tuple[str, ...], tuple[str | None, ...]], msgspec.Raw] = {}
 _NO_COLS = msgspec.Raw(b"[]")
 
@@ -606,7 +589,7 @@ def stmt_result(result: Result | None, want_rows: bool, rows_read: int, rows_wri
     ms = round(duration_ms, 3)
     if result is None:
         return StmtResult(_NO_COLS, [], 0, None, index, rows_read, rows_written, ms)
-    rows = [_row(row) for row in result.rows] if want_rows else []
+    rows = [[from_native(v) for v in row] for row in result.rows] if want_rows else []
     rowid = None if result.last_insert_rowid is None else str(result.last_insert_rowid)
     return StmtResult(_cols(result), rows, result.rows_affected, rowid, index, rows_read,
                       rows_written, ms)

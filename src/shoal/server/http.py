@@ -218,6 +218,7 @@ class Router:
     """Routes by path template, e.g. ``/v1/databases/{db}/query``."""
 
     RESOLVED = 4096  # paths whose template and parameters are kept (then forgotten at once)
+    RESOLVED_CHARS = 256  # longer paths are not kept (a valid name has at most 63 characters)
 
     def __init__(self) -> None:
         self._static: dict[str, dict[str, Handler]] = {}
@@ -262,9 +263,10 @@ class Router:
                 elif want != got:
                     break
             else:
-                if len(self._resolved) >= self.RESOLVED:
-                    self._resolved.clear()
-                self._resolved[path] = (template, params.copy(), handlers)
+                if len(path) <= self.RESOLVED_CHARS:  # a long path must not make a big cache
+                    if len(self._resolved) >= self.RESOLVED:
+                        self._resolved.clear()
+                    self._resolved[path] = (template, params.copy(), handlers)
                 request.route = template
                 request.params = params
                 return self._pick(handlers, request)
