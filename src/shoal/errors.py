@@ -134,6 +134,12 @@ class Code(StrEnum):
                                         "and ships once the store is back; one refused for the "
                                         "backlog was not run. Retry later with the same "
                                         "Idempotency-Key.")
+    # the cluster: another node leads the database
+    LEADER_UNAVAILABLE = auto(), 503, ("The database's leader, another node of the cluster, "
+                                       "could not be reached or is handing the database over; "
+                                       "the request was not run there if the connection failed "
+                                       "before it was sent. Retry with the same "
+                                       "Idempotency-Key.")
     DATA_DIR_CONFLICT = auto(), 500, ("Only at startup: the data directory belongs to the other "
                                       "kind of node (local-only or store-backed), or another "
                                       "process uses it; the message says what to do. The node "
