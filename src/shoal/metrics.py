@@ -74,6 +74,11 @@ class Metrics:
     lease_held: Gauge
     lease_renewal_failures: Counter
     log_fenced_commits: Counter
+    cluster_members: Gauge
+    cluster_claims: Counter
+    cluster_releases: Counter
+    cluster_forwarded: Counter
+    cluster_forward_failures: Counter
     readiness: Gauge
     connections: Gauge
     connections_cut: Counter
@@ -138,6 +143,20 @@ def _build() -> Metrics:
                          "lease (it takes writes), else 0", registry=reg),
         lease_renewal_failures=Counter("shoal_lease_renewal_failures", "Failed renewals of "
                                        "the object store's lease (each retried)", registry=reg),
+        cluster_members=Gauge("shoal_cluster_members", "Live members of this node's cluster as "
+                              "it sees them, itself included (0 outside a cluster)",
+                              registry=reg),
+        cluster_claims=Counter("shoal_cluster_claims", "Databases this node took the lead of "
+                               "(a claim asks the other members to release them)",
+                               registry=reg),
+        cluster_releases=Counter("shoal_cluster_releases", "Databases this node handed over "
+                                 "to another member that claimed them", registry=reg),
+        cluster_forwarded=Counter("shoal_cluster_forwarded", "Requests forwarded to the "
+                                  "leader of their database, by protocol", ["protocol"],
+                                  registry=reg),
+        cluster_forward_failures=Counter("shoal_cluster_forward_failures", "Forwarded "
+                                         "requests the leader could not be reached for "
+                                         "(answered LEADER_UNAVAILABLE)", registry=reg),
         log_fenced_commits=Counter("shoal_log_fenced_commits", "Commits made on this node "
                                    "that never became history: another writer took their "
                                    "timeline first (with local durability they had been "

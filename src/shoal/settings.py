@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import re
 import tomllib
 import types
 import typing
@@ -233,6 +234,11 @@ class Settings:
     lease_wait: float = _s(
         60.0, "Seconds a starting node waits for another node's lease on the same store to be "
         "released or to lapse before it gives up (STORE_IN_USE).", minimum=0)
+    advertise_url: str = _s(
+        "", "The URL the other nodes of a cluster reach this node at (http://host:port). Set, the "
+        "node joins the cluster of nodes sharing its store: each database is led by one of them "
+        "and any node serves any request (docs/operations.md, 'Several nodes'). Unset on a store "
+        "a cluster uses: the node does not start (STORE_IN_USE).")
     history_retention: float = _s(
         7 * 86400.0, "Seconds of history kept restorable; older segments and snapshots are deleted "
         "unless a branch needs them.")
@@ -257,6 +263,12 @@ class Settings:
             _check(s, getattr(self, s.name))
         if 0 < self.database_size_limit < 65536:
             raise SettingsError("database_size_limit must be 0 or at least 65536")
+        if self.advertise_url and not re.fullmatch(r"https?://[^/\s?#]+/?", self.advertise_url):
+            raise SettingsError("advertise_url must be http://host:port (no path): the URL the "
+                                f"other nodes reach this one at, got {self.advertise_url!r}")
+        if self.advertise_url and self.local_only:
+            raise SettingsError("advertise_url needs an object store: the nodes of a cluster "
+                                "share one (store = \"none\" keeps everything on this node)")
         if self.http_server == "granian" and importlib.util.find_spec("granian") is None:
             raise SettingsError("http_server = 'granian' needs the granian extra: "
                                 "pip install 'shoal[granian]'")

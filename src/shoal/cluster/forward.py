@@ -20,8 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from http.cookiejar import CookieJar, DefaultCookiePolicy
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import httpx
@@ -31,7 +32,11 @@ from websockets.frames import EXTERNAL_CLOSE_CODES
 from websockets.typing import Subprotocol
 
 from shoal.errors import Code, ShoalError
-from shoal.server.http import Receive, Scope, Send
+
+# ASGI's types (as server/http.py has them: the cluster package sits below the server)
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 FORWARDED = b"shoal-forwarded-by"  # the hop header: its value is the forwarding node's id
 
@@ -55,6 +60,15 @@ UNAVAILABLE = str(Code.LEADER_UNAVAILABLE)  # the close reason that goes with it
 # Failures before any byte of the request left: it did not run on the leader.
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout,
              httpx.UnsupportedProtocol)
+
+
+class Unreachable(ShoalError):
+    """LEADER_UNAVAILABLE, and whether the request had been sent: one that was not ran
+    nothing there, so the app may send it to whichever node leads the database next."""
+
+    def __init__(self, message: str, sent: bool):
+        super().__init__(Code.LEADER_UNAVAILABLE, message)
+        self.sent = sent
 
 
 class _NoDebug(logging.LoggerAdapter[logging.Logger]):
@@ -129,15 +143,15 @@ class Forwarder:
             finally:
                 await response.aclose()
         except _NOT_SENT as exc:  # from None: the cause holds the request, headers and all
-            raise ShoalError(Code.LEADER_UNAVAILABLE,
-                             f"the leader at {base_url} could not be reached "
-                             f"({type(exc).__name__}); the request was not sent") from None
+            raise Unreachable(f"the leader at {base_url} could not be reached "
+                              f"({type(exc).__name__}); the request was not sent",
+                              sent=False) from None
         except httpx.TransportError as exc:
             what = f"did not answer within {self.timeout:g} s" if isinstance(
                 exc, httpx.TimeoutException) else "lost the connection"
-            raise ShoalError(Code.LEADER_UNAVAILABLE,
-                             f"the leader at {base_url} {what} ({type(exc).__name__}) after the "
-                             f"request was sent: whether it ran there is unknown") from None
+            raise Unreachable(f"the leader at {base_url} {what} ({type(exc).__name__}) after "
+                              f"the request was sent: whether it ran there is unknown",
+                              sent=True) from None
         return response.status_code, end_to_end(response.headers.raw), content
 
     async def websocket(self, base_url: str, scope: Scope, receive: Receive, send: Send,

@@ -33,6 +33,7 @@ import apsw
 from prometheus_client import CollectorRegistry, generate_latest
 
 from shoal import tokens
+from shoal.cluster.node import Cluster
 from shoal.engine import datadir
 from shoal.engine.catalog import Catalog, DatabaseRecord, TokenRecord
 from shoal.engine.connection import Counters, Description, NeedsWriter, Result, Statement
@@ -47,7 +48,7 @@ from shoal.engine.database import (
     read_bookmark,
 )
 from shoal.engine.disk import Disk
-from shoal.engine.health import LEVELS, Condition, Health, Watch
+from shoal.engine.health import LEVELS, Condition, Health, Held, Watch
 from shoal.engine.journal import Stores
 from shoal.engine.lease import Lease
 from shoal.engine.lifecycle import Lifecycle, drain, release_memory
@@ -73,6 +74,9 @@ SWEEP_INTERVAL = 0.25
 RELEASE_INTERVAL = 1.0  # at most this often, hand memory freed by closed connections to the OS
 USAGE_FLUSH_INTERVAL = 2.0
 RETENTION_INTERVAL = 600.0  # seconds between retention passes over every database
+REVOKED_SYNC = 60.0  # seconds between a cluster node's listings of the revocations
+NEGATIVE_TTL = 5.0  # seconds a name the store did not know is not looked up again
+NEGATIVE_NAMES = 10_000  # most such names remembered (forgotten all at once when full)
 EXIT_LEASE_LOST = 75  # the process's exit status when another node took the store's lease
 COMPACTION_BUDGET = 60.0  # seconds of compaction a database gets per pass (a backlog waits)
 
@@ -186,6 +190,7 @@ class Engine:
         self.store: RetryingStore | None = None
         self._registry: Registry | None = None
         self.lease: Lease | None = None
+        self.cluster: Cluster | None = None  # advertise_url set: one of a cluster's nodes
         self.admin_token_path: Path | None = None  # set when the admin token is generated
         self.transactions = OpenTransactions()
         self.expired: OrderedDict[str, Code] = OrderedDict()  # tx id -> why it ended
@@ -198,6 +203,7 @@ class Engine:
         self._retention: asyncio.Task[None] | None = None
         self._stopping = False  # compaction starts no new run once set
         self._opened = False
+        self._unknown: dict[str, float] = {}  # names the store did not know -> until when
 
     def open(self) -> None:
         """The blocking part of starting, before the node serves: take the data directory
@@ -217,12 +223,21 @@ class Engine:
         self.io = ThreadPoolExecutor(max(4, settings.threads), thread_name_prefix="shoal-io")
         if not settings.local_only:
             raw_store = _checked_store(settings)
-            self.lease = self._take_lease(raw_store)
-            fenced = FencedStore(raw_store, self.lease.check)
+            node = datadir.node_id(self.root)
+            if settings.advertise_url:  # a member's record, instead of the store's lease
+                Lease(raw_store, node, settings.lease_ttl, self._lease_lost).acquire(
+                    settings.lease_wait, cluster=True)  # the store is a cluster's, for good
+                self.cluster = Cluster(raw_store, node, settings.advertise_url,
+                                       settings.lease_ttl, settings.lease_wait,
+                                       self._lease_lost, lambda: self._admin)
+                self.cluster.join()
+                held: Held = self.cluster.membership
+            else:
+                held = self.lease = self._take_lease(raw_store, node)
+            fenced = FencedStore(raw_store, held.check)
             self.store = RetryingStore(fenced)
-            self._registry = Registry(Stores(self.store, fenced, self.io, self.lease.check),
-                                      settings, self.executor, self.root / "tmp",
-                                      self.lease.node)
+            self._registry = Registry(Stores(self.store, fenced, self.io, held.check),
+                                      settings, self.executor, self.root / "tmp", node)
         self.catalog = Catalog(str(self.root / "catalog.db"))
         admin = settings.admin_token or ""  # unset: generated once, kept in the data directory
         if not admin:
@@ -247,6 +262,7 @@ class Engine:
         if self._registry is not None:
             for tid, dbs in self._registry.narrowed().items():
                 narrowed.setdefault(tid, set()).update(dbs)
+        self._admin = admin  # what this node shows the others of its cluster
         self.auth = tokens.TokenAuthority(signing_key, admin,
                                           self.catalog.revoked_ids() | revoked, narrowed)
         self.lifecycle = Lifecycle(self.root / "dbs", settings, self.executor, self.names,
@@ -261,6 +277,8 @@ class Engine:
             self.quotas.set(name, decode_limits(body))
         self.quotas.load(self.catalog.windows())
         self.lifecycle.size_limit = lambda name: self.quotas.of(name).size_bytes
+        if self.cluster is not None:
+            self.lifecycle.claim = self.cluster.claim
         # (saved in the catalog, being saved): replaced whole at each flush, for /metrics
         self._usage_base = (self.catalog.all_usage(), {})
         self._opened = True
@@ -278,11 +296,10 @@ class Engine:
         with contextlib.closing(Catalog(":memory:")) as scratch:
             return registry.sync_catalog(scratch)
 
-    def _take_lease(self, store: ObjectStore) -> Lease:
+    def _take_lease(self, store: ObjectStore, node: str) -> Lease:
         """The store's lease, for as long as this node runs; the local copies go if another
         node has held it since this one (they may hold commits history no longer has)."""
-        lease = Lease(store, datadir.node_id(self.root), self.settings.lease_ttl,
-                      self._lease_lost)
+        lease = Lease(store, node, self.settings.lease_ttl, self._lease_lost)
         lease.acquire(self.settings.lease_wait)
         lease.start()
         # another node wrote the store since this one did: its catalog cache is read anew
@@ -361,6 +378,8 @@ class Engine:
         lease = self.lease
         if lease is not None:
             METRICS.lease_held.set_function(lambda: float(lease.held()))
+        if self.cluster is not None:
+            await self.cluster.start()
         METRICS.readiness.set_function(lambda: LEVELS.index(self.health.status))
 
     async def stop(self) -> None:
@@ -387,6 +406,8 @@ class Engine:
         self.io.shutdown(wait=True)
         if self.lease is not None:
             self.lease.release()
+        if self.cluster is not None:
+            await self.cluster.stop()
         if self.store is not None:
             self.store.close()
         os.close(self._lock)
@@ -395,7 +416,10 @@ class Engine:
         last_flush = time.monotonic()
         last_release, released = 0.0, 0
         last_retention = time.monotonic() - RETENTION_INTERVAL + 60  # first pass after a minute
-        watch = Watch(self.health, self.lease, self.settings)  # readiness, before any await
+        watch = Watch(self.health, self.lease or (self.cluster.membership if self.cluster
+                                                   else None), self.settings)  # before any await
+        members = self.cluster.membership.version if self.cluster is not None else 0
+        last_revoked = time.monotonic()
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:
@@ -407,6 +431,8 @@ class Engine:
                     self._stale_catalog = False  # tried once the disk has room (and at start)
                     await self._io(self.registry.sync_catalog, self.catalog, True)  # every record
                 await self._expire_transactions()
+                if self.cluster is not None:
+                    members, last_revoked = await self._follow_cluster(members, last_revoked)
                 released += self.lifecycle.close_idle()
                 self.lifecycle.evict()
                 if released and time.monotonic() - last_release >= RELEASE_INTERVAL:
@@ -440,6 +466,8 @@ class Engine:
         except Exception as exc:  # background work: the next pass tries again
             _pass_failed("expiring deleted databases", exc)
         for name in sorted(self.names):
+            if self.cluster is not None and not self.cluster.leads(name):
+                continue  # its leader's work: two nodes merging one log would race
             if self.settings.compact_min_segments:
                 await self._compact(name)
             try:
@@ -466,6 +494,137 @@ class Engine:
             log.warning("compaction of %s left a run as it was: %s", name, error)
         if any(m.created for m in report.merges):
             log.info("compaction of %s %s", name, report.summary())
+
+    # -- a cluster ----------------------------------------------------------------------------
+    async def _follow_cluster(self, members: int, last_revoked: float) -> tuple[int, float]:
+        """What other nodes may have changed in the store: the databases when the members
+        change (a database this node now leads may be new to it), the revocations every
+        REVOKED_SYNC (their notices are best effort). Neither costs a request per database."""
+        assert self.cluster is not None and self._registry is not None
+        version = self.cluster.membership.version
+        if version != members:
+            live, _ = await self._io(self._registry.sync_catalog, self.catalog)
+            self.names |= live  # in place: the lifecycle holds this set
+            self.names -= self.names - live
+        if time.monotonic() - last_revoked >= REVOKED_SYNC:
+            last_revoked = time.monotonic()
+            for token_id in await self._io(self._registry.revoked):
+                self.auth.revoke(token_id)
+        return version, last_revoked
+
+    def leader_url(self, name: str) -> str | None:
+        """The URL of the node that leads database ``name``, or None if it is this one (or
+        this node is not in a cluster): the server forwards the database's requests there."""
+        if self.cluster is None:
+            return None
+        member = self.cluster.leader(name)
+        return member.url if member is not None else None
+
+    async def forward(self, url: str, method: str, path_qs: str,
+                      headers: list[tuple[bytes, bytes]],
+                      body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """A request sent on to another node of the cluster (its database's leader)."""
+        return await self._in_cluster().forwarder.request(url, method, path_qs, headers, body)
+
+    async def forward_websocket(self, url: str, scope: dict[str, Any], receive: Any,
+                                send: Any) -> None:
+        """A WebSocket connection carried through to another node of the cluster."""
+        await self._in_cluster().forwarder.websocket(url, scope, receive, send)
+
+    async def learn_database(self, name: str) -> bool:
+        """Whether ``name`` exists, as the store says now: another node of the cluster may
+        have created it (or deleted it) since this node last read the catalog. A name the
+        store does not know is not asked again for NEGATIVE_TTL: unknown names are cheap to
+        send, store reads are not."""
+        if self.cluster is None or self._registry is None:
+            return name in self.names
+        now = time.monotonic()
+        if self._unknown.get(name, 0.0) > now:
+            return False
+        live = await self._io(self._registry.live, name)
+        if live is None:
+            if len(self._unknown) >= NEGATIVE_NAMES:
+                self._unknown.clear()
+            self._unknown[name] = now + NEGATIVE_TTL
+            if name in self.names:
+                self.names.discard(name)
+                with self.disk.writes(refuse=False):
+                    await self._run(self.catalog.delete_database, name)
+            return False
+        self._unknown.pop(name, None)
+        if name not in self.names:
+            with self.disk.writes(refuse=False):
+                await self._run(self.catalog.adopt_database, name, live.created_at)
+            if live.limits:
+                self.quotas.set(name, decode_limits(json.dumps(live.limits)))
+            self.names.add(name)
+        return True
+
+    async def cluster_notice(self, principal: tokens.Principal, notice: dict[str, Any]) -> None:
+        """Another node's notice (``Cluster.notify``): a database created or deleted, a token
+        revoked, a node leaving."""
+        principal.require("admin")
+        cluster = self._in_cluster()
+        if isinstance(name := notice.get("database"), str):
+            check_name(name)
+            self._unknown.pop(name, None)
+            await self.learn_database(name)
+        if isinstance(token_id := notice.get("revoked"), str):
+            self.auth.revoke(token_id)
+        if isinstance(node := notice.get("left"), str):
+            cluster.left(node)
+
+    async def release_database(self, principal: tokens.Principal, name: str,
+                               to: str) -> None:
+        """Node ``to`` claims database ``name``: forward it there from now, end its
+        transactions, ship and close what is open. Answered once nothing of it is left
+        open here, so the claimant's first write finds every commit in the store."""
+        principal.require("admin")
+        self._in_cluster().released_to(name, to)
+        await self._end_transactions(name)
+        databases = await self.lifecycle.close_database(name)
+        if databases:
+            METRICS.cluster_releases.inc()
+        await asyncio.gather(*(drain(db, self.settings.statement_timeout + 1)
+                               for db in databases))
+
+    async def hand_over(self) -> None:
+        """A clean stop of a cluster's node, while it still serves: say to the others that it
+        leaves (they lead its databases from now, and it forwards their requests), then ship
+        and close every database it has open, answering their claims as it goes. The clean
+        stop that follows finds nothing left to ship."""
+        cluster = self._in_cluster()
+        await cluster.announce_leaving()
+        for tx_id in list(self.transactions):
+            entry = self.transactions.pop(tx_id)
+            if entry is not None:
+                self.expired[tx_id] = Code.TRANSACTION_ABORTED
+                with contextlib.suppress(Exception):
+                    await entry[0].end(entry[1], commit=False)
+        await self.lifecycle.close_all(self.settings.statement_timeout + 1)
+
+    async def cluster_status(self, principal: tokens.Principal) -> dict[str, Any]:
+        """GET /v1/cluster: the members, and what this node leads and has open."""
+        principal.require("admin")
+        cluster = self._in_cluster()
+        status = cluster.describe()
+        status["open_databases_led"] = sorted({n for n, _ in self.lifecycle.open
+                                               if cluster.leads(n)})
+        status["databases_led"] = sum(1 for n in self.names if cluster.leads(n))
+        status["databases"] = len(self.names)
+        return status
+
+    async def _tell(self, notice: dict[str, Any]) -> None:
+        """Tell the cluster's other nodes of a change to the catalog (at once, rather than at
+        their next listing)."""
+        if self.cluster is not None:
+            await self.cluster.notify(notice)
+
+    def _in_cluster(self) -> Cluster:
+        if self.cluster is None:
+            raise ShoalError(Code.NOT_FOUND, "this node is not in a cluster (advertise_url "
+                                             "is unset)")
+        return self.cluster
 
     # -- databases ---------------------------------------------------------------------------
     async def create_database(
@@ -495,6 +654,7 @@ class Engine:
                 self.settings.idempotency_ttl,
             )
         self.names.add(name)
+        await self._tell({"database": name})
         return status, body
 
     async def list_databases(self, principal: tokens.Principal, limit: int,
@@ -558,6 +718,7 @@ class Engine:
             if uncatalogued and record is not None:
                 await self._run(self.catalog.adopt_database, name, record.created_at)
             raise
+        await self._tell({"database": name})
         await self._run(shutil.rmtree, self.lifecycle.root / name, True)  # space comes back
         for key in [k for k in self.usage if k == name or k.startswith(name + "/")]:
             self.usage.pop(key, None)
@@ -612,6 +773,7 @@ class Engine:
         await self._run(self.catalog.adopt_database, name, created_at)
         await self._adopt_limits(name, await self._io(self.registry.limits, name))
         self.names.add(name)
+        await self._tell({"database": name})
         record = await self._run(self.catalog.get_database, name)
         assert record is not None
         return record
@@ -1046,6 +1208,7 @@ class Engine:
         if self._registry is not None:
             await self._io(self._registry.revoke_token, token_id, time.time())
         self.auth.revoke(token_id)
+        await self._tell({"revoked": token_id})
 
     # -- branches and history ----------------------------------------------------------------
     def _known(self, name: str, *branches: str) -> None:

@@ -21,14 +21,21 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from shoal.settings import Settings
 from shoal.storage.fenced import Fenced
 
 if TYPE_CHECKING:
     from shoal.engine.database import Database
-    from shoal.engine.lease import Lease
+
+
+class Held(Protocol):
+    """What lets this node write to the store: the store's lease, or a cluster member's
+    record (``shoal.cluster``). ``check`` raises Fenced unless it is held now."""
+
+    def check(self) -> None: ...
+
 
 log = logging.getLogger("shoal.health")
 
@@ -122,7 +129,7 @@ class Watch:
     (``log_conflict``). Each poll costs a clock read and a few attribute reads per open
     branch; nothing here touches the store."""
 
-    def __init__(self, health: Health, lease: Lease | None, settings: Settings,
+    def __init__(self, health: Health, lease: Held | None, settings: Settings,
                  clock: Callable[[], float] = time.monotonic):
         self.health = health
         self.lease = lease
@@ -137,7 +144,7 @@ class Watch:
             self._lease(self.lease)
         self._store(databases)
 
-    def _lease(self, lease: Lease) -> None:
+    def _lease(self, lease: Held) -> None:
         """Writes are refused (Database._check_log) while the lease is not held."""
         try:
             lease.check()

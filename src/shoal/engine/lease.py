@@ -20,6 +20,10 @@ If-Match), so it needs no coordination service.
   landed is recognised by its sequence number, and the lease is kept.
 - **Giving it back.** A clean stop writes the lease as released, so the next node starts
   without waiting.
+- **A cluster.** Nodes that share a store (``advertise_url`` set: ``shoal.cluster``) each
+  lead some databases instead of one node holding the store. The first of them takes the
+  lease as above and writes it as ``cluster`` for good: a node started later without
+  ``advertise_url`` is refused at once, since it would write every database of the store.
 """
 
 from __future__ import annotations
@@ -56,11 +60,12 @@ class Record:
     host: str = ""
     pid: int = 0
     released: bool = False
+    cluster: bool = False  # the store is shared by a cluster's nodes, for good
 
     def encode(self) -> bytes:
         return json.dumps({"node": self.node, "seq": self.seq, "ttl": self.ttl,
                            "host": self.host, "pid": self.pid, "released": self.released,
-                           "written_at": time.time()}).encode()
+                           "cluster": self.cluster, "written_at": time.time()}).encode()
 
     @classmethod
     def decode(cls, data: bytes) -> Record | None:
@@ -69,7 +74,7 @@ class Record:
             raw = json.loads(data)
             return cls(str(raw["node"]), int(raw["seq"]), float(raw["ttl"]),
                        str(raw.get("host", "")), int(raw.get("pid", 0)),
-                       bool(raw.get("released", False)))
+                       bool(raw.get("released", False)), bool(raw.get("cluster", False)))
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -113,11 +118,14 @@ class Lease:
             raise Fenced(f"this node does not hold the object store's lease: {why}")
 
     # -- taking it ---------------------------------------------------------------------------
-    def acquire(self, wait: float, poll: float = 1.0) -> None:
+    def acquire(self, wait: float, poll: float = 1.0, cluster: bool = False) -> None:
         """Take the lease, waiting up to ``wait`` seconds for another node's to end.
 
-        STORE_IN_USE if it is still held then; STORAGE_UNAVAILABLE if the store kept
+        STORE_IN_USE if it is still held then, or at once if a cluster shares the store
+        and this node is not one of its nodes; STORAGE_UNAVAILABLE if the store kept
         failing. Sets `previous` to the last holder's id (None if there was no lease).
+        ``cluster``: take it for a cluster's node, which writes it as the cluster's for good
+        and does not renew it (membership does that job per node).
         """
         deadline = self.clock() + wait
         seen: tuple[str, float] | None = None  # (etag, when this node first saw it)
@@ -129,10 +137,18 @@ class Lease:
                 try:
                     blob = self.store.get(KEY)
                 except NotFound:
-                    if self._write(self._record(1), if_none_match="*"):
+                    if self._write(self._record(1, cluster=cluster), if_none_match="*"):
                         return
                     continue
                 record = Record.decode(blob.data)
+                if record is not None and record.cluster:
+                    if cluster:
+                        return
+                    raise ShoalError(Code.STORE_IN_USE, (
+                        "the object store is shared by a cluster of nodes (each leads some "
+                        "databases): start this node as one of them, with advertise_url "
+                        "(--advertise-url, SHOAL_ADVERTISE_URL) set to the URL the other "
+                        "nodes reach it at"))
                 now = self.clock()
                 if seen is None or seen[0] != blob.etag:
                     seen = (blob.etag, now)
@@ -147,7 +163,7 @@ class Lease:
                 if free or lapsed:
                     self.previous = record.node if record is not None else "?"
                     seq = record.seq + 1 if record is not None else 1
-                    if self._write(self._record(seq), if_match=blob.etag):
+                    if self._write(self._record(seq, cluster=cluster), if_match=blob.etag):
                         if lapsed and not free:
                             log.warning("took over the object store's lease from %s, which "
                                         "had not renewed it for %g s",
@@ -177,8 +193,9 @@ class Lease:
         same id, but not the same host, so it waits like any other node."""
         return record.node == self.node and record.host == socket.gethostname()
 
-    def _record(self, seq: int, released: bool = False) -> Record:
-        return Record(self.node, seq, self.ttl, socket.gethostname(), os.getpid(), released)
+    def _record(self, seq: int, released: bool = False, cluster: bool = False) -> Record:
+        return Record(self.node, seq, self.ttl, socket.gethostname(), os.getpid(), released,
+                      cluster)
 
     def _write(self, record: Record, *, if_none_match: str | None = None,
                if_match: str | None = None) -> bool:

@@ -80,6 +80,8 @@ class Lifecycle:
         self.closing: dict[Key, asyncio.Task[None]] = {}
         self.held: dict[Key, asyncio.Event] = {}  # out of service: requests wait
         self.size_limit: Callable[[str], int] = lambda name: 0  # the engine's quotas say
+        # a cluster's node: the other nodes release the database before it opens here
+        self.claim: Callable[[str], Awaitable[None]] | None = None
 
     def path(self, name: str, branch: str = "main") -> Path:
         return self.root / name / f"{branch}.db"
@@ -142,6 +144,8 @@ class Lifecycle:
             with disk_errors():
                 path = self.path(name, branch)
                 path.parent.mkdir(parents=True, exist_ok=True)
+                if self.claim is not None:
+                    await self.claim(name)
                 if self.registry is not None:
                     return await self.registry.open(name, branch, path)
                 db = Database(name, branch, str(path), self.settings,

@@ -239,6 +239,17 @@ class Registry:
         return record.live if record is not None else None
 
     @mapped
+    def live(self, name: str) -> Incarnation | None:
+        """The live incarnation of ``name`` as the store has it now (another node of a
+        cluster may have created or deleted it)."""
+        return self._live(name)
+
+    @mapped
+    def revoked(self) -> set[str]:
+        """Every revoked token id (one listing)."""
+        return {info.key[len(REVOKED):] for info in self.store.list(REVOKED)}
+
+    @mapped
     def limits(self, name: str) -> dict[str, Any]:
         """The live database's own limits, as its record holds them."""
         live = self._live(name)
@@ -275,8 +286,7 @@ class Registry:
                         "dropped from the catalog (its local files are left alone)",
                         name, self.store.url)
             catalog.delete_database(name)
-        revoked = {info.key[len(REVOKED):] for info in self.store.list(REVOKED)}
-        return live, revoked
+        return live, self.revoked()
 
     def _image(self, path: Path) -> None:
         """A new database file holding Shoal's tables, checkpointed: the txid-0 state."""

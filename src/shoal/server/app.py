@@ -18,12 +18,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from shoal import names
+from shoal.cluster import FORWARDED, Unreachable
 from shoal.engine import READ_ONLY, REQUEST_GONE, Engine
 from shoal.errors import Code, ShoalError
 from shoal.metrics import METRICS
 from shoal.server.api import NativeAPI
+from shoal.server.cluster import ClusterAPI
 from shoal.server.hrana import HranaHTTP
-from shoal.server.hrana_ws import HranaWebSocket
+from shoal.server.hrana_ws import HranaWebSocket, address_of
 from shoal.server.http import (
     ANONYMOUS,
     Receive,
@@ -46,6 +49,8 @@ from shoal.settings import Settings
 log = logging.getLogger("shoal")
 
 DISCONNECT_WATCH = 0.05  # seconds; most requests are answered sooner and are never watched
+FORWARD_PATIENCE = 5.0  # seconds a request waits for its database's leader to be reachable
+FORWARD_PAUSE = 0.2  # seconds between looks at who leads, while the leader is unreachable
 CLIENT_GONE = 499  # the status logged (never sent) for a request whose client went away
 
 
@@ -75,7 +80,13 @@ class App:
         self.hrana_routes = self.hrana.register(self.router)  # errors in Hrana's shape
         self.public |= self.hrana_routes
         self.websocket = HranaWebSocket(self.engine, quota)
+        # a cluster's node forwards what another node leads (docs/architecture.md)
+        self.clustered = bool(settings.advertise_url)
+        if self.clustered:
+            ClusterAPI(self.engine).register(self.router)
         self._log = sys.stderr.buffer if settings.access_log else None
+        self._leaving = False  # a cluster's node handing its databases over (SIGTERM)
+        self.loop: asyncio.AbstractEventLoop | None = None  # the server's, once started
         self._watches: dict[_Watch, None] = {}  # requests in flight (see _Watch)
         self._watcher: asyncio.Task[None] | None = None
 
@@ -86,7 +97,12 @@ class App:
         elif kind == "lifespan":
             await self.lifespan(receive, send)
         elif kind == "websocket":
-            await self.websocket(scope, receive, send)
+            url = self._websocket_leader(scope) if self.clustered else None
+            if url is not None:
+                METRICS.cluster_forwarded.labels("websocket").inc()
+                await self.engine.forward_websocket(url, scope, receive, send)
+            else:
+                await self.websocket(scope, receive, send)
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -110,6 +126,7 @@ class App:
     async def start(self) -> None:
         """Open and start the engine (blocking until the node may serve), then what the
         handlers keep in the data directory."""
+        self.loop = asyncio.get_running_loop()
         await self.engine.start()
         self.hrana.start()
 
@@ -134,11 +151,15 @@ class App:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_requests())
         try:
             handler = self.router.resolve(request)
-            if request.route not in self.public:
-                request.principal = self.engine.authenticate(
-                    request.header(b"authorization"))
-                self.engine.refuse_when_overloaded()  # past the memory ceiling: no new work
-            response = await handler(request)
+            db = self._database(request) if self.clustered else None
+            url = self._leader(request, db) if db is not None else None
+            if url is not None:
+                assert db is not None
+                response = await self._forward(request, handler, db, url)
+            else:
+                if db is not None:
+                    await self._known(db)
+                response = await self._serve(request, handler)
         except ShoalError as exc:
             response = self._error(request, exc)
         except Exception:  # a bug: the one place it becomes 500 INTERNAL, traceback logged
@@ -160,6 +181,91 @@ class App:
         METRICS.observe_request(request.route, request.method, response.status, elapsed)
         if self._log is not None:
             self._access_log(request, response, elapsed)
+
+    async def _serve(self, request: Request, handler: Callable[[Request], Any]) -> Response:
+        if request.route not in self.public:
+            request.principal = self.engine.authenticate(request.header(b"authorization"))
+            self.engine.refuse_when_overloaded()  # past the memory ceiling: no new work
+        return await handler(request)  # type: ignore[no-any-return]
+
+    # -- a cluster's node --------------------------------------------------------------------
+    def _database(self, request: Request) -> str | None:
+        """The database a request is for, as far as routing can tell before running it."""
+        db = request.params.get("db")
+        if db is None and request.route in self.hrana_routes:
+            db = request.header(b"x-namespace")
+            if not db:  # a token for exactly one database names it (Hrana's resolve)
+                try:
+                    principal = self.engine.authenticate(request.header(b"authorization"))
+                except ShoalError:
+                    return None  # the handler answers it in Hrana's shape
+                if principal.databases is not None and len(principal.databases) == 1:
+                    db = next(iter(principal.databases))
+        return db
+
+    def _leader(self, request: Request, db: str) -> str | None:
+        """The URL of the node to forward a request to; None to serve it here. A request
+        another node forwarded is served here (never forwarded twice), unless this node is
+        leaving."""
+        url = self.engine.leader_url(db)
+        if url is None or (FORWARDED in request.headers and not self._leaving):
+            return None
+        return url
+
+    async def _known(self, db: str) -> None:
+        """A database this node leads but has not heard of may have been created on
+        another node a moment ago: the store says (the handler answers 404 otherwise)."""
+        try:
+            self.engine.require_database(db)
+        except ShoalError:
+            if names.is_valid(db):
+                await self.engine.learn_database(db)
+
+    async def _forward(self, request: Request, handler: Callable[[Request], Any], db: str,
+                       url: str) -> Response:
+        """Send the request on to the database's leader and answer what it answers. While
+        the leader cannot be reached (the request never left), wait for another to lead
+        the database, up to FORWARD_PATIENCE; if that is this node, serve it here."""
+        body = await request.read_body(self.settings.max_request_bytes)
+        query = request.scope.get("query_string", b"")
+        path = request.scope.get("raw_path") or request.path.encode()
+        path_qs = (path + b"?" + query if query else path).decode("latin-1")
+        protocol = "hrana" if request.route in self.hrana_routes else "native"
+        deadline = time.monotonic() + FORWARD_PATIENCE
+        while True:
+            try:
+                status, headers, answer = await self.engine.forward(
+                    url, request.method, path_qs, request.scope["headers"], body)
+                METRICS.cluster_forwarded.labels(protocol).inc()
+                return Response(status, answer, headers)
+            except Unreachable as exc:
+                if exc.sent or time.monotonic() >= deadline:
+                    METRICS.cluster_forward_failures.inc()
+                    raise
+            await asyncio.sleep(FORWARD_PAUSE)
+            next_url = self.engine.leader_url(db)
+            if next_url is None:
+                return await self._serve(request, handler)
+            url = next_url
+
+    def _websocket_leader(self, scope: Scope) -> str | None:
+        """The leader's URL for a Hrana WebSocket whose URL or headers name its database
+        (one named only by the token of its hello is served here)."""
+        headers = dict(scope.get("headers") or [])
+        if FORWARDED in headers:
+            return None
+        address = address_of(scope.get("path", "/"))
+        db = address[0] if address is not None else None
+        if db is None:
+            raw = headers.get(b"x-namespace")
+            db = raw.decode("latin-1") if raw else None
+        return self.engine.leader_url(db) if db else None
+
+    async def hand_over(self) -> None:
+        """SIGTERM on a cluster's node (``server/main.py``): hand the databases over while
+        still serving, then let the server stop."""
+        self._leaving = True
+        await self.engine.hand_over()
 
     async def _watch_requests(self) -> None:
         """Every DISCONNECT_WATCH, start listening for the client of each request running

@@ -8,9 +8,12 @@ the engine's state is never split across workers.
 from __future__ import annotations
 
 import asyncio
+import logging
 import resource
 import signal
 import sys
+from collections.abc import Callable
+from types import FrameType
 
 import uvicorn
 import uvloop
@@ -21,6 +24,10 @@ from shoal.server import stderr
 from shoal.server.app import App
 from shoal.server.gate import Gate, protocols
 from shoal.settings import Settings
+
+log = logging.getLogger("shoal")
+
+HANDOVER_LIMIT = 60.0  # seconds a stopping cluster node spends handing its databases over
 
 
 def serve(settings: Settings) -> None:
@@ -49,7 +56,37 @@ def serve(settings: Settings) -> None:
         # peer), so X-Forwarded-For need not be parsed on every request; no Server header
         proxy_headers=False, server_header=False,
     )
-    uvicorn.Server(config).run()
+    _Server(config, app).run()
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, except that the first SIGTERM or SIGINT on a cluster's node hands
+    its databases over (``App.hand_over``) while it still serves, then stops it as usual
+    (a second signal stops it at once)."""
+
+    def __init__(self, config: uvicorn.Config, app: App):
+        super().__init__(config)
+        self.app = app
+        self.handing_over = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        loop = self.app.loop
+        if not self.app.clustered or self.handing_over or self.should_exit or loop is None:
+            super().handle_exit(sig, frame)
+            return
+        self.handing_over = True
+        loop.call_soon_threadsafe(
+            lambda: loop.create_task(_then(self.app, lambda: super(_Server, self).handle_exit(
+                sig, frame))))
+
+
+async def _then(app: App, stop: Callable[[], None]) -> None:
+    """Hand the node's databases over (bounded), then stop the server whatever happened."""
+    try:
+        await asyncio.wait_for(app.hand_over(), HANDOVER_LIMIT)
+    except Exception:  # the stop goes on: the others take over after lease_ttl at worst
+        log.exception("handing the databases over failed")
+    stop()
 
 
 def raise_fd_limit() -> int:
@@ -75,8 +112,16 @@ def _serve_granian(app: App, settings: Settings) -> None:
         server = Server(app, address=settings.host, port=settings.port,
                         interface=Interfaces.ASGI, log_enabled=False, backlog=4096)
         loop = asyncio.get_running_loop()
+        stopping: list[asyncio.Task[None]] = []
+
+        def stop() -> None:
+            if app.clustered and not stopping:
+                stopping.append(loop.create_task(_then(app, server.stop)))
+            else:
+                server.stop()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, server.stop)
+            loop.add_signal_handler(sig, stop)
         await server.serve()
 
     uvloop.run(run())

@@ -1,0 +1,202 @@
+"""This node as one of a cluster's: who leads each database, handing databases over.
+
+Nodes that share an object store each lead some of its databases: the leader of a
+database is the one node that writes it, and every other node forwards the database's
+requests to it (``server/app.py``). Who leads what needs no store request: every node
+computes it from the live members (``membership.py``) by rendezvous hashing
+(``placement.py``), so the same member set gives the same answer everywhere.
+
+Views of the member set differ for a moment after a change (each node lists the members
+every ``lease_ttl / 4``), so two nodes may each believe they lead a database. The store
+keeps that safe: a branch's first write on a node fences its timeline (``log/timeline.py``),
+and the old leader's next commit is refused. What keeps it from costing acknowledged
+writes is the handover:
+
+- **Claim.** Before a node opens a database it leads, it asks every other live member to
+  release it (``POST /v1/cluster/release/{db}``), once per database per member set. A
+  member that has the database open stops taking its requests (it forwards them to the
+  claimant from then on, until its own view of the members changes), ends its
+  transactions, ships every commit and closes it, then answers. Only then does the
+  claimant open the database, whose first write fences the timeline.
+- **Leaving.** A stopping node first says so to the others (``POST /v1/cluster/leave``),
+  which drop it from their view at once, then keeps serving (forwarding) while they claim
+  its databases, and only then closes what is left and removes its member record.
+
+A member that cannot be reached during a claim is passed over after ``CLAIM_TIMEOUT``:
+with remote durability nothing it acknowledged can be lost (the fence refuses its
+commits); with local durability, what it acknowledged and had not shipped may be, as
+after any crash (docs/architecture.md, "Several nodes").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from shoal.cluster.forward import FORWARDED, Forwarder
+from shoal.cluster.membership import Member, Membership
+from shoal.cluster.placement import leader_of
+from shoal.engine.lease import Lease
+from shoal.metrics import METRICS
+from shoal.storage.base import ObjectStore
+
+log = logging.getLogger("shoal.cluster")
+
+CLAIM_TIMEOUT = 10.0  # seconds a claim waits for a member's answer before passing it over
+NOTIFY_TIMEOUT = 2.0  # seconds a notice (a new database, a revocation) waits per member
+
+
+class Cluster:
+    """This node's part in the cluster. Construction sets fields; :meth:`join` (blocking,
+    before the node serves) takes its place in the store, :meth:`start` begins renewing it
+    and opens the connections to the other nodes, :meth:`stop` leaves."""
+
+    def __init__(self, store: ObjectStore, node: str, url: str, ttl: float, wait: float,
+                 on_lost: Callable[[str], None], token: Callable[[], str]):
+        self.store = store
+        self.node = node
+        self.url = url.rstrip("/")
+        self.wait = wait
+        self.token = token  # the admin token: what one node shows another
+        self.membership = Membership(store, node, self.url, ttl, on_lost)
+        self.forwarder = Forwarder(node)
+        self.leaving = False
+        self.gone: dict[str, float] = {}  # members that said they leave -> when (monotonic)
+        # database -> (the node it was released to, the membership version then): this
+        # node forwards it there until its own view of the members changes
+        self.released: dict[str, tuple[str, int]] = {}
+        self.claimed: dict[str, int] = {}  # database -> membership version of its last claim
+        self.changes = 0  # leadership changes seen (claims made and releases given)
+
+    # -- the store ---------------------------------------------------------------------------
+    def join(self) -> None:
+        """Mark the store as a cluster's (a node without advertise_url is then refused) and
+        write this node's member record."""
+        lease = Lease(self.store, self.node, self.membership.ttl, lambda why: None)
+        lease.acquire(self.wait, cluster=True)
+        self.membership.join(self.wait)
+
+    async def start(self) -> None:
+        self.forwarder.start()
+        self.membership.start()
+        METRICS.cluster_members.set_function(lambda: len(self.live()))
+
+    async def stop(self) -> None:
+        """Remove this node's member record (the others stop counting it at their next
+        listing) and close the connections to the others."""
+        await asyncio.get_running_loop().run_in_executor(None, self.membership.leave)
+        await self.forwarder.close()
+
+    # -- who leads ---------------------------------------------------------------------------
+    def live(self) -> dict[str, Member]:
+        """The live members as this node sees them: without those that said they leave,
+        and without itself once it leaves."""
+        members = self.membership.members()
+        if self.gone or self.leaving:
+            now = time.monotonic()
+            for node, since in list(self.gone.items()):
+                if node not in members or now - since > 2 * self.membership.ttl:
+                    del self.gone[node]  # gone from the listing, or back (a restart)
+            members = {n: m for n, m in members.items()
+                       if n not in self.gone and not (self.leaving and n == self.node)}
+        return members
+
+    def leader(self, database: str) -> Member | None:
+        """The member that leads ``database``, or None when it is this node (or nobody is
+        live as far as this node knows: it serves, and the store's fence decides)."""
+        members = self.live()
+        released = self.released.get(database)
+        if released is not None:
+            to, version = released
+            if version == self.membership.version and to in members:
+                return members[to]
+            del self.released[database]  # the view changed since: the hash decides again
+        node = leader_of(database, members)
+        if node is None or node == self.node:
+            return None
+        return members[node]
+
+    def leads(self, database: str) -> bool:
+        return self.leader(database) is None
+
+    # -- handing over --------------------------------------------------------------------------
+    async def claim(self, database: str) -> None:
+        """Before opening ``database`` here: every other live member releases it (once per
+        database and member set)."""
+        version = self.membership.version
+        if self.claimed.get(database) == version:
+            return
+        others = [m for n, m in self.live().items() if n != self.node]
+        if others:
+            await asyncio.gather(*(self._release_at(m, database) for m in others))
+        self.released.pop(database, None)
+        self.claimed[database] = version
+        self.changes += 1
+        METRICS.cluster_claims.inc()
+
+    async def _release_at(self, member: Member, database: str) -> None:
+        try:
+            status, _, body = await asyncio.wait_for(
+                self.forwarder.request(member.url, "POST", f"/v1/cluster/release/{database}",
+                                       self._headers(), b""), CLAIM_TIMEOUT)
+        except Exception as exc:  # unreachable: passed over (the fence keeps history single)
+            log.warning("%s: node %s (%s) did not release it (%s); taking it over",
+                        database, member.node, member.url, type(exc).__name__)
+            return
+        if status >= 300:
+            log.warning("%s: node %s (%s) answered %d to its release; taking it over: %s",
+                        database, member.node, member.url, status, body[:200])
+
+    def released_to(self, database: str, node: str) -> None:
+        """``node`` claimed ``database``: forward it there until this node's view changes."""
+        self.released[database] = (node, self.membership.version)
+        self.claimed.pop(database, None)
+        self.changes += 1
+
+    def left(self, node: str) -> None:
+        """``node`` said it is leaving: lead its databases without waiting for its record
+        to go from the listing."""
+        if node != self.node:
+            self.gone[node] = time.monotonic()
+
+    async def announce_leaving(self) -> None:
+        """Say to the others that this node leaves: they claim its databases from now."""
+        self.leaving = True
+        await self.notify({"left": self.node})
+
+    async def notify(self, notice: dict[str, Any]) -> None:
+        """Tell every other live member of a change they would otherwise learn late (a new
+        or deleted database, a revoked token, a node leaving). Best effort: a member that
+        misses it learns it from the store (docs/architecture.md, "Several nodes")."""
+        body = msgspec.json.encode(notice)
+        others = [m for n, m in self.membership.members().items() if n != self.node]
+
+        async def one(member: Member) -> None:
+            try:
+                await asyncio.wait_for(self.forwarder.request(
+                    member.url, "POST", "/v1/cluster/notify",
+                    [*self._headers(), (b"content-type", b"application/json")], body),
+                    NOTIFY_TIMEOUT)
+            except Exception as exc:  # best effort: the store is the fallback
+                log.info("node %s (%s) missed a notice (%s)", member.node, member.url,
+                         type(exc).__name__)
+
+        await asyncio.gather(*(one(m) for m in others))
+
+    def _headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"authorization", b"Bearer " + self.token().encode()),
+                (FORWARDED, self.node.encode())]
+
+    # -- operators -----------------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """What GET /v1/cluster shows of the members (led databases are the engine's)."""
+        members = self.live()
+        return {"node": self.node, "url": self.url, "leaving": self.leaving,
+                "members": [{"node": m.node, "url": m.url, "host": m.host, "pid": m.pid,
+                             "self": m.node == self.node} for m in members.values()],
+                "leadership_changes": self.changes}
