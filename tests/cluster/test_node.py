@@ -25,7 +25,7 @@ class Members:
         self.set(*nodes)
 
     def set(self, *nodes: str) -> None:
-        self.current = {n: Member(n, f"http://{n}", "host", 1) for n in nodes}
+        self.current = {n: Member(n, f"http://{n}", "host", 1, False) for n in nodes}
         self.version += 1
 
     def members(self) -> dict[str, Member]:
@@ -82,7 +82,7 @@ def test_a_claim_asks_every_other_member_once_per_member_set() -> None:
     cluster, members, peers = make("a", "a", "b", "c")
     asyncio.run(cluster.claim("orders"))
     assert sorted(c[0] for c in peers.calls) == ["http://b", "http://c"]
-    url, path, headers, _ = peers.calls[0]
+    _, path, headers, _ = peers.calls[0]
     assert path == "/v1/cluster/release/orders"
     assert headers[b"authorization"] == b"Bearer the-admin-token"
     assert headers[FORWARDED] == b"a"
@@ -116,7 +116,7 @@ def test_a_released_database_is_forwarded_to_its_claimant_until_the_view_changes
 def test_a_release_to_a_node_no_longer_live_is_forgotten() -> None:
     nodes = ["a", "b", "c"]
     mine = led_by("a", nodes)[0]
-    cluster, members, _ = make("a", *nodes)
+    cluster, _, _ = make("a", *nodes)
     cluster.released_to(mine, "zz")  # not a member
     assert cluster.leads(mine)
 

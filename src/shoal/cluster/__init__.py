@@ -1,7 +1,15 @@
-"""The cluster's one door: who the members are (``membership.py``) and which of them leads
-a database (``placement.py``). Both go through the shared object store only."""
+"""The cluster's one door: a node's part among several sharing one object store.
 
+Who the members are (``membership.py``: a record per node in the store), which of them
+leads a database (``placement.py``), requests carried to the leader (``forward.py``) and
+this node's part, claims and releases (``node.py``). Nothing here imports the engine or
+the server: the engine holds a :class:`Cluster`, the server forwards through it.
+"""
+
+from shoal.cluster.forward import FORWARDED, Forwarder, Unreachable
 from shoal.cluster.membership import Member, Membership
+from shoal.cluster.node import Cluster
 from shoal.cluster.placement import leader_of
 
-__all__ = ["Member", "Membership", "leader_of"]
+__all__ = ["FORWARDED", "Cluster", "Forwarder", "Member", "Membership", "Unreachable",
+           "leader_of"]

@@ -41,7 +41,6 @@ import msgspec
 from shoal.cluster.forward import FORWARDED, Forwarder
 from shoal.cluster.membership import Member, Membership
 from shoal.cluster.placement import leader_of
-from shoal.engine.lease import Lease
 from shoal.metrics import METRICS
 from shoal.storage.base import ObjectStore
 
@@ -75,10 +74,8 @@ class Cluster:
 
     # -- the store ---------------------------------------------------------------------------
     def join(self) -> None:
-        """Mark the store as a cluster's (a node without advertise_url is then refused) and
-        write this node's member record."""
-        lease = Lease(self.store, self.node, self.membership.ttl, lambda why: None)
-        lease.acquire(self.wait, cluster=True)
+        """Write this node's member record, and read the others' (the engine has marked the
+        store as a cluster's first: engine/lease.py)."""
         self.membership.join(self.wait)
 
     async def start(self) -> None:

@@ -33,7 +33,7 @@ import apsw
 from prometheus_client import CollectorRegistry, generate_latest
 
 from shoal import tokens
-from shoal.cluster.node import Cluster
+from shoal.cluster import Cluster
 from shoal.engine import datadir
 from shoal.engine.catalog import Catalog, DatabaseRecord, TokenRecord
 from shoal.engine.connection import Counters, Description, NeedsWriter, Result, Statement

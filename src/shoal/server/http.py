@@ -158,6 +158,10 @@ class Request:
         return values[0] if values else None
 
     async def read_body(self, limit: int) -> bytes:
+        """The whole body (PAYLOAD_TOO_LARGE past ``limit``); read once, then kept: a request
+        forwarding gave up on may be served here after all (server/app.py)."""
+        if self.body_read:
+            return self.body
         length = self.headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:
             raise ShoalError(Code.PAYLOAD_TOO_LARGE, f"body exceeds max_request_bytes ({limit})")

@@ -118,7 +118,7 @@ def _serve_granian(app: App, settings: Settings) -> None:
             if app.clustered and not stopping:
                 stopping.append(loop.create_task(_then(app, server.stop)))
             else:
-                server.stop()
+                server.stop()  # type: ignore[no-untyped-call]
 
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop)

@@ -22,7 +22,7 @@ from shoal.errors import ShoalError
 log = logging.getLogger("shoal")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # their info lines are chatter ("Found credentials in environment variables."), each start
-CHATTY = ("botocore", "boto3", "s3transfer", "urllib3")
+CHATTY = ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpcore")  # a line per call
 _json_lines = False
 
 
