@@ -285,6 +285,36 @@ def test_a_leader_that_does_not_answer_in_time_leaves_the_outcome_unknown(
     assert "ReadTimeout" in err.message and "unknown" in err.message
 
 
+def test_requests_to_a_node_that_left_the_view_are_given_up_on_at_once(
+        leader: tuple[Leader, Served]) -> None:
+    """A paused leader holds what was sent to it: once it is out of the view, abandon
+    answers those requests (outcome unknown); requests to a node still in it go on, and
+    the task that was waiting is usable afterwards."""
+    url = leader[1].url
+
+    async def work(f: Forwarder) -> tuple[BaseException | None, bool, int]:
+        waiting = asyncio.ensure_future(f.request(url, "POST", "/sleep", [], b""))
+        await asyncio.sleep(0.2)
+        f.abandon({url})  # still in the view: nothing given up
+        await asyncio.sleep(0.1)
+        kept = not waiting.done()
+        f.abandon(set())
+        try:
+            await waiting
+        except ShoalError as exc:
+            error: BaseException | None = exc
+        else:
+            error = None
+        status, _, _ = await f.request(url, "GET", "/", [], b"")  # the pool still serves
+        return error, kept, status
+
+    error, kept, status = forwarding(work, timeout=5.0)
+    assert kept
+    assert isinstance(error, ShoalError) and error.code == Code.LEADER_UNAVAILABLE
+    assert "left the cluster" in error.message and "unknown" in error.message
+    assert 200 <= status < 300
+
+
 def test_a_connection_lost_after_sending_leaves_the_outcome_unknown() -> None:
     """A leader that reads the request, then closes the connection without an answer."""
     with socket.socket() as listener:

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.support.s3 import moto_server
 from tests.support.server import ServerProcess, free_port
 from tests.support.storage import ok, run
 
@@ -55,6 +56,22 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     c.stop()
 
 
+@pytest.fixture
+def s3_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    """The same on S3 (moto's server). S3 times objects to the second, so membership
+    needs a lease_ttl of a few seconds there (docs/operations.md)."""
+    with moto_server() as moto:
+        bucket = f"cluster-{time.monotonic_ns()}"
+        moto.client.create_bucket(Bucket=bucket)
+        for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                           "AWS_DEFAULT_REGION": "us-east-1"}.items():
+            monkeypatch.setenv(key, value)  # the nodes' boto3 reads them
+        c = Cluster(tmp_path, durability="remote", lease_ttl=4.0,
+                    store=f"s3://{bucket}/shoal", s3_endpoint=moto.endpoint)
+        yield c
+        c.stop()
+
+
 def admin(node: ServerProcess) -> httpx.Client:
     return httpx.Client(base_url=node.url, timeout=30,
                         headers={"Authorization": f"Bearer {ADMIN}"})
@@ -83,7 +100,10 @@ def three(cluster: Cluster) -> list[ServerProcess]:
     return nodes
 
 
-def test_any_node_serves_any_database_and_leadership_is_spread(cluster: Cluster) -> None:
+@pytest.mark.parametrize("backend", ["file", "s3"])
+def test_any_node_serves_any_database_and_leadership_is_spread(
+        backend: str, request: pytest.FixtureRequest) -> None:
+    cluster: Cluster = request.getfixturevalue("cluster" if backend == "file" else "s3_cluster")
     nodes = three(cluster)
     names = [f"db{i}" for i in range(24)]
     for i, name in enumerate(names):
@@ -246,3 +266,27 @@ def test_hrana_through_a_node_that_does_not_lead(cluster: Cluster) -> None:
             assert r.status_code == 200, r.text
             assert r.json()["results"][0]["type"] == "ok", r.text
     assert len(stored(nodes[2], "hr")) == 3
+
+
+def test_a_paused_leader_acknowledges_nothing_that_is_lost_after_it_resumes(
+        cluster: Cluster) -> None:
+    """SIGSTOP a leader for two lease ttls while writes go on through the others, then
+    SIGCONT it: its databases were led elsewhere meanwhile, and whatever it answers after
+    waking (its forwarded requests were waiting in its socket) is refused or is history."""
+    nodes = three(cluster)
+    dbs = [f"p{i}" for i in range(9)]
+    make(nodes[0], dbs)
+    paused = nodes[2]
+    assert paused.proc is not None
+    with Writers(nodes[:2], dbs) as writers:
+        time.sleep(1.0)
+        paused.proc.send_signal(signal.SIGSTOP)
+        time.sleep(2 * TTL + 1.0)
+        moved = sum(len(v) for v in writers.acked.values())
+        paused.proc.send_signal(signal.SIGCONT)
+        time.sleep(3.0)
+    assert sum(len(v) for v in writers.acked.values()) > moved  # writes went on
+    assert all("_UNAVAILABLE" in f for f in writers.failures), writers.failures[:5]
+    fresh = cluster.add()
+    for db in dbs:
+        assert set(writers.acked[db]) <= stored(fresh, db)

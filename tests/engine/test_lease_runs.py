@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from shoal.engine.lease import Lease, Record
-from shoal.errors import ShoalError
+from shoal.errors import Code, ShoalError
 from shoal.metrics import METRICS
 from shoal.storage.base import Blob, NotFound
 from shoal.storage.fenced import Fenced
@@ -202,10 +202,11 @@ def test_the_lease_is_one_object_at_node_lease_json_in_a_pinned_shape(
     make().acquire(wait=0)
     assert [info.key for info in store.list("")] == ["node/lease.json"]
     raw = json.loads(store.get("node/lease.json").data)
-    assert list(raw) == ["node", "seq", "ttl", "host", "pid", "released", "written_at"]
+    assert list(raw) == ["node", "seq", "ttl", "host", "pid", "released", "cluster",
+                         "written_at"]
     written_at = raw.pop("written_at")
     assert raw == {"node": "a", "seq": 1, "ttl": 8.0, "host": HOST, "pid": PID,
-                   "released": False}
+                   "released": False, "cluster": False}
     assert before <= written_at <= time.time()  # wall-clock seconds, for people reading it
 
 
@@ -446,7 +447,7 @@ def test_release_stops_the_thread_and_marks_the_lease_released(
     raw = store.record()
     del raw["written_at"]
     assert raw == {"node": "a", "seq": 4, "ttl": 8.0, "host": HOST, "pid": PID,
-                   "released": True}
+                   "released": True, "cluster": False}
     landed = store.landed
     clock.now += 100.0  # no thread is left to renew
     assert store.landed == landed
@@ -720,3 +721,31 @@ def test_a_lost_race_to_a_lease_released_meanwhile_takes_it_without_waiting(
     store.before_put = [lambda: store.plant("b", 2, released=True)]
     a.acquire(wait=5, poll=1)
     assert clock.pauses == [] and a.held() and store.record()["seq"] == 3
+
+
+# -- a cluster's store --------------------------------------------------------------------------
+def test_a_clusters_node_marks_the_store_as_a_clusters_for_good(
+        store: Store, make: Callable[..., Lease]) -> None:
+    make().acquire(wait=0, cluster=True)
+    assert store.record()["cluster"] is True
+    landed = store.landed
+    make(node="b").acquire(wait=0, cluster=True)  # another of its nodes: nothing to take
+    assert store.landed == landed
+
+
+def test_a_single_node_is_refused_at_once_on_a_clusters_store(
+        store: Store, make: Callable[..., Lease]) -> None:
+    make().acquire(wait=0, cluster=True)
+    with pytest.raises(ShoalError) as info:
+        make(node="b").acquire(wait=60)  # refused without waiting out the 60 s
+    assert info.value.code == Code.STORE_IN_USE
+    assert "advertise_url" in info.value.message
+
+
+def test_a_clusters_first_node_waits_for_a_live_single_node(
+        store: Store, make: Callable[..., Lease]) -> None:
+    store.plant("b", 3)
+    with pytest.raises(ShoalError) as info:
+        make().acquire(wait=0, cluster=True)
+    assert info.value.code == Code.STORE_IN_USE
+    assert store.record().get("cluster", False) is False  # still the single node's

@@ -108,6 +108,9 @@ class Forwarder:
         self._timeouts = httpx.Timeout(timeout, connect=connect_timeout,
                                        pool=connect_timeout).as_dict()
         self._client: httpx.AsyncClient | None = None
+        # requests on their way, by leader: a leader that leaves the view is given up on
+        self._inflight: dict[str, set[asyncio.Task[Any]]] = {}
+        self._abandoned: set[asyncio.Task[Any]] = set()
 
     def start(self) -> None:
         """Build the client (on the event loop that will use it)."""
@@ -136,6 +139,10 @@ class Forwarder:
         request = httpx.Request(method, base_url + path_qs,
                                 headers=[*end_to_end(headers), self._hop], content=body,
                                 extensions={"timeout": self._timeouts})
+        task = asyncio.current_task()
+        assert task is not None
+        inflight = self._inflight.setdefault(base_url, set())
+        inflight.add(task)
         try:
             response = await self._client.send(request, stream=True)
             try:
@@ -152,7 +159,26 @@ class Forwarder:
             raise Unreachable(f"the leader at {base_url} {what} ({type(exc).__name__}) after "
                               f"the request was sent: whether it ran there is unknown",
                               sent=True) from None
+        except asyncio.CancelledError:
+            if task not in self._abandoned:
+                raise
+            self._abandoned.discard(task)
+            task.uncancel()
+            raise Unreachable(f"the node at {base_url} left the cluster (or stopped renewing "
+                              f"its membership) while the request was on its way: whether "
+                              f"it ran there is unknown", sent=True) from None
+        finally:
+            inflight.discard(task)
         return response.status_code, end_to_end(response.headers.raw), content
+
+    def abandon(self, keep: set[str]) -> None:
+        """Give up on the requests on their way to any node but those at ``keep``: a node
+        out of the view (paused, partitioned, gone) would hold them for ``timeout``. Each
+        is answered LEADER_UNAVAILABLE with an unknown outcome."""
+        for url in [u for u in self._inflight if u not in keep]:
+            for task in self._inflight.pop(url):
+                self._abandoned.add(task)
+                task.cancel()
 
     async def websocket(self, base_url: str, scope: Scope, receive: Receive, send: Send,
                         max_size: int = MAX_MESSAGE) -> None:

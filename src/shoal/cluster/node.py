@@ -62,7 +62,9 @@ class Cluster:
         self.url = url.rstrip("/")
         self.wait = wait
         self.token = token  # the admin token: what one node shows another
-        self.membership = Membership(store, node, self.url, ttl, on_lost)
+        self.membership = Membership(store, node, self.url, ttl, on_lost,
+                                     on_change=self._changed)
+        self.loop: asyncio.AbstractEventLoop | None = None  # the server's, once started
         self.forwarder = Forwarder(node)
         self.leaving = False
         self.gone: dict[str, float] = {}  # members that said they leave -> when (monotonic)
@@ -79,6 +81,7 @@ class Cluster:
         self.membership.join(self.wait)
 
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self.forwarder.start()
         self.membership.start()
         METRICS.cluster_members.set_function(lambda: len(self.live()))
@@ -160,6 +163,17 @@ class Cluster:
         to go from the listing."""
         if node != self.node:
             self.gone[node] = time.monotonic()
+            self._abandon()
+
+    def _changed(self) -> None:
+        """The member set changed (from the members' thread)."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._abandon)
+
+    def _abandon(self) -> None:
+        """Requests on their way to a node no longer in the view are answered now, not after
+        the forwarder's timeout (a paused node holds them in its socket)."""
+        self.forwarder.abandon({m.url for m in self.live().values()})
 
     async def announce_leaving(self) -> None:
         """Say to the others that this node leaves: they claim its databases from now."""

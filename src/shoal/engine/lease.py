@@ -174,6 +174,8 @@ class Lease:
                 error = None
             except NotFound:  # a write's If-Match on a key the store lost (S3): read again
                 continue
+            except ShoalError:  # the store is a cluster's: no wait can change that
+                raise
             except Exception as exc:  # the store failed: keep trying until the deadline
                 error = exc
             if self.clock() >= deadline or self.wait(self._stop, poll):  # release() ends the wait

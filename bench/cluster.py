@@ -1,0 +1,206 @@
+"""Several nodes on one store: `python -m bench.cluster [--quick] [--runs N]`.
+
+Real `shoal serve` nodes on loopback sharing a ``file://`` store, each with its own data
+directory and ``advertise_url``. In one run, next to each other:
+
+1. **Forwarded against direct writes.** Two nodes; a database led by node A. 64
+   connections of single-row inserts (wrk, bench/lua/insert.lua) sent to A (direct) and to
+   B (B forwards each to A): throughput and latency, the ratio B / A. Then one writer's
+   sequential inserts through each, the latency of one forwarded hop.
+2. **Forwarded against direct point reads**, the same way (bench/lua/point_read.lua): the
+   leader serves a database's reads for now, so a read through another node is forwarded.
+3. **Failover.** Three nodes; ``kill -9`` of the leader of a database; the time from the
+   kill to the first write acknowledged through another node (a write every 20 ms), with
+   the nodes' ``lease_ttl`` (``--ttl``, default 15 s as shipped).
+
+Medians of ``--runs`` repetitions; JSON to bench/results/cluster-<time>.json. The table is
+printed; bench/RESULTS.md gets it by hand. Nothing here asserts on timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench import wrk
+from bench.core import say
+from bench.harness import RESULTS_DIR, Api, Load, run_load, seed_point_table
+from shoal.cluster import leader_of
+from tests.support.server import SSL_CONTEXT, ServerProcess, free_port
+
+ADMIN = "bench-cluster-admin"
+ROWS = 10_000
+
+
+def node(root: Path, name: str, store: str, ttl: float, **settings: Any) -> ServerProcess:
+    port = free_port()
+    return ServerProcess(root / name, {
+        "store": store, "admin_token": ADMIN, "lease_ttl": ttl, "lease_wait": 30,
+        "advertise_url": f"http://127.0.0.1:{port}", "durability": "local"} | settings,
+        port=port).start(timeout=60)
+
+
+def status(n: ServerProcess) -> dict[str, Any]:
+    with httpx.Client(base_url=n.url, verify=SSL_CONTEXT, timeout=30,
+                      headers={"Authorization": f"Bearer {ADMIN}"}) as http:
+        out: dict[str, Any] = http.get("/v1/cluster").json()
+    return out
+
+
+def wait_members(nodes: Sequence[ServerProcess], count: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while any(len(status(n)["members"]) != count for n in nodes):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the nodes did not see {count} members")
+        time.sleep(0.2)
+
+
+def led_by(nodes: Sequence[ServerProcess], index: int, prefix: str) -> str:
+    """A database name the node ``index`` leads among ``nodes``."""
+    ids = [status(n)["node"] for n in nodes]
+    return next(f"{prefix}{i}" for i in range(10_000)
+                if leader_of(f"{prefix}{i}", ids) == ids[index])
+
+
+@contextlib.contextmanager
+def cluster(count: int, ttl: float) -> Iterator[list[ServerProcess]]:
+    with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
+        root = Path(tmp)
+        store = (root / "store").as_uri()
+        nodes = [node(root, f"n{i}", store, ttl) for i in range(count)]
+        try:
+            wait_members(nodes, count)
+            yield nodes
+        finally:
+            for n in nodes:
+                n.stop()
+
+
+def loads(opts: argparse.Namespace) -> dict[str, Any]:
+    """(1) and (2): each load through the leader and through the other node."""
+    out: dict[str, Any] = {}
+    with cluster(2, 15.0) as nodes:
+        leader, other = nodes
+        writes = led_by(nodes, 0, "w")
+        reads = led_by(nodes, 0, "r")
+        api = Api(leader.url, ADMIN)
+        try:
+            api.create_database(writes)
+            api.query(writes, "CREATE TABLE w(k TEXT PRIMARY KEY, v TEXT)")
+            seed_point_table(api, reads, ROWS)
+        finally:
+            api.close()
+        for kind, db, script, args in (
+                ("write", writes, "insert.lua", [ADMIN]),
+                ("read", reads, "point_read.lua", [ADMIN, str(ROWS)])):
+            for rep in range(opts.runs):
+                for name, target in (("direct", leader), ("forwarded", other)):
+                    assert target.proc is not None and leader.proc is not None
+                    extra = [f"{kind}-{name}-{rep}-{time.time_ns()}"] if kind == "write" else []
+                    load = run_load(target.proc.pid, f"{target.url}/v1/databases/{db}/query",
+                                    script, args + extra, connections=64, threads=2,
+                                    seconds=opts.seconds,
+                                    also=[leader.proc.pid] if target is other else [])
+                    out.setdefault(f"{kind}_{name}", []).append(_load(load))
+        out["sequential_write_ms"] = {name: _sequential(target, writes, opts.sequential)
+                                      for name, target in (("direct", leader),
+                                                           ("forwarded", other))}
+    return out
+
+
+def _load(load: Load) -> dict[str, Any]:
+    return load.as_json() | {"rate": round(load.result.rate, 1)}
+
+
+def _sequential(target: ServerProcess, db: str, count: int) -> dict[str, float]:
+    times = []
+    with httpx.Client(base_url=target.url, verify=SSL_CONTEXT, timeout=60,
+                      headers={"Authorization": f"Bearer {ADMIN}"}) as http:
+        for i in range(count):
+            body = {"statements": [{"sql": "INSERT INTO w VALUES (?, 'x')",
+                                    "args": [f"seq-{i}-{time.time_ns()}"]}]}
+            t0 = time.perf_counter()
+            r = http.post(f"/v1/databases/{db}/query", json=body)
+            times.append((time.perf_counter() - t0) * 1000)
+            if r.status_code != 200:
+                raise RuntimeError(f"insert: {r.status_code} {r.text}")
+    times.sort()
+    return {"p50": round(statistics.median(times), 3),
+            "p99": round(times[int(len(times) * 0.99) - 1], 3)}
+
+
+def failover(ttl: float) -> float:
+    """(3): seconds from kill -9 of a database's leader to a write acknowledged through
+    another node."""
+    with cluster(3, ttl) as nodes:
+        db = led_by(nodes, 2, "f")
+        with httpx.Client(base_url=nodes[0].url, verify=SSL_CONTEXT, timeout=60,
+                          headers={"Authorization": f"Bearer {ADMIN}"}) as http:
+            http.post("/v1/databases", json={"name": db}).raise_for_status()
+            body = {"statements": ["CREATE TABLE w(k TEXT PRIMARY KEY, v TEXT)"]}
+            http.post(f"/v1/databases/{db}/query", json=body).raise_for_status()
+            nodes[2].kill()
+            killed = time.monotonic()
+            i = 0
+            while time.monotonic() - killed < ttl * 4 + 60:
+                i += 1
+                body = {"statements": [{"sql": "INSERT INTO w VALUES (?, 'x')",
+                                        "args": [f"after-{i}"]}]}
+                if http.post(f"/v1/databases/{db}/query", json=body).status_code == 200:
+                    return time.monotonic() - killed
+                time.sleep(0.02)
+    raise RuntimeError("no write was acknowledged after the leader was killed")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__.split(
+        "\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="1 run of 2 s, 100 sequential")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--sequential", type=int, default=500)
+    p.add_argument("--ttl", type=float, default=15.0, help="lease_ttl for the failover")
+    opts = p.parse_args(argv)
+    if opts.quick:
+        opts.runs, opts.seconds, opts.sequential = 1, 2.0, 100
+    wrk.ensure_wrk()
+    say("forwarded and direct loads (2 nodes)")
+    result = loads(opts)
+    say(f"failover (3 nodes, lease_ttl {opts.ttl:g} s)")
+    result["failover_s"] = [round(failover(opts.ttl), 3) for _ in range(min(opts.runs, 2))]
+    rows = []
+    for kind in ("write", "read"):
+        direct = statistics.median(r["rate"] for r in result[f"{kind}_direct"])
+        fwd = statistics.median(r["rate"] for r in result[f"{kind}_forwarded"])
+        p99d = statistics.median(r["latency_us"]["p99"] for r in result[f"{kind}_direct"])
+        p99f = statistics.median(r["latency_us"]["p99"] for r in result[f"{kind}_forwarded"])
+        rows.append(f"| {kind}s, 64 conns | {direct:,.0f}/s | {fwd:,.0f}/s | "
+                    f"{fwd / direct:.2f}x | {p99d / 1000:.1f} ms | {p99f / 1000:.1f} ms |")
+    seq = result["sequential_write_ms"]
+    rows.append(f"| one writer, p50 | {seq['direct']['p50']:.2f} ms | "
+                f"{seq['forwarded']['p50']:.2f} ms | "
+                f"{seq['direct']['p50'] / seq['forwarded']['p50']:.2f}x | "
+                f"{seq['direct']['p99']:.2f} ms | {seq['forwarded']['p99']:.2f} ms |")
+    print("| load | direct (leader) | forwarded | ratio | p99 direct | p99 forwarded |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(rows))
+    print(f"\nfailover (kill -9 of the leader to the first acknowledged write through "
+          f"another node, lease_ttl {opts.ttl:g} s): "
+          + ", ".join(f"{s:.2f} s" for s in result["failover_s"]))
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
+    (RESULTS_DIR / f"cluster-{stamp}.json").write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
