@@ -72,11 +72,11 @@ def led_by(nodes: Sequence[ServerProcess], index: int, prefix: str) -> str:
 
 
 @contextlib.contextmanager
-def cluster(count: int, ttl: float) -> Iterator[list[ServerProcess]]:
+def cluster(count: int, ttl: float, **settings: Any) -> Iterator[list[ServerProcess]]:
     with tempfile.TemporaryDirectory(prefix="bench-cluster-") as tmp:
         root = Path(tmp)
         store = (root / "store").as_uri()
-        nodes = [node(root, f"n{i}", store, ttl) for i in range(count)]
+        nodes = [node(root, f"n{i}", store, ttl, **settings) for i in range(count)]
         try:
             wait_members(nodes, count)
             yield nodes
@@ -140,8 +140,9 @@ def _sequential(target: ServerProcess, db: str, count: int) -> dict[str, float]:
 
 def failover(ttl: float) -> float:
     """(3): seconds from kill -9 of a database's leader to a write acknowledged through
-    another node."""
-    with cluster(3, ttl) as nodes:
+    another node (remote durability: with local, the killed leader's last second of
+    commits, the table included, may never have reached the store)."""
+    with cluster(3, ttl, durability="remote") as nodes:
         db = led_by(nodes, 2, "f")
         with httpx.Client(base_url=nodes[0].url, verify=SSL_CONTEXT, timeout=60,
                           headers={"Authorization": f"Bearer {ADMIN}"}) as http:

@@ -275,14 +275,14 @@ def _unavailable(url: str, path: str, **options: Any) -> ShoalError:
 def test_a_leader_nobody_listens_for_is_unavailable_and_nothing_was_sent(
         dead_url: str) -> None:
     err = _unavailable(dead_url, "/v1/databases/d/query", connect_timeout=1.0)
-    assert "ConnectError" in err.message and "not sent" in err.message
+    assert "could not be reached" in err.message and "not sent" in err.message
     assert "unknown" not in err.message
 
 
 def test_a_leader_that_does_not_answer_in_time_leaves_the_outcome_unknown(
         leader: tuple[Leader, Served]) -> None:
     err = _unavailable(leader[1].url, "/sleep", timeout=0.3)
-    assert "ReadTimeout" in err.message and "unknown" in err.message
+    assert "did not answer within 0.3 s" in err.message and "unknown" in err.message
 
 
 def test_requests_to_a_node_that_left_the_view_are_given_up_on_at_once(

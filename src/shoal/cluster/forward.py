@@ -21,15 +21,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterable
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-import httpx
+import aiohttp
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 from websockets.frames import EXTERNAL_CLOSE_CODES
 from websockets.typing import Subprotocol
+from yarl import URL
 
 from shoal.errors import Code, ShoalError
 
@@ -57,9 +57,9 @@ KEEPALIVE_EXPIRY = 25.0
 TRY_AGAIN_LATER = 1013  # the WebSocket close code of a leader that cannot be reached
 UNAVAILABLE = str(Code.LEADER_UNAVAILABLE)  # the close reason that goes with it
 
-# Failures before any byte of the request left: it did not run on the leader.
-_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout,
-             httpx.UnsupportedProtocol)
+# Failures before any byte of the request left: it did not run on the leader (a connect
+# timeout includes the wait for a pooled connection).
+_NOT_SENT = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError, aiohttp.InvalidURL)
 
 
 class Unreachable(ShoalError):
@@ -105,57 +105,55 @@ class Forwarder:
         self.connect_timeout = connect_timeout
         self.max_connections = max_connections
         self._hop = (FORWARDED, node.encode("latin-1"))
-        self._timeouts = httpx.Timeout(timeout, connect=connect_timeout,
-                                       pool=connect_timeout).as_dict()
-        self._client: httpx.AsyncClient | None = None
+        self._session: aiohttp.ClientSession | None = None
         # requests on their way, by leader: a leader that leaves the view is given up on
         self._inflight: dict[str, set[asyncio.Task[Any]]] = {}
         self._abandoned: set[asyncio.Task[Any]] = set()
 
     def start(self) -> None:
-        """Build the client (on the event loop that will use it)."""
-        self._client = httpx.AsyncClient(
-            http1=True, http2=False, trust_env=False, follow_redirects=False,
-            limits=httpx.Limits(max_connections=self.max_connections,
-                                max_keepalive_connections=self.max_connections,
-                                keepalive_expiry=KEEPALIVE_EXPIRY),
-            # one client serves every client of the node: no cookie may pass between them
-            cookies=CookieJar(DefaultCookiePolicy(allowed_domains=[])),
+        """Build the session (on the event loop that will use it)."""
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.max_connections,
+                                           keepalive_timeout=KEEPALIVE_EXPIRY),
+            # connect: a pooled connection or a new one; sock_read: each wait for the leader
+            timeout=aiohttp.ClientTimeout(total=None, connect=self.connect_timeout,
+                                          sock_read=self.timeout),
+            # one session serves every client of the node: no cookie may pass between them
+            cookie_jar=aiohttp.DummyCookieJar(), auto_decompress=False, trust_env=False,
+            # only what the client sent: none of the session's own defaults
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         )
 
     async def close(self) -> None:
-        if self._client is not None:
-            client, self._client = self._client, None
-            await client.aclose()
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
 
     async def request(self, base_url: str, method: str, path_qs: str,
                       headers: list[tuple[bytes, bytes]],
                       body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
         """Send the request to the leader at ``base_url``; its (status, headers, body)."""
-        if self._client is None:
+        if self._session is None:
             raise RuntimeError("Forwarder.start() was not called")
-        # built here, not with client.build_request: that would add the client's default
-        # headers (accept-encoding, user-agent) and cookies to what the client sent
-        request = httpx.Request(method, base_url + path_qs,
-                                headers=[*end_to_end(headers), self._hop], content=body,
-                                extensions={"timeout": self._timeouts})
+        sent = [(k.decode("latin-1"), v.decode("latin-1"))
+                for k, v in [*end_to_end(headers), self._hop]]
         task = asyncio.current_task()
         assert task is not None
         inflight = self._inflight.setdefault(base_url, set())
         inflight.add(task)
         try:
-            response = await self._client.send(request, stream=True)
-            try:
-                content = b"".join([chunk async for chunk in response.aiter_raw()])
-            finally:
-                await response.aclose()
+            async with self._session.request(
+                    method, URL(base_url + path_qs, encoded=True), headers=sent,
+                    data=body or None, allow_redirects=False) as response:
+                content = await response.read()
+                return response.status, end_to_end(response.raw_headers), content
         except _NOT_SENT as exc:  # from None: the cause holds the request, headers and all
             raise Unreachable(f"the leader at {base_url} could not be reached "
                               f"({type(exc).__name__}); the request was not sent",
                               sent=False) from None
-        except httpx.TransportError as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             what = f"did not answer within {self.timeout:g} s" if isinstance(
-                exc, httpx.TimeoutException) else "lost the connection"
+                exc, TimeoutError) else "lost the connection"
             raise Unreachable(f"the leader at {base_url} {what} ({type(exc).__name__}) after "
                               f"the request was sent: whether it ran there is unknown",
                               sent=True) from None
@@ -169,7 +167,6 @@ class Forwarder:
                               f"it ran there is unknown", sent=True) from None
         finally:
             inflight.discard(task)
-        return response.status_code, end_to_end(response.headers.raw), content
 
     def abandon(self, keep: set[str]) -> None:
         """Give up on the requests on their way to any node but those at ``keep``: a node
