@@ -140,6 +140,9 @@ class Code(StrEnum):
                                        "the request was not run there if the connection failed "
                                        "before it was sent. Retry with the same "
                                        "Idempotency-Key.")
+    CLAIMED = auto(), 409, ("Between a cluster's nodes only: the node asked to release a "
+                            "database is claiming it itself at this moment, and takes "
+                            "precedence; the asking node sends its request there instead.")
     DATA_DIR_CONFLICT = auto(), 500, ("Only at startup: the data directory belongs to the other "
                                       "kind of node (local-only or store-backed), or another "
                                       "process uses it; the message says what to do. The node "

@@ -8,8 +8,8 @@ the server: the engine holds a :class:`Cluster`, the server forwards through it.
 
 from shoal.cluster.forward import FORWARDED, Forwarder, Unreachable
 from shoal.cluster.membership import Member, Membership
-from shoal.cluster.node import Cluster
+from shoal.cluster.node import Cluster, Moved
 from shoal.cluster.placement import leader_of
 
-__all__ = ["FORWARDED", "Cluster", "Forwarder", "Member", "Membership", "Unreachable",
-           "leader_of"]
+__all__ = ["FORWARDED", "Cluster", "Forwarder", "Member", "Membership", "Moved",
+           "Unreachable", "leader_of"]

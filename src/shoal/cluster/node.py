@@ -40,7 +40,8 @@ import msgspec
 
 from shoal.cluster.forward import FORWARDED, Forwarder
 from shoal.cluster.membership import Member, Membership
-from shoal.cluster.placement import leader_of
+from shoal.cluster.placement import leader_of, score
+from shoal.errors import Code, ShoalError
 from shoal.metrics import METRICS
 from shoal.storage.base import ObjectStore
 
@@ -48,6 +49,16 @@ log = logging.getLogger("shoal.cluster")
 
 CLAIM_TIMEOUT = 10.0  # seconds a claim waits for a member's answer before passing it over
 NOTIFY_TIMEOUT = 2.0  # seconds a notice (a new database, a revocation) waits per member
+
+
+class Moved(ShoalError):
+    """The database is another node's after all (it claimed it first, or ranks higher): the
+    server sends the request to ``url``. Anywhere else it is a retryable
+    LEADER_UNAVAILABLE."""
+
+    def __init__(self, url: str, message: str):
+        super().__init__(Code.LEADER_UNAVAILABLE, message)
+        self.url = url
 
 
 class Cluster:
@@ -72,6 +83,9 @@ class Cluster:
         # node forwards it there until its own view of the members changes
         self.released: dict[str, tuple[str, int]] = {}
         self.claimed: dict[str, int] = {}  # database -> membership version of its last claim
+        self.claiming: set[str] = set()  # databases this node is asking the others for
+        # members that said they joined, until the listing shows them (or for ttl)
+        self.announced: dict[str, tuple[Member, float]] = {}
         self.changes = 0  # leadership changes seen (claims made and releases given)
 
     # -- the store ---------------------------------------------------------------------------
@@ -84,6 +98,9 @@ class Cluster:
         self.loop = asyncio.get_running_loop()
         self.forwarder.start()
         self.membership.start()
+        # before this node serves: the others count it from now (their next listing may be
+        # ttl/4 away), so none of them takes a database this node leads without asking it
+        await self.notify({"joined": self.node, "url": self.url})
         METRICS.cluster_members.set_function(lambda: len(self.live()))
 
     async def stop(self) -> None:
@@ -93,10 +110,22 @@ class Cluster:
         await self.forwarder.close()
 
     # -- who leads ---------------------------------------------------------------------------
+    def members(self) -> dict[str, Member]:
+        """The members listed, and those that said they joined since the last listing."""
+        members = self.membership.members()
+        if self.announced:
+            now = time.monotonic()
+            for node, (member, since) in list(self.announced.items()):
+                if node in members or now - since > self.membership.ttl:
+                    del self.announced[node]
+                else:
+                    members[node] = member
+        return members
+
     def live(self) -> dict[str, Member]:
         """The live members as this node sees them: without those that said they leave,
         and without itself once it leaves."""
-        members = self.membership.members()
+        members = self.members()
         if self.gone or self.leaving:
             now = time.monotonic()
             for node, since in list(self.gone.items()):
@@ -127,19 +156,36 @@ class Cluster:
     # -- handing over --------------------------------------------------------------------------
     async def claim(self, database: str) -> None:
         """Before opening ``database`` here: every other live member releases it (once per
-        database and member set)."""
+        database and member set). Moved if another member claims it at the same moment and
+        takes precedence (see `yields`): the request goes there instead."""
         version = self.membership.version
         if self.claimed.get(database) == version:
             return
-        others = [m for n, m in self.live().items() if n != self.node]
-        if others:
-            await asyncio.gather(*(self._release_at(m, database) for m in others))
+        members = self.live()
+        released = self.released.get(database)
+        if released is not None and released[1] == version and released[0] in members:
+            to = members[released[0]]  # given away under this very view: not taken back
+            raise Moved(to.url, f"{database}: released to node {to.node}")
+        # every member with a record, those that said they leave too: one that is handing
+        # its databases over, or that came back since, may have this one open
+        others = [m for n, m in self.members().items() if n != self.node]
+        self.claiming.add(database)
+        try:
+            answers = await asyncio.gather(*(self._release_at(m, database) for m in others))
+        finally:
+            self.claiming.discard(database)
+        for member, status in zip(others, answers, strict=True):
+            if status == Code.CLAIMED.status:
+                self.released_to(database, member.node)
+                raise Moved(member.url, f"{database}: node {member.node} claims it too, "
+                                        f"and takes precedence")
         self.released.pop(database, None)
         self.claimed[database] = version
         self.changes += 1
         METRICS.cluster_claims.inc()
 
-    async def _release_at(self, member: Member, database: str) -> None:
+    async def _release_at(self, member: Member, database: str) -> int:
+        """The member's answer to a release (0 if it gave none)."""
         try:
             status, _, body = await asyncio.wait_for(
                 self.forwarder.request(member.url, "POST", f"/v1/cluster/release/{database}",
@@ -147,10 +193,19 @@ class Cluster:
         except Exception as exc:  # unreachable: passed over (the fence keeps history single)
             log.warning("%s: node %s (%s) did not release it (%s); taking it over",
                         database, member.node, member.url, type(exc).__name__)
-            return
-        if status >= 300:
+            return 0
+        if status >= 300 and status != Code.CLAIMED.status:
             log.warning("%s: node %s (%s) answered %d to its release; taking it over: %s",
                         database, member.node, member.url, status, body[:200])
+        return status
+
+    def yields(self, database: str, claimant: str) -> bool:
+        """Whether this node releases ``database`` to ``claimant``: always, unless it is
+        claiming it at this moment itself and ranks higher for it. Two nodes claiming one
+        database each wait for the other's release; the rank (the rendezvous score, the
+        same on every node whatever its view) decides which one waits for nothing."""
+        return database not in self.claiming or \
+            (score(database, claimant), claimant) > (score(database, self.node), self.node)
 
     def released_to(self, database: str, node: str) -> None:
         """``node`` claimed ``database``: forward it there until this node's view changes."""
@@ -163,7 +218,6 @@ class Cluster:
         to go from the listing."""
         if node != self.node:
             self.gone[node] = time.monotonic()
-            self._abandon()
 
     def _changed(self) -> None:
         """The member set changed (from the members' thread)."""
@@ -171,9 +225,17 @@ class Cluster:
             self.loop.call_soon_threadsafe(self._abandon)
 
     def _abandon(self) -> None:
-        """Requests on their way to a node no longer in the view are answered now, not after
-        the forwarder's timeout (a paused node holds them in its socket)."""
-        self.forwarder.abandon({m.url for m in self.live().values()})
+        """Requests on their way to a node whose record is gone or lapsed are answered now,
+        not after the forwarder's timeout (a paused node holds them in its socket). A node
+        that said it leaves still answers what it was sent: its record goes last."""
+        self.forwarder.abandon({m.url for m in self.membership.members().values()})
+
+    def joined(self, node: str, url: str) -> None:
+        """``node`` (re)joined: count it at once, even if it said it left before."""
+        self.gone.pop(node, None)
+        if node != self.node:
+            self.announced[node] = (Member(node, url.rstrip("/"), "", 0, False),
+                                    time.monotonic())
 
     async def announce_leaving(self) -> None:
         """Say to the others that this node leaves: they claim its databases from now."""

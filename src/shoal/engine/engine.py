@@ -520,6 +520,18 @@ class Engine:
         member = self.cluster.leader(name)
         return member.url if member is not None else None
 
+    def released_url(self, name: str, sender: str) -> str | None:
+        """The URL of the node this one released ``name`` to, unless that is ``sender``: a
+        request another node forwarded here on a view older than the release goes on there,
+        rather than taking the database back (one more hop at most)."""
+        if self.cluster is None:
+            return None
+        released = self.cluster.released.get(name)
+        members = self.cluster.live()
+        if released is None or released[0] == sender or released[0] not in members:
+            return None
+        return members[released[0]].url
+
     async def forward(self, url: str, method: str, path_qs: str,
                       headers: list[tuple[bytes, bytes]],
                       body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
@@ -573,6 +585,10 @@ class Engine:
             self.auth.revoke(token_id)
         if isinstance(node := notice.get("left"), str):
             cluster.left(node)
+        if isinstance(node := notice.get("joined"), str) and \
+                isinstance(url := notice.get("url"), str) and url.startswith(("http://",
+                                                                              "https://")):
+            cluster.joined(node, url)
 
     async def release_database(self, principal: tokens.Principal, name: str,
                                to: str) -> None:
@@ -580,7 +596,11 @@ class Engine:
         transactions, ship and close what is open. Answered once nothing of it is left
         open here, so the claimant's first write finds every commit in the store."""
         principal.require("admin")
-        self._in_cluster().released_to(name, to)
+        cluster = self._in_cluster()
+        if not cluster.yields(name, to):
+            raise ShoalError(Code.CLAIMED, f"{name}: this node claims it at this moment, and "
+                                           f"takes precedence")
+        cluster.released_to(name, to)
         await self._end_transactions(name)
         databases = await self.lifecycle.close_database(name)
         if databases:

@@ -251,9 +251,13 @@ class Lifecycle:
             return
         self.closing[key] = asyncio.get_running_loop().create_task(self._finish_close(key, db))
 
-    async def _finish_close(self, key: Key, db: Database) -> None:
+    async def _finish_close(self, key: Key, db: Database, drained: float | None = None) -> None:
+        """Close db (after waiting up to ``drained`` seconds for its requests, if given)."""
         try:
-            await db.aclose()
+            if drained is None:
+                await db.aclose()
+            else:
+                await drain(db, drained)
         finally:  # before the task is done: whoever sees it done must not find it here
             if self.closing.get(key) is asyncio.current_task():
                 del self.closing[key]
@@ -269,11 +273,15 @@ class Lifecycle:
         return out
 
     async def close_all(self, timeout: float) -> None:
-        """Shutdown: let running work finish (bounded), then close everything."""
-        databases = list(self.open.values())
+        """Shutdown: let running work finish (bounded), then close everything. Each closes
+        as a closing task, so that whoever waits for a database to be closed (a request, a
+        cluster's release: `settle`) waits until it is, its commits shipped."""
+        databases = list(self.open.items())
         self.open.clear()
         METRICS.open_databases.set(0)
-        await asyncio.gather(*(drain(db, timeout) for db in databases))
+        loop = asyncio.get_running_loop()
+        for key, db in databases:
+            self.closing[key] = loop.create_task(self._finish_close(key, db, timeout))
         await asyncio.gather(*self.closing.values(), return_exceptions=True)
 
     def is_open(self, name: str) -> bool:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from shoal import names
-from shoal.cluster import FORWARDED, Unreachable
+from shoal.cluster import FORWARDED, Moved, Unreachable
 from shoal.engine import READ_ONLY, REQUEST_GONE, Engine
 from shoal.errors import Code, ShoalError
 from shoal.metrics import METRICS
@@ -160,6 +160,12 @@ class App:
                 if db is not None:
                     await self._known(db)
                 response = await self._serve(request, handler)
+        except Moved as exc:  # another node claimed the database first: it serves this
+            assert db is not None
+            try:
+                response = await self._forward(request, handler, db, exc.url)
+            except ShoalError as again:
+                response = self._error(request, again)
         except ShoalError as exc:
             response = self._error(request, exc)
         except Exception:  # a bug: the one place it becomes 500 INTERNAL, traceback logged
