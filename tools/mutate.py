@@ -75,6 +75,9 @@ MODULES: dict[str, tuple[str, ...]] = {
     "server/gate.py": ("tests/unit/test_gate*.py",),
     "engine/disk.py": ("tests/engine/test_disk*.py",),
     "engine/tables.py": ("tests/engine/test_tables.py", "tests/engine/test_policy*.py"),
+    # Several nodes: who is a member, who leads (the store's fence is timeline.py's).
+    "cluster/membership.py": ("tests/cluster/test_membership.py",),
+    "cluster/placement.py": ("tests/cluster/test_placement.py",),
 }
 # The modules `make mutate` runs when no MODULE is named (issue 19's seven; values.py
 # is two modules since its encoding moved to wire.py for the client).

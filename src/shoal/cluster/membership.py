@@ -165,6 +165,7 @@ class Membership:
         self._last: tuple[str, Record] | None = None
         self._size = 0  # mutate: harmless constant (padding to 1 byte pads nothing)
         self._held_until = 0.0  # mutate: harmless constant (before any clock's start)
+        self.lapses = 0  # holds begun after none (the join's first): +1 after each lapse
         self._seen: dict[str, _Seen] = {}
         # mutate: harmless delete (join's refresh sets it before anything reads it)
         self._others: dict[str, Member] = {}
@@ -275,6 +276,10 @@ class Membership:
         except (PreconditionFailed, NotFound):  # NotFound: S3's If-Match on a missing key
             return False  # mutate: harmless return (callers test its truth only)
         self._last = (etag, record)
+        if started >= self._held_until:
+            # not counted a member between the last hold and this one (a pause, a store
+            # that failed): what this node has open may be stale (cluster/node.py)
+            self.lapses += 1
         self._held_until = started + self.ttl * HELD_FRACTION
         return True
 

@@ -35,6 +35,7 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import msgspec
 
@@ -84,6 +85,7 @@ class Cluster:
         self.released: dict[str, tuple[str, int]] = {}
         self.claimed: dict[str, int] = {}  # database -> membership version of its last claim
         self.claiming: set[str] = set()  # databases this node is asking the others for
+        self._lapses = 0  # the membership's lapses as generation() last saw them
         # members that said they joined, until the listing shows them (or for ttl)
         self.announced: dict[str, tuple[Member, float]] = {}
         self.changes = 0  # leadership changes seen (claims made and releases given)
@@ -153,6 +155,23 @@ class Cluster:
     def leads(self, database: str) -> bool:
         return self.leader(database) is None
 
+    def generation(self) -> int:
+        """What a database opened on this node is valid for: LEADER_UNAVAILABLE while this
+        node is not counted a member (its record not renewed for 3/4 of lease_ttl: paused,
+        or cut off from the store), and a new value after every such lapse. Another node
+        may have led and written a database meanwhile, so what was open before is closed
+        and opened again with a claim (the lifecycle compares), never read as it was."""
+        if not self.membership.held():
+            raise ShoalError(Code.LEADER_UNAVAILABLE, "this node is not counted a member of "
+                                                      "its cluster at the moment (its record "
+                                                      "was not renewed in time); retry")
+        lapses = self.membership.lapses
+        if lapses != self._lapses:
+            self._lapses = lapses
+            self.claimed.clear()  # every claim again: the others may have taken them
+            self.released.clear()
+        return lapses
+
     # -- handing over --------------------------------------------------------------------------
     async def claim(self, database: str) -> None:
         """Before opening ``database`` here: every other live member releases it (once per
@@ -166,6 +185,7 @@ class Cluster:
         if released is not None and released[1] == version and released[0] in members:
             to = members[released[0]]  # given away under this very view: not taken back
             raise Moved(to.url, f"{database}: released to node {to.node}")
+        self.released.pop(database, None)  # (of an older view) set again if this claim yields
         # every member with a record, those that said they leave too: one that is handing
         # its databases over, or that came back since, may have this one open
         others = [m for n, m in self.members().items() if n != self.node]
@@ -179,6 +199,11 @@ class Cluster:
                 self.released_to(database, member.node)
                 raise Moved(member.url, f"{database}: node {member.node} claims it too, "
                                         f"and takes precedence")
+        yielded = self.released.get(database)
+        winner = self.members().get(yielded[0]) if yielded is not None else None
+        if winner is not None:  # another claimant that ranks higher asked meanwhile
+            raise Moved(winner.url, f"{database}: released to node {winner.node} during "
+                                    f"this node's own claim")
         self.released.pop(database, None)
         self.claimed[database] = version
         self.changes += 1
@@ -188,7 +213,8 @@ class Cluster:
         """The member's answer to a release (0 if it gave none)."""
         try:
             status, _, body = await asyncio.wait_for(
-                self.forwarder.request(member.url, "POST", f"/v1/cluster/release/{database}",
+                self.forwarder.request(member.url, "POST", f"/v1/cluster/release/{database}"
+                                       f"?from={quote(self.url, safe='')}",
                                        self._headers(), b""), CLAIM_TIMEOUT)
         except Exception as exc:  # unreachable: passed over (the fence keeps history single)
             log.warning("%s: node %s (%s) did not release it (%s); taking it over",
@@ -207,8 +233,12 @@ class Cluster:
         return database not in self.claiming or \
             (score(database, claimant), claimant) > (score(database, self.node), self.node)
 
-    def released_to(self, database: str, node: str) -> None:
-        """``node`` claimed ``database``: forward it there until this node's view changes."""
+    def released_to(self, database: str, node: str, url: str | None = None) -> None:
+        """``node`` claimed ``database``: forward it there until this node's view changes.
+        A claimant this node does not list yet (it came back from a pause a moment ago) is
+        counted from now, so that this node asks it before taking the database back."""
+        if url is not None and node not in self.membership.members():
+            self.joined(node, url)
         self.released[database] = (node, self.membership.version)
         self.claimed.pop(database, None)
         self.changes += 1

@@ -338,6 +338,7 @@ class Database:
         self.last_read = 0.0  # monotonic time a reader was last returned to the pool
         self._released_use = -1.0  # last_used when the page caches were last given back
         self.active = 0
+        self.generation = 0  # a cluster's node: the membership it was opened under (lifecycle)
         self.transactions: dict[str, Transaction] = {}
         self.last_used = time.monotonic()
         self.closed = False

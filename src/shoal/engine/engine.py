@@ -279,6 +279,7 @@ class Engine:
         self.lifecycle.size_limit = lambda name: self.quotas.of(name).size_bytes
         if self.cluster is not None:
             self.lifecycle.claim = self.cluster.claim
+            self.lifecycle.generation = self.cluster.generation
         # (saved in the catalog, being saved): replaced whole at each flush, for /metrics
         self._usage_base = (self.catalog.all_usage(), {})
         self._opened = True
@@ -591,7 +592,7 @@ class Engine:
             cluster.joined(node, url)
 
     async def release_database(self, principal: tokens.Principal, name: str,
-                               to: str) -> None:
+                               to: str, url: str | None = None) -> None:
         """Node ``to`` claims database ``name``: forward it there from now, end its
         transactions, ship and close what is open. Answered once nothing of it is left
         open here, so the claimant's first write finds every commit in the store."""
@@ -600,7 +601,7 @@ class Engine:
         if not cluster.yields(name, to):
             raise ShoalError(Code.CLAIMED, f"{name}: this node claims it at this moment, and "
                                            f"takes precedence")
-        cluster.released_to(name, to)
+        cluster.released_to(name, to, url)
         await self._end_transactions(name)
         databases = await self.lifecycle.close_database(name)
         if databases:

@@ -80,8 +80,10 @@ class Lifecycle:
         self.closing: dict[Key, asyncio.Task[None]] = {}
         self.held: dict[Key, asyncio.Event] = {}  # out of service: requests wait
         self.size_limit: Callable[[str], int] = lambda name: 0  # the engine's quotas say
-        # a cluster's node: the other nodes release the database before it opens here
+        # a cluster's node: the other nodes release the database before it opens here, and
+        # what was opened before this node last stopped being a member is not used again
         self.claim: Callable[[str], Awaitable[None]] | None = None
+        self.generation: Callable[[], int] | None = None
 
     def path(self, name: str, branch: str = "main") -> Path:
         return self.root / name / f"{branch}.db"
@@ -105,7 +107,11 @@ class Lifecycle:
         """The open database (counted active: pair with ``release``), opening it if closed."""
         key = (name, branch)
         while True:
+            generation = self.generation() if self.generation is not None else 0
             db = self.open.get(key)
+            if db is not None and db.generation != generation:
+                self._retire(key)  # maybe stale: closed (requests wait), opened anew below
+                continue
             if db is not None:
                 self.open.move_to_end(key)
                 db.active += 1
@@ -126,6 +132,7 @@ class Lifecycle:
                 await db.aclose(flush=False)
                 raise ShoalError(Code.DATABASE_NOT_FOUND, f"database {name!r} does not exist")
             db.size_limit = self.size_limit(name)
+            db.generation = generation
             self.open[key] = db
             METRICS.open_databases.set(len(self.open))
             db.active += 1  # before evicting, so the new database cannot be the one closed
@@ -250,6 +257,14 @@ class Lifecycle:
             db.close()
             return
         self.closing[key] = asyncio.get_running_loop().create_task(self._finish_close(key, db))
+
+    def _retire(self, key: Key) -> None:
+        """Take a database that may be busy out of service: new requests wait until its
+        running ones are done (bounded) and it is closed."""
+        db = self.open.pop(key)
+        METRICS.open_databases.set(len(self.open))
+        self.closing[key] = asyncio.get_running_loop().create_task(
+            self._finish_close(key, db, self.settings.statement_timeout + 1))
 
     async def _finish_close(self, key: Key, db: Database, drained: float | None = None) -> None:
         """Close db (after waiting up to ``drained`` seconds for its requests, if given)."""

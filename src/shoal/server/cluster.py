@@ -37,7 +37,10 @@ class ClusterAPI:
         if not to:
             raise ShoalError(Code.INVALID_REQUEST, "a release comes from the node that claims "
                                                    f"the database: {FORWARDED.decode()} names it")
-        await self.engine.release_database(request.principal, name, to)
+        url = request.query("from")  # where the claimant is (it may not be listed here yet)
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ShoalError(Code.INVALID_REQUEST, "from: the claimant's URL, http(s)://...")
+        await self.engine.release_database(request.principal, name, to, url)
         return Response(204, b"", [])
 
     async def notify(self, request: Request) -> Response:
