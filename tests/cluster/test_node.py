@@ -83,7 +83,7 @@ def test_a_claim_asks_every_other_member_once_per_member_set() -> None:
     asyncio.run(cluster.claim("orders"))
     assert sorted(c[0] for c in peers.calls) == ["http://b", "http://c"]
     _, path, headers, _ = peers.calls[0]
-    assert path == "/v1/cluster/release/orders"
+    assert path == "/v1/cluster/release/orders?from=http%3A%2F%2Fa"
     assert headers[b"authorization"] == b"Bearer the-admin-token"
     assert headers[FORWARDED] == b"a"
     asyncio.run(cluster.claim("orders"))
@@ -153,3 +153,65 @@ def test_a_notice_reaches_every_other_member_even_when_one_is_down(
     peers.down.add("http://c")
     asyncio.run(cluster.notify(notice))
     assert sorted(c[0] for c in peers.calls) == ["http://b", "http://c"]
+
+
+def test_two_claims_at_once_are_decided_by_rank_the_same_on_both_nodes() -> None:
+    from shoal.cluster.placement import score
+
+    a, _, _ = make("a", "a", "b")
+    b, _, _ = make("b", "a", "b")
+    db = "orders"
+    a.claiming.add(db)
+    b.claiming.add(db)
+    a_wins = (score(db, "a"), "a") > (score(db, "b"), "b")
+    assert a.yields(db, "b") == (not a_wins)  # the loser yields, the winner does not
+    assert b.yields(db, "a") == a_wins
+    a.claiming.clear()
+    assert a.yields(db, "b")  # not claiming: always yields
+
+
+def test_a_claim_that_yielded_meanwhile_sends_the_request_to_the_winner() -> None:
+    from shoal.cluster import Moved
+
+    cluster, _, peers = make("a", "a", "b", "c")
+
+    async def claim() -> None:
+        original = peers.request
+
+        async def answering(*args: Any) -> Any:  # b claims it too, and ranks higher
+            cluster.released_to("orders", "b")
+            return await original(*args)
+
+        peers.request = answering  # type: ignore[method-assign]
+        await cluster.claim("orders")
+
+    with pytest.raises(Moved) as info:
+        asyncio.run(claim())
+    assert info.value.url == "http://b"
+    assert "orders" not in cluster.claimed
+
+
+def test_a_claimant_not_listed_yet_is_counted_once_it_claims() -> None:
+    cluster, _, _ = make("a", "a", "b")
+    cluster.released_to("orders", "z", "http://z:1")  # back from a pause: not listed here
+    assert "z" in cluster.live()
+    leader = cluster.leader("orders")
+    assert leader is not None and leader.url == "http://z:1"
+
+
+def test_generation_refuses_while_not_held_and_changes_after_a_lapse() -> None:
+    from shoal.errors import ShoalError
+
+    cluster, members, _ = make("a", "a", "b")
+    members.held = lambda: True  # type: ignore[attr-defined]
+    members.lapses = 1  # type: ignore[attr-defined]
+    first = cluster.generation()
+    cluster.claimed["orders"] = members.version
+    members.held = lambda: False  # type: ignore[attr-defined]
+    with pytest.raises(ShoalError) as info:
+        cluster.generation()
+    assert info.value.code.name == "LEADER_UNAVAILABLE"
+    members.held = lambda: True  # type: ignore[attr-defined]
+    members.lapses = 2  # type: ignore[attr-defined]
+    assert cluster.generation() != first
+    assert cluster.claimed == {}  # every database is claimed again
