@@ -572,10 +572,10 @@ class Wakings:
         return event.is_set()
 
 
-def test_the_thread_renews_every_2_s_retries_after_0_4_s_and_reports_changes(
+def test_the_thread_renews_every_2_s_lists_between_retries_after_0_4_s_and_reports_changes(
         store: Store, clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
     b = joined(store, clock, "b")
-    wakings = Wakings(clock, 4, {3: b.leave})
+    wakings = Wakings(clock, 7, {3: b.leave})
     changes: list[str] = []
     a = node(store, clock, "a", wait=wakings,
              on_change=lambda: changes.append(threading.current_thread().name))
@@ -586,7 +586,8 @@ def test_the_thread_renews_every_2_s_retries_after_0_4_s_and_reports_changes(
     with caplog.at_level(logging.WARNING, "shoal.cluster"):
         a.start()
         assert wakings.parked.wait(5.0)
-    assert wakings.pauses == [2.0, 0.4, 2.0, 2.0, 2.0]
+    # a listing, a round that fails, its retry, then listings and rounds by turns
+    assert wakings.pauses == pytest.approx([1.0, 1.0, 0.4, 1.0, 1.0, 1.0, 1.0, 1.0])
     assert a._thread is not None and a._thread.daemon  # a stuck store cannot hold an exit
     assert "round of this node's cluster membership failed" in caplog.text
     assert changes == ["shoal-members"] and a.members() == {"a": me("a")}
@@ -595,6 +596,24 @@ def test_the_thread_renews_every_2_s_retries_after_0_4_s_and_reports_changes(
     assert a._thread is not None and not a._thread.is_alive()
     with pytest.raises(NotFound):
         store.get(key("a"))
+
+
+def test_a_member_drops_out_when_its_ttl_runs_out_not_at_the_next_round(
+        store: Store, clock: Clock) -> None:
+    """The thread wakes at the first member's expiry: no store request, just the view."""
+    joined(store, clock, "b")
+    changes: list[int] = []
+    a = node(store, clock, "a", on_change=lambda: changes.append(a.version))
+    a.join(wait=0)
+    seen_at = clock.now
+    assert a._next_expiry() == pytest.approx(seen_at + 8.0)
+    clock.now = seen_at + 7.9
+    a._expire()
+    assert "b" in a.members() and changes == []
+    clock.now = seen_at + 8.0
+    a._expire()
+    assert "b" not in a.members() and changes == [a.version]  # (a, unrenewed, is out too)
+    assert a._next_expiry() is None
 
 
 def test_the_thread_stops_once_membership_is_lost(store: Store, clock: Clock) -> None:
@@ -606,7 +625,7 @@ def test_the_thread_stops_once_membership_is_lost(store: Store, clock: Clock) ->
     a.start()
     assert a._thread is not None
     a._thread.join(5.0)
-    assert not a._thread.is_alive() and wakings.pauses == [2.0] and len(lost) == 1
+    assert not a._thread.is_alive() and wakings.pauses == [1.0, 1.0] and len(lost) == 1
 
 
 # -- a folder store ------------------------------------------------------------------------
