@@ -46,7 +46,7 @@ class Session(threading.Thread):
 
     def __init__(self, index: int, nodes: list[ServerProcess], budget: int,
                  violations: list[str], acked: dict[str, int]):
-        super().__init__(name=f"session-{index}")
+        super().__init__(name=f"session-{index}", daemon=True)  # a failed test ends them
         self.key, self.db = f"s{index}", DBS[index % len(DBS)]
         self.nodes, self.budget, self.violations = nodes, budget, violations
         self.acked = 0  # the last value acknowledged
@@ -116,7 +116,7 @@ class Chaos(threading.Thread):
     """Every few seconds: kill -9 and restart a node, or pause one for two ttls."""
 
     def __init__(self, cluster: Cluster, nodes: list[ServerProcess]):
-        super().__init__(name="chaos")
+        super().__init__(name="chaos", daemon=True)
         self.cluster, self.nodes = cluster, nodes
         self.stop = threading.Event()
         self.done: list[str] = []
@@ -138,6 +138,7 @@ class Chaos(threading.Thread):
                 self.done.append(f"paused {victim.url}")
 
 
+@pytest.mark.timeout(3600 if os.environ.get("SHOAL_SOAK") else 300)
 def test_sessions_read_their_writes_monotonically_through_any_node_under_chaos(
         cluster: Cluster) -> None:
     nodes = [cluster.add() for _ in range(3)]
@@ -149,12 +150,14 @@ def test_sessions_read_their_writes_monotonically_through_any_node_under_chaos(
                 for i in range(SESSIONS)]
     chaos = Chaos(cluster, nodes)
     chaos.start()
-    for s in sessions:
-        s.start()
-    for s in sessions:
-        s.join()
-    chaos.stop.set()
-    chaos.join()
+    try:
+        for s in sessions:
+            s.start()
+        for s in sessions:
+            s.join()
+    finally:  # no restart after the test (the fixture stops the nodes)
+        chaos.stop.set()
+        chaos.join()
     assert violations == [], violations[:10]
     assert chaos.done, "no chaos happened"
     assert sum(s.ops - s.unavailable for s in sessions) > OPERATIONS // 4

@@ -21,7 +21,7 @@ import pytest
 
 from tests.support.s3 import moto_server
 from tests.support.server import ServerProcess, free_port
-from tests.support.storage import ok, run
+from tests.support.storage import Running, ok, run
 
 ADMIN = "cluster-admin-token"
 TTL = 2.0
@@ -155,7 +155,7 @@ def test_a_node_without_advertise_url_is_refused_on_a_cluster_store(
     assert "advertise_url" in loner.log()
 
 
-class Writers:
+class Writers(Running):
     """Threads writing rows through the given nodes until stopped; every acknowledged row
     and every failure is kept."""
 
@@ -184,16 +184,6 @@ class Writers:
                     self.acked[db].append(row)
                 else:
                     self.failures.append(f"{db} {row}: {r.status_code} {r.text[:300]}")
-
-    def __enter__(self) -> Writers:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join()
 
 
 def make(node: ServerProcess, dbs: list[str]) -> None:
@@ -311,3 +301,46 @@ def test_a_rolling_restart_of_every_node_under_load_fails_no_request(
         assert sum(len(v) for v in writers.acked.values()) > 0
         for db in dbs:
             assert set(writers.acked[db]) <= stored(nodes[(i + 1) % 3], db)
+
+
+def test_a_token_revoked_on_one_node_is_refused_by_every_node_at_once(
+        cluster: Cluster) -> None:
+    nodes = three(cluster)
+    make(nodes[0], ["tok"])
+    with admin(nodes[0]) as http:
+        token = ok(http.post("/v1/tokens", json={"databases": ["tok"], "access": "read"}),
+                   201)
+    for node in nodes:  # every node accepts it (whoever leads the database)
+        with httpx.Client(base_url=node.url, timeout=30,
+                          headers={"Authorization": f"Bearer {token['token']}"}) as http:
+            assert http.post("/v1/databases/tok/query",
+                             json={"statements": ["SELECT 1"]}).status_code == 200
+    with admin(nodes[1]) as http:
+        assert http.delete(f"/v1/tokens/{token['id']}").status_code == 204
+    for node in nodes:
+        with httpx.Client(base_url=node.url, timeout=30,
+                          headers={"Authorization": f"Bearer {token['token']}"}) as http:
+            r = http.post("/v1/databases/tok/query", json={"statements": ["SELECT 1"]})
+            assert r.status_code == 401, (node.url, r.text)
+
+
+def test_a_database_deleted_or_created_on_one_node_is_so_on_every_node(
+        cluster: Cluster) -> None:
+    nodes = three(cluster)
+    make(nodes[0], ["gone", "kept"])
+    with admin(nodes[2]) as http:
+        assert http.delete("/v1/databases/gone").status_code == 204
+    for node in nodes:
+        with admin(node) as http:
+            r = http.post("/v1/databases/gone/query", json={"statements": ["SELECT 1"]})
+            assert r.status_code == 404, (node.url, r.text)
+            names = {d["name"] for d in ok(http.get("/v1/databases"))["databases"]}
+            assert "gone" not in names and "kept" in names, (node.url, names)
+    with admin(nodes[1]) as http:
+        ok(http.post("/v1/databases/gone/undelete"))
+    for node in nodes:
+        with admin(node) as http:
+            assert http.post("/v1/databases/gone/query",
+                             json={"statements": ["SELECT count(*) FROM w"]}).status_code == 200
+            names = {d["name"] for d in ok(http.get("/v1/databases"))["databases"]}
+            assert "gone" in names, (node.url, names)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -79,7 +79,24 @@ class Acked:
                     if before is None or t < before}
 
 
-class Writers:
+class Running:
+    """Threads started on entering the block, stopped (``stop``) and joined on leaving it."""
+
+    threads: list[threading.Thread]
+    stop: threading.Event
+
+    def __enter__(self) -> Self:
+        for t in self.threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for t in self.threads:
+            t.join(30)
+
+
+class Writers(Running):
     """One thread per (database, branch), inserting until stopped or the node is gone."""
 
     def __init__(self, node: ServerProcess, targets: list[tuple[str, str]], tag: str,
@@ -94,16 +111,6 @@ class Writers:
         self.warmup = warmup
         self.threads = [threading.Thread(target=self._write, args=(i, db, br), daemon=True)
                         for i, (db, br) in enumerate(targets)]
-
-    def __enter__(self) -> Writers:
-        for t in self.threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for t in self.threads:
-            t.join(30)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         for event in self.ready:

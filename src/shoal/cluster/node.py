@@ -101,7 +101,7 @@ class Cluster:
         self.forwarder.start()
         self.membership.start()
         # before this node serves: the others count it from now (their next listing may be
-        # ttl/4 away), so none of them takes a database this node leads without asking it
+        # ttl/8 away), so none of them takes a database this node leads without asking it
         await self.notify({"joined": self.node, "url": self.url})
         METRICS.cluster_members.set_function(lambda: len(self.live()))
 

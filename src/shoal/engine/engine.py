@@ -521,18 +521,6 @@ class Engine:
         member = self.cluster.leader(name)
         return member.url if member is not None else None
 
-    def released_url(self, name: str, sender: str) -> str | None:
-        """The URL of the node this one released ``name`` to, unless that is ``sender``: a
-        request another node forwarded here on a view older than the release goes on there,
-        rather than taking the database back (one more hop at most)."""
-        if self.cluster is None:
-            return None
-        released = self.cluster.released.get(name)
-        members = self.cluster.live()
-        if released is None or released[0] == sender or released[0] not in members:
-            return None
-        return members[released[0]].url
-
     async def forward(self, url: str, method: str, path_qs: str,
                       headers: list[tuple[bytes, bytes]],
                       body: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
