@@ -277,7 +277,7 @@ class Cluster:
         or deleted database, a revoked token, a node leaving). Best effort: a member that
         misses it learns it from the store (docs/architecture.md, "Several nodes")."""
         body = msgspec.json.encode(notice)
-        others = [m for n, m in self.membership.members().items() if n != self.node]
+        others = [m for n, m in self.members().items() if n != self.node]
 
         async def one(member: Member) -> None:
             try:

@@ -504,14 +504,20 @@ class Engine:
         assert self.cluster is not None and self._registry is not None
         version = self.cluster.membership.version
         if version != members:
-            live, _ = await self._io(self._registry.sync_catalog, self.catalog)
-            self.names |= live  # in place: the lifecycle holds this set
-            self.names -= self.names - live
+            await self._sync_names()
         if time.monotonic() - last_revoked >= REVOKED_SYNC:
             last_revoked = time.monotonic()
             for token_id in await self._io(self._registry.revoked):
                 self.auth.revoke(token_id)
         return version, last_revoked
+
+    async def _sync_names(self) -> None:
+        """The catalog made to match the store's databases (one listing, and a read of each
+        name new to this node): what other nodes created or deleted is known here after."""
+        assert self._registry is not None
+        live, _ = await self._io(self._registry.sync_catalog, self.catalog)
+        self.names |= live  # in place: the lifecycle holds this set
+        self.names -= self.names - live
 
     def leader_url(self, name: str) -> str | None:
         """The URL of the node that leads database ``name``, or None if it is this one (or
@@ -669,6 +675,8 @@ class Engine:
     async def list_databases(self, principal: tokens.Principal, limit: int,
                              cursor: str | None) -> list[DatabaseRecord]:
         principal.require("read")
+        if self.cluster is not None and cursor is None:
+            await self._sync_names()  # another node may have created or deleted some
         return await self._run(self.catalog.list_databases, limit, cursor, principal.databases)
 
     async def database_info(self, principal: tokens.Principal, name: str) -> DatabaseInfo:
