@@ -598,6 +598,59 @@ def test_the_thread_renews_every_2_s_lists_between_retries_after_0_4_s_and_repor
         store.get(key("a"))
 
 
+def test_lapses_count_the_holds_that_began_after_none(store: Store, clock: Clock) -> None:
+    a = joined(store, clock, "a")
+    assert a.lapses == 1  # the join's hold
+    clock.now += 5.9  # within the hold (3/4 of 8 s): a renewal continues it
+    a.renew()
+    assert a.lapses == 1
+    clock.now += 6.0  # exactly at the hold's end: it lapsed
+    a.renew()
+    assert a.lapses == 2 and a.held()
+
+
+def test_the_thread_lists_between_rounds_and_sees_a_joining_member(
+        store: Store, clock: Clock) -> None:
+    changes: list[str] = []
+    listed: list[bool] = []  # b in the view after the first listing (before the round)
+    wakings = Wakings(clock, 3, {1: lambda: joined(store, clock, "b"),
+                                 2: lambda: listed.append("b" in a.members())})
+    a = node(store, clock, "a", wait=wakings,
+             on_change=lambda: changes.append(threading.current_thread().name))
+    a.join(wait=0)
+    landed = store.record("a")["seq"]
+    a.start()
+    assert wakings.parked.wait(5.0)
+    # a listing (b is seen), a round, a listing that changes nothing (no report)
+    assert wakings.pauses[:3] == pytest.approx([1.0, 1.0, 1.0])
+    assert listed == [True] and changes == ["shoal-members"]
+    assert store.record("a")["seq"] == landed + 1  # the round's rewrite, none at listings
+    a.leave()
+
+
+def test_a_member_runs_out_without_anyone_to_tell(store: Store, clock: Clock) -> None:
+    joined(store, clock, "b")
+    a = node(store, clock, "a")  # no on_change
+    a.join(wait=0)
+    clock.now += 8.0
+    a._expire()
+    assert "b" not in a.members()
+
+
+def test_the_thread_wakes_when_a_members_ttl_runs_out(store: Store, clock: Clock) -> None:
+    joined(store, clock, "b")  # and never renews
+    changes: list[int] = []
+    wakings = Wakings(clock, 8)
+    a = node(store, clock, "a", wait=wakings, on_change=lambda: changes.append(a.version))
+    a.join(wait=0)  # sees b now: b's ttl (8 s) runs out 8 s from here
+    clock.now += 0.3  # the thread's rounds and listings fall elsewhere
+    a.start()
+    assert wakings.parked.wait(5.0)
+    assert wakings.pauses[:8] == pytest.approx([1.0] * 7 + [0.7])
+    assert "b" not in a.members() and changes == [a.version]
+    a.leave()
+
+
 def test_a_member_drops_out_when_its_ttl_runs_out_not_at_the_next_round(
         store: Store, clock: Clock) -> None:
     """The thread wakes at the first member's expiry: no store request, just the view."""
