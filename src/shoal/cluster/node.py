@@ -101,8 +101,15 @@ class Cluster:
         self.forwarder.start()
         self.membership.start()
         # before this node serves: the others count it from now (their next listing may be
-        # ttl/8 away), so none of them takes a database this node leads without asking it
-        await self.notify({"joined": self.node, "url": self.url})
+        # ttl/8 away), so none of them takes a database this node leads without asking it.
+        # Told again until each has answered, for up to a ttl (one that never does is dead).
+        notice = {"joined": self.node, "url": self.url}
+        deadline = time.monotonic() + self.membership.ttl
+        waiting = set(self.membership.members()) - {self.node}
+        while waiting and time.monotonic() < deadline:
+            waiting -= await self.notify(notice, waiting)
+            if waiting:
+                await asyncio.sleep(0.1)
         METRICS.cluster_members.set_function(lambda: len(self.live()))
 
     async def stop(self) -> None:
@@ -272,24 +279,28 @@ class Cluster:
         self.leaving = True
         await self.notify({"left": self.node})
 
-    async def notify(self, notice: dict[str, Any]) -> None:
-        """Tell every other live member of a change they would otherwise learn late (a new
-        or deleted database, a revoked token, a node leaving). Best effort: a member that
-        misses it learns it from the store (docs/architecture.md, "Several nodes")."""
+    async def notify(self, notice: dict[str, Any], only: set[str] | None = None) -> set[str]:
+        """Tell every other member (or those in ``only``) of a change they would otherwise
+        learn late (a new or deleted database, a revoked token, a node joining or leaving);
+        the nodes that answered. Best effort: a member that misses it learns it from the
+        store (docs/architecture.md, "Several nodes")."""
         body = msgspec.json.encode(notice)
-        others = [m for n, m in self.members().items() if n != self.node]
+        others = [m for n, m in self.members().items()
+                  if n != self.node and (only is None or n in only)]
 
-        async def one(member: Member) -> None:
+        async def one(member: Member) -> str | None:
             try:
-                await asyncio.wait_for(self.forwarder.request(
+                status, _, _ = await asyncio.wait_for(self.forwarder.request(
                     member.url, "POST", "/v1/cluster/notify",
                     [*self._headers(), (b"content-type", b"application/json")], body),
                     NOTIFY_TIMEOUT)
             except Exception as exc:  # best effort: the store is the fallback
                 log.info("node %s (%s) missed a notice (%s)", member.node, member.url,
                          type(exc).__name__)
+                return None
+            return member.node if status < 300 else None
 
-        await asyncio.gather(*(one(m) for m in others))
+        return {node for node in await asyncio.gather(*(one(m) for m in others)) if node}
 
     def _headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"authorization", b"Bearer " + self.token().encode()),
