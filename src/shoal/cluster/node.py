@@ -69,7 +69,6 @@ class Cluster:
 
     def __init__(self, store: ObjectStore, node: str, url: str, ttl: float, wait: float,
                  on_lost: Callable[[str], None], token: Callable[[], str]):
-        self.store = store
         self.node = node
         self.url = url.rstrip("/")
         self.wait = wait

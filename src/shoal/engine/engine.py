@@ -610,12 +610,7 @@ class Engine:
         stop that follows finds nothing left to ship."""
         cluster = self._in_cluster()
         await cluster.announce_leaving()
-        for tx_id in list(self.transactions):
-            entry = self.transactions.pop(tx_id)
-            if entry is not None:
-                self.expired[tx_id] = Code.TRANSACTION_ABORTED
-                with contextlib.suppress(Exception):
-                    await entry[0].end(entry[1], commit=False)
+        await self._end_transactions(None)
         await self.lifecycle.close_all(self.settings.statement_timeout + 1)
 
     async def cluster_status(self, principal: tokens.Principal) -> dict[str, Any]:
@@ -814,10 +809,11 @@ class Engine:
                     _pass_failed(f"purging deleted {gone.name}", exc)
 
     # -- queries -----------------------------------------------------------------------------
-    async def _end_transactions(self, name: str, branch: str | None = None) -> None:
-        """Roll back the open transactions of a database (or of one of its branches)."""
+    async def _end_transactions(self, name: str | None, branch: str | None = None) -> None:
+        """Roll back the open transactions of a database (or of one of its branches; of
+        every database if ``name`` is None)."""
         for tx_id, (db, tx) in list(self.transactions.items()):
-            if db.name == name and branch in (None, db.branch):
+            if name in (None, db.name) and branch in (None, db.branch):
                 self.transactions.pop(tx_id)
                 self.expired[tx_id] = Code.TRANSACTION_ABORTED
                 with contextlib.suppress(Exception):
