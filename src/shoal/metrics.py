@@ -79,6 +79,10 @@ class Metrics:
     cluster_releases: Counter
     cluster_forwarded: Counter
     cluster_forward_failures: Counter
+    cluster_served_by_replica: Counter
+    replica_hydrations: Counter
+    replica_applied: Counter
+    replica_lag: Histogram
     readiness: Gauge
     connections: Gauge
     connections_cut: Counter
@@ -157,6 +161,18 @@ def _build() -> Metrics:
         cluster_forward_failures=Counter("shoal_cluster_forward_failures", "Forwarded "
                                          "requests the leader could not be reached for "
                                          "(answered LEADER_UNAVAILABLE)", registry=reg),
+        cluster_served_by_replica=Counter("shoal_cluster_served_by_replica", "Reads of a "
+                                          "database led by another node, served here from "
+                                          "this node's replica", registry=reg),
+        replica_hydrations=Counter("shoal_replica_hydrations", "Replica copies made from the "
+                                   "store (a new replica, a gap in the leader's feed, "
+                                   "another timeline)", registry=reg),
+        replica_applied=Counter("shoal_replica_applied", "Batches of the leaders' durable "
+                                "commits applied to this node's replicas", registry=reg),
+        replica_lag=Histogram("shoal_replica_lag_seconds", "Seconds from a commit on its "
+                              "leader to its apply on a replica here (clocks of two nodes)",
+                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+                                       10), registry=reg),
         log_fenced_commits=Counter("shoal_log_fenced_commits", "Commits made on this node "
                                    "that never became history: another writer took their "
                                    "timeline first (with local durability they had been "

@@ -239,6 +239,16 @@ class Settings:
         "node joins the cluster of nodes sharing its store: each database is led by one of them "
         "and any node serves any request (docs/operations.md, 'Several nodes'). Unset on a store "
         "a cluster uses: the node does not start (STORE_IN_USE).")
+    replica_sync_interval: float = _s(
+        0.05, "Seconds within which a commit reaches the object store (local durability) while "
+        "another node follows the branch with a replica: replicas see only what is in the "
+        "store, so this bounds their lag. Each upload is a PUT: a branch written without pause "
+        "costs up to 1 / this PUTs a second while followed (sync_interval otherwise).",
+        above=0)
+    bookmark_wait: float = _s(
+        1.0, "Seconds a cluster's node waits for its replica of a database to reach the bookmark "
+        "a read carries (Shoal-Bookmark) before it forwards the read to the database's leader.",
+        minimum=0)
     history_retention: float = _s(
         7 * 86400.0, "Seconds of history kept restorable; older segments and snapshots are deleted "
         "unless a branch needs them.")

@@ -49,6 +49,8 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-authenticate",
 _NOT_UPGRADED = HOP_BY_HOP | {b"sec-websocket-key", b"sec-websocket-version",
                               b"sec-websocket-extensions", b"sec-websocket-protocol",
                               b"sec-websocket-accept"}
+# ... and, on an answer, what this node's server sends of its own (else twice)
+_ANSWER = HOP_BY_HOP | {b"date", b"server"}
 
 MAX_MESSAGE = 16 * 1024 * 1024  # bytes of one WebSocket message from the leader
 # Idle pooled connections are dropped before the leader's keep-alive (30 s) drops them:
@@ -146,7 +148,7 @@ class Forwarder:
                     method, URL(base_url + path_qs, encoded=True), headers=sent,
                     data=body or None, allow_redirects=False) as response:
                 content = await response.read()
-                return response.status, end_to_end(response.raw_headers), content
+                return response.status, end_to_end(response.raw_headers, _ANSWER), content
         except _NOT_SENT as exc:  # from None: the cause holds the request, headers and all
             raise Unreachable(f"the leader at {base_url} could not be reached "
                               f"({type(exc).__name__}); the request was not sent",

@@ -35,7 +35,7 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import msgspec
 
@@ -300,6 +300,14 @@ class Cluster:
             return member.node if status < 300 else None
 
         return {node for node in await asyncio.gather(*(one(m) for m in others)) if node}
+
+    async def news(self, url: str, database: str, branch: str, after: int, timeline: str,
+                   wait: float) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """Ask the leader at ``url`` for the durable segments of a branch after ``after``
+        (``GET /v1/cluster/feed``: answered once there is one, or after ``wait``)."""
+        query = urlencode({"after": after, "timeline": timeline, "wait": f"{wait:g}"})
+        return await self.forwarder.request(
+            url, "GET", f"/v1/cluster/feed/{database}/{branch}?{query}", self._headers(), b"")
 
     def _headers(self) -> list[tuple[bytes, bytes]]:
         return [(b"authorization", b"Bearer " + self.token().encode()),

@@ -17,11 +17,13 @@ from shoal.engine.connection import (
 )
 from shoal.engine.database import REQUEST_GONE, Committed, Compacted, Transaction, make_bookmark
 from shoal.engine.engine import (
+    TIMELINE_HEADER,
     BranchInfo,
     DatabaseInfo,
     Engine,
     Idempotency,
     Outcome,
+    ReadAt,
     Restored,
     parse_time,
 )
@@ -34,6 +36,7 @@ from shoal.log.restore import History
 __all__ = [
     "READ_ONLY",
     "REQUEST_GONE",
+    "TIMELINE_HEADER",
     "BranchInfo",
     "Committed",
     "Compacted",
@@ -48,6 +51,7 @@ __all__ = [
     "Idempotency",
     "LogBranch",
     "Outcome",
+    "ReadAt",
     "Restored",
     "Result",
     "Statement",

@@ -313,7 +313,8 @@ class Connection:
 
     def __init__(self, path: str, *, reader: bool, synchronous: str = "full",
                  manual_checkpoints: bool = False, max_value_bytes: int | None = None,
-                 max_sql_bytes: int | None = None, busy_timeout: float = 5.0):
+                 max_sql_bytes: int | None = None, busy_timeout: float = 5.0,
+                 wal: bool = True):
         self.reader = reader
         self.raw = apsw.Connection(path, flags=OPEN_FLAGS)
         if manual_checkpoints:
@@ -346,7 +347,8 @@ class Connection:
         # SQLite's own wait for a lock (a checkpoint waiting out readers, for one): the
         # writers of one process already queue on the write lock, within busy_timeout
         raw.set_busy_timeout(round(busy_timeout * 1000))
-        self.internal("PRAGMA journal_mode=WAL")
+        if wal:  # (a follower's copy is not: engine/replica.py)
+            self.internal("PRAGMA journal_mode=WAL")
         self.internal(f"PRAGMA synchronous={synchronous}")
         self.internal("PRAGMA foreign_keys=ON")
         if manual_checkpoints:

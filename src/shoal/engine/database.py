@@ -312,7 +312,7 @@ class Database:
     """One open branch. Create with :meth:`open`; all methods run on the event loop."""
 
     def __init__(self, name: str, branch: str, path: str, settings: Settings, executor: Executor,
-                 journal: Log | None = None):
+                 journal: Log | None = None, follower: bool = False):
         self.name = name
         self.branch = branch
         self.path = path
@@ -351,6 +351,7 @@ class Database:
         # unshipped page bytes past which writes are refused (max_unshipped_bytes; 0: never)
         self._backlog_limit: float = settings.max_unshipped_bytes or math.inf
         self.size_limit = 0  # bytes the file may hold (the database's size_bytes; 0: none)
+        self.follower = follower  # a replica's copy: readers only, no WAL (engine/replica.py)
 
     # -- open / close -----------------------------------------------------------------------
     def _connect(self, reader: bool) -> Connection:
@@ -358,7 +359,7 @@ class Database:
                           manual_checkpoints=self.journal is not None,
                           max_value_bytes=self.settings.max_value_bytes,
                           max_sql_bytes=self.settings.max_sql_bytes,
-                          busy_timeout=self.settings.busy_timeout)
+                          busy_timeout=self.settings.busy_timeout, wal=not self.follower)
 
     async def open(self) -> None:
         """Open the writer (on a worker thread: SQLite reads the whole schema, which may be
@@ -388,6 +389,16 @@ class Database:
             writer.close()
             raise
         return writer
+
+    async def open_follower(self, txid: int, timeline: str) -> None:
+        """A replica's copy (engine/replica.py) at ``txid``: readers only, no writer task."""
+        def first() -> Connection:
+            conn = self._connect(reader=True)
+            self.layout = tables.layout_of(conn) or tables.CURRENT
+            return conn
+
+        self.readers.append(await self._off_loop(None, first))
+        self.txid, self.timeline = txid, timeline
 
     @property
     def idle(self) -> bool:

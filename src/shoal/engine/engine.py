@@ -33,7 +33,7 @@ import apsw
 from prometheus_client import CollectorRegistry, generate_latest
 
 from shoal import tokens
-from shoal.cluster import Cluster
+from shoal.cluster import Cluster, Moved
 from shoal.engine import datadir
 from shoal.engine.catalog import Catalog, DatabaseRecord, TokenRecord
 from shoal.engine.connection import Counters, Description, NeedsWriter, Result, Statement
@@ -56,7 +56,9 @@ from shoal.engine.memory import Memory, ceiling
 from shoal.engine.pool import Pool
 from shoal.engine.quota import DatabaseLimits, Quotas, decode_limits, encode_limits
 from shoal.engine.registry import BranchView, Deleted, Registry, stored_txid
+from shoal.engine.replica import News, Replicas
 from shoal.errors import Code, ShoalError
+from shoal.log import feed as feeds
 from shoal.log.branch import Branch
 from shoal.log.restore import History
 from shoal.metrics import METRICS, UsageCollector
@@ -81,6 +83,10 @@ EXIT_LEASE_LOST = 75  # the process's exit status when another node took the sto
 COMPACTION_BUDGET = 60.0  # seconds of compaction a database gets per pass (a backlog waits)
 
 
+TIMELINE_HEADER = b"shoal-timeline"  # the leader's timeline, on a feed's answer
+FEED_WAIT_MAX = 25.0  # seconds a feed request may wait (the forwarder's timeout is 30)
+
+
 @dataclass
 class Outcome:
     """The result of a query request, ready to render."""
@@ -91,6 +97,16 @@ class Outcome:
     txid: int
     bookmark: str
     replay: tuple[int, bytes] | None = None  # a stored idempotent response, sent as is
+
+
+@dataclass(frozen=True, slots=True)
+class ReadAt:
+    """What a request asks of the state it reads (docs/api.md, 'Consistency'): at least
+    ``bookmark`` (Shoal-Bookmark), and whether a cluster's node may answer it from its
+    replica (``follow``: the server did not forward it; a strong read is forwarded)."""
+
+    bookmark: str | None = None
+    follow: bool = False
 
 
 @dataclass
@@ -191,6 +207,7 @@ class Engine:
         self._registry: Registry | None = None
         self.lease: Lease | None = None
         self.cluster: Cluster | None = None  # advertise_url set: one of a cluster's nodes
+        self.replicas: Replicas | None = None  # a cluster's node: reads of what others lead
         self.admin_token_path: Path | None = None  # set when the admin token is generated
         self.transactions = OpenTransactions()
         self.expired: OrderedDict[str, Code] = OrderedDict()  # tx id -> why it ended
@@ -231,6 +248,8 @@ class Engine:
                                        settings.lease_ttl, settings.lease_wait,
                                        self._lease_lost, lambda: self._admin)
                 self.cluster.join()
+                self.replicas = Replicas(self.root / "replicas", settings, self.executor,
+                                         _Follow(self))
                 held: Held = self.cluster.membership
             else:
                 held = self.lease = self._take_lease(raw_store, node)
@@ -380,6 +399,8 @@ class Engine:
         if lease is not None:
             METRICS.lease_held.set_function(lambda: float(lease.held()))
         if self.cluster is not None:
+            if self.replicas is not None:
+                await self._io(self.replicas.start)
             await self.cluster.start()
         METRICS.readiness.set_function(lambda: LEVELS.index(self.health.status))
 
@@ -401,6 +422,8 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retention
         self._flush_usage()
+        if self.replicas is not None:
+            await self.replicas.close_all()
         await self.lifecycle.close_all(self.settings.statement_timeout + 1)
         self.catalog.close()
         self.executor.shutdown(wait=True)
@@ -435,6 +458,9 @@ class Engine:
                 if self.cluster is not None:
                     members, last_revoked = await self._follow_cluster(members, last_revoked)
                 released += self.lifecycle.close_idle()
+                if self.replicas is not None:
+                    released += self.replicas.close_idle(
+                        time.monotonic() - self.settings.idle_timeout)
                 self.lifecycle.evict()
                 if released and time.monotonic() - last_release >= RELEASE_INTERVAL:
                     released, last_release = 0, time.monotonic()
@@ -538,6 +564,29 @@ class Engine:
         """A WebSocket connection carried through to another node of the cluster."""
         await self._in_cluster().forwarder.websocket(url, scope, receive, send)
 
+    async def feed(self, principal: tokens.Principal, name: str, branch: str, after: int,
+                   timeline: str, wait: float) -> tuple[str, bytes | None]:
+        """A follower's request for news (``GET /v1/cluster/feed``): this node's timeline of
+        the branch and its durable segments after txid ``after`` (``log/feed.py``'s pack),
+        waiting up to ``wait`` for one (b"" if none came; None if they are not all kept:
+        the follower hydrates)."""
+        principal.require("admin")
+        if self.leader_url(name) is not None:
+            raise ShoalError(Code.LEADER_UNAVAILABLE, f"{name}: not led by this node")
+        db = await self.lifecycle.acquire(name, branch)
+        try:
+            shipper = db.journal.shipper if db.journal is not None else None
+            current = db.timeline or ""
+        finally:
+            self.lifecycle.release(db)
+        if shipper is None or current != timeline:
+            return current, None
+        found = shipper.feed.since(after)
+        if found == []:
+            await shipper.feed.wait(after, min(wait, FEED_WAIT_MAX))
+            found = shipper.feed.since(after)
+        return current, None if found is None else feeds.pack(found)
+
     async def learn_database(self, name: str) -> bool:
         """Whether ``name`` exists, as the store says now: another node of the cluster may
         have created it (or deleted it) since this node last read the catalog. A name the
@@ -553,6 +602,8 @@ class Engine:
             if len(self._unknown) >= NEGATIVE_NAMES:
                 self._unknown.clear()
             self._unknown[name] = now + NEGATIVE_TTL
+            if self.replicas is not None:
+                self.replicas.close_database(name)
             if name in self.names:
                 self.names.discard(name)
                 with self.disk.writes(refuse=False):
@@ -621,6 +672,7 @@ class Engine:
         status["open_databases_led"] = sorted({n for n, _ in self.lifecycle.open
                                                if cluster.leads(n)})
         status["databases_led"] = sum(1 for n in self.names if cluster.leads(n))
+        status["replicas"] = self.replicas.status() if self.replicas is not None else []
         status["databases"] = len(self.names)
         return status
 
@@ -823,12 +875,23 @@ class Engine:
     async def query(
         self, principal: tokens.Principal, name: str, statements: list[Statement],
         idem: Idempotency | None, render: Callable[[Committed], tuple[int, bytes]],
-        *, branch: str = "main",
+        *, branch: str = "main", at: ReadAt | None = None,
     ) -> Outcome:
         principal.require("read", name)
+        wanted = self._wanted(name, branch, at.bookmark) if at is not None else None
+        if at is not None and at.follow and self.replicas is not None:
+            url = self.leader_url(name)
+            if url is not None:  # another node leads it: read here, or Moved (forwarded)
+                return await self._follower_query(principal, name, branch, statements,
+                                                  idem, wanted, url)
         self.quotas.admit(name)
         db = await self.lifecycle.acquire(name, branch)  # lifecycle.use, without its
         try:  # context manager's cost on the hot path
+            if wanted is not None and self.cluster is not None and \
+                    wanted.timeline == db.timeline and wanted.txid > db.txid:
+                raise ShoalError(Code.LEADER_UNAVAILABLE, f"{name}: another node committed "
+                                 f"txid {wanted.txid}, this node's copy is at {db.txid}: "
+                                 f"its view of who leads is behind; try again")
             if idem is None:
                 return await self._query(principal, db, statements, None)
             return await self._idempotent(
@@ -836,6 +899,47 @@ class Engine:
                 lambda: self._query_once(principal, db, statements, idem, render))
         finally:
             self.lifecycle.release(db)
+
+    def _wanted(self, name: str, branch: str, bookmark: str | None) -> Bookmark | None:
+        """The bookmark a read carries, checked to be of this database and branch."""
+        if bookmark is None:
+            return None
+        found = self._bookmark(name, bookmark)
+        if found.branch != branch:
+            raise ShoalError(Code.INVALID_REQUEST, f"the bookmark names branch "
+                                                   f"{found.branch!r}, not {branch!r}")
+        return found
+
+    async def _follower_query(self, principal: tokens.Principal, name: str, branch: str,
+                              statements: list[Statement], idem: Idempotency | None,
+                              wanted: Bookmark | None, url: str) -> Outcome:
+        """A read of a database another node leads, from this node's replica once it holds
+        the bookmark (waiting up to bookmark_wait). Whatever it cannot answer (a write, an
+        Idempotency-Key, a replica not ready or behind) goes to the leader: Moved."""
+        assert self.replicas is not None
+        self.require_database(name)
+        replica = None if idem is not None else self.replicas.get(name, branch)
+        if replica is None or (wanted is not None and not await replica.reached(
+                wanted.txid, wanted.timeline, self.settings.bookmark_wait)):
+            raise Moved(url, f"{name}: read at the leader")
+        db = replica.db
+        assert db is not None
+        if db.writes(statements):
+            raise Moved(url, f"{name}: writes go to the leader")
+        self.quotas.admit(name)
+        db.active += 1
+        try:
+            counters, txid = await db.read(statements)
+        except NeedsWriter as exc:
+            db.remember_write(exc.sql)
+            raise Moved(url, f"{name}: writes go to the leader") from None
+        finally:
+            db.active -= 1
+            replica.last_used = time.monotonic()
+        self._meter(db, counters)
+        METRICS.cluster_served_by_replica.inc()
+        return Outcome(counters.results, counters.rows_read, counters.rows_written, txid,
+                       db.bookmark(txid))
 
     async def _query_once(self, principal: tokens.Principal, db: Database,
                           statements: list[Statement], idem: Idempotency,
@@ -1474,3 +1578,27 @@ class OpenTransactions:
 
     def of_subject(self, subject: str) -> int:
         return self._subjects[subject]
+
+
+class _Follow:
+    """What the node's replicas need of it (engine/replica.py's Source)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def leader_url(self, name: str) -> str | None:
+        return self.engine.leader_url(name)
+
+    async def news(self, url: str, name: str, branch: str, after: int, timeline: str,
+                   wait: float) -> News:
+        status, headers, body = await self.engine._in_cluster().news(
+            url, name, branch, after, timeline, wait)
+        if status == 410:
+            return News(dict(headers).get(TIMELINE_HEADER, b"").decode(), None)
+        if status != 200:
+            raise ShoalError(Code.LEADER_UNAVAILABLE, f"{name}: the leader answered {status} "
+                                                      f"to a follower: {body[:200]!r}")
+        return News(dict(headers).get(TIMELINE_HEADER, b"").decode(), feeds.unpack(body))
+
+    async def hydrate(self, name: str, branch: str, path: Path) -> tuple[str, int]:
+        return await self.engine._io(self.engine.registry.hydrate, name, branch, path)

@@ -165,6 +165,7 @@ class Journal:
         self.remote = settings.durability == "remote"
         self.timeout: float = settings.storage_timeout
         self.sync_interval: float = settings.sync_interval
+        self.follow_interval: float = settings.replica_sync_interval
         self.checkpoint_frames: int = settings.checkpoint_frames
         self.policy = SnapshotPolicy(settings.snapshot_log_bytes, settings.snapshot_log_ratio,
                                      settings.snapshot_interval)
@@ -219,7 +220,8 @@ class Journal:
         shipper = Shipper(self.stores.raw, self.name, self.timeline, durable_txid=durable_txid,
                           sync_interval=self.sync_interval, executor=self.stores.io,
                           on_durable=self._on_durable, prepare=self.capture.read,
-                          on_failure=self._on_failure, writer=self.writer)
+                          on_failure=self._on_failure, writer=self.writer,
+                          follow_interval=self.follow_interval)
         shipper.start()
         self._shipped_seen = 0
         return shipper

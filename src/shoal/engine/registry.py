@@ -547,6 +547,14 @@ class Registry:
                                                f"{state.head_txid}")
 
     @mapped
+    def hydrate(self, name: str, branch: str, path: Path) -> tuple[str, int]:
+        """A follower's copy (engine/replica.py): the branch's committed head, restored
+        into ``path``, with its timeline and txid. Reads only: the leader settles the
+        branch's records, not a follower."""
+        timeline = branch_log.get_branch(self.store, name, branch).timeline
+        return timeline, restore(self.store, name, timeline, path).txid
+
+    @mapped
     def materialise(self, name: str, timeline: str, txid: int) -> Path:
         """Restore ``timeline`` at ``txid`` into a new file under the scratch folder (every
         object read and verified on the way): the proof that a point can be restored, and

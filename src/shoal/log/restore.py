@@ -263,7 +263,7 @@ def _write(store: ObjectStore, plan: _Plan, path: Path) -> Restored:
                 if page_size and commit.page_size != page_size:
                     raise CorruptObject(f"segment {key}: txid {commit.txid} has page size "
                                         f"{commit.page_size}, the database {page_size}", key)
-                _apply(fd, commit)
+                apply_commit(fd, commit)
                 page_size, db_pages, when = commit.page_size, commit.db_pages, commit.time
                 expected += 1
             applied.append(key)
@@ -277,7 +277,8 @@ def _write(store: ObjectStore, plan: _Plan, path: Path) -> Restored:
     return Restored(plan.target, when, page_size, db_pages, snap_key, tuple(applied))
 
 
-def _apply(fd: int, commit: Commit) -> None:
+def apply_commit(fd: int, commit: Commit) -> None:
+    """Write a commit's pages into a database file (not its size: the caller truncates)."""
     size = commit.page_size
     for pgno, page in commit.frames:
         os.pwrite(fd, page, (pgno - 1) * size)

@@ -48,6 +48,7 @@ from typing import Protocol
 
 from shoal.log import layout
 from shoal.log.errors import CorruptObject, LogConflict, LogError
+from shoal.log.feed import Feed
 from shoal.log.segment import Commit, decode_segment, encode_segment
 from shoal.log.timeline import Writer
 from shoal.metrics import METRICS
@@ -92,12 +93,14 @@ class Shipper:
                  on_durable: Callable[[int], None] | None = None,
                  prepare: Prepare | None = None,
                  on_failure: Callable[[LogError], None] | None = None,
-                 writer: Writer | None = None):
+                 writer: Writer | None = None, follow_interval: float | None = None):
         self.store = store
         self.writer = writer  # the commit point (None: segments are history once stored)
         self.db = db
         self.timeline = timeline
         self.sync_interval = sync_interval
+        # while a follower follows: ship this soon, so that replicas lag little
+        self.follow_interval = min(sync_interval, follow_interval or sync_interval)
         self.max_segment_bytes = max_segment_bytes
         self.backoff = backoff or Backoff()
         self.executor = executor
@@ -121,6 +124,7 @@ class Shipper:
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.feed = Feed(durable_txid)  # the durable segments, for followers (log/feed.py)
 
     # -- feeding --------------------------------------------------------------------------
     @property
@@ -201,6 +205,7 @@ class Shipper:
                 if not fut.done():
                     fut.set_exception(LogError(f"shipper of timeline {self.timeline} closed"))
             self._waiters.clear()
+            self.feed.end()
 
     # -- the loop -------------------------------------------------------------------------
     def _due_in(self) -> float | None:
@@ -212,7 +217,8 @@ class Shipper:
                 return 0.0
             if any(txid > self.durable_txid for txid, _ in self._waiters):
                 return 0.0
-            return max(0.0, self._first_pending_at + self.sync_interval - self._loop.time())
+            interval = self.follow_interval if self.feed.followed else self.sync_interval
+            return max(0.0, self._first_pending_at + interval - self._loop.time())
 
     def _take(self) -> list[Entry]:
         """Seal the open segment: the pending commits up to max_segment_bytes (at least one)."""
@@ -279,6 +285,7 @@ class Shipper:
             else:
                 keep.append((want, fut))
         self._waiters = keep
+        self.feed.durable(txid)
         if self.on_durable is not None:
             try:
                 self.on_durable(txid)
@@ -296,6 +303,7 @@ class Shipper:
             if not fut.done():
                 fut.set_exception(exc)
         self._waiters.clear()
+        self.feed.end()
         if self.on_failure is not None:
             self.on_failure(exc)
 
@@ -334,6 +342,7 @@ class Shipper:
                              lambda: METRICS.cpu("upload", self._upload, key, data))
         self.shipped_bytes += len(data)
         self.segments_shipped += 1
+        self.feed.stored(first, last, data)
         METRICS.log_segments.inc()
         METRICS.log_bytes.inc(len(data))
         return layout.parse_segment(ObjectInfo(key, len(data))) if self.writer else None

@@ -16,6 +16,7 @@ from shoal.engine import (
     DatabaseRecord,
     Idempotency,
     Outcome,
+    ReadAt,
     Result,
     Statement,
     TokenRecord,
@@ -24,6 +25,9 @@ from shoal.engine import (
 )
 from shoal.errors import Code, ShoalError
 from shoal.server.http import (
+    BOOKMARK,
+    CONSISTENCY,
+    JSON_HEADERS,
     PACED_ITEMS,
     SPLIT_BYTES,
     Request,
@@ -51,18 +55,41 @@ class StatementObject(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 
 class QueryRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """Statements run in order in one transaction: all or nothing."""
+    """Statements run in order in one transaction: all or nothing; read at or after
+    ``bookmark`` (as the Shoal-Bookmark header)."""
 
     statements: list[str | StatementObject]
+    bookmark: str | None = None
 
 
 class _QueryOutline(msgspec.Struct, forbid_unknown_fields=True):
     """A large QueryRequest with its statements still JSON, to be decoded one at a time."""
 
     statements: list[msgspec.Raw]
+    bookmark: str | None = None
 
 
 _statement_decoder = msgspec.json.Decoder(str | StatementObject)
+
+
+class _Meta(msgspec.Struct):
+    bookmark: str | None = None
+
+
+class _Stored(msgspec.Struct):
+    meta: _Meta | None = None
+
+
+_stored_decoder = msgspec.json.Decoder(_Stored)
+
+
+def _stored_bookmark(body: bytes) -> str | None:
+    """The bookmark in a stored answer's body (an error's has none)."""
+    try:
+        meta = _stored_decoder.decode(body).meta
+    except msgspec.DecodeError:
+        return None
+    return meta.bookmark if meta is not None else None
 
 
 def _statement(index: int, item: str | StatementObject) -> Statement:
@@ -163,7 +190,8 @@ class NativeAPI:
         self.max_statements = s.max_statements
         self.max_body = s.max_request_bytes
 
-    def register(self, router: Router) -> None:
+    def register(self, router: Router) -> set[str]:
+        """Add the routes; return those a cluster's node may answer from a replica."""
         db = "/v1/databases/{db}"
         tx = db + "/transactions/{tx}"
         br = db + "/branches/{branch}"
@@ -202,23 +230,44 @@ class NativeAPI:
             ("DELETE", "/v1/tokens/{id}", self.revoke_token),
         ):
             router.add(method, path, handler)
+        return {db + "/query", br + "/query"}
 
     # -- helpers ----------------------------------------------------------------------------
-    async def _statements(self, request: Request) -> list[Statement]:
-        """The body's statements. A large body is decoded a statement at a time, paced (the
-        count is checked first), so that thousands of statements never hold the loop."""
+    async def _statements(self, request: Request) -> tuple[list[Statement], str | None]:
+        """The body's statements and bookmark. A large body is decoded a statement at a
+        time, paced (the count is checked first), so that thousands of statements never
+        hold the loop."""
         items: list[str | StatementObject]
         if len(request.body) <= SPLIT_BYTES:
-            items = request.decode(QueryRequest).statements
+            body = request.decode(QueryRequest)
+            items, bookmark = body.statements, body.bookmark
             self._count(len(items))
         else:
-            raws = request.decode(_QueryOutline).statements
-            self._count(len(raws))
+            outline = request.decode(_QueryOutline)
+            self._count(len(outline.statements))
+            bookmark = outline.bookmark
             with decoding():
-                items = await decode_each(raws, _statement_decoder, "$.statements")
+                items = await decode_each(outline.statements, _statement_decoder,
+                                          "$.statements")
         if len(items) <= PACED_ITEMS:
-            return [_statement(i, item) for i, item in enumerate(items)]
-        return [_statement(i, item) async for i, item in paced(enumerate(items))]
+            return [_statement(i, item) for i, item in enumerate(items)], bookmark
+        return [_statement(i, item) async for i, item in paced(enumerate(items))], bookmark
+
+    @staticmethod
+    def _read_at(request: Request, bookmark: str | None) -> ReadAt | None:
+        """What the request asks of the state it reads: a bookmark (the header's, else the
+        body's), and whether this node may read it from a replica (docs/api.md,
+        'Consistency'). None when it asks nothing (the common case: no allocation)."""
+        header = request.headers.get(BOOKMARK)
+        consistency = request.headers.get(CONSISTENCY)
+        if consistency is not None and consistency not in (b"strong", b"default"):
+            raise ShoalError(Code.INVALID_REQUEST,
+                             "Shoal-Consistency: 'strong' or 'default'")
+        if header is not None:
+            bookmark = header.decode("latin-1")
+        if bookmark is None and not request.follow:
+            return None
+        return ReadAt(bookmark, request.follow)
 
     def _count(self, n: int) -> None:
         if not n:
@@ -361,17 +410,22 @@ class NativeAPI:
         started = time.perf_counter()
         name = self._db(request)
         await request.read_body(self.max_body)
-        statements = await self._statements(request)
+        statements, bookmark = await self._statements(request)
 
         def render(done: Committed) -> tuple[int, bytes]:
             return 200, self._committed_body(done, started)
 
         out = await self.engine.query(request.principal, name, statements,
                                       self._idem(request), render,
-                                      branch=self._branch(request))
-        if out.replay is not None:
-            return Response(*out.replay)
-        return Response(200, await self._outcome_body(out, started))
+                                      branch=self._branch(request),
+                                      at=self._read_at(request, bookmark))
+        if out.replay is not None:  # an Idempotency-Key's answer, as stored
+            status, body = out.replay
+            bookmark = out.bookmark or _stored_bookmark(body)
+            return Response(status, body, [*JSON_HEADERS, (BOOKMARK, bookmark.encode())]
+                            if bookmark else list(JSON_HEADERS))
+        return Response(200, await self._outcome_body(out, started),
+                        [*JSON_HEADERS, (BOOKMARK, out.bookmark.encode())])
 
     # -- interactive transactions ------------------------------------------------------------
     async def begin(self, request: Request) -> Response:
@@ -388,7 +442,7 @@ class NativeAPI:
         started = time.perf_counter()
         name = self._db(request)
         await request.read_body(self.max_body)
-        statements = await self._statements(request)
+        statements, _ = await self._statements(request)
         out = await self.engine.tx_query(request.principal, name, request.params["tx"], statements,
                                          branch=self._branch(request))
         return Response(200, await self._outcome_body(out, started))
@@ -409,7 +463,8 @@ class NativeAPI:
             return json_response(200, {"committed": True, "txid": None, "bookmark": None})
         if done.response is not None:
             return Response(*done.response)
-        return Response(*render(done))
+        return Response(200, render(done)[1], [*JSON_HEADERS,
+                                               (BOOKMARK, done.bookmark.encode())])
 
     async def tx_rollback(self, request: Request) -> Response:
         name = self._db(request)

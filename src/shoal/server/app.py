@@ -29,6 +29,7 @@ from shoal.server.hrana import HranaHTTP
 from shoal.server.hrana_ws import HranaWebSocket, address_of
 from shoal.server.http import (
     ANONYMOUS,
+    CONSISTENCY,
     Receive,
     Request,
     Response,
@@ -62,7 +63,7 @@ class App:
         self.settings = settings
         self.engine: EngineAPI = engine or Engine(settings)
         self.router = Router()
-        NativeAPI(self.engine).register(self.router)
+        self.reads = NativeAPI(self.engine).register(self.router)  # a replica may answer
         self.router.add("GET", "/health", self.health)
         self.router.add("GET", "/ready", self.ready)
         self.router.add("GET", "/metrics", self.metrics)
@@ -153,6 +154,9 @@ class App:
             handler = self.router.resolve(request)
             db = self._database(request) if self.clustered else None
             url = self._leader(request, db) if db is not None else None
+            if url is not None and request.route in self.reads and \
+                    request.headers.get(CONSISTENCY) != b"strong":
+                request.follow, url = True, None  # read here; the engine moves what it cannot
             if url is not None:
                 assert db is not None
                 response = await self._forward(request, handler, db, url)

@@ -12,6 +12,7 @@ from typing import Any
 
 from shoal import names
 from shoal.cluster import FORWARDED
+from shoal.engine import TIMELINE_HEADER
 from shoal.errors import Code, ShoalError
 from shoal.server.http import Request, Response, Router, json_response
 from shoal.server.ports import EngineAPI
@@ -27,6 +28,7 @@ class ClusterAPI:
         router.add("GET", "/v1/cluster", self.status)
         router.add("POST", "/v1/cluster/release/{database}", self.release)
         router.add("POST", "/v1/cluster/notify", self.notify)
+        router.add("GET", "/v1/cluster/feed/{database}/{branch}", self.feed)
 
     async def status(self, request: Request) -> Response:
         return json_response(200, await self.engine.cluster_status(request.principal))
@@ -42,6 +44,27 @@ class ClusterAPI:
             raise ShoalError(Code.INVALID_REQUEST, "from: the claimant's URL, http(s)://...")
         await self.engine.release_database(request.principal, name, to, url)
         return Response(204, b"", [])
+
+    async def feed(self, request: Request) -> Response:
+        """A follower's long poll for a branch's durable segments after its txid: 200 with
+        them (none if none came within ``wait``), 410 if it must hydrate from the store; the
+        branch's timeline in a header either way."""
+        name = names.check(request.params["database"])
+        branch = names.check(request.params["branch"])
+        after, wait = request.query("after") or "", request.query("wait") or "0"
+        timeline = request.query("timeline") or ""
+        try:
+            waited = float(wait)
+        except ValueError:
+            waited = -1.0
+        if not after.isdigit() or not 0 <= waited <= 60:
+            raise ShoalError(Code.INVALID_REQUEST, "after: a txid; wait: seconds, 0 to 60")
+        current, body = await self.engine.feed(request.principal, name, branch, int(after),
+                                               timeline, waited)
+        headers = [(TIMELINE_HEADER, current.encode())]
+        if body is None:
+            return Response(410, b"", headers)
+        return Response(200, body, [(b"content-type", b"application/octet-stream"), *headers])
 
     async def notify(self, request: Request) -> Response:
         await request.read_body(MAX_NOTICE)

@@ -33,6 +33,8 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 JSON_HEADERS = [(b"content-type", b"application/json")]
+BOOKMARK = b"shoal-bookmark"  # a response's position in its branch; a read's lower bound
+CONSISTENCY = b"shoal-consistency"  # "strong": served by the database's leader
 _encoder = msgspec.json.Encoder()
 SLICE = 0.002  # seconds of event loop one request's work takes before it lets others in
 SPLIT_BYTES = 64 * 1024  # JSON past which a body's long lists are decoded an item at a time
@@ -130,8 +132,8 @@ def error_code(body: bytes) -> str:
 
 
 class Request:
-    __slots__ = ("_query", "body", "body_read", "gone", "headers", "method", "params", "path",
-                 "principal", "receive", "route", "scope")
+    __slots__ = ("_query", "body", "body_read", "follow", "gone", "headers", "method", "params",
+                 "path", "principal", "receive", "route", "scope")
 
     def __init__(self, scope: Scope, receive: Receive):
         self.scope = scope
@@ -146,6 +148,7 @@ class Request:
         self.gone = False  # the client went away before the answer
         self._query: dict[str, list[str]] | None = None
         self.principal: Principal = ANONYMOUS
+        self.follow = False  # a cluster's node reads it from its replica (server/app.py)
 
     def header(self, name: bytes) -> str | None:
         value = self.headers.get(name)

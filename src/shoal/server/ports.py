@@ -26,6 +26,7 @@ from shoal.engine import (
     Idempotency,
     LogBranch,
     Outcome,
+    ReadAt,
     Restored,
     Statement,
     TokenRecord,
@@ -76,7 +77,7 @@ class EngineAPI(Protocol):
     # -- SQL ---------------------------------------------------------------------------------
     async def query(self, principal: Principal, name: str, statements: list[Statement],
                     idem: Idempotency | None, render: Render, *,
-                    branch: str = "main") -> Outcome: ...
+                    branch: str = "main", at: ReadAt | None = None) -> Outcome: ...
     async def describe(self, principal: Principal, name: str, sql: str, *,
                        branch: str = "main") -> Description: ...
     async def find_idempotent(self, principal: Principal, name: str, idem: Idempotency, *,
@@ -126,3 +127,5 @@ class EngineAPI(Protocol):
     async def release_database(self, principal: Principal, name: str, to: str,
                                url: str | None = None) -> None: ...
     async def cluster_notice(self, principal: Principal, notice: dict[str, Any]) -> None: ...
+    async def feed(self, principal: Principal, name: str, branch: str, after: int,
+                   timeline: str, wait: float) -> tuple[str, bytes | None]: ...

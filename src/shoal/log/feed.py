@@ -1,0 +1,113 @@
+"""The feed: a timeline's latest durable segments, for the followers of its branch.
+
+A node that leads a branch ships each segment to the store; the same encoded bytes
+are kept here for the other nodes' replicas (``engine/replica.py``), which ask for
+the segments after the txid they hold and apply them. A follower sees only what is
+durable, so it never holds a commit that a failover could take back.
+
+Nothing is kept unless a follower asked within ``keep`` seconds, and never more than
+``max_bytes`` (the newest segment always): a follower that asks for what is no
+longer here, or was never kept, gets None and rebuilds its copy from the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import struct
+import time
+from collections import deque
+from collections.abc import Callable
+
+FEED_BYTES = 8 << 20  # encoded segment bytes kept per followed branch
+FEED_KEEP = 60.0  # seconds segments are kept after a follower last asked
+_LENGTH = struct.Struct(">I")
+
+
+def pack(segments: list[bytes]) -> bytes:
+    """Segments as one body: each after its 4-byte length (each carries its checksum)."""
+    return b"".join(_LENGTH.pack(len(s)) + s for s in segments)
+
+
+def unpack(body: bytes) -> list[bytes]:
+    """What ``pack`` made; ValueError if the body is cut short."""
+    out, at = [], 0
+    while at < len(body):
+        if at + _LENGTH.size > len(body):
+            raise ValueError("feed body cut short")
+        (size,) = _LENGTH.unpack_from(body, at)
+        at += _LENGTH.size
+        if at + size > len(body):
+            raise ValueError("feed body cut short")
+        out.append(body[at:at + size])
+        at += size
+    return out
+
+
+class Feed:
+    """Create on the event loop; ``stored`` and ``durable`` run on it too (the shipper's)."""
+
+    def __init__(self, durable_txid: int, *, max_bytes: int = FEED_BYTES,
+                 keep: float = FEED_KEEP, clock: Callable[[], float] = time.monotonic):
+        self.durable_txid = durable_txid
+        self.max_bytes = max_bytes
+        self.keep = keep
+        self.clock = clock
+        self.followed_until = 0.0  # clock() until which segments are kept
+        self.segments: deque[tuple[int, int, bytes]] = deque()  # (first, last, encoded)
+        self.bytes = 0
+        self.ended = False
+        self._changed = asyncio.Event()
+
+    @property
+    def followed(self) -> bool:
+        """Whether a follower asked within ``keep`` seconds."""
+        return self.clock() < self.followed_until
+
+    def stored(self, first: int, last: int, data: bytes) -> None:
+        """A segment was uploaded (it is followed once the store's head moves over it)."""
+        if not self.followed:
+            self.segments.clear()
+            self.bytes = 0
+            return
+        self.segments.append((first, last, data))
+        self.bytes += len(data)
+        while self.bytes > self.max_bytes and len(self.segments) > 1:
+            self.bytes -= len(self.segments.popleft()[2])
+
+    def durable(self, txid: int) -> None:
+        self.durable_txid = txid
+        self._wake()
+
+    def end(self) -> None:
+        """Nothing more comes (the shipper closed or failed): waiting followers ask again."""
+        self.ended = True
+        self._wake()
+
+    def _wake(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def since(self, after: int) -> list[bytes] | None:
+        """The encoded segments holding every durable commit after ``after``, in order ([]
+        if there is none yet); None if they are not all here (the follower rebuilds)."""
+        self.followed_until = self.clock() + self.keep
+        if after >= self.durable_txid:
+            return [] if after == self.durable_txid else None
+        out: list[bytes] = []
+        expect = after + 1
+        for first, last, data in self.segments:
+            if last < expect:
+                continue
+            if first != expect or last > self.durable_txid:
+                break
+            out.append(data)
+            expect = last + 1
+        return out or None  # durable past ``after`` but not here: a gap
+
+    async def wait(self, after: int, timeout: float) -> None:
+        """Return once a commit after ``after`` is durable, the feed ends, or ``timeout``."""
+        if self.durable_txid > after or self.ended:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)

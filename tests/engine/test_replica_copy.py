@@ -1,0 +1,116 @@
+"""A replica's copy (engine/replica.py's Copy): the leader's commits written under SQLite's
+EXCLUSIVE lock, seen whole by reader connections that stay open across them."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import apsw
+import pytest
+
+from shoal.engine.connection import Connection
+from shoal.engine.replica import Copy
+from shoal.log.errors import LogError
+from shoal.log.segment import encode_segment
+from tests.support.logged import LoggedDatabase, dump, dump_image
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[LoggedDatabase, Copy]:
+    leader = LoggedDatabase(tmp_path / "leader.db", auto_vacuum=True)
+    shutil.copy(leader.path, tmp_path / "copy.db")  # the hydrated copy, at txid 0
+    copy = Copy(tmp_path / "copy.db", busy_timeout=5.0)
+    copy.open()
+    yield leader, copy
+    copy.close()
+    leader.close()
+
+
+def reader(copy: Copy) -> Connection:
+    return Connection(str(copy.path), reader=True, wal=False)
+
+
+def rows(conn: Connection, sql: str = "SELECT substr(v, 1, 4) FROM t ORDER BY v") -> list[object]:
+    return [r[0] for r in conn.internal(sql)]
+
+
+def same_content(copy: Copy, leader: LoggedDatabase) -> None:
+    """The copy holds what SQLite itself makes of the leader's file (its header aside)."""
+    assert dump(copy.path) == dump_image(leader.image())
+
+
+def test_commits_reach_open_readers_whole(pair: tuple[LoggedDatabase, Copy]) -> None:
+    leader, copy = pair
+    conn = reader(copy)
+    assert copy.apply([encode_segment([leader.write(
+        "CREATE TABLE t(v TEXT)")])], 0) [:2] == (1, True)  # a schema change
+    assert rows(conn) == []
+    first = leader.write("INSERT INTO t VALUES ('a')")
+    second = leader.write("INSERT INTO t VALUES ('b'), ('c')")
+    txid, schema, when = copy.apply([encode_segment([first, second])], 1)
+    assert (txid, schema, when) == (3, False, second.time)
+    assert rows(conn) == ["a", "b", "c"]  # the same connection, its cache dropped
+    same_content(copy, leader)
+    # what the copy already holds is skipped; a segment that skips a txid is refused
+    assert copy.apply([encode_segment([second])], 3)[0] == 3
+    third = leader.write("INSERT INTO t VALUES ('d')")
+    fourth = leader.write("INSERT INTO t VALUES ('e')")
+    with pytest.raises(LogError, match="skips"):
+        copy.apply([encode_segment([fourth])], 3)
+    assert copy.apply([encode_segment([third]), encode_segment([fourth])], 3)[0] == 5
+    assert rows(conn) == ["a", "b", "c", "d", "e"]
+    conn.close()
+
+
+def test_a_shrinking_file_and_a_new_schema(pair: tuple[LoggedDatabase, Copy]) -> None:
+    leader, copy = pair
+    conn = reader(copy)
+    commits = [leader.write("CREATE TABLE t(v TEXT)"),
+               leader.write(*[f"INSERT INTO t VALUES ('{i:04}' || zeroblob(300))"
+                              for i in range(2000)])]
+    copy.apply([encode_segment(commits)], 0)
+    assert len(rows(conn)) == 2000
+    big = copy.path.stat().st_size
+    commits = [leader.write("DELETE FROM t WHERE v > '0010'"),  # auto_vacuum: the file shrinks
+               leader.write("CREATE TABLE u(w)", "CREATE INDEX tv ON t(v)")]
+    assert copy.apply([encode_segment(commits)], 2)[:2] == (4, True)
+    assert copy.path.stat().st_size < big / 4
+    assert len(rows(conn)) == 10
+    assert rows(conn, "SELECT name FROM sqlite_schema WHERE name IN ('u', 'tv') "
+                      "ORDER BY name") == ["tv", "u"]
+    assert rows(conn, "PRAGMA integrity_check") == ["ok"]
+    same_content(copy, leader)
+    conn.close()
+
+
+def test_a_write_waits_out_a_read_and_blocks_new_ones(
+        pair: tuple[LoggedDatabase, Copy]) -> None:
+    """Readers see a commit whole or not at all: the apply takes SQLite's lock."""
+    leader, copy = pair
+    copy.apply([encode_segment([leader.write("CREATE TABLE t(v TEXT)")])], 0)
+    conn = reader(copy)
+    conn.internal("BEGIN")
+    assert rows(conn) == []  # a snapshot, holding the SHARED lock
+    done = threading.Event()
+    commit = leader.write("INSERT INTO t VALUES ('a')")
+    worker = threading.Thread(target=lambda: (copy.apply([encode_segment([commit])], 1),
+                                              done.set()))
+    worker.start()
+    assert not done.wait(0.3)  # the apply waits for the read
+    assert rows(conn) == []  # which still sees its snapshot
+    conn.internal("ROLLBACK")
+    assert done.wait(5)
+    worker.join()
+    assert rows(conn) == ["a"]
+    conn.close()
+
+
+def test_readers_cannot_write_the_copy(pair: tuple[LoggedDatabase, Copy]) -> None:
+    leader, copy = pair
+    copy.apply([encode_segment([leader.write("CREATE TABLE t(v TEXT)")])], 0)
+    conn = reader(copy)
+    with pytest.raises(apsw.ReadOnlyError):
+        conn.internal("INSERT INTO t VALUES ('x')")
+    conn.close()
