@@ -9,6 +9,7 @@ import ast
 import asyncio
 import base64
 import enum
+import functools
 import json
 import math
 import subprocess
@@ -741,3 +742,29 @@ def test_the_async_client_keeps_a_session_too() -> None:
     asyncio.run(main())
     assert [_sent(r) for r in seen] == [(None, "strong"), (None, "strong"),
                                         (_mark("d", "main", 4), "strong")]
+
+
+def test_the_cli_is_one_session(monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`shoal sql --bookmark B --strong --show-bookmark`: B and the strong header go out,
+    the answer's bookmark comes back alone on stderr; nothing new without the flags."""
+    from shoal import cli
+
+    seen: list[httpx.Request] = []
+    answered = _mark("d", "main", 8)
+    handler = _session_server({"/v1/databases/d/query": answered})
+    monkeypatch.setattr(cli, "Client", functools.partial(Client, transport=_mock(seen, handler)))
+
+    def run(*argv: str) -> int:
+        args = cli.build_parser().parse_args(["sql", "--url", "http://h", "--token", "t",
+                                              *argv])
+        return int(args.func(args))
+
+    assert run("d", "SELECT 1", "--bookmark", _mark("d", "main", 7), "--strong",
+               "--show-bookmark") == 0
+    assert _sent(seen[-1]) == (_mark("d", "main", 7), "strong")
+    assert capsys.readouterr().err == answered + "\n"
+    assert run("d", "SELECT 1") == 0
+    assert _sent(seen[-1]) == (None, None) and capsys.readouterr().err == ""
+    assert run("d", "SELECT 1", "--bookmark", _mark("e", "main", 1)) == 1  # another database's
+    assert "error USAGE: --bookmark: the bookmark is of e/main" in capsys.readouterr().err
