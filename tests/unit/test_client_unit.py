@@ -580,6 +580,7 @@ def test_peek_bookmark_is_a_hint_that_never_fails() -> None:
     assert peek_bookmark(_mark("orders", "main", 7)) == ("orders", "main", 7, "t1")
     assert peek_bookmark(_mark("orders", "p-1", 0, None)) == ("orders", "p-1", 0, None)
     for junk in ("bm", "", "!!!", base64.urlsafe_b64encode(b"a/b/x").decode(),
+                 base64.urlsafe_b64encode("a/b/\u00b2".encode()).decode(),
                  base64.urlsafe_b64encode(b"\xff\xfe").decode()):
         assert peek_bookmark(junk) is None
 
@@ -698,7 +699,8 @@ def test_remember_files_a_bookmark_under_its_own_branch() -> None:
     with pytest.raises(ValueError, match="is of e/p"):
         c.remember(_mark("e", "p", 4), branch="main")
     assert Client("http://h", bookmarks=[_mark("x", "main", 1)]).bookmark("x") == \
-        _mark("x", "main", 1)
+        Client("http://h", bookmarks=_mark("x", "main", 1)).bookmark("x") == \
+        _mark("x", "main", 1)  # one string is one bookmark
 
 
 def test_restore_reset_and_delete_drop_what_the_session_held() -> None:

@@ -105,9 +105,9 @@ def peek_bookmark(bookmark: str) -> tuple[str, str, int, str | None] | None:
         parts = raw.split("/")
         if len(parts) not in (3, 4) or not parts[2].isdigit():
             return None
-    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        return parts[0], parts[1], int(parts[2]), parts[3] if len(parts) == 4 else None
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors too
         return None
-    return parts[0], parts[1], int(parts[2]), parts[3] if len(parts) == 4 else None
 
 
 _NO_BODY = object()
@@ -204,7 +204,7 @@ class BaseClient:
         self.consistency = _consistency(consistency)
         self._bookmarks: dict[tuple[str, str], str] = {}
         self._bookmarks_lock = threading.Lock()  # a blocking client may serve many threads
-        for bookmark in bookmarks:
+        for bookmark in [bookmarks] if isinstance(bookmarks, str) else bookmarks:
             self.remember(bookmark)
 
     def _verify(self, verify: ssl.SSLContext | bool | None) -> ssl.SSLContext | bool:
