@@ -135,13 +135,18 @@ def _client_command(func: ClientCommand) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         url = args.url or os.environ.get("SHOAL_URL") or DEFAULT_URL
         try:
-            client = Client(url, resolve_token(url, args.token))
+            client = Client(url, resolve_token(url, args.token),
+                            consistency="strong" if getattr(args, "strong", False) else None)
         except ValueError as exc:
             print_error("USAGE", str(exc))
             return 1
         try:
             with client:
-                return func(args, client, Output(args.json))
+                _start_session(args, client)
+                status = func(args, client, Output(args.json))
+                if status == 0 and getattr(args, "show_bookmark", False):
+                    _show_bookmark(args, client)
+                return status
         except ClientError as exc:
             print_error(exc.code, exc.message, exc.hint, exc.statement)
         except UsageError as exc:
@@ -151,6 +156,35 @@ def _client_command(func: ClientCommand) -> Callable[[argparse.Namespace], int]:
         return 1
 
     return run
+
+
+# -- sessions: one command is one client session -------------------------------------------------
+def _session_options(p: argparse.ArgumentParser) -> None:
+    """--bookmark, --strong and --show-bookmark, for the commands that query a branch."""
+    g = p.add_argument_group("session (read-your-writes)")
+    g.add_argument("--bookmark", default=None, metavar="BOOKMARK",
+                   help="read no older than this bookmark (one --show-bookmark printed)")
+    g.add_argument("--strong", action="store_true",
+                   help="have the database's leader answer (Shoal-Consistency: strong)")
+    g.add_argument("--show-bookmark", action="store_true",
+                   help="print the branch's last bookmark on stderr when done, for the next "
+                        "command's --bookmark")
+
+
+def _start_session(args: argparse.Namespace, client: Client) -> None:
+    """--bookmark: sent with the command's requests of its branch until a newer one comes."""
+    if getattr(args, "bookmark", None):
+        try:
+            client.remember(args.bookmark, database=args.database, branch=args.branch)
+        except ValueError as exc:
+            raise UsageError(f"--bookmark: {exc}") from None
+
+
+def _show_bookmark(args: argparse.Namespace, client: Client) -> None:
+    """--show-bookmark: the bookmark alone on a line of stderr (stdout keeps the results)."""
+    bookmark = client.bookmark(args.database, args.branch)
+    if bookmark:
+        print(bookmark, file=sys.stderr)
 
 
 # -- output --------------------------------------------------------------------------------------
@@ -759,6 +793,7 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
                    help="a value for the next '?' (repeat); JSON when it parses as JSON "
                         "(42, null, \"007\", {\"base64\": \"AAE=\"}), else the text itself")
     _branch_option(p, "the branch to run on")
+    _session_options(p)
     p.set_defaults(func=_client_command(_sql))
 
     p = _client_parser(sub, "shell", common,
@@ -766,6 +801,7 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
                        "reads stdin when it is not a terminal")
     p.add_argument("database")
     _branch_option(p, "the branch to work on")
+    _session_options(p)
     p.set_defaults(func=_client_command(_shell))
 
     token = sub.add_parser("token", help="create and revoke access tokens")

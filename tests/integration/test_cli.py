@@ -123,6 +123,22 @@ def test_sql_command(shoal: Run, new_db: Callable[[], str]) -> None:
     assert "x'0001'" in table.stdout and "NULL" in table.stdout and "2 rows" in table.stdout
 
 
+def test_show_bookmark_passes_a_session_from_one_command_to_the_next(
+        shoal: Run, new_db: Callable[[], str]) -> None:
+    db = new_db()
+    made = shoal("sql", db, "CREATE TABLE t (v); INSERT INTO t VALUES (1)", "--show-bookmark")
+    assert made.returncode == 0 and made.stdout.split("\n")[:2] == ["ok", "1 row affected"]
+    bookmark = made.stderr.strip()
+    assert bookmark and "\n" not in bookmark
+    read = shoal("sql", db, "SELECT count(*) FROM t", "--bookmark", bookmark, "--strong",
+                 "--show-bookmark", "--json")
+    assert _json(read)["results"][0]["rows"] == [[1]]
+    assert read.stderr.strip()  # the point this read saw: at or after the write's
+    elsewhere = shoal("sql", new_db(), "SELECT 1", "--bookmark", bookmark)
+    assert elsewhere.returncode == 1 and "error USAGE: --bookmark: the bookmark is of" \
+        in elsewhere.stderr
+
+
 def test_sql_errors_exit_1_with_the_code(shoal: Run, admin: httpx.Client,
                                          new_db: Callable[[], str]) -> None:
     db = new_db()

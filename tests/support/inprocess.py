@@ -119,9 +119,13 @@ class InProcessNode:
         self.stop()
         return self.start()
 
+    def transport(self) -> LoopTransport:
+        """A blocking httpx transport to this node (for shoal.client.Client(transport=))."""
+        assert self._loop is not None and self.app is not None, "start() the node first"
+        return LoopTransport(self._loop, self.app)
+
     def client(self, token: str | None = None) -> httpx.Client:
         """An HTTP client of this node: admin token by default, no Authorization when ""."""
-        assert self._loop is not None and self.app is not None, "start() the node first"
         headers = {} if token == "" else {"Authorization": f"Bearer {token or self.admin_token}"}
         return httpx.Client(base_url=self.url, timeout=30, headers=headers,
-                            transport=LoopTransport(self._loop, self.app))
+                            transport=self.transport())

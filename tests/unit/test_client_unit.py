@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import base64
 import enum
+import functools
 import json
 import math
 import subprocess
@@ -44,6 +46,7 @@ from shoal.client import (
     to_json,
     transaction_control,
 )
+from shoal.client.calls import peek_bookmark
 from shoal.client.codec import args_json, statement_json
 from shoal.client.errors import error_class
 
@@ -543,3 +546,227 @@ def test_dbapi_connect_needs_a_database() -> None:
         dbapi.connect("http://h:1")
     with pytest.raises(ValueError, match="isolation_level"):
         dbapi.connect("http://h:1/db/x", isolation_level="SOMETIMES")
+
+
+# -- sessions: bookmarks per (database, branch) ------------------------------------------------
+def _mark(database: str, branch: str, txid: int, timeline: str | None = "t1") -> str:
+    """A bookmark as the server makes one (engine/database.py make_bookmark)."""
+    raw = f"{database}/{branch}/{txid}" + (f"/{timeline}" if timeline else "")
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _session_server(answers: dict[str, str], header: bool = False) -> Handler:
+    """A query answers with the bookmark ``answers`` holds for its path, in the body's
+    meta.bookmark (as today), or in the shoal-bookmark header too (with junk in the body)."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if "/transactions" in request.url.path:
+            return _tx_server([])(request)
+        mark = answers.get(request.url.path)
+        body = _query_body()
+        if not header:
+            body["meta"]["bookmark"] = mark
+            return httpx.Response(200, json=body)
+        return httpx.Response(200, json=body, headers={"shoal-bookmark": mark} if mark else {})
+
+    return handle
+
+
+def _sent(request: httpx.Request) -> tuple[str | None, str | None]:
+    return request.headers.get("shoal-bookmark"), request.headers.get("shoal-consistency")
+
+
+def test_peek_bookmark_is_a_hint_that_never_fails() -> None:
+    assert peek_bookmark(_mark("orders", "main", 7)) == ("orders", "main", 7, "t1")
+    assert peek_bookmark(_mark("orders", "p-1", 0, None)) == ("orders", "p-1", 0, None)
+    for junk in ("bm", "", "!!!", base64.urlsafe_b64encode(b"a/b/x").decode(),
+                 base64.urlsafe_b64encode("a/b/\u00b2".encode()).decode(),
+                 base64.urlsafe_b64encode(b"\xff\xfe").decode()):
+        assert peek_bookmark(junk) is None
+
+
+@pytest.mark.parametrize("header", [False, True])
+def test_a_bookmark_goes_only_to_its_own_database_and_branch(header: bool) -> None:
+    seen: list[httpx.Request] = []
+    answers = {"/v1/databases/a/query": _mark("a", "main", 4),
+               "/v1/databases/a/branches/p/query": _mark("a", "p", 9),
+               "/v1/databases/b/query": _mark("b", "main", 2)}
+    with Client("http://h/db/a", "t",
+                transport=_mock(seen, _session_server(answers, header))) as c:
+        c.execute("INSERT INTO t VALUES (1)")           # nothing known yet
+        c.execute("SELECT 1", database="b")              # a's bookmark is not b's
+        c.execute("SELECT 1", branch="p")                # nor a/p's
+        c.execute("SELECT 1")                            # a/main: its own
+        c.execute("SELECT 1", database="b")
+        c.execute("SELECT 1", branch="p")
+        assert c.bookmark() == _mark("a", "main", 4)
+        assert c.bookmark("a", "p") == _mark("a", "p", 9)
+        assert c.bookmark("b") == _mark("b", "main", 2)
+        assert c.bookmark("nowhere") is None
+    assert [_sent(r)[0] for r in seen] == [
+        None, None, None, _mark("a", "main", 4), _mark("b", "main", 2), _mark("a", "p", 9)]
+
+
+def test_the_header_wins_over_the_body() -> None:
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        body = _query_body()  # meta.bookmark "bm"
+        return httpx.Response(200, json=body, headers={"shoal-bookmark": _mark("d", "main", 3)})
+
+    with Client("http://h/db/d", transport=_mock(seen, handle)) as c:
+        c.execute("SELECT 1")
+        c.execute("SELECT 1")
+    assert _sent(seen[1])[0] == _mark("d", "main", 3)
+
+
+def test_the_newer_txid_is_kept_and_a_new_timeline_replaces() -> None:
+    marks = iter([_mark("d", "main", 8), _mark("d", "main", 5),    # late answer: keep 8
+                  _mark("d", "main", 9), _mark("d", "main", 2, "t2"),  # restored: take t2
+                  "opaque", _mark("d", "main", 1)])  # unreadable: the latest received wins
+    with Client("http://h/db/d", transport=_mock([], lambda request: httpx.Response(
+            200, json=_query_body(), headers={"shoal-bookmark": next(marks)}))) as c:
+        held = []
+        for _ in range(6):
+            c.execute("SELECT 1")
+            held.append(c.bookmark())
+    assert held == [_mark("d", "main", 8), _mark("d", "main", 8), _mark("d", "main", 9),
+                    _mark("d", "main", 2, "t2"), "opaque", _mark("d", "main", 1)]
+
+
+def test_session_false_sends_no_bookmark_but_still_notes_it() -> None:
+    seen: list[httpx.Request] = []
+    answers = {"/v1/databases/d/query": _mark("d", "main", 4)}
+    with Client("http://h/db/d", session=False, bookmarks=[_mark("d", "main", 3)],
+                transport=_mock(seen, _session_server(answers))) as c:
+        c.execute("SELECT 1")
+        c.execute("SELECT 1")
+        assert c.bookmark() == _mark("d", "main", 4)
+        with c.transaction():
+            pass
+        assert c.bookmark() == "b5"  # the commit's (unreadable: the latest received wins)
+    assert all(_sent(r) == (None, None) for r in seen)
+
+
+def test_strong_consistency_for_the_client_or_one_call() -> None:
+    seen: list[httpx.Request] = []
+    with Client("http://h/db/d", transport=_mock(seen, _tx_server([]))) as c:
+        c.execute("SELECT 1")
+        c.execute("SELECT 1", consistency="strong")
+        with c.transaction(consistency="strong") as tx:
+            tx.execute("SELECT 1")
+        with pytest.raises(ValueError, match="consistency"):
+            c.execute("SELECT 1", consistency="eventual")  # type: ignore[arg-type]
+    with Client("http://h/db/d", consistency="strong", transport=_mock(seen, _tx_server([]))) as c:
+        c.batch(["SELECT 1"])
+    assert [_sent(r)[1] for r in seen] == [None, "strong", "strong", None, None, "strong"]
+
+
+def test_transactions_send_the_bookmark_at_begin_and_note_the_commit() -> None:
+    seen: list[httpx.Request] = []
+    log: list[str] = []
+    committed = _mark("d", "main", 5)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/commit"):
+            return httpx.Response(200, json={"committed": True, "txid": 5,
+                                             "bookmark": committed})
+        return _tx_server(log)(request)
+
+    with Client("http://h/db/d", bookmarks=[_mark("d", "main", 4)],
+                transport=_mock(seen, handle)) as c:
+        with c.transaction() as tx:
+            tx.execute("INSERT INTO t VALUES (1)")
+        assert c.bookmark() == committed == tx.bookmark
+        c.execute("SELECT 1")
+    assert log == ["transactions", "query", "query"]
+    # the begin carries the seed; the transaction's own requests carry none (it sees what
+    # its begin saw); the next query carries the commit's bookmark
+    assert [_sent(r)[0] for r in seen] == [_mark("d", "main", 4), None, None, committed]
+
+
+def test_remember_files_a_bookmark_under_its_own_branch() -> None:
+    c = Client("http://h/db/d")
+    c.remember(_mark("e", "p", 3))
+    assert c.bookmark("e", "p") == _mark("e", "p", 3) and c.bookmark() is None
+    c.remember(_mark("e", "p", 2))  # older: kept out
+    assert c.bookmark("e", "p") == _mark("e", "p", 3)
+    c.remember("opaque")  # unreadable: the client's (or the named) branch
+    c.remember("opaque2", database="e", branch="q")
+    assert (c.bookmark(), c.bookmark("e", "q")) == ("opaque", "opaque2")
+    with pytest.raises(ValueError, match="is of e/p"):
+        c.remember(_mark("e", "p", 4), database="d")
+    with pytest.raises(ValueError, match="is of e/p"):
+        c.remember(_mark("e", "p", 4), branch="main")
+    assert Client("http://h", bookmarks=[_mark("x", "main", 1)]).bookmark("x") == \
+        Client("http://h", bookmarks=_mark("x", "main", 1)).bookmark("x") == \
+        _mark("x", "main", 1)  # one string is one bookmark
+
+
+def test_restore_reset_and_delete_drop_what_the_session_held() -> None:
+    restored = _mark("d", "main", 3, "t2")
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/restore"):
+            return httpx.Response(200, json={"branch": "main", "kept_as": "k",
+                                             "restored_to": {"txid": 3, "bookmark": restored}})
+        if request.method == "DELETE":
+            return httpx.Response(204)
+        return httpx.Response(200, json={"name": "x"})
+
+    c = Client("http://h/db/d", transport=httpx.MockTransport(handle),
+               bookmarks=[_mark("d", "main", 9), _mark("d", "p", 4), _mark("e", "main", 1)])
+    c.restore(bookmark=_mark("d", "main", 3))
+    assert c.bookmark() == restored  # the new timeline's, not txid 9 of the old one
+    c.reset_branch("p")
+    assert c.bookmark(branch="p") is None
+    c.remember(_mark("d", "p", 4))
+    c.delete_database("d")
+    assert (c.bookmark(), c.bookmark(branch="p"), c.bookmark("e")) == \
+        (None, None, _mark("e", "main", 1))
+    c.delete_branch("main", database="e")
+    assert c.bookmark("e") is None
+
+
+def test_the_async_client_keeps_a_session_too() -> None:
+    seen: list[httpx.Request] = []
+    answers = {"/v1/databases/d/query": _mark("d", "main", 4),
+               "/v1/databases/e/query": _mark("e", "main", 6)}
+
+    async def main() -> None:
+        async with AsyncClient("http://h/db/d", consistency="strong",
+                               transport=_mock(seen, _session_server(answers, True))) as c:
+            await c.execute("SELECT 1")
+            await c.batch(["SELECT 1"], database="e")
+            await c.execute("SELECT 1")
+            assert c.bookmark("e") == _mark("e", "main", 6)
+
+    asyncio.run(main())
+    assert [_sent(r) for r in seen] == [(None, "strong"), (None, "strong"),
+                                        (_mark("d", "main", 4), "strong")]
+
+
+def test_the_cli_is_one_session(monkeypatch: pytest.MonkeyPatch,
+                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`shoal sql --bookmark B --strong --show-bookmark`: B and the strong header go out,
+    the answer's bookmark comes back alone on stderr; nothing new without the flags."""
+    from shoal import cli
+
+    seen: list[httpx.Request] = []
+    answered = _mark("d", "main", 8)
+    handler = _session_server({"/v1/databases/d/query": answered})
+    monkeypatch.setattr(cli, "Client", functools.partial(Client, transport=_mock(seen, handler)))
+
+    def run(*argv: str) -> int:
+        args = cli.build_parser().parse_args(["sql", "--url", "http://h", "--token", "t",
+                                              *argv])
+        return int(args.func(args))
+
+    assert run("d", "SELECT 1", "--bookmark", _mark("d", "main", 7), "--strong",
+               "--show-bookmark") == 0
+    assert _sent(seen[-1]) == (_mark("d", "main", 7), "strong")
+    assert capsys.readouterr().err == answered + "\n"
+    assert run("d", "SELECT 1") == 0
+    assert _sent(seen[-1]) == (None, None) and capsys.readouterr().err == ""
+    assert run("d", "SELECT 1", "--bookmark", _mark("e", "main", 1)) == 1  # another database's
+    assert "error USAGE: --bookmark: the bookmark is of e/main" in capsys.readouterr().err

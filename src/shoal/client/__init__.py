@@ -22,6 +22,12 @@ Values travel losslessly: ``None``, ``int`` (any 64-bit value; beyond 2**53 as
 stores it), ``str`` and ``bytes``-like (as ``{"base64"}``); rows come back as tuples of
 the same Python types. :func:`to_json` and :func:`from_json` are the one conversion path.
 
+Each client is a read-your-writes session: it keeps the newest bookmark per (database,
+branch) and sends it (``Shoal-Bookmark``) with later queries of that branch, so a replica
+answers no older than what the client saw. ``db.bookmark()`` gives it to pass on (a
+cookie, the next invocation); ``remember(bookmark)`` or ``bookmarks=[...]`` takes one in;
+``consistency="strong"`` asks the leader; ``session=False`` sends none.
+
 Failures raise :class:`ClientError` subclasses carrying the server's stable ``code``.
 The DB-API 2.0 (PEP 249) module built on this client is :mod:`shoal.dbapi`.
 
@@ -31,7 +37,7 @@ application: ``codec`` (values), ``sql`` (statement splitting), ``urls``, ``erro
 """
 
 from shoal.client.aio import AsyncClient, AsyncTransaction
-from shoal.client.calls import DEFAULT_TIMEOUT
+from shoal.client.calls import DEFAULT_TIMEOUT, Consistency
 from shoal.client.codec import from_json, to_json
 from shoal.client.errors import (
     AlreadyExists,
@@ -63,6 +69,7 @@ __all__ = [
     "Client",
     "ClientError",
     "ConnectionFailed",
+    "Consistency",
     "InvalidRequest",
     "Meta",
     "NotFound",

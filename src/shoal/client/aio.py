@@ -7,14 +7,21 @@ what each does.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import httpx
 
-from shoal.client.calls import DEFAULT_TIMEOUT, BaseClient, BaseTransaction, Call, Plan
+from shoal.client.calls import (
+    DEFAULT_TIMEOUT,
+    BaseClient,
+    BaseTransaction,
+    Call,
+    Consistency,
+    Plan,
+)
 from shoal.client.codec import Args, StatementLike
 from shoal.client.errors import ClientError, transport_error
 from shoal.client.results import Result
@@ -23,14 +30,17 @@ T = TypeVar("T")
 
 
 class AsyncClient(BaseClient):
-    """asyncio client with the same methods as :class:`Client`, awaited."""
+    """asyncio client with the same methods as :class:`Client`, awaited (the same session
+    too: ``bookmark`` and ``remember`` are plain methods)."""
 
     def __init__(self, url: str | None = None, token: str | None = None, *,
                  database: str | None = None, branch: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 verify: ssl.SSLContext | bool | None = None):
-        super().__init__(url, token, database, branch)
+                 verify: ssl.SSLContext | bool | None = None, session: bool = True,
+                 consistency: Consistency | None = None, bookmarks: Iterable[str] = ()):
+        super().__init__(url, token, database, branch, session=session,
+                         consistency=consistency, bookmarks=bookmarks)
         self._http = httpx.AsyncClient(base_url=self.url, headers=self._headers(),
                                        timeout=timeout, transport=transport,
                                        verify=self._verify(verify))
@@ -40,7 +50,7 @@ class AsyncClient(BaseClient):
             response = await self._http.send(call.request(self._http))
         except httpx.HTTPError as exc:
             raise transport_error(exc) from exc
-        return call.finish(response)
+        return self._finish(call, response)
 
     async def _run(self, plan: Plan[T]) -> T:
         try:
@@ -60,23 +70,25 @@ class AsyncClient(BaseClient):
         await self.aclose()
 
     async def execute(self, sql: str, args: Args = None, *, database: str | None = None,
-                      branch: str | None = None,
-                      idempotency_key: str | None = None) -> Result:
+                      branch: str | None = None, idempotency_key: str | None = None,
+                      consistency: Consistency | None = None) -> Result:
         return (await self._send(self._query([(sql, args)], database, branch,
-                                             idempotency_key)))[0]
+                                             idempotency_key, consistency=consistency)))[0]
 
     async def batch(self, statements: Sequence[StatementLike], *, database: str | None = None,
-                    branch: str | None = None,
-                    idempotency_key: str | None = None) -> list[Result]:
+                    branch: str | None = None, idempotency_key: str | None = None,
+                    consistency: Consistency | None = None) -> list[Result]:
         if not statements:
             return []
-        return await self._send(self._query(statements, database, branch, idempotency_key))
+        return await self._send(self._query(statements, database, branch, idempotency_key,
+                                            consistency=consistency))
 
     def transaction(self, mode: Literal["read", "write"] | None = None, *,
                     database: str | None = None, branch: str | None = None,
-                    idempotency_key: str | None = None) -> AsyncTransaction:
+                    idempotency_key: str | None = None,
+                    consistency: Consistency | None = None) -> AsyncTransaction:
         """Use with ``async with``: begins, commits on success, rolls back on error."""
-        return AsyncTransaction(self, mode, database, branch, idempotency_key)
+        return AsyncTransaction(self, mode, database, branch, idempotency_key, consistency)
 
     async def create_database(self, name: str, *,
                               idempotency_key: str | None = None) -> dict[str, Any]:
@@ -160,8 +172,9 @@ class AsyncTransaction(BaseTransaction):
     _client: AsyncClient
 
     def __init__(self, client: AsyncClient, mode: Literal["read", "write"] | None,
-                 database: str | None, branch: str | None, idempotency_key: str | None):
-        super().__init__(client, mode, database, branch, idempotency_key)
+                 database: str | None, branch: str | None, idempotency_key: str | None,
+                 consistency: Consistency | None = None):
+        super().__init__(client, mode, database, branch, idempotency_key, consistency)
         self._client = client
 
     async def begin(self) -> AsyncTransaction:

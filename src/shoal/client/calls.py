@@ -10,13 +10,22 @@ one it names, else the client's when the call is on the client's database, else 
 A branch belongs to the database it was named with: a client made for
 ``.../db/orders/branches/preview`` reaches ``billing``'s ``main`` when a call names
 ``billing``.
+
+Sessions (read-your-writes): a client keeps the newest bookmark the server answered per
+(database, branch) and sends it as ``Shoal-Bookmark`` on later queries and transaction
+begins of that same branch, so a replica answers only once it has caught up with what this
+client saw or wrote. A bookmark is never sent to another database or branch: the server
+would refuse it. Calls that start a branch's history anew (restore, reset, delete, create)
+drop what the session held for it.
 """
 
 from __future__ import annotations
 
+import base64
 import os
 import ssl
-from collections.abc import Callable, Generator, Sequence
+import threading
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -34,6 +43,11 @@ from shoal.client.urls import DEFAULT_URL, parse_url
 
 DEFAULT_TIMEOUT = 30.0
 MAIN = "main"
+BOOKMARK_HEADER = "shoal-bookmark"
+CONSISTENCY_HEADER = "shoal-consistency"
+
+# "strong": the leader answers (no replica, whatever the bookmark); None: the session's
+Consistency = Literal["strong"]
 
 T = TypeVar("T")
 
@@ -78,6 +92,24 @@ def _point(timestamp: str | datetime | None, bookmark: str | None) -> dict[str, 
     return {"timestamp": timestamp}
 
 
+def peek_bookmark(bookmark: str) -> tuple[str, str, int, str | None] | None:
+    """(database, branch, txid, timeline) as today's server writes a bookmark, else None.
+
+    Bookmarks are opaque to clients: this reading (urlsafe base64, unpadded, of
+    ``database/branch/txid[/timeline]``) is only a hint, used to keep the newer of two
+    bookmarks of one branch and to file a bookmark given to ``remember``. Nothing else rests
+    on it: a bookmark it cannot read is still kept (the latest received wins) and sent.
+    """
+    try:
+        raw = base64.urlsafe_b64decode(bookmark + "=" * (-len(bookmark) % 4)).decode()
+        parts = raw.split("/")
+        if len(parts) not in (3, 4) or not parts[2].isdigit():
+            return None
+        return parts[0], parts[1], int(parts[2]), parts[3] if len(parts) == 4 else None
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors too
+        return None
+
+
 _NO_BODY = object()
 
 
@@ -89,9 +121,19 @@ def _nothing(data: Any) -> None:
     return None
 
 
+def _results_bookmark(results: list[Result]) -> str | None:
+    return results[0].meta.bookmark if results else None
+
+
 @dataclass(frozen=True, slots=True)
 class Call(Generic[T]):
-    """One HTTP request and how to read its answer; the transport is the caller's."""
+    """One HTTP request and how to read its answer; the transport is the caller's.
+
+    ``session``: the (database, branch) whose session the answer's bookmark advances (the
+    ``Shoal-Bookmark`` header, else what ``bookmark`` finds in the parsed body).
+    ``restarts``: the (database, branch) whose history the call may start anew (branch
+    None: every branch of the database); the session forgets what it held for it.
+    """
 
     method: str
     path: str
@@ -99,9 +141,13 @@ class Call(Generic[T]):
     body: Any = _NO_BODY
     idempotency_key: str | None = None
     params: dict[str, str] | None = None
+    headers: dict[str, str] | None = None
+    session: tuple[str, str] | None = None
+    bookmark: Callable[[T], str | None] = _nothing
+    restarts: tuple[str, str | None] | None = None
 
     def request(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
-        headers = {}
+        headers = dict(self.headers or ())
         content = None
         if self.body is not _NO_BODY:
             content = msgspec.json.encode(self.body)
@@ -122,16 +168,28 @@ class Call(Generic[T]):
 Plan = Generator[Call[Any], Any, T]
 
 
+def _consistency(value: str | None) -> Consistency | None:
+    if value not in (None, "strong"):
+        raise ValueError(f"consistency {value!r}: use \"strong\" or None (the session's)")
+    return "strong" if value else None
+
+
 @cache
 def _default_tls() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
 class BaseClient:
-    """Settings and request building common to :class:`Client` and :class:`AsyncClient`."""
+    """Settings and request building common to :class:`Client` and :class:`AsyncClient`.
+
+    Session settings (see the module): ``session`` False sends no bookmark (answers' are
+    still noted, for :meth:`bookmark`); ``consistency="strong"`` asks the leader for every
+    query and transaction; ``bookmarks`` seeds the session (as :meth:`remember`).
+    """
 
     def __init__(self, url: str | None, token: str | None, database: str | None,
-                 branch: str | None):
+                 branch: str | None, *, session: bool = True,
+                 consistency: Consistency | None = None, bookmarks: Iterable[str] = ()):
         address = parse_url(url or os.environ.get("SHOAL_URL") or DEFAULT_URL)
         self.url = address.base
         self.default_database = database or address.database
@@ -142,6 +200,12 @@ class BaseClient:
                              "or use a URL ending in /db/NAME/branches/BRANCH")
         self.default_branch = branch or MAIN
         self.token = token if token is not None else os.environ.get("SHOAL_TOKEN") or None
+        self.session = session
+        self.consistency = _consistency(consistency)
+        self._bookmarks: dict[tuple[str, str], str] = {}
+        self._bookmarks_lock = threading.Lock()  # a blocking client may serve many threads
+        for bookmark in [bookmarks] if isinstance(bookmarks, str) else bookmarks:
+            self.remember(bookmark)
 
     def _verify(self, verify: ssl.SSLContext | bool | None) -> ssl.SSLContext | bool:
         """TLS settings: building a default context costs ~40 ms, so plain HTTP skips it
@@ -166,6 +230,69 @@ class BaseClient:
             return name, branch
         return name, self.default_branch if name == self.default_database else MAIN
 
+    # -- the session ------------------------------------------------------------------------
+    def bookmark(self, database: str | None = None, branch: str | None = None) -> str | None:
+        """The newest bookmark this client holds for a branch (found as :meth:`resolve` finds
+        a call's), or None: hand it to the next request, process or invocation (a cookie, a
+        ``Shoal-Bookmark`` header) so that it reads what this one wrote."""
+        return self._bookmarks.get(self.resolve(database, branch))
+
+    def remember(self, bookmark: str, *, database: str | None = None,
+                 branch: str | None = None) -> None:
+        """Seed the session with a bookmark from elsewhere (a cookie, a previous run): later
+        queries of its branch send it, until the server answers a newer one. Its database
+        and branch are read from the bookmark; ``database``/``branch`` say them when it
+        cannot be read (else the client's), and must agree with it when it can."""
+        seen = peek_bookmark(bookmark)
+        if seen is None:
+            key = self.resolve(database, branch)
+        else:
+            key = seen[0], seen[1]
+            if (database or key[0], branch or key[1]) != key:
+                raise ValueError(f"the bookmark is of {key[0]}/{key[1]}, not "
+                                 f"{database or key[0]}/{branch or key[1]}")
+        self._note(key, bookmark)
+
+    def _note(self, key: tuple[str, str], bookmark: str | None) -> None:
+        """Keep ``bookmark`` as the branch's newest, unless the one held is later on the
+        same timeline (answers of concurrent requests arrive in any order)."""
+        if not bookmark:
+            return
+        with self._bookmarks_lock:
+            held = self._bookmarks.get(key)
+            if held is not None and held != bookmark:
+                old, new = peek_bookmark(held), peek_bookmark(bookmark)
+                if old is not None and new is not None and old[3] == new[3] \
+                        and old[2] > new[2]:
+                    return
+            self._bookmarks[key] = bookmark
+
+    def _forget(self, database: str, branch: str | None) -> None:
+        with self._bookmarks_lock:
+            for key in [k for k in self._bookmarks
+                        if k[0] == database and branch in (None, k[1])]:
+                del self._bookmarks[key]
+
+    def _session_headers(self, key: tuple[str, str],
+                         consistency: Consistency | None) -> dict[str, str]:
+        """What a query or a begin of ``key`` sends: its bookmark, the consistency asked."""
+        headers = {}
+        if self.session and (held := self._bookmarks.get(key)):
+            headers[BOOKMARK_HEADER] = held
+        if (_consistency(consistency) or self.consistency) == "strong":
+            headers[CONSISTENCY_HEADER] = "strong"
+        return headers
+
+    def _finish(self, call: Call[T], response: httpx.Response) -> T:
+        """Read an answer (``Call.finish``) and advance the session by it."""
+        if call.restarts is not None:  # first: a restore that failed may still have happened
+            self._forget(*call.restarts)
+        result = call.finish(response)
+        if call.session is not None:
+            self._note(call.session,
+                       response.headers.get(BOOKMARK_HEADER) or call.bookmark(result))
+        return result
+
     def _db_path(self, database: str | None) -> str:
         """A database's own resource (its record, limits, branch list): no branch."""
         return "/v1/databases/" + quote(self.resolve(database)[0], safe="")
@@ -184,30 +311,41 @@ class BaseClient:
 
     # -- calls ------------------------------------------------------------------------------
     def _query(self, statements: Sequence[StatementLike], database: str | None,
-               branch: str | None, idempotency_key: str | None,
-               tx: str | None = None) -> Call[list[Result]]:
-        path = self._data_path(database, branch)
-        if tx is not None:
+               branch: str | None, idempotency_key: str | None, tx: str | None = None,
+               consistency: Consistency | None = None) -> Call[list[Result]]:
+        """A query, alone or in a transaction (which sends no session headers: it sees what
+        its begin saw)."""
+        key = self.resolve(database, branch)
+        path = self._data_path(*key)
+        headers = None
+        if tx is None:
+            headers = self._session_headers(key, consistency)
+        else:
             path += "/transactions/" + quote(tx, safe="")
         return Call("POST", path + "/query", parse_results,
-                    {"statements": [statement_json(s) for s in statements]}, idempotency_key)
+                    {"statements": [statement_json(s) for s in statements]}, idempotency_key,
+                    headers=headers, session=key, bookmark=_results_bookmark)
 
     def _begin(self, mode: Literal["read", "write"] | None, database: str | None,
-               branch: str | None) -> Call[Begun]:
-        return Call("POST", self._data_path(database, branch) + "/transactions",
+               branch: str | None, consistency: Consistency | None = None) -> Call[Begun]:
+        key = self.resolve(database, branch)
+        return Call("POST", self._data_path(*key) + "/transactions",
                     lambda d: Begun(d["id"], d.get("mode", ""), d.get("expires_at", "")),
-                    {"mode": mode} if mode else {})
+                    {"mode": mode} if mode else {},
+                    headers=self._session_headers(key, consistency), session=key)
 
     def _end(self, tx: str, commit: bool, database: str | None, branch: str | None,
              idempotency_key: str | None = None) -> Call[Ended]:
         action = "commit" if commit else "rollback"
-        path = f"{self._data_path(database, branch)}/transactions/{quote(tx, safe='')}/{action}"
+        key = self.resolve(database, branch)
+        path = f"{self._data_path(*key)}/transactions/{quote(tx, safe='')}/{action}"
         return Call("POST", path,
                     lambda d: Ended(commit, d.get("txid"), d.get("bookmark")),
-                    {}, idempotency_key)
+                    {}, idempotency_key, session=key, bookmark=lambda ended: ended.bookmark)
 
     def _create_database(self, name: str, idempotency_key: str | None) -> Call[dict[str, Any]]:
-        return Call("POST", "/v1/databases", _identity, {"name": name}, idempotency_key)
+        return Call("POST", "/v1/databases", _identity, {"name": name}, idempotency_key,
+                    restarts=(name, None))
 
     def _database(self, name: str | None) -> Call[dict[str, Any]]:
         return Call("GET", self._db_path(name), _identity)
@@ -216,13 +354,14 @@ class BaseClient:
         if not name:  # never fall back to the default database for a delete
             raise ValueError("delete_database needs the database name")
         return Call("DELETE", self._db_path(name), _nothing,
-                    params={"purge": "true"} if purge else None)
+                    params={"purge": "true"} if purge else None, restarts=(name, None))
 
     def _undelete_database(self, name: str, incarnation: str | None) -> Call[dict[str, Any]]:
         if not name:
             raise ValueError("undelete_database needs the database name")
         body = {"incarnation": incarnation} if incarnation else {}
-        return Call("POST", self._db_path(name) + "/undelete", _identity, body=body)
+        return Call("POST", self._db_path(name) + "/undelete", _identity, body=body,
+                    restarts=(name, None))
 
     def _deleted_databases(self) -> Call[list[dict[str, Any]]]:
         return Call("GET", "/v1/databases", lambda d: list(d["databases"]),
@@ -268,13 +407,18 @@ class BaseClient:
             body["at"] = _point(timestamp, bookmark)
         if materialise:
             body["materialise"] = True
-        return Call("POST", self._db_path(database) + "/branches", _identity, body)
+        key = self.resolve(database, name)
+        return Call("POST", self._db_path(database) + "/branches", _identity, body,
+                    session=key, restarts=key)
 
     def _delete_branch(self, name: str, database: str | None) -> Call[None]:
-        return Call("DELETE", self._branch_path(database, name), _nothing)
+        return Call("DELETE", self._branch_path(database, name), _nothing,
+                    restarts=self.resolve(database, name))
 
     def _reset_branch(self, name: str, database: str | None) -> Call[dict[str, Any]]:
-        return Call("POST", self._branch_path(database, name) + "/reset", _identity, {})
+        key = self.resolve(database, name)
+        return Call("POST", self._branch_path(database, name) + "/reset", _identity, {},
+                    session=key, restarts=key)
 
     def _restore(self, database: str | None, branch: str | None,
                  timestamp: str | datetime | None, bookmark: str | None,
@@ -283,7 +427,10 @@ class BaseClient:
         body = {"branch": branch} | _point(timestamp, bookmark)
         if keep_as is not None:
             body["keep_as"] = keep_as
-        return Call("POST", self._db_path(database) + "/restore", _identity, body)
+        key = database, branch
+        return Call("POST", self._db_path(database) + "/restore", _identity, body,
+                    session=key, restarts=key,
+                    bookmark=lambda d: (d.get("restored_to") or {}).get("bookmark"))
 
     def _history(self, database: str | None, branch: str | None) -> Call[dict[str, Any]]:
         return Call("GET", self._data_path(database, branch) + "/history", _identity)
@@ -312,9 +459,11 @@ class BaseTransaction:
     """
 
     def __init__(self, api: BaseClient, mode: Literal["read", "write"] | None,
-                 database: str | None, branch: str | None, idempotency_key: str | None):
+                 database: str | None, branch: str | None, idempotency_key: str | None,
+                 consistency: Consistency | None = None):
         self._api = api
         self.mode = mode
+        self.consistency = _consistency(consistency)
         self.database, self.branch = api.resolve(database, branch)
         self.idempotency_key = idempotency_key
         self.id: str | None = None
@@ -331,7 +480,7 @@ class BaseTransaction:
     def _begin_call(self) -> Call[Begun]:
         if self.id is not None:
             raise RuntimeError("this transaction was already begun")
-        return self._api._begin(self.mode, self.database, self.branch)
+        return self._api._begin(self.mode, self.database, self.branch, self.consistency)
 
     def _begun(self, begun: Begun) -> None:
         self.id, self.expires_at = begun.id, begun.expires_at

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import ssl
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 import httpx
 
-from shoal.client.calls import DEFAULT_TIMEOUT, BaseClient, BaseTransaction, Call, Plan
+from shoal.client.calls import (
+    DEFAULT_TIMEOUT,
+    BaseClient,
+    BaseTransaction,
+    Call,
+    Consistency,
+    Plan,
+)
 from shoal.client.codec import Args, StatementLike
 from shoal.client.errors import ClientError, transport_error
 from shoal.client.results import Result
@@ -24,14 +31,23 @@ class Client(BaseClient):
     ``database`` and ``branch`` are where calls go when they name none (a URL ending in
     ``/db/NAME`` or ``/db/NAME/branches/BRANCH`` says the same). ``verify``: TLS
     verification as httpx takes it (a context, a CA bundle path, False).
+
+    The client is a session: it sends the newest bookmark it holds for a branch
+    (``Shoal-Bookmark``) with each query and transaction begin on that branch, so it reads
+    its own writes even from a replica. ``session=False`` sends none; ``bookmarks`` seeds it
+    (see :meth:`remember`, and :meth:`bookmark` to pass one on);
+    ``consistency="strong"`` has the leader answer every query and transaction (also per
+    call).
     """
 
     def __init__(self, url: str | None = None, token: str | None = None, *,
                  database: str | None = None, branch: str | None = None,
                  timeout: float = DEFAULT_TIMEOUT,
                  transport: httpx.BaseTransport | None = None,
-                 verify: ssl.SSLContext | bool | None = None):
-        super().__init__(url, token, database, branch)
+                 verify: ssl.SSLContext | bool | None = None, session: bool = True,
+                 consistency: Consistency | None = None, bookmarks: Iterable[str] = ()):
+        super().__init__(url, token, database, branch, session=session,
+                         consistency=consistency, bookmarks=bookmarks)
         self._http = httpx.Client(base_url=self.url, headers=self._headers(), timeout=timeout,
                                   transport=transport, verify=self._verify(verify))
 
@@ -40,7 +56,7 @@ class Client(BaseClient):
             response = self._http.send(call.request(self._http))
         except httpx.HTTPError as exc:
             raise transport_error(exc) from exc
-        return call.finish(response)
+        return self._finish(call, response)
 
     def _run(self, plan: Plan[T]) -> T:
         try:
@@ -61,25 +77,30 @@ class Client(BaseClient):
 
     # -- SQL --------------------------------------------------------------------------------
     def execute(self, sql: str, args: Args = None, *, database: str | None = None,
-                branch: str | None = None, idempotency_key: str | None = None) -> Result:
+                branch: str | None = None, idempotency_key: str | None = None,
+                consistency: Consistency | None = None) -> Result:
         """Run one statement in its own transaction."""
-        return self._send(self._query([(sql, args)], database, branch, idempotency_key))[0]
+        return self._send(self._query([(sql, args)], database, branch, idempotency_key,
+                                      consistency=consistency))[0]
 
     def batch(self, statements: Sequence[StatementLike], *, database: str | None = None,
-              branch: str | None = None, idempotency_key: str | None = None) -> list[Result]:
+              branch: str | None = None, idempotency_key: str | None = None,
+              consistency: Consistency | None = None) -> list[Result]:
         """Run statements in one transaction: all apply or none does."""
         if not statements:
             return []
-        return self._send(self._query(statements, database, branch, idempotency_key))
+        return self._send(self._query(statements, database, branch, idempotency_key,
+                                      consistency=consistency))
 
     def transaction(self, mode: Literal["read", "write"] | None = None, *,
                     database: str | None = None, branch: str | None = None,
-                    idempotency_key: str | None = None) -> Transaction:
+                    idempotency_key: str | None = None,
+                    consistency: Consistency | None = None) -> Transaction:
         """An interactive transaction; ``with`` begins it, commits on success, rolls back on error.
 
         ``mode`` None means write when the token may write. ``idempotency_key`` guards the commit.
         """
-        return Transaction(self, mode, database, branch, idempotency_key)
+        return Transaction(self, mode, database, branch, idempotency_key, consistency)
 
     # -- administration ---------------------------------------------------------------------
     def create_database(self, name: str, *, idempotency_key: str | None = None) -> dict[str, Any]:
@@ -183,8 +204,9 @@ class Transaction(BaseTransaction):
     _client: Client
 
     def __init__(self, client: Client, mode: Literal["read", "write"] | None,
-                 database: str | None, branch: str | None, idempotency_key: str | None):
-        super().__init__(client, mode, database, branch, idempotency_key)
+                 database: str | None, branch: str | None, idempotency_key: str | None,
+                 consistency: Consistency | None = None):
+        super().__init__(client, mode, database, branch, idempotency_key, consistency)
         self._client = client
 
     def begin(self) -> Transaction:
