@@ -7,9 +7,15 @@ directory and ``advertise_url``. In one run, next to each other:
    connections of single-row inserts (wrk, bench/lua/insert.lua) sent to A (direct) and to
    B (B forwards each to A): throughput and latency, the ratio B / A. Then one writer's
    sequential inserts through each, the latency of one forwarded hop.
-2. **Forwarded against direct point reads**, the same way (bench/lua/point_read.lua): the
-   leader serves a database's reads for now, so a read through another node is forwarded.
-3. **Failover.** Three nodes; ``kill -9`` of the leader of a database; the time from the
+2. **Point reads through the leader and through the other node** (bench/lua/point_read.lua):
+   the other node answers from its replica of the database (engine/replica.py).
+3. **One node against two** for point reads of one database: 64 connections to a single
+   node, then 32 to each of two (the second answers from its replica), in one run; the
+   ratio of the sums.
+4. **Replica lag** under about ``--commits`` (1,000) commits a second on the leader: each
+   commit's time to its apply on the other node (``shoal_replica_lag_seconds``, both
+   nodes on this machine's clock), local durability (``replica_sync_interval``) and remote.
+5. **Failover.** Three nodes; ``kill -9`` of the leader of a database; the time from the
    kill to the first write acknowledged through another node (a write every 20 ms), with
    the nodes' ``lease_ttl`` (``--ttl``, default 15 s as shipped).
 
@@ -24,8 +30,10 @@ import contextlib
 import json
 import statistics
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +41,7 @@ import httpx
 
 from bench import wrk
 from bench.core import say
-from bench.harness import RESULTS_DIR, Api, Load, run_load, seed_point_table
+from bench.harness import RESULTS_DIR, Api, Load, parse_metrics, run_load, seed_point_table
 from shoal.cluster import leader_of
 from tests.support.server import SSL_CONTEXT, ServerProcess, free_port
 
@@ -117,6 +125,120 @@ def loads(opts: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def replica_ready(n: ServerProcess, db: str, timeout: float = 60) -> None:
+    """Read through ``n`` until its replica of ``db`` answers (it hydrates meanwhile)."""
+    deadline = time.monotonic() + timeout
+    with httpx.Client(base_url=n.url, verify=SSL_CONTEXT, timeout=30,
+                      headers={"Authorization": f"Bearer {ADMIN}"}) as http:
+        while not any(r["database"] == db for r in status(n)["replicas"]) or \
+                _served(n) == 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no replica of {db} on {n.url}")
+            http.post(f"/v1/databases/{db}/query",
+                      json={"statements": ["SELECT 1"]}).raise_for_status()
+            time.sleep(0.05)
+
+
+def _served(n: ServerProcess) -> float:
+    text = httpx.get(f"{n.url}/metrics", verify=SSL_CONTEXT).text
+    return parse_metrics(text).get("shoal_cluster_served_by_replica_total", 0.0)
+
+
+def scaling(opts: argparse.Namespace) -> dict[str, Any]:
+    """(3): point reads of one database through one node, then through two."""
+    out: dict[str, Any] = {"one": [], "two": []}
+    with cluster(2, 15.0) as nodes:
+        leader, other = nodes
+        db = led_by(nodes, 0, "s")
+        api = Api(leader.url, ADMIN)
+        try:
+            seed_point_table(api, db, ROWS)
+        finally:
+            api.close()
+        replica_ready(other, db)
+        for _ in range(opts.runs):
+            assert leader.proc is not None and other.proc is not None
+            one = run_load(leader.proc.pid, f"{leader.url}/v1/databases/{db}/query",
+                           "point_read.lua", [ADMIN, str(ROWS)], connections=64, threads=2,
+                           seconds=opts.seconds)
+            out["one"].append(round(one.result.rate, 1))
+            with ThreadPoolExecutor(2) as pool:
+                both = list(pool.map(lambda n: run_load(
+                    n.proc.pid, f"{n.url}/v1/databases/{db}/query", "point_read.lua",
+                    [ADMIN, str(ROWS)], connections=32, threads=1, seconds=opts.seconds),
+                    (leader, other)))
+            out["two"].append(round(sum(b.result.rate for b in both), 1))
+    return out
+
+
+def lag(opts: argparse.Namespace, durability: str) -> dict[str, float]:
+    """(4): the replica's lag behind ``opts.commits`` commits a second on the leader (as
+    many as the writers manage, if fewer): percentiles of its histogram, from /metrics."""
+    with cluster(2, 15.0, durability=durability) as nodes:
+        leader, other = nodes
+        db = led_by(nodes, 0, "l")
+        with httpx.Client(base_url=leader.url, verify=SSL_CONTEXT, timeout=30,
+                          headers={"Authorization": f"Bearer {ADMIN}"}) as http:
+            http.post("/v1/databases", json={"name": db}).raise_for_status()
+            http.post(f"/v1/databases/{db}/query", json={"statements": [
+                "CREATE TABLE w(k INTEGER PRIMARY KEY, v TEXT)"]}).raise_for_status()
+        replica_ready(other, db)
+        before = _histogram(other)
+        stop = threading.Event()
+        done = [0]
+        writers = 8
+        pace = writers / opts.commits  # seconds between one writer's commits
+
+        def write() -> None:
+            with httpx.Client(base_url=leader.url, verify=SSL_CONTEXT, timeout=30,
+                              headers={"Authorization": f"Bearer {ADMIN}"}) as http:
+                due = time.monotonic()
+                while not stop.is_set():
+                    http.post(f"/v1/databases/{db}/query", json={"statements": [
+                        "INSERT INTO w(v) VALUES ('x')"]}).raise_for_status()
+                    done[0] += 1
+                    due += pace
+                    time.sleep(max(0.0, due - time.monotonic()))
+
+        threads = [threading.Thread(target=write) for _ in range(writers)]
+        started = time.monotonic()
+        for t in threads:
+            t.start()
+        time.sleep(opts.seconds)
+        stop.set()
+        for t in threads:
+            t.join()
+        rate = done[0] / (time.monotonic() - started)
+        time.sleep(1.0)
+        after = _histogram(other)
+    counts = {le: after[le] - before.get(le, 0.0) for le in after}
+    return {"commits_per_s": round(rate, 1), "p50_ms": _quantile(counts, 0.5),
+            "p99_ms": _quantile(counts, 0.99), "applies": counts.get("+Inf", 0.0)}
+
+
+def _histogram(n: ServerProcess) -> dict[str, float]:
+    """shoal_replica_lag_seconds' cumulative buckets (le -> count)."""
+    text = httpx.get(f"{n.url}/metrics", verify=SSL_CONTEXT).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("shoal_replica_lag_seconds_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            out[le] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def _quantile(buckets: dict[str, float], q: float) -> float:
+    """The upper bound (ms) of the bucket holding quantile q (a histogram's resolution)."""
+    total = buckets.get("+Inf", 0.0)
+    if not total:
+        return float("nan")
+    for le, count in sorted(((k, v) for k, v in buckets.items() if k != "+Inf"),
+                            key=lambda kv: float(kv[0])):
+        if count >= q * total:
+            return float(le) * 1000
+    return float("inf")
+
+
 def _load(load: Load) -> dict[str, Any]:
     return load.as_json() | {"rate": round(load.result.rate, 1)}
 
@@ -170,33 +292,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--sequential", type=int, default=500)
     p.add_argument("--ttl", type=float, default=15.0, help="lease_ttl for the failover")
+    p.add_argument("--commits", type=int, default=1000, help="commits/s for the lag")
+    p.add_argument("--replicas-only", action="store_true", help="only (3) and (4)")
     opts = p.parse_args(argv)
     if opts.quick:
         opts.runs, opts.seconds, opts.sequential = 1, 2.0, 100
     wrk.ensure_wrk()
-    say("forwarded and direct loads (2 nodes)")
-    result = loads(opts)
-    say(f"failover (3 nodes, lease_ttl {opts.ttl:g} s)")
-    result["failover_s"] = [round(failover(opts.ttl), 3) for _ in range(min(opts.runs, 2))]
+    result: dict[str, Any] = {}
+    if not opts.replicas_only:
+        say("forwarded and direct loads (2 nodes)")
+        result = loads(opts)
+    say("point reads: one node, then two")
+    result["scaling"] = scaling(opts)
+    say(f"replica lag at {opts.commits} commits/s")
+    result["lag"] = {d: lag(opts, d) for d in ("local", "remote")}
+    if not opts.replicas_only:
+        say(f"failover (3 nodes, lease_ttl {opts.ttl:g} s)")
+        result["failover_s"] = [round(failover(opts.ttl), 3)
+                                for _ in range(min(opts.runs, 2))]
     rows = []
-    for kind in ("write", "read"):
+    for kind in ("write", "read") if not opts.replicas_only else ():
         direct = statistics.median(r["rate"] for r in result[f"{kind}_direct"])
         fwd = statistics.median(r["rate"] for r in result[f"{kind}_forwarded"])
         p99d = statistics.median(r["latency_us"]["p99"] for r in result[f"{kind}_direct"])
         p99f = statistics.median(r["latency_us"]["p99"] for r in result[f"{kind}_forwarded"])
         rows.append(f"| {kind}s, 64 conns | {direct:,.0f}/s | {fwd:,.0f}/s | "
                     f"{fwd / direct:.2f}x | {p99d / 1000:.1f} ms | {p99f / 1000:.1f} ms |")
-    seq = result["sequential_write_ms"]
-    rows.append(f"| one writer, p50 | {seq['direct']['p50']:.2f} ms | "
-                f"{seq['forwarded']['p50']:.2f} ms | "
-                f"{seq['direct']['p50'] / seq['forwarded']['p50']:.2f}x | "
-                f"{seq['direct']['p99']:.2f} ms | {seq['forwarded']['p99']:.2f} ms |")
-    print("| load | direct (leader) | forwarded | ratio | p99 direct | p99 forwarded |")
-    print("|---|---|---|---|---|---|")
-    print("\n".join(rows))
-    print(f"\nfailover (kill -9 of the leader to the first acknowledged write through "
-          f"another node, lease_ttl {opts.ttl:g} s): "
-          + ", ".join(f"{s:.2f} s" for s in result["failover_s"]))
+    if not opts.replicas_only:
+        seq = result["sequential_write_ms"]
+        rows.append(f"| one writer, p50 | {seq['direct']['p50']:.2f} ms | "
+                    f"{seq['forwarded']['p50']:.2f} ms | "
+                    f"{seq['direct']['p50'] / seq['forwarded']['p50']:.2f}x | "
+                    f"{seq['direct']['p99']:.2f} ms | {seq['forwarded']['p99']:.2f} ms |")
+        print("| load | direct (leader) | forwarded | ratio | p99 direct | p99 forwarded |")
+        print("|---|---|---|---|---|---|")
+        print("\n".join(rows))
+    one, two = (statistics.median(result["scaling"][k]) for k in ("one", "two"))
+    print(f"\npoint reads of one database: one node {one:,.0f}/s, two nodes {two:,.0f}/s "
+          f"({two / one:.2f}x)")
+    for durability, got in result["lag"].items():
+        print(f"replica lag, {durability} durability, {got['commits_per_s']:,.0f} commits/s: "
+              f"p50 <= {got['p50_ms']:g} ms, p99 <= {got['p99_ms']:g} ms "
+              f"({got['applies']:.0f} applies)")
+    if "failover_s" in result:
+        print(f"\nfailover (kill -9 of the leader to the first acknowledged write through "
+              f"another node, lease_ttl {opts.ttl:g} s): "
+              + ", ".join(f"{s:.2f} s" for s in result["failover_s"]))
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
     (RESULTS_DIR / f"cluster-{stamp}.json").write_text(json.dumps(result, indent=1))

@@ -1,0 +1,89 @@
+"""The feed (log/feed.py): a followed timeline's durable segments, for replicas."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from shoal.log.feed import Feed, pack, unpack
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_segments_are_kept_only_while_followed_and_given_once_durable() -> None:
+    asyncio.run(_kept())
+
+
+async def _kept() -> None:
+    clock = Clock()
+    feed = Feed(10, max_bytes=100, keep=60, clock=clock)
+    feed.stored(11, 12, b"a")  # nobody follows yet: not kept
+    feed.durable(12)
+    assert feed.since(12) == []  # up to date: wait
+    assert feed.since(10) is None  # durable past 10, not kept: hydrate
+    assert feed.followed
+    feed.stored(13, 14, b"b")
+    assert feed.since(12) == []  # stored, not yet durable
+    feed.durable(14)
+    feed.stored(15, 15, b"c")
+    feed.durable(15)
+    assert feed.since(12) == [b"b", b"c"]
+    assert feed.since(13) is None  # a follower inside a segment: not served half of it
+    assert feed.since(14) == [b"c"]
+    assert feed.since(15) == []
+    assert feed.since(16) is None  # ahead of what is durable: another history
+    clock.now += 61  # nobody asked for a minute: dropped at the next segment
+    feed.stored(16, 16, b"d")
+    assert not feed.segments and feed.bytes == 0
+
+
+def test_bytes_are_bounded_keeping_the_newest() -> None:
+    asyncio.run(_bounded())
+
+
+async def _bounded() -> None:
+    feed = Feed(0, max_bytes=10, keep=60)
+    assert feed.since(0) == []
+    for i in range(1, 6):
+        feed.stored(i, i, bytes(4))
+        feed.durable(i)
+    assert feed.bytes <= 10 and [s[0] for s in feed.segments] == [4, 5]
+    assert feed.since(3) == [bytes(4), bytes(4)]
+    assert feed.since(2) is None
+    feed.stored(6, 6, bytes(50))  # larger than the bound: still kept, alone
+    assert [s[0] for s in feed.segments] == [6]
+
+
+def test_a_waiting_follower_wakes_on_a_durable_commit_or_the_end() -> None:
+    asyncio.run(_wakes())
+
+
+async def _wakes() -> None:
+    feed = Feed(5)
+    waiter = asyncio.ensure_future(feed.wait(5, 5.0))
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    feed.durable(6)
+    await asyncio.wait_for(waiter, 1)
+    waiter = asyncio.ensure_future(feed.wait(6, 5.0))
+    await asyncio.sleep(0.01)
+    feed.end()
+    await asyncio.wait_for(waiter, 1)
+    await asyncio.wait_for(feed.wait(6, 5.0), 1)  # ended: at once
+    await Feed(1).wait(1, 0.01)  # nothing: the timeout
+
+
+def test_pack_and_unpack() -> None:
+    segments = [b"", b"x", bytes(range(256)) * 10]
+    assert unpack(pack(segments)) == segments
+    assert unpack(b"") == []
+    for cut in (b"\x00\x00", pack([b"abc"])[:-1]):
+        with pytest.raises(ValueError, match="cut short"):
+            unpack(cut)
