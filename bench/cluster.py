@@ -186,7 +186,7 @@ def lag(opts: argparse.Namespace, durability: str) -> dict[str, float]:
         before = _histogram(other)
         stop = threading.Event()
         done = [0]
-        writers = 8
+        writers = 32  # remote durability: each waits for the store (~20 ms a commit)
         pace = writers / opts.commits  # seconds between one writer's commits
 
         def write() -> None:
