@@ -319,9 +319,10 @@ class Supervisor:
 def _wait_up(proc: subprocess.Popen[bytes], url: str, up: threading.Event) -> None:
     """Set ``up`` once the worker answers /health on its private port (any status: it
     serves), unless its process exits first."""
+    direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # no http_proxy
     while proc.poll() is None:
         try:
-            with urllib.request.urlopen(url + "/health", timeout=1.0):
+            with direct.open(url + "/health", timeout=1.0):
                 pass
         except urllib.error.HTTPError:
             pass  # answered: 503 is a node that serves, read-only
