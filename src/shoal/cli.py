@@ -47,19 +47,26 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         flag = "--" + s.name.replace("_", "-")
         p.add_argument(flag, dest=s.name, default=None,
                        help=s.help.replace("%", "%%"))  # argparse formats help with %
+    # set by `serve --workers N` on the worker nodes it starts (server/workers.py)
+    p.add_argument("--worker-socket", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--worker-count", type=int, default=1, help=argparse.SUPPRESS)
     p.set_defaults(func=_serve)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from shoal.server.main import serve
-
     overrides = {s.name: getattr(args, s.name, None) for s in settings_mod.SETTINGS}
     try:
         resolved = settings_mod.load(args.config, overrides)
     except settings_mod.SettingsError as exc:
         print(f"shoal: {exc}", file=sys.stderr)
         return 2
-    serve(resolved)
+    if resolved.workers > 1:  # a supervisor: it imports no engine
+        from shoal.server.workers import Supervisor
+
+        return Supervisor(resolved).start()
+    from shoal.server.main import serve
+
+    serve(resolved, args.worker_socket, args.worker_count)
     return 0
 
 

@@ -30,6 +30,8 @@ def _allowed(s: Setting) -> str:
     """The values a setting accepts, as the loader checks them."""
     if s.choices:
         return " One of " + ", ".join(f"`{c}`" for c in s.choices) + "."
+    if s.minimum is not None and s.maximum is not None:
+        return f" From {s.minimum:g} to {s.maximum:g}."
     if s.minimum is not None:
         return f" At least {s.minimum:g}."
     if s.above is not None:

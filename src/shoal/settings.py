@@ -39,13 +39,15 @@ class Setting:
     minimum: float | None = None  # at least this
     above: float | None = None  # strictly above this
     zero: str = ""  # what 0 means ("no cap", "no limit"), for the error message
+    maximum: float | None = None  # at most this
 
 
 def _s(default: Any, help: str, *, secret: bool = False, choices: tuple[str, ...] = (),
-       minimum: float | None = None, above: float | None = None, zero: str = "") -> Any:
+       minimum: float | None = None, above: float | None = None, zero: str = "",
+       maximum: float | None = None) -> Any:
     """A field of Settings with what the loader, the CLI and the docs need to know of it."""
     meta = {"help": help, "secret": secret, "choices": choices, "minimum": minimum,
-            "above": above, "zero": zero}
+            "above": above, "zero": zero, "maximum": maximum}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -55,6 +57,12 @@ class Settings:
 
     host: str = _s("127.0.0.1", "Address to listen on.")
     port: int = _s(8080, "TCP port to listen on.")
+    workers: int = _s(
+        1, "Nodes this command starts on this machine, all behind host:port (SO_REUSEPORT), so "
+        "that one command uses every core: each is a node of a cluster on the store, with its "
+        "own data directory DATA/workers/<i> (docs/operations.md, 'One machine, all cores'). "
+        "Above 1: not with advertise_url, store = 'none' or http_server = 'granian'.",
+        minimum=1, maximum=256)
     data: str = _s("./shoal-data", "Data directory: catalog, databases, keys.")
     disk_reserve_bytes: int = _s(
         64 << 20, "Space kept allocated in DATA/reserve and released when the disk fills, so that "
@@ -279,6 +287,8 @@ class Settings:
         if self.advertise_url and self.local_only:
             raise SettingsError("advertise_url needs an object store: the nodes of a cluster "
                                 "share one (store = \"none\" keeps everything on this node)")
+        if self.workers > 1:
+            _check_workers(self)
         if self.http_server == "granian" and importlib.util.find_spec("granian") is None:
             raise SettingsError("http_server = 'granian' needs the granian extra: "
                                 "pip install 'shoal[granian]'")
@@ -301,6 +311,22 @@ class Settings:
         """Values safe to log or show: secrets masked."""
         return {s.name: ("***" if s.secret and getattr(self, s.name) else getattr(self, s.name))
                 for s in SETTINGS}
+
+
+def _check_workers(settings: Settings) -> None:
+    """workers > 1 makes a cluster of this machine's nodes on its own: refuse what it
+    cannot honour."""
+    if settings.advertise_url:
+        raise SettingsError("workers above 1 cannot take advertise_url: each worker advertises "
+                            "its own loopback URL to the others of this machine; to join nodes "
+                            "of several machines, run one node per machine with advertise_url")
+    if settings.local_only:
+        raise SettingsError("workers above 1 needs an object store: the workers share one "
+                            "(store = \"none\" keeps everything in one node's directory)")
+    if settings.http_server == "granian":
+        raise SettingsError("workers above 1 needs http_server = 'uvicorn': granian's embedded "
+                            "server binds one address itself, and each worker listens on two "
+                            "(the public port and its own loopback port)")
 
 
 def _base(annotation: Any) -> type:
@@ -335,6 +361,8 @@ def _check(s: Setting, value: Any) -> None:
     zero = f" (0: {s.zero})" if s.zero else ""
     if s.minimum is not None and value < s.minimum:
         raise SettingsError(f"{s.name} must be at least {s.minimum:g}{zero}, got {value!r}")
+    if s.maximum is not None and value > s.maximum:
+        raise SettingsError(f"{s.name} must be at most {s.maximum:g}, got {value!r}")
     if s.above is not None and not value > s.above:
         raise SettingsError(f"{s.name} must be above {s.above:g}, got {value!r}")
 

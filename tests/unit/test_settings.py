@@ -181,3 +181,20 @@ def test_sqlite_limits_are_checked(name: str, value: str) -> None:
         load(environ={f"SHOAL_{name.upper()}": value})
     assert name in str(info.value)
     assert load(environ={"SHOAL_HARD_HEAP_LIMIT": "0"}).hard_heap_limit == 0  # 0: no limit
+
+
+@pytest.mark.parametrize(("env", "said"), [
+    ({"SHOAL_WORKERS": "0"}, "workers must be at least 1"),
+    ({"SHOAL_WORKERS": "257"}, "workers must be at most 256"),
+    ({"SHOAL_WORKERS": "2", "SHOAL_ADVERTISE_URL": "http://10.0.0.1:8080"}, "advertise_url"),
+    ({"SHOAL_WORKERS": "2", "SHOAL_STORE": "none"}, "object store"),
+    ({"SHOAL_WORKERS": "2", "SHOAL_HTTP_SERVER": "granian"}, "uvicorn"),
+])
+def test_workers_are_bounded_and_refuse_what_they_cannot_honour(
+        env: dict[str, str], said: str) -> None:
+    with pytest.raises(SettingsError, match=said):
+        load(environ=env)
+    assert load(environ={"SHOAL_WORKERS": "256"}).workers == 256
+    assert load(environ={}).workers == 1
+    # one worker is a plain node: it may join a cluster
+    assert load(environ={"SHOAL_ADVERTISE_URL": "http://10.0.0.1:8080"}).workers == 1

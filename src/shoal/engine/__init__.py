@@ -28,6 +28,7 @@ from shoal.engine.engine import (
     parse_time,
 )
 from shoal.engine.health import READ_ONLY, Condition
+from shoal.engine.memory import ceiling as memory_ceiling
 from shoal.engine.quota import DatabaseLimits
 from shoal.engine.registry import Deleted
 from shoal.log.branch import Branch as LogBranch
@@ -60,6 +61,7 @@ __all__ = [
     "TransactionControl",
     "configure_sqlite",
     "make_bookmark",
+    "memory_ceiling",
     "parse_time",
     "stopped",
 ]

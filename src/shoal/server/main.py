@@ -2,15 +2,18 @@
 
 Both servers run the app in this one process (granian in its embedded mode, I/O
 on a Rust thread): a node is one process, so `kill -9` means what it says and
-the engine's state is never split across workers.
+the engine's state is never split across workers. `serve --workers N` runs N such
+processes, each a whole node (server/workers.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import resource
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from types import FrameType
@@ -18,9 +21,9 @@ from types import FrameType
 import uvicorn
 import uvloop
 
-from shoal.engine import configure_sqlite
+from shoal.engine import configure_sqlite, memory_ceiling
 from shoal.errors import ShoalError
-from shoal.server import stderr
+from shoal.server import stderr, workers
 from shoal.server.app import App
 from shoal.server.gate import Gate, protocols
 from shoal.settings import Settings
@@ -30,8 +33,25 @@ log = logging.getLogger("shoal")
 HANDOVER_LIMIT = 60.0  # seconds a stopping cluster node spends handing its databases over
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Settings, worker_socket: int | None = None, worker_count: int = 1) -> None:
+    """Run the node until SIGTERM/SIGINT. ``worker_socket``: the node is one of ``serve
+    --workers`` (server/workers.py), this inherited loopback socket is its advertised
+    address, it listens on host:port beside the other workers (SO_REUSEPORT), and takes
+    1/``worker_count`` of the machine's memory when max_memory_bytes is 0."""
     stderr.configure(settings.log_level, json_lines=settings.access_log)
+    sockets: list[socket.socket] | None = None
+    if worker_socket is not None:
+        workers.die_with_parent()
+        if settings.max_memory_bytes == 0 and memory_ceiling(0) > 0:
+            settings = dataclasses.replace(
+                settings, max_memory_bytes=max(1, memory_ceiling(0) // worker_count))
+        try:  # bound, not listening: the kernel sends it connections once the node serves
+            public = workers.listening_socket(settings.host, settings.port, reuse_port=True)
+        except OSError as exc:
+            stderr.announce(f"cannot start: cannot listen on {settings.host}:{settings.port}: "
+                            f"{exc.strerror or exc}", logging.ERROR)
+            sys.exit(1)
+        sockets = [public, socket.socket(fileno=worker_socket)]
     try:
         configure_sqlite(soft_heap_limit=settings.soft_heap_limit,
                          hard_heap_limit=settings.hard_heap_limit)
@@ -42,7 +62,10 @@ def serve(settings: Settings) -> None:
         sys.exit(1)
     if app.engine.admin_token_path is not None:
         stderr.announce(f"admin token is in {app.engine.admin_token_path}")
-    stderr.announce(f"serving {settings.data_dir} on http://{settings.host}:{settings.port}")
+    where = f"http://{settings.host}:{settings.port}"
+    if worker_socket is not None:
+        where += f" and {settings.advertise_url} (a worker)"
+    stderr.announce(f"serving {settings.data_dir} on {where}")
     if settings.http_server == "granian":
         _serve_granian(app, settings)
         return
@@ -56,7 +79,7 @@ def serve(settings: Settings) -> None:
         # peer), so X-Forwarded-For need not be parsed on every request; no Server header
         proxy_headers=False, server_header=False,
     )
-    _Server(config, app).run()
+    _Server(config, app).run(sockets)
 
 
 class _Server(uvicorn.Server):
