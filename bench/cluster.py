@@ -12,6 +12,8 @@ directory and ``advertise_url``. In one run, next to each other:
 3. **One node against two** for point reads of one database: 64 connections to a single
    node, then 32 to each of two (the second answers from its replica), in one run; the
    ratio of the sums.
+   And the same with ``shoal serve --workers 2`` against a single node, one port each
+   (``--workers`` puts two nodes behind one port; the kernel spreads the connections).
 4. **Replica lag** under about ``--commits`` (1,000) commits a second on the leader: each
    commit's time to its apply on the other node (``shoal_replica_lag_seconds``, both
    nodes on this machine's clock), local durability (``replica_sync_interval``) and remote.
@@ -171,6 +173,41 @@ def scaling(opts: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def workers_scaling(opts: argparse.Namespace) -> dict[str, Any]:
+    """(3), one port: a single node against ``--workers 2``, 64 connections each."""
+    out: dict[str, Any] = {"one": [], "two": []}
+    with tempfile.TemporaryDirectory(prefix="bench-workers-") as tmp:
+        servers = {
+            "one": ServerProcess(Path(tmp) / "one", {"admin_token": ADMIN}),
+            "two": ServerProcess(Path(tmp) / "two", {"admin_token": ADMIN, "workers": 2,
+                                                      "lease_ttl": 15.0}),
+        }
+        try:
+            for server in servers.values():
+                server.start(timeout=60)
+                api = Api(server.url, ADMIN)
+                try:
+                    seed_point_table(api, "p", ROWS)
+                finally:
+                    api.close()
+            # the worker that does not lead "p" hydrates its replica on the first reads
+            assert servers["two"].proc is not None
+            run_load(servers["two"].proc.pid, f"{servers['two'].url}/v1/databases/p/query",
+                     "point_read.lua", [ADMIN, str(ROWS)], connections=64, threads=2,
+                     seconds=3)
+            for _ in range(opts.runs):
+                for name, server in servers.items():
+                    assert server.proc is not None
+                    load = run_load(server.proc.pid, f"{server.url}/v1/databases/p/query",
+                                    "point_read.lua", [ADMIN, str(ROWS)], connections=64,
+                                    threads=2, seconds=opts.seconds)
+                    out[name].append(round(load.result.rate, 1))
+        finally:
+            for server in servers.values():
+                server.stop()
+    return out
+
+
 def lag(opts: argparse.Namespace, durability: str) -> dict[str, float]:
     """(4): the replica's lag behind ``opts.commits`` commits a second on the leader (as
     many as the writers manage, if fewer): percentiles of its histogram, from /metrics."""
@@ -304,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = loads(opts)
     say("point reads: one node, then two")
     result["scaling"] = scaling(opts)
+    say("point reads: one node, then --workers 2")
+    result["workers"] = workers_scaling(opts)
     say(f"replica lag at {opts.commits} commits/s")
     result["lag"] = {d: lag(opts, d) for d in ("local", "remote")}
     if not opts.replicas_only:
@@ -329,6 +368,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("\n".join(rows))
     one, two = (statistics.median(result["scaling"][k]) for k in ("one", "two"))
     print(f"\npoint reads of one database: one node {one:,.0f}/s, two nodes {two:,.0f}/s "
+          f"({two / one:.2f}x)")
+    one, two = (statistics.median(result["workers"][k]) for k in ("one", "two"))
+    print(f"point reads, one port: a single node {one:,.0f}/s, --workers 2 {two:,.0f}/s "
           f"({two / one:.2f}x)")
     for durability, got in result["lag"].items():
         print(f"replica lag, {durability} durability, {got['commits_per_s']:,.0f} commits/s: "

@@ -167,3 +167,44 @@ def test_a_restore_moves_the_replica_to_the_new_timeline(pair: list[ServerProces
             assert time.monotonic() < deadline, "the replica never reached the new timeline"
             time.sleep(0.1)
         assert got["results"][0]["rows"] == [["keep"], ["new"]]
+
+
+def pipeline(http: httpx.Client, name: str, *requests: dict[str, object],
+             baton: str | None = None, headers: dict[str, str] | None = None) -> httpx.Response:
+    return http.post(f"/db/{name}/v2/pipeline", json={"baton": baton, "requests": list(requests)},
+                     headers=headers or {})
+
+
+def execute(sql: str) -> dict[str, object]:
+    return {"type": "execute", "stmt": {"sql": sql}}
+
+
+CLOSE = {"type": "close"}
+
+
+def test_hrana_reads_from_the_replica_and_streams_at_the_leader(
+        pair: list[ServerProcess]) -> None:
+    leader, follower = make(pair, "hrana")
+    with admin(leader) as w, admin(follower) as r:
+        bookmark = query(w, "hrana", "INSERT INTO t(v) VALUES ('a')").headers["shoal-bookmark"]
+        before = served(follower)
+        got = pipeline(r, "hrana", execute("SELECT v FROM t"), CLOSE,
+                       headers={"Shoal-Bookmark": bookmark})
+        body = ok(got)
+        assert body["results"][0]["response"]["result"]["rows"] == [[
+            {"type": "text", "value": "a"}]]
+        assert served(follower) == before + 1  # the replica answered it
+        assert got.headers["shoal-bookmark"]
+        # a write, a BEGIN, a stream with a baton: the leader's, whole
+        got = ok(pipeline(r, "hrana", execute("INSERT INTO t(v) VALUES ('b')"), CLOSE))
+        assert got["results"][0]["type"] == "ok", got
+        assert ok(pipeline(r, "hrana", execute("BEGIN"), CLOSE))["results"][0]["type"] == "ok"
+        first = ok(pipeline(r, "hrana", execute("BEGIN"),
+                            execute("INSERT INTO t(v) VALUES ('c')")))
+        assert [x["type"] for x in first["results"]] == ["ok", "ok"], first
+        done = pipeline(r, "hrana", execute("COMMIT"), CLOSE, baton=first["baton"])
+        assert ok(done)["results"][0]["type"] == "ok"
+        got = pipeline(r, "hrana", execute("SELECT count(*) FROM t"), CLOSE,
+                       headers={"Shoal-Bookmark": done.headers["shoal-bookmark"]})
+        assert ok(got)["results"][0]["response"]["result"]["rows"] == [[
+            {"type": "integer", "value": "3"}]]

@@ -114,3 +114,25 @@ def test_readers_cannot_write_the_copy(pair: tuple[LoggedDatabase, Copy]) -> Non
     with pytest.raises(apsw.ReadOnlyError):
         conn.internal("INSERT INTO t VALUES ('x')")
     conn.close()
+
+
+def test_an_apply_cut_short_keeps_readers_out(pair: tuple[LoggedDatabase, Copy],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Half a commit in the file (a full disk) is never read: the lock stays held."""
+    leader, copy = pair
+    copy.apply([encode_segment([leader.write("CREATE TABLE t(v TEXT)")])], 0)
+    commit = leader.write("INSERT INTO t VALUES ('a')")
+    conn = Connection(str(copy.path), reader=True, wal=False, busy_timeout=0.05)
+
+    def full(fd: int, commit: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("shoal.engine.replica.apply_commit", full)
+    with pytest.raises(OSError):
+        copy.apply([encode_segment([commit])], 1)
+    assert copy.broken
+    with pytest.raises(apsw.BusyError):
+        rows(conn)
+    with pytest.raises(AssertionError):
+        copy.apply([encode_segment([commit])], 1)
+    conn.close()

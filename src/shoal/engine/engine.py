@@ -36,7 +36,14 @@ from shoal import tokens
 from shoal.cluster import Cluster, Moved
 from shoal.engine import datadir
 from shoal.engine.catalog import Catalog, DatabaseRecord, TokenRecord
-from shoal.engine.connection import Counters, Description, NeedsWriter, Result, Statement
+from shoal.engine.connection import (
+    Counters,
+    Description,
+    NeedsWriter,
+    Result,
+    Statement,
+    TransactionControl,
+)
 from shoal.engine.database import (
     Bookmark,
     Committed,
@@ -920,7 +927,7 @@ class Engine:
         self.require_database(name)
         replica = None if idem is not None else self.replicas.get(name, branch)
         if replica is None or (wanted is not None and not await replica.reached(
-                wanted.txid, wanted.timeline, self.settings.bookmark_wait)):
+                wanted.txid, wanted.timeline, self.settings.bookmark_wait)) or replica.closed:
             raise Moved(url, f"{name}: read at the leader")
         db = replica.db
         assert db is not None
@@ -933,6 +940,8 @@ class Engine:
         except NeedsWriter as exc:
             db.remember_write(exc.sql)
             raise Moved(url, f"{name}: writes go to the leader") from None
+        except TransactionControl:  # a BEGIN (Hrana sends SQL): transactions are the leader's
+            raise Moved(url, f"{name}: transactions go to the leader") from None
         finally:
             db.active -= 1
             replica.last_used = time.monotonic()

@@ -91,6 +91,7 @@ class Copy:
         self.conn: apsw.Connection | None = None
         self.counter = 0  # the header's change counter, as this copy last wrote it
         self.cookie = b""  # the schema cookie, as last applied
+        self.broken = False  # an apply failed half-way: its lock stays held until closed
 
     def open(self) -> None:
         """Put the hydrated file in rollback-journal mode, then open the applier."""
@@ -123,7 +124,7 @@ class Copy:
                 raise LogError(f"the feed skips from txid {after + i} to {commit.txid}")
         if not commits:
             return after, False, 0.0
-        assert self.conn is not None
+        assert self.conn is not None and not self.broken
         self.conn.execute("BEGIN EXCLUSIVE")  # waits out readers; new ones wait for it
         try:
             for commit in commits:
@@ -133,8 +134,12 @@ class Copy:
             header = bytearray(os.pread(self.fd, 100, 0))
             cookie = self.cookie
             self._stamp(header, last.db_pages)
-        finally:
-            self.conn.execute("ROLLBACK")
+        except BaseException:
+            # half a commit may be in the file (a full disk): no reader may see it, so the
+            # lock stays held until the copy is closed and removed
+            self.broken = True
+            raise
+        self.conn.execute("ROLLBACK")
         return last.txid, self.cookie != cookie, last.time
 
     def close(self) -> None:
@@ -226,6 +231,8 @@ class Replica:
                 raise
             except Exception as exc:  # the leader unreachable, a copy failing: again soon
                 log.info("%s/%s: following the leader: %r", self.name, self.branch, exc)
+                if self.closed:
+                    break
                 await asyncio.sleep(RETRY)
         self.closed = True
 
@@ -235,8 +242,15 @@ class Replica:
         inline_after, db.inline_after = db.inline_after, math.inf  # reads off the loop
         try:
             done = await self._run(copy.apply, segments, self.txid)
+        except BaseException:
+            if copy.broken:  # no read of it from now: the engine opens a new replica
+                self.closed = True
+                log.error("%s/%s: a replica's apply failed half-way; it is dropped",
+                          self.name, self.branch)
+            raise
         finally:
-            db.inline_after = inline_after
+            if not copy.broken:  # else it stays locked: no read may wait for it on the loop
+                db.inline_after = inline_after
         txid, schema, when = done
         if when:
             self.lag = max(0.0, time.time() - when)
@@ -311,10 +325,23 @@ class Replicas:
             return replica
         if replica is not None:
             self._drop(key)
+        if key not in self.opening and not self._room():
+            return None  # max_open replicas, all busy: the leader answers
         if key not in self.opening:
             task = asyncio.get_running_loop().create_task(self._open(key))
             self.opening[key] = task
         return None
+
+    def _room(self) -> bool:
+        """Whether another replica may open: at most ``max_open`` (as for the branches a node
+        leads), closing the least recently used idle one to make room."""
+        if len(self.open) + len(self.opening) < self.settings.max_open:
+            return True
+        idle = [(r.last_used, k) for k, r in self.open.items() if r.idle]
+        if not idle:
+            return False
+        self._drop(min(idle)[1])
+        return True
 
     async def _open(self, key: Key) -> None:
         name, branch = key

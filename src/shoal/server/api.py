@@ -16,7 +16,6 @@ from shoal.engine import (
     DatabaseRecord,
     Idempotency,
     Outcome,
-    ReadAt,
     Result,
     Statement,
     TokenRecord,
@@ -26,7 +25,6 @@ from shoal.engine import (
 from shoal.errors import Code, ShoalError
 from shoal.server.http import (
     BOOKMARK,
-    CONSISTENCY,
     JSON_HEADERS,
     PACED_ITEMS,
     SPLIT_BYTES,
@@ -39,6 +37,7 @@ from shoal.server.http import (
     encode_each,
     json_response,
     paced,
+    read_at,
 )
 from shoal.server.ports import EngineAPI
 from shoal.values import Args, decode_args
@@ -253,21 +252,6 @@ class NativeAPI:
             return [_statement(i, item) for i, item in enumerate(items)], bookmark
         return [_statement(i, item) async for i, item in paced(enumerate(items))], bookmark
 
-    @staticmethod
-    def _read_at(request: Request, bookmark: str | None) -> ReadAt | None:
-        """What the request asks of the state it reads: a bookmark (the header's, else the
-        body's), and whether this node may read it from a replica (docs/api.md,
-        'Consistency'). None when it asks nothing (the common case: no allocation)."""
-        header = request.headers.get(BOOKMARK)
-        consistency = request.headers.get(CONSISTENCY)
-        if consistency is not None and consistency not in (b"strong", b"default"):
-            raise ShoalError(Code.INVALID_REQUEST,
-                             "Shoal-Consistency: 'strong' or 'default'")
-        if header is not None:
-            bookmark = header.decode("latin-1")
-        if bookmark is None and not request.follow:
-            return None
-        return ReadAt(bookmark, request.follow)
 
     def _count(self, n: int) -> None:
         if not n:
@@ -418,7 +402,7 @@ class NativeAPI:
         out = await self.engine.query(request.principal, name, statements,
                                       self._idem(request), render,
                                       branch=self._branch(request),
-                                      at=self._read_at(request, bookmark))
+                                      at=read_at(request, bookmark))
         if out.replay is not None:  # an Idempotency-Key's answer, as stored
             status, body = out.replay
             bookmark = out.bookmark or _stored_bookmark(body)

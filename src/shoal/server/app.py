@@ -80,6 +80,7 @@ class App:
         self.hrana = HranaHTTP(self.engine, quota)
         self.hrana_routes = self.hrana.register(self.router)  # errors in Hrana's shape
         self.public |= self.hrana_routes
+        self.reads |= {r for r in self.hrana_routes if r.endswith("/pipeline")}
         self.websocket = HranaWebSocket(self.engine, quota)
         # a cluster's node forwards what another node leads (docs/architecture.md)
         self.clustered = bool(settings.advertise_url)

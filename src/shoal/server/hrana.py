@@ -34,6 +34,7 @@ from typing import Any
 import msgspec
 
 from shoal import __version__, names, tokens
+from shoal.cluster import Moved
 from shoal.engine import Committed, Idempotency, Statement
 from shoal.errors import Code, ShoalError
 from shoal.server import hrana_proto as p
@@ -49,6 +50,8 @@ from shoal.server.hrana_stream import (
     scope_error,
 )
 from shoal.server.http import (
+    BOOKMARK,
+    JSON_HEADERS,
     PACED_ITEMS,
     SPLIT_BYTES,
     Request,
@@ -57,6 +60,7 @@ from shoal.server.http import (
     encode,
     encode_each,
     paced,
+    read_at,
 )
 from shoal.server.ports import EngineAPI
 from shoal.server.quota import Quota
@@ -66,6 +70,13 @@ from shoal.values import decode_args
 TEXT = [(b"content-type", b"text/plain; charset=utf-8")]
 SQL_WORK = (p.ExecuteReq, p.BatchReq, p.SequenceReq, p.DescribeReq)  # what a full response stops
 _CLOSED = msgspec.Raw(b'{"type":"ok","response":{"type":"close"}}')
+
+
+def _with_bookmark(stream: Stream) -> list[tuple[bytes, bytes]]:
+    """An answer's headers: with Shoal-Bookmark once a statement of it read or wrote."""
+    if not stream.bookmark:
+        return list(JSON_HEADERS)
+    return [*JSON_HEADERS, (BOOKMARK, stream.bookmark.encode())]
 _BATON = struct.Struct(">QQQQ")  # boot id, stream id, sequence, expiry (unix seconds)
 
 
@@ -278,17 +289,23 @@ class HranaHTTP:
         try:
             principal, db, branch = self.resolve(request)
             body = await self._pipeline_body(request)
+            requests = body.requests
+            once = body.baton is None and len(requests) == 2 and \
+                type(requests[0]) is p.ExecuteReq and type(requests[1]) is p.CloseReq
+            if request.follow and (not once or b"idempotency-key" in request.headers):
+                self._to_leader(db)  # a replica answers a lone statement, nothing more
             idem = None
             if b"idempotency-key" in request.headers:
                 idem, stored = await self._stored(request, principal, db, branch)
                 if stored is not None:
                     return stored
-            requests = body.requests
-            if body.baton is None and idem is None and len(requests) == 2 \
-                    and type(requests[0]) is p.ExecuteReq and type(requests[1]) is p.CloseReq:
+            if once and idem is None:
                 return await self._execute_once(request, principal, db, branch, requests[0])
             closes = any(type(req) is p.CloseReq for req in requests)
             handle = await self._open(body.baton, principal, db, branch, keeps=not closes)
+            handle.stream.read_at = read_at(request)
+        except Moved:
+            raise  # the server sends it to the database's leader
         except (HranaError, ShoalError) as exc:
             return self.error(exc)
         stream = handle.stream
@@ -322,7 +339,8 @@ class HranaHTTP:
         baton = self._release(handle)
         if rec is not None and rec.response is not None:  # exactly what a retry will get
             return Response(*rec.response)
-        return Response(200, encode({"baton": baton, "base_url": None, "results": results}))
+        return Response(200, encode({"baton": baton, "base_url": None, "results": results}),
+                        _with_bookmark(stream))
 
     async def _execute_once(self, request: Request, principal: Principal, db: str, branch: str,
                             execute: p.StreamRequest) -> Response:
@@ -332,6 +350,7 @@ class HranaHTTP:
         await self._sweep_due()
         stream = Stream(self.engine, principal, db, branch=branch,
                         max_statements=self.max_statements, max_response_bytes=self.max_response)
+        stream.read_at = read_at(request)
         budget = stream.budget = Budget(self.max_response, RESERVE * 3)
         try:
             left = budget.left
@@ -341,7 +360,13 @@ class HranaHTTP:
         if request.gone:
             return Response(200)
         return Response(200, encode({"baton": None, "base_url": None,
-                                     "results": [result, _CLOSED]}))
+                                     "results": [result, _CLOSED]}), _with_bookmark(stream))
+
+    def _to_leader(self, db: str) -> None:
+        """Moved, to the database's leader (none: this node leads it now, serve it here)."""
+        url = self.engine.leader_url(db)
+        if url is not None:
+            raise Moved(url, f"{db}: Hrana streams are the leader's")
 
     async def _pipeline_body(self, request: Request) -> p.PipelineBody:
         """The pipeline's requests. A large body is decoded a request at a time, and a
@@ -394,6 +419,8 @@ class HranaHTTP:
             return {"type": "ok", "response": response}
         except HranaError as exc:
             return {"type": "error", "error": exc.obj()}
+        except Moved:
+            raise  # the server sends the whole request to the database's leader
         except ShoalError as exc:
             return {"type": "error", "error": p.from_shoal(exc).obj()}
 

@@ -25,10 +25,12 @@ from typing import Any
 
 import msgspec
 
+from shoal.cluster import Moved
 from shoal.engine import (
     REQUEST_GONE,
     Committed,
     Idempotency,
+    ReadAt,
     Result,
     Statement,
     TransactionControl,
@@ -181,6 +183,8 @@ class Stream:
         self.max_response = max_response_bytes or settings.max_response_bytes
         self.budget = Budget(self.max_response)  # the current request's response
         self.holder = holder  # what the stream keeps between requests (HTTP: its stored SQL)
+        self.read_at: ReadAt | None = None  # what its reads ask (server/http.py's read_at)
+        self.bookmark = ""  # of the last statement that read or wrote (Shoal-Bookmark)
         self._turn = time.perf_counter()
 
     @property
@@ -244,6 +248,8 @@ class Stream:
             return await self._in_transaction(st, started)
         except TransactionControl as control:
             return await self._control(control, started)
+        except Moved:
+            raise  # the server sends the whole request to the database's leader
         except ShoalError as exc:
             raise self._failed(exc) from None
 
@@ -263,7 +269,8 @@ class Stream:
             idem, render = rec.for_commit(
                 lambda done: self._committed_result(done, started, want_rows))
         out = await self.engine.query(self.principal, self.db, [st], idem, render,
-                                       branch=self.branch)
+                                       branch=self.branch, at=self.read_at)
+        self.bookmark = out.bookmark or self.bookmark
         if out.replay is not None:
             if not out.results:  # a concurrent duplicate recorded it first
                 raise Replay(*out.replay)
@@ -350,6 +357,8 @@ class Stream:
                 and idem is rec.idem:
             rec.recorded, rec.response = True, done.response
         txid = done.txid if done is not None else None
+        if done is not None:
+            self.bookmark = done.bookmark
         return Ran(None, 0, 0, txid, (time.perf_counter() - started) * 1000)
 
     # -- rendering --------------------------------------------------------------------------------
@@ -369,12 +378,16 @@ class Stream:
             started = time.perf_counter()
             try:
                 out = await self.engine.query(self.principal, self.db, [st], None,
-                                              _unused_render, branch=self.branch)
+                                              _unused_render, branch=self.branch,
+                                              at=self.read_at)
             except TransactionControl as control:
                 ran = await self._control(control, started)
+            except Moved:
+                raise  # the server sends the whole request to the database's leader
             except ShoalError as exc:
                 raise self._failed(exc) from None
             else:
+                self.bookmark = out.bookmark
                 ran = Ran(out.results[0], out.rows_read, out.rows_written, out.txid,
                           (time.perf_counter() - started) * 1000)
             return self.render(ran, want)

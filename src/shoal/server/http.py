@@ -22,6 +22,7 @@ from urllib.parse import parse_qs
 
 import msgspec
 
+from shoal.engine import ReadAt
 from shoal.errors import Code, ShoalError
 from shoal.tokens import Principal
 
@@ -129,6 +130,22 @@ def error_code(body: bytes) -> str:
     except (msgspec.DecodeError, msgspec.ValidationError):
         return ""
     return found.code if found is not None else ""
+
+
+def read_at(request: Request, bookmark: str | None = None) -> ReadAt | None:
+    """What a request asks of the state it reads: a bookmark (the Shoal-Bookmark header's,
+    else ``bookmark``, the body's), and whether this node may read it from a replica
+    (``request.follow``; docs/api.md, 'Consistency'). None when it asks nothing (the
+    common case: no allocation)."""
+    header = request.headers.get(BOOKMARK)
+    consistency = request.headers.get(CONSISTENCY)
+    if consistency is not None and consistency not in (b"strong", b"default"):
+        raise ShoalError(Code.INVALID_REQUEST, "Shoal-Consistency: 'strong' or 'default'")
+    if header is not None:
+        bookmark = header.decode("latin-1")
+    if bookmark is None and not request.follow:
+        return None
+    return ReadAt(bookmark, request.follow)
 
 
 class Request:
