@@ -78,6 +78,8 @@ MODULES: dict[str, tuple[str, ...]] = {
     # Several nodes: who is a member, who leads (the store's fence is timeline.py's).
     "cluster/membership.py": ("tests/cluster/test_membership.py",),
     "cluster/placement.py": ("tests/cluster/test_placement.py",),
+    "log/feed.py": ("tests/log/test_feed.py",),
+    "engine/replica.py": ("tests/engine/test_replica.py", "tests/engine/test_replica_copy.py"),
 }
 # The modules `make mutate` runs when no MODULE is named (issue 19's seven; values.py
 # is two modules since its encoding moved to wire.py for the client).

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from shoal.log.feed import Feed, pack, unpack
+from shoal.log.feed import FEED_BYTES, FEED_KEEP, Feed, pack, unpack
 
 
 class Clock:
@@ -15,6 +15,12 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+def test_a_new_feed_is_not_followed() -> None:
+    clock = Clock()
+    clock.now = 0.5
+    assert not Feed(0, clock=clock).followed
 
 
 def test_segments_are_kept_only_while_followed_and_given_once_durable() -> None:
@@ -39,7 +45,9 @@ async def _kept() -> None:
     assert feed.since(14) == [b"c"]
     assert feed.since(15) == []
     assert feed.since(16) is None  # ahead of what is durable: another history
-    clock.now += 61  # nobody asked for a minute: dropped at the next segment
+    clock.now = feed.followed_until  # kept for exactly ``keep`` seconds
+    assert not feed.followed
+    clock.now += 1  # nobody asked for a minute: dropped at the next segment
     feed.stored(16, 16, b"d")
     assert not feed.segments and feed.bytes == 0
 
@@ -49,6 +57,13 @@ def test_bytes_are_bounded_keeping_the_newest() -> None:
 
 
 async def _bounded() -> None:
+    assert (FEED_BYTES, FEED_KEEP) == (8 << 20, 60.0)  # what docs/architecture.md says
+    assert (Feed(0).max_bytes, Feed(0).keep, Feed(0).bytes) == (FEED_BYTES, FEED_KEEP, 0)
+    exact = Feed(0, max_bytes=8, keep=60)
+    exact.since(0)
+    exact.stored(1, 1, bytes(4))
+    exact.stored(2, 2, bytes(4))
+    assert (exact.bytes, len(exact.segments)) == (8, 2)  # at the bound, both kept
     feed = Feed(0, max_bytes=10, keep=60)
     assert feed.since(0) == []
     for i in range(1, 6):
@@ -73,6 +88,8 @@ async def _wakes() -> None:
     feed.durable(6)
     await asyncio.wait_for(waiter, 1)
     waiter = asyncio.ensure_future(feed.wait(6, 5.0))
+    await asyncio.sleep(0.02)
+    assert not waiter.done()  # the wake of 6 does not wake a wait past 6
     await asyncio.sleep(0.01)
     feed.end()
     await asyncio.wait_for(waiter, 1)
@@ -81,7 +98,7 @@ async def _wakes() -> None:
 
 
 def test_pack_and_unpack() -> None:
-    segments = [b"", b"x", bytes(range(256)) * 10]
+    segments = [b"", b"x", bytes(range(256)) * 10, b""]
     assert unpack(pack(segments)) == segments
     assert unpack(b"") == []
     for cut in (b"\x00\x00", pack([b"abc"])[:-1]):
