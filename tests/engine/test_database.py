@@ -6,13 +6,14 @@ Each test runs a real Database (apsw files in a tmp dir) in its own asyncio loop
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import TypeVar
 
 import apsw
 import pytest
 
-from shoal.engine.connection import NeedsWriter, Statement
+from shoal.engine.connection import Connection, NeedsWriter, Statement
 from shoal.engine.database import Committed, Database, IdempotencyRecord, parse_bookmark
 from shoal.errors import ShoalError
 from shoal.metrics import METRICS
@@ -365,5 +366,57 @@ def test_close_fails_queued_writes_instead_of_leaving_them_hanging(tmp_path: Pat
             with pytest.raises(ShoalError) as info:
                 await asyncio.wait_for(pending, 2)
             assert info.value.code == "DATABASE_NOT_FOUND"
+
+    run(body())
+
+
+def test_visible_covers_a_commit_a_reader_sees_before_its_txid_is_published(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A read's bookmark is taken from ``visible`` after it: at least what it saw, even
+    when the commit it saw is not yet published as ``txid`` (monotonic reads)."""
+
+    async def body() -> None:
+        async with opened(tmp_path) as db:
+            before = db.txid
+            assert db.visible == before
+            entered, gate = threading.Event(), threading.Event()
+            publish = Database._committed
+
+            def slow(self: Database, conn: object, txid: int) -> None:
+                entered.set()
+                gate.wait(5)
+                publish(self, conn, txid)  # type: ignore[arg-type]
+
+            monkeypatch.setattr(Database, "_committed", slow)
+            write = asyncio.ensure_future(db.write(insert(1)))
+            assert await asyncio.get_running_loop().run_in_executor(None, entered.wait, 5)
+            counters, txid = await db.read(stmts("SELECT count(*) FROM t"))
+            assert counters.results[0].rows == [[1]]  # committed: a reader sees it
+            assert txid == db.txid == before  # not yet published
+            assert db.visible == before + 1  # but a bookmark taken now covers it
+            gate.set()
+            await write
+            assert db.txid == db.visible == before + 1
+
+    run(body())
+
+
+def test_a_commit_that_fails_takes_visible_back(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    async def body() -> None:
+        async with opened(tmp_path) as db:
+            before = db.txid
+            assert db.writer is not None
+            writer = db.writer
+
+            def failing(sql: str, *args: object, **kw: object) -> object:
+                if sql.startswith("COMMIT"):
+                    raise apsw.IOError("disk I/O error")
+                return Connection.internal(writer, sql, *args, **kw)  # type: ignore[arg-type]
+
+            monkeypatch.setattr(writer, "internal", failing)
+            with pytest.raises(ShoalError):
+                await db.write(insert(2))
+            assert db.visible == db.txid == before
 
     run(body())

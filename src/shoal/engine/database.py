@@ -328,6 +328,10 @@ class Database:
         self.queue: list[WriteJob] = []
         self.wake = asyncio.Event()
         self.txid = 0
+        # the newest txid a reader's snapshot may hold: set just before each COMMIT (a
+        # reader may see the commit before ``txid`` says it), so that a read's bookmark,
+        # taken after it, is at least what it saw (monotonic reads through replicas)
+        self.visible = 0
         self.layout = tables.CURRENT  # the names of Shoal's tables in the file (tables.py)
         self.schema_generation = 0  # bumped when a commit changed the schema
         self._schema_version = 0
@@ -383,7 +387,7 @@ class Database:
                 tables.create(writer)
                 writer.internal(COMMIT)
             self.layout = layout or tables.CURRENT
-            self.txid = writer.internal(self.layout.get_txid)[0][0]
+            self.txid = self.visible = writer.internal(self.layout.get_txid)[0][0]
             self._schema_version = writer.internal(SCHEMA_VERSION)[0][0]
         except BaseException:
             writer.close()
@@ -398,7 +402,8 @@ class Database:
             return conn
 
         self.readers.append(await self._off_loop(None, first))
-        self.txid, self.timeline = txid, timeline
+        self.txid = self.visible = txid
+        self.timeline = timeline
 
     @property
     def idle(self) -> bool:
@@ -821,7 +826,7 @@ class Database:
                     conn.internal(self.layout.purge_idem,
                                   (time.time() - self.settings.idempotency_ttl,))
                 conn.internal(self.layout.set_txid, (txid,))
-                conn.internal(COMMIT)
+                self._commit_txid(conn, txid)
                 self._purge_due = False
                 self._committed(conn, txid)
             else:
@@ -927,7 +932,7 @@ class Database:
         try:
             tables.migrate(conn, self.layout)
             conn.internal(tables.CURRENT.set_txid, (txid,))
-            conn.internal(COMMIT)
+            self._commit_txid(conn, txid)
         except BaseException:
             if not conn.raw.get_autocommit():
                 conn.internal(ROLLBACK)
@@ -1000,7 +1005,7 @@ class Database:
             if idempotency:
                 self._record(conn, idempotency, done)
             conn.internal(self.layout.set_txid, (txid,))
-            conn.internal(COMMIT)
+            self._commit_txid(conn, txid)
         except BaseException as exc:
             with contextlib.suppress(Exception):
                 if not conn.raw.get_autocommit():
@@ -1014,6 +1019,16 @@ class Database:
             raise
         self._committed(conn, txid)
         return done
+
+    def _commit_txid(self, conn: Connection, txid: int) -> None:
+        """COMMIT the transaction that wrote ``txid``, ``visible`` first; a COMMIT that
+        fails takes it back."""
+        self.visible = txid
+        try:
+            conn.internal(COMMIT)
+        except BaseException:
+            self.visible = self.txid
+            raise
 
     def _committed(self, conn: Connection, txid: int) -> None:
         """After a commit: publish its txid; note a schema change for the readers; hand the
@@ -1120,7 +1135,7 @@ class Database:
             conn.internal(BEGIN_IMMEDIATE)
             try:
                 conn.internal(self.layout.set_txid, (txid,))
-                conn.internal(COMMIT)
+                self._commit_txid(conn, txid)
             except BaseException:
                 if not conn.raw.get_autocommit():
                     conn.internal(ROLLBACK)

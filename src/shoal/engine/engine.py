@@ -896,9 +896,7 @@ class Engine:
         try:  # context manager's cost on the hot path
             if wanted is not None and self.cluster is not None and \
                     wanted.timeline == db.timeline and wanted.txid > db.txid:
-                raise ShoalError(Code.LEADER_UNAVAILABLE, f"{name}: another node committed "
-                                 f"txid {wanted.txid}, this node's copy is at {db.txid}: "
-                                 f"its view of who leads is behind; try again")
+                await self._reach(db, wanted.txid)
             if idem is None:
                 return await self._query(principal, db, statements, None)
             return await self._idempotent(
@@ -906,6 +904,18 @@ class Engine:
                 lambda: self._query_once(principal, db, statements, idem, render))
         finally:
             self.lifecycle.release(db)
+
+    async def _reach(self, db: Database, txid: int) -> None:
+        """A read's bookmark ahead of this leader's copy: a commit in flight here (a read
+        saw it before its txid was published), else another node committed it and this
+        node's view of who leads is behind: LEADER_UNAVAILABLE after bookmark_wait."""
+        deadline = time.monotonic() + self.settings.bookmark_wait
+        while db.txid < txid:
+            if time.monotonic() >= deadline:
+                raise ShoalError(Code.LEADER_UNAVAILABLE, f"{db.name}: txid {txid} of the "
+                                 f"bookmark is not on this node (at {db.txid}): another "
+                                 f"node may lead it; try again")
+            await asyncio.sleep(0.005)
 
     def _wanted(self, name: str, branch: str, bookmark: str | None) -> Bookmark | None:
         """The bookmark a read carries, checked to be of this database and branch."""
@@ -948,7 +958,7 @@ class Engine:
         self._meter(db, counters)
         METRICS.cluster_served_by_replica.inc()
         return Outcome(counters.results, counters.rows_read, counters.rows_written, txid,
-                       db.bookmark(txid))
+                       db.bookmark(max(txid, db.visible)))
 
     async def _query_once(self, principal: tokens.Principal, db: Database,
                           statements: list[Statement], idem: Idempotency,
@@ -996,7 +1006,7 @@ class Engine:
                 counters, txid = await db.read(statements)
                 self._meter(db, counters)
                 return Outcome(counters.results, counters.rows_read, counters.rows_written,
-                               txid, db.bookmark(txid))
+                               txid, db.bookmark(max(txid, db.visible)))
             except NeedsWriter as exc:
                 db.remember_write(exc.sql)
         if not principal.can_write:

@@ -48,7 +48,7 @@ import apsw
 from shoal.engine.database import Database
 from shoal.log.errors import LogError
 from shoal.log.restore import apply_commit
-from shoal.log.segment import Commit, decode_segment
+from shoal.log.segment import Commit, decode_segment, read_header
 from shoal.metrics import METRICS
 from shoal.settings import Settings
 
@@ -239,10 +239,14 @@ class Replica:
     async def _apply(self, segments: list[bytes]) -> None:
         db, copy = self.db, self.copy
         assert db is not None and copy is not None
+        # what a read may see from the instant the lock is released (database.py)
+        visible = max(read_header(s, "feed").last_txid for s in segments)
         inline_after, db.inline_after = db.inline_after, math.inf  # reads off the loop
+        db.visible = max(db.visible, visible)
         try:
             done = await self._run(copy.apply, segments, self.txid)
         except BaseException:
+            db.visible = db.txid  # nothing of it is visible (or the copy is dropped)
             if copy.broken:  # no read of it from now: the engine opens a new replica
                 self.closed = True
                 log.error("%s/%s: a replica's apply failed half-way; it is dropped",
@@ -257,7 +261,7 @@ class Replica:
             METRICS.replica_lag.observe(self.lag)
         if schema:
             db.schema_generation += 1
-        db.txid = self.txid = txid
+        db.txid = self.txid = db.visible = txid
         self._wake()
         METRICS.replica_applied.inc()
 
