@@ -3,7 +3,10 @@ EXCLUSIVE lock, seen whole by reader connections that stay open across them."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import struct
 import threading
 from pathlib import Path
 
@@ -136,3 +139,42 @@ def test_an_apply_cut_short_keeps_readers_out(pair: tuple[LoggedDatabase, Copy],
     with pytest.raises(AssertionError):
         copy.apply([encode_segment([commit])], 1)
     conn.close()
+
+
+def fds_on(path: Path) -> int:
+    """File descriptors of this process open on ``path`` (or a file beside it)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith(str(path))
+    return count
+
+
+def test_open_stamps_a_rollback_journal_header(tmp_path: Path) -> None:
+    leader = LoggedDatabase(tmp_path / "leader.db")
+    leader.write("CREATE TABLE t(v TEXT)", "INSERT INTO t VALUES ('a')")
+    (tmp_path / "copy.db").write_bytes(leader.image())
+    before = (tmp_path / "copy.db").read_bytes()[:100]
+    assert before[18:20] == b"\x02\x02"  # the leader's: WAL
+    copy = Copy(tmp_path / "copy.db", busy_timeout=5.0)
+    copy.open()
+    try:
+        header = (tmp_path / "copy.db").read_bytes()[:100]
+        assert header[18:20] == b"\x01\x01"  # rollback journal: readers take file locks
+        counter, pages = struct.unpack_from(">II", header, 24)
+        assert header[92:96] == header[24:28]  # the size in the header is valid...
+        assert pages * 4096 == (tmp_path / "copy.db").stat().st_size  # ...and right
+        assert copy.cookie == header[40:44] == before[40:44]
+        assert header[:18] == before[:18] and header[40:92] == before[40:92]
+        assert copy.apply([], 1) == (1, False, 0.0)  # nothing new: nothing written
+        commit = leader.write("INSERT INTO t VALUES ('b')")
+        assert copy.apply([encode_segment([commit])], 1) == (2, False, commit.time)
+        header = (tmp_path / "copy.db").read_bytes()[:100]
+        assert struct.unpack_from(">I", header, 24)[0] != counter  # readers drop caches
+        assert header[92:96] == header[24:28]
+        assert fds_on(copy.path) == 2  # its own descriptor and the applier's
+    finally:
+        copy.close()
+        leader.close()
+    assert fds_on(copy.path) == 0 and copy.conn is None and copy.fd < 0
+    copy.close()  # twice: nothing more to close

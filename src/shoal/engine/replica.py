@@ -54,12 +54,15 @@ from shoal.settings import Settings
 
 log = logging.getLogger("shoal.replica")
 
+# mutate: harmless constant (a long poll's length: any does)
 FEED_WAIT = 10.0  # seconds a request for news waits at the leader for a durable commit
 RETRY = 0.5  # seconds between tries while the leader cannot be reached or the copy fails
+# mutate: harmless constant (how long a retired copy's reads may take: any bound does)
 CLOSE_WAIT = 10.0  # seconds a retired copy waits for its reads before it closes anyway
 
 Key = tuple[str, str]
 T = TypeVar("T")
+HEADER = 100  # bytes of a database file's header
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,24 +90,28 @@ class Copy:
     def __init__(self, path: Path, busy_timeout: float):
         self.path = path
         self.busy_timeout = busy_timeout
-        self.fd = -1
+        self.fd = -1  # mutate: harmless constant (any negative: none open)
         self.conn: apsw.Connection | None = None
-        self.counter = 0  # the header's change counter, as this copy last wrote it
-        self.cookie = b""  # the schema cookie, as last applied
+        # (any start: no reader opens before open() stamps the file)
+        self.counter = 0  # mutate: harmless (the header's change counter, as last written)
+        self.cookie = b""  # mutate: harmless (open() stamps the file, and sets it)
         self.broken = False  # an apply failed half-way: its lock stays held until closed
 
     def open(self) -> None:
         """Put the hydrated file in rollback-journal mode, then open the applier."""
         self.fd = os.open(self.path, os.O_RDWR)
-        header = bytearray(os.pread(self.fd, 100, 0))
-        self.counter = struct.unpack_from(">I", header, 24)[0]
-        self._stamp(header, struct.unpack_from(">I", header, 28)[0])
+        header = bytearray(os.pread(self.fd, HEADER, 0))
+        page_size = struct.unpack_from(">H", header, 16)[0]
+        page_size = 65536 if page_size == 1 else page_size  # 1 stands for 65536
+        self._stamp(header, os.fstat(self.fd).st_size // page_size)  # restored to the byte
         self.conn = apsw.Connection(str(self.path))
+        # mutate: harmless constant (milliseconds: one more does not matter)
         self.conn.set_busy_timeout(round(self.busy_timeout * 1000))
 
     def _stamp(self, header: bytearray, db_pages: int) -> None:
         """Rollback-journal mode (bytes 18-19), a new change counter valid for the size in
         the header (24, 28, 92): readers see a changed file, and its size."""
+        # mutate: harmless constant (any change of the counter drops the readers' caches)
         self.counter = (self.counter + 1) & 0xFFFFFFFF
         header[18] = header[19] = 1
         struct.pack_into(">II", header, 24, self.counter, db_pages)
@@ -131,7 +138,7 @@ class Copy:
                 apply_commit(self.fd, commit)
             last = commits[-1]
             os.ftruncate(self.fd, last.db_pages * last.page_size)
-            header = bytearray(os.pread(self.fd, 100, 0))
+            header = bytearray(os.pread(self.fd, HEADER, 0))
             cookie = self.cookie
             self._stamp(header, last.db_pages)
         except BaseException:
@@ -164,8 +171,8 @@ class Replica:
         self.source = source
         self.db: Database | None = None  # the current copy's readers
         self.copy: Copy | None = None
-        self.txid = 0
-        self.timeline = ""
+        self.txid = 0  # mutate: harmless (hydrate sets it before anything reads it)
+        self.timeline = ""  # mutate: harmless (hydrate sets it before anything reads it)
         self.closed = False
         self.last_used = time.monotonic()
         self.lag = 0.0  # seconds from the leader's durable commit to its apply here (last)
@@ -193,12 +200,12 @@ class Replica:
             await db.open_follower(txid, timeline)
         except BaseException:
             await self._run(_remove, copy)
-            raise
+            raise  # mutate: harmless delete (what follows needs what failed: it raises too)
         old_db, old_copy = self.db, self.copy
         self.db, self.copy, self.txid, self.timeline = db, copy, txid, timeline
         self._wake()
         METRICS.replica_hydrations.inc()
-        if old_db is not None and old_copy is not None:
+        if old_db is not None and old_copy is not None:  # mutate: harmless boolop (set together)
             task = asyncio.get_running_loop().create_task(self._retire(old_db, old_copy))
             self._retired.add(task)
             task.add_done_callback(self._retired.discard)
@@ -271,12 +278,12 @@ class Replica:
         deadline = time.monotonic() + timeout
         while True:
             if timeline is not None and timeline != self.timeline:
-                return False
+                return False  # mutate: harmless return (callers test its truth only)
             if self.txid >= txid:
                 return True
             left = deadline - time.monotonic()
-            if left <= 0 or self.closed:
-                return False
+            if left <= 0 or self.closed:  # mutate: harmless (a wait of 0 s)
+                return False  # mutate: harmless return (callers test its truth only)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._reached.wait(), left)
 
@@ -291,7 +298,7 @@ class Replica:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self.db is not None and self.copy is not None:
+        if self.db is not None and self.copy is not None:  # mutate: harmless boolop (set together)
             await self._retire(self.db, self.copy)
         for task in list(self._retired):
             with contextlib.suppress(Exception):
@@ -343,7 +350,7 @@ class Replicas:
             return True
         idle = [(r.last_used, k) for k, r in self.open.items() if r.idle]
         if not idle:
-            return False
+            return False  # mutate: harmless return (callers test its truth only)
         self._drop(min(idle)[1])
         return True
 
@@ -375,6 +382,7 @@ class Replicas:
     def close_idle(self, cutoff: float) -> int:
         """Close the replicas unused since ``cutoff`` (monotonic) or no longer following."""
         due = [k for k, r in self.open.items()
+               # mutate: harmless compare (at the cutoff itself either way)
                if r.closed or (r.idle and r.last_used < cutoff)]
         for key in due:
             self._drop(key)
@@ -385,11 +393,13 @@ class Replicas:
             task.cancel()
         replicas = list(self.open.values())
         self.open.clear()
+        # mutate: harmless constant (a replica's close raises nothing of its own)
         await asyncio.gather(*(r.close() for r in replicas), return_exceptions=True)
         shutil.rmtree(self.root, ignore_errors=True)
 
     def status(self) -> list[dict[str, object]]:
         """What ``GET /v1/cluster`` shows of each replica."""
         return [{"database": r.name, "branch": r.branch, "txid": r.txid,
+                 # mutate: harmless constant (digits shown)
                  "timeline": r.timeline, "lag_seconds": round(r.lag, 4)}
                 for r in self.open.values()]
