@@ -205,6 +205,12 @@ def _is_docstring(stmt: ast.stmt) -> bool:
             and isinstance(stmt.value.value, str))
 
 
+def _is_ellipsis(stmt: ast.AST) -> bool:
+    """A body of ``...`` (a Protocol's method): deleting it changes nothing."""
+    return (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant)
+            and stmt.value.value is Ellipsis)
+
+
 class _Finder:
     """Walks one module's tree in a fixed order and records every mutation site."""
 
@@ -234,7 +240,8 @@ class _Finder:
             return
         if isinstance(node, ast.AnnAssign) and node.value is None:
             return
-        if not module and isinstance(node, _DELETABLE) and not _is_docstring(node):
+        if not module and isinstance(node, _DELETABLE) and not _is_docstring(node) \
+                and not _is_ellipsis(node):
             def delete(stmts: list[ast.stmt] = stmts, i: int = i) -> None:
                 stmts[i] = ast.copy_location(ast.Pass(), stmts[i])
             self.add(node, "delete", f"delete `{_short(node)}`", delete)

@@ -150,8 +150,9 @@ def fds_on(path: Path) -> int:
     return count
 
 
-def test_open_stamps_a_rollback_journal_header(tmp_path: Path) -> None:
-    leader = LoggedDatabase(tmp_path / "leader.db")
+@pytest.mark.parametrize("page_size", [4096, 65536])
+def test_open_stamps_a_rollback_journal_header(tmp_path: Path, page_size: int) -> None:
+    leader = LoggedDatabase(tmp_path / "leader.db", page_size=page_size)
     leader.write("CREATE TABLE t(v TEXT)", "INSERT INTO t VALUES ('a')")
     (tmp_path / "copy.db").write_bytes(leader.image())
     before = (tmp_path / "copy.db").read_bytes()[:100]
@@ -163,7 +164,7 @@ def test_open_stamps_a_rollback_journal_header(tmp_path: Path) -> None:
         assert header[18:20] == b"\x01\x01"  # rollback journal: readers take file locks
         counter, pages = struct.unpack_from(">II", header, 24)
         assert header[92:96] == header[24:28]  # the size in the header is valid...
-        assert pages * 4096 == (tmp_path / "copy.db").stat().st_size  # ...and right
+        assert pages * page_size == (tmp_path / "copy.db").stat().st_size  # ...and right
         assert copy.cookie == header[40:44] == before[40:44]
         assert header[:18] == before[:18] and header[40:92] == before[40:92]
         assert copy.apply([], 1) == (1, False, 0.0)  # nothing new: nothing written

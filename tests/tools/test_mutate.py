@@ -139,3 +139,10 @@ def test_a_marker_may_name_the_one_mutation_it_covers(tmp_path: Path) -> None:
              if m.kind == "drop"}
     assert found == {"drop `ValueError` from tuple `(ValueError, TypeError)`": None,
                      "drop `TypeError` from tuple `(ValueError, TypeError)`": "a reason"}
+
+
+def test_a_protocol_body_is_not_deleted() -> None:
+    """``...`` as a body changes nothing when deleted: no site (a docstring neither)."""
+    found = mutate.sites(ast.parse('class P(Protocol):\n    def f(self) -> int: ...\n\n'
+                                   'def g() -> int:\n    """Doc."""\n    ...\n    return 1\n'))
+    assert [s.description for s in found if s.kind == "delete"] == ["delete `return 1`"]

