@@ -213,7 +213,7 @@ class Replica:
 
     async def _retire(self, db: Database, copy: Copy) -> None:
         deadline = time.monotonic() + CLOSE_WAIT
-        while db.active and time.monotonic() < deadline:
+        while db.active and time.monotonic() < deadline:  # mutate: harmless compare (<=)
             await asyncio.sleep(0.01)
         db.close()
         await self._run(_remove, copy)
@@ -259,7 +259,7 @@ class Replica:
                 self.closed = True
                 log.error("%s/%s: a replica's apply failed half-way; it is dropped",
                           self.name, self.branch)
-            raise
+            raise  # mutate: harmless delete (what follows needs what failed: it raises too)
         finally:
             if not copy.broken:  # else it stays locked: no read may wait for it on the loop
                 db.inline_after = inline_after
@@ -298,6 +298,7 @@ class Replica:
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
+                # mutate: harmless delete (cancelled, it ends before the awaits below do)
                 await self._task
         if self.db is not None and self.copy is not None:  # mutate: harmless boolop (set together)
             await self._retire(self.db, self.copy)
@@ -342,7 +343,7 @@ class Replicas:
         if key not in self.opening:
             task = asyncio.get_running_loop().create_task(self._open(key))
             self.opening[key] = task
-        return None
+        return None  # mutate: harmless delete (falling off the end returns None too)
 
     def _room(self) -> bool:
         """Whether another replica may open: at most ``max_open`` (as for the branches a node
