@@ -208,9 +208,10 @@ def workers_scaling(opts: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def lag(opts: argparse.Namespace, durability: str) -> dict[str, float]:
+def lag(opts: argparse.Namespace, durability: str, load: str = "paced") -> dict[str, float]:
     """(4): the replica's lag behind ``opts.commits`` commits a second on the leader (as
-    many as the writers manage, if fewer): percentiles of its histogram, from /metrics."""
+    many as the writers manage, if fewer), or behind wrk's inserts on 4 connections
+    (``load="wrk"``: as many as the leader takes): percentiles of its histogram."""
     with cluster(2, 15.0, durability=durability) as nodes:
         leader, other = nodes
         db = led_by(nodes, 0, "l")
@@ -218,9 +219,20 @@ def lag(opts: argparse.Namespace, durability: str) -> dict[str, float]:
                           headers={"Authorization": f"Bearer {ADMIN}"}) as http:
             http.post("/v1/databases", json={"name": db}).raise_for_status()
             http.post(f"/v1/databases/{db}/query", json={"statements": [
-                "CREATE TABLE w(k INTEGER PRIMARY KEY, v TEXT)"]}).raise_for_status()
+                "CREATE TABLE w(k TEXT PRIMARY KEY, v TEXT)"]}).raise_for_status()
         replica_ready(other, db)
         before = _histogram(other)
+        if load == "wrk":
+            assert leader.proc is not None
+            got = run_load(leader.proc.pid, f"{leader.url}/v1/databases/{db}/query",
+                           "insert.lua", [ADMIN, f"lag-{time.time_ns()}"], connections=4,
+                           threads=1, seconds=opts.seconds)
+            time.sleep(1.0)
+            after = _histogram(other)
+            counts = {le: after[le] - before.get(le, 0.0) for le in after}
+            return {"commits_per_s": round(got.result.rate, 1),
+                    "p50_ms": _quantile(counts, 0.5), "p99_ms": _quantile(counts, 0.99),
+                    "applies": counts.get("+Inf", 0.0)}
         stop = threading.Event()
         done = [0]
         writers = 32  # remote durability: each waits for the store (~20 ms a commit)
@@ -231,8 +243,10 @@ def lag(opts: argparse.Namespace, durability: str) -> dict[str, float]:
                               headers={"Authorization": f"Bearer {ADMIN}"}) as http:
                 due = time.monotonic()
                 while not stop.is_set():
-                    http.post(f"/v1/databases/{db}/query", json={"statements": [
-                        "INSERT INTO w(v) VALUES ('x')"]}).raise_for_status()
+                    http.post(f"/v1/databases/{db}/query", json={"statements": [{
+                        "sql": "INSERT INTO w(k, v) VALUES (?, 'x')",
+                        "args": [f"{threading.get_ident()}-{time.time_ns()}"]}]}
+                    ).raise_for_status()
                     done[0] += 1
                     due += pace
                     time.sleep(max(0.0, due - time.monotonic()))
@@ -344,7 +358,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     say("point reads: one node, then --workers 2")
     result["workers"] = workers_scaling(opts)
     say(f"replica lag at {opts.commits} commits/s")
-    result["lag"] = {d: lag(opts, d) for d in ("local", "remote")}
+    result["lag"] = {f"{d}, {load}": lag(opts, d, load) for load in ("paced", "wrk")
+                     for d in ("local", "remote")}
     if not opts.replicas_only:
         say(f"failover (3 nodes, lease_ttl {opts.ttl:g} s)")
         result["failover_s"] = [round(failover(opts.ttl), 3)

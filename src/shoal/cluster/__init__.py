@@ -6,10 +6,10 @@ this node's part, claims and releases (``node.py``). Nothing here imports the en
 the server: the engine holds a :class:`Cluster`, the server forwards through it.
 """
 
-from shoal.cluster.forward import FORWARDED, Forwarder, Unreachable
+from shoal.cluster.forward import FORWARDED, MAX_MESSAGE, Forwarder, Unreachable
 from shoal.cluster.membership import Member, Membership
 from shoal.cluster.node import Cluster, Moved
 from shoal.cluster.placement import leader_of
 
-__all__ = ["FORWARDED", "Cluster", "Forwarder", "Member", "Membership", "Moved",
+__all__ = ["FORWARDED", "MAX_MESSAGE", "Cluster", "Forwarder", "Member", "Membership", "Moved",
            "Unreachable", "leader_of"]

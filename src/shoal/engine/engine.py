@@ -33,7 +33,7 @@ import apsw
 from prometheus_client import CollectorRegistry, generate_latest
 
 from shoal import tokens
-from shoal.cluster import Cluster, Moved
+from shoal.cluster import MAX_MESSAGE, Cluster, Moved
 from shoal.engine import datadir
 from shoal.engine.catalog import Catalog, DatabaseRecord, TokenRecord
 from shoal.engine.connection import (
@@ -568,8 +568,12 @@ class Engine:
 
     async def forward_websocket(self, url: str, scope: dict[str, Any], receive: Any,
                                 send: Any) -> None:
-        """A WebSocket connection carried through to another node of the cluster."""
-        await self._in_cluster().forwarder.websocket(url, scope, receive, send)
+        """A WebSocket connection carried through to another node of the cluster. A message
+        from the leader may be as large as its answers may (a Hrana result: values typed
+        in JSON, up to about 4 bytes for each byte that max_response_bytes counts)."""
+        await self._in_cluster().forwarder.websocket(
+            url, scope, receive, send,
+            max_size=max(MAX_MESSAGE, 4 * self.settings.max_response_bytes + (1 << 20)))
 
     async def feed(self, principal: tokens.Principal, name: str, branch: str, after: int,
                    timeline: str, wait: float) -> tuple[str, bytes | None]:
