@@ -72,9 +72,12 @@ def s3_cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Clus
         c.stop()
 
 
-def admin(node: ServerProcess) -> httpx.Client:
+def admin(node: ServerProcess, strong: bool = False) -> httpx.Client:
+    """A client of ``node``; ``strong``: its reads are the leader's (a replica without a
+    bookmark may be a moment behind another node's write)."""
     return httpx.Client(base_url=node.url, timeout=30,
-                        headers={"Authorization": f"Bearer {ADMIN}"})
+                        headers={"Authorization": f"Bearer {ADMIN}"}
+                        | ({"Shoal-Consistency": "strong"} if strong else {}))
 
 
 def members(node: ServerProcess) -> set[str]:
@@ -114,7 +117,7 @@ def test_any_node_serves_any_database_and_leadership_is_spread(
             run(http, name, "CREATE TABLE w(id TEXT PRIMARY KEY)",
                 {"sql": "INSERT INTO w VALUES (?)", "args": [name]})
     for i, name in enumerate(names):
-        with admin(nodes[(i + 2) % 3]) as http:
+        with admin(nodes[(i + 2) % 3], strong=True) as http:
             got = run(http, name, "SELECT id FROM w")["results"][0]["rows"]
             assert got == [[name]]
     led = []
@@ -141,7 +144,7 @@ def test_an_interactive_transaction_through_a_node_that_does_not_lead(
                          json={"statements": [{"sql": "INSERT INTO w VALUES (?)",
                                                "args": [node.url]}]}))
             ok(http.post(f"/v1/databases/tx/transactions/{tx}/commit"))
-    with admin(nodes[1]) as http:
+    with admin(nodes[1], strong=True) as http:
         got = run(http, "tx", "SELECT count(*) FROM w")["results"][0]["rows"]
     assert got == [[3]]
 
@@ -194,7 +197,7 @@ def make(node: ServerProcess, dbs: list[str]) -> None:
 
 
 def stored(node: ServerProcess, db: str) -> set[str]:
-    with admin(node) as http:
+    with admin(node, strong=True) as http:
         return {r[0] for r in run(http, db, "SELECT id FROM w")["results"][0]["rows"]}
 
 

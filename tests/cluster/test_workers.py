@@ -72,9 +72,13 @@ def gone(pid: int) -> bool:
 
 
 def write_and_read(server: ServerProcess, db: str, row: str) -> None:
+    """A write, then a read on a new connection (maybe another worker's replica) that
+    carries the write's bookmark, as a session does: it sees the write."""
     with fresh(server) as http:
-        run(http, db, {"sql": "INSERT INTO w VALUES (?)", "args": [row]})
+        bookmark = run(http, db, {"sql": "INSERT INTO w VALUES (?)",
+                                  "args": [row]})["meta"]["bookmark"]
     with fresh(server) as http:
+        http.headers["Shoal-Bookmark"] = bookmark
         rows = run(http, db, {"sql": "SELECT id FROM w WHERE id = ?", "args": [row]})
     assert rows["results"][0]["rows"] == [[row]]
 
@@ -100,7 +104,8 @@ def test_two_workers_serve_one_port_on_one_store(workers: ServerProcess) -> None
         led.append((status["node"], status["databases_led"]))
     assert sum(dict(led).values()) == 6  # each database led by one worker
     with fresh(workers) as http:
-        for i in range(6):
+        http.headers["Shoal-Consistency"] = "strong"  # the leader's: every write (a
+        for i in range(6):  # replica without a bookmark may be a moment behind)
             got = run(http, f"db{i}", "SELECT count(*) FROM w")["results"][0]["rows"]
             assert got == [[5]]
     second = serve(workers.data_dir.parent / "second", "--workers", "2",
