@@ -208,3 +208,18 @@ def test_hrana_reads_from_the_replica_and_streams_at_the_leader(
                        headers={"Shoal-Bookmark": done.headers["shoal-bookmark"]})
         assert ok(got)["results"][0]["response"]["result"]["rows"] == [[
             {"type": "integer", "value": "3"}]]
+
+
+def test_a_table_created_a_moment_ago_is_found_through_the_follower(
+        pair: list[ServerProcess]) -> None:
+    """A replica that has not applied a CREATE TABLE yet does not answer "no such table":
+    the leader answers (writes and reads alike), without a bookmark too."""
+    leader, follower = make(pair, "fresh")
+    with admin(leader) as w, admin(follower) as r:
+        for i in range(20):
+            ok(query(w, "fresh", f"CREATE TABLE n{i}(x)"))
+            ok(query(r, "fresh", f"INSERT INTO n{i} VALUES ({i})"))
+            got = ok(query(r, "fresh", f"SELECT count(*) FROM n{i}"))
+            assert got["results"][0]["rows"] in ([[0]], [[1]])  # behind, never an error
+        got = query(r, "fresh", "SELECT * FROM no_such_table")  # a real error stays one
+        assert got.status_code == 400 and got.json()["error"]["code"] == "SQLITE_ERROR"

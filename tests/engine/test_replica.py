@@ -5,9 +5,7 @@ on demand within max_open, close when idle."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
-import os
 import shutil
 import threading
 import time
@@ -23,7 +21,7 @@ from shoal.engine.connection import NeedsWriter
 from shoal.engine.replica import Copy, News, Replica, Replicas
 from shoal.log.segment import Commit, encode_segment
 from shoal.metrics import METRICS
-from tests.support.engine import run, stmts
+from tests.support.engine import fds_on, run, stmts
 from tests.support.logged import LoggedDatabase
 
 
@@ -248,13 +246,6 @@ def sample(name: str) -> float:
     return METRICS.registry.get_sample_value(name) or 0.0
 
 
-def fds_on(path: Path) -> int:
-    """File descriptors of this process open on a file under ``path``."""
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            count += os.readlink(f"/proc/self/fd/{fd}").startswith(str(path))
-    return count
 
 
 async def started(tmp_path: Path, leader: Leader, executor: ThreadPoolExecutor) -> Replica:

@@ -3,8 +3,6 @@ EXCLUSIVE lock, seen whole by reader connections that stay open across them."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
 import struct
 import threading
@@ -17,6 +15,7 @@ from shoal.engine.connection import Connection
 from shoal.engine.replica import Copy
 from shoal.log.errors import LogError
 from shoal.log.segment import encode_segment
+from tests.support.engine import fds_on
 from tests.support.logged import LoggedDatabase, dump, dump_image
 
 
@@ -141,13 +140,6 @@ def test_an_apply_cut_short_keeps_readers_out(pair: tuple[LoggedDatabase, Copy],
     conn.close()
 
 
-def fds_on(path: Path) -> int:
-    """File descriptors of this process open on ``path`` (or a file beside it)."""
-    count = 0
-    for fd in os.listdir("/proc/self/fd"):
-        with contextlib.suppress(OSError):
-            count += os.readlink(f"/proc/self/fd/{fd}").startswith(str(path))
-    return count
 
 
 @pytest.mark.parametrize("page_size", [4096, 65536])

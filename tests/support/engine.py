@@ -4,6 +4,8 @@ registry on a memory store, settings for an Engine, statements, and waiting on t
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
@@ -77,3 +79,12 @@ async def until(check: Callable[[], bool], timeout: float = 5.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.001)
+
+
+def fds_on(path: Path) -> int:
+    """File descriptors of this process open on a file under ``path`` (or beside it)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith(str(path))
+    return count

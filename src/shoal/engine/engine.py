@@ -91,6 +91,10 @@ COMPACTION_BUDGET = 60.0  # seconds of compaction a database gets per pass (a ba
 
 
 TIMELINE_HEADER = b"shoal-timeline"  # the leader's timeline, on a feed's answer
+# what a replica's read fails with when its copy lags (a table the leader created a moment
+# ago) or is damaged: the leader answers it instead (a real error, the same, from there)
+LAGGING = frozenset({Code.SQLITE_ERROR, Code.SQLITE_SCHEMA, Code.SQLITE_BUSY,
+                     Code.SQLITE_CORRUPT, Code.SQLITE_IOERR, Code.SQLITE_CANTOPEN})
 FEED_WAIT_MAX = 25.0  # seconds a feed request may wait (the forwarder's timeout is 30)
 
 
@@ -956,6 +960,10 @@ class Engine:
             raise Moved(url, f"{name}: writes go to the leader") from None
         except TransactionControl:  # a BEGIN (Hrana sends SQL): transactions are the leader's
             raise Moved(url, f"{name}: transactions go to the leader") from None
+        except ShoalError as exc:
+            if exc.code in LAGGING:  # the copy may not have the schema yet: the leader says
+                raise Moved(url, f"{name}: read at the leader ({exc.code})") from None
+            raise
         finally:
             db.active -= 1
             replica.last_used = time.monotonic()
