@@ -223,3 +223,17 @@ def test_a_table_created_a_moment_ago_is_found_through_the_follower(
             assert got["results"][0]["rows"] in ([[0]], [[1]])  # behind, never an error
         got = query(r, "fresh", "SELECT * FROM no_such_table")  # a real error stays one
         assert got.status_code == 400 and got.json()["error"]["code"] == "SQLITE_ERROR"
+
+
+def test_one_connection_reads_its_writes_without_bookmarks(pair: list[ServerProcess]) -> None:
+    """A client that carries no bookmark (a libSQL client, curl with keep-alive) reads its
+    own writes on the same connection: the node remembers the connection's last one."""
+    _, follower = make(pair, "conn")
+    with admin(follower) as r:
+        for i in range(60):
+            ok(query(r, "conn", "INSERT INTO t(v) VALUES ('x')"))  # moved to the leader
+            got = ok(query(r, "conn", "SELECT count(*) FROM t"))
+            assert got["results"][0]["rows"] == [[i + 1]], i
+            got = ok(pipeline(r, "conn", execute("SELECT count(*) FROM t"), CLOSE))
+            assert got["results"][0]["response"]["result"]["rows"] == [[
+                {"type": "integer", "value": str(i + 1)}]], i

@@ -15,6 +15,7 @@ import gc
 import logging
 import sys
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ from shoal.server.hrana import HranaHTTP
 from shoal.server.hrana_ws import HranaWebSocket, address_of
 from shoal.server.http import (
     ANONYMOUS,
+    BOOKMARK,
     CONSISTENCY,
     Receive,
     Request,
@@ -52,6 +54,7 @@ log = logging.getLogger("shoal")
 DISCONNECT_WATCH = 0.05  # seconds; most requests are answered sooner and are never watched
 FORWARD_PATIENCE = 5.0  # seconds a request waits for its database's leader to be reachable
 FORWARD_PAUSE = 0.2  # seconds between looks at who leads, while the leader is unreachable
+SESSIONS = 10_000  # client connections whose last bookmark a cluster's node remembers
 CLIENT_GONE = 499  # the status logged (never sent) for a request whose client went away
 
 
@@ -88,6 +91,7 @@ class App:
             ClusterAPI(self.engine).register(self.router)
         self._log = sys.stderr.buffer if settings.access_log else None
         self._leaving = False  # a cluster's node handing its databases over (SIGTERM)
+        self._sessions = Connections()  # read-your-writes per client connection
         self.loop: asyncio.AbstractEventLoop | None = None  # the server's, once started
         self._watches: dict[_Watch, None] = {}  # requests in flight (see _Watch)
         self._watcher: asyncio.Task[None] | None = None
@@ -151,13 +155,16 @@ class App:
         self._watches[watch] = None
         if self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_requests())
+        db: str | None = None
         try:
             handler = self.router.resolve(request)
             db = self._database(request) if self.clustered else None
             url = self._leader(request, db) if db is not None else None
             if url is not None and request.route in self.reads and \
                     request.headers.get(CONSISTENCY) != b"strong":
+                assert db is not None  # (a leader's URL is a database's)
                 request.follow, url = True, None  # read here; the engine moves what it cannot
+                self._sessions.carry(request, db)
             if url is not None:
                 assert db is not None
                 response = await self._forward(request, handler, db, url)
@@ -179,6 +186,8 @@ class App:
         finally:
             del self._watches[watch]
             watch.stop()
+        if db is not None and response.status == 200:
+            self._sessions.note(request, db, response.headers)
         if request.gone:  # nobody to answer
             response = Response(CLIENT_GONE)
         else:
@@ -393,3 +402,45 @@ class _Watch:
         if self._listener is not None:
             self._listener.cancel()
         REQUEST_GONE.reset(self._token)
+
+
+class Connections:
+    """Read-your-writes per client connection on a cluster's node, for clients that do not
+    carry bookmarks (libSQL's, curl): the last bookmark each keep-alive connection got
+    for a database and branch is sent with its next read from a replica that names none.
+    A connection is known by the client's address and port, remembered for the last
+    SESSIONS of them; one that closes and whose port is taken again at most makes a read
+    wait for what it would have seen anyway."""
+
+    def __init__(self, size: int = SESSIONS):
+        self.size = size
+        self.last: OrderedDict[tuple[Any, str, str], bytes] = OrderedDict()
+
+    @staticmethod
+    def _key(request: Request, db: str) -> tuple[Any, str, str] | None:
+        client = request.scope.get("client")
+        if not client:
+            return None
+        return tuple(client), db, request.params.get("branch", "main")
+
+    def note(self, request: Request, db: str, headers: list[tuple[bytes, bytes]]) -> None:
+        """Remember the bookmark of an answer (a write forwarded to its leader included)."""
+        key = self._key(request, db)
+        if key is None:
+            return
+        for name, value in headers:
+            if name == BOOKMARK:
+                self.last[key] = value
+                self.last.move_to_end(key)
+                if len(self.last) > self.size:
+                    self.last.popitem(last=False)
+                return
+
+    def carry(self, request: Request, db: str) -> None:
+        """Give a read that names no bookmark its connection's last one."""
+        if BOOKMARK in request.headers:
+            return
+        key = self._key(request, db)
+        found = self.last.get(key) if key is not None else None
+        if found is not None:
+            request.headers[BOOKMARK] = found
