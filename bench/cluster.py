@@ -229,10 +229,7 @@ def lag(opts: argparse.Namespace, durability: str, load: str = "paced") -> dict[
                            threads=1, seconds=opts.seconds)
             time.sleep(1.0)
             after = _histogram(other)
-            counts = {le: after[le] - before.get(le, 0.0) for le in after}
-            return {"commits_per_s": round(got.result.rate, 1),
-                    "p50_ms": _quantile(counts, 0.5), "p99_ms": _quantile(counts, 0.99),
-                    "applies": counts.get("+Inf", 0.0)}
+            return _lag_figures(before, after, got.result.rate)
         stop = threading.Event()
         done = [0]
         writers = 32  # remote durability: each waits for the store (~20 ms a commit)
@@ -262,6 +259,12 @@ def lag(opts: argparse.Namespace, durability: str, load: str = "paced") -> dict[
         rate = done[0] / (time.monotonic() - started)
         time.sleep(1.0)
         after = _histogram(other)
+    return _lag_figures(before, after, rate)
+
+
+def _lag_figures(before: dict[str, float], after: dict[str, float],
+                 rate: float) -> dict[str, float]:
+    """The lag histogram's growth between two readings, as percentiles."""
     counts = {le: after[le] - before.get(le, 0.0) for le in after}
     return {"commits_per_s": round(rate, 1), "p50_ms": _quantile(counts, 0.5),
             "p99_ms": _quantile(counts, 0.99), "applies": counts.get("+Inf", 0.0)}

@@ -1624,12 +1624,11 @@ class _Follow:
                    wait: float) -> News:
         status, headers, body = await self.engine._in_cluster().news(
             url, name, branch, after, timeline, wait)
-        if status == 410:
-            return News(dict(headers).get(TIMELINE_HEADER, b"").decode(), None)
-        if status != 200:
+        if status not in (200, 410):
             raise ShoalError(Code.LEADER_UNAVAILABLE, f"{name}: the leader answered {status} "
                                                       f"to a follower: {body[:200]!r}")
-        return News(dict(headers).get(TIMELINE_HEADER, b"").decode(), feeds.unpack(body))
+        timeline = dict(headers).get(TIMELINE_HEADER, b"").decode()
+        return News(timeline, feeds.unpack(body) if status == 200 else None)
 
     async def hydrate(self, name: str, branch: str, path: Path) -> tuple[str, int]:
         return await self.engine._io(self.engine.registry.hydrate, name, branch, path)
