@@ -16,7 +16,9 @@ directory and ``advertise_url``. In one run, next to each other:
    (``--workers`` puts two nodes behind one port; the kernel spreads the connections).
 4. **Replica lag** under about ``--commits`` (1,000) commits a second on the leader: each
    commit's time to its apply on the other node (``shoal_replica_lag_seconds``, both
-   nodes on this machine's clock), local durability (``replica_sync_interval``) and remote.
+   nodes on this machine's clock), local durability (``replica_sync_interval``) and remote;
+   paced Python writers, then wrk's inserts on ``--lag-connections`` (32) connections, as
+   fast as the leader acknowledges them. ``--lag-only`` runs this part alone.
 5. **Failover.** Three nodes; ``kill -9`` of the leader of a database; the time from the
    kill to the first write acknowledged through another node (a write every 20 ms), with
    the nodes' ``lease_ttl`` (``--ttl``, default 15 s as shipped).
@@ -210,8 +212,9 @@ def workers_scaling(opts: argparse.Namespace) -> dict[str, Any]:
 
 def lag(opts: argparse.Namespace, durability: str, load: str = "paced") -> dict[str, float]:
     """(4): the replica's lag behind ``opts.commits`` commits a second on the leader (as
-    many as the writers manage, if fewer), or behind wrk's inserts on 4 connections
-    (``load="wrk"``: as many as the leader takes): percentiles of its histogram."""
+    many as the writers manage, if fewer), or behind wrk's inserts on
+    ``opts.lag_connections`` connections (``load="wrk"``: as many as the leader takes):
+    percentiles of its histogram."""
     with cluster(2, 15.0, durability=durability) as nodes:
         leader, other = nodes
         db = led_by(nodes, 0, "l")
@@ -225,7 +228,8 @@ def lag(opts: argparse.Namespace, durability: str, load: str = "paced") -> dict[
         if load == "wrk":
             assert leader.proc is not None
             got = run_load(leader.proc.pid, f"{leader.url}/v1/databases/{db}/query",
-                           "insert.lua", [ADMIN, f"lag-{time.time_ns()}"], connections=4,
+                           "insert.lua", [ADMIN, f"lag-{time.time_ns()}"],
+                           connections=opts.lag_connections,
                            threads=1, seconds=opts.seconds)
             time.sleep(1.0)
             after = _histogram(other)
@@ -323,8 +327,8 @@ def failover(ttl: float) -> float:
         with httpx.Client(base_url=nodes[0].url, verify=SSL_CONTEXT, timeout=60,
                           headers={"Authorization": f"Bearer {ADMIN}"}) as http:
             http.post("/v1/databases", json={"name": db}).raise_for_status()
-            body = {"statements": ["CREATE TABLE w(k TEXT PRIMARY KEY, v TEXT)"]}
-            http.post(f"/v1/databases/{db}/query", json=body).raise_for_status()
+            http.post(f"/v1/databases/{db}/query", json={"statements": [
+                "CREATE TABLE w(k TEXT PRIMARY KEY, v TEXT)"]}).raise_for_status()
             nodes[2].kill()
             killed = time.monotonic()
             i = 0
@@ -347,19 +351,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--sequential", type=int, default=500)
     p.add_argument("--ttl", type=float, default=15.0, help="lease_ttl for the failover")
     p.add_argument("--commits", type=int, default=1000, help="commits/s for the lag")
+    p.add_argument("--lag-connections", type=int, default=32,
+                   help="wrk's connections for the lag's unpaced load")
     p.add_argument("--replicas-only", action="store_true", help="only (3) and (4)")
+    p.add_argument("--lag-only", action="store_true", help="only (4)")
     opts = p.parse_args(argv)
     if opts.quick:
         opts.runs, opts.seconds, opts.sequential = 1, 2.0, 100
     wrk.ensure_wrk()
     result: dict[str, Any] = {}
+    opts.replicas_only |= opts.lag_only
     if not opts.replicas_only:
         say("forwarded and direct loads (2 nodes)")
         result = loads(opts)
-    say("point reads: one node, then two")
-    result["scaling"] = scaling(opts)
-    say("point reads: one node, then --workers 2")
-    result["workers"] = workers_scaling(opts)
+    if not opts.lag_only:
+        say("point reads: one node, then two")
+        result["scaling"] = scaling(opts)
+        say("point reads: one node, then --workers 2")
+        result["workers"] = workers_scaling(opts)
     say(f"replica lag at {opts.commits} commits/s")
     result["lag"] = {f"{d}, {load}": lag(opts, d, load) for load in ("paced", "wrk")
                      for d in ("local", "remote")}
@@ -384,14 +393,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("| load | direct (leader) | forwarded | ratio | p99 direct | p99 forwarded |")
         print("|---|---|---|---|---|---|")
         print("\n".join(rows))
-    one, two = (statistics.median(result["scaling"][k]) for k in ("one", "two"))
-    print(f"\npoint reads of one database: one node {one:,.0f}/s, two nodes {two:,.0f}/s "
-          f"({two / one:.2f}x)")
-    one, two = (statistics.median(result["workers"][k]) for k in ("one", "two"))
-    print(f"point reads, one port: a single node {one:,.0f}/s, --workers 2 {two:,.0f}/s "
-          f"({two / one:.2f}x)")
-    for durability, got in result["lag"].items():
-        print(f"replica lag, {durability} durability, {got['commits_per_s']:,.0f} commits/s: "
+    if not opts.lag_only:
+        one, two = (statistics.median(result["scaling"][k]) for k in ("one", "two"))
+        print(f"\npoint reads of one database: one node {one:,.0f}/s, two nodes "
+              f"{two:,.0f}/s ({two / one:.2f}x)")
+        one, two = (statistics.median(result["workers"][k]) for k in ("one", "two"))
+        print(f"point reads, one port: a single node {one:,.0f}/s, --workers 2 "
+              f"{two:,.0f}/s ({two / one:.2f}x)")
+    for key, got in result["lag"].items():
+        durability, load = key.split(", ")
+        print(f"replica lag, {durability} durability, {load} load, "
+              f"{got['commits_per_s']:,.0f} commits/s: "
               f"p50 <= {got['p50_ms']:g} ms, p99 <= {got['p99_ms']:g} ms "
               f"({got['applies']:.0f} applies)")
     if "failover_s" in result:
