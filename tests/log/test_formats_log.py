@@ -11,6 +11,7 @@ decoding tests and the uncompressed layouts do not.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import struct
@@ -22,7 +23,7 @@ import zstandard
 from shoal.engine.database import make_bookmark, read_bookmark
 from shoal.log.branch import Incarnation, Record, decode_record
 from shoal.log.layout import database_key, timeline_key
-from shoal.log.segment import Commit, decode_segment, encode_segment
+from shoal.log.segment import Commit, decode_segment, encode_segment, read_changes
 from shoal.log.segment import read_header as read_segment_header
 from shoal.log.snapshot import encode_snapshot, write_image
 from shoal.log.snapshot import read_header as read_snapshot_header
@@ -104,6 +105,58 @@ def test_a_segment_written_by_hand_decodes() -> None:
         data = SEGMENT_HEADER + zstandard.ZstdCompressor(level=level).compress(segment_body())
         data += hashlib.blake2b(data, digest_size=16).digest()
         assert decode_segment(data)[1] == COMMITS
+
+
+# Version 2: the same commits, the first with captured changes b"seven", the second none
+COMMITS_V2 = [dataclasses.replace(COMMITS[0], changes=b"seven"), COMMITS[1]]
+SEGMENT_V2 = bytes.fromhex(
+    "53484f414c53454702000000020000000700000000000000080000000000000000002040fc54d94100005040"
+    "fc54d941470100000000000028b52ffd604405ed0900341207002040fc54d941000200000300000002000000"
+    "01000000000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f2021222324252627"
+    "28292a2b2c2d2e2f303132333435363738393a3b3c3d3e3f404142434445464748494a4b4c4d4e4f50515253"
+    "5455565758595a5b5c5d5e5f606162636465666768696a6b6c6d6e6f707172737475767778797a7b7c7d7e7f"
+    "808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9fa0a1a2a3a4a5a6a7a8a9aaab"
+    "acadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebfc0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7"
+    "d8d9dadbdcdddedfe0e1e2e3e4e5e6e7e8e9eaebecedeeeff0f1f2f3f4f5f6f7f8f9fafbfcfdfeff03000000"
+    "ab0800500178790700fb39852b64979d908f0004e6c755cda23fb0e824001628b52ffd202d2d0100e8070020"
+    "40fc54d94105000000736576656e08005040fc54d941ffffffff0200015904c0029f890525f35069b057a783"
+    "afc404c743"
+)
+SEGMENT_V2_SHA256 = "2e1bff89be9936e3ff007db17155cb3f8c9c66c44bf997678279c1e334a7d660"
+
+
+def changes_body() -> bytes:
+    """Per commit: txid u64, time f64, length u32 (0xFFFFFFFF: not captured), the bytes."""
+    return (struct.pack("<QdI", 7, 1700000000.5, 5) + b"seven"
+            + struct.pack("<QdI", 8, 1700000001.25, 0xFFFFFFFF))
+
+
+def test_version_2_segment_bytes_are_pinned() -> None:
+    data = encode_segment(COMMITS_V2)
+    assert data == SEGMENT_V2
+    assert hashlib.sha256(data).hexdigest() == SEGMENT_V2_SHA256
+
+
+def test_version_2_segment_layout() -> None:
+    # the header as version 1's with version 2, then changes_at: the pages frame's length
+    assert SEGMENT_V2[:48] == SEGMENT_HEADER[:8] + b"\x02\x00" + SEGMENT_HEADER[10:]
+    (changes_at,) = struct.unpack_from("<Q", SEGMENT_V2, 48)
+    pages, rest = SEGMENT_V2[56:56 + changes_at], SEGMENT_V2[56 + changes_at:-16]
+    assert zstandard.ZstdDecompressor().decompress(pages) == segment_body()
+    assert zstandard.ZstdDecompressor().decompress(rest) == changes_body()
+    assert SEGMENT_V2[-16:] == hashlib.blake2b(SEGMENT_V2[:-16], digest_size=16).digest()
+
+
+def test_the_pinned_version_2_segment_decodes_and_a_hand_built_one_too() -> None:
+    assert decode_segment(SEGMENT_V2)[1] == COMMITS_V2
+    assert [(c.txid, c.changes) for c in read_changes(SEGMENT_V2)[1]] == [(7, b"seven"),
+                                                                         (8, None)]
+    pages = zstandard.ZstdCompressor(level=19).compress(segment_body())
+    data = (SEGMENT_HEADER[:8] + b"\x02\x00" + SEGMENT_HEADER[10:]
+            + struct.pack("<Q", len(pages)) + pages
+            + zstandard.ZstdCompressor(level=3).compress(changes_body()))
+    data += hashlib.blake2b(data, digest_size=16).digest()
+    assert decode_segment(data)[1] == COMMITS_V2
 
 
 # -- snapshots --------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 import pytest
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 
 from shoal.log import layout
 from shoal.log.errors import CorruptObject
-from shoal.log.segment import Commit, decode_segment, encode_segment, read_header
+from shoal.log.segment import Commit, decode_segment, encode_segment, read_changes, read_header
 from shoal.log.snapshot import SnapshotPolicy, encode_snapshot, write_image
 from shoal.storage.base import ObjectInfo
 
@@ -93,3 +94,43 @@ def test_snapshot_policy() -> None:
     assert not policy.due(100, 1000, 0)  # log small against the database
     assert policy.due(500, 1000, 0)
     assert policy.due(1, 1000, 60)
+
+
+# -- version 2: commits with captured changes -----------------------------------------------
+
+
+def test_captured_changes_round_trip_and_read_alone() -> None:
+    commits = [dataclasses.replace(commit(t), changes=b"c" * t if t % 3 else None)
+               for t in range(5, 12)]
+    data = encode_segment(commits)
+    assert data[8:10] == b"\x02\x00"
+    assert decode_segment(data)[1] == commits
+    header, captured = read_changes(data)
+    assert header == read_header(data)
+    assert [(c.txid, c.time, c.changes) for c in captured] == \
+        [(c.txid, c.time, c.changes) for c in commits]
+
+
+def test_no_captured_changes_is_version_1_and_reads_as_none() -> None:
+    commits = [commit(t) for t in range(1, 4)]
+    data = encode_segment(commits)
+    assert data[8:10] == b"\x01\x00"
+    assert [(c.txid, c.changes) for c in read_changes(data)[1]] == [(1, None), (2, None),
+                                                                    (3, None)]
+    empty = [dataclasses.replace(c, changes=b"") for c in commits]  # captured: no row changed
+    assert decode_segment(encode_segment(empty))[1] == empty
+
+
+@given(st.data())
+def test_any_flipped_bit_or_truncation_of_version_2_is_caught(data: st.DataObject) -> None:
+    blob = bytearray(encode_segment([dataclasses.replace(commit(t), changes=b"xyz" * t)
+                                     for t in range(1, 4)]))
+    if data.draw(st.booleans()):
+        i = data.draw(st.integers(0, len(blob) - 1))
+        blob[i] ^= 1 << data.draw(st.integers(0, 7))
+    else:
+        del blob[data.draw(st.integers(0, len(blob) - 1)):]
+    for read in (decode_segment, read_changes):
+        with pytest.raises(CorruptObject) as info:
+            read(bytes(blob), "dbs/x/log/k.seg")
+        assert info.value.key == "dbs/x/log/k.seg"

@@ -14,7 +14,7 @@ import pytest
 import zstandard
 
 from shoal.log.errors import CorruptObject
-from shoal.log.segment import Commit, decode_segment, encode_segment, read_header
+from shoal.log.segment import Commit, decode_segment, encode_segment, read_changes, read_header
 
 KEY = "dbs/orders/main/log/00000001.seg"
 PAGE = 512
@@ -80,7 +80,7 @@ def test_a_hand_built_segment_decodes() -> None:
     (b"SHOALSNP", 1, f"segment {KEY} has a bad magic number"),
     (b"shoalseg", 1, f"segment {KEY} has a bad magic number"),
     (b"SHOALSEG", 0, f"segment {KEY} has unknown version 0"),
-    (b"SHOALSEG", 2, f"segment {KEY} has unknown version 2"),
+    (b"SHOALSEG", 3, f"segment {KEY} has unknown version 3"),
 ])
 def test_bad_magic_or_version(magic: bytes, version: int, message: str) -> None:
     data = seal(header(3, 5, 7, magic=magic, version=version), good_raw())
@@ -213,3 +213,88 @@ def test_encode_takes_any_iterable() -> None:
 def test_read_header_names_a_default_key() -> None:
     with pytest.raises(CorruptObject, match=r"^segment segment is truncated \(3 bytes\)$"):
         read_header(b"abc")
+
+
+# -- version 2: a changes frame after the pages -----------------------------------------------
+
+
+def changes(*entries: tuple[int, bytes | None]) -> bytes:
+    """Per commit: txid u64, time f64 (100 + txid), length u32 (0xFFFFFFFF: none), bytes."""
+    return b"".join(struct.pack("<QdI", txid, 100.0 + txid,
+                                0xFFFFFFFF if blob is None else len(blob)) + (blob or b"")
+                    for txid, blob in entries)
+
+
+def seal2(head: bytes, raw: bytes, captured: bytes, *, at: int | None = None) -> bytes:
+    """A version 2 segment: header, changes_at u64, zstd(raw), zstd(captured), trailer."""
+    pages = zstandard.ZstdCompressor().compress(raw)
+    rest = zstandard.ZstdCompressor().compress(captured)
+    data = head + struct.pack("<Q", len(pages) if at is None else at) + pages + rest
+    return data + hashlib.blake2b(data, digest_size=16).digest()
+
+
+GOOD_CHANGES = changes((5, b"five"), (6, None), (7, b""))
+
+
+def test_a_hand_built_version_2_segment_decodes() -> None:
+    data = seal2(header(3, 5, 7, version=2), good_raw(), GOOD_CHANGES)
+    _, commits = decode_segment(data, KEY)
+    assert [(c.txid, c.changes) for c in commits] == [(5, b"five"), (6, None), (7, b"")]
+    _, captured = read_changes(data, KEY)
+    assert [(c.txid, c.time, c.changes) for c in captured] == [
+        (5, 105.0, b"five"), (6, 106.0, None), (7, 107.0, b"")]
+
+
+def read_both(data: bytes, message: str) -> None:
+    corrupt(data, message)
+    with pytest.raises(CorruptObject, match=message):
+        read_changes(data, KEY)
+
+
+def test_changes_that_begin_past_the_end() -> None:
+    data = seal2(header(3, 5, 7, version=2), good_raw(), GOOD_CHANGES, at=10**6)
+    read_both(data, f"segment {KEY}: its changes begin past its end")
+
+
+def test_a_version_2_body_too_short_for_changes_at() -> None:
+    data = seal(header(3, 5, 7, version=2), body=b"\x01\x02")
+    read_both(data, f"segment {KEY}: body is truncated")
+
+
+@pytest.mark.parametrize("captured", [
+    GOOD_CHANGES[:-1],  # the last entry's header cut short
+    changes((5, b"five"), (6, None)) + struct.pack("<QdI", 7, 107.0, 9) + b"short",
+])
+def test_truncated_changes(captured: bytes) -> None:
+    read_both(seal2(header(3, 5, 7, version=2), good_raw(), captured),
+              f"segment {KEY}: changes are truncated")
+
+
+def test_changes_and_pages_that_disagree() -> None:
+    data = seal2(header(3, 5, 7, version=2), good_raw(),
+                 changes((5, b"a"), (6, b"b"), (8, b"c")))
+    corrupt(data, f"segment {KEY}: its changes and pages disagree")
+    with pytest.raises(CorruptObject, match="body does not match its header"):
+        read_changes(data, KEY)
+
+
+def test_changes_that_do_not_match_the_header() -> None:
+    data = seal2(header(3, 5, 7, version=2), good_raw(), changes((5, b"a"), (6, b"b")))
+    with pytest.raises(CorruptObject, match="body does not match its header"):
+        read_changes(data, KEY)
+
+
+def test_a_changes_frame_that_is_not_zstd() -> None:
+    pages = zstandard.ZstdCompressor().compress(good_raw())
+    data = header(3, 5, 7, version=2) + struct.pack("<Q", len(pages)) + pages + b"not zstd"
+    data += hashlib.blake2b(data, digest_size=16).digest()
+    with pytest.raises(CorruptObject, match="does not decompress"):
+        read_changes(data, KEY)
+    with pytest.raises(CorruptObject, match="does not decompress"):
+        decode_segment(data, KEY)
+
+
+def test_changes_with_a_gap() -> None:
+    data = seal2(header(3, 5, 8, version=2), good_raw(), changes((5, b"a"), (6, b"b"), (8, b"")))
+    with pytest.raises(CorruptObject, match="txid 6 is followed by 8"):
+        read_changes(data, KEY)
