@@ -93,10 +93,17 @@ class Code(StrEnum):
     TRANSACTION_EXPIRED = auto(), 410, "The transaction sat idle too long and was rolled back."
     TRANSACTION_ABORTED = auto(), 410, ("An error (e.g. a statement timeout) rolled the "
                                         "transaction back; open a new one.")
+    CURSOR_EXPIRED = auto(), 410, ("The feed no longer holds the changes after this cursor "
+                                   "(kept for feed_retention), or the branch was restored or "
+                                   "reset since: read the database afresh, then follow the "
+                                   "feed from the cursor the error names.")
     IDEMPOTENCY_KEY_REUSED = auto(), 422, "Use a new Idempotency-Key for a different request."
     OVERLOADED = auto(), 503, ("The node is short of memory (max_memory_bytes): retry shortly, "
                                "with backoff. Operators: GET /ready says why; give the node more "
                                "memory or fewer tenants.")
+    TOO_MANY_SUBSCRIPTIONS = auto(), 429, ("The node serves as many change-feed event streams "
+                                           "as max_feed_streams allows: close streams you no "
+                                           "longer read, poll JSON pages, or raise the setting.")
     TOO_MANY_TRANSACTIONS = auto(), 429, ("Commit or roll back open transactions first, or raise "
                                           "max_transactions / max_transactions_per_token; the "
                                           "message says which limit.")

@@ -257,6 +257,12 @@ class Settings:
         1.0, "Seconds a cluster's node waits for its replica of a database to reach the bookmark "
         "a read carries (Shoal-Bookmark) before it forwards the read to the database's leader.",
         minimum=0)
+    capture_changes: bool = _s(
+        True, "Capture every commit's row changes (the change feed) with its log entry in the "
+        "object store. Off: no feed; commits cost a little less.")
+    max_feed_streams: int = _s(
+        1000, "Change-feed event streams (Server-Sent Events) this node serves at once; more "
+        "are answered 429 TOO_MANY_SUBSCRIPTIONS.", minimum=0)
     history_retention: float = _s(
         7 * 86400.0, "Seconds of history kept restorable; older segments and snapshots are deleted "
         "unless a branch needs them.")

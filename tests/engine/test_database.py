@@ -382,10 +382,10 @@ def test_visible_covers_a_commit_a_reader_sees_before_its_txid_is_published(
             entered, gate = threading.Event(), threading.Event()
             publish = Database._committed
 
-            def slow(self: Database, conn: object, txid: int) -> None:
+            def slow(self: Database, conn: object, txid: int, *changes: object) -> None:
                 entered.set()
                 gate.wait(5)
-                publish(self, conn, txid)  # type: ignore[arg-type]
+                publish(self, conn, txid, *changes)  # type: ignore[arg-type]
 
             monkeypatch.setattr(Database, "_committed", slow)
             write = asyncio.ensure_future(db.write(insert(1)))

@@ -27,6 +27,8 @@ SRC = Path(__file__).resolve().parents[2] / "src" / "shoal"
 EXPECTED_STATUS = {
     "INVALID_JSON": 400,
     "TOO_MANY_TRANSACTIONS": 429,
+    "TOO_MANY_SUBSCRIPTIONS": 429,
+    "CURSOR_EXPIRED": 410,
     "QUOTA_EXCEEDED": 429,
     "RATE_LIMITED": 429,
     "DATABASE_FULL": 507,

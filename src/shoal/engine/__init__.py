@@ -31,6 +31,9 @@ from shoal.engine.health import READ_ONLY, Condition
 from shoal.engine.memory import ceiling as memory_ceiling
 from shoal.engine.quota import DatabaseLimits
 from shoal.engine.registry import Deleted
+from shoal.feed.reader import ChangesPage
+from shoal.feed.reader import Event as FeedEvent
+from shoal.feed.reader import Filter as FeedFilter
 from shoal.log.branch import Branch as LogBranch
 from shoal.log.restore import History
 
@@ -39,6 +42,7 @@ __all__ = [
     "REQUEST_GONE",
     "TIMELINE_HEADER",
     "BranchInfo",
+    "ChangesPage",
     "Committed",
     "Compacted",
     "Condition",
@@ -48,6 +52,8 @@ __all__ = [
     "Deleted",
     "Description",
     "Engine",
+    "FeedEvent",
+    "FeedFilter",
     "History",
     "Idempotency",
     "LogBranch",

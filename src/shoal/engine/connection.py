@@ -19,13 +19,14 @@ an inline run has much lower ones (see ``INLINE_LIMITS``).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -445,6 +446,17 @@ class Connection:
             self.guard.internal = False
             if large:
                 self.raw.limit(apsw.SQLITE_LIMIT_LENGTH, self._resting[apsw.SQLITE_LIMIT_LENGTH])
+
+    @contextlib.contextmanager
+    def unguarded(self) -> Iterator[None]:
+        """Shoal's own work through apsw's other doors (the change capture's session, which
+        prepares SQL of its own) with the authorizer off. Nothing prepared meanwhile may be
+        cached under a text a user could send: apsw does not cache the session's SQL."""
+        self.guard.internal = True
+        try:
+            yield
+        finally:
+            self.guard.internal = False
 
     def cap_size(self, size: int) -> None:
         """Let the file grow to ``size`` bytes at most (0: no cap): a statement that needs

@@ -65,6 +65,7 @@ from shoal.engine.connection import (
 )
 from shoal.engine.journal import STORE_FAILURES, CheckpointBlocked
 from shoal.errors import Code, ShoalError, from_sqlite
+from shoal.feed import ChangeCapture, encode_changes
 from shoal.log.errors import LogConflict, LogError
 from shoal.log.shipper import Shipper
 from shoal.log.timeline import Writer
@@ -90,7 +91,7 @@ class Log(Protocol):
     def failed(self) -> LogError | None: ...
     def fence(self) -> None: ...
     def hook(self, conn: apsw.Connection, name: str, frames: int) -> int: ...
-    def captured(self, txid: int) -> None: ...
+    def captured(self, txid: int, changes: bytes | None = None) -> None: ...
     async def claim(self) -> None: ...
     async def durable(self, txid: int) -> None: ...
     async def mend(self, db: Database) -> None: ...
@@ -216,10 +217,15 @@ def branch_bytes(path: str | os.PathLike[str]) -> int:
                if os.path.exists(f"{path}{suffix}"))
 
 
-def make_bookmark(database: str, branch: str, txid: int, timeline: str | None = None) -> str:
-    """An opaque (database, branch, txid[, timeline]) string. The timeline pins the history:
-    after a reset or restore the same branch name continues on another one."""
+def make_bookmark(database: str, branch: str, txid: int, timeline: str | None = None,
+                  index: int | None = None) -> str:
+    """An opaque (database, branch, txid[, timeline[, index]]) string. The timeline pins the
+    history: after a reset or restore the same branch name continues on another one. With
+    an index it is a change feed's cursor (``feed/reader.py``): after that change of the
+    commit; as a bookmark it means the whole commit."""
     raw = f"{database}/{branch}/{txid}" + (f"/{timeline}" if timeline else "")
+    if index is not None and timeline:
+        raw += f"/{index}"
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
@@ -229,16 +235,19 @@ class Bookmark:
     branch: str
     txid: int
     timeline: str | None  # None in bookmarks of a node without a commit log
+    index: int | None = None  # a feed cursor's change within the commit
 
 
 def read_bookmark(bookmark: str) -> Bookmark:
     try:
         raw = base64.urlsafe_b64decode(bookmark + "=" * (-len(bookmark) % 4)).decode()
         parts = raw.split("/")
-        if len(parts) not in (3, 4) or int(parts[2]) < 0:
+        if len(parts) not in (3, 4, 5) or int(parts[2]) < 0 or (
+                len(parts) == 5 and int(parts[4]) < 0):
             raise ValueError(raw)
         return Bookmark(parts[0], parts[1], int(parts[2]),
-                        parts[3] if len(parts) == 4 else None)
+                        parts[3] if len(parts) >= 4 else None,
+                        int(parts[4]) if len(parts) == 5 else None)
     except (ValueError, UnicodeDecodeError):
         raise ShoalError(Code.INVALID_REQUEST, "malformed bookmark") from None
 
@@ -246,6 +255,13 @@ def read_bookmark(bookmark: str) -> Bookmark:
 def parse_bookmark(bookmark: str) -> tuple[str, str, int]:
     found = read_bookmark(bookmark)
     return found.database, found.branch, found.txid
+
+
+class Own:
+    """A commit of Shoal's own (no user's row changes): see Database._committed."""
+
+
+OWN = Own()
 
 
 @dataclass
@@ -356,6 +372,10 @@ class Database:
         self._backlog_limit: float = settings.max_unshipped_bytes or math.inf
         self.size_limit = 0  # bytes the file may hold (the database's size_bytes; 0: none)
         self.follower = follower  # a replica's copy: readers only, no WAL (engine/replica.py)
+        # the change feed's capture of each write transaction (shoal.feed), with a log only
+        self.changes: ChangeCapture | None = None
+        self._changes_table = False  # _cf_SHOAL_changes is known to exist
+        self._pruned_through = -1  # its rows up to this txid are known to be gone
 
     # -- open / close -----------------------------------------------------------------------
     def _connect(self, reader: bool) -> Connection:
@@ -387,6 +407,8 @@ class Database:
                 tables.create(writer)
                 writer.internal(COMMIT)
             self.layout = layout or tables.CURRENT
+            if self.journal is not None and self.settings.capture_changes:
+                self.changes = ChangeCapture(writer.raw, tables.hidden)
             self.txid = self.visible = writer.internal(self.layout.get_txid)[0][0]
             self._schema_version = writer.internal(SCHEMA_VERSION)[0][0]
         except BaseException:
@@ -794,6 +816,7 @@ class Database:
         outcomes: list[Committed | BaseException] = []
         conn.internal(BEGIN_IMMEDIATE)
         try:
+            self._capture_start()
             for i, job in enumerate(batch):
                 if i in failed:
                     outcomes.append(failed[i])
@@ -816,6 +839,7 @@ class Database:
                 except (ShoalError, NeedsWriter) as exc:
                     if conn.raw.get_autocommit():  # SQLite dropped the whole transaction
                         failed[i] = exc
+                        self._capture_abort()
                         return None
                     conn.internal(ROLLBACK_TO)
                     conn.internal(RELEASE)
@@ -825,13 +849,16 @@ class Database:
                 if self._purge_due:
                     conn.internal(self.layout.purge_idem,
                                   (time.time() - self.settings.idempotency_ttl,))
+                changes = self._capture_end(conn, txid)
                 conn.internal(self.layout.set_txid, (txid,))
                 self._commit_txid(conn, txid)
                 self._purge_due = False
-                self._committed(conn, txid)
+                self._committed(conn, txid, changes)
             else:
                 conn.internal(ROLLBACK)
+                self._capture_abort()
         except BaseException as exc:
+            self._capture_abort()
             if not conn.raw.get_autocommit():
                 conn.internal(ROLLBACK)
             if isinstance(exc, apsw.Error):  # COMMIT itself failed: every job with it
@@ -920,6 +947,11 @@ class Database:
             conn.cap_size(self.size_limit)
         self._upgrade(conn)
         conn.internal(BEGIN_IMMEDIATE)
+        try:
+            self._capture_start()
+        except BaseException:
+            conn.internal(ROLLBACK)
+            raise
 
     def _upgrade(self, conn: Connection) -> None:
         """Writer, under the write lock, before a write: an older layout's tables move to
@@ -994,6 +1026,8 @@ class Database:
              idempotency: IdempotencyRecord | None) -> Committed | None:
         conn = tx.conn
         if not (commit and tx.write):
+            if tx.write:
+                self._capture_abort()
             if not conn.raw.get_autocommit():
                 conn.internal(ROLLBACK)
             return None
@@ -1004,9 +1038,11 @@ class Database:
                 raise violated
             if idempotency:
                 self._record(conn, idempotency, done)
+            changes = self._capture_end(conn, txid)
             conn.internal(self.layout.set_txid, (txid,))
             self._commit_txid(conn, txid)
         except BaseException as exc:
+            self._capture_abort()
             with contextlib.suppress(Exception):
                 if not conn.raw.get_autocommit():
                     conn.internal(ROLLBACK)
@@ -1017,7 +1053,7 @@ class Database:
                 exc.args = (exc.message,)
                 raise exc from None
             raise
-        self._committed(conn, txid)
+        self._committed(conn, txid, changes)
         return done
 
     def _commit_txid(self, conn: Connection, txid: int) -> None:
@@ -1030,12 +1066,77 @@ class Database:
             self.visible = self.txid
             raise
 
-    def _committed(self, conn: Connection, txid: int) -> None:
+    def _capture_start(self) -> None:
+        """Right after BEGIN of a user's write: record its row changes from here on."""
+        if self.changes is not None:
+            self.changes.start()
+
+    def _capture_abort(self) -> None:
+        """The transaction rolls back: its changes are dropped, and what it wrote to the
+        changes table with them (created, pruned) is not known to have happened."""
+        if self.changes is not None:
+            self.changes.abort()
+            self._changes_table = False
+            self._pruned_through = -1
+
+    def _capture_end(self, conn: Connection, txid: int) -> bytes | None:
+        """Just before the COMMIT of ``txid``: its row changes, encoded (b"": none; None:
+        not captured, the capture being off or failing for this commit, which the feed
+        then says), also written into the commit itself (tables.CHANGES) so that a crash
+        keeps them exactly as long as the commit; rows the store already holds go in the
+        same commit."""
+        if self.changes is None:
+            return None
+        with conn.unguarded():
+            found = self.changes.finish()
+        self._prune_changes(conn)
+        if self.changes.lost:  # a schema change took some tables' rows out of reach
+            log.warning("%s/%s: txid %d's row changes of %s could not be captured; the feed "
+                        "says so", self.name, self.branch, txid, ", ".join(self.changes.lost))
+            conn.internal(tables.PUT_CHANGES, (txid, None))
+            return None
+        if not found:
+            return b""
+        blob = encode_changes(found)
+        conn.internal(tables.PUT_CHANGES, (txid, blob), large=True)
+        return blob
+
+    def _prune_changes(self, conn: Connection, create: bool = True) -> None:
+        """Inside a commit: drop the changes table's rows of commits the store holds
+        (creating the table first, or, with ``create`` False, doing nothing without it)."""
+        if not self._changes_table:
+            if not create and not conn.internal(tables.HAS_CHANGES):
+                return
+            conn.internal(tables.CREATE_CHANGES)
+            self._changes_table = True
+        shipper = self.journal.shipper if self.journal is not None else None
+        durable = shipper.durable_txid if shipper is not None else -1
+        if durable > self._pruned_through:
+            conn.internal(tables.PRUNE_CHANGES, (durable,))
+            self._pruned_through = durable
+
+    def recovered_changes(self, first: int, last: int) -> dict[int, bytes | None] | None:
+        """Worker thread, at open: the row changes the file keeps for txids first..last (the
+        commits the WAL still holds); None if this branch captures none."""
+        if self.changes is None or self.writer is None:
+            return None
+        try:
+            rows = self.writer.internal(tables.GET_CHANGES, (first, last), large=True)
+        except apsw.SQLError as exc:
+            if "no such table" in str(exc):  # a file from before the feed
+                return {}
+            raise
+        return {txid: None if blob is None else bytes(blob) for txid, blob in rows}
+
+    def _committed(self, conn: Connection, txid: int, changes: bytes | Own | None = OWN
+                   ) -> None:
         """After a commit: publish its txid; note a schema change for the readers; hand the
-        commit to the log (it never raises: the commit has happened). The log has it
-        before anyone can see the txid and wait for its durability."""
+        commit and its row changes to the log (it never raises: the commit has happened).
+        The log has it before anyone can see the txid and wait for its durability."""
         if self.journal is not None:
-            self.journal.captured(txid)
+            if isinstance(changes, Own):  # a move of Shoal's tables, VACUUM's bump: no rows
+                changes = b"" if self.changes is not None else None
+            self.journal.captured(txid, changes)
         self.txid = txid
         self._note_schema(conn)
 
@@ -1134,9 +1235,12 @@ class Database:
         try:
             conn.internal(BEGIN_IMMEDIATE)
             try:
+                if self.changes is not None:  # every commit is in the store: VACUUM keeps
+                    self._prune_changes(conn, create=False)  # none of their changes
                 conn.internal(self.layout.set_txid, (txid,))
                 self._commit_txid(conn, txid)
             except BaseException:
+                self._capture_abort()
                 if not conn.raw.get_autocommit():
                     conn.internal(ROLLBACK)
                 raise

@@ -52,6 +52,7 @@ from shoal.engine.database import (
     IdempotencyRecord,
     Transaction,
     branch_bytes,
+    make_bookmark,
     read_bookmark,
 )
 from shoal.engine.disk import Disk
@@ -65,9 +66,12 @@ from shoal.engine.quota import DatabaseLimits, Quotas, decode_limits, encode_lim
 from shoal.engine.registry import BranchView, Deleted, Registry, stored_txid
 from shoal.engine.replica import News, Replicas
 from shoal.errors import Code, ShoalError
+from shoal.feed.reader import ALL, ChangesPage, Expired, Filter, Position, events, stored
 from shoal.log import feed as feeds
 from shoal.log.branch import Branch
 from shoal.log.restore import History
+from shoal.log.segment import Captured, read_changes
+from shoal.log.timeline import load_timeline
 from shoal.metrics import METRICS, UsageCollector
 from shoal.names import check as check_name
 from shoal.settings import Settings
@@ -601,6 +605,70 @@ class Engine:
             await shipper.feed.wait(after, min(wait, FEED_WAIT_MAX))
             found = shipper.feed.since(after)
         return current, None if found is None else feeds.pack(found)
+
+    async def changes(self, principal: tokens.Principal, name: str, branch: str,
+                      since: str | None, limit: int, wait: float,
+                      wanted: Filter = ALL) -> ChangesPage:
+        """A page of the branch's change feed (``feed/reader.py``): up to ``limit`` committed
+        row changes after ``since`` (a cursor or bookmark of this branch; None: from now),
+        waiting up to ``wait`` seconds for the first. Served by the branch's leader: the
+        recent segments are in its memory, older ones in the store."""
+        self._known(name, branch)
+        principal.require("read", name)
+        db = await self.lifecycle.acquire(name, branch)
+        try:
+            journal = db.journal
+            shipper = journal.shipper if journal is not None else None
+            timeline = db.timeline
+        finally:
+            self.lifecycle.release(db)
+        if journal is None or shipper is None or timeline is None:
+            raise ShoalError(Code.HISTORY_DISABLED, "this node keeps no commit log: no feed")
+        start = self._feed_start(name, branch, timeline, since, shipper.durable_txid)
+        deadline = time.monotonic() + min(wait, FEED_WAIT_MAX)
+        while True:
+            durable = shipper.durable_txid
+            if durable > start.txid or (start.index is not None and durable >= start.txid):
+                found, reached = events(await self._captured(
+                    name, branch, timeline, shipper.feed, start, durable), start, limit, wanted)
+                if found or reached != start:
+                    return ChangesPage(name, branch, timeline, found, reached)
+            left = deadline - time.monotonic()
+            if left <= 0 or shipper.feed.ended:
+                return ChangesPage(name, branch, timeline, [], start)
+            await shipper.feed.wait(durable, left)
+
+    def _feed_start(self, name: str, branch: str, timeline: str, since: str | None,
+                    durable: int) -> Position:
+        if since is None:
+            return Position(durable)
+        mark = read_bookmark(since)
+        if (mark.database, mark.branch) != (name, branch):
+            raise ShoalError(Code.INVALID_REQUEST, f"the cursor is of {mark.database}/"
+                             f"{mark.branch}, not {name}/{branch}")
+        if mark.timeline != timeline:
+            raise ShoalError(Code.CURSOR_EXPIRED, f"{name}/{branch} was restored or reset "
+                             "since this cursor: its feed continues on another timeline",
+                             earliest=make_bookmark(name, branch, durable, timeline))
+        return Position(mark.txid, mark.index)
+
+    async def _captured(self, name: str, branch: str, timeline: str, feed: feeds.Feed,
+                        start: Position, durable: int) -> list[Captured]:
+        """The commits from ``start`` on up to ``durable``: from the leader's memory if it
+        still holds them, else from the store (CURSOR_EXPIRED past retention)."""
+        after = start.txid - 1 if start.index is not None else start.txid
+        kept = feed.since(after, inside=True)
+        if kept is not None:
+            return [c for data in kept for c in read_changes(data)[1]
+                    if after < c.txid <= durable]
+        record = await self._io(load_timeline, self.store, name, timeline)
+        try:
+            return await self._io(stored, self.store, name, record, after, durable)
+        except Expired as exc:
+            raise ShoalError(Code.CURSOR_EXPIRED, f"the changes of {name}/{branch} after txid "
+                             f"{after} are no longer kept",
+                             earliest=make_bookmark(name, branch, exc.earliest,
+                                                    timeline)) from None
 
     async def learn_database(self, name: str) -> bool:
         """Whether ``name`` exists, as the store says now: another node of the cluster may

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import time
@@ -77,6 +78,10 @@ class Logged(Protocol):
     write_lock: asyncio.Lock
     writer: Connection | None
     closed: bool
+
+    def recovered_changes(self, first: int, last: int) -> dict[int, bytes | None] | None:
+        """Worker thread: the row changes its file keeps for txids first..last (a txid's
+        None: not captured; None: the branch captures none)."""
 
 FLUSH_UNDER_LOCK = 2.0  # seconds a checkpoint may hold writers back waiting for an upload
 LOCAL_FILES = ("", "-wal", "-shm", "-journal")
@@ -196,8 +201,9 @@ class Journal:
         self.frames = frames
         return apsw.SQLITE_OK
 
-    def captured(self, txid: int) -> None:
-        """The commit just made as txid: read its frames and queue them for shipping."""
+    def captured(self, txid: int, changes: bytes | None = None) -> None:
+        """The commit just made as txid, with its row changes: read its frames and queue
+        them for shipping."""
         if self.broken or self.shipper is None:
             return
         if self.writer is None:  # every write path claims first: a bug, never ship unfenced
@@ -206,7 +212,7 @@ class Journal:
             self.broken = True
             return
         try:
-            self.shipper.append(self.capture.mark(txid, self.frames))
+            self.shipper.append(self.capture.mark(txid, self.frames, changes))
         except Exception as exc:  # a WalError or a bug: either way a snapshot covers it
             log.error("capture of %s/%s txid %d failed, the log will be re-based on a "
                       "snapshot: %s", self.name, self.branch.name, txid, exc)
@@ -289,6 +295,17 @@ class Journal:
             async with db.write_lock:
                 await self.repair(db)
             return
+        if above:  # their changes died with the process that made them: the file has them
+            try:
+                found = await loop.run_in_executor(self.executor, db.recovered_changes,
+                                                   above[0].txid, above[-1].txid)
+            except apsw.Error as exc:  # the commits ship all the same, their changes unknown
+                log.error("%s/%s: the row changes of txids %d..%d could not be read back, "
+                          "the change feed lacks them: %s", self.name, self.branch.name,
+                          above[0].txid, above[-1].txid, exc)
+                found = None
+            if found is not None:
+                above = [dataclasses.replace(c, changes=found.get(c.txid, b"")) for c in above]
         for commit in above:
             self.shipper.append(commit)
 

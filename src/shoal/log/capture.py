@@ -46,6 +46,7 @@ class Mark:
     time: float
     end_frame: int  # frames in this WAL generation up to and including the commit frame
     size: int  # estimated page bytes (for segment sizing and back-pressure)
+    changes: bytes | None = None  # its row changes (shoal.feed); None: not captured
 
 
 class Capture:
@@ -68,13 +69,15 @@ class Capture:
         position = self.reader.position
         return position.page_size if position is not None else DEFAULT_PAGE_SIZE
 
-    def mark(self, txid: int, max_frame: int) -> Mark:
-        """Stamp the commit just made (no I/O): ``max_frame`` is the WAL hook's count."""
+    def mark(self, txid: int, max_frame: int, changes: bytes | None = None) -> Mark:
+        """Stamp the commit just made (no I/O): ``max_frame`` is the WAL hook's count,
+        ``changes`` the commit's captured row changes."""
         frames = max_frame - self._marked if max_frame > self._marked else max_frame
         self._marked = max_frame
         self.last_time = max(self.last_time, self.clock())
         return Mark(txid, self.last_time, max_frame,
-                    frames * (self.page_size + 4) + COMMIT_OVERHEAD)
+                    frames * (self.page_size + 4) + COMMIT_OVERHEAD + len(changes or b""),
+                    changes)
 
     def read(self, entries: Sequence[object]) -> list[Commit]:
         """The commits of ``entries`` (Marks and Commits) in order, marks read from the WAL
@@ -101,7 +104,7 @@ class Capture:
                            f"{[m.end_frame for m in marks]} for txids {marks[0].txid}.."
                            f"{marks[-1].txid}, found {[c.end_frame for c in found]}",
                            str(self.reader.path))
-        return [Commit(m.txid, m.time, c.page_size, c.db_pages, c.frames)
+        return [Commit(m.txid, m.time, c.page_size, c.db_pages, c.frames, m.changes)
                 for m, c in zip(marks, found, strict=True)]
 
     def restarted(self) -> None:

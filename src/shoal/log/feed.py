@@ -88,9 +88,11 @@ class Feed:
         self._changed.set()
         self._changed = asyncio.Event()
 
-    def since(self, after: int) -> list[bytes] | None:
+    def since(self, after: int, inside: bool = False) -> list[bytes] | None:
         """The encoded segments holding every durable commit after ``after``, in order ([]
-        if there is none yet); None if they are not all here (the follower rebuilds)."""
+        if there is none yet); None if they are not all here (the follower rebuilds).
+        ``inside``: the first may also hold commits up to ``after`` (a change feed's
+        consumer stands anywhere; a replica applies whole segments from its txid on)."""
         self.followed_until = self.clock() + self.keep
         if after >= self.durable_txid:
             return [] if after == self.durable_txid else None
@@ -99,7 +101,8 @@ class Feed:
         for first, last, data in self.segments:
             if last < expect:
                 continue
-            if first != expect or last > self.durable_txid:
+            if (first > expect if inside and not out else first != expect) or \
+                    last > self.durable_txid:
                 break
             out.append(data)
             expect = last + 1

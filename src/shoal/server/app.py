@@ -11,6 +11,7 @@ finishes as it would have.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import sys
@@ -25,6 +26,7 @@ from shoal.engine import READ_ONLY, REQUEST_GONE, Engine
 from shoal.errors import Code, ShoalError
 from shoal.metrics import METRICS
 from shoal.server.api import NativeAPI
+from shoal.server.changes import ChangesAPI
 from shoal.server.cluster import ClusterAPI
 from shoal.server.hrana import HranaHTTP
 from shoal.server.hrana_ws import HranaWebSocket, address_of
@@ -67,6 +69,8 @@ class App:
         self.engine: EngineAPI = engine or Engine(settings)
         self.router = Router()
         self.reads = NativeAPI(self.engine).register(self.router)  # a replica may answer
+        self.changes = ChangesAPI(self.engine)
+        self.change_routes = self.changes.register(self.router)  # streams stay here
         self.router.add("GET", "/health", self.health)
         self.router.add("GET", "/ready", self.ready)
         self.router.add("GET", "/metrics", self.metrics)
@@ -160,6 +164,9 @@ class App:
             handler = self.router.resolve(request)
             db = self._database(request) if self.clustered else None
             url = self._leader(request, db) if db is not None else None
+            if url is not None and request.route in self.change_routes and \
+                    self.changes.streaming(request):
+                url = None  # the stream asks the leader for each page itself
             if url is not None and request.route in self.reads and \
                     request.headers.get(CONSISTENCY) != b"strong":
                 assert db is not None  # (a leader's URL is a database's)
@@ -190,6 +197,8 @@ class App:
             self._sessions.note(request, db, response.headers)
         if request.gone:  # nobody to answer
             response = Response(CLIENT_GONE)
+        elif response.stream is not None:
+            await self._send_stream(request, response, send)
         else:
             headers = response.headers
             if response.status != 204:  # without a length, the server would send chunks
@@ -201,6 +210,40 @@ class App:
         METRICS.observe_request(request.route, request.method, response.status, elapsed)
         if self._log is not None:
             self._access_log(request, response, elapsed)
+
+    @staticmethod
+    async def _send_stream(request: Request, response: Response, send: Send) -> None:
+        """A body sent as it comes, until it ends or the client goes away (which cancels
+        what the stream was waiting for)."""
+        assert response.stream is not None
+        stream = response.stream
+
+        async def gone() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+            request.gone = True
+
+        watch = asyncio.ensure_future(gone())
+        try:
+            await send({"type": "http.response.start", "status": response.status,
+                        "headers": response.headers})
+            while True:
+                chunk = asyncio.ensure_future(anext(stream))
+                await asyncio.wait((chunk, watch), return_when=asyncio.FIRST_COMPLETED)
+                if not chunk.done():
+                    chunk.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await chunk
+                    return
+                try:
+                    body = chunk.result()
+                except StopAsyncIteration:
+                    break
+                await send({"type": "http.response.body", "body": body, "more_body": True})
+            await send({"type": "http.response.body", "body": b""})
+        finally:
+            watch.cancel()
+            await stream.aclose()
 
     async def _serve(self, request: Request, handler: Callable[[Request], Any]) -> Response:
         if request.route not in self.public:

@@ -15,7 +15,15 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
@@ -47,6 +55,8 @@ class Response:
     status: int
     body: bytes = b""
     headers: list[tuple[bytes, bytes]] = field(default_factory=lambda: list(JSON_HEADERS))
+    # a body sent as it comes (an event stream) instead of ``body``: chunked, no length
+    stream: AsyncGenerator[bytes, None] | None = None
 
 
 def json_response(status: int, data: Any) -> Response:
@@ -172,10 +182,14 @@ class Request:
         return value.decode("latin-1") if value is not None else None
 
     def query(self, name: str) -> str | None:
+        values = self.queries(name)
+        return values[0] if values else None
+
+    def queries(self, name: str) -> list[str]:
+        """Every value the query string gives ``name``, in order."""
         if self._query is None:
             self._query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
-        values = self._query.get(name)
-        return values[0] if values else None
+        return self._query.get(name, [])
 
     async def read_body(self, limit: int) -> bytes:
         """The whole body (PAYLOAD_TOO_LARGE past ``limit``); read once, then kept: a request

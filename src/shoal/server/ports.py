@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from shoal.engine import (
     BranchInfo,
+    ChangesPage,
     Committed,
     Compacted,
     Condition,
@@ -22,6 +23,7 @@ from shoal.engine import (
     DatabaseRecord,
     Deleted,
     Description,
+    FeedFilter,
     History,
     Idempotency,
     LogBranch,
@@ -129,3 +131,5 @@ class EngineAPI(Protocol):
     async def cluster_notice(self, principal: Principal, notice: dict[str, Any]) -> None: ...
     async def feed(self, principal: Principal, name: str, branch: str, after: int,
                    timeline: str, wait: float) -> tuple[str, bytes | None]: ...
+    async def changes(self, principal: Principal, name: str, branch: str, since: str | None,
+                      limit: int, wait: float, wanted: FeedFilter = ...) -> ChangesPage: ...

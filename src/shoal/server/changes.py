@@ -1,0 +1,200 @@
+"""The change feed's routes: a branch's committed row changes, as JSON pages or as
+Server-Sent Events (``GET /v1/databases/{db}[/branches/{branch}]/changes``).
+
+A page is a long poll: ``?since=CURSOR&limit=&wait=`` answers the changes after the
+cursor (a bookmark works too; none: from now), waiting up to ``wait`` seconds for the
+first, and the cursor to ask from next. With ``Accept: text/event-stream`` the same
+pages become an endless stream: each change an event whose ``id`` is its cursor (a
+client's ``EventSource`` resumes with ``Last-Event-ID``), a comment every
+``HEARTBEAT`` seconds so that proxies keep the stream open, and no idle close.
+
+Pages are the leader's to serve (its memory holds the recent segments), so on a
+cluster's node a page is forwarded like a write. A stream stays on the node the client
+reached: it asks the leader for pages, one long poll at a time, and can thus outlive a
+change of leader.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+from urllib.parse import urlencode
+
+import msgspec
+
+from shoal import names
+from shoal.cluster import FORWARDED
+from shoal.engine import ChangesPage, FeedEvent, FeedFilter, make_bookmark
+from shoal.errors import Code, ShoalError
+from shoal.server.api import iso
+from shoal.server.http import Request, Response, Router, json_response
+from shoal.server.ports import EngineAPI
+from shoal.wire import encode_row
+
+HEARTBEAT = 15.0  # seconds between a stream's comments when nothing happens
+MAX_LIMIT = 1000  # changes a page holds at most
+DEFAULT_LIMIT = 100
+MAX_WAIT = 25.0  # seconds a page may wait (the forwarder gives up after 30)
+OPS = ("insert", "update", "delete")
+EVENT_STREAM = b"text/event-stream"
+
+
+class ChangesAPI:
+    """The routes; ``streams`` counts the open event streams (``max_feed_streams``)."""
+
+    def __init__(self, engine: EngineAPI):
+        self.engine = engine
+        self.streams = 0
+
+    def register(self, router: Router) -> set[str]:
+        """Add the routes; return them (the app serves their event streams itself)."""
+        routes = {"/v1/databases/{db}/changes", "/v1/databases/{db}/branches/{branch}/changes"}
+        for path in sorted(routes):
+            router.add("GET", path, self.changes)
+        return routes
+
+    @staticmethod
+    def streaming(request: Request) -> bool:
+        """Whether the request asks for an event stream rather than a page."""
+        return EVENT_STREAM in (request.headers.get(b"accept") or b"")
+
+    async def changes(self, request: Request) -> Response:
+        name = names.check(request.params["db"])
+        branch = names.check(request.params.get("branch", "main"), "branch")
+        since = request.header(b"last-event-id") or request.query("since")
+        if since in ("", "now"):
+            since = None
+        limit = _number(request.query("limit"), DEFAULT_LIMIT, 1, MAX_LIMIT, "limit", int)
+        wanted = _filter(request)
+        if self.streaming(request):
+            return self._stream(request, name, branch, since, limit, wanted)
+        wait = _number(request.query("wait"), 0.0, 0.0, MAX_WAIT, "wait", float)
+        page = await self.engine.changes(request.principal, name, branch, since, limit, wait,
+                                         wanted)
+        return json_response(200, page_json(page))
+
+    def _stream(self, request: Request, name: str, branch: str, since: str | None,
+                limit: int, wanted: FeedFilter) -> Response:
+        cap = self.engine.settings.max_feed_streams
+        if self.streams >= cap:
+            raise ShoalError(Code.TOO_MANY_SUBSCRIPTIONS,
+                             f"this node serves {cap} event streams (max_feed_streams)")
+        self.engine.require_database(name)
+        request.principal.require("read", name)
+        headers = [(b"content-type", b"text/event-stream; charset=utf-8"),
+                   (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+        return Response(200, b"", headers,
+                        stream=self._events(request, name, branch, since, limit, wanted))
+
+    async def _events(self, request: Request, name: str, branch: str, since: str | None,
+                      limit: int, wanted: FeedFilter) -> AsyncGenerator[bytes, None]:
+        """The stream: ``retry`` first, then each page's events as they come. An error (a
+        cursor past retention, the database deleted) ends it with an ``error`` event."""
+        self.streams += 1
+        try:
+            yield b"retry: 1000\n\n"
+            last_beat = time.monotonic()
+            while not request.gone:
+                try:
+                    page = await self._page(request, name, branch, since, limit, wanted)
+                except ShoalError as exc:
+                    yield _sse("error", msgspec.json.encode(exc.body()))
+                    return
+                since = page["cursor"]
+                out = b"".join(_sse("change", msgspec.json.encode(event), event["cursor"])
+                               for event in page["changes"])
+                if not out and time.monotonic() - last_beat >= HEARTBEAT - 1:
+                    out = b": heartbeat\n\n"
+                if out:
+                    last_beat = time.monotonic()
+                    yield out
+        finally:
+            self.streams -= 1
+
+    async def _page(self, request: Request, name: str, branch: str, since: str | None,
+                    limit: int, wanted: FeedFilter) -> dict[str, Any]:
+        """The next page, long-polled for up to a heartbeat: here, or from the leader."""
+        url = self.engine.leader_url(name)
+        if url is None or FORWARDED in request.headers:
+            page = await self.engine.changes(request.principal, name, branch, since, limit,
+                                             HEARTBEAT, wanted)
+            return page_json(page)
+        query: dict[str, Any] = {"limit": limit, "wait": HEARTBEAT}
+        if since is not None:
+            query["since"] = since
+        if wanted.tables is not None:
+            query["table"] = ",".join(sorted(wanted.tables))
+        if wanted.ops is not None:
+            query["op"] = ",".join(sorted(wanted.ops))
+        path = f"/v1/databases/{name}/branches/{branch}/changes?{urlencode(query)}"
+        headers = [(k, v) for k, v in request.scope["headers"]
+                   if k in (b"authorization", b"x-request-id")]
+        status, _, body = await self.engine.forward(url, "GET", path, headers, b"")
+        found: dict[str, Any] = msgspec.json.decode(body)
+        if status != 200:
+            error = found.get("error") or {}
+            raise ShoalError(error.get("code", "INTERNAL"), error.get("message", "the leader "
+                                                                        "refused the page"))
+        return found
+
+
+def page_json(page: ChangesPage) -> dict[str, Any]:
+    """A page as the API answers it."""
+    cursor = make_bookmark(page.database, page.branch, page.reached.txid, page.timeline,
+                           page.reached.index)
+    return {"database": page.database, "branch": page.branch, "timeline": page.timeline,
+            "changes": [event_json(page, e) for e in page.events], "cursor": cursor}
+
+
+def event_json(page: ChangesPage, event: FeedEvent) -> dict[str, Any]:
+    """One event: {"cursor", "txid", "at", "table", "op", "key", "new", "old"} (values in
+    the JSON value encoding; ``uncaptured`` instead names the txids it spans)."""
+    position = event.position
+    out: dict[str, Any] = {
+        "cursor": make_bookmark(page.database, page.branch, position.txid, page.timeline,
+                                position.index),
+        "txid": event.txid, "at": iso(event.time)}
+    change = event.change
+    if change is None:
+        return out | {"op": event.op, "from_txid": event.first}
+    return out | {
+        "table": change.table, "op": change.op, "key": encode_row(change.key),
+        "new": None if change.new is None else dict(zip(change.columns,
+                                                        encode_row(change.new), strict=True)),
+        "old": None if change.old is None else dict(zip(change.columns,
+                                                        encode_row(change.old), strict=True)),
+    }
+
+
+def _sse(kind: str, data: bytes, event_id: str | None = None) -> bytes:
+    """One Server-Sent Event (its data is one line of JSON)."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {kind}\n".encode() + b"data: " + data + b"\n\n"
+
+
+def _number(raw: str | None, default: Any, low: float, high: float, what: str,
+            kind: type) -> Any:
+    if raw is None:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = None
+    if value is None or not low <= value <= high:
+        raise ShoalError(Code.INVALID_REQUEST, f"{what}: a number from {low:g} to {high:g}")
+    return value
+
+
+def _filter(request: Request) -> FeedFilter:
+    """``table=a,b`` and ``op=insert,delete`` (each may also be repeated)."""
+    tables = _listed(request, "table")
+    ops = _listed(request, "op")
+    if ops is not None and not ops <= set(OPS):
+        raise ShoalError(Code.INVALID_REQUEST, f"op: any of {', '.join(OPS)}")
+    return FeedFilter(tables, ops)
+
+
+def _listed(request: Request, name: str) -> frozenset[str] | None:
+    values = [v for raw in request.queries(name) for v in raw.split(",") if v]
+    return frozenset(values) if values else None
