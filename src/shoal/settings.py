@@ -260,6 +260,11 @@ class Settings:
     capture_changes: bool = _s(
         True, "Capture every commit's row changes (the change feed) with its log entry in the "
         "object store. Off: no feed; commits cost a little less.")
+    feed_retention: float = _s(
+        7 * 86400.0, "Seconds a branch's row changes stay readable in its change feed. They "
+        "live in the history's segments, so the history is kept this long too when it is "
+        "longer than history_retention (never shorter: the feed is kept as long as the "
+        "history).", minimum=0)
     max_feed_streams: int = _s(
         1000, "Change-feed event streams (Server-Sent Events) this node serves at once; more "
         "are answered 429 TOO_MANY_SUBSCRIPTIONS.", minimum=0)

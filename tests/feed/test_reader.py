@@ -3,12 +3,16 @@ still move the cursor on, and runs of commits whose changes are unknown."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from shoal.feed import Change, encode_changes
-from shoal.feed.reader import Event, Filter, Position, events
-from shoal.log.segment import Captured
+from shoal.feed.reader import Event, Expired, Filter, Position, events, stored
+from shoal.log import layout
+from shoal.log.segment import Captured, Commit, encode_segment
+from shoal.log.timeline import create_timeline
+from shoal.storage.memory import MemoryStore
 
 
 def row(table: str, op: str, key: int) -> Change:
@@ -97,3 +101,53 @@ def test_paging_with_any_limit_gives_every_event_once(sizes: list[int], limit: i
         seen += keys(found)
     assert seen == whole
     assert at == Position(9 + len(sizes))
+
+
+# -- from the store ------------------------------------------------------------------------------
+
+
+def stored_commits(first: int, last: int) -> list[Commit]:
+    return [Commit(t, 1000.0 + t, 512, 1, ((1, bytes([t % 256]) * 512),),
+                   encode_changes([row("t", "insert", t)]))
+            for t in range(first, last + 1)]
+
+
+def put(store: MemoryStore, timeline: str, commits: list[Commit]) -> None:
+    key = layout.segment_key("db", timeline, commits[0].txid, commits[-1].txid,
+                             commits[-1].time)
+    store.put(key, encode_segment(commits))
+
+
+def test_the_store_gives_commits_after_a_position_preferring_compacted_segments() -> None:
+    store = MemoryStore()
+    timeline = create_timeline(store, "db", None, 0, 0.0)
+    commits = stored_commits(1, 9)
+    put(store, timeline.id, commits[:3])
+    put(store, timeline.id, commits[3:6])
+    put(store, timeline.id, commits[:6])  # compaction's merge of the two
+    put(store, timeline.id, commits[6:])
+    found = stored(store, "db", timeline, 2, 8)
+    assert [c.txid for c in found] == [3, 4, 5, 6, 7, 8]
+    assert all(c.changes for c in found)
+    assert stored(store, "db", timeline, 8, 8) == []
+    few = stored(store, "db", timeline, 0, 9, max_bytes=1)  # one segment at least
+    assert [c.txid for c in few] == [1, 2, 3, 4, 5, 6]
+
+
+def test_txids_no_segment_holds_are_uncaptured_and_deleted_history_expires() -> None:
+    store = MemoryStore()
+    timeline = create_timeline(store, "db", None, 0, 0.0)
+    commits = stored_commits(1, 9)
+    put(store, timeline.id, commits[:2])
+    put(store, timeline.id, commits[5:])  # 3..5 only in a snapshot (a re-based log)
+    found = stored(store, "db", timeline, 1, 9)
+    assert [(c.txid, c.changes is None) for c in found] == [
+        (2, False), (3, True), (4, True), (5, True), (6, False), (7, False), (8, False),
+        (9, False)]
+    assert [e.op for e in events(found, Position(1), 100)[0]] == [
+        "insert", "uncaptured", "insert", "insert", "insert", "insert"]
+    store.delete(layout.segment_key("db", timeline.id, 1, 2, commits[1].time))
+    with pytest.raises(Expired) as info:  # retention took 1..2: the first kept is 6
+        stored(store, "db", timeline, 0, 9)
+    assert info.value.earliest == 5
+    assert [c.txid for c in stored(store, "db", timeline, 5, 9)] == [6, 7, 8, 9]

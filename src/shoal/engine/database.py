@@ -43,7 +43,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -66,6 +66,7 @@ from shoal.engine.connection import (
 from shoal.engine.journal import STORE_FAILURES, CheckpointBlocked
 from shoal.errors import Code, ShoalError, from_sqlite
 from shoal.feed import ChangeCapture, encode_changes
+from shoal.feed.spool import Spool
 from shoal.log.errors import LogConflict, LogError
 from shoal.log.shipper import Shipper
 from shoal.log.timeline import Writer
@@ -92,6 +93,7 @@ class Log(Protocol):
     def fence(self) -> None: ...
     def hook(self, conn: apsw.Connection, name: str, frames: int) -> int: ...
     def captured(self, txid: int, changes: bytes | None = None) -> None: ...
+    def beside(self, fn: Callable[[], None]) -> Future[None]: ...
     async def claim(self) -> None: ...
     async def durable(self, txid: int) -> None: ...
     async def mend(self, db: Database) -> None: ...
@@ -372,10 +374,11 @@ class Database:
         self._backlog_limit: float = settings.max_unshipped_bytes or math.inf
         self.size_limit = 0  # bytes the file may hold (the database's size_bytes; 0: none)
         self.follower = follower  # a replica's copy: readers only, no WAL (engine/replica.py)
-        # the change feed's capture of each write transaction (shoal.feed), with a log only
+        # the change feed's capture of each write transaction (shoal.feed), with a log
+        # only, and the spool that keeps the changes of commits the store may lack
         self.changes: ChangeCapture | None = None
-        self._changes_table = False  # _cf_SHOAL_changes is known to exist
-        self._pruned_through = -1  # its rows up to this txid are known to be gone
+        self.spool: Spool | None = None
+        self._spool_synced: Future[None] | None = None  # the sync of the last append
 
     # -- open / close -----------------------------------------------------------------------
     def _connect(self, reader: bool) -> Connection:
@@ -409,10 +412,15 @@ class Database:
             self.layout = layout or tables.CURRENT
             if self.journal is not None and self.settings.capture_changes:
                 self.changes = ChangeCapture(writer.raw, tables.hidden)
+                spool = Spool(self.path)
+                spool.open()
+                self.spool = spool
             self.txid = self.visible = writer.internal(self.layout.get_txid)[0][0]
             self._schema_version = writer.internal(SCHEMA_VERSION)[0][0]
         except BaseException:
             writer.close()
+            if self.spool is not None:
+                self.spool.close()
             raise
         return writer
 
@@ -463,6 +471,8 @@ class Database:
         if self.writer:
             self.writer.close()
             self.writer = None
+        if self.spool is not None:
+            self.spool.close()
         if self.journal is not None:
             self.journal.closed()
 
@@ -1065,6 +1075,8 @@ class Database:
         except BaseException:
             self.visible = self.txid
             raise
+        finally:
+            self._spool_settled()
 
     def _capture_start(self) -> None:
         """Right after BEGIN of a user's write: record its row changes from here on."""
@@ -1072,61 +1084,55 @@ class Database:
             self.changes.start()
 
     def _capture_abort(self) -> None:
-        """The transaction rolls back: its changes are dropped, and what it wrote to the
-        changes table with them (created, pruned) is not known to have happened."""
+        """The transaction rolls back: its changes are dropped."""
         if self.changes is not None:
             self.changes.abort()
-            self._changes_table = False
-            self._pruned_through = -1
 
     def _capture_end(self, conn: Connection, txid: int) -> bytes | None:
         """Just before the COMMIT of ``txid``: its row changes, encoded (b"": none; None:
         not captured, the capture being off or failing for this commit, which the feed
-        then says), also written into the commit itself (tables.CHANGES) so that a crash
-        keeps them exactly as long as the commit; rows the store already holds go in the
-        same commit."""
-        if self.changes is None:
+        then says). They are in the spool before the COMMIT, synced as the commit is
+        (``synchronous = full``), so a crash never keeps the commit without them."""
+        if self.changes is None or self.spool is None:
             return None
         with conn.unguarded():
             found = self.changes.finish()
-        self._prune_changes(conn)
+        blob: bytes | None
         if self.changes.lost:  # a schema change took some tables' rows out of reach
             log.warning("%s/%s: txid %d's row changes of %s could not be captured; the feed "
                         "says so", self.name, self.branch, txid, ", ".join(self.changes.lost))
-            conn.internal(tables.PUT_CHANGES, (txid, None))
-            return None
-        if not found:
-            return b""
-        blob = encode_changes(found)
-        conn.internal(tables.PUT_CHANGES, (txid, blob), large=True)
+            blob = None
+        elif not found:
+            return b""  # nothing to keep: a commit without a record had no row changes
+        else:
+            blob = encode_changes(found)
+        assert self.journal is not None  # (a spool is a logged branch's)
+        shipper = self.journal.shipper
+        self.spool.append(txid, self.timeline or "", blob,
+                          shipper.durable_txid if shipper is not None else -1)
+        if self.settings.synchronous == "full":  # beside SQLite's fsync of the COMMIT
+            self._spool_synced = self.journal.beside(self.spool.sync)
         return blob
 
-    def _prune_changes(self, conn: Connection, create: bool = True) -> None:
-        """Inside a commit: drop the changes table's rows of commits the store holds
-        (creating the table first, or, with ``create`` False, doing nothing without it)."""
-        if not self._changes_table:
-            if not create and not conn.internal(tables.HAS_CHANGES):
-                return
-            conn.internal(tables.CREATE_CHANGES)
-            self._changes_table = True
-        shipper = self.journal.shipper if self.journal is not None else None
-        durable = shipper.durable_txid if shipper is not None else -1
-        if durable > self._pruned_through:
-            conn.internal(tables.PRUNE_CHANGES, (durable,))
-            self._pruned_through = durable
+    def _spool_settled(self) -> None:
+        """After the COMMIT (or its failure): the spool's sync has returned too, so the
+        commit is not answered before its changes would survive a power cut."""
+        synced, self._spool_synced = self._spool_synced, None
+        if synced is None:
+            return
+        try:
+            synced.result()
+        except OSError as exc:  # never raised past a COMMIT that happened: said, loudly
+            log.error("%s/%s: the change spool could not be synced (%s): a power cut before "
+                      "the store has the last commits would leave their changes unknown",
+                      self.name, self.branch, exc)
 
     def recovered_changes(self, first: int, last: int) -> dict[int, bytes | None] | None:
-        """Worker thread, at open: the row changes the file keeps for txids first..last (the
-        commits the WAL still holds); None if this branch captures none."""
-        if self.changes is None or self.writer is None:
+        """Worker thread, at open: the row changes the spool keeps for txids first..last
+        (the commits the WAL still holds); None if this branch captures none."""
+        if self.spool is None:
             return None
-        try:
-            rows = self.writer.internal(tables.GET_CHANGES, (first, last), large=True)
-        except apsw.SQLError as exc:
-            if "no such table" in str(exc):  # a file from before the feed
-                return {}
-            raise
-        return {txid: None if blob is None else bytes(blob) for txid, blob in rows}
+        return self.spool.read(self.timeline or "", first, last)
 
     def _committed(self, conn: Connection, txid: int, changes: bytes | Own | None = OWN
                    ) -> None:
@@ -1235,12 +1241,9 @@ class Database:
         try:
             conn.internal(BEGIN_IMMEDIATE)
             try:
-                if self.changes is not None:  # every commit is in the store: VACUUM keeps
-                    self._prune_changes(conn, create=False)  # none of their changes
                 conn.internal(self.layout.set_txid, (txid,))
                 self._commit_txid(conn, txid)
             except BaseException:
-                self._capture_abort()
                 if not conn.raw.get_autocommit():
                     conn.internal(ROLLBACK)
                 raise

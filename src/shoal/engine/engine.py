@@ -499,6 +499,12 @@ class Engine:
         """Run a blocking store call on the I/O threads."""
         return await asyncio.get_running_loop().run_in_executor(self.io, fn, *args)
 
+    @property
+    def kept_history(self) -> float:
+        """Seconds of segments retention keeps: the restore window, or the change feed's
+        if longer (its changes live in the same segments)."""
+        return max(self.settings.history_retention, self.settings.feed_retention)
+
     async def _retain(self) -> None:
         """Per database: merge runs of small segments (so restore GETs few objects), then
         delete what no restore inside history_retention and no branch needs any more; and
@@ -514,7 +520,7 @@ class Engine:
                 await self._compact(name)
             try:
                 report = await self._io(self.registry.retention, name, time.time(),
-                                        self.settings.history_retention)
+                                        self.kept_history)
                 if report.deleted:
                     log.info("retention deleted %d objects of %s", len(report.deleted), name)
             except Exception as exc:  # background work: the next pass tries again

@@ -45,7 +45,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -54,6 +54,7 @@ import apsw
 
 from shoal.engine.connection import Connection
 from shoal.errors import Code, ShoalError
+from shoal.feed.spool import SUFFIX as SPOOL_SUFFIX
 from shoal.log.branch import Branch
 from shoal.log.capture import Capture
 from shoal.log.errors import LogConflict, LogError, WalError
@@ -84,7 +85,7 @@ class Logged(Protocol):
         None: not captured; None: the branch captures none)."""
 
 FLUSH_UNDER_LOCK = 2.0  # seconds a checkpoint may hold writers back waiting for an upload
-LOCAL_FILES = ("", "-wal", "-shm", "-journal")
+LOCAL_FILES = ("", "-wal", "-shm", "-journal", SPOOL_SUFFIX)  # the change feed's spool too
 
 
 def marker_path(path: Path) -> Path:
@@ -565,6 +566,10 @@ class Journal:
                  "txid %d", self.name, self.branch.name, db.txid)
 
     # -- closing ---------------------------------------------------------------------------------
+    def beside(self, fn: Callable[[], None]) -> Future[None]:
+        """Run ``fn`` on an I/O thread (an fsync beside the commit's own)."""
+        return self.stores.io.submit(fn)
+
     def release(self) -> None:
         """The branch's connections are closing: let go of the -wal file."""
         self.capture.close()

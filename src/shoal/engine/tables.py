@@ -80,21 +80,6 @@ def _layout(state: str, idem: str) -> Layout:
 
 CURRENT = _layout(STATE, IDEMPOTENCY)
 
-# The row changes of each commit not yet durable in the store, written inside the commit
-# (engine/database.py): a commit recovered from the WAL after a crash gets its changes
-# from here, since its in-memory copy died with the process (NULL: they could not be
-# captured). Rows the store holds are pruned by a later commit. Created by the first
-# commit that captures changes (files older than the change feed lack it), under this
-# one name (no older layout has it).
-CHANGES = "_cf_SHOAL_changes"
-CREATE_CHANGES = (f"CREATE TABLE IF NOT EXISTS {CHANGES}(txid INTEGER PRIMARY KEY, "
-                  f"changes BLOB) /*{TAG}*/")
-PUT_CHANGES = f"INSERT OR REPLACE INTO {CHANGES}(txid, changes) VALUES (?, ?) /*{TAG}*/"
-PRUNE_CHANGES = f"DELETE FROM {CHANGES} WHERE txid <= ? /*{TAG}*/"
-GET_CHANGES = f"SELECT txid, changes FROM {CHANGES} WHERE txid BETWEEN ? AND ? /*{TAG}*/"
-HAS_CHANGES = f"SELECT 1 FROM sqlite_schema WHERE name = '{CHANGES}' /*{TAG}*/"
-
-
 def hidden(table: str) -> bool:
     """Whether ``table`` is one of Shoal's own (any layout's): never a user's row change."""
     return table.lower().startswith(HIDDEN_PREFIXES)

@@ -1,0 +1,77 @@
+"""The spool beside a branch's file: what a crash finds there, a torn tail, trimming."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+
+from shoal.feed.spool import SUFFIX, Spool
+
+TL = "5be0c6d4a1f2e390"
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    s = Spool(tmp_path / "main.db", max_bytes=1000)
+    s.open()
+    return s
+
+
+def test_records_are_read_back_by_txid_and_timeline(spool: Spool) -> None:
+    spool.append(5, TL, b"five", durable=-1)
+    spool.append(6, TL, None, durable=-1)  # not captured
+    spool.append(7, "othertimeline00", b"seven", durable=-1)
+    assert spool.read(TL, 1, 10) == {5: b"five", 6: None}
+    assert spool.read(TL, 6, 6) == {6: None}
+    assert spool.read("othertimeline00", 1, 10) == {7: b"seven"}
+    assert spool.path == Path(f"{spool.path.parent / 'main.db'}{SUFFIX}")
+
+
+def test_the_last_record_of_a_txid_wins_and_a_reopen_finds_them(tmp_path: Path,
+                                                               spool: Spool) -> None:
+    spool.append(5, TL, b"failed commit", durable=-1)  # its COMMIT failed; txid 5 again:
+    spool.append(5, TL, b"the one", durable=-1)
+    spool.close()
+    again = Spool(tmp_path / "main.db")
+    again.open()
+    assert again.read(TL, 5, 5) == {5: b"the one"}
+
+
+def test_a_torn_or_damaged_tail_ends_the_reading(spool: Spool) -> None:
+    spool.append(1, TL, b"one", durable=-1)
+    spool.append(2, TL, b"two", durable=-1)
+    data = spool.path.read_bytes()
+    spool.path.write_bytes(data[:-3])  # the last append cut short
+    assert spool.read(TL, 0, 9) == {1: b"one"}
+    damaged = bytearray(data)
+    damaged[-6] ^= 1  # a flipped bit in the last record
+    spool.path.write_bytes(bytes(damaged))
+    assert spool.read(TL, 0, 9) == {1: b"one"}
+
+
+def test_a_record_as_laid_out() -> None:
+    head = struct.pack("<Q16sI", 9, TL.encode(), 3) + b"abc"
+    record = head + struct.pack("<I", zlib.crc32(head))
+    assert len(record) == 8 + 16 + 4 + 3 + 4
+
+
+def test_emptied_once_every_record_is_durable(spool: Spool) -> None:
+    spool.append(1, TL, b"x" * 50, durable=-1)
+    spool.append(2, TL, b"y" * 50, durable=0)
+    size = spool.path.stat().st_size
+    spool.append(3, TL, b"z", durable=2)  # 1 and 2 are in the store: the file starts over
+    assert spool.path.stat().st_size < size
+    assert spool.read(TL, 0, 9) == {3: b"z"}
+
+
+def test_past_max_bytes_only_records_the_store_lacks_are_kept(spool: Spool) -> None:
+    for txid in range(1, 12):
+        spool.append(txid, TL, bytes(100), durable=-1)
+    assert spool.path.stat().st_size > 1000
+    spool.append(12, TL, b"last", durable=9)
+    assert set(spool.read(TL, 0, 99)) == {10, 11, 12}
+    assert spool.read(TL, 12, 12) == {12: b"last"}
+    assert not spool.path.with_name(spool.path.name + ".tmp").exists()
