@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import multiprocessing
 import os
 import statistics
 import tempfile
@@ -125,40 +127,45 @@ def writes(opts: argparse.Namespace) -> dict[str, list[float]]:
 
 # -- (3) latency over SSE ----------------------------------------------------------------------
 def latency(opts: argparse.Namespace) -> dict[str, float]:
+    """The consumer runs in a process of its own: beside the writer threads, its reading
+    would wait for the GIL, and the wait would count as lag."""
     with tempfile.TemporaryDirectory(prefix="bench-feed-") as tmp:
         node = start_node(Path(tmp), "lat")
+        out = Path(tmp) / "lags.json"
         try:
             create(node, "lat")
-            lags: list[float] = []
-            ready = threading.Event()
-            stop = threading.Event()
-
-            def consume() -> None:
-                with httpx.stream("GET", f"{node.url}/v1/databases/lat/changes",
-                                  headers={"Authorization": f"Bearer {ADMIN}",
-                                           "Accept": "text/event-stream"},
-                                  timeout=60) as r:
-                    ready.set()
-                    for line in r.iter_lines():
-                        if stop.is_set():
-                            return
-                        if line.startswith("data: "):
-                            event = json.loads(line[6:])
-                            at = datetime.fromisoformat(event["at"]).timestamp()
-                            lags.append(time.time() - at)
-
-            reader = threading.Thread(target=consume, daemon=True)
+            ready = multiprocessing.Event()
+            reader = multiprocessing.Process(
+                target=consume, args=(node.url, opts.seconds + 3.0, str(out), ready))
             reader.start()
             ready.wait(30)
             time.sleep(0.5)
             rate = paced_writes(node.url, "lat", opts.commits, opts.seconds)
-            time.sleep(1.0)
-            stop.set()
+            reader.join(30)
         finally:
             node.stop()
+        lags = json.loads(out.read_text()) if out.exists() else []
     return {"commits_per_s": round(rate, 1), "events": len(lags),
             "p50_ms": round(percentile(lags, 50) * 1000, 1) if lags else float("nan"),
             "p99_ms": round(percentile(lags, 99) * 1000, 1) if lags else float("nan")}
+
+
+def consume(url: str, seconds: float, out: str, ready: Any) -> None:
+    """Read the event stream for ``seconds``: each change's arrival after its commit."""
+    lags: list[float] = []
+    until = time.monotonic() + seconds
+    with contextlib.suppress(httpx.HTTPError), httpx.stream(
+            "GET", f"{url}/v1/databases/lat/changes",
+            headers={"Authorization": f"Bearer {ADMIN}", "Accept": "text/event-stream"},
+            timeout=60) as r:
+        ready.set()
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                event = json.loads(line[6:])
+                lags.append(time.time() - datetime.fromisoformat(event["at"]).timestamp())
+            if time.monotonic() > until:
+                break
+    Path(out).write_text(json.dumps(lags))
 
 
 def paced_writes(url: str, db: str, commits: int, seconds: float, rows: int = 1,

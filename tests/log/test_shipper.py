@@ -359,3 +359,29 @@ def test_commits_overlap_uploads_and_land_in_order(tmp_path: Path) -> None:
     assert all(d <= head for d, head in seen), seen  # durable only once committed
     assert store.overlapped > 0  # uploads ran while a commit was in flight
     assert len(store.heads) < 41  # group commit: fewer segments than commits
+
+
+def test_a_follower_makes_the_open_segment_ship_at_the_follow_interval(tmp_path: Path) -> None:
+    """A change feed's consumer asks while the segment waits out a long sync_interval: it
+    ships within the follow interval, not the minute."""
+    logged, images = make_commits(tmp_path, 3)
+    store = MemoryStore()
+    timeline = prepare(store, logged, images[0])
+
+    async def main() -> float:
+        shipper = Shipper(store, DB, timeline, durable_txid=0, sync_interval=60.0,
+                          follow_interval=0.02)
+        shipper.start()
+        for c in logged.commits:
+            shipper.append(c)
+        await asyncio.sleep(0.1)
+        assert shipper.durable_txid == 0  # waiting out the minute
+        started = asyncio.get_running_loop().time()
+        shipper.follow()
+        await until(lambda: shipper.durable_txid == 3, timeout=10)
+        took = asyncio.get_running_loop().time() - started
+        shipper.follow()  # followed already: nothing to wake
+        await shipper.close()
+        return took
+
+    assert asyncio.run(main()) < 5.0

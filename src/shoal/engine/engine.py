@@ -631,6 +631,7 @@ class Engine:
         if journal is None or shipper is None or timeline is None:
             raise ShoalError(Code.HISTORY_DISABLED, "this node keeps no commit log: no feed")
         start = self._feed_start(name, branch, timeline, since, shipper.durable_txid)
+        shipper.follow()  # a consumer waits: ship often (replica_sync_interval)
         deadline = time.monotonic() + min(wait, FEED_WAIT_MAX)
         while True:
             durable = shipper.durable_txid

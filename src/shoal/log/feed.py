@@ -64,6 +64,10 @@ class Feed:
         """Whether a follower asked within ``keep`` seconds."""
         return self.clock() < self.followed_until
 
+    def follow(self) -> None:
+        """A follower asked: keep segments (and ship often) for ``keep`` seconds more."""
+        self.followed_until = self.clock() + self.keep
+
     def stored(self, first: int, last: int, data: bytes) -> None:
         """A segment was uploaded (it is followed once the store's head moves over it)."""
         if not self.followed:
@@ -93,7 +97,7 @@ class Feed:
         if there is none yet); None if they are not all here (the follower rebuilds).
         ``inside``: the first may also hold commits up to ``after`` (a change feed's
         consumer stands anywhere; a replica applies whole segments from its txid on)."""
-        self.followed_until = self.clock() + self.keep
+        self.follow()
         if after >= self.durable_txid:
             return [] if after == self.durable_txid else None
         out: list[bytes] = []

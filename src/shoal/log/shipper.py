@@ -160,6 +160,15 @@ class Shipper:
         if wake:
             self._poke()
 
+    def follow(self) -> None:
+        """Someone reads what this branch ships (a change feed's consumer): ship every
+        ``follow_interval`` from now on, the segment open now included."""
+        if not self.feed.followed:
+            self.feed.follow()
+            self._poke()
+        else:
+            self.feed.follow()
+
     def _poke(self) -> None:
         try:
             running = asyncio.get_running_loop()
