@@ -70,7 +70,7 @@ from shoal.feed.reader import ALL, ChangesPage, Expired, Filter, Position, event
 from shoal.log import feed as feeds
 from shoal.log.branch import Branch
 from shoal.log.restore import History
-from shoal.log.segment import Captured, read_changes
+from shoal.log.segment import Captured
 from shoal.log.timeline import load_timeline
 from shoal.metrics import METRICS, UsageCollector
 from shoal.names import check as check_name
@@ -664,10 +664,9 @@ class Engine:
         """The commits from ``start`` on up to ``durable``: from the leader's memory if it
         still holds them, else from the store (CURSOR_EXPIRED past retention)."""
         after = start.txid - 1 if start.index is not None else start.txid
-        kept = feed.since(after, inside=True)
+        kept = feed.captured(after)
         if kept is not None:
-            return [c for data in kept for c in read_changes(data)[1]
-                    if after < c.txid <= durable]
+            return [c for c in kept if c.txid <= durable]
         record = await self._io(load_timeline, self.store, name, timeline)
         try:
             return await self._io(stored, self.store, name, record, after, durable)

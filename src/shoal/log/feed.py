@@ -19,6 +19,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from shoal.log.segment import Captured, read_changes
+
 FEED_BYTES = 8 << 20  # encoded segment bytes kept per followed branch
 FEED_KEEP = 60.0  # seconds segments are kept after a follower last asked
 _LENGTH = struct.Struct(">I")
@@ -55,6 +57,9 @@ class Feed:
         self.clock = clock
         self.followed_until = 0.0  # clock() until which segments are kept
         self.segments: deque[tuple[int, int, bytes]] = deque()  # (first, last, encoded)
+        # segments a change feed has read, decoded once for all its consumers (their
+        # commits without pages), by (first, last): dropped with their segment
+        self._decoded: dict[tuple[int, int], list[Captured]] = {}
         self.bytes = 0
         self.ended = False
         self._changed = asyncio.Event()
@@ -72,12 +77,15 @@ class Feed:
         """A segment was uploaded (it is followed once the store's head moves over it)."""
         if not self.followed:
             self.segments.clear()
+            self._decoded.clear()
             self.bytes = 0
             return
         self.segments.append((first, last, data))
         self.bytes += len(data)
         while self.bytes > self.max_bytes and len(self.segments) > 1:
-            self.bytes -= len(self.segments.popleft()[2])
+            gone_first, gone_last, gone = self.segments.popleft()
+            self.bytes -= len(gone)
+            self._decoded.pop((gone_first, gone_last), None)
 
     def durable(self, txid: int) -> None:
         self.durable_txid = txid
@@ -97,10 +105,14 @@ class Feed:
         if there is none yet); None if they are not all here (the follower rebuilds).
         ``inside``: the first may also hold commits up to ``after`` (a change feed's
         consumer stands anywhere; a replica applies whole segments from its txid on)."""
+        found = self._since(after, inside)
+        return None if found is None else [data for _, _, data in found]
+
+    def _since(self, after: int, inside: bool) -> list[tuple[int, int, bytes]] | None:
         self.follow()
         if after >= self.durable_txid:
             return [] if after == self.durable_txid else None
-        out: list[bytes] = []
+        out: list[tuple[int, int, bytes]] = []
         expect = after + 1
         for first, last, data in self.segments:
             if last < expect:
@@ -108,9 +120,23 @@ class Feed:
             if (first > expect if inside and not out else first != expect) or \
                     last > self.durable_txid:
                 break
-            out.append(data)
+            out.append((first, last, data))
             expect = last + 1
         return out or None  # durable past ``after`` but not here: a gap
+
+    def captured(self, after: int) -> list[Captured] | None:
+        """The durable commits after ``after`` as a change feed reads them (their changes,
+        no pages), from the segments kept here; None if they are not all here."""
+        found = self._since(after, inside=True)
+        if found is None:
+            return None
+        out: list[Captured] = []
+        for first, last, data in found:
+            commits = self._decoded.get((first, last))
+            if commits is None:
+                commits = self._decoded[(first, last)] = read_changes(data)[1]
+            out += (c for c in commits if c.txid > after)
+        return out
 
     async def wait(self, after: int, timeout: float) -> None:
         """Return once a commit after ``after`` is durable, the feed ends, or ``timeout``."""

@@ -17,6 +17,7 @@ change of leader.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import AsyncGenerator
 from typing import Any
 from urllib.parse import urlencode
@@ -40,12 +41,19 @@ OPS = ("insert", "update", "delete")
 EVENT_STREAM = b"text/event-stream"
 
 
+RENDERED = 20_000  # events kept rendered for the event streams
+
+
 class ChangesAPI:
-    """The routes; ``streams`` counts the open event streams (``max_feed_streams``)."""
+    """The routes; ``streams`` counts the open event streams (``max_feed_streams``);
+    ``rendered`` keeps each recent event as its streams send it, so that a thousand
+    streams of one branch render an event once (an event never changes: its cursor names
+    its place in a history that is never rewritten, only replaced by a new timeline)."""
 
     def __init__(self, engine: EngineAPI):
         self.engine = engine
         self.streams = 0
+        self.rendered: OrderedDict[tuple[str, str, str, int, int], bytes] = OrderedDict()
 
     def register(self, router: Router) -> set[str]:
         """Add the routes; return them (the app serves their event streams itself)."""
@@ -97,13 +105,12 @@ class ChangesAPI:
             last_beat = time.monotonic()
             while not request.gone:
                 try:
-                    page = await self._page(request, name, branch, since, limit, wanted)
+                    since, events = await self._page(request, name, branch, since, limit,
+                                                     wanted)
                 except ShoalError as exc:
                     yield _sse("error", msgspec.json.encode(exc.body()))
                     return
-                since = page["cursor"]
-                out = b"".join(_sse("change", msgspec.json.encode(event), event["cursor"])
-                               for event in page["changes"])
+                out = b"".join(events)
                 if not out and time.monotonic() - last_beat >= HEARTBEAT - 1:
                     out = b": heartbeat\n\n"
                 if out:
@@ -113,13 +120,34 @@ class ChangesAPI:
             self.streams -= 1
 
     async def _page(self, request: Request, name: str, branch: str, since: str | None,
-                    limit: int, wanted: FeedFilter) -> dict[str, Any]:
-        """The next page, long-polled for up to a heartbeat: here, or from the leader."""
+                    limit: int, wanted: FeedFilter) -> tuple[str, list[bytes]]:
+        """The next page's cursor and events as the stream sends them, long-polled for up
+        to a heartbeat: here, or from the leader."""
         url = self.engine.leader_url(name)
         if url is None or FORWARDED in request.headers:
             page = await self.engine.changes(request.principal, name, branch, since, limit,
                                              HEARTBEAT, wanted)
-            return page_json(page)
+            return page_cursor(page), [self._render(page, e) for e in page.events]
+        found = await self._from_leader(request, url, name, branch, since, limit, wanted)
+        return found["cursor"], [_sse("change", msgspec.json.encode(event), event["cursor"])
+                                 for event in found["changes"]]
+
+    def _render(self, page: ChangesPage, event: FeedEvent) -> bytes:
+        key = (page.database, page.branch, page.timeline, event.txid,
+               event.index if event.change is not None else -event.first)
+        found = self.rendered.get(key)
+        if found is None:
+            data = event_json(page, event)
+            found = self.rendered[key] = _sse("change", msgspec.json.encode(data),
+                                              data["cursor"])
+            if len(self.rendered) > RENDERED:
+                self.rendered.popitem(last=False)
+        return found
+
+    async def _from_leader(self, request: Request, url: str, name: str, branch: str,
+                           since: str | None, limit: int, wanted: FeedFilter
+                           ) -> dict[str, Any]:
+        """A page the database's leader answers (a JSON page, long-polled)."""
         query: dict[str, Any] = {"limit": limit, "wait": HEARTBEAT}
         if since is not None:
             query["since"] = since
@@ -139,12 +167,17 @@ class ChangesAPI:
         return found
 
 
+def page_cursor(page: ChangesPage) -> str:
+    """Where the page's reader goes on from."""
+    return make_bookmark(page.database, page.branch, page.reached.txid, page.timeline,
+                         page.reached.index)
+
+
 def page_json(page: ChangesPage) -> dict[str, Any]:
     """A page as the API answers it."""
-    cursor = make_bookmark(page.database, page.branch, page.reached.txid, page.timeline,
-                           page.reached.index)
     return {"database": page.database, "branch": page.branch, "timeline": page.timeline,
-            "changes": [event_json(page, e) for e in page.events], "cursor": cursor}
+            "changes": [event_json(page, e) for e in page.events],
+            "cursor": page_cursor(page)}
 
 
 def event_json(page: ChangesPage, event: FeedEvent) -> dict[str, Any]:
