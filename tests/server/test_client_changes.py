@@ -108,6 +108,21 @@ def test_follow_false_waits_for_a_commit_then_ends(fed: tuple[Client, str]) -> N
     assert len({g.txid for g in got}) == 1
 
 
+def test_follow_false_from_a_change_waits_for_the_next_commit(
+        fed: tuple[Client, str]) -> None:
+    """From the cursor of a commit's last change the server first answers an empty page
+    that only moves the cursor: the read goes on waiting for the next commit."""
+    c, start = fed
+    c.execute("INSERT INTO items(id) VALUES (1)")
+    last = list(c.changes(start, follow=False, wait=10))[-1]
+    c.batch(["INSERT INTO items(id) VALUES (2)", "DELETE FROM items WHERE id = 1"])
+    got = list(c.changes(last.cursor, follow=False, wait=10))
+    assert sorted(brief(got)) == [("items", "delete", (1,)), ("items", "insert", (2,))]
+    began = time.monotonic()
+    assert list(c.changes(got[-1].cursor, follow=False, wait=0.5)) == []
+    assert time.monotonic() - began < 5
+
+
 def test_values_come_back_as_python(fed: tuple[Client, str], node: InProcessNode) -> None:
     c, start = fed
     c.execute("INSERT INTO items VALUES (1, 'ünï', ?, ?, ?)",

@@ -562,8 +562,9 @@ class BaseFeed:
     their answers back.
 
     Pages are long polls of ``wait`` seconds, each asked from where the last one ended. With
-    ``follow`` False only the first page waits (for what was just committed to become
-    durable) and the feed ends at the first page that brings nothing and does not move.
+    ``follow`` False pages wait only until one brings changes (what was just committed
+    becomes durable), and the feed ends at the first page that brings nothing and does not
+    move.
     A followed feed asks again at once after a page with changes, and at most every
     ``POLL_EVERY`` seconds after an empty one (``wait=0`` polls; a server that answers a
     long poll at once is not hammered). Failures with no answer, 502 and 503 (a node
@@ -591,7 +592,7 @@ class BaseFeed:
         self._retry_for = retry_for
         self._pending: deque[Change] = deque()
         self._page_end: str | None = None
-        self._pages = 0
+        self._changed = False  # a page brought changes
         self._pause = 0.0  # before the next request
         self._backoff = RETRY_FIRST
         self._good = self._asked_at = time.monotonic()
@@ -616,14 +617,14 @@ class BaseFeed:
             return None
         pause, self._pause = self._pause, 0.0
         self._asked_at = time.monotonic() + pause
-        wait = self._wait if self.follow or not self._pages else 0.0
+        wait = self._wait if self.follow or not self._changed else 0.0
         return self._api._changes(self.key, self.cursor, self._limit, wait, self._tables,
                                   self._ops), pause
 
     def _took(self, page: ChangesPage) -> None:
-        self._pages += 1
         self._good, self._backoff = time.monotonic(), RETRY_FIRST
         if page.changes:
+            self._changed = True
             self._pending.extend(page.changes)
             self._page_end = page.cursor
             return

@@ -212,8 +212,9 @@ class Client(BaseClient):
         The iterator long-polls page after page (``limit`` changes, ``wait`` seconds) and
         goes on from where it stands by itself, through a node's restart (see
         :class:`~shoal.client.calls.BaseFeed`); ``follow=False`` reads what there is and
-        ends (its first page still waits up to ``wait`` for a first change: pass a short
-        one). ``tables`` and ``ops`` (insert, update, delete) filter. Store each change's
+        ends (waiting up to ``wait`` for a first change: a commit shows once durable, so
+        right after one pass a few seconds; with nothing new that is the time it takes).
+        ``tables`` and ``ops`` (insert, update, delete) filter. Store each change's
         ``cursor`` with what you made of it, in the same transaction, and resume from it:
         every change is then applied once. ``CursorExpired`` (its ``earliest``) when the
         feed no longer holds what follows ``since``.
