@@ -149,6 +149,30 @@ def test_values_come_back_as_python(fed: tuple[Client, str], node: InProcessNode
     assert got[0].to_json()["new"]["data"] == {"base64": "AP8="}
 
 
+def test_commits_made_without_capture_are_one_uncaptured_change(
+        start_server: Callable[..., ServerProcess]) -> None:
+    node = start_server(capture_changes=False)
+    assert isinstance(node, InProcessNode)
+    with Client(node.url, node.admin_token, transport=node.transport()) as c:
+        c.create_database("quiet")
+        start = c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY)", database="quiet").bookmark
+        c.execute("INSERT INTO t VALUES (1)", database="quiet")
+        c.execute("INSERT INTO t VALUES (2)", database="quiet")
+    node.settings["capture_changes"] = True
+    node.restart()
+    with Client(node.url, node.admin_token, database="quiet",
+                transport=node.transport()) as c:
+        c.execute("INSERT INTO t VALUES (3)")
+        gap, insert = islice(c.changes(start, wait=5), 2)
+        assert gap.op == "uncaptured" and gap.from_txid is not None
+        assert gap.from_txid < gap.txid < insert.txid
+        assert (gap.table, gap.key, gap.new, gap.old) == (None, None, None, None)
+        assert insert.key == (3,)
+        with node.client() as http:
+            page = http.get("/v1/databases/quiet/changes", params={"since": start}).json()
+        assert [gap.to_json(), insert.to_json()] == page["changes"]
+
+
 def test_filters(fed: tuple[Client, str]) -> None:
     c, start = fed
     write_mixed(c)

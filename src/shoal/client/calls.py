@@ -564,10 +564,9 @@ class BaseFeed:
     Pages are long polls of ``wait`` seconds, each asked from where the last one ended. With
     ``follow`` False pages wait only until one brings changes (what was just committed
     becomes durable), and the feed ends at the first page that brings nothing and does not
-    move.
-    A followed feed asks again at once after a page with changes, and at most every
-    ``POLL_EVERY`` seconds after an empty one (``wait=0`` polls; a server that answers a
-    long poll at once is not hammered). Failures with no answer, 502 and 503 (a node
+    move. A followed feed asks again at once after a page that moved, and at most every
+    ``POLL_EVERY`` seconds after one that did not (``wait=0`` polls; a server that answers
+    a long poll at once is not hammered). Failures with no answer, 502 and 503 (a node
     restarting, a leader moving) are retried with a backoff, for up to ``retry_for``
     seconds after the last page; any other error is raised and ends the feed.
 
@@ -628,10 +627,11 @@ class BaseFeed:
             self._pending.extend(page.changes)
             self._page_end = page.cursor
             return
-        moved, self.cursor = page.cursor != self.cursor, page.cursor
-        if not self.follow and not moved:
+        if page.cursor != self.cursor:  # it moved past changes the filters left out
+            self.cursor = page.cursor
+        elif not self.follow:
             self.done = True
-        elif self.follow:
+        else:
             self._pause = max(0.0, self._asked_at + POLL_EVERY - self._good)
 
     def _failed(self, exc: ClientError) -> bool:
