@@ -763,12 +763,16 @@ def _changes(args: argparse.Namespace, client: Client, out: Output) -> int:
                           tables=_names(args.table), ops=_names(args.op),
                           wait=FOLLOW_WAIT if args.follow else args.wait, follow=args.follow)
     status = 0
+    shown = feed.cursor  # past every change printed
+    printing: str | None = None  # while one is printed: the cursor before it
     try:
         for change in feed:
+            printing = shown
             if out.as_json:
                 out.json_line(change.to_json())
             else:
                 out.plain(change_line(change))
+            printing, shown = None, feed.cursor
     except KeyboardInterrupt:
         status = 0 if args.follow else 130  # Ctrl-C is how --follow ends
     except BrokenPipeError:  # `| head`: the reader has what it wanted
@@ -777,8 +781,9 @@ def _changes(args: argparse.Namespace, client: Client, out: Output) -> int:
         print_error(exc.code, exc.message, "rebuild what you made from the feed, then go on "
                                            f"with --since {exc.earliest}")
         return 1
-    if feed.cursor:
-        print(feed.cursor, file=sys.stderr)
+    cursor = feed.cursor if printing is None else printing  # a change cut off: not past it
+    if cursor:
+        print(cursor, file=sys.stderr)
     return status
 
 

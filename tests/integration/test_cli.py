@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import httpx
 import pytest
 
 from shoal import cli
-from shoal.client import Client
+from shoal.client import Change, Client
 from tests.support.server import ServerProcess
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -340,6 +341,32 @@ def test_changes_follow_ends_quietly_on_ctrl_c(server: ServerProcess, admin: htt
     assert rest.returncode == 0 and rest.stdout == "" and rest.stderr.strip() == cursor
 
 
+def test_changes_follow_ends_quietly_when_its_reader_leaves(
+        server: ServerProcess, admin: httpx.Client, new_db: Callable[[], str]) -> None:
+    """`shoal changes --follow | head -1`: the change it could not print is not passed."""
+    db = new_db()
+    start = _bookmark(admin, db, "CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shoal", "changes", db, "--since", start, "--follow", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=_env(SHOAL_URL=server.url, SHOAL_TOKEN=server.admin_token))
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        _bookmark(admin, db, "INSERT INTO t VALUES (1)")
+        assert json.loads(proc.stdout.readline())["key"] == [1]
+        proc.stdout.close()
+        _bookmark(admin, db, "INSERT INTO t VALUES (2)")
+        assert proc.wait(timeout=30) == 0
+        cursor = proc.stderr.read().strip()
+    finally:
+        proc.kill()
+    after = subprocess.run(
+        [sys.executable, "-m", "shoal", "changes", db, "--since", cursor, "--json"],
+        capture_output=True, text=True, timeout=60,
+        env=_env(SHOAL_URL=server.url, SHOAL_TOKEN=server.admin_token))
+    assert [json.loads(line)["key"] for line in after.stdout.splitlines()] == [[2]]
+
+
 def test_changes_after_a_restore_says_where_to_go_on(shoal: Run, admin: httpx.Client,
                                                      new_db: Callable[[], str]) -> None:
     db = new_db()
@@ -440,6 +467,22 @@ def test_serve_is_still_there(capsys: pytest.CaptureFixture[str]) -> None:
 ])
 def test_parse_arg(text: str, value: Any) -> None:
     assert cli.parse_arg(text) == value
+
+
+def test_change_line() -> None:
+    at = datetime(2026, 12, 4, 10, 15, 3, 120000, tzinfo=UTC)
+    row = {"id": 7, "note": "two\nlines", "data": bytes(40), "x": 1.0}
+    insert = Change("c1", 42, at, "orders", "insert", (7,), row, None)
+    assert cli.change_line(insert) == (
+        '2026-12-04T10:15:03.120Z  txid 42  insert  orders  [7]  id=7, note="two\\nlines", '
+        f"data=x'{'00' * 32}'...(40 bytes), x=1.0")
+    update = Change("c2", 43, at, "orders", "update", (7,), row | {"x": 1, "note": None}, row)
+    assert cli.change_line(update).endswith('[7]  note: "two\\nlines" -> NULL, x: 1.0 -> 1')
+    delete = Change("c3", 44, at, "t", "delete", ("k", b"\x01"), None, {"a": None})
+    assert cli.change_line(delete).endswith("delete  t  [\"k\", x'01']  a=NULL")
+    gap = Change("c4", 50, at, None, "uncaptured", None, None, None, from_txid=45)
+    assert cli.change_line(gap).endswith("txid 50  uncaptured  txids 45..50: changes not "
+                                         "captured")
 
 
 @pytest.mark.parametrize("text", ['{"x": 1}', "[1, 2]"])
