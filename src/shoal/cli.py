@@ -21,14 +21,17 @@ from rich.text import Text
 from shoal import settings as settings_mod
 from shoal.client import (
     DEFAULT_URL,
+    Change,
     Client,
     ClientError,
+    CursorExpired,
     Result,
     Transaction,
     from_json,
     split_sql,
     transaction_control,
 )
+from shoal.client.results import UNCAPTURED
 
 LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 HISTORY_FILE = "~/.shoal_history"
@@ -217,6 +220,11 @@ class Output:
 
     def json(self, data: Any) -> None:
         sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+
+    def json_line(self, data: Any) -> None:
+        """One JSON value on one line (JSON Lines: a stream a script reads as it comes)."""
+        sys.stdout.write(json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n")
         sys.stdout.flush()
 
     def plain(self, text: str) -> None:
@@ -698,6 +706,87 @@ def _history(args: argparse.Namespace, client: Client, out: Output) -> int:
     return 0
 
 
+# -- change feed ---------------------------------------------------------------------------------
+FEED_OPS = ("insert", "update", "delete")
+FOLLOW_WAIT = 25.0  # seconds each page of --follow waits: the longest the server allows
+
+
+def _value(value: Any) -> str:
+    """One SQL value inside a line: text as a JSON string (one line whatever it holds),
+    blobs as x'hex' (long ones cut), NULL."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bytes):
+        more = f"...({len(value)} bytes)" if len(value) > 32 else ""
+        return f"x'{value[:32].hex()}'{more}"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def change_line(change: Change) -> str:
+    """A change for a person, on one line: time, txid, op, table, key, and the row (an
+    update: the columns it changed, old -> new; a delete: the row it removed)."""
+    at = change.at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    head = f"{at}  txid {change.txid}  {change.op:<6}"
+    if change.op == UNCAPTURED:
+        return f"{head}  txids {change.from_txid}..{change.txid}: changes not captured"
+    old, new = change.old or {}, change.new or {}
+    if change.op == "update":
+        row = ", ".join(f"{k}: {_value(old.get(k))} -> {_value(v)}" for k, v in new.items()
+                        if k not in old or old[k] != v or type(old[k]) is not type(v))
+    else:
+        row = ", ".join(f"{k}={_value(v)}" for k, v in (new or old).items())
+    key = ", ".join(_value(v) for v in change.key or ())
+    return f"{head}  {change.table}  [{key}]  {row}"
+
+
+def _names(values: list[str]) -> list[str] | None:
+    """--table a --table b,c: every name given, or None for all."""
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    return names or None
+
+
+def _op_list(text: str) -> str:
+    """An --op value: insert, update or delete, or several of them (a,b)."""
+    wrong = [op for op in text.split(",") if op.strip() not in FEED_OPS]
+    if wrong:
+        raise argparse.ArgumentTypeError(f"{', '.join(wrong)}: use {', '.join(FEED_OPS)}")
+    return text
+
+
+def _changes(args: argparse.Namespace, client: Client, out: Output) -> int:
+    """Print changes as they come; at the end (the feed's, or Ctrl-C's) the cursor to go
+    on from, alone on stderr, for the next run's --since. An error prints only itself:
+    each JSON line holds its change's cursor."""
+    feed = client.changes(args.since, database=args.database, branch=args.branch,
+                          tables=_names(args.table), ops=_names(args.op),
+                          wait=FOLLOW_WAIT if args.follow else args.wait, follow=args.follow)
+    status = 0
+    shown = feed.cursor  # past every change printed
+    printing: str | None = None  # while one is printed: the cursor before it
+    try:
+        for change in feed:
+            printing = shown
+            if out.as_json:
+                out.json_line(change.to_json())
+            else:
+                out.plain(change_line(change))
+            printing, shown = None, feed.cursor
+    except KeyboardInterrupt:
+        status = 0 if args.follow else 130  # Ctrl-C is how --follow ends
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except CursorExpired as exc:
+        print_error(exc.code, exc.message, "rebuild what you made from the feed, then go on "
+                                           f"with --since {exc.earliest}")
+        return 1
+    cursor = feed.cursor if printing is None else printing  # a change cut off: not past it
+    if cursor:
+        print(cursor, file=sys.stderr)
+    return status
+
+
 def _branch_option(p: argparse.ArgumentParser, text: str) -> None:
     """--branch: which branch of the command's database; the URL's branch of it by default."""
     p.add_argument("--branch", default=None, metavar="BRANCH",
@@ -747,6 +836,25 @@ def _add_branch_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("database")
     _branch_option(p, "the branch whose history to show")
     p.set_defaults(func=_client_command(_history))
+
+    p = _client_parser(sub, "changes", common,
+                       "print a branch's committed row changes (its change feed), one a "
+                       "line; the cursor to go on from ends up alone on stderr")
+    p.add_argument("database")
+    _branch_option(p, "the branch whose changes to read")
+    p.add_argument("--since", default=None, metavar="CURSOR",
+                   help="start after this cursor (the one a run printed, a change's, or a "
+                        "bookmark); default: from now")
+    p.add_argument("--table", action="append", default=[], metavar="TABLE",
+                   help="only this table's changes (repeat, or a,b)")
+    p.add_argument("--op", action="append", default=[], type=_op_list, metavar="OP",
+                   help=f"only these operations: {', '.join(FEED_OPS)} (repeat, or a,b)")
+    p.add_argument("--follow", "-f", action="store_true",
+                   help="keep printing new changes until Ctrl-C (through node restarts)")
+    p.add_argument("--wait", type=float, default=1.0, metavar="SECONDS",
+                   help="without --follow: how long to wait for a first change, up to 25 "
+                        "(default 1: a commit reaches the feed once it is durable)")
+    p.set_defaults(func=_client_command(_changes))
 
 
 def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -22,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
+from shoal.client import Change, Client
 from tests.support.server import ServerProcess
 
 ADMIN = "feed-admin-token"
@@ -191,6 +192,48 @@ def test_server_sent_events_resume_with_last_event_id(tmp_path: Any) -> None:
             http.post(f"/v1/databases/{DB}/query", json={"statements": [
                 "UPDATE t SET v = 'x' WHERE id = 2"]})
             assert read_events(node, rest[-1]["cursor"], 1)[0]["op"] == "update"
+    finally:
+        node.stop()
+
+
+def test_the_python_client_follows_the_feed_through_a_restart(tmp_path: Any) -> None:
+    """Client.changes retries while the node is down (kill -9) and goes on from the last
+    change it yielded: every change once, in order. Its long polls outlast the client's
+    timeout (the wait is added to it)."""
+    node = ServerProcess(tmp_path / "data", {"admin_token": ADMIN})
+    node.start()
+    got: list[Change] = []
+    errors: list[BaseException] = []
+
+    def consume(start: str) -> None:
+        with Client(node.url, ADMIN, database=DB, timeout=2) as reader:
+            try:
+                for change in reader.changes(start, wait=5, limit=2):
+                    got.append(change)
+                    if change.key == (10,):
+                        return
+            except BaseException as exc:  # the test reports it
+                errors.append(exc)
+
+    try:
+        with Client(node.url, ADMIN, database=DB) as c:
+            c.create_database(DB)
+            start = c.execute("CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)").bookmark
+            assert start is not None
+            consumer = threading.Thread(target=consume, args=(start,))
+            consumer.start()
+            for i in range(1, 6):
+                c.execute("INSERT INTO t VALUES (?, ?)", [i, f"v{i}"])
+            time.sleep(random.uniform(0, 0.3))
+            node.kill()
+            time.sleep(1)  # the consumer meets a dead node meanwhile
+            node.start()
+            for i in range(6, 11):
+                c.execute("INSERT INTO t VALUES (?, ?)", [i, f"v{i}"])
+            consumer.join(60)
+        assert not consumer.is_alive() and not errors, errors
+        assert [(g.op, g.key) for g in got] == [("insert", (i,)) for i in range(1, 11)]
+        assert [g.new for g in got] == [{"id": i, "v": f"v{i}"} for i in range(1, 11)]
     finally:
         node.stop()
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +16,7 @@ import httpx
 import pytest
 
 from shoal import cli
-from shoal.client import Client
+from shoal.client import Change, Client
 from tests.support.server import ServerProcess
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -263,6 +265,124 @@ def test_history_and_compact_follow_the_urls_branch(shoal: Run, server: ServerPr
     assert _json(shoal("db", "compact", db, "--json", env=at_branch))["branch"] == branch
 
 
+def _bookmark(admin: httpx.Client, db: str, *statements: str) -> str:
+    r = admin.post(f"/v1/databases/{db}/query", json={"statements": list(statements)})
+    assert r.status_code == 200, r.text
+    return str(r.json()["meta"]["bookmark"])
+
+
+def test_changes_prints_json_lines_and_the_cursor_to_go_on_from(
+        shoal: Run, admin: httpx.Client, new_db: Callable[[], str]) -> None:
+    db = new_db()
+    start = _bookmark(admin, db, "CREATE TABLE t (id INTEGER PRIMARY KEY, v, b BLOB)",
+                      "CREATE TABLE u (k TEXT PRIMARY KEY)")
+    _bookmark(admin, db, "INSERT INTO t VALUES (1, 'a', x'00ff')",
+              "INSERT INTO t VALUES (2, 9007199254740993, NULL)")
+    read = shoal("changes", db, "--since", start, "--json", "--wait", "10")
+    assert read.returncode == 0, read.stderr
+    page = admin.get(f"/v1/databases/{db}/changes", params={"since": start}).json()
+    assert len(page["changes"]) == 2  # one commit: durable whole
+    assert [json.loads(line) for line in read.stdout.splitlines()] == page["changes"]
+    cursor = read.stderr.strip()  # nothing else on stderr: the cursor alone
+    assert cursor == page["cursor"]
+    _bookmark(admin, db, "UPDATE t SET v = 'b' WHERE id = 1", "DELETE FROM t WHERE id = 2",
+              "INSERT INTO u VALUES ('x')")
+    text = shoal("changes", db, "--since", cursor, "--wait", "10")
+    assert text.returncode == 0, text.stderr
+    lines = sorted(text.stdout.splitlines(), key=lambda line: line.split("  ")[2])
+    assert [line.split("  ")[2:] for line in lines] == [
+        ["delete", "t", "[2]", "id=2, v=9007199254740993, b=NULL"],
+        ["insert", "u", '["x"]', 'k="x"'],
+        ["update", "t", "[1]", 'v: "a" -> "b"']]
+    assert lines[0].startswith(page["changes"][0]["at"][:4]) and "txid " in lines[0]
+    after = text.stderr.strip()
+    assert after != cursor
+    nothing = shoal("changes", db, "--since", after, "--wait", "0", "--json")
+    assert nothing.returncode == 0 and nothing.stdout == "" and nothing.stderr.strip() == after
+    only = shoal("changes", db, "--since", cursor, "--table", "t", "--op", "delete,insert",
+                 "--json")
+    assert [json.loads(line)["op"] for line in only.stdout.splitlines()] == ["delete"]
+    assert only.stderr.strip() == after  # past what the filters left out too
+    for args, code in ((["nosuch"], "DATABASE_NOT_FOUND"),
+                       ([db, "--since", "garbage"], "INVALID_REQUEST"),
+                       ([db, "--branch", "nope"], "BRANCH_NOT_FOUND")):
+        failed = shoal("changes", *args, "--wait", "0")
+        assert failed.returncode == 1 and failed.stderr.startswith(f"error {code}: ")
+    bad_op = shoal("changes", db, "--op", "upsert")
+    assert bad_op.returncode == 2 and "upsert" in bad_op.stderr
+
+
+def test_changes_follow_ends_quietly_on_ctrl_c(server: ServerProcess, admin: httpx.Client,
+                                               new_db: Callable[[], str]) -> None:
+    db = new_db()
+    start = _bookmark(admin, db, "CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shoal", "changes", db, "--since", start, "--follow", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=_env(SHOAL_URL=server.url, SHOAL_TOKEN=server.admin_token))
+    try:
+        assert proc.stdout is not None
+        _bookmark(admin, db, "INSERT INTO t VALUES (1)")
+        first = json.loads(proc.stdout.readline())  # it waits, then prints as changes come
+        _bookmark(admin, db, "INSERT INTO t VALUES (2)")
+        second = json.loads(proc.stdout.readline())
+        assert (first["key"], second["key"]) == ([1], [2])
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and out == ""
+    cursor = err.strip()  # no traceback: the cursor alone, past the second change
+    assert cursor and "\n" not in cursor
+    rest = subprocess.run(
+        [sys.executable, "-m", "shoal", "changes", db, "--since", cursor, "--wait", "0"],
+        capture_output=True, text=True, timeout=60,
+        env=_env(SHOAL_URL=server.url, SHOAL_TOKEN=server.admin_token))
+    assert rest.returncode == 0 and rest.stdout == "" and rest.stderr.strip() == cursor
+
+
+def test_changes_follow_ends_quietly_when_its_reader_leaves(
+        server: ServerProcess, admin: httpx.Client, new_db: Callable[[], str]) -> None:
+    """`shoal changes --follow | head -1`: the change it could not print is not passed."""
+    db = new_db()
+    start = _bookmark(admin, db, "CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shoal", "changes", db, "--since", start, "--follow", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=_env(SHOAL_URL=server.url, SHOAL_TOKEN=server.admin_token))
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        _bookmark(admin, db, "INSERT INTO t VALUES (1)")
+        assert json.loads(proc.stdout.readline())["key"] == [1]
+        proc.stdout.close()
+        _bookmark(admin, db, "INSERT INTO t VALUES (2)")
+        assert proc.wait(timeout=30) == 0
+        cursor = proc.stderr.read().strip()
+    finally:
+        proc.kill()
+    after = subprocess.run(
+        [sys.executable, "-m", "shoal", "changes", db, "--since", cursor, "--json"],
+        capture_output=True, text=True, timeout=60,
+        env=_env(SHOAL_URL=server.url, SHOAL_TOKEN=server.admin_token))
+    assert [json.loads(line)["key"] for line in after.stdout.splitlines()] == [[2]]
+
+
+def test_changes_after_a_restore_says_where_to_go_on(shoal: Run, admin: httpx.Client,
+                                                     new_db: Callable[[], str]) -> None:
+    db = new_db()
+    kept = _bookmark(admin, db, "CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    _bookmark(admin, db, "INSERT INTO t VALUES (1)")
+    read = shoal("changes", db, "--since", kept, "--json", "--wait", "10")
+    assert read.returncode == 0 and len(read.stdout.splitlines()) == 1
+    r = admin.post(f"/v1/databases/{db}/restore", json={"bookmark": kept})
+    assert r.status_code == 200, r.text
+    expired = shoal("changes", db, "--since", read.stderr.strip(), "--wait", "0")
+    assert expired.returncode == 1 and expired.stdout == ""
+    assert expired.stderr.startswith("error CURSOR_EXPIRED: ")
+    hint = expired.stderr.split("--since ")[1].split()[0]
+    assert shoal("changes", db, "--since", hint, "--wait", "0").returncode == 0
+
+
 def test_client_commands_run_without_apsw(server: ServerProcess, admin: httpx.Client,
                                           new_db: Callable[[], str]) -> None:
     """`shoal sql` where apsw cannot be imported: the client side needs none of the server."""
@@ -320,7 +440,8 @@ def test_local_admin_token_fallback(shoal: Run, server: ServerProcess, tmp_path:
     assert remote.returncode == 1 and remote.stderr.startswith("error CONNECTION_ERROR: ")
 
 
-@pytest.mark.parametrize("command", [["sql"], ["shell"], ["db", "list"], ["token", "create"]])
+@pytest.mark.parametrize("command", [["sql"], ["shell"], ["db", "list"], ["token", "create"],
+                                     ["changes"]])
 def test_help_says_where_the_token_comes_from(command: list[str],
                                               capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:
@@ -346,6 +467,22 @@ def test_serve_is_still_there(capsys: pytest.CaptureFixture[str]) -> None:
 ])
 def test_parse_arg(text: str, value: Any) -> None:
     assert cli.parse_arg(text) == value
+
+
+def test_change_line() -> None:
+    at = datetime(2026, 12, 4, 10, 15, 3, 120000, tzinfo=UTC)
+    row = {"id": 7, "note": "two\nlines", "data": bytes(40), "x": 1.0}
+    insert = Change("c1", 42, at, "orders", "insert", (7,), row, None)
+    assert cli.change_line(insert) == (
+        '2026-12-04T10:15:03.120Z  txid 42  insert  orders  [7]  id=7, note="two\\nlines", '
+        f"data=x'{'00' * 32}'...(40 bytes), x=1.0")
+    update = Change("c2", 43, at, "orders", "update", (7,), row | {"x": 1, "note": None}, row)
+    assert cli.change_line(update).endswith('[7]  note: "two\\nlines" -> NULL, x: 1.0 -> 1')
+    delete = Change("c3", 44, at, "t", "delete", ("k", b"\x01"), None, {"a": None})
+    assert cli.change_line(delete).endswith("delete  t  [\"k\", x'01']  a=NULL")
+    gap = Change("c4", 50, at, None, "uncaptured", None, None, None, from_txid=45)
+    assert cli.change_line(gap).endswith("txid 50  uncaptured  txids 45..50: changes not "
+                                         "captured")
 
 
 @pytest.mark.parametrize("text", ['{"x": 1}', "[1, 2]"])

@@ -37,18 +37,32 @@ class LoopTransport(httpx.BaseTransport):
         self.loop = loop
         self.inner = httpx.ASGITransport(app=app)
 
+    async def send(self, request: httpx.Request, body: bytes) -> httpx.Response:
+        """On the App's loop: the request, answered whole."""
+        async_request = httpx.Request(request.method, request.url,
+                                      headers=request.headers, content=body)
+        response = await self.inner.handle_async_request(async_request)
+        content = await response.aread()
+        return httpx.Response(response.status_code, headers=response.headers,
+                              content=content, request=request)
+
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         body = request.read()
+        return asyncio.run_coroutine_threadsafe(self.send(request, body), self.loop).result()
 
-        async def send() -> httpx.Response:
-            async_request = httpx.Request(request.method, request.url,
-                                          headers=request.headers, content=body)
-            response = await self.inner.handle_async_request(async_request)
-            content = await response.aread()
-            return httpx.Response(response.status_code, headers=response.headers,
-                                  content=content, request=request)
 
-        return asyncio.run_coroutine_threadsafe(send(), self.loop).result()
+class AsyncLoopTransport(httpx.AsyncBaseTransport):
+    """The same for an asyncio client on another loop (a test's ``asyncio.run``):
+    cancelling the caller cancels the request on the App's loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, app: App):
+        self.blocking = LoopTransport(loop, app)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        body = await request.aread()
+        done = asyncio.run_coroutine_threadsafe(self.blocking.send(request, body),
+                                                self.blocking.loop)
+        return await asyncio.wrap_future(done)
 
 
 @dataclass
@@ -123,6 +137,11 @@ class InProcessNode:
         """A blocking httpx transport to this node (for shoal.client.Client(transport=))."""
         assert self._loop is not None and self.app is not None, "start() the node first"
         return LoopTransport(self._loop, self.app)
+
+    def async_transport(self) -> AsyncLoopTransport:
+        """An asyncio httpx transport to this node (for shoal.client.AsyncClient)."""
+        assert self._loop is not None and self.app is not None, "start() the node first"
+        return AsyncLoopTransport(self._loop, self.app)
 
     def client(self, token: str | None = None) -> httpx.Client:
         """An HTTP client of this node: admin token by default, no Authorization when ""."""

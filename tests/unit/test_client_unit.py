@@ -579,6 +579,8 @@ def _sent(request: httpx.Request) -> tuple[str | None, str | None]:
 def test_peek_bookmark_is_a_hint_that_never_fails() -> None:
     assert peek_bookmark(_mark("orders", "main", 7)) == ("orders", "main", 7, "t1")
     assert peek_bookmark(_mark("orders", "p-1", 0, None)) == ("orders", "p-1", 0, None)
+    cursor = _mark("orders", "main", 7, "t1/3")  # a change feed's cursor: an index too
+    assert peek_bookmark(cursor) == ("orders", "main", 7, "t1")
     for junk in ("bm", "", "!!!", base64.urlsafe_b64encode(b"a/b/x").decode(),
                  base64.urlsafe_b64encode("a/b/\u00b2".encode()).decode(),
                  base64.urlsafe_b64encode(b"\xff\xfe").decode()):

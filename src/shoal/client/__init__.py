@@ -28,6 +28,9 @@ answers no older than what the client saw. ``db.bookmark()`` gives it to pass on
 cookie, the next invocation); ``remember(bookmark)`` or ``bookmarks=[...]`` takes one in;
 ``consistency="strong"`` asks the leader; ``session=False`` sends none.
 
+``db.changes(since=cursor)`` iterates over a branch's committed row changes
+(:class:`Change`), long-polling page after page; ``async for`` on ``AsyncClient``'s.
+
 Failures raise :class:`ClientError` subclasses carrying the server's stable ``code``.
 The DB-API 2.0 (PEP 249) module built on this client is :mod:`shoal.dbapi`.
 
@@ -36,7 +39,7 @@ application: ``codec`` (values), ``sql`` (statement splitting), ``urls``, ``erro
 ``results``, ``calls`` (the requests, shared by both clients), ``sync`` and ``aio``.
 """
 
-from shoal.client.aio import AsyncClient, AsyncTransaction
+from shoal.client.aio import AsyncChangeFeed, AsyncClient, AsyncTransaction
 from shoal.client.calls import DEFAULT_TIMEOUT, Consistency
 from shoal.client.codec import from_json, to_json
 from shoal.client.errors import (
@@ -45,6 +48,7 @@ from shoal.client.errors import (
     Busy,
     ClientError,
     ConnectionFailed,
+    CursorExpired,
     InvalidRequest,
     NotFound,
     ServerError,
@@ -52,9 +56,9 @@ from shoal.client.errors import (
     Timeout,
     TransactionExpired,
 )
-from shoal.client.results import Meta, Result
+from shoal.client.results import Change, Meta, Result
 from shoal.client.sql import first_keyword, split_sql, transaction_control
-from shoal.client.sync import Client, Transaction
+from shoal.client.sync import ChangeFeed, Client, Transaction
 from shoal.client.urls import DEFAULT_URL, Address, parse_url
 
 __all__ = [
@@ -62,14 +66,18 @@ __all__ = [
     "DEFAULT_URL",
     "Address",
     "AlreadyExists",
+    "AsyncChangeFeed",
     "AsyncClient",
     "AsyncTransaction",
     "AuthError",
     "Busy",
+    "Change",
+    "ChangeFeed",
     "Client",
     "ClientError",
     "ConnectionFailed",
     "Consistency",
+    "CursorExpired",
     "InvalidRequest",
     "Meta",
     "NotFound",

@@ -6,6 +6,7 @@ what each does.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -16,7 +17,9 @@ import httpx
 
 from shoal.client.calls import (
     DEFAULT_TIMEOUT,
+    RETRY_FOR,
     BaseClient,
+    BaseFeed,
     BaseTransaction,
     Call,
     Consistency,
@@ -24,7 +27,7 @@ from shoal.client.calls import (
 )
 from shoal.client.codec import Args, StatementLike
 from shoal.client.errors import ClientError, transport_error
-from shoal.client.results import Result
+from shoal.client.results import Change, Result
 
 T = TypeVar("T")
 
@@ -164,6 +167,51 @@ class AsyncClient(BaseClient):
     async def history(self, *, database: str | None = None,
                       branch: str | None = None) -> dict[str, Any]:
         return await self._send(self._history(database, branch))
+
+    def changes(self, since: str | None = None, *, database: str | None = None,
+                branch: str | None = None, tables: str | Iterable[str] | None = None,
+                ops: str | Iterable[str] | None = None, wait: float = 25.0,
+                limit: int = 100, follow: bool = True,
+                retry_for: float = RETRY_FOR) -> AsyncChangeFeed:
+        """The change feed as an async iterator (``async for change in db.changes()``); a
+        plain method, as :meth:`Client.changes <shoal.client.Client.changes>`."""
+        return AsyncChangeFeed(self, since, database=database, branch=branch, tables=tables,
+                               ops=ops, wait=wait, limit=limit, follow=follow,
+                               retry_for=retry_for)
+
+
+class AsyncChangeFeed(BaseFeed):
+    """The async iterator :meth:`AsyncClient.changes` returns (see
+    :class:`~shoal.client.ChangeFeed`); cancelling a task waiting on it leaves nothing open."""
+
+    _client: AsyncClient
+
+    def __init__(self, client: AsyncClient, since: str | None, **options: Any):
+        super().__init__(client, since, **options)
+        self._client = client
+
+    def __aiter__(self) -> AsyncChangeFeed:
+        return self
+
+    async def __anext__(self) -> Change:
+        while (change := self._pop()) is None:
+            if (step := self._next()) is None:
+                raise StopAsyncIteration
+            call, pause = step
+            if pause:
+                await asyncio.sleep(pause)
+            try:
+                page = await self._client._send(call)
+            except ClientError as exc:
+                if self._failed(exc):
+                    continue
+                raise
+            self._took(page)
+        return change
+
+    async def aclose(self) -> None:
+        """As an async generator's: stop (nothing is left open between pages)."""
+        self.close()
 
 
 class AsyncTransaction(BaseTransaction):

@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import base64
 import os
+import random
 import ssl
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,7 +41,7 @@ import msgspec
 from shoal import __version__
 from shoal.client.codec import StatementLike, statement_json
 from shoal.client.errors import ClientError, TransactionExpired, error_from_response
-from shoal.client.results import Result, parse_results
+from shoal.client.results import Change, ChangesPage, Result, parse_changes_page, parse_results
 from shoal.client.urls import DEFAULT_URL, parse_url
 
 DEFAULT_TIMEOUT = 30.0
@@ -96,16 +99,17 @@ def peek_bookmark(bookmark: str) -> tuple[str, str, int, str | None] | None:
     """(database, branch, txid, timeline) as today's server writes a bookmark, else None.
 
     Bookmarks are opaque to clients: this reading (urlsafe base64, unpadded, of
-    ``database/branch/txid[/timeline]``) is only a hint, used to keep the newer of two
-    bookmarks of one branch and to file a bookmark given to ``remember``. Nothing else rests
-    on it: a bookmark it cannot read is still kept (the latest received wins) and sent.
+    ``database/branch/txid[/timeline[/index]]``; a change feed's cursor has the index) is
+    only a hint, used to keep the newer of two bookmarks of one branch and to file a
+    bookmark given to ``remember``. Nothing else rests on it: a bookmark it cannot read is
+    still kept (the latest received wins) and sent.
     """
     try:
         raw = base64.urlsafe_b64decode(bookmark + "=" * (-len(bookmark) % 4)).decode()
         parts = raw.split("/")
-        if len(parts) not in (3, 4) or not parts[2].isdigit():
+        if len(parts) not in (3, 4, 5) or not parts[2].isdigit():
             return None
-        return parts[0], parts[1], int(parts[2]), parts[3] if len(parts) == 4 else None
+        return parts[0], parts[1], int(parts[2]), parts[3] if len(parts) >= 4 else None
     except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors too
         return None
 
@@ -133,6 +137,8 @@ class Call(Generic[T]):
     ``Shoal-Bookmark`` header, else what ``bookmark`` finds in the parsed body).
     ``restarts``: the (database, branch) whose history the call may start anew (branch
     None: every branch of the database); the session forgets what it held for it.
+    ``wait``: seconds the server may hold the answer back (a long poll), added to the
+    client's read timeout for this call.
     """
 
     method: str
@@ -145,6 +151,7 @@ class Call(Generic[T]):
     session: tuple[str, str] | None = None
     bookmark: Callable[[T], str | None] = _nothing
     restarts: tuple[str, str | None] | None = None
+    wait: float = 0.0
 
     def request(self, http: httpx.Client | httpx.AsyncClient) -> httpx.Request:
         headers = dict(self.headers or ())
@@ -154,8 +161,14 @@ class Call(Generic[T]):
             headers["content-type"] = "application/json"
         if self.idempotency_key is not None:
             headers["idempotency-key"] = self.idempotency_key
-        return http.build_request(self.method, self.path, content=content, headers=headers,
-                                  params=self.params)
+        request = http.build_request(self.method, self.path, content=content,
+                                     headers=headers, params=self.params)
+        if self.wait:
+            t = http.timeout
+            request.extensions["timeout"] = httpx.Timeout(
+                connect=t.connect, write=t.write, pool=t.pool,
+                read=None if t.read is None else t.read + self.wait).as_dict()
+        return request
 
     def finish(self, response: httpx.Response) -> T:
         if response.status_code >= 400:
@@ -435,6 +448,20 @@ class BaseClient:
     def _history(self, database: str | None, branch: str | None) -> Call[dict[str, Any]]:
         return Call("GET", self._data_path(database, branch) + "/history", _identity)
 
+    def _changes(self, key: tuple[str, str], since: str | None, limit: int, wait: float,
+                 tables: Sequence[str] | None, ops: Sequence[str] | None) -> Call[ChangesPage]:
+        """A page of a branch's change feed. It touches no session: the feed's cursors are
+        the consumer's to keep (they are bookmarks, should it want to read at one)."""
+        params = {"limit": str(limit), "wait": f"{wait:g}"}
+        if since is not None:
+            params["since"] = since
+        if tables:
+            params["table"] = ",".join(tables)
+        if ops:
+            params["op"] = ",".join(ops)
+        return Call("GET", self._data_path(*key) + "/changes", parse_changes_page,
+                    params=params, wait=wait)
+
     def _list(self, limit: int | None, page_size: int) -> Plan[list[dict[str, Any]]]:
         """Follow ``next_cursor`` until the list (or ``limit`` entries) is complete."""
         out: list[dict[str, Any]] = []
@@ -509,3 +536,111 @@ class BaseTransaction:
         """A transaction the server no longer knows cannot be ended by us either."""
         if isinstance(exc, TransactionExpired) or exc.code == "TRANSACTION_NOT_FOUND":
             self.done = True
+
+
+RETRY_STATUS = frozenset({502, 503})  # a node starting or stopping, a leader moving
+RETRY_CODES = frozenset({"CONNECTION_ERROR", "CLIENT_TIMEOUT"})  # no answer at all
+RETRY_FIRST = 0.1  # seconds before the first retry; doubled each time, up to RETRY_MAX
+RETRY_MAX = 2.0
+RETRY_FOR = 30.0  # seconds of failures in a row after which a feed gives up
+POLL_EVERY = 1.0  # seconds at least between the starts of two empty pages of a followed feed
+
+
+def _names(what: str, given: str | Iterable[str] | None) -> tuple[str, ...] | None:
+    """A filter: None for everything, else at least one name (a lone str is one name)."""
+    if given is None:
+        return None
+    names = (given,) if isinstance(given, str) else tuple(given)
+    if not names:
+        raise ValueError(f"{what}: name at least one, or pass None for all")
+    return names
+
+
+class BaseFeed:
+    """A branch's change feed being read, for :class:`~shoal.client.sync.ChangeFeed` and
+    :class:`~shoal.client.aio.AsyncChangeFeed`, which only pause, send its calls and hand
+    their answers back.
+
+    Pages are long polls of ``wait`` seconds, each asked from where the last one ended. With
+    ``follow`` False pages wait only until one brings changes (what was just committed
+    becomes durable), and the feed ends at the first page that brings nothing and does not
+    move. A followed feed asks again at once after a page that moved, and at most every
+    ``POLL_EVERY`` seconds after one that did not (``wait=0`` polls; a server that answers
+    a long poll at once is not hammered). Failures with no answer, 502 and 503 (a node
+    restarting, a leader moving) are retried with a backoff, for up to ``retry_for``
+    seconds after the last page; any other error is raised and ends the feed.
+
+    ``cursor``: where a new feed would go on from, exactly after what this one yielded (past
+    a whole page once all of it was yielded, the changes its filters left out too); the
+    ``since`` given until then.
+    """
+
+    def __init__(self, api: BaseClient, since: str | None, *, database: str | None,
+                 branch: str | None, tables: str | Iterable[str] | None,
+                 ops: str | Iterable[str] | None, wait: float, limit: int, follow: bool,
+                 retry_for: float):
+        self.key = api.resolve(database, branch)
+        self.cursor = since or None
+        self.follow = follow
+        self.done = False
+        self._api = api
+        self._tables = _names("tables", tables)
+        self._ops = _names("ops", ops)
+        self._wait = wait
+        self._limit = limit
+        self._retry_for = retry_for
+        self._pending: deque[Change] = deque()
+        self._page_end: str | None = None
+        self._changed = False  # a page brought changes
+        self._pause = 0.0  # before the next request
+        self._backoff = RETRY_FIRST
+        self._good = self._asked_at = time.monotonic()
+
+    def close(self) -> None:
+        """Stop: the iterator yields nothing more (no request is left open between pages)."""
+        self.done = True
+        self._pending.clear()
+
+    def _pop(self) -> Change | None:
+        """The next change of the last page, moving the cursor past it; None when none is left."""
+        if not self._pending:
+            return None
+        change = self._pending.popleft()
+        self.cursor = change.cursor if self._pending else self._page_end
+        return change
+
+    def _next(self) -> tuple[Call[ChangesPage], float] | None:
+        """The next page's request and the seconds to pause before sending it; None once the
+        feed ended."""
+        if self.done:
+            return None
+        pause, self._pause = self._pause, 0.0
+        self._asked_at = time.monotonic() + pause
+        wait = self._wait if self.follow or not self._changed else 0.0
+        return self._api._changes(self.key, self.cursor, self._limit, wait, self._tables,
+                                  self._ops), pause
+
+    def _took(self, page: ChangesPage) -> None:
+        self._good, self._backoff = time.monotonic(), RETRY_FIRST
+        if page.changes:
+            self._changed = True
+            self._pending.extend(page.changes)
+            self._page_end = page.cursor
+            return
+        if page.cursor != self.cursor:  # it moved past changes the filters left out
+            self.cursor = page.cursor
+        elif not self.follow:
+            self.done = True
+        else:
+            self._pause = max(0.0, self._asked_at + POLL_EVERY - self._good)
+
+    def _failed(self, exc: ClientError) -> bool:
+        """Whether to ask again (after a backoff) rather than raise ``exc``, ending the feed."""
+        transient = exc.status in RETRY_STATUS or (exc.status is None
+                                                   and exc.code in RETRY_CODES)
+        if self.done or not transient or time.monotonic() - self._good > self._retry_for:
+            self.done = True
+            return False
+        self._pause = self._backoff * random.uniform(0.5, 1.0)  # consumers out of step
+        self._backoff = min(self._backoff * 2, RETRY_MAX)
+        return True

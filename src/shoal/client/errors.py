@@ -62,6 +62,18 @@ class SQLError(ClientError):
     """SQLite refused the statement; ``code`` is SQLITE_*, ``extended_code`` the detail."""
 
 
+class CursorExpired(ClientError):
+    """410 CURSOR_EXPIRED: the change feed no longer holds what follows the cursor (past
+    history_retention, or the branch was restored or reset). Rebuild what was derived from
+    the feed, then go on from :attr:`earliest`."""
+
+    @property
+    def earliest(self) -> str | None:
+        """A cursor the feed can go on from (the server's ``earliest``)."""
+        found = self.details.get("earliest")
+        return found if isinstance(found, str) else None
+
+
 class InvalidRequest(ClientError):
     """400/413/422: the request itself is wrong (shape, arguments, size, idempotency reuse)."""
 
@@ -82,6 +94,7 @@ _BY_CODE: dict[str, type[ClientError]] = {
     "SQLITE_LOCKED": Busy,
     "STATEMENT_TIMEOUT": Timeout,
     "TRANSACTION_EXPIRED": TransactionExpired,
+    "CURSOR_EXPIRED": CursorExpired,
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ssl
+import time
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -12,7 +13,9 @@ import httpx
 
 from shoal.client.calls import (
     DEFAULT_TIMEOUT,
+    RETRY_FOR,
     BaseClient,
+    BaseFeed,
     BaseTransaction,
     Call,
     Consistency,
@@ -20,7 +23,7 @@ from shoal.client.calls import (
 )
 from shoal.client.codec import Args, StatementLike
 from shoal.client.errors import ClientError, transport_error
-from shoal.client.results import Result
+from shoal.client.results import Change, Result
 
 T = TypeVar("T")
 
@@ -196,6 +199,58 @@ class Client(BaseClient):
                 branch: str | None = None) -> dict[str, Any]:
         """The restorable window: ``earliest`` and ``latest`` points (txid, time)."""
         return self._send(self._history(database, branch))
+
+    # -- change feed -------------------------------------------------------------------------
+    def changes(self, since: str | None = None, *, database: str | None = None,
+                branch: str | None = None, tables: str | Iterable[str] | None = None,
+                ops: str | Iterable[str] | None = None, wait: float = 25.0,
+                limit: int = 100, follow: bool = True,
+                retry_for: float = RETRY_FOR) -> ChangeFeed:
+        """A branch's committed row changes after ``since`` (a cursor or a bookmark; None:
+        from now), in commit order, as :class:`~shoal.client.Change` objects.
+
+        The iterator long-polls page after page (``limit`` changes, ``wait`` seconds) and
+        goes on from where it stands by itself, through a node's restart (see
+        :class:`~shoal.client.calls.BaseFeed`); ``follow=False`` reads what there is and
+        ends (waiting up to ``wait`` for a first change: a commit shows once durable, so
+        right after one pass a few seconds; with nothing new that is the time it takes).
+        ``tables`` and ``ops`` (insert, update, delete) filter. Store each change's
+        ``cursor`` with what you made of it, in the same transaction, and resume from it:
+        every change is then applied once. ``CursorExpired`` (its ``earliest``) when the
+        feed no longer holds what follows ``since``.
+        """
+        return ChangeFeed(self, since, database=database, branch=branch, tables=tables,
+                          ops=ops, wait=wait, limit=limit, follow=follow, retry_for=retry_for)
+
+
+class ChangeFeed(BaseFeed):
+    """The iterator :meth:`Client.changes` returns: each page is one request, so stopping
+    (``break``, :meth:`close`) leaves nothing open; ``cursor`` is where it stands."""
+
+    _client: Client
+
+    def __init__(self, client: Client, since: str | None, **options: Any):
+        super().__init__(client, since, **options)
+        self._client = client
+
+    def __iter__(self) -> ChangeFeed:
+        return self
+
+    def __next__(self) -> Change:
+        while (change := self._pop()) is None:
+            if (step := self._next()) is None:
+                raise StopIteration
+            call, pause = step
+            if pause:
+                time.sleep(pause)
+            try:
+                page = self._client._send(call)
+            except ClientError as exc:
+                if self._failed(exc):
+                    continue
+                raise
+            self._took(page)
+        return change
 
 
 class Transaction(BaseTransaction):
