@@ -209,3 +209,35 @@ def test_access_and_bad_input(admin: httpx.Client, fed: tuple[str, str],
     error_of(admin.get("/v1/databases/nosuch/changes"), 404, "DATABASE_NOT_FOUND")
     error_of(admin.get(f"/v1/databases/{db}/branches/nosuch/changes"), 404,
              "BRANCH_NOT_FOUND")
+
+
+def test_a_page_from_a_commits_last_change_waits_for_the_next_commit(
+        admin: httpx.Client, fed: tuple[str, str]) -> None:
+    import time
+    db, start = fed
+    ok(query(admin, db, "INSERT INTO posts(id) VALUES (1)", "INSERT INTO posts(id) VALUES (2)"))
+    changes, _ = follow(admin, db, start, 2)
+    last = changes[-1]["cursor"]  # inside the commit: its last change
+    began = time.monotonic()
+    got = page(admin, db, last, wait=1.5)
+    assert got["changes"] == [] and time.monotonic() - began >= 1.4  # a real long poll
+    assert got["cursor"] != last  # now past the whole commit
+
+
+def test_a_filtered_long_poll_waits_past_what_it_drops(admin: httpx.Client,
+                                                       fed: tuple[str, str]) -> None:
+    import threading
+    import time
+    db, start = fed
+    caught = page(admin, db, start, wait=0)["cursor"]
+    got: list[dict[str, Any]] = []
+    began = time.monotonic()
+    reader = threading.Thread(target=lambda: got.append(
+        page(admin, db, caught, wait=3, op="delete")))
+    reader.start()
+    ok(query(admin, db, "INSERT INTO posts(id) VALUES (5)"))  # not a delete: no answer yet
+    time.sleep(1.0)
+    ok(query(admin, db, "DELETE FROM posts WHERE id = 5"))
+    reader.join(10)
+    assert got and brief(got[0]["changes"]) == [("posts", "delete", [5])]
+    assert time.monotonic() - began >= 1.0

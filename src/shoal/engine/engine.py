@@ -99,6 +99,7 @@ TIMELINE_HEADER = b"shoal-timeline"  # the leader's timeline, on a feed's answer
 # ago) or is damaged: the leader answers it instead (a real error, the same, from there)
 LAGGING = frozenset({Code.SQLITE_ERROR, Code.SQLITE_SCHEMA, Code.SQLITE_BUSY,
                      Code.SQLITE_CORRUPT, Code.SQLITE_IOERR, Code.SQLITE_CANTOPEN})
+FEED_ENDED_PAUSE = 1.0  # seconds a feed page waits when its branch's shipper has ended
 FEED_WAIT_MAX = 25.0  # seconds a feed request may wait (the forwarder's timeout is 30)
 
 
@@ -633,16 +634,21 @@ class Engine:
         start = self._feed_start(name, branch, timeline, since, shipper.durable_txid)
         shipper.follow()  # a consumer waits: ship often (replica_sync_interval)
         deadline = time.monotonic() + min(wait, FEED_WAIT_MAX)
+        at = start
         while True:
             durable = shipper.durable_txid
-            if durable > start.txid or (start.index is not None and durable >= start.txid):
-                found, reached = events(await self._captured(
-                    name, branch, timeline, shipper.feed, start, durable), start, limit, wanted)
-                if found or reached != start:
-                    return ChangesPage(name, branch, timeline, found, reached)
+            if durable > at.txid or (at.index is not None and durable >= at.txid):
+                found, at = events(await self._captured(
+                    name, branch, timeline, shipper.feed, at, durable), at, limit, wanted)
+                if found:
+                    return ChangesPage(name, branch, timeline, found, at)
+                # past what the filter dropped, or the rest of a commit: wait on from there
             left = deadline - time.monotonic()
-            if left <= 0 or shipper.feed.ended:
-                return ChangesPage(name, branch, timeline, [], start)
+            if left <= 0:
+                return ChangesPage(name, branch, timeline, [], at)
+            if shipper.feed.ended:  # the branch closed, or its log stopped: the next page
+                await asyncio.sleep(min(left, FEED_ENDED_PAUSE))  # opens it again
+                return ChangesPage(name, branch, timeline, [], at)
             await shipper.feed.wait(durable, left)
 
     def _feed_start(self, name: str, branch: str, timeline: str, since: str | None,

@@ -16,6 +16,7 @@ change of leader.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
@@ -25,7 +26,7 @@ from urllib.parse import urlencode
 import msgspec
 
 from shoal import names
-from shoal.cluster import FORWARDED
+from shoal.cluster import FORWARDED, Unreachable
 from shoal.engine import ChangesPage, FeedEvent, FeedFilter, make_bookmark
 from shoal.errors import Code, ShoalError
 from shoal.server.api import iso
@@ -34,6 +35,7 @@ from shoal.server.ports import EngineAPI
 from shoal.wire import encode_row
 
 HEARTBEAT = 15.0  # seconds between a stream's comments when nothing happens
+PAUSE = 1.0  # seconds a stream waits after a page that came back empty at once
 MAX_LIMIT = 1000  # changes a page holds at most
 DEFAULT_LIMIT = 100
 MAX_WAIT = 25.0  # seconds a page may wait (the forwarder gives up after 30)
@@ -104,12 +106,17 @@ class ChangesAPI:
             yield b"retry: 1000\n\n"
             last_beat = time.monotonic()
             while not request.gone:
+                asked = time.monotonic()
                 try:
                     since, events = await self._page(request, name, branch, since, limit,
                                                      wanted)
+                except _Again:  # the leader is moving: the stream outlives it
+                    events = []
                 except ShoalError as exc:
                     yield _sse("error", msgspec.json.encode(exc.body()))
                     return
+                if not events and time.monotonic() - asked < PAUSE:  # nothing, at once:
+                    await asyncio.sleep(PAUSE)  # never a loop that holds the event loop
                 out = b"".join(events)
                 if not out and time.monotonic() - last_beat >= HEARTBEAT - 1:
                     out = b": heartbeat\n\n"
@@ -158,13 +165,29 @@ class ChangesAPI:
         path = f"/v1/databases/{name}/branches/{branch}/changes?{urlencode(query)}"
         headers = [(k, v) for k, v in request.scope["headers"]
                    if k in (b"authorization", b"x-request-id")]
-        status, _, body = await self.engine.forward(url, "GET", path, headers, b"")
-        found: dict[str, Any] = msgspec.json.decode(body)
-        if status != 200:
-            error = found.get("error") or {}
-            raise ShoalError(error.get("code", "INTERNAL"), error.get("message", "the leader "
-                                                                        "refused the page"))
-        return found
+        try:
+            status, _, body = await self.engine.forward(url, "GET", path, headers, b"")
+        except Unreachable:
+            raise _Again from None
+        if status in (502, 503, 504):
+            raise _Again
+        try:
+            found: dict[str, Any] = msgspec.json.decode(body)
+        except msgspec.DecodeError:
+            raise _Again from None
+        if status == 200:
+            return found
+        error = dict(found.get("error") or {})
+        code = error.pop("code", "INTERNAL")
+        message = error.pop("message", "the leader refused the page")
+        error.pop("hint", None)
+        if code not in Code.__members__:
+            code = "INTERNAL"
+        raise ShoalError(Code[code], message, **error)  # earliest, with CURSOR_EXPIRED
+
+
+class _Again(Exception):
+    """The leader could not answer a stream's page now (moving, restarting): ask again."""
 
 
 def page_cursor(page: ChangesPage) -> str:
