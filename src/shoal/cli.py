@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
@@ -755,6 +757,17 @@ def _op_list(text: str) -> str:
     return text
 
 
+@contextlib.contextmanager
+def _held(signum: int) -> Iterator[None]:
+    """Hold a signal back (it is delivered when the block ends), where one would leave
+    state half-updated."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signum})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})
+
+
 def _changes(args: argparse.Namespace, client: Client, out: Output) -> int:
     """Print changes as they come; at the end (the feed's, or Ctrl-C's) the cursor to go
     on from, alone on stderr, for the next run's --since. An error prints only itself:
@@ -767,12 +780,13 @@ def _changes(args: argparse.Namespace, client: Client, out: Output) -> int:
     printing: str | None = None  # while one is printed: the cursor before it
     try:
         for change in feed:
-            printing = shown
-            if out.as_json:
-                out.json_line(change.to_json())
-            else:
-                out.plain(change_line(change))
-            printing, shown = None, feed.cursor
+            with _held(signal.SIGINT):  # Ctrl-C lands between changes, never mid-bookkeeping
+                printing = shown
+                if out.as_json:
+                    out.json_line(change.to_json())
+                else:
+                    out.plain(change_line(change))
+                printing, shown = None, feed.cursor
     except KeyboardInterrupt:
         status = 0 if args.follow else 130  # Ctrl-C is how --follow ends
     except BrokenPipeError:  # `| head`: the reader has what it wanted

@@ -75,3 +75,41 @@ def test_past_max_bytes_only_records_the_store_lacks_are_kept(spool: Spool) -> N
     assert set(spool.read(TL, 0, 99)) == {10, 11, 12}
     assert spool.read(TL, 12, 12) == {12: b"last"}
     assert not spool.path.with_name(spool.path.name + ".tmp").exists()
+
+
+def test_a_failed_append_leaves_nothing_behind(spool: Spool,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from shoal.feed import spool as spool_mod
+    spool.append(1, TL, b"one", durable=-1)
+    real = os.write
+    monkeypatch.setattr(spool_mod.os, "write", lambda fd, data: real(fd, data[:10]))
+    with pytest.raises(OSError):  # a full disk mid-record
+        spool.append(2, TL, b"two", durable=-1)
+    monkeypatch.setattr(spool_mod.os, "write", real)
+    spool.append(2, TL, b"two again", durable=-1)
+    assert spool.read(TL, 0, 9) == {1: b"one", 2: b"two again"}
+
+
+def test_a_truncate_that_failed_is_done_before_the_next_append(
+        spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from shoal.feed import spool as spool_mod
+    spool.append(1, TL, b"one", durable=-1)
+    real_write, real_truncate = os.write, os.ftruncate
+
+    def refuse(fd: int, size: int) -> None:
+        raise OSError(5, "I/O error")
+
+    monkeypatch.setattr(spool_mod.os, "write", lambda fd, data: real_write(fd, data[:10]))
+    monkeypatch.setattr(spool_mod.os, "ftruncate", refuse)
+    with pytest.raises(OSError):
+        spool.append(2, TL, b"two", durable=-1)
+    monkeypatch.setattr(spool_mod.os, "write", real_write)
+    with pytest.raises(OSError):  # still cannot cut the torn bytes: no record after them
+        spool.append(2, TL, b"two", durable=-1)
+    monkeypatch.setattr(spool_mod.os, "ftruncate", real_truncate)
+    spool.append(2, TL, b"two", durable=-1)
+    assert spool.read(TL, 0, 9) == {1: b"one", 2: b"two"}

@@ -181,7 +181,9 @@ def test_full_disk_refuses_writes_serves_reads_and_resumes(
         create(client, "c")  # opening c closed a
         extra = ballast(disk)
         err = fill(client, acked)  # opening a closed b
-        assert err.get("extended_code", "").startswith(("SQLITE_FULL", "SQLITE_IOERR")), err
+        # SQLite met the full disk, or the change feed's spool did, just before the COMMIT
+        assert err.get("extended_code", "").startswith(("SQLITE_FULL", "SQLITE_IOERR")) or \
+            "No space left on device" in err["message"], err
         assert len(acked) > 20
         refused_fast(client)
 

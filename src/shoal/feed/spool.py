@@ -29,6 +29,8 @@ The file is the node's own (never in the store, never copied): it changes withou
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import struct
 import zlib
@@ -54,6 +56,7 @@ class Spool:
         self._fd: int | None = None
         self._size = 0
         self._last = -1  # the highest txid appended since the file was last emptied
+        self._torn = False  # a failed append left bytes past _size
 
     def open(self) -> None:
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
@@ -69,6 +72,9 @@ class Spool:
         """The changes of the commit about to be made as ``txid`` (None: not captured);
         ``durable``: the highest txid the store holds, whose records may go."""
         assert self._fd is not None
+        if self._torn:  # a failed append's bytes are still there: not one record after them
+            os.ftruncate(self._fd, self._size)
+            self._torn = False
         if self._size and durable >= self._last:
             os.ftruncate(self._fd, 0)  # every record is in the store
             self._size = 0
@@ -77,9 +83,19 @@ class Spool:
         head = _HEAD.pack(txid, _timeline(timeline), _NONE if changes is None else len(changes))
         body = head + (changes or b"")
         record = body + _CRC.pack(zlib.crc32(body))
-        written = os.write(self._fd, record)
-        if written != len(record):  # a full disk mid-record: the commit must not happen
-            raise OSError(f"{self.path}: short write ({written} of {len(record)} bytes)")
+        try:
+            written = os.write(self._fd, record)
+            if written != len(record):  # a full disk mid-record: the commit must not happen
+                raise OSError(errno.ENOSPC, f"{self.path}: short write ({written} of "
+                                            f"{len(record)} bytes)")
+        except OSError:
+            # what was written of the record goes, or the records after it would be read
+            # as a torn tail and lost (tried again before the next append if it fails)
+            self._torn = True
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+                self._torn = False
+            raise
         self._size += len(record)
         self._last = max(self._last, txid)
 
