@@ -241,3 +241,20 @@ def test_a_filtered_long_poll_waits_past_what_it_drops(admin: httpx.Client,
     reader.join(10)
     assert got and brief(got[0]["changes"]) == [("posts", "delete", [5])]
     assert time.monotonic() - began >= 1.0
+
+
+def test_a_feed_from_a_time(admin: httpx.Client, fed: tuple[str, str]) -> None:
+    import time
+    from datetime import UTC, datetime
+    db, start = fed
+    ok(query(admin, db, "INSERT INTO posts(id) VALUES (1)"))
+    time.sleep(0.3)
+    between = datetime.now(UTC).isoformat()
+    time.sleep(0.3)
+    ok(query(admin, db, "INSERT INTO posts(id) VALUES (2)"))
+    follow(admin, db, start, 2)  # both durable
+    assert brief(follow(admin, db, between, 1)[0]) == [("posts", "insert", [2])]
+    early = follow(admin, db, "2001-01-01T00:00:00Z", 2, table="posts")[0]
+    assert brief(early) == [("posts", "insert", [1]), ("posts", "insert", [2])]
+    error_of(admin.get(f"/v1/databases/{db}/changes", params={"since": "2026-13-45"}), 400,
+             "INVALID_REQUEST")

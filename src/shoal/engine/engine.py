@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import time
@@ -69,9 +70,10 @@ from shoal.errors import Code, ShoalError
 from shoal.feed.reader import ALL, ChangesPage, Expired, Filter, Position, events, stored
 from shoal.log import feed as feeds
 from shoal.log.branch import Branch
-from shoal.log.restore import History
+from shoal.log.errors import MissingObject
+from shoal.log.restore import History, resolve_time
 from shoal.log.segment import Captured
-from shoal.log.timeline import load_timeline
+from shoal.log.timeline import ancestry, load_timeline
 from shoal.metrics import METRICS, UsageCollector
 from shoal.names import check as check_name
 from shoal.settings import Settings
@@ -99,6 +101,8 @@ TIMELINE_HEADER = b"shoal-timeline"  # the leader's timeline, on a feed's answer
 # ago) or is damaged: the leader answers it instead (a real error, the same, from there)
 LAGGING = frozenset({Code.SQLITE_ERROR, Code.SQLITE_SCHEMA, Code.SQLITE_BUSY,
                      Code.SQLITE_CORRUPT, Code.SQLITE_IOERR, Code.SQLITE_CANTOPEN})
+# a feed's since that is a time: a cursor never starts with a digit (base64 of a name)
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 FEED_ENDED_PAUSE = 1.0  # seconds a feed page waits when its branch's shipper has ended
 FEED_WAIT_MAX = 25.0  # seconds a feed request may wait (the forwarder's timeout is 30)
 
@@ -631,7 +635,7 @@ class Engine:
             self.lifecycle.release(db)
         if journal is None or shipper is None or timeline is None:
             raise ShoalError(Code.HISTORY_DISABLED, "this node keeps no commit log: no feed")
-        start = self._feed_start(name, branch, timeline, since, shipper.durable_txid)
+        start = await self._feed_start(name, branch, timeline, since, shipper.durable_txid)
         shipper.follow()  # a consumer waits: ship often (replica_sync_interval)
         deadline = time.monotonic() + min(wait, FEED_WAIT_MAX)
         at = start
@@ -651,10 +655,14 @@ class Engine:
                 return ChangesPage(name, branch, timeline, [], at)
             await shipper.feed.wait(durable, left)
 
-    def _feed_start(self, name: str, branch: str, timeline: str, since: str | None,
-                    durable: int) -> Position:
+    async def _feed_start(self, name: str, branch: str, timeline: str, since: str | None,
+                          durable: int) -> Position:
+        """Where a page starts: the durable head (no ``since``), a cursor or bookmark of
+        this branch, or the last commit at or before an ISO 8601 time."""
         if since is None:
             return Position(durable)
+        if ISO_DATE.match(since):
+            return await self._feed_at(name, branch, timeline, parse_time(since), durable)
         mark = read_bookmark(since)
         if (mark.database, mark.branch) != (name, branch):
             raise ShoalError(Code.INVALID_REQUEST, f"the cursor is of {mark.database}/"
@@ -664,6 +672,22 @@ class Engine:
                              "since this cursor: its feed continues on another timeline",
                              earliest=make_bookmark(name, branch, durable, timeline))
         return Position(mark.txid, mark.index)
+
+    async def _feed_at(self, name: str, branch: str, timeline: str, when: float,
+                       durable: int) -> Position:
+        """After the last commit at or before ``when`` (from the store's history: the changes
+        after it; a time before the branch began starts at its first commit)."""
+        chain = await self._io(ancestry, self.store, name, timeline)
+        if when <= chain[0].created_at:  # before the branch (or its restore) began
+            return Position(chain[0].fork_txid)
+        try:
+            txid = await self._io(resolve_time, self.store, name, chain, when)
+        except MissingObject:  # before the history kept
+            raise ShoalError(Code.CURSOR_EXPIRED, f"{name}/{branch} keeps no changes from "
+                             f"that time: it is before the history kept",
+                             earliest=make_bookmark(name, branch, chain[0].fork_txid,
+                                                    timeline)) from None
+        return Position(min(max(txid, chain[0].fork_txid), durable))
 
     async def _captured(self, name: str, branch: str, timeline: str, feed: feeds.Feed,
                         start: Position, durable: int) -> list[Captured]:
