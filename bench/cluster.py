@@ -34,7 +34,6 @@ import contextlib
 import json
 import statistics
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +44,15 @@ import httpx
 
 from bench import wrk
 from bench.core import say
-from bench.harness import RESULTS_DIR, Api, Load, parse_metrics, run_load, seed_point_table
+from bench.harness import (
+    RESULTS_DIR,
+    Api,
+    Load,
+    paced_writes,
+    parse_metrics,
+    run_load,
+    seed_point_table,
+)
 from shoal.cluster import leader_of
 from tests.support.server import SSL_CONTEXT, ServerProcess, free_port
 
@@ -234,33 +241,8 @@ def lag(opts: argparse.Namespace, durability: str, load: str = "paced") -> dict[
             time.sleep(1.0)
             after = _histogram(other)
             return _lag_figures(before, after, got.result.rate)
-        stop = threading.Event()
-        done = [0]
-        writers = 32  # remote durability: each waits for the store (~20 ms a commit)
-        pace = writers / opts.commits  # seconds between one writer's commits
-
-        def write() -> None:
-            with httpx.Client(base_url=leader.url, verify=SSL_CONTEXT, timeout=30,
-                              headers={"Authorization": f"Bearer {ADMIN}"}) as http:
-                due = time.monotonic()
-                while not stop.is_set():
-                    http.post(f"/v1/databases/{db}/query", json={"statements": [{
-                        "sql": "INSERT INTO w(k, v) VALUES (?, 'x')",
-                        "args": [f"{threading.get_ident()}-{time.time_ns()}"]}]}
-                    ).raise_for_status()
-                    done[0] += 1
-                    due += pace
-                    time.sleep(max(0.0, due - time.monotonic()))
-
-        threads = [threading.Thread(target=write) for _ in range(writers)]
-        started = time.monotonic()
-        for t in threads:
-            t.start()
-        time.sleep(opts.seconds)
-        stop.set()
-        for t in threads:
-            t.join()
-        rate = done[0] / (time.monotonic() - started)
+        # remote durability: each waits for the store (~20 ms a commit), so 32 writers
+        rate = paced_writes(leader.url, ADMIN, db, opts.commits, opts.seconds, writers=32)
         time.sleep(1.0)
         after = _histogram(other)
     return _lag_figures(before, after, rate)

@@ -42,7 +42,7 @@ import httpx
 
 from bench import wrk
 from bench.core import say
-from bench.harness import RESULTS_DIR, percentile, run_load
+from bench.harness import RESULTS_DIR, paced_writes, percentile, run_load
 from shoal.engine import tables
 from shoal.feed import ChangeCapture
 from tests.support.server import ServerProcess
@@ -140,7 +140,7 @@ def latency(opts: argparse.Namespace) -> dict[str, float]:
             reader.start()
             ready.wait(30)
             time.sleep(0.5)
-            rate = paced_writes(node.url, "lat", opts.commits, opts.seconds)
+            rate = paced_writes(node.url, ADMIN, "lat", opts.commits, opts.seconds)
             reader.join(30)
         finally:
             node.stop()
@@ -166,38 +166,6 @@ def consume(url: str, seconds: float, out: str, ready: Any) -> None:
             if time.monotonic() > until:
                 break
     Path(out).write_text(json.dumps(lags))
-
-
-def paced_writes(url: str, db: str, commits: int, seconds: float, rows: int = 1,
-                 writers: int = 16) -> float:
-    """Writers paced to ``commits`` commits a second in all (each of ``rows`` rows)."""
-    stop = threading.Event()
-    done = [0]
-    pace = writers / commits
-
-    def write() -> None:
-        with httpx.Client(base_url=url, timeout=30,
-                          headers={"Authorization": f"Bearer {ADMIN}"}) as http:
-            due = time.monotonic()
-            while not stop.is_set():
-                sql = "INSERT INTO w(k, v) VALUES " + ", ".join(["(?, 'x')"] * rows)
-                args = [f"{threading.get_ident()}-{time.time_ns()}-{i}" for i in range(rows)]
-                http.post(f"/v1/databases/{db}/query",
-                          json={"statements": [{"sql": sql, "args": args}]}
-                          ).raise_for_status()
-                done[0] += 1
-                due += pace
-                time.sleep(max(0.0, due - time.monotonic()))
-
-    threads = [threading.Thread(target=write) for _ in range(writers)]
-    started = time.monotonic()
-    for t in threads:
-        t.start()
-    time.sleep(seconds)
-    stop.set()
-    for t in threads:
-        t.join()
-    return done[0] / (time.monotonic() - started)
 
 
 # -- (4) fan-out -------------------------------------------------------------------------------
@@ -242,8 +210,8 @@ def fanout(opts: argparse.Namespace) -> dict[str, float]:
                 time.sleep(0.1)
             time.sleep(1.0)
             before, started = counts[0], time.monotonic()
-            rate = paced_writes(node.url, "fan", opts.fan_commits, opts.seconds, rows=10,
-                                writers=8)
+            rate = paced_writes(node.url, ADMIN, "fan", opts.fan_commits, opts.seconds,
+                                rows=10, writers=8)
             time.sleep(1.0)
             delivered = (counts[0] - before) / (time.monotonic() - started)
             stop.set()

@@ -13,6 +13,7 @@ import secrets
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ import apsw
 import httpx
 
 from bench import wrk
-from tests.support.server import ServerProcess
+from tests.support.server import SSL_CONTEXT, ServerProcess
 
 BENCH_DIR = Path(__file__).parent
 RESULTS_DIR = BENCH_DIR / "results"
@@ -384,3 +385,36 @@ class Report:
         else:
             text = text.rstrip("\n") + "\n\n" + section + "\n"
         RESULTS_MD.write_text(text)
+
+
+def paced_writes(url: str, token: str, db: str, commits: int, seconds: float, rows: int = 1,
+                 writers: int = 16) -> float:
+    """Writer threads paced to ``commits`` commits a second in all, each an insert of
+    ``rows`` rows into ``w(k, v)``, for ``seconds``: the commits a second they made."""
+    stop = threading.Event()
+    done = [0]
+    pace = writers / commits
+    sql = "INSERT INTO w(k, v) VALUES " + ", ".join(["(?, 'x')"] * rows)
+
+    def write() -> None:
+        with httpx.Client(base_url=url, timeout=30, verify=SSL_CONTEXT,
+                          headers={"Authorization": f"Bearer {token}"}) as http:
+            due = time.monotonic()
+            while not stop.is_set():
+                args = [f"{threading.get_ident()}-{time.time_ns()}-{i}" for i in range(rows)]
+                http.post(f"/v1/databases/{db}/query",
+                          json={"statements": [{"sql": sql, "args": args}]}
+                          ).raise_for_status()
+                done[0] += 1
+                due += pace
+                time.sleep(max(0.0, due - time.monotonic()))
+
+    threads = [threading.Thread(target=write) for _ in range(writers)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    time.sleep(seconds)
+    stop.set()
+    for t in threads:
+        t.join()
+    return done[0] / (time.monotonic() - started)

@@ -269,3 +269,51 @@ def read_events(node: ServerProcess, since: str, count: int,
                     return out
             fields = {}
     raise AssertionError(f"the stream ended after {len(out)} events")
+
+
+def sse_events(response: httpx.Response) -> Any:
+    """(event, data) of each event a stream sends, as they come."""
+    fields: dict[str, str] = {}
+    for line in response.iter_lines():
+        if line.startswith(":"):
+            continue
+        if line:
+            name, _, value = line.partition(": ")
+            fields[name] = value
+            continue
+        if "event" in fields:
+            yield fields["event"], json.loads(fields["data"])
+        fields = {}
+
+
+def test_a_stream_ends_when_its_token_is_revoked_and_streams_are_bounded(
+        tmp_path: Any) -> None:
+    node = ServerProcess(tmp_path / "data", {"admin_token": ADMIN, "max_feed_streams": 1})
+    node.start()
+    try:
+        with node.client() as http:
+            assert http.post("/v1/databases", json={"name": DB}).status_code == 201
+            assert http.post(f"/v1/databases/{DB}/query", json={"statements": [
+                "CREATE TABLE t(id INTEGER PRIMARY KEY)"]}).status_code == 200
+            made = http.post("/v1/tokens", json={"databases": [DB], "access": "read",
+                                                 "expires_in": 3600}).json()
+            headers = {"Authorization": f"Bearer {made['token']}",
+                       "Accept": "text/event-stream"}
+            with httpx.stream("GET", f"{node.url}/v1/databases/{DB}/changes",
+                              headers=headers, timeout=30) as stream:
+                assert stream.status_code == 200
+                second = httpx.get(f"{node.url}/v1/databases/{DB}/changes", headers=headers)
+                assert second.status_code == 429
+                assert second.json()["error"]["code"] == "TOO_MANY_SUBSCRIPTIONS"
+                assert http.delete(f"/v1/tokens/{made['id']}").status_code == 204
+                http.post(f"/v1/databases/{DB}/query", json={"statements": [
+                    "INSERT INTO t VALUES (1)"]})  # ends the page the stream waits on
+                kinds = []
+                for kind, data in sse_events(stream):
+                    kinds.append(kind)
+                    if kind == "error":
+                        assert data["error"]["code"] == "TOKEN_REVOKED"
+                        break
+                assert kinds[-1] == "error"
+    finally:
+        node.stop()

@@ -468,11 +468,15 @@ class Database:
         for conn in self.readers:
             conn.close()
         self.readers.clear()
-        if self.writer:
-            self.writer.close()
-            self.writer = None
-        if self.spool is not None:
-            self.spool.close()
+        if self.changes is not None:  # its session and cursor go before their connection
+            self.changes.close()
+        try:
+            if self.writer:
+                self.writer.close()
+                self.writer = None
+        finally:
+            if self.spool is not None:
+                self.spool.close()
         if self.journal is not None:
             self.journal.closed()
 

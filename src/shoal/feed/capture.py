@@ -248,6 +248,13 @@ class ChangeCapture:
             self._touched.clear()
             self._refused.clear()
 
+    def close(self) -> None:
+        """The connection is closing: drop the session and the capture's cursor."""
+        self.abort()
+        if self._cursor is not None:
+            self._cursor.close()
+            self._cursor = None
+
     def abort(self) -> None:
         """The transaction rolls back: drop what was recorded. Safe at any time."""
         session, self._session = self._session, None

@@ -108,6 +108,9 @@ class ChangesAPI:
             while not request.gone:
                 asked = time.monotonic()
                 try:
+                    # the token again at every page: a revoked or expired one ends the stream
+                    request.principal = self.engine.authenticate(
+                        request.header(b"authorization"))
                     since, events = await self._page(request, name, branch, since, limit,
                                                      wanted)
                 except _Again:  # the leader is moving: the stream outlives it
