@@ -104,7 +104,8 @@ def create(node: ServerProcess, db: str) -> None:
 
 # -- (2) write throughput -----------------------------------------------------------------------
 def writes(opts: argparse.Namespace) -> dict[str, list[float]]:
-    out: dict[str, list[float]] = {"on": [], "off": []}
+    """Rows a second with the capture on and off, and the node's CPU per insert (us)."""
+    out: dict[str, list[float]] = {"on": [], "off": [], "on_cpu_us": [], "off_cpu_us": []}
     with tempfile.TemporaryDirectory(prefix="bench-feed-") as tmp:
         nodes = {"on": start_node(Path(tmp), "on"),
                  "off": start_node(Path(tmp), "off", capture_changes="false")}
@@ -119,6 +120,7 @@ def writes(opts: argparse.Namespace) -> dict[str, list[float]]:
                                     "insert.lua", [ADMIN, f"{kind}-{run}-{time.time_ns()}"],
                                     connections=64, threads=2, seconds=opts.seconds)
                     out[kind].append(load.result.rate)
+                    out[f"{kind}_cpu_us"].append(round(load.cpu_us_per_request, 1))
         finally:
             for node in nodes.values():
                 node.stop()
@@ -251,8 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         say("write throughput: capture on, off")
         result["writes"] = writes(opts)
         on, off = (statistics.median(result["writes"][k]) for k in ("on", "off"))
+        cpu_on, cpu_off = (statistics.median(result["writes"][f"{k}_cpu_us"])
+                           for k in ("on", "off"))
         print(f"64 writers: capture on {on:,.0f} rows/s, off {off:,.0f} rows/s "
-              f"({on / off:.2f}x)")
+              f"({on / off:.2f}x); node CPU per insert {cpu_on:g} us on, {cpu_off:g} us off")
     if "latency" in parts:
         say(f"commit to consumer over SSE at {opts.commits} commits/s")
         result["latency"] = latency(opts)
