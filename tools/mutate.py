@@ -80,6 +80,10 @@ MODULES: dict[str, tuple[str, ...]] = {
     "cluster/placement.py": ("tests/cluster/test_placement.py",),
     "log/feed.py": ("tests/log/test_feed.py",),
     "engine/replica.py": ("tests/engine/test_replica.py", "tests/engine/test_replica_copy.py"),
+    # The change feed: its pinned format, the spool a crash reads, the reading.
+    "feed/format.py": ("tests/feed/test_capture.py",),
+    "feed/spool.py": ("tests/feed/test_spool.py",),
+    "feed/reader.py": ("tests/feed/test_reader.py",),
 }
 # The modules `make mutate` runs when no MODULE is named (issue 19's seven; values.py
 # is two modules since its encoding moved to wire.py for the client).

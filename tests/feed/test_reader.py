@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from shoal.feed import Change, encode_changes
 from shoal.feed.reader import Event, Expired, Filter, Position, events, stored
 from shoal.log import layout
+from shoal.log.errors import CorruptObject
 from shoal.log.segment import Captured, Commit, encode_segment
 from shoal.log.timeline import create_timeline
 from shoal.storage.memory import MemoryStore
@@ -151,3 +152,39 @@ def test_txids_no_segment_holds_are_uncaptured_and_deleted_history_expires() -> 
         stored(store, "db", timeline, 0, 9)
     assert info.value.earliest == 5
     assert [c.txid for c in stored(store, "db", timeline, 5, 9)] == [6, 7, 8, 9]
+
+
+def test_the_store_path_edges() -> None:
+    store = MemoryStore()
+    timeline = create_timeline(store, "db", None, 0, 0.0)
+    commits = stored_commits(1, 6)
+    put(store, timeline.id, commits[:2])
+    put(store, timeline.id, commits[2:4])
+    put(store, timeline.id, commits[4:])
+    assert stored(store, "db", timeline, 3, 3) == []
+    assert stored(store, "db", timeline, 4, 2) == []
+    # only as far as asked, though the segment holds more
+    assert [c.txid for c in stored(store, "db", timeline, 0, 3)] == [1, 2, 3]
+    # a budget of exactly two segments' bytes takes two, not three
+    sizes = [len(store.get(k).data) for k in sorted(
+        i.key for i in store.list(layout.log_prefix("db", timeline.id)))]
+    two = stored(store, "db", timeline, 0, 6, max_bytes=sizes[0] + sizes[1])
+    assert [c.txid for c in two] == [1, 2, 3, 4]
+    # a segment whose bytes do not match its key is refused, naming it
+    bad = layout.segment_key("db", timeline.id, 7, 8, 2000.0)
+    store.put(bad, encode_segment(stored_commits(7, 7)))  # holds 7 alone
+    with pytest.raises(CorruptObject, match=r"its key says 7\.\.8"):
+        stored(store, "db", timeline, 6, 8)
+
+
+def test_expired_before_any_segment_and_with_none_at_all() -> None:
+    store = MemoryStore()
+    timeline = create_timeline(store, "db", None, 0, 0.0)
+    with pytest.raises(Expired) as info:  # nothing kept at all: from the head on
+        stored(store, "db", timeline, 0, 5)
+    assert info.value.earliest == 5 and "txid 6" in str(info.value)
+    put(store, timeline.id, stored_commits(3, 4))
+    with pytest.raises(Expired) as info:
+        stored(store, "db", timeline, 0, 4)
+    assert info.value.earliest == 2
+    assert [c.txid for c in stored(store, "db", timeline, 2, 4)] == [3, 4]

@@ -113,3 +113,45 @@ def test_a_truncate_that_failed_is_done_before_the_next_append(
     monkeypatch.setattr(spool_mod.os, "ftruncate", real_truncate)
     spool.append(2, TL, b"two", durable=-1)
     assert spool.read(TL, 0, 9) == {1: b"one", 2: b"two"}
+
+
+def test_a_reopened_spool_knows_its_size_and_last_txid(tmp_path: Path) -> None:
+    first = Spool(tmp_path / "main.db")
+    first.open()
+    first.append(4, TL, b"four", durable=-1)
+    first.append(5, TL, b"five", durable=-1)
+    first.close()
+    first.close()  # twice is fine
+    again = Spool(tmp_path / "main.db", max_bytes=10_000)
+    again.open()
+    again.append(6, TL, b"six", durable=4)  # 5 is not in the store yet: kept
+    assert set(again.read(TL, 0, 9)) == {4, 5, 6}
+    again.append(7, TL, b"seven", durable=6)  # everything up to the last is: emptied first
+    assert again.read(TL, 0, 9) == {7: b"seven"}
+    again.close()
+
+
+def test_a_rewrite_leaves_a_spool_that_goes_on(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "main.db", max_bytes=300)
+    spool.open()
+    for txid in range(1, 6):
+        spool.append(txid, TL, bytes(100), durable=-1)
+    spool.append(6, TL, b"six", durable=4)  # past max_bytes: rewritten with 5 alone, then 6
+    size = spool.path.stat().st_size
+    spool.append(7, TL, b"seven", durable=4)
+    assert spool.path.stat().st_size > size  # appended to the new file
+    assert set(spool.read(TL, 0, 9)) == {5, 6, 7}
+    spool.append(8, TL, b"eight", durable=7)  # all but 8 durable: emptied, then 8
+    assert spool.read(TL, 0, 9) == {8: b"eight"}
+    spool.close()
+    assert Spool(tmp_path / "main.db").read(TL, 0, 9) == {8: b"eight"}
+
+
+def test_a_record_exactly_at_the_end_is_read(spool: Spool) -> None:
+    spool.append(1, TL, b"", durable=-1)  # a header and a crc, nothing between
+    assert spool.read(TL, 0, 9) == {1: b""}
+    assert spool.read_all() == {1: b""}
+
+
+def test_nothing_to_read_before_the_first_append(tmp_path: Path) -> None:
+    assert Spool(tmp_path / "none.db").read(TL, 0, 9) == {}

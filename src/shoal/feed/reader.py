@@ -75,11 +75,11 @@ class Filter:
     tables: frozenset[str] | None = None
     ops: frozenset[str] | None = None
 
-    def wants(self, event: Event) -> bool:
-        if event.change is None:  # a consumer must learn of a possible gap, whatever it reads
-            return True
-        return ((self.tables is None or event.change.table in self.tables)
-                and (self.ops is None or event.op in self.ops))
+    def wants(self, change: Change) -> bool:
+        """Whether the consumer reads this change (an uncaptured run it always reads: it
+        must learn of a possible gap, whatever it filters)."""
+        return ((self.tables is None or change.table in self.tables)
+                and (self.ops is None or change.op in self.ops))
 
 
 ALL = Filter()
@@ -110,9 +110,9 @@ def events(commits: Iterable[Captured], start: Position, limit: int,
         for index, change in enumerate(decode_changes(commit.changes)):
             if not start.before(commit.txid, index):
                 continue
-            event = Event(commit.txid, index, commit.time, change)
-            if not wanted.wants(event):
+            if not wanted.wants(change):
                 continue
+            event = Event(commit.txid, index, commit.time, change)
             if len(out) >= limit:
                 return out, reached
             out.append(event)
