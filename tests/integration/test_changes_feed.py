@@ -253,26 +253,17 @@ def read_events(node: ServerProcess, since: str, count: int,
                       headers=headers, timeout=30) as r:
         assert r.status_code == 200
         assert r.headers["content-type"].startswith("text/event-stream")
-        fields: dict[str, str] = {}
-        for line in r.iter_lines():
-            if line.startswith(":"):
-                continue
-            if line:
-                name, _, value = line.partition(": ")
-                fields[name] = value
-                continue
-            if fields.get("event") == "change":
-                event = json.loads(fields["data"])
-                assert fields["id"] == event["cursor"]
+        for kind, event, event_id in sse_events(r):
+            if kind == "change":
+                assert event_id == event["cursor"]
                 out.append(event)
                 if len(out) == count:
                     return out
-            fields = {}
     raise AssertionError(f"the stream ended after {len(out)} events")
 
 
 def sse_events(response: httpx.Response) -> Any:
-    """(event, data) of each event a stream sends, as they come."""
+    """(event, data, id) of each event a stream sends, as they come."""
     fields: dict[str, str] = {}
     for line in response.iter_lines():
         if line.startswith(":"):
@@ -282,7 +273,7 @@ def sse_events(response: httpx.Response) -> Any:
             fields[name] = value
             continue
         if "event" in fields:
-            yield fields["event"], json.loads(fields["data"])
+            yield fields["event"], json.loads(fields["data"]), fields.get("id")
         fields = {}
 
 
@@ -309,7 +300,7 @@ def test_a_stream_ends_when_its_token_is_revoked_and_streams_are_bounded(
                 http.post(f"/v1/databases/{DB}/query", json={"statements": [
                     "INSERT INTO t VALUES (1)"]})  # ends the page the stream waits on
                 kinds = []
-                for kind, data in sse_events(stream):
+                for kind, data, _ in sse_events(stream):
                     kinds.append(kind)
                     if kind == "error":
                         assert data["error"]["code"] == "TOKEN_REVOKED"
