@@ -308,3 +308,40 @@ def test_a_stream_ends_when_its_token_is_revoked_and_streams_are_bounded(
                 assert kinds[-1] == "error"
     finally:
         node.stop()
+
+
+def test_a_websocket_subscription(tmp_path: Any) -> None:
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    node = ServerProcess(tmp_path / "data", {"admin_token": ADMIN})
+    node.start()
+    try:
+        with node.client() as http:
+            assert http.post("/v1/databases", json={"name": DB}).status_code == 201
+            assert http.post(f"/v1/databases/{DB}/query", json={"statements": [
+                "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)"]}).status_code == 200
+            start = http.get(f"/v1/databases/{DB}/changes").json()["cursor"]
+            ws_url = node.url.replace("http://", "ws://") + f"/v1/databases/{DB}/changes"
+            auth = {"Authorization": f"Bearer {ADMIN}"}
+            with connect(f"{ws_url}?since={start}&op=insert", additional_headers=auth,
+                         open_timeout=10) as ws:
+                for i in (1, 2):
+                    http.post(f"/v1/databases/{DB}/query", json={"statements": [
+                        f"INSERT INTO t VALUES ({i}, 'v{i}')"]})
+                http.post(f"/v1/databases/{DB}/query", json={"statements": [
+                    "DELETE FROM t WHERE id = 1"]})  # filtered out
+                got = []
+                while len(got) < 2:
+                    message = json.loads(ws.recv(timeout=20))
+                    if message["type"] == "change":
+                        got.append(message)
+                assert [(m["op"], m["new"]["id"]) for m in got] == [("insert", 1), ("insert", 2)]
+                assert all(m["cursor"] and m["txid"] for m in got)
+            for headers, path in (({}, ws_url), (auth, ws_url.replace(DB, "nosuch")),
+                                  ({"Authorization": "Bearer nope"}, ws_url)):
+                with pytest.raises(InvalidStatus) as refused:
+                    connect(path, additional_headers=headers, open_timeout=10)
+                assert refused.value.response.status_code == 403
+    finally:
+        node.stop()

@@ -26,7 +26,7 @@ from shoal.engine import READ_ONLY, REQUEST_GONE, Engine
 from shoal.errors import Code, ShoalError
 from shoal.metrics import METRICS
 from shoal.server.api import NativeAPI
-from shoal.server.changes import ChangesAPI
+from shoal.server.changes import STREAM_PATH, ChangesAPI
 from shoal.server.cluster import ClusterAPI
 from shoal.server.hrana import HranaHTTP
 from shoal.server.hrana_ws import HranaWebSocket, address_of
@@ -106,6 +106,8 @@ class App:
             await self.http(scope, receive, send)
         elif kind == "lifespan":
             await self.lifespan(receive, send)
+        elif kind == "websocket" and STREAM_PATH.fullmatch(scope.get("path", "")):
+            await self.changes.websocket(scope, receive, send)  # asks the leader itself
         elif kind == "websocket":
             url = self._websocket_leader(scope) if self.clustered else None
             if url is not None:

@@ -17,6 +17,8 @@ change of leader.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import time
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
@@ -30,7 +32,7 @@ from shoal.cluster import FORWARDED, Unreachable
 from shoal.engine import ChangesPage, FeedEvent, FeedFilter, make_bookmark
 from shoal.errors import Code, ShoalError
 from shoal.server.api import iso
-from shoal.server.http import Request, Response, Router, json_response
+from shoal.server.http import Receive, Request, Response, Router, Scope, Send, json_response
 from shoal.server.ports import EngineAPI
 from shoal.wire import encode_row
 
@@ -44,6 +46,7 @@ EVENT_STREAM = b"text/event-stream"
 
 
 RENDERED = 20_000  # events kept rendered for the event streams
+STREAM_PATH = re.compile(r"/v1/databases/(?P<db>[^/]+)(?:/branches/(?P<branch>[^/]+))?/changes")
 
 
 class ChangesAPI:
@@ -55,7 +58,8 @@ class ChangesAPI:
     def __init__(self, engine: EngineAPI):
         self.engine = engine
         self.streams = 0
-        self.rendered: OrderedDict[tuple[str, str, str, int, int], bytes] = OrderedDict()
+        self.rendered: OrderedDict[tuple[str, str, str, int, int], tuple[str, bytes]] = \
+            OrderedDict()
 
     def register(self, router: Router) -> set[str]:
         """Add the routes; return them (the app serves their event streams itself)."""
@@ -72,11 +76,7 @@ class ChangesAPI:
     async def changes(self, request: Request) -> Response:
         name = names.check(request.params["db"])
         branch = names.check(request.params.get("branch", "main"), "branch")
-        since = request.header(b"last-event-id") or request.query("since")
-        if since in ("", "now"):
-            since = None
-        limit = _number(request.query("limit"), DEFAULT_LIMIT, 1, MAX_LIMIT, "limit", int)
-        wanted = _filter(request)
+        since, limit, wanted = _options(request)
         if self.streaming(request):
             return self._stream(request, name, branch, since, limit, wanted)
         wait = _number(request.query("wait"), 0.0, 0.0, MAX_WAIT, "wait", float)
@@ -86,12 +86,7 @@ class ChangesAPI:
 
     def _stream(self, request: Request, name: str, branch: str, since: str | None,
                 limit: int, wanted: FeedFilter) -> Response:
-        cap = self.engine.settings.max_feed_streams
-        if self.streams >= cap:
-            raise ShoalError(Code.TOO_MANY_SUBSCRIPTIONS,
-                             f"this node serves {cap} event streams (max_feed_streams)")
-        self.engine.require_database(name)
-        request.principal.require("read", name)
+        self._admit(request, name)
         headers = [(b"content-type", b"text/event-stream; charset=utf-8"),
                    (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
         return Response(200, b"", headers,
@@ -99,11 +94,89 @@ class ChangesAPI:
 
     async def _events(self, request: Request, name: str, branch: str, since: str | None,
                       limit: int, wanted: FeedFilter) -> AsyncGenerator[bytes, None]:
-        """The stream: ``retry`` first, then each page's events as they come. An error (a
-        cursor past retention, the database deleted) ends it with an ``error`` event."""
+        """The event stream: ``retry`` first, then each page's events as they come, a
+        comment when a heartbeat is due; an error ends it with an ``error`` event."""
+        yield b"retry: 1000\n\n"
+        async for kind, found in self._follow(request, name, branch, since, limit, wanted):
+            if kind == "error":
+                yield _sse("error", found[0][1])
+                return
+            yield b"".join(_sse("change", data, cursor) for cursor, data in found) \
+                if found else b": heartbeat\n\n"
+
+    async def websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The same stream over a WebSocket (``GET .../changes`` with an upgrade): a JSON
+        text message per change (``{"type": "change", ...}``), ``{"type": "heartbeat"}``
+        when one is due, ``{"type": "error", "error": {...}}`` and a close on an error.
+        A refusal before the upgrade is a close with 1008 (the HTTP answer 403)."""
+        request = Request({**scope, "method": "GET"}, receive)  # (an upgrade is a GET)
+        if (await receive())["type"] != "websocket.connect":
+            return
+        try:
+            route = STREAM_PATH.fullmatch(scope.get("path", ""))
+            if route is None:
+                raise ShoalError(Code.NOT_FOUND, "no such WebSocket route")
+            name = names.check(route["db"])
+            branch = names.check(route["branch"] or "main", "branch")
+            request.principal = self.engine.authenticate(request.header(b"authorization"))
+            since, limit, wanted = _options(request)
+            self._admit(request, name)
+        except ShoalError as exc:
+            await send({"type": "websocket.close", "code": 1008, "reason": str(exc.code)})
+            return
+        await send({"type": "websocket.accept"})
+
+        async def gone() -> None:
+            while (await receive())["type"] != "websocket.disconnect":
+                pass  # what the client sends is not read
+            request.gone = True
+
+        watch = asyncio.ensure_future(gone())
+        follow = self._follow(request, name, branch, since, limit, wanted)
+        try:
+            while True:
+                step = asyncio.ensure_future(anext(follow))
+                await asyncio.wait((step, watch), return_when=asyncio.FIRST_COMPLETED)
+                if not step.done():
+                    step.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                        await step
+                    return
+                try:
+                    kind, found = step.result()
+                except StopAsyncIteration:
+                    return
+                if kind == "error":
+                    error = {"type": "error"} | msgspec.json.decode(found[0][1])
+                    await send({"type": "websocket.send",
+                                "text": msgspec.json.encode(error).decode()})
+                    await send({"type": "websocket.close", "code": 1011})
+                    return
+                for _, data in found or [("", b"")]:
+                    text = ('{"type":"change",' + data.decode()[1:] if data
+                            else '{"type":"heartbeat"}')
+                    await send({"type": "websocket.send", "text": text})
+        finally:
+            watch.cancel()
+            await follow.aclose()
+
+    def _admit(self, request: Request, name: str) -> None:
+        """A stream may start: the database, the token's access, the node's cap."""
+        cap = self.engine.settings.max_feed_streams
+        if self.streams >= cap:
+            raise ShoalError(Code.TOO_MANY_SUBSCRIPTIONS,
+                             f"this node serves {cap} event streams (max_feed_streams)")
+        self.engine.require_database(name)
+        request.principal.require("read", name)
+
+    async def _follow(self, request: Request, name: str, branch: str, since: str | None,
+                      limit: int, wanted: FeedFilter
+                      ) -> AsyncGenerator[tuple[str, list[tuple[str, bytes]]], None]:
+        """A stream's pages: ("changes", [(cursor, event JSON)...]) as they come, and with
+        none when a heartbeat is due; ("error", [("", envelope JSON)]) last on an error (a
+        cursor past retention, the database deleted, the token revoked or expired)."""
         self.streams += 1
         try:
-            yield b"retry: 1000\n\n"
             last_beat = time.monotonic()
             while not request.gone:
                 asked = time.monotonic()
@@ -116,40 +189,36 @@ class ChangesAPI:
                 except _Again:  # the leader is moving: the stream outlives it
                     events = []
                 except ShoalError as exc:
-                    yield _sse("error", msgspec.json.encode(exc.body()))
+                    yield "error", [("", msgspec.json.encode(exc.body()))]
                     return
                 if not events and time.monotonic() - asked < PAUSE:  # nothing, at once:
                     await asyncio.sleep(PAUSE)  # never a loop that holds the event loop
-                out = b"".join(events)
-                if not out and time.monotonic() - last_beat >= HEARTBEAT - 1:
-                    out = b": heartbeat\n\n"
-                if out:
+                if events or time.monotonic() - last_beat >= HEARTBEAT - 1:
                     last_beat = time.monotonic()
-                    yield out
+                    yield "changes", events
         finally:
             self.streams -= 1
 
     async def _page(self, request: Request, name: str, branch: str, since: str | None,
-                    limit: int, wanted: FeedFilter) -> tuple[str, list[bytes]]:
-        """The next page's cursor and events as the stream sends them, long-polled for up
-        to a heartbeat: here, or from the leader."""
+                    limit: int, wanted: FeedFilter) -> tuple[str, list[tuple[str, bytes]]]:
+        """The next page's cursor and its events (cursor, JSON), long-polled for up to a
+        heartbeat: here, or from the leader."""
         url = self.engine.leader_url(name)
         if url is None or FORWARDED in request.headers:
             page = await self.engine.changes(request.principal, name, branch, since, limit,
                                              HEARTBEAT, wanted)
             return page_cursor(page), [self._render(page, e) for e in page.events]
         found = await self._from_leader(request, url, name, branch, since, limit, wanted)
-        return found["cursor"], [_sse("change", msgspec.json.encode(event), event["cursor"])
+        return found["cursor"], [(event["cursor"], msgspec.json.encode(event))
                                  for event in found["changes"]]
 
-    def _render(self, page: ChangesPage, event: FeedEvent) -> bytes:
+    def _render(self, page: ChangesPage, event: FeedEvent) -> tuple[str, bytes]:
         key = (page.database, page.branch, page.timeline, event.txid,
                event.index if event.change is not None else -event.first)
         found = self.rendered.get(key)
         if found is None:
             data = event_json(page, event)
-            found = self.rendered[key] = _sse("change", msgspec.json.encode(data),
-                                              data["cursor"])
+            found = self.rendered[key] = (data["cursor"], msgspec.json.encode(data))
             if len(self.rendered) > RENDERED:
                 self.rendered.popitem(last=False)
         return found
@@ -230,6 +299,13 @@ def _sse(kind: str, data: bytes, event_id: str | None = None) -> bytes:
     """One Server-Sent Event (its data is one line of JSON)."""
     head = f"id: {event_id}\n" if event_id is not None else ""
     return f"{head}event: {kind}\n".encode() + b"data: " + data + b"\n\n"
+
+
+def _options(request: Request) -> tuple[str | None, int, FeedFilter]:
+    """since (Last-Event-ID first), limit and the filter, as pages and streams take them."""
+    since = request.header(b"last-event-id") or request.query("since")
+    limit = _number(request.query("limit"), DEFAULT_LIMIT, 1, MAX_LIMIT, "limit", int)
+    return (None if since in ("", "now") else since), limit, _filter(request)
 
 
 def _number(raw: str | None, default: Any, low: float, high: float, what: str,
