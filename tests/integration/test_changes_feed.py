@@ -13,10 +13,12 @@ acknowledged commits that are only in the WAL: their changes come back from the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -134,7 +136,7 @@ def test_every_change_exactly_once_across_kill_9(tmp_path: Any) -> None:
                 "INSERT INTO audit(what) VALUES ('user ' || new.id); END"]})
             assert r.status_code == 200, r.text
             cursor = http.get(f"/v1/databases/{DB}/changes").json()["cursor"]
-        shadow, errors, done = Shadow(), [], threading.Event()
+        shadow, errors, done = Shadow(), list[str](), threading.Event()
         consumer = threading.Thread(target=consume, args=(node.url, shadow, cursor, done,
                                                           errors))
         consumer.start()
@@ -173,27 +175,35 @@ def test_every_change_exactly_once_across_kill_9(tmp_path: Any) -> None:
         node.stop()
 
 
-def test_server_sent_events_resume_with_last_event_id(tmp_path: Any) -> None:
-    node = ServerProcess(tmp_path / "data", {"admin_token": ADMIN})
+@contextlib.contextmanager
+def table_node(tmp_path: Any, **settings: Any) -> Iterator[tuple[ServerProcess, httpx.Client,
+                                                                str]]:
+    """A node with database DB holding t(id, v): the node, an admin client, and the feed's
+    cursor after the table's creation."""
+    node = ServerProcess(tmp_path / "data", {"admin_token": ADMIN, **settings})
     node.start()
     try:
         with node.client() as http:
             assert http.post("/v1/databases", json={"name": DB}).status_code == 201
             assert http.post(f"/v1/databases/{DB}/query", json={"statements": [
                 "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)"]}).status_code == 200
-            start = http.get(f"/v1/databases/{DB}/changes").json()["cursor"]
-            for i in range(3):
-                http.post(f"/v1/databases/{DB}/query", json={"statements": [
-                    f"INSERT INTO t VALUES ({i}, 'v{i}')"]})
-            events = read_events(node, start, 2)
-            assert [e["new"]["id"] for e in events] == [0, 1]
-            rest = read_events(node, events[-1]["cursor"], 1, header=True)
-            assert [e["new"]["id"] for e in rest] == [2]
-            http.post(f"/v1/databases/{DB}/query", json={"statements": [
-                "UPDATE t SET v = 'x' WHERE id = 2"]})
-            assert read_events(node, rest[-1]["cursor"], 1)[0]["op"] == "update"
+            yield node, http, http.get(f"/v1/databases/{DB}/changes").json()["cursor"]
     finally:
         node.stop()
+
+
+def test_server_sent_events_resume_with_last_event_id(tmp_path: Any) -> None:
+    with table_node(tmp_path) as (node, http, start):
+        for i in range(3):
+            http.post(f"/v1/databases/{DB}/query", json={"statements": [
+                f"INSERT INTO t VALUES ({i}, 'v{i}')"]})
+        events = read_events(node, start, 2)
+        assert [e["new"]["id"] for e in events] == [0, 1]
+        rest = read_events(node, events[-1]["cursor"], 1, header=True)
+        assert [e["new"]["id"] for e in rest] == [2]
+        http.post(f"/v1/databases/{DB}/query", json={"statements": [
+            "UPDATE t SET v = 'x' WHERE id = 2"]})
+        assert read_events(node, rest[-1]["cursor"], 1)[0]["op"] == "update"
 
 
 def test_the_python_client_follows_the_feed_through_a_restart(tmp_path: Any) -> None:
@@ -279,69 +289,51 @@ def sse_events(response: httpx.Response) -> Any:
 
 def test_a_stream_ends_when_its_token_is_revoked_and_streams_are_bounded(
         tmp_path: Any) -> None:
-    node = ServerProcess(tmp_path / "data", {"admin_token": ADMIN, "max_feed_streams": 1})
-    node.start()
-    try:
-        with node.client() as http:
-            assert http.post("/v1/databases", json={"name": DB}).status_code == 201
-            assert http.post(f"/v1/databases/{DB}/query", json={"statements": [
-                "CREATE TABLE t(id INTEGER PRIMARY KEY)"]}).status_code == 200
-            made = http.post("/v1/tokens", json={"databases": [DB], "access": "read",
-                                                 "expires_in": 3600}).json()
-            headers = {"Authorization": f"Bearer {made['token']}",
-                       "Accept": "text/event-stream"}
-            with httpx.stream("GET", f"{node.url}/v1/databases/{DB}/changes",
-                              headers=headers, timeout=30) as stream:
-                assert stream.status_code == 200
-                second = httpx.get(f"{node.url}/v1/databases/{DB}/changes", headers=headers)
-                assert second.status_code == 429
-                assert second.json()["error"]["code"] == "TOO_MANY_SUBSCRIPTIONS"
-                assert http.delete(f"/v1/tokens/{made['id']}").status_code == 204
-                http.post(f"/v1/databases/{DB}/query", json={"statements": [
-                    "INSERT INTO t VALUES (1)"]})  # ends the page the stream waits on
-                kinds = []
-                for kind, data, _ in sse_events(stream):
-                    kinds.append(kind)
-                    if kind == "error":
-                        assert data["error"]["code"] == "TOKEN_REVOKED"
-                        break
-                assert kinds[-1] == "error"
-    finally:
-        node.stop()
+    with table_node(tmp_path, max_feed_streams=1) as (node, http, _):
+        made = http.post("/v1/tokens", json={"databases": [DB], "access": "read",
+                                             "expires_in": 3600}).json()
+        headers = {"Authorization": f"Bearer {made['token']}", "Accept": "text/event-stream"}
+        with httpx.stream("GET", f"{node.url}/v1/databases/{DB}/changes", headers=headers,
+                          timeout=30) as stream:
+            assert stream.status_code == 200
+            second = httpx.get(f"{node.url}/v1/databases/{DB}/changes", headers=headers)
+            assert second.status_code == 429
+            assert second.json()["error"]["code"] == "TOO_MANY_SUBSCRIPTIONS"
+            assert http.delete(f"/v1/tokens/{made['id']}").status_code == 204
+            http.post(f"/v1/databases/{DB}/query", json={"statements": [
+                "INSERT INTO t(id) VALUES (1)"]})  # ends the page the stream waits on
+            kinds = []
+            for kind, data, _ in sse_events(stream):
+                kinds.append(kind)
+                if kind == "error":
+                    assert data["error"]["code"] == "TOKEN_REVOKED"
+                    break
+            assert kinds[-1] == "error"
 
 
 def test_a_websocket_subscription(tmp_path: Any) -> None:
     from websockets.exceptions import InvalidStatus
     from websockets.sync.client import connect
 
-    node = ServerProcess(tmp_path / "data", {"admin_token": ADMIN})
-    node.start()
-    try:
-        with node.client() as http:
-            assert http.post("/v1/databases", json={"name": DB}).status_code == 201
-            assert http.post(f"/v1/databases/{DB}/query", json={"statements": [
-                "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)"]}).status_code == 200
-            start = http.get(f"/v1/databases/{DB}/changes").json()["cursor"]
-            ws_url = node.url.replace("http://", "ws://") + f"/v1/databases/{DB}/changes"
-            auth = {"Authorization": f"Bearer {ADMIN}"}
-            with connect(f"{ws_url}?since={start}&op=insert", additional_headers=auth,
-                         open_timeout=10) as ws:
-                for i in (1, 2):
-                    http.post(f"/v1/databases/{DB}/query", json={"statements": [
-                        f"INSERT INTO t VALUES ({i}, 'v{i}')"]})
+    with table_node(tmp_path) as (node, http, start):
+        ws_url = node.url.replace("http://", "ws://") + f"/v1/databases/{DB}/changes"
+        auth = {"Authorization": f"Bearer {ADMIN}"}
+        with connect(f"{ws_url}?since={start}&op=insert", additional_headers=auth,
+                     open_timeout=10) as ws:
+            for i in (1, 2):
                 http.post(f"/v1/databases/{DB}/query", json={"statements": [
-                    "DELETE FROM t WHERE id = 1"]})  # filtered out
-                got = []
-                while len(got) < 2:
-                    message = json.loads(ws.recv(timeout=20))
-                    if message["type"] == "change":
-                        got.append(message)
-                assert [(m["op"], m["new"]["id"]) for m in got] == [("insert", 1), ("insert", 2)]
-                assert all(m["cursor"] and m["txid"] for m in got)
-            for headers, path in (({}, ws_url), (auth, ws_url.replace(DB, "nosuch")),
-                                  ({"Authorization": "Bearer nope"}, ws_url)):
-                with pytest.raises(InvalidStatus) as refused:
-                    connect(path, additional_headers=headers, open_timeout=10)
-                assert refused.value.response.status_code == 403
-    finally:
-        node.stop()
+                    f"INSERT INTO t VALUES ({i}, 'v{i}')"]})
+            http.post(f"/v1/databases/{DB}/query", json={"statements": [
+                "DELETE FROM t WHERE id = 1"]})  # filtered out
+            got: list[dict[str, Any]] = []
+            while len(got) < 2:
+                message = json.loads(ws.recv(timeout=20))
+                if message["type"] == "change":
+                    got.append(message)
+            assert [(m["op"], m["new"]["id"]) for m in got] == [("insert", 1), ("insert", 2)]
+            assert all(m["cursor"] and m["txid"] for m in got)
+        for headers, path in (({}, ws_url), (auth, ws_url.replace(DB, "nosuch")),
+                              ({"Authorization": "Bearer nope"}, ws_url)):
+            with pytest.raises(InvalidStatus) as refused:
+                connect(path, additional_headers=headers, open_timeout=10)
+            assert refused.value.response.status_code == 403
