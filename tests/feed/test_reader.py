@@ -188,3 +188,13 @@ def test_expired_before_any_segment_and_with_none_at_all() -> None:
         stored(store, "db", timeline, 0, 4)
     assert info.value.earliest == 2
     assert [c.txid for c in stored(store, "db", timeline, 2, 4)] == [3, 4]
+
+
+def test_a_page_reads_no_further_commit_past_its_byte_budget() -> None:
+    big = [commit(t, *(row("t", "insert", t * 10 + k) for k in range(5))) for t in (1, 2, 3)]
+    size = len(big[0].changes or b"")
+    found, reached = events(big, Position(0), 100, budget=size + 1)
+    assert {e.txid for e in found} == {1} and reached == Position(1)
+    found, _ = events(big, Position(0), 100, budget=1)  # one commit at least
+    assert {e.txid for e in found} == {1}
+    assert len(events(big, Position(0), 100)[0]) == 15

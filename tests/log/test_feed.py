@@ -113,11 +113,20 @@ def test_a_change_feed_reads_inside_segments_and_decodes_each_once(
 
 async def _captured(monkeypatch: pytest.MonkeyPatch) -> None:
     from shoal.log import feed as feeds
-    from shoal.log.segment import Commit, encode_segment
+    from shoal.log.segment import Captured, Commit, encode_segment
 
     def segment(first: int, last: int) -> bytes:
         return encode_segment([Commit(t, 100.0 + t, 512, 1, ((1, bytes(512)),), b"c%d" % t)
                                for t in range(first, last + 1)])
+
+    def captured(after: int) -> list[Captured] | None:
+        """What a change feed's page reads: kept segments, decoded, remembered."""
+        kept = feed.kept(after)
+        if kept is None:
+            return None
+        commits = feeds.decoded(kept, after)
+        feed.remember(kept)
+        return commits
 
     decoded: list[int] = []
     real = feeds.read_changes
@@ -131,14 +140,14 @@ async def _captured(monkeypatch: pytest.MonkeyPatch) -> None:
     feed.stored(14, 15, second)
     feed.durable(15)
     assert feed.since(11) is None  # a replica needs whole segments from its txid on
-    got = feed.captured(11)  # a consumer may stand inside one
+    got = captured(11)  # a consumer may stand inside one
     assert got is not None and [c.txid for c in got] == [12, 13, 14, 15]
     assert [c.changes for c in got][:2] == [b"c12", b"c13"]
     assert len(decoded) == 2
-    assert [c.txid for c in feed.captured(13) or []] == [14, 15]
+    assert [c.txid for c in captured(13) or []] == [14, 15]
     assert len(decoded) == 2  # decoded once, for every consumer
-    assert feed.captured(15) == [] and feed.captured(9) is None
+    assert captured(15) == [] and captured(9) is None
     feed.stored(16, 40, segment(16, 40))  # past max_bytes: the oldest go, and their decoding
     feed.durable(40)
-    assert feed.captured(11) is None
+    assert captured(11) is None
     assert (11, 13) not in feed._decoded

@@ -642,8 +642,11 @@ class Engine:
         while True:
             durable = shipper.durable_txid
             if durable > at.txid or (at.index is not None and durable >= at.txid):
-                found, at = events(await self._captured(
-                    name, branch, timeline, shipper.feed, at, durable), at, limit, wanted)
+                commits = await self._captured(name, branch, timeline, shipper.feed, at,
+                                               durable)
+                # decoding a page's changes is the caller's work: off the event loop
+                found, at = await self._run(events, commits, at, limit, wanted,
+                                            self.settings.max_response_bytes)
                 if found:
                     return ChangesPage(name, branch, timeline, found, at)
                 # past what the filter dropped, or the rest of a commit: wait on from there
@@ -694,9 +697,11 @@ class Engine:
         """The commits from ``start`` on up to ``durable``: from the leader's memory if it
         still holds them, else from the store (CURSOR_EXPIRED past retention)."""
         after = start.txid - 1 if start.index is not None else start.txid
-        kept = feed.captured(after)
-        if kept is not None:
-            return [c for c in kept if c.txid <= durable]
+        kept = feed.kept(after)
+        if kept is not None:  # decoded off the event loop, once for every consumer
+            commits = await self._run(feeds.decoded, kept, after)
+            feed.remember(kept)
+            return [c for c in commits if c.txid <= durable]
         record = await self._io(load_timeline, self.store, name, timeline)
         try:
             return await self._io(stored, self.store, name, record, after, durable)

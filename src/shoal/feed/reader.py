@@ -18,6 +18,7 @@ may be missing there, never silently.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -86,12 +87,15 @@ ALL = Filter()
 
 
 def events(commits: Iterable[Captured], start: Position, limit: int,
-           wanted: Filter = ALL) -> tuple[list[Event], Position]:
+           wanted: Filter = ALL, budget: float = math.inf) -> tuple[list[Event], Position]:
     """The events after ``start`` in ``commits`` (consecutive, in txid order), up to
     ``limit``, and the position they reach: past every commit read whole, even one whose
-    changes the filter dropped, so that a filtering consumer moves on. ValueError if a
-    commit's changes do not decode."""
+    changes the filter dropped, so that a filtering consumer moves on. A page that holds
+    events reads no further commit once it read ``budget`` bytes of encoded changes (so a
+    page of large rows stays about max_response_bytes). ValueError if a commit's changes
+    do not decode."""
     out: list[Event] = []
+    spent = 0
     reached = start
     run: tuple[int, int, float] | None = None  # an uncaptured run: (first, last, time)
     for commit in commits:
@@ -107,6 +111,9 @@ def events(commits: Iterable[Captured], start: Position, limit: int,
                 return out, reached
             out.append(Event(run[1], 0, run[2], None, run[0]))
             reached, run = Position(run[1]), None
+        if out and spent + len(commit.changes) > budget:
+            return out, reached
+        spent += len(commit.changes)
         for index, change in enumerate(decode_changes(commit.changes)):
             if not start.before(commit.txid, index):
                 continue

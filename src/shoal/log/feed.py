@@ -18,12 +18,34 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from shoal.log.segment import Captured, read_changes
 
 FEED_BYTES = 8 << 20  # encoded segment bytes kept per followed branch
 FEED_KEEP = 60.0  # seconds segments are kept after a follower last asked
 _LENGTH = struct.Struct(">I")
+
+
+@dataclass
+class Kept:
+    """A kept segment as a change feed reads it: (first, last), its bytes, its commits
+    (changes, no pages) once decoded."""
+
+    key: tuple[int, int]
+    data: bytes
+    commits: list[Captured] | None
+
+
+def decoded(kept: list[Kept], after: int) -> list[Captured]:
+    """Worker thread: the commits after ``after`` of kept segments, decoding those not
+    decoded yet (their decoding stays on each ``Kept``, for ``Feed.remember``)."""
+    out: list[Captured] = []
+    for segment in kept:
+        if segment.commits is None:
+            segment.commits = read_changes(segment.data)[1]
+        out += (c for c in segment.commits if c.txid > after)
+    return out
 
 
 def pack(segments: list[bytes]) -> bytes:
@@ -124,19 +146,23 @@ class Feed:
             expect = last + 1
         return out or None  # durable past ``after`` but not here: a gap
 
-    def captured(self, after: int) -> list[Captured] | None:
-        """The durable commits after ``after`` as a change feed reads them (their changes,
-        no pages), from the segments kept here; None if they are not all here."""
+    def kept(self, after: int) -> list[Kept] | None:
+        """The segments holding every durable commit after ``after`` for a change feed (its
+        consumer stands anywhere: the first may hold earlier commits), each with its
+        commits decoded if a consumer decoded them before; None if they are not all here.
+        Decoding is left to the caller, off the event loop (:func:`decoded`)."""
         found = self._since(after, inside=True)
         if found is None:
             return None
-        out: list[Captured] = []
-        for first, last, data in found:
-            commits = self._decoded.get((first, last))
-            if commits is None:
-                commits = self._decoded[(first, last)] = read_changes(data)[1]
-            out += (c for c in commits if c.txid > after)
-        return out
+        return [Kept((first, last), data, self._decoded.get((first, last)))
+                for first, last, data in found]
+
+    def remember(self, kept: list[Kept]) -> None:
+        """Keep the decoding of segments still here, for the next consumer."""
+        here = {(first, last) for first, last, _ in self.segments}
+        for segment in kept:
+            if segment.commits is not None and segment.key in here:
+                self._decoded[segment.key] = segment.commits
 
     async def wait(self, after: int, timeout: float) -> None:
         """Return once a commit after ``after`` is durable, the feed ends, or ``timeout``."""

@@ -11,7 +11,6 @@ finishes as it would have.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import sys
@@ -44,6 +43,7 @@ from shoal.server.http import (
     error_code,
     error_response,
     json_response,
+    until_gone,
 )
 from shoal.server.openapi import openapi_document
 from shoal.server.ports import EngineAPI
@@ -215,37 +215,14 @@ class App:
 
     @staticmethod
     async def _send_stream(request: Request, response: Response, send: Send) -> None:
-        """A body sent as it comes, until it ends or the client goes away (which cancels
-        what the stream was waiting for)."""
+        """A body sent as it comes, until it ends or the client goes away."""
         assert response.stream is not None
-        stream = response.stream
-
-        async def gone() -> None:
-            while (await request.receive())["type"] != "http.disconnect":
-                pass
-            request.gone = True
-
-        watch = asyncio.ensure_future(gone())
-        try:
-            await send({"type": "http.response.start", "status": response.status,
-                        "headers": response.headers})
-            while True:
-                chunk = asyncio.ensure_future(anext(stream))
-                await asyncio.wait((chunk, watch), return_when=asyncio.FIRST_COMPLETED)
-                if not chunk.done():
-                    chunk.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                        await chunk
-                    return
-                try:
-                    body = chunk.result()
-                except StopAsyncIteration:
-                    break
-                await send({"type": "http.response.body", "body": body, "more_body": True})
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": response.headers})
+        async for body in until_gone(response.stream, request, "http.disconnect"):
+            await send({"type": "http.response.body", "body": body, "more_body": True})
+        if not request.gone:
             await send({"type": "http.response.body", "body": b""})
-        finally:
-            watch.cancel()
-            await stream.aclose()
 
     async def _serve(self, request: Request, handler: Callable[[Request], Any]) -> Response:
         if request.route not in self.public:

@@ -17,7 +17,6 @@ change of leader.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 from collections import OrderedDict
@@ -32,7 +31,16 @@ from shoal.cluster import FORWARDED, Unreachable
 from shoal.engine import ChangesPage, FeedEvent, FeedFilter, make_bookmark
 from shoal.errors import Code, ShoalError
 from shoal.server.api import iso
-from shoal.server.http import Receive, Request, Response, Router, Scope, Send, json_response
+from shoal.server.http import (
+    Receive,
+    Request,
+    Response,
+    Router,
+    Scope,
+    Send,
+    json_response,
+    until_gone,
+)
 from shoal.server.ports import EngineAPI
 from shoal.wire import encode_row
 
@@ -126,39 +134,18 @@ class ChangesAPI:
             return
         await send({"type": "websocket.accept"})
 
-        async def gone() -> None:
-            while (await receive())["type"] != "websocket.disconnect":
-                pass  # what the client sends is not read
-            request.gone = True
-
-        watch = asyncio.ensure_future(gone())
         follow = self._follow(request, name, branch, since, limit, wanted)
-        try:
-            while True:
-                step = asyncio.ensure_future(anext(follow))
-                await asyncio.wait((step, watch), return_when=asyncio.FIRST_COMPLETED)
-                if not step.done():
-                    step.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                        await step
-                    return
-                try:
-                    kind, found = step.result()
-                except StopAsyncIteration:
-                    return
-                if kind == "error":
-                    error = {"type": "error"} | msgspec.json.decode(found[0][1])
-                    await send({"type": "websocket.send",
-                                "text": msgspec.json.encode(error).decode()})
-                    await send({"type": "websocket.close", "code": 1011})
-                    return
-                for _, data in found or [("", b"")]:
-                    text = ('{"type":"change",' + data.decode()[1:] if data
-                            else '{"type":"heartbeat"}')
-                    await send({"type": "websocket.send", "text": text})
-        finally:
-            watch.cancel()
-            await follow.aclose()
+        async for kind, found in until_gone(follow, request, "websocket.disconnect"):
+            if kind == "error":
+                error = {"type": "error"} | msgspec.json.decode(found[0][1])
+                await send({"type": "websocket.send",
+                            "text": msgspec.json.encode(error).decode()})
+                await send({"type": "websocket.close", "code": 1011})
+                return
+            for _, data in found or [("", b"")]:
+                text = ('{"type":"change",' + data.decode()[1:] if data
+                        else '{"type":"heartbeat"}')
+                await send({"type": "websocket.send", "text": text})
 
     def _admit(self, request: Request, name: str) -> None:
         """A stream may start: the database, the token's access, the node's cap."""

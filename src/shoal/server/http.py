@@ -78,6 +78,38 @@ def encode(data: Any) -> bytes:
     return _encoder.encode(data)
 
 
+async def until_gone(items: AsyncGenerator[T, None], request: Request,
+                     disconnect: str) -> AsyncIterator[T]:
+    """The items of a long-lived answer (an event stream, a WebSocket's messages) as they
+    come, until they end or the client goes away (a ``disconnect`` message: then
+    ``request.gone``, and what the generator was waiting for is cancelled). The generator
+    is closed either way."""
+
+    async def gone() -> None:
+        while (await request.receive())["type"] != disconnect:
+            pass  # what the client sends is not read
+        request.gone = True
+
+    watch = asyncio.ensure_future(gone())
+    try:
+        while True:
+            step = asyncio.ensure_future(anext(items))
+            await asyncio.wait((step, watch), return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                step.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                    await step
+                return
+            try:
+                item = step.result()
+            except StopAsyncIteration:
+                return
+            yield item
+    finally:
+        watch.cancel()
+        await items.aclose()
+
+
 async def paced(items: Iterable[T]) -> AsyncIterator[T]:
     """The items, letting other work run every SLICE of event loop time spent on them (the
     caller's work on each item included)."""
