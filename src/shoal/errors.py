@@ -88,8 +88,13 @@ class Code(StrEnum):
     DATABASE_NOT_FOUND = auto(), 404, "Create it with POST /v1/databases."
     TOKEN_NOT_FOUND = auto(), 404, "List tokens you created; ids are in the create response."
     TRANSACTION_NOT_FOUND = auto(), 404, "Open one with POST .../transactions."
+    WEBHOOK_NOT_FOUND = auto(), 404, "List webhooks with GET /v1/databases/{db}/webhooks."
+    DEAD_LETTER_NOT_FOUND = auto(), 404, ("List them with GET "
+                                          "/v1/databases/{db}/webhooks/{id}/dead-letters.")
     DATABASE_EXISTS = auto(), 409, "Pick another name or use the existing database."
     DATABASE_BUSY = auto(), 409, "Another transaction holds the write lock; retry shortly."
+    TOO_MANY_WEBHOOKS = auto(), 409, ("The database has as many webhooks as max_webhooks "
+                                      "allows: delete one, or ask the node's admin to raise it.")
     TRANSACTION_EXPIRED = auto(), 410, "The transaction sat idle too long and was rolled back."
     TRANSACTION_ABORTED = auto(), 410, ("An error (e.g. a statement timeout) rolled the "
                                         "transaction back; open a new one.")

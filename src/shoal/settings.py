@@ -268,6 +268,18 @@ class Settings:
     max_feed_streams: int = _s(
         1000, "Change-feed event streams (Server-Sent Events) this node serves at once; more "
         "are answered 429 TOO_MANY_SUBSCRIPTIONS.", minimum=0)
+    max_webhooks: int = _s(
+        20, "Webhooks a database may have; more are refused with 409 TOO_MANY_WEBHOOKS.",
+        minimum=0)
+    webhook_timeout: float = _s(
+        10.0, "Seconds a webhook's endpoint has to answer a delivery (connecting included); "
+        "later is a failed attempt, retried.", above=0)
+    webhook_retry_base: float = _s(
+        1.0, "Seconds before a failed webhook delivery's first retry; each retry waits twice "
+        "as long as the one before (with jitter: half to all of it), up to "
+        "webhook_retry_max.", above=0)
+    webhook_retry_max: float = _s(
+        3600.0, "Most seconds between two attempts of a webhook delivery.", above=0)
     history_retention: float = _s(
         7 * 86400.0, "Seconds of history kept restorable; older segments and snapshots are deleted "
         "unless a branch needs them.")

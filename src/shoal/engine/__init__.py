@@ -31,6 +31,7 @@ from shoal.engine.health import READ_ONLY, Condition
 from shoal.engine.memory import ceiling as memory_ceiling
 from shoal.engine.quota import DatabaseLimits
 from shoal.engine.registry import Deleted
+from shoal.engine.webhooks import DeadLetter, Delivery, StateMoved, Webhook, WebhookSpec
 from shoal.feed.reader import ChangesPage
 from shoal.feed.reader import Event as FeedEvent
 from shoal.feed.reader import Filter as FeedFilter
@@ -49,7 +50,9 @@ __all__ = [
     "DatabaseInfo",
     "DatabaseLimits",
     "DatabaseRecord",
+    "DeadLetter",
     "Deleted",
+    "Delivery",
     "Description",
     "Engine",
     "FeedEvent",
@@ -61,10 +64,13 @@ __all__ = [
     "ReadAt",
     "Restored",
     "Result",
+    "StateMoved",
     "Statement",
     "TokenRecord",
     "Transaction",
     "TransactionControl",
+    "Webhook",
+    "WebhookSpec",
     "configure_sqlite",
     "make_bookmark",
     "memory_ceiling",

@@ -25,7 +25,7 @@ import time
 from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Awaitable, Callable, ItemsView, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -66,6 +66,15 @@ from shoal.engine.pool import Pool
 from shoal.engine.quota import DatabaseLimits, Quotas, decode_limits, encode_limits
 from shoal.engine.registry import BranchView, Deleted, Registry, stored_txid
 from shoal.engine.replica import News, Replicas
+from shoal.engine.webhooks import (
+    DeadLetter,
+    Delivery,
+    Webhook,
+    WebhookRecords,
+    WebhookSpec,
+)
+from shoal.engine.webhooks import new_id as new_webhook_id
+from shoal.engine.webhooks import new_secret as new_webhook_secret
 from shoal.errors import Code, ShoalError
 from shoal.feed.reader import ALL, ChangesPage, Expired, Filter, Position, events, stored
 from shoal.log import feed as feeds
@@ -73,6 +82,7 @@ from shoal.log.branch import Branch
 from shoal.log.errors import MissingObject
 from shoal.log.restore import History, resolve_time
 from shoal.log.segment import Captured
+from shoal.log.shipper import Shipper
 from shoal.log.timeline import ancestry, load_timeline
 from shoal.metrics import METRICS, UsageCollector
 from shoal.names import check as check_name
@@ -104,6 +114,8 @@ LAGGING = frozenset({Code.SQLITE_ERROR, Code.SQLITE_SCHEMA, Code.SQLITE_BUSY,
 # a feed's since that is a time: a cursor never starts with a digit (base64 of a name)
 ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 FEED_ENDED_PAUSE = 1.0  # seconds a feed page waits when its branch's shipper has ended
+_HOOK_ID = re.compile(r"wh_[0-9a-f]{16}")
+_LETTER_ID = re.compile(r"\d{15}-[0-9a-f]{6}")
 FEED_WAIT_MAX = 25.0  # seconds a feed request may wait (the forwarder's timeout is 30)
 
 
@@ -398,6 +410,10 @@ class Engine:
         """The node's status and the conditions behind it (/ready)."""
         return self.health.report()
 
+    def is_open(self, name: str) -> bool:
+        """Whether a branch of ``name`` is open on this node (a closed one commits nothing)."""
+        return self.lifecycle.is_open(name)
+
     def require_database(self, name: str) -> None:
         """404 DATABASE_NOT_FOUND unless the database exists (the one place that says so)."""
         if name not in self.names:
@@ -619,22 +635,15 @@ class Engine:
 
     async def changes(self, principal: tokens.Principal, name: str, branch: str,
                       since: str | None, limit: int, wait: float,
-                      wanted: Filter = ALL) -> ChangesPage:
+                      wanted: Filter = ALL, touch: bool = True) -> ChangesPage:
         """A page of the branch's change feed (``feed/reader.py``): up to ``limit`` committed
         row changes after ``since`` (a cursor or bookmark of this branch; None: from now),
         waiting up to ``wait`` seconds for the first. Served by the branch's leader: the
-        recent segments are in its memory, older ones in the store."""
+        recent segments are in its memory, older ones in the store. ``touch`` false: the
+        page is not a use that keeps the branch open (a webhook's deliverer asks)."""
         self._known(name, branch)
         principal.require("read", name)
-        db = await self.lifecycle.acquire(name, branch)
-        try:
-            journal = db.journal
-            shipper = journal.shipper if journal is not None else None
-            timeline = db.timeline
-        finally:
-            self.lifecycle.release(db)
-        if journal is None or shipper is None or timeline is None:
-            raise ShoalError(Code.HISTORY_DISABLED, "this node keeps no commit log: no feed")
+        shipper, timeline = await self._feed_of(name, branch, touch)
         start = await self._feed_start(name, branch, timeline, since, shipper.durable_txid)
         shipper.follow()  # a consumer waits: ship often (replica_sync_interval)
         deadline = time.monotonic() + min(wait, FEED_WAIT_MAX)
@@ -657,6 +666,23 @@ class Engine:
                 await asyncio.sleep(min(left, FEED_ENDED_PAUSE))  # opens it again
                 return ChangesPage(name, branch, timeline, [], at)
             await shipper.feed.wait(durable, left)
+
+    async def _feed_of(self, name: str, branch: str,
+                       touch: bool = True) -> tuple[Shipper, str]:
+        """The branch's shipper (its feed) and timeline, opening the branch."""
+        db = await self.lifecycle.acquire(name, branch)
+        used = db.last_used
+        try:
+            journal = db.journal
+            shipper = journal.shipper if journal is not None else None
+            timeline = db.timeline
+        finally:
+            self.lifecycle.release(db)
+            if not touch:
+                db.last_used = used
+        if journal is None or shipper is None or timeline is None:
+            raise ShoalError(Code.HISTORY_DISABLED, "this node keeps no commit log: no feed")
+        return shipper, timeline
 
     async def _feed_start(self, name: str, branch: str, timeline: str, since: str | None,
                           durable: int) -> Position:
@@ -710,6 +736,122 @@ class Engine:
                              f"{after} are no longer kept",
                              earliest=make_bookmark(name, branch, exc.earliest,
                                                     timeline)) from None
+
+    # -- webhooks (engine/webhooks.py; the server delivers them) ------------------------------
+    @property
+    def _hooks(self) -> WebhookRecords:
+        if self.store is None:
+            raise ShoalError(Code.HISTORY_DISABLED, "this node keeps no commit log: no feed, "
+                             "no webhooks")
+        return WebhookRecords(self.store)
+
+    async def create_webhook(self, principal: tokens.Principal, name: str,
+                             spec: WebhookSpec) -> Webhook:
+        """A new webhook of ``name``'s branch (admin access: it sees every row change),
+        delivering from ``spec.since`` (None: from now). Returned with its secret."""
+        check_name(name)
+        principal.require("admin", name)
+        self._known(name, spec.branch)
+        hooks = self._hooks
+        if len(await self._io(hooks.all, name)) >= self.settings.max_webhooks:
+            raise ShoalError(Code.TOO_MANY_WEBHOOKS, f"{name} has {self.settings.max_webhooks} "
+                             "webhooks (max_webhooks)")
+        shipper, timeline = await self._feed_of(name, spec.branch)
+        start = await self._feed_start(name, spec.branch, timeline, spec.since,
+                                       shipper.durable_txid)
+        live = await self._io(self.registry.live, name)
+        if live is None:
+            raise ShoalError(Code.DATABASE_NOT_FOUND, f"database {name!r} does not exist")
+        hook = Webhook(new_webhook_id(), name, spec.branch, spec.url, spec.tables, spec.ops,
+                       spec.batch_size, spec.max_attempts, spec.max_age, time.time(), live.id,
+                       new_webhook_secret())
+        cursor = make_bookmark(name, spec.branch, start.txid, timeline, start.index)
+        await self._io(hooks.create, hook, Delivery(cursor))
+        return hook
+
+    async def webhooks(self, principal: tokens.Principal, name: str | None
+                       ) -> list[tuple[Webhook, Delivery | None]]:
+        """The webhooks of ``name`` with their delivery state; with None, of every live
+        database (a webhook made for an earlier life of a name is left out)."""
+        principal.require("admin", name)
+        hooks = self._hooks
+        if name is not None:
+            self.require_database(name)
+        found = await self._io(hooks.all, name)
+        lives: dict[str, str | None] = {}
+        out = []
+        for hook in found:
+            if hook.database not in self.names:
+                continue
+            if hook.database not in lives:
+                live = await self._io(self.registry.live, hook.database)
+                lives[hook.database] = live.id if live is not None else None
+            if lives[hook.database] == hook.incarnation:
+                out.append((hook, await self._io(hooks.state, hook.database, hook.id)))
+        return out
+
+    async def webhook(self, principal: tokens.Principal, name: str,
+                      hook_id: str) -> tuple[Webhook, Delivery]:
+        principal.require("admin", name)
+        self.require_database(name)
+        hooks = self._hooks
+        hook = await self._io(hooks.get, name, hook_id) if _HOOK_ID.fullmatch(hook_id) else None
+        state = await self._io(hooks.state, name, hook_id) if hook is not None else None
+        if hook is None or state is None:
+            raise ShoalError(Code.WEBHOOK_NOT_FOUND, f"{name} has no webhook {hook_id!r}")
+        return hook, state
+
+    async def delete_webhook(self, principal: tokens.Principal, name: str,
+                             hook_id: str) -> None:
+        await self.webhook(principal, name, hook_id)
+        await self._io(self._hooks.delete, name, hook_id)
+
+    async def save_delivery(self, principal: tokens.Principal, hook: Webhook,
+                            delivery: Delivery) -> Delivery:
+        """Store a webhook's delivery state if it is still the one read (StateMoved if
+        not): its deliverer's progress."""
+        principal.require("admin", hook.database)
+        return await self._io(self._hooks.save, hook.database, hook.id, delivery)
+
+    async def dead_letters(self, principal: tokens.Principal, name: str,
+                           hook_id: str) -> list[DeadLetter]:
+        await self.webhook(principal, name, hook_id)
+        return await self._io(self._hooks.letters, name, hook_id)
+
+    async def put_dead_letter(self, principal: tokens.Principal, hook: Webhook,
+                              letter: DeadLetter) -> None:
+        """Store (or replace) one of the webhook's dead letters."""
+        principal.require("admin", hook.database)
+        await self._io(self._hooks.add_letter, hook.database, hook.id, letter)
+
+    async def delete_dead_letter(self, principal: tokens.Principal, name: str, hook_id: str,
+                                 letter: str) -> None:
+        await self.webhook(principal, name, hook_id)
+        if not _LETTER_ID.fullmatch(letter) or \
+                not await self._io(self._hooks.delete_letter, name, hook_id, letter):
+            raise ShoalError(Code.DEAD_LETTER_NOT_FOUND,
+                             f"webhook {hook_id} has no dead letter {letter!r}")
+
+    async def replay_dead_letters(self, principal: tokens.Principal, name: str, hook_id: str,
+                                  letter: str | None) -> list[DeadLetter]:
+        """Mark the webhook's dead letters (all, or the one named) to be delivered again;
+        return those marked. Its deliverer sends them before its next batch."""
+        letters = await self.dead_letters(principal, name, hook_id)
+        if letter is not None:
+            letters = [x for x in letters if x.id == letter]
+            if not letters:
+                raise ShoalError(Code.DEAD_LETTER_NOT_FOUND,
+                                 f"webhook {hook_id} has no dead letter {letter!r}")
+        marked = [replace(x, replay=True) for x in letters if x.events]
+        for x in marked:
+            await self._io(self._hooks.add_letter, name, hook_id, x)
+        return marked
+
+    async def _forget_webhooks(self, name: str) -> None:
+        """A deleted database's webhooks go with it (one made again starts without any)."""
+        hooks = self._hooks
+        for hook in await self._io(hooks.all, name):
+            await self._io(hooks.delete, name, hook.id)
 
     async def learn_database(self, name: str) -> bool:
         """Whether ``name`` exists, as the store says now: another node of the cluster may
@@ -907,6 +1049,11 @@ class Engine:
                 await self._run(self.catalog.adopt_database, name, record.created_at)
             raise
         await self._tell({"database": name})
+        if self.store is not None:
+            try:
+                await self._forget_webhooks(name)
+            except ShoalError as exc:  # left for nobody: a name made again is a new life
+                log.warning("the webhooks of deleted %s were not deleted: %s", name, exc)
         await self._run(shutil.rmtree, self.lifecycle.root / name, True)  # space comes back
         for key in [k for k in self.usage if k == name or k.startswith(name + "/")]:
             self.usage.pop(key, None)

@@ -27,6 +27,7 @@ from shoal.metrics import METRICS
 from shoal.server.api import NativeAPI
 from shoal.server.changes import STREAM_PATH, ChangesAPI
 from shoal.server.cluster import ClusterAPI
+from shoal.server.delivery import Dispatcher
 from shoal.server.hrana import HranaHTTP
 from shoal.server.hrana_ws import HranaWebSocket, address_of
 from shoal.server.http import (
@@ -49,6 +50,7 @@ from shoal.server.openapi import openapi_document
 from shoal.server.ports import EngineAPI
 from shoal.server.quota import Quota
 from shoal.server.stderr import timestamp
+from shoal.server.webhooks import WebhooksAPI
 from shoal.settings import Settings
 
 log = logging.getLogger("shoal")
@@ -71,6 +73,8 @@ class App:
         self.reads = NativeAPI(self.engine).register(self.router)  # a replica may answer
         self.changes = ChangesAPI(self.engine)
         self.change_routes = self.changes.register(self.router)  # streams stay here
+        self.dispatcher = Dispatcher(self.engine)  # webhooks' deliveries
+        WebhooksAPI(self.engine, self.dispatcher).register(self.router)
         self.router.add("GET", "/health", self.health)
         self.router.add("GET", "/ready", self.ready)
         self.router.add("GET", "/metrics", self.metrics)
@@ -141,6 +145,7 @@ class App:
         self.loop = asyncio.get_running_loop()
         await self.engine.start()
         self.hrana.start()
+        self.dispatcher.start()
 
     def _error(self, request: Request, exc: ShoalError) -> Response:
         """The error in the envelope of the request's protocol (a libSQL client reads
@@ -152,6 +157,7 @@ class App:
     async def stop(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
+        await self.dispatcher.stop()
         await self.engine.stop()
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:

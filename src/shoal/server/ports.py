@@ -21,7 +21,9 @@ from shoal.engine import (
     DatabaseInfo,
     DatabaseLimits,
     DatabaseRecord,
+    DeadLetter,
     Deleted,
+    Delivery,
     Description,
     FeedFilter,
     History,
@@ -33,6 +35,8 @@ from shoal.engine import (
     Statement,
     TokenRecord,
     Transaction,
+    Webhook,
+    WebhookSpec,
 )
 from shoal.settings import Settings
 from shoal.tokens import Principal
@@ -132,4 +136,25 @@ class EngineAPI(Protocol):
     async def feed(self, principal: Principal, name: str, branch: str, after: int,
                    timeline: str, wait: float) -> tuple[str, bytes | None]: ...
     async def changes(self, principal: Principal, name: str, branch: str, since: str | None,
-                      limit: int, wait: float, wanted: FeedFilter = ...) -> ChangesPage: ...
+                      limit: int, wait: float, wanted: FeedFilter = ...,
+                      touch: bool = ...) -> ChangesPage: ...
+    def is_open(self, name: str) -> bool: ...
+
+    # -- webhooks ------------------------------------------------------------------------------
+    async def create_webhook(self, principal: Principal, name: str,
+                             spec: WebhookSpec) -> Webhook: ...
+    async def webhooks(self, principal: Principal,
+                       name: str | None) -> list[tuple[Webhook, Delivery | None]]: ...
+    async def webhook(self, principal: Principal, name: str,
+                      hook_id: str) -> tuple[Webhook, Delivery]: ...
+    async def delete_webhook(self, principal: Principal, name: str, hook_id: str) -> None: ...
+    async def save_delivery(self, principal: Principal, hook: Webhook,
+                            delivery: Delivery) -> Delivery: ...
+    async def dead_letters(self, principal: Principal, name: str,
+                           hook_id: str) -> list[DeadLetter]: ...
+    async def put_dead_letter(self, principal: Principal, hook: Webhook,
+                              letter: DeadLetter) -> None: ...
+    async def delete_dead_letter(self, principal: Principal, name: str, hook_id: str,
+                                 letter: str) -> None: ...
+    async def replay_dead_letters(self, principal: Principal, name: str, hook_id: str,
+                                  letter: str | None) -> list[DeadLetter]: ...
