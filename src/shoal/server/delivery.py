@@ -51,7 +51,7 @@ from shoal.tokens import Principal
 log = logging.getLogger("shoal")
 
 INTERNAL = Principal("webhooks", None, "admin")  # the deliverers' own access
-RESCAN = 30.0  # seconds between listings of the store's webhooks (made on other nodes)
+RESCAN = 10.0  # seconds between listings of the store's webhooks (made on other nodes)
 LEADER_PAUSE = 2.0  # seconds between checks whether this node now leads the database
 IDLE_PAUSE = 1.0  # seconds between checks whether a caught-up, closed database opened
 ERROR_PAUSE = 5.0  # seconds after a failure of Shoal's own (the store, the feed)
