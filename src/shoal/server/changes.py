@@ -68,6 +68,7 @@ class ChangesAPI:
         self.streams = 0
         self.rendered: OrderedDict[tuple[str, str, str, int, int], tuple[str, bytes]] = \
             OrderedDict()
+        self.asked: dict[tuple[Any, ...], asyncio.Future[ChangesPage]] = {}  # see _shared
 
     def register(self, router: Router) -> set[str]:
         """Add the routes; return them (the app serves their event streams itself)."""
@@ -192,12 +193,31 @@ class ChangesAPI:
         heartbeat: here, or from the leader."""
         url = self.engine.leader_url(name)
         if url is None or FORWARDED in request.headers:
-            page = await self.engine.changes(request.principal, name, branch, since, limit,
-                                             HEARTBEAT, wanted)
+            page = await self._shared(request, name, branch, since, limit, wanted)
             return page_cursor(page), [self._render(page, e) for e in page.events]
         found = await self._from_leader(request, url, name, branch, since, limit, wanted)
         return found["cursor"], [(event["cursor"], msgspec.json.encode(event))
                                  for event in found["changes"]]
+
+    async def _shared(self, request: Request, name: str, branch: str, since: str | None,
+                      limit: int, wanted: FeedFilter) -> ChangesPage:
+        """The long-polled page after ``since``, asked of the engine once for every stream
+        waiting on the same one: a thousand streams at the head of a branch make one
+        page's work per commit, not a thousand (each stream's token is checked itself)."""
+        request.principal.require("read", name)
+        key = (name, branch, since, limit, wanted)
+        asked = self.asked.get(key)
+        if asked is None:
+            asked = self.asked[key] = asyncio.ensure_future(self.engine.changes(
+                request.principal, name, branch, since, limit, HEARTBEAT, wanted))
+            asked.add_done_callback(lambda done: self._answered(key, done))
+        return await asyncio.shield(asked)  # a stream that goes leaves it to the others
+
+    def _answered(self, key: tuple[Any, ...], done: asyncio.Future[ChangesPage]) -> None:
+        if self.asked.get(key) is done:
+            del self.asked[key]
+        if not done.cancelled():
+            done.exception()  # retrieved: a failure nobody waits for any more is not logged
 
     def _render(self, page: ChangesPage, event: FeedEvent) -> tuple[str, bytes]:
         key = (page.database, page.branch, page.timeline, event.txid,

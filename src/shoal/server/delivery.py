@@ -29,6 +29,7 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
@@ -414,7 +415,9 @@ class Deliverer:
         except TimeoutError:
             return f"no answer within {self.settings.webhook_timeout:g} s (webhook_timeout)"
         except aiohttp.ClientError as exc:
-            return f"{type(exc).__name__}: {exc}"[:300]
+            said = f"{type(exc).__name__}: {exc}"
+            password = urlsplit(self.hook.url).password
+            return (said.replace(password, "***") if password else said)[:300]
 
     async def _save(self, now: bool) -> None:
         """Write the state if it changed, at once or (``now`` false) once SAVE_INTERVAL
