@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -387,24 +387,35 @@ class Report:
         RESULTS_MD.write_text(text)
 
 
-def paced_writes(url: str, token: str, db: str, commits: int, seconds: float, rows: int = 1,
-                 writers: int = 16) -> float:
-    """Writer threads paced to ``commits`` commits a second in all, each an insert of
-    ``rows`` rows into ``w(k, v)``, for ``seconds``: the commits a second they made."""
+@dataclass(frozen=True)
+class Paced:
+    """What paced writers made: ``commits`` requests answered in ``seconds``."""
+
+    commits: int
+    seconds: float
+
+    @property
+    def rate(self) -> float:
+        return self.commits / self.seconds
+
+
+def paced_requests(url: str, request: Callable[[], tuple[str, Any]], commits: float,
+                   seconds: float, *, writers: int = 16,
+                   headers: dict[str, str] | None = None) -> Paced:
+    """Writer threads paced to ``commits`` requests a second in all, for ``seconds``: each
+    POSTs ``request()`` (a path and a JSON body, built just before it is sent) to ``url``.
+    A writer that falls behind its pace sends the next at once."""
     stop = threading.Event()
     done = [0]
     pace = writers / commits
-    sql = "INSERT INTO w(k, v) VALUES " + ", ".join(["(?, 'x')"] * rows)
 
     def write() -> None:
         with httpx.Client(base_url=url, timeout=30, verify=SSL_CONTEXT,
-                          headers={"Authorization": f"Bearer {token}"}) as http:
+                          headers=headers or {}) as http:
             due = time.monotonic()
             while not stop.is_set():
-                args = [f"{threading.get_ident()}-{time.time_ns()}-{i}" for i in range(rows)]
-                http.post(f"/v1/databases/{db}/query",
-                          json={"statements": [{"sql": sql, "args": args}]}
-                          ).raise_for_status()
+                path, body = request()
+                http.post(path, json=body).raise_for_status()
                 done[0] += 1
                 due += pace
                 time.sleep(max(0.0, due - time.monotonic()))
@@ -417,4 +428,23 @@ def paced_writes(url: str, token: str, db: str, commits: int, seconds: float, ro
     stop.set()
     for t in threads:
         t.join()
-    return done[0] / (time.monotonic() - started)
+    return Paced(done[0], time.monotonic() - started)
+
+
+def insert_request(db: str, rows: int = 1) -> Callable[[], tuple[str, Any]]:
+    """A request for `paced_requests`: an insert of ``rows`` rows into Shoal's ``w(k, v)``
+    of database ``db``, each under a key of its own."""
+    sql = "INSERT INTO w(k, v) VALUES " + ", ".join(["(?, 'x')"] * rows)
+
+    def request() -> tuple[str, Any]:
+        args = [f"{threading.get_ident()}-{time.time_ns()}-{i}" for i in range(rows)]
+        return f"/v1/databases/{db}/query", {"statements": [{"sql": sql, "args": args}]}
+    return request
+
+
+def paced_writes(url: str, token: str, db: str, commits: int, seconds: float, rows: int = 1,
+                 writers: int = 16) -> float:
+    """Writer threads paced to ``commits`` commits a second in all, each an insert of
+    ``rows`` rows into ``w(k, v)``, for ``seconds``: the commits a second they made."""
+    return paced_requests(url, insert_request(db, rows), commits, seconds, writers=writers,
+                          headers={"Authorization": f"Bearer {token}"}).rate

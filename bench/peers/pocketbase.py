@@ -16,7 +16,8 @@ that superuser:
 - collection `w` is the insert table: the record id is the key (the client picks it, as
   Shoal's clients pick `k`) and text `v` (required). Rules: create `""` (public), list,
   view, update and delete null;
-- the rows of `t` are written through its batch API, enabled for the seeding only.
+- the rows of `t` are written through its batch API, enabled for the seeding only (none
+  when `rows` is 0: a benchmark that brings collections of its own, through `admin()`).
 
 PocketBase opens its SQLite database (modernc.org/sqlite: SQLite compiled to Go) in WAL
 mode with `synchronous=NORMAL`: a commit survives the process dying but is not fsynced
@@ -28,6 +29,8 @@ from __future__ import annotations
 import secrets
 import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,22 +124,29 @@ class PocketBase(Peer):
         wait_ready(self.proc, self._healthy, "pocketbase", log, timeout=60)
         self.setup()
         dirs = " ".join(self._dirs()).replace(str(self.root), "DIR")
+        seeded = (f"; {self.rows:,} records of {READS} (ids {record_id(1)}.."
+                  f"{record_id(self.rows)}) through POST /api/batch, {BATCH} a request, batch "
+                  "API on for the seeding only") if self.rows else ""
         self.commands += [
             f"pocketbase superuser upsert {SUPERUSER} <password> {dirs}",
             f"pocketbase serve --http 127.0.0.1:PORT {dirs}",
             "PocketBase REST API as the superuser: PATCH /api/settings logs.maxDays=0 (request "
             f"log off); POST /api/collections {READS} (name text required, email text, score "
-            f"number) and {WRITES} (v text required); rules {rules_text()}; {self.rows:,} "
-            f"records of {READS} (ids {record_id(1)}..{record_id(self.rows)}) through "
-            f"POST /api/batch, {BATCH} a request, batch API on for the seeding only"]
+            f"number) and {WRITES} (v text required); rules {rules_text()}{seeded}"]
 
-    def setup(self) -> None:
-        """Settings, both collections and the rows of t, over the REST API."""
-        with httpx.Client(base_url=self.url, timeout=120) as http:
+    @contextmanager
+    def admin(self, timeout: float = 120) -> Iterator[httpx.Client]:
+        """An HTTP client of the server, logged in as the superuser."""
+        with httpx.Client(base_url=self.url, timeout=timeout) as http:
             auth = http.post("/api/collections/_superusers/auth-with-password",
                              json={"identity": SUPERUSER, "password": self.password})
             _ok(auth, "superuser login")
             http.headers["Authorization"] = auth.json()["token"]
+            yield http
+
+    def setup(self) -> None:
+        """Settings, both collections and the rows of t, over the REST API."""
+        with self.admin() as http:
             _ok(http.patch("/api/settings", json={
                 "logs": {"maxDays": 0},
                 "batch": {"enabled": True, "maxRequests": BATCH, "timeout": 60}}), "settings")
@@ -151,6 +161,8 @@ class PocketBase(Peer):
                 _ok(http.post("/api/batch", json={"requests": requests}),
                     f"seed rows {first}..")
             _ok(http.patch("/api/settings", json={"batch": {"enabled": False}}), "settings")
+        if not self.rows:
+            return
         # The point read, as the benchmark sends it: no auth.
         got = httpx.get(f"{self.url}/api/collections/{READS}/records/{record_id(self.rows)}",
                         timeout=10)
