@@ -769,26 +769,25 @@ class Engine:
         await self._io(hooks.create, hook, Delivery(cursor))
         return hook
 
-    async def webhooks(self, principal: tokens.Principal, name: str | None
-                       ) -> list[tuple[Webhook, Delivery | None]]:
-        """The webhooks of ``name`` with their delivery state; with None, of every live
-        database (a webhook made for an earlier life of a name is left out)."""
+    async def webhooks(self, principal: tokens.Principal,
+                       name: str) -> list[tuple[Webhook, Delivery | None]]:
+        """The webhooks of ``name`` with their delivery state (one made for an earlier
+        life of the name is left out: never delivered, deleted with that life)."""
         principal.require("admin", name)
+        self.require_database(name)
         hooks = self._hooks
-        if name is not None:
-            self.require_database(name)
         found = await self._io(hooks.all, name)
-        lives: dict[str, str | None] = {}
-        out = []
-        for hook in found:
-            if hook.database not in self.names:
-                continue
-            if hook.database not in lives:
-                live = await self._io(self.registry.live, hook.database)
-                lives[hook.database] = live.id if live is not None else None
-            if lives[hook.database] == hook.incarnation:
-                out.append((hook, await self._io(hooks.state, hook.database, hook.id)))
-        return out
+        live = await self._incarnation(name) if found else None
+        return [(hook, await self._io(hooks.state, name, hook.id)) for hook in found
+                if hook.incarnation == live]
+
+    async def webhook_keys(self, principal: tokens.Principal) -> set[tuple[str, str]]:
+        """(database, id) of every webhook in the store: one listing, no object read (each
+        node's dispatcher asks every few seconds)."""
+        principal.require("admin")
+        if principal.databases is not None:
+            raise ShoalError(Code.FORBIDDEN, "only an admin of every database lists them all")
+        return await self._io(self._hooks.keys)
 
     async def webhook(self, principal: tokens.Principal, name: str,
                       hook_id: str) -> tuple[Webhook, Delivery]:
@@ -797,9 +796,13 @@ class Engine:
         hooks = self._hooks
         hook = await self._io(hooks.get, name, hook_id) if _HOOK_ID.fullmatch(hook_id) else None
         state = await self._io(hooks.state, name, hook_id) if hook is not None else None
-        if hook is None or state is None:
+        if hook is None or state is None or hook.incarnation != await self._incarnation(name):
             raise ShoalError(Code.WEBHOOK_NOT_FOUND, f"{name} has no webhook {hook_id!r}")
         return hook, state
+
+    async def _incarnation(self, name: str) -> str | None:
+        live = await self._io(self.registry.live, name)
+        return live.id if live is not None else None
 
     async def delete_webhook(self, principal: tokens.Principal, name: str,
                              hook_id: str) -> None:

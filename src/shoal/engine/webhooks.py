@@ -177,6 +177,16 @@ class WebhookRecords:
         return out
 
     @mapped
+    def keys(self) -> set[tuple[str, str]]:
+        """(database, id) of every webhook, from one listing."""
+        out = set()
+        for info in self.store.list(DEFS):
+            db, _, name = info.key[len(DEFS):].partition("/")
+            if name.endswith(".json"):
+                out.add((db, name[:-len(".json")]))
+        return out
+
+    @mapped
     def delete(self, db: str, hook_id: str) -> None:
         """The definition first (it stops being delivered), then its state and letters."""
         self.store.delete(_key(DEFS, db, hook_id))

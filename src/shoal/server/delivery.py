@@ -71,8 +71,7 @@ class Source(Protocol):
     async def changes(self, principal: Principal, name: str, branch: str, since: str | None,
                       limit: int, wait: float, wanted: FeedFilter = ...,
                       touch: bool = ...) -> ChangesPage: ...
-    async def webhooks(self, principal: Principal,
-                       name: str | None) -> list[tuple[Webhook, Delivery | None]]: ...
+    async def webhook_keys(self, principal: Principal) -> set[tuple[str, str]]: ...
     async def webhook(self, principal: Principal, name: str,
                       hook_id: str) -> tuple[Webhook, Delivery]: ...
     async def save_delivery(self, principal: Principal, hook: Webhook,
@@ -115,6 +114,7 @@ class Dispatcher:
     def __init__(self, engine: Source):
         self.engine = engine
         self.deliverers: dict[str, Deliverer] = {}
+        self.dormant: set[tuple[str, str]] = set()  # listed, but not deliverable: not read again
         self._scanner: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -133,12 +133,24 @@ class Dispatcher:
             await asyncio.sleep(RESCAN)
 
     async def rescan(self) -> None:
-        found = {hook.id: hook for hook, _ in await self.engine.webhooks(INTERNAL, None)}
-        for hook_id in set(self.deliverers) - set(found):
+        """Start a deliverer for each webhook the store lists that has none here, and stop
+        those of webhooks it no longer lists. Only new ones are read."""
+        found = await self.engine.webhook_keys(INTERNAL)
+        for hook_id in set(self.deliverers) - {hook_id for _, hook_id in found}:
             self.remove(hook_id)
-        for hook_id, hook in found.items():
-            if hook_id not in self.deliverers:
-                self.add(hook)
+        for db, hook_id in found:
+            if hook_id in self.deliverers or (db, hook_id) in self.dormant:
+                continue
+            try:
+                hook, _ = await self.engine.webhook(INTERNAL, db, hook_id)
+            except ShoalError as exc:
+                if exc.code is Code.WEBHOOK_NOT_FOUND:  # of an earlier life of the name
+                    self.dormant.add((db, hook_id))
+                elif exc.code is not Code.DATABASE_NOT_FOUND:  # (not known here yet: next
+                    raise  # time; or deleted: its webhooks are being deleted too)
+                continue
+            self.add(hook)
+        self.dormant &= found
 
     def add(self, hook: Webhook) -> None:
         if hook.id not in self.deliverers:
