@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import tempfile
 import time
@@ -45,12 +44,12 @@ import httpx
 from bench import wrk
 from bench.core import say
 from bench.harness import (
-    RESULTS_DIR,
     Api,
     Load,
     paced_writes,
     parse_metrics,
     run_load,
+    save_json,
     seed_point_table,
 )
 from shoal.cluster import leader_of
@@ -392,9 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"\nfailover (kill -9 of the leader to the first acknowledged write through "
               f"another node, lease_ttl {opts.ttl:g} s): "
               + ", ".join(f"{s:.2f} s" for s in result["failover_s"]))
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
-    (RESULTS_DIR / f"cluster-{stamp}.json").write_text(json.dumps(result, indent=1))
+    save_json("cluster", result)
     return 0
 
 

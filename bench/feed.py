@@ -70,13 +70,13 @@ import httpx
 from bench import wrk
 from bench.core import say
 from bench.harness import (
-    RESULTS_DIR,
     Paced,
     cpu_seconds,
     insert_request,
     paced_requests,
     percentile,
     run_load,
+    save_json,
 )
 from bench.peers.pocketbase import PocketBase
 from shoal.engine import tables
@@ -443,9 +443,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("row changes delivered/s (all streams)", "delivered_per_s", "{:,.0f}"),
             ("delivered / (written x streams)", "delivered", "{:.3f}"),
             ("server CPU us per delivery", "cpu_us_per_delivery", "{:g}")])
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
-    (RESULTS_DIR / f"feed-{stamp}.json").write_text(json.dumps(result, indent=1))
+    save_json("feed", result)
     return 0
 
 

@@ -442,6 +442,15 @@ def insert_request(db: str, rows: int = 1) -> Callable[[], tuple[str, Any]]:
     return request
 
 
+def save_json(kind: str, result: Any) -> Path:
+    """A run's figures as bench/results/<kind>-<UTC time>.json."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
+    path = RESULTS_DIR / f"{kind}-{stamp}.json"
+    path.write_text(json.dumps(result, indent=1))
+    return path
+
+
 def paced_writes(url: str, token: str, db: str, commits: int, seconds: float, rows: int = 1,
                  writers: int = 16) -> float:
     """Writer threads paced to ``commits`` commits a second in all, each an insert of

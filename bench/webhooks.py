@@ -18,12 +18,13 @@ hand. Nothing here asserts on timings.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import statistics
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,8 +34,8 @@ import standardwebhooks
 
 from bench.core import say
 from bench.feed import ADMIN, create, start_node
-from bench.harness import RESULTS_DIR, paced_writes, percentile
-from tests.support.server import free_port
+from bench.harness import paced_writes, percentile, save_json
+from tests.support.server import ServerProcess, free_port
 
 DB = "w"
 
@@ -144,57 +145,56 @@ def backlog(http: httpx.Client, rows: int) -> str:
     return str(since)
 
 
-def throughput(opts: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+@contextlib.contextmanager
+def setup(name: str) -> Iterator[tuple[ServerProcess, httpx.Client, Receiver]]:
+    """A node with the table, an admin client of it, and a receiver."""
     with tempfile.TemporaryDirectory(prefix="bench-hooks-") as tmp, Receiver() as receiver:
-        node = start_node(Path(tmp), "hooks")
+        node = start_node(Path(tmp), name)
         try:
             create(node, DB)
             with httpx.Client(base_url=node.url, timeout=60,
                               headers={"Authorization": f"Bearer {ADMIN}"}) as http:
-                since = backlog(http, opts.rows)
-                for batch in (1, 10, 100):
-                    count = opts.rows if batch > 1 else min(opts.rows, 2000)
-                    for run in range(opts.runs):
-                        for kind in ("webhook", "relay") if run % 2 == 0 else \
-                                ("relay", "webhook"):
-                            receiver.reset()
-                            started = time.monotonic()
-                            if kind == "webhook":
-                                made = http.post(f"/v1/databases/{DB}/webhooks", json={
-                                    "url": f"{receiver.url}/hook", "since": since,
-                                    "batch_size": batch}).json()
-                                receiver.wait_for(count, 300)
-                                http.delete(f"/v1/databases/{DB}/webhooks/{made['id']}")
-                            else:
-                                p = multiprocessing.Process(target=relay, args=(
-                                    node.url, since, f"{receiver.url}/hook", batch, count))
-                                p.start()
-                                receiver.wait_for(count, 300)
-                                p.join(30)
-                            rate = count / (time.monotonic() - started)
-                            out.setdefault(f"{kind}_{batch}", []).append(round(rate))
-                            say(f"{kind}, batch {batch}: {rate:,.0f} changes/s")
+                yield node, http, receiver
         finally:
             node.stop()
+
+
+def throughput(opts: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    with setup("hooks") as (node, http, receiver):
+        since = backlog(http, opts.rows)
+        for batch in (1, 10, 100):
+            count = opts.rows if batch > 1 else min(opts.rows, 2000)
+            for run in range(opts.runs):
+                for kind in ("webhook", "relay") if run % 2 == 0 else ("relay", "webhook"):
+                    receiver.reset()
+                    started = time.monotonic()
+                    if kind == "webhook":
+                        made = http.post(f"/v1/databases/{DB}/webhooks", json={
+                            "url": f"{receiver.url}/hook", "since": since,
+                            "batch_size": batch}).json()
+                        receiver.wait_for(count, 300)
+                        http.delete(f"/v1/databases/{DB}/webhooks/{made['id']}")
+                    else:
+                        p = multiprocessing.Process(target=relay, args=(
+                            node.url, since, f"{receiver.url}/hook", batch, count))
+                        p.start()
+                        receiver.wait_for(count, 300)
+                        p.join(30)
+                    rate = count / (time.monotonic() - started)
+                    out.setdefault(f"{kind}_{batch}", []).append(round(rate))
+                    say(f"{kind}, batch {batch}: {rate:,.0f} changes/s")
     return out
 
 
 def latency(opts: argparse.Namespace) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="bench-hooks-") as tmp, Receiver() as receiver:
-        node = start_node(Path(tmp), "lat")
-        try:
-            create(node, DB)
-            with httpx.Client(base_url=node.url, timeout=60,
-                              headers={"Authorization": f"Bearer {ADMIN}"}) as http:
-                http.post(f"/v1/databases/{DB}/webhooks",
-                          json={"url": f"{receiver.url}/hook"}).raise_for_status()
-            time.sleep(1.0)
-            rate = paced_writes(node.url, ADMIN, DB, opts.commits, opts.seconds)
-            time.sleep(2.0)
-            lags = receiver.stats()["lags"]
-        finally:
-            node.stop()
+    with setup("lat") as (node, http, receiver):
+        http.post(f"/v1/databases/{DB}/webhooks",
+                  json={"url": f"{receiver.url}/hook"}).raise_for_status()
+        time.sleep(1.0)
+        rate = paced_writes(node.url, ADMIN, DB, opts.commits, opts.seconds)
+        time.sleep(2.0)
+        lags = receiver.stats()["lags"]
     return {"commits_per_s": round(rate, 1), "events": len(lags),
             "p50_ms": round(percentile(lags, 50) * 1000, 1) if lags else None,
             "p99_ms": round(percentile(lags, 99) * 1000, 1) if lags else None}
@@ -227,9 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["latency"] = got = latency(opts)
         print(f"webhook latency at {got['commits_per_s']:,.0f} commits/s: p50 "
               f"{got['p50_ms']} ms, p99 {got['p99_ms']} ms ({got['events']} events)")
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y-%m-%dT%H%M%SZ", time.gmtime())
-    (RESULTS_DIR / f"webhooks-{stamp}.json").write_text(json.dumps(result, indent=1))
+    save_json("webhooks", result)
     return 0
 
 
