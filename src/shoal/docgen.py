@@ -21,7 +21,8 @@ def settings_table() -> str:
     rows = ["| setting | env | type | default | meaning |", "|---|---|---|---|---|"]
     for s in SETTINGS:
         default = "(generated)" if s.secret else f"`{s.default}`"
-        rows.append(f"| `{s.name}` | `SHOAL_{s.name.upper()}` | {s.type.__name__} | "
+        kind = "list" if s.items else s.type.__name__  # (a str of items, comma-separated)
+        rows.append(f"| `{s.name}` | `SHOAL_{s.name.upper()}` | {kind} | "
                     f"{default} | {s.help}{_allowed(s)} |")
     return "\n".join(rows)
 

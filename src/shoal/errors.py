@@ -82,6 +82,10 @@ class Code(StrEnum):
     SQL_NOT_ALLOWED = auto(), 403, ("SQL that reaches outside the database, weakens durability, "
                                     "leaves state on a pooled connection or touches Shoal's own "
                                     "tables is refused; see docs/api.md, 'What SQL may do'.")
+    ORIGIN_NOT_ALLOWED = auto(), 403, ("A browser's preflight from a page whose origin neither "
+                                       "the node (cors_origins) nor the database (PUT "
+                                       "/v1/databases/{db}/cors) allows; see docs/api.md, "
+                                       "'CORS'.")
     # resources
     NOT_FOUND = auto(), 404, "See /openapi.json for the routes."
     METHOD_NOT_ALLOWED = auto(), 405, "See /openapi.json for the routes."

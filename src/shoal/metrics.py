@@ -87,6 +87,7 @@ class Metrics:
     connections: Gauge
     connections_cut: Counter
     quota_refusals: Counter
+    cors_refusals: Counter
     compactions: Counter
 
     _cpu_children: dict[str, Any] = field(default_factory=dict)
@@ -188,6 +189,9 @@ def _build() -> Metrics:
         quota_refusals=Counter("shoal_quota_refusals", "Requests refused for a database's "
                                "limit, by limit: rows_read, rows_written, queries_per_second, "
                                "size_bytes, transactions", ["limit"], registry=reg),
+        cors_refusals=Counter("shoal_cors_refusals", "Browser requests refused for their "
+                              "page's origin (ORIGIN_NOT_ALLOWED), by kind: preflight, "
+                              "websocket", ["kind"], registry=reg),
         compactions=Counter("shoal_compactions", "Databases compacted on request (VACUUM, "
                             "then the log re-based on a snapshot)", registry=reg),
     )

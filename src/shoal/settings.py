@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shoal import origins
+
 
 class SettingsError(ValueError):
     """A setting could not be read, has the wrong type or is out of its bounds."""
@@ -40,14 +42,15 @@ class Setting:
     above: float | None = None  # strictly above this
     zero: str = ""  # what 0 means ("no cap", "no limit"), for the error message
     maximum: float | None = None  # at most this
+    items: bool = False  # a str holding a list, separated by commas (a TOML array too)
 
 
 def _s(default: Any, help: str, *, secret: bool = False, choices: tuple[str, ...] = (),
        minimum: float | None = None, above: float | None = None, zero: str = "",
-       maximum: float | None = None) -> Any:
+       maximum: float | None = None, items: bool = False) -> Any:
     """A field of Settings with what the loader, the CLI and the docs need to know of it."""
     meta = {"help": help, "secret": secret, "choices": choices, "minimum": minimum,
-            "above": above, "zero": zero, "maximum": maximum}
+            "above": above, "zero": zero, "maximum": maximum, "items": items}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -207,6 +210,19 @@ class Settings:
     idempotency_ttl: float = _s(86400.0, "Seconds an Idempotency-Key is remembered.")
     metrics: bool = _s(True, "Serve GET /metrics without a token.")
     openapi: bool = _s(True, "Serve GET /openapi.json without a token.")
+    # browsers (docs/api.md, "CORS"; shoal/origins.py)
+    cors_origins: str = _s(
+        "", "Origins (web pages) that may call every database of the node from a browser: CORS "
+        "on the native API and Hrana over HTTP, and the Origin check of WebSocket upgrades. "
+        "Separated by commas (a TOML array too): https://app.example.com (exactly that origin), "
+        "https://*.example.com (its subdomains), '*' (any origin). A database may allow more "
+        "(PUT /v1/databases/{db}/cors). Empty: none; clients that are not browsers send no "
+        "Origin and are never affected.", items=True)
+    cors_max_age: int = _s(
+        600, "Seconds a browser may reuse a preflight's answer (Access-Control-Max-Age; "
+        "Chromium caps it at 7200). An origin taken off a list may still send requests from "
+        "browsers that cached one for this long: revoke its tokens to cut it off at once.",
+        minimum=0, maximum=86400)
     access_log: bool = _s(True, "Write one JSON line per request to stderr.")
     log_level: str = _s(
         "info", "Server log level: debug, info, warning, error.",
@@ -307,6 +323,10 @@ class Settings:
         if self.advertise_url and not re.fullmatch(r"https?://[^/\s?#]+/?", self.advertise_url):
             raise SettingsError("advertise_url must be http://host:port (no path): the URL the "
                                 f"other nodes reach this one at, got {self.advertise_url!r}")
+        try:
+            origins.parse(self.cors_origins)
+        except ValueError as exc:
+            raise SettingsError(f"cors_origins: {exc}") from None
         if self.advertise_url and self.local_only:
             raise SettingsError("advertise_url needs an object store: the nodes of a cluster "
                                 "share one (store = \"none\" keeps everything on this node)")
@@ -416,6 +436,8 @@ def _coerce(setting: Setting, raw: Any, source: str) -> Any:
         return text
     if want is float and isinstance(raw, int) and not isinstance(raw, bool):
         return float(raw)
+    if setting.items and isinstance(raw, list | tuple) and all(isinstance(i, str) for i in raw):
+        return ", ".join(item.strip() for item in raw)  # a TOML array of strings
     raise SettingsError(f"{source}: {setting.name} must be {want.__name__}, got {raw!r}")
 
 

@@ -54,6 +54,10 @@ CREATE TABLE IF NOT EXISTS limits(
     database TEXT PRIMARY KEY,
     body TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS cors(
+    database TEXT PRIMARY KEY,
+    origins TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS quota_windows(
     database TEXT PRIMARY KEY,
     start REAL NOT NULL,
@@ -137,6 +141,7 @@ class Catalog:
                              (name, name + "/%"))
             self._db.execute("DELETE FROM idempotency WHERE scope = ?", (name,))
             self._db.execute("DELETE FROM limits WHERE database = ?", (name,))
+            self._db.execute("DELETE FROM cors WHERE database = ?", (name,))
             self._db.execute("DELETE FROM quota_windows WHERE database = ?", (name,))
             self._db.execute("DELETE FROM databases WHERE name = ?", (name,))
             deleted = bool(self._db.changes())
@@ -244,6 +249,21 @@ class Catalog:
 
     def limits(self) -> dict[str, str]:
         return dict(self._rows("SELECT database, body FROM limits"))
+
+    # -- allowed origins (shoal/origins.py) ------------------------------------------------------
+    def set_cors(self, name: str, origins: tuple[str, ...]) -> None:
+        """A database's own allowed origins (none: the row goes; a cache of the store's
+        record on a node with a store)."""
+        with self._writing():
+            if not origins:
+                self._db.execute("DELETE FROM cors WHERE database = ?", (name,))
+            else:
+                self._db.execute("INSERT OR REPLACE INTO cors(database, origins) VALUES (?, ?)",
+                                 (name, "\n".join(origins)))
+
+    def cors(self) -> dict[str, tuple[str, ...]]:
+        return {name: tuple(text.split("\n")) for name, text in
+                self._rows("SELECT database, origins FROM cors")}
 
     def save_windows(self, windows: dict[str, tuple[float, int, int]]) -> None:
         """The current period's counts of the databases with row limits."""

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import apsw
 from prometheus_client import CollectorRegistry, generate_latest
 
-from shoal import tokens
+from shoal import origins, tokens
 from shoal.cluster import MAX_MESSAGE, Cluster, Moved
 from shoal.engine import datadir
 from shoal.engine.catalog import Catalog, DatabaseRecord, TokenRecord
@@ -102,6 +102,7 @@ RETENTION_INTERVAL = 600.0  # seconds between retention passes over every databa
 REVOKED_SYNC = 60.0  # seconds between a cluster node's listings of the revocations
 NEGATIVE_TTL = 5.0  # seconds a name the store did not know is not looked up again
 NEGATIVE_NAMES = 10_000  # most such names remembered (forgotten all at once when full)
+CORS_REFRESH = 10.0  # seconds between reads of a database's allowed origins before a refusal
 EXIT_LEASE_LOST = 75  # the process's exit status when another node took the store's lease
 COMPACTION_BUDGET = 60.0  # seconds of compaction a database gets per pass (a backlog waits)
 
@@ -253,6 +254,9 @@ class Engine:
         self._stopping = False  # compaction starts no new run once set
         self._opened = False
         self._unknown: dict[str, float] = {}  # names the store did not know -> until when
+        # databases with allowed origins of their own (shoal/origins.py), as stored
+        self.cors: dict[str, tuple[str, ...]] = {}
+        self._cors_read: dict[str, float] = {}  # name -> when its record was last read for it
 
     def open(self) -> None:
         """The blocking part of starting, before the node serves: take the data directory
@@ -326,6 +330,7 @@ class Engine:
                              settings.max_transactions)
         for name, body in self.catalog.limits().items():
             self.quotas.set(name, decode_limits(body))
+        self.cors = self.catalog.cors()
         self.quotas.load(self.catalog.windows())
         self.lifecycle.size_limit = lambda name: self.quotas.of(name).size_bytes
         if self.cluster is not None:
@@ -586,6 +591,10 @@ class Engine:
         live, _ = await self._io(self._registry.sync_catalog, self.catalog)
         self.names |= live  # in place: the lifecycle holds this set
         self.names -= self.names - live
+        for name, allowed in (await self._run(self.catalog.cors)).items():
+            self.cors.setdefault(name, allowed)  # those of the names read anew
+        for name in [n for n in self.cors if n not in live]:
+            del self.cors[name]
 
     def leader_url(self, name: str) -> str | None:
         """The URL of the node that leads database ``name``, or None if it is this one (or
@@ -882,6 +891,7 @@ class Engine:
         if name not in self.names:
             with self.disk.writes(refuse=False):
                 await self._run(self.catalog.adopt_database, name, live.created_at)
+                await self._adopt_cors(name, live.cors_origins)
             if live.limits:
                 self.quotas.set(name, decode_limits(json.dumps(live.limits)))
             self.names.add(name)
@@ -898,6 +908,9 @@ class Engine:
             await self.learn_database(name)
         if isinstance(token_id := notice.get("revoked"), str):
             self.auth.revoke(token_id)
+        if isinstance(name := notice.get("cors"), str) and self._registry is not None:
+            check_name(name)  # another node changed its allowed origins
+            await self._adopt_cors(name, await self._io(self._registry.cors, name))
         if isinstance(node := notice.get("left"), str):
             cluster.left(node)
         if isinstance(node := notice.get("joined"), str) and \
@@ -1061,6 +1074,7 @@ class Engine:
         for key in [k for k in self.usage if k == name or k.startswith(name + "/")]:
             self.usage.pop(key, None)
         self.quotas.forget(name)
+        self.cors.pop(name, None)
         if not uncatalogued and not await self._uncatalog(name):  # again, with room now
             if self._registry is None:
                 raise ShoalError(Code.DISK_FULL, f"the files of {name!r} are deleted but the "
@@ -1110,6 +1124,7 @@ class Engine:
         await self._run(shutil.rmtree, self.lifecycle.root / name, True)  # stale copies
         await self._run(self.catalog.adopt_database, name, created_at)
         await self._adopt_limits(name, await self._io(self.registry.limits, name))
+        await self._adopt_cors(name, await self._io(self.registry.cors, name))
         self.names.add(name)
         await self._tell({"database": name})
         record = await self._run(self.catalog.get_database, name)
@@ -1399,6 +1414,74 @@ class Engine:
         for (db_name, _), db in self.lifecycle.open.items():
             if db_name == name:
                 db.size_limit = effective.size_bytes
+
+    # -- allowed origins (shoal/origins.py) ----------------------------------------------------
+    def cors_origins(self, name: str) -> tuple[str, ...]:
+        """The origins database ``name`` allows of its own (the server adds the node's): a
+        look-up in memory, for a browser's request."""
+        return self.cors.get(name, ())
+
+    async def cors_of(self, principal: tokens.Principal, name: str) -> dict[str, Any]:
+        """A database's own allowed origins: its readers may look."""
+        check_name(name)
+        principal.require("read", name)
+        self.require_database(name)
+        return {"database": name, "origins": list(self.cors_origins(name))}
+
+    async def set_cors(self, principal: tokens.Principal, name: str,
+                       raw: list[str]) -> dict[str, Any]:
+        """Replace a database's own allowed origins (an admin token of the database): the
+        store's record, this node's catalog and memory, then the cluster's other nodes."""
+        check_name(name)
+        principal.require("admin", name)
+        try:
+            allowed = origins.parse(raw, origins.MAX_ORIGINS)
+        except ValueError as exc:
+            raise ShoalError(Code.INVALID_REQUEST, f"origins: {exc}") from None
+        self.require_database(name)
+        with self.disk.writes():
+            if self._registry is not None:  # the store's record is the truth
+                await self._io(self._registry.set_cors, name, allowed)
+            await self._adopt_cors(name, allowed)
+        await self._tell({"cors": name})
+        return await self.cors_of(principal, name)
+
+    async def refresh_cors(self, name: str) -> bool:
+        """Read database ``name``'s allowed origins from the store again, at most every
+        CORS_REFRESH seconds, on a cluster's node (the server asks before refusing a browser:
+        a node that missed another's notice learns the change then). True if they changed."""
+        now = time.monotonic()
+        if self._registry is None or self.cluster is None or name not in self.names or \
+                now - self._cors_read.get(name, -CORS_REFRESH) < CORS_REFRESH:
+            return False
+        if len(self._cors_read) >= NEGATIVE_NAMES:
+            self._cors_read.clear()
+        self._cors_read[name] = now
+        try:
+            allowed = await self._io(self._registry.cors, name)
+        except ShoalError as exc:  # the store: the refusal stands, this time
+            log.warning("reading the allowed origins of %s failed: %s", name, exc)
+            return False
+        if allowed == self.cors_origins(name):
+            return False
+        self._remember_cors(name, allowed)
+        try:
+            with self.disk.writes(refuse=False):
+                await self._run(self.catalog.set_cors, name, allowed)
+        except ShoalError as exc:  # the catalog is a cache: in force here all the same
+            log.warning("caching the allowed origins of %s failed: %s", name, exc)
+        return True
+
+    async def _adopt_cors(self, name: str, allowed: tuple[str, ...]) -> None:
+        """Allowed origins now in force on this node: the catalog (cache), then memory."""
+        await self._run(self.catalog.set_cors, name, allowed)
+        self._remember_cors(name, allowed)
+
+    def _remember_cors(self, name: str, allowed: tuple[str, ...]) -> None:
+        if allowed:
+            self.cors[name] = allowed
+        else:
+            self.cors.pop(name, None)
 
     async def compact(self, principal: tokens.Principal, name: str,
                       branch: str = "main") -> Compacted:

@@ -260,6 +260,16 @@ class Registry:
         branch_log.set_limits(self.store, name, limits)
 
     @mapped
+    def cors(self, name: str) -> tuple[str, ...]:
+        """The live database's own allowed origins, as its record holds them."""
+        live = self._live(name)
+        return live.cors_origins if live is not None else ()
+
+    @mapped
+    def set_cors(self, name: str, origins: tuple[str, ...]) -> None:
+        branch_log.set_cors(self.store, name, origins)
+
+    @mapped
     def sync_catalog(self, catalog: Catalog, full: bool = False) -> tuple[set[str], set[str]]:
         """Make the local catalog list exactly the store's live databases; return (names,
         revoked token ids). The local catalog is this node's cache: databases this node
@@ -281,6 +291,7 @@ class Registry:
                 catalog.adopt_database(name, incarnation.created_at)
             catalog.set_limits(name, json.dumps(incarnation.limits)
                                if incarnation.limits else None)
+            catalog.set_cors(name, incarnation.cors_origins)
         for name in sorted(local - live):
             log.warning("database %r is in the local catalog but not live in the store %s: "
                         "dropped from the catalog (its local files are left alone)",

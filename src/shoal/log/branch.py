@@ -80,12 +80,15 @@ class Incarnation:
     branches: dict[str, dict[str, Any]]  # name -> Branch.entry()
     deleted_at: float | None = None
     limits: dict[str, Any] = field(default_factory=dict)  # engine/quota.py, set by an admin
+    cors_origins: tuple[str, ...] = ()  # shoal/origins.py: pages a browser may let call it
 
     def raw(self) -> dict[str, Any]:
         out = {"incarnation": self.id, "created_at": self.created_at,
                "deleted_at": self.deleted_at, "branches": self.branches}
         if self.limits:
             out["limits"] = self.limits
+        if self.cors_origins:
+            out["cors_origins"] = list(self.cors_origins)
         return out
 
 
@@ -102,7 +105,7 @@ class Record:
 
     def encode(self) -> bytes:
         live = self.live
-        out = {
+        out: dict[str, Any] = {
             "name": self.name,
             "created_at": live.created_at if live else None,
             "incarnation": live.id if live else None,
@@ -111,6 +114,8 @@ class Record:
         }
         if live is not None and live.limits:
             out["limits"] = live.limits
+        if live is not None and live.cors_origins:
+            out["cors_origins"] = list(live.cors_origins)
         return json.dumps(out, sort_keys=True).encode()
 
     def branch(self, name: str) -> Branch:
@@ -136,7 +141,8 @@ def _incarnation(raw: dict[str, Any]) -> Incarnation:
         _branch("", "", entry, None)  # checks the shape
     return Incarnation(str(raw["incarnation"]), float(raw["created_at"]), dict(branches),
                        None if raw.get("deleted_at") is None else float(raw["deleted_at"]),
-                       dict(raw.get("limits") or {}))
+                       dict(raw.get("limits") or {}),
+                       tuple(str(o) for o in raw.get("cors_origins") or ()))
 
 
 def _legacy_branches(store: ObjectStore, db: str) -> dict[str, dict[str, Any]]:
@@ -472,6 +478,18 @@ def set_limits(store: ObjectStore, db: str, limits: dict[str, Any]) -> Record:
         if current is None or current.live is None:
             raise DatabaseNotFound(f"database {db!r} does not exist", layout.database_key(db))
         return replace(current, live=replace(current.live, limits=dict(limits)))
+
+    return update(store, db, change)
+
+
+def set_cors(store: ObjectStore, db: str, origins: tuple[str, ...]) -> Record:
+    """Replace the live database's allowed origins (shoal/origins.py): one conditional
+    write."""
+
+    def change(current: Record | None) -> Record:
+        if current is None or current.live is None:
+            raise DatabaseNotFound(f"database {db!r} does not exist", layout.database_key(db))
+        return replace(current, live=replace(current.live, cors_origins=tuple(origins)))
 
     return update(store, db, change)
 

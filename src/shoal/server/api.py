@@ -112,6 +112,13 @@ class CreateTokenRequest(msgspec.Struct, forbid_unknown_fields=True):
     expires_in: int = 3600
 
 
+class CorsRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """The origins (web pages) a browser may let call the database, besides the node's
+    cors_origins: "https://app.example.com", "https://*.example.com" or "*"; [] for none."""
+
+    origins: list[str]
+
+
 class BeginRequest(msgspec.Struct, forbid_unknown_fields=True):
     mode: Literal["read", "write"] | None = None
 
@@ -220,6 +227,8 @@ class NativeAPI:
             ("GET", db + "/usage", self.usage),
             ("GET", db + "/limits", self.get_limits),
             ("PUT", db + "/limits", self.put_limits),
+            ("GET", db + "/cors", self.get_cors),
+            ("PUT", db + "/cors", self.put_cors),
             ("POST", db + "/compact", self.compact),
             ("POST", db + "/transactions", self.begin),
             ("POST", tx + "/query", self.tx_query),
@@ -380,6 +389,16 @@ class NativeAPI:
         limits.check()
         return json_response(200, await self.engine.set_limits(request.principal,
                                                                self._db(request), limits))
+
+    async def get_cors(self, request: Request) -> Response:
+        return json_response(200, await self.engine.cors_of(request.principal,
+                                                            self._db(request)))
+
+    async def put_cors(self, request: Request) -> Response:
+        await request.read_body(self.max_body)
+        body = request.decode(CorsRequest)
+        return json_response(200, await self.engine.set_cors(request.principal,
+                                                             self._db(request), body.origins))
 
     async def compact(self, request: Request) -> Response:
         name, branch = self._db(request), self._branch(request)

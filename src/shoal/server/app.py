@@ -24,9 +24,11 @@ from shoal.cluster import FORWARDED, Moved, Unreachable
 from shoal.engine import READ_ONLY, REQUEST_GONE, Engine
 from shoal.errors import Code, ShoalError
 from shoal.metrics import METRICS
+from shoal.origins import same_origin
 from shoal.server.api import NativeAPI
 from shoal.server.changes import STREAM_PATH, ChangesAPI
 from shoal.server.cluster import ClusterAPI
+from shoal.server.cors import ORIGIN, PREFLIGHT, Cors, forwarded, websocket_origin
 from shoal.server.delivery import Dispatcher
 from shoal.server.hrana import HranaHTTP
 from shoal.server.hrana_ws import HranaWebSocket, address_of
@@ -93,6 +95,7 @@ class App:
         self.public |= self.hrana_routes
         self.reads |= {r for r in self.hrana_routes if r.endswith("/pipeline")}
         self.websocket = HranaWebSocket(self.engine, quota)
+        self.cors = Cors(settings, self.engine)  # browsers' origins (server/cors.py)
         # a cluster's node forwards what another node leads (docs/architecture.md)
         self.clustered = bool(settings.advertise_url)
         if self.clustered:
@@ -110,6 +113,11 @@ class App:
             await self.http(scope, receive, send)
         elif kind == "lifespan":
             await self.lifespan(receive, send)
+        elif kind == "websocket" and not await self._origin_allowed(scope):
+            if (await receive())["type"] == "websocket.connect":
+                METRICS.cors_refusals.labels("websocket").inc()
+                await send({"type": "websocket.close", "code": 1008,  # refused: HTTP 403
+                            "reason": str(Code.ORIGIN_NOT_ALLOWED)})
         elif kind == "websocket" and STREAM_PATH.fullmatch(scope.get("path", "")):
             await self.changes.websocket(scope, receive, send)  # asks the leader itself
         elif kind == "websocket":
@@ -163,6 +171,10 @@ class App:
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         request = Request(scope, receive)
+        origin = request.headers.get(ORIGIN)  # a browser's page (server/cors.py); else None
+        if origin is not None and request.method == "OPTIONS" and PREFLIGHT in request.headers:
+            await self._preflight(request, send, started)
+            return
         watch = _Watch(request, time.monotonic())
         self._watches[watch] = None
         if self._watcher is None:
@@ -203,6 +215,8 @@ class App:
             watch.stop()
         if db is not None and response.status == 200:
             self._sessions.note(request, db, response.headers)
+        if origin is not None and FORWARDED not in request.headers:  # the edge's, once
+            self.cors.decorate(request, response)
         if request.gone:  # nobody to answer
             response = Response(CLIENT_GONE)
         elif response.stream is not None:
@@ -218,6 +232,37 @@ class App:
         METRICS.observe_request(request.route, request.method, response.status, elapsed)
         if self._log is not None:
             self._access_log(request, response, elapsed)
+
+    async def _preflight(self, request: Request, send: Send, started: float) -> None:
+        """A browser's preflight: answered here, on any node, without a token."""
+        try:
+            response = await self.cors.preflight(request, self.router.methods(request))
+        except Exception:  # a bug: 500 INTERNAL, as App.http answers one
+            log.exception("unhandled error on a preflight of %s", request.route)
+            response = error_response(ShoalError(Code.INTERNAL, "internal error"))
+        headers = response.headers
+        if response.status != 204:
+            headers = [*headers, (b"content-length", str(len(response.body)).encode())]
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": headers})
+        await send({"type": "http.response.body", "body": response.body})
+        elapsed = time.perf_counter() - started
+        METRICS.observe_request(request.route, request.method, response.status, elapsed)
+        if self._log is not None:
+            self._access_log(request, response, elapsed)
+
+    async def _origin_allowed(self, scope: Scope) -> bool:
+        """A WebSocket upgrade's Origin: none (a client that is not a browser), the page's
+        own host, or one the node or the database the path names allows. A forwarded
+        upgrade was looked at by the node the browser reached."""
+        origin, host, relayed = websocket_origin(scope)
+        if origin is None or relayed or same_origin(origin, host):
+            return True
+        path = scope.get("path", "/")
+        route = STREAM_PATH.fullmatch(path)
+        address = address_of(path) if route is None else None
+        db = route["db"] if route is not None else address[0] if address is not None else None
+        return await self.cors.admits(origin, db)
 
     @staticmethod
     async def _send_stream(request: Request, response: Response, send: Send) -> None:
@@ -285,6 +330,8 @@ class App:
                 status, headers, answer = await self.engine.forward(
                     url, request.method, path_qs, request.scope["headers"], body)
                 METRICS.cluster_forwarded.labels(protocol).inc()
+                if ORIGIN in request.headers:  # this node names the origin back (cors.py)
+                    headers = forwarded(headers)
                 return Response(status, answer, headers)
             except Unreachable as exc:
                 if exc.sent or time.monotonic() >= deadline:

@@ -296,9 +296,11 @@ class Router:
         # path -> (template, params, handlers): routes are added before serving and never
         # change after, so a path resolves the same way for the process's life
         self._resolved: dict[str, tuple[str, dict[str, str], dict[str, Handler]]] = {}
+        self._methods: dict[str, list[str]] = {}  # template -> its methods
 
     def add(self, method: str, template: str, handler: Handler) -> None:
         self._resolved.clear()
+        self._methods.setdefault(template, []).append(method)
         if "{" not in template:
             self._static.setdefault(template, {})[method] = handler
             return
@@ -341,6 +343,13 @@ class Router:
                 request.params = params
                 return self._pick(handlers, request)
         raise ShoalError(Code.NOT_FOUND, f"no route for {request.method} {path[:200]}")
+
+    def methods(self, request: Request) -> list[str]:
+        """The methods of the route of the request's path (``route`` and ``params`` set as
+        ``resolve`` sets them); none for a path of no route."""
+        with contextlib.suppress(ShoalError):  # another method (OPTIONS), or no route
+            self.resolve(request)
+        return self._methods.get(request.route, [])
 
     @staticmethod
     def _pick(handlers: dict[str, Handler], request: Request) -> Handler:

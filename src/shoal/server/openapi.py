@@ -37,6 +37,12 @@ _OPS: dict[tuple[str, str], tuple[str, str | None, int]] = {
     ("PUT", "/v1/databases/{db}/limits"): (
         "Replace the database's own limits (an admin token for every database)",
         "DatabaseLimits", 200),
+    ("GET", "/v1/databases/{db}/cors"): (
+        "The origins a browser may let call the database, besides the node's (read)",
+        None, 200),
+    ("PUT", "/v1/databases/{db}/cors"): (
+        "Replace the database's allowed origins (admin); the node's cors_origins stay",
+        "CorsRequest", 200),
     ("POST", "/v1/databases/{db}/compact"): (
         "Compact main (admin): VACUUM as one commit, the log re-based on a snapshot; "
         "writes wait while it runs", None, 200),
@@ -116,7 +122,7 @@ def openapi_document(routes: list[tuple[str, str]]) -> dict[str, Any]:
 
     kinds = [api.QueryRequest, api.CreateDatabaseRequest, api.CreateTokenRequest,
              api.BeginRequest, api.CreateBranchRequest, api.RestoreRequest,
-             api.UndeleteRequest, DatabaseLimits]
+             api.UndeleteRequest, DatabaseLimits, api.CorsRequest]
     _, components = msgspec.json.schema_components(
         kinds, ref_template="#/components/schemas/{name}")
     components["Error"] = _ERROR
