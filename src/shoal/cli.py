@@ -245,10 +245,13 @@ class Output:
             self.message(text)
 
     def table(self, columns: list[str], rows: list[tuple[Any, ...]] | list[list[Any]],
-              footer: str | None = None) -> None:
+              footer: str | None = None, whole: tuple[str, ...] = ()) -> None:
+        """``whole``: columns the others give way to first (ids to copy stay on one line
+        while the terminal is wide enough for them)."""
         table = Table(header_style="bold")
         for name in columns:
-            table.add_column(name, overflow="fold")  # wrap long values, never cut them
+            table.add_column(name, overflow="fold",  # wrap long values, never cut them
+                             no_wrap=name in whole)
         for row in rows:
             table.add_row(*(_cell(v) for v in row))
         self.console.print(table)
@@ -801,6 +804,115 @@ def _changes(args: argparse.Namespace, client: Client, out: Output) -> int:
     return status
 
 
+# -- webhooks ------------------------------------------------------------------------------------
+def _every(names: list[str] | None) -> str:
+    """A webhook's tables or ops for a person: the names, or every one (None)."""
+    return "(all)" if names is None else ", ".join(names)
+
+
+def _shown(value: Any) -> Any:
+    """A field a webhook or dead letter may leave empty (no error, no attempt yet)."""
+    if isinstance(value, bool):
+        return _yes(value)
+    return "-" if value is None else value
+
+
+def _yes(value: Any) -> str:
+    return "yes" if value else "no"
+
+
+def _webhook_create(args: argparse.Namespace, client: Client, out: Output) -> int:
+    made = client.create_webhook(args.database, args.endpoint, branch=args.branch,
+                                 tables=_names(args.table), ops=_names(args.op),
+                                 batch_size=args.batch_size, max_attempts=args.max_attempts,
+                                 max_age=args.max_age, since=args.since)
+    if out.as_json:
+        out.json(made)
+        return 0
+    out.fields({"id": made["id"], "database": made["database"], "branch": made["branch"],
+                "url": made["url"], "tables": _every(made["tables"]),
+                "ops": _every(made["ops"]), "batch_size": made["batch_size"],
+                "max_attempts": made["max_attempts"], "max_age": made["max_age"],
+                "created_at": made["created_at"]})
+    out.plain(f"secret: {made['secret']}")  # one unbroken line, easy to copy
+    out.message("The secret is shown this once: give it to the receiver now, which "
+                "verifies each delivery's webhook-signature with it (Standard Webhooks).")
+    return 0
+
+
+def _webhook_list(args: argparse.Namespace, client: Client, out: Output) -> int:
+    hooks = client.webhooks(args.database)
+    if out.as_json:
+        out.json({"webhooks": hooks})
+        return 0
+    rows = []
+    for hook in hooks:
+        delivery = hook.get("delivery") or {}
+        rows.append([hook["id"], hook["branch"], hook["url"], _every(hook["tables"]),
+                     _every(hook["ops"]), delivery.get("delivered"),
+                     delivery.get("dead_letters"), _yes(delivery.get("retrying"))])
+    out.table(["id", "branch", "url", "tables", "ops", "delivered", "dead letters",
+               "retrying"], rows,
+              f"{len(hooks)} webhook{'s' * (len(hooks) != 1)}"
+              + ("; 'shoal webhook show' has the last error" if hooks else ""), whole=("id",))
+    return 0
+
+
+DELIVERY_FIELDS = ("cursor", "retrying", "attempts", "next_attempt_at", "last_error",
+                   "last_attempt_at", "last_success_at", "delivered", "dead_letters")
+
+
+def _webhook_show(args: argparse.Namespace, client: Client, out: Output) -> int:
+    hook = client.webhook(args.database, args.id)
+    if out.as_json:
+        out.json(hook)
+        return 0
+    delivery = hook.get("delivery") or {}
+    out.fields({"id": hook["id"], "database": hook["database"], "branch": hook["branch"],
+                "url": hook["url"], "tables": _every(hook["tables"]),
+                "ops": _every(hook["ops"]), "batch_size": hook["batch_size"],
+                "max_attempts": hook["max_attempts"], "max_age": hook["max_age"],
+                "created_at": hook["created_at"]}
+               | {name: _shown(delivery.get(name)) for name in DELIVERY_FIELDS})
+    return 0
+
+
+def _webhook_delete(args: argparse.Namespace, client: Client, out: Output) -> int:
+    client.delete_webhook(args.database, args.id)
+    out.done({"deleted": args.id}, f"deleted webhook {args.id} and its dead letters")
+    return 0
+
+
+def _dead_letters(args: argparse.Namespace, client: Client, out: Output) -> int:
+    letters = client.dead_letters(args.database, args.id)
+    if out.as_json:
+        out.json({"dead_letters": letters})
+        return 0
+    out.table(["id", "events", "attempts", "dead_at", "error", "replaying"],
+              [[x["id"], len(x["events"]), x["attempts"], x["dead_at"], x["error"],
+                _yes(x["replaying"])] for x in letters],
+              f"{len(letters)} dead letter{'s' * (len(letters) != 1)}"
+              + ("; 'shoal webhook replay' delivers them again" if letters else ""),
+              whole=("id",))
+    return 0
+
+
+def _webhook_replay(args: argparse.Namespace, client: Client, out: Output) -> int:
+    marked = client.replay_dead_letters(args.database, args.id, args.letter)
+    text = f"replaying {len(marked)} dead letter{'s' * (len(marked) != 1)}"
+    if marked:
+        text += f": {', '.join(marked)}; each leaves the list once delivered"
+    out.done({"replaying": marked}, text)
+    return 0
+
+
+def _webhook_discard(args: argparse.Namespace, client: Client, out: Output) -> int:
+    client.delete_dead_letter(args.database, args.id, args.letter)
+    out.done({"discarded": args.letter}, f"discarded dead letter {args.letter} of webhook "
+                                         f"{args.id} (not delivered)")
+    return 0
+
+
 def _branch_option(p: argparse.ArgumentParser, text: str) -> None:
     """--branch: which branch of the command's database; the URL's branch of it by default."""
     p.add_argument("--branch", default=None, metavar="BRANCH",
@@ -869,6 +981,69 @@ def _add_branch_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
                    help="without --follow: how long to wait for a first change, up to 25 "
                         "(default 1: a commit reaches the feed once it is durable)")
     p.set_defaults(func=_client_command(_changes))
+
+
+def _add_webhook_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                          common: argparse.ArgumentParser) -> None:
+    hook = sub.add_parser("webhook", help="deliver a branch's changes to a URL; dead letters "
+                                          "(needs an admin token for the database)")
+    hs = hook.add_subparsers(dest="webhook_command", required=True,
+                             metavar="{create,list,show,delete,dead-letters,replay,discard}")
+    p = _client_parser(hs, "create", common,
+                       "make a webhook: the branch's committed row changes POSTed to URL in "
+                       "signed batches; prints its id and its secret (shown once)")
+    p.add_argument("database")
+    p.add_argument("endpoint", metavar="URL",  # not dest url: --url is the server's
+                   help="where the batches go: an http:// or https:// URL")
+    _branch_option(p, "the branch whose changes to deliver")
+    p.add_argument("--table", action="append", default=[], metavar="TABLE",
+                   help="only this table's changes (repeat, or a,b)")
+    p.add_argument("--op", action="append", default=[], type=_op_list, metavar="OP",
+                   help=f"only these operations: {', '.join(FEED_OPS)} (repeat, or a,b)")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="events a request carries at most (default 100)")
+    p.add_argument("--max-attempts", type=int, default=None, metavar="N",
+                   help="attempts of a batch before it becomes a dead letter (default 16)")
+    p.add_argument("--max-age", type=float, default=None, metavar="SECONDS",
+                   help="seconds from a batch's first attempt after which it becomes a dead "
+                        "letter (default 86400)")
+    p.add_argument("--since", default=None, metavar="CURSOR|TIME",
+                   help="deliver the changes after this cursor (a bookmark, a change's "
+                        "cursor) or ISO 8601 time; default: from now")
+    p.set_defaults(func=_client_command(_webhook_create))
+    p = _client_parser(hs, "list", common, "a database's webhooks and how their deliveries go")
+    p.add_argument("database")
+    p.set_defaults(func=_client_command(_webhook_list))
+    p = _client_parser(hs, "show", common,
+                       "a webhook and its delivery state: cursor, retrying, attempts, last "
+                       "error, delivered, dead letters")
+    p.add_argument("database")
+    p.add_argument("id")
+    p.set_defaults(func=_client_command(_webhook_show))
+    p = _client_parser(hs, "delete", common,
+                       "delete a webhook (its deliveries stop; its dead letters go too)")
+    p.add_argument("database")
+    p.add_argument("id")
+    p.set_defaults(func=_client_command(_webhook_delete))
+    p = _client_parser(hs, "dead-letters", common,
+                       "the batches a webhook gave up on, oldest first (--json: with their "
+                       "events)")
+    p.add_argument("database")
+    p.add_argument("id")
+    p.set_defaults(func=_client_command(_dead_letters))
+    p = _client_parser(hs, "replay", common,
+                       "deliver a webhook's dead letters again (all, or the one named), "
+                       "before its next batch")
+    p.add_argument("database")
+    p.add_argument("id")
+    p.add_argument("letter", nargs="?", default=None,
+                   help="the dead letter's id (default: every one)")
+    p.set_defaults(func=_client_command(_webhook_replay))
+    p = _client_parser(hs, "discard", common, "delete a dead letter without delivering it")
+    p.add_argument("database")
+    p.add_argument("id")
+    p.add_argument("letter", help="the dead letter's id")
+    p.set_defaults(func=_client_command(_webhook_discard))
 
 
 def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -945,6 +1120,7 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("id")
     p.set_defaults(func=_client_command(_token_revoke))
     _add_branch_commands(sub, common)
+    _add_webhook_commands(sub, common)
 
 
 def build_parser() -> argparse.ArgumentParser:

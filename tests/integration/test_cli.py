@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 
 from shoal import cli
 from shoal.client import Change, Client
+from tests.support.receiver import Receiver
 from tests.support.server import ServerProcess
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -383,6 +385,108 @@ def test_changes_after_a_restore_says_where_to_go_on(shoal: Run, admin: httpx.Cl
     assert shoal("changes", db, "--since", hint, "--wait", "0").returncode == 0
 
 
+def _until(probe: Callable[[], Any], ok: Callable[[Any], bool], what: str) -> Any:
+    """Poll the HTTP API (not a subprocess each time) until ``ok``."""
+    deadline = time.monotonic() + 30
+    while not ok(found := probe()):
+        assert time.monotonic() < deadline, f"{what}: {found}"
+        time.sleep(0.1)
+    return found
+
+
+def test_webhook_commands_and_a_delivery(shoal: Run, admin: httpx.Client,
+                                         new_db: Callable[[], str]) -> None:
+    db = new_db()
+    _rows(admin, db, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+    _rows(admin, db, "CREATE TABLE u (k TEXT PRIMARY KEY)")
+    _rows(admin, db, "INSERT INTO t VALUES (0, 'before')")
+    with Receiver() as receiver:
+        made = _json(shoal("webhook", "create", db, receiver.url, "--table", "t",
+                           "--op", "insert,update", "--batch-size", "5", "--max-attempts", "3",
+                           "--max-age", "60", "--since", "2000-01-01T00:00:00Z", "--json"))
+        receiver.secret = made["secret"]
+        hook = made["id"]
+        assert made["secret"].startswith("whsec_") and hook.startswith("wh_")
+        assert (made["branch"], made["url"], made["tables"], made["ops"]) == (
+            "main", receiver.url, ["t"], ["insert", "update"])
+        assert (made["batch_size"], made["max_attempts"], made["max_age"]) == (5, 3, 60)
+        _rows(admin, db, "INSERT INTO t VALUES (1, 'a')")
+        _rows(admin, db, "INSERT INTO u VALUES ('x')")  # not its table
+        _rows(admin, db, "UPDATE t SET v = 'b' WHERE id = 1")
+        events = receiver.wait_for(3)
+        assert [(e["op"], e["key"]) for e in events] == [
+            ("insert", [0]), ("insert", [1]), ("update", [1])]  # since a time: row 0 too
+        assert receiver.bad_signatures == 0
+        _until(lambda: admin.get(f"/v1/databases/{db}/webhooks/{hook}").json(),
+               lambda h: h["delivery"]["delivered"] == 3, "delivered")  # saved each second
+        shown = _json(shoal("webhook", "show", db, hook, "--json"))
+        assert "secret" not in shown and shown["delivery"]["delivered"] == 3
+        assert shown["delivery"]["cursor"] and shown["delivery"]["retrying"] is False
+        table = shoal("webhook", "show", db, hook)
+        assert table.returncode == 0, table.stderr
+        for name in ("cursor", "retrying", "attempts", "last_error", "delivered",
+                     "dead_letters", receiver.url, "insert, update"):
+            assert name in table.stdout, name
+        listed = _json(shoal("webhook", "list", db, "--json"))["webhooks"]
+        assert [h["id"] for h in listed] == [hook] and "secret" not in listed[0]
+        text = shoal("webhook", "list", db)
+        assert text.returncode == 0 and hook in text.stdout and "1 webhook" in text.stdout
+    deleted = shoal("webhook", "delete", db, hook)
+    assert deleted.returncode == 0 and f"deleted webhook {hook}" in deleted.stdout
+    assert _json(shoal("webhook", "list", db, "--json")) == {"webhooks": []}
+    missing = shoal("webhook", "show", db, hook)
+    assert missing.returncode == 1 and missing.stderr.startswith("error WEBHOOK_NOT_FOUND: ")
+
+
+def test_webhook_dead_letters_replay_and_discard(shoal: Run, admin: httpx.Client,
+                                                 new_db: Callable[[], str]) -> None:
+    db = new_db()
+    _rows(admin, db, "CREATE TABLE t (id INTEGER PRIMARY KEY)")
+    with Receiver() as receiver:
+        receiver.down = True  # 503 to everything
+        made = shoal("webhook", "create", db, receiver.url, "--batch-size", "1",
+                     "--max-attempts", "1")
+        assert made.returncode == 0, made.stderr
+        secret = [ln for ln in made.stdout.splitlines() if ln.startswith("secret: ")]
+        assert len(secret) == 1 and secret[0].startswith("secret: whsec_")
+        assert "shown this once" in " ".join(made.stdout.split())
+        receiver.secret = secret[0].removeprefix("secret: ")
+        hook = admin.get(f"/v1/databases/{db}/webhooks").json()["webhooks"][0]["id"]
+        assert hook in made.stdout
+        _rows(admin, db, "INSERT INTO t VALUES (1)")
+        _rows(admin, db, "INSERT INTO t VALUES (2)")
+        letters_url = f"/v1/databases/{db}/webhooks/{hook}/dead-letters"
+        _until(lambda: admin.get(letters_url).json()["dead_letters"],
+               lambda x: len(x) == 2, "two dead letters")
+        letters = _json(shoal("webhook", "dead-letters", db, hook, "--json"))["dead_letters"]
+        assert [[e["key"] for e in x["events"]] for x in letters] == [[[1]], [[2]]]
+        table = shoal("webhook", "dead-letters", db, hook)
+        assert table.returncode == 0 and "2 dead letters" in table.stdout
+        assert "HTTP 503" in table.stdout and letters[0]["id"] in table.stdout
+        first, second = letters[0]["id"], letters[1]["id"]
+        assert _json(shoal("webhook", "discard", db, hook, first, "--json")) == {
+            "discarded": first}
+        receiver.down = False
+        replayed = shoal("webhook", "replay", db, hook, second)
+        assert replayed.returncode == 0 and f"replaying 1 dead letter: {second}" in \
+            replayed.stdout
+        assert [e["key"] for e in receiver.wait_for(1)] == [[2]]  # the discarded one: never
+        _until(lambda: admin.get(letters_url).json()["dead_letters"], lambda x: x == [],
+               "the replayed letter delivered")
+        assert _json(shoal("webhook", "replay", db, hook, "--json")) == {"replaying": []}
+        assert receiver.bad_signatures == 0
+    again = shoal("webhook", "discard", db, hook, first)
+    assert again.returncode == 1 and again.stderr.startswith("error DEAD_LETTER_NOT_FOUND: ")
+    for args, code in ((["nosuch", "http://h/"], "DATABASE_NOT_FOUND"),
+                       ([db, "ftp://h/"], "INVALID_REQUEST"),
+                       ([db, "http://h/", "--branch", "nope"], "BRANCH_NOT_FOUND")):
+        failed = shoal("webhook", "create", *args)
+        assert failed.returncode == 1 and failed.stderr.startswith(f"error {code}: "), args
+    for args in (["--op", "upsert"], ["--max-attempts", "many"]):
+        usage = shoal("webhook", "create", db, "http://h/", *args)
+        assert usage.returncode == 2 and args[1] in usage.stderr
+
+
 def test_client_commands_run_without_apsw(server: ServerProcess, admin: httpx.Client,
                                           new_db: Callable[[], str]) -> None:
     """`shoal sql` where apsw cannot be imported: the client side needs none of the server."""
@@ -441,7 +545,7 @@ def test_local_admin_token_fallback(shoal: Run, server: ServerProcess, tmp_path:
 
 
 @pytest.mark.parametrize("command", [["sql"], ["shell"], ["db", "list"], ["token", "create"],
-                                     ["changes"]])
+                                     ["changes"], ["webhook", "create"], ["webhook", "replay"]])
 def test_help_says_where_the_token_comes_from(command: list[str],
                                               capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:

@@ -15,6 +15,7 @@ import math
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -508,6 +509,60 @@ def test_async_client_shares_the_request_shapes() -> None:
     assert seen[0].headers["idempotency-key"] == "k"
     assert _body(seen[0]) == {"statements": [{"sql": "SELECT ?", "args": [{"base64": "eA=="}]}]}
     assert log == ["query", "transactions", "query", "commit", "transactions", "rollback"]
+
+
+def test_webhook_requests() -> None:
+    """Paths, bodies (what is left None is left to the server; the branch is the one a query
+    would reach), ids quoted; an empty id is refused, never taken for the list or for all."""
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.method == "DELETE":
+            return httpx.Response(204)
+        if request.url.path.endswith("/replay"):
+            return httpx.Response(202, json={"replaying": ["l1"]})
+        if request.url.path.endswith("/dead-letters"):
+            return httpx.Response(200, json={"dead_letters": [{"id": "l1"}]})
+        if request.url.path.endswith("/webhooks") and request.method == "GET":
+            return httpx.Response(200, json={"webhooks": [{"id": "wh_1"}]})
+        return httpx.Response(200 if request.method == "GET" else 201, json={"id": "wh_1"})
+
+    with Client("http://h:1/db/orders/branches/preview", "tok",
+                transport=_mock(seen, handle)) as c:
+        assert c.create_webhook(None, "https://r/x", tables="t") == {"id": "wh_1"}
+        c.create_webhook("billing", "https://r/y", ops=("delete",), batch_size=5,
+                         max_attempts=2, max_age=60.5,
+                         since=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+        c.create_webhook(None, "https://r/z", branch="main", since="c1")
+        assert c.webhooks() == [{"id": "wh_1"}]
+        assert c.webhook("billing", "wh/1") == {"id": "wh_1"}
+        assert c.delete_webhook(None, "wh_1") is None
+        assert c.dead_letters(None, "wh_1") == [{"id": "l1"}]
+        assert c.replay_dead_letters(None, "wh_1") == ["l1"]
+        assert c.replay_dead_letters(None, "wh_1", "l1") == ["l1"]
+        assert c.delete_dead_letter(None, "wh_1", "l1") is None
+        for call in (lambda: c.webhook(None, ""), lambda: c.delete_webhook(None, ""),
+                     lambda: c.dead_letters(None, ""),
+                     lambda: c.replay_dead_letters(None, "wh_1", ""),
+                     lambda: c.delete_dead_letter(None, "wh_1", ""),
+                     lambda: c.create_webhook(None, "https://r/", ops=[]),
+                     lambda: c.create_webhook(None, "https://r/", since=datetime(2026, 1, 2))):
+            with pytest.raises(ValueError):
+                call()
+    base = "/v1/databases/orders/webhooks"
+    assert [(r.method, r.url.raw_path.decode()) for r in seen] == [
+        ("POST", base), ("POST", "/v1/databases/billing/webhooks"), ("POST", base),
+        ("GET", base), ("GET", "/v1/databases/billing/webhooks/wh%2F1"),
+        ("DELETE", f"{base}/wh_1"), ("GET", f"{base}/wh_1/dead-letters"),
+        ("POST", f"{base}/wh_1/dead-letters/replay"),
+        ("POST", f"{base}/wh_1/dead-letters/l1/replay"),
+        ("DELETE", f"{base}/wh_1/dead-letters/l1")]
+    assert _body(seen[0]) == {"url": "https://r/x", "branch": "preview", "tables": ["t"]}
+    assert _body(seen[1]) == {"url": "https://r/y", "branch": "main", "ops": ["delete"],
+                              "batch_size": 5, "max_attempts": 2, "max_age": 60.5,
+                              "since": "2026-01-02T03:04:05+00:00"}
+    assert _body(seen[2]) == {"url": "https://r/z", "branch": "main", "since": "c1"}
+    assert _body(seen[7]) == {}
 
 
 # -- DB-API pieces that need no server ---------------------------------------------------------

@@ -30,6 +30,10 @@ cookie, the next invocation); ``remember(bookmark)`` or ``bookmarks=[...]`` take
 
 ``db.changes(since=cursor)`` iterates over a branch's committed row changes
 (:class:`Change`), long-polling page after page; ``async for`` on ``AsyncClient``'s.
+``db.create_webhook(None, url)`` has the server POST them to ``url`` instead (admin; the
+answer holds the signing secret, shown once); ``webhooks``, ``webhook``,
+``delete_webhook``, and the batches given up on: ``dead_letters``,
+``replay_dead_letters``, ``delete_dead_letter``.
 
 Failures raise :class:`ClientError` subclasses carrying the server's stable ``code``.
 The DB-API 2.0 (PEP 249) module built on this client is :mod:`shoal.dbapi`.

@@ -168,6 +168,37 @@ class AsyncClient(BaseClient):
                       branch: str | None = None) -> dict[str, Any]:
         return await self._send(self._history(database, branch))
 
+    async def create_webhook(self, database: str | None, url: str, *,
+                             branch: str | None = None,
+                             tables: str | Iterable[str] | None = None,
+                             ops: str | Iterable[str] | None = None,
+                             batch_size: int | None = None, max_attempts: int | None = None,
+                             max_age: float | None = None,
+                             since: str | datetime | None = None) -> dict[str, Any]:
+        return await self._send(self._create_webhook(database, url, branch, tables, ops,
+                                                     batch_size, max_attempts, max_age, since))
+
+    async def webhooks(self, database: str | None = None) -> list[dict[str, Any]]:
+        return await self._send(self._webhooks(database))
+
+    async def webhook(self, database: str | None, webhook_id: str) -> dict[str, Any]:
+        return await self._send(self._webhook(database, webhook_id))
+
+    async def delete_webhook(self, database: str | None, webhook_id: str) -> None:
+        await self._send(self._delete_webhook(database, webhook_id))
+
+    async def dead_letters(self, database: str | None,
+                           webhook_id: str) -> list[dict[str, Any]]:
+        return await self._send(self._dead_letters(database, webhook_id))
+
+    async def replay_dead_letters(self, database: str | None, webhook_id: str,
+                                  letter: str | None = None) -> list[str]:
+        return await self._send(self._replay_dead_letters(database, webhook_id, letter))
+
+    async def delete_dead_letter(self, database: str | None, webhook_id: str,
+                                 letter: str) -> None:
+        await self._send(self._delete_dead_letter(database, webhook_id, letter))
+
     def changes(self, since: str | None = None, *, database: str | None = None,
                 branch: str | None = None, tables: str | Iterable[str] | None = None,
                 ops: str | Iterable[str] | None = None, wait: float = 25.0,

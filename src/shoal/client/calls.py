@@ -462,6 +462,59 @@ class BaseClient:
         return Call("GET", self._data_path(*key) + "/changes", parse_changes_page,
                     params=params, wait=wait)
 
+    # -- webhooks ----------------------------------------------------------------------------
+    def _hooks_path(self, database: str | None, webhook_id: str | None = None) -> str:
+        """A database's webhooks, or one of them (an id is never left out by mistake: an
+        empty one would name the whole list)."""
+        path = self._db_path(database) + "/webhooks"
+        if webhook_id is None:
+            return path
+        return f"{path}/{quote(_given('webhook id', webhook_id), safe='')}"
+
+    def _create_webhook(self, database: str | None, url: str, branch: str | None,
+                        tables: str | Iterable[str] | None, ops: str | Iterable[str] | None,
+                        batch_size: int | None, max_attempts: int | None,
+                        max_age: float | None,
+                        since: str | datetime | None) -> Call[dict[str, Any]]:
+        """A webhook of a branch (found as a query's: the client's on its own database);
+        the server's defaults for what is left None."""
+        name, branch = self.resolve(database, branch)
+        body: dict[str, Any] = {"url": url, "branch": branch}
+        for key, value in (("tables", _names("tables", tables)), ("ops", _names("ops", ops)),
+                           ("batch_size", batch_size), ("max_attempts", max_attempts),
+                           ("max_age", max_age), ("since", _since(since))):
+            if value is not None:
+                body[key] = value
+        return Call("POST", self._hooks_path(name), _identity, body)
+
+    def _webhooks(self, database: str | None) -> Call[list[dict[str, Any]]]:
+        return Call("GET", self._hooks_path(database), lambda d: list(d["webhooks"]))
+
+    def _webhook(self, database: str | None, webhook_id: str) -> Call[dict[str, Any]]:
+        return Call("GET", self._hooks_path(database, webhook_id), _identity)
+
+    def _delete_webhook(self, database: str | None, webhook_id: str) -> Call[None]:
+        return Call("DELETE", self._hooks_path(database, webhook_id), _nothing)
+
+    def _dead_letters(self, database: str | None,
+                      webhook_id: str) -> Call[list[dict[str, Any]]]:
+        return Call("GET", self._hooks_path(database, webhook_id) + "/dead-letters",
+                    lambda d: list(d["dead_letters"]))
+
+    def _replay_dead_letters(self, database: str | None, webhook_id: str,
+                             letter: str | None) -> Call[list[str]]:
+        """Every dead letter of the webhook (``letter`` None), or the one named: an empty
+        name is refused, never taken for all of them."""
+        path = self._hooks_path(database, webhook_id) + "/dead-letters"
+        if letter is not None:
+            path += "/" + quote(_given("dead letter id", letter), safe="")
+        return Call("POST", path + "/replay", lambda d: list(d["replaying"]), {})
+
+    def _delete_dead_letter(self, database: str | None, webhook_id: str,
+                            letter: str) -> Call[None]:
+        return Call("DELETE", self._hooks_path(database, webhook_id) + "/dead-letters/"
+                    + quote(_given("dead letter id", letter), safe=""), _nothing)
+
     def _list(self, limit: int | None, page_size: int) -> Plan[list[dict[str, Any]]]:
         """Follow ``next_cursor`` until the list (or ``limit`` entries) is complete."""
         out: list[dict[str, Any]] = []
@@ -554,6 +607,23 @@ def _names(what: str, given: str | Iterable[str] | None) -> tuple[str, ...] | No
     if not names:
         raise ValueError(f"{what}: name at least one, or pass None for all")
     return names
+
+
+def _given(what: str, value: str) -> str:
+    """An id a call needs (a webhook's, a dead letter's): never empty."""
+    if not value:
+        raise ValueError(f"{what}: give one")
+    return value
+
+
+def _since(since: str | datetime | None) -> str | None:
+    """Where a webhook starts, as the API takes it: a cursor (or bookmark), an ISO 8601
+    time (a datetime needs a zone), "now"; None: the server's default (now)."""
+    if isinstance(since, datetime):
+        if since.tzinfo is None:
+            raise ValueError("a datetime since needs a time zone (e.g. UTC)")
+        return since.isoformat()
+    return since
 
 
 class BaseFeed:

@@ -223,6 +223,54 @@ class Client(BaseClient):
                           ops=ops, wait=wait, limit=limit, follow=follow, retry_for=retry_for)
 
 
+    # -- webhooks ----------------------------------------------------------------------------
+    def create_webhook(self, database: str | None, url: str, *, branch: str | None = None,
+                       tables: str | Iterable[str] | None = None,
+                       ops: str | Iterable[str] | None = None, batch_size: int | None = None,
+                       max_attempts: int | None = None, max_age: float | None = None,
+                       since: str | datetime | None = None) -> dict[str, Any]:
+        """A webhook (admin): the branch's committed row changes POSTed to ``url`` in signed
+        batches (Standard Webhooks). ``database`` None: the client's; ``branch`` None: the
+        client's branch of it, else main. ``tables`` and ``ops`` filter as
+        :meth:`changes` does; ``batch_size`` (events a request), ``max_attempts`` and
+        ``max_age`` (seconds) before a batch becomes a dead letter; ``since`` a cursor, a
+        time or None (from now). None leaves a setting to the server's default. The answer
+        holds ``secret`` (``whsec_...``), which the receiver verifies signatures with: it
+        is shown this once."""
+        return self._send(self._create_webhook(database, url, branch, tables, ops, batch_size,
+                                                max_attempts, max_age, since))
+
+    def webhooks(self, database: str | None = None) -> list[dict[str, Any]]:
+        """A database's webhooks, each with its ``delivery`` state (no secret)."""
+        return self._send(self._webhooks(database))
+
+    def webhook(self, database: str | None, webhook_id: str) -> dict[str, Any]:
+        """One webhook, with its ``delivery``: ``cursor``, ``retrying``, ``attempts``,
+        ``next_attempt_at``, ``last_error``, ``last_attempt_at``, ``last_success_at``,
+        ``delivered`` (events, ever), ``dead_letters`` (batches, ever)."""
+        return self._send(self._webhook(database, webhook_id))
+
+    def delete_webhook(self, database: str | None, webhook_id: str) -> None:
+        """Stop its deliveries and drop it, with its dead letters."""
+        self._send(self._delete_webhook(database, webhook_id))
+
+    def dead_letters(self, database: str | None, webhook_id: str) -> list[dict[str, Any]]:
+        """The batches given up on, oldest first, each whole: ``id``, ``since``, ``until``,
+        ``events``, ``attempts``, ``first_attempt_at``, ``dead_at``, ``error``,
+        ``replaying``."""
+        return self._send(self._dead_letters(database, webhook_id))
+
+    def replay_dead_letters(self, database: str | None, webhook_id: str,
+                            letter: str | None = None) -> list[str]:
+        """Deliver dead letters again (all, or ``letter``), before the next batch; the ids
+        marked. A replayed letter leaves the list once delivered."""
+        return self._send(self._replay_dead_letters(database, webhook_id, letter))
+
+    def delete_dead_letter(self, database: str | None, webhook_id: str, letter: str) -> None:
+        """Drop a dead letter without delivering it."""
+        self._send(self._delete_dead_letter(database, webhook_id, letter))
+
+
 class ChangeFeed(BaseFeed):
     """The iterator :meth:`Client.changes` returns: each page is one request, so stopping
     (``break``, :meth:`close`) leaves nothing open; ``cursor`` is where it stands."""

@@ -296,9 +296,10 @@ class Deliverer:
             await asyncio.wait((page, woken), return_when=asyncio.FIRST_COMPLETED)
         finally:
             woken.cancel()
-            if not page.done():
-                page.cancel()
-        return None if page.cancelled() else page.result()
+            answered = page.done()
+            if not answered:
+                page.cancel()  # carried out at the task's next step: not cancelled() yet
+        return page.result() if answered else None
 
     async def _batch(self, since: str, until: str) -> list[dict[str, Any]]:
         """The events after ``since`` up to the one whose cursor is ``until``."""
