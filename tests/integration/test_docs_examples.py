@@ -16,3 +16,8 @@ def test_quickstart_python_examples_run(server: ServerProcess) -> None:
     scope: dict[str, object] = {"token": server.admin_token}
     for block in blocks:
         exec(block.replace("http://127.0.0.1:8080", server.url), scope)
+    # the webhook receiver's inbox holds the two changes, once each, in commit order
+    inbox = scope["inbox"].execute(  # type: ignore[attr-defined]
+        "SELECT json_extract(event, '$.op'), json_extract(event, '$.table') FROM inbox "
+        "ORDER BY rowid").fetchall()
+    assert inbox == [("insert", "p"), ("delete", "p")], inbox
