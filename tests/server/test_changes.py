@@ -258,3 +258,23 @@ def test_a_feed_from_a_time(admin: httpx.Client, fed: tuple[str, str]) -> None:
     assert brief(early) == [("posts", "insert", [1]), ("posts", "insert", [2])]
     error_of(admin.get(f"/v1/databases/{db}/changes", params={"since": "2026-13-45"}), 400,
              "INVALID_REQUEST")
+
+
+@pytest.mark.parametrize("feed_sync, synced", [("os", False), ("commit", True)])
+def test_the_spool_is_synced_with_each_commit_only_when_asked(
+        start_server: Callable[..., ServerProcess], monkeypatch: pytest.MonkeyPatch,
+        feed_sync: str, synced: bool) -> None:
+    """feed_sync = "commit": every commit with changes also syncs the spool; "os" (the
+    default) leaves that to the OS (written before the COMMIT all the same)."""
+    from shoal.feed.spool import Spool
+    calls: list[int] = []
+    real = Spool.sync
+    monkeypatch.setattr(Spool, "sync", lambda self: calls.append(1) or real(self))
+    node = start_server(feed_sync=feed_sync)
+    with node.client() as client:
+        ok(client.post("/v1/databases", json={"name": "s"}), 201)
+        ok(query(client, "s", "CREATE TABLE t(id INTEGER PRIMARY KEY)"))
+        before = len(calls)
+        for n in range(3):
+            ok(query(client, "s", f"INSERT INTO t VALUES ({n})"))
+        assert (len(calls) - before >= 3) is synced, calls

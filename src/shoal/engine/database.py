@@ -1095,8 +1095,9 @@ class Database:
     def _capture_end(self, conn: Connection, txid: int) -> bytes | None:
         """Just before the COMMIT of ``txid``: its row changes, encoded (b"": none; None:
         not captured, the capture being off or failing for this commit, which the feed
-        then says). They are in the spool before the COMMIT, synced as the commit is
-        (``synchronous = full``), so a crash never keeps the commit without them."""
+        then says). They are in the spool (written to the OS) before the COMMIT, so a
+        killed node never keeps the commit without them; with ``feed_sync = "commit"``
+        the spool is also synced as the commit is, against a power cut."""
         if self.changes is None or self.spool is None:
             return None
         with conn.unguarded():
@@ -1114,7 +1115,8 @@ class Database:
         shipper = self.journal.shipper
         self.spool.append(txid, self.timeline or "", blob,
                           shipper.durable_txid if shipper is not None else -1)
-        if self.settings.synchronous == "full":  # beside SQLite's fsync of the COMMIT
+        if self.settings.synchronous == "full" and self.settings.feed_sync == "commit":
+            # beside SQLite's fsync of the COMMIT
             self._spool_synced = self.journal.beside(self.spool.sync)
         return blob
 
