@@ -278,3 +278,42 @@ def test_the_spool_is_synced_with_each_commit_only_when_asked(
         for n in range(3):
             ok(query(client, "s", f"INSERT INTO t VALUES ({n})"))
         assert (len(calls) - before >= 3) is synced, calls
+
+
+def test_a_table_may_keep_no_old_rows(start_server: Callable[..., ServerProcess]) -> None:
+    """PUT .../feed {"tables_without_old"}: from the next commit on, that table's updates
+    and deletes come without ``old``; the setting is the database's (it outlives a
+    restart); reading it takes read access, changing it admin."""
+    node = start_server()
+    with node.client() as client:
+        ok(client.post("/v1/databases", json={"name": "o"}), 201)
+        start = ok(query(client, "o", "CREATE TABLE users(id INTEGER PRIMARY KEY, email TEXT)",
+                         "CREATE TABLE posts(id INTEGER PRIMARY KEY, title TEXT)",
+                         "INSERT INTO users VALUES (1, 'a@x')",
+                         "INSERT INTO posts VALUES (1, 'p')"))["meta"]["bookmark"]
+        assert ok(client.put("/v1/databases/o/feed", json={"tables_without_old": ["users"]})
+                  ) == {"database": "o", "tables_without_old": ["users"]}
+        ok(query(client, "o", "UPDATE users SET email = 'b@x'", "UPDATE posts SET title = 'q'"))
+        ok(query(client, "o", "DELETE FROM users", "DELETE FROM posts"))
+        changes, at = follow(client, "o", start, 4)
+        old = {(c["table"], c["op"]): c["old"] for c in changes}
+        assert old == {("users", "update"): None, ("users", "delete"): None,
+                       ("posts", "update"): {"id": 1, "title": "p"},
+                       ("posts", "delete"): {"id": 1, "title": "q"}}
+        assert [c["new"] for c in changes if c["op"] == "update" and c["table"] == "users"
+                ] == [{"id": 1, "email": "b@x"}]
+        _, reader = make_token(client, ["o"], "read")
+        with node.client(reader) as r:
+            assert ok(r.get("/v1/databases/o/feed"))["tables_without_old"] == ["users"]
+            error_of(r.put("/v1/databases/o/feed", json={"tables_without_old": []}), 403,
+                     "FORBIDDEN")
+        error_of(client.put("/v1/databases/o/feed", json={"tables": []}), 400,
+                 "INVALID_REQUEST")
+    node.restart()  # type: ignore[attr-defined]
+    with node.client() as client:
+        assert ok(client.get("/v1/databases/o/feed"))["tables_without_old"] == ["users"]
+        ok(query(client, "o", "INSERT INTO users VALUES (2, 'c@x')",
+                 "UPDATE users SET email = 'd@x' WHERE id = 2"))
+        ok(query(client, "o", "UPDATE users SET email = 'e@x' WHERE id = 2"))
+        changes, _ = follow(client, "o", at, 2)
+        assert [(c["op"], c["old"]) for c in changes] == [("insert", None), ("update", None)]

@@ -373,6 +373,7 @@ class Database:
         # unshipped page bytes past which writes are refused (max_unshipped_bytes; 0: never)
         self._backlog_limit: float = settings.max_unshipped_bytes or math.inf
         self.size_limit = 0  # bytes the file may hold (the database's size_bytes; 0: none)
+        self._without_old: frozenset[str] = frozenset()  # see without_old
         self.follower = follower  # a replica's copy: readers only, no WAL (engine/replica.py)
         # the change feed's capture of each write transaction (shoal.feed), with a log
         # only, and the spool that keeps the changes of commits the store may lack
@@ -412,6 +413,7 @@ class Database:
             self.layout = layout or tables.CURRENT
             if self.journal is not None and self.settings.capture_changes:
                 self.changes = ChangeCapture(writer.raw, tables.hidden)
+                self.changes.without_old = self._without_old
                 spool = Spool(self.path)
                 spool.open()
                 self.spool = spool
@@ -1081,6 +1083,18 @@ class Database:
             raise
         finally:
             self._spool_settled()
+
+    @property
+    def without_old(self) -> frozenset[str]:
+        """The tables whose feed changes keep no old row (the database's feed settings):
+        from the next commit on."""
+        return self._without_old
+
+    @without_old.setter
+    def without_old(self, tables: frozenset[str]) -> None:
+        self._without_old = tables
+        if self.changes is not None:
+            self.changes.without_old = tables
 
     def _capture_start(self) -> None:
         """Right after BEGIN of a user's write: record its row changes from here on."""

@@ -746,6 +746,28 @@ class Engine:
                              earliest=make_bookmark(name, branch, exc.earliest,
                                                     timeline)) from None
 
+    async def feed_settings(self, principal: tokens.Principal, name: str) -> tuple[str, ...]:
+        """The tables of ``name`` whose change feed keeps no old rows (the record's)."""
+        check_name(name)
+        principal.require("read", name)
+        self.require_database(name)
+        live = await self._io(self.registry.live, name)
+        return live.without_old if live is not None else ()
+
+    async def set_feed_settings(self, principal: tokens.Principal, name: str,
+                                without_old: tuple[str, ...]) -> tuple[str, ...]:
+        """Keep no old rows in the feed for these tables of ``name`` from the next commit on
+        (stored in the database's record; the open branches here take it at once, the
+        others when they open: a database's writes are its leader's, where this runs)."""
+        check_name(name)
+        principal.require("admin", name)
+        self.require_database(name)
+        await self._io(self.registry.set_without_old, name, without_old)
+        for (open_name, _), db in list(self.lifecycle.open.items()):
+            if open_name == name:
+                db.without_old = frozenset(without_old)
+        return without_old
+
     # -- webhooks (engine/webhooks.py; the server delivers them) ------------------------------
     @property
     def _hooks(self) -> WebhookRecords:

@@ -126,6 +126,7 @@ class LogState:
     snapshot_time: float  # of the timeline's latest snapshot (its creation if none)
     log_bytes: int  # segment bytes after that snapshot
     timeline: Timeline | None = None  # the timeline's record as read (the claim's condition)
+    without_old: tuple[str, ...] = ()  # the database's tables whose feed keeps no old rows
 
 
 class CheckpointBlocked(TimeoutError):

@@ -257,7 +257,7 @@ class Registry:
 
     @mapped
     def set_limits(self, name: str, limits: dict[str, Any]) -> None:
-        branch_log.set_limits(self.store, name, limits)
+        branch_log.set_live(self.store, name, limits=dict(limits))
 
     @mapped
     def cors(self, name: str) -> tuple[str, ...]:
@@ -267,7 +267,11 @@ class Registry:
 
     @mapped
     def set_cors(self, name: str, origins: tuple[str, ...]) -> None:
-        branch_log.set_cors(self.store, name, origins)
+        branch_log.set_live(self.store, name, cors_origins=tuple(origins))
+
+    @mapped
+    def set_without_old(self, name: str, tables: tuple[str, ...]) -> None:
+        branch_log.set_live(self.store, name, without_old=tuple(tables))
 
     @mapped
     def sync_catalog(self, catalog: Catalog, full: bool = False) -> tuple[set[str], set[str]]:
@@ -452,7 +456,8 @@ class Registry:
         return out
 
     # -- opening a branch ----------------------------------------------------------------------
-    def _settled(self, name: str, branch: str) -> tuple[branch_log.Branch, Timeline]:
+    def _settled(self, name: str, branch: str
+                 ) -> tuple[branch_log.Branch, Timeline, tuple[str, ...]]:
         """The branch and its timeline's record, finishing first an operation that sealed
         the timeline and was cut short before it moved the branch (and separating
         branches that share a timeline, which only an older store can hold)."""
@@ -466,7 +471,8 @@ class Registry:
             record = branch_log.get_branch(self.store, name, branch)
             timeline = load_timeline(self.store, name, record.timeline)
             if timeline.sealed is None:
-                return record, timeline
+                live = found.live if found is not None else None
+                return record, timeline, live.without_old if live is not None else ()
             log.warning("%s/%s: finishing a %s cut short before it moved the branch", name,
                         branch, timeline.sealed.get("op", "branch operation"))
             branch_log.complete(self.store, name, timeline)
@@ -478,7 +484,7 @@ class Registry:
         missing, holds another timeline, was written by another node since this node's
         copy (which may then hold commits history does not have), or ``force``; then read
         the store's view of it."""
-        record, timeline = self._settled(name, branch)
+        record, timeline, without_old = self._settled(name, branch)
         marker = marker_path(path)
         try:
             held = marker.read_text().strip()
@@ -501,7 +507,7 @@ class Registry:
             self.discard_local(path)
             restore(self.store, name, record.timeline, path)
             _write_private(marker, record.timeline + "\n")
-        return self._state(name, record, timeline)
+        return replace(self._state(name, record, timeline), without_old=without_old)
 
     def _state(self, name: str, record: branch_log.Branch, timeline: Timeline) -> LogState:
         segs, snaps = listing(self.store, name, timeline)
@@ -532,6 +538,7 @@ class Registry:
                               self.node)
             db = Database(name, branch, str(path), self.settings, lane, journal)
             db.timeline = state.branch.timeline
+            db.without_old = frozenset(state.without_old)
             await db.open()
             if db.txid >= state.head_txid:
                 try:
@@ -612,7 +619,7 @@ class Registry:
 
     @mapped
     def head(self, name: str, branch: str) -> int:
-        record, timeline = self._settled(name, branch)
+        record, timeline, _ = self._settled(name, branch)
         return self._state(name, record, timeline).head_txid
 
     @mapped

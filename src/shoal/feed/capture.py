@@ -66,7 +66,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from operator import itemgetter
 from typing import Any
 
@@ -194,6 +194,9 @@ class ChangeCapture:
         self._refused: set[str] = set()  # tables not captured (asked again at every row)
         self._tables: dict[str, _Table | None] = {}  # definitions at schema _version
         self._version = -1
+        # tables whose changes keep no old row (the database's feed settings; set between
+        # transactions by the engine, read at finish)
+        self.without_old: frozenset[str] = frozenset()
 
     # -- the transaction -------------------------------------------------------------------
     def start(self) -> None:
@@ -242,6 +245,9 @@ class ChangeCapture:
                 data = b""
             changes = self._changes(data, version, gone, lost) if data else []
             self.lost = frozenset(lost)
+            if self.without_old:
+                changes = [replace(c, old=None) if c.table in self.without_old else c
+                           for c in changes]
             return changes
         finally:
             session.close()

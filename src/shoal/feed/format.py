@@ -70,7 +70,8 @@ class Change:
     columns: tuple[str, ...]  # the table's columns at commit, in table order
     key: tuple[SQLValue, ...]  # the primary key's values; (rowid,) without a declared one
     new: tuple[SQLValue, ...] | None  # the whole row after (insert, update); None: delete
-    old: tuple[SQLValue, ...] | None  # the whole row before (update, delete); None: insert
+    old: tuple[SQLValue, ...] | None  # the whole row before (update, delete); None: an
+    # insert's, or a change of a table that keeps no old values
 
 
 def _check(op: str, columns: Sequence[str], key: Sequence[SQLValue],
@@ -84,8 +85,8 @@ def _check(op: str, columns: Sequence[str], key: Sequence[SQLValue],
         return "an empty key"
     if (new is None) != (op == "delete"):
         return f"a {op} {'without' if new is None else 'with'} a new row"
-    if (old is None) != (op == "insert"):
-        return f"a {op} {'without' if old is None else 'with'} an old row"
+    if old is not None and op == "insert":  # (an update's or a delete's may be left out:
+        return "an insert with an old row"  # its table keeps no old values)
     for side, row in (("new", new), ("old", old)):
         if row is not None and len(row) != len(columns):
             return f"{side} row has {len(row)} values for {len(columns)} columns"

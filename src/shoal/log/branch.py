@@ -81,6 +81,7 @@ class Incarnation:
     deleted_at: float | None = None
     limits: dict[str, Any] = field(default_factory=dict)  # engine/quota.py, set by an admin
     cors_origins: tuple[str, ...] = ()  # shoal/origins.py: pages a browser may let call it
+    without_old: tuple[str, ...] = ()  # tables whose feed keeps no old rows (shoal/feed)
 
     def raw(self) -> dict[str, Any]:
         out = {"incarnation": self.id, "created_at": self.created_at,
@@ -89,6 +90,8 @@ class Incarnation:
             out["limits"] = self.limits
         if self.cors_origins:
             out["cors_origins"] = list(self.cors_origins)
+        if self.without_old:
+            out["feed_without_old"] = list(self.without_old)
         return out
 
 
@@ -116,6 +119,8 @@ class Record:
             out["limits"] = live.limits
         if live is not None and live.cors_origins:
             out["cors_origins"] = list(live.cors_origins)
+        if live is not None and live.without_old:
+            out["feed_without_old"] = list(live.without_old)
         return json.dumps(out, sort_keys=True).encode()
 
     def branch(self, name: str) -> Branch:
@@ -142,7 +147,8 @@ def _incarnation(raw: dict[str, Any]) -> Incarnation:
     return Incarnation(str(raw["incarnation"]), float(raw["created_at"]), dict(branches),
                        None if raw.get("deleted_at") is None else float(raw["deleted_at"]),
                        dict(raw.get("limits") or {}),
-                       tuple(str(o) for o in raw.get("cors_origins") or ()))
+                       tuple(str(o) for o in raw.get("cors_origins") or ()),
+                       tuple(str(t) for t in raw.get("feed_without_old") or ()))
 
 
 def _legacy_branches(store: ObjectStore, db: str) -> dict[str, dict[str, Any]]:
@@ -471,25 +477,15 @@ def separate(store: ObjectStore, db: str, now: float) -> list[str]:
 
 
 # -- deleting and undeleting databases ---------------------------------------------------------
-def set_limits(store: ObjectStore, db: str, limits: dict[str, Any]) -> Record:
-    """Replace the live database's limits (engine/quota.py): one conditional write."""
+def set_live(store: ObjectStore, db: str, **fields: Any) -> Record:
+    """Replace fields of the live database's incarnation (``limits``: engine/quota.py;
+    ``cors_origins``: shoal/origins.py; ``without_old``: the change feed's tables without
+    old rows): one conditional write."""
 
     def change(current: Record | None) -> Record:
         if current is None or current.live is None:
             raise DatabaseNotFound(f"database {db!r} does not exist", layout.database_key(db))
-        return replace(current, live=replace(current.live, limits=dict(limits)))
-
-    return update(store, db, change)
-
-
-def set_cors(store: ObjectStore, db: str, origins: tuple[str, ...]) -> Record:
-    """Replace the live database's allowed origins (shoal/origins.py): one conditional
-    write."""
-
-    def change(current: Record | None) -> Record:
-        if current is None or current.live is None:
-            raise DatabaseNotFound(f"database {db!r} does not exist", layout.database_key(db))
-        return replace(current, live=replace(current.live, cors_origins=tuple(origins)))
+        return replace(current, live=replace(current.live, **fields))
 
     return update(store, db, change)
 

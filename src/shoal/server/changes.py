@@ -75,7 +75,27 @@ class ChangesAPI:
         routes = {"/v1/databases/{db}/changes", "/v1/databases/{db}/branches/{branch}/changes"}
         for path in sorted(routes):
             router.add("GET", path, self.changes)
+        router.add("GET", "/v1/databases/{db}/feed", self.settings)
+        router.add("PUT", "/v1/databases/{db}/feed", self.set_settings)
         return routes
+
+    async def settings(self, request: Request) -> Response:
+        """The database's feed settings: ``{"tables_without_old": [...]}``."""
+        name = names.check(request.params["db"])
+        found = await self.engine.feed_settings(request.principal, name)
+        return json_response(200, {"database": name, "tables_without_old": list(found)})
+
+    async def set_settings(self, request: Request) -> Response:
+        """Replace them (admin): the tables whose changes keep no old row from now on."""
+        name = names.check(request.params["db"])
+        await request.read_body(self.engine.settings.max_request_bytes)
+        body = request.decode(FeedSettings)
+        tables = tuple(sorted(set(body.tables_without_old)))
+        if len(tables) > MAX_LIMIT or not all(tables):
+            raise ShoalError(Code.INVALID_REQUEST, f"tables_without_old: up to {MAX_LIMIT} "
+                             "table names")
+        found = await self.engine.set_feed_settings(request.principal, name, tables)
+        return json_response(200, {"database": name, "tables_without_old": list(found)})
 
     @staticmethod
     def streaming(request: Request) -> bool:
@@ -263,6 +283,10 @@ class ChangesAPI:
         if code not in Code.__members__:
             code = "INTERNAL"
         raise ShoalError(Code[code], message, **error)  # earliest, with CURSOR_EXPIRED
+
+
+class FeedSettings(msgspec.Struct, forbid_unknown_fields=True):
+    tables_without_old: list[str]
 
 
 class _Again(Exception):
