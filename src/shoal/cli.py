@@ -1011,39 +1011,26 @@ def _add_webhook_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
                    help="deliver the changes after this cursor (a bookmark, a change's "
                         "cursor) or ISO 8601 time; default: from now")
     p.set_defaults(func=_client_command(_webhook_create))
-    p = _client_parser(hs, "list", common, "a database's webhooks and how their deliveries go")
-    p.add_argument("database")
-    p.set_defaults(func=_client_command(_webhook_list))
-    p = _client_parser(hs, "show", common,
-                       "a webhook and its delivery state: cursor, retrying, attempts, last "
-                       "error, delivered, dead letters")
-    p.add_argument("database")
-    p.add_argument("id")
-    p.set_defaults(func=_client_command(_webhook_show))
-    p = _client_parser(hs, "delete", common,
-                       "delete a webhook (its deliveries stop; its dead letters go too)")
-    p.add_argument("database")
-    p.add_argument("id")
-    p.set_defaults(func=_client_command(_webhook_delete))
-    p = _client_parser(hs, "dead-letters", common,
-                       "the batches a webhook gave up on, oldest first (--json: with their "
-                       "events)")
-    p.add_argument("database")
-    p.add_argument("id")
-    p.set_defaults(func=_client_command(_dead_letters))
-    p = _client_parser(hs, "replay", common,
-                       "deliver a webhook's dead letters again (all, or the one named), "
-                       "before its next batch")
-    p.add_argument("database")
-    p.add_argument("id")
-    p.add_argument("letter", nargs="?", default=None,
-                   help="the dead letter's id (default: every one)")
-    p.set_defaults(func=_client_command(_webhook_replay))
-    p = _client_parser(hs, "discard", common, "delete a dead letter without delivering it")
-    p.add_argument("database")
-    p.add_argument("id")
-    p.add_argument("letter", help="the dead letter's id")
-    p.set_defaults(func=_client_command(_webhook_discard))
+    for name, helps, letter, run in (
+            ("list", "a database's webhooks and how their deliveries go", None, _webhook_list),
+            ("show", "a webhook and its delivery state: cursor, retrying, attempts, last "
+                     "error, delivered, dead letters", None, _webhook_show),
+            ("delete", "delete a webhook (its deliveries stop; its dead letters go too)", None,
+             _webhook_delete),
+            ("dead-letters", "the batches a webhook gave up on, oldest first (--json: with "
+                             "their events)", None, _dead_letters),
+            ("replay", "deliver a webhook's dead letters again (all, or the one named), "
+                       "before its next batch", "the dead letter's id (default: every one)",
+             _webhook_replay),
+            ("discard", "delete a dead letter without delivering it", "the dead letter's id",
+             _webhook_discard)):
+        p = _client_parser(hs, name, common, helps)
+        p.add_argument("database")
+        if name != "list":
+            p.add_argument("id")
+        if letter is not None:
+            p.add_argument("letter", help=letter, nargs="?" if name == "replay" else None)
+        p.set_defaults(func=_client_command(run))
 
 
 def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

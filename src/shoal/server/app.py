@@ -222,12 +222,21 @@ class App:
         elif response.stream is not None:
             await self._send_stream(request, response, send)
         else:
-            headers = response.headers
-            if response.status != 204:  # without a length, the server would send chunks
-                headers = [*headers, (b"content-length", str(len(response.body)).encode())]
-            await send({"type": "http.response.start", "status": response.status,
-                        "headers": headers})
-            await send({"type": "http.response.body", "body": response.body})
+            await self._send(response, send)
+        self._done(request, response, started)
+
+    @staticmethod
+    async def _send(response: Response, send: Send) -> None:
+        """A whole response (its length said: without one, the server would send chunks)."""
+        headers = response.headers
+        if response.status != 204:
+            headers = [*headers, (b"content-length", str(len(response.body)).encode())]
+        await send({"type": "http.response.start", "status": response.status,
+                    "headers": headers})
+        await send({"type": "http.response.body", "body": response.body})
+
+    def _done(self, request: Request, response: Response, started: float) -> None:
+        """A request answered: its metrics and its access log line."""
         elapsed = time.perf_counter() - started
         METRICS.observe_request(request.route, request.method, response.status, elapsed)
         if self._log is not None:
@@ -240,16 +249,8 @@ class App:
         except Exception:  # a bug: 500 INTERNAL, as App.http answers one
             log.exception("unhandled error on a preflight of %s", request.route)
             response = error_response(ShoalError(Code.INTERNAL, "internal error"))
-        headers = response.headers
-        if response.status != 204:
-            headers = [*headers, (b"content-length", str(len(response.body)).encode())]
-        await send({"type": "http.response.start", "status": response.status,
-                    "headers": headers})
-        await send({"type": "http.response.body", "body": response.body})
-        elapsed = time.perf_counter() - started
-        METRICS.observe_request(request.route, request.method, response.status, elapsed)
-        if self._log is not None:
-            self._access_log(request, response, elapsed)
+        await self._send(response, send)
+        self._done(request, response, started)
 
     async def _origin_allowed(self, scope: Scope) -> bool:
         """A WebSocket upgrade's Origin: none (a client that is not a browser), the page's
