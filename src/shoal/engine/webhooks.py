@@ -21,6 +21,7 @@ Blocking calls: the engine runs them on its I/O threads.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import secrets
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -161,19 +162,19 @@ class WebhookRecords:
     @mapped
     def get(self, db: str, hook_id: str) -> Webhook | None:
         try:
-            return _webhook(json.loads(self.store.get(_key(DEFS, db, hook_id)).data))
+            raw = json.loads(self.store.get(_key(DEFS, db, hook_id)).data)
         except (NotFound, ValueError):
             return None
+        return _webhook(raw)
 
     @mapped
     def all(self, db: str | None = None) -> list[Webhook]:
         """Every webhook (of ``db``, or of every database), in key order."""
         out = []
         for info in self.store.list(DEFS + (f"{db}/" if db else "")):
-            try:
-                out.append(_webhook(json.loads(self.store.get(info.key).data)))
-            except (NotFound, ValueError, TypeError):
-                continue  # deleted since listed; or not a record of ours
+            with contextlib.suppress(NotFound, ValueError, TypeError):  # deleted since
+                out.append(_webhook(json.loads(self.store.get(info.key).data)))  # listed;
+                # or not a record of ours
         return out
 
     @mapped
@@ -211,7 +212,7 @@ class WebhookRecords:
         try:
             etag = self.store.put(_key(STATES, db, hook_id), delivery.stored(),
                                   if_match=delivery.etag)
-        except (PreconditionFailed, NotFound):
+        except PreconditionFailed:  # (a missing object fails If-Match too)
             raise StateMoved(hook_id) from None
         return replace(delivery, etag=etag)
 
@@ -226,10 +227,8 @@ class WebhookRecords:
         """Oldest first (a letter's id begins with the time it was made)."""
         out = []
         for info in self.store.list(f"{DEAD}{db}/{hook_id}/"):
-            try:
+            with contextlib.suppress(NotFound, ValueError, TypeError):  # (as in all())
                 out.append(DeadLetter(**json.loads(self.store.get(info.key).data)))
-            except (NotFound, ValueError, TypeError):
-                continue
         return out
 
     @mapped
