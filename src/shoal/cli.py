@@ -637,6 +637,27 @@ def _token_revoke(args: argparse.Namespace, client: Client, out: Output) -> int:
     return 0
 
 
+def _token_list(args: argparse.Namespace, client: Client, out: Output) -> int:
+    found = client.tokens(args.database, expired=args.all, revoked=args.all, limit=args.limit)
+    if out.as_json:
+        out.json({"tokens": found})
+        return 0
+
+    def state(t: dict[str, Any]) -> str:
+        return "revoked" if t["revoked"] else "expired" if t["expired"] else "live"
+
+    def scope(t: dict[str, Any]) -> str:
+        reach = t["databases"] if isinstance(t["databases"], str) else ", ".join(t["databases"])
+        gone = ", ".join(t.get("narrowed") or ())
+        return f"{reach} (no longer: {gone})" if gone else reach
+
+    out.table(["id", "databases", "access", "created_by", "created_at", "expires_at", "state"],
+              [[t["id"], scope(t), t["access"], t["created_by"], t["created_at"],
+                t["expires_at"], state(t)] for t in found],
+              f"{len(found)} token{'s' * (len(found) != 1)}", whole=("id",))
+    return 0
+
+
 # -- branches and point in time ------------------------------------------------------------------
 def point(text: str) -> dict[str, str]:
     """--to / --at: an ISO 8601 time when it parses as one, else a bookmark."""
@@ -1095,14 +1116,23 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     _session_options(p)
     p.set_defaults(func=_client_command(_shell))
 
-    token = sub.add_parser("token", help="create and revoke access tokens")
-    ts = token.add_subparsers(dest="token_command", required=True, metavar="{create,revoke}")
+    token = sub.add_parser("token", help="create, list and revoke access tokens")
+    ts = token.add_subparsers(dest="token_command", required=True,
+                              metavar="{create,list,revoke}")
     p = _client_parser(ts, "create", common, "create a token (needs an admin token)")
     p.add_argument("--databases", required=True, help="comma-separated names, or '*' for all")
     p.add_argument("--access", choices=("read", "write", "admin"), default="read")
     p.add_argument("--expires-in", type=int, default=3600, metavar="SECONDS",
                    help="lifetime in seconds (default 3600)")
     p.set_defaults(func=_client_command(_token_create))
+    p = _client_parser(ts, "list", common,
+                       "list tokens, never their secrets (every page; needs an admin token: "
+                       "one scoped to some databases lists the tokens it could revoke)")
+    p.add_argument("--database", default=None, help="only tokens that reach this database")
+    p.add_argument("--all", action="store_true",
+                   help="expired and revoked tokens too (default: live ones only)")
+    p.add_argument("--limit", type=int, default=None, help="show at most this many")
+    p.set_defaults(func=_client_command(_token_list))
     p = _client_parser(ts, "revoke", common, "revoke a token by id, at once")
     p.add_argument("id")
     p.set_defaults(func=_client_command(_token_revoke))

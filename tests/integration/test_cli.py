@@ -532,6 +532,29 @@ def test_token_commands(shoal: Run, server: ServerProcess, admin: httpx.Client,
     assert len(line) == 1 and line[0].count(".") == 2  # the whole JWT on one line
 
 
+def test_token_list_command(shoal: Run, admin: httpx.Client,
+                            new_db: Callable[[], str]) -> None:
+    db = new_db()
+    live = _json(shoal("token", "create", "--databases", db, "--access", "read", "--json"))
+    gone = _json(shoal("token", "create", "--databases", db, "--access", "write", "--json"))
+    assert shoal("token", "revoke", gone["id"]).returncode == 0
+    listed = _json(shoal("token", "list", "--database", db, "--json"))["tokens"]
+    assert all(t["databases"] in ("*", [db]) for t in listed)  # the shared node's "*" ones
+    assert [t["id"] for t in listed if t["databases"] == [db]] == [live["id"]]
+    everything = _json(shoal("token", "list", "--database", db, "--all", "--json"))["tokens"]
+    assert {t["id"] for t in everything if t["databases"] == [db]} == {live["id"], gone["id"]}
+    assert [t["revoked"] for t in everything if t["id"] == gone["id"]] == [True]
+    table = shoal("token", "list", "--database", db, "--all")
+    assert table.returncode == 0, table.stderr
+    assert live["id"] in table.stdout and gone["id"] in table.stdout
+    assert "revoked" in table.stdout and f"{len(everything)} tokens" in table.stdout
+    assert live["token"] not in table.stdout + json.dumps(everything)  # never a secret
+    one = _json(shoal("token", "list", "--limit", "1", "--json"))["tokens"]
+    assert len(one) == 1
+    bad = shoal("token", "list", "--database", "Bad Name")
+    assert bad.returncode == 1 and bad.stderr.startswith("error INVALID_NAME: ")
+
+
 def test_local_admin_token_fallback(shoal: Run, server: ServerProcess, tmp_path: Path) -> None:
     env = _env(SHOAL_URL=server.url)
     (tmp_path / "shoal-data").mkdir()
@@ -545,7 +568,8 @@ def test_local_admin_token_fallback(shoal: Run, server: ServerProcess, tmp_path:
 
 
 @pytest.mark.parametrize("command", [["sql"], ["shell"], ["db", "list"], ["token", "create"],
-                                     ["changes"], ["webhook", "create"], ["webhook", "replay"]])
+                                     ["token", "list"], ["changes"], ["webhook", "create"],
+                                     ["webhook", "replay"]])
 def test_help_says_where_the_token_comes_from(command: list[str],
                                               capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:

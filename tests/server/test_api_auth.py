@@ -60,6 +60,7 @@ def every_endpoint(db: str) -> list[tuple[str, str, Any]]:
         ("POST", tx + "/commit", None),
         ("POST", tx + "/rollback", None),
         ("POST", "/v1/tokens", {"databases": "*", "access": "admin"}),
+        ("GET", "/v1/tokens", None),
         ("DELETE", "/v1/tokens/tok_0", None),
     ]
 

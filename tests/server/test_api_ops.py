@@ -33,7 +33,7 @@ ROUTES = {
     "/v1/databases/{db}/transactions/{tx}/query": {"post"},
     "/v1/databases/{db}/transactions/{tx}/commit": {"post"},
     "/v1/databases/{db}/transactions/{tx}/rollback": {"post"},
-    "/v1/tokens": {"post"},
+    "/v1/tokens": {"get", "post"},
     "/v1/tokens/{id}": {"delete"},
 }
 
@@ -197,7 +197,7 @@ def test_unknown_routes_are_404(admin: httpx.Client, anon: httpx.Client, method:
     ("DELETE", "/v1/databases/x/usage"),
     ("GET", "/v1/databases/x/transactions"),
     ("GET", "/v1/databases/x/transactions/t/commit"),
-    ("GET", "/v1/tokens"),
+    ("PUT", "/v1/tokens"),
     ("GET", "/v1/tokens/abc"),
     ("POST", "/health"),
     ("DELETE", "/metrics"),

@@ -92,7 +92,7 @@ def test_a_preflight_from_an_allowed_origin_needs_no_token(anon: httpx.Client, d
     ("/v1/databases/{db}/cors", {"get", "put"}),
     ("/v1/databases/{db}/changes", {"get"}),
     ("/v1/databases", {"get", "post"}),
-    ("/v1/tokens", {"post"}),
+    ("/v1/tokens", {"get", "post"}),
     ("/v2/pipeline", {"post"}),
     ("/v3/pipeline", {"post"}),
     ("/db/{db}/v3/pipeline", {"post"}),

@@ -434,6 +434,42 @@ def test_list_databases_follows_pagination() -> None:
         assert seen[-1].url.params["limit"] == "1"  # asks only for what is still missing
 
 
+def _token_pages(request: httpx.Request) -> httpx.Response:
+    """The token list as the server may serve it: a filtered page can be short (even
+    empty) and still have a next_cursor."""
+    pages = {None: (["tok_1", "tok_2"], "tok_2"), "tok_2": ([], "tok_5"),
+             "tok_5": (["tok_6"], None)}
+    found, cursor = pages[request.url.params.get("cursor")]
+    return httpx.Response(200, json={"tokens": [{"id": t} for t in found],
+                                     "next_cursor": cursor})
+
+
+def test_tokens_sends_the_filters_and_follows_short_pages() -> None:
+    seen: list[httpx.Request] = []
+    with Client("http://h", "t", transport=_mock(seen, _token_pages)) as c:
+        assert [t["id"] for t in c.tokens()] == ["tok_1", "tok_2", "tok_6"]
+        assert [r.url.path for r in seen] == ["/v1/tokens"] * 3
+        assert dict(seen[0].url.params) == {"limit": "100"}
+        assert seen[1].url.params["cursor"] == "tok_2"
+        seen.clear()
+        c.tokens("orders", expired=True, revoked=True, page_size=5)
+        assert dict(seen[0].url.params) == {"database": "orders", "include": "expired,revoked",
+                                            "limit": "5"}
+        seen.clear()
+        assert [t["id"] for t in c.tokens(revoked=True, limit=1)] == ["tok_1"]
+        assert len(seen) == 1 and dict(seen[0].url.params) == {"include": "revoked",
+                                                                "limit": "1"}
+
+    async def main() -> None:
+        async with AsyncClient("http://h", "t", transport=_mock(seen, _token_pages)) as c:
+            assert [t["id"] for t in await c.tokens(expired=True)] == ["tok_1", "tok_2",
+                                                                      "tok_6"]
+
+    seen.clear()
+    asyncio.run(main())
+    assert seen[0].url.params["include"] == "expired"
+
+
 def _tx_server(log: list[str], fail_rollback: bool = False) -> Handler:
     def handle(request: httpx.Request) -> httpx.Response:
         path = request.url.path

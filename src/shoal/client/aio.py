@@ -138,6 +138,11 @@ class AsyncClient(BaseClient):
     async def revoke_token(self, token_id: str) -> None:
         await self._send(self._revoke_token(token_id))
 
+    async def tokens(self, database: str | None = None, *, expired: bool = False,
+                     revoked: bool = False, limit: int | None = None,
+                     page_size: int = 100) -> list[dict[str, Any]]:
+        return await self._run(self._tokens(database, expired, revoked, limit, page_size))
+
     async def list_branches(self, database: str | None = None) -> list[dict[str, Any]]:
         return await self._send(self._branches(database))
 

@@ -57,7 +57,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Page:
-    """One page of the database list."""
+    """One page of a list (databases, or tokens: ``databases`` holds the page's entries)."""
 
     databases: list[dict[str, Any]]
     next_cursor: str | None
@@ -517,14 +517,30 @@ class BaseClient:
 
     def _list(self, limit: int | None, page_size: int) -> Plan[list[dict[str, Any]]]:
         """Follow ``next_cursor`` until the list (or ``limit`` entries) is complete."""
+        return self._pages("/v1/databases", "databases", {}, limit, page_size)
+
+    def _tokens(self, database: str | None, expired: bool, revoked: bool, limit: int | None,
+                page_size: int) -> Plan[list[dict[str, Any]]]:
+        """Every token the client's token may list (live ones unless ``expired`` or
+        ``revoked``; those reaching ``database`` if named), or the first ``limit``."""
+        params = {"include": ",".join(name for name, on in (("expired", expired),
+                                                           ("revoked", revoked)) if on)}
+        if database is not None:
+            params["database"] = _given("database", database)
+        return self._pages("/v1/tokens", "tokens",
+                           {k: v for k, v in params.items() if v}, limit, page_size)
+
+    def _pages(self, path: str, key: str, params: dict[str, str], limit: int | None,
+               page_size: int) -> Plan[list[dict[str, Any]]]:
+        """Follow ``next_cursor`` until the list (or ``limit`` entries) is complete. A page
+        may hold fewer entries than asked for (a filtered token list) and still go on."""
         out: list[dict[str, Any]] = []
         cursor: str | None = None
         while True:
             size = page_size if limit is None else max(1, min(page_size, limit - len(out)))
-            params = {"limit": str(size)} | ({"cursor": cursor} if cursor else {})
+            query = params | {"limit": str(size)} | ({"cursor": cursor} if cursor else {})
             page: Page = yield Call(
-                "GET", "/v1/databases",
-                lambda d: Page(d["databases"], d.get("next_cursor")), params=params)
+                "GET", path, lambda d: Page(d[key], d.get("next_cursor")), params=query)
             out.extend(page.databases)
             if page.next_cursor is None or (limit is not None and len(out) >= limit):
                 return out if limit is None else out[:limit]

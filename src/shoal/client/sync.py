@@ -163,6 +163,15 @@ class Client(BaseClient):
     def revoke_token(self, token_id: str) -> None:
         self._send(self._revoke_token(token_id))
 
+    def tokens(self, database: str | None = None, *, expired: bool = False,
+               revoked: bool = False, limit: int | None = None,
+               page_size: int = 100) -> list[dict[str, Any]]:
+        """The tokens this (admin) token may list, following pagination: ``{"id",
+        "databases", "narrowed", "access", "created_by", "created_at", "expires_at",
+        "expired", "revoked", "revoked_at"}``, never the token itself. Live ones only
+        unless ``expired``/``revoked``; those reaching ``database`` when named."""
+        return self._run(self._tokens(database, expired, revoked, limit, page_size))
+
     # -- branches and point in time -----------------------------------------------------------
     def list_branches(self, database: str | None = None) -> list[dict[str, Any]]:
         """Every branch: name, parent, fork_txid, created_at, timeline, txid, sizes."""

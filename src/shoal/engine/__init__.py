@@ -6,7 +6,7 @@ check access themselves, and the values that cross between them (statements, res
 records, outcomes). Everything else in the package is the engine's own business.
 """
 
-from shoal.engine.catalog import DatabaseRecord, TokenRecord
+from shoal.engine.catalog import DatabaseRecord, TokenInfo, TokenRecord
 from shoal.engine.connection import (
     Description,
     Result,
@@ -66,6 +66,7 @@ __all__ = [
     "Result",
     "StateMoved",
     "Statement",
+    "TokenInfo",
     "TokenRecord",
     "Transaction",
     "TransactionControl",

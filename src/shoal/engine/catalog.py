@@ -94,6 +94,43 @@ class TokenRecord:
     revoked_at: float | None
 
 
+@dataclass(frozen=True)
+class TokenInfo:
+    """A token as ``GET /v1/tokens`` shows it (never the token itself): its record (the
+    databases it was given), the ones it no longer reaches (a database of that name was
+    deleted or made anew: ``_narrow_tokens``), and whether it is revoked (``revoked_at``
+    in the record when known)."""
+
+    record: TokenRecord
+    narrowed: tuple[str, ...] = ()
+    revoked: bool = False
+
+    @property
+    def reach(self) -> list[str] | None:
+        """The databases it reaches now (None: every one)."""
+        dbs = self.record.databases
+        return None if dbs is None else [d for d in dbs if d not in self.narrowed]
+
+
+TOKEN_SCAN = 1000  # token records read for one page at most (each is a GET with a store)
+
+
+def token_page(found: Iterator[TokenInfo], accept: Callable[[TokenInfo], bool], limit: int,
+               scan: int = TOKEN_SCAN) -> tuple[list[TokenInfo], str | None]:
+    """(up to ``limit`` accepted tokens, in id order; the cursor to go on from, None at
+    the end). At most ``max(scan, limit)`` are read: a page may hold fewer than ``limit``
+    (even none) and still have a cursor."""
+    out: list[TokenInfo] = []
+    last: str | None = None
+    for read, info in enumerate(found):
+        if len(out) >= limit or read >= max(scan, limit):
+            return out, last  # there is more
+        last = info.record.id
+        if accept(info):
+            out.append(info)
+    return out, None
+
+
 class Catalog:
     def __init__(self, path: str):
         self._db = apsw.Connection(path)
@@ -196,6 +233,24 @@ class Catalog:
         rows = self._rows("SELECT id, databases FROM tokens WHERE databases != '*' AND "
                           "expires_at > ? AND revoked_at IS NULL", (now,))
         return [tid for tid, dbs in rows if database in msgspec.json.decode(dbs)]
+
+    def list_tokens(self, after: str | None, accept: Callable[[TokenInfo], bool],
+                    limit: int) -> tuple[list[TokenInfo], str | None]:
+        """A page of the tokens made on this node (the truth on a node without a store),
+        ids after ``after`` in order: see :func:`token_page`."""
+        narrowed = self.narrowed()
+        rows = self._rows(
+            "SELECT id, databases, access, created_by, created_at, expires_at, revoked_at"
+            " FROM tokens WHERE id > ? ORDER BY id", (after or "",))
+
+        def infos() -> Iterator[TokenInfo]:
+            for tid, dbs, access, by, created, expires, revoked_at in rows:
+                scope = None if dbs == "*" else [str(d) for d in msgspec.json.decode(dbs)]
+                rec = TokenRecord(tid, scope, access, by, created, expires, revoked_at)
+                yield TokenInfo(rec, tuple(sorted(narrowed.get(tid, ()))),
+                                revoked_at is not None)
+
+        return token_page(infos(), accept, limit, scan=len(rows))
 
     def narrow(self, token_id: str, database: str) -> None:
         """Record that ``token_id`` no longer reaches ``database`` (it was deleted)."""

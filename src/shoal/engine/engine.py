@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from shoal import origins, tokens
 from shoal.cluster import MAX_MESSAGE, Cluster, Moved
 from shoal.engine import datadir
-from shoal.engine.catalog import Catalog, DatabaseRecord, TokenRecord
+from shoal.engine.catalog import Catalog, DatabaseRecord, TokenInfo, TokenRecord
 from shoal.engine.connection import (
     Counters,
     Description,
@@ -1721,6 +1721,43 @@ class Engine:
             await self._io(self._registry.revoke_token, token_id, time.time())
         self.auth.revoke(token_id)
         await self._tell({"revoked": token_id})
+
+    async def list_tokens(self, principal: tokens.Principal, *, database: str | None = None,
+                          expired: bool = False, revoked: bool = False, limit: int = 100,
+                          cursor: str | None = None) -> tuple[list[TokenInfo], str | None]:
+        """A page of tokens in id order and the cursor of the next (None at the end); live
+        ones only unless ``expired``/``revoked``; those reaching ``database`` if named.
+
+        Who sees what: an admin token of every database sees every token; an admin token
+        scoped to some databases sees the tokens it could revoke (``revoke_token``): those
+        given only databases it is admin of, so every token it made and those made for its
+        databases by others. Read and write tokens are refused (FORBIDDEN).
+
+        With a store its token records are the truth (every node's tokens); without one,
+        the catalog's. A page reads at most ``TOKEN_SCAN`` records, so a filtered page may
+        hold fewer than ``limit`` and still have a cursor."""
+        principal.require("admin")
+        if database is not None:
+            check_name(database)
+            principal.require("admin", database)
+        mine = principal.databases
+        now = time.time()
+
+        def accept(info: TokenInfo) -> bool:
+            rec = info.record
+            if mine is not None and (rec.databases is None
+                                     or not set(rec.databases) <= mine):
+                return False
+            if info.revoked and not revoked:
+                return False
+            if rec.expires_at <= now and not expired:
+                return False
+            reach = info.reach
+            return database is None or reach is None or database in reach
+
+        if self._registry is not None:
+            return await self._io(self._registry.list_tokens, cursor, accept, limit)
+        return await self._run(self.catalog.list_tokens, cursor, accept, limit)
 
     # -- branches and history ----------------------------------------------------------------
     def _known(self, name: str, *branches: str) -> None:

@@ -8,6 +8,7 @@ Beside the commit log's keys (``dbs/...``, see ``log/layout.py``) the store hold
                                      and its deleted incarnations (log/branch.py)
     catalog/tokens/{id}.json         a token's record (never the token itself)
     catalog/revoked/{id}             a revocation: the object's existence is the fact
+    catalog/narrowed/{id}/{name}     the token no longer reaches database {name}
 
 So a node started on an empty disk with the same store serves every database and
 accepts every token: ``catalog.db``, ``signing-key`` and ``admin-token`` in the
@@ -46,7 +47,7 @@ from typing import Any, ParamSpec, TypeVar
 import apsw
 
 from shoal.engine import tables
-from shoal.engine.catalog import Catalog, TokenRecord
+from shoal.engine.catalog import Catalog, TokenInfo, TokenRecord, token_page
 from shoal.engine.connection import Connection
 from shoal.engine.database import BEGIN_IMMEDIATE, COMMIT, Database
 from shoal.engine.disk import optional
@@ -440,6 +441,40 @@ class Registry:
             if dbs is not None and database in dbs and float(raw.get("expires_at", 0)) > now:
                 out.append(str(raw["id"]))
         return out
+
+    @mapped
+    def list_tokens(self, after: str | None, accept: Callable[[TokenInfo], bool],
+                    limit: int) -> tuple[list[TokenInfo], str | None]:
+        """A page of every token record (whoever made them), in key order after the token
+        ``after``: see :func:`~shoal.engine.catalog.token_page`. One listing each of the
+        revocations and narrowings, a GET per record read and per revoked one shown."""
+        revoked = self.revoked()
+        narrowed = self.narrowed()
+
+        def infos() -> Iterator[TokenInfo]:
+            start = f"{TOKENS}{after}.json" if after else ""
+            for info in self.store.list(TOKENS, start_after=start):
+                try:
+                    raw = json.loads(self.store.get(info.key).data)
+                    dbs = raw.get("databases")
+                    rec = TokenRecord(
+                        str(raw["id"]), None if dbs is None else [str(d) for d in dbs],
+                        str(raw["access"]), str(raw.get("created_by", "")),
+                        float(raw["created_at"]), float(raw["expires_at"]), None)
+                except (NotFound, ValueError, KeyError, TypeError):
+                    continue  # gone since the listing, or not a record of ours
+                yield TokenInfo(rec, tuple(sorted(narrowed.get(rec.id, ()))),
+                                rec.id in revoked)
+
+        page, cursor = token_page(infos(), accept, limit)
+        return [self._revoked_at(t) if t.revoked else t for t in page], cursor
+
+    def _revoked_at(self, info: TokenInfo) -> TokenInfo:
+        try:
+            when = json.loads(self.store.get(f"{REVOKED}{info.record.id}").data)["revoked_at"]
+            return replace(info, record=replace(info.record, revoked_at=float(when)))
+        except (NotFound, ValueError, KeyError, TypeError):
+            return info  # revoked, the time not known
 
     @mapped
     def narrow(self, token_id: str, database: str) -> None:

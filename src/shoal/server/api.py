@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -18,6 +19,7 @@ from shoal.engine import (
     Outcome,
     Result,
     Statement,
+    TokenInfo,
     TokenRecord,
     make_bookmark,
     parse_time,
@@ -162,6 +164,22 @@ def iso(ts: float) -> str:
         "+00:00", "Z")
 
 
+def token_json(info: TokenInfo, now: float) -> dict[str, Any]:
+    """A token as the list shows it: never the token itself. ``databases`` is what it
+    reaches now; ``narrowed`` the ones it was given and reaches no more."""
+    rec, reach = info.record, info.reach
+    return {"id": rec.id, "databases": "*" if reach is None else reach,
+            "narrowed": list(info.narrowed), "access": rec.access,
+            "created_by": rec.created_by, "created_at": iso(rec.created_at),
+            "expires_at": iso(rec.expires_at), "expired": rec.expires_at <= now,
+            "revoked": info.revoked,
+            "revoked_at": iso(rec.revoked_at) if rec.revoked_at is not None else None}
+
+
+TOKEN_INCLUDES = ("expired", "revoked")
+TOKEN_ID = re.compile(r"[A-Za-z0-9_-]{1,100}")  # a cursor is the last token id of a page
+
+
 def database_json(rec: DatabaseRecord) -> dict[str, Any]:
     return {"name": rec.name, "created_at": iso(rec.created_at)}
 
@@ -235,6 +253,7 @@ class NativeAPI:
             ("POST", tx + "/commit", self.tx_commit),
             ("POST", tx + "/rollback", self.tx_rollback),
             ("POST", "/v1/tokens", self.create_token),
+            ("GET", "/v1/tokens", self.list_tokens),
             ("DELETE", "/v1/tokens/{id}", self.revoke_token),
         ):
             router.add(method, path, handler)
@@ -319,13 +338,17 @@ class NativeAPI:
             raise ShoalError(Code.INVALID_REQUEST, f"{name} must be true or false")
         return raw in ("true", "1")
 
-    async def list_databases(self, request: Request) -> Response:
-        if self._flag(request, "deleted"):
-            return await self.list_deleted(request)
+    @staticmethod
+    def _limit(request: Request) -> int:
         limit_raw = request.query("limit") or "100"
         if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= 1000:
             raise ShoalError(Code.INVALID_REQUEST, "limit must be an integer from 1 to 1000")
-        limit = int(limit_raw)
+        return int(limit_raw)
+
+    async def list_databases(self, request: Request) -> Response:
+        if self._flag(request, "deleted"):
+            return await self.list_deleted(request)
+        limit = self._limit(request)
         cursor = request.query("cursor")
         records = await self.engine.list_databases(request.principal, limit, cursor)
         page: dict[str, Any] = {"databases": [database_json(r) for r in records]}
@@ -561,6 +584,25 @@ class NativeAPI:
             request.principal, databases, body.access, float(body.expires_in),
             self._idem(request), render)
         return Response(status, out)
+
+    async def list_tokens(self, request: Request) -> Response:
+        include = {part.strip() for raw in request.queries("include")
+                   for part in raw.split(",") if part.strip()}
+        if "all" in include:
+            include = set(TOKEN_INCLUDES)
+        if include - set(TOKEN_INCLUDES):
+            raise ShoalError(Code.INVALID_REQUEST,
+                             "include takes expired, revoked or all (comma-separated)")
+        cursor = request.query("cursor") or None
+        if cursor is not None and not TOKEN_ID.fullmatch(cursor):
+            raise ShoalError(Code.INVALID_REQUEST, "cursor must be the next_cursor of a page")
+        found, next_cursor = await self.engine.list_tokens(
+            request.principal, database=request.query("database") or None,
+            expired="expired" in include, revoked="revoked" in include,
+            limit=self._limit(request), cursor=cursor)
+        now = time.time()
+        return json_response(200, {"tokens": [token_json(t, now) for t in found],
+                                   "next_cursor": next_cursor})
 
     async def revoke_token(self, request: Request) -> Response:
         await self.engine.revoke_token(request.principal, request.params["id"])

@@ -82,6 +82,8 @@ _OPS: dict[tuple[str, str], tuple[str, str | None, int]] = {
     ("POST", "/v1/databases/{db}/branches/{branch}/transactions/{tx}/rollback"): (
         "Roll back", None, 200),
     ("POST", "/v1/tokens"): ("Create a token (admin)", "CreateTokenRequest", 201),
+    ("GET", "/v1/tokens"): ("List tokens, never their secrets (admin: every token, or those "
+                            "a scoped admin token could revoke)", None, 200),
     ("DELETE", "/v1/tokens/{id}"): ("Revoke a token at once (admin)", None, 204),
 }
 
@@ -93,6 +95,12 @@ _QUERY: dict[tuple[str, str], list[tuple[str, str, str]]] = {
         ("limit", "integer", "Page size, 1 to 1000 (default 100)"),
         ("cursor", "string", "next_cursor of the previous page"),
         ("deleted", "boolean", "List deleted databases still restorable instead")],
+    ("GET", "/v1/tokens"): [
+        ("database", "string", "Only tokens that reach this database"),
+        ("include", "string", "expired, revoked or all (comma-separated): also list those "
+                              "(default: live tokens only)"),
+        ("limit", "integer", "Page size, 1 to 1000 (default 100)"),
+        ("cursor", "string", "next_cursor of the previous page")],
     ("DELETE", "/v1/databases/{db}"): [
         ("purge", "boolean", "Remove the database and its history at once (no undelete); "
                              "on a deleted name, remove its deleted incarnations")],

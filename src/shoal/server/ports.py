@@ -33,6 +33,7 @@ from shoal.engine import (
     ReadAt,
     Restored,
     Statement,
+    TokenInfo,
     TokenRecord,
     Transaction,
     Webhook,
@@ -108,6 +109,9 @@ class EngineAPI(Protocol):
                            render: Callable[[TokenRecord, str], tuple[int, bytes]],
                            ) -> tuple[int, bytes]: ...
     async def revoke_token(self, principal: Principal, token_id: str) -> None: ...
+    async def list_tokens(self, principal: Principal, *, database: str | None = None,
+                          expired: bool = False, revoked: bool = False, limit: int = 100,
+                          cursor: str | None = None) -> tuple[list[TokenInfo], str | None]: ...
 
     # -- branches and history ----------------------------------------------------------------
     async def list_branches(self, principal: Principal, name: str) -> list[BranchInfo]: ...
