@@ -109,9 +109,13 @@ def test_the_next_leader_resumes_the_deliveries(tmp_path: Path) -> None:
             other = nodes[1 - nodes.index(leader)]
             leader.kill()
             writer.urls = [other.url]
-            time.sleep(8.0)  # the lease lapses; the survivor leads and delivers
+            acked = len(writer.acked)
+            deadline = time.monotonic() + 30  # the lease lapses; the survivor leads
+            while len(writer.acked) < acked + 5 and time.monotonic() < deadline:
+                time.sleep(0.1)
             writer.stop.set()
             writer.join(30)
+            assert len(writer.acked) >= acked + 5, "the survivor did not take the writes"
             receiver.wait_for(len(writer.acked), timeout=60)
         assert set(writer.acked) <= set(in_order(receiver.accepted))
     finally:
