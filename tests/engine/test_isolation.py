@@ -389,6 +389,10 @@ def test_an_inline_read_of_many_statements_stops_at_its_budget(tmp_path: Path) -
                     ran_inline.append(len(statements))
                 return real(self, statements, limits, *args, **kw)
 
+            overran: list[str] = []
+            real_overran = db._overran
+            db._overran = lambda text, held: (overran.append(text),  # type: ignore[method-assign]
+                                              real_overran(text, held))[1]
             Connection.run = run_spy  # type: ignore[method-assign]
             try:
                 many = [Statement(sql, (i,)) for i in range(20_000)]
@@ -397,7 +401,8 @@ def test_an_inline_read_of_many_statements_stops_at_its_budget(tmp_path: Path) -
                 Connection.run = real  # type: ignore[method-assign]
             assert ran_inline == [20_000]  # tried inline once, then moved
             assert [r.rows for r in out.results] == [[[i]] for i in range(20_000)]
-            assert hash(sql) in db.known_cheap  # the text is still cheap: it was the count
+            if not overran:  # (on a loaded machine one statement may overrun by itself)
+                assert hash(sql) in db.known_cheap  # still cheap: it was the count
 
     run(body())
 
