@@ -232,3 +232,16 @@ def test_limits_and_deletion(start_server: Callable[..., ServerProcess]) -> None
         assert client.delete(f"/v1/databases/{db}").status_code == 204
         make_db(client)
         assert ok(client.get(base))["webhooks"] == []
+
+
+def test_a_node_without_a_store_has_no_webhooks(start_server: Callable[..., ServerProcess]
+                                                ) -> None:
+    """No commit log, no feed: the routes say so (the node serves on)."""
+    node = start_server(store="none")
+    with node.client() as client:
+        ok(client.post("/v1/databases", json={"name": "local"}), 201)
+        base = "/v1/databases/local/webhooks"
+        error_of(client.post(base, json={"url": "http://127.0.0.1:9/"}), 409,
+                 "HISTORY_DISABLED")
+        error_of(client.get(base), 409, "HISTORY_DISABLED")
+        ok(query(client, "local", "SELECT 1"))
