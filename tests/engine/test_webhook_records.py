@@ -208,3 +208,19 @@ def test_a_record_deleted_between_listing_and_reading_is_skipped() -> None:
     assert [x.id for x in records.all("shop")] == [h.id]
     store.put(f"webhooks/dead/shop/{h.id}/vanish.json", b"{}")
     assert records.letters("shop", h.id) == []
+
+
+def test_dead_letters_are_read_a_page_at_a_time(records: WebhookRecords) -> None:
+    h = hook()
+    records.create(h, Delivery("c"))
+    ids = [letter_id(1000.0 + n) for n in range(5)]
+    for n, i in enumerate(ids):
+        records.add_letter(h.database, h.id, DeadLetter(i, "s", "u", [{"n": n}], 1, None,
+                                                        1.0, "e"))
+    assert [x.id for x in records.letters(h.database, h.id, limit=2)] == ids[:2]
+    assert [x.id for x in records.letters(h.database, h.id, ids[1], 2)] == ids[2:4]
+    assert [x.id for x in records.letters(h.database, h.id, ids[4])] == []
+    assert records.letter(h.database, h.id, ids[3]) == records.letters(
+        h.database, h.id, ids[2], 1)[0]
+    assert records.letter(h.database, h.id, "000000000000000-000000") is None
+    assert records.keys(h.database) == {(h.database, h.id)} and records.keys("none") == set()

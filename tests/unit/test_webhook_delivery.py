@@ -13,7 +13,7 @@ from shoal.settings import Settings
 
 
 class Feed:
-    """A Source whose feed never brings a change (a long poll that waits out its wait)."""
+    """An engine whose feed never brings a change (a long poll that waits out its wait)."""
 
     settings = Settings()
 

@@ -31,7 +31,14 @@ from shoal.engine.health import READ_ONLY, Condition
 from shoal.engine.memory import ceiling as memory_ceiling
 from shoal.engine.quota import DatabaseLimits
 from shoal.engine.registry import Deleted
-from shoal.engine.webhooks import DeadLetter, Delivery, StateMoved, Webhook, WebhookSpec
+from shoal.engine.webhooks import (
+    LETTERS_PAGE,
+    DeadLetter,
+    Delivery,
+    StateMoved,
+    Webhook,
+    WebhookSpec,
+)
 from shoal.feed.reader import ChangesPage
 from shoal.feed.reader import Event as FeedEvent
 from shoal.feed.reader import Filter as FeedFilter
@@ -39,6 +46,7 @@ from shoal.log.branch import Branch as LogBranch
 from shoal.log.restore import History
 
 __all__ = [
+    "LETTERS_PAGE",
     "READ_ONLY",
     "REQUEST_GONE",
     "TIMELINE_HEADER",

@@ -67,6 +67,7 @@ from shoal.engine.quota import DatabaseLimits, Quotas, decode_limits, encode_lim
 from shoal.engine.registry import BranchView, Deleted, Registry, stored_txid
 from shoal.engine.replica import News, Replicas
 from shoal.engine.webhooks import (
+    LETTERS_PAGE,
     DeadLetter,
     Delivery,
     Webhook,
@@ -784,7 +785,7 @@ class Engine:
         principal.require("admin", name)
         self._known(name, spec.branch)
         hooks = self._hooks
-        if len(await self._io(hooks.all, name)) >= self.settings.max_webhooks:
+        if len(await self._io(hooks.keys, name)) >= self.settings.max_webhooks:
             raise ShoalError(Code.TOO_MANY_WEBHOOKS, f"{name} has {self.settings.max_webhooks} "
                              "webhooks (max_webhooks)")
         shipper, timeline = await self._feed_of(name, spec.branch)
@@ -847,10 +848,14 @@ class Engine:
         principal.require("admin", hook.database)
         return await self._io(self._hooks.save, hook.database, hook.id, delivery)
 
-    async def dead_letters(self, principal: tokens.Principal, name: str,
-                           hook_id: str) -> list[DeadLetter]:
+    async def dead_letters(self, principal: tokens.Principal, name: str, hook_id: str,
+                           after: str = "", limit: int = LETTERS_PAGE) -> list[DeadLetter]:
+        """A page of the webhook's dead letters, oldest first, after the one ``after``
+        names (each holds up to a batch: read a page at a time)."""
         await self.webhook(principal, name, hook_id)
-        return await self._io(self._hooks.letters, name, hook_id)
+        if after and not _LETTER_ID.fullmatch(after):
+            raise ShoalError(Code.INVALID_REQUEST, "after: a dead letter's id")
+        return await self._io(self._hooks.letters, name, hook_id, after, limit)
 
     async def put_dead_letter(self, principal: tokens.Principal, hook: Webhook,
                               letter: DeadLetter) -> None:
@@ -867,18 +872,29 @@ class Engine:
                              f"webhook {hook_id} has no dead letter {letter!r}")
 
     async def replay_dead_letters(self, principal: tokens.Principal, name: str, hook_id: str,
-                                  letter: str | None) -> list[DeadLetter]:
-        """Mark the webhook's dead letters (all, or the one named) to be delivered again;
-        return those marked. Its deliverer sends them before its next batch."""
-        letters = await self.dead_letters(principal, name, hook_id)
+                                  letter: str | None) -> list[str]:
+        """Mark the webhook's dead letters (all, page by page, or the one named) to be
+        delivered again; return the ids marked. Its deliverer sends them before its next
+        batch."""
+        hooks = self._hooks
         if letter is not None:
-            letters = [x for x in letters if x.id == letter]
-            if not letters:
+            await self.webhook(principal, name, hook_id)
+            found = await self._io(hooks.letter, name, hook_id, letter) \
+                if _LETTER_ID.fullmatch(letter) else None
+            if found is None:
                 raise ShoalError(Code.DEAD_LETTER_NOT_FOUND,
                                  f"webhook {hook_id} has no dead letter {letter!r}")
-        marked = [replace(x, replay=True) for x in letters if x.events]
-        for x in marked:
-            await self._io(self._hooks.add_letter, name, hook_id, x)
+            page = [found]
+        else:
+            page = await self.dead_letters(principal, name, hook_id)
+        marked: list[str] = []
+        while page:
+            for x in page:
+                if x.events:
+                    await self._io(hooks.add_letter, name, hook_id, replace(x, replay=True))
+                    marked.append(x.id)
+            page = [] if letter is not None else \
+                await self.dead_letters(principal, name, hook_id, page[-1].id)
         return marked
 
     async def _forget_webhooks(self, name: str) -> None:

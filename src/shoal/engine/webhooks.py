@@ -33,6 +33,7 @@ from shoal.storage.base import NotFound, ObjectStore, PreconditionFailed
 DEFS = "webhooks/defs/"
 STATES = "webhooks/state/"
 DEAD = "webhooks/dead/"
+LETTERS_PAGE = 1000  # dead letters read at most at once (each holds up to a batch)
 
 
 @dataclass(frozen=True)
@@ -178,10 +179,10 @@ class WebhookRecords:
         return out
 
     @mapped
-    def keys(self) -> set[tuple[str, str]]:
-        """(database, id) of every webhook, from one listing."""
+    def keys(self, db: str | None = None) -> set[tuple[str, str]]:
+        """(database, id) of every webhook (of ``db``), from one listing."""
         out = set()
-        for info in self.store.list(DEFS):
+        for info in self.store.list(DEFS + (f"{db}/" if db else "")):
             db, _, name = info.key[len(DEFS):].partition("/")
             if name.endswith(".json"):
                 out.add((db, name[:-len(".json")]))
@@ -223,13 +224,27 @@ class WebhookRecords:
                        json.dumps(asdict(letter)).encode())
 
     @mapped
-    def letters(self, db: str, hook_id: str) -> list[DeadLetter]:
-        """Oldest first (a letter's id begins with the time it was made)."""
-        out = []
-        for info in self.store.list(f"{DEAD}{db}/{hook_id}/"):
+    def letters(self, db: str, hook_id: str, after: str = "",
+                limit: int = LETTERS_PAGE) -> list[DeadLetter]:
+        """Up to ``limit`` of them after the one named ``after``, oldest first (a letter's
+        id begins with the time it was made)."""
+        out: list[DeadLetter] = []
+        prefix = f"{DEAD}{db}/{hook_id}/"
+        start = f"{prefix}{after}.json" if after else ""
+        for info in self.store.list(prefix, start_after=start):
+            if len(out) >= limit:
+                break
             with contextlib.suppress(NotFound, ValueError, TypeError):  # (as in all())
                 out.append(DeadLetter(**json.loads(self.store.get(info.key).data)))
         return out
+
+    @mapped
+    def letter(self, db: str, hook_id: str, letter_id: str) -> DeadLetter | None:
+        try:
+            raw = json.loads(self.store.get(f"{DEAD}{db}/{hook_id}/{letter_id}.json").data)
+        except (NotFound, ValueError):
+            return None
+        return DeadLetter(**raw)
 
     @mapped
     def delete_letter(self, db: str, hook_id: str, letter_id: str) -> bool:

@@ -28,7 +28,7 @@ import secrets
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -46,7 +46,7 @@ from shoal.engine import (
 )
 from shoal.errors import Code, ShoalError
 from shoal.server.changes import event_json, page_cursor
-from shoal.settings import Settings
+from shoal.server.ports import EngineAPI
 from shoal.tokens import Principal
 
 log = logging.getLogger("shoal")
@@ -59,29 +59,6 @@ ERROR_PAUSE = 5.0  # seconds after a failure of Shoal's own (the store, the feed
 SAVE_INTERVAL = 1.0  # seconds of successful deliveries at most unsaved
 WAIT = 25.0  # seconds a feed page waits for the next change
 USER_AGENT = f"shoal-webhooks/{__version__}"
-
-
-class Source(Protocol):
-    """What deliveries need of the engine."""
-
-    settings: Settings
-
-    def leader_url(self, name: str) -> str | None: ...
-    def is_open(self, name: str) -> bool: ...
-    async def changes(self, principal: Principal, name: str, branch: str, since: str | None,
-                      limit: int, wait: float, wanted: FeedFilter = ...,
-                      touch: bool = ...) -> ChangesPage: ...
-    async def webhook_keys(self, principal: Principal) -> set[tuple[str, str]]: ...
-    async def webhook(self, principal: Principal, name: str,
-                      hook_id: str) -> tuple[Webhook, Delivery]: ...
-    async def save_delivery(self, principal: Principal, hook: Webhook,
-                            delivery: Delivery) -> Delivery: ...
-    async def dead_letters(self, principal: Principal, name: str,
-                           hook_id: str) -> list[DeadLetter]: ...
-    async def put_dead_letter(self, principal: Principal, hook: Webhook,
-                              letter: DeadLetter) -> None: ...
-    async def delete_dead_letter(self, principal: Principal, name: str, hook_id: str,
-                                 letter: str) -> None: ...
 
 
 def backoff(attempts: int, base: float, cap: float) -> float:
@@ -111,7 +88,7 @@ class Dispatcher:
     database. ``start`` lists the store's webhooks and lists them again every RESCAN
     seconds (those made through another node); the routes tell it of their own at once."""
 
-    def __init__(self, engine: Source):
+    def __init__(self, engine: EngineAPI):
         self.engine = engine
         self.deliverers: dict[str, Deliverer] = {}
         self.dormant: set[tuple[str, str]] = set()  # listed, but not deliverable: not read again
@@ -182,7 +159,7 @@ class Dispatcher:
 class Deliverer:
     """One webhook's deliveries (see the module's docstring)."""
 
-    def __init__(self, engine: Source, hook: Webhook):
+    def __init__(self, engine: EngineAPI, hook: Webhook):
         self.engine = engine
         self.hook = hook
         self.settings = engine.settings
@@ -333,13 +310,8 @@ class Deliverer:
         assert self.state is not None
         earliest = str(exc.extra.get("earliest") or self.state.cursor)
         now = time.time()
-        await self.engine.put_dead_letter(INTERNAL, self.hook, DeadLetter(
-            letter_id(now), self.state.cursor, earliest, [], 0, None, now, exc.message))
-        self.state = replace(self.state, cursor=earliest, until=None, attempts=0,
-                             first_attempt=None, next_attempt=None, last_error=exc.message,
-                             dead_letters=self.state.dead_letters + 1)
-        self.dirty = True
-        await self._save(True)
+        await self._bury(DeadLetter(letter_id(now), self.state.cursor, earliest, [], 0, None,
+                                    now, exc.message))
 
     async def deliver(self, events: list[dict[str, Any]]) -> None:
         """Send a batch until it is delivered or given up on (then a dead letter)."""
@@ -362,21 +334,13 @@ class Deliverer:
                 return
             attempts = self.state.attempts + 1
             first = self.state.first_attempt or now
-            if attempts >= hook.max_attempts or now - first >= hook.max_age:
-                await self.engine.put_dead_letter(INTERNAL, hook, DeadLetter(
-                    letter_id(now), self.state.cursor, until, events, attempts, first, now,
-                    error))
-                self.state = replace(
-                    self.state, cursor=until, until=None, attempts=0, first_attempt=None,
-                    next_attempt=None, last_error=error, last_attempt=now,
-                    dead_letters=self.state.dead_letters + 1)
-                self.dirty = True
-                await self._save(True)
+            if self._given_up(attempts, first, now):
+                self.state = replace(self.state, last_attempt=now)
+                await self._bury(DeadLetter(letter_id(now), self.state.cursor, until, events,
+                                            attempts, first, now, error))
                 return
-            delay = backoff(attempts, self.settings.webhook_retry_base,
-                            self.settings.webhook_retry_max)
             self.state = replace(self.state, until=until, attempts=attempts,
-                                 first_attempt=first, next_attempt=now + delay,
+                                 first_attempt=first, next_attempt=now + self._backoff(attempts),
                                  last_error=error, last_attempt=now)
             self.dirty = True
             await self._save(True)
@@ -385,28 +349,52 @@ class Deliverer:
         """Send the dead letters marked for replay, oldest first, each until delivered
         (then deleted) or given up on again (then unmarked, its attempts counted)."""
         hook = self.hook
-        letters = [x for x in await self.engine.dead_letters(INTERNAL, hook.database, hook.id)
-                   if x.replay and x.events]
         self.replays_due = False
-        for letter in letters:
-            body = payload(hook, letter.events)
-            first, attempts = time.time(), 0
-            while True:
-                error = await self.post(letter.until, body)
-                attempts += 1
-                now = time.time()
-                if error is None:
-                    with contextlib.suppress(ShoalError):  # deleted meanwhile: as good
-                        await self.engine.delete_dead_letter(INTERNAL, hook.database, hook.id,
-                                                             letter.id)
-                    break
-                if attempts >= hook.max_attempts or now - first >= hook.max_age:
-                    await self.engine.put_dead_letter(INTERNAL, hook, replace(
-                        letter, replay=False, attempts=letter.attempts + attempts,
-                        dead_at=now, error=error))
-                    break
-                await asyncio.sleep(backoff(attempts, self.settings.webhook_retry_base,
-                                            self.settings.webhook_retry_max))
+        after = ""
+        while page := await self.engine.dead_letters(INTERNAL, hook.database, hook.id, after):
+            after = page[-1].id
+            for letter in page:
+                if letter.replay and letter.events:
+                    await self._replay(letter)
+
+    async def _replay(self, letter: DeadLetter) -> None:
+        """One letter again, until delivered (then deleted) or given up on again."""
+        hook = self.hook
+        body = payload(hook, letter.events)
+        first, attempts = time.time(), 0
+        while True:
+            error = await self.post(letter.until, body)
+            attempts += 1
+            now = time.time()
+            if error is None:
+                with contextlib.suppress(ShoalError):  # deleted meanwhile: as good
+                    await self.engine.delete_dead_letter(INTERNAL, hook.database, hook.id,
+                                                         letter.id)
+                return
+            if self._given_up(attempts, first, now):
+                await self.engine.put_dead_letter(INTERNAL, hook, replace(
+                    letter, replay=False, attempts=letter.attempts + attempts, dead_at=now,
+                    error=error))
+                return
+            await asyncio.sleep(self._backoff(attempts))
+
+    def _given_up(self, attempts: int, first: float, now: float) -> bool:
+        """Whether a batch failed ``attempts`` times since ``first`` is a dead letter now."""
+        return attempts >= self.hook.max_attempts or now - first >= self.hook.max_age
+
+    def _backoff(self, attempts: int) -> float:
+        return backoff(attempts, self.settings.webhook_retry_base,
+                       self.settings.webhook_retry_max)
+
+    async def _bury(self, letter: DeadLetter) -> None:
+        """Keep a batch as a dead letter and go on past it."""
+        assert self.state is not None
+        await self.engine.put_dead_letter(INTERNAL, self.hook, letter)
+        self.state = replace(self.state, cursor=letter.until, until=None, attempts=0,
+                             first_attempt=None, next_attempt=None, last_error=letter.error,
+                             dead_letters=self.state.dead_letters + 1)
+        self.dirty = True
+        await self._save(True)
 
     async def post(self, msg_id: str, body: bytes) -> str | None:
         """One attempt: None if the endpoint took it (a 2xx), else what went wrong (no

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from shoal import names
-from shoal.engine import DeadLetter, Delivery, Webhook, WebhookSpec
+from shoal.engine import LETTERS_PAGE, DeadLetter, Delivery, Webhook, WebhookSpec
 from shoal.errors import Code, ShoalError
 from shoal.server.api import iso
 from shoal.server.changes import MAX_LIMIT, OPS
@@ -85,9 +85,17 @@ class WebhooksAPI:
 
     async def dead_letters(self, request: Request) -> Response:
         name = names.check(request.params["db"])
-        letters = await self.engine.dead_letters(request.principal, name,
-                                                 request.params["id"])
-        return json_response(200, {"dead_letters": [letter_json(x) for x in letters]})
+        limit = request.query("limit")
+        try:
+            size = LETTERS_PAGE if limit is None else int(limit)
+        except ValueError:
+            size = 0
+        if not 1 <= size <= LETTERS_PAGE:
+            raise ShoalError(Code.INVALID_REQUEST, f"limit: from 1 to {LETTERS_PAGE}")
+        letters = await self.engine.dead_letters(request.principal, name, request.params["id"],
+                                                 request.query("after") or "", size)
+        return json_response(200, {"dead_letters": [letter_json(x) for x in letters],
+                                   "next": letters[-1].id if len(letters) == size else None})
 
     async def replay(self, request: Request) -> Response:
         """Deliver dead letters again (all, or the one named), before the next batch."""
@@ -96,7 +104,7 @@ class WebhooksAPI:
         marked = await self.engine.replay_dead_letters(request.principal, name, hook_id,
                                                        request.params.get("letter"))
         self.dispatcher.replay(hook_id)
-        return Response(202, encode({"replaying": [x.id for x in marked]}))
+        return Response(202, encode({"replaying": marked}))
 
     async def delete_letter(self, request: Request) -> Response:
         name = names.check(request.params["db"])
