@@ -3,7 +3,8 @@
 At the given rate an operation fails with an error, times out (before or after
 the inner store applied it: the caller cannot tell), or, for puts, leaves a
 truncated object behind and then fails: what a crash-prone or eventually
-consistent backend can do. ``enabled = False`` turns the faults off so a test
+consistent backend can do (never for a conditional put, which every backend applies
+whole or not at all). ``enabled = False`` turns the faults off so a test
 can check that the system catches up once the store heals.
 """
 
@@ -84,8 +85,9 @@ class FaultyStore:
         if fault == "errors":
             raise InjectedFault("error", "put", key)
         if fault == "partial_writes":
-            self.inner.put(key, data[:self._cut(len(data))])
-            raise InjectedFault("partial write", "put", key)
+            if if_match is None and if_none_match is None:  # a conditional put is atomic in
+                self.inner.put(key, data[:self._cut(len(data))])  # every backend (S3, a
+            raise InjectedFault("partial write", "put", key)  # folder's rename): no torn one
         if fault == "timeouts":
             if self._timeout_after():
                 self.inner.put(key, data, if_none_match=if_none_match, if_match=if_match)
