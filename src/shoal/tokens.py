@@ -14,7 +14,8 @@ import os
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,20 +29,40 @@ ISSUER = "shoal"
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is asking: the token's id, its databases and its access level."""
+    """Who is asking: the token's id, the databases it reaches and its access level.
+
+    A fleet's token may reach databases by name prefix (``prefixes``: ``tenant-`` from
+    ``tenant-*``), be bound to one branch, or provision (create and delete) the databases
+    under its prefixes. A token of an external identity provider carries its issuer, its
+    subject and its claims; when ``bound`` it is held to the database's row rules (the data
+    API only: a table without a rule does not exist for it).
+    """
 
     subject: str
     databases: frozenset[str] | None  # None means every database
     access: str
     expires_at: float | None = None
+    prefixes: frozenset[str] = frozenset()
+    branch: str | None = None
+    provision: bool = False
+    issuer: str = ISSUER
+    user: str | None = None  # an external token's subject (``sub``)
+    claims: Mapping[str, Any] | None = field(default=None, compare=False)
+    bound: bool = False
+
+    def reaches(self, database: str) -> bool:
+        """Whether the token names ``database``, exactly or by one of its prefixes."""
+        if self.databases is None or database in self.databases:
+            return True
+        return any(database.startswith(p) for p in self.prefixes)
 
     def can(self, access: str, database: str | None = None) -> bool:
         if ACCESS_LEVELS[self.access] < ACCESS_LEVELS[access]:
             return False
-        return database is None or self.databases is None or database in self.databases
+        return database is None or self.reaches(database)
 
     def require(self, access: str, database: str | None = None) -> None:
-        if self.databases is not None and database is not None and database not in self.databases:
+        if database is not None and not self.reaches(database):
             raise ShoalError(Code.FORBIDDEN, f"token does not grant database {database!r}")
         if not self.can(access):
             if access == "write":
