@@ -86,11 +86,25 @@ class Code(StrEnum):
                                        "the node (cors_origins) nor the database (PUT "
                                        "/v1/databases/{db}/cors) allows; see docs/api.md, "
                                        "'CORS'.")
+    RULES_BOUND = auto(), 403, ("This token is bound by the database's row rules: it reaches "
+                                "rows through the data API (/v1/databases/{db}/tables/{table}) "
+                                "and the named queries an admin registered, never with SQL; "
+                                "see docs/api.md, 'Row rules'.")
+    RULE_DENIED = auto(), 403, ("A row rule refused this: no rule allows the verb on the table "
+                                "for tokens bound by rules, or a row written would not pass "
+                                "the table's insert or update rule; see GET "
+                                "/v1/databases/{db}/rules.")
+    INVALID_RULE = auto(), 400, ("A rule is one SQL boolean expression over the table's columns "
+                                 "and auth.sub, auth.iss, auth.access, auth.claims.<name>.")
+    UNKNOWN_COLUMN = auto(), 400, "Name columns of the table: GET .../tables/{table}/schema."
     # resources
     NOT_FOUND = auto(), 404, "See /openapi.json for the routes."
     METHOD_NOT_ALLOWED = auto(), 405, "See /openapi.json for the routes."
     DATABASE_NOT_FOUND = auto(), 404, "Create it with POST /v1/databases."
     TOKEN_NOT_FOUND = auto(), 404, "List tokens you created; ids are in the create response."
+    TABLE_NOT_FOUND = auto(), 404, ("No such table, or one that a token bound by rules may not "
+                                    "read (it has no select rule).")
+    QUERY_NOT_FOUND = auto(), 404, "List named queries with GET /v1/databases/{db}/queries."
     TRANSACTION_NOT_FOUND = auto(), 404, "Open one with POST .../transactions."
     WEBHOOK_NOT_FOUND = auto(), 404, "List webhooks with GET /v1/databases/{db}/webhooks."
     DEAD_LETTER_NOT_FOUND = auto(), 404, ("List them with GET "

@@ -62,6 +62,8 @@ class Principal:
         return database is None or self.reaches(database)
 
     def require(self, access: str, database: str | None = None) -> None:
+        if self.bound and access == "admin":
+            raise ShoalError(Code.RULES_BOUND, "a token bound by row rules manages nothing")
         if database is not None and not self.reaches(database):
             raise ShoalError(Code.FORBIDDEN, f"token does not grant database {database!r}")
         if not self.can(access):

@@ -31,6 +31,8 @@ from shoal.engine.health import READ_ONLY, Condition
 from shoal.engine.memory import ceiling as memory_ceiling
 from shoal.engine.quota import DatabaseLimits
 from shoal.engine.registry import Deleted
+from shoal.engine.rowrules import NamedQuery
+from shoal.engine.rows import Rows
 from shoal.engine.webhooks import (
     LETTERS_PAGE,
     DeadLetter,
@@ -68,10 +70,12 @@ __all__ = [
     "History",
     "Idempotency",
     "LogBranch",
+    "NamedQuery",
     "Outcome",
     "ReadAt",
     "Restored",
     "Result",
+    "Rows",
     "StateMoved",
     "Statement",
     "TokenInfo",

@@ -36,6 +36,7 @@ import msgspec
 from shoal.engine.policy import Guard
 from shoal.errors import Code, ShoalError, from_sqlite
 from shoal.metrics import METRICS
+from shoal.rules import DENY
 from shoal.values import decode_args
 from shoal.wire import SQLValue, encode_row
 
@@ -309,6 +310,14 @@ class Watchdog:
 WATCHDOG = Watchdog()
 
 
+def _deny(*args: SQLValue) -> SQLValue:
+    """SQL's shoal_deny(verb): fails the statement it runs in. The data API's writes call it
+    for a row the table's rule refuses (shoal.rules); anyone else calling it only fails
+    their own statement."""
+    verb = str(args[0])[:20] if args else "row"
+    raise ShoalError(Code.RULE_DENIED, f"a row does not pass the table's {verb} rule")
+
+
 class Connection:
     """An apsw connection with its authorizer, tracer, limits and deadline."""
 
@@ -356,6 +365,7 @@ class Connection:
             self.internal("PRAGMA wal_autocheckpoint=0")
         if reader:
             self.internal("PRAGMA query_only=1")
+        raw.create_scalar_function(DENY, _deny)
         raw.authorizer = self.guard
         raw.exec_trace = self._trace
         if reader:

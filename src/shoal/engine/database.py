@@ -302,6 +302,8 @@ class WriteJob:
     deadline: float  # when waiting for the write lock gives DATABASE_BUSY
     idempotency: IdempotencyRecord | None = None
     abandoned: bool = False  # its client went away: not run, or interrupted if running
+    # Shoal's own writes after the statements, in the job's savepoint (a table's rules)
+    own: Callable[[Connection], None] | None = None
 
     def gone(self) -> bool:
         """Whether nobody waits for this job any more (read from the writer's thread and the
@@ -380,6 +382,10 @@ class Database:
         self.changes: ChangeCapture | None = None
         self.spool: Spool | None = None
         self._spool_synced: Future[None] | None = None  # the sync of the last append
+        # the data API's view of tables (shape and row rules), by table: the engine's
+        # (engine/rowrules.py), valid while ``access_generation`` and the schema hold
+        self.access: dict[str, Any] = {}
+        self.access_generation = 0
 
     # -- open / close -----------------------------------------------------------------------
     def _connect(self, reader: bool) -> Connection:
@@ -669,13 +675,14 @@ class Database:
 
     # -- writes (group commit) --------------------------------------------------------------
     async def write(self, statements: list[Statement],
-                    idempotency: IdempotencyRecord | None = None) -> Committed:
+                    idempotency: IdempotencyRecord | None = None,
+                    own: Callable[[Connection], None] | None = None) -> Committed:
         if self.journal is not None and self.journal.writer is None:
             await self.journal.claim()  # the first write takes the timeline (fences others)
         self._check_log()
         loop = asyncio.get_running_loop()
         job = WriteJob(statements, loop.create_future(),
-                       time.monotonic() + self.settings.busy_timeout, idempotency)
+                       time.monotonic() + self.settings.busy_timeout, idempotency, own=own)
         self.queue.append(job)
         METRICS.queue_depth.observe(len(self.queue))
         self.wake.set()
@@ -843,6 +850,8 @@ class Database:
                 conn.internal(SAVEPOINT)
                 try:
                     counters = conn.run(job.statements, self.limits, cancelled=job.gone)
+                    if job.own is not None:
+                        job.own(conn)
                     # a deferred foreign key still violated would fail the COMMIT of every
                     # job of the batch: it fails this job, here
                     if (violated := conn.deferred_violations()) is not None:
@@ -989,6 +998,26 @@ class Database:
         self._committed(conn, txid)
         log.info("%s/%s: Shoal's tables moved from %s to %s at txid %d", self.name,
                  self.branch, old.state, tables.STATE, txid)
+
+    async def read_own(self, fn: Callable[[Connection], T]) -> T:
+        """``fn(conn)``, Shoal's own reads (``conn.internal``), in one snapshot of a reader
+        on a worker thread (its schema reloaded if the writer's moved)."""
+        conn = await self._take_reader()
+        try:
+            return await self._off_loop(conn, self._in_snapshot, conn, fn)
+        finally:
+            self._give_reader(conn)
+
+    def _in_snapshot(self, conn: Connection, fn: Callable[[Connection], T]) -> T:
+        generation = self.schema_generation
+        conn.internal(BEGIN)
+        try:
+            if conn.schema_generation != generation:
+                self._own_read(conn, lambda t: t.get_txid)
+                conn.schema_generation = generation
+            return fn(conn)
+        finally:
+            conn.internal(ROLLBACK)
 
     def _own_read(self, conn: Connection, statement: Callable[[tables.Layout], str],
                   args: Any = None, *, large: bool = False) -> list[Any]:

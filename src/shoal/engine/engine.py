@@ -66,6 +66,7 @@ from shoal.engine.pool import Pool
 from shoal.engine.quota import DatabaseLimits, Quotas, decode_limits, encode_limits
 from shoal.engine.registry import BranchView, Deleted, Registry, stored_txid
 from shoal.engine.replica import News, Replicas
+from shoal.engine.rows import RowsAPI, unbound
 from shoal.engine.webhooks import (
     LETTERS_PAGE,
     DeadLetter,
@@ -211,7 +212,7 @@ def _checked_store(settings: Settings) -> ObjectStore:
     return store
 
 
-class Engine:
+class Engine(RowsAPI):
     """The node: its databases, tokens, commit log and limits. Construction only sets fields;
     :meth:`open` does the blocking work of starting (the data directory's lock, the store's
     lease, the catalog from the store), :meth:`start` the background tasks, :meth:`stop`
@@ -666,6 +667,8 @@ class Engine:
                 # decoding a page's changes is the caller's work: off the event loop
                 found, at = await self._run(events, commits, at, limit, wanted,
                                             self.settings.max_response_bytes)
+                if found and principal.bound:
+                    found = await self._visible(principal, name, branch, found)
                 if found:
                     return ChangesPage(name, branch, timeline, found, at)
                 # past what the filter dropped, or the rest of a commit: wait on from there
@@ -1205,6 +1208,7 @@ class Engine:
         *, branch: str = "main", at: ReadAt | None = None,
     ) -> Outcome:
         principal.require("read", name)
+        unbound(principal)
         wanted = self._wanted(name, branch, at.bookmark) if at is not None else None
         if at is not None and at.follow and self.replicas is not None:
             url = self.leader_url(name)
@@ -1539,6 +1543,7 @@ class Engine:
                        *, branch: str = "main") -> Description:
         """Prepare one statement without running it (Hrana's describe): read access."""
         principal.require("read", name)
+        unbound(principal)
         async with self.lifecycle.use(name, branch) as db:
             return await db.describe(sql)
 
@@ -1551,6 +1556,7 @@ class Engine:
         the key up once before running and record it with their one commit.
         """
         principal.require("read", name)
+        unbound(principal)
         async with self.lifecycle.use(name, branch) as db:
             found = await db.find_idempotent(principal.subject, idem.key)
             if found is not None:
@@ -1561,6 +1567,7 @@ class Engine:
     async def begin(self, principal: tokens.Principal, name: str, mode: str | None,
                     *, branch: str = "main") -> Transaction:
         principal.require("read", name)
+        unbound(principal)
         write = principal.can_write if mode is None else mode == "write"
         if write and not principal.can_write:
             raise ShoalError(Code.READ_ONLY, "this token may open read transactions only")

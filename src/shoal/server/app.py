@@ -52,6 +52,7 @@ from shoal.server.openapi import openapi_document
 from shoal.server.ports import EngineAPI
 from shoal.server.quota import Quota
 from shoal.server.stderr import timestamp
+from shoal.server.tables import TablesAPI
 from shoal.server.webhooks import WebhooksAPI
 from shoal.settings import Settings
 
@@ -77,6 +78,7 @@ class App:
         self.change_routes = self.changes.register(self.router)  # streams stay here
         self.dispatcher = Dispatcher(self.engine)  # webhooks' deliveries
         WebhooksAPI(self.engine, self.dispatcher).register(self.router)
+        TablesAPI(self.engine).register(self.router)  # the data API, rules, named queries
         self.router.add("GET", "/health", self.health)
         self.router.add("GET", "/ready", self.ready)
         self.router.add("GET", "/metrics", self.metrics)

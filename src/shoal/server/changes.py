@@ -224,8 +224,12 @@ class ChangesAPI:
         """The long-polled page after ``since``, asked of the engine once for every stream
         waiting on the same one: a thousand streams at the head of a branch make one
         page's work per commit, not a thousand (each stream's token is checked itself)."""
-        request.principal.require("read", name)
-        key = (name, branch, since, limit, wanted)
+        principal = request.principal
+        principal.require("read", name)
+        # a token bound by rules gets the page its rules show it: shared with the same
+        # token's other streams only
+        key = (name, branch, since, limit, wanted,
+               (principal.issuer, principal.subject) if principal.bound else None)
         asked = self.asked.get(key)
         if asked is None:
             asked = self.asked[key] = asyncio.ensure_future(self.engine.changes(
@@ -241,7 +245,8 @@ class ChangesAPI:
 
     def _render(self, page: ChangesPage, event: FeedEvent) -> tuple[str, bytes]:
         key = (page.database, page.branch, page.timeline, event.txid,
-               event.index if event.change is not None else -event.first)
+               event.index if event.change is not None else -event.first,
+               event.op)  # (rules may show an update as an insert or a delete)
         found = self.rendered.get(key)
         if found is None:
             data = event_json(page, event)

@@ -29,9 +29,11 @@ from shoal.engine import (
     History,
     Idempotency,
     LogBranch,
+    NamedQuery,
     Outcome,
     ReadAt,
     Restored,
+    Rows,
     Statement,
     TokenInfo,
     TokenRecord,
@@ -39,8 +41,11 @@ from shoal.engine import (
     Webhook,
     WebhookSpec,
 )
+from shoal.rules import Filter as RowFilter
+from shoal.rules import Read
 from shoal.settings import Settings
 from shoal.tokens import Principal
+from shoal.wire import SQLValue
 
 Render = Callable[[Committed], tuple[int, bytes]]
 
@@ -151,6 +156,30 @@ class EngineAPI(Protocol):
     async def feed_settings(self, principal: Principal, name: str) -> tuple[str, ...]: ...
     async def set_feed_settings(self, principal: Principal, name: str,
                                 without_old: tuple[str, ...]) -> tuple[str, ...]: ...
+
+    # -- the data API, row rules, named queries (engine/rows.py) ------------------------------
+    async def read_rows(self, principal: Principal, name: str, table: str, read: Read, *,
+                        branch: str = ...) -> Rows: ...
+    async def insert_rows(self, principal: Principal, name: str, table: str,
+                          rows: list[dict[str, SQLValue]], *, branch: str = ...) -> Rows: ...
+    async def update_rows(self, principal: Principal, name: str, table: str,
+                          values: dict[str, SQLValue], filters: list[RowFilter], *,
+                          branch: str = ...) -> Rows: ...
+    async def delete_rows(self, principal: Principal, name: str, table: str,
+                          filters: list[RowFilter], *, branch: str = ...) -> Rows: ...
+    async def table_schema(self, principal: Principal, name: str, table: str, *,
+                           branch: str = ...) -> dict[str, Any]: ...
+    async def rules_of(self, principal: Principal, name: str, *,
+                       branch: str = ...) -> dict[str, dict[str, str | None]]: ...
+    async def set_rules(self, principal: Principal, name: str, table: str,
+                        verbs: dict[str, str | None], *, branch: str = ...) -> str: ...
+    async def named_queries(self, principal: Principal, name: str, *,
+                            branch: str = ...) -> list[NamedQuery]: ...
+    async def set_named_query(self, principal: Principal, name: str, query: str,
+                              sql: str | None, description: str = ..., *,
+                              branch: str = ...) -> str: ...
+    async def run_named_query(self, principal: Principal, name: str, query: str,
+                              args: dict[str, SQLValue], *, branch: str = ...) -> Outcome: ...
 
     # -- webhooks ------------------------------------------------------------------------------
     async def create_webhook(self, principal: Principal, name: str,
