@@ -66,7 +66,7 @@ class ChangesAPI:
     def __init__(self, engine: EngineAPI):
         self.engine = engine
         self.streams = 0
-        self.rendered: OrderedDict[tuple[str, str, str, int, int], tuple[str, bytes]] = \
+        self.rendered: OrderedDict[tuple[str, str, str, int, int, str], tuple[str, bytes]] = \
             OrderedDict()
         self.asked: dict[tuple[Any, ...], asyncio.Future[ChangesPage]] = {}  # see _shared
 
