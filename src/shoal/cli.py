@@ -619,14 +619,15 @@ def _token_create(args: argparse.Namespace, client: Client, out: Output) -> int:
         [d.strip() for d in scope.split(",") if d.strip()]
     if not databases:
         raise UsageError("--databases needs names (a,b) or '*'")
-    made = client.create_token(databases, args.access, args.expires_in)
+    made = client.create_token(databases, args.access, args.expires_in, branch=args.branch)
     if out.as_json:
         out.json(made)
     else:
         scope_text = made["databases"] if isinstance(made["databases"], str) \
             else ", ".join(made["databases"])
-        out.fields({"id": made["id"], "databases": scope_text, "access": made["access"],
-                    "expires_at": made["expires_at"]})
+        out.fields({"id": made["id"], "databases": scope_text, "access": made["access"]}
+                   | ({"branch": made["branch"]} if made.get("branch") else {})
+                   | {"expires_at": made["expires_at"]})
         out.plain(f"token: {made['token']}")  # one unbroken line, easy to copy; shown once
     return 0
 
@@ -651,9 +652,10 @@ def _token_list(args: argparse.Namespace, client: Client, out: Output) -> int:
         gone = ", ".join(t.get("narrowed") or ())
         return f"{reach} (no longer: {gone})" if gone else reach
 
-    out.table(["id", "databases", "access", "created_by", "created_at", "expires_at", "state"],
-              [[t["id"], scope(t), t["access"], t["created_by"], t["created_at"],
-                t["expires_at"], state(t)] for t in found],
+    out.table(["id", "databases", "access", "branch", "created_by", "created_at", "expires_at",
+               "state"],
+              [[t["id"], scope(t), t["access"], t.get("branch") or "", t["created_by"],
+                t["created_at"], t["expires_at"], state(t)] for t in found],
               f"{len(found)} token{'s' * (len(found) != 1)}", whole=("id",))
     return 0
 
@@ -1120,8 +1122,14 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     ts = token.add_subparsers(dest="token_command", required=True,
                               metavar="{create,list,revoke}")
     p = _client_parser(ts, "create", common, "create a token (needs an admin token)")
-    p.add_argument("--databases", required=True, help="comma-separated names, or '*' for all")
-    p.add_argument("--access", choices=("read", "write", "admin"), default="read")
+    p.add_argument("--databases", required=True,
+                   help="comma-separated names and prefix patterns ('tenant-*'), or '*' for "
+                        "all")
+    p.add_argument("--access", choices=("read", "write", "admin", "provision"), default="read",
+                   help="provision: create and delete the databases of its patterns and mint "
+                        "their tokens, no data (a fleet's control plane)")
+    p.add_argument("--branch", default=None,
+                   help="bind a read or write token to this branch (it works there only)")
     p.add_argument("--expires-in", type=int, default=3600, metavar="SECONDS",
                    help="lifetime in seconds (default 3600)")
     p.set_defaults(func=_client_command(_token_create))

@@ -79,6 +79,13 @@ class Code(StrEnum):
     TOKEN_REVOKED = auto(), 401, "Create a new token."
     FORBIDDEN = auto(), 403, "The token does not grant this database or action."
     READ_ONLY = auto(), 403, "This token may only read; use a token with write access."
+    BRANCH_NOT_GRANTED = auto(), 403, ("The token is bound to one branch (its 'branch'): use "
+                                       "that branch. It cannot create, reset, restore or delete "
+                                       "branches; a token that is not bound can.")
+    PROVISION_ONLY = auto(), 403, ("A provisioning token creates, deletes and lists the "
+                                   "databases under its prefixes and mints their tokens; it "
+                                   "cannot read or write data or change a database: use a "
+                                   "token it minted.")
     SQL_NOT_ALLOWED = auto(), 403, ("SQL that reaches outside the database, weakens durability, "
                                     "leaves state on a pooled connection or touches Shoal's own "
                                     "tables is refused; see docs/api.md, 'What SQL may do'.")

@@ -1,8 +1,10 @@
 """Bearer tokens: signed JWTs (HS256, pyjwt) naming databases and an access level.
 
 A token carries ``jti`` (its id, for revocation), ``dbs`` (a list of database
-names or ``"*"``), ``acc`` (``read`` < ``write`` < ``admin``), ``iat`` and
-``exp``. The signing key is generated on first start into the data directory.
+names or ``"*"``; an entry ending in ``*`` reaches every name it starts, ``tenant-*``),
+``acc`` (``read`` < ``write`` < ``admin``; or ``provision``: creating and deleting the
+databases it reaches and minting their tokens, no data), ``iat``, ``exp`` and, for a token
+bound to one branch, ``br``. The signing key is generated on first start into the data directory.
 The static admin token (setting ``admin_token``) is compared in constant time
 and grants admin on every database.
 """
@@ -24,6 +26,7 @@ import jwt
 from shoal.errors import Code, ShoalError
 
 ACCESS_LEVELS = {"read": 1, "write": 2, "admin": 3}
+PROVISION = "provision"  # an access outside the levels: databases and tokens, never data
 ISSUER = "shoal"
 
 
@@ -57,13 +60,16 @@ class Principal:
         return any(database.startswith(p) for p in self.prefixes)
 
     def can(self, access: str, database: str | None = None) -> bool:
-        if ACCESS_LEVELS[self.access] < ACCESS_LEVELS[access]:
+        if self.provision or ACCESS_LEVELS.get(self.access, 0) < ACCESS_LEVELS[access]:
             return False
         return database is None or self.reaches(database)
 
     def require(self, access: str, database: str | None = None) -> None:
         if self.bound and access == "admin":
             raise ShoalError(Code.RULES_BOUND, "a token bound by row rules manages nothing")
+        if self.provision:  # what it may do is checked apart (shoal/scopes.py: manage)
+            raise ShoalError(Code.PROVISION_ONLY, "a provisioning token creates and deletes "
+                                                  "databases and mints tokens; it cannot do this")
         if database is not None and not self.reaches(database):
             raise ShoalError(Code.FORBIDDEN, f"token does not grant database {database!r}")
         if not self.can(access):
@@ -71,9 +77,26 @@ class Principal:
                 raise ShoalError(Code.READ_ONLY, "token has read access only")
             raise ShoalError(Code.FORBIDDEN, f"token lacks {access} access")
 
+    def on(self, branch: str | None) -> str:
+        """The branch a request is served on: the one it names (main if none), or the
+        token's own when it is bound to one (BRANCH_NOT_GRANTED for another)."""
+        if self.branch is None:
+            return "main" if branch is None else branch
+        if branch is not None and branch != self.branch:
+            raise ShoalError(Code.BRANCH_NOT_GRANTED,
+                             f"token is bound to branch {self.branch!r}, not {branch!r}")
+        return self.branch
+
+    @property
+    def sole(self) -> str | None:
+        """The database the token names when it names exactly one (and no prefix)."""
+        if self.databases is None or self.prefixes or len(self.databases) != 1:
+            return None
+        return next(iter(self.databases))
+
     @property
     def can_write(self) -> bool:
-        return ACCESS_LEVELS[self.access] >= ACCESS_LEVELS["write"]
+        return ACCESS_LEVELS.get(self.access, 0) >= ACCESS_LEVELS["write"]
 
 
 def _write_secret(path: Path, value: str) -> None:
@@ -115,8 +138,8 @@ class TokenAuthority:
         self.admin = Principal("admin", None, "admin")
 
     def sign(self, token_id: str, databases: list[str] | None, access: str,
-             expires_at: float) -> str:
-        claims = {
+             expires_at: float, branch: str | None = None) -> str:
+        claims: dict[str, Any] = {
             "iss": ISSUER,
             "jti": token_id,
             "dbs": "*" if databases is None else databases,
@@ -124,6 +147,8 @@ class TokenAuthority:
             "iat": int(time.time()),
             "exp": int(expires_at),
         }
+        if branch is not None:  # absent otherwise: a token of before has the same claims
+            claims["br"] = branch
         return jwt.encode(claims, self._key, algorithm="HS256")
 
     def revoke(self, token_id: str) -> None:
@@ -172,14 +197,20 @@ class TokenAuthority:
         except jwt.PyJWTError:
             raise ShoalError(Code.TOKEN_INVALID,
                              "token is malformed or not signed by this server") from None
-        dbs, acc = claims.get("dbs"), claims.get("acc")
-        if acc not in ACCESS_LEVELS or not (dbs == "*" or isinstance(dbs, list)):
+        dbs, acc, br = claims.get("dbs"), claims.get("acc"), claims.get("br")
+        entries = [str(d) for d in dbs] if isinstance(dbs, list) else []
+        bound_ok = br is None or (isinstance(br, str) and acc in ("read", "write"))
+        if (acc not in ACCESS_LEVELS and acc != PROVISION) or not bound_ok \
+                or not (dbs == "*" or isinstance(dbs, list)) or "*" in entries:
             raise ShoalError(Code.TOKEN_INVALID, "token claims are malformed")
         return Principal(
             subject=str(claims["jti"]),
-            databases=None if dbs == "*" else frozenset(str(d) for d in dbs),
+            databases=None if dbs == "*" else frozenset(d for d in entries if d[-1:] != "*"),
             access=acc,
             expires_at=float(claims["exp"]),
+            prefixes=frozenset(d[:-1] for d in entries if d[-1:] == "*"),
+            branch=br,
+            provision=acc == PROVISION,
         )
 
 

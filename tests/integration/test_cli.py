@@ -555,6 +555,24 @@ def test_token_list_command(shoal: Run, admin: httpx.Client,
     assert bad.returncode == 1 and bad.stderr.startswith("error INVALID_NAME: ")
 
 
+def test_fleet_token_commands(shoal: Run, server: ServerProcess, admin: httpx.Client) -> None:
+    """A provisioning token for a prefix creates a tenant's database and mints its token;
+    a token bound to a branch is listed with it."""
+    plane = _json(shoal("token", "create", "--databases", "clifleet-*", "--access",
+                        "provision", "--json"))
+    assert plane["access"] == "provision" and plane["databases"] == ["clifleet-*"]
+    as_plane = _env(SHOAL_URL=server.url, SHOAL_TOKEN=plane["token"])
+    assert shoal("db", "create", "clifleet-a", env=as_plane).returncode == 0
+    bound = _json(shoal("token", "create", "--databases", "clifleet-a", "--access", "write",
+                        "--branch", "main", "--json", env=as_plane))
+    assert bound["branch"] == "main" and bound["databases"] == ["clifleet-a"]
+    denied = shoal("sql", "clifleet-a", "SELECT 1", env=as_plane)
+    assert denied.returncode == 1 and denied.stderr.startswith("error PROVISION_ONLY: ")
+    table = shoal("token", "list", "--database", "clifleet-a", env=as_plane)
+    assert table.returncode == 0, table.stderr
+    assert bound["id"] in table.stdout and "clifleet-*" in table.stdout
+
+
 def test_local_admin_token_fallback(shoal: Run, server: ServerProcess, tmp_path: Path) -> None:
     env = _env(SHOAL_URL=server.url)
     (tmp_path / "shoal-data").mkdir()

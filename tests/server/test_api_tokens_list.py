@@ -16,7 +16,7 @@ from tests.integration.api_support import error_of, make_token, ok
 from tests.support.server import ServerProcess
 
 FIELDS = {"id", "databases", "narrowed", "access", "created_by", "created_at", "expires_at",
-          "expired", "revoked", "revoked_at"}
+          "expired", "revoked", "revoked_at", "branch"}
 
 
 @pytest.fixture(params=["store", "none"])

@@ -470,6 +470,29 @@ def test_tokens_sends_the_filters_and_follows_short_pages() -> None:
     assert seen[0].url.params["include"] == "expired"
 
 
+def test_create_token_sends_patterns_provision_and_branch() -> None:
+    seen: list[httpx.Request] = []
+    made = {"id": "tok_1", "token": "x", "databases": ["tenant-*"], "access": "provision",
+            "expires_at": "t"}
+    with Client("http://h", "t", transport=_mock(seen, _answer(201, made))) as c:
+        assert c.create_token(["tenant-*"], "provision") == made
+        c.create_token(["tenant-a"], "write", 60, branch="preview-42", idempotency_key="k")
+    assert [_body(r) for r in seen] == [
+        {"databases": ["tenant-*"], "access": "provision", "expires_in": 3600},
+        {"databases": ["tenant-a"], "access": "write", "expires_in": 60,
+         "branch": "preview-42"}]
+    assert seen[1].headers["idempotency-key"] == "k"
+
+    async def main() -> None:
+        async with AsyncClient("http://h", "t", transport=_mock(seen, _answer(201, made))) as c:
+            await c.create_token("*", "read", branch="main")
+
+    seen.clear()
+    asyncio.run(main())
+    assert _body(seen[0]) == {"databases": "*", "access": "read", "expires_in": 3600,
+                              "branch": "main"}
+
+
 def _tx_server(log: list[str], fail_rollback: bool = False) -> Handler:
     def handle(request: httpx.Request) -> httpx.Response:
         path = request.url.path

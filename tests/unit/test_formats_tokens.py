@@ -332,3 +332,78 @@ def test_ids_and_secrets_have_pinned_shapes() -> None:
     assert re.fullmatch(r"tok_[0-9a-f]{16}", tokens.new_token_id())
     secret = tokens.new_secret()
     assert re.fullmatch(r"[A-Za-z0-9_-]{43}", secret)
+
+
+# -- fleets: prefixes, branch-bound and provisioning tokens (same claims; ``br`` added) ------
+
+FLEET = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9."
+         "eyJpc3MiOiJzaG9hbCIsImp0aSI6InRva19mbGVldDAwMDAwMDAwMDEiLCJkYnMiOlsidGVuYW50LSoiLCJv"
+         "cmRlcnMiXSwiYWNjIjoid3JpdGUiLCJpYXQiOjE3MDAwMDAwMDAsImV4cCI6NDEwMjQ0NDgwMCwiYnIiOiJw"
+         "cmV2aWV3LTQyIn0.CrbMvgT3ImcPT9GAm_UqD9f-j9BY1msxNQ4oOn75tG0")
+PROVISIONING = ("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9."
+                "eyJpc3MiOiJzaG9hbCIsImp0aSI6InRva19mbGVldDAwMDAwMDAwMDIiLCJkYnMiOlsidGVuYW50"
+                "LSoiXSwiYWNjIjoicHJvdmlzaW9uIiwiaWF0IjoxNzAwMDAwMDAwLCJleHAiOjQxMDI0NDQ4MDB9."
+                "y55i6SSXzwAXfrTast5JwC7R4rPGZTASdXO5zhSfWGg")
+
+
+def test_a_prefix_and_branch_token_is_pinned(authority: TokenAuthority,
+                                             clock: SimpleNamespace) -> None:
+    token = authority.sign("tok_fleet0000000001", ["tenant-*", "orders"], "write", FAR,
+                           "preview-42")
+    assert part(token, 1) == (b'{"iss":"shoal","jti":"tok_fleet0000000001",'
+                              b'"dbs":["tenant-*","orders"],"acc":"write","iat":1700000000,'
+                              b'"exp":4102444800,"br":"preview-42"}')
+    assert token == FLEET
+    p = authority.verify(FLEET)
+    assert p == Principal("tok_fleet0000000001", frozenset({"orders"}), "write", float(FAR),
+                          prefixes=frozenset({"tenant-"}), branch="preview-42")
+    assert p.reaches("tenant-a") and p.reaches("tenant-") and p.reaches("orders")
+    assert not p.reaches("tenant") and not p.reaches("tenantx") and not p.reaches("order")
+    assert p.on(None) == "preview-42" and p.on("preview-42") == "preview-42"
+    assert refused("BRANCH_NOT_GRANTED", p.on, "main") == \
+        "token is bound to branch 'preview-42', not 'main'"
+    assert p.sole is None  # a prefix: no one database to default to
+
+
+def test_a_provisioning_token_is_pinned(authority: TokenAuthority,
+                                        clock: SimpleNamespace) -> None:
+    token = authority.sign("tok_fleet0000000002", ["tenant-*"], "provision", FAR)
+    assert part(token, 1) == (b'{"iss":"shoal","jti":"tok_fleet0000000002",'
+                              b'"dbs":["tenant-*"],"acc":"provision","iat":1700000000,'
+                              b'"exp":4102444800}')
+    assert token == PROVISIONING
+    p = authority.verify(PROVISIONING)
+    assert p == Principal("tok_fleet0000000002", frozenset(), "provision", float(FAR),
+                          prefixes=frozenset({"tenant-"}), provision=True)
+    for level in LEVELS:  # below every level: it holds none of them
+        assert not p.can(level) and not p.can(level, "tenant-a")
+        assert refused("PROVISION_ONLY", p.require, level, "tenant-a").startswith(
+            "a provisioning token")
+    assert not p.can_write
+    assert p.on(None) == "main"
+
+
+def test_tokens_of_before_are_unbound_and_unprefixed(authority: TokenAuthority,
+                                                     clock: SimpleNamespace) -> None:
+    p = authority.verify(GOLDEN)
+    assert (p.prefixes, p.branch, p.provision) == (frozenset(), None, False)
+    assert p.on(None) == "main" and p.on("any") == "any"
+    assert Principal("t", frozenset({"orders"}), "read").sole == "orders"
+    assert Principal("t", None, "read").sole is None
+    assert Principal("t", frozenset({"a", "b"}), "read").sole is None
+
+
+@pytest.mark.parametrize("bad", [
+    claims(dbs=["*"]), claims(dbs=["tenant-*", "*"]), claims(br=7), claims(br=["main"]),
+    claims(br="main", acc="admin"), claims(br="main", acc="provision"),
+])
+def test_malformed_fleet_claims(authority: TokenAuthority, bad: dict[str, object]) -> None:
+    assert refused("TOKEN_INVALID", authority.verify, forge(bad)) == "token claims are malformed"
+
+
+def test_narrowing_leaves_prefixes(authority: TokenAuthority, clock: SimpleNamespace) -> None:
+    authority.narrow("tok_fleet0000000001", "orders")
+    authority.narrow("tok_fleet0000000001", "tenant-a")
+    p = authority.verify(FLEET)
+    assert p.databases == frozenset() and p.prefixes == frozenset({"tenant-"})
+    assert p.reaches("tenant-a")  # a prefix names no database: a new one is in its reach

@@ -129,11 +129,11 @@ class AsyncClient(BaseClient):
         return await self._send(self._compact(name, branch))
 
     async def create_token(self, databases: Sequence[str] | Literal["*"] = "*",
-                           access: Literal["read", "write", "admin"] = "read",
-                           expires_in: int = 3600, *,
+                           access: Literal["read", "write", "admin", "provision"] = "read",
+                           expires_in: int = 3600, *, branch: str | None = None,
                            idempotency_key: str | None = None) -> dict[str, Any]:
         return await self._send(self._create_token(databases, access, expires_in,
-                                                   idempotency_key))
+                                                   idempotency_key, branch))
 
     async def revoke_token(self, token_id: str) -> None:
         await self._send(self._revoke_token(token_id))

@@ -393,11 +393,14 @@ class BaseClient:
         return Call("POST", self._data_path(name, branch) + "/compact", _identity, {})
 
     def _create_token(self, databases: Sequence[str] | Literal["*"], access: str,
-                      expires_in: int, idempotency_key: str | None) -> Call[dict[str, Any]]:
+                      expires_in: int, idempotency_key: str | None,
+                      branch: str | None = None) -> Call[dict[str, Any]]:
         scope: list[str] | str = "*" if databases == "*" else list(databases)
-        return Call("POST", "/v1/tokens", _identity,
-                    {"databases": scope, "access": access, "expires_in": int(expires_in)},
-                    idempotency_key)
+        body: dict[str, Any] = {"databases": scope, "access": access,
+                                "expires_in": int(expires_in)}
+        if branch is not None:
+            body["branch"] = branch
+        return Call("POST", "/v1/tokens", _identity, body, idempotency_key)
 
     def _revoke_token(self, token_id: str) -> Call[None]:
         return Call("DELETE", "/v1/tokens/" + quote(token_id, safe=""), _nothing)

@@ -154,11 +154,16 @@ class Client(BaseClient):
         return self._send(self._compact(name, branch))
 
     def create_token(self, databases: Sequence[str] | Literal["*"] = "*",
-                     access: Literal["read", "write", "admin"] = "read",
-                     expires_in: int = 3600, *,
+                     access: Literal["read", "write", "admin", "provision"] = "read",
+                     expires_in: int = 3600, *, branch: str | None = None,
                      idempotency_key: str | None = None) -> dict[str, Any]:
-        """A new token: ``{"id", "token", "databases", "access", "expires_at"}``."""
-        return self._send(self._create_token(databases, access, expires_in, idempotency_key))
+        """A new token: ``{"id", "token", "databases", "access", "expires_at"}`` (and
+        ``"branch"`` when bound to one). ``databases`` takes names and prefix patterns
+        (``"tenant-*"``); ``access="provision"`` makes a fleet's provisioning token (it
+        creates and deletes the databases of its patterns and mints their tokens, no data);
+        ``branch`` binds a read or write token to that branch."""
+        return self._send(self._create_token(databases, access, expires_in, idempotency_key,
+                                             branch))
 
     def revoke_token(self, token_id: str) -> None:
         self._send(self._revoke_token(token_id))
@@ -168,7 +173,7 @@ class Client(BaseClient):
                page_size: int = 100) -> list[dict[str, Any]]:
         """The tokens this (admin) token may list, following pagination: ``{"id",
         "databases", "narrowed", "access", "created_by", "created_at", "expires_at",
-        "expired", "revoked", "revoked_at"}``, never the token itself. Live ones only
+        "expired", "revoked", "revoked_at", "branch"}``, never the token itself. Live ones only
         unless ``expired``/``revoked``; those reaching ``database`` when named."""
         return self._run(self._tokens(database, expired, revoked, limit, page_size))
 

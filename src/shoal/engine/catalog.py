@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS tokens(
     created_by TEXT NOT NULL,
     created_at REAL NOT NULL,
     expires_at REAL NOT NULL,
-    revoked_at REAL
+    revoked_at REAL,
+    branch TEXT
 );
 CREATE TABLE IF NOT EXISTS narrowed(
     token_id TEXT NOT NULL,
@@ -85,6 +86,9 @@ class DatabaseRecord:
 
 @dataclass(frozen=True)
 class TokenRecord:
+    """A token as made: ``databases`` holds names and patterns (``tenant-*``; None for
+    every database), ``branch`` the one branch it is bound to (None: any)."""
+
     id: str
     databases: list[str] | None
     access: str
@@ -92,6 +96,7 @@ class TokenRecord:
     created_at: float
     expires_at: float
     revoked_at: float | None
+    branch: str | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,9 @@ class Catalog:
         self._db.execute("PRAGMA foreign_keys=ON")
         with disk_errors():
             list(self._db.execute(SCHEMA))
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(tokens)")}
+            if "branch" not in columns:  # a catalog of before branch-bound tokens
+                self._db.execute("ALTER TABLE tokens ADD COLUMN branch TEXT")
 
     def close(self) -> None:
         with self._lock:
@@ -189,13 +197,14 @@ class Catalog:
         return DatabaseRecord(*rows[0]) if rows else None
 
     def list_databases(self, limit: int, after: str | None,
-                       allowed: frozenset[str] | None) -> list[DatabaseRecord]:
+                       allowed: Callable[[str], bool] | None) -> list[DatabaseRecord]:
+        """Up to ``limit`` databases after ``after`` in name order (those ``allowed``)."""
         rows = self._rows(
             "SELECT name, created_at FROM databases WHERE name > ? ORDER BY name",
             (after or "",))
         out = []
         for row in rows:
-            if allowed is None or row[0] in allowed:
+            if allowed is None or allowed(row[0]):
                 out.append(DatabaseRecord(*row))
                 if len(out) >= limit:
                     break
@@ -205,9 +214,10 @@ class Catalog:
     def add_token(self, rec: TokenRecord) -> None:
         dbs = "*" if rec.databases is None else msgspec.json.encode(rec.databases).decode()
         self._db.execute(
-            "INSERT INTO tokens(id, databases, access, created_by, created_at, expires_at)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            (rec.id, dbs, rec.access, rec.created_by, rec.created_at, rec.expires_at))
+            "INSERT INTO tokens(id, databases, access, created_by, created_at, expires_at,"
+            " branch) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (rec.id, dbs, rec.access, rec.created_by, rec.created_at, rec.expires_at,
+             rec.branch))
 
     def revoke_token(self, token_id: str) -> bool:
         with self._writing():
@@ -240,13 +250,13 @@ class Catalog:
         ids after ``after`` in order: see :func:`token_page`."""
         narrowed = self.narrowed()
         rows = self._rows(
-            "SELECT id, databases, access, created_by, created_at, expires_at, revoked_at"
-            " FROM tokens WHERE id > ? ORDER BY id", (after or "",))
+            "SELECT id, databases, access, created_by, created_at, expires_at, revoked_at,"
+            " branch FROM tokens WHERE id > ? ORDER BY id", (after or "",))
 
         def infos() -> Iterator[TokenInfo]:
-            for tid, dbs, access, by, created, expires, revoked_at in rows:
+            for tid, dbs, access, by, created, expires, revoked_at, branch in rows:
                 scope = None if dbs == "*" else [str(d) for d in msgspec.json.decode(dbs)]
-                rec = TokenRecord(tid, scope, access, by, created, expires, revoked_at)
+                rec = TokenRecord(tid, scope, access, by, created, expires, revoked_at, branch)
                 yield TokenInfo(rec, tuple(sorted(narrowed.get(tid, ()))),
                                 revoked_at is not None)
 

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import apsw
 from prometheus_client import CollectorRegistry, generate_latest
 
-from shoal import origins, tokens
+from shoal import origins, scopes, tokens
 from shoal.cluster import MAX_MESSAGE, Cluster, Moved
 from shoal.engine import datadir
 from shoal.engine.catalog import Catalog, DatabaseRecord, TokenInfo, TokenRecord
@@ -654,6 +654,7 @@ class Engine(RowsAPI):
         page is not a use that keeps the branch open (a webhook's deliverer asks)."""
         self._known(name, branch)
         principal.require("read", name)
+        principal.on(branch)
         shipper, timeline = await self._feed_of(name, branch, touch)
         start = await self._feed_start(name, branch, timeline, since, shipper.durable_txid)
         shipper.follow()  # a consumer waits: ship often (replica_sync_interval)
@@ -1017,7 +1018,7 @@ class Engine(RowsAPI):
         render: Callable[[DatabaseRecord], tuple[int, bytes]],
     ) -> tuple[int, bytes]:
         check_name(name)
-        principal.require("admin", name)
+        scopes.manage(principal, "admin", name)
         key = (idem.key if idem else "")
         if self._registry is not None and name not in self.names and \
                 await self._io(self._registry.used_before, name):
@@ -1044,14 +1045,15 @@ class Engine(RowsAPI):
 
     async def list_databases(self, principal: tokens.Principal, limit: int,
                              cursor: str | None) -> list[DatabaseRecord]:
-        principal.require("read")
+        scopes.manage(principal, "read")
         if self.cluster is not None and cursor is None:
             await self._sync_names()  # another node may have created or deleted some
-        return await self._run(self.catalog.list_databases, limit, cursor, principal.databases)
+        return await self._run(self.catalog.list_databases, limit, cursor,
+                               None if principal.databases is None else principal.reaches)
 
     async def database_info(self, principal: tokens.Principal, name: str) -> DatabaseInfo:
         check_name(name)
-        principal.require("read", name)
+        scopes.manage(principal, "read", name)
         record = await self._run(self.catalog.get_database, name)
         if record is None:
             raise ShoalError(Code.DATABASE_NOT_FOUND, f"database {name!r} does not exist")
@@ -1078,7 +1080,7 @@ class Engine(RowsAPI):
         deleted incarnations at once. The local files go in any case, first: on a full
         disk, deleting is how space comes back."""
         check_name(name)
-        principal.require("admin", name)
+        scopes.manage(principal, "admin", name)
         if name not in self.names:
             if purge and self._registry is not None and \
                     len(await self._io(self._registry.purge, name)) > 0:
@@ -1156,7 +1158,7 @@ class Engine(RowsAPI):
         """Bring back a deleted database (its newest deleted incarnation unless named), with
         every branch and its history; DATABASE_EXISTS while the name is taken."""
         check_name(name)
-        principal.require("admin", name)
+        scopes.manage(principal, "admin", name)
         if name in self.names:
             raise ShoalError(Code.DATABASE_EXISTS, f"database {name!r} exists: delete it before "
                                                    f"bringing back a deleted one")
@@ -1174,9 +1176,9 @@ class Engine(RowsAPI):
 
     async def deleted_databases(self, principal: tokens.Principal) -> list[Deleted]:
         """Deleted databases still restorable, with when each expires."""
-        principal.require("admin")
-        return await self._io(self.registry.deleted, set(principal.databases)
-                              if principal.databases is not None else None)
+        scopes.manage(principal, "admin")
+        return await self._io(self.registry.deleted,
+                              None if principal.databases is None else principal.reaches)
 
     async def _expire_deleted(self) -> None:
         """Purge deleted incarnations older than history_retention."""
@@ -1209,6 +1211,7 @@ class Engine(RowsAPI):
     ) -> Outcome:
         principal.require("read", name)
         unbound(principal)
+        principal.on(branch)
         wanted = self._wanted(name, branch, at.bookmark) if at is not None else None
         if at is not None and at.follow and self.replicas is not None:
             url = self.leader_url(name)
@@ -1403,6 +1406,7 @@ class Engine(RowsAPI):
         check_name(name)
         check_name(branch, "branch")
         principal.require("read", name)
+        principal.on(branch)
         self.require_database(name)
         if branch != "main":
             await self._io(self.registry.branch, name, branch)  # BRANCH_NOT_FOUND
@@ -1544,6 +1548,7 @@ class Engine(RowsAPI):
         """Prepare one statement without running it (Hrana's describe): read access."""
         principal.require("read", name)
         unbound(principal)
+        principal.on(branch)
         async with self.lifecycle.use(name, branch) as db:
             return await db.describe(sql)
 
@@ -1557,6 +1562,7 @@ class Engine(RowsAPI):
         """
         principal.require("read", name)
         unbound(principal)
+        principal.on(branch)
         async with self.lifecycle.use(name, branch) as db:
             found = await db.find_idempotent(principal.subject, idem.key)
             if found is not None:
@@ -1568,6 +1574,7 @@ class Engine(RowsAPI):
                     *, branch: str = "main") -> Transaction:
         principal.require("read", name)
         unbound(principal)
+        principal.on(branch)
         write = principal.can_write if mode is None else mode == "write"
         if write and not principal.can_write:
             raise ShoalError(Code.READ_ONLY, "this token may open read transactions only")
@@ -1607,6 +1614,7 @@ class Engine(RowsAPI):
     def _tx(self, principal: tokens.Principal, name: str, tx_id: str,
             branch: str = "main") -> tuple[Database, Transaction]:
         principal.require("read", name)
+        principal.on(branch)
         entry = self.transactions.get(tx_id)
         if entry is None or entry[0].name != name or entry[0].branch != branch \
                 or entry[1].subject != principal.subject:
@@ -1669,6 +1677,7 @@ class Engine(RowsAPI):
         """The recorded answer of a commit sent with this Idempotency-Key, if any."""
         assert idem is not None
         principal.require("read", name)
+        principal.on(branch)
         async with self.lifecycle.use(name, branch) as db:
             found = await db.find_idempotent(principal.subject, idem.key)
             if found is not None:
@@ -1693,25 +1702,48 @@ class Engine(RowsAPI):
     async def create_token(
         self, principal: tokens.Principal, databases: list[str] | None, access: str,
         expires_in: float, idem: Idempotency | None,
-        render: Callable[[TokenRecord, str], tuple[int, bytes]],
+        render: Callable[[TokenRecord, str], tuple[int, bytes]], *,
+        branch: str | None = None,
     ) -> tuple[int, bytes]:
-        principal.require("admin")
+        """A new token for ``databases`` (names and patterns, ``tenant-*``; None: every
+        one), which the creating token must cover (``scopes.covers``), optionally bound to
+        one ``branch``. An admin or a provisioning token may create tokens; a provisioning
+        token only ``read``, ``write`` and ``admin`` ones."""
+        scopes.manage(principal, "admin")
         if databases is not None:
-            for name in databases:
-                check_name(name)
-                principal.require("admin", name)
+            databases = scopes.check(databases)
+            for entry in databases:
+                if not scopes.covers(principal, entry):
+                    raise ShoalError(Code.FORBIDDEN, f"token does not grant database {entry!r}"
+                                     if not scopes.is_pattern(entry) else
+                                     f"token does not grant every database of {entry!r}")
         elif principal.databases is not None:
             raise ShoalError(Code.FORBIDDEN,
                              "a scoped token cannot create a token for every database")
+        if access == tokens.PROVISION:
+            if principal.provision:
+                raise ShoalError(Code.FORBIDDEN, "a provisioning token cannot create "
+                                                 "provisioning tokens")
+            if databases is not None and not all(map(scopes.is_pattern, databases)):
+                raise ShoalError(Code.INVALID_REQUEST, "a provisioning token needs a prefix "
+                                                       "scope: patterns such as 'tenant-*' (or "
+                                                       "\"*\", from an admin token of every "
+                                                       "database)")
+        if branch is not None:
+            check_name(branch, "branch")
+            if access not in ("read", "write"):
+                raise ShoalError(Code.INVALID_REQUEST, "a token bound to a branch has read or "
+                                                       "write access")
 
         def make() -> tuple[int, bytes]:
             now = time.time()
             rec = TokenRecord(tokens.new_token_id(), databases, access, principal.subject,
-                              now, now + expires_in, None)
+                              now, now + expires_in, None, branch)
             self.catalog.add_token(rec)
             if self._registry is not None:
                 self._registry.put_token(rec)
-            return render(rec, self.auth.sign(rec.id, databases, access, rec.expires_at))
+            return render(rec, self.auth.sign(rec.id, databases, access, rec.expires_at,
+                                              branch))
 
         with self.disk.writes():
             return await self._run(
@@ -1730,14 +1762,17 @@ class Engine(RowsAPI):
 
     async def revoke_token(self, principal: tokens.Principal, token_id: str) -> None:
         """Revoke at once. Revoking needs admin over every database the token reaches: a
-        token that is admin on one database cannot revoke another tenant's (or a "*")."""
-        principal.require("admin")
+        token that is admin on one database cannot revoke another tenant's (or a "*"). A
+        provisioning token revokes those it covers too; a ``tenant-*`` entry needs a token
+        that covers it (``scopes.covers``)."""
+        scopes.manage(principal, "admin")
         scope = await self._token_scope(token_id)
         if scope is None and principal.databases is not None:
             raise ShoalError(Code.FORBIDDEN, "a token that reaches every database can only be "
                                              "revoked by a token that does too")
-        for name in scope or ():
-            principal.require("admin", name)
+        for entry in scope or ():
+            if not scopes.covers(principal, entry):
+                raise ShoalError(Code.FORBIDDEN, f"token does not grant database {entry!r}")
         with self.disk.writes(refuse=False):  # tried even on a full disk: it may fit
             await self._run(self.catalog.revoke_token, token_id)
         if self._registry is not None:
@@ -1754,29 +1789,31 @@ class Engine(RowsAPI):
         Who sees what: an admin token of every database sees every token; an admin token
         scoped to some databases sees the tokens it could revoke (``revoke_token``): those
         given only databases it is admin of, so every token it made and those made for its
-        databases by others. Read and write tokens are refused (FORBIDDEN).
+        databases by others (patterns: those it covers, ``scopes.covers``); a provisioning
+        token sees the same. Read and write tokens are refused (FORBIDDEN).
 
         With a store its token records are the truth (every node's tokens); without one,
         the catalog's. A page reads at most ``TOKEN_SCAN`` records, so a filtered page may
         hold fewer than ``limit`` and still have a cursor."""
-        principal.require("admin")
+        scopes.manage(principal, "admin")
         if database is not None:
             check_name(database)
-            principal.require("admin", database)
-        mine = principal.databases
+            scopes.manage(principal, "admin", database)
         now = time.time()
 
         def accept(info: TokenInfo) -> bool:
             rec = info.record
-            if mine is not None and (rec.databases is None
-                                     or not set(rec.databases) <= mine):
+            if principal.databases is not None and (
+                    rec.databases is None
+                    or not all(scopes.covers(principal, d) for d in rec.databases)):
                 return False
             if info.revoked and not revoked:
                 return False
             if rec.expires_at <= now and not expired:
                 return False
             reach = info.reach
-            return database is None or reach is None or database in reach
+            return database is None or reach is None or \
+                any(scopes.matches(d, database) for d in reach)
 
         if self._registry is not None:
             return await self._io(self._registry.list_tokens, cursor, accept, limit)
@@ -1830,11 +1867,13 @@ class Engine(RowsAPI):
         principal.require("read", name)
         self._known(name)
         views = await self._io(self.registry.branches, name)
-        return [self._branch_info(name, v) for v in views]
+        return [self._branch_info(name, v) for v in views  # a bound token sees its own
+                if principal.branch in (None, v.branch.name)]
 
     async def branch_info(self, principal: tokens.Principal, name: str,
                           branch: str) -> BranchInfo:
         principal.require("read", name)
+        principal.on(branch)
         self._known(name, branch)
         for view in await self._io(self.registry.branches, name):
             if view.branch.name == branch:
@@ -1965,6 +2004,7 @@ class Engine(RowsAPI):
                       branch: str = "main") -> tuple[Branch, History]:
         """The restorable window of a branch (its pending commits shipped first, if open)."""
         principal.require("read", name)
+        principal.on(branch)
         self._known(name, branch)
         open_db = self.lifecycle.open.get((name, branch))
         if open_db is not None and open_db.journal is not None:

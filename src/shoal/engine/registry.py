@@ -37,7 +37,7 @@ import os
 import secrets
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -348,12 +348,15 @@ class Registry:
         return record.live.created_at
 
     @mapped
-    def deleted(self, names: set[str] | None = None) -> list[Deleted]:
-        """Deleted incarnations in the store (of ``names`` only, if given), oldest first."""
+    def deleted(self, names: Collection[str] | Callable[[str], bool] | None = None
+                ) -> list[Deleted]:
+        """Deleted incarnations in the store (of ``names`` only, or those it accepts, if
+        given), oldest first."""
         out = []
+        wanted = names if callable(names) else None if names is None else names.__contains__
         for info in self.store.list(layout.DATABASES_PREFIX):
             name = info.key[len(layout.DATABASES_PREFIX):-len(".json")]
-            if not info.key.endswith(".json") or (names is not None and name not in names):
+            if not info.key.endswith(".json") or (wanted is not None and not wanted(name)):
                 continue
             record = branch_log.load_record(self.store, name)
             for inc in record.deleted if record is not None else ():
@@ -402,7 +405,8 @@ class Registry:
     def put_token(self, rec: TokenRecord) -> None:
         data = json.dumps({"id": rec.id, "databases": rec.databases, "access": rec.access,
                            "created_by": rec.created_by, "created_at": rec.created_at,
-                           "expires_at": rec.expires_at}).encode()
+                           "expires_at": rec.expires_at}
+                          | ({"branch": rec.branch} if rec.branch is not None else {})).encode()
         self.store.put(f"{TOKENS}{rec.id}.json", data)
 
     @mapped
@@ -460,7 +464,8 @@ class Registry:
                     rec = TokenRecord(
                         str(raw["id"]), None if dbs is None else [str(d) for d in dbs],
                         str(raw["access"]), str(raw.get("created_by", "")),
-                        float(raw["created_at"]), float(raw["expires_at"]), None)
+                        float(raw["created_at"]), float(raw["expires_at"]), None,
+                        None if raw.get("branch") is None else str(raw["branch"]))
                 except (NotFound, ValueError, KeyError, TypeError):
                     continue  # gone since the listing, or not a record of ours
                 yield TokenInfo(rec, tuple(sorted(narrowed.get(rec.id, ()))),

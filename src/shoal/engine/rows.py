@@ -107,6 +107,7 @@ class RowsAPI:
                         *, branch: str = "main") -> Rows:
         """A page of a table's rows (GET .../tables/{table})."""
         principal.require("read", name)
+        principal.on(branch)
         if not 1 <= read.limit <= MAX_ROWS:
             raise ShoalError(Code.INVALID_REQUEST, f"limit is 1 to {MAX_ROWS}")
         db = await self.lifecycle.acquire(name, branch)
@@ -130,6 +131,7 @@ class RowsAPI:
                           build: Callable[[rr.Shape, rr.Rules | None],
                                           list[tuple[str, dict[str, SQLValue]]]]) -> Rows:
         principal.require("write", name)
+        principal.on(branch)
         db = await self.lifecycle.acquire(name, branch)
         try:
             shape, rules = await self._table(principal, db, table, verb)
@@ -172,6 +174,7 @@ class RowsAPI:
                            branch: str = "main") -> dict[str, Any]:
         """A table's columns and key, and the verbs this token may use on it."""
         principal.require("read", name)
+        principal.on(branch)
         db = await self.lifecycle.acquire(name, branch)
         try:
             shape, _ = await self._table(principal, db, table, "select")
@@ -190,6 +193,7 @@ class RowsAPI:
                        branch: str = "main") -> dict[str, dict[str, str | None]]:
         """Every table's rules on the branch (admins)."""
         principal.require("admin", name)
+        principal.on(branch)
         unbound(principal)
         async with self.lifecycle.use(name, branch) as db:
             found = await db.read_own(rowrules.read_rules)
@@ -199,6 +203,7 @@ class RowsAPI:
                          own: Callable[[Connection], None]) -> str:
         """A commit of Shoal's own rows in the database (rules, queries): its bookmark."""
         principal.require("admin", name)
+        principal.on(branch)
         unbound(principal)
         self.disk.refuse()
         async with self.lifecycle.use(name, branch) as db:
@@ -224,6 +229,7 @@ class RowsAPI:
     async def named_queries(self, principal: Principal, name: str, *,
                             branch: str = "main") -> list[NamedQuery]:
         principal.require("read", name)
+        principal.on(branch)
         async with self.lifecycle.use(name, branch) as db:
             return await db.read_own(lambda conn: rowrules.read_queries(conn))
 
@@ -243,6 +249,7 @@ class RowsAPI:
         """Run a named query with the caller's arguments and the token's claims (a read
         token runs it read-only)."""
         principal.require("read", name)
+        principal.on(branch)
         if any(k.startswith(rr.PARAM) for k in args):
             raise ShoalError(Code.INVALID_ARGUMENT, "auth_* parameters are the token's")
         db = await self.lifecycle.acquire(name, branch)

@@ -109,9 +109,14 @@ class CreateDatabaseRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class CreateTokenRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``databases``: names and prefix patterns (``tenant-*``), or "*"; ``provision``:
+    creates and deletes the databases of its patterns and mints their tokens, no data;
+    ``branch``: the token works on that branch only."""
+
     databases: list[str] | Literal["*"]
-    access: Literal["read", "write", "admin"]
+    access: Literal["read", "write", "admin", "provision"]
     expires_in: int = 3600
+    branch: str | None = None
 
 
 class CorsRequest(msgspec.Struct, forbid_unknown_fields=True):
@@ -172,7 +177,7 @@ def token_json(info: TokenInfo, now: float) -> dict[str, Any]:
             "narrowed": list(info.narrowed), "access": rec.access,
             "created_by": rec.created_by, "created_at": iso(rec.created_at),
             "expires_at": iso(rec.expires_at), "expired": rec.expires_at <= now,
-            "revoked": info.revoked,
+            "revoked": info.revoked, "branch": rec.branch,
             "revoked_at": iso(rec.revoked_at) if rec.revoked_at is not None else None}
 
 
@@ -298,9 +303,10 @@ class NativeAPI:
 
     @staticmethod
     def _branch(request: Request) -> str:
-        """The branch a data path names: /branches/{branch}/..., else main."""
+        """The branch a data path names: /branches/{branch}/..., else main (the token's
+        own for a token bound to a branch: ``Principal.on``)."""
         branch = request.params.get("branch")
-        return "main" if branch is None else names.check(branch)
+        return request.principal.on(None if branch is None else names.check(branch))
 
     @staticmethod
     def _result_body(results: list[Any] | msgspec.Raw, rows_read: int, rows_written: int,
@@ -578,11 +584,12 @@ class NativeAPI:
             return 201, encode({
                 "id": rec.id, "token": token,
                 "databases": "*" if rec.databases is None else rec.databases,
-                "access": rec.access, "expires_at": iso(rec.expires_at)})
+                "access": rec.access, "expires_at": iso(rec.expires_at)}
+                | ({"branch": rec.branch} if rec.branch is not None else {}))
 
         status, out = await self.engine.create_token(
             request.principal, databases, body.access, float(body.expires_in),
-            self._idem(request), render)
+            self._idem(request), render, branch=body.branch)
         return Response(status, out)
 
     async def list_tokens(self, request: Request) -> Response:

@@ -295,8 +295,7 @@ class App:
                     principal = self.engine.authenticate(request.header(b"authorization"))
                 except ShoalError:
                     return None  # the handler answers it in Hrana's shape
-                if principal.databases is not None and len(principal.databases) == 1:
-                    db = next(iter(principal.databases))
+                db = principal.sole
         return db
 
     def _leader(self, request: Request, db: str) -> str | None:

@@ -104,7 +104,8 @@ class ChangesAPI:
 
     async def changes(self, request: Request) -> Response:
         name = names.check(request.params["db"])
-        branch = names.check(request.params.get("branch", "main"), "branch")
+        branch = request.params.get("branch")
+        branch = request.principal.on(None if branch is None else names.check(branch, "branch"))
         since, limit, wanted = _options(request)
         if self.streaming(request):
             return self._stream(request, name, branch, since, limit, wanted)
@@ -146,8 +147,9 @@ class ChangesAPI:
             if route is None:
                 raise ShoalError(Code.NOT_FOUND, "no such WebSocket route")
             name = names.check(route["db"])
-            branch = names.check(route["branch"] or "main", "branch")
+            named = route["branch"] and names.check(route["branch"], "branch")
             request.principal = self.engine.authenticate(request.header(b"authorization"))
+            branch = request.principal.on(named or None)
             since, limit, wanted = _options(request)
             self._admit(request, name)
         except ShoalError as exc:

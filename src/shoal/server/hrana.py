@@ -148,14 +148,15 @@ class HranaHTTP:
 
     # -- helpers -------------------------------------------------------------------------------
     def resolve(self, request: Request) -> tuple[Principal, str, str]:
-        """The caller, the database (path, header, or token) and the branch (path, or main)."""
+        """The caller, the database (path, header, or token) and the branch (path, else
+        the token's if it is bound to one, else main)."""
         principal = request.principal = self.engine.authenticate(
             request.header(b"authorization"))  # the access log names the token's id
         self.engine.refuse_when_overloaded()  # past the memory ceiling: no new work (OVERLOADED)
         db = request.params.get("db") or request.header(b"x-namespace")
         if not db:
-            if principal.databases is not None and len(principal.databases) == 1:
-                db = next(iter(principal.databases))
+            if principal.sole is not None:
+                db = principal.sole
             else:
                 lost = request.route.startswith("/db/")
                 raise HranaError(Code.DATABASE_REQUIRED, (
@@ -165,8 +166,9 @@ class HranaHTTP:
                     "or a token for exactly one database"))
         names.check(db)
         branch = request.params.get("branch")
-        branch = "main" if branch is None else names.check(branch, "branch")
+        named = None if branch is None else names.check(branch, "branch")
         principal.require("read", db)
+        branch = principal.on(named)
         self.engine.require_database(db)
         return principal, db, branch
 

@@ -91,13 +91,14 @@ class Cursor:
     error: HranaError | None = None  # the open failed: fetches answer this
 
 
-def address_of(path: str) -> tuple[str | None, str] | None:
-    """(database or None at the root, branch) a WebSocket URL names; None for no such URL."""
+def address_of(path: str) -> tuple[str | None, str | None] | None:
+    """(database or None at the root, branch or None: main, or the branch a token is bound
+    to) a WebSocket URL names; None for no such URL."""
     parts = [part for part in path.split("/") if part]
     if not parts:
-        return None, "main"
+        return None, None
     if len(parts) == 2 and parts[0] == "db":
-        return parts[1], "main"
+        return parts[1], None
     if len(parts) == 4 and parts[0] == "db" and parts[2] == "branches":
         return parts[1], parts[3]
     return None
@@ -130,8 +131,8 @@ class HranaWebSocket:
 class Connection:
     """One WebSocket connection: its token, database, streams, cursors and stored SQL."""
 
-    def __init__(self, engine: EngineAPI, quota: Quota, send: Send, db: str | None, branch: str,
-                 headers: dict[bytes, bytes], version: int):
+    def __init__(self, engine: EngineAPI, quota: Quota, send: Send, db: str | None,
+                 branch: str | None, headers: dict[bytes, bytes], version: int):
         self.engine = engine
         self.quota = quota
         settings = engine.settings
@@ -144,7 +145,8 @@ class Connection:
         self.holder: Holder | None = None  # set by the first hello
         self._send = send
         self.url_db = db
-        self.branch = branch
+        self.url_branch = branch
+        self.branch = branch or "main"  # set by the first hello (Principal.on)
         self.headers = headers
         self.version = version
         self.jwt: str | None = None
@@ -264,16 +266,19 @@ class Connection:
         namespace = self.headers.get(b"x-namespace")
         db = self.url_db or (namespace.decode("latin-1") if namespace else None)
         if not db:
-            if principal.databases is None or len(principal.databases) != 1:
+            if principal.sole is None:
                 raise HranaError(Code.DATABASE_REQUIRED, "no database named: connect to "
                                                          "ws://HOST/db/NAME, send x-namespace, or "
                                                          "use a token for exactly one database")
-            db = next(iter(principal.databases))
+            db = principal.sole
         if self.db is not None and db != self.db:
             raise HranaError(Code.DATABASE_REQUIRED, "a connection stays on its database")
         names.check(db)
-        names.check(self.branch, "branch")
+        if self.url_branch is not None:
+            names.check(self.url_branch, "branch")
         principal.require("read", db)
+        # the first hello picks the branch (the URL's, else the token's); a later one keeps it
+        self.branch = principal.on(self.url_branch if self.db is None else self.branch)
         self.engine.require_database(db)
         return db
 

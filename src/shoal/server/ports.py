@@ -111,8 +111,8 @@ class EngineAPI(Protocol):
     # -- tokens ------------------------------------------------------------------------------
     async def create_token(self, principal: Principal, databases: list[str] | None,
                            access: str, expires_in: float, idem: Idempotency | None,
-                           render: Callable[[TokenRecord, str], tuple[int, bytes]],
-                           ) -> tuple[int, bytes]: ...
+                           render: Callable[[TokenRecord, str], tuple[int, bytes]], *,
+                           branch: str | None = None) -> tuple[int, bytes]: ...
     async def revoke_token(self, principal: Principal, token_id: str) -> None: ...
     async def list_tokens(self, principal: Principal, *, database: str | None = None,
                           expired: bool = False, revoked: bool = False, limit: int = 100,

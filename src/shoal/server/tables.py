@@ -95,8 +95,9 @@ class TablesAPI:
     def _where(request: Request) -> tuple[str, str, str]:
         name = names.check(request.params["db"])
         branch = request.params.get("branch")
-        return name, "main" if branch is None else names.check(branch, "branch"), \
-            request.params.get("table", "")
+        if branch is not None:
+            names.check(branch, "branch")
+        return name, request.principal.on(branch), request.params.get("table", "")
 
     async def read(self, request: Request) -> Response:
         """A page of rows: ?select=a,b & filters (col=op.value) & order & limit & after."""
