@@ -42,6 +42,7 @@ from shoal.engine.webhooks import (
 from shoal.feed.reader import ChangesPage
 from shoal.feed.reader import Event as FeedEvent
 from shoal.feed.reader import Filter as FeedFilter
+from shoal.identity import KeysNeeded
 from shoal.log.branch import Branch as LogBranch
 from shoal.log.restore import History
 
@@ -67,6 +68,7 @@ __all__ = [
     "FeedFilter",
     "History",
     "Idempotency",
+    "KeysNeeded",
     "LogBranch",
     "Outcome",
     "ReadAt",
