@@ -77,6 +77,9 @@ class Code(StrEnum):
     TOKEN_INVALID = auto(), 401, "The token is malformed or its signature does not verify."
     TOKEN_EXPIRED = auto(), 401, "Create a new token."
     TOKEN_REVOKED = auto(), 401, "Create a new token."
+    ISSUER_NOT_TRUSTED = auto(), 401, ("The token's issuer (iss) is trusted neither by the node "
+                                       "(issuers_file) nor by a database (PUT /v1/databases/"
+                                       "{db}/issuers).")
     FORBIDDEN = auto(), 403, "The token does not grant this database or action."
     READ_ONLY = auto(), 403, "This token may only read; use a token with write access."
     BRANCH_NOT_GRANTED = auto(), 403, ("The token is bound to one branch (its 'branch'): use "

@@ -223,6 +223,21 @@ class Settings:
         "Chromium caps it at 7200). An origin taken off a list may still send requests from "
         "browsers that cached one for this long: revoke its tokens to cut it off at once.",
         minimum=0, maximum=86400)
+    # tokens of identity providers (docs/operations.md, "Identity providers"; shoal/identity)
+    issuers_file: str | None = _s(
+        None, "A JSON file of the identity providers whose tokens (RS256, ES256, EdDSA JWTs) "
+        "this node accepts: [{\"issuer\", \"audience\", \"jwks_url\" (https) or "
+        "\"jwks_file\", \"databases\": [\"tenant-{org_id}\"], \"access\", \"rules\", "
+        "\"branch\", \"leeway\"}]. Read at start; a wrong file stops the start. A database "
+        "may trust its own (PUT /v1/databases/{db}/issuers). Unset: none.")
+    jwks_ca_file: str | None = _s(
+        None, "A PEM file of certificate authorities trusted for reading issuers' keys (JWKS "
+        "over HTTPS), besides the usual ones: a private CA.")
+    jwks_refresh: float = _s(
+        30.0, "Most seconds an issuer's keys (JWKS) are kept before they are read again (less "
+        "if its Cache-Control max-age says so): a key the provider removes stops verifying "
+        "within about this long. A token naming an unknown key makes them be read at once, "
+        "at most every 30 seconds per issuer.", above=0, maximum=50)
     access_log: bool = _s(True, "Write one JSON line per request to stderr.")
     log_level: str = _s(
         "info", "Server log level: debug, info, warning, error.",
@@ -334,6 +349,12 @@ class Settings:
             origins.parse(self.cors_origins)
         except ValueError as exc:
             raise SettingsError(f"cors_origins: {exc}") from None
+        if self.issuers_file:  # a wrong file stops the start, as a wrong setting does
+            from shoal.identity import IssuerError, load_issuers_file
+            try:
+                load_issuers_file(self.issuers_file)
+            except IssuerError as exc:
+                raise SettingsError(f"issuers_file: {exc}") from None
         if self.advertise_url and self.local_only:
             raise SettingsError("advertise_url needs an object store: the nodes of a cluster "
                                 "share one (store = \"none\" keeps everything on this node)")

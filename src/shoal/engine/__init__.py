@@ -44,6 +44,7 @@ from shoal.engine.webhooks import (
 from shoal.feed.reader import ChangesPage
 from shoal.feed.reader import Event as FeedEvent
 from shoal.feed.reader import Filter as FeedFilter
+from shoal.identity import KeysNeeded
 from shoal.log.branch import Branch as LogBranch
 from shoal.log.restore import History
 
@@ -69,6 +70,7 @@ __all__ = [
     "FeedFilter",
     "History",
     "Idempotency",
+    "KeysNeeded",
     "LogBranch",
     "NamedQuery",
     "Outcome",

@@ -12,6 +12,7 @@ create token) the same way.
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -58,6 +59,14 @@ CREATE TABLE IF NOT EXISTS limits(
 CREATE TABLE IF NOT EXISTS cors(
     database TEXT PRIMARY KEY,
     origins TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS issuers(
+    database TEXT PRIMARY KEY,
+    body TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS revoked_ids(
+    id TEXT PRIMARY KEY,
+    revoked_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS quota_windows(
     database TEXT PRIMARY KEY,
@@ -187,6 +196,7 @@ class Catalog:
             self._db.execute("DELETE FROM idempotency WHERE scope = ?", (name,))
             self._db.execute("DELETE FROM limits WHERE database = ?", (name,))
             self._db.execute("DELETE FROM cors WHERE database = ?", (name,))
+            self._db.execute("DELETE FROM issuers WHERE database = ?", (name,))
             self._db.execute("DELETE FROM quota_windows WHERE database = ?", (name,))
             self._db.execute("DELETE FROM databases WHERE name = ?", (name,))
             deleted = bool(self._db.changes())
@@ -329,6 +339,31 @@ class Catalog:
     def cors(self) -> dict[str, tuple[str, ...]]:
         return {name: tuple(text.split("\n")) for name, text in
                 self._rows("SELECT database, origins FROM cors")}
+
+    # -- identity providers (shoal/identity) ------------------------------------------------------
+    def set_issuers(self, name: str, issuers: tuple[dict[str, Any], ...]) -> None:
+        """A database's own trusted issuers, as declared (none: the row goes; a cache of the
+        store's record on a node with a store)."""
+        with self._writing():
+            if not issuers:
+                self._db.execute("DELETE FROM issuers WHERE database = ?", (name,))
+            else:
+                self._db.execute("INSERT OR REPLACE INTO issuers(database, body) VALUES (?, ?)",
+                                 (name, json.dumps(list(issuers))))
+
+    def issuers(self) -> dict[str, tuple[dict[str, Any], ...]]:
+        return {name: tuple(json.loads(body)) for name, body in
+                self._rows("SELECT database, body FROM issuers")}
+
+    def revoke_id(self, rid: str) -> None:
+        """A revocation that is no token of this node's (an external token's, an issuer's):
+        on a node without a store, where else it would be kept."""
+        with self._writing():
+            self._db.execute("INSERT OR IGNORE INTO revoked_ids(id, revoked_at) VALUES (?, ?)",
+                             (rid, time.time()))
+
+    def other_revoked_ids(self) -> set[str]:
+        return {r[0] for r in self._rows("SELECT id FROM revoked_ids")}
 
     def save_windows(self, windows: dict[str, tuple[float, int, int]]) -> None:
         """The current period's counts of the databases with row limits."""

@@ -23,17 +23,17 @@ import secrets
 import shutil
 import time
 from collections import Counter, OrderedDict, defaultdict
-from collections.abc import Awaitable, Callable, ItemsView, Iterator
+from collections.abc import Awaitable, Callable, ItemsView, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import apsw
 from prometheus_client import CollectorRegistry, generate_latest
 
-from shoal import origins, scopes, tokens
+from shoal import identity, origins, scopes, tokens
 from shoal.cluster import MAX_MESSAGE, Cluster, Moved
 from shoal.engine import datadir
 from shoal.engine.catalog import Catalog, DatabaseRecord, TokenInfo, TokenRecord
@@ -88,7 +88,7 @@ from shoal.log.shipper import Shipper
 from shoal.log.timeline import ancestry, load_timeline
 from shoal.metrics import METRICS, UsageCollector
 from shoal.names import check as check_name
-from shoal.settings import Settings
+from shoal.settings import Settings, SettingsError
 from shoal.storage import Unusable, open_store
 from shoal.storage.base import ObjectStore
 from shoal.storage.fenced import FencedStore
@@ -120,6 +120,24 @@ FEED_ENDED_PAUSE = 1.0  # seconds a feed page waits when its branch's shipper ha
 _HOOK_ID = re.compile(r"wh_[0-9a-f]{16}")
 _LETTER_ID = re.compile(r"\d{15}-[0-9a-f]{6}")
 FEED_WAIT_MAX = 25.0  # seconds a feed request may wait (the forwarder's timeout is 30)
+
+
+class Identities(Protocol):
+    """What the engine asks of ``shoal.identity``: tokens of trusted identity providers."""
+
+    active: bool  # any issuer trusted (else tokens that are not Shoal's are not looked at)
+
+    @property
+    def server_issuers(self) -> tuple[identity.Issuer, ...]: ...
+
+    def cached(self, token: str) -> tokens.Principal | None: ...
+    def verify(self, token: str, otherwise: ShoalError) -> tokens.Principal: ...
+    def database_issuers(self, name: str) -> tuple[identity.Issuer, ...]: ...
+    def set_database(self, name: str, issuers: Sequence[identity.Issuer]) -> None: ...
+    def revoked(self, ids: Iterable[str]) -> None: ...
+    def status(self) -> list[dict[str, Any]]: ...
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
 
 
 @dataclass
@@ -225,6 +243,7 @@ class Engine(RowsAPI):
     catalog: Catalog
     names: set[str]
     auth: tokens.TokenAuthority
+    identity: Identities  # tokens of identity providers (shoal/identity)
     lifecycle: Lifecycle
     quotas: Quotas
     _lock: Any
@@ -322,6 +341,10 @@ class Engine(RowsAPI):
         self._admin = admin  # what this node shows the others of its cluster
         self.auth = tokens.TokenAuthority(signing_key, admin,
                                           self.catalog.revoked_ids() | revoked, narrowed)
+        self.identity = self._identities()
+        for name, declared in self.catalog.issuers().items():
+            self._trust(name, declared)
+        self.identity.revoked(revoked | self.catalog.other_revoked_ids())
         self.lifecycle = Lifecycle(self.root / "dbs", settings, self.executor, self.names,
                                    self._registry)
         self.quotas = Quotas(DatabaseLimits(settings.database_size_limit,
@@ -400,14 +423,47 @@ class Engine(RowsAPI):
                                                     "main are not available")
         return self._registry
 
+    def _identities(self) -> Identities:
+        """The node's trusted issuers (issuers_file; SettingsError if it is wrong)."""
+        path = self.settings.issuers_file
+        try:
+            issuers = identity.load_issuers_file(path) if path else ()
+        except identity.IssuerError as exc:
+            raise SettingsError(f"issuers_file: {exc}") from None
+        return identity.Identity(issuers, refresh=self.settings.jwks_refresh,
+                                 ca_file=self.settings.jwks_ca_file)
+
     # -- what the server asks of the node, besides its operations -------------------------
     def authenticate(self, header: str | None) -> tokens.Principal:
-        """The caller of an Authorization header value (401 UNAUTHORIZED otherwise)."""
-        return self.auth.authenticate(header)
+        """The caller of an Authorization header value (401 UNAUTHORIZED otherwise): a
+        Shoal token, or one of a trusted identity provider (KeysNeeded: await its wait()
+        and ask again, once)."""
+        if not self.identity.active:
+            return self.auth.authenticate(header)
+        if header is not None and header.startswith("Bearer "):  # the usual spelling
+            found = self.identity.cached(header[7:])
+            if found is not None:
+                return found
+        try:
+            return self.auth.authenticate(header)
+        except ShoalError as exc:
+            if exc.code is not Code.TOKEN_INVALID or header is None:
+                raise
+            return self.identity.verify(header.partition(" ")[2].strip(), exc)
 
     def verify(self, token: str) -> tokens.Principal:
         """The caller of a bare token (Hrana's hello)."""
-        return self.auth.verify(token)
+        if not self.identity.active:
+            return self.auth.verify(token)
+        found = self.identity.cached(token)
+        if found is not None:
+            return found
+        try:
+            return self.auth.verify(token)
+        except ShoalError as exc:
+            if exc.code is not Code.TOKEN_INVALID:
+                raise
+            return self.identity.verify(token, exc)
 
     def refuse_when_overloaded(self) -> None:
         """503 OVERLOADED while the node is past its memory ceiling: no new work."""
@@ -436,6 +492,7 @@ class Engine(RowsAPI):
         its sweeper."""
         self.open()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+        await self.identity.start()
         METRICS.log_unshipped.set_function(lambda: self.lifecycle.log_backlog()[0])
         METRICS.log_lag.set_function(lambda: self.lifecycle.log_backlog()[1])
         lease = self.lease
@@ -451,6 +508,7 @@ class Engine(RowsAPI):
         if not self._opened:
             return
         self._stopping = True
+        await self.identity.stop()
         if self._sweeper:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -582,8 +640,10 @@ class Engine(RowsAPI):
             await self._sync_names()
         if time.monotonic() - last_revoked >= REVOKED_SYNC:
             last_revoked = time.monotonic()
-            for token_id in await self._io(self._registry.revoked):
+            revoked = await self._io(self._registry.revoked)
+            for token_id in revoked:
                 self.auth.revoke(token_id)
+            self.identity.revoked(revoked)  # identity providers' tokens and issuers
         return version, last_revoked
 
     async def _sync_names(self) -> None:
@@ -597,6 +657,12 @@ class Engine(RowsAPI):
             self.cors.setdefault(name, allowed)  # those of the names read anew
         for name in [n for n in self.cors if n not in live]:
             del self.cors[name]
+        trusted = await self._run(self.catalog.issuers)
+        for name in live:
+            if not self.identity.database_issuers(name) and name in trusted:
+                self._trust(name, trusted[name])  # those of the names read anew
+            elif name not in trusted:
+                self.identity.set_database(name, ())
 
     def leader_url(self, name: str) -> str | None:
         """The URL of the node that leads database ``name``, or None if it is this one (or
@@ -934,6 +1000,7 @@ class Engine(RowsAPI):
             with self.disk.writes(refuse=False):
                 await self._run(self.catalog.adopt_database, name, live.created_at)
                 await self._adopt_cors(name, live.cors_origins)
+                await self._adopt_issuers(name, live.issuers)
             if live.limits:
                 self.quotas.set(name, decode_limits(json.dumps(live.limits)))
             self.names.add(name)
@@ -950,6 +1017,10 @@ class Engine(RowsAPI):
             await self.learn_database(name)
         if isinstance(token_id := notice.get("revoked"), str):
             self.auth.revoke(token_id)
+            self.identity.revoked([token_id])
+        if isinstance(name := notice.get("issuers"), str) and self._registry is not None:
+            check_name(name)  # another node changed the database's trusted issuers
+            await self._adopt_issuers(name, await self._io(self._registry.issuers, name))
         if isinstance(name := notice.get("cors"), str) and self._registry is not None:
             check_name(name)  # another node changed its allowed origins
             await self._adopt_cors(name, await self._io(self._registry.cors, name))
@@ -1118,6 +1189,7 @@ class Engine(RowsAPI):
             self.usage.pop(key, None)
         self.quotas.forget(name)
         self.cors.pop(name, None)
+        self.identity.set_database(name, ())
         if not uncatalogued and not await self._uncatalog(name):  # again, with room now
             if self._registry is None:
                 raise ShoalError(Code.DISK_FULL, f"the files of {name!r} are deleted but the "
@@ -1168,6 +1240,7 @@ class Engine(RowsAPI):
         await self._run(self.catalog.adopt_database, name, created_at)
         await self._adopt_limits(name, await self._io(self.registry.limits, name))
         await self._adopt_cors(name, await self._io(self.registry.cors, name))
+        await self._adopt_issuers(name, await self._io(self.registry.issuers, name))
         self.names.add(name)
         await self._tell({"database": name})
         record = await self._run(self.catalog.get_database, name)
@@ -1529,6 +1602,91 @@ class Engine(RowsAPI):
         else:
             self.cors.pop(name, None)
 
+    # -- trusted identity providers (shoal/identity) -------------------------------------------
+    async def issuers_of(self, principal: tokens.Principal, name: str) -> dict[str, Any]:
+        """A database's own trusted issuers, as declared: its admins may look."""
+        check_name(name)
+        principal.require("admin", name)
+        self.require_database(name)
+        return {"database": name,
+                "issuers": [i.raw for i in self.identity.database_issuers(name)]}
+
+    async def set_issuers(self, principal: tokens.Principal, name: str,
+                          raw: list[Any]) -> dict[str, Any]:
+        """Replace a database's own trusted issuers (an admin token of the database): the
+        store's record, this node's catalog and memory, then the cluster's other nodes (as
+        its allowed origins)."""
+        check_name(name)
+        principal.require("admin", name)
+        try:
+            declared = tuple(i.raw for i in identity.parse_issuers(raw, name))
+        except identity.IssuerError as exc:
+            raise ShoalError(Code.INVALID_REQUEST, f"issuers: {exc}") from None
+        self.require_database(name)
+        with self.disk.writes():
+            if self._registry is not None:  # the store's record is the truth
+                await self._io(self._registry.set_issuers, name, declared)
+            await self._adopt_issuers(name, declared)
+        await self._tell({"issuers": name})
+        return await self.issuers_of(principal, name)
+
+    async def _adopt_issuers(self, name: str, declared: tuple[dict[str, Any], ...]) -> None:
+        """Trusted issuers now in force on this node: the catalog (cache), then memory."""
+        await self._run(self.catalog.set_issuers, name, declared)
+        self._trust(name, declared)
+
+    def _trust(self, name: str, declared: Sequence[dict[str, Any]]) -> None:
+        try:
+            self.identity.set_database(name, identity.parse_issuers(list(declared), name))
+        except identity.IssuerError as exc:  # stored by another version: trusted no more
+            log.warning("the trusted issuers of %s are not valid here: %s", name, exc)
+            self.identity.set_database(name, ())
+
+    async def node_issuers(self, principal: tokens.Principal) -> dict[str, Any]:
+        """The node's trusted issuers and every key source's state (an admin of every
+        database: it names every database's sources)."""
+        principal.require("admin")
+        if principal.databases is not None:
+            raise ShoalError(Code.FORBIDDEN, "the node's issuers are shown to a token of "
+                                             "every database")
+        return {"issuers": [i.raw for i in self.identity.server_issuers],
+                "keys": self.identity.status()}
+
+    async def revoke_issuer(self, principal: tokens.Principal, issuer: str, jti: str | None,
+                            database: str | None) -> dict[str, Any]:
+        """Revoke one token of an identity provider (``jti``) or, without one, every token
+        of the issuer issued before now: the node's issuer (``database`` None: an admin of
+        every database) or a database's own (an admin of it). Kept and told as Shoal's own
+        revocations are: every node of a cluster has it within REVOKED_SYNC."""
+        principal.require("admin")
+        if database is None:
+            if principal.databases is not None:
+                raise ShoalError(Code.FORBIDDEN, "the node's issuers are revoked by a token of "
+                                                 "every database")
+            trusted = self.identity.server_issuers
+        else:
+            check_name(database)
+            principal.require("admin", database)
+            self.require_database(database)
+            trusted = self.identity.database_issuers(database)
+        if not any(i.issuer == issuer for i in trusted):
+            raise ShoalError(Code.NOT_FOUND, "no such trusted issuer" + (
+                f" of database {database!r}" if database else " of the node"))
+        now = time.time()
+        rid = identity.token_id(issuer, jti) if jti else \
+            identity.issuer_revocation(database or "*", issuer, now)
+        await self._revoke_id(rid, now)
+        out: dict[str, Any] = {"issuer": issuer, "database": database}
+        return out | ({"jti": jti, "id": rid} if jti else {"issued_before": now})
+
+    async def _revoke_id(self, rid: str, when: float) -> None:
+        with self.disk.writes(refuse=False):  # tried even on a full disk: it may fit
+            await self._run(self.catalog.revoke_id, rid)
+        if self._registry is not None:
+            await self._io(self._registry.revoke_token, rid, when)
+        self.identity.revoked([rid])
+        await self._tell({"revoked": rid})
+
     async def compact(self, principal: tokens.Principal, name: str,
                       branch: str = "main") -> Compacted:
         """Give a branch's free pages back (VACUUM): admin access, as it holds the branch's
@@ -1765,6 +1923,15 @@ class Engine(RowsAPI):
         token that is admin on one database cannot revoke another tenant's (or a "*"). A
         provisioning token revokes those it covers too; a ``tenant-*`` entry needs a token
         that covers it (``scopes.covers``)."""
+        if token_id.startswith(identity.EXTERNAL):  # an identity provider's, by its id
+            principal.require("admin")
+            if principal.databases is not None:
+                raise ShoalError(Code.FORBIDDEN, "a token of an identity provider is revoked "
+                                                 "by its id with a token of every database "
+                                                 "(or by issuer and jti: POST "
+                                                 "/v1/issuers/revoke)")
+            await self._revoke_id(token_id, time.time())
+            return
         scopes.manage(principal, "admin")
         scope = await self._token_scope(token_id)
         if scope is None and principal.databases is not None:

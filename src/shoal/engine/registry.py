@@ -271,6 +271,16 @@ class Registry:
         branch_log.set_live(self.store, name, cors_origins=tuple(origins))
 
     @mapped
+    def issuers(self, name: str) -> tuple[dict[str, Any], ...]:
+        """The live database's own trusted issuers, as its record holds them."""
+        live = self._live(name)
+        return live.issuers if live is not None else ()
+
+    @mapped
+    def set_issuers(self, name: str, issuers: tuple[dict[str, Any], ...]) -> None:
+        branch_log.set_live(self.store, name, issuers=tuple(issuers))
+
+    @mapped
     def set_without_old(self, name: str, tables: tuple[str, ...]) -> None:
         branch_log.set_live(self.store, name, without_old=tuple(tables))
 
@@ -297,6 +307,7 @@ class Registry:
             catalog.set_limits(name, json.dumps(incarnation.limits)
                                if incarnation.limits else None)
             catalog.set_cors(name, incarnation.cors_origins)
+            catalog.set_issuers(name, incarnation.issuers)
         for name in sorted(local - live):
             log.warning("database %r is in the local catalog but not live in the store %s: "
                         "dropped from the catalog (its local files are left alone)",

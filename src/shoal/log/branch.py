@@ -82,6 +82,7 @@ class Incarnation:
     limits: dict[str, Any] = field(default_factory=dict)  # engine/quota.py, set by an admin
     cors_origins: tuple[str, ...] = ()  # shoal/origins.py: pages a browser may let call it
     without_old: tuple[str, ...] = ()  # tables whose feed keeps no old rows (shoal/feed)
+    issuers: tuple[dict[str, Any], ...] = ()  # identity providers it trusts (shoal/identity)
 
     def raw(self) -> dict[str, Any]:
         out = {"incarnation": self.id, "created_at": self.created_at,
@@ -92,6 +93,8 @@ class Incarnation:
             out["cors_origins"] = list(self.cors_origins)
         if self.without_old:
             out["feed_without_old"] = list(self.without_old)
+        if self.issuers:
+            out["issuers"] = list(self.issuers)
         return out
 
 
@@ -121,6 +124,8 @@ class Record:
             out["cors_origins"] = list(live.cors_origins)
         if live is not None and live.without_old:
             out["feed_without_old"] = list(live.without_old)
+        if live is not None and live.issuers:
+            out["issuers"] = list(live.issuers)
         return json.dumps(out, sort_keys=True).encode()
 
     def branch(self, name: str) -> Branch:
@@ -148,7 +153,8 @@ def _incarnation(raw: dict[str, Any]) -> Incarnation:
                        None if raw.get("deleted_at") is None else float(raw["deleted_at"]),
                        dict(raw.get("limits") or {}),
                        tuple(str(o) for o in raw.get("cors_origins") or ()),
-                       tuple(str(t) for t in raw.get("feed_without_old") or ()))
+                       tuple(str(t) for t in raw.get("feed_without_old") or ()),
+                       tuple(dict(i) for i in raw.get("issuers") or ()))
 
 
 def _legacy_branches(store: ObjectStore, db: str) -> dict[str, dict[str, Any]]:
@@ -480,7 +486,7 @@ def separate(store: ObjectStore, db: str, now: float) -> list[str]:
 def set_live(store: ObjectStore, db: str, **fields: Any) -> Record:
     """Replace fields of the live database's incarnation (``limits``: engine/quota.py;
     ``cors_origins``: shoal/origins.py; ``without_old``: the change feed's tables without
-    old rows): one conditional write."""
+    old rows; ``issuers``: shoal/identity): one conditional write."""
 
     def change(current: Record | None) -> Record:
         if current is None or current.live is None:

@@ -126,6 +126,23 @@ class CorsRequest(msgspec.Struct, forbid_unknown_fields=True):
     origins: list[str]
 
 
+class IssuersRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """The identity providers whose tokens may reach the database, besides the node's
+    (docs/api.md, "Identity providers"): each {"issuer", "audience", "jwks_url", "access",
+    "rules", "branch", "leeway"}; [] for none."""
+
+    issuers: list[dict[str, Any]]
+
+
+class RevokeIssuerRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """One token of an identity provider (``jti``), or every token of the issuer issued
+    until now (no ``jti``); the node's issuer, or ``database``'s own."""
+
+    issuer: str
+    jti: str | None = None
+    database: str | None = None
+
+
 class BeginRequest(msgspec.Struct, forbid_unknown_fields=True):
     mode: Literal["read", "write"] | None = None
 
@@ -252,6 +269,10 @@ class NativeAPI:
             ("PUT", db + "/limits", self.put_limits),
             ("GET", db + "/cors", self.get_cors),
             ("PUT", db + "/cors", self.put_cors),
+            ("GET", db + "/issuers", self.get_issuers),
+            ("PUT", db + "/issuers", self.put_issuers),
+            ("GET", "/v1/issuers", self.node_issuers),
+            ("POST", "/v1/issuers/revoke", self.revoke_issuer),
             ("POST", db + "/compact", self.compact),
             ("POST", db + "/transactions", self.begin),
             ("POST", tx + "/query", self.tx_query),
@@ -428,6 +449,30 @@ class NativeAPI:
         body = request.decode(CorsRequest)
         return json_response(200, await self.engine.set_cors(request.principal,
                                                              self._db(request), body.origins))
+
+    async def get_issuers(self, request: Request) -> Response:
+        return json_response(200, await self.engine.issuers_of(request.principal,
+                                                               self._db(request)))
+
+    async def put_issuers(self, request: Request) -> Response:
+        await request.read_body(self.max_body)
+        body = request.decode(IssuersRequest)
+        return json_response(200, await self.engine.set_issuers(request.principal,
+                                                                self._db(request), body.issuers))
+
+    async def node_issuers(self, request: Request) -> Response:
+        return json_response(200, await self.engine.node_issuers(request.principal))
+
+    async def revoke_issuer(self, request: Request) -> Response:
+        await request.read_body(self.max_body)
+        body = request.decode(RevokeIssuerRequest)
+        if body.jti is not None and not 0 < len(body.jti) <= 1024:
+            raise ShoalError(Code.INVALID_REQUEST, "jti must be 1 to 1024 characters")
+        done = await self.engine.revoke_issuer(request.principal, body.issuer, body.jti,
+                                               body.database)
+        if "issued_before" in done:
+            done["issued_before"] = iso(done["issued_before"])
+        return json_response(200, done)
 
     async def compact(self, request: Request) -> Response:
         name, branch = self._db(request), self._branch(request)

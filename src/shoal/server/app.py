@@ -21,7 +21,7 @@ from typing import Any
 
 from shoal import names
 from shoal.cluster import FORWARDED, Moved, Unreachable
-from shoal.engine import READ_ONLY, REQUEST_GONE, Engine
+from shoal.engine import READ_ONLY, REQUEST_GONE, Engine, KeysNeeded
 from shoal.errors import Code, ShoalError
 from shoal.metrics import METRICS
 from shoal.origins import same_origin
@@ -280,9 +280,25 @@ class App:
 
     async def _serve(self, request: Request, handler: Callable[[Request], Any]) -> Response:
         if request.route not in self.public:
-            request.principal = self.engine.authenticate(request.header(b"authorization"))
+            try:
+                request.principal = self.engine.authenticate(request.header(b"authorization"))
+            except KeysNeeded as needed:  # an identity provider's key, read once: again
+                await needed.wait()
+                request.principal = self.engine.authenticate(request.header(b"authorization"))
             self.engine.refuse_when_overloaded()  # past the memory ceiling: no new work
+        elif request.route in self.hrana_routes and b"authorization" in request.headers:
+            await self._keys(request)  # Hrana's handlers authenticate themselves, in sync
         return await handler(request)  # type: ignore[no-any-return]
+
+    async def _keys(self, request: Request) -> None:
+        """Read an identity provider's keys the token needs, if any, before a handler that
+        authenticates on its own (it answers any other failure in its protocol's shape)."""
+        try:
+            self.engine.authenticate(request.header(b"authorization"))
+        except KeysNeeded as needed:
+            await needed.wait()
+        except ShoalError:
+            pass
 
     # -- a cluster's node --------------------------------------------------------------------
     def _database(self, request: Request) -> str | None:

@@ -28,7 +28,7 @@ import msgspec
 
 from shoal import names
 from shoal.cluster import FORWARDED, Unreachable
-from shoal.engine import ChangesPage, FeedEvent, FeedFilter, make_bookmark
+from shoal.engine import ChangesPage, FeedEvent, FeedFilter, KeysNeeded, make_bookmark
 from shoal.errors import Code, ShoalError
 from shoal.server.api import iso
 from shoal.server.http import (
@@ -148,7 +148,11 @@ class ChangesAPI:
                 raise ShoalError(Code.NOT_FOUND, "no such WebSocket route")
             name = names.check(route["db"])
             named = route["branch"] and names.check(route["branch"], "branch")
-            request.principal = self.engine.authenticate(request.header(b"authorization"))
+            try:
+                request.principal = self.engine.authenticate(request.header(b"authorization"))
+            except KeysNeeded as needed:  # an identity provider's key, read once: again
+                await needed.wait()
+                request.principal = self.engine.authenticate(request.header(b"authorization"))
             branch = request.principal.on(named or None)
             since, limit, wanted = _options(request)
             self._admit(request, name)

@@ -40,7 +40,7 @@ from typing import Any
 import msgspec
 
 from shoal import names
-from shoal.engine import REQUEST_GONE
+from shoal.engine import REQUEST_GONE, KeysNeeded
 from shoal.errors import Code, ShoalError
 from shoal.server import hrana_proto as p
 from shoal.server.hrana_proto import HranaError
@@ -243,12 +243,11 @@ class Connection:
     async def hello(self, jwt: str | None) -> bool:
         """Authenticate (or re-authenticate); on failure answer hello_error and close."""
         try:
-            if jwt is not None:
-                principal = self.engine.verify(jwt)
-            else:
-                header = self.headers.get(b"authorization")
-                principal = self.engine.authenticate(
-                    header.decode("latin-1") if header else None)
+            try:
+                principal = self._caller(jwt)
+            except KeysNeeded as needed:  # an identity provider's key, read once: again
+                await needed.wait()
+                principal = self._caller(jwt)
             db = self._database(principal)
         except (ShoalError, HranaError) as exc:
             err = exc if isinstance(exc, HranaError) else p.from_shoal(exc)
@@ -261,6 +260,12 @@ class Connection:
             ws.stream.principal = principal
         await self.send({"type": "hello_ok"})
         return True
+
+    def _caller(self, jwt: str | None) -> Principal:
+        if jwt is not None:
+            return self.engine.verify(jwt)
+        header = self.headers.get(b"authorization")
+        return self.engine.authenticate(header.decode("latin-1") if header else None)
 
     def _database(self, principal: Principal) -> str:
         namespace = self.headers.get(b"x-namespace")
