@@ -31,6 +31,7 @@ from shoal.client import (
     Transaction,
     from_json,
     split_sql,
+    to_json,
     transaction_control,
 )
 from shoal.client.results import UNCAPTURED
@@ -936,6 +937,147 @@ def _webhook_discard(args: argparse.Namespace, client: Client, out: Output) -> i
     return 0
 
 
+# -- the data API, row rules and named queries ---------------------------------------------------
+VERBS = ("select", "insert", "update", "delete")
+
+
+def _row_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: to_json(v) for k, v in row.items()}
+
+
+def _row_table(out: Output, rows: list[dict[str, Any]], columns: list[str] | None,
+               footer: str) -> None:
+    """Rows (dicts) as a table: the columns of the first row (or those asked for)."""
+    names = list(rows[0]) if rows else columns or []
+    if not names:
+        out.message(footer)
+        return
+    out.table(names, [[r.get(n) for n in names] for r in rows], footer)
+
+
+def _where(text: str) -> tuple[str, str]:
+    """A --where: col=op.value (the data API's filter, as written)."""
+    column, eq, value = text.partition("=")
+    if not eq or not column or "." not in value:
+        raise argparse.ArgumentTypeError(f"{text!r}: write col=op.value (eq.5, gte.2, "
+                                         "in.(a,b), is.null, like.a%)")
+    return column, value
+
+
+def _rows(args: argparse.Namespace, client: Client, out: Output) -> int:
+    page = client.rows(args.database, args.table, select=args.select, where=args.where,
+                       order=args.order, limit=args.limit, after=args.after,
+                       branch=args.branch)
+    rows = page["rows"]
+    if out.as_json:
+        out.json({"rows": [_row_json(r) for r in rows], "next": page["next"],
+                  "bookmark": page["bookmark"]})
+        return 0
+    footer = f"{len(rows)} row{'s' * (len(rows) != 1)}"
+    if page["next"]:
+        footer += f"; the next page: --after {page['next']}"
+    _row_table(out, rows, args.select.split(",") if args.select else None, footer)
+    return 0
+
+
+def _rules_rows(rules: dict[str, dict[str, str | None]]) -> list[list[Any]]:
+    return [[table, verb, found[verb] if found.get(verb) is not None else "-"]
+            for table, found in sorted(rules.items()) for verb in VERBS]
+
+
+RULES_NOTE = "a verb without a rule (-) is refused to tokens bound by rules"
+
+
+def _rules_show(args: argparse.Namespace, client: Client, out: Output) -> int:
+    rules = client.rules(args.database, branch=args.branch)
+    if out.as_json:
+        database, branch = client.resolve(args.database, args.branch)
+        out.json({"database": database, "branch": branch, "rules": rules})
+        return 0
+    if not rules:
+        out.message("no rules: tokens bound by rules see no table of this branch")
+        return 0
+    out.table(["table", "verb", "rule"], _rules_rows(rules),
+              f"{len(rules)} table{'s' * (len(rules) != 1)} with rules; {RULES_NOTE}")
+    return 0
+
+
+def _verb_list(text: str) -> list[str]:
+    """A --clear value: a verb, several (a,b), or all."""
+    verbs = [v.strip() for v in text.split(",") if v.strip()]
+    if verbs == ["all"]:
+        return list(VERBS)
+    wrong = [v for v in verbs if v not in VERBS]
+    if wrong or not verbs:
+        raise argparse.ArgumentTypeError(f"{', '.join(wrong) or repr(text)}: use "
+                                         f"{', '.join(VERBS)} or all")
+    return verbs
+
+
+def _rules_set(args: argparse.Namespace, client: Client, out: Output) -> int:
+    given = {verb: getattr(args, verb) for verb in VERBS if getattr(args, verb) is not None}
+    cleared = {verb for verbs in args.clear for verb in verbs}
+    both = sorted(cleared & set(given))
+    if both:
+        raise UsageError(f"--{both[0]} and --clear {both[0]}: set it or clear it")
+    if not given and not cleared:
+        raise UsageError("give a rule to set (--select, --insert, --update, --delete "
+                         "EXPR) or one to remove (--clear VERB)")
+    done = client.set_rules(args.database, args.table, branch=args.branch,
+                            **given, **dict.fromkeys(cleared))
+    if out.as_json:
+        out.json(done)
+        return 0
+    out.table(["table", "verb", "rule"], _rules_rows({done["table"]: done["rules"]}),
+              f"rules of {done['table']} set; {RULES_NOTE}")
+    return 0
+
+
+def _query_list(args: argparse.Namespace, client: Client, out: Output) -> int:
+    found = client.named_queries(args.database, branch=args.branch)
+    if out.as_json:
+        out.json({"queries": found})
+        return 0
+    out.table(["name", "description", "sql"],
+              [[q["name"], q["description"], q["sql"]] for q in found],
+              f"{len(found)} named quer{'ies' if len(found) != 1 else 'y'}", whole=("name",))
+    return 0
+
+
+def _query_set(args: argparse.Namespace, client: Client, out: Output) -> int:
+    done = client.set_named_query(args.database, args.name, args.sql, args.description,
+                                  branch=args.branch)
+    out.done(done, f"set named query {done['name']}")
+    return 0
+
+
+def _query_delete(args: argparse.Namespace, client: Client, out: Output) -> int:
+    client.delete_named_query(args.database, args.name, branch=args.branch)
+    out.done({"deleted": args.name}, f"deleted named query {args.name}")
+    return 0
+
+
+def _named_arg(text: str) -> tuple[str, str]:
+    name, eq, value = text.partition("=")
+    if not eq or not name:
+        raise argparse.ArgumentTypeError(f"{text!r}: write name=value")
+    return name, value
+
+
+def _query_run(args: argparse.Namespace, client: Client, out: Output) -> int:
+    values = {name: parse_arg(value) for name, value in args.arg}
+    done = client.run_named_query(args.database, args.name, values, branch=args.branch)
+    rows = done["rows"]
+    if out.as_json:
+        out.json(done | {"rows": [_row_json(r) for r in rows]})
+    elif done["columns"]:
+        _row_table(out, rows, done["columns"], f"{len(rows)} row{'s' * (len(rows) != 1)}")
+    else:
+        n = done["rows_affected"]
+        out.message(f"{n} row{'s' * (n != 1)} affected")
+    return 0
+
+
 def _branch_option(p: argparse.ArgumentParser, text: str) -> None:
     """--branch: which branch of the command's database; the URL's branch of it by default."""
     p.add_argument("--branch", default=None, metavar="BRANCH",
@@ -1056,6 +1198,81 @@ def _add_webhook_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
         p.set_defaults(func=_client_command(run))
 
 
+def _add_data_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                       common: argparse.ArgumentParser) -> None:
+    p = _client_parser(sub, "rows", common,
+                       "a page of a table's rows through the data API (Shoal writes the SQL; "
+                       "a token bound by rules sees what they pass)")
+    p.add_argument("database")
+    p.add_argument("table")
+    p.add_argument("--where", action="append", default=[], type=_where,
+                   metavar="COL=OP.VALUE",
+                   help="a filter, ANDed with the others (repeat): eq, neq, lt, lte, gt, "
+                        "gte, like, glob (age=gte.18), in.(a,b), is.null, is.notnull")
+    p.add_argument("--select", default=None, metavar="A,B", help="the columns to show")
+    p.add_argument("--order", default=None, metavar="COL[.desc],...",
+                   help="the order (the table's key always ends it)")
+    p.add_argument("--limit", type=int, default=None, metavar="N",
+                   help="rows a page, 1 to 1000 (default 100)")
+    p.add_argument("--after", default=None, metavar="CURSOR",
+                   help="the page after the one that printed this cursor")
+    _branch_option(p, "the branch to read")
+    p.set_defaults(func=_client_command(_rows))
+
+    rules = sub.add_parser(
+        "rules", help="show or set row rules (needs an admin token)",
+        description="show or set row rules; 'shoal rules DB' is 'shoal rules show DB' "
+                    "(for a database named show or set, write 'shoal rules show NAME')")
+    rs = rules.add_subparsers(dest="rules_command", required=True, metavar="{show,set}")
+    p = _client_parser(rs, "show", common, "every table's rules, by verb "
+                                           "('shoal rules DB' for short)")
+    p.add_argument("database")
+    _branch_option(p, "the branch whose rules to show")
+    p.set_defaults(func=_client_command(_rules_show))
+    p = _client_parser(rs, "set", common,
+                       "set a table's rules (SQL expressions over its columns and auth.sub, "
+                       "auth.claims.NAME...); verbs not named keep theirs; one commit")
+    p.add_argument("database")
+    p.add_argument("table")
+    for verb, helps in zip(VERBS, (
+            "the rule a row must pass to be seen (read; updated or deleted; in the feed)",
+            "the rule a new row must pass", "the rule a row must pass before and after an "
+            "update", "the rule a row must pass to be deleted"), strict=True):
+        p.add_argument("--" + verb, default=None, metavar="EXPR", help=helps)
+    p.add_argument("--clear", action="append", default=[], type=_verb_list, metavar="VERB",
+                   help="remove a verb's rule (repeat, or a,b; all: every one): tokens "
+                        "bound by rules are refused it")
+    _branch_option(p, "the branch whose rules to set")
+    p.set_defaults(func=_client_command(_rules_set))
+
+    query = sub.add_parser("named-query",
+                           help="named queries: SQL an admin registers, tokens bound by rules "
+                                "run")
+    qs = query.add_subparsers(dest="query_command", required=True,
+                              metavar="{list,set,delete,run}")
+    for name, helps, run in (
+            ("list", "a database's named queries", _query_list),
+            ("set", "register or replace a named query (needs an admin token)", _query_set),
+            ("delete", "delete a named query (needs an admin token)", _query_delete),
+            ("run", "run a named query and print its rows", _query_run)):
+        p = _client_parser(qs, name, common, helps)
+        p.add_argument("database")
+        if name != "list":
+            p.add_argument("name")
+        if name == "set":
+            p.add_argument("--sql", required=True,
+                           help="one statement: :name parameters, auth.sub and "
+                                "auth.claims.NAME the caller's (bound by Shoal)")
+            p.add_argument("--description", default="", help="what it is for")
+        if name == "run":
+            p.add_argument("--arg", action="append", default=[], type=_named_arg,
+                           metavar="NAME=VALUE",
+                           help="a value for :NAME (repeat); JSON when it parses as JSON "
+                                "(42, null, \"007\"), else the text itself")
+        _branch_option(p, "the branch whose queries to use")
+        p.set_defaults(func=_client_command(run))
+
+
 def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = _common_options()
 
@@ -1146,6 +1363,7 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.set_defaults(func=_client_command(_token_revoke))
     _add_branch_commands(sub, common)
     _add_webhook_commands(sub, common)
+    _add_data_commands(sub, common)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1156,6 +1374,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _shortcuts(argv: list[str]) -> list[str]:
+    """`shoal rules DB ...` is `shoal rules show DB ...` (argparse's subcommands cannot
+    take a database name in the subcommand's place)."""
+    if len(argv) >= 2 and argv[0] == "rules" and argv[1] not in ("show", "set", "-h",
+                                                                  "--help"):
+        return ["rules", "show", *argv[1:]]
+    return argv
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(_shortcuts(sys.argv[1:] if argv is None else argv))
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     sys.exit(args.func(args))

@@ -35,6 +35,14 @@ answer holds the signing secret, shown once); ``webhooks``, ``webhook``,
 ``delete_webhook``, and the batches given up on: ``dead_letters``,
 ``replay_dead_letters``, ``delete_dead_letter``.
 
+The data API reads and writes a table's rows without SQL (Shoal writes it, adding the
+table's row rules for a token bound by them): ``rows`` (a page: ``{"rows", "next",
+"bookmark"}``; ``where={"owner": "eq.ann", "at": 5}``), ``iter_rows`` (every page),
+``insert_rows``, ``update_rows``, ``delete_rows`` (the rows written), ``table_schema``.
+Admins manage the rules (``rules``, ``set_rules``; a verb left :data:`KEEP` keeps its
+rule, None removes it) and named queries (``named_queries``, ``set_named_query``,
+``delete_named_query``); ``run_named_query`` runs one. Rows are dicts of Python values.
+
 Failures raise :class:`ClientError` subclasses carrying the server's stable ``code``.
 The DB-API 2.0 (PEP 249) module built on this client is :mod:`shoal.dbapi`.
 
@@ -44,7 +52,7 @@ application: ``codec`` (values), ``sql`` (statement splitting), ``urls``, ``erro
 """
 
 from shoal.client.aio import AsyncChangeFeed, AsyncClient, AsyncTransaction
-from shoal.client.calls import DEFAULT_TIMEOUT, Consistency
+from shoal.client.calls import DEFAULT_TIMEOUT, KEEP, Consistency, Where
 from shoal.client.codec import from_json, to_json
 from shoal.client.errors import (
     AlreadyExists,
@@ -68,6 +76,7 @@ from shoal.client.urls import DEFAULT_URL, Address, parse_url
 __all__ = [
     "DEFAULT_TIMEOUT",
     "DEFAULT_URL",
+    "KEEP",
     "Address",
     "AlreadyExists",
     "AsyncChangeFeed",
@@ -91,6 +100,7 @@ __all__ = [
     "Timeout",
     "Transaction",
     "TransactionExpired",
+    "Where",
     "first_keyword",
     "from_json",
     "parse_url",

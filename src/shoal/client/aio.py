@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -17,6 +17,7 @@ import httpx
 
 from shoal.client.calls import (
     DEFAULT_TIMEOUT,
+    KEEP,
     RETRY_FOR,
     BaseClient,
     BaseFeed,
@@ -24,6 +25,7 @@ from shoal.client.calls import (
     Call,
     Consistency,
     Plan,
+    Where,
 )
 from shoal.client.codec import Args, StatementLike
 from shoal.client.errors import ClientError, transport_error
@@ -203,6 +205,77 @@ class AsyncClient(BaseClient):
     async def delete_dead_letter(self, database: str | None, webhook_id: str,
                                  letter: str) -> None:
         await self._send(self._delete_dead_letter(database, webhook_id, letter))
+
+    async def rows(self, database: str | None, table: str, *,
+                   select: str | Sequence[str] | None = None, where: Where | None = None,
+                   order: str | Sequence[str] | None = None, limit: int | None = None,
+                   after: str | None = None, branch: str | None = None) -> dict[str, Any]:
+        return await self._send(self._rows(database, table, select, where, order, limit,
+                                           after, branch))
+
+    async def iter_rows(self, database: str | None, table: str, *,
+                        select: str | Sequence[str] | None = None,
+                        where: Where | None = None, order: str | Sequence[str] | None = None,
+                        limit: int | None = None, after: str | None = None,
+                        branch: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        """An async generator (``async for row in db.iter_rows(...)``), as
+        :meth:`Client.iter_rows <shoal.client.Client.iter_rows>`."""
+        while True:
+            page = await self.rows(database, table, select=select, where=where, order=order,
+                                   limit=limit, after=after, branch=branch)
+            for row in page["rows"]:
+                yield row
+            after = page["next"]
+            if after is None:
+                return
+
+    async def insert_rows(self, database: str | None, table: str,
+                          rows: Mapping[str, Any] | Sequence[Mapping[str, Any]], *,
+                          branch: str | None = None) -> list[dict[str, Any]]:
+        return await self._send(self._insert_rows(database, table, rows, branch))
+
+    async def update_rows(self, database: str | None, table: str, values: Mapping[str, Any],
+                          where: Where, *, branch: str | None = None) -> list[dict[str, Any]]:
+        return await self._send(self._update_rows(database, table, values, where, branch))
+
+    async def delete_rows(self, database: str | None, table: str, where: Where, *,
+                          branch: str | None = None) -> list[dict[str, Any]]:
+        return await self._send(self._delete_rows(database, table, where, branch))
+
+    async def table_schema(self, database: str | None, table: str, *,
+                           branch: str | None = None) -> dict[str, Any]:
+        return await self._send(self._table_schema(database, table, branch))
+
+    async def rules(self, database: str | None = None, *,
+                    branch: str | None = None) -> dict[str, dict[str, str | None]]:
+        return await self._send(self._rules(database, branch))
+
+    async def set_rules(self, database: str | None, table: str, *,
+                        select: str | None = KEEP, insert: str | None = KEEP,
+                        update: str | None = KEEP, delete: str | None = KEEP,
+                        branch: str | None = None) -> dict[str, Any]:
+        return await self._send(self._set_rules(database, table, {
+            "select": select, "insert": insert, "update": update, "delete": delete},
+            branch))
+
+    async def named_queries(self, database: str | None = None, *,
+                            branch: str | None = None) -> list[dict[str, Any]]:
+        return await self._send(self._named_queries(database, branch))
+
+    async def set_named_query(self, database: str | None, name: str, sql: str,
+                              description: str = "", *, branch: str | None = None
+                              ) -> dict[str, Any]:
+        return await self._send(self._set_named_query(database, name, sql, description,
+                                                      branch))
+
+    async def delete_named_query(self, database: str | None, name: str, *,
+                                 branch: str | None = None) -> None:
+        await self._send(self._delete_named_query(database, name, branch))
+
+    async def run_named_query(self, database: str | None, name: str,
+                              args: Mapping[str, Any] | None = None, *,
+                              branch: str | None = None) -> dict[str, Any]:
+        return await self._send(self._run_named_query(database, name, args, branch))
 
     def changes(self, since: str | None = None, *, database: str | None = None,
                 branch: str | None = None, tables: str | Iterable[str] | None = None,

@@ -28,7 +28,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -39,7 +39,12 @@ import httpx
 import msgspec
 
 from shoal import __version__
-from shoal.client.codec import StatementLike, statement_json
+from shoal.client.codec import (
+    StatementLike,
+    decode_fields,
+    fields_json,
+    statement_json,
+)
 from shoal.client.errors import ClientError, TransactionExpired, error_from_response
 from shoal.client.results import Change, ChangesPage, Result, parse_changes_page, parse_results
 from shoal.client.urls import DEFAULT_URL, parse_url
@@ -146,7 +151,7 @@ class Call(Generic[T]):
     parse: Callable[[Any], T]
     body: Any = _NO_BODY
     idempotency_key: str | None = None
-    params: dict[str, str] | None = None
+    params: dict[str, str] | list[tuple[str, str]] | None = None  # a list: keys repeat
     headers: dict[str, str] | None = None
     session: tuple[str, str] | None = None
     bookmark: Callable[[T], str | None] = _nothing
@@ -161,8 +166,9 @@ class Call(Generic[T]):
             headers["content-type"] = "application/json"
         if self.idempotency_key is not None:
             headers["idempotency-key"] = self.idempotency_key
+        params = tuple(self.params) if isinstance(self.params, list) else self.params
         request = http.build_request(self.method, self.path, content=content,
-                                     headers=headers, params=self.params)
+                                     headers=headers, params=params)
         if self.wait:
             t = http.timeout
             request.extensions["timeout"] = httpx.Timeout(
@@ -518,6 +524,100 @@ class BaseClient:
         return Call("DELETE", self._hooks_path(database, webhook_id) + "/dead-letters/"
                     + quote(_given("dead letter id", letter), safe=""), _nothing)
 
+    # -- the data API, row rules and named queries ------------------------------------------
+    def _table_path(self, key: tuple[str, str], table: str) -> str:
+        return f"{self._data_path(*key)}/tables/{quote(_given('table', table), safe='')}"
+
+    def _rows(self, database: str | None, table: str, select: str | Sequence[str] | None,
+              where: Where | None, order: str | Sequence[str] | None, limit: int | None,
+              after: str | None, branch: str | None) -> Call[dict[str, Any]]:
+        """A page of a table's rows: ``{"rows", "next", "bookmark"}``. It reads what the
+        session saw or later (the session's bookmark goes with it) and advances it."""
+        key = self.resolve(database, branch)
+        params = _filters(where)
+        for name, value in (("select", _columns(select)), ("order", _columns(order)),
+                            ("limit", None if limit is None else str(int(limit))),
+                            ("after", after or None)):
+            if value is not None:
+                params.append((name, value))
+        return Call("GET", self._table_path(key, table), _page, params=params,
+                    headers=self._session_headers(key, None), session=key)
+
+    def _insert_rows(self, database: str | None, table: str,
+                     rows: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+                     branch: str | None) -> Call[list[dict[str, Any]]]:
+        """One row (a mapping) or many, in one transaction; the rows as stored."""
+        body: Any = fields_json(rows) if isinstance(rows, Mapping) else \
+            [fields_json(r) for r in rows]
+        if body == []:
+            raise ValueError("insert_rows: give at least one row")
+        key = self.resolve(database, branch)
+        return Call("POST", self._table_path(key, table), _written, body, session=key)
+
+    def _update_rows(self, database: str | None, table: str, values: Mapping[str, Any],
+                     where: Where, branch: str | None) -> Call[list[dict[str, Any]]]:
+        key = self.resolve(database, branch)
+        return Call("PATCH", self._table_path(key, table), _written, fields_json(values),
+                    params=_filters(where, needed=True), session=key)
+
+    def _delete_rows(self, database: str | None, table: str, where: Where,
+                     branch: str | None) -> Call[list[dict[str, Any]]]:
+        key = self.resolve(database, branch)
+        return Call("DELETE", self._table_path(key, table), _written,
+                    params=_filters(where, needed=True), session=key)
+
+    def _table_schema(self, database: str | None, table: str,
+                      branch: str | None) -> Call[dict[str, Any]]:
+        key = self.resolve(database, branch)
+        return Call("GET", self._table_path(key, table) + "/schema", _identity)
+
+    def _rules(self, database: str | None, branch: str | None) -> Call[dict[str, Any]]:
+        return Call("GET", self._data_path(database, branch) + "/rules",
+                    lambda d: dict(d["rules"]))
+
+    def _set_rules(self, database: str | None, table: str, verbs: dict[str, Any],
+                   branch: str | None) -> Call[dict[str, Any]]:
+        """Set the verbs given (a text), remove those given None; KEEP leaves one as it is."""
+        body = {verb: rule for verb, rule in verbs.items() if rule is not KEEP}
+        if not body:
+            raise ValueError("set_rules: give at least one of select, insert, update, delete "
+                             "(None removes a rule)")
+        key = self.resolve(database, branch)
+        return Call("PUT", f"{self._data_path(*key)}/rules/"
+                    + quote(_given("table", table), safe=""), _identity, body, session=key)
+
+    def _queries_path(self, key: tuple[str, str], name: str | None = None) -> str:
+        path = self._data_path(*key) + "/queries"
+        if name is None:
+            return path
+        return f"{path}/{quote(_given('query name', name), safe='')}"
+
+    def _named_queries(self, database: str | None,
+                       branch: str | None) -> Call[list[dict[str, Any]]]:
+        return Call("GET", self._queries_path(self.resolve(database, branch)),
+                    lambda d: list(d["queries"]))
+
+    def _set_named_query(self, database: str | None, name: str, sql: str, description: str,
+                         branch: str | None) -> Call[dict[str, Any]]:
+        key = self.resolve(database, branch)
+        return Call("PUT", self._queries_path(key, name), _identity,
+                    {"sql": sql, "description": description}, session=key)
+
+    def _delete_named_query(self, database: str | None, name: str,
+                            branch: str | None) -> Call[None]:
+        return Call("DELETE", self._queries_path(self.resolve(database, branch), name),
+                    _nothing)
+
+    def _run_named_query(self, database: str | None, name: str,
+                         args: Mapping[str, Any] | None,
+                         branch: str | None) -> Call[dict[str, Any]]:
+        """``{"columns", "rows" (dicts, values as Python), "rows_affected", "bookmark"}``."""
+        if args is not None and not isinstance(args, Mapping):
+            raise TypeError("a named query's args are a mapping of name: value")
+        key = self.resolve(database, branch)
+        return Call("POST", self._queries_path(key, name), _query_answer,
+                    {"args": fields_json(args or {})}, session=key)
+
     def _list(self, limit: int | None, page_size: int) -> Plan[list[dict[str, Any]]]:
         """Follow ``next_cursor`` until the list (or ``limit`` entries) is complete."""
         return self._pages("/v1/databases", "databases", {}, limit, page_size)
@@ -643,6 +743,96 @@ def _since(since: str | datetime | None) -> str | None:
             raise ValueError("a datetime since needs a time zone (e.g. UTC)")
         return since.isoformat()
     return since
+
+
+class _Keep:
+    """``set_rules``' default for a verb: leave its rule as it is (None removes it)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+KEEP: Any = _Keep()
+
+# A data API filter: column -> "op.value" (a str is always one, sent as written: "eq.open",
+# "in.(1,2)", "is.null"), or a number or bool meaning eq (None: is.null; a list, tuple or
+# set: in, its texts as they are); pairs for a column named twice (a range).
+Where = Mapping[str, Any] | Sequence[tuple[str, Any]]
+RESERVED = frozenset({"select", "order", "limit", "after", "branch"})  # not filterable
+
+
+FILTER_OPS = frozenset({"eq", "neq", "lt", "lte", "gt", "gte", "like", "glob", "in", "is"})
+
+
+def _filter_text(column: str, value: Any) -> str:
+    if isinstance(value, str):
+        if value.partition(".")[0] not in FILTER_OPS or "." not in value:
+            raise ValueError(f"where {column}: {value[:40]!r} is not op.value (a text is "
+                             f"always one: 'eq.{value[:20]}' for equality; "
+                             f"{', '.join(sorted(FILTER_OPS))})")
+        return value
+    if value is None:
+        return "is.null"
+    if isinstance(value, list | tuple | set | frozenset):
+        if not value:
+            raise ValueError(f"where {column}: an empty list matches nothing; leave it out")
+        return "in.(" + ",".join(_bound_text(column, v) for v in value) + ")"
+    return "eq." + _bound_text(column, value, quoted=False)
+
+
+def _bound_text(column: str, value: Any, quoted: bool = True) -> str:
+    """A value as the data API binds it: text (numbers compare as numbers in a column of
+    numeric affinity). A string in an in-list is quoted, so it may hold commas."""
+    if isinstance(value, str):
+        return '"' + value.replace('"', '""') + '"' if quoted else value
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int | float):
+        return repr(float(value)) if isinstance(value, float) else str(int(value))
+    raise TypeError(f"where {column}: {type(value).__name__} cannot be a filter's value "
+                    "(values bind as text: use str, int, float, bool or None)")
+
+
+def _filters(where: Where | None, needed: bool = False) -> list[tuple[str, str]]:
+    """The query string's filters. ``needed`` (an update, a delete): None is refused, so
+    every row is never reached by a forgotten argument; ``{}`` says every row."""
+    if where is None:
+        if needed:
+            raise ValueError("where: give the filters ({} for every row the token may "
+                             "touch)")
+        return []
+    pairs = list(where.items()) if isinstance(where, Mapping) else list(where)
+    out = []
+    for column, value in pairs:
+        if not isinstance(column, str) or not column:
+            raise ValueError(f"where: a column name, not {column!r}")
+        if column in RESERVED:
+            raise ValueError(f"where {column}: the data API cannot filter a column named "
+                             f"{', '.join(sorted(RESERVED))}")
+        out.append((column, _filter_text(column, value)))
+    return out
+
+
+def _columns(names: str | Sequence[str] | None) -> str | None:
+    """select= and order=: a comma-separated text, or names (``"x.desc"`` for an order)."""
+    if names is None or isinstance(names, str):
+        return names or None
+    return ",".join(names) or None
+
+
+def _page(data: Any) -> dict[str, Any]:
+    return {"rows": [decode_fields(r) for r in data["rows"]], "next": data.get("next"),
+            "bookmark": data.get("bookmark")}
+
+
+def _written(data: Any) -> list[dict[str, Any]]:
+    return [decode_fields(r) for r in data["rows"]]
+
+
+def _query_answer(data: Any) -> dict[str, Any]:
+    return data | {"rows": [decode_fields(r) for r in data["rows"]]}
 
 
 class BaseFeed:

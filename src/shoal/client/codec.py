@@ -64,6 +64,19 @@ def decode_row(values: list[Any]) -> tuple[SQLValue, ...]:
     return tuple(from_json(v) if type(v) is dict else v for v in values)
 
 
+def decode_fields(values: Mapping[str, Any]) -> dict[str, SQLValue]:
+    """A row as a JSON object (the data API's, a named query's) as a dict, decoding only
+    the (rare) tagged values."""
+    return {k: from_json(v) if type(v) is dict else v for k, v in values.items()}
+
+
+def fields_json(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Column: value pairs (a row to insert, the values of an update) as the API's JSON."""
+    if not isinstance(values, Mapping):
+        raise TypeError("a row is a mapping of column: value")
+    return {str(k): to_json(v) for k, v in values.items()}
+
+
 def args_json(args: Args) -> list[Any] | dict[str, Any] | None:
     """Positional (sequence) or named (mapping) arguments as the API's ``args``."""
     if args is None:

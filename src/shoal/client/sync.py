@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -13,6 +13,7 @@ import httpx
 
 from shoal.client.calls import (
     DEFAULT_TIMEOUT,
+    KEEP,
     RETRY_FOR,
     BaseClient,
     BaseFeed,
@@ -20,6 +21,7 @@ from shoal.client.calls import (
     Call,
     Consistency,
     Plan,
+    Where,
 )
 from shoal.client.codec import Args, StatementLike
 from shoal.client.errors import ClientError, transport_error
@@ -283,6 +285,102 @@ class Client(BaseClient):
     def delete_dead_letter(self, database: str | None, webhook_id: str, letter: str) -> None:
         """Drop a dead letter without delivering it."""
         self._send(self._delete_dead_letter(database, webhook_id, letter))
+
+    # -- the data API, row rules and named queries ------------------------------------------
+    def rows(self, database: str | None, table: str, *,
+             select: str | Sequence[str] | None = None, where: Where | None = None,
+             order: str | Sequence[str] | None = None, limit: int | None = None,
+             after: str | None = None, branch: str | None = None) -> dict[str, Any]:
+        """A page of a table's rows through the data API (read access; a token bound by
+        rules sees what its select rule passes): ``{"rows": [{column: value}], "next",
+        "bookmark"}``. ``select``: columns (default all); ``where``: column ->
+        ``"op.value"`` (``"eq.open"``, ``"gte.5"``, ``"in.(1,2)"``, ``"is.null"``,
+        ``"like.a%"``: a text is always one, ``"eq.bob"`` for equality), or a number
+        meaning eq (None: is null; a list: in, texts in it as they are), ANDed; a
+        sequence of pairs names a column twice. ``order``: ``"at.desc,id"`` or names;
+        ``limit``: rows a page, 1 to 1,000 (default 100); ``after``: the ``next`` of the
+        page before (None on the last page)."""
+        return self._send(self._rows(database, table, select, where, order, limit, after,
+                                     branch))
+
+    def iter_rows(self, database: str | None, table: str, *,
+                  select: str | Sequence[str] | None = None, where: Where | None = None,
+                  order: str | Sequence[str] | None = None, limit: int | None = None,
+                  after: str | None = None, branch: str | None = None
+                  ) -> Iterator[dict[str, Any]]:
+        """Every row :meth:`rows` finds, a page (``limit`` rows) per request, following
+        ``next``: a page is as fast as the first (keyset pages)."""
+        while True:
+            page = self.rows(database, table, select=select, where=where, order=order,
+                             limit=limit, after=after, branch=branch)
+            yield from page["rows"]
+            after = page["next"]
+            if after is None:
+                return
+
+    def insert_rows(self, database: str | None, table: str,
+                    rows: Mapping[str, Any] | Sequence[Mapping[str, Any]], *,
+                    branch: str | None = None) -> list[dict[str, Any]]:
+        """Insert one row (a mapping of column: value) or up to 1,000, in one transaction:
+        all or none. The rows as stored (defaults, triggers)."""
+        return self._send(self._insert_rows(database, table, rows, branch))
+
+    def update_rows(self, database: str | None, table: str, values: Mapping[str, Any],
+                    where: Where, *, branch: str | None = None) -> list[dict[str, Any]]:
+        """Set ``values`` on the rows ``where`` finds (as :meth:`rows`' filters; ``{}``:
+        every row the token may touch); the rows updated, with their new values."""
+        return self._send(self._update_rows(database, table, values, where, branch))
+
+    def delete_rows(self, database: str | None, table: str, where: Where, *,
+                    branch: str | None = None) -> list[dict[str, Any]]:
+        """Delete the rows ``where`` finds (``{}``: every row the token may touch); the
+        rows deleted."""
+        return self._send(self._delete_rows(database, table, where, branch))
+
+    def table_schema(self, database: str | None, table: str, *,
+                     branch: str | None = None) -> dict[str, Any]:
+        """``{"table", "columns", "generated", "key", "verbs"}``: ``verbs`` are those this
+        token may use on the table."""
+        return self._send(self._table_schema(database, table, branch))
+
+    def rules(self, database: str | None = None, *,
+              branch: str | None = None) -> dict[str, dict[str, str | None]]:
+        """The row rules of a branch (admin): ``{table: {"select", "insert", "update",
+        "delete"}}``, None for a verb without one (refused to tokens bound by rules)."""
+        return self._send(self._rules(database, branch))
+
+    def set_rules(self, database: str | None, table: str, *, select: str | None = KEEP,
+                  insert: str | None = KEEP, update: str | None = KEEP,
+                  delete: str | None = KEEP, branch: str | None = None) -> dict[str, Any]:
+        """Set a table's rules for the verbs given (admin): an SQL expression over the
+        row's columns and ``auth.*``; None removes one; a verb not given keeps its rule.
+        ``{"table", "rules", "bookmark"}``: every change of rules is a commit."""
+        return self._send(self._set_rules(database, table, {
+            "select": select, "insert": insert, "update": update, "delete": delete},
+            branch))
+
+    def named_queries(self, database: str | None = None, *,
+                      branch: str | None = None) -> list[dict[str, Any]]:
+        """The named queries: ``[{"name", "sql", "description"}]``."""
+        return self._send(self._named_queries(database, branch))
+
+    def set_named_query(self, database: str | None, name: str, sql: str,
+                        description: str = "", *, branch: str | None = None
+                        ) -> dict[str, Any]:
+        """Register (or replace) a named query (admin): ``:name`` parameters, ``auth.*``
+        the caller's claims (bound by Shoal)."""
+        return self._send(self._set_named_query(database, name, sql, description, branch))
+
+    def delete_named_query(self, database: str | None, name: str, *,
+                           branch: str | None = None) -> None:
+        self._send(self._delete_named_query(database, name, branch))
+
+    def run_named_query(self, database: str | None, name: str,
+                        args: Mapping[str, Any] | None = None, *,
+                        branch: str | None = None) -> dict[str, Any]:
+        """Run a named query with ``args`` (name: value): ``{"columns", "rows": [{column:
+        value}], "rows_affected", "bookmark"}`` (a read token runs it read-only)."""
+        return self._send(self._run_named_query(database, name, args, branch))
 
 
 class ChangeFeed(BaseFeed):
