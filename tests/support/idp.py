@@ -120,6 +120,9 @@ class IdentityProvider:
         self.fetches = 0
         self.requests: list[str] = []
         self.status = 200  # what the JWKS URL answers (a failing provider: 500)
+        # sign-in (POST /login {"username", "password"}, for a browser's page: CORS open):
+        # username -> (password, the token's claims)
+        self.accounts: dict[str, tuple[str, dict[str, Any]]] = {}
         self._issuer = issuer
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -147,6 +150,37 @@ class IdentityProvider:
                 self.send_header("content-type", "application/json")
                 if provider.max_age is not None:
                     self.send_header("cache-control", f"public, max-age={provider.max_age}")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def _cors(self) -> None:
+                self.send_header("access-control-allow-origin", "*")
+                self.send_header("access-control-allow-headers", "content-type")
+                self.send_header("access-control-allow-methods", "POST")
+
+            def do_OPTIONS(self) -> None:  # a browser's preflight of the sign-in
+                self.send_response(204)
+                self._cors()
+                self.end_headers()
+
+            def do_POST(self) -> None:
+                """Sign-in: a token for a known username and password, else 401."""
+                with provider._count_lock:
+                    provider.requests.append(self.path)
+                length = int(self.headers.get("content-length") or 0)
+                try:
+                    asked = json.loads(self.rfile.read(length))
+                    password, claims = provider.accounts[asked["username"]]
+                    known = self.path == "/login" and hmac.compare_digest(
+                        str(asked["password"]), password)
+                except (ValueError, KeyError, TypeError):
+                    known = False
+                body = json.dumps({"token": provider.mint(claims)} if known else
+                                  {"error": "unknown user or password"}).encode()
+                self.send_response(200 if known else 401)
+                self._cors()
+                self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(body)))
                 self.end_headers()
                 self.wfile.write(body)

@@ -26,7 +26,7 @@ from shoal.errors import Code, ShoalError
 from shoal.metrics import METRICS
 from shoal.origins import same_origin
 from shoal.server.api import NativeAPI
-from shoal.server.changes import STREAM_PATH, ChangesAPI
+from shoal.server.changes import STREAM_PATH, ChangesAPI, bearer
 from shoal.server.cluster import ClusterAPI
 from shoal.server.cors import ORIGIN, PREFLIGHT, Cors, forwarded, websocket_origin
 from shoal.server.delivery import Dispatcher
@@ -280,15 +280,23 @@ class App:
 
     async def _serve(self, request: Request, handler: Callable[[Request], Any]) -> Response:
         if request.route not in self.public:
+            header = self._bearer(request)
             try:
-                request.principal = self.engine.authenticate(request.header(b"authorization"))
+                request.principal = self.engine.authenticate(header)
             except KeysNeeded as needed:  # an identity provider's key, read once: again
                 await needed.wait()
-                request.principal = self.engine.authenticate(request.header(b"authorization"))
+                request.principal = self.engine.authenticate(header)
             self.engine.refuse_when_overloaded()  # past the memory ceiling: no new work
         elif request.route in self.hrana_routes and b"authorization" in request.headers:
             await self._keys(request)  # Hrana's handlers authenticate themselves, in sync
         return await handler(request)  # type: ignore[no-any-return]
+
+    def _bearer(self, request: Request) -> str | None:
+        """The Authorization header (the change feed's GET may carry the token in the URL
+        instead: server/changes.py, ``bearer``)."""
+        if request.route in self.change_routes:
+            return bearer(request)
+        return request.header(b"authorization")
 
     async def _keys(self, request: Request) -> None:
         """Read an identity provider's keys the token needs, if any, before a handler that

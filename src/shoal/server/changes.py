@@ -196,8 +196,7 @@ class ChangesAPI:
                 asked = time.monotonic()
                 try:
                     # the token again at every page: a revoked or expired one ends the stream
-                    request.principal = self.engine.authenticate(
-                        request.header(b"authorization"))
+                    request.principal = self.engine.authenticate(bearer(request))
                     since, events = await self._page(request, name, branch, since, limit,
                                                      wanted)
                 except _Again:  # the leader is moving: the stream outlives it
@@ -275,6 +274,9 @@ class ChangesAPI:
         path = f"/v1/databases/{name}/branches/{branch}/changes?{urlencode(query)}"
         headers = [(k, v) for k, v in request.scope["headers"]
                    if k in (b"authorization", b"x-request-id")]
+        if not any(k == b"authorization" for k, _ in headers) and \
+                (header := bearer(request)) is not None:  # an EventSource's token
+            headers.append((b"authorization", header.encode("latin-1")))
         try:
             status, _, body = await self.engine.forward(url, "GET", path, headers, b"")
         except Unreachable:
@@ -335,6 +337,18 @@ def event_json(page: ChangesPage, event: FeedEvent) -> dict[str, Any]:
         "old": None if change.old is None else dict(zip(change.columns,
                                                         encode_row(change.old), strict=True)),
     }
+
+
+def bearer(request: Request) -> str | None:
+    """The request's Authorization header; without one, a GET of the feed may name its token
+    in ``access_token``, since a browser's EventSource cannot send headers. (Shoal logs
+    routes, never query strings; docs/api.md advises a short-lived token for such pages.)"""
+    header = request.header(b"authorization")
+    if header is None and request.method == "GET":
+        token = request.query("access_token")
+        if token:
+            return "Bearer " + token
+    return header
 
 
 def _sse(kind: str, data: bytes, event_id: str | None = None) -> bytes:
