@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shoal.engine import (
+    AuditEntry,
+    AuditPage,
     BranchInfo,
     ChangesPage,
     Committed,
@@ -45,10 +47,20 @@ from shoal.tokens import Principal
 Render = Callable[[Committed], tuple[int, bytes]]
 
 
+class AuditSink(Protocol):
+    """Where the App hands each request's audit record (engine/audit.py's AuditLog): on
+    the event loop, O(1), never waiting."""
+
+    def add(self, entry: AuditEntry) -> None: ...
+
+
 class EngineAPI(Protocol):
     settings: Settings
     root: Path  # the data directory: where handlers keep their own keys
     admin_token_path: Path | None
+
+    @property
+    def audit(self) -> AuditSink: ...  # the audit log's buffer: the App adds each request's
 
     # -- the node ----------------------------------------------------------------------------
     def open(self) -> None: ...
@@ -151,6 +163,11 @@ class EngineAPI(Protocol):
     async def feed_settings(self, principal: Principal, name: str) -> tuple[str, ...]: ...
     async def set_feed_settings(self, principal: Principal, name: str,
                                 without_old: tuple[str, ...]) -> tuple[str, ...]: ...
+
+    # -- the audit log -------------------------------------------------------------------------
+    async def audit_page(self, principal: Principal, database: str | None,
+                         since: float | None, until: float | None, limit: int,
+                         cursor: str | None) -> AuditPage: ...
 
     # -- webhooks ------------------------------------------------------------------------------
     async def create_webhook(self, principal: Principal, name: str,
