@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import msgspec
 import pytest
 import zstandard
 
@@ -43,7 +44,7 @@ def entry(ts: float, db: str | None = "orders", status: int = 200) -> Entry:
 def records(log: AuditLog, **kw: Any) -> tuple[list[dict[str, Any]], str | None]:
     page = log.page(kw.get("since"), kw.get("until"), kw.get("wanted"), kw.get("limit", 1000),
                     kw.get("cursor"))
-    return [json.loads(bytes(r)) for r in page.records], page.next_cursor
+    return [msgspec.to_builtins(r) for r in page.records], page.next_cursor
 
 
 def test_records_are_flushed_create_only_into_time_sorted_objects(io: Any) -> None:
@@ -57,9 +58,10 @@ def test_records_are_flushed_create_only_into_time_sorted_objects(io: Any) -> No
     keys = [o.key for o in store.list(PREFIX)]
     assert len(keys) == 1 and keys[0].startswith(f"{PREFIX}{int(now * 1000):013d}-nodea-")
     lines = zstandard.ZstdDecompressor().decompress(store.get(keys[0]).data).splitlines()
-    first = json.loads(lines[0])
+    assert json.loads(lines[0]) == list(entry(now))  # the entry, as it was handed over
+    first = records(log)[0][0]
     assert first["node"] == "nodea" and first["token"] == "tok_1" and first["kind"] == "read"
-    assert first["time"].endswith("Z") and first["time"][:4].isdigit()
+    assert first["time"].endswith("Z") and first["time"][:4].isdigit() and first["ms"] == 500
     assert not log.buffer
 
 

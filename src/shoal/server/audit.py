@@ -60,8 +60,14 @@ class Auditor:
             if branch is not None and not names.is_valid(branch):
                 branch = None
         kind = AUDIT_KINDS[tally.kind] if tally.kind else self.kinds.get(route, "admin")
-        self.sink.add(_entry(request.principal, request.method, route, db, branch, kind,
-                             tally, response.status, code, elapsed))
+        p = request.principal
+        if p is ANONYMOUS:
+            self.sink.add((time.time(), None, None, None, request.method, route, db, branch,
+                           kind, 0, 0, response.status, code or None, elapsed))
+        else:
+            self.sink.add((time.time(), p.subject, p.user, p.issuer, request.method, route, db,
+                           branch, kind, tally.rows_read, tally.rows_written, response.status,
+                           code or None, elapsed))
 
     def websocket(self, principal: Principal | None, db: str | None, branch: str | None,
                   tally: AuditTally, status: int, elapsed: float) -> None:
@@ -69,20 +75,11 @@ class Auditor:
         db = tally.database or db
         branch = tally.branch or (branch if db is not None else None)
         kind = AUDIT_KINDS[tally.kind] if tally.kind else "read"
-        self.sink.add(_entry(principal or ANONYMOUS, "GET", HRANA_WEBSOCKET, db, branch, kind,
-                             tally, status, "", elapsed))
-
-
-def _entry(principal: Principal, method: str, route: str, db: str | None,
-           branch: str | None, kind: str, tally: AuditTally, status: int, code: str,
-           elapsed: float) -> tuple[float, str | None, str | None, str | None, str, str,
-                                    str | None, str | None, str, int, int, int,
-                                    str | None, float]:
-    known = principal is not ANONYMOUS
-    return (time.time(), principal.subject if known else None, principal.user,
-            principal.issuer if known else None, method, route, db, branch, kind,
-            tally.rows_read, tally.rows_written, status, code or None,
-            round(elapsed * 1000, 3))
+        p = principal or ANONYMOUS  # (no hello: nobody)
+        known = p is not ANONYMOUS
+        self.sink.add((time.time(), p.subject if known else None, p.user,
+                       p.issuer if known else None, "GET", HRANA_WEBSOCKET, db, branch, kind,
+                       tally.rows_read, tally.rows_written, status, None, elapsed))
 
 
 def _route_kind(route: str, hrana: bool) -> str:
