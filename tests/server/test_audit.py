@@ -8,7 +8,7 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -292,3 +292,31 @@ def test_a_hrana_websocket_leaves_one_record_with_its_requests_rows(
     assert (got[0]["kind"], got[0]["rows_written"], got[0]["status"], got[0]["branch"]) == \
         ("write", 2, 101, "main")
     assert got[0]["token"] == json.loads(_claims(writer))["jti"]
+
+
+def test_the_clients_and_the_cli_read_the_log(start_server: Callable[..., InProcessNode],
+                                              capsys: Any) -> None:
+    from shoal import cli
+    from shoal.client import AsyncClient, Client
+
+    node = start_server()
+    with Client(node.url, node.admin_token, transport=node.transport()) as c:
+        c.create_database("viaclient")
+        start = time.time() - 5
+        got = c.audit("viaclient", since=start, page_size=1)
+        assert [x["route"] for x in got] == ["/v1/databases"]
+        assert c.audit(since=datetime.now(UTC) + timedelta(hours=1)) == []  # (a datetime)
+        args = cli.build_parser().parse_args(["audit", "--database", "viaclient", "--json",
+                                              "--since", "10m"])
+        assert cli._audit(args, c, cli.Output(True)) == 0
+        printed = json.loads(capsys.readouterr().out)
+        assert [x["database"] for x in printed["records"]] == ["viaclient"]
+
+    async def via_async() -> list[dict[str, Any]]:
+        async with AsyncClient(node.url, node.admin_token,
+                               transport=node.async_transport()) as a:
+            return await a.audit("viaclient", since=f"{start:.3f}")
+
+    assert [x["route"] for x in asyncio.run(via_async())] == ["/v1/databases"]
+    assert cli._when("2h") is not None and float(cli._when("2h") or 0) < time.time() - 7000
+    assert cli._when("2026-01-01T00:00:00Z") == "2026-01-01T00:00:00Z"
