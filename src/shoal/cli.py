@@ -9,6 +9,7 @@ import os
 import signal
 import sqlite3
 import sys
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from datetime import datetime
@@ -611,6 +612,34 @@ def _shell(args: argparse.Namespace, client: Client, out: Output) -> int:
         out.message(f"shoal shell on {where}; .help for help")
     shell.loop(_terminal() if interactive else _stdin_lines())
     return 1 if shell.errors and not interactive else 0
+
+
+# -- the audit log -------------------------------------------------------------------------------
+_AGO = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _when(text: str | None) -> str | None:
+    """--since/--until: unix seconds, RFC 3339, or a time ago (30m, 2h, 7d)."""
+    if text is None:
+        return None
+    if len(text) > 1 and text[-1] in _AGO and text[:-1].isdigit():
+        return f"{time.time() - int(text[:-1]) * _AGO[text[-1]]:.3f}"
+    return text
+
+
+def _audit(args: argparse.Namespace, client: Client, out: Output) -> int:
+    found = client.audit(args.database, since=_when(args.since), until=_when(args.until),
+                         limit=args.limit)
+    if out.as_json:
+        out.json({"records": found})
+        return 0
+    out.table(["time", "token", "subject", "method", "route", "database", "kind", "rows",
+               "status"],
+              [[r["time"], r["token"] or "-", r["subject"] or "", r["method"], r["route"],
+                r["database"] or "", r["kind"], f"{r['rows_read']}/{r['rows_written']}",
+                f"{r['status']} {r['code'] or ''}".strip()] for r in found],
+              f"{len(found)} record{'s' * (len(found) != 1)}", whole=("time",))
+    return 0
 
 
 # -- tokens --------------------------------------------------------------------------------------
@@ -1364,6 +1393,16 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     _add_branch_commands(sub, common)
     _add_webhook_commands(sub, common)
     _add_data_commands(sub, common)
+    p = _client_parser(sub, "audit", common,
+                       "the audit log: who did what, when (oldest first; needs an admin token: "
+                       "one scoped to some databases sees theirs)")
+    p.add_argument("--database", default=None, help="only this database's records")
+    p.add_argument("--since", default="1h", help="from this time: unix seconds, RFC 3339, or "
+                   "ago as 30m, 2h, 7d (default 1h)")
+    p.add_argument("--until", default=None, help="before this time (the same forms)")
+    p.add_argument("--limit", type=int, default=1000, help="show at most this many "
+                   "(default 1000)")
+    p.set_defaults(func=_client_command(_audit))
 
 
 def build_parser() -> argparse.ArgumentParser:

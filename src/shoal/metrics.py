@@ -89,6 +89,8 @@ class Metrics:
     quota_refusals: Counter
     cors_refusals: Counter
     compactions: Counter
+    audit_written: Counter
+    audit_dropped: Counter
 
     _cpu_children: dict[str, Any] = field(default_factory=dict)
 
@@ -194,6 +196,11 @@ def _build() -> Metrics:
                               "websocket", ["kind"], registry=reg),
         compactions=Counter("shoal_compactions", "Databases compacted on request (VACUUM, "
                             "then the log re-based on a snapshot)", registry=reg),
+        audit_written=Counter("shoal_audit_written_records", "Audit log records this node "
+                              "wrote to the object store", registry=reg),
+        audit_dropped=Counter("shoal_audit_dropped_records", "Audit log records this node "
+                              "dropped: the store did not take them and audit_buffer was "
+                              "full (the oldest go first)", registry=reg),
     )
 
 

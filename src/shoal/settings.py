@@ -321,6 +321,15 @@ class Settings:
     history_retention: float = _s(
         7 * 86400.0, "Seconds of history kept restorable; older segments and snapshots are deleted "
         "unless a branch needs them.")
+    audit_log: bool = _s(
+        True, "Keep an audit log: a record per API request (token id, subject, issuer, route, "
+        "database, branch, statement kind, rows, status, error code, time; never SQL, "
+        "arguments or secrets) in the object store under audit/, kept for "
+        "history_retention; GET /v1/audit reads it (docs/operations.md, 'Audit log').")
+    audit_buffer: int = _s(
+        100_000, "Audit records a node holds in memory while the object store does not take "
+        "them; past this the oldest are dropped (shoal_audit_dropped_records_total).",
+        minimum=1)
     checkpoint_frames: int = _s(
         4000, "WAL frames (pages) that make a checkpoint due; it runs once they are in the object "
         "store, holding writers back for one upload.")

@@ -37,7 +37,7 @@ from tests.support.storage import ok, path, rows, run
 pytestmark = pytest.mark.slow
 
 ADMIN = "kills-admin"
-WRITES = r"/shoal/(?!node/)"  # every store write but the lease's renewals
+WRITES = r"/shoal/(?!node/|audit/)"  # store writes but the lease renewals and audit log
 _names = itertools.count()
 
 

@@ -29,6 +29,7 @@ class FakeEngine:
         self.admin_token_path = None
         self.status: tuple[str, list[Condition]] = ("ok", [])
         self.calls: list[tuple[str, Any]] = []
+        self.audit: set[Any] = set()  # the audit log's records (App.auditor adds them)
 
     async def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)

@@ -145,6 +145,12 @@ class AsyncClient(BaseClient):
                      page_size: int = 100) -> list[dict[str, Any]]:
         return await self._run(self._tokens(database, expired, revoked, limit, page_size))
 
+    async def audit(self, database: str | None = None, *,
+                    since: str | float | datetime | None = None,
+                    until: str | float | datetime | None = None, limit: int | None = None,
+                    page_size: int = 100) -> list[dict[str, Any]]:
+        return await self._run(self._audit(database, since, until, limit, page_size))
+
     async def list_branches(self, database: str | None = None) -> list[dict[str, Any]]:
         return await self._send(self._branches(database))
 

@@ -633,6 +633,16 @@ class BaseClient:
         return self._pages("/v1/tokens", "tokens",
                            {k: v for k, v in params.items() if v}, limit, page_size)
 
+    def _audit(self, database: str | None, since: str | float | datetime | None,
+               until: str | float | datetime | None, limit: int | None,
+               page_size: int) -> Plan[list[dict[str, Any]]]:
+        """The audit log's records (oldest first, from ``since``, before ``until``; those
+        of ``database`` if named), or the first ``limit``."""
+        params = {"database": _given("database", database) if database is not None else "",
+                  "since": _instant("since", since), "until": _instant("until", until)}
+        return self._pages("/v1/audit", "records", {k: v for k, v in params.items() if v},
+                           limit, min(page_size, 1000))
+
     def _pages(self, path: str, key: str, params: dict[str, str], limit: int | None,
                page_size: int) -> Plan[list[dict[str, Any]]]:
         """Follow ``next_cursor`` until the list (or ``limit`` entries) is complete. A page
@@ -733,6 +743,19 @@ def _given(what: str, value: str) -> str:
     if not value:
         raise ValueError(f"{what}: give one")
     return value
+
+
+def _instant(name: str, when: str | float | datetime | None) -> str:
+    """A time as the audit log's query takes it: unix seconds or RFC 3339 ("" for none)."""
+    if when is None:
+        return ""
+    if isinstance(when, datetime):
+        if when.tzinfo is None:
+            raise ValueError(f"a datetime {name} needs a time zone (e.g. UTC)")
+        return when.isoformat()
+    if isinstance(when, int | float):
+        return f"{when:.3f}"
+    return when
 
 
 def _since(since: str | datetime | None) -> str | None:

@@ -179,6 +179,16 @@ class Client(BaseClient):
         unless ``expired``/``revoked``; those reaching ``database`` when named."""
         return self._run(self._tokens(database, expired, revoked, limit, page_size))
 
+    def audit(self, database: str | None = None, *, since: str | float | datetime | None = None,
+              until: str | float | datetime | None = None, limit: int | None = None,
+              page_size: int = 100) -> list[dict[str, Any]]:
+        """The audit log (an admin token: every database's, or those of the databases it
+        administers), oldest first, following pagination: ``{"time", "node", "token",
+        "subject", "issuer", "method", "route", "database", "branch", "kind",
+        "rows_read", "rows_written", "status", "code", "ms"}``. ``since`` (inclusive) and
+        ``until``: unix seconds, RFC 3339 text or an aware datetime."""
+        return self._run(self._audit(database, since, until, limit, page_size))
+
     # -- branches and point in time -----------------------------------------------------------
     def list_branches(self, database: str | None = None) -> list[dict[str, Any]]:
         """Every branch: name, parent, fork_txid, created_at, timeline, txid, sizes."""

@@ -6,6 +6,12 @@ check access themselves, and the values that cross between them (statements, res
 records, outcomes). Everything else in the package is the engine's own business.
 """
 
+from shoal.engine.audit import KINDS as AUDIT_KINDS
+from shoal.engine.audit import MAX_LIMIT as AUDIT_MAX_LIMIT
+from shoal.engine.audit import TALLY as AUDIT_TALLY
+from shoal.engine.audit import AuditPage
+from shoal.engine.audit import Entry as AuditEntry
+from shoal.engine.audit import Tally as AuditTally
 from shoal.engine.catalog import DatabaseRecord, TokenInfo, TokenRecord
 from shoal.engine.connection import (
     Description,
@@ -49,10 +55,16 @@ from shoal.log.branch import Branch as LogBranch
 from shoal.log.restore import History
 
 __all__ = [
+    "AUDIT_KINDS",
+    "AUDIT_MAX_LIMIT",
+    "AUDIT_TALLY",
     "LETTERS_PAGE",
     "READ_ONLY",
     "REQUEST_GONE",
     "TIMELINE_HEADER",
+    "AuditEntry",
+    "AuditPage",
+    "AuditTally",
     "BranchInfo",
     "ChangesPage",
     "Committed",

@@ -237,6 +237,7 @@ class Counters:
     results: list[Result] = field(default_factory=list)
     elapsed: float = 0.0  # seconds the statements took, prepare included
     widest: int = 0  # bytes of the largest row returned (as JSON)
+    schema: bool = False  # a statement changed the schema (the authorizer saw it: the audit log)
 
 
 def configure_sqlite(lookaside_slot: int = 128, lookaside_count: int = 32,
@@ -630,6 +631,7 @@ class Connection:
         self._would_write = False
         self.guard.reason = None
         self.guard.control = None
+        self.guard.schema = False
         changes_before = raw.total_changes()
         rows: list[list[Any]] = []
         size = out.bytes
@@ -703,6 +705,8 @@ class Connection:
             raise _too_large(budget, index)
         out.rows_read += len(rows)
         out.rows_written += written
+        if self.guard.schema:
+            out.schema = True
         out.bytes = size
         out.results.append(Result(
             columns=columns,

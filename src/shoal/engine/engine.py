@@ -36,6 +36,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 from shoal import identity, origins, scopes, tokens
 from shoal.cluster import MAX_MESSAGE, Cluster, Moved
 from shoal.engine import datadir
+from shoal.engine.audit import MAX_LIMIT, READ, SCHEMA, TRANSACTION, WRITE, AuditLog, AuditPage
+from shoal.engine.audit import decode_cursor as audit_cursor
+from shoal.engine.audit import note as audit_note
 from shoal.engine.catalog import Catalog, DatabaseRecord, TokenInfo, TokenRecord
 from shoal.engine.connection import (
     Counters,
@@ -278,6 +281,8 @@ class Engine(RowsAPI):
         # databases with allowed origins of their own (shoal/origins.py), as stored
         self.cors: dict[str, tuple[str, ...]] = {}
         self._cors_read: dict[str, float] = {}  # name -> when its record was last read for it
+        # the audit log (engine/audit.py): the server adds a record per request
+        self.audit = AuditLog(settings.audit_buffer, settings.audit_log)
 
     def open(self) -> None:
         """The blocking part of starting, before the node serves: take the data directory
@@ -363,6 +368,9 @@ class Engine(RowsAPI):
             self.lifecycle.generation = self.cluster.generation
         # (saved in the catalog, being saved): replaced whole at each flush, for /metrics
         self._usage_base = (self.catalog.all_usage(), {})
+        # the audit log's objects: in the store; without one, in a folder of the data directory
+        self.audit.attach(self.store or open_store((self.root / "audit-store").as_uri()),
+                          datadir.node_id(self.root), self.io)
         self._opened = True
 
     def _sync_catalog(self, registry: Registry) -> tuple[set[str], set[str]]:
@@ -493,6 +501,7 @@ class Engine(RowsAPI):
         self.open()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
         await self.identity.start()
+        self.audit.start()
         METRICS.log_unshipped.set_function(lambda: self.lifecycle.log_backlog()[0])
         METRICS.log_lag.set_function(lambda: self.lifecycle.log_backlog()[1])
         lease = self.lease
@@ -523,6 +532,7 @@ class Engine(RowsAPI):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._retention
         self._flush_usage()
+        await self.audit.stop()  # the last records, before the store and I/O threads go
         if self.replicas is not None:
             await self.replicas.close_all()
         await self.lifecycle.close_all(self.settings.statement_timeout + 1)
@@ -570,8 +580,7 @@ class Engine(RowsAPI):
                     last_flush = time.monotonic()
                     async with self._usage_lock:  # a reader sees counts once, saved or not
                         await self._run(self._save_usage, *self._take_usage())
-                if self._registry is not None and \
-                        time.monotonic() - last_retention >= RETENTION_INTERVAL and \
+                if time.monotonic() - last_retention >= RETENTION_INTERVAL and \
                         (self._retention is None or self._retention.done()):
                     last_retention = time.monotonic()
                     self._retention = asyncio.get_running_loop().create_task(self._retain())
@@ -594,7 +603,17 @@ class Engine(RowsAPI):
     async def _retain(self) -> None:
         """Per database: merge runs of small segments (so restore GETs few objects), then
         delete what no restore inside history_retention and no branch needs any more; and
-        purge deleted databases past history_retention."""
+        purge deleted databases past history_retention. The audit log's objects too (a node
+        without a store keeps them in its data directory: only they)."""
+        try:
+            deleted = await self._io(self.audit.retain, time.time(),
+                                     self.settings.history_retention)
+            if deleted:
+                log.info("retention deleted %d objects of the audit log", deleted)
+        except Exception as exc:  # background work: the next pass tries again
+            _pass_failed("retention of the audit log", exc)
+        if self._registry is None:
+            return
         try:
             await self._expire_deleted()
         except Exception as exc:  # background work: the next pass tries again
@@ -628,6 +647,37 @@ class Engine(RowsAPI):
             log.warning("compaction of %s left a run as it was: %s", name, error)
         if any(m.created for m in report.merges):
             log.info("compaction of %s %s", name, report.summary())
+
+    # -- the audit log (engine/audit.py) ------------------------------------------------------
+    async def audit_page(self, principal: tokens.Principal, database: str | None,
+                         since: float | None, until: float | None, limit: int,
+                         cursor: str | None) -> AuditPage:
+        """A page of the audit log, every node's records. An admin of every database reads
+        them all (or one database's); an admin of some databases reads those of the ones it
+        reaches (or the one named, if it reaches it); other tokens are refused. This node's
+        buffer is flushed first, so its records are there at once (another node's within
+        about a second)."""
+        principal.require("admin")
+        wanted: Callable[[str | None], bool] | None = None
+        if database is not None:
+            check_name(database)
+            principal.require("admin", database)
+            wanted = lambda db: db == database  # noqa: E731
+        elif principal.databases is not None:
+            wanted = lambda db: db is not None and principal.reaches(db)  # noqa: E731
+        if not 1 <= limit <= MAX_LIMIT:
+            raise ShoalError(Code.INVALID_REQUEST, f"limit: 1 to {MAX_LIMIT}")
+        after = audit_cursor(cursor) if cursor is not None else None
+        if cursor is not None and after is None:
+            raise ShoalError(Code.INVALID_REQUEST, "cursor: not one this server gave")
+        if since is not None and until is not None and until <= since:
+            raise ShoalError(Code.INVALID_REQUEST, "until must be after since")
+        if not self.audit.failing:  # (a store that refused the last flush: not waited for)
+            await self.audit.flush()
+        return await self._io(self.audit.page,
+                              None if since is None else int(since * 1000),
+                              None if until is None else int(until * 1000),
+                              wanted, limit, after)
 
     # -- a cluster ----------------------------------------------------------------------------
     async def _follow_cluster(self, members: int, last_revoked: float) -> tuple[int, float]:
@@ -1089,6 +1139,7 @@ class Engine(RowsAPI):
         render: Callable[[DatabaseRecord], tuple[int, bytes]],
     ) -> tuple[int, bytes]:
         check_name(name)
+        audit_note(name, "main", 0)  # the name is the body's: the audit record says it
         scopes.manage(principal, "admin", name)
         key = (idem.key if idem else "")
         if self._registry is not None and name not in self.names and \
@@ -1370,6 +1421,7 @@ class Engine(RowsAPI):
         found = await db.find_idempotent(principal.subject, idem.key)
         if found is not None:
             await db.wait_durable(db.txid)  # the first answer may still be waiting for it
+            audit_note(db.name, db.branch, WRITE)  # (only a write's answer is kept)
             return self._replay(found, idem)
         record = IdempotencyRecord(principal.subject, idem.key, idem.body_hash, render)
         return await self._query(principal, db, statements, record)
@@ -1413,6 +1465,7 @@ class Engine(RowsAPI):
                                txid, db.bookmark(max(txid, db.visible)))
             except NeedsWriter as exc:
                 db.remember_write(exc.sql)
+        audit_note(db.name, db.branch, WRITE)  # a write, whatever becomes of it
         if not principal.can_write:
             raise ShoalError(Code.READ_ONLY, "this token has read access only; the request writes")
         self.disk.refuse()  # the hot path: no context manager (Disk.writes, inlined)
@@ -1423,14 +1476,16 @@ class Engine(RowsAPI):
             if (mapped := self.disk.failure(exc)) is exc:
                 raise
             raise mapped from None
-        self._meter(db, done.counters)
+        self._meter(db, done.counters, WRITE)
         out = Outcome(done.counters.results, done.counters.rows_read,
                       done.counters.rows_written, done.txid, done.bookmark)
         if done.response is not None:
             out.replay = done.response
         return out
 
-    def _meter(self, db: Database, counters: Counters) -> None:
+    def _meter(self, db: Database, counters: Counters, kind: int = READ) -> None:
+        audit_note(db.name, db.branch, SCHEMA if counters.schema else kind, counters.rows_read,
+                   counters.rows_written)
         u = self.usage[db.usage_key]
         u[0] += counters.rows_read
         u[1] += counters.rows_written
@@ -1749,6 +1804,7 @@ class Engine(RowsAPI):
             db.last_used = time.monotonic()
         tx.age_deadline = time.monotonic() + self.settings.transaction_max_age
         self.transactions[tx.id] = (db, tx)
+        audit_note(name, branch, TRANSACTION)
         METRICS.open_transactions.set(len(self.transactions))
         return tx
 
@@ -1803,7 +1859,7 @@ class Engine(RowsAPI):
                     self.transactions.pop(tx_id, None)
                     self.expired[tx_id] = Code.TRANSACTION_ABORTED
                     await db.end(tx, commit=False)
-        self._meter(db, counters)
+        self._meter(db, counters, WRITE if counters.rows_written else READ)
         return Outcome(counters.results, counters.rows_read, counters.rows_written,
                        db.txid, db.bookmark(db.txid))
 
@@ -1815,6 +1871,7 @@ class Engine(RowsAPI):
         if keyed and (stored := await self._stored_commit(principal, name, idem, branch)):
             return stored  # a retried commit: the first answer, not TRANSACTION_NOT_FOUND
         db, tx = self._tx(principal, name, tx_id, branch)
+        audit_note(name, branch, TRANSACTION)
         async with tx.lock:
             if self.transactions.pop(tx_id, None) is None:
                 if keyed and (stored := await self._stored_commit(principal, name, idem, branch)):

@@ -64,6 +64,13 @@ _TEMP_SCHEMA_OPS = {
     apsw.SQLITE_INSERT, apsw.SQLITE_CREATE_TABLE, apsw.SQLITE_CREATE_VIEW,
     apsw.SQLITE_CREATE_VTABLE, apsw.SQLITE_PRAGMA,
 }
+# What changes the schema (the audit log's "schema" kind; temp objects are refused anyway).
+_SCHEMA_OPS = frozenset({
+    apsw.SQLITE_CREATE_TABLE, apsw.SQLITE_DROP_TABLE, apsw.SQLITE_ALTER_TABLE,
+    apsw.SQLITE_CREATE_INDEX, apsw.SQLITE_DROP_INDEX, apsw.SQLITE_CREATE_VIEW,
+    apsw.SQLITE_DROP_VIEW, apsw.SQLITE_CREATE_TRIGGER, apsw.SQLITE_DROP_TRIGGER,
+    apsw.SQLITE_CREATE_VTABLE, apsw.SQLITE_DROP_VTABLE,
+})
 _DENIED_FUNCTIONS = frozenset({"load_extension", "readfile", "writefile", "edit", "fts3_tokenizer"})
 
 
@@ -80,7 +87,7 @@ class Guard:
     ``control`` set when that denial was of a transaction statement: Connection turns it
     into TransactionControl)."""
 
-    __slots__ = ("control", "internal", "reason")
+    __slots__ = ("control", "internal", "reason", "schema")
 
     def __init__(self) -> None:
         self.internal = False
@@ -89,6 +96,9 @@ class Guard:
         # "ROLLBACK", "SAVEPOINT", "RELEASE", "ROLLBACK TO"): protocols whose clients
         # send transactions as SQL (Hrana) act on it, without reading the SQL text.
         self.control: str | None = None
+        # The statement being prepared changes the schema (reset by Connection per
+        # statement; a cached statement is prepared again after any schema change).
+        self.schema = False
 
     def _deny(self, message: str, control: str | None = None) -> int:
         self.reason = (Code.SQL_NOT_ALLOWED, message)
@@ -99,6 +109,8 @@ class Guard:
                  dbname: str | None, trigger: str | None) -> int:
         if self.internal:
             return apsw.SQLITE_OK
+        if op in _SCHEMA_OPS:
+            self.schema = True
         reads_temp = op == apsw.SQLITE_PRAGMA and (
             p2 is None or (p1 or "").lower() in ARGUMENT_PRAGMAS)
         if dbname == "temp" and op in _TEMP_SCHEMA_OPS and not reads_temp:

@@ -21,11 +21,12 @@ from typing import Any
 
 from shoal import names
 from shoal.cluster import FORWARDED, Moved, Unreachable
-from shoal.engine import READ_ONLY, REQUEST_GONE, Engine, KeysNeeded
+from shoal.engine import AUDIT_TALLY, READ_ONLY, REQUEST_GONE, AuditTally, Engine, KeysNeeded
 from shoal.errors import Code, ShoalError
 from shoal.metrics import METRICS
 from shoal.origins import same_origin
 from shoal.server.api import NativeAPI
+from shoal.server.audit import AuditAPI, Auditor
 from shoal.server.changes import STREAM_PATH, ChangesAPI, bearer
 from shoal.server.cluster import ClusterAPI
 from shoal.server.cors import ORIGIN, PREFLIGHT, Cors, forwarded, websocket_origin
@@ -79,6 +80,7 @@ class App:
         self.dispatcher = Dispatcher(self.engine)  # webhooks' deliveries
         WebhooksAPI(self.engine, self.dispatcher).register(self.router)
         TablesAPI(self.engine).register(self.router)  # the data API, rules, named queries
+        AuditAPI(self.engine).register(self.router)  # GET /v1/audit (server/audit.py)
         self.router.add("GET", "/health", self.health)
         self.router.add("GET", "/ready", self.ready)
         self.router.add("GET", "/metrics", self.metrics)
@@ -102,6 +104,8 @@ class App:
         self.clustered = bool(settings.advertise_url)
         if self.clustered:
             ClusterAPI(self.engine).register(self.router)
+        self.auditor = Auditor(self.engine.audit, self.router, self.hrana_routes) \
+            if settings.audit_log else None
         self._log = sys.stderr.buffer if settings.access_log else None
         self._leaving = False  # a cluster's node handing its databases over (SIGTERM)
         self._sessions = Connections()  # read-your-writes per client connection
@@ -128,7 +132,23 @@ class App:
                 METRICS.cluster_forwarded.labels("websocket").inc()
                 await self.engine.forward_websocket(url, scope, receive, send)
             else:
-                await self.websocket(scope, receive, send)
+                await self._hrana_websocket(scope, receive, send)
+
+    async def _hrana_websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A Hrana WebSocket served here, and its audit record when it closes."""
+        if self.auditor is None:
+            await self.websocket(scope, receive, send)
+            return
+        started = time.perf_counter()
+        tally = AuditTally()
+        tallying = AUDIT_TALLY.set(tally)  # its streams' tasks inherit it
+        try:
+            conn = await self.websocket(scope, receive, send)
+        finally:
+            AUDIT_TALLY.reset(tallying)
+        if conn is not None:
+            self.auditor.websocket(conn.principal, conn.db or conn.url_db, conn.branch, tally,
+                                   101, time.perf_counter() - started)
 
     async def lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -178,6 +198,8 @@ class App:
             await self._preflight(request, send, started)
             return
         watch = _Watch(request, time.monotonic())
+        tally = AuditTally()  # what the engine does for the request (the audit log)
+        tallying = AUDIT_TALLY.set(tally)
         self._watches[watch] = None
         if self._watcher is None:
             self._watcher = asyncio.get_running_loop().create_task(self._watch_requests())
@@ -215,6 +237,7 @@ class App:
         finally:
             del self._watches[watch]
             watch.stop()
+            AUDIT_TALLY.reset(tallying)
         if db is not None and response.status == 200:
             self._sessions.note(request, db, response.headers)
         if origin is not None and FORWARDED not in request.headers:  # the edge's, once
@@ -225,7 +248,7 @@ class App:
             await self._send_stream(request, response, send)
         else:
             await self._send(response, send)
-        self._done(request, response, started)
+        self._done(request, response, started, tally)
 
     @staticmethod
     async def _send(response: Response, send: Send) -> None:
@@ -237,12 +260,16 @@ class App:
                     "headers": headers})
         await send({"type": "http.response.body", "body": response.body})
 
-    def _done(self, request: Request, response: Response, started: float) -> None:
-        """A request answered: its metrics and its access log line."""
+    def _done(self, request: Request, response: Response, started: float,
+              tally: AuditTally | None = None) -> None:
+        """A request answered: its metrics, its access log line and its audit record."""
         elapsed = time.perf_counter() - started
         METRICS.observe_request(request.route, request.method, response.status, elapsed)
+        code = error_code(response.body) if response.status >= 400 else ""
         if self._log is not None:
-            self._access_log(request, response, elapsed)
+            self._access_log(request, response, elapsed, code)
+        if tally is not None and self.auditor is not None:
+            self.auditor.record(request, response, elapsed, tally, code)
 
     async def _preflight(self, request: Request, send: Send, started: float) -> None:
         """A browser's preflight: answered here, on any node, without a token."""
@@ -358,7 +385,7 @@ class App:
                 METRICS.cluster_forwarded.labels(protocol).inc()
                 if ORIGIN in request.headers:  # this node names the origin back (cors.py)
                     headers = forwarded(headers)
-                return Response(status, answer, headers)
+                return Response(status, answer, headers, relayed=True)
             except Unreachable as exc:
                 if exc.sent or time.monotonic() >= deadline:
                     METRICS.cluster_forward_failures.inc()
@@ -398,7 +425,8 @@ class App:
                 if watch.started < due:
                     watch.listen()
 
-    def _access_log(self, request: Request, response: Response, elapsed: float) -> None:
+    def _access_log(self, request: Request, response: Response, elapsed: float,
+                    code: str) -> None:
         """One JSON line per request: never the token, the body or the SQL arguments. The
         token's id (``admin`` for the admin token) says who; an error's code says what
         went wrong, as the client saw it."""
@@ -413,7 +441,7 @@ class App:
             line["database"] = request.params["db"][:80]
         if request.principal is not ANONYMOUS:
             line["token"] = request.principal.subject
-        if response.status >= 400 and (code := error_code(response.body)):
+        if code:
             line["code"] = code
         assert self._log is not None
         self._log.write(encode(line) + b"\n")

@@ -111,21 +111,23 @@ class HranaWebSocket:
         self.engine = engine
         self.quota = quota
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> Connection | None:
+        """Serve one WebSocket until it closes; the connection served (None if refused)."""
         message = await receive()
         if message["type"] != "websocket.connect":
-            return
+            return None
         address = address_of(scope.get("path", "/"))
         offered = list(scope.get("subprotocols") or [])
         chosen = next((proto for proto in SUBPROTOCOLS if proto in offered), None)
         if address is None or (offered and chosen is None):
             await send({"type": "websocket.close", "code": 1008})  # refused: HTTP 403
-            return
+            return None
         await send({"type": "websocket.accept", "subprotocol": chosen})
         headers = dict(scope.get("headers") or [])
         conn = Connection(self.engine, self.quota, send, address[0], address[1], headers,
                           int((chosen or "hrana1")[-1]))
         await conn.serve(receive)
+        return conn
 
 
 class Connection:

@@ -57,6 +57,7 @@ class Response:
     headers: list[tuple[bytes, bytes]] = field(default_factory=lambda: list(JSON_HEADERS))
     # a body sent as it comes (an event stream) instead of ``body``: chunked, no length
     stream: AsyncGenerator[bytes, None] | None = None
+    relayed: bool = False  # another node's answer (a forwarded request): it audited it
 
 
 def json_response(status: int, data: Any) -> Response:

@@ -85,6 +85,9 @@ _OPS: dict[tuple[str, str], tuple[str, str | None, int]] = {
     ("GET", "/v1/tokens"): ("List tokens, never their secrets (admin: every token, or those "
                             "a scoped admin token could revoke)", None, 200),
     ("DELETE", "/v1/tokens/{id}"): ("Revoke a token at once (admin)", None, 204),
+    ("GET", "/v1/audit"): ("The audit log: a record per request, every node's (admin: every "
+                           "database's, or those of the databases the token administers)",
+                           None, 200),
 }
 
 _OPEN = ("/health", "/ready")  # no token, whatever the settings
@@ -99,6 +102,12 @@ _QUERY: dict[tuple[str, str], list[tuple[str, str, str]]] = {
         ("database", "string", "Only tokens that reach this database"),
         ("include", "string", "expired, revoked or all (comma-separated): also list those "
                               "(default: live tokens only)"),
+        ("limit", "integer", "Page size, 1 to 1000 (default 100)"),
+        ("cursor", "string", "next_cursor of the previous page")],
+    ("GET", "/v1/audit"): [
+        ("database", "string", "Only this database's records"),
+        ("since", "string", "From this time (unix seconds or RFC 3339), inclusive"),
+        ("until", "string", "Before this time (unix seconds or RFC 3339)"),
         ("limit", "integer", "Page size, 1 to 1000 (default 100)"),
         ("cursor", "string", "next_cursor of the previous page")],
     ("DELETE", "/v1/databases/{db}"): [

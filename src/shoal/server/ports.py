@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shoal.engine import (
+    AuditEntry,
+    AuditPage,
     BranchInfo,
     ChangesPage,
     Committed,
@@ -50,10 +52,20 @@ from shoal.wire import SQLValue
 Render = Callable[[Committed], tuple[int, bytes]]
 
 
+class AuditSink(Protocol):
+    """Where the App hands each request's audit record (engine/audit.py's AuditLog): on
+    the event loop, O(1), never waiting."""
+
+    def add(self, entry: AuditEntry) -> None: ...
+
+
 class EngineAPI(Protocol):
     settings: Settings
     root: Path  # the data directory: where handlers keep their own keys
     admin_token_path: Path | None
+
+    @property
+    def audit(self) -> AuditSink: ...  # the audit log's buffer: the App adds each request's
 
     # -- the node ----------------------------------------------------------------------------
     def open(self) -> None: ...
@@ -186,6 +198,11 @@ class EngineAPI(Protocol):
                               branch: str = ...) -> str: ...
     async def run_named_query(self, principal: Principal, name: str, query: str,
                               args: dict[str, SQLValue], *, branch: str = ...) -> Outcome: ...
+
+    # -- the audit log -------------------------------------------------------------------------
+    async def audit_page(self, principal: Principal, database: str | None,
+                         since: float | None, until: float | None, limit: int,
+                         cursor: str | None) -> AuditPage: ...
 
     # -- webhooks ------------------------------------------------------------------------------
     async def create_webhook(self, principal: Principal, name: str,
