@@ -335,3 +335,43 @@ def test_the_feed_shows_a_bound_token_its_rows_only(
     # the admin sees all of it, the same commits rendered whole
     every = ok(admin.get(feed, params={"since": start, "limit": "100"}))["changes"]
     assert len([c for c in every if c["key"][0] >= 100]) == 8
+
+
+def test_idempotent_writes(admin: httpx.Client, notes: str,
+                           as_user: Callable[[Principal], httpx.Client]) -> None:
+    own_rules(admin, notes)
+    alice = as_user(bound("alice", notes))
+    base = f"/v1/databases/{notes}/tables/notes"
+    key = {"Idempotency-Key": "insert-1"}
+    first = alice.post(base, json={"owner": "alice", "title": "once"}, headers=key)
+    again = alice.post(base, json={"owner": "alice", "title": "once"}, headers=key)
+    assert first.status_code == again.status_code == 201
+    assert first.json() == again.json()  # the first answer, not a second row
+    assert len(rows_of(admin.get(base, params={"title": "eq.once"}))) == 1
+    assert code_of(alice.post(base, json={"owner": "alice", "title": "other"}, headers=key),
+                   422) == "IDEMPOTENCY_KEY_REUSED"
+    # the key covers the filters too: the same body with other filters is another request
+    patch = {"Idempotency-Key": "patch-1"}
+    one = alice.patch(base, params={"title": "eq.once"}, json={"score": 1}, headers=patch)
+    assert len(one.json()["rows"]) == 1
+    assert code_of(alice.patch(base, params={"title": "eq.x"}, json={"score": 1},
+                               headers=patch), 422) == "IDEMPOTENCY_KEY_REUSED"
+    # a refused write keeps nothing under its key
+    bad = {"Idempotency-Key": "bad-1"}
+    assert code_of(alice.post(base, json={"owner": "bob"}, headers=bad), 403) == "RULE_DENIED"
+    assert code_of(alice.post(base, json={"owner": "bob"}, headers=bad), 403) == "RULE_DENIED"
+
+
+def test_a_restore_brings_back_the_rules_of_its_time(
+        admin: httpx.Client, notes: str, as_user: Callable[[Principal], httpx.Client]) -> None:
+    own_rules(admin, notes)
+    before = ok(admin.put(f"/v1/databases/{notes}/rules/notes",
+                          json={"select": "owner = auth.sub"}))["bookmark"]
+    ok(admin.put(f"/v1/databases/{notes}/rules/notes", json={"select": "1"}))
+    alice = as_user(bound("alice", notes))
+    base = f"/v1/databases/{notes}/tables/notes"
+    assert len(rows_of(alice.get(base, params={"limit": "100"}))) == 20
+    ok(admin.post(f"/v1/databases/{notes}/restore", json={"bookmark": before}))
+    assert len(rows_of(alice.get(base, params={"limit": "100"}))) == 10
+    assert ok(admin.get(f"/v1/databases/{notes}/rules"))["rules"]["notes"]["select"] == \
+        "owner = auth.sub"

@@ -10,7 +10,7 @@ by admins on the branch the request names.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +26,9 @@ from shoal.values import decode
 from shoal.wire import SQLValue
 
 if TYPE_CHECKING:
-    from shoal.engine.database import Database, IdempotencyRecord
+    from shoal.engine.database import Committed, Database, IdempotencyRecord
     from shoal.engine.disk import Disk
-    from shoal.engine.engine import Outcome
+    from shoal.engine.engine import Idempotency, Outcome
     from shoal.engine.lifecycle import Lifecycle
     from shoal.engine.quota import Quotas
 
@@ -45,6 +45,11 @@ class Rows:
     rows: list[list[Any]]
     next: str | None
     bookmark: str
+    replay: tuple[int, bytes] | None = None  # an Idempotency-Key's stored answer, sent as is
+
+
+RowsRender = Callable[[Rows], tuple[int, bytes]]  # a write's answer (status, body), as kept
+# with its Idempotency-Key
 
 
 def unbound(principal: Principal) -> None:
@@ -66,6 +71,11 @@ class RowsAPI:
         async def _query(self, principal: Principal, db: Database,
                          statements: list[Statement],
                          record: IdempotencyRecord | None) -> Outcome: ...
+        async def _idempotent(self, key: tuple[str, str, str],
+                              run: Callable[[], Awaitable[Outcome]]) -> Outcome: ...
+        async def _query_once(self, principal: Principal, db: Database,
+                              statements: list[Statement], idem: Idempotency,
+                              render: Callable[[Committed], tuple[int, bytes]]) -> Outcome: ...
 
     # -- a table's view --
     async def _access(self, db: Database, table: str) -> TableAccess:
@@ -129,7 +139,10 @@ class RowsAPI:
     async def _write_rows(self, principal: Principal, name: str, table: str, verb: str,
                           branch: str,
                           build: Callable[[rr.Shape, rr.Rules | None],
-                                          list[tuple[str, dict[str, SQLValue]]]]) -> Rows:
+                                          list[tuple[str, dict[str, SQLValue]]]],
+                          idem: Idempotency | None, render: RowsRender | None) -> Rows:
+        """Run a write's statements in one transaction; with an Idempotency-Key, once (a
+        retry gets the first answer, kept with the commit)."""
         principal.require("write", name)
         principal.on(branch)
         db = await self.lifecycle.acquire(name, branch)
@@ -138,37 +151,58 @@ class RowsAPI:
             if rules is not None and verb in ("update", "delete"):
                 await self._table(principal, db, table, "select")  # (bound: both needed)
             statements = [Statement(sql, args) for sql, args in build(shape, rules)]
-            out = await self._run_rows(principal, db, statements)
+            n = len(shape.columns)
+
+            def rows_of(results: list[Any], bookmark: str) -> Rows:
+                return Rows(list(shape.columns),
+                            [r[:n] for result in results for r in result.rows], None, bookmark)
+
+            if idem is None or render is None:
+                out = await self._run_rows(principal, db, statements)
+            else:
+                self.quotas.admit(db.name)
+                out = await self._idempotent(
+                    (db.usage_key, principal.subject, idem.key),
+                    lambda: self._query_once(
+                        principal, db, statements, idem,
+                        lambda done: render(rows_of(done.counters.results, done.bookmark))))
         finally:
             self.lifecycle.release(db)
-        n = len(shape.columns)
-        rows = [r[:n] for result in out.results for r in result.rows]
-        return Rows(list(shape.columns), rows, None, out.bookmark)
+        if out.replay is not None:
+            return Rows([], [], None, out.bookmark, replay=out.replay)
+        return rows_of(out.results, out.bookmark)
 
     async def insert_rows(self, principal: Principal, name: str, table: str,
-                          rows: list[dict[str, SQLValue]], *, branch: str = "main") -> Rows:
+                          rows: list[dict[str, SQLValue]], *, branch: str = "main",
+                          idem: Idempotency | None = None,
+                          render: RowsRender | None = None) -> Rows:
         """Insert rows (POST .../tables/{table}); each must pass the insert rule."""
         if not 1 <= len(rows) <= MAX_ROWS:
             raise ShoalError(Code.INVALID_REQUEST, f"send 1 to {MAX_ROWS} rows")
         return await self._write_rows(
             principal, name, table, "insert", branch,
             lambda shape, rules: rr.insert_sql(shape, rows, rules.insert if rules else None,
-                                               principal))
+                                               principal), idem, render)
 
     async def update_rows(self, principal: Principal, name: str, table: str,
                           values: dict[str, SQLValue], filters: list[rr.Filter], *,
-                          branch: str = "main") -> Rows:
+                          branch: str = "main", idem: Idempotency | None = None,
+                          render: RowsRender | None = None) -> Rows:
         """Set columns of the rows the filters match (PATCH .../tables/{table})."""
         return await self._write_rows(
             principal, name, table, "update", branch,
-            lambda shape, rules: [rr.update_sql(shape, values, filters, rules, principal)])
+            lambda shape, rules: [rr.update_sql(shape, values, filters, rules, principal)],
+            idem, render)
 
     async def delete_rows(self, principal: Principal, name: str, table: str,
-                          filters: list[rr.Filter], *, branch: str = "main") -> Rows:
+                          filters: list[rr.Filter], *, branch: str = "main",
+                          idem: Idempotency | None = None,
+                          render: RowsRender | None = None) -> Rows:
         """Delete the rows the filters match (DELETE .../tables/{table})."""
         return await self._write_rows(
             principal, name, table, "delete", branch,
-            lambda shape, rules: [rr.delete_sql(shape, filters, rules, principal)])
+            lambda shape, rules: [rr.delete_sql(shape, filters, rules, principal)],
+            idem, render)
 
     async def table_schema(self, principal: Principal, name: str, table: str, *,
                            branch: str = "main") -> dict[str, Any]:

@@ -8,13 +8,14 @@ exists under ``/v1/databases/{db}/branches/{branch}/...`` for another branch tha
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
 
 import msgspec
 
 from shoal import names, rules
-from shoal.engine import Rows
+from shoal.engine import Idempotency, Rows
 from shoal.errors import Code, ShoalError
 from shoal.server.http import (
     BOOKMARK,
@@ -48,13 +49,34 @@ class RunQueryRequest(msgspec.Struct, forbid_unknown_fields=True):
     args: dict[str, ArgValue] = {}
 
 
-def _rows_response(status: int, rows: Rows, with_next: bool = False) -> Response:
+def _rows_body(rows: Rows, with_next: bool = False) -> bytes:
     body: dict[str, Any] = {"rows": [dict(zip(rows.columns, r, strict=True))
                                      for r in rows.rows]}
     if with_next:
         body["next"] = rows.next
     body["bookmark"] = rows.bookmark
-    return Response(status, encode(body), [*JSON_HEADERS, (BOOKMARK, rows.bookmark.encode())])
+    return encode(body)
+
+
+def _rows_response(status: int, rows: Rows, with_next: bool = False) -> Response:
+    if rows.replay is not None:  # an Idempotency-Key's first answer
+        status, body = rows.replay
+    else:
+        body = _rows_body(rows, with_next)
+    return Response(status, body, [*JSON_HEADERS, (BOOKMARK, rows.bookmark.encode())]
+                    if rows.bookmark else list(JSON_HEADERS))
+
+
+def _idem(request: Request) -> Idempotency | None:
+    """The request's Idempotency-Key, its fingerprint over the method, the path and query
+    string (a PATCH's filters) and the body."""
+    what = b"%s %s?%s\n" % (request.method.encode(), request.path.encode(),
+                            request.scope.get("query_string", b""))
+    return Idempotency.of(request.header(b"idempotency-key"), what + request.body)
+
+
+def _render(status: int) -> Callable[[Rows], tuple[int, bytes]]:
+    return lambda rows: (status, _rows_body(rows))
 
 
 def _pairs(request: Request) -> list[tuple[str, str]]:
@@ -125,7 +147,8 @@ class TablesAPI:
         body: Any = request.decode(_InsertBody)  # type: ignore[arg-type]
         items = body if isinstance(body, list) else [body]
         rows = await self.engine.insert_rows(request.principal, name, table,
-                                             [_row(r) for r in items], branch=branch)
+                                             [_row(r) for r in items], branch=branch,
+                                             idem=_idem(request), render=_render(201))
         return _rows_response(201, rows)
 
     async def update(self, request: Request) -> Response:
@@ -135,14 +158,16 @@ class TablesAPI:
         values = _row(request.decode(dict[str, ArgValue]))
         rows = await self.engine.update_rows(request.principal, name, table, values,
                                              rules.parse_filters(_pairs(request)),
-                                             branch=branch)
+                                             branch=branch, idem=_idem(request),
+                                             render=_render(200))
         return _rows_response(200, rows)
 
     async def delete(self, request: Request) -> Response:
         name, branch, table = self._where(request)
         rows = await self.engine.delete_rows(request.principal, name, table,
                                              rules.parse_filters(_pairs(request)),
-                                             branch=branch)
+                                             branch=branch, idem=_idem(request),
+                                             render=_render(200))
         return _rows_response(200, rows)
 
     async def schema(self, request: Request) -> Response:
