@@ -11,7 +11,7 @@ import ssl
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import httpx
 
@@ -150,6 +150,23 @@ class AsyncClient(BaseClient):
                     until: str | float | datetime | None = None, limit: int | None = None,
                     page_size: int = 100) -> list[dict[str, Any]]:
         return await self._run(self._audit(database, since, until, limit, page_size))
+
+    @overload
+    async def issuers(self, database: None = None) -> dict[str, Any]: ...
+    @overload
+    async def issuers(self, database: str) -> list[dict[str, Any]]: ...
+
+    async def issuers(self, database: str | None = None
+                      ) -> dict[str, Any] | list[dict[str, Any]]:
+        return await self._send(self._issuers(database))
+
+    async def set_issuers(self, database: str,
+                          issuers: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        return await self._send(self._set_issuers(database, issuers))
+
+    async def revoke_issuer(self, issuer: str, *, jti: str | None = None,
+                            database: str | None = None) -> dict[str, Any]:
+        return await self._send(self._revoke_issuer(issuer, jti, database))
 
     async def list_branches(self, database: str | None = None) -> list[dict[str, Any]]:
         return await self._send(self._branches(database))

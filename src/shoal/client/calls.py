@@ -618,6 +618,38 @@ class BaseClient:
         return Call("POST", self._queries_path(key, name), _query_answer,
                     {"args": fields_json(args or {})}, session=key)
 
+    # -- trusted identity providers ---------------------------------------------------------
+    # None names the node, never the client's database: a database's issuers are named.
+    def _issuers(self, database: str | None) -> Call[Any]:
+        """A database's own issuers (the list), or the node's (``{"issuers", "keys"}``)."""
+        if database is None:
+            return Call("GET", "/v1/issuers", _identity)
+        return Call("GET", self._issuers_path(database), lambda d: list(d["issuers"]))
+
+    def _set_issuers(self, database: str,
+                     issuers: Sequence[Mapping[str, Any]]) -> Call[list[dict[str, Any]]]:
+        """Replace a database's own issuers (``[]``: none); the list as now declared."""
+        if isinstance(issuers, Mapping | str | bytes):
+            raise TypeError("issuers: a list of issuers ({\"issuer\", \"audience\", "
+                            "\"jwks_url\", ...}), [] for none")
+        return Call("PUT", self._issuers_path(database), lambda d: list(d["issuers"]),
+                    {"issuers": [dict(i) for i in issuers]})
+
+    def _issuers_path(self, database: str) -> str:
+        return "/v1/databases/" + quote(_given("database", database), safe="") + "/issuers"
+
+    def _revoke_issuer(self, issuer: str, jti: str | None,
+                       database: str | None) -> Call[dict[str, Any]]:
+        """One token (``jti``) or every token issued until now (no ``jti``) of the node's
+        issuer, or of ``database``'s own. An empty ``jti`` is refused, never taken for
+        all of the issuer's tokens."""
+        body = {"issuer": _given("issuer", issuer)}
+        if jti is not None:
+            body["jti"] = _given("jti", jti)
+        if database is not None:
+            body["database"] = _given("database", database)
+        return Call("POST", "/v1/issuers/revoke", _identity, body)
+
     def _list(self, limit: int | None, page_size: int) -> Plan[list[dict[str, Any]]]:
         """Follow ``next_cursor`` until the list (or ``limit`` entries) is complete."""
         return self._pages("/v1/databases", "databases", {}, limit, page_size)

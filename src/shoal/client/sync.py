@@ -7,7 +7,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import httpx
 
@@ -188,6 +188,35 @@ class Client(BaseClient):
         "rows_read", "rows_written", "status", "code", "ms"}``. ``since`` (inclusive) and
         ``until``: unix seconds, RFC 3339 text or an aware datetime."""
         return self._run(self._audit(database, since, until, limit, page_size))
+
+    # -- trusted identity providers ---------------------------------------------------------
+    @overload
+    def issuers(self, database: None = None) -> dict[str, Any]: ...
+    @overload
+    def issuers(self, database: str) -> list[dict[str, Any]]: ...
+
+    def issuers(self, database: str | None = None) -> dict[str, Any] | list[dict[str, Any]]:
+        """A database's own trusted issuers, as declared (an admin of it): ``[{"issuer",
+        "audience", "jwks_url", "access", "rules", "leeway", "branch"?}]``. With no
+        database (never the client's: the node's, an admin of every database) the node's
+        answer: ``{"issuers": [...], "keys": [{"source", "kids", "fetched", "error"}]}``."""
+        return self._send(self._issuers(database))
+
+    def set_issuers(self, database: str,
+                    issuers: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Replace a database's own trusted issuers (an admin of it; ``[]``: none, at most
+        4): each ``{"issuer", "audience", "jwks_url", "access", "rules", "branch",
+        "leeway"}``. The list as now declared; ``InvalidRequest`` names a wrong field."""
+        return self._send(self._set_issuers(database, issuers))
+
+    def revoke_issuer(self, issuer: str, *, jti: str | None = None,
+                      database: str | None = None) -> dict[str, Any]:
+        """Revoke the token ``jti`` of an identity provider, or with no ``jti`` every token
+        it issued before now (by ``iat``): the node's issuer (an admin of every database)
+        or, with ``database``, that database's own (an admin of it). ``{"issuer",
+        "database", "jti", "id"}`` or ``{"issuer", "database", "issued_before"}``;
+        ``NotFound`` if no such issuer is trusted there."""
+        return self._send(self._revoke_issuer(issuer, jti, database))
 
     # -- branches and point in time -----------------------------------------------------------
     def list_branches(self, database: str | None = None) -> list[dict[str, Any]]:
