@@ -1107,6 +1107,123 @@ def _query_run(args: argparse.Namespace, client: Client, out: Output) -> int:
     return 0
 
 
+# -- trusted identity providers ------------------------------------------------------------------
+ISSUER_COLUMNS = ["issuer", "audience", "keys", "databases", "access", "rules", "branch"]
+
+
+def _access_text(access: Any) -> str:
+    """An issuer's access: a level, or from a claim (role: owner=write, ...; default read)."""
+    if not isinstance(access, dict):
+        return str(access)
+    mapped = ", ".join(f"{value}={level}" for value, level in access.get("map", {}).items())
+    default = access.get("default")
+    return f"{access.get('claim')}: {mapped}" + (f"; default {default}" if default else
+                                                  "; else refused")
+
+
+def _issuer_rows(issuers: list[dict[str, Any]], database: str | None) -> list[list[Any]]:
+    """One row an issuer; a database's own grants that database (its ``databases`` is
+    left out), the node's the names and templates it lists."""
+    rows = []
+    for i in issuers:
+        audience = i.get("audience")
+        keys = i["jwks_url"] if i.get("jwks_url") else f"file {i.get('jwks_file')}"
+        rows.append([i["issuer"], ", ".join(audience) if isinstance(audience, list)
+                     else audience, keys, ", ".join(i.get("databases") or [database or "-"]),
+                     _access_text(i.get("access")), _yes(i.get("rules", True)),
+                     i.get("branch") or "-"])
+    return rows
+
+
+def _issuers_table(out: Output, issuers: list[dict[str, Any]], database: str | None,
+                   footer: str) -> None:
+    out.table(ISSUER_COLUMNS, _issuer_rows(issuers, database), footer,
+              whole=("issuer",))
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}{'s' * (n != 1)}"
+
+
+def _issuers_list(args: argparse.Namespace, client: Client, out: Output) -> int:
+    if args.database is not None:
+        own = client.issuers(args.database)
+        if out.as_json:
+            out.json({"database": args.database, "issuers": own})
+        elif not own:
+            out.message(f"{args.database} trusts no identity provider of its own (the "
+                        "node's may still grant it: 'shoal issuers list')")
+        else:
+            _issuers_table(out, own, args.database,
+                           f"{_count(len(own), 'issuer')} of {args.database}'s own")
+        return 0
+    node = client.issuers()
+    if out.as_json:
+        out.json(node)
+        return 0
+    if node["issuers"]:
+        _issuers_table(out, node["issuers"], None,
+                       f"{_count(len(node['issuers']), 'issuer')} of the node (issuers_file)")
+    else:
+        out.message("the node trusts no identity provider of its own (issuers_file)")
+    keys = node.get("keys") or []
+    if keys:
+        out.table(["key source", "kids", "fetched", "error"],
+                  [[k["source"], ", ".join(k["kids"]) or "-", _yes(k["fetched"]),
+                    k["error"] or "-"] for k in keys],
+                  f"{_count(len(keys), 'key source')} (the node's issuers and every "
+                  "database's); fetched: read at least once", whole=("kids",))
+    return 0
+
+
+def _issuers_file(path: str) -> list[dict[str, Any]]:
+    """--file: {"issuers": [...]} or the list alone, as JSON ('-': stdin)."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+        data = json.loads(text)
+    except OSError as exc:
+        raise UsageError(f"--file {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"--file {path}: not JSON ({exc})") from None
+    if isinstance(data, dict) and set(data) == {"issuers"}:
+        data = data["issuers"]
+    if not isinstance(data, list) or not all(isinstance(i, dict) for i in data):
+        raise UsageError(f'--file {path}: write {{"issuers": [...]}} or a list of issuers, '
+                         'each an object {"issuer", "audience", "jwks_url", "access", ...}')
+    return data
+
+
+def _issuers_set(args: argparse.Namespace, client: Client, out: Output) -> int:
+    given = [] if args.issuers_command == "clear" else _issuers_file(args.file)
+    try:
+        now = client.set_issuers(args.database, given)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if out.as_json:
+        out.json({"database": args.database, "issuers": now})
+    elif not now:
+        out.message(f"{args.database} trusts no identity provider of its own now")
+    else:
+        _issuers_table(out, now, args.database,
+                       f"{args.database} trusts {_count(len(now), 'issuer')} of its own now")
+    return 0
+
+
+def _issuers_revoke(args: argparse.Namespace, client: Client, out: Output) -> int:
+    try:
+        done = client.revoke_issuer(args.issuer, jti=args.jti, database=args.database)
+    except ValueError as exc:  # an empty --jti is refused, never taken for every token
+        raise UsageError(str(exc)) from None
+    where = f" (database {done['database']}'s issuer)" if done.get("database") else ""
+    if "jti" in done:
+        text = f"revoked token {done['jti']} of {done['issuer']}{where}: id {done['id']}"
+    else:
+        text = (f"revoked every token of {done['issuer']}{where} issued before "
+                f"{done['issued_before']}; those it issues from now on are accepted")
+    out.done(done, text)
+    return 0
+
+
 def _branch_option(p: argparse.ArgumentParser, text: str) -> None:
     """--branch: which branch of the command's database; the URL's branch of it by default."""
     p.add_argument("--branch", default=None, metavar="BRANCH",
@@ -1302,6 +1419,44 @@ def _add_data_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
         p.set_defaults(func=_client_command(run))
 
 
+def _add_issuer_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
+                         common: argparse.ArgumentParser) -> None:
+    issuers = sub.add_parser("issuers", help="identity providers whose tokens a database or "
+                                             "the node trusts; revoke their tokens")
+    is_ = issuers.add_subparsers(dest="issuers_command", required=True,
+                                 metavar="{list,set,clear,revoke}")
+    p = _client_parser(is_, "list", common,
+                       "a database's own trusted issuers (an admin token of it), or with no "
+                       "database the node's and their key sources: key ids, last error (an "
+                       "admin token of every database)")
+    p.add_argument("database", nargs="?", default=None)
+    p.set_defaults(func=_client_command(_issuers_list))
+    p = _client_parser(is_, "set", common,
+                       "replace a database's own trusted issuers (at most 4; needs an admin "
+                       "token of it)")
+    p.add_argument("database")
+    p.add_argument("--file", required=True, metavar="PATH",
+                   help='a JSON file: {"issuers": [...]} or the list alone, each issuer '
+                        '{"issuer", "audience", "jwks_url", "access", "rules", "branch", '
+                        '"leeway"} (-: stdin)')
+    p.set_defaults(func=_client_command(_issuers_set))
+    p = _client_parser(is_, "clear", common,
+                       "trust no identity provider of the database's own any more (tokens "
+                       "the node's issuers grant it still work; needs an admin token of it)")
+    p.add_argument("database")
+    p.set_defaults(func=_client_command(_issuers_set))
+    p = _client_parser(is_, "revoke", common,
+                       "revoke one token of an identity provider (--jti), or every token it "
+                       "issued before now; on every node of a cluster within a minute")
+    p.add_argument("issuer", help="the issuer as trusted (its tokens' iss)")
+    p.add_argument("--jti", default=None,
+                   help="the token's jti (default: every token the issuer issued until now)")
+    p.add_argument("--database", default=None,
+                   help="the database's own issuer (an admin token of it may revoke); "
+                        "default: the node's (an admin token of every database)")
+    p.set_defaults(func=_client_command(_issuers_revoke))
+
+
 def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     common = _common_options()
 
@@ -1393,6 +1548,7 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     _add_branch_commands(sub, common)
     _add_webhook_commands(sub, common)
     _add_data_commands(sub, common)
+    _add_issuer_commands(sub, common)
     p = _client_parser(sub, "audit", common,
                        "the audit log: who did what, when (oldest first; needs an admin token: "
                        "one scoped to some databases sees theirs)")
