@@ -295,7 +295,7 @@ def test_named_queries(admin: httpx.Client, notes: str,
 def test_schema_route(admin: httpx.Client, notes: str,
                       as_user: Callable[[Principal], httpx.Client]) -> None:
     got = ok(admin.get(f"/v1/databases/{notes}/tables/notes/schema"))
-    assert got["columns"][:2] == ["id", "owner"] and got["key"] == ["_rowid_"]
+    assert got["columns"][:2] == ["id", "owner"] and got["key"] == ["id"]
     assert got["verbs"] == ["select", "insert", "update", "delete"]
     ok(admin.put(f"/v1/databases/{notes}/rules/notes", json={"select": "1"}))
     alice = as_user(bound("alice", notes))

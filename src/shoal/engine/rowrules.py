@@ -36,7 +36,8 @@ _CREATE_RULES = (f"CREATE TABLE IF NOT EXISTS {RULES} (tbl TEXT NOT NULL COLLATE
 _CREATE_QUERIES = (f"CREATE TABLE IF NOT EXISTS {QUERIES} (name TEXT PRIMARY KEY, "
                    "sql TEXT NOT NULL, description TEXT NOT NULL) WITHOUT ROWID")
 _KIND = f"SELECT name, type, wr FROM pragma_table_list(?) WHERE schema = 'main' /*{TAG}*/"
-_XINFO = f"SELECT name, pk, hidden FROM pragma_table_xinfo(?, 'main') /*{TAG}*/"
+_XINFO = (f"SELECT name, pk, hidden, type, \"notnull\" FROM pragma_table_xinfo(?, 'main') "
+          f"/*{TAG}*/")
 _TABLE_RULES = f"SELECT verb, expr FROM {RULES} WHERE tbl = ? /*{TAG}*/"
 _ALL_RULES = f"SELECT tbl, verb, expr FROM {RULES} ORDER BY tbl, verb /*{TAG}*/"
 _PUT_RULE = f"INSERT OR REPLACE INTO {RULES}(tbl, verb, expr) VALUES (?, ?, ?) /*{TAG}*/"

@@ -62,23 +62,32 @@ class Shape:
     columns: tuple[str, ...]  # in table order, generated ones included
     writable: frozenset[str]  # not generated
     key: tuple[str, ...]  # the rowid's name, or a WITHOUT ROWID table's primary key
+    not_null: frozenset[str] = frozenset()  # declared NOT NULL (the key is, whatever it says)
 
     @classmethod
     def of(cls, table: str, xinfo: Iterable[Sequence[Any]], without_rowid: bool) -> Shape:
-        """From rows (name, pk, hidden) of ``PRAGMA table_xinfo``."""
+        """From rows (name, pk, hidden[, declared type, notnull]) of ``PRAGMA table_xinfo``.
+        The key
+        of a rowid table is its INTEGER PRIMARY KEY column (the rowid's alias) if it has
+        one, else the rowid under a name no column takes."""
         columns: list[str] = []
         writable: set[str] = set()
-        pk: list[tuple[int, str]] = []
-        for name, ordinal, hidden in xinfo:
+        pk: list[tuple[int, str, str]] = []
+        not_null: set[str] = set()
+        for name, ordinal, hidden, *more in xinfo:
             if hidden == 1:  # a virtual table's hidden column
                 continue
             columns.append(name)
             if hidden == 0:
                 writable.add(name)
             if ordinal:
-                pk.append((ordinal, name))
+                pk.append((ordinal, name, str(more[0] if more else "").upper()))
+            if len(more) > 1 and more[1]:
+                not_null.add(name)
         if without_rowid:
-            key = tuple(name for _, name in sorted(pk))
+            key = tuple(name for _, name, _ in sorted(pk))
+        elif len(pk) == 1 and pk[0][2] == "INTEGER":
+            key = (pk[0][1],)
         else:
             taken = {c.lower() for c in columns}
             rowid = next((r for r in _ROWID_NAMES if r not in taken), None)
@@ -86,7 +95,7 @@ class Shape:
                 raise _bad(f"table {table} has columns named rowid, _rowid_ and oid: the "
                            "data API cannot page it", Code.SQL_NOT_ALLOWED)
             key = (rowid,)
-        return cls(table, tuple(columns), frozenset(writable), key)
+        return cls(table, tuple(columns), frozenset(writable), key, frozenset(not_null))
 
     def column(self, name: str) -> str:
         """The column of that name (SQLite's names are case-insensitive)."""
@@ -274,28 +283,40 @@ def _where(shape: Shape, w: Writer, filters: list[Filter]) -> list[str]:
     return out
 
 
-def _after(w: Writer, keys: list[tuple[str, bool]], values: list[SQLValue]) -> str:
-    """Rows strictly after ``values`` in the order ``keys`` ((quoted column, desc)); SQLite
-    sorts NULL first ascending, last descending."""
+def _after(w: Writer, keys: list[tuple[str, bool, bool]], values: list[SQLValue]) -> str:
+    """Rows strictly after ``values`` in the order ``keys`` ((quoted column, desc,
+    nullable)); SQLite sorts NULL first ascending, last descending.
+
+    One direction and no NULL in the cursor (the common case) is a row-value comparison,
+    which an index in that order serves as a range (``(n, id) > (?, ?)``); descending,
+    the rows with a NULL in a nullable column come after it too. Anything else is the
+    comparison spelled out, column by column."""
     if len(values) != len(keys):
         raise _bad("'after' is not a cursor of this order")
-    if len(keys) <= 2 and all(v is not None for v in values) and \
-            len({d for _, d in keys}) == 1 and (not keys[0][1] or len(keys) == 1):
-        cols = ", ".join(c for c, _ in keys)
+    if len({desc for _, desc, _ in keys}) == 1 and all(v is not None for v in values):
+        desc = keys[0][1]
+        cols = ", ".join(c for c, _, _ in keys)
         params = ", ".join(w.value(v) for v in values)
-        sign = "<" if keys[0][1] else ">"
-        tail = f" OR {keys[0][0]} IS NULL" if keys[0][1] else ""
-        if len(keys) == 1:
-            return f"({cols} {sign} {params}{tail})"
-        return f"(({cols}) {sign} ({params}){tail})"
+        cut = f"({cols}) {'<' if desc else '>'} ({params})"
+        tails = []
+        if desc:
+            for i, (col, _, nullable) in enumerate(keys):
+                if nullable:
+                    ties = [f"{c} = {w.value(v)}" for (c, _, _), v in zip(keys[:i], values[:i],
+                                                                          strict=True)]
+                    tails.append("(" + " AND ".join([*ties, f"{col} IS NULL"]) + ")")
+        return "(" + " OR ".join([cut, *tails]) + ")"
     alts = []
-    for i, ((col, desc), v) in enumerate(zip(keys, values, strict=True)):
-        ties = [f"{c} IS {w.value(x)}" for (c, _), x in zip(keys[:i], values[:i], strict=True)]
+    for i, ((col, desc, nullable), v) in enumerate(zip(keys, values, strict=True)):
+        ties = [f"{c} IS {w.value(x)}" for (c, _, _), x in zip(keys[:i], values[:i],
+                                                              strict=True)]
         if v is None:
             step = "0" if desc else f"{col} IS NOT NULL"
+        elif desc:
+            step = f"({col} < {w.value(v)} OR {col} IS NULL)" if nullable else \
+                f"{col} < {w.value(v)}"
         else:
-            step = f"({col} < {w.value(v)} OR {col} IS NULL)" if desc else \
-                f"{col} > {w.value(v)}"
+            step = f"{col} > {w.value(v)}"
         alts.append("(" + " AND ".join([*ties, step]) + ")")
     return "(" + " OR ".join(alts) + ")"
 
@@ -306,18 +327,21 @@ def select_sql(shape: Shape, read: Read, rule: Expr | None,
     rest, the order's values and the key, make the next page's cursor)."""
     w = Writer(who)
     shown = [shape.column(c) for c in read.columns] if read.columns else list(shape.columns)
-    order = [(quote(shape.column(o.column)), o.desc) for o in read.order]
-    seen = {c for c, _ in order}
-    keys = order + [(quote(k), False) for k in shape.key if quote(k) not in seen]
+    certain = set(shape.key) | shape.not_null  # columns that hold no NULL
+    order = [(quote(c := shape.column(o.column)), o.desc, c not in certain)
+             for o in read.order]
+    seen = {c for c, _, _ in order}
+    last = order[-1][1] if order else False  # the key breaks ties in the last one's direction
+    keys = order + [(quote(k), last, False) for k in shape.key if quote(k) not in seen]
     conds = [w.rule(rule)] if rule is not None else []
     conds += _where(shape, w, read.filters)
     if read.after is not None:
         conds.append(_after(w, keys, read.after))
-    cols = [quote(c) for c in shown] + [c for c, _ in keys]
+    cols = [quote(c) for c in shown] + [c for c, _, _ in keys]
     sql = f"SELECT {', '.join(cols)} FROM main.{quote(shape.table)}"
     if conds:
         sql += " WHERE " + " AND ".join(conds)
-    sql += " ORDER BY " + ", ".join(f"{c} DESC" if d else c for c, d in keys)
+    sql += " ORDER BY " + ", ".join(f"{c} DESC" if d else c for c, d, _ in keys)
     sql += f" LIMIT {int(read.limit) + 1}"
     return sql, w.args, len(shown)
 
