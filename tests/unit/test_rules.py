@@ -351,6 +351,13 @@ def test_every_statement_is_one_statement() -> None:
     ("(auth.sub)", "(:auth_0)"),
     ("a=auth.sub", "a=:auth_0"),
     ("a\t=\nauth\n.\nsub", "a\t=\n:auth_0"),
+    # what an identifier holds: a name going on into "auth" is another name
+    ("x_auth.sub = 1", "x_auth.sub = 1"), ("x$auth.sub = 1", "x$auth.sub = 1"),
+    ("x€auth.sub = 1", "x€auth.sub = 1"), ("€auth.sub = 1", "€auth.sub = 1"),
+    ("_auth.sub = 1", "_auth.sub = 1"), ("x9auth.sub = 1", "x9auth.sub = 1"),
+    ("9.5auth.sub = 1", "9.5auth.sub = 1"), ("'a'auth.sub", "'a':auth_0"),
+    ("[x]auth.sub", "[x]:auth_0"), ('"x"auth.sub', '"x":auth_0'),
+    ("'[' = auth.sub", "'[' = :auth_0"), ("\"'\" = auth.sub", "\"'\" = :auth_0"),
 ])
 def test_rewriting_keeps_everything_else(text: str, sql: str) -> None:
     assert compile_expr(text).sql == sql
@@ -374,13 +381,18 @@ def test_claim_paths(text: str, path: tuple[str, ...]) -> None:
     ("SELECT :a, @b, $c, auth.sub", "SELECT :a, @b, $c, :auth_0"),
     ("SELECT auth.sub;  \n ", "SELECT :auth_0;  \n "),
     ("SELECT a::b", "SELECT a::b"),
+    ("SELECT 1 --c\nauth.sub", "SELECT 1 --c\n:auth_0"),
+    ("SELECT /*/ auth.sub */ auth.sub", "SELECT /*/ auth.sub */ :auth_0"),
+    ("SELECT /**/auth.sub", "SELECT /**/:auth_0"),
+    ("SELECT :x$y, :auth", "SELECT :x$y, :auth"),
+    ("SELECT 1;", "SELECT 1;"),
 ])
 def test_named_query_texts(text: str, sql: str) -> None:
     assert compile_expr(text, query=True).sql == sql
 
 
 @pytest.mark.parametrize("text", ["'a''", '"a""', "[a", "`a", "a ;", "a = :b", "1 -- x",
-                                  "1 /* x */", "a = @b c", "a = ?1"])
+                                  "1 /* x */", "a = @b c", "a = ?1", "a = $b", "1;"])
 def test_rule_mode_refuses_what_a_query_may_hold(text: str) -> None:
     refused(text)
 

@@ -97,84 +97,80 @@ def _sql_value(value: Any) -> SQLValue:
 
 
 def _ident_start(ch: str) -> bool:
-    return ch.isalpha() or ch == "_" or ord(ch) >= 0x80
+    """SQLite's: a letter, '_', or any character past ASCII."""
+    return ch.isalpha() or ch == "_" or not ch.isascii()
 
 
-def _ident_part(ch: str) -> bool:
-    return ch.isalnum() or ch in "_$" or ord(ch) >= 0x80
+def _ident_end(text: str, i: int) -> int:
+    """Where the identifier (or parameter name) going on at ``i`` ends."""
+    while i < len(text) and (text[i].isalnum() or text[i] in "_$" or not text[i].isascii()):
+        i += 1
+    return i
+
+
+def _quoted_end(text: str, i: int) -> int:
+    """Where the string or quoted name opening at ``i`` ends (a doubled quote is one
+    quote inside it; ``[...]`` has no escape)."""
+    close = "]" if text[i] == "[" else text[i]
+    while True:
+        j = text.find(close, i + 1)
+        if j < 0:
+            raise _bad("an unterminated string or quoted name")
+        if close == "]" or text[j + 1:j + 2] != close:
+            return j + 1
+        i = j + 1  # doubled: an escaped quote, and on past it
 
 
 def _tokens(text: str, query: bool = False) -> list[tuple[str, int, int]]:
-    """(kind, start, end) of each token: ident, string, quoted, param, op, space. Refuses
-    what a single expression cannot hold (``query``: a named query's statement, which may
-    hold comments and ``:name`` parameters)."""
+    """(kind, start, end) of the tokens that can make up ``auth.<path>``: ident, quoted (a
+    name in quotes) and op (one character); strings, numbers, parameters, comments and
+    spaces are skipped. Refuses what a single expression cannot hold (``query``: a named
+    query's statement, which may hold comments and ``:name`` parameters)."""
     out: list[tuple[str, int, int]] = []
     i, n, depth = 0, len(text), 0
     while i < n:
         ch = text[i]
         start = i
         if ch.isspace():
-            while i < n and text[i].isspace():
-                i += 1
-            out.append(("space", start, i))
-            continue
-        if ch in "'\"`[":
-            close = "]" if ch == "[" else ch
             i += 1
-            while True:
-                j = text.find(close, i)
-                if j < 0:
-                    raise _bad("an unterminated string or quoted name")
-                if close != "]" and text[j + 1:j + 2] == close:  # doubled: an escaped quote
-                    i = j + 2
-                    continue
-                i = j + 1
-                break
-            out.append(("string" if ch == "'" else "quoted", start, i))
-            continue
-        if text.startswith("--", i) or text.startswith("/*", i):
+        elif ch in "'\"`[":
+            i = _quoted_end(text, i)
+            if ch != "'":
+                out.append(("quoted", start, i))
+        elif text.startswith(("--", "/*"), i):
             if not query:
                 raise _bad("a rule holds no comment")
-            end = text.find("\n", i) if text[i] == "-" else text.find("*/", i + 2)
-            i = n if end < 0 else end + (1 if text[i] == "-" else 2)
-            out.append(("space", start, i))
-            continue
-        if ch == ";":
-            if query and not text[i + 1:].strip():
-                out.append(("space", start, n))  # one statement may end with ';'
-                break
-            raise _bad("one expression or statement (no ';')")
-        if ch == "?" or (ch in ":@$" and i + 1 < n and _ident_part(text[i + 1])):
+            if ch == "-":  # to the line's end
+                end = text.find("\n", i)
+                i = n if end < 0 else end + 1
+            else:
+                end = text.find("*/", i + 2)
+                i = n if end < 0 else end + 2
+        elif ch == ";":
+            if not query or text[i + 1:].strip():
+                raise _bad("one expression or statement (no ';')")
+            i = n  # one statement may end with ';'
+        elif ch == "?" or (ch in ":@$" and _ident_end(text, i + 1) > i + 1):
             if not query:
                 raise _bad("a rule binds no parameter of its own: use auth.sub, "
                            "auth.claims.<name>")
             if ch == "?":
                 raise _bad("a named query's parameters are named (:name)")
-            i += 1
-            while i < n and _ident_part(text[i]):
-                i += 1
+            i = _ident_end(text, i + 1)
             if text[start + 1:i].lower().startswith(PARAM):
                 raise _bad(f"parameter names starting with {PARAM} are Shoal's")
-            out.append(("param", start, i))
-            continue
-        if ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
+        elif _ident_start(ch):
+            i = _ident_end(text, i)
+            out.append(("ident", start, i))
+        elif ch.isdigit():  # numbers, with their exponent and hex forms, are one token
+            while i < n and (text[i].isalnum() or text[i] == "."):
+                i += 1
+        else:
+            depth += (ch == "(") - (ch == ")")
             if depth < 0:
                 raise _bad("unbalanced parentheses")
-        if _ident_start(ch):
-            while i < n and _ident_part(text[i]):
-                i += 1
-            out.append(("ident", start, i))
-            continue
-        if ch.isdigit():  # numbers, with their exponent and hex forms, are one token
-            while i < n and (_ident_part(text[i]) or text[i] == "."):
-                i += 1
-            out.append(("number", start, i))
-            continue
-        out.append(("op", start, i + 1))
-        i += 1
+            out.append(("op", start, i + 1))
+            i += 1
     if depth:
         raise _bad("unbalanced parentheses")
     return out
@@ -190,7 +186,7 @@ def compile_expr(text: str, query: bool = False, limit: int = MAX_CHARS) -> Expr
         raise _bad(f"at most {limit} characters")
     if "\x00" in text:
         raise _bad("no NUL character")
-    toks = [t for t in _tokens(text, query) if t[0] != "space"]
+    toks = _tokens(text, query)
     parts: list[str] = []
     paths: list[tuple[str, ...]] = []
     last = 0

@@ -240,7 +240,7 @@ def encode_cursor(values: Sequence[SQLValue]) -> str:
 def decode_cursor(raw: str) -> list[SQLValue]:
     try:
         values = _cursor_decoder.decode(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
-    except (ValueError, msgspec.DecodeError):
+    except ValueError:  # (msgspec.DecodeError is one)
         raise _bad("'after' is not a cursor this API gave") from None
     if not all(v is None or type(v) in (int, float, str, bytes) for v in values):
         raise _bad("'after' is not a cursor this API gave")
@@ -346,10 +346,13 @@ def select_sql(shape: Shape, read: Read, rule: Expr | None,
     return sql, w.args, len(shown)
 
 
-def _check(w: Writer, rule: Expr | None, verb: str) -> str:
-    if rule is None:
-        return ""
-    return f", CASE WHEN coalesce({w.rule(rule)}, 0) THEN 1 ELSE {DENY}('{verb}') END"
+def _returning(shape: Shape, w: Writer, rule: Expr | None, verb: str) -> str:
+    """RETURNING's columns: the row's, then the rule's check of it (if there is a rule)."""
+    columns = [quote(c) for c in shape.columns]
+    if rule is not None:
+        columns.append(f"CASE WHEN coalesce({w.rule(rule)}, 0) THEN 1 "
+                       f"ELSE {DENY}('{verb}') END")
+    return " RETURNING " + ", ".join(columns)
 
 
 def _writable(shape: Shape, name: str) -> str:
@@ -368,7 +371,6 @@ def insert_sql(shape: Shape, rows: list[dict[str, SQLValue]], rule: Expr | None,
     for row in rows:
         groups.setdefault(tuple(row), []).append(row)
     out = []
-    returning = ", ".join(quote(c) for c in shape.columns)
     for names, group in groups.items():
         w = Writer(who)
         cols = [_writable(shape, n) for n in names]
@@ -383,7 +385,7 @@ def insert_sql(shape: Shape, rows: list[dict[str, SQLValue]], rule: Expr | None,
             if len(group) > 1:
                 raise _bad("rows without columns are inserted one at a time")
             body = f"{target} DEFAULT VALUES"
-        out.append((f"{body} RETURNING {returning}{_check(w, rule, 'insert')}", w.args))
+        out.append((body + _returning(shape, w, rule, "insert"), w.args))
     return out
 
 
@@ -401,9 +403,8 @@ def update_sql(shape: Shape, values: dict[str, SQLValue], filters: list[Filter],
     sql = f"UPDATE main.{quote(shape.table)} SET {sets}"
     if conds:
         sql += " WHERE " + " AND ".join(conds)
-    returning = ", ".join(quote(c) for c in shape.columns)
-    check = _check(w, rules.update if rules is not None else None, "update")
-    return f"{sql} RETURNING {returning}{check}", w.args
+    return sql + _returning(shape, w, rules.update if rules is not None else None,
+                            "update"), w.args
 
 
 def delete_sql(shape: Shape, filters: list[Filter], rules: Rules | None,
@@ -417,7 +418,7 @@ def delete_sql(shape: Shape, filters: list[Filter], rules: Rules | None,
     sql = f"DELETE FROM main.{quote(shape.table)}"
     if conds:
         sql += " WHERE " + " AND ".join(conds)
-    return f"{sql} RETURNING {', '.join(quote(c) for c in shape.columns)}", w.args
+    return sql + _returning(shape, w, None, "delete"), w.args
 
 
 def visible_sql(shape_columns: Sequence[str], table: str, rule: Expr, rows: int,
