@@ -8,30 +8,20 @@ and cannot write rows in the first one's name. The node is a real `shoal serve`.
 
 from __future__ import annotations
 
-import functools
 import json
-import shutil
-import threading
 from collections.abc import Iterator
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.api_support import ok, query
+from tests.support.browser import MARKS, chromium, static_site
 from tests.support.idp import IdentityProvider
-from tests.support.server import ServerProcess, free_port
+from tests.support.server import ServerProcess
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 playwright_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is not installed (pip install -e '.[test]')")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                       reason="no Chromium at /usr/bin/chromium (apt-get install chromium); "
-                              "Playwright's own browsers are never downloaded"),
-]
+pytestmark = MARKS
 
 PAGE = "<!doctype html><title>notes</title><p>a notes app on another origin</p>"
 
@@ -86,19 +76,8 @@ SCRIPT = """async ([idp, shoal, db, user, password, others]) => {
 @pytest.fixture(scope="module")
 def pages(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A static site on a port of its own: the app's page, on another origin than the node."""
-    root = tmp_path_factory.mktemp("site")
-    (root / "index.html").write_text(PAGE)
-
-    class Quiet(SimpleHTTPRequestHandler):
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    httpd = ThreadingHTTPServer(("127.0.0.1", free_port()),
-                                functools.partial(Quiet, directory=str(root)))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield httpd.server_address[1]
-    httpd.shutdown()
-    httpd.server_close()
+    with static_site(tmp_path_factory.mktemp("site"), PAGE) as port:
+        yield port
 
 
 @pytest.fixture(scope="module")
@@ -137,10 +116,8 @@ def node(tmp_path_factory: pytest.TempPathFactory, pages: int,
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, headless=True)
-        yield chromium
-        chromium.close()
+    with chromium() as b:
+        yield b
 
 
 def visit(browser: Any, node: ServerProcess, idp: IdentityProvider, pages: int, user: str,

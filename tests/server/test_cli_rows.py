@@ -5,19 +5,15 @@ subprocess; these commands add nothing a subprocess would show."""
 
 from __future__ import annotations
 
-import functools
-import json
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
 from shoal import cli
 from shoal.client import Client
+from tests.support.cli_inprocess import Run, json_of, shoal_runner
 from tests.support.inprocess import InProcessNode
 from tests.support.server import ServerProcess
-
-Run = Callable[..., tuple[int, str, str]]
 
 
 @pytest.fixture
@@ -25,28 +21,10 @@ def shoal(server: ServerProcess, monkeypatch: pytest.MonkeyPatch,
           capsys: pytest.CaptureFixture[str]) -> Run:
     """shoal(*argv) -> (status, stdout, stderr), as `shoal` run with URL and token set."""
     assert isinstance(server, InProcessNode)
-    monkeypatch.setattr(cli, "Client", functools.partial(Client, transport=server.transport()))
-    monkeypatch.setenv("COLUMNS", "200")  # wide tables: cells stay on one line
-    monkeypatch.setenv("SHOAL_URL", server.url)
-    monkeypatch.setenv("SHOAL_TOKEN", server.admin_token)
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            args = cli.parse_args(list(argv))
-            status = int(args.func(args))
-        except SystemExit as exc:  # argparse refused it
-            status = int(exc.code or 0)
-        out = capsys.readouterr()
-        return status, out.out, out.err
-
-    return run
+    return shoal_runner(server, monkeypatch, capsys, columns=200)
 
 
-def _json(result: tuple[int, str, str]) -> Any:
-    status, out, err = result
-    assert status == 0, err
-    return json.loads(out)
+_json = json_of
 
 
 @pytest.fixture

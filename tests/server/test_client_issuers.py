@@ -9,22 +9,20 @@ the routes themselves."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import itertools
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shoal import cli
 from shoal.client import AsyncClient, AuthError, Client, ClientError, InvalidRequest, NotFound
+from tests.support.cli_inprocess import Run, json_of, shoal_runner
 from tests.support.idp import IdentityProvider
 from tests.support.inprocess import InProcessNode
 
-Run = Callable[..., tuple[int, str, str]]
 _names = itertools.count()
 
 
@@ -171,28 +169,11 @@ def test_async_client_revokes_a_database_s_issuer(server: InProcessNode,
 def shoal(server: InProcessNode, monkeypatch: pytest.MonkeyPatch,
           capsys: pytest.CaptureFixture[str]) -> Run:
     """shoal(*argv) -> (status, stdout, stderr), as `shoal` run with URL and token set."""
-    monkeypatch.setattr(cli, "Client", functools.partial(Client, transport=server.transport()))
-    monkeypatch.setenv("COLUMNS", "250")  # wide tables: cells stay on one line
-    monkeypatch.setenv("SHOAL_URL", server.url)
-    monkeypatch.setenv("SHOAL_TOKEN", server.admin_token)
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        capsys.readouterr()
-        try:
-            args = cli.parse_args(list(argv))
-            status = int(args.func(args))
-        except SystemExit as exc:  # argparse refused it
-            status = int(exc.code or 0)
-        out = capsys.readouterr()
-        return status, out.out, out.err
-
-    return run
+    assert isinstance(server, InProcessNode)
+    return shoal_runner(server, monkeypatch, capsys, columns=250)
 
 
-def _json(result: tuple[int, str, str]) -> Any:
-    status, out, err = result
-    assert status == 0, err
-    return json.loads(out)
+_json = json_of
 
 
 def _lines(out: str) -> list[str]:
