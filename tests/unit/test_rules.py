@@ -470,3 +470,26 @@ def test_writes_without_rules_run(conn: apsw.Connection) -> None:
                                      None))) == 1
     assert run(conn, *delete_sql(SHAPE, [Filter("owner", "eq", "x")], None, None))[0][1] == "x"
     assert SHAPE.column("owner") == "owner" and SHAPE.column("g") == "g"
+
+
+@pytest.mark.parametrize(("text", "sql"), [
+    ("'' = auth.sub", "'' = :auth_0"), ("'a''' = auth.sub", "'a''' = :auth_0"),
+    ("X = auth.sub", "X = :auth_0"), ("a : b", "a : b"), ("a :=b", "a :=b"),
+    (".auth.sub = 1", ".auth.sub = 1"), ("auth.sub auth.iss", ":auth_0 :auth_1"),
+])
+def test_more_rewriting_corners(text: str, sql: str) -> None:
+    assert compile_expr(text).sql == sql
+
+
+@pytest.mark.parametrize("text", ["Xa = :y", "auth.claims.'x' = 1"])
+def test_more_refusals(text: str) -> None:
+    refused(text)
+
+
+def test_rules_are_compiled_as_rules_unless_told() -> None:
+    with pytest.raises(ShoalError):
+        compile_expr("a -- c")
+    for text in ("SELECT 1;x", "SELECT 1; x"):
+        refused(text, query=True)
+    assert compile_expr("auth.claims.[a[[b] = 1").paths == (("claims", "a[[b"),)
+    assert parse_filters([("a", "in.(,b)")]) == [Filter("a", "in", ("", "b"))]

@@ -103,6 +103,7 @@ def _ident_start(ch: str) -> bool:
 
 def _ident_end(text: str, i: int) -> int:
     """Where the identifier (or parameter name) going on at ``i`` ends."""
+    # mutate: harmless constant (X is a name's character either way)
     while i < len(text) and (text[i].isalnum() or text[i] in "_$" or not text[i].isascii()):
         i += 1
     return i
@@ -114,14 +115,14 @@ def _quoted_end(text: str, i: int) -> int:
     close = "]" if text[i] == "[" else text[i]
     while True:
         j = text.find(close, i + 1)
-        if j < 0:
+        if j < 0:  # mutate: harmless (found past i: never 0)
             raise _bad("an unterminated string or quoted name")
         if close == "]" or text[j + 1:j + 2] != close:
             return j + 1
         i = j + 1  # doubled: an escaped quote, and on past it
 
 
-def _tokens(text: str, query: bool = False) -> list[tuple[str, int, int]]:
+def _tokens(text: str, query: bool) -> list[tuple[str, int, int]]:
     """(kind, start, end) of the tokens that can make up ``auth.<path>``: ident, quoted (a
     name in quotes) and op (one character); strings, numbers, parameters, comments and
     spaces are skipped. Refuses what a single expression cannot hold (``query``: a named
@@ -142,10 +143,10 @@ def _tokens(text: str, query: bool = False) -> list[tuple[str, int, int]]:
                 raise _bad("a rule holds no comment")
             if ch == "-":  # to the line's end
                 end = text.find("\n", i)
-                i = n if end < 0 else end + 1
+                i = n if end < 0 else end + 1  # mutate: harmless compare (found past '-')
             else:
                 end = text.find("*/", i + 2)
-                i = n if end < 0 else end + 2
+                i = n if end < 0 else end + 2  # mutate: harmless compare (found past '/*')
         elif ch == ";":
             if not query or text[i + 1:].strip():
                 raise _bad("one expression or statement (no ';')")
@@ -156,13 +157,14 @@ def _tokens(text: str, query: bool = False) -> list[tuple[str, int, int]]:
                            "auth.claims.<name>")
             if ch == "?":
                 raise _bad("a named query's parameters are named (:name)")
-            i = _ident_end(text, i + 1)
+            i = _ident_end(text, i + 1)  # mutate: harmless constant (i + 1 is a name's)
             if text[start + 1:i].lower().startswith(PARAM):
                 raise _bad(f"parameter names starting with {PARAM} are Shoal's")
         elif _ident_start(ch):
             i = _ident_end(text, i)
             out.append(("ident", start, i))
         elif ch.isdigit():  # numbers, with their exponent and hex forms, are one token
+            # mutate: harmless constant (a '.' left to an op keeps auth after it as it is)
             while i < n and (text[i].isalnum() or text[i] == "."):
                 i += 1
         else:

@@ -42,7 +42,9 @@ RESERVED = frozenset({"select", "order", "limit", "after", "branch"})  # not fil
 MAX_FILTERS = 32
 MAX_ORDER = 4
 MAX_IN = 100
-DENY = "shoal_deny"  # the SQL function that fails a statement whose row a rule refuses
+# the SQL function that fails a statement whose row a rule refuses (engine/connection.py
+# registers it under this name)
+DENY = "shoal_deny"  # mutate: harmless constant (the tests register the same name)
 _ROWID_NAMES = ("_rowid_", "rowid", "oid")
 
 
@@ -99,8 +101,6 @@ class Shape:
 
     def column(self, name: str) -> str:
         """The column of that name (SQLite's names are case-insensitive)."""
-        if name in self.writable or name in self.columns:
-            return name
         for c in self.columns:
             if c.lower() == name.lower():
                 return c
@@ -189,7 +189,7 @@ def _in_list(column: str, raw: str) -> tuple[str, ...]:
             buf = []
             while True:
                 k = body.find('"', j)
-                if k < 0:
+                if k < 0:  # mutate: harmless (j is past a quote: never 0)
                     raise _bad(f"filter {column[:100]}: an unterminated quoted value")
                 buf.append(body[j:k])
                 if body[k + 1:k + 2] == '"':
@@ -239,7 +239,8 @@ def encode_cursor(values: Sequence[SQLValue]) -> str:
 
 def decode_cursor(raw: str) -> list[SQLValue]:
     try:
-        values = _cursor_decoder.decode(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+        values = _cursor_decoder.decode(base64.urlsafe_b64decode(raw + "=="))  # (padding
+        # past what is missing is ignored)
     except ValueError:  # (msgspec.DecodeError is one)
         raise _bad("'after' is not a cursor this API gave") from None
     if not all(v is None or type(v) in (int, float, str, bytes) for v in values):
@@ -302,14 +303,16 @@ def _after(w: Writer, keys: list[tuple[str, bool, bool]], values: list[SQLValue]
         if desc:
             for i, (col, _, nullable) in enumerate(keys):
                 if nullable:
-                    ties = [f"{c} = {w.value(v)}" for (c, _, _), v in zip(keys[:i], values[:i],
-                                                                          strict=True)]
+                    # mutate: harmless constant (one length)
+                    ties = [f"{c} = {w.value(v)}" for (c, _, _), v in zip(
+                        keys[:i], values[:i], strict=True)]
                     tails.append("(" + " AND ".join([*ties, f"{col} IS NULL"]) + ")")
         return "(" + " OR ".join([cut, *tails]) + ")"
     alts = []
+    # mutate: harmless constant (checked above: one length)
     for i, ((col, desc, nullable), v) in enumerate(zip(keys, values, strict=True)):
-        ties = [f"{c} IS {w.value(x)}" for (c, _, _), x in zip(keys[:i], values[:i],
-                                                              strict=True)]
+        ties = [f"{c} IS {w.value(x)}" for (c, _, _), x in zip(
+            keys[:i], values[:i], strict=True)]  # mutate: harmless constant (one length)
         if v is None:
             step = "0" if desc else f"{col} IS NOT NULL"
         elif desc:
