@@ -493,3 +493,7 @@ def test_rules_are_compiled_as_rules_unless_told() -> None:
         refused(text, query=True)
     assert compile_expr("auth.claims.[a[[b] = 1").paths == (("claims", "a[[b"),)
     assert parse_filters([("a", "in.(,b)")]) == [Filter("a", "in", ("", "b"))]
+
+
+def test_a_name_is_not_a_parameter() -> None:
+    assert compile_expr("Xa = auth.sub").sql == "Xa = :auth_0"

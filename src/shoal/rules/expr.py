@@ -143,10 +143,10 @@ def _tokens(text: str, query: bool) -> list[tuple[str, int, int]]:
                 raise _bad("a rule holds no comment")
             if ch == "-":  # to the line's end
                 end = text.find("\n", i)
-                i = n if end < 0 else end + 1  # mutate: harmless compare (found past '-')
+                i = n if end < 0 else end + 1  # mutate: harmless (found past '-')
             else:
                 end = text.find("*/", i + 2)
-                i = n if end < 0 else end + 2  # mutate: harmless compare (found past '/*')
+                i = n if end < 0 else end + 2  # mutate: harmless (found past '/*')
         elif ch == ";":
             if not query or text[i + 1:].strip():
                 raise _bad("one expression or statement (no ';')")

@@ -303,9 +303,8 @@ def _after(w: Writer, keys: list[tuple[str, bool, bool]], values: list[SQLValue]
         if desc:
             for i, (col, _, nullable) in enumerate(keys):
                 if nullable:
-                    # mutate: harmless constant (one length)
-                    ties = [f"{c} = {w.value(v)}" for (c, _, _), v in zip(
-                        keys[:i], values[:i], strict=True)]
+                    pairs = zip(keys[:i], values[:i], strict=True)  # mutate: harmless (one length)
+                    ties = [f"{c} = {w.value(v)}" for (c, _, _), v in pairs]
                     tails.append("(" + " AND ".join([*ties, f"{col} IS NULL"]) + ")")
         return "(" + " OR ".join([cut, *tails]) + ")"
     alts = []
@@ -392,20 +391,27 @@ def insert_sql(shape: Shape, rows: list[dict[str, SQLValue]], rule: Expr | None,
     return out
 
 
+def _reached(shape: Shape, w: Writer, filters: list[Filter], rules: Rules | None,
+             verb: str) -> str:
+    """The WHERE of an update or delete: the rows passing the select rule and the verb's
+    (for a bound token), and the filters."""
+    conds = []
+    if rules is not None:
+        own = rules.get(verb)
+        assert rules.select is not None and own is not None
+        conds += [w.rule(rules.select), w.rule(own)]
+    conds += _where(shape, w, filters)
+    return " WHERE " + " AND ".join(conds) if conds else ""
+
+
 def update_sql(shape: Shape, values: dict[str, SQLValue], filters: list[Filter],
                rules: Rules | None, who: Claims | None) -> tuple[str, dict[str, SQLValue]]:
     if not values:
         raise _bad("an update sets at least one column")
     w = Writer(who)
     sets = ", ".join(f"{quote(_writable(shape, n))} = {w.value(v)}" for n, v in values.items())
-    conds = []
-    if rules is not None:
-        assert rules.select is not None and rules.update is not None
-        conds += [w.rule(rules.select), w.rule(rules.update)]
-    conds += _where(shape, w, filters)
-    sql = f"UPDATE main.{quote(shape.table)} SET {sets}"
-    if conds:
-        sql += " WHERE " + " AND ".join(conds)
+    sql = f"UPDATE main.{quote(shape.table)} SET {sets}" + \
+        _reached(shape, w, filters, rules, "update")
     return sql + _returning(shape, w, rules.update if rules is not None else None,
                             "update"), w.args
 
@@ -413,14 +419,8 @@ def update_sql(shape: Shape, values: dict[str, SQLValue], filters: list[Filter],
 def delete_sql(shape: Shape, filters: list[Filter], rules: Rules | None,
                who: Claims | None) -> tuple[str, dict[str, SQLValue]]:
     w = Writer(who)
-    conds = []
-    if rules is not None:
-        assert rules.select is not None and rules.delete is not None
-        conds += [w.rule(rules.select), w.rule(rules.delete)]
-    conds += _where(shape, w, filters)
-    sql = f"DELETE FROM main.{quote(shape.table)}"
-    if conds:
-        sql += " WHERE " + " AND ".join(conds)
+    sql = f"DELETE FROM main.{quote(shape.table)}" + \
+        _reached(shape, w, filters, rules, "delete")
     return sql + _returning(shape, w, None, "delete"), w.args
 
 
