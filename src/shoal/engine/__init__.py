@@ -21,7 +21,14 @@ from shoal.engine.connection import (
     configure_sqlite,
     stopped,
 )
-from shoal.engine.database import REQUEST_GONE, Committed, Compacted, Transaction, make_bookmark
+from shoal.engine.database import (
+    REQUEST_GONE,
+    Committed,
+    Compacted,
+    Transaction,
+    make_bookmark,
+    read_bookmark,
+)
 from shoal.engine.engine import (
     TIMELINE_HEADER,
     BranchInfo,
@@ -102,5 +109,6 @@ __all__ = [
     "make_bookmark",
     "memory_ceiling",
     "parse_time",
+    "read_bookmark",
     "stopped",
 ]

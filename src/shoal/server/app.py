@@ -21,7 +21,15 @@ from typing import Any
 
 from shoal import names
 from shoal.cluster import FORWARDED, Moved, Unreachable
-from shoal.engine import AUDIT_TALLY, READ_ONLY, REQUEST_GONE, AuditTally, Engine, KeysNeeded
+from shoal.engine import (
+    AUDIT_TALLY,
+    READ_ONLY,
+    REQUEST_GONE,
+    AuditTally,
+    Engine,
+    KeysNeeded,
+    read_bookmark,
+)
 from shoal.errors import Code, ShoalError
 from shoal.metrics import METRICS
 from shoal.origins import same_origin
@@ -215,14 +223,14 @@ class App:
                     request.headers.get(CONSISTENCY) != b"strong":
                 assert db is not None  # (a leader's URL is a database's)
                 request.follow, url = True, None  # read here; the engine moves what it cannot
-                self._sessions.carry(request, db)
             if url is not None:
                 assert db is not None
                 response = await self._forward(request, handler, db, url)
             else:
                 if db is not None:
                     await self._known(db)
-                response = await self._serve(request, handler)
+                response = await self._serve(request, handler,
+                                             db if request.follow else None)
         except Moved as exc:  # another node claimed the database first: it serves this
             assert db is not None
             try:
@@ -305,7 +313,11 @@ class App:
         if not request.gone:
             await send({"type": "http.response.body", "body": b""})
 
-    async def _serve(self, request: Request, handler: Callable[[Request], Any]) -> Response:
+    async def _serve(self, request: Request, handler: Callable[[Request], Any],
+                     follow: str | None = None) -> Response:
+        """Authenticate, then run the handler; ``follow``: the database of a read served
+        from this node's replica, which gets its connection's last bookmark (once the
+        token, and so the branch it is served on, is known)."""
         if request.route not in self.public:
             header = self._bearer(request)
             try:
@@ -316,6 +328,8 @@ class App:
             self.engine.refuse_when_overloaded()  # past the memory ceiling: no new work
         elif request.route in self.hrana_routes and b"authorization" in request.headers:
             await self._keys(request)  # Hrana's handlers authenticate themselves, in sync
+        if follow is not None:
+            self._sessions.carry(request, follow)
         return await handler(request)  # type: ignore[no-any-return]
 
     def _bearer(self, request: Request) -> str | None:
@@ -550,15 +564,22 @@ class Connections:
         client = request.scope.get("client")
         if not client:
             return None
-        return tuple(client), db, request.params.get("branch", "main")
+        # the branch the request is served on: the path's, else a branch-bound token's
+        branch = request.params.get("branch") or request.principal.branch or "main"
+        return tuple(client), db, branch
 
     def note(self, request: Request, db: str, headers: list[tuple[bytes, bytes]]) -> None:
-        """Remember the bookmark of an answer (a write forwarded to its leader included)."""
-        key = self._key(request, db)
-        if key is None:
+        """Remember the bookmark of an answer (a write forwarded to its leader included),
+        under the branch it names (a branch-bound token's request may name none)."""
+        client = request.scope.get("client")
+        if not client:
             return
         for name, value in headers:
             if name == BOOKMARK:
+                try:
+                    key = (tuple(client), db, read_bookmark(value.decode("latin-1")).branch)
+                except ShoalError:
+                    return
                 self.last[key] = value
                 self.last.move_to_end(key)
                 if len(self.last) > self.size:
