@@ -77,3 +77,42 @@ def test_a_user_reaches_only_their_rows_through_any_node(tmp_path: Path) -> None
             assert stream == ["mine", "by admin"]
         finally:
             cluster.stop()
+
+
+def test_a_databases_own_issuer_and_its_revocation_reach_every_node(tmp_path: Path) -> None:
+    """PUT .../issuers through one node: a token of that issuer is accepted through the
+    other at once (the node that took the change tells the others); an issuer revoked
+    through one node is refused through the other too (told at once, listed within a
+    minute)."""
+    with IdentityProvider(audience="tenant") as own:
+        cluster = Cluster(tmp_path, jwks_ca_file=IdentityProvider.ca_file())
+        try:
+            nodes = [cluster.add() for _ in range(2)]
+            settle(cluster, 2)
+            with admin(nodes[0]) as http:
+                ok(http.post("/v1/databases", json={"name": "t1"}), 201)
+                ok(query(http, "t1", "CREATE TABLE x(v)", "INSERT INTO x VALUES (1)"))
+                ok(http.put("/v1/databases/t1/issuers", json={"issuers": [own.declaration(
+                    access="read", rules=False)]}))
+            token = own.mint({"sub": "u1"})
+
+            def status(node: Any) -> int:
+                with httpx.Client(base_url=node.url, timeout=30,
+                                  headers={"Authorization": f"Bearer {token}"}) as c:
+                    return query(c, "t1", "SELECT v FROM x").status_code
+
+            deadline = time.monotonic() + 10
+            while status(nodes[1]) != 200:
+                assert time.monotonic() < deadline, "node 1 never trusted the issuer"
+                time.sleep(0.2)
+            assert status(nodes[0]) == 200
+            with admin(nodes[1]) as http:
+                ok(http.post("/v1/issuers/revoke", json={"issuer": own.issuer,
+                                                         "database": "t1"}))
+            deadline = time.monotonic() + 10
+            while status(nodes[0]) != 401:
+                assert time.monotonic() < deadline, "node 0 still accepts a revoked token"
+                time.sleep(0.2)
+            assert status(nodes[1]) == 401
+        finally:
+            cluster.stop()
