@@ -92,6 +92,10 @@ def test_rows_filters_order_pages_and_values(client: Client, notes: str) -> None
     assert [(r["body"], r["at"]) for r in made] == [(b"\x00\x01", 7), (None, 7)]
     one = client.insert_rows(notes, "notes", {"owner": "dan", "score": 2**53 + 1})
     assert len(one) == 1 and one[0]["owner"] == "dan"
+    again = client.insert_rows(notes, "notes", {"id": one[0]["id"], "owner": "dan",
+                                                "title": "upserted"}, upsert=True)
+    assert [(r["id"], r["title"], r["score"]) for r in again] == [
+        (one[0]["id"], "upserted", one[0]["score"])]
     assert client.rows(notes, "notes", where={"body": "is.notnull"})["rows"][0]["body"] == \
         b"\x00\x01"
     changed = client.update_rows(notes, "notes", {"title": "same", "body": bytearray(b"z")},

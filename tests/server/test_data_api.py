@@ -375,3 +375,34 @@ def test_a_restore_brings_back_the_rules_of_its_time(
     assert len(rows_of(alice.get(base, params={"limit": "100"}))) == 10
     assert ok(admin.get(f"/v1/databases/{notes}/rules"))["rules"]["notes"]["select"] == \
         "owner = auth.sub"
+
+
+def test_upserts(admin: httpx.Client, notes: str,
+                 as_user: Callable[[Principal], httpx.Client]) -> None:
+    base = f"/v1/databases/{notes}/tables/notes"
+    upsert = {"on_conflict": "update"}
+    # an admin: a new row, then the same key again updates it
+    made = rows_of(admin.post(base, params=upsert, json={"id": 500, "owner": "carol",
+                                                          "title": "v1"}), 201)
+    assert made[0]["title"] == "v1"
+    again = rows_of(admin.post(base, params=upsert, json=[
+        {"id": 500, "owner": "carol", "title": "v2"}, {"id": 501, "owner": "carol"}]), 201)
+    assert [(r["id"], r["title"]) for r in again] == [(500, "v2"), (501, None)]
+    assert code_of(admin.post(base, params={"on_conflict": "ignore"}, json={"id": 1}),
+                   400) == "INVALID_REQUEST"
+    # a bound token: its rows updated, another's left as they are, never taken over
+    own_rules(admin, notes)
+    alice = as_user(bound("alice", notes))
+    mine = rows_of(alice.get(base, params={"limit": "1"}))[0]
+    got = rows_of(alice.post(base, params=upsert, json={"id": mine["id"], "owner": "alice",
+                                                         "title": "edited"}), 201)
+    assert got[0]["title"] == "edited"
+    bobs = rows_of(admin.get(base, params={"owner": "eq.bob", "limit": "1"}))[0]
+    assert rows_of(alice.post(base, params=upsert, json={"id": bobs["id"], "owner": "alice",
+                                                          "title": "taken"}), 201) == []
+    assert rows_of(admin.get(base, params={"id": f"eq.{bobs['id']}"}))[0]["owner"] == "bob"
+    assert code_of(alice.post(base, params=upsert, json={"id": mine["id"], "owner": "bob"}),
+                   403) == "RULE_DENIED"
+    ok(admin.put(f"/v1/databases/{notes}/rules/notes", json={"update": None}))
+    assert code_of(alice.post(base, params=upsert, json={"id": 900, "owner": "alice"}),
+                   403) == "RULE_DENIED"  # an upsert needs the update rule too

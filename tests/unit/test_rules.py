@@ -274,9 +274,9 @@ def test_select_columns_and_rule(conn: apsw.Connection) -> None:
 def test_writes_under_rules(conn: apsw.Connection) -> None:
     rules = Rules(select=OWN, insert=OWN, update=OWN, delete=OWN)
     bob = Who("bob")
-    (sql, args), = insert_sql(SHAPE, [{"owner": "bob", "s": "x"}], rules.insert, bob)
+    (sql, args), = insert_sql(SHAPE, [{"owner": "bob", "s": "x"}], rules, bob)
     assert run(conn, sql, args)[0][:5] == (31, "bob", None, "x", "x!")
-    (sql, args), = insert_sql(SHAPE, [{"owner": "bob"}, {"owner": "alice"}], rules.insert, bob)
+    (sql, args), = insert_sql(SHAPE, [{"owner": "bob"}, {"owner": "alice"}], rules, bob)
     with pytest.raises(ShoalError):
         run(conn, sql, args)
     assert conn.execute("SELECT count(*) FROM t").get == 31  # the statement undid its rows
@@ -330,7 +330,8 @@ def test_every_statement_is_one_statement() -> None:
     who = Who()
     for sql, _ in itertools.chain(
             [select_sql(SHAPE, Read(after=[1]), OWN, who)[:2]],
-            insert_sql(SHAPE, [{"owner": "x"}], OWN, who),
+            insert_sql(SHAPE, [{"owner": "x"}], Rules(OWN, OWN, OWN, OWN), who),
+            insert_sql(SHAPE, [{"id": 1, "owner": "x"}], Rules(OWN, OWN, OWN, OWN), who, True),
             [update_sql(SHAPE, {"s": 1}, [Filter("id", "eq", "1")],
                         Rules(OWN, OWN, OWN, OWN), who)],
             [delete_sql(SHAPE, [], Rules(OWN, OWN, OWN, OWN), who)]):
@@ -497,3 +498,33 @@ def test_rules_are_compiled_as_rules_unless_told() -> None:
 
 def test_a_name_is_not_a_parameter() -> None:
     assert compile_expr("Xa = auth.sub").sql == "Xa = :auth_0"
+
+
+def test_upserts(conn: apsw.Connection) -> None:
+    rules = Rules(select=OWN, insert=OWN, update=compile_expr("owner = auth.sub AND s IS NOT 'x'"))
+    bob = Who("bob")
+
+    def upsert(rows: list[dict[str, Any]], who: Any = bob,
+               r: Any = rules) -> list[tuple[Any, ...]]:
+        (sql, args), = insert_sql(SHAPE, rows, r, who, upsert=True)
+        return run(conn, sql, args)
+
+    # a new row is inserted; a row there is updated (its key not set again)
+    assert [x[:4] for x in upsert([{"id": 100, "owner": "bob", "s": "new"}])] == [
+        (100, "bob", None, "new")]
+    assert [x[:4] for x in upsert([{"id": 2, "owner": "bob", "n": 9}])] == [(2, "bob", 9, "s2")]
+    # alice's row 1 is not bob's: left as it is and not returned
+    assert upsert([{"id": 1, "owner": "bob", "s": "taken"}]) == []
+    assert conn.execute("SELECT owner, s FROM t WHERE id = 1").fetchall() == [("alice", "s1")]
+    # the row written must pass the insert and the update rule alike
+    with pytest.raises(ShoalError):
+        upsert([{"id": 101, "owner": "bob", "s": "x"}])
+    with pytest.raises(ShoalError):
+        upsert([{"id": 4, "owner": "alice"}])  # his row 4, given away
+    # only key columns: nothing to set
+    (sql, _), = insert_sql(SHAPE, [{"id": 4}], None, None, upsert=True)
+    assert " ON CONFLICT DO NOTHING RETURNING " in sql
+    with pytest.raises(ShoalError):
+        insert_sql(SHAPE, [{}], None, None, upsert=True)
+    # without rules (an admin): any row there is updated
+    assert [x[:2] for x in upsert([{"id": 1, "owner": "zed"}], None, None)] == [(1, "zed")]

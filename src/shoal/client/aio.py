@@ -254,8 +254,9 @@ class AsyncClient(BaseClient):
 
     async def insert_rows(self, database: str | None, table: str,
                           rows: Mapping[str, Any] | Sequence[Mapping[str, Any]], *,
-                          branch: str | None = None) -> list[dict[str, Any]]:
-        return await self._send(self._insert_rows(database, table, rows, branch))
+                          branch: str | None = None,
+                          upsert: bool = False) -> list[dict[str, Any]]:
+        return await self._send(self._insert_rows(database, table, rows, branch, upsert))
 
     async def update_rows(self, database: str | None, table: str, values: Mapping[str, Any],
                           where: Where, *, branch: str | None = None) -> list[dict[str, Any]]:

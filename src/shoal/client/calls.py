@@ -545,14 +545,16 @@ class BaseClient:
 
     def _insert_rows(self, database: str | None, table: str,
                      rows: Mapping[str, Any] | Sequence[Mapping[str, Any]],
-                     branch: str | None) -> Call[list[dict[str, Any]]]:
-        """One row (a mapping) or many, in one transaction; the rows as stored."""
+                     branch: str | None, upsert: bool = False) -> Call[list[dict[str, Any]]]:
+        """One row (a mapping) or many, in one transaction; the rows as stored. ``upsert``:
+        a row conflicting with one there updates it (``?on_conflict=update``)."""
         body: Any = fields_json(rows) if isinstance(rows, Mapping) else \
             [fields_json(r) for r in rows]
         if body == []:
             raise ValueError("insert_rows: give at least one row")
         key = self.resolve(database, branch)
-        return Call("POST", self._table_path(key, table), _written, body, session=key)
+        path = self._table_path(key, table) + ("?on_conflict=update" if upsert else "")
+        return Call("POST", path, _written, body, session=key)
 
     def _update_rows(self, database: str | None, table: str, values: Mapping[str, Any],
                      where: Where, branch: str | None) -> Call[list[dict[str, Any]]]:

@@ -359,10 +359,11 @@ class Client(BaseClient):
 
     def insert_rows(self, database: str | None, table: str,
                     rows: Mapping[str, Any] | Sequence[Mapping[str, Any]], *,
-                    branch: str | None = None) -> list[dict[str, Any]]:
+                    branch: str | None = None, upsert: bool = False) -> list[dict[str, Any]]:
         """Insert one row (a mapping of column: value) or up to 1,000, in one transaction:
-        all or none. The rows as stored (defaults, triggers)."""
-        return self._send(self._insert_rows(database, table, rows, branch))
+        all or none. The rows as stored (defaults, triggers). ``upsert``: a row that
+        conflicts with one there (its key, a UNIQUE column) updates it instead."""
+        return self._send(self._insert_rows(database, table, rows, branch, upsert))
 
     def update_rows(self, database: str | None, table: str, values: Mapping[str, Any],
                     where: Where, *, branch: str | None = None) -> list[dict[str, Any]]:

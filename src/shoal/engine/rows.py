@@ -147,9 +147,11 @@ class RowsAPI:
         principal.on(branch)
         db = await self.lifecycle.acquire(name, branch)
         try:
-            shape, rules = await self._table(principal, db, table, verb)
-            if rules is not None and verb in ("update", "delete"):
-                await self._table(principal, db, table, "select")  # (bound: both needed)
+            # an upsert is an insert that may update: a bound token needs both rules
+            shape, rules = await self._table(principal, db, table,
+                                             "insert" if verb == "upsert" else verb)
+            if rules is not None and verb == "upsert":
+                await self._table(principal, db, table, "update")
             statements = [Statement(sql, args) for sql, args in build(shape, rules)]
             n = len(shape.columns)
 
@@ -175,14 +177,16 @@ class RowsAPI:
     async def insert_rows(self, principal: Principal, name: str, table: str,
                           rows: list[dict[str, SQLValue]], *, branch: str = "main",
                           idem: Idempotency | None = None,
-                          render: RowsRender | None = None) -> Rows:
-        """Insert rows (POST .../tables/{table}); each must pass the insert rule."""
+                          render: RowsRender | None = None, upsert: bool = False) -> Rows:
+        """Insert rows (POST .../tables/{table}); each must pass the insert rule.
+        ``upsert``: a row conflicting with one there updates it (shoal.rules.insert_sql);
+        a bound token needs the insert, update and select rules."""
         if not 1 <= len(rows) <= MAX_ROWS:
             raise ShoalError(Code.INVALID_REQUEST, f"send 1 to {MAX_ROWS} rows")
         return await self._write_rows(
-            principal, name, table, "insert", branch,
-            lambda shape, rules: rr.insert_sql(shape, rows, rules.insert if rules else None,
-                                               principal), idem, render)
+            principal, name, table, "upsert" if upsert else "insert", branch,
+            lambda shape, rules: rr.insert_sql(shape, rows, rules, principal, upsert),
+            idem, render)
 
     async def update_rows(self, principal: Principal, name: str, table: str,
                           values: dict[str, SQLValue], filters: list[rr.Filter], *,

@@ -348,12 +348,13 @@ def select_sql(shape: Shape, read: Read, rule: Expr | None,
     return sql, w.args, len(shown)
 
 
-def _returning(shape: Shape, w: Writer, rule: Expr | None, verb: str) -> str:
-    """RETURNING's columns: the row's, then the rule's check of it (if there is a rule)."""
+def _returning(shape: Shape, w: Writer, rules: Sequence[Expr | None], verb: str) -> str:
+    """RETURNING's columns: the row's, then a check that the row passes every rule given
+    (none: no check)."""
     columns = [quote(c) for c in shape.columns]
-    if rule is not None:
-        columns.append(f"CASE WHEN coalesce({w.rule(rule)}, 0) THEN 1 "
-                       f"ELSE {DENY}('{verb}') END")
+    checks = [f"coalesce({w.rule(rule)}, 0)" for rule in rules if rule is not None]
+    if checks:
+        columns.append(f"CASE WHEN {' AND '.join(checks)} THEN 1 ELSE {DENY}('{verb}') END")
     return " RETURNING " + ", ".join(columns)
 
 
@@ -365,10 +366,16 @@ def _writable(shape: Shape, name: str) -> str:
     return col
 
 
-def insert_sql(shape: Shape, rows: list[dict[str, SQLValue]], rule: Expr | None,
-               who: Claims | None) -> list[tuple[str, dict[str, SQLValue]]]:
+def insert_sql(shape: Shape, rows: list[dict[str, SQLValue]], rules: Rules | None,
+               who: Claims | None, upsert: bool = False
+               ) -> list[tuple[str, dict[str, SQLValue]]]:
     """One INSERT per set of columns the rows give (in their order), each returning its
-    rows (and checking the insert rule on each new row)."""
+    rows (and checking the insert rule on each new row).
+
+    ``upsert``: a row that conflicts with one there (any UNIQUE or primary key) updates it
+    instead, setting the columns the row gives (not the key's). For a bound token the row
+    there must pass the select and update rules (else it is left as it is, and not
+    returned), and every row written must pass both the insert and the update rule."""
     groups: dict[tuple[str, ...], list[dict[str, SQLValue]]] = {}
     for row in rows:
         groups.setdefault(tuple(row), []).append(row)
@@ -383,12 +390,31 @@ def insert_sql(shape: Shape, rows: list[dict[str, SQLValue]], rule: Expr | None,
             values = ", ".join("(" + ", ".join(w.value(r[n]) for n in names) + ")"
                                for r in group)
             body = f"{target} ({', '.join(quote(c) for c in cols)}) VALUES {values}"
+        elif upsert:
+            raise _bad("an upsert names the columns it sets")
         else:
             if len(group) > 1:
                 raise _bad("rows without columns are inserted one at a time")
             body = f"{target} DEFAULT VALUES"
-        out.append((body + _returning(shape, w, rule, "insert"), w.args))
+        checks: list[Expr | None] = [rules.insert] if rules is not None else []
+        if upsert:
+            body += _on_conflict(shape, w, cols, rules)
+            checks += [rules.update] if rules is not None else []
+        out.append((body + _returning(shape, w, checks, "insert"), w.args))
     return out
+
+
+def _on_conflict(shape: Shape, w: Writer, cols: list[str], rules: Rules | None) -> str:
+    """An upsert's clause: set the given columns but the key's, on the row there if it
+    passes the select and update rules (a bound token's)."""
+    sets = [f"{quote(c)} = excluded.{quote(c)}" for c in cols if c not in shape.key]
+    if not sets:
+        return " ON CONFLICT DO NOTHING"
+    clause = " ON CONFLICT DO UPDATE SET " + ", ".join(sets)
+    if rules is not None:
+        assert rules.select is not None and rules.update is not None
+        clause += f" WHERE {w.rule(rules.select)} AND {w.rule(rules.update)}"
+    return clause
 
 
 def _reached(shape: Shape, w: Writer, filters: list[Filter], rules: Rules | None,
@@ -412,7 +438,7 @@ def update_sql(shape: Shape, values: dict[str, SQLValue], filters: list[Filter],
     sets = ", ".join(f"{quote(_writable(shape, n))} = {w.value(v)}" for n, v in values.items())
     sql = f"UPDATE main.{quote(shape.table)} SET {sets}" + \
         _reached(shape, w, filters, rules, "update")
-    return sql + _returning(shape, w, rules.update if rules is not None else None,
+    return sql + _returning(shape, w, [rules.update] if rules is not None else [],
                             "update"), w.args
 
 
@@ -421,7 +447,7 @@ def delete_sql(shape: Shape, filters: list[Filter], rules: Rules | None,
     w = Writer(who)
     sql = f"DELETE FROM main.{quote(shape.table)}" + \
         _reached(shape, w, filters, rules, "delete")
-    return sql + _returning(shape, w, None, "delete"), w.args
+    return sql + _returning(shape, w, [], "delete"), w.args
 
 
 def visible_sql(shape_columns: Sequence[str], table: str, rule: Expr, rows: int,

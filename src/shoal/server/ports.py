@@ -181,8 +181,8 @@ class EngineAPI(Protocol):
     async def insert_rows(self, principal: Principal, name: str, table: str,
                           rows: list[dict[str, SQLValue]], *, branch: str = ...,
                           idem: Idempotency | None = ...,
-                          render: Callable[[Rows], tuple[int, bytes]] | None = ...
-                          ) -> Rows: ...
+                          render: Callable[[Rows], tuple[int, bytes]] | None = ...,
+                          upsert: bool = ...) -> Rows: ...
     async def update_rows(self, principal: Principal, name: str, table: str,
                           values: dict[str, SQLValue], filters: list[RowFilter], *,
                           branch: str = ..., idem: Idempotency | None = ...,

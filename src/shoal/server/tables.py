@@ -141,14 +141,19 @@ class TablesAPI:
         return _rows_response(200, rows, with_next=True)
 
     async def insert(self, request: Request) -> Response:
-        """Insert one row (an object) or many (an array); answers the rows as stored."""
+        """Insert one row (an object) or many (an array); answers the rows as stored.
+        ``?on_conflict=update``: a row conflicting with one there updates it (an upsert)."""
         name, branch, table = self._where(request)
         await request.read_body(self.engine.settings.max_request_bytes)
         body: Any = request.decode(_InsertBody)  # type: ignore[arg-type]
         items = body if isinstance(body, list) else [body]
+        conflict = request.query("on_conflict")
+        if conflict not in (None, "update"):
+            raise ShoalError(Code.INVALID_REQUEST, "on_conflict=update (an upsert), or none")
         rows = await self.engine.insert_rows(request.principal, name, table,
                                              [_row(r) for r in items], branch=branch,
-                                             idem=_idem(request), render=_render(201))
+                                             idem=_idem(request), render=_render(201),
+                                             upsert=conflict == "update")
         return _rows_response(201, rows)
 
     async def update(self, request: Request) -> Response:
