@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from shoal import rules as rr
 from shoal.engine import rowrules
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from shoal.engine.engine import Idempotency, Outcome
     from shoal.engine.lifecycle import Lifecycle
     from shoal.engine.quota import Quotas
+
+T = TypeVar("T")
 
 MAX_ROWS = 1000  # rows a read page or a write may hold
 FEED_PARAMS = 30_000  # bound values per rule check of feed rows (SQLite allows 32,766)
@@ -67,7 +69,7 @@ class RowsAPI:
         quotas: Quotas
         disk: Disk
 
-        def _known(self, name: str, *branches: str) -> None: ...
+        async def _run(self, fn: Callable[..., T], *args: Any) -> T: ...
         async def _query(self, principal: Principal, db: Database,
                          statements: list[Statement],
                          record: IdempotencyRecord | None) -> Outcome: ...
@@ -215,11 +217,10 @@ class RowsAPI:
         principal.on(branch)
         db = await self.lifecycle.acquire(name, branch)
         try:
-            shape, _ = await self._table(principal, db, table, "select")
-            access = await self._access(db, table)
+            shape, rules = await self._table(principal, db, table, "select")
         finally:
             self.lifecycle.release(db)
-        verbs = [v for v in rr.VERBS if not principal.bound or access.rules.get(v) is not None]
+        verbs = [v for v in rr.VERBS if rules is None or rules.get(v) is not None]
         if not principal.can_write:
             verbs = [v for v in verbs if v == "select"]
         return {"table": shape.table, "columns": list(shape.columns),
@@ -277,8 +278,8 @@ class RowsAPI:
         """Register (or, sql None, remove) a named query: one statement whose ``:name``
         parameters the caller gives and whose ``auth.*`` the token does."""
         check_name(query, "query")
-        expr = None if sql is None else rr.compile_expr(sql, query=True,
-                                                        limit=rowrules.MAX_QUERY_CHARS)
+        expr = None if sql is None else await self._run(  # up to 100,000 characters: off
+            rr.compile_expr, sql, True, rowrules.MAX_QUERY_CHARS)  # the event loop
         return await self._own_write(principal, name, branch,
                                      rowrules.save_query(query, expr, description[:1000]))
 

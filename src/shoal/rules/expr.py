@@ -190,7 +190,7 @@ def compile_expr(text: str, query: bool = False, limit: int = MAX_CHARS) -> Expr
         raise _bad("no NUL character")
     toks = _tokens(text, query)
     parts: list[str] = []
-    paths: list[tuple[str, ...]] = []
+    paths: dict[tuple[str, ...], int] = {}  # each path's parameter number
     last = 0
     k = 0
     while k < len(toks):
@@ -200,15 +200,14 @@ def compile_expr(text: str, query: bool = False, limit: int = MAX_CHARS) -> Expr
         if kind == "ident" and word.lower() == "auth" and not after_dot:
             path, k_end = _path(text, toks, k)
             parts.append(text[last:start])
-            if path not in paths:
-                paths.append(path)
-            parts.append(f":{PARAM}{paths.index(path)}")
+            number = paths.setdefault(path, len(paths))
+            parts.append(f":{PARAM}{number}")
             last = toks[k_end - 1][2]
             k = k_end
             continue
         k += 1
     parts.append(text[last:])
-    return Expr(text, "".join(parts), tuple(paths))
+    return Expr(text, "".join(parts), tuple(paths))  # (a dict keeps its order)
 
 
 def _path(text: str, toks: list[tuple[str, int, int]], k: int) -> tuple[tuple[str, ...], int]:
