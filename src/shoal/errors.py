@@ -130,6 +130,13 @@ class Code(StrEnum):
                                    "(kept for feed_retention), or the branch was restored or "
                                    "reset since: read the database afresh, then follow the "
                                    "feed from the cursor the error names.")
+    REPLICA_EXPIRED = auto(), 410, ("The embedded replica is behind the history the store still "
+                                    "keeps (history_retention), or two restores behind its "
+                                    "branch: delete the local database file and its -info, -wal "
+                                    "and -shm files, then sync again (it starts afresh).")
+    SYNC_PUSH_UNSUPPORTED = auto(), 409, ("Shoal takes no offline writes from embedded replicas "
+                                          "yet (their WAL frames pushed on sync): open the replica "
+                                          "without offline mode, so its writes go to the server.")
     IDEMPOTENCY_KEY_REUSED = auto(), 422, "Use a new Idempotency-Key for a different request."
     OVERLOADED = auto(), 503, ("The node is short of memory (max_memory_bytes): retry shortly, "
                                "with backoff. Operators: GET /ready says why; give the node more "
@@ -159,8 +166,10 @@ class Code(StrEnum):
     OUTSIDE_HISTORY = auto(), 400, ("Pick a point inside the restorable window: GET "
                                     "/v1/databases/{db}/history.")
     HISTORY_DISABLED = auto(), 409, ("This node runs with store = \"none\" (no object store, no "
-                                     "history): restore, history and branches other than main "
-                                     "need a node started with --store.")
+                                     "history): restore, history, branches other than main and "
+                                     "embedded replicas need a node started with --store.")
+    PAGE_SIZE_UNSUPPORTED = auto(), 409, ("Embedded replicas need 4,096-byte pages: copy the data "
+                                          "into a database created with them (the default).")
     # the node's disk
     DISK_FULL = auto(), 507, ("The disk of the node's data directory is full (with the default "
                               "store, the store's folder is on it too). Reads are served; writes "

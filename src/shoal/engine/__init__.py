@@ -46,6 +46,10 @@ from shoal.engine.quota import DatabaseLimits
 from shoal.engine.registry import Deleted
 from shoal.engine.rowrules import NamedQuery
 from shoal.engine.rows import Rows
+from shoal.engine.sync import PAGE as SYNC_PAGE
+from shoal.engine.sync import Pulled as SyncPulled
+from shoal.engine.sync import State as SyncState
+from shoal.engine.sync import SyncInfo
 from shoal.engine.webhooks import (
     LETTERS_PAGE,
     DeadLetter,
@@ -68,6 +72,7 @@ __all__ = [
     "LETTERS_PAGE",
     "READ_ONLY",
     "REQUEST_GONE",
+    "SYNC_PAGE",
     "TIMELINE_HEADER",
     "AuditEntry",
     "AuditPage",
@@ -99,6 +104,9 @@ __all__ = [
     "Rows",
     "StateMoved",
     "Statement",
+    "SyncInfo",
+    "SyncPulled",
+    "SyncState",
     "TokenInfo",
     "TokenRecord",
     "Transaction",

@@ -70,6 +70,7 @@ from shoal.engine.quota import DatabaseLimits, Quotas, decode_limits, encode_lim
 from shoal.engine.registry import BranchView, Deleted, Registry, stored_txid
 from shoal.engine.replica import News, Replicas
 from shoal.engine.rows import RowsAPI, unbound
+from shoal.engine.sync import SyncAPI, Syncs
 from shoal.engine.webhooks import (
     LETTERS_PAGE,
     DeadLetter,
@@ -233,7 +234,7 @@ def _checked_store(settings: Settings) -> ObjectStore:
     return store
 
 
-class Engine(RowsAPI):
+class Engine(RowsAPI, SyncAPI):
     """The node: its databases, tokens, commit log and limits. Construction only sets fields;
     :meth:`open` does the blocking work of starting (the data directory's lock, the store's
     lease, the catalog from the store), :meth:`start` the background tasks, :meth:`stop`
@@ -283,6 +284,7 @@ class Engine(RowsAPI):
         self._cors_read: dict[str, float] = {}  # name -> when its record was last read for it
         # the audit log (engine/audit.py): the server adds a record per request
         self.audit = AuditLog(settings.audit_buffer, settings.audit_log)
+        self.syncs = Syncs(settings.data_dir / "sync")  # embedded replicas (engine/sync.py)
 
     def open(self) -> None:
         """The blocking part of starting, before the node serves: take the data directory
@@ -298,6 +300,7 @@ class Engine(RowsAPI):
         self._lock = datadir.lock(self.root)
         self.disk.start()  # before anything else writes: a full disk gets its reserve back
         datadir.sweep_leftovers(self.root)
+        self.syncs.start()
         self.executor = Pool(settings.threads, settings.threads_per_database)
         self.io = ThreadPoolExecutor(max(4, settings.threads), thread_name_prefix="shoal-io")
         if not settings.local_only:
@@ -484,6 +487,10 @@ class Engine(RowsAPI):
     def is_open(self, name: str) -> bool:
         """Whether a branch of ``name`` is open on this node (a closed one commits nothing)."""
         return self.lifecycle.is_open(name)
+
+    def has_database(self, name: str) -> bool:
+        """Whether this node knows a database of that name (no store call)."""
+        return name in self.names
 
     def require_database(self, name: str) -> None:
         """404 DATABASE_NOT_FOUND unless the database exists (the one place that says so)."""

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from shoal.log import layout
+from shoal.log import generations, layout
 from shoal.log.errors import (
     BranchExists,
     BranchNotFound,
@@ -65,10 +65,13 @@ class Branch:
     fork_txid: int
     created_at: float
     etag: str | None = field(default=None, compare=False)  # the database record's version
+    # how libSQL's sync protocol numbers this line (log/generations.py): absent for a
+    # branch never restored or reset
+    sync: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def entry(self) -> dict[str, Any]:
         return {"timeline": self.timeline, "parent": self.parent,
-                "fork_txid": self.fork_txid, "created_at": self.created_at}
+                "fork_txid": self.fork_txid, "created_at": self.created_at, **self.sync}
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +140,8 @@ class Record:
 
 def _branch(db: str, name: str, raw: dict[str, Any], etag: str | None) -> Branch:
     return Branch(db, name, str(raw["timeline"]), raw["parent"], int(raw["fork_txid"]),
-                  float(raw["created_at"]), etag)
+                  float(raw["created_at"]), etag,
+                  {k: raw[k] for k in generations.ENTRY if k in raw})
 
 
 def new_incarnation_id() -> str:
@@ -393,7 +397,9 @@ def _move(store: ObjectStore, branch: Branch, parent_timeline: str, fork_txid: i
     kept_id: list[str] = []
 
     def intent(head: int) -> dict[str, Any]:
-        out: dict[str, Any] = {"op": "move", "to": to}
+        # numbered on from the line sealed at ``head``, for embedded replicas to follow
+        line = generations.moved(branch.entry(), head, timeline.id, fork_txid)
+        out: dict[str, Any] = {"op": "move", "to": {**to, **line.entry()}}
         if keep_as:
             kept = create_timeline(store, db, branch.timeline, head, created_at)
             kept_id[:] = [kept.id]

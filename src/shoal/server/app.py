@@ -61,6 +61,7 @@ from shoal.server.openapi import openapi_document
 from shoal.server.ports import EngineAPI
 from shoal.server.quota import Quota
 from shoal.server.stderr import timestamp
+from shoal.server.sync import SyncAPI, host_database
 from shoal.server.tables import TablesAPI
 from shoal.server.webhooks import WebhooksAPI
 from shoal.settings import Settings
@@ -89,6 +90,8 @@ class App:
         WebhooksAPI(self.engine, self.dispatcher).register(self.router)
         TablesAPI(self.engine).register(self.router)  # the data API, rules, named queries
         AuditAPI(self.engine).register(self.router)  # GET /v1/audit (server/audit.py)
+        self.sync = SyncAPI(self.engine)  # embedded replicas (server/sync.py)
+        self.sync_routes = self.sync.register(self.router)
         self.router.add("GET", "/health", self.health)
         self.router.add("GET", "/ready", self.ready)
         self.router.add("GET", "/metrics", self.metrics)
@@ -353,8 +356,10 @@ class App:
     def _database(self, request: Request) -> str | None:
         """The database a request is for, as far as routing can tell before running it."""
         db = request.params.get("db")
-        if db is None and request.route in self.hrana_routes:
-            db = request.header(b"x-namespace")
+        if db is None and (request.route in self.hrana_routes or
+                           request.route in self.sync_routes):
+            db = request.header(b"x-namespace") or host_database(request,
+                                                                 self.engine.has_database)
             if not db:  # a token for exactly one database names it (Hrana's resolve)
                 try:
                     principal = self.engine.authenticate(request.header(b"authorization"))

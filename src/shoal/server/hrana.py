@@ -64,6 +64,7 @@ from shoal.server.http import (
 )
 from shoal.server.ports import EngineAPI
 from shoal.server.quota import Quota
+from shoal.server.sync import host_database
 from shoal.tokens import Principal
 from shoal.values import decode_args
 
@@ -153,7 +154,8 @@ class HranaHTTP:
         principal = request.principal = self.engine.authenticate(
             request.header(b"authorization"))  # the access log names the token's id
         self.engine.refuse_when_overloaded()  # past the memory ceiling: no new work (OVERLOADED)
-        db = request.params.get("db") or request.header(b"x-namespace")
+        db = request.params.get("db") or request.header(b"x-namespace") or \
+            host_database(request, self.engine.has_database)
         if not db:
             if principal.sole is not None:
                 db = principal.sole

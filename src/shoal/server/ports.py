@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 from shoal.engine import (
     AuditEntry,
@@ -37,6 +37,9 @@ from shoal.engine import (
     Restored,
     Rows,
     Statement,
+    SyncInfo,
+    SyncPulled,
+    SyncState,
     TokenInfo,
     TokenRecord,
     Transaction,
@@ -172,6 +175,15 @@ class EngineAPI(Protocol):
                       touch: bool = ...) -> ChangesPage: ...
     def is_open(self, name: str) -> bool: ...
     async def feed_settings(self, principal: Principal, name: str) -> tuple[str, ...]: ...
+
+    # -- embedded replicas (engine/sync.py) ----------------------------------------------------
+    def has_database(self, name: str) -> bool: ...
+    async def sync_info(self, principal: Principal, name: str, branch: str) -> SyncInfo: ...
+    async def sync_export(self, principal: Principal, name: str, branch: str,
+                          generation: int) -> SyncState: ...
+    async def sync_pull(self, principal: Principal, name: str, branch: str, generation: int,
+                        start: int, end: int) -> SyncPulled: ...
+    def sync_push(self, principal: Principal, name: str, branch: str) -> NoReturn: ...
     async def set_feed_settings(self, principal: Principal, name: str,
                                 without_old: tuple[str, ...]) -> tuple[str, ...]: ...
 

@@ -1,0 +1,140 @@
+"""libSQL's HTTP sync protocol: embedded replicas of a branch (``engine/sync.py``).
+
+A libSQL client given ``sync_url`` asks ``GET {sync_url}/info``; a 2xx makes it use this
+protocol (``GET /export/{generation}``, then ``GET /sync/{generation}/{start}/{end}``), and
+its writes go to the same URL over Hrana (``server/hrana.py``), after which it pulls them
+back. The routes live at the root and under ``/db/{db}/`` and ``/db/{db}/branches/{branch}/``
+like Hrana's; at the root the database is the ``x-namespace`` header's, the host's first
+label's (``orders.db.example.com``, when it names a database), or the token's only one.
+
+A pull past the frames there are is answered ``400 {"generation": N}``: the client reads it
+as the generation's end, and moves on to ``N`` if it is past its own (the protocol's own
+shape). Offline writes (frames pushed with ``POST /sync/...``) are refused with
+SYNC_PUSH_UNSUPPORTED, which the client shows with the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+from collections.abc import AsyncGenerator, Callable
+from pathlib import Path
+
+from shoal import names
+from shoal.engine import SYNC_PAGE as PAGE
+from shoal.errors import Code, ShoalError
+from shoal.server.http import Request, Response, Router, json_response
+from shoal.server.ports import EngineAPI
+
+OCTETS = [(b"content-type", b"application/octet-stream")]
+CHUNK = 1 << 20  # bytes of an export read and sent at a time
+MAX_NUMBER = 2**32 - 1  # generations and frames are u32 for the clients
+PREFIXES = ("", "/db/{db}", "/db/{db}/branches/{branch}")
+
+
+def host_database(request: Request, known: Callable[[str], bool]) -> str | None:
+    """The database the host's first label names (``orders.db.example.com``), if it is a
+    name this node knows: an IP address, a one-label host or an unknown name name none."""
+    host = (request.header(b"host") or "").rsplit(":", 1)[0] if "]" not in \
+        (request.header(b"host") or "") else ""
+    label, dot, _ = host.partition(".")
+    if not dot or not names.is_valid(label):
+        return None
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    return label if known(label) else None
+
+
+def _number(raw: str, what: str, low: int = 0) -> int:
+    if not raw.isdigit() or not low <= int(raw) <= MAX_NUMBER:
+        raise ShoalError(Code.INVALID_REQUEST, f"{what} must be a whole number from {low} to "
+                         f"{MAX_NUMBER}")
+    return int(raw)
+
+
+class SyncAPI:
+    """The routes of embedded replicas."""
+
+    def __init__(self, engine: EngineAPI):
+        self.engine = engine
+
+    def register(self, router: Router) -> set[str]:
+        """Add the routes; return their templates (a cluster's node forwards them)."""
+        routes: set[str] = set()
+        for prefix in PREFIXES:
+            for method, path, handler in (
+                    ("GET", "/info", self.info),
+                    ("GET", "/export/{generation}", self.export),
+                    ("GET", "/sync/{generation}/{start}/{end}", self.pull),
+                    ("POST", "/sync/{generation}/{start}/{end}", self.push),
+                    ("POST", "/sync/{generation}/{start}/{end}/{baton}", self.push)):
+                router.add(method, prefix + path, handler)
+                routes.add(prefix + path)
+        return routes
+
+    def database(self, request: Request) -> str:
+        """The database a request names: its path, the x-namespace header, the host's first
+        label, or a token for exactly one database."""
+        db = request.params.get("db") or request.header(b"x-namespace") or \
+            host_database(request, self.engine.has_database)
+        if not db:
+            db = request.principal.sole
+        if not db:
+            raise ShoalError(Code.DATABASE_REQUIRED, "no database named: use a sync URL "
+                             "http://HOST/db/NAME, the database as the host's first label, "
+                             "or a token for exactly one database")
+        return names.check(db)
+
+    def _where(self, request: Request) -> tuple[str, str]:
+        branch = request.params.get("branch")
+        return self.database(request), "main" if branch is None else \
+            names.check(branch, "branch")
+
+    async def info(self, request: Request) -> Response:
+        db, branch = self._where(request)
+        found = await self.engine.sync_info(request.principal, db, branch)
+        return json_response(200, {"current_generation": found.generation})
+
+    async def export(self, request: Request) -> Response:
+        db, branch = self._where(request)
+        generation = _number(request.params["generation"], "the generation", 1)
+        state = await self.engine.sync_export(request.principal, db, branch, generation)
+        size = state.pages * PAGE
+        headers = [*OCTETS, (b"content-length", str(size).encode())]
+        return Response(200, b"", headers, stream=_read(state.path, size))
+
+    async def pull(self, request: Request) -> Response:
+        db, branch = self._where(request)
+        generation = _number(request.params["generation"], "the generation", 1)
+        start = _number(request.params["start"], "the first frame", 1)
+        end = _number(request.params["end"], "the end frame")
+        pulled = await self.engine.sync_pull(request.principal, db, branch, generation,
+                                             start, end)
+        if not pulled.frames:  # the protocol's own end-of-generation answer
+            return json_response(400, {"generation": pulled.generation})
+        return Response(200, pulled.frames, list(OCTETS))
+
+    async def push(self, request: Request) -> Response:
+        db, branch = self._where(request)
+        return self.engine.sync_push(request.principal, db, branch)
+
+
+async def _read(path: Path, size: int) -> AsyncGenerator[bytes, None]:
+    """A state file's bytes a chunk at a time (read on a thread). The file is opened at
+    the first chunk: a state is replaced only after STATES newer ones, never rewritten."""
+    loop = asyncio.get_running_loop()
+    fd = await loop.run_in_executor(None, os.open, path, os.O_RDONLY)
+    try:
+        sent = 0
+        while sent < size:
+            chunk = await loop.run_in_executor(None, os.pread, fd, min(CHUNK, size - sent), sent)
+            if not chunk:
+                break
+            sent += len(chunk)
+            yield chunk
+    finally:
+        os.close(fd)
