@@ -33,10 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
+from shoal.engine.registry import storage_errors
 from shoal.errors import Code, ShoalError
 from shoal.log import generations as gens
 from shoal.log import layout
-from shoal.log.errors import MissingObject
+from shoal.log.errors import CorruptObject, LogError, MissingObject
 from shoal.log.restore import download, restore
 from shoal.log.segment import Commit, decode_segment, read_header
 from shoal.log.timeline import listing, load_timeline
@@ -136,7 +137,8 @@ class Syncs:
         self.decoded: OrderedDict[str, tuple[list[Commit], int]] = OrderedDict()
         self.decoded_bytes = 0
         self.indexes: OrderedDict[tuple[str, str, int], _Index] = OrderedDict()
-        self.lines: dict[tuple[str, str], gens.Line] = {}  # (db, timeline) -> its line
+        # (db, timeline) -> its line (fixed once a branch is on it)
+        self.lines: OrderedDict[tuple[str, str], gens.Line] = OrderedDict()
         self._making: dict[tuple[str, str, int], threading.Lock] = {}
 
     def start(self) -> None:
@@ -154,36 +156,44 @@ class Syncs:
         with self._lock:
             making = self._making.setdefault(key, threading.Lock())
         with making:  # one restore per state, however many clients ask at once
-            with self._lock:
-                found = self.states.get(key)
-                if found is not None:
-                    self.states.move_to_end(key)
-                    return found
-            self.folder.mkdir(parents=True, exist_ok=True)
-            scratch.mkdir(parents=True, exist_ok=True)
-            path = scratch / f"sync-{secrets.token_hex(6)}.db"
             try:
-                restored = restore(store, db, timeline, path, txid=txid)
-            except MissingObject as exc:
-                path.unlink(missing_ok=True)
-                raise _Expired(str(exc)) from None
-            except BaseException:
-                path.unlink(missing_ok=True)
-                raise
-            if restored.page_size != PAGE:
-                path.unlink(missing_ok=True)
-                raise ShoalError(Code.PAGE_SIZE_UNSUPPORTED, f"{db} has {restored.page_size}-"
-                                 "byte pages; embedded replicas need 4,096-byte pages")
-            final = self.folder / f"{db}-{timeline}-{txid}.db"
-            os.replace(path, final)
-            state = State(final, restored.db_pages)
-            with self._lock:
-                self.states[key] = state
-                self._making.pop(key, None)
-                while len(self.states) > STATES:  # an open export keeps reading its fd
-                    _, gone = self.states.popitem(last=False)
-                    gone.path.unlink(missing_ok=True)
-            return state
+                return self._state(store, scratch, db, timeline, txid)
+            finally:
+                with self._lock:
+                    self._making.pop(key, None)
+
+    def _state(self, store: ObjectStore, scratch: Path, db: str, timeline: str,
+               txid: int) -> State:
+        key = (db, timeline, txid)
+        with self._lock:
+            found = self.states.get(key)
+            if found is not None:
+                self.states.move_to_end(key)
+                return found
+        self.folder.mkdir(parents=True, exist_ok=True)
+        scratch.mkdir(parents=True, exist_ok=True)
+        path = scratch / f"sync-{secrets.token_hex(6)}.db"
+        try:
+            restored = restore(store, db, timeline, path, txid=txid)
+        except MissingObject as exc:
+            path.unlink(missing_ok=True)
+            raise _Expired(str(exc)) from None
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        if restored.page_size != PAGE:
+            path.unlink(missing_ok=True)
+            raise ShoalError(Code.PAGE_SIZE_UNSUPPORTED, f"{db} has {restored.page_size}-"
+                             "byte pages; embedded replicas need 4,096-byte pages")
+        final = self.folder / f"{db}-{timeline}-{txid}.db"
+        os.replace(path, final)
+        state = State(final, restored.db_pages)
+        with self._lock:
+            self.states[key] = state
+            while len(self.states) > STATES:  # an open export keeps reading its fd
+                _, gone = self.states.popitem(last=False)
+                gone.path.unlink(missing_ok=True)
+        return state
 
     # -- decoded segments --
     def segment(self, key: str, data: bytes) -> list[Commit]:
@@ -206,6 +216,11 @@ class Syncs:
         with self._lock:
             found = self.decoded.get(key)
             return found[0] if found is not None else None
+
+    def line(self, db: str, timeline: str, line: gens.Line) -> None:
+        self.lines[(db, timeline)] = line
+        while len(self.lines) > INDEXES:
+            self.lines.popitem(last=False)
 
     def index(self, db: str, timeline: str, base: int) -> _Index:
         key = (db, timeline, base)
@@ -306,6 +321,7 @@ class _Walk:
                     need += 1
                     continue
                 raise _Expired(f"txid {need} of timeline {timeline} is no longer kept")
+            before = need
             cached = [(seg, self.syncs.cached(seg.key)) for seg in plan]
             missing = [seg for seg, found in cached if found is None]
             fetched = dict(download(self.store, missing)) if missing else {}
@@ -316,6 +332,8 @@ class _Walk:
                     if commit.txid == need and need <= self.upto:
                         yield _commit_unit(commit)
                         need += 1
+            if need == before:  # its key said it holds txid ``need``; its body did not
+                raise CorruptObject(f"segment {plan[0].key} lacks txid {need}", plan[0].key)
 
     def frames(self, start: int, end: int) -> tuple[bytes, bool]:
         """Frames ``start`` .. ``end - 1`` (at most MAX_FRAMES), and whether the generation
@@ -336,6 +354,12 @@ class _Walk:
             if len(out) >= 2 * want:
                 break
         return b"".join(out), not out
+
+
+def _mapped(fn: Callable[..., T], *args: Any) -> T:
+    """Worker thread: ``fn`` with the store's and the log's failures as the API's codes."""
+    with storage_errors():
+        return fn(*args)
 
 
 class SyncAPI:
@@ -371,7 +395,8 @@ class SyncAPI:
             timeline = db.timeline
             if shipper is None or timeline is None:
                 raise ShoalError(Code.HISTORY_DISABLED, "this node keeps no commit log")
-            with contextlib.suppress(TimeoutError):
+            # serve what is durable if the store is slow or the log stopped (writes say why)
+            with contextlib.suppress(TimeoutError, LogError):
                 await asyncio.wait_for(shipper.wait_durable(shipper.head_txid),
                                        float(self.settings.storage_timeout))
             durable = shipper.durable_txid
@@ -384,7 +409,7 @@ class SyncAPI:
             if line.timeline != timeline:  # moved just now: the client asks again
                 raise ShoalError(Code.STORAGE_UNAVAILABLE, f"{name}/{branch} moved to another "
                                  "timeline during the request: retry")
-            self.syncs.lines[(name, timeline)] = line
+            self.syncs.line(name, timeline, line)
         kept = shipper.feed.since(line.fork_txid + (line.last(durable) - line.first)
                                   * gens.SPAN, inside=True)
         return line, durable, kept, db
@@ -403,7 +428,7 @@ class SyncAPI:
         if gen is None:
             raise self._expired(name, branch, generation, line, durable)
         try:
-            return await self._io(self.syncs.state, self.registry.store,
+            return await self._io(_mapped, self.syncs.state, self.registry.store,
                                   self.registry.scratch, name, gen.timeline, gen.base)
         except _Expired:
             raise self._expired(name, branch, generation, line, durable) from None
@@ -417,16 +442,14 @@ class SyncAPI:
         line, durable, kept, _ = await self._synced(principal, name, branch)
         current = line.last(durable)
         gen = gens.locate(line, generation, durable)
-        if gen is None:
-            if generation > current:  # ahead of the server: nothing to give it
-                return Pulled(b"", generation)
+        if gen is None:  # expired, or ahead: a replica of another history (see generations)
             raise self._expired(name, branch, generation, line, durable)
         upto = gen.upto(durable)
         own = gen.timeline == line.timeline and gen.number == current
         walk = _Walk(self.syncs, self.registry.store, self.registry.scratch, name, gen,
                      upto, kept if own else None)
         try:
-            frames, done = await self._io(walk.frames, start, end)
+            frames, done = await self._io(_mapped, walk.frames, start, end)
         except _Expired:
             raise self._expired(name, branch, generation, line, durable) from None
         finally:
@@ -448,6 +471,8 @@ class SyncAPI:
     @staticmethod
     def _expired(name: str, branch: str, generation: int, line: gens.Line,
                  durable: int) -> ShoalError:
-        return ShoalError(Code.REPLICA_EXPIRED, f"{name}/{branch} no longer keeps generation "
-                          f"{generation} (the server is at generation {line.last(durable)})",
-                          generation=line.last(durable))
+        now = line.last(durable)
+        why = "never had" if generation > now else "no longer keeps"
+        return ShoalError(Code.REPLICA_EXPIRED, f"{name}/{branch} {why} generation "
+                          f"{generation} (it is at generation {now}): this replica was made "
+                          "from another history, or is behind what the store keeps")

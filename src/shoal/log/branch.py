@@ -274,7 +274,7 @@ def add_database(store: ObjectStore, db: str, created_at: float, timeline: Timel
     """Make the database exist, with its first branch on ``timeline`` (a root whose txid-0
     snapshot is stored): the one write that creates it. A deleted incarnation of the same
     name stays restorable beside the new one."""
-    main = Branch(db, name, timeline.id, None, 0, created_at)
+    main = Branch(db, name, timeline.id, None, 0, created_at, sync=generations.fresh())
 
     def change(current: Record | None) -> Record:
         if current is not None and current.live is not None:
@@ -297,7 +297,8 @@ def create_branch(store: ObjectStore, db: str, name: str, source: Branch, fork_t
                   created_at: float) -> Branch:
     """A new branch whose state is ``source``'s at ``fork_txid`` (which must be committed)."""
     timeline = create_timeline(store, db, source.timeline, fork_txid, created_at)
-    made = Branch(db, name, timeline.id, source.name, fork_txid, created_at)
+    made = Branch(db, name, timeline.id, source.name, fork_txid, created_at,
+                  sync=generations.fresh())
 
     def change(current: Record | None) -> Record:
         if current is None or current.live is None:
@@ -348,7 +349,7 @@ def complete(store: ObjectStore, db: str, sealed: Timeline) -> Record | None:
                                    f"operation is taken", layout.database_key(db))
             branches[free] = {"timeline": kept["timeline"], "parent": branch,
                               "fork_txid": kept["fork_txid"],
-                              "created_at": moved["created_at"]}
+                              "created_at": moved["created_at"], **generations.fresh()}
         return _with_branches(current, branches)
 
     try:

@@ -9,8 +9,11 @@ and both must hold across a restore, which starts the branch again from another 
 
 - Along the timeline a branch is on, generation ``j`` (0, 1, ...) holds the commits
   ``(fork + j*SPAN, fork + (j + 1)*SPAN]`` and starts from the state at ``fork + j*SPAN``;
-  its number is ``first + j``. ``first`` is kept in the branch's entry of the database record
-  (absent: 1, a new branch). SPAN is fixed: it is part of the numbering that clients hold.
+  its number is ``first + j``. ``first`` is kept in the branch's entry of the database record:
+  a random number up to 2**30 for a new branch (1 for a branch made before replicas), so that
+  a replica of another history (a database deleted and created again under its name, another
+  branch's URL) almost surely holds a generation this branch never had, and is told so rather
+  than fed frames of another database. SPAN is fixed: clients hold positions numbered by it.
 - A restore or reset moves the branch to a new timeline. Its record change (made after the
   old timeline is sealed, so the old head is final) sets the new ``first`` to the old
   timeline's last generation + 1 and keeps the old line as ``previous``. The old last
@@ -18,15 +21,17 @@ and both must hold across a restore, which starts the branch again from another 
   of the new timeline's first state. Whatever state a client had, that commit leaves exactly
   the new state (every page written, the size set), so clients cross a restore by syncing.
 - A client behind what the store still holds (retention) cannot be served: the protocol has
-  no way to tell it to start again, so it gets a clear error (``Expired``).
+  no way to tell it to start again, so it gets a clear error (REPLICA_EXPIRED).
 """
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
 SPAN = 1000  # commits per generation (fixed: clients' positions are numbered by it)
+FIRST_MAX = 2**30  # a new branch's first generation is at most this: 3 billion stay above
 ENTRY = ("generation", "previous")  # the keys a branch's record entry keeps of its line
 
 
@@ -53,6 +58,11 @@ class Line:
             out["previous"] = {"timeline": prev.timeline, "fork_txid": prev.fork_txid,
                                "generation": prev.first, "head": prev.head}
         return out
+
+
+def fresh() -> dict[str, Any]:
+    """A new branch's entry fields: its first generation, drawn at random (see above)."""
+    return {"generation": secrets.randbelow(FIRST_MAX) + 1}
 
 
 def line_of(entry: dict[str, Any]) -> Line:

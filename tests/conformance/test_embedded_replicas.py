@@ -1,0 +1,215 @@
+"""Embedded replicas: the published libSQL clients keep a local copy of a Shoal database and
+sync it over libSQL's HTTP sync protocol (server/sync.py, engine/sync.py).
+
+Each client (PyPI ``libsql`` 0.1.11 and ``libsql-experimental`` 0.0.55, Node
+``@libsql/client`` 0.18.0) runs in a process of its own per phase (tests/conformance/
+replica_driver.py, node/replica.mjs), reopening its replica from its files as an app that
+restarts would. Every test ends with the replica's rows equal to the server's and
+``PRAGMA integrity_check`` on a copy of the local file.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shoal.log.generations import SPAN
+from tests.conformance.conftest import NODE_DIR
+from tests.support.server import ServerProcess
+
+HERE = Path(__file__).resolve().parent
+CLIENTS = ["libsql", "libsql_experimental", "node"]
+ROWS = "SELECT id, v FROM t ORDER BY id"
+
+
+@pytest.fixture(params=CLIENTS)
+def client(request: pytest.FixtureRequest, node_modules: Path) -> str:
+    return str(request.param)
+
+
+def replica(client: str, node: ServerProcess, file: Path, steps: list[dict[str, Any]], *,
+            url: str | None = None, token: str | None = None, offline: bool = False
+            ) -> list[Any]:
+    """Run ``steps`` on the replica in ``file`` with ``client`` in a process of its own."""
+    plan = json.dumps({"file": str(file), "url": url or node.url, "steps": steps,
+                       "token": node.admin_token if token is None else token,
+                       "offline": offline})
+    if client == "node":
+        cmd, cwd = ["node", "replica.mjs", plan], NODE_DIR
+    else:
+        cmd, cwd = [sys.executable, str(HERE / "replica_driver.py"), client, plan], HERE
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    answers: list[Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return answers
+
+
+def server_rows(node: ServerProcess, db: str, branch: str | None = None) -> list[list[Any]]:
+    path = f"/v1/databases/{db}" + (f"/branches/{branch}" if branch else "") + "/query"
+    with node.client() as c:
+        r = c.post(path, json={"statements": [{"sql": ROWS}]})
+        assert r.status_code == 200, r.text
+        rows: list[list[Any]] = r.json()["results"][0]["rows"]
+        return rows
+
+
+def write(node: ServerProcess, db: str, *sqls: str, branch: str | None = None) -> str:
+    """Statements run on the server (one transaction); the commit's bookmark."""
+    path = f"/v1/databases/{db}" + (f"/branches/{branch}" if branch else "") + "/query"
+    with node.client() as c:
+        r = c.post(path, json={"statements": [{"sql": sql} for sql in sqls]})
+        assert r.status_code == 200, r.text
+        return str(r.json()["meta"]["bookmark"])
+
+
+def make(node: ServerProcess, db: str) -> None:
+    with node.client() as c:
+        assert c.post("/v1/databases", json={"name": db}).status_code == 201
+    write(node, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)",
+          "INSERT INTO t(v) VALUES ('a'), ('b')")
+
+
+def intact(file: Path, tmp: Path) -> list[list[Any]]:
+    """The replica's rows, read from a copy of its files, after ``integrity_check``."""
+    copy = tmp / f"check-{file.name}"
+    for suffix in ("", "-wal"):
+        if Path(f"{file}{suffix}").exists():
+            shutil.copyfile(f"{file}{suffix}", f"{copy}{suffix}")
+    conn = sqlite3.connect(copy)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        return [list(row) for row in conn.execute(ROWS)]
+    finally:
+        conn.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{copy}{suffix}").unlink(missing_ok=True)
+
+
+def url(node: ServerProcess, db: str, branch: str | None = None) -> str:
+    return f"{node.url}/db/{db}" + (f"/branches/{branch}" if branch else "")
+
+
+def test_sync_and_write_through_the_replica(client: str, node: ServerProcess,
+                                            tmp_path: Path) -> None:
+    """Initial sync; a write through the replica seen at once locally and on the server; a
+    transaction through the replica; a write on the server, then sync."""
+    db = f"rw-{client.replace('_', '-')}"
+    make(node, db)
+    file = tmp_path / "local.db"
+    first = replica(client, node, file, [
+        {"sync": True}, {"query": ROWS},
+        {"exec": "INSERT INTO t(v) VALUES ('via replica')"}, {"query": ROWS},
+        {"tx": ["INSERT INTO t(v) VALUES ('tx1')", "INSERT INTO t(v) VALUES ('tx2')"]},
+        {"query": ROWS}], url=url(node, db))
+    assert first[1] == [[1, "a"], [2, "b"]]
+    assert first[3] == [[1, "a"], [2, "b"], [3, "via replica"]]  # read-your-writes
+    assert first[5] == server_rows(node, db)
+    assert [row[1] for row in first[5]] == ["a", "b", "via replica", "tx1", "tx2"]
+    write(node, db, "INSERT INTO t(v) VALUES ('server')", "UPDATE t SET v = 'A' WHERE id = 1")
+    second = replica(client, node, file, [{"sync": True}, {"query": ROWS}], url=url(node, db))
+    assert second[1] == server_rows(node, db)
+    assert intact(file, tmp_path) == server_rows(node, db)
+
+
+def test_compaction_then_a_fresh_and_a_stale_replica(client: str, node: ServerProcess,
+                                                     tmp_path: Path) -> None:
+    """Compaction (VACUUM: the log keeps that txid only as a snapshot) between syncs: the
+    stale replica gets it as one commit of every page, a fresh one starts after it."""
+    db = f"compact-{client.replace('_', '-')}"
+    make(node, db)
+    stale = tmp_path / "stale.db"
+    replica(client, node, stale, [{"sync": True}], url=url(node, db))
+    write(node, db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+                    "WHERE i < 300) INSERT INTO t(v) SELECT 'x' || i FROM n")
+    write(node, db, "DELETE FROM t WHERE id % 3 = 0")
+    with node.client() as c:
+        assert c.post(f"/v1/databases/{db}/compact").status_code == 200
+    write(node, db, "INSERT INTO t(v) VALUES ('after compaction')")
+    fresh = tmp_path / "fresh.db"
+    for file in (stale, fresh):
+        got = replica(client, node, file, [{"sync": True}, {"query": ROWS}], url=url(node, db))
+        assert got[1] == server_rows(node, db)
+        assert intact(file, tmp_path) == got[1]
+
+
+def test_a_restore_on_the_server_then_sync(client: str, node: ServerProcess,
+                                           tmp_path: Path) -> None:
+    """A restore moves the branch to a new timeline: a replica that synced the commits the
+    restore took back lands on the restored state (the bridge), then follows on."""
+    db = f"restore-{client.replace('_', '-')}"
+    make(node, db)
+    mark = write(node, db, "INSERT INTO t(v) VALUES ('kept')")
+    write(node, db, "INSERT INTO t(v) VALUES ('taken back')", "DELETE FROM t WHERE id = 1")
+    file = tmp_path / "local.db"
+    before = replica(client, node, file, [{"sync": True}, {"query": ROWS}], url=url(node, db))
+    assert [row[1] for row in before[1]] == ["b", "kept", "taken back"]
+    with node.client() as c:
+        r = c.post(f"/v1/databases/{db}/restore", json={"branch": "main", "bookmark": mark})
+        assert r.status_code == 200, r.text
+    write(node, db, "INSERT INTO t(v) VALUES ('after restore')")
+    after = replica(client, node, file, [{"sync": True}, {"query": ROWS},
+                                         {"exec": "INSERT INTO t(v) VALUES ('then')"},
+                                         {"query": ROWS}], url=url(node, db))
+    assert [row[1] for row in after[1]] == ["a", "b", "kept", "after restore"]
+    assert after[3] == server_rows(node, db)
+    assert intact(file, tmp_path) == server_rows(node, db)
+
+
+def test_tokens_and_branches(client: str, node: ServerProcess, tmp_path: Path) -> None:
+    """A bad token is a clear error; a read token syncs but may not write through the
+    replica; a token for one database needs no path; a branch syncs by its URL."""
+    db = f"auth-{client.replace('_', '-')}"
+    make(node, db)
+    bad = replica(client, node, tmp_path / "bad.db", [{"sync": True}], url=url(node, db),
+                  token="not-a-token")
+    assert "error" in bad[-1] and "nauthorized" in bad[-1]["error"], bad
+    with node.client() as c:
+        r = c.post("/v1/tokens", json={"databases": [db], "access": "read"})
+        assert r.status_code == 201, r.text
+        reader = r.json()["token"]
+        r = c.post(f"/v1/databases/{db}/branches", json={"name": "preview"})
+        assert r.status_code in (200, 201), r.text
+    got = replica(client, node, tmp_path / "read.db",
+                  [{"sync": True}, {"query": ROWS}, {"exec": "INSERT INTO t(v) VALUES ('no')"}],
+                  url=node.url, token=reader)  # the token names the database
+    assert got[1] == server_rows(node, db)
+    assert "error" in got[2] and "read" in got[2]["error"].lower(), got
+    write(node, db, "INSERT INTO t(v) VALUES ('on preview')", branch="preview")
+    branch_file = tmp_path / "preview.db"
+    on_branch = replica(client, node, branch_file, [{"sync": True}, {"query": ROWS}],
+                        url=url(node, db, "preview"))
+    assert on_branch[1] == server_rows(node, db, "preview") != server_rows(node, db)
+    assert intact(branch_file, tmp_path) == on_branch[1]
+
+
+def test_generations_and_offline_writes(node: ServerProcess, tmp_path: Path) -> None:
+    """libsql 0.1.11: a sync across a generation's end (1,000 commits: the client
+    checkpoints and moves on); offline writes pushed on sync are refused, and said so."""
+    db = "generations"
+    make(node, db)
+    file = tmp_path / "local.db"
+    replica("libsql", node, file, [{"sync": True}], url=url(node, db))
+    with node.client() as c:
+        for i in range(SPAN):
+            r = c.post(f"/v1/databases/{db}/query", json={"statements": [
+                {"sql": "INSERT INTO t(v) VALUES (?)", "args": [f"n{i}"]}]})
+            assert r.status_code == 200, r.text
+        start = c.get(f"/db/{db}/info").json()["current_generation"]
+    got = replica("libsql", node, file, [{"sync": True}, {"query": ROWS}], url=url(node, db))
+    assert got[1] == server_rows(node, db) and len(got[1]) == SPAN + 2
+    info = json.loads((tmp_path / "local.db-info").read_text())
+    assert info["generation"] == start  # it moved to the generation the server is in
+    assert intact(file, tmp_path) == got[1]
+    offline = replica("libsql", node, tmp_path / "offline.db", [
+        {"sync": True}, {"exec": "INSERT INTO t(v) VALUES ('offline')"}, {"sync": True}],
+        url=url(node, db), offline=True)
+    assert "SYNC_PUSH_UNSUPPORTED" in offline[-1]["error"], offline
+    assert len(server_rows(node, db)) == SPAN + 2

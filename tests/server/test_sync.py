@@ -1,0 +1,285 @@
+"""libSQL's HTTP sync protocol in process (server/sync.py, engine/sync.py): a model replica
+that does what the clients do (libsql/src/sync.rs: export, pull, apply each commit's frames,
+move to the next generation at its end) checks the frames across generations (a small SPAN),
+restores, compaction and retention; then addressing, access and bad input. The published
+clients are driven in tests/conformance/test_embedded_replicas.py."""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from shoal.log import generations
+from shoal.storage import open_store
+from tests.integration.api_support import error_of, make_token, ok, query
+from tests.support.server import ServerProcess
+
+PAGE, HEADER = 4096, 24
+FRAME = PAGE + HEADER
+ROWS = "SELECT id, v FROM t ORDER BY id"
+
+
+@pytest.fixture(autouse=True)
+def small_generations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Generations of 3 commits: a few writes cross several."""
+    monkeypatch.setattr(generations, "SPAN", 3)
+
+
+class Replica:
+    """What a libSQL client keeps: the file at a generation's start plus the frames of its
+    commits (applied here straight into the image, as a checkpoint would)."""
+
+    def __init__(self, client: httpx.Client, base: str, batch: int = 128):
+        self.client, self.base, self.batch = client, base, batch
+        self.image = bytearray()
+        self.generation = 0
+        self.frame = 0  # the last frame of a whole commit applied
+        self.pulls = 0
+
+    def bootstrap(self) -> None:
+        self.generation = ok(self.client.get(f"{self.base}/info"))["current_generation"]
+        r = self.client.get(f"{self.base}/export/{self.generation}")
+        assert r.status_code == 200 and r.headers["content-type"] == "application/octet-stream"
+        self.image = bytearray(r.content)
+        assert len(self.image) % PAGE == 0
+
+    def sync(self) -> None:
+        if not self.image:
+            self.bootstrap()
+        pending: list[bytes] = []
+        while True:
+            start = self.frame + len(pending) + 1
+            r = self.client.get(f"{self.base}/sync/{self.generation}/{start}/"
+                                f"{start + self.batch}")
+            self.pulls += 1
+            if r.status_code == 400:  # the generation's end
+                assert not pending, "a generation ended inside a commit"
+                following = r.json()["generation"]
+                if self.generation >= following:
+                    return
+                self.generation, self.frame = self.generation + 1, 0
+                continue
+            assert r.status_code == 200, r.text
+            body = r.content
+            assert body and len(body) % FRAME == 0 and len(body) <= self.batch * FRAME
+            for at in range(0, len(body), FRAME):
+                frame = body[at:at + FRAME]
+                pending.append(frame)
+                _, size = struct.unpack(">II", frame[:8])
+                assert frame[8:HEADER] == bytes(16)
+                if size:
+                    self._commit(pending, size)
+                    self.frame += len(pending)
+                    pending = []
+
+    def _commit(self, frames: list[bytes], size: int) -> None:
+        for frame in frames:
+            pgno, _ = struct.unpack(">II", frame[:8])
+            end = pgno * PAGE
+            if len(self.image) < end:
+                self.image.extend(bytes(end - len(self.image)))
+            self.image[end - PAGE:end] = frame[HEADER:]
+        del self.image[size * PAGE:]
+        if len(self.image) < size * PAGE:
+            self.image.extend(bytes(size * PAGE - len(self.image)))
+
+    def rows(self, tmp: Path) -> list[list[Any]]:
+        """integrity_check on the image, then its rows."""
+        path = tmp / "replica-check.db"
+        path.write_bytes(bytes(self.image))
+        conn = sqlite3.connect(path)
+        try:
+            assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+            return [list(row) for row in conn.execute(ROWS)]
+        finally:
+            conn.close()
+            path.unlink()
+
+
+def server_rows(admin: httpx.Client, db: str) -> list[list[Any]]:
+    out: list[list[Any]] = ok(query(admin, db, ROWS))["results"][0]["rows"]
+    return out
+
+
+@pytest.fixture
+def table(admin: httpx.Client, new_db: Callable[[], str]) -> str:
+    db = new_db()
+    ok(query(admin, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)"))
+    return db
+
+
+def insert(admin: httpx.Client, db: str, *values: str) -> str:
+    """One commit per value; the last one's bookmark."""
+    mark = ""
+    for v in values:
+        mark = ok(query(admin, db, {"sql": "INSERT INTO t(v) VALUES (?)", "args": [v]}))[
+            "meta"]["bookmark"]
+    return mark
+
+
+def test_frames_across_generations_in_small_pulls(admin: httpx.Client, table: str,
+                                                  tmp_path: Path) -> None:
+    """Pulls of 2 frames (commits cut in two) across generations of 3 commits, with a
+    large commit among them: the replica equals the server after every sync."""
+    replica = Replica(admin, f"/db/{table}", batch=2)
+    replica.sync()
+    assert replica.rows(tmp_path) == []
+    first = replica.generation
+    for round_ in range(4):
+        insert(admin, table, *(f"r{round_}-{i}" for i in range(round_ + 2)))
+        ok(query(admin, table, {"sql": "INSERT INTO t(v) SELECT hex(randomblob(3000)) FROM "
+                                       "(SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3)"}))
+        replica.sync()
+        assert replica.rows(tmp_path) == server_rows(admin, table)
+    assert replica.generation - first >= 4  # it crossed generations as it went
+    # a new replica starts at the current generation's start and ends equal too
+    fresh = Replica(admin, f"/db/{table}")
+    fresh.sync()
+    assert fresh.rows(tmp_path) == server_rows(admin, table)
+    assert fresh.generation == replica.generation
+
+
+def test_restores_move_replicas_across_the_bridge(admin: httpx.Client, table: str,
+                                                  tmp_path: Path) -> None:
+    """A replica in the line a restore left (at its last generation or an older one)
+    reaches the restored state and follows on; one two restores behind is told to start
+    again."""
+    mark = insert(admin, table, "a", "b")
+    old = Replica(admin, f"/db/{table}")
+    old.sync()  # in an older generation of the line the restore leaves
+    insert(admin, table, "c", "d", "e", "f")
+    last = Replica(admin, f"/db/{table}", batch=3)
+    last.sync()  # at that line's last generation
+    ok(admin.post(f"/v1/databases/{table}/restore", json={"branch": "main", "bookmark": mark}))
+    insert(admin, table, "after")
+    for replica in (old, last):
+        replica.sync()
+        assert replica.rows(tmp_path) == server_rows(admin, table)
+        assert [row[1] for row in replica.rows(tmp_path)] == ["a", "b", "after"]
+    mark = insert(admin, table, "x")
+    ok(admin.post(f"/v1/databases/{table}/restore", json={"branch": "main", "bookmark": mark}))
+    insert(admin, table, "y")
+    last.sync()  # one restore behind: over the bridge again
+    assert last.rows(tmp_path) == server_rows(admin, table)
+    ok(admin.post(f"/v1/databases/{table}/restore", json={"branch": "main", "bookmark": mark}))
+    ok(admin.post(f"/v1/databases/{table}/restore", json={"branch": "main", "bookmark": mark}))
+    r = admin.get(f"/db/{table}/sync/{last.generation}/{last.frame + 1}/{last.frame + 9}")
+    assert "no longer keeps" in error_of(r, 410, "REPLICA_EXPIRED")["message"]
+
+
+def test_compaction_is_one_commit_of_every_page(admin: httpx.Client, table: str,
+                                                tmp_path: Path) -> None:
+    """VACUUM's txid is kept only as a snapshot: a replica before it gets every page."""
+    insert(admin, table, *(f"v{i}" for i in range(5)))
+    replica = Replica(admin, f"/db/{table}")
+    replica.sync()
+    ok(query(admin, table, "DELETE FROM t WHERE id % 2 = 0"))
+    ok(admin.post(f"/v1/databases/{table}/compact"))
+    insert(admin, table, "after")
+    replica.sync()
+    assert replica.rows(tmp_path) == server_rows(admin, table)
+
+
+def test_a_replica_past_retention_or_of_another_history_is_told(
+        admin: httpx.Client, table: str, server: ServerProcess, tmp_path: Path) -> None:
+    """Segments gone from the store (retention): 410 REPLICA_EXPIRED, never wrong frames;
+    a replica of a database deleted and made again under its name: the same."""
+    replica = Replica(admin, f"/db/{table}")
+    replica.sync()
+    insert(admin, table, *(f"v{i}" for i in range(8)))
+    store = open_store(server.store_url)  # type: ignore[attr-defined]
+    for info in store.list(f"dbs/{table}/log/"):
+        store.delete(info.key)
+    r = admin.get(f"/db/{table}/sync/{replica.generation}/1/10")
+    assert "no longer keeps" in error_of(r, 410, "REPLICA_EXPIRED")["message"]
+    assert admin.delete(f"/v1/databases/{table}").status_code == 204
+    ok(admin.post("/v1/databases", json={"name": table}), 201)
+    r = admin.get(f"/db/{table}/sync/{replica.generation}/1/10")
+    assert error_of(r, 410, "REPLICA_EXPIRED")["message"]
+
+
+def test_addressing(admin: httpx.Client, table: str, server: ServerProcess) -> None:
+    """The database from the path, a branch's path, x-namespace, the host's first label,
+    or a token for exactly one database; none of those at the root: DATABASE_REQUIRED."""
+    insert(admin, table, "a")
+    ok(admin.post(f"/v1/databases/{table}/branches", json={"name": "dev"}), 201)
+    want = ok(admin.get(f"/db/{table}/info"))
+    assert want["current_generation"] >= 1
+    assert ok(admin.get("/info", headers={"x-namespace": table})) == want
+    assert ok(admin.get("/info", headers={"host": f"{table}.db.example.com"})) == want
+    assert ok(admin.get(f"/db/{table}/branches/dev/info")) != want  # its own numbering
+    _, token = make_token(admin, [table], "read")
+    with server.client(token) as reader:
+        assert ok(reader.get("/info")) == want
+    error_of(admin.get("/info"), 400, "DATABASE_REQUIRED")
+    error_of(admin.get("/info", headers={"host": "nosuchdb.example.com"}), 400,
+             "DATABASE_REQUIRED")
+    error_of(admin.get("/info", headers={"host": "127.0.0.1:8080"}), 400, "DATABASE_REQUIRED")
+    error_of(admin.get("/db/nosuchdb/info"), 404, "DATABASE_NOT_FOUND")
+    error_of(admin.get(f"/db/{table}/branches/nope/info"), 404, "BRANCH_NOT_FOUND")
+
+
+def test_access_and_bad_input(admin: httpx.Client, table: str, server: ServerProcess) -> None:
+    insert(admin, table, "a")
+    g = ok(admin.get(f"/db/{table}/info"))["current_generation"]
+    with server.client("") as anonymous:
+        error_of(anonymous.get(f"/db/{table}/info"), 401, "UNAUTHORIZED")
+    _, other = make_token(admin, ["elsewhere"], "admin")
+    with server.client(other) as c:
+        error_of(c.get(f"/db/{table}/sync/{g}/1/2"), 403, "FORBIDDEN")
+    _, reader = make_token(admin, [table], "read")
+    with server.client(reader) as c:
+        assert c.get(f"/db/{table}/sync/{g}/1/2").status_code == 200
+        error_of(c.post(f"/db/{table}/sync/{g}/1/2", content=b"x" * FRAME), 403, "READ_ONLY")
+    r = admin.post(f"/db/{table}/sync/{g}/1/2", content=b"x" * FRAME)
+    assert "offline" in error_of(r, 409, "SYNC_PUSH_UNSUPPORTED")["message"]
+    error_of(admin.post(f"/db/{table}/sync/{g}/1/2/baton", content=b""), 409,
+             "SYNC_PUSH_UNSUPPORTED")
+    for path in (f"sync/{g}/0/5", f"sync/{g}/5/5", "sync/x/1/2", f"sync/{g}/1/-2",
+                 f"sync/{2**32}/1/2", "sync/0/1/2", "export/0", "export/abc",
+                 f"sync/{g}/{2**40}/{2**41}"):
+        error_of(admin.get(f"/db/{table}/{path}"), 400, "INVALID_REQUEST")
+    error_of(admin.get(f"/db/{table}/export/{g + 5}"), 410, "REPLICA_EXPIRED")
+    assert admin.get(f"/db/{table}/info").status_code == 200  # still serving
+
+
+def test_a_node_without_a_store_keeps_no_log(start_server: Callable[..., ServerProcess],
+                                             tmp_path: Path) -> None:
+    node = start_server(tmp_path / "local", store="none")
+    with node.client() as c:
+        ok(c.post("/v1/databases", json={"name": "solo"}), 201)
+        error_of(c.get("/db/solo/info"), 409, "HISTORY_DISABLED")
+
+
+@pytest.fixture
+def frames_of(admin: httpx.Client) -> Iterator[Callable[[str, int], bytes]]:
+    def get(db: str, generation: int) -> bytes:
+        r = admin.get(f"/db/{db}/sync/{generation}/1/1000")
+        assert r.status_code == 200, r.text
+        return r.content
+    yield get
+
+
+def test_frame_headers(admin: httpx.Client, table: str,
+                       frames_of: Callable[[str, int], bytes]) -> None:
+    """Big-endian page number, the database's size on a commit's last frame only, 16 zero
+    bytes (the client's own WAL gets its salts and checksums)."""
+    insert(admin, table, "a", "b", "c")
+    g = ok(admin.get(f"/db/{table}/info"))["current_generation"]
+    ok(query(admin, table, {"sql": "INSERT INTO t(v) SELECT hex(randomblob(3000)) FROM "
+                                   "(SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3)"}))
+    body = frames_of(table, g)
+    heads = [struct.unpack(">II", body[at:at + 8]) for at in range(0, len(body), FRAME)]
+    assert all(body[at + 8:at + HEADER] == bytes(16) for at in range(0, len(body), FRAME))
+    sizes = [size for _, size in heads]
+    ends = [i for i, size in enumerate(sizes) if size]
+    assert ends[-1] == len(sizes) - 1  # whole commits
+    big = sizes[ends[-2] + 1:] if len(ends) > 1 else sizes  # the last commit's frames
+    assert len(big) >= 3 and big[:-1] == [0] * (len(big) - 1)  # its size on its last frame
+    assert all(1 <= pgno <= sizes[-1] for pgno, _ in heads)
