@@ -13,6 +13,7 @@ import itertools
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -53,7 +54,8 @@ def prisma_client(node_modules: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("page", ["typescript.md", "drizzle.md", "prisma.md"])
+@pytest.mark.parametrize("page", ["typescript.md", "drizzle.md", "prisma.md",
+                                  "embedded-replicas.md"])
 def test_javascript_example(page: str, node: ServerProcess, node_modules: Path,
                             request: pytest.FixtureRequest, tmp_path: Path) -> None:
     if page == "prisma.md":
@@ -76,3 +78,19 @@ def test_python_example(node: ServerProcess, monkeypatch: pytest.MonkeyPatch) ->
         for code in blocks("python.md", "python"):
             exec(localize(code, node, db), {})
     assert out.getvalue() == blocks("python.md", "text")[-1]
+
+
+@pytest.mark.parametrize("module", ["libsql", "libsql_experimental"])
+def test_embedded_replica_example(node: ServerProcess, tmp_path: Path, module: str) -> None:
+    """The Python replica example, with each module (run in a process of its own, in a
+    folder of its own: the replica's files are made where it runs)."""
+    [code] = blocks("embedded-replicas.md", "python")
+    script = tmp_path / "example.py"
+    script.write_text(localize(code, node, fresh_database(node)).replace(
+        "import libsql\n", f"import {module} as libsql\n"))
+    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, stdin=subprocess.DEVNULL,
+                          env=dict(os.environ, SHOAL_TOKEN=node.admin_token))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout == blocks("embedded-replicas.md", "text")[0]
+    assert (tmp_path / "orders-replica.db-info").exists()

@@ -204,7 +204,8 @@ def test_a_replica_past_retention_or_of_another_history_is_told(
     assert error_of(r, 410, "REPLICA_EXPIRED")["message"]
 
 
-def test_addressing(admin: httpx.Client, table: str, server: ServerProcess) -> None:
+def test_addressing(admin: httpx.Client, table: str, server: ServerProcess,
+                    new_db: Callable[[], str]) -> None:
     """The database from the path, a branch's path, x-namespace, the host's first label,
     or a token for exactly one database; none of those at the root: DATABASE_REQUIRED."""
     insert(admin, table, "a")
@@ -217,6 +218,16 @@ def test_addressing(admin: httpx.Client, table: str, server: ServerProcess) -> N
     _, token = make_token(admin, [table], "read")
     with server.client(token) as reader:
         assert ok(reader.get("/info")) == want
+        # the token's database comes before the host's: a database named like the node's
+        # host changes nothing for requests that name theirs
+        other = new_db()
+        assert ok(reader.get("/info", headers={"host": f"{other}.example.com"})) == want
+    # writes through a replica go over Hrana at the same URL: the host names it there too
+    pipeline = {"requests": [{"type": "execute", "stmt": {"sql": "SELECT count(*) FROM t"}},
+                             {"type": "close"}]}
+    r = ok(admin.post("/v2/pipeline", json=pipeline, headers={"host": f"{table}.example.com"}))
+    assert r["results"][0]["response"]["result"]["rows"] == [[{"type": "integer",
+                                                               "value": "1"}]]
     error_of(admin.get("/info"), 400, "DATABASE_REQUIRED")
     error_of(admin.get("/info", headers={"host": "nosuchdb.example.com"}), 400,
              "DATABASE_REQUIRED")

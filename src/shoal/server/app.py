@@ -61,7 +61,7 @@ from shoal.server.openapi import openapi_document
 from shoal.server.ports import EngineAPI
 from shoal.server.quota import Quota
 from shoal.server.stderr import timestamp
-from shoal.server.sync import SyncAPI, host_database
+from shoal.server.sync import SyncAPI, named_database
 from shoal.server.tables import TablesAPI
 from shoal.server.webhooks import WebhooksAPI
 from shoal.settings import Settings
@@ -355,18 +355,15 @@ class App:
     # -- a cluster's node --------------------------------------------------------------------
     def _database(self, request: Request) -> str | None:
         """The database a request is for, as far as routing can tell before running it."""
-        db = request.params.get("db")
-        if db is None and (request.route in self.hrana_routes or
-                           request.route in self.sync_routes):
-            db = request.header(b"x-namespace") or host_database(request,
-                                                                 self.engine.has_database)
-            if not db:  # a token for exactly one database names it (Hrana's resolve)
-                try:
-                    principal = self.engine.authenticate(request.header(b"authorization"))
-                except ShoalError:
-                    return None  # the handler answers it in Hrana's shape
-                db = principal.sole
-        return db
+        if request.route not in self.hrana_routes and request.route not in self.sync_routes:
+            return request.params.get("db")
+
+        def sole() -> str | None:  # a token for exactly one database names it
+            try:
+                return self.engine.authenticate(request.header(b"authorization")).sole
+            except ShoalError:
+                return None  # the handler answers it in its protocol's shape
+        return named_database(request, sole, self.engine.has_database)
 
     def _leader(self, request: Request, db: str) -> str | None:
         """The URL of the node to forward a request to; None to serve it here. A request

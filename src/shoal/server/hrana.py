@@ -64,7 +64,7 @@ from shoal.server.http import (
 )
 from shoal.server.ports import EngineAPI
 from shoal.server.quota import Quota
-from shoal.server.sync import host_database
+from shoal.server.sync import named_database
 from shoal.tokens import Principal
 from shoal.values import decode_args
 
@@ -149,23 +149,19 @@ class HranaHTTP:
 
     # -- helpers -------------------------------------------------------------------------------
     def resolve(self, request: Request) -> tuple[Principal, str, str]:
-        """The caller, the database (path, header, or token) and the branch (path, else
-        the token's if it is bound to one, else main)."""
+        """The caller, the database (path, header, token or host: ``named_database``) and
+        the branch (path, else the token's if it is bound to one, else main)."""
         principal = request.principal = self.engine.authenticate(
             request.header(b"authorization"))  # the access log names the token's id
         self.engine.refuse_when_overloaded()  # past the memory ceiling: no new work (OVERLOADED)
-        db = request.params.get("db") or request.header(b"x-namespace") or \
-            host_database(request, self.engine.has_database)
+        db = named_database(request, lambda: principal.sole, self.engine.has_database)
         if not db:
-            if principal.sole is not None:
-                db = principal.sole
-            else:
-                lost = request.route.startswith("/db/")
-                raise HranaError(Code.DATABASE_REQUIRED, (
-                    "the URL lost the database name: libSQL clients resolve paths relative "
-                    "to the URL, so end it with a slash (http://HOST/db/NAME/)" if lost else
-                    "no database named: use http://HOST/db/NAME/, the x-namespace header, "
-                    "or a token for exactly one database"))
+            lost = request.route.startswith("/db/")
+            raise HranaError(Code.DATABASE_REQUIRED, (
+                "the URL lost the database name: libSQL clients resolve paths relative "
+                "to the URL, so end it with a slash (http://HOST/db/NAME/)" if lost else
+                "no database named: use http://HOST/db/NAME/, the x-namespace header, "
+                "or a token for exactly one database"))
         names.check(db)
         branch = request.params.get("branch")
         named = None if branch is None else names.check(branch, "branch")

@@ -33,6 +33,17 @@ MAX_NUMBER = 2**32 - 1  # generations and frames are u32 for the clients
 PREFIXES = ("", "/db/{db}", "/db/{db}/branches/{branch}")
 
 
+def named_database(request: Request, sole: Callable[[], str | None],
+                   known: Callable[[str], bool]) -> str | None:
+    """The database a libSQL client's request names (Hrana's and the sync protocol's): the
+    path's, else the x-namespace header's, else the token's only one (``sole``: asked only
+    then), else the host's first label, if it names a database this node knows. The host
+    comes last so that a database named like a node's own host name changes nothing for
+    requests that name theirs."""
+    return request.params.get("db") or request.header(b"x-namespace") or sole() or \
+        host_database(request, known)
+
+
 def host_database(request: Request, known: Callable[[str], bool]) -> str | None:
     """The database the host's first label names (``orders.db.example.com``), if it is a
     name this node knows: an IP address, a one-label host or an unknown name name none."""
@@ -77,12 +88,8 @@ class SyncAPI:
         return routes
 
     def database(self, request: Request) -> str:
-        """The database a request names: its path, the x-namespace header, the host's first
-        label, or a token for exactly one database."""
-        db = request.params.get("db") or request.header(b"x-namespace") or \
-            host_database(request, self.engine.has_database)
-        if not db:
-            db = request.principal.sole
+        """The database a request names (``named_database``)."""
+        db = named_database(request, lambda: request.principal.sole, self.engine.has_database)
         if not db:
             raise ShoalError(Code.DATABASE_REQUIRED, "no database named: use a sync URL "
                              "http://HOST/db/NAME, the database as the host's first label, "
