@@ -2,8 +2,8 @@
 sync it over libSQL's HTTP sync protocol (server/sync.py, engine/sync.py).
 
 Each client (PyPI ``libsql`` 0.1.11 and ``libsql-experimental`` 0.0.55, Node
-``@libsql/client`` 0.18.0) runs in a process of its own per phase (tests/conformance/
-replica_driver.py, node/replica.mjs), reopening its replica from its files as an app that
+``@libsql/client`` 0.18.0) runs in a process of its own per phase (tests/support/
+replicas.py), reopening its replica from its files as an app that
 restarts would. Every test ends with the replica's rows equal to the server's and
 ``PRAGMA integrity_check`` on a copy of the local file.
 """
@@ -11,22 +11,16 @@ restarts would. Every test ends with the replica's rows equal to the server's an
 from __future__ import annotations
 
 import json
-import shutil
-import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from shoal.log.generations import SPAN
-from tests.conformance.conftest import NODE_DIR
+from tests.support.replicas import ROWS, intact, run_replica
 from tests.support.server import ServerProcess
 
-HERE = Path(__file__).resolve().parent
 CLIENTS = ["libsql", "libsql_experimental", "node"]
-ROWS = "SELECT id, v FROM t ORDER BY id"
 
 
 @pytest.fixture(params=CLIENTS)
@@ -38,18 +32,8 @@ def replica(client: str, node: ServerProcess, file: Path, steps: list[dict[str, 
             url: str | None = None, token: str | None = None, offline: bool = False
             ) -> list[Any]:
     """Run ``steps`` on the replica in ``file`` with ``client`` in a process of its own."""
-    plan = json.dumps({"file": str(file), "url": url or node.url, "steps": steps,
-                       "token": node.admin_token if token is None else token,
-                       "offline": offline})
-    if client == "node":
-        cmd, cwd = ["node", "replica.mjs", plan], NODE_DIR
-    else:
-        cmd, cwd = [sys.executable, str(HERE / "replica_driver.py"), client, plan], HERE
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    answers: list[Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return answers
+    return run_replica(client, file, url or node.url,
+                       node.admin_token if token is None else token, steps, offline)
 
 
 def server_rows(node: ServerProcess, db: str, branch: str | None = None) -> list[list[Any]]:
@@ -75,22 +59,6 @@ def make(node: ServerProcess, db: str) -> None:
         assert c.post("/v1/databases", json={"name": db}).status_code == 201
     write(node, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)",
           "INSERT INTO t(v) VALUES ('a'), ('b')")
-
-
-def intact(file: Path, tmp: Path) -> list[list[Any]]:
-    """The replica's rows, read from a copy of its files, after ``integrity_check``."""
-    copy = tmp / f"check-{file.name}"
-    for suffix in ("", "-wal"):
-        if Path(f"{file}{suffix}").exists():
-            shutil.copyfile(f"{file}{suffix}", f"{copy}{suffix}")
-    conn = sqlite3.connect(copy)
-    try:
-        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        return [list(row) for row in conn.execute(ROWS)]
-    finally:
-        conn.close()
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{copy}{suffix}").unlink(missing_ok=True)
 
 
 def url(node: ServerProcess, db: str, branch: str | None = None) -> str:

@@ -1,5 +1,5 @@
 // Drive an embedded replica of @libsql/client through a plan of steps (see
-// tests/conformance/replica_driver.py for the plan's shape): node replica.mjs PLAN_JSON.
+// tests/support/replica_driver.py for the plan's shape): node replica.mjs PLAN_JSON.
 import { createClient } from "@libsql/client";
 
 const plan = JSON.parse(process.argv[2]);

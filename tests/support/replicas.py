@@ -1,0 +1,51 @@
+"""Embedded replicas of the published libSQL clients, driven by plans of steps, each client
+in a process of its own (tests/support/replica_driver.py for Python's, and
+tests/conformance/node/replica.mjs for @libsql/client), and the check every test ends with."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+DRIVER = Path(__file__).resolve().parent / "replica_driver.py"
+NODE_DIR = Path(__file__).resolve().parents[1] / "conformance" / "node"
+ROWS = "SELECT id, v FROM t ORDER BY id"
+
+
+def run_replica(client: str, file: Path, url: str, token: str, steps: list[dict[str, Any]],
+                offline: bool = False) -> list[Any]:
+    """Run ``steps`` on the replica in ``file`` with ``client`` (``libsql``,
+    ``libsql_experimental`` or ``node``); the answers, one per step."""
+    plan = json.dumps({"file": str(file), "url": url, "token": token, "steps": steps,
+                       "offline": offline})
+    if client == "node":
+        cmd, cwd = ["node", "replica.mjs", plan], NODE_DIR
+    else:
+        cmd, cwd = [sys.executable, str(DRIVER), client, plan], DRIVER.parent
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120,
+                          stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    answers: list[Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return answers
+
+
+def intact(file: Path, tmp: Path) -> list[list[Any]]:
+    """The replica's rows, read from a copy of its files (the client's own stay as they
+    are), after ``PRAGMA integrity_check``."""
+    copy = tmp / f"check-{file.name}"
+    for suffix in ("", "-wal"):
+        if Path(f"{file}{suffix}").exists():
+            shutil.copyfile(f"{file}{suffix}", f"{copy}{suffix}")
+    conn = sqlite3.connect(copy)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+        return [list(row) for row in conn.execute(ROWS)]
+    finally:
+        conn.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{copy}{suffix}").unlink(missing_ok=True)
