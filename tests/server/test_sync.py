@@ -254,7 +254,8 @@ def test_access_and_bad_input(admin: httpx.Client, table: str, server: ServerPro
              "SYNC_PUSH_UNSUPPORTED")
     for path in (f"sync/{g}/0/5", f"sync/{g}/5/5", "sync/x/1/2", f"sync/{g}/1/-2",
                  f"sync/{2**32}/1/2", "sync/0/1/2", "export/0", "export/abc",
-                 f"sync/{g}/{2**40}/{2**41}"):
+                 f"sync/{g}/{2**40}/{2**41}", "sync/\u00b2/1/2", f"sync/{'9' * 5000}/1/2",
+                 f"export/{g:+d}", f"export/{g}.0"):
         error_of(admin.get(f"/db/{table}/{path}"), 400, "INVALID_REQUEST")
     error_of(admin.get(f"/db/{table}/export/{g + 5}"), 410, "REPLICA_EXPIRED")
     assert admin.get(f"/db/{table}/info").status_code == 200  # still serving

@@ -61,6 +61,7 @@ STATES = 6  # whole states kept on disk for the next client (exports, bridges)
 DECODED_BYTES = 64 << 20  # decoded segments kept in memory, in page bytes
 INDEXES = 512  # generations whose frame numbering is kept
 LIST_BYTES = 16 << 20  # segment bytes one pull downloads at most (the first whole)
+SYNC_THREADS = 2  # I/O threads replicas' work may hold at once (the node has at least 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,7 @@ class Syncs:
         # (db, timeline) -> its line (fixed once a branch is on it)
         self.lines: OrderedDict[tuple[str, str], gens.Line] = OrderedDict()
         self._making: dict[tuple[str, str, int], threading.Lock] = {}
+        self.gate = asyncio.Semaphore(SYNC_THREADS)
 
     def start(self) -> None:
         """Clear what a previous run left (the files are a cache)."""
@@ -414,6 +416,13 @@ class SyncAPI:
                                   * gens.SPAN, inside=True)
         return line, durable, kept, db
 
+    async def _sync_io(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn`` on the I/O threads, at most SYNC_THREADS of them at once: replicas
+        catching up (a restore of a whole state, segments downloaded) never take the threads
+        that ship every other database's commits."""
+        async with self.syncs.gate:
+            return await self._io(_mapped, fn, *args)
+
     async def sync_info(self, principal: Principal, name: str, branch: str) -> SyncInfo:
         """The generation a new replica starts from (``GET /info``)."""
         line, durable, _, _ = await self._synced(principal, name, branch)
@@ -428,8 +437,8 @@ class SyncAPI:
         if gen is None:
             raise self._expired(name, branch, generation, line, durable)
         try:
-            return await self._io(_mapped, self.syncs.state, self.registry.store,
-                                  self.registry.scratch, name, gen.timeline, gen.base)
+            return await self._sync_io(self.syncs.state, self.registry.store,
+                                       self.registry.scratch, name, gen.timeline, gen.base)
         except _Expired:
             raise self._expired(name, branch, generation, line, durable) from None
 
@@ -449,7 +458,7 @@ class SyncAPI:
         walk = _Walk(self.syncs, self.registry.store, self.registry.scratch, name, gen,
                      upto, kept if own else None)
         try:
-            frames, done = await self._io(_mapped, walk.frames, start, end)
+            frames, done = await self._sync_io(walk.frames, start, end)
         except _Expired:
             raise self._expired(name, branch, generation, line, durable) from None
         finally:

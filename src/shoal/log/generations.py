@@ -42,7 +42,7 @@ class Line:
 
     timeline: str
     fork_txid: int
-    first: int = 1
+    first: int
     previous: Line | None = None
     head: int | None = None  # a previous line's final head (None: the branch's current line)
 
@@ -62,6 +62,7 @@ class Line:
 
 def fresh() -> dict[str, Any]:
     """A new branch's entry fields: its first generation, drawn at random (see above)."""
+    # mutate: harmless constant (any small offset keeps the first above 0, far below 2**32)
     return {"generation": secrets.randbelow(FIRST_MAX) + 1}
 
 

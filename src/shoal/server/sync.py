@@ -47,8 +47,10 @@ def named_database(request: Request, sole: Callable[[], str | None],
 def host_database(request: Request, known: Callable[[str], bool]) -> str | None:
     """The database the host's first label names (``orders.db.example.com``), if it is a
     name this node knows: an IP address, a one-label host or an unknown name name none."""
-    host = (request.header(b"host") or "").rsplit(":", 1)[0] if "]" not in \
-        (request.header(b"host") or "") else ""
+    raw = request.header(b"host") or ""
+    if raw.startswith("["):  # an IPv6 address
+        return None
+    host = raw.rsplit(":", 1)[0]
     label, dot, _ = host.partition(".")
     if not dot or not names.is_valid(label):
         return None
@@ -61,7 +63,8 @@ def host_database(request: Request, known: Callable[[str], bool]) -> str | None:
 
 
 def _number(raw: str, what: str, low: int = 0) -> int:
-    if not raw.isdigit() or not low <= int(raw) <= MAX_NUMBER:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 10) or \
+            not low <= int(raw) <= MAX_NUMBER:
         raise ShoalError(Code.INVALID_REQUEST, f"{what} must be a whole number from {low} to "
                          f"{MAX_NUMBER}")
     return int(raw)
