@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 
-from shoal.log.generations import SPAN
 from tests.support.replicas import ROWS, intact, run_replica
 from tests.support.server import ServerProcess
 
@@ -158,21 +157,25 @@ def test_tokens_and_branches(client: str, node: ServerProcess, tmp_path: Path) -
     assert intact(branch_file, tmp_path) == on_branch[1]
 
 
+COMMITS = 1000
+
+
 def test_generations_and_offline_writes(node: ServerProcess, tmp_path: Path) -> None:
-    """libsql 0.1.11: a sync across a generation's end (1,000 commits: the client
-    checkpoints and moves on); offline writes pushed on sync are refused, and said so."""
+    """libsql 0.1.11: a sync after 1,000 commits (one generation: the client applies it,
+    checkpoints and moves on to the one /info named); offline writes pushed on sync are
+    refused, and said so."""
     db = "generations"
     make(node, db)
     file = tmp_path / "local.db"
     replica("libsql", node, file, [{"sync": True}], url=url(node, db))
     with node.client() as c:
-        for i in range(SPAN):
+        for i in range(COMMITS):
             r = c.post(f"/v1/databases/{db}/query", json={"statements": [
                 {"sql": "INSERT INTO t(v) VALUES (?)", "args": [f"n{i}"]}]})
             assert r.status_code == 200, r.text
         start = c.get(f"/db/{db}/info").json()["current_generation"]
     got = replica("libsql", node, file, [{"sync": True}, {"query": ROWS}], url=url(node, db))
-    assert got[1] == server_rows(node, db) and len(got[1]) == SPAN + 2
+    assert got[1] == server_rows(node, db) and len(got[1]) == COMMITS + 2
     info = json.loads((tmp_path / "local.db-info").read_text())
     assert info["generation"] == start  # it moved to the generation the server is in
     assert intact(file, tmp_path) == got[1]
@@ -180,4 +183,4 @@ def test_generations_and_offline_writes(node: ServerProcess, tmp_path: Path) -> 
         {"sync": True}, {"exec": "INSERT INTO t(v) VALUES ('offline')"}, {"sync": True}],
         url=url(node, db), offline=True)
     assert "SYNC_PUSH_UNSUPPORTED" in offline[-1]["error"], offline
-    assert len(server_rows(node, db)) == SPAN + 2
+    assert len(server_rows(node, db)) == COMMITS + 2

@@ -48,6 +48,9 @@ class FakeEngine:
     def readiness(self) -> tuple[str, list[Condition]]:
         return self.status
 
+    def has_database(self, name: str) -> bool:
+        return name == "known"
+
     def require_database(self, name: str) -> None:
         if name != "known":
             raise ShoalError(Code.DATABASE_NOT_FOUND, f"database {name!r} does not exist")

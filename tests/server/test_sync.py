@@ -1,8 +1,9 @@
 """libSQL's HTTP sync protocol in process (server/sync.py, engine/sync.py): a model replica
 that does what the clients do (libsql/src/sync.rs: export, pull, apply each commit's frames,
-move to the next generation at its end) checks the frames across generations (a small SPAN),
-restores, compaction and retention; then addressing, access and bad input. The published
-clients are driven in tests/conformance/test_embedded_replicas.py."""
+move to the next generation at its end) checks the frames across generations, what a sync
+downloads (each changed page once), restores, compaction and retention; then addressing,
+access and bad input. The published clients are driven in
+tests/conformance/test_embedded_replicas.py."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from typing import Any
 import httpx
 import pytest
 
-from shoal.log import generations
 from shoal.storage import open_store
 from tests.integration.api_support import error_of, make_token, ok, query
 from tests.support.server import ServerProcess
@@ -23,12 +23,6 @@ from tests.support.server import ServerProcess
 PAGE, HEADER = 4096, 24
 FRAME = PAGE + HEADER
 ROWS = "SELECT id, v FROM t ORDER BY id"
-
-
-@pytest.fixture(autouse=True)
-def small_generations(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Generations of 3 commits: a few writes cross several."""
-    monkeypatch.setattr(generations, "SPAN", 3)
 
 
 class Replica:
@@ -41,6 +35,7 @@ class Replica:
         self.generation = 0
         self.frame = 0  # the last frame of a whole commit applied
         self.pulls = 0
+        self.received = 0  # frames
 
     def bootstrap(self) -> None:
         self.generation = ok(self.client.get(f"{self.base}/info"))["current_generation"]
@@ -68,6 +63,7 @@ class Replica:
             assert r.status_code == 200, r.text
             body = r.content
             assert body and len(body) % FRAME == 0 and len(body) <= self.batch * FRAME
+            self.received += len(body) // FRAME
             for at in range(0, len(body), FRAME):
                 frame = body[at:at + FRAME]
                 pending.append(frame)
@@ -125,8 +121,8 @@ def insert(admin: httpx.Client, db: str, *values: str) -> str:
 
 def test_frames_across_generations_in_small_pulls(admin: httpx.Client, table: str,
                                                   tmp_path: Path) -> None:
-    """Pulls of 2 frames (commits cut in two) across generations of 3 commits, with a
-    large commit among them: the replica equals the server after every sync."""
+    """Pulls of 2 frames (a generation's commit cut in pieces), a generation per sync,
+    with large commits among them: the replica equals the server after every sync."""
     replica = Replica(admin, f"/db/{table}", batch=2)
     replica.sync()
     assert replica.rows(tmp_path) == []
@@ -137,12 +133,30 @@ def test_frames_across_generations_in_small_pulls(admin: httpx.Client, table: st
                                        "(SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3)"}))
         replica.sync()
         assert replica.rows(tmp_path) == server_rows(admin, table)
-    assert replica.generation - first >= 4  # it crossed generations as it went
+    assert replica.generation - first == 4  # a generation cut at each sync
     # a new replica starts at the current generation's start and ends equal too
     fresh = Replica(admin, f"/db/{table}")
     fresh.sync()
     assert fresh.rows(tmp_path) == server_rows(admin, table)
     assert fresh.generation == replica.generation
+
+
+def test_a_sync_downloads_each_changed_page_once(admin: httpx.Client, table: str,
+                                                tmp_path: Path) -> None:
+    """300 commits since the last sync, most of them on the same few pages: one
+    generation, the newest version of each page that changed."""
+    replica = Replica(admin, f"/db/{table}")
+    insert(admin, table, "a")
+    replica.sync()
+    before, replica.received = bytes(replica.image), 0
+    insert(admin, table, *(f"row {i}" for i in range(300)))
+    replica.sync()
+    assert replica.rows(tmp_path) == server_rows(admin, table)
+    after = bytes(replica.image)
+    changed = sum(before[at:at + PAGE] != after[at:at + PAGE]
+                  for at in range(0, len(after), PAGE))
+    assert changed <= replica.received <= changed + 1  # (a page may be written as it was)
+    assert replica.received < 30  # against 600 and more: each commit's pages
 
 
 def test_restores_move_replicas_across_the_bridge(admin: httpx.Client, table: str,
@@ -187,21 +201,28 @@ def test_compaction_is_one_commit_of_every_page(admin: httpx.Client, table: str,
 
 
 def test_a_replica_past_retention_or_of_another_history_is_told(
-        admin: httpx.Client, table: str, server: ServerProcess, tmp_path: Path) -> None:
+        start_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
     """Segments gone from the store (retention): 410 REPLICA_EXPIRED, never wrong frames;
     a replica of a database deleted and made again under its name: the same."""
-    replica = Replica(admin, f"/db/{table}")
-    replica.sync()
-    insert(admin, table, *(f"v{i}" for i in range(8)))
-    store = open_store(server.store_url)  # type: ignore[attr-defined]
-    for info in store.list(f"dbs/{table}/log/"):
+    node = start_server()
+    with node.client() as admin:
+        ok(admin.post("/v1/databases", json={"name": "gone"}), 201)
+        ok(query(admin, "gone", "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)"))
+        replica = Replica(admin, "/db/gone")
+        replica.sync()
+        insert(admin, "gone", *(f"v{i}" for i in range(8)))
+        Replica(admin, "/db/gone").sync()  # cuts the generation the first one is in
+    node.restart()  # nothing of it left in memory or in the node's files
+    store = open_store(node.store_url)  # type: ignore[attr-defined]
+    for info in store.list("dbs/gone/log/"):
         store.delete(info.key)
-    r = admin.get(f"/db/{table}/sync/{replica.generation}/1/10")
-    assert "no longer keeps" in error_of(r, 410, "REPLICA_EXPIRED")["message"]
-    assert admin.delete(f"/v1/databases/{table}").status_code == 204
-    ok(admin.post("/v1/databases", json={"name": table}), 201)
-    r = admin.get(f"/db/{table}/sync/{replica.generation}/1/10")
-    assert error_of(r, 410, "REPLICA_EXPIRED")["message"]
+    with node.client() as admin:
+        r = admin.get(f"/db/gone/sync/{replica.generation}/1/10")
+        assert "no longer keeps" in error_of(r, 410, "REPLICA_EXPIRED")["message"]
+        assert admin.delete("/v1/databases/gone").status_code == 204
+        ok(admin.post("/v1/databases", json={"name": "gone"}), 201)
+        r = admin.get(f"/db/gone/sync/{replica.generation}/1/10")
+        assert error_of(r, 410, "REPLICA_EXPIRED")["message"]
 
 
 def test_addressing(admin: httpx.Client, table: str, server: ServerProcess,
@@ -237,8 +258,8 @@ def test_addressing(admin: httpx.Client, table: str, server: ServerProcess,
 
 
 def test_access_and_bad_input(admin: httpx.Client, table: str, server: ServerProcess) -> None:
-    insert(admin, table, "a")
     g = ok(admin.get(f"/db/{table}/info"))["current_generation"]
+    insert(admin, table, "a")  # the next pull of g finds it
     with server.client("") as anonymous:
         error_of(anonymous.get(f"/db/{table}/info"), 401, "UNAUTHORIZED")
     _, other = make_token(admin, ["elsewhere"], "admin")

@@ -391,6 +391,7 @@ class Registry:
             if self._root(timelines, tid) in roots - {None}:
                 self._wipe(layout.log_prefix(name, tid))
                 self._wipe(layout.snapshot_prefix(name, tid))
+                self._wipe(layout.sync_prefix(name, tid))
                 self.store.delete(layout.timeline_key(name, timeline.id))
         # the record stays, empty (no live incarnation, no deleted one: as good as none):
         # deleting it could not be made conditional, and a create of the name may race

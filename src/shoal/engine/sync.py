@@ -2,31 +2,32 @@
 (a part of the Engine's one door; the protocol's routes are ``server/sync.py``).
 
 A client (``libsql.connect("local.db", sync_url=...)``, ``createClient({url: "file:...",
-syncUrl})``) downloads the database file at the start of a generation, then the WAL frames
-of the commits since, which it writes into its own WAL (``log/generations.py`` says how the
+syncUrl})``) downloads the database file at the start of a generation, then each
+generation's frames, which it writes into its own WAL (``log/generations.py`` says how the
 history is numbered). The frames are made from Shoal's own commit log, under its fencing:
 
 - only durable commits are served (a failover never takes back what a replica holds); a
-  pull first waits, up to ``storage_timeout``, for the commits made before it to ship, so a
-  client that wrote through the server reads its write back at once;
-- the leader's recent segments come from its memory (``log/feed.py``), older ones from the
-  store; decoded segments are kept in a bounded cache, so a client pulling a generation in
-  many small requests downloads each segment once;
-- a txid the store holds only as a snapshot (a re-based log: compaction's VACUUM) is served
-  as one commit writing every page of that state, which is what the VACUUM wrote;
-- whole states (an export, a bridge, such a commit) are restored from the store into files
-  under ``sync/`` in the data directory, a few kept for the next client.
+  request first waits, up to ``storage_timeout``, for the commits made before it to ship,
+  so a client that wrote through the server reads its write back at once;
+- a closed generation is one commit: the newest version of each page its commits changed,
+  written once into a frames file under ``sync/`` in the data directory, which every client
+  of that generation then reads (a pull is one ``pread``);
+- the commits come from the leader's memory (``log/feed.py``) or the store, decoded once
+  into a bounded cache; a txid the store holds only as a snapshot (compaction's VACUUM) is
+  every page of that state, which is what the VACUUM wrote;
+- whole states (an export, a bridge, a generation too large to merge in memory) are
+  restored from the store into files under ``sync/``, a few kept for the next client.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import os
 import secrets
 import struct
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,8 +39,9 @@ from shoal.errors import Code, ShoalError
 from shoal.log import generations as gens
 from shoal.log import layout
 from shoal.log.errors import CorruptObject, LogError, MissingObject
+from shoal.log.generations import Kind
 from shoal.log.restore import download, restore
-from shoal.log.segment import Commit, decode_segment, read_header
+from shoal.log.segment import Commit, Page, decode_segment, read_header
 from shoal.log.timeline import listing, load_timeline
 from shoal.names import check as check_name
 from shoal.tokens import Principal
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
     from shoal.engine.database import Database
     from shoal.engine.lifecycle import Lifecycle
     from shoal.engine.registry import Registry
+    from shoal.log.feed import Feed
     from shoal.settings import Settings
     from shoal.storage.base import ObjectStore
 
@@ -58,9 +61,11 @@ FRAME_HEADER = struct.Struct(">II16x")  # page number, database size after a com
 FRAME = FRAME_HEADER.size + PAGE
 MAX_FRAMES = 1024  # frames one pull answers at most (clients ask for 128)
 STATES = 6  # whole states kept on disk for the next client (exports, bridges)
+FRAME_FILES = 32  # generations' frames kept on disk
 DECODED_BYTES = 64 << 20  # decoded segments kept in memory, in page bytes
-INDEXES = 512  # generations whose frame numbering is kept
-LIST_BYTES = 16 << 20  # segment bytes one pull downloads at most (the first whole)
+MERGE_BYTES = 32 << 20  # a generation's pages merged in memory; past this, from its end state
+LINES = 512  # branches' lines and cuts kept in memory
+LIST_BYTES = 16 << 20  # segment bytes one download round fetches at most (the first whole)
 SYNC_THREADS = 2  # I/O threads replicas' work may hold at once (the node has at least 4)
 
 
@@ -89,38 +94,44 @@ class State:
 
 
 @dataclass(slots=True)
+class Frames:
+    """A generation's frames, ready to send, in a file (``count`` of FRAME bytes)."""
+
+    path: Path
+    count: int
+
+    def read(self, first: int, count: int) -> bytes:
+        """Frames ``first`` (0-based) and on, at most ``count``."""
+        count = min(count, self.count - first)
+        if count <= 0:
+            return b""
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            return os.pread(fd, count * FRAME, first * FRAME)
+        finally:
+            os.close(fd)
+
+
+@dataclass(slots=True)
 class _Unit:
     """One commit as frames: ``count`` of them, the last carrying ``db_pages``."""
 
     txid: int
     count: int
     db_pages: int
-    frame: Callable[[int], tuple[int, bytes | memoryview]]  # k -> (page number, page)
-    bridge: bool = False  # the bridge after a line's last commit (not numbered by txid)
+    frame: Callable[[int], tuple[int, Page]]  # k -> (page number, page)
 
 
 @dataclass(slots=True)
-class _Index:
-    """Where each commit of a generation starts among its frames (1-based), as far as
-    clients have pulled: so a pull starts at its commit without counting from the base."""
+class Cuts:
+    """A line's cuts as the leader knows them: how many, and the txids read so far. Kept
+    for one open branch (``owner``): a branch opened again, perhaps after another node led
+    it, counts them again."""
 
-    txids: list[int] = field(default_factory=list)
-    starts: list[int] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def note(self, txid: int, start: int) -> None:
-        with self.lock:
-            if (start == 1 and not self.txids) or (self.txids and txid == self.txids[-1] + 1):
-                self.txids.append(txid)
-                self.starts.append(start)
-
-    def seek(self, frame: int, base: int) -> tuple[int, int]:
-        """The commit holding ``frame`` (or the last one known before it) and its start."""
-        with self.lock:
-            at = bisect.bisect_right(self.starts, frame) - 1
-            if at < 0:
-                return base + 1, 1
-            return self.txids[at], self.starts[at]
+    owner: weakref.ref[Database]
+    count: int
+    txids: dict[int, int] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class _Expired(Exception):
@@ -128,19 +139,20 @@ class _Expired(Exception):
 
 
 class Syncs:
-    """The node's caches for embedded replicas: whole states on disk, decoded segments and
-    generations' frame numbering in memory. Threads use them (each has its lock)."""
+    """The node's caches for embedded replicas: whole states and generations' frames on
+    disk, decoded segments, lines and cuts in memory. Threads use them (under ``_lock``)."""
 
     def __init__(self, folder: Path):
         self.folder = folder
         self._lock = threading.Lock()
         self.states: OrderedDict[tuple[str, str, int], State] = OrderedDict()
+        self.frames: OrderedDict[tuple[str, str, int, int], Frames] = OrderedDict()
         self.decoded: OrderedDict[str, tuple[list[Commit], int]] = OrderedDict()
         self.decoded_bytes = 0
-        self.indexes: OrderedDict[tuple[str, str, int], _Index] = OrderedDict()
-        # (db, timeline) -> its line (fixed once a branch is on it)
+        # (db, timeline) -> its line (fixed once a branch is on it), its cuts
         self.lines: OrderedDict[tuple[str, str], gens.Line] = OrderedDict()
-        self._making: dict[tuple[str, str, int], threading.Lock] = {}
+        self.cuts: OrderedDict[tuple[str, str], Cuts] = OrderedDict()
+        self._making: dict[tuple[Any, ...], threading.Lock] = {}
         self.gate = asyncio.Semaphore(SYNC_THREADS)
 
     def start(self) -> None:
@@ -149,32 +161,37 @@ class Syncs:
             for leftover in self.folder.iterdir():
                 leftover.unlink(missing_ok=True)
 
-    # -- whole states --
-    def state(self, store: ObjectStore, scratch: Path, db: str, timeline: str,
-              txid: int) -> State:
-        """Worker thread: the state of ``timeline`` at ``txid`` in a file (restored from the
-        store unless kept). _Expired if the store no longer holds it."""
-        key = (db, timeline, txid)
+    def _once(self, key: tuple[Any, ...], make: Callable[[], T]) -> T:
+        """``make()`` by one thread at a time per ``key`` (it looks in its cache first)."""
         with self._lock:
             making = self._making.setdefault(key, threading.Lock())
-        with making:  # one restore per state, however many clients ask at once
+        with making:
             try:
-                return self._state(store, scratch, db, timeline, txid)
+                return make()
             finally:
                 with self._lock:
                     self._making.pop(key, None)
 
-    def _state(self, store: ObjectStore, scratch: Path, db: str, timeline: str,
-               txid: int) -> State:
+    def _file(self, name: str) -> tuple[Path, Path]:
+        """A scratch path in the folder and the final one."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        return self.folder / f".{secrets.token_hex(6)}.tmp", self.folder / name
+
+    # -- whole states --
+    def state(self, store: ObjectStore, db: str, timeline: str, txid: int) -> State:
+        """Worker thread: the state of ``timeline`` at ``txid`` in a file (restored from the
+        store unless kept). _Expired if the store no longer holds it."""
         key = (db, timeline, txid)
+        return self._once(("state", *key), lambda: self._state(store, key))
+
+    def _state(self, store: ObjectStore, key: tuple[str, str, int]) -> State:
         with self._lock:
             found = self.states.get(key)
             if found is not None:
                 self.states.move_to_end(key)
                 return found
-        self.folder.mkdir(parents=True, exist_ok=True)
-        scratch.mkdir(parents=True, exist_ok=True)
-        path = scratch / f"sync-{secrets.token_hex(6)}.db"
+        db, timeline, txid = key
+        path, final = self._file(f"{db}-{timeline}-{txid}.db")
         try:
             restored = restore(store, db, timeline, path, txid=txid)
         except MissingObject as exc:
@@ -187,15 +204,103 @@ class Syncs:
             path.unlink(missing_ok=True)
             raise ShoalError(Code.PAGE_SIZE_UNSUPPORTED, f"{db} has {restored.page_size}-"
                              "byte pages; embedded replicas need 4,096-byte pages")
-        final = self.folder / f"{db}-{timeline}-{txid}.db"
         os.replace(path, final)
         state = State(final, restored.db_pages)
         with self._lock:
             self.states[key] = state
-            while len(self.states) > STATES:  # an open export keeps reading its fd
+            while len(self.states) > STATES:  # an export being sent keeps its file open
                 _, gone = self.states.popitem(last=False)
                 gone.path.unlink(missing_ok=True)
         return state
+
+    # -- generations' frames --
+    def generation(self, store: ObjectStore, db: str, timeline: str, lo: int, hi: int,
+                   kept: list[bytes] | None) -> Frames:
+        """Worker thread: the frames of the generation from txid ``lo`` to ``hi``: one
+        commit of the newest version of every page changed in between."""
+        key = (db, timeline, lo, hi)
+        return self._once(("frames", *key), lambda: self._frames(
+            key, lambda: self._merge(store, db, timeline, lo, hi, kept)))
+
+    def bridge(self, store: ObjectStore, db: str, timeline: str, txid: int) -> Frames:
+        """Worker thread: every page of the state at ``txid`` as one commit (a bridge)."""
+        key = (db, timeline, -1, txid)
+
+        def pages() -> tuple[list[int], int, Callable[[int], Page], Callable[[], None]]:
+            state = self.state(store, db, timeline, txid)
+            fd = os.open(state.path, os.O_RDONLY)
+            return (list(range(1, state.pages + 1)), state.pages,
+                    lambda pgno: os.pread(fd, PAGE, (pgno - 1) * PAGE), lambda: os.close(fd))
+        return self._once(("frames", *key), lambda: self._frames(key, pages))
+
+    def _frames(self, key: tuple[str, str, int, int],
+                pages: Callable[[], tuple[list[int], int, Callable[[int], Page],
+                                          Callable[[], None]]]) -> Frames:
+        with self._lock:
+            found = self.frames.get(key)
+            if found is not None:
+                self.frames.move_to_end(key)
+                return found
+        order, db_pages, page, done = pages()
+        path, final = self._file("{}-{}-{}-{}.frames".format(*key))
+        try:
+            with open(path, "wb") as out:
+                for i, pgno in enumerate(order):
+                    out.write(FRAME_HEADER.pack(pgno, db_pages if i == len(order) - 1 else 0))
+                    out.write(page(pgno))
+            os.replace(path, final)
+        finally:
+            done()
+            path.unlink(missing_ok=True)
+        made = Frames(final, len(order))
+        with self._lock:
+            self.frames[key] = made
+            while len(self.frames) > FRAME_FILES:  # a pull reads its file whole, at once
+                _, gone = self.frames.popitem(last=False)
+                gone.path.unlink(missing_ok=True)
+        return made
+
+    def _merge(self, store: ObjectStore, db: str, timeline: str, lo: int, hi: int,
+               kept: list[bytes] | None
+               ) -> tuple[list[int], int, Callable[[int], Page], Callable[[], None]]:
+        """The pages commits ``lo + 1 .. hi`` changed, in order, the size after ``hi`` and
+        the newest version of each: from memory while they fit in MERGE_BYTES, else from
+        the state at ``hi``."""
+        walk = _Walk(self, store, db, timeline, hi, kept)
+        newest: dict[int, Page] = {}
+        changed: set[int] = set()
+        db_pages, fits = 0, True
+        try:
+            for unit in walk.commits(lo + 1):
+                for k in range(unit.count):
+                    pgno, page = unit.frame(k)
+                    changed.add(pgno)
+                    if fits:
+                        newest[pgno] = page
+                        if len(newest) * PAGE > MERGE_BYTES:
+                            fits = False
+                            newest.clear()
+                db_pages = unit.db_pages
+        finally:
+            walk.close()
+        order = sorted(pgno for pgno in changed if pgno <= db_pages)
+        if fits and order:
+            return order, db_pages, newest.__getitem__, lambda: None
+        # too large to merge here, or only pages past the new end changed (the size must
+        # still travel, on a frame): the pages of the state at ``hi``
+        state = self.state(store, db, timeline, hi)
+        fd = os.open(state.path, os.O_RDONLY)
+        return (order or [1], db_pages, lambda pgno: os.pread(fd, PAGE, (pgno - 1) * PAGE),
+                lambda: os.close(fd))
+
+    def read(self, frames: Frames, first: int, count: int) -> bytes:
+        """Worker thread: frames of a file (503 if it was dropped from the cache meanwhile:
+        clients retry a 5xx, and it is made again)."""
+        try:
+            return frames.read(first, count)
+        except FileNotFoundError:
+            raise ShoalError(Code.STORAGE_UNAVAILABLE, "the generation's frames were being "
+                             "replaced: retry") from None
 
     # -- decoded segments --
     def segment(self, key: str, data: bytes) -> list[Commit]:
@@ -219,34 +324,18 @@ class Syncs:
             found = self.decoded.get(key)
             return found[0] if found is not None else None
 
+    # -- lines and cuts (event loop) --
     def line(self, db: str, timeline: str, line: gens.Line) -> None:
         self.lines[(db, timeline)] = line
-        while len(self.lines) > INDEXES:
+        while len(self.lines) > LINES:
             self.lines.popitem(last=False)
 
-    def index(self, db: str, timeline: str, base: int) -> _Index:
-        key = (db, timeline, base)
-        with self._lock:
-            found = self.indexes.get(key)
-            if found is None:
-                found = self.indexes[key] = _Index()
-                while len(self.indexes) > INDEXES:
-                    self.indexes.popitem(last=False)
-            else:
-                self.indexes.move_to_end(key)
-            return found
-
-
-
-def _header(pgno: int, db_pages: int) -> bytes:
-    return FRAME_HEADER.pack(pgno, db_pages)
-
-
-def _state_unit(state: State, txid: int, fd: int) -> _Unit:
-    """A commit writing every page of ``state`` (read from ``fd`` as frames are asked)."""
-    def frame(k: int) -> tuple[int, bytes]:
-        return k + 1, os.pread(fd, PAGE, k * PAGE)
-    return _Unit(txid, state.pages, state.pages, frame)
+    def cuts_of(self, db: str, timeline: str, owner: Database, count: int) -> Cuts:
+        found = Cuts(weakref.ref(owner), count)
+        self.cuts[(db, timeline)] = found
+        while len(self.cuts) > LINES:
+            self.cuts.popitem(last=False)
+        return found
 
 
 def _commit_unit(commit: Commit) -> _Unit:
@@ -259,109 +348,98 @@ def _commit_unit(commit: Commit) -> _Unit:
 
 
 class _Walk:
-    """Worker thread: a generation's frames from ``start`` on, commit by commit."""
+    """Worker thread: a timeline's commits from a txid up to ``upto``, from the leader's
+    memory (``kept``: every durable commit after some txid) or the store."""
 
-    def __init__(self, syncs: Syncs, store: ObjectStore, scratch: Path, db: str,
-                 gen: gens.Generation, upto: int, kept: list[bytes] | None):
-        self.syncs, self.store, self.scratch, self.db = syncs, store, scratch, db
-        self.gen, self.upto, self.kept = gen, upto, kept
+    def __init__(self, syncs: Syncs, store: ObjectStore, db: str, timeline: str, upto: int,
+                 kept: list[bytes] | None):
+        self.syncs, self.store, self.db = syncs, store, db
+        self.timeline, self.upto, self.kept = timeline, upto, kept
         self.fds: list[int] = []
 
     def close(self) -> None:
         for fd in self.fds:
             os.close(fd)
 
-    def _state(self, timeline: str, txid: int) -> _Unit:
-        state = self.syncs.state(self.store, self.scratch, self.db, timeline, txid)
+    def _state(self, txid: int) -> _Unit:
+        """A txid the store keeps only as a snapshot: every page of that state."""
+        state = self.syncs.state(self.store, self.db, self.timeline, txid)
         fd = os.open(state.path, os.O_RDONLY)
         self.fds.append(fd)
-        return _state_unit(state, txid, fd)
+        return _Unit(txid, state.pages, state.pages,
+                     lambda k: (k + 1, os.pread(fd, PAGE, k * PAGE)))
 
-    def units(self, first: int) -> Iterator[_Unit]:
-        """The generation's commits from txid ``first`` on (then its bridge, if any)."""
-        if first <= self.upto:
-            yield from self._commits(first)
-        bridge = self.gen.bridge
-        if bridge is not None:
-            unit = self._state(*bridge)
-            unit.bridge = True
-            yield unit
-
-    def _commits(self, first: int) -> Iterator[_Unit]:
-        timeline = self.gen.timeline
+    def commits(self, first: int) -> Iterator[_Unit]:
         need = first
-        if self.kept is not None:  # the leader's memory: every durable commit after some txid
-            for data in self.kept:
-                head = read_header(data)
-                key = f"{timeline}/{head.first_txid}-{head.last_txid}"
-                for commit in self.syncs.cached(key) or self.syncs.segment(key, data):
-                    if commit.txid == need and need <= self.upto:
-                        yield _commit_unit(commit)
-                        need += 1
-            if need > self.upto:
-                return
-        record = load_timeline(self.store, self.db, timeline)
+        for data in self.kept or ():
+            head = read_header(data)
+            key = f"{self.timeline}/{head.first_txid}-{head.last_txid}"
+            for commit in self.syncs.cached(key) or self.syncs.segment(key, data):
+                if commit.txid == need and need <= self.upto:
+                    yield _commit_unit(commit)
+                    need += 1
+        if need > self.upto:
+            return
+        record = load_timeline(self.store, self.db, self.timeline)
         while need <= self.upto:
             segs, snaps = listing(self.store, self.db, record)
-            useful = sorted((s for s in segs if s.last >= need and s.first <= self.upto),
-                            key=lambda s: (s.first, -s.last))
-            plan: list[layout.SegmentInfo] = []
-            total, reach = 0, need
-            for seg in useful:  # the furthest-reaching segment from each txid on
-                if seg.last < reach or seg.first > reach:
-                    if seg.first > reach:
-                        break
-                    continue
-                if plan and total + seg.size > LIST_BYTES:
-                    break
-                plan.append(seg)
-                total += seg.size
-                reach = seg.last + 1
+            plan = _plan(segs, need, self.upto)
             if not plan:  # the txid is in no segment: a re-based log keeps it as a snapshot
                 if any(snap.txid == need for snap in snaps):
-                    yield self._state(timeline, need)
+                    yield self._state(need)
                     need += 1
                     continue
-                raise _Expired(f"txid {need} of timeline {timeline} is no longer kept")
+                raise _Expired(f"txid {need} of timeline {self.timeline} is no longer kept")
             before = need
             cached = [(seg, self.syncs.cached(seg.key)) for seg in plan]
             missing = [seg for seg, found in cached if found is None]
             fetched = dict(download(self.store, missing)) if missing else {}
             for seg, found in cached:
-                commits = found if found is not None else \
-                    self.syncs.segment(seg.key, fetched[seg])
-                for commit in commits:
+                for commit in found or self.syncs.segment(seg.key, fetched[seg]):
                     if commit.txid == need and need <= self.upto:
                         yield _commit_unit(commit)
                         need += 1
             if need == before:  # its key said it holds txid ``need``; its body did not
                 raise CorruptObject(f"segment {plan[0].key} lacks txid {need}", plan[0].key)
 
-    def frames(self, start: int, end: int) -> tuple[bytes, bool]:
-        """Frames ``start`` .. ``end - 1`` (at most MAX_FRAMES), and whether the generation
-        has no frame at ``start`` (the client has all of it that exists now)."""
-        index = self.syncs.index(self.db, self.gen.timeline, self.gen.base)
-        txid, at = index.seek(start, self.gen.base)
-        want = min(end - start, MAX_FRAMES)
-        out: list[bytes | memoryview] = []
-        for unit in self.units(txid):
-            if not unit.bridge:
-                index.note(unit.txid, at)
-            for k in range(max(0, start - at), unit.count):
-                if len(out) >= 2 * want:
-                    break
-                pgno, page = unit.frame(k)
-                out += (_header(pgno, unit.db_pages if k == unit.count - 1 else 0), page)
-            at += unit.count
-            if len(out) >= 2 * want:
-                break
-        return b"".join(out), not out
+
+def _plan(segs: list[layout.SegmentInfo], need: int,
+          upto: int) -> list[layout.SegmentInfo]:
+    """The furthest-reaching segment from each txid on, from ``need`` (about LIST_BYTES)."""
+    useful = sorted((s for s in segs if s.last >= need and s.first <= upto),
+                    key=lambda s: (s.first, -s.last))
+    plan: list[layout.SegmentInfo] = []
+    total, reach = 0, need
+    for seg in useful:
+        if seg.first > reach:
+            break
+        if seg.last < reach:
+            continue
+        if plan and total + seg.size > LIST_BYTES:
+            break
+        plan.append(seg)
+        total += seg.size
+        reach = seg.last + 1
+    return plan
 
 
 def _mapped(fn: Callable[..., T], *args: Any) -> T:
     """Worker thread: ``fn`` with the store's and the log's failures as the API's codes."""
     with storage_errors():
         return fn(*args)
+
+
+@dataclass(slots=True)
+class _Synced:
+    """A branch as a sync request sees it: its line and cuts, its durable head, the
+    leader's recent segments after the last cut (None: not all in memory)."""
+
+    name: str
+    branch: str
+    line: gens.Line
+    cuts: Cuts
+    durable: int
+    feed: Feed
 
 
 class SyncAPI:
@@ -377,11 +455,19 @@ class SyncAPI:
         async def _io(self, fn: Callable[..., T], *args: Any) -> T: ...
         def _known(self, name: str, *branches: str) -> None: ...
 
-    async def _synced(self, principal: Principal, name: str,
-                      branch: str) -> tuple[gens.Line, int, list[bytes] | None, Database]:
-        """The branch's line, its durable head once what was committed before this request
-        has shipped (up to storage_timeout), and the leader's recent segments after the
-        head's generation's base (None: not all in memory)."""
+    async def _sync_io(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn`` on the I/O threads, at most SYNC_THREADS of them at once: replicas
+        catching up (a restore of a whole state, segments downloaded) never take the threads
+        that ship every other database's commits."""
+        async with self.syncs.gate:
+            return await self._io(_mapped, fn, *args)
+
+    async def _synced(self, principal: Principal, name: str, branch: str,
+                      cut: Callable[[_Synced], bool] | None = None) -> _Synced:
+        """The branch once the commits made before this request have shipped (up to
+        storage_timeout); cut at its durable head first if ``cut`` says so. Cuts are made
+        while the branch is in use here, so a restore, which takes it out of service to
+        count them, never misses one."""
         check_name(name)
         principal.require("read", name)
         branch = principal.on(branch)
@@ -401,46 +487,69 @@ class SyncAPI:
             with contextlib.suppress(TimeoutError, LogError):
                 await asyncio.wait_for(shipper.wait_durable(shipper.head_txid),
                                        float(self.settings.storage_timeout))
-            durable = shipper.durable_txid
+            line = self.syncs.lines.get((name, timeline))
+            if line is None:
+                found = await self._io(_mapped, registry.branch, name, branch)
+                line = gens.line_of(found.entry())
+                if line.timeline != timeline:  # moved just now: the client asks again
+                    raise ShoalError(Code.STORAGE_UNAVAILABLE, f"{name}/{branch} moved to "
+                                     "another timeline during the request: retry")
+                self.syncs.line(name, timeline, line)
+            cuts = self.syncs.cuts.get((name, timeline))
+            if cuts is None or cuts.owner() is not db:
+                count = await self._sync_io(gens.count_cuts, self.registry.store, name,
+                                            timeline)
+                cuts = self.syncs.cuts_of(name, timeline, db, count)
+            synced = _Synced(name, branch, line, cuts, shipper.durable_txid, shipper.feed)
+            if cut is not None:
+                async with cuts.lock:
+                    if cut(synced) and synced.durable > await self._cut_txid(synced,
+                                                                             cuts.count):
+                        made = await self._sync_io(gens.make_cut, self.registry.store, name,
+                                                   timeline, cuts.count, synced.durable)
+                        cuts.txids[cuts.count] = made
+                        cuts.count += 1
+            return synced
         finally:
             self.lifecycle.release(db)
-        line = self.syncs.lines.get((name, timeline))
-        if line is None:
-            found = await self._io(registry.branch, name, branch)
-            line = gens.line_of({**found.entry()})
-            if line.timeline != timeline:  # moved just now: the client asks again
-                raise ShoalError(Code.STORAGE_UNAVAILABLE, f"{name}/{branch} moved to another "
-                                 "timeline during the request: retry")
-            self.syncs.line(name, timeline, line)
-        kept = shipper.feed.since(line.fork_txid + (line.last(durable) - line.first)
-                                  * gens.SPAN, inside=True)
-        return line, durable, kept, db
 
-    async def _sync_io(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn`` on the I/O threads, at most SYNC_THREADS of them at once: replicas
-        catching up (a restore of a whole state, segments downloaded) never take the threads
-        that ship every other database's commits."""
-        async with self.syncs.gate:
-            return await self._io(_mapped, fn, *args)
+    async def _cut_txid(self, synced: _Synced, count: int) -> int:
+        """The txid the line's first ``count`` cuts end at: the base of generation
+        ``first + count`` (the line's fork for the first)."""
+        if count == 0:
+            return synced.line.fork_txid
+        index = count - 1
+        found = synced.cuts.txids.get(index)
+        if found is None:
+            found = await self._sync_io(gens.read_cut, self.registry.store, synced.name,
+                                        synced.line.timeline, index)
+            synced.cuts.txids[index] = found
+        return found
+
+    def _kept(self, synced: _Synced, after: int) -> list[bytes] | None:
+        """The leader's recent segments holding every durable commit after ``after``."""
+        return synced.feed.since(after, inside=True)
 
     async def sync_info(self, principal: Principal, name: str, branch: str) -> SyncInfo:
-        """The generation a new replica starts from (``GET /info``)."""
-        line, durable, _, _ = await self._synced(principal, name, branch)
-        return SyncInfo(line.last(durable))
+        """The generation a new replica starts from (``GET /info``): the open one, cut at
+        the durable head first, so that its export is the newest state."""
+        synced = await self._synced(principal, name, branch, cut=lambda s: True)
+        return SyncInfo(synced.line.first + synced.cuts.count)
 
     async def sync_export(self, principal: Principal, name: str, branch: str,
                           generation: int) -> State:
         """The database at the start of ``generation`` (``GET /export/{g}``): a file, kept
         until a few newer states replace it (open it before awaiting anything)."""
-        line, durable, _, _ = await self._synced(principal, name, branch)
-        gen = gens.locate(line, generation, durable)
-        if gen is None:
-            raise self._expired(name, branch, generation, line, durable)
+        synced = await self._synced(principal, name, branch)
+        where = gens.place(synced.line, generation, synced.cuts.count)
+        if where is None or where.kind not in (Kind.CLOSED, Kind.OPEN):
+            raise self._expired(synced, generation)
+        base = await self._cut_txid(synced, where.index)
         try:
-            return await self._sync_io(self.syncs.state, self.registry.store,
-                                       self.registry.scratch, name, gen.timeline, gen.base)
+            return await self._sync_io(self.syncs.state, self.registry.store, name,
+                                       synced.line.timeline, base)
         except _Expired:
-            raise self._expired(name, branch, generation, line, durable) from None
+            raise self._expired(synced, generation) from None
 
     async def sync_pull(self, principal: Principal, name: str, branch: str, generation: int,
                         start: int, end: int) -> Pulled:
@@ -448,24 +557,35 @@ class SyncAPI:
         if start < 1 or end <= start:
             raise ShoalError(Code.INVALID_REQUEST, "frames are numbered from 1, and the end "
                              "(exclusive) comes after the start")
-        line, durable, kept, _ = await self._synced(principal, name, branch)
-        current = line.last(durable)
-        gen = gens.locate(line, generation, durable)
-        if gen is None:  # expired, or ahead: a replica of another history (see generations)
-            raise self._expired(name, branch, generation, line, durable)
-        upto = gen.upto(durable)
-        own = gen.timeline == line.timeline and gen.number == current
-        walk = _Walk(self.syncs, self.registry.store, self.registry.scratch, name, gen,
-                     upto, kept if own else None)
+
+        def opened(synced: _Synced) -> bool:  # a replica at the open generation: cut it
+            return start == 1 and generation == synced.line.first + synced.cuts.count
+
+        synced = await self._synced(principal, name, branch, cut=opened)
+        line = synced.line
+        current = line.first + synced.cuts.count
+        where = gens.place(line, generation, synced.cuts.count)
+        if where is None or (where.kind is Kind.OPEN and start != 1):
+            raise self._expired(synced, generation)  # an open generation has no frames yet
+        if where.kind is Kind.OPEN:  # nothing after the last cut
+            return Pulled(b"", generation)
+        if where.kind is Kind.PASSED:  # an older generation of the line a restore left
+            return Pulled(b"", current)
         try:
-            frames, done = await self._sync_io(walk.frames, start, end)
+            if where.kind is Kind.BRIDGE:
+                frames = await self._sync_io(self.syncs.bridge, self.registry.store, name,
+                                             line.timeline, line.fork_txid)
+            else:
+                lo = await self._cut_txid(synced, where.index)
+                hi = await self._cut_txid(synced, where.index + 1)
+                frames = await self._sync_io(self.syncs.generation, self.registry.store,
+                                             name, line.timeline, lo, hi,
+                                             self._kept(synced, lo))
+            body = await self._sync_io(self.syncs.read, frames, start - 1,
+                                       min(end - start, MAX_FRAMES))
         except _Expired:
-            raise self._expired(name, branch, generation, line, durable) from None
-        finally:
-            walk.close()
-        if not done:
-            return Pulled(frames, generation)
-        return Pulled(b"", current if gen.closed(durable) else generation)
+            raise self._expired(synced, generation) from None
+        return Pulled(body, generation) if body else Pulled(b"", current)
 
     def sync_push(self, principal: Principal, name: str, branch: str) -> NoReturn:
         """Offline writes pushed as WAL frames (``POST /sync/...``): refused for now (they
@@ -478,10 +598,9 @@ class SyncAPI:
                          "that its writes go to the server")
 
     @staticmethod
-    def _expired(name: str, branch: str, generation: int, line: gens.Line,
-                 durable: int) -> ShoalError:
-        now = line.last(durable)
+    def _expired(synced: _Synced, generation: int) -> ShoalError:
+        now = synced.line.first + synced.cuts.count
         why = "never had" if generation > now else "no longer keeps"
-        return ShoalError(Code.REPLICA_EXPIRED, f"{name}/{branch} {why} generation "
-                          f"{generation} (it is at generation {now}): this replica was made "
-                          "from another history, or is behind what the store keeps")
+        return ShoalError(Code.REPLICA_EXPIRED, f"{synced.name}/{synced.branch} {why} "
+                          f"generation {generation} (it is at generation {now}): this replica "
+                          "was made from another history, or is behind what the store keeps")

@@ -398,8 +398,10 @@ def _move(store: ObjectStore, branch: Branch, parent_timeline: str, fork_txid: i
     kept_id: list[str] = []
 
     def intent(head: int) -> dict[str, Any]:
-        # numbered on from the line sealed at ``head``, for embedded replicas to follow
-        line = generations.moved(branch.entry(), head, timeline.id, fork_txid)
+        # numbered on from the line left (its cuts counted while the branch is out of
+        # service: none is made meanwhile), for embedded replicas to follow
+        cuts = generations.count_cuts(store, db, branch.timeline)
+        line = generations.moved(branch.entry(), cuts, timeline.id, fork_txid)
         out: dict[str, Any] = {"op": "move", "to": {**to, **line.entry()}}
         if keep_as:
             kept = create_timeline(store, db, branch.timeline, head, created_at)

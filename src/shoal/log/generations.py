@@ -1,36 +1,48 @@
 """Generations: how libSQL's HTTP sync protocol (embedded replicas) numbers a branch's history.
 
 A client of that protocol keeps its copy as (generation, frame): the database file at the
-start of a generation (``GET /export/{g}``), then the WAL frames of the generation's commits,
-numbered from 1 and written into its own WAL at those positions (``GET /sync/{g}/{s}/{e}``).
-At a generation's end it checkpoints its WAL and moves to ``g + 1``, frame 1. So generation
+start of a generation (``GET /export/{g}``), then the generation's WAL frames, numbered from
+1, which it writes into its own WAL at those positions (``GET /sync/{g}/{start}/{end}``). At
+a generation's end it checkpoints its WAL and moves to ``g + 1``, frame 1. So generation
 numbers must be dense along a branch, a (generation, frame) must always name the same frame,
 and both must hold across a restore, which starts the branch again from another state.
 
-- Along the timeline a branch is on, generation ``j`` (0, 1, ...) holds the commits
-  ``(fork + j*SPAN, fork + (j + 1)*SPAN]`` and starts from the state at ``fork + j*SPAN``;
-  its number is ``first + j``. ``first`` is kept in the branch's entry of the database record:
-  a random number up to 2**30 for a new branch (1 for a branch made before replicas), so that
-  a replica of another history (a database deleted and created again under its name, another
-  branch's URL) almost surely holds a generation this branch never had, and is told so rather
-  than fed frames of another database. SPAN is fixed: clients hold positions numbered by it.
-- A restore or reset moves the branch to a new timeline. Its record change (made after the
-  old timeline is sealed, so the old head is final) sets the new ``first`` to the old
-  timeline's last generation + 1 and keeps the old line as ``previous``. The old last
-  generation then ends with a **bridge**: after its own commits, one commit writing every page
-  of the new timeline's first state. Whatever state a client had, that commit leaves exactly
-  the new state (every page written, the size set), so clients cross a restore by syncing.
-- A client behind what the store still holds (retention) cannot be served: the protocol has
+- **Cuts.** Along the timeline a branch is on, generations are separated by *cuts*: txids
+  c1 < c2 < ..., each an object of its own in the store (``cut_key``: made once, with
+  If-None-Match, never changed). Generation ``first + j`` for ``j`` below the number of cuts
+  is *closed*: from the state at c_j (c_0: the timeline's fork) to the state at c_(j+1), as
+  ONE commit holding the newest version of every page its commits changed. So a replica
+  behind by a thousand commits downloads each changed page once, not once per commit.
+  Generation ``first + cuts`` is *open*: none of its frames was ever served. A replica that
+  asks for it when commits came after the last cut makes the leader cut it at the durable
+  head (the next cut object), and reads it closed.
+- ``first`` is kept in the branch's entry of the database record: random up to 2**30 for a
+  new branch (1 for a branch made before replicas), so that a replica of another history
+  (a database deleted and made again under its name, another branch's URL) almost surely asks
+  for a generation this branch never had, and is told so rather than fed another database.
+- A restore or reset moves the branch to a new timeline. Its record change sets the new
+  ``first`` to the old line's open generation + 1 (the old line's cuts are counted while the
+  branch is out of service, so none is made meanwhile) and keeps the old ``first``. The old
+  open generation becomes the **bridge**: one commit writing every page of the new line's
+  first state, which leaves a replica exactly at the restored state whatever it held. A
+  replica in an older generation of the old line holds whole commits only: it is passed on
+  (the generation's end) until it reaches the bridge. Two restores back: too far.
+- A replica behind what the store still holds (retention) cannot be served: the protocol has
   no way to tell it to start again, so it gets a clear error (REPLICA_EXPIRED).
 """
 
 from __future__ import annotations
 
+import json
 import secrets
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
-SPAN = 1000  # commits per generation (fixed: clients' positions are numbered by it)
+from shoal.log import layout
+from shoal.log.errors import CorruptObject
+from shoal.storage.base import ObjectStore, PreconditionFailed
+
 FIRST_MAX = 2**30  # a new branch's first generation is at most this: 3 billion stay above
 ENTRY = ("generation", "previous")  # the keys a branch's record entry keeps of its line
 
@@ -38,25 +50,18 @@ ENTRY = ("generation", "previous")  # the keys a branch's record entry keeps of 
 @dataclass(frozen=True, slots=True)
 class Line:
     """A timeline as one branch's generations see it: its fork, its first generation, and
-    (after a restore or reset) the line the branch was on before, with its final head."""
+    (after a restore or reset) the first generation of the line the branch was on before."""
 
     timeline: str
     fork_txid: int
     first: int
-    previous: Line | None = None
-    head: int | None = None  # a previous line's final head (None: the branch's current line)
-
-    def last(self, head: int) -> int:
-        """The number of the generation that holds ``head`` (the line's newest)."""
-        return self.first + (head - self.fork_txid) // SPAN
+    previous: int | None = None
 
     def entry(self) -> dict[str, Any]:
         """What a branch's record entry keeps of it (``generation``, ``previous``)."""
         out: dict[str, Any] = {"generation": self.first}
         if self.previous is not None:
-            prev = self.previous
-            out["previous"] = {"timeline": prev.timeline, "fork_txid": prev.fork_txid,
-                               "generation": prev.first, "head": prev.head}
+            out["previous"] = self.previous
         return out
 
 
@@ -69,57 +74,74 @@ def fresh() -> dict[str, Any]:
 def line_of(entry: dict[str, Any]) -> Line:
     """A branch's current line from its record entry."""
     prev = entry.get("previous")
-    previous = None
-    if isinstance(prev, dict):
-        previous = Line(str(prev["timeline"]), int(prev["fork_txid"]),
-                        int(prev["generation"]), head=int(prev["head"]))
     return Line(str(entry["timeline"]), int(entry["fork_txid"]),
-                int(entry.get("generation", 1)), previous)
+                int(entry.get("generation", 1)), None if prev is None else int(prev))
 
 
-def moved(entry: dict[str, Any], head: int, timeline: str, fork_txid: int) -> Line:
-    """The line of a branch moved off the line ``entry`` describes (sealed at ``head``) onto
-    ``timeline`` forked at ``fork_txid``: numbered on from the old line's last generation."""
+def moved(entry: dict[str, Any], cuts: int, timeline: str, fork_txid: int) -> Line:
+    """The line of a branch moved off the line ``entry`` describes (which had ``cuts``
+    cuts, so its open generation is ``first + cuts``) onto ``timeline`` at ``fork_txid``."""
     old = line_of(entry)
-    before = Line(old.timeline, old.fork_txid, old.first, head=head)
-    return Line(timeline, fork_txid, before.last(head) + 1, before)
+    return Line(timeline, fork_txid, old.first + cuts + 1, old.first)
+
+
+class Kind(Enum):
+    CLOSED = "closed"  # one commit: the state at its base to the state at its end
+    OPEN = "open"  # after the last cut: cut it first
+    BRIDGE = "bridge"  # the old line's open generation: every page of the new line's start
+    PASSED = "passed"  # an older generation of the old line: a replica there moves on
 
 
 @dataclass(frozen=True, slots=True)
-class Generation:
-    """Generation ``number``: the state at ``base`` of ``timeline``, then its commits
-    ``base + 1 .. end`` (``end`` None: open, up to the head, at most ``base + SPAN``), then
-    (the last of a line a restore left) the bridge: every page of ``bridge``'s state."""
-
-    number: int
-    timeline: str
-    base: int
-    end: int | None
-    bridge: tuple[str, int] | None = None  # (timeline, txid)
-
-    def upto(self, head: int) -> int:
-        """The last commit of this generation a client can have now (``head``: the line's
-        durable head)."""
-        return self.end if self.end is not None else min(head, self.base + SPAN)
-
-    def closed(self, head: int) -> bool:
-        """Whether no commit will join this generation any more."""
-        return self.end is not None or head >= self.base + SPAN
+class Place:
+    kind: Kind
+    index: int  # j, the generation's place on the line (CLOSED, OPEN); -1 otherwise
 
 
-def locate(line: Line, number: int, head: int) -> Generation | None:
-    """Generation ``number`` of a branch whose current line is ``line`` (durable head
-    ``head``); None if the branch has no such generation (a future one, or one older than
-    the line before its last restore)."""
+def place(line: Line, number: int, cuts: int) -> Place | None:
+    """Where generation ``number`` is on a branch whose line is ``line`` with ``cuts``
+    cuts; None if the branch never had it, or it is two restores back."""
     if number >= line.first:
-        base = line.fork_txid + (number - line.first) * SPAN
-        if base > head:
-            return None
-        return Generation(number, line.timeline, base, None)
-    prev = line.previous
-    if prev is None or prev.head is None or number < prev.first:
+        j = number - line.first
+        if j < cuts:
+            return Place(Kind.CLOSED, j)
+        return Place(Kind.OPEN, j) if j == cuts else None
+    if line.previous is None or number < line.previous:
         return None
-    base = prev.fork_txid + (number - prev.first) * SPAN
-    end = min(base + SPAN, prev.head)
-    bridge = (line.timeline, line.fork_txid) if number == line.first - 1 else None
-    return Generation(number, prev.timeline, base, end, bridge)
+    return Place(Kind.BRIDGE if number == line.first - 1 else Kind.PASSED, -1)
+
+
+# -- cuts in the store ---------------------------------------------------------------------
+def cut_key(db: str, timeline: str, index: int) -> str:
+    """Cut ``index`` (0-based): the txid generation ``first + index`` ends at."""
+    return f"{layout.sync_prefix(db, timeline)}{index:010d}"
+
+
+def count_cuts(store: ObjectStore, db: str, timeline: str) -> int:
+    """How many cuts the timeline has (one listing): the open generation's index."""
+    prefix = layout.sync_prefix(db, timeline)
+    found = [info.key[len(prefix):] for info in store.list(prefix)]
+    return max((int(name) + 1 for name in found if name.isdigit()), default=0)
+
+
+def read_cut(store: ObjectStore, db: str, timeline: str, index: int) -> int:
+    key = cut_key(db, timeline, index)
+    data = store.get(key).data
+    try:
+        txid = json.loads(data)["txid"]
+        if not isinstance(txid, int) or isinstance(txid, bool):
+            raise TypeError(txid)
+    except (ValueError, KeyError, TypeError):
+        raise CorruptObject(f"sync cut {key} is not a cut", key) from None
+    return txid
+
+
+def make_cut(store: ObjectStore, db: str, timeline: str, index: int, txid: int) -> int:
+    """Write cut ``index`` at ``txid`` unless it exists; the txid it holds (another node's,
+    if it made it first)."""
+    try:
+        store.put(cut_key(db, timeline, index), json.dumps({"txid": txid}).encode(),
+                  if_none_match="*")
+        return txid
+    except PreconditionFailed:
+        return read_cut(store, db, timeline, index)

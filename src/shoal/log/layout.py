@@ -84,6 +84,11 @@ def snapshot_prefix(db: str, timeline: str) -> str:
     return f"dbs/{db}/snap/{timeline}/"
 
 
+def sync_prefix(db: str, timeline: str) -> str:
+    """Where embedded replicas' generation cuts of a timeline live (log/generations.py)."""
+    return f"dbs/{db}/sync/{timeline}/"
+
+
 def _writer(epoch: int, start: int) -> str:
     return f"-{epoch}-{start}" if epoch else ""
 

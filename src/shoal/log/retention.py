@@ -120,11 +120,13 @@ def apply_retention(store: ObjectStore, db: str, *, now: float, window: float,
     keep -= _superseded(segs, now - grace)
 
     report = RetentionReport()
-    doomed_records = [layout.timeline_key(db, t) for t in timelines
-                      if t not in live and not needs[t]]
+    doomed = [t for t in timelines if t not in live and not needs[t]]
+    doomed_records = [layout.timeline_key(db, t) for t in doomed]
     for tid in timelines:
         for key in [s.key for s in snaps[tid]] + [s.key for s in segs[tid]]:
             (report.kept if key in keep else report.deleted).append(key)
+    for tid in doomed:  # a timeline gone: its replicas' generation cuts go with it
+        report.deleted += [info.key for info in store.list(layout.sync_prefix(db, tid))]
     report.deleted += dead + doomed_records
     if not dry_run:
         for key in report.deleted:  # data first, records last: a rerun finishes the job
