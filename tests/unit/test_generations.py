@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shoal.log import generations as gens
-from shoal.log.errors import CorruptObject
+from shoal.log.errors import CorruptObject, LogConflict
 from shoal.log.generations import Kind, Line, Place, line_of, moved, place
 from shoal.storage.memory import MemoryStore
 
@@ -47,13 +47,34 @@ def test_cuts_are_made_once() -> None:
     assert gens.make_cut(store, "db", "t", 0, 12) == 12
     assert gens.make_cut(store, "db", "t", 0, 15) == 12  # another node's came first
     assert gens.make_cut(store, "db", "t", 1, 20) == 20
+    assert gens.make_cut(store, "db", "t", 1, 21) == 20
     assert gens.count_cuts(store, "db", "t") == 2
     assert gens.count_cuts(store, "db", "other") == 0
     assert [gens.read_cut(store, "db", "t", i) for i in (0, 1)] == [12, 20]
-    assert gens.cut_key("db", "t", 1) == "dbs/db/sync/t/0000000001"
-    store.delete(gens.cut_key("db", "t", 0))  # retention took the oldest: still counted
-    assert gens.count_cuts(store, "db", "t") == 2
-    for bad in (b"{}", b"[", b'{"txid": "1"}', b'{"txid": true}'):
-        store.put(gens.cut_key("db", "t", 5), bad)
-        with pytest.raises(CorruptObject):
-            gens.read_cut(store, "db", "t", 5)
+    assert gens.cut_key("db", "t", 1) == "dbs/db/sync/t/00000001"
+    with pytest.raises(LogConflict):  # cut 3 without cut 2: a stale count
+        gens.make_cut(store, "db", "t", 3, 30)
+    with pytest.raises(CorruptObject):
+        gens.read_cut(store, "db", "t", 2)
+    with pytest.raises(LogConflict):  # a chunk that is not there yet, past its first cut
+        gens.make_cut(store, "db", "t", gens.CHUNK + 1, 30)
+
+
+def test_cuts_are_counted_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counting probes chunks (a few requests, however many there are)."""
+    monkeypatch.setattr(gens, "CHUNK", 3)
+    store = MemoryStore()
+    for count in range(1, 40):
+        assert gens.make_cut(store, "db", "t", count - 1, 10 * count) == 10 * count
+        assert gens.count_cuts(store, "db", "t") == count
+    assert [gens.read_cut(store, "db", "t", i) for i in range(39)] == \
+        [10 * i for i in range(1, 40)]
+    assert len(list(store.list("dbs/db/sync/t/"))) == 13
+
+
+def test_a_damaged_chunk_is_named() -> None:
+    store = MemoryStore()
+    for bad in (b"{}", b"[", b'{"cuts": "1"}', b'{"cuts": [true]}', b'{"cuts": ["1"]}'):
+        store.put(gens.cut_key("db", "t", 0), bad)
+        with pytest.raises(CorruptObject, match="00000000"):
+            gens.read_cut(store, "db", "t", 0)

@@ -38,7 +38,7 @@ from shoal.engine.registry import storage_errors
 from shoal.errors import Code, ShoalError
 from shoal.log import generations as gens
 from shoal.log import layout
-from shoal.log.errors import CorruptObject, LogError, MissingObject
+from shoal.log.errors import CorruptObject, LogConflict, LogError, MissingObject
 from shoal.log.generations import Kind
 from shoal.log.restore import download, restore
 from shoal.log.segment import Commit, Page, decode_segment, read_header
@@ -423,6 +423,14 @@ def _plan(segs: list[layout.SegmentInfo], need: int,
     return plan
 
 
+def _cut(store: ObjectStore, db: str, timeline: str, index: int, txid: int) -> int | None:
+    """Worker thread: make cut ``index``; None if the cuts do not reach it (count again)."""
+    try:
+        return gens.make_cut(store, db, timeline, index, txid)
+    except LogConflict:
+        return None
+
+
 def _mapped(fn: Callable[..., T], *args: Any) -> T:
     """Worker thread: ``fn`` with the store's and the log's failures as the API's codes."""
     with storage_errors():
@@ -503,12 +511,18 @@ class SyncAPI:
             synced = _Synced(name, branch, line, cuts, shipper.durable_txid, shipper.feed)
             if cut is not None:
                 async with cuts.lock:
-                    if cut(synced) and synced.durable > await self._cut_txid(synced,
-                                                                             cuts.count):
-                        made = await self._sync_io(gens.make_cut, self.registry.store, name,
-                                                   timeline, cuts.count, synced.durable)
-                        cuts.txids[cuts.count] = made
-                        cuts.count += 1
+                    for _ in range(2):  # a stale count (another node cut): count, again
+                        if not cut(synced) or \
+                                synced.durable <= await self._cut_txid(synced, cuts.count):
+                            break
+                        made = await self._sync_io(_cut, self.registry.store, name, timeline,
+                                                   cuts.count, synced.durable)
+                        if made is not None:
+                            cuts.txids[cuts.count] = made
+                            cuts.count += 1
+                            break
+                        cuts.count = await self._sync_io(gens.count_cuts, self.registry.store,
+                                                         name, timeline)
             return synced
         finally:
             self.lifecycle.release(db)

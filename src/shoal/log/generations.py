@@ -8,8 +8,8 @@ numbers must be dense along a branch, a (generation, frame) must always name the
 and both must hold across a restore, which starts the branch again from another state.
 
 - **Cuts.** Along the timeline a branch is on, generations are separated by *cuts*: txids
-  c1 < c2 < ..., each an object of its own in the store (``cut_key``: made once, with
-  If-None-Match, never changed). Generation ``first + j`` for ``j`` below the number of cuts
+  c1 < c2 < ..., kept in the store (a thousand to an object, below: a cut, once made, never
+  changes). Generation ``first + j`` for ``j`` below the number of cuts
   is *closed*: from the state at c_j (c_0: the timeline's fork) to the state at c_(j+1), as
   ONE commit holding the newest version of every page its commits changed. So a replica
   behind by a thousand commits downloads each changed page once, not once per commit.
@@ -36,12 +36,12 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass
-from enum import Enum
+from enum import Enum, auto
 from typing import Any
 
 from shoal.log import layout
-from shoal.log.errors import CorruptObject
-from shoal.storage.base import ObjectStore, PreconditionFailed
+from shoal.log.errors import CorruptObject, LogConflict
+from shoal.storage.base import NotFound, ObjectStore, PreconditionFailed
 
 FIRST_MAX = 2**30  # a new branch's first generation is at most this: 3 billion stay above
 ENTRY = ("generation", "previous")  # the keys a branch's record entry keeps of its line
@@ -86,10 +86,10 @@ def moved(entry: dict[str, Any], cuts: int, timeline: str, fork_txid: int) -> Li
 
 
 class Kind(Enum):
-    CLOSED = "closed"  # one commit: the state at its base to the state at its end
-    OPEN = "open"  # after the last cut: cut it first
-    BRIDGE = "bridge"  # the old line's open generation: every page of the new line's start
-    PASSED = "passed"  # an older generation of the old line: a replica there moves on
+    CLOSED = auto()  # one commit: the state at its base to the state at its end
+    OPEN = auto()  # after the last cut: cut it first
+    BRIDGE = auto()  # the old line's open generation: every page of the new line's start
+    PASSED = auto()  # an older generation of the old line: a replica there moves on
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,36 +112,87 @@ def place(line: Line, number: int, cuts: int) -> Place | None:
 
 
 # -- cuts in the store ---------------------------------------------------------------------
-def cut_key(db: str, timeline: str, index: int) -> str:
-    """Cut ``index`` (0-based): the txid generation ``first + index`` ends at."""
-    return f"{layout.sync_prefix(db, timeline)}{index:010d}"
+# Cuts are kept CHUNK to an object (``{prefix}{chunk:08d}``: ``{"cuts": [txid, ...]}``), so a
+# branch synced every second makes a few objects a day, not 86,400; a cut is added to the
+# newest chunk with If-Match (a new chunk with If-None-Match), so two nodes cannot both make
+# cut ``i``. Chunks are found by probing (``head``), not listing: counting costs O(log n).
+CHUNK = 1000  # cuts an object holds
+
+
+def cut_key(db: str, timeline: str, chunk: int) -> str:
+    """The object holding cuts ``chunk * CHUNK`` .. ``(chunk + 1) * CHUNK - 1``."""
+    return f"{layout.sync_prefix(db, timeline)}{chunk:08d}"
+
+
+def _exists(store: ObjectStore, key: str) -> bool:
+    try:
+        store.head(key)
+        return True
+    except NotFound:
+        return False
+
+
+def _chunk(store: ObjectStore, db: str, timeline: str, chunk: int) -> tuple[list[int], str]:
+    key = cut_key(db, timeline, chunk)
+    blob = store.get(key)
+    try:
+        cuts = json.loads(blob.data)["cuts"]
+        if not isinstance(cuts, list) or not all(
+                isinstance(c, int) and not isinstance(c, bool) for c in cuts):
+            raise TypeError(cuts)
+    except (ValueError, KeyError, TypeError):
+        raise CorruptObject(f"sync cuts {key} are not cuts", key) from None
+    return cuts, blob.etag
 
 
 def count_cuts(store: ObjectStore, db: str, timeline: str) -> int:
-    """How many cuts the timeline has (one listing): the open generation's index."""
-    prefix = layout.sync_prefix(db, timeline)
-    found = [info.key[len(prefix):] for info in store.list(prefix)]
-    return max((int(name) + 1 for name in found if name.isdigit()), default=0)
+    """How many cuts the timeline has: the open generation's index."""
+    if not _exists(store, cut_key(db, timeline, 0)):
+        return 0
+    low, high = 0, 1  # chunk ``low`` exists; find the first that does not
+    while _exists(store, cut_key(db, timeline, high)):
+        low, high = high, high * 2
+    while high - low > 1:
+        mid = (low + high) // 2
+        if _exists(store, cut_key(db, timeline, mid)):
+            low = mid
+        else:
+            high = mid
+    return low * CHUNK + len(_chunk(store, db, timeline, low)[0])
 
 
 def read_cut(store: ObjectStore, db: str, timeline: str, index: int) -> int:
-    key = cut_key(db, timeline, index)
-    data = store.get(key).data
-    try:
-        txid = json.loads(data)["txid"]
-        if not isinstance(txid, int) or isinstance(txid, bool):
-            raise TypeError(txid)
-    except (ValueError, KeyError, TypeError):
-        raise CorruptObject(f"sync cut {key} is not a cut", key) from None
-    return txid
+    """Cut ``index`` (0-based): the txid generation ``first + index`` ends at."""
+    cuts, _ = _chunk(store, db, timeline, index // CHUNK)
+    if index % CHUNK >= len(cuts):
+        key = cut_key(db, timeline, index // CHUNK)
+        raise CorruptObject(f"sync cuts {key} lack cut {index}", key)
+    return cuts[index % CHUNK]
 
 
 def make_cut(store: ObjectStore, db: str, timeline: str, index: int, txid: int) -> int:
-    """Write cut ``index`` at ``txid`` unless it exists; the txid it holds (another node's,
-    if it made it first)."""
-    try:
-        store.put(cut_key(db, timeline, index), json.dumps({"txid": txid}).encode(),
-                  if_none_match="*")
-        return txid
-    except PreconditionFailed:
-        return read_cut(store, db, timeline, index)
+    """Make cut ``index`` at ``txid`` unless it exists; the txid it holds (another node's,
+    if it made it first). LogConflict if cut ``index - 1`` does not exist (the caller's
+    count is stale: it counts again)."""
+    chunk, at = divmod(index, CHUNK)
+    key = cut_key(db, timeline, chunk)
+    while True:
+        if at == 0:
+            try:
+                store.put(key, json.dumps({"cuts": [txid]}).encode(), if_none_match="*")
+                return txid
+            except PreconditionFailed:
+                pass
+        try:
+            cuts, etag = _chunk(store, db, timeline, chunk)
+        except NotFound:
+            raise LogConflict(f"sync cuts {key} do not reach cut {index}", key) from None
+        if len(cuts) > at:
+            return cuts[at]
+        if len(cuts) < at:
+            raise LogConflict(f"sync cuts {key} do not reach cut {index}", key)
+        try:
+            store.put(key, json.dumps({"cuts": [*cuts, txid]}).encode(), if_match=etag)
+            return txid
+        except PreconditionFailed:
+            continue  # another node added one: read again
