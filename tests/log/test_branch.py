@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.log import layout
+from shoal.log import generations, layout
 from shoal.log.branch import (
     create_branch,
     delete_branch,
@@ -124,6 +124,20 @@ def test_reset_moves_a_branch_to_the_parents_latest_state(world: World) -> None:
         move_branch(world.store, preview, main.timeline, 2, 500.0)
 
 
+def test_a_moved_branch_numbers_replicas_generations_on(world: World) -> None:
+    """Embedded replicas' numbering (log/generations.py): the line a move leaves had its
+    cuts counted; the new line's first generation follows its open one."""
+    main = get_branch(world.store, DB, "main")
+    first = main.entry()["generation"]
+    for index, txid in enumerate((2, 5, 7)):
+        generations.make_cut(world.store, DB, main.timeline, index, txid)
+    moved = move_branch(world.store, main, main.timeline, 4, 500.0)
+    line = generations.line_of(moved.entry())
+    assert (line.first, line.previous) == (first + 4, first)
+    kept = get_branch(world.store, DB, "main").entry()
+    assert generations.line_of(kept) == line  # what the record now says
+
+
 def test_restore_in_place_keeps_the_old_state_as_a_branch(world: World) -> None:
     before = world.rows("main")
     main = get_branch(world.store, DB, "main")
@@ -183,8 +197,10 @@ def test_retention_drops_deleted_branches_unless_needed(world: World) -> None:
     dry = apply_retention(world.store, DB, now=3e6, window=1e9, grace=0, dry_run=True)
     assert layout.timeline_key(DB, b.timeline) in dry.deleted
     assert world.store.get(layout.timeline_key(DB, b.timeline))  # dry run deleted nothing
+    generations.make_cut(world.store, DB, b.timeline, 0, 7)  # a replica synced b once
     report = apply_retention(world.store, DB, now=3e6, window=1e9, grace=0)
     gone = set(report.deleted)
+    assert generations.cut_key(DB, b.timeline, 0) in gone  # its cuts went with it
     assert {layout.timeline_key(DB, a.timeline), layout.timeline_key(DB, b.timeline)} <= gone
     assert not list(world.store.list(layout.log_prefix(DB, a.timeline)))
     assert not list(world.store.list(layout.log_prefix(DB, b.timeline)))
