@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sqlite3
 import struct
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -316,3 +317,38 @@ def test_frame_headers(admin: httpx.Client, table: str,
     big = sizes[ends[-2] + 1:] if len(ends) > 1 else sizes  # the last commit's frames
     assert len(big) >= 3 and big[:-1] == [0] * (len(big) - 1)  # its size on its last frame
     assert all(1 <= pgno <= sizes[-1] for pgno, _ in heads)
+
+
+def test_replicas_syncing_at_once_while_writes_go_on(admin: httpx.Client, table: str,
+                                                    server: ServerProcess,
+                                                    tmp_path: Path) -> None:
+    """Eight replicas syncing from threads while a writer commits: cuts are made once each
+    (no replica sees a generation change under it), and every replica ends equal."""
+    replicas = [Replica(admin, f"/db/{table}", batch=3) for _ in range(8)]
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def follow(replica: Replica) -> None:
+        try:
+            while not stop.is_set():
+                replica.sync()
+        except BaseException as exc:  # the test fails with it below
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=follow, args=(r,)) for r in replicas]
+    for thread in threads:
+        thread.start()
+    try:
+        for i in range(40):
+            insert(admin, table, f"w{i}")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    assert not errors, errors
+    want = server_rows(admin, table)
+    for replica in replicas:
+        replica.sync()
+        assert replica.rows(tmp_path) == want
+    assert len({r.generation for r in replicas}) == 1

@@ -39,6 +39,7 @@ def test_new_branches_start_at_random_generations() -> None:
     assert len(firsts) > 45 and all(1 <= f <= gens.FIRST_MAX for f in firsts)
     assert line_of({"timeline": "t", "fork_txid": 0}).first == 1  # made before replicas
     assert gens.FIRST_MAX == 2**30  # 3 billion generations stay above any first one
+    assert gens.CHUNK == 1000  # cuts per object: the store's layout of them
 
 
 def test_cuts_are_made_once() -> None:
@@ -58,6 +59,25 @@ def test_cuts_are_made_once() -> None:
         gens.read_cut(store, "db", "t", 2)
     with pytest.raises(LogConflict):  # a chunk that is not there yet, past its first cut
         gens.make_cut(store, "db", "t", gens.CHUNK + 1, 30)
+
+
+class Racing(MemoryStore):
+    """Another node adds cut 1 (txid 19) between a make_cut's read and its write."""
+
+    def put(self, key: str, data: bytes, *, if_none_match: str | None = None,
+            if_match: str | None = None) -> str:
+        if if_match is not None and not getattr(self, "raced", False):
+            self.raced = True
+            super().put(key, b'{"cuts": [12, 19]}')
+        return super().put(key, data, if_none_match=if_none_match, if_match=if_match)
+
+
+def test_a_cut_made_meanwhile_by_another_node_wins() -> None:
+    store = Racing()
+    assert gens.make_cut(store, "db", "t", 0, 12) == 12
+    assert gens.make_cut(store, "db", "t", 1, 20) == 19
+    assert gens.make_cut(store, "db", "t", 2, 30) == 30
+    assert [gens.read_cut(store, "db", "t", i) for i in range(3)] == [12, 19, 30]
 
 
 def test_cuts_are_counted_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
