@@ -317,6 +317,10 @@ def test_frame_headers(admin: httpx.Client, table: str,
     big = sizes[ends[-2] + 1:] if len(ends) > 1 else sizes  # the last commit's frames
     assert len(big) >= 3 and big[:-1] == [0] * (len(big) - 1)  # its size on its last frame
     assert all(1 <= pgno <= sizes[-1] for pgno, _ in heads)
+    after = len(sizes) + 1  # just past the end: the generation's end; further: a wrong place
+    assert admin.get(f"/db/{table}/sync/{g}/{after}/{after + 9}").status_code == 400
+    error_of(admin.get(f"/db/{table}/sync/{g}/{after + 1}/{after + 9}"), 410,
+             "REPLICA_EXPIRED")
 
 
 def test_replicas_syncing_at_once_while_writes_go_on(admin: httpx.Client, table: str,

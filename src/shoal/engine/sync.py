@@ -129,7 +129,7 @@ class Cuts:
     it, counts them again."""
 
     owner: weakref.ref[Database]
-    count: int
+    count: int = -1  # -1: not counted yet (under ``lock``)
     txids: dict[int, int] = field(default_factory=dict)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -330,8 +330,9 @@ class Syncs:
         while len(self.lines) > LINES:
             self.lines.popitem(last=False)
 
-    def cuts_of(self, db: str, timeline: str, owner: Database, count: int) -> Cuts:
-        found = Cuts(weakref.ref(owner), count)
+    def cuts_of(self, db: str, timeline: str, owner: Database) -> Cuts:
+        """New cuts for an open branch, not counted yet (``count`` -1)."""
+        found = Cuts(weakref.ref(owner))
         self.cuts[(db, timeline)] = found
         while len(self.cuts) > LINES:
             self.cuts.popitem(last=False)
@@ -472,10 +473,12 @@ class SyncAPI:
 
     async def _synced(self, principal: Principal, name: str, branch: str,
                       cut: Callable[[_Synced], bool] | None = None) -> _Synced:
-        """The branch once the commits made before this request have shipped (up to
-        storage_timeout); cut at its durable head first if ``cut`` says so. Cuts are made
-        while the branch is in use here, so a restore, which takes it out of service to
-        count them, never misses one."""
+        """The branch, with its line and cuts. A request that may cut (``cut`` given) first
+        waits (up to storage_timeout) for the commits made before it to ship, then cuts at
+        the durable head if ``cut`` says it is for the open generation (a closed
+        generation's frames never change: no wait for them). Cuts are made while the branch
+        is in use here, so a restore, which takes it out of service to count them, never
+        misses one."""
         check_name(name)
         principal.require("read", name)
         branch = principal.on(branch)
@@ -491,10 +494,6 @@ class SyncAPI:
             timeline = db.timeline
             if shipper is None or timeline is None:
                 raise ShoalError(Code.HISTORY_DISABLED, "this node keeps no commit log")
-            # serve what is durable if the store is slow or the log stopped (writes say why)
-            with contextlib.suppress(TimeoutError, LogError):
-                await asyncio.wait_for(shipper.wait_durable(shipper.head_txid),
-                                       float(self.settings.storage_timeout))
             line = self.syncs.lines.get((name, timeline))
             if line is None:
                 found = await self._io(_mapped, registry.branch, name, branch)
@@ -504,25 +503,32 @@ class SyncAPI:
                                      "another timeline during the request: retry")
                 self.syncs.line(name, timeline, line)
             cuts = self.syncs.cuts.get((name, timeline))
-            if cuts is None or cuts.owner() is not db:
-                count = await self._sync_io(gens.count_cuts, self.registry.store, name,
-                                            timeline)
-                cuts = self.syncs.cuts_of(name, timeline, db, count)
+            if cuts is None or cuts.owner() is not db:  # (no await between: one per open)
+                cuts = self.syncs.cuts_of(name, timeline, db)
+            if cut is not None:  # it may cut: what is durable once the commits before it are
+                # (what is durable already if the store is slow or the log stopped: writes
+                # say why), waited for outside the lock other requests take
+                with contextlib.suppress(TimeoutError, LogError):
+                    await asyncio.wait_for(shipper.wait_durable(shipper.head_txid),
+                                           float(self.settings.storage_timeout))
             synced = _Synced(name, branch, line, cuts, shipper.durable_txid, shipper.feed)
-            if cut is not None:
-                async with cuts.lock:
-                    for _ in range(2):  # a stale count (another node cut): count, again
-                        if not cut(synced) or \
-                                synced.durable <= await self._cut_txid(synced, cuts.count):
-                            break
-                        made = await self._sync_io(_cut, self.registry.store, name, timeline,
-                                                   cuts.count, synced.durable)
-                        if made is not None:
-                            cuts.txids[cuts.count] = made
-                            cuts.count += 1
-                            break
-                        cuts.count = await self._sync_io(gens.count_cuts, self.registry.store,
-                                                         name, timeline)
+            async with cuts.lock:
+                if cuts.count < 0:  # counted once per open branch
+                    cuts.count = await self._sync_io(gens.count_cuts, self.registry.store,
+                                                     name, timeline)
+                for _ in range(2 if cut is not None else 0):  # a stale count: count again
+                    assert cut is not None
+                    if not cut(synced) or \
+                            synced.durable <= await self._cut_txid(synced, cuts.count):
+                        break
+                    made = await self._sync_io(_cut, self.registry.store, name, timeline,
+                                               cuts.count, synced.durable)
+                    if made is not None:
+                        cuts.txids[cuts.count] = made
+                        cuts.count += 1
+                        break
+                    cuts.count = await self._sync_io(gens.count_cuts, self.registry.store,
+                                                     name, timeline)
             return synced
         finally:
             self.lifecycle.release(db)
@@ -573,9 +579,10 @@ class SyncAPI:
                              "(exclusive) comes after the start")
 
         def opened(synced: _Synced) -> bool:  # a replica at the open generation: cut it
-            return start == 1 and generation == synced.line.first + synced.cuts.count
+            return generation == synced.line.first + synced.cuts.count
 
-        synced = await self._synced(principal, name, branch, cut=opened)
+        synced = await self._synced(principal, name, branch,
+                                    cut=opened if start == 1 else None)
         line = synced.line
         current = line.first + synced.cuts.count
         where = gens.place(line, generation, synced.cuts.count)
@@ -595,6 +602,8 @@ class SyncAPI:
                 frames = await self._sync_io(self.syncs.generation, self.registry.store,
                                              name, line.timeline, lo, hi,
                                              self._kept(synced, lo))
+            if start - 1 > frames.count:  # past the end + 1: the replica's place is wrong
+                raise _Expired(f"generation {generation} has {frames.count} frames")
             body = await self._sync_io(self.syncs.read, frames, start - 1,
                                        min(end - start, MAX_FRAMES))
         except _Expired:
