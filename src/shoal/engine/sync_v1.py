@@ -115,6 +115,9 @@ class V1Snapshot:
             os.close(self._fd)
             self._fd = -1
 
+    def __del__(self) -> None:  # an answer never sent (its client went away first)
+        self.close()
+
 
 class LogIds:
     """Log ids by (database, timeline): a timeline belongs to one incarnation and branch for

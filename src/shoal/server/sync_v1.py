@@ -11,10 +11,10 @@ makes them speak V1, its ``/info`` answering 404 (401 for a bad token, which the
 reports at once, where a refused Hello only shows as a handshake timeout after 3 tries).
 
 Addressing and tokens are the HTTP protocol's: Shoal's own token (``x-authorization``,
-as the client sends it, or ``Authorization``); the database from the path, an
-``x-namespace`` or an explicit ``x-namespace-bin`` (the client always sends one, made from
-the host's first label or "default" unless told: that one counts as the host's), the
-token's only database, or the host's first label.
+as the client sends it, or ``Authorization``); the database from the path, an explicit
+``x-namespace-bin`` (the client always sends one, made from the host's first label or
+"default" unless told: that one counts as the host's), ``x-namespace``, the token's only
+database, or the host's first label.
 
 Hello's session token is derived from the log id: a database deleted and made again
 between a client's Hello and its next call gets ``NO_HELLO``, then a new log id. Execute
@@ -50,6 +50,7 @@ from uuid import NAMESPACE_OID, uuid5
 from google.protobuf.message import DecodeError, Message
 
 from shoal import names
+from shoal.cluster import Moved
 from shoal.engine import KeysNeeded, SyncV1Snapshot
 from shoal.errors import Code, ShoalError
 from shoal.server import grpc_web
@@ -167,9 +168,11 @@ class SyncV1API:
 
     @staticmethod
     def error(exc: ShoalError | HranaError) -> Response:
-        """A refusal as gRPC shows it (a missing database as the message the client knows)."""
-        err = exc if isinstance(exc, ShoalError) else \
-            ShoalError(exc.code, exc.message)
+        """A refusal as gRPC shows it (a missing database as the message the client knows).
+        Moved is raised again: the server sends the whole call to the database's leader."""
+        if isinstance(exc, Moved):
+            raise exc
+        err = exc if isinstance(exc, ShoalError) else ShoalError(exc.code, exc.message)
         if err.code in (Code.DATABASE_NOT_FOUND, Code.BRANCH_NOT_FOUND):
             return grpc_web.failure(err, NAMESPACE_DOESNT_EXIST, Status.FAILED_PRECONDITION)
         if err.code is Code.REPLICA_EXPIRED:  # the protocol's way to say: start again
@@ -283,6 +286,8 @@ class SyncV1API:
             return self.error(exc)
         try:
             d = await self.engine.describe(principal, db, req.stmt, branch=branch)
+        except Moved:
+            raise
         except ShoalError as exc:
             result = px.DescribeResult(error=_error(exc.code, exc.message))
         else:
