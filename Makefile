@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck mutate bench bench-core bench-storage clean
+.PHONY: run test lint typecheck mutate bench bench-core bench-storage protos clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -55,6 +55,17 @@ bench-core: $(STAMP)
 # open, litestream side by side. ARGS=--quick for a smoke run, ARGS="--sizes 10,100" to skip 1 GB.
 bench-storage: $(STAMP)
 	$(BIN)/python -m bench.storage $(ARGS)
+
+# The protobuf modules of libSQL's V1 sync protocol (src/shoal/server/libsql_pb) from its
+# .proto files, with typed stubs: protoc from grpcio-tools in a venv of its own. Pin the
+# runtime (pyproject's protobuf) at or above the gencode version the modules name.
+PROTOC_VENV := $(VENV)/protoc
+protos:
+	$(PY) -m venv $(PROTOC_VENV)
+	$(PROTOC_VENV)/bin/pip install --quiet grpcio-tools==1.85.1 mypy-protobuf==5.1.0
+	cd src && ../$(PROTOC_VENV)/bin/python -m grpc_tools.protoc -I . --python_out=. \
+		--mypy_out=. --plugin=protoc-gen-mypy=../$(PROTOC_VENV)/bin/protoc-gen-mypy \
+		shoal/server/libsql_pb/*.proto
 
 clean:
 	rm -rf $(VENV) shoal-data .pytest_cache .mypy_cache .ruff_cache

@@ -50,6 +50,9 @@ from shoal.engine.sync import PAGE as SYNC_PAGE
 from shoal.engine.sync import Pulled as SyncPulled
 from shoal.engine.sync import State as SyncState
 from shoal.engine.sync import SyncInfo
+from shoal.engine.sync_v1 import V1Frames as SyncV1Frames
+from shoal.engine.sync_v1 import V1Hello as SyncV1Hello
+from shoal.engine.sync_v1 import V1Snapshot as SyncV1Snapshot
 from shoal.engine.webhooks import (
     LETTERS_PAGE,
     DeadLetter,
@@ -107,6 +110,9 @@ __all__ = [
     "SyncInfo",
     "SyncPulled",
     "SyncState",
+    "SyncV1Frames",
+    "SyncV1Hello",
+    "SyncV1Snapshot",
     "TokenInfo",
     "TokenRecord",
     "Transaction",

@@ -71,6 +71,7 @@ from shoal.engine.registry import BranchView, Deleted, Registry, stored_txid
 from shoal.engine.replica import News, Replicas
 from shoal.engine.rows import RowsAPI, unbound
 from shoal.engine.sync import SyncAPI, Syncs
+from shoal.engine.sync_v1 import LogIds, SyncV1API
 from shoal.engine.webhooks import (
     LETTERS_PAGE,
     DeadLetter,
@@ -234,7 +235,7 @@ def _checked_store(settings: Settings) -> ObjectStore:
     return store
 
 
-class Engine(RowsAPI, SyncAPI):
+class Engine(RowsAPI, SyncAPI, SyncV1API):
     """The node: its databases, tokens, commit log and limits. Construction only sets fields;
     :meth:`open` does the blocking work of starting (the data directory's lock, the store's
     lease, the catalog from the store), :meth:`start` the background tasks, :meth:`stop`
@@ -285,6 +286,7 @@ class Engine(RowsAPI, SyncAPI):
         # the audit log (engine/audit.py): the server adds a record per request
         self.audit = AuditLog(settings.audit_buffer, settings.audit_log)
         self.syncs = Syncs(settings.data_dir / "sync")  # embedded replicas (engine/sync.py)
+        self.log_ids = LogIds()  # V1 embedded replicas' log ids (engine/sync_v1.py)
 
     def open(self) -> None:
         """The blocking part of starting, before the node serves: take the data directory

@@ -62,6 +62,7 @@ from shoal.server.ports import EngineAPI
 from shoal.server.quota import Quota
 from shoal.server.stderr import timestamp
 from shoal.server.sync import SyncAPI, named_database
+from shoal.server.sync_v1 import SyncV1API
 from shoal.server.tables import TablesAPI
 from shoal.server.webhooks import WebhooksAPI
 from shoal.settings import Settings
@@ -110,12 +111,17 @@ class App:
         self.public |= self.hrana_routes
         self.reads |= {r for r in self.hrana_routes if r.endswith("/pipeline")}
         self.websocket = HranaWebSocket(self.engine, quota)
+        # libSQL's V1 sync protocol (gRPC-web; server/sync_v1.py): errors in gRPC's shape
+        self.sync_v1 = SyncV1API(self.engine, quota)
+        self.sync_v1_routes = self.sync_v1.register(self.router)
+        self.public |= self.sync_v1_routes
         self.cors = Cors(settings, self.engine)  # browsers' origins (server/cors.py)
         # a cluster's node forwards what another node leads (docs/architecture.md)
         self.clustered = bool(settings.advertise_url)
         if self.clustered:
             ClusterAPI(self.engine).register(self.router)
-        self.auditor = Auditor(self.engine.audit, self.router, self.hrana_routes) \
+        self.auditor = Auditor(self.engine.audit, self.router,
+                               self.hrana_routes | self.sync_v1_routes) \
             if settings.audit_log else None
         self._log = sys.stderr.buffer if settings.access_log else None
         self._leaving = False  # a cluster's node handing its databases over (SIGTERM)
@@ -193,6 +199,8 @@ class App:
         Hrana's, and would show a native one as a bare status)."""
         if request.route in self.hrana_routes:
             return self.hrana.error(exc)
+        if request.route in self.sync_v1_routes:
+            return self.sync_v1.error(exc)
         return error_response(exc)
 
     async def stop(self) -> None:
@@ -355,15 +363,20 @@ class App:
     # -- a cluster's node --------------------------------------------------------------------
     def _database(self, request: Request) -> str | None:
         """The database a request is for, as far as routing can tell before running it."""
+        if request.route in self.sync_v1_routes:
+            return self.sync_v1.database(request, lambda: self._sole(self.sync_v1.token(request)))
         if request.route not in self.hrana_routes and request.route not in self.sync_routes:
             return request.params.get("db")
+        return named_database(request, lambda: self._sole(request.header(b"authorization")),
+                              self.engine.has_database)
 
-        def sole() -> str | None:  # a token for exactly one database names it
-            try:
-                return self.engine.authenticate(request.header(b"authorization")).sole
-            except ShoalError:
-                return None  # the handler answers it in its protocol's shape
-        return named_database(request, sole, self.engine.has_database)
+    def _sole(self, header: str | None) -> str | None:
+        """The only database of the token in ``header`` (None for any other token, or none:
+        the handler answers a bad one in its protocol's shape)."""
+        try:
+            return self.engine.authenticate(header).sole
+        except ShoalError:
+            return None
 
     def _leader(self, request: Request, db: str) -> str | None:
         """The URL of the node to forward a request to; None to serve it here. A request
@@ -392,7 +405,8 @@ class App:
         query = request.scope.get("query_string", b"")
         path = request.scope.get("raw_path") or request.path.encode()
         path_qs = (path + b"?" + query if query else path).decode("latin-1")
-        protocol = "hrana" if request.route in self.hrana_routes else "native"
+        protocol = "hrana" if request.route in self.hrana_routes else \
+            "grpc" if request.route in self.sync_v1_routes else "native"
         deadline = time.monotonic() + FORWARD_PATIENCE
         while True:
             try:

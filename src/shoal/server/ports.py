@@ -40,6 +40,9 @@ from shoal.engine import (
     SyncInfo,
     SyncPulled,
     SyncState,
+    SyncV1Frames,
+    SyncV1Hello,
+    SyncV1Snapshot,
     TokenInfo,
     TokenRecord,
     Transaction,
@@ -184,6 +187,13 @@ class EngineAPI(Protocol):
     async def sync_pull(self, principal: Principal, name: str, branch: str, generation: int,
                         start: int, end: int) -> SyncPulled: ...
     def sync_push(self, principal: Principal, name: str, branch: str) -> NoReturn: ...
+    # libSQL's V1 sync protocol (engine/sync_v1.py)
+    async def sync_v1_hello(self, principal: Principal, name: str,
+                            branch: str) -> SyncV1Hello: ...
+    async def sync_v1_frames(self, principal: Principal, name: str, branch: str,
+                             offset: int) -> SyncV1Frames: ...
+    async def sync_v1_snapshot(self, principal: Principal, name: str,
+                               branch: str) -> SyncV1Snapshot: ...
     async def set_feed_settings(self, principal: Principal, name: str,
                                 without_old: tuple[str, ...]) -> tuple[str, ...]: ...
 
