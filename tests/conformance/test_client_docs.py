@@ -80,17 +80,33 @@ def test_python_example(node: ServerProcess, monkeypatch: pytest.MonkeyPatch) ->
     assert out.getvalue() == blocks("python.md", "text")[-1]
 
 
-@pytest.mark.parametrize("module", ["libsql", "libsql_experimental"])
-def test_embedded_replica_example(node: ServerProcess, tmp_path: Path, module: str) -> None:
-    """The Python replica example, with each module (run in a process of its own, in a
-    folder of its own: the replica's files are made where it runs)."""
+@pytest.mark.parametrize(("module", "prefix"), [("libsql", ""), ("libsql_experimental", ""),
+                                                ("libsql_experimental", "/grpc")])
+def test_embedded_replica_example(node: ServerProcess, tmp_path: Path, module: str,
+                                  prefix: str) -> None:
+    """The Python replica example, with each module, and over V1 (``/grpc``) where the
+    module speaks it (run in a process of its own, in a folder of its own: the replica's
+    files are made where it runs)."""
     [code] = blocks("embedded-replicas.md", "python")
     script = tmp_path / "example.py"
     script.write_text(localize(code, node, fresh_database(node)).replace(
-        "import libsql\n", f"import {module} as libsql\n"))
+        "import libsql\n", f"import {module} as libsql\n").replace("/db/", f"{prefix}/db/"))
     proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120, stdin=subprocess.DEVNULL,
-                          env=dict(os.environ, SHOAL_TOKEN=node.admin_token))
+                          env=dict(os.environ, SHOAL_TOKEN=node.admin_token, RUST_LOG="error"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout == blocks("embedded-replicas.md", "text")[0]
-    assert (tmp_path / "orders-replica.db-info").exists()
+    if not prefix:  # the HTTP protocol's place (V1 keeps its own)
+        assert (tmp_path / "orders-replica.db-info").exists()
+
+
+def test_embedded_replica_example_over_v1(node: ServerProcess, node_modules: Path,
+                                          tmp_path: Path) -> None:
+    """The Node replica example with the V1 sync URL (``/grpc``)."""
+    [code] = blocks("embedded-replicas.md", "js")
+    (tmp_path / "node_modules").symlink_to(node_modules)
+    script = tmp_path / "example.mjs"
+    script.write_text(localize(code, node, fresh_database(node)).replace("/db/", "/grpc/db/"))
+    proc = run_node([str(script)], node, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout == blocks("embedded-replicas.md", "text")[-1]

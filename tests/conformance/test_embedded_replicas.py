@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.support.replicas import ROWS, intact, run_replica
+from tests.support.replicas import ROWS, intact, make, run_replica, server_rows, write
 from tests.support.server import ServerProcess
 
 CLIENTS = ["libsql", "libsql_experimental", "node"]
@@ -33,31 +33,6 @@ def replica(client: str, node: ServerProcess, file: Path, steps: list[dict[str, 
     """Run ``steps`` on the replica in ``file`` with ``client`` in a process of its own."""
     return run_replica(client, file, url or node.url,
                        node.admin_token if token is None else token, steps, offline)
-
-
-def server_rows(node: ServerProcess, db: str, branch: str | None = None) -> list[list[Any]]:
-    path = f"/v1/databases/{db}" + (f"/branches/{branch}" if branch else "") + "/query"
-    with node.client() as c:
-        r = c.post(path, json={"statements": [{"sql": ROWS}]})
-        assert r.status_code == 200, r.text
-        rows: list[list[Any]] = r.json()["results"][0]["rows"]
-        return rows
-
-
-def write(node: ServerProcess, db: str, *sqls: str, branch: str | None = None) -> str:
-    """Statements run on the server (one transaction); the commit's bookmark."""
-    path = f"/v1/databases/{db}" + (f"/branches/{branch}" if branch else "") + "/query"
-    with node.client() as c:
-        r = c.post(path, json={"statements": [{"sql": sql} for sql in sqls]})
-        assert r.status_code == 200, r.text
-        return str(r.json()["meta"]["bookmark"])
-
-
-def make(node: ServerProcess, db: str) -> None:
-    with node.client() as c:
-        assert c.post("/v1/databases", json={"name": db}).status_code == 201
-    write(node, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)",
-          "INSERT INTO t(v) VALUES ('a'), ('b')")
 
 
 def url(node: ServerProcess, db: str, branch: str | None = None) -> str:

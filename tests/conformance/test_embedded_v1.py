@@ -15,9 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.conformance.test_embedded_replicas import make, server_rows, write
 from tests.integration.api_support import make_token
-from tests.support.replicas import ROWS, intact, run_replica
+from tests.support.replicas import ROWS, intact, make, run_replica, server_rows, write
 from tests.support.server import ServerProcess
 
 CLIENTS = ["libsql_experimental", "node"]

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.support.server import ServerProcess
+
 DRIVER = Path(__file__).resolve().parent / "replica_driver.py"
 NODE_DIR = Path(__file__).resolve().parents[1] / "conformance" / "node"
 ROWS = "SELECT id, v FROM t ORDER BY id"
@@ -49,3 +51,28 @@ def intact(file: Path, tmp: Path) -> list[list[Any]]:
         conn.close()
         for suffix in ("", "-wal", "-shm"):
             Path(f"{copy}{suffix}").unlink(missing_ok=True)
+
+
+def server_rows(node: ServerProcess, db: str, branch: str | None = None) -> list[list[Any]]:
+    path = f"/v1/databases/{db}" + (f"/branches/{branch}" if branch else "") + "/query"
+    with node.client() as c:
+        r = c.post(path, json={"statements": [{"sql": ROWS}]})
+        assert r.status_code == 200, r.text
+        rows: list[list[Any]] = r.json()["results"][0]["rows"]
+        return rows
+
+
+def write(node: ServerProcess, db: str, *sqls: str, branch: str | None = None) -> str:
+    """Statements run on the server (one transaction); the commit's bookmark."""
+    path = f"/v1/databases/{db}" + (f"/branches/{branch}" if branch else "") + "/query"
+    with node.client() as c:
+        r = c.post(path, json={"statements": [{"sql": sql} for sql in sqls]})
+        assert r.status_code == 200, r.text
+        return str(r.json()["meta"]["bookmark"])
+
+
+def make(node: ServerProcess, db: str) -> None:
+    with node.client() as c:
+        assert c.post("/v1/databases", json={"name": db}).status_code == 201
+    write(node, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)",
+          "INSERT INTO t(v) VALUES ('a'), ('b')")

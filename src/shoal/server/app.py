@@ -120,8 +120,8 @@ class App:
         self.clustered = bool(settings.advertise_url)
         if self.clustered:
             ClusterAPI(self.engine).register(self.router)
-        self.auditor = Auditor(self.engine.audit, self.router,
-                               self.hrana_routes | self.sync_v1_routes) \
+        self.auditor = Auditor(self.engine.audit, self.router,  # libSQL clients' routes
+                               self.hrana_routes | self.sync_routes | self.sync_v1_routes) \
             if settings.audit_log else None
         self._log = sys.stderr.buffer if settings.access_log else None
         self._leaving = False  # a cluster's node handing its databases over (SIGTERM)
