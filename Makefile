@@ -28,7 +28,7 @@ $(NODE_DEPS): tests/conformance/node/package-lock.json
 test: $(STAMP) $(NODE_DEPS)
 	$(BIN)/ruff check src tests bench tools
 	$(BIN)/mypy
-	$(BIN)/pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+	$(BIN)/pytest -q -n 3 --dist loadfile --no-loadscope-reorder
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench tools
