@@ -16,7 +16,15 @@ from typing import Any
 
 import pytest
 
-from tests.support.replicas import ROWS, intact, make, run_replica, server_rows, write
+from tests.support.replicas import (
+    ROWS,
+    compact_between,
+    intact,
+    make,
+    run_replica,
+    server_rows,
+    write,
+)
 from tests.support.server import ServerProcess
 
 CLIENTS = ["libsql", "libsql_experimental", "node"]
@@ -69,12 +77,7 @@ def test_compaction_then_a_fresh_and_a_stale_replica(client: str, node: ServerPr
     make(node, db)
     stale = tmp_path / "stale.db"
     replica(client, node, stale, [{"sync": True}], url=url(node, db))
-    write(node, db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
-                    "WHERE i < 300) INSERT INTO t(v) SELECT 'x' || i FROM n")
-    write(node, db, "DELETE FROM t WHERE id % 3 = 0")
-    with node.client() as c:
-        assert c.post(f"/v1/databases/{db}/compact").status_code == 200
-    write(node, db, "INSERT INTO t(v) VALUES ('after compaction')")
+    compact_between(node, db)
     fresh = tmp_path / "fresh.db"
     for file in (stale, fresh):
         got = replica(client, node, file, [{"sync": True}, {"query": ROWS}], url=url(node, db))

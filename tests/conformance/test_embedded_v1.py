@@ -16,7 +16,15 @@ from typing import Any
 import pytest
 
 from tests.integration.api_support import make_token
-from tests.support.replicas import ROWS, intact, make, run_replica, server_rows, write
+from tests.support.replicas import (
+    ROWS,
+    compact_between,
+    intact,
+    make,
+    run_replica,
+    server_rows,
+    write,
+)
 from tests.support.server import ServerProcess
 
 CLIENTS = ["libsql_experimental", "node"]
@@ -89,12 +97,7 @@ def test_a_restore_then_compaction(client: str, node: ServerProcess, tmp_path: P
     assert [row[1] for row in after[1]] == ["a", "b", "kept", "after restore"]
     assert after[3] == server_rows(node, db)
     assert intact(file, tmp_path) == server_rows(node, db)
-    write(node, db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
-                    "WHERE i < 300) INSERT INTO t(v) SELECT 'x' || i FROM n")
-    write(node, db, "DELETE FROM t WHERE id % 3 = 0")
-    with node.client() as c:
-        assert c.post(f"/v1/databases/{db}/compact").status_code == 200
-    write(node, db, "INSERT INTO t(v) VALUES ('after compaction')")
+    compact_between(node, db)
     fresh = tmp_path / "fresh.db"
     for replica_file in (file, fresh):
         got = sync(client, node, replica_file, db)

@@ -19,11 +19,11 @@ import pytest
 
 from shoal.storage import open_store
 from tests.integration.api_support import error_of, make_token, ok, query
+from tests.support.replicas import ROWS, admin_rows, insert
 from tests.support.server import ServerProcess
 
 PAGE, HEADER = 4096, 24
 FRAME = PAGE + HEADER
-ROWS = "SELECT id, v FROM t ORDER BY id"
 
 
 class Replica:
@@ -99,25 +99,6 @@ class Replica:
             path.unlink()
 
 
-def server_rows(admin: httpx.Client, db: str) -> list[list[Any]]:
-    out: list[list[Any]] = ok(query(admin, db, ROWS))["results"][0]["rows"]
-    return out
-
-
-@pytest.fixture
-def table(admin: httpx.Client, new_db: Callable[[], str]) -> str:
-    db = new_db()
-    ok(query(admin, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)"))
-    return db
-
-
-def insert(admin: httpx.Client, db: str, *values: str) -> str:
-    """One commit per value; the last one's bookmark."""
-    mark = ""
-    for v in values:
-        mark = ok(query(admin, db, {"sql": "INSERT INTO t(v) VALUES (?)", "args": [v]}))[
-            "meta"]["bookmark"]
-    return mark
 
 
 def test_frames_across_generations_in_small_pulls(admin: httpx.Client, table: str,
@@ -133,12 +114,12 @@ def test_frames_across_generations_in_small_pulls(admin: httpx.Client, table: st
         ok(query(admin, table, {"sql": "INSERT INTO t(v) SELECT hex(randomblob(3000)) FROM "
                                        "(SELECT 1 UNION ALL SELECT 2 UNION ALL SELECT 3)"}))
         replica.sync()
-        assert replica.rows(tmp_path) == server_rows(admin, table)
+        assert replica.rows(tmp_path) == admin_rows(admin, table)
     assert replica.generation - first == 4  # a generation cut at each sync
     # a new replica starts at the current generation's start and ends equal too
     fresh = Replica(admin, f"/db/{table}")
     fresh.sync()
-    assert fresh.rows(tmp_path) == server_rows(admin, table)
+    assert fresh.rows(tmp_path) == admin_rows(admin, table)
     assert fresh.generation == replica.generation
 
 
@@ -152,7 +133,7 @@ def test_a_sync_downloads_each_changed_page_once(admin: httpx.Client, table: str
     before, replica.received = bytes(replica.image), 0
     insert(admin, table, *(f"row {i}" for i in range(300)))
     replica.sync()
-    assert replica.rows(tmp_path) == server_rows(admin, table)
+    assert replica.rows(tmp_path) == admin_rows(admin, table)
     after = bytes(replica.image)
     changed = sum(before[at:at + PAGE] != after[at:at + PAGE]
                   for at in range(0, len(after), PAGE))
@@ -175,13 +156,13 @@ def test_restores_move_replicas_across_the_bridge(admin: httpx.Client, table: st
     insert(admin, table, "after")
     for replica in (old, last):
         replica.sync()
-        assert replica.rows(tmp_path) == server_rows(admin, table)
+        assert replica.rows(tmp_path) == admin_rows(admin, table)
         assert [row[1] for row in replica.rows(tmp_path)] == ["a", "b", "after"]
     mark = insert(admin, table, "x")
     ok(admin.post(f"/v1/databases/{table}/restore", json={"branch": "main", "bookmark": mark}))
     insert(admin, table, "y")
     last.sync()  # one restore behind: over the bridge again
-    assert last.rows(tmp_path) == server_rows(admin, table)
+    assert last.rows(tmp_path) == admin_rows(admin, table)
     ok(admin.post(f"/v1/databases/{table}/restore", json={"branch": "main", "bookmark": mark}))
     ok(admin.post(f"/v1/databases/{table}/restore", json={"branch": "main", "bookmark": mark}))
     r = admin.get(f"/db/{table}/sync/{last.generation}/{last.frame + 1}/{last.frame + 9}")
@@ -198,7 +179,7 @@ def test_compaction_is_one_commit_of_every_page(admin: httpx.Client, table: str,
     ok(admin.post(f"/v1/databases/{table}/compact"))
     insert(admin, table, "after")
     replica.sync()
-    assert replica.rows(tmp_path) == server_rows(admin, table)
+    assert replica.rows(tmp_path) == admin_rows(admin, table)
 
 
 def test_a_replica_past_retention_or_of_another_history_is_told(
@@ -351,7 +332,7 @@ def test_replicas_syncing_at_once_while_writes_go_on(admin: httpx.Client, table:
         for thread in threads:
             thread.join(60)
     assert not errors, errors
-    want = server_rows(admin, table)
+    want = admin_rows(admin, table)
     for replica in replicas:
         replica.sync()
         assert replica.rows(tmp_path) == want

@@ -27,10 +27,10 @@ from shoal.server.libsql_pb import proxy_pb2 as px
 from shoal.server.libsql_pb import replication_log_pb2 as rl
 from shoal.storage import open_store
 from tests.integration.api_support import make_token, ok, query, wait_until
+from tests.support.replicas import ROWS, admin_rows, insert
 from tests.support.server import ServerProcess
 from tests.support.sync_v1 import LOG, PROXY, V1Replica, call, execute, frame, split
 
-ROWS = "SELECT id, v FROM t ORDER BY id"
 K_MAX = (1 << 22) - 1
 
 
@@ -141,25 +141,6 @@ def test_numbering() -> None:
 
 
 # -- a model replica -------------------------------------------------------------------------
-def server_rows(admin: httpx.Client, db: str) -> list[list[Any]]:
-    out: list[list[Any]] = ok(query(admin, db, ROWS))["results"][0]["rows"]
-    return out
-
-
-@pytest.fixture
-def table(admin: httpx.Client, new_db: Callable[[], str]) -> str:
-    db = new_db()
-    ok(query(admin, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)"))
-    return db
-
-
-def insert(admin: httpx.Client, db: str, *values: str) -> str:
-    """One commit per value; the last one's bookmark."""
-    mark = ""
-    for v in values:
-        mark = ok(query(admin, db, {"sql": "INSERT INTO t(v) VALUES (?)", "args": [v]}))[
-            "meta"]["bookmark"]
-    return mark
 
 
 BIG = {"sql": "INSERT INTO t(v) SELECT hex(randomblob(3000)) FROM (SELECT 1 UNION ALL "
@@ -177,14 +158,14 @@ def test_frames_across_generations_in_small_batches(admin: httpx.Client, table: 
         ok(query(admin, table, BIG))
         replica.sync()
         assert replica.committed == replica.index  # exactly the number Hello gave
-        assert replica.rows(tmp_path, ROWS) == server_rows(admin, table)
+        assert replica.rows(tmp_path, ROWS) == admin_rows(admin, table)
     assert split(replica.index)[0] - first >= 4  # it crossed generations as it went
     assert replica.snapshots == 1
     replica.sync()  # up to date: a Hello, nothing more
     assert replica.calls[-1] == LOG + "Hello"
     fresh = V1Replica(admin, f"/db/{table}")  # the HTTP protocol's prefix serves V1 too
     fresh.sync()
-    assert fresh.rows(tmp_path, ROWS) == server_rows(admin, table)
+    assert fresh.rows(tmp_path, ROWS) == admin_rows(admin, table)
     assert fresh.log_id == replica.log_id
 
 
@@ -208,7 +189,7 @@ def test_restores_carry_replicas_over_the_bridge(admin: httpx.Client, table: str
         replica.sync()
         assert replica.log_id == log and replica.snapshots == 1
         assert [row[1] for row in replica.rows(tmp_path, ROWS)] == ["a", "b", "after"]
-        assert replica.rows(tmp_path, ROWS) == server_rows(admin, table)
+        assert replica.rows(tmp_path, ROWS) == admin_rows(admin, table)
     mark = insert(admin, table, "x")
     for _ in range(2):
         ok(admin.post(f"/v1/databases/{table}/restore",
@@ -216,7 +197,7 @@ def test_restores_carry_replicas_over_the_bridge(admin: httpx.Client, table: str
     insert(admin, table, "y")
     last.sync()  # two restores behind: NEED_SNAPSHOT
     assert last.snapshots == 2
-    assert last.rows(tmp_path, ROWS) == server_rows(admin, table)
+    assert last.rows(tmp_path, ROWS) == admin_rows(admin, table)
 
 
 def test_compaction_and_retention(admin: httpx.Client, table: str, server: ServerProcess,
@@ -232,7 +213,7 @@ def test_compaction_and_retention(admin: httpx.Client, table: str, server: Serve
     insert(admin, table, "after")
     replica.sync()
     assert replica.snapshots == 1
-    assert replica.rows(tmp_path, ROWS) == server_rows(admin, table)
+    assert replica.rows(tmp_path, ROWS) == admin_rows(admin, table)
     stale = V1Replica(admin, f"/grpc/db/{table}")
     stale.sync()
     insert(admin, table, *(f"w{i}" for i in range(4)))
@@ -242,7 +223,7 @@ def test_compaction_and_retention(admin: httpx.Client, table: str, server: Serve
         store.delete(info.key)
     stale.sync()
     assert stale.snapshots == 2 and stale.snapshot_at == stale.index  # the head's state
-    assert stale.rows(tmp_path, ROWS) == server_rows(admin, table)
+    assert stale.rows(tmp_path, ROWS) == admin_rows(admin, table)
 
 
 def test_a_database_made_again_is_another_log(admin: httpx.Client, table: str,
@@ -396,21 +377,21 @@ def test_programs_values_and_transactions(admin: httpx.Client, table: str,
     assert results[2].error.message.startswith("SQLITE_CONSTRAINT: ")
     assert results[2].error.extended_code == 19
     assert results[3].row == px.ResultRows()  # COMMIT skipped; ROLLBACK ran
-    assert server_rows(admin, table) == [[1, "x"]]
+    assert admin_rows(admin, table) == [[1, "x"]]
     # BEGIN, INSERT and COMMIT as separate calls of one client_id
     answers = [execute(admin, base, "v2", sql).one(px.ExecuteResults) for sql in (
         "BEGIN", "INSERT INTO t(v) VALUES ('in tx')", "SELECT count(*) FROM t")]
     assert [a.state for a in answers] == [px.TXN] * 3
     assert decoded(answers[2].results[0].row.rows[0].values[0]) == 2  # its own write
-    assert server_rows(admin, table) == [[1, "x"]]  # not yet committed
+    assert admin_rows(admin, table) == [[1, "x"]]  # not yet committed
     assert execute(admin, base, "v2", "COMMIT").one(px.ExecuteResults).state == px.INIT
-    assert server_rows(admin, table) == [[1, "x"], [2, "in tx"]]
+    assert admin_rows(admin, table) == [[1, "x"], [2, "in tx"]]
     # Disconnect rolls back what the client held
     assert execute(admin, base, "v3", "BEGIN", "INSERT INTO t(v) VALUES ('gone')").one(
         px.ExecuteResults).state == px.TXN
     bye = call(admin, base + PROXY + "Disconnect", px.DisconnectMessage(client_id="v3"))
     assert bye.one(px.Ack) == px.Ack()
-    assert server_rows(admin, table) == [[1, "x"], [2, "in tx"]]
+    assert admin_rows(admin, table) == [[1, "x"], [2, "in tx"]]
     described = call(admin, base + PROXY + "Describe", px.DescribeRequest(
         client_id="v4", stmt="SELECT v FROM t WHERE id = :id AND v > ?")).one(
         px.DescribeResult).description
@@ -433,7 +414,7 @@ def test_an_idle_transaction_expires_and_says_so(admin: httpx.Client, table: str
         px.ExecuteResults)
     assert got.state == px.INIT and len(got.results) == 1
     assert got.results[0].error.message.startswith("TRANSACTION_TIMEOUT: ")
-    assert server_rows(admin, table) == [[1, "other"]]
+    assert admin_rows(admin, table) == [[1, "other"]]
     assert execute(admin, base, "idle", "SELECT 1").one(px.ExecuteResults).results[0].HasField(
         "row")  # said once; the client_id is usable again
 

@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from tests.integration.api_support import ok, query
 from tests.support.server import ServerProcess
 
 DRIVER = Path(__file__).resolve().parent / "replica_driver.py"
@@ -76,3 +79,28 @@ def make(node: ServerProcess, db: str) -> None:
         assert c.post("/v1/databases", json={"name": db}).status_code == 201
     write(node, db, "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)",
           "INSERT INTO t(v) VALUES ('a'), ('b')")
+
+
+def admin_rows(admin: httpx.Client, db: str) -> list[list[Any]]:
+    """The table's rows through a client of the node (the server's truth)."""
+    out: list[list[Any]] = ok(query(admin, db, ROWS))["results"][0]["rows"]
+    return out
+
+
+def insert(admin: httpx.Client, db: str, *values: str) -> str:
+    """One commit per value; the last one's bookmark."""
+    mark = ""
+    for v in values:
+        mark = ok(query(admin, db, {"sql": "INSERT INTO t(v) VALUES (?)", "args": [v]}))[
+            "meta"]["bookmark"]
+    return mark
+
+
+def compact_between(node: ServerProcess, db: str) -> None:
+    """Writes, a compaction (VACUUM: the log keeps that txid only as a snapshot), a write."""
+    write(node, db, "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n "
+                    "WHERE i < 300) INSERT INTO t(v) SELECT 'x' || i FROM n")
+    write(node, db, "DELETE FROM t WHERE id % 3 = 0")
+    with node.client() as c:
+        assert c.post(f"/v1/databases/{db}/compact").status_code == 200
+    write(node, db, "INSERT INTO t(v) VALUES ('after compaction')")
