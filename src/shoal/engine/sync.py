@@ -37,10 +37,9 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from shoal.engine.registry import storage_errors
 from shoal.errors import Code, ShoalError
 from shoal.log import generations as gens
-from shoal.log import layout
 from shoal.log.errors import CorruptObject, LogConflict, LogError, MissingObject
 from shoal.log.generations import Kind
-from shoal.log.restore import download, restore
+from shoal.log.restore import download, furthest, restore
 from shoal.log.segment import Commit, Page, decode_segment, read_header
 from shoal.log.timeline import listing, load_timeline
 from shoal.names import check as check_name
@@ -384,9 +383,9 @@ class _Walk:
         record = load_timeline(self.store, self.db, self.timeline)
         while need <= self.upto:
             segs, snaps = listing(self.store, self.db, record)
-            plan = _plan(segs, need, self.upto)
-            if not plan:  # the txid is in no segment: a re-based log keeps it as a snapshot
-                if any(snap.txid == need for snap in snaps):
+            plan = furthest(segs, need - 1, self.upto, LIST_BYTES)
+            if not plan or plan[0].first > need:  # in no segment: a re-based log keeps it
+                if any(snap.txid == need for snap in snaps):  # as a snapshot
                     yield self._state(need)
                     need += 1
                     continue
@@ -396,32 +395,14 @@ class _Walk:
             missing = [seg for seg, found in cached if found is None]
             fetched = dict(download(self.store, missing)) if missing else {}
             for seg, found in cached:
+                if seg.first > need:  # a gap: listed again, above
+                    break
                 for commit in found or self.syncs.segment(seg.key, fetched[seg]):
                     if commit.txid == need and need <= self.upto:
                         yield _commit_unit(commit)
                         need += 1
             if need == before:  # its key said it holds txid ``need``; its body did not
                 raise CorruptObject(f"segment {plan[0].key} lacks txid {need}", plan[0].key)
-
-
-def _plan(segs: list[layout.SegmentInfo], need: int,
-          upto: int) -> list[layout.SegmentInfo]:
-    """The furthest-reaching segment from each txid on, from ``need`` (about LIST_BYTES)."""
-    useful = sorted((s for s in segs if s.last >= need and s.first <= upto),
-                    key=lambda s: (s.first, -s.last))
-    plan: list[layout.SegmentInfo] = []
-    total, reach = 0, need
-    for seg in useful:
-        if seg.first > reach:
-            break
-        if seg.last < reach:
-            continue
-        if plan and total + seg.size > LIST_BYTES:
-            break
-        plan.append(seg)
-        total += seg.size
-        reach = seg.last + 1
-    return plan
 
 
 def _cut(store: ObjectStore, db: str, timeline: str, index: int, txid: int) -> int | None:

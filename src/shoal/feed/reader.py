@@ -23,9 +23,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from shoal.feed.format import OPS, Change, decode_changes
-from shoal.log import layout
 from shoal.log.errors import CorruptObject
-from shoal.log.restore import download
+from shoal.log.restore import download, furthest
 from shoal.log.segment import Captured, read_changes
 from shoal.log.timeline import Timeline, listing
 from shoal.storage.base import ObjectStore
@@ -167,16 +166,7 @@ def stored(store: ObjectStore, db: str, timeline: Timeline, after: int, upto: in
         kept = min((s.first for s in segs), default=None)
         if kept is None or kept > after + 1:
             raise Expired((kept or upto + 1) - 1)
-    plan: list[layout.SegmentInfo] = []
-    need, total = after + 1, 0
-    for seg in useful:  # the furthest-reaching segment from each txid on (compaction's too)
-        if seg.last < need:
-            continue
-        if plan and total + seg.size > max_bytes:
-            break
-        plan.append(seg)
-        total += seg.size
-        need = seg.last + 1
+    plan = furthest(segs, after, upto, max_bytes)
     out: list[Captured] = []
     expect = after + 1
     for seg, data in download(store, plan):

@@ -99,6 +99,27 @@ def read_segment(seg: layout.SegmentInfo, data: bytes) -> list[Commit]:
     return commits
 
 
+def furthest(segs: Sequence[layout.SegmentInfo], after: int, upto: int,
+             max_bytes: int) -> list[layout.SegmentInfo]:
+    """The segments to read for the commits after ``after`` up to ``upto``: from each txid on
+    the one reaching furthest (compaction's merged ones too), in order, about ``max_bytes``
+    of them (the first whole). A txid no segment covers is passed over: callers see the gap
+    in the txids the plan's commits hold."""
+    useful = sorted((s for s in segs if s.last > after and s.first <= upto),
+                    key=lambda s: (s.first, -s.last))
+    plan: list[layout.SegmentInfo] = []
+    need, total = after + 1, 0
+    for seg in useful:
+        if seg.last < need:
+            continue
+        if plan and total + seg.size > max_bytes:
+            break
+        plan.append(seg)
+        total += seg.size
+        need = seg.last + 1
+    return plan
+
+
 def download(store: ObjectStore, segs: Sequence[layout.SegmentInfo]
              ) -> Generator[tuple[layout.SegmentInfo, bytes], None, None]:
     """Download segments in order, up to PREFETCH at once and PREFETCH_BYTES ahead."""
