@@ -11,6 +11,8 @@ restarts would. Every test ends with the replica's rows equal to the server's an
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -162,3 +164,25 @@ def test_generations_and_offline_writes(node: ServerProcess, tmp_path: Path) -> 
         url=url(node, db), offline=True)
     assert "SYNC_PUSH_UNSUPPORTED" in offline[-1]["error"], offline
     assert len(server_rows(node, db)) == COMMITS + 2
+
+
+def test_writes_through_a_replica_go_on_after_its_stream_expired(tmp_path: Path) -> None:
+    """libsql 0.1.11 keeps its Hrana stream between writes: one idle past
+    transaction_timeout, holding nothing, goes on as a new stream (server/hrana.py)."""
+    node = ServerProcess(tmp_path / "data", {"transaction_timeout": 1.0}).start()
+    try:
+        make(node, "idle")
+        script = ("import libsql, sys, time\n"
+                  "c = libsql.connect(sys.argv[1], sync_url=sys.argv[2], auth_token=sys.argv[3])\n"
+                  "c.sync()\n"
+                  "c.execute(\"INSERT INTO t(v) VALUES ('before')\"); c.commit()\n"
+                  "time.sleep(1.6)\n"
+                  "c.execute(\"INSERT INTO t(v) VALUES ('after')\"); c.commit()\n")
+        file = tmp_path / "replica.db"
+        proc = subprocess.run([sys.executable, "-c", script, str(file), url(node, "idle"),
+                               node.admin_token], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert [row[1] for row in server_rows(node, "idle")] == ["a", "b", "before", "after"]
+        assert intact(file, tmp_path) == server_rows(node, "idle")
+    finally:
+        node.stop()

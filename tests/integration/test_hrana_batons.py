@@ -77,6 +77,23 @@ def test_an_idle_stream_expires_and_its_transaction_is_rolled_back(
     ok(results[0])
 
 
+def test_an_idle_stream_that_held_nothing_goes_on_as_a_new_one(
+        admin: httpx.Client, db: str) -> None:
+    """libSQL's clients (Python's libsql, an embedded replica's writes) keep a stream between
+    statements: after it expired holding no transaction and no stored SQL, its baton opens a
+    new stream rather than failing every later statement."""
+    _, baton = pipeline(admin, db, [execute("INSERT INTO t VALUES ('first')")])
+    _, stored = pipeline(admin, db, [{"type": "store_sql", "sql_id": 1, "sql": "SELECT 1"}])
+    time.sleep(1.6)  # transaction_timeout is 1 s on this node
+    results, fresh = pipeline(admin, db, [execute("INSERT INTO t VALUES ('after')")], baton)
+    ok(results[0])
+    assert fresh and fresh != baton
+    results, _ = pipeline(admin, db, [execute("SELECT count(*) FROM t")], fresh)
+    assert rows(results[0]) == [[2]]
+    body = http_error(send(admin, db, stored, "SELECT 1"), 400, "STREAM_EXPIRED")
+    assert "expired" in body["message"]  # it held stored SQL: the client must know
+
+
 def test_a_stream_kept_busy_does_not_expire(admin: httpx.Client, db: str) -> None:
     _, baton = pipeline(admin, db, [execute("BEGIN"), execute("INSERT INTO t VALUES ('kept')")])
     for _ in range(4):  # 4 x 0.4 s > transaction_timeout, but never idle that long

@@ -225,6 +225,8 @@ class HranaHTTP:
             why = self.gone.get(stream_id)
             if why is None and expires <= time.time():
                 why = "expired"
+            if why == "idle":  # it expired holding nothing: the client goes on, on a new one
+                return await self._open(None, principal, db, branch, keeps)
             if why == "expired":
                 raise HranaError(Code.STREAM_EXPIRED, "the stream expired after "
                                                       f"{self.timeout:g} s without requests")
@@ -282,7 +284,11 @@ class HranaHTTP:
         """Expire idle streams (at most twice a second), rolling back their transactions."""
         now = self._last_sweep = time.monotonic()
         for handle in [h for h in self.streams.values() if not h.busy and h.deadline <= now]:
-            await self._drop(handle, "expired")
+            # one that held nothing (no transaction, no stored SQL) lost nothing: a client
+            # that comes back with its baton gets a new stream (libSQL's clients keep one
+            # between statements, and would fail for good on every later one)
+            held = not handle.stream.autocommit or bool(handle.stream.sqls)
+            await self._drop(handle, "expired" if held else "idle")
 
     # -- pipeline ------------------------------------------------------------------------------
     async def pipeline(self, request: Request) -> Response:
