@@ -337,3 +337,21 @@ def test_replicas_syncing_at_once_while_writes_go_on(admin: httpx.Client, table:
         replica.sync()
         assert replica.rows(tmp_path) == want
     assert len({r.generation for r in replicas}) == 1
+
+
+def test_a_reset_branch_brings_its_replica_to_the_parents_state(
+        admin: httpx.Client, table: str, tmp_path: Path) -> None:
+    """A preview branch reset to its parent (the same move as a restore): its replica
+    crosses over on its next sync."""
+    insert(admin, table, "main 1")
+    ok(admin.post(f"/v1/databases/{table}/branches", json={"name": "preview"}), 201)
+    path = f"/v1/databases/{table}/branches/preview/query"
+    ok(admin.post(path, json={"statements": [{"sql": "INSERT INTO t(v) VALUES ('preview')"}]}))
+    replica = Replica(admin, f"/db/{table}/branches/preview")
+    replica.sync()
+    assert [row[1] for row in replica.rows(tmp_path)] == ["main 1", "preview"]
+    insert(admin, table, "main 2")
+    ok(admin.post(f"/v1/databases/{table}/branches/preview/reset"))
+    replica.sync()
+    assert replica.rows(tmp_path) == admin_rows(admin, table)
+    assert [row[1] for row in replica.rows(tmp_path)] == ["main 1", "main 2"]
