@@ -33,7 +33,7 @@ def test_smoke_run_measures_every_figure(tmp_path: Path) -> None:
         assert initial["static_bytes"][0] > initial["file_bytes"], initial
     for inc in run["raw"]["incremental"]:
         assert inc["identical"], inc["workload"]
-        assert inc["changed"] > 0 and inc["frames"] >= inc["commits"], inc["workload"]
+        assert 0 < inc["changed"] <= inc["frames"], inc["workload"]  # each changed page, once
         assert inc["sent"] > inc["frames"] * (24 + 4096), inc["workload"]
     for system, runs in run["raw"]["reads"].items():
         assert runs and all(r["reads"] > 0 for r in runs), system
