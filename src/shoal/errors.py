@@ -130,10 +130,11 @@ class Code(StrEnum):
                                    "(kept for feed_retention), or the branch was restored or "
                                    "reset since: read the database afresh, then follow the "
                                    "feed from the cursor the error names.")
-    REPLICA_EXPIRED = auto(), 410, ("The embedded replica is behind the history the store still "
-                                    "keeps (history_retention), or two restores behind its "
-                                    "branch: delete the local database file and its -info, -wal "
-                                    "and -shm files, then sync again (it starts afresh).")
+    REPLICA_EXPIRED = auto(), 410, ("The embedded replica holds a place this branch never had (a "
+                                    "database deleted and created again under its name, another "
+                                    "branch) or no longer keeps (two restores behind): delete the "
+                                    "local database file and its -info, -wal and -shm files, then "
+                                    "sync again (it starts afresh).")
     SYNC_PUSH_UNSUPPORTED = auto(), 409, ("Shoal takes no offline writes from embedded replicas "
                                           "yet (their WAL frames pushed on sync): open the replica "
                                           "without offline mode, so its writes go to the server.")

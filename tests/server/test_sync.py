@@ -10,6 +10,7 @@ from __future__ import annotations
 import sqlite3
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from shoal.log.retention import apply_retention
 from shoal.storage import open_store
 from tests.integration.api_support import error_of, make_token, ok, query
 from tests.support.replicas import ROWS, admin_rows, insert
@@ -355,3 +357,39 @@ def test_a_reset_branch_brings_its_replica_to_the_parents_state(
     replica.sync()
     assert replica.rows(tmp_path) == admin_rows(admin, table)
     assert [row[1] for row in replica.rows(tmp_path)] == ["main 1", "main 2"]
+
+
+def test_a_replica_behind_retention_gets_a_snapshot(
+        start_server: Callable[..., ServerProcess], tmp_path: Path) -> None:
+    """Retention deleted the commits of the generation a replica is in (and of the next
+    ones): the replica passes through them and gets every page of the first state the store
+    can restore as one commit, then follows on."""
+    node = start_server()
+    with node.client() as admin:
+        ok(admin.post("/v1/databases", json={"name": "old"}), 201)
+        ok(query(admin, "old", "CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT)"))
+        stale = Replica(admin, "/db/old")
+        stale.sync()
+        other = Replica(admin, "/db/old")
+        for round_ in range(3):  # generations the stale replica will have to pass
+            insert(admin, "old", *(f"r{round_}-{i}" for i in range(5)))
+            other.sync()
+        ok(admin.post("/v1/databases/old/compact"))  # a snapshot: history restorable from it
+        insert(admin, "old", "after the snapshot")
+        other.sync()
+        insert(admin, "old", "newest")
+    node.restart()  # nothing of the generations left in the node's files
+    store = open_store(node.store_url)  # type: ignore[attr-defined]
+    report = apply_retention(store, "old", now=time.time() + 3600, window=60, grace=0)
+    assert any("/log/" in key for key in report.deleted)  # the old generations' commits
+    kept = [info.key.rsplit("/", 1)[-1] for info in store.list("dbs/old/log/")]
+    assert kept and all(int(name.split("-")[0]) > 10 for name in kept)  # none before it
+    with node.client() as admin:
+        stale.client = admin
+        stale.sync()
+        assert stale.rows(tmp_path) == admin_rows(admin, "old")
+        assert [row[1] for row in stale.rows(tmp_path)][-2:] == ["after the snapshot",
+                                                                  "newest"]
+        insert(admin, "old", "then")
+        stale.sync()
+        assert stale.rows(tmp_path) == admin_rows(admin, "old")

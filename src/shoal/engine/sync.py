@@ -39,7 +39,7 @@ from shoal.errors import Code, ShoalError
 from shoal.log import generations as gens
 from shoal.log.errors import CorruptObject, LogConflict, LogError, MissingObject
 from shoal.log.generations import Kind
-from shoal.log.restore import download, furthest, restore
+from shoal.log.restore import download, furthest, history, restore
 from shoal.log.segment import Commit, Page, decode_segment, read_header
 from shoal.log.timeline import listing, load_timeline
 from shoal.names import check as check_name
@@ -223,7 +223,22 @@ class Syncs:
 
     def bridge(self, store: ObjectStore, db: str, timeline: str, txid: int) -> Frames:
         """Worker thread: every page of the state at ``txid`` as one commit (a bridge)."""
-        key = (db, timeline, -1, txid)
+        return self._whole(store, (db, timeline, -1, txid), txid)
+
+    def stand_in(self, store: ObjectStore, db: str, timeline: str, index: int,
+                 txid: int) -> Frames:
+        """Worker thread: the frames of generation ``index`` (whose commits are gone): every
+        page of the state at ``txid`` as one commit (``SyncAPI._behind``)."""
+        return self._whole(store, (db, timeline, -2, index), txid)
+
+    def made(self, key: tuple[str, str, int, int]) -> Frames | None:
+        """Frames made before under ``key`` and still kept."""
+        with self._lock:
+            found = self.frames.get(key)
+        return found if found is not None and found.path.exists() else None
+
+    def _whole(self, store: ObjectStore, key: tuple[str, str, int, int], txid: int) -> Frames:
+        db, timeline = key[0], key[1]
 
         def pages() -> tuple[list[int], int, Callable[[int], Page], Callable[[], None]]:
             state = self.state(store, db, timeline, txid)
@@ -583,6 +598,17 @@ class SyncAPI:
                 frames = await self._sync_io(self.syncs.generation, self.registry.store,
                                              name, line.timeline, lo, hi,
                                              self._kept(synced, lo))
+        except _Expired:
+            if where.kind is not Kind.CLOSED:
+                raise self._expired(synced, generation) from None
+            try:
+                stand_in = await self._behind(synced, where.index, start)
+            except _Expired:
+                raise self._expired(synced, generation) from None
+            if stand_in is None:  # passed on to the one that carries the state
+                return Pulled(b"", current)
+            frames = stand_in
+        try:
             if start - 1 > frames.count:  # past the end + 1: the replica's place is wrong
                 raise _Expired(f"generation {generation} has {frames.count} frames")
             body = await self._sync_io(self.syncs.read, frames, start - 1,
@@ -590,6 +616,38 @@ class SyncAPI:
         except _Expired:
             raise self._expired(synced, generation) from None
         return Pulled(body, generation) if body else Pulled(b"", current)
+
+    async def _behind(self, synced: _Synced, index: int, start: int) -> Frames | None:
+        """A closed generation whose commits the store no longer keeps (retention): its
+        replicas get a snapshot. Let ``r`` be the first generation after it whose start the
+        store can still restore (the open one at the latest). Every generation before
+        ``r - 1`` is passed on (no frames: a replica there holds whole generations only, so
+        it moves on holding what it held); ``r - 1`` is one commit writing every page of
+        the state at ``r``'s start, which leaves a replica exactly there whatever it held.
+        That stand-in is made for a replica at its frame 1 and kept: one further on whose
+        stand-in is gone (dropped from the cache, a restart: ``r`` may have moved since) is
+        told to start again (REPLICA_EXPIRED: its next sync asks for frame 1 again)."""
+        name, timeline = synced.name, synced.line.timeline
+        found = self.syncs.made((name, timeline, -2, index))
+        if found is not None:
+            return found
+        if start != 1:
+            raise _Expired(f"generation {synced.line.first + index}'s stand-in is gone")
+        store = self.registry.store
+        earliest = (await self._sync_io(history, store, name, timeline)).earliest.txid
+        low, high = index + 1, synced.cuts.count  # the first start at or after ``earliest``
+        if await self._cut_txid(synced, high) < earliest:
+            raise _Expired("nothing after it is restorable")
+        while low < high:
+            mid = (low + high) // 2
+            if await self._cut_txid(synced, mid) >= earliest:
+                high = mid
+            else:
+                low = mid + 1
+        if index < low - 1:
+            return None
+        return await self._sync_io(self.syncs.stand_in, store, name, timeline, index,
+                                   await self._cut_txid(synced, low))
 
     def sync_push(self, principal: Principal, name: str, branch: str) -> NoReturn:
         """Offline writes pushed as WAL frames (``POST /sync/...``): refused for now (they

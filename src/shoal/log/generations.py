@@ -27,8 +27,8 @@ and both must hold across a restore, which starts the branch again from another 
   first state, which leaves a replica exactly at the restored state whatever it held. A
   replica in an older generation of the old line holds whole commits only: it is passed on
   (the generation's end) until it reaches the bridge. Two restores back: too far.
-- A replica behind what the store still holds (retention) cannot be served: the protocol has
-  no way to tell it to start again, so it gets a clear error (REPLICA_EXPIRED).
+- A replica behind what the store still holds (retention) gets a snapshot: see
+  ``engine/sync.py`` (``SyncAPI._behind``).
 """
 
 from __future__ import annotations
