@@ -13,11 +13,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from shoal.log.retention import apply_retention
+from shoal.storage import open_store
 from tests.support.replicas import (
     ROWS,
     compact_between,
@@ -184,5 +187,36 @@ def test_writes_through_a_replica_go_on_after_its_stream_expired(tmp_path: Path)
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert [row[1] for row in server_rows(node, "idle")] == ["a", "b", "before", "after"]
         assert intact(file, tmp_path) == server_rows(node, "idle")
+    finally:
+        node.stop()
+
+
+def test_a_replica_behind_retention_gets_a_snapshot(client: str, tmp_path: Path) -> None:
+    """The commits a replica's generation holds were deleted by retention (the node
+    restarted since, so nothing of them is left on it): the replica's next sync brings every
+    page of the first state the store can restore, then what followed."""
+    node = ServerProcess(tmp_path / "data").start()
+    try:
+        make(node, "behind")
+        file = tmp_path / "stale.db"
+        replica(client, node, file, [{"sync": True}], url=url(node, "behind"))
+        other = tmp_path / "other.db"
+        for round_ in range(3):
+            write(node, "behind", *(f"INSERT INTO t(v) VALUES ('r{round_}-{i}')"
+                                    for i in range(3)))
+            replica(client, node, other, [{"sync": True}], url=url(node, "behind"))
+        with node.client() as c:  # a snapshot the history restarts from
+            assert c.post("/v1/databases/behind/compact").status_code == 200
+        write(node, "behind", "INSERT INTO t(v) VALUES ('after the snapshot')")
+        node.stop()
+        store = open_store(f"file://{node.data_dir}/store")
+        apply_retention(store, "behind", now=time.time() + 3600, window=60, grace=0)
+        node.start()
+        write(node, "behind", "INSERT INTO t(v) VALUES ('newest')")
+        got = replica(client, node, file, [{"sync": True}, {"query": ROWS}],
+                      url=url(node, "behind"))
+        assert len(got) == 2, got
+        assert got[1] == server_rows(node, "behind")
+        assert intact(file, tmp_path) == got[1]
     finally:
         node.stop()

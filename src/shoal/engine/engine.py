@@ -636,6 +636,7 @@ class Engine(RowsAPI, SyncAPI, SyncV1API):
                 report = await self._io(self.registry.retention, name, time.time(),
                                         self.kept_history)
                 if report.deleted:
+                    self.syncs.retained(name)  # replicas' view of what the store keeps
                     log.info("retention deleted %d objects of %s", len(report.deleted), name)
             except Exception as exc:  # background work: the next pass tries again
                 _pass_failed(f"retention of {name}", exc)

@@ -153,6 +153,10 @@ class Syncs:
         self.cuts: OrderedDict[tuple[str, str], Cuts] = OrderedDict()
         self._making: dict[tuple[Any, ...], threading.Lock] = {}
         self.gate = asyncio.Semaphore(SYNC_THREADS)
+        # (db, timeline) -> the earliest txid the store can restore: what retention left.
+        # Only this node's retention changes it (it runs on a database's leader, which
+        # serves its replicas): forgotten then, so that every request decides by one value
+        self.earliest: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     def start(self) -> None:
         """Clear what a previous run left (the files are a cache)."""
@@ -343,6 +347,11 @@ class Syncs:
         self.lines[(db, timeline)] = line
         while len(self.lines) > LINES:
             self.lines.popitem(last=False)
+
+    def retained(self, db: str) -> None:
+        """Retention deleted objects of ``db``: what the store keeps is read again."""
+        for key in [k for k in self.earliest if k[0] == db]:
+            del self.earliest[key]
 
     def cuts_of(self, db: str, timeline: str, owner: Database) -> Cuts:
         """New cuts for an open branch, not counted yet (``count`` -1)."""
@@ -588,8 +597,23 @@ class SyncAPI:
             return Pulled(b"", generation)
         if where.kind is Kind.PASSED:  # an older generation of the line a restore left
             return Pulled(b"", current)
+        stand_in = None
+        if where.kind is Kind.CLOSED:  # one that starts before what the store can restore?
+            stand_in = self.syncs.made((name, line.timeline, -2, where.index))
+            if stand_in is None and \
+                    await self._cut_txid(synced, where.index) < await self._earliest(synced):
+                try:
+                    if start != 1:  # its stand-in is gone (a restart): from frame 1 again
+                        raise _Expired(f"generation {generation}'s stand-in is gone")
+                    stand_in = await self._behind(principal, synced, where.index)
+                except _Expired:
+                    raise self._expired(synced, generation) from None
+                if stand_in is None:  # passed on to the one that carries the state
+                    return Pulled(b"", current)
         try:
-            if where.kind is Kind.BRIDGE:
+            if stand_in is not None:
+                frames = stand_in
+            elif where.kind is Kind.BRIDGE:
                 frames = await self._sync_io(self.syncs.bridge, self.registry.store, name,
                                              line.timeline, line.fork_txid)
             else:
@@ -598,17 +622,6 @@ class SyncAPI:
                 frames = await self._sync_io(self.syncs.generation, self.registry.store,
                                              name, line.timeline, lo, hi,
                                              self._kept(synced, lo))
-        except _Expired:
-            if where.kind is not Kind.CLOSED:
-                raise self._expired(synced, generation) from None
-            try:
-                stand_in = await self._behind(synced, where.index, start)
-            except _Expired:
-                raise self._expired(synced, generation) from None
-            if stand_in is None:  # passed on to the one that carries the state
-                return Pulled(b"", current)
-            frames = stand_in
-        try:
             if start - 1 > frames.count:  # past the end + 1: the replica's place is wrong
                 raise _Expired(f"generation {generation} has {frames.count} frames")
             body = await self._sync_io(self.syncs.read, frames, start - 1,
@@ -617,24 +630,35 @@ class SyncAPI:
             raise self._expired(synced, generation) from None
         return Pulled(body, generation) if body else Pulled(b"", current)
 
-    async def _behind(self, synced: _Synced, index: int, start: int) -> Frames | None:
-        """A closed generation whose commits the store no longer keeps (retention): its
-        replicas get a snapshot. Let ``r`` be the first generation after it whose start the
-        store can still restore (the open one at the latest). Every generation before
-        ``r - 1`` is passed on (no frames: a replica there holds whole generations only, so
-        it moves on holding what it held); ``r - 1`` is one commit writing every page of
-        the state at ``r``'s start, which leaves a replica exactly there whatever it held.
-        That stand-in is made for a replica at its frame 1 and kept: one further on whose
-        stand-in is gone (dropped from the cache, a restart: ``r`` may have moved since) is
-        told to start again (REPLICA_EXPIRED: its next sync asks for frame 1 again)."""
-        name, timeline = synced.name, synced.line.timeline
-        found = self.syncs.made((name, timeline, -2, index))
-        if found is not None:
-            return found
-        if start != 1:
-            raise _Expired(f"generation {synced.line.first + index}'s stand-in is gone")
-        store = self.registry.store
-        earliest = (await self._sync_io(history, store, name, timeline)).earliest.txid
+    async def _earliest(self, synced: _Synced) -> int:
+        """The earliest txid the store can restore on the branch's line (what retention
+        left), as this node last read it."""
+        key = (synced.name, synced.line.timeline)
+        found = self.syncs.earliest.get(key)
+        if found is None:
+            point = await self._sync_io(history, self.registry.store, synced.name, key[1])
+            found = self.syncs.earliest[key] = point.earliest.txid
+            while len(self.syncs.earliest) > LINES:
+                self.syncs.earliest.popitem(last=False)
+        return found
+
+    async def _behind(self, principal: Principal, synced: _Synced,
+                      index: int) -> Frames | None:
+        """A closed generation that starts before what the store can restore (retention
+        took its commits, or will): its replicas get a snapshot. Let ``r`` be the first
+        generation that starts at or after the earliest restorable txid (the open one, cut
+        at the head first if it starts before). Every generation before ``r - 1`` is passed
+        on (no frames: a replica holds whole generations only, each one commit, so it moves
+        on holding a consistent state); ``r - 1`` is one commit writing every page of the
+        state at ``r``'s start, which leaves a replica exactly there whatever it held. All
+        replicas decide by one earliest txid (``_earliest``), so none meets a generation it
+        should have passed. The stand-in is made for a replica at frame 1 and kept; one
+        further on whose stand-in is gone (a restart: ``r`` may have moved) is told to start
+        again (REPLICA_EXPIRED: its next sync asks for frame 1)."""
+        earliest = await self._earliest(synced)
+        if await self._cut_txid(synced, synced.cuts.count) < earliest:  # cut the open one
+            synced = await self._synced(principal, synced.name, synced.branch,
+                                        cut=lambda s: True)
         low, high = index + 1, synced.cuts.count  # the first start at or after ``earliest``
         if await self._cut_txid(synced, high) < earliest:
             raise _Expired("nothing after it is restorable")
@@ -646,7 +670,8 @@ class SyncAPI:
                 low = mid + 1
         if index < low - 1:
             return None
-        return await self._sync_io(self.syncs.stand_in, store, name, timeline, index,
+        return await self._sync_io(self.syncs.stand_in, self.registry.store, synced.name,
+                                   synced.line.timeline, index,
                                    await self._cut_txid(synced, low))
 
     def sync_push(self, principal: Principal, name: str, branch: str) -> NoReturn:
