@@ -61,6 +61,9 @@ FRAME = FRAME_HEADER.size + PAGE
 MAX_FRAMES = 1024  # frames one pull answers at most (clients ask for 128)
 STATES = 6  # whole states kept on disk for the next client (exports, bridges)
 FRAME_FILES = 32  # generations' frames kept on disk
+# bytes of both on the data directory's disk, beyond the newest of each: a database of many
+# gigabytes keeps one state and one frames file, never six copies filling the disk
+CACHE_BYTES = 1 << 30
 DECODED_BYTES = 64 << 20  # decoded segments kept in memory, in page bytes
 MERGE_BYTES = 32 << 20  # a generation's pages merged in memory; past this, from its end state
 LINES = 512  # branches' lines and cuts kept in memory
@@ -211,9 +214,7 @@ class Syncs:
         state = State(final, restored.db_pages)
         with self._lock:
             self.states[key] = state
-            while len(self.states) > STATES:  # an export being sent keeps its file open
-                _, gone = self.states.popitem(last=False)
-                gone.path.unlink(missing_ok=True)
+            self._trim()
         return state
 
     # -- generations' frames --
@@ -273,10 +274,25 @@ class Syncs:
         made = Frames(final, len(order))
         with self._lock:
             self.frames[key] = made
-            while len(self.frames) > FRAME_FILES:  # a pull reads its file whole, at once
-                _, gone = self.frames.popitem(last=False)
-                gone.path.unlink(missing_ok=True)
+            self._trim()
         return made
+
+    def _trim(self) -> None:
+        """Under ``_lock``: drop the least recently used files past STATES, FRAME_FILES or
+        CACHE_BYTES in all (keeping the newest of each: it is being served). A file being
+        sent stays readable (an export holds it open; a pull reads it whole at once)."""
+        def size() -> int:
+            return (sum(st.pages * PAGE for st in self.states.values()) +
+                    sum(fr.count * FRAME for fr in self.frames.values()))
+        while len(self.states) > STATES:
+            self.states.popitem(last=False)[1].path.unlink(missing_ok=True)
+        while len(self.frames) > FRAME_FILES:
+            self.frames.popitem(last=False)[1].path.unlink(missing_ok=True)
+        while size() > CACHE_BYTES and (len(self.states) > 1 or len(self.frames) > 1):
+            cache: OrderedDict[Any, Any] = self.states if len(self.states) > 1 and (
+                len(self.frames) <= 1 or next(iter(self.states.values())).pages * PAGE >=
+                next(iter(self.frames.values())).count * FRAME) else self.frames
+            cache.popitem(last=False)[1].path.unlink(missing_ok=True)
 
     def _merge(self, store: ObjectStore, db: str, timeline: str, lo: int, hi: int,
                kept: list[bytes] | None

@@ -1,0 +1,50 @@
+"""engine/sync.py's files on disk (states, generations' frames): bounded by count and by
+bytes, the newest of each kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shoal.engine import sync
+from shoal.engine.sync import PAGE, Frames, State, Syncs
+
+
+def _state(folder: Path, name: str, pages: int) -> State:
+    path = folder / name
+    path.write_bytes(b"")
+    return State(path, pages)
+
+
+def _frames(folder: Path, name: str, count: int) -> Frames:
+    path = folder / name
+    path.write_bytes(b"")
+    return Frames(path, count)
+
+
+def test_files_are_bounded_by_count_and_bytes(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sync, "CACHE_BYTES", 10 * PAGE)
+    syncs = Syncs(tmp_path)
+    syncs.states[("d", "t", 1)] = first = _state(tmp_path, "a.db", 4)
+    syncs.frames[("d", "t", 0, 1)] = small = _frames(tmp_path, "a.frames", 1)
+    syncs._trim()
+    assert first.path.exists() and small.path.exists()  # 4 pages + a frame: under the cap
+    syncs.states[("d", "t", 2)] = big = _state(tmp_path, "b.db", 9)
+    syncs._trim()  # 13 pages: the older state goes, the newest stays
+    assert not first.path.exists() and big.path.exists() and small.path.exists()
+    syncs.states[("d", "t", 3)] = huge = _state(tmp_path, "c.db", 50)
+    syncs._trim()  # alone past the cap: kept (it is being served), the older one goes
+    assert huge.path.exists() and not big.path.exists()
+    assert list(syncs.states) == [("d", "t", 3)] and list(syncs.frames) == [("d", "t", 0, 1)]
+    for i in range(3):  # while the huge state is served, frames files go down to the newest
+        syncs.frames[("d", "t", 10 + i, 11 + i)] = _frames(tmp_path, f"{i}.frames", 0)
+    syncs._trim()
+    assert list(syncs.frames) == [("d", "t", 12, 13)] and not small.path.exists()
+    syncs.states.clear()
+    for i in range(sync.FRAME_FILES + 3):  # small ones: bounded by their count
+        syncs.frames[("d", "t", 20 + i, 21 + i)] = _frames(tmp_path, f"x{i}.frames", 0)
+    syncs._trim()
+    assert len(syncs.frames) == sync.FRAME_FILES
+    assert ("d", "t", 20 + sync.FRAME_FILES + 2, 21 + sync.FRAME_FILES + 2) in syncs.frames
