@@ -90,6 +90,7 @@ MODULES: dict[str, tuple[str, ...]] = {
     "rules/expr.py": ("tests/unit/test_rules.py",),
     "rules/query.py": ("tests/unit/test_rules.py",),
     # Embedded replicas: the numbering clients hold their place by.
+    "engine/sync.py": ("tests/server/test_sync.py", "tests/unit/test_sync_cache.py"),
     "log/generations.py": ("tests/unit/test_generations.py", "tests/server/test_sync.py",
                            "tests/log/test_branch.py"),
 }

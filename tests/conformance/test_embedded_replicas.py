@@ -198,12 +198,14 @@ def test_a_replica_behind_retention_gets_a_snapshot(client: str, tmp_path: Path)
     node = ServerProcess(tmp_path / "data").start()
     try:
         make(node, "behind")
+        write(node, "behind", "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 "
+                              "FROM n WHERE i < 60) INSERT INTO t(v) "
+                              "SELECT printf('%.1000c', 'a') FROM n")  # 15 pages or so
         file = tmp_path / "stale.db"
         replica(client, node, file, [{"sync": True}], url=url(node, "behind"))
         other = tmp_path / "other.db"
-        for round_ in range(3):
-            write(node, "behind", *(f"INSERT INTO t(v) VALUES ('r{round_}-{i}')"
-                                    for i in range(3)))
+        for round_ in range(3):  # they change the first pages: nothing later writes them
+            write(node, "behind", f"UPDATE t SET v = 'round {round_}' WHERE id <= 8")
             replica(client, node, other, [{"sync": True}], url=url(node, "behind"))
         with node.client() as c:  # a snapshot the history restarts from
             assert c.post("/v1/databases/behind/compact").status_code == 200
