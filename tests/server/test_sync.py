@@ -20,6 +20,7 @@ import pytest
 
 from shoal.log.retention import apply_retention
 from shoal.storage import open_store
+from shoal.tokens import Principal
 from tests.integration.api_support import error_of, make_token, ok, query
 from tests.support.replicas import ROWS, admin_rows, insert
 from tests.support.server import ServerProcess
@@ -397,3 +398,40 @@ def test_a_replica_behind_retention_gets_a_snapshot(
         insert(admin, "old", "then")
         stale.sync()
         assert stale.rows(tmp_path) == admin_rows(admin, "old")
+
+
+def test_a_closed_generation_is_exactly_its_commits(admin: httpx.Client, table: str) -> None:
+    """A generation cut while later commits are already durable (and in the leader's
+    memory): its frames, applied to its start, make exactly the start of the next one."""
+    g = ok(admin.get(f"/db/{table}/info"))["current_generation"]
+    start = admin.get(f"/db/{table}/export/{g}").content
+    insert(admin, table, *(f"in g {i}" for i in range(5)))
+    assert ok(admin.get(f"/db/{table}/info"))["current_generation"] == g + 1  # cut: g closed
+    insert(admin, table, *(f"after g {i}" for i in range(5)))  # durable, not in g
+    frames = admin.get(f"/db/{table}/sync/{g}/1/1000").content
+    image = Replica(admin, f"/db/{table}")
+    image.image = bytearray(start)
+    pending = [frames[at:at + FRAME] for at in range(0, len(frames), FRAME)]
+    image._commit(pending, struct.unpack(">II", pending[-1][:8])[1])
+    assert bytes(image.image) == admin.get(f"/db/{table}/export/{g + 1}").content
+
+
+def test_tokens_that_may_not_sync(admin: httpx.Client, table: str, server: ServerProcess,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A token bound to another branch; a token bound by row rules (a replica would hold
+    every row); a write token may sync, a token for another database may not."""
+    ok(admin.post(f"/v1/databases/{table}/branches", json={"name": "dev"}), 201)
+    made = ok(admin.post("/v1/tokens", json={"databases": [table], "access": "read",
+                                             "branch": "dev"}), 201)
+    with server.client(made["token"]) as on_dev:
+        assert on_dev.get(f"/db/{table}/info").status_code == 200  # its own branch
+        error_of(on_dev.get(f"/db/{table}/branches/main/info"), 403, "BRANCH_NOT_GRANTED")
+    engine = server.app.engine  # type: ignore[attr-defined]
+    user = Principal("ext-ann", frozenset({table}), "write", issuer="https://idp.test",
+                     user="ann", claims={"sub": "ann"}, bound=True)
+    real = engine.authenticate
+    monkeypatch.setattr(engine, "authenticate",
+                        lambda header: user if header == "Bearer ann" else real(header))
+    with server.client("ann") as ann:
+        for path in ("info", "export/1", "sync/1/1/2"):
+            error_of(ann.get(f"/db/{table}/{path}"), 403, "RULES_BOUND")

@@ -48,3 +48,15 @@ def test_files_are_bounded_by_count_and_bytes(tmp_path: Path,
     syncs._trim()
     assert len(syncs.frames) == sync.FRAME_FILES
     assert ("d", "t", 20 + sync.FRAME_FILES + 2, 21 + sync.FRAME_FILES + 2) in syncs.frames
+
+
+def test_reading_frames_keeps_no_file_open(tmp_path: Path) -> None:
+    path = tmp_path / "g.frames"
+    path.write_bytes(b"".join(bytes([i]) * sync.FRAME for i in range(3)))
+    frames = Frames(path, 3)
+    before = len(list(Path("/proc/self/fd").iterdir()))
+    assert [frames.read(1, 5)[::sync.FRAME], frames.read(3, 2), frames.read(0, 1)[:1]] == \
+        [bytes([1, 2]), b"", b"\x00"]
+    for _ in range(50):
+        frames.read(0, 3)
+    assert len(list(Path("/proc/self/fd").iterdir())) == before

@@ -58,16 +58,26 @@ T = TypeVar("T")
 PAGE = 4096  # the page size libSQL's sync protocol uses
 FRAME_HEADER = struct.Struct(">II16x")  # page number, database size after a commit (else 0)
 FRAME = FRAME_HEADER.size + PAGE
+# The bounds below: any value keeps the protocol right (the tests set none of them); each
+# says what it bounds.
+# mutate: harmless constant (a bound)
 MAX_FRAMES = 1024  # frames one pull answers at most (clients ask for 128)
+# mutate: harmless constant (a bound)
 STATES = 6  # whole states kept on disk for the next client (exports, bridges)
+# mutate: harmless constant (a bound)
 FRAME_FILES = 32  # generations' frames kept on disk
 # bytes of both on the data directory's disk, beyond the newest of each: a database of many
 # gigabytes keeps one state and one frames file, never six copies filling the disk
-CACHE_BYTES = 1 << 30
+CACHE_BYTES = 1 << 30  # mutate: harmless constant (a bound)
+# mutate: harmless constant (a bound)
 DECODED_BYTES = 64 << 20  # decoded segments kept in memory, in page bytes
+# mutate: harmless constant (a bound)
 MERGE_BYTES = 32 << 20  # a generation's pages merged in memory; past this, from its end state
+# mutate: harmless constant (a bound)
 LINES = 512  # branches' lines and cuts kept in memory
+# mutate: harmless constant (a bound)
 LIST_BYTES = 16 << 20  # segment bytes one download round fetches at most (the first whole)
+# mutate: harmless constant (a bound)
 SYNC_THREADS = 2  # I/O threads replicas' work may hold at once (the node has at least 4)
 
 
@@ -103,10 +113,7 @@ class Frames:
     count: int
 
     def read(self, first: int, count: int) -> bytes:
-        """Frames ``first`` (0-based) and on, at most ``count``."""
-        count = min(count, self.count - first)
-        if count <= 0:
-            return b""
+        """Frames ``first`` (0-based) and on, at most ``count`` (b"" past the last)."""
         fd = os.open(self.path, os.O_RDONLY)
         try:
             return os.pread(fd, count * FRAME, first * FRAME)
@@ -492,7 +499,7 @@ class SyncAPI:
         async with self.syncs.gate:
             return await self._io(_mapped, fn, *args)
 
-    async def _synced(self, principal: Principal, name: str, branch: str,
+    async def _synced(self, principal: Principal, name: str, branch: str | None,
                       cut: Callable[[_Synced], bool] | None = None) -> _Synced:
         """The branch, with its line and cuts. A request that may cut (``cut`` given) first
         waits (up to storage_timeout) for the commits made before it to ship, then cuts at
@@ -571,13 +578,13 @@ class SyncAPI:
         """The leader's recent segments holding every durable commit after ``after``."""
         return synced.feed.since(after, inside=True)
 
-    async def sync_info(self, principal: Principal, name: str, branch: str) -> SyncInfo:
+    async def sync_info(self, principal: Principal, name: str, branch: str | None) -> SyncInfo:
         """The generation a new replica starts from (``GET /info``): the open one, cut at
         the durable head first, so that its export is the newest state."""
         synced = await self._synced(principal, name, branch, cut=lambda s: True)
         return SyncInfo(synced.line.first + synced.cuts.count)
 
-    async def sync_export(self, principal: Principal, name: str, branch: str,
+    async def sync_export(self, principal: Principal, name: str, branch: str | None,
                           generation: int) -> State:
         """The database at the start of ``generation`` (``GET /export/{g}``): a file, kept
         until a few newer states replace it (open it before awaiting anything)."""
@@ -592,7 +599,7 @@ class SyncAPI:
         except _Expired:
             raise self._expired(synced, generation) from None
 
-    async def sync_pull(self, principal: Principal, name: str, branch: str, generation: int,
+    async def sync_pull(self, principal: Principal, name: str, branch: str | None, generation: int,
                         start: int, end: int) -> Pulled:
         """Frames ``start`` .. ``end - 1`` of ``generation`` (``GET /sync/{g}/{s}/{e}``)."""
         if start < 1 or end <= start:
@@ -690,7 +697,7 @@ class SyncAPI:
                                    synced.line.timeline, index,
                                    await self._cut_txid(synced, low))
 
-    def sync_push(self, principal: Principal, name: str, branch: str) -> NoReturn:
+    def sync_push(self, principal: Principal, name: str, branch: str | None) -> NoReturn:
         """Offline writes pushed as WAL frames (``POST /sync/...``): refused for now (they
         need exact conflict detection against the branch's head)."""
         check_name(name)

@@ -99,9 +99,11 @@ class SyncAPI:
                              "or a token for exactly one database")
         return names.check(db)
 
-    def _where(self, request: Request) -> tuple[str, str]:
+    def _where(self, request: Request) -> tuple[str, str | None]:
+        """The database and the branch the path names (None: main, or the branch a token
+        bound to one is served on)."""
         branch = request.params.get("branch")
-        return self.database(request), "main" if branch is None else \
+        return self.database(request), None if branch is None else \
             names.check(branch, "branch")
 
     async def info(self, request: Request) -> Response:
