@@ -60,3 +60,35 @@ def test_reading_frames_keeps_no_file_open(tmp_path: Path) -> None:
     for _ in range(50):
         frames.read(0, 3)
     assert len(list(Path("/proc/self/fd").iterdir())) == before
+
+
+def test_an_export_reads_its_file_even_once_dropped_and_never_leaks_it(
+        tmp_path: Path) -> None:
+    """server/sync.py opens a state when it answers: the cache may drop the file at once
+    (a newer state), the stream still reads it; a stream dropped unread closes it too."""
+    import asyncio
+    import gc
+    import os
+    import weakref
+
+    from shoal.server import sync as server_sync
+
+    path = tmp_path / "state.db"
+    path.write_bytes(b"x" * (3 * PAGE))
+    before = len(list(Path("/proc/self/fd").iterdir()))
+
+    async def read_all() -> bytes:
+        held = [os.open(path, os.O_RDONLY)]
+        stream = server_sync._read(held, 3 * PAGE)
+        path.unlink()  # dropped by the cache before the first chunk
+        return b"".join([chunk async for chunk in stream])
+
+    assert asyncio.run(read_all()) == b"x" * (3 * PAGE)
+    path.write_bytes(b"y")
+    held = [os.open(path, os.O_RDONLY)]
+    stream = server_sync._read(held, 1)
+    weakref.finalize(stream, server_sync._close, held)
+    del stream  # never read: a client that went away first
+    gc.collect()
+    assert held == [-1]
+    assert len(list(Path("/proc/self/fd").iterdir())) == before

@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import weakref
 from collections.abc import AsyncGenerator, Callable
-from pathlib import Path
 
 from shoal import names
 from shoal.engine import SYNC_PAGE as PAGE
@@ -117,7 +117,14 @@ class SyncAPI:
         state = await self.engine.sync_export(request.principal, db, branch, generation)
         size = state.pages * PAGE
         headers = [*OCTETS, (b"content-length", str(size).encode())]
-        return Response(200, b"", headers, stream=_read(state.path, size))
+        # opened now, before anything awaits: the cache may drop the file for a newer state
+        # at any time after (an open file stays readable); closed at the end of the stream,
+        # or when the stream is dropped unread (a client gone first)
+        fd = os.open(state.path, os.O_RDONLY)
+        held = [fd]
+        stream = _read(held, size)
+        weakref.finalize(stream, _close, held)
+        return Response(200, b"", headers, stream=stream)
 
     async def pull(self, request: Request) -> Response:
         db, branch = self._where(request)
@@ -135,18 +142,24 @@ class SyncAPI:
         return self.engine.sync_push(request.principal, db, branch)
 
 
-async def _read(path: Path, size: int) -> AsyncGenerator[bytes, None]:
-    """A state file's bytes a chunk at a time (read on a thread). The file is opened at
-    the first chunk: a state is replaced only after STATES newer ones, never rewritten."""
+async def _read(held: list[int], size: int) -> AsyncGenerator[bytes, None]:
+    """An open state file's bytes (``held[0]``), a chunk at a time, read on a thread."""
     loop = asyncio.get_running_loop()
-    fd = await loop.run_in_executor(None, os.open, path, os.O_RDONLY)
     try:
         sent = 0
         while sent < size:
-            chunk = await loop.run_in_executor(None, os.pread, fd, min(CHUNK, size - sent), sent)
+            chunk = await loop.run_in_executor(None, os.pread, held[0],
+                                               min(CHUNK, size - sent), sent)
             if not chunk:
                 break
             sent += len(chunk)
             yield chunk
     finally:
-        os.close(fd)
+        _close(held)
+
+
+def _close(held: list[int]) -> None:
+    """Close the file once (the stream's end and its finalizer may both come)."""
+    if held[0] >= 0:
+        os.close(held[0])
+        held[0] = -1
