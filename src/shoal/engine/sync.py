@@ -125,7 +125,6 @@ class Frames:
 class _Unit:
     """One commit as frames: ``count`` of them, the last carrying ``db_pages``."""
 
-    txid: int
     count: int
     db_pages: int
     frame: Callable[[int], tuple[int, Page]]  # k -> (page number, page)
@@ -391,7 +390,7 @@ def _commit_unit(commit: Commit) -> _Unit:
                          f"{commit.page_size}-byte pages; embedded replicas need 4,096-byte "
                          "pages")
     frames = commit.frames
-    return _Unit(commit.txid, len(frames), commit.db_pages, lambda k: frames[k])
+    return _Unit(len(frames), commit.db_pages, lambda k: frames[k])
 
 
 class _Walk:
@@ -413,7 +412,7 @@ class _Walk:
         state = self.syncs.state(self.store, self.db, self.timeline, txid)
         fd = os.open(state.path, os.O_RDONLY)
         self.fds.append(fd)
-        return _Unit(txid, state.pages, state.pages,
+        return _Unit(state.pages, state.pages,
                      lambda k: (k + 1, os.pread(fd, PAGE, k * PAGE)))
 
     def commits(self, first: int) -> Iterator[_Unit]:
@@ -421,7 +420,7 @@ class _Walk:
         for data in self.kept or ():
             head = read_header(data)
             key = f"{self.timeline}/{head.first_txid}-{head.last_txid}"
-            for commit in self.syncs.cached(key) or self.syncs.segment(key, data):
+            for commit in self.syncs.segment(key, data):  # decoded once (its cache)
                 if commit.txid == need and need <= self.upto:
                     yield _commit_unit(commit)
                     need += 1
