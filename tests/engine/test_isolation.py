@@ -80,6 +80,27 @@ def test_the_defer_pragma_does_not_reach_the_next_job_of_the_batch(tmp_path: Pat
     run(body())
 
 
+def test_the_defer_pragma_run_again_from_the_statement_cache_does_not_reach_the_next_job(
+        tmp_path: Path) -> None:
+    """apsw runs a cached statement without asking the authorizer again: the writer keeps
+    turning the pragma off after each job once any statement of it setting it was seen."""
+    async def body() -> None:
+        async with opened(tmp_path) as db:
+            await db.write(fk_schema())
+            assert not db.writer.guard.defers  # (nothing to turn off: one statement less)
+            await db.write(stmts("PRAGMA defer_foreign_keys=ON"))  # prepared, and cached
+            assert db.writer.guard.defers
+            await db.write(stmts("INSERT INTO parent VALUES (77)"))
+            first = db.write(stmts("PRAGMA defer_foreign_keys=ON"))  # from the cache
+            second = db.write(stmts("INSERT INTO child(pid) VALUES (9)", "SELECT 1"))
+            done, err = await asyncio.gather(first, second, return_exceptions=True)
+            assert not isinstance(done, BaseException)
+            assert isinstance(err, ShoalError) and err.code == "SQLITE_CONSTRAINT"
+            assert err.extra["statement"] == 0  # immediate, at the insert: not deferred
+
+    run(body())
+
+
 def test_a_transaction_commit_with_deferred_violations_fails_and_ends_it(
         tmp_path: Path) -> None:
     async def body() -> None:
@@ -213,6 +234,32 @@ def test_a_value_too_big_for_the_loop_is_read_on_a_worker(tmp_path: Path) -> Non
             out, _ = await db.read(stmts(sql))  # past the inline limits: rerun on a worker
             assert out.results[0].rows[0][0] == 5000
             assert hash(sql) not in db.known_cheap
+
+    run(body())
+
+
+def test_a_cheap_read_takes_no_reader_slot(tmp_path: Path) -> None:
+    """An inline read holds its pooled reader only while it runs on the loop: it never
+    waits behind requests queued for a slot (a queue that, once formed under load, made
+    every later read wait its turn, a future and a loop turn each)."""
+    async def body() -> None:
+        async with opened(tmp_path, readers=2) as db:
+            await db.write(stmts("INSERT INTO t(id, v) VALUES (1, 'a')"))
+            sql = "SELECT v FROM t WHERE id = 1"
+            await db.read(stmts(sql))  # learnt cheap on a worker
+            for _ in range(2):  # every slot taken (as by reads on worker threads)
+                await db.reader_slots.acquire()
+            queued = asyncio.ensure_future(db._take_reader())  # and a request waiting
+            await asyncio.sleep(0)
+            assert not queued.done()
+            pooled = list(db.readers)
+            out, _ = await asyncio.wait_for(db.read(stmts(sql)), 5)
+            assert out.results[0].rows == [["a"]]
+            assert db.readers == pooled  # the same reader, back in the pool
+            assert not queued.done()  # the read took no slot the waiter wanted
+            db.reader_slots.release()
+            db._give_reader(await queued)
+            db.reader_slots.release()
 
     run(body())
 

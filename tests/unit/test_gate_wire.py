@@ -162,16 +162,17 @@ class _Errors(logging.Handler):
 
 
 @contextlib.asynccontextmanager
-async def node(**settings: float) -> AsyncIterator[Node]:
-    """A gated uvicorn on 127.0.0.1:0 in this loop; fails the test on any error the loop or
-    uvicorn reports (an exception in a protocol callback or a timer)."""
+async def node(keep_alive: float = 60, **settings: float) -> AsyncIterator[Node]:
+    """A gated uvicorn on 127.0.0.1:0 in this loop (``keep_alive``: uvicorn's
+    timeout_keep_alive); fails the test on any error the loop or uvicorn reports (an
+    exception in a protocol callback or a timer)."""
     gate = Gate(load(overrides=settings, environ={}), fd_limit=1 << 20)
     http, ws = protocols(gate)
     assert issubclass(http, GatedHttp) and issubclass(ws, GatedWebSocket)
     assert http.gate is gate and ws.gate is gate
     app = App(gate)
     config = uvicorn.Config(app, http=http, ws=ws, lifespan="off", log_config=None,
-                            access_log=False, timeout_keep_alive=60)
+                            access_log=False, timeout_keep_alive=keep_alive)
     config.load()
     state = ServerState()
     loop = asyncio.get_running_loop()
@@ -305,6 +306,46 @@ def test_a_kept_alive_connection_has_no_deadline_until_its_next_request_begins()
             assert 0.15 <= time.monotonic() - sent < 1.0
             assert cut_since(before) == {"header_timeout": 1}
             assert n.app.bodies == [b"", b"abc"]
+
+    run(main())
+
+
+def test_a_kept_alive_connection_is_closed_quietly_after_timeout_keep_alive() -> None:
+    """The gate keeps uvicorn's keep-alive deadline: no answer, no cut counted; a request
+    before it keeps the connection (its deadline starts again after the answer)."""
+    async def main() -> None:
+        async with node(keep_alive=0.3, header_timeout=5) as n:
+            before = cuts()
+            reader, writer = await n.connect()
+            writer.write(get())
+            assert await read_response(reader) == OK
+            await asyncio.sleep(0.2)
+            writer.write(get())
+            assert await read_response(reader) == OK
+            answered = time.monotonic()
+            await asyncio.sleep(0.2)  # 0.4 s after the first answer: still open
+            assert n.gate.members and not reader.at_eof()
+            assert await read_all(reader) == b""  # closed, nothing said
+            assert 0.25 <= time.monotonic() - answered < 1.0
+            await until(lambda: not n.gate.members)
+            assert cut_since(before) == {}
+
+    run(main())
+
+
+@pytest.mark.parametrize(("header", "body", "expect"), [(0.6, 0.15, 0.15), (0.1, 0.45, 0.45)])
+def test_the_body_deadline_holds_whichever_deadline_came_first(
+        header: float, body: float, expect: float) -> None:
+    """One timer per connection: a body deadline sooner than the pending header timer
+    moves the timer up; a later one is not cut short by it."""
+    async def main() -> None:
+        async with node(header_timeout=header, body_timeout=body) as n:
+            reader, writer = await n.connect()
+            writer.write(post_head("/", 10) + b"abc")
+            sent = time.monotonic()
+            timeout_408(await read_all(reader), "body", "body_timeout", f"{body:g}")
+            assert expect - 0.02 <= time.monotonic() - sent < expect + 0.5
+            await until(lambda: not n.gate.members)
 
     run(main())
 

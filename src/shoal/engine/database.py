@@ -553,12 +553,16 @@ class Database:
         return len(conns)
 
     def _give_reader(self, conn: Connection) -> None:
+        self._rest(conn)
+        self.reader_slots.release()
+
+    def _rest(self, conn: Connection) -> None:
+        """A reader back in the pool (closed if the branch closed meanwhile)."""
         self.last_read = time.monotonic()
         if self.closed:
             conn.close()
         else:
             self.readers.append(conn)
-        self.reader_slots.release()
 
     def remember_write(self, sql: str) -> None:
         """Note SQL that SQLite reported as writing, so its next run goes to the writer first."""
@@ -572,18 +576,34 @@ class Database:
         return any(hash(s.sql) in known for s in statements)
 
     async def read(self, statements: list[Statement]) -> tuple[Counters, int]:
-        """Run read-only statements on a reader; raise NeedsWriter if one would write."""
+        """Run read-only statements on a reader; raise NeedsWriter if one would write.
+
+        A read known cheap runs on the event loop on a pooled reader at rest, without a
+        reader slot: it holds the connection only until it returns, so no other request
+        ever sees it taken. (Through the slots, a queue that formed once, while reads ran
+        on threads or readers opened, never drained under load: every later read waited
+        its turn behind the others, a future and a loop turn each.)"""
+        readers = self.readers
+        if readers and self._inline(readers[-1], statements):
+            conn = readers.pop()
+            try:
+                txid = self.txid  # the snapshot holds at least this commit
+                return self._read_on(conn, statements, self.inline_limits), txid
+            except SoftDeadline as moved:  # it needs more than the loop may give
+                if moved.index is not None:  # else: many statements, each cheap
+                    self._overran(statements[moved.index].sql, moved.held)
+            finally:
+                self._rest(conn)
         conn = await self._take_reader()
         try:
-            txid = self.txid  # the snapshot holds at least this commit
-            if self._inline(conn, statements):
-                try:
-                    return self._read_on(conn, statements, self.inline_limits), txid
-                except SoftDeadline as moved:  # it needs more than the loop may give
-                    if moved.index is not None:  # else: many statements, each cheap
-                        self._overran(statements[moved.index].sql, moved.held)
+            txid = self.txid
+            generation = self.schema_generation
             out = await self._off_loop(conn, self._read_on, conn, statements, self.limits)
-            if out.elapsed <= INLINE_BUDGET and out.widest <= INLINE_VALUE_BYTES:
+            if out.elapsed <= INLINE_BUDGET and out.widest <= INLINE_VALUE_BYTES and \
+                    generation == self.schema_generation:
+                if generation != self._cheap_generation:  # what was cheap was, before
+                    self.known_cheap.clear()
+                    self._cheap_generation = generation
                 for stmt in statements:  # cheap, under this schema: next time inline
                     if len(stmt.sql) <= INLINE_SQL_CHARS:
                         self.known_cheap.add(stmt.sql)
@@ -869,7 +889,8 @@ class Database:
                     conn.internal(ROLLBACK_TO)
                     conn.internal(RELEASE)
                     outcomes.append(exc)
-                conn.internal(DEFER_OFF)  # the pragma lasts until COMMIT: not into the next job
+                if conn.guard.defers:  # the pragma lasts until COMMIT: not into the next job
+                    conn.internal(DEFER_OFF)
             if any(isinstance(o, Committed) for o in outcomes):
                 if self._purge_due:
                     conn.internal(self.layout.purge_idem,

@@ -87,7 +87,7 @@ class Guard:
     ``control`` set when that denial was of a transaction statement: Connection turns it
     into TransactionControl)."""
 
-    __slots__ = ("control", "internal", "reason", "schema")
+    __slots__ = ("control", "defers", "internal", "reason", "schema")
 
     def __init__(self) -> None:
         self.internal = False
@@ -99,6 +99,10 @@ class Guard:
         # The statement being prepared changes the schema (reset by Connection per
         # statement; a cached statement is prepared again after any schema change).
         self.schema = False
+        # A statement that sets defer_foreign_keys was ever prepared on the connection: it
+        # may run again from apsw's statement cache (with no authorizer call), so this
+        # stays set, and the group commit turns the pragma off after each job.
+        self.defers = False
 
     def _deny(self, message: str, control: str | None = None) -> int:
         self.reason = (Code.SQL_NOT_ALLOWED, message)
@@ -130,6 +134,8 @@ class Guard:
             return apsw.SQLITE_OK  # mutate: harmless delete (falls through to the same SQLITE_OK)
         if op == apsw.SQLITE_PRAGMA:
             name = (p1 or "").lower()
+            if name == "defer_foreign_keys" and p2 is not None:
+                self.defers = True
             if p2 is not None and name in IGNORED_SETTINGS:
                 return apsw.SQLITE_IGNORE
             if name in READABLE_PRAGMAS and (p2 is None or name in SETTABLE_PRAGMAS

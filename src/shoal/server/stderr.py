@@ -9,6 +9,7 @@ in the tests) writes plain lines, which a person reads more easily.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import sys
@@ -26,9 +27,57 @@ CHATTY = ("botocore", "boto3", "s3transfer", "urllib3", "httpx", "httpcore")  # 
 _json_lines = False
 
 
+_second: tuple[int, str] = (-1, "")  # the last whole second timestamp() wrote, as text
+
+
 def timestamp(seconds: float) -> str:
-    """ISO 8601 in UTC to the millisecond: the ``ts`` of every JSON line."""
-    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+    """ISO 8601 in UTC to the millisecond (as ``datetime.isoformat`` writes it): the ``ts``
+    of every JSON line. A second's text is made once (an access log line per request)."""
+    global _second
+    whole = int(seconds // 1)
+    micros = round((seconds - whole) * 1_000_000)  # datetime rounds to the microsecond so
+    if micros >= 1_000_000:
+        whole, micros = whole + 1, micros - 1_000_000
+    if _second[0] != whole:
+        _second = (whole, datetime.fromtimestamp(whole, UTC).strftime("%Y-%m-%dT%H:%M:%S"))
+    return f"{_second[1]}.{micros // 1000:03d}+00:00"
+
+
+class AccessLines:
+    """The access log's lines, written to ``out`` together at most FLUSH_AFTER seconds
+    after the first of them (or once FLUSH_LINES are held), as a web server buffers its
+    access log: a write and a flush per request was about a tenth of a point read's CPU.
+    ``flush`` when the node stops."""
+
+    FLUSH_AFTER = 0.05
+    FLUSH_LINES = 512
+
+    __slots__ = ("_held", "_loop", "_out", "_timer")
+
+    def __init__(self, out: Any) -> None:
+        self._out = out
+        self._held: list[bytes] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, line: bytes) -> None:
+        held = self._held
+        held.append(line)
+        if len(held) >= self.FLUSH_LINES:
+            self.flush()
+        elif self._timer is None:
+            if self._loop is None:
+                self._loop = asyncio.get_running_loop()
+            self._timer = self._loop.call_later(self.FLUSH_AFTER, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        held, self._held = self._held, []
+        if held:
+            self._out.write(b"".join(held))
+            self._out.flush()  # stderr's binary buffer is block-buffered unless unbuffered
 
 
 class JsonFormatter(logging.Formatter):
