@@ -3,6 +3,7 @@ bytes, the newest of each kept."""
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,7 @@ def test_reading_frames_keeps_no_file_open(tmp_path: Path) -> None:
     path = tmp_path / "g.frames"
     path.write_bytes(b"".join(bytes([i]) * sync.FRAME for i in range(3)))
     frames = Frames(path, 3)
+    gc.collect()  # another test's garbage holding a descriptor goes now, not mid-count
     before = len(list(Path("/proc/self/fd").iterdir()))
     assert [frames.read(1, 5)[::sync.FRAME], frames.read(3, 2), frames.read(0, 1)[:1]] == \
         [bytes([1, 2]), b"", b"\x00"]
@@ -67,7 +69,6 @@ def test_an_export_reads_its_file_even_once_dropped_and_never_leaks_it(
     """server/sync.py opens a state when it answers: the cache may drop the file at once
     (a newer state), the stream still reads it; a stream dropped unread closes it too."""
     import asyncio
-    import gc
     import os
     import weakref
 
@@ -75,6 +76,7 @@ def test_an_export_reads_its_file_even_once_dropped_and_never_leaks_it(
 
     path = tmp_path / "state.db"
     path.write_bytes(b"x" * (3 * PAGE))
+    gc.collect()  # another test's garbage holding a descriptor goes now, not mid-count
     before = len(list(Path("/proc/self/fd").iterdir()))
 
     async def read_all() -> bytes:

@@ -185,10 +185,12 @@ class App:
                 # process: out of the collector's way, a full collection (it runs on the
                 # event loop, when requests have made many objects) walks only theirs.
                 gc.freeze()
+                thresholds = gc.get_threshold()
                 gc.set_threshold(*GC_THRESHOLDS)
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
                 await self.stop()
+                gc.set_threshold(*thresholds)  # the process's again (an app run in-process)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
