@@ -62,8 +62,8 @@ async def until(check: Callable[[], bool], timeout: float = 3.0) -> None:
 class App:
     """The application behind the gate, by path: ``/`` reads the body and answers ok,
     ``/hold`` answers once released, ``/close`` answers with ``connection: close``,
-    ``/stream`` starts a large answer and then only listens; ``/ws`` echoes, ``/ws-close``
-    closes at once."""
+    ``/stream`` starts a large answer and then only listens, ``/early`` answers without
+    reading the body; ``/ws`` echoes, ``/ws-close`` closes at once."""
 
     def __init__(self, gate: Gate) -> None:
         self.gate = gate
@@ -106,6 +106,11 @@ class App:
             self.streamed.set()
             self.received.append((await receive())["type"])
             self.ended.append(path)
+            return
+        if path == "/early":  # answered before the body is read
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
             return
         self.bodies.append(await self.body(receive))
         if path == "/hold":
@@ -329,6 +334,23 @@ def test_a_kept_alive_connection_is_closed_quietly_after_timeout_keep_alive() ->
             assert 0.25 <= time.monotonic() - answered < 1.0
             await until(lambda: not n.gate.members)
             assert cut_since(before) == {}
+
+    run(main())
+
+
+def test_a_connection_answered_before_its_body_ended_is_kept_alive_from_the_bodys_end() -> None:
+    async def main() -> None:
+        async with node(keep_alive=0.3, header_timeout=5, body_timeout=5) as n:
+            reader, writer = await n.connect()
+            writer.write(post_head("/early", 10) + b"abc")
+            assert await read_response(reader) == OK
+            await asyncio.sleep(0.45)  # past keep_alive: the body is still on its way
+            assert n.gate.members and not reader.at_eof()
+            writer.write(b"defghij")
+            ended = time.monotonic()
+            assert await read_all(reader) == b""  # then closed quietly, kept alive no longer
+            assert 0.25 <= time.monotonic() - ended < 1.0
+            await until(lambda: not n.gate.members)
 
     run(main())
 

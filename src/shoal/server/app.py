@@ -362,9 +362,10 @@ class App:
 
     async def _keys(self, request: Request) -> None:
         """Read an identity provider's keys the token needs, if any, before a handler that
-        authenticates on its own (it answers any other failure in its protocol's shape)."""
+        authenticates on its own (it answers any other failure in its protocol's shape);
+        the principal found is the request's (the handler then need not ask again)."""
         try:
-            self.engine.authenticate(request.header(b"authorization"))
+            request.principal = self.engine.authenticate(request.header(b"authorization"))
         except KeysNeeded as needed:
             await needed.wait()
         except ShoalError:

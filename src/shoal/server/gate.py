@@ -89,6 +89,8 @@ class Gate:
         self.uploading: OrderedDict[GatedHttp, None] = OrderedDict()
         self.lingering = 0
         self.evicted = 0
+        # read when scraped: a gauge set at each connection and each close took its lock
+        METRICS.connections.set_function(lambda: len(self.members))
 
     def admit(self, conn: Any, host: str) -> str | None:
         """Count a new connection in; a refusal says why (the caller answers 503)."""
@@ -105,7 +107,6 @@ class Gate:
             oldest.evict()
         self.members[conn] = host
         self.per_client[host] += 1
-        METRICS.connections.set(len(self.members))
         return None  # mutate: harmless delete (falling off the end returns None too)
 
     def leave(self, conn: Any) -> None:
@@ -116,7 +117,6 @@ class Gate:
             self.per_client[host] -= 1
             if self.per_client[host] <= 0:
                 del self.per_client[host]
-            METRICS.connections.set(len(self.members))
 
     def handover(self, old: Any, new: Any) -> None:
         """A connection upgraded to a WebSocket: the new protocol object owns its place."""
@@ -276,6 +276,8 @@ class GatedHttp(HttpToolsProtocol):
         super().on_message_complete()
         self._disarm()
         self._in_head = True
+        if self.cycle is not None and self.cycle.response_complete:  # answered before its
+            self._arm(IDLE, self.timeout_keep_alive)  # body ended: kept alive from now
         self._settle()
 
     def on_response_complete(self) -> None:

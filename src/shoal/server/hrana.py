@@ -50,6 +50,7 @@ from shoal.server.hrana_stream import (
     scope_error,
 )
 from shoal.server.http import (
+    ANONYMOUS,
     BOOKMARK,
     JSON_HEADERS,
     PACED_ITEMS,
@@ -151,8 +152,10 @@ class HranaHTTP:
     def resolve(self, request: Request) -> tuple[Principal, str, str]:
         """The caller, the database (path, header, token or host: ``named_database``) and
         the branch (path, else the token's if it is bound to one, else main)."""
-        principal = request.principal = self.engine.authenticate(
-            request.header(b"authorization"))  # the access log names the token's id
+        principal = request.principal  # authenticated by the app already (App._keys)
+        if principal is ANONYMOUS:  # the access log names the token's id
+            principal = request.principal = self.engine.authenticate(
+                request.header(b"authorization"))
         self.engine.refuse_when_overloaded()  # past the memory ceiling: no new work (OVERLOADED)
         db = named_database(request, lambda: principal.sole, self.engine.has_database)
         if not db:
