@@ -264,6 +264,40 @@ def test_a_cheap_read_takes_no_reader_slot(tmp_path: Path) -> None:
     run(body())
 
 
+def test_reads_that_waited_for_a_reader_slot_still_run_inline(tmp_path: Path) -> None:
+    """Reads queued for a slot while every reader was busy (on worker threads, say) run on
+    the loop once they get one, so the queue drains at once instead of every later read
+    going to a thread behind it."""
+    async def body() -> None:
+        async with opened(tmp_path, readers=2) as db:
+            await db.write(stmts("INSERT INTO t(id, v) VALUES (1, 'a')"))
+            sql = "SELECT v FROM t WHERE id = 1"
+            await db.read(stmts(sql))  # learnt cheap on a worker
+            busy = [await db._take_reader(), await db._take_reader()]  # (the second opens)
+            for conn in busy:  # each has read the schema (a fresh one reads it on a worker)
+                db._read_on(conn, stmts(sql), db.limits)
+            assert not db.readers  # both readers taken, as by reads on worker threads
+            threads: list[object] = []
+            real = db._off_loop
+
+            async def off_loop(*args: Any) -> Any:
+                threads.append(args[1])
+                return await real(*args)
+
+            db._off_loop = off_loop  # type: ignore[method-assign]
+            reads = [asyncio.ensure_future(db.read(stmts(sql))) for _ in range(10)]
+            await asyncio.sleep(0)
+            assert not any(r.done() for r in reads)  # queued for a slot
+            for conn in busy:
+                db._give_reader(conn)
+            outs = await asyncio.wait_for(asyncio.gather(*reads), 5)
+            assert [out.results[0].rows for out, _ in outs] == [[["a"]]] * 10
+            assert threads == []  # none of them went to a worker thread
+            assert len(db.readers) == 2
+
+    run(body())
+
+
 def test_an_inline_read_that_overran_sends_the_database_to_workers(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(database_mod, "INLINE_OVERRUN", 0.0)  # any overrun counts

@@ -582,21 +582,26 @@ class Database:
         reader slot: it holds the connection only until it returns, so no other request
         ever sees it taken. (Through the slots, a queue that formed once, while reads ran
         on threads or readers opened, never drained under load: every later read waited
-        its turn behind the others, a future and a loop turn each.)"""
+        its turn behind the others, a future and a loop turn each.) A read that waited for
+        a slot still runs inline when it may, so such a queue drains at once."""
         readers = self.readers
-        if readers and self._inline(readers[-1], statements):
+        tried = bool(readers) and self._inline(readers[-1], statements)
+        if tried:
             conn = readers.pop()
             try:
                 txid = self.txid  # the snapshot holds at least this commit
-                return self._read_on(conn, statements, self.inline_limits), txid
-            except SoftDeadline as moved:  # it needs more than the loop may give
-                if moved.index is not None:  # else: many statements, each cheap
-                    self._overran(statements[moved.index].sql, moved.held)
+                out = self._read_inline(conn, statements)
+                if out is not None:
+                    return out, txid
             finally:
                 self._rest(conn)
         conn = await self._take_reader()
         try:
             txid = self.txid
+            if not tried and self._inline(conn, statements):
+                out = self._read_inline(conn, statements)
+                if out is not None:
+                    return out, txid
             generation = self.schema_generation
             out = await self._off_loop(conn, self._read_on, conn, statements, self.limits)
             if out.elapsed <= INLINE_BUDGET and out.widest <= INLINE_VALUE_BYTES and \
@@ -610,6 +615,16 @@ class Database:
             return out, txid
         finally:
             self._give_reader(conn)
+
+    def _read_inline(self, conn: Connection, statements: list[Statement]) -> Counters | None:
+        """The read on the event loop, or None when it needs more than the loop may give
+        (it then runs on a worker thread)."""
+        try:
+            return self._read_on(conn, statements, self.inline_limits)
+        except SoftDeadline as moved:
+            if moved.index is not None:  # else: many statements, each cheap
+                self._overran(statements[moved.index].sql, moved.held)
+            return None
 
     def _inline(self, conn: Connection, statements: list[Statement]) -> bool:
         """Whether a read may be tried on the event loop: every statement of it ran within
