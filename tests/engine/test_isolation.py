@@ -66,32 +66,20 @@ def test_a_deferred_violation_fails_its_own_job_and_the_batch_commits(tmp_path: 
     run(body())
 
 
-def test_the_defer_pragma_does_not_reach_the_next_job_of_the_batch(tmp_path: Path) -> None:
-    async def body() -> None:
-        async with opened(tmp_path) as db:
-            await db.write(fk_schema())
-            first = db.write(stmts("PRAGMA defer_foreign_keys=ON"))
-            second = db.write(stmts("INSERT INTO child(pid) VALUES (9)", "SELECT 1"))
-            done, err = await asyncio.gather(first, second, return_exceptions=True)
-            assert not isinstance(done, BaseException)
-            assert isinstance(err, ShoalError) and err.code == "SQLITE_CONSTRAINT"
-            assert err.extra["statement"] == 0  # immediate, at the insert: not deferred
-
-    run(body())
-
-
-def test_the_defer_pragma_run_again_from_the_statement_cache_does_not_reach_the_next_job(
-        tmp_path: Path) -> None:
-    """apsw runs a cached statement without asking the authorizer again: the writer keeps
-    turning the pragma off after each job once any statement of it setting it was seen."""
+@pytest.mark.parametrize("cached", [False, True])
+def test_the_defer_pragma_does_not_reach_the_next_job_of_the_batch(
+        tmp_path: Path, cached: bool) -> None:
+    """``cached``: the pragma ran in an earlier batch, so it now runs from apsw's statement
+    cache, without the authorizer: the writer still turns it off after each job."""
     async def body() -> None:
         async with opened(tmp_path) as db:
             await db.write(fk_schema())
             assert not db.writer.guard.defers  # (nothing to turn off: one statement less)
-            await db.write(stmts("PRAGMA defer_foreign_keys=ON"))  # prepared, and cached
-            assert db.writer.guard.defers
-            await db.write(stmts("INSERT INTO parent VALUES (77)"))
-            first = db.write(stmts("PRAGMA defer_foreign_keys=ON"))  # from the cache
+            if cached:
+                await db.write(stmts("PRAGMA defer_foreign_keys=ON"))  # prepared, cached
+                assert db.writer.guard.defers
+                await db.write(stmts("INSERT INTO parent VALUES (77)"))
+            first = db.write(stmts("PRAGMA defer_foreign_keys=ON"))
             second = db.write(stmts("INSERT INTO child(pid) VALUES (9)", "SELECT 1"))
             done, err = await asyncio.gather(first, second, return_exceptions=True)
             assert not isinstance(done, BaseException)

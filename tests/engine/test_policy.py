@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -292,3 +293,55 @@ def test_foreign_keys_setting_is_ignored_and_never_sticks_to_a_pooled_reader(
     assert out.results[0].rows == [[1]]
     reader.close()
     writer.close()
+
+
+# -- what the guard notes while SQLite prepares a statement --------------------------------------
+
+
+@pytest.mark.parametrize("sql", [
+    "CREATE TABLE s(a)", "DROP TABLE plain", "ALTER TABLE t ADD COLUMN w",
+    "CREATE INDEX i ON t(v)", "DROP INDEX IF EXISTS tv", "CREATE VIEW vw AS SELECT 1",
+    "DROP VIEW IF EXISTS vv", "CREATE TRIGGER tr AFTER INSERT ON t BEGIN SELECT 1; END",
+    "DROP TRIGGER IF EXISTS tt",
+    # fts5vocab keeps no tables of its own: SQLite reports only the virtual table's op
+    "CREATE VIRTUAL TABLE g USING fts5vocab(f, 'row')", "DROP TABLE vocab",
+])
+def test_the_guard_notes_a_statement_that_changes_the_schema(writer: Connection, sql: str) -> None:
+    """Counters.schema (the audit log's `schema` kind) comes from here."""
+    writer.internal("CREATE TABLE IF NOT EXISTS plain(a)")  # nothing on it: one op to drop
+    writer.internal("CREATE VIRTUAL TABLE IF NOT EXISTS f USING fts5(x)")
+    writer.internal("CREATE VIRTUAL TABLE IF NOT EXISTS vocab USING fts5vocab(f, 'row')")
+    writer.internal("CREATE INDEX IF NOT EXISTS tv ON t(v)")
+    writer.internal("CREATE VIEW IF NOT EXISTS vv AS SELECT 1")
+    writer.internal("CREATE TRIGGER IF NOT EXISTS tt AFTER DELETE ON t BEGIN SELECT 1; END")
+    with contextlib.suppress(ShoalError):  # refused or not, the guard saw what it would change
+        run(writer, sql)
+    assert writer.guard.schema
+
+
+@pytest.mark.parametrize("sql", ["SELECT * FROM t", "INSERT INTO t(v) VALUES ('x')",
+                                 "UPDATE t SET v = 'y'", "PRAGMA user_version = 3"])
+def test_the_guard_notes_no_schema_change_for_data(writer: Connection, sql: str) -> None:
+    run(writer, sql)
+    assert not writer.guard.schema
+
+
+def test_a_new_guard_has_seen_nothing() -> None:
+    guard = Guard()
+    assert (guard.schema, guard.defers, guard.internal, guard.reason) == (False, False, False,
+                                                                          None)
+
+
+@pytest.mark.parametrize(("sql", "defers"), [
+    ("PRAGMA defer_foreign_keys = ON", True), ("PRAGMA main.defer_foreign_keys=1", True),
+    ("PRAGMA defer_foreign_keys", False), ("PRAGMA foreign_keys", False),
+    ("PRAGMA user_version = 7", False), ("SELECT 1", False),
+])
+def test_the_guard_marks_a_connection_that_set_defer_foreign_keys(
+        writer: Connection, sql: str, defers: bool) -> None:
+    """The group commit turns the pragma off after each job only on such a connection; the
+    mark stays (a cached statement runs again without the authorizer)."""
+    run(writer, sql)
+    assert writer.guard.defers is defers
+    run(writer, "SELECT 2")
+    assert writer.guard.defers is defers

@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import json
 import logging
 import os
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,7 +65,8 @@ class App:
     """The application behind the gate, by path: ``/`` reads the body and answers ok,
     ``/hold`` answers once released, ``/close`` answers with ``connection: close``,
     ``/stream`` starts a large answer and then only listens, ``/early`` answers without
-    reading the body; ``/ws`` echoes, ``/ws-close`` closes at once."""
+    reading the body, ``/ignore`` too but 0.1 s later; ``/ws`` echoes, ``/ws-close`` closes
+    at once."""
 
     def __init__(self, gate: Gate) -> None:
         self.gate = gate
@@ -106,6 +109,12 @@ class App:
             self.streamed.set()
             self.received.append((await receive())["type"])
             self.ended.append(path)
+            return
+        if path == "/ignore":  # answered a moment later, its body never read
+            await asyncio.sleep(0.1)
+            await send({"type": "http.response.start", "status": 200,
+                        "headers": [(b"content-length", b"2")]})
+            await send({"type": "http.response.body", "body": b"ok"})
             return
         if path == "/early":  # answered before the body is read
             await send({"type": "http.response.start", "status": 200,
@@ -334,6 +343,57 @@ def test_a_kept_alive_connection_is_closed_quietly_after_timeout_keep_alive() ->
             assert 0.25 <= time.monotonic() - answered < 1.0
             await until(lambda: not n.gate.members)
             assert cut_since(before) == {}
+            assert n.state.total_requests == 2  # uvicorn's count (limit_max_requests reads it)
+
+    run(main())
+
+
+def test_a_request_held_past_header_timeout_is_then_kept_alive_for_keep_alive_only() -> None:
+    """The connection's timer fires while the application holds the request (no deadline
+    then) and must still be there for the keep-alive deadline after the answer."""
+    async def main() -> None:
+        async with node(keep_alive=0.3, header_timeout=0.15) as n:
+            reader, writer = await n.connect()
+            writer.write(get("/hold"))
+            await until(lambda: n.app.holding == 1)
+            await asyncio.sleep(0.3)  # past header_timeout, answered by nobody yet
+            n.app.release.set()
+            assert await read_response(reader) == OK
+            answered = time.monotonic()
+            assert await read_all(reader) == b""  # closed, nothing said
+            assert 0.25 <= time.monotonic() - answered < 1.0
+            await until(lambda: not n.gate.members)
+
+    run(main())
+
+
+def test_reading_resumes_after_an_answer_that_left_a_large_body_unread() -> None:
+    """uvicorn stops reading a connection whose unread body passes 64 KiB; the answer
+    lets it read again (the gate's on_response_complete keeps uvicorn's)."""
+    async def main() -> None:
+        async with node(body_timeout=5) as n:
+            reader, writer = await n.connect()
+            size = 1 << 20
+            writer.write(post_head("/ignore", size) + b"x" * size + get())
+            assert await read_response(reader) == OK
+            assert await read_response(reader) == OK  # the next request, read at last
+            assert n.app.paths == ["/ignore", "/"]
+
+    run(main())
+
+
+def test_a_closed_connection_leaves_no_timer_holding_it() -> None:
+    async def main() -> None:
+        async with node(header_timeout=30) as n:
+            reader, writer = await n.connect()
+            writer.write(get())
+            assert await read_response(reader) == OK
+            protocol = weakref.ref(next(iter(n.state.connections)))
+            writer.transport.abort()
+            await until(lambda: not n.gate.members and not n.state.connections)
+            await asyncio.sleep(0.05)
+            gc.collect()
+            assert protocol() is None  # no timer of its deadlines keeps it for 30 s
 
     run(main())
 

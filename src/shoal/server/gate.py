@@ -67,7 +67,8 @@ class Phase:
 
 HEADERS = Phase("headers", "header_timeout")
 BODY = Phase("body", "body_timeout")
-# kept alive with no request for uvicorn's timeout_keep_alive: closed, nothing answered
+# kept alive with no request for uvicorn's timeout_keep_alive: closed, nothing answered;
+# mutate: harmless constant (closed with no answer and no count: these words are never shown)
 IDLE = Phase("next request", "timeout_keep_alive")
 
 
@@ -209,7 +210,9 @@ class GatedHttp(HttpToolsProtocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(Corked(transport, self.loop))  # type: ignore[arg-type]
         self._timer: asyncio.TimerHandle | None = None
+        # mutate: harmless delete (declared: _arm below sets both; a refused one reads neither)
         self._deadline: float | None = None  # loop time the phase below must end by
+        # mutate: harmless delete (the same)
         self._phase = HEADERS
         self._in_head = True  # between requests, or inside a request's line and headers
         self._head_bytes = 0
@@ -219,6 +222,9 @@ class GatedHttp(HttpToolsProtocol):
         self._lingering = False
         if refusal is not None:
             self._refuse(refusal)
+            # Without this, the deadline armed below would never fire: the linger timer is
+            # sooner, is kept, and closes it (and connection_lost cancels any timer).
+            # mutate: harmless delete (the linger timer closes it first)
             return
         self._settle()
         self._arm(HEADERS, self.gate.header_timeout)
@@ -285,7 +291,7 @@ class GatedHttp(HttpToolsProtocol):
         timer per request for it, and cancels it at the next request's first byte)."""
         self.server_state.total_requests += 1
         if self.transport.is_closing():
-            return
+            return  # mutate: harmless delete (its deadline goes at connection_lost, at once)
         self.flow.resume_reading()
         if self.pipeline:  # the next request is here already
             cycle, app = self.pipeline.pop()
@@ -296,8 +302,11 @@ class GatedHttp(HttpToolsProtocol):
 
     def _settle(self) -> None:
         """Tell the gate whether this connection may make room for a new one."""
+        # Defensive: a closed transport feeds the parser nothing more, and
+        # on_response_complete returns first on one.
+        # mutate: harmless (defensive: see above)
         if not self._admitted or self.transport.is_closing():
-            return
+            return  # mutate: harmless delete (the same)
         if not self._in_head:
             self.gate.receiving(self)  # its body is on the way
         elif self.cycle is None or self.cycle.response_complete:
@@ -323,8 +332,12 @@ class GatedHttp(HttpToolsProtocol):
         self._deadline = deadline
         self._phase = phase
         timer = self._timer
+        # mutate: harmless compare (a timer for the same moment either way)
         if timer is None or timer.when() > deadline:
             if timer is not None:
+                # (left alone, it would fire later, find the deadline handled or not yet
+                # due, and do what the new one does)
+                # mutate: harmless delete (see above)
                 timer.cancel()
             self._timer = self.loop.call_at(deadline, self._due)
 
@@ -332,20 +345,21 @@ class GatedHttp(HttpToolsProtocol):
         self._deadline = None  # the timer, if any, finds nothing due
 
     def _cancel(self) -> None:
-        self._deadline = None
+        """The connection ends (or leaves the gate): no deadline, no timer holding it."""
+        self._deadline = None  # mutate: harmless delete (no timer is left to read it)
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
+            self._timer = None  # mutate: harmless delete (nothing arms the connection again)
 
     def _due(self) -> None:
         self._timer = None
         deadline = self._deadline
         if deadline is None:
             return
+        # mutate: harmless compare (at the very deadline, a timer for now or the answer now)
         if self.loop.time() < deadline:  # the phase began after this timer was made
             self._timer = self.loop.call_at(deadline, self._due)
             return
-        self._deadline = None
         phase = self._phase
         if phase is IDLE:  # kept alive long enough with no request: closed, as uvicorn does
             if not self.transport.is_closing():
