@@ -80,6 +80,25 @@ def test_a_cut_made_meanwhile_by_another_node_wins() -> None:
     assert [gens.read_cut(store, "db", "t", i) for i in range(3)] == [12, 19, 30]
 
 
+class Stalled(MemoryStore):
+    """This node's create of a chunk stalls in flight; another node, which took over
+    meanwhile, creates it first; then the stalled request reaches the store."""
+
+    def put(self, key: str, data: bytes, *, if_none_match: str | None = None,
+            if_match: str | None = None) -> str:
+        if if_none_match == "*" and not getattr(self, "stalled", False):
+            self.stalled = True
+            super().put(key, b'{"cuts": [7]}', if_none_match="*")  # the other node's
+        return super().put(key, data, if_none_match=if_none_match, if_match=if_match)
+
+
+def test_a_stalled_first_cut_released_after_another_node_made_it_loses() -> None:
+    store = Stalled()
+    assert gens.make_cut(store, "db", "t", 0, 12) == 7  # the store refused the late create
+    assert gens.count_cuts(store, "db", "t") == 1
+    assert gens.read_cut(store, "db", "t", 0) == 7
+
+
 def test_cuts_are_counted_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     """Counting probes chunks (a few requests, however many there are)."""
     monkeypatch.setattr(gens, "CHUNK", 3)

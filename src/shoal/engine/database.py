@@ -606,12 +606,10 @@ class Database:
             out = await self._off_loop(conn, self._read_on, conn, statements, self.limits)
             if out.elapsed <= INLINE_BUDGET and out.widest <= INLINE_VALUE_BYTES and \
                     generation == self.schema_generation:
-                if generation != self._cheap_generation:  # what was cheap was, before
-                    self.known_cheap.clear()
-                    self._cheap_generation = generation
+                cheap = self._cheap_under(generation)
                 for stmt in statements:  # cheap, under this schema: next time inline
                     if len(stmt.sql) <= INLINE_SQL_CHARS:
-                        self.known_cheap.add(stmt.sql)
+                        cheap.add(stmt.sql)
             return out, txid
         finally:
             self._give_reader(conn)
@@ -634,9 +632,8 @@ class Database:
         if self.inline_after and time.monotonic() < self.inline_after:
             return False
         generation = self.schema_generation
-        if generation != self._cheap_generation:
-            self.known_cheap.clear()
-            self._cheap_generation = generation
+        if generation != self._cheap_generation:  # nothing is known cheap under it yet
+            self._cheap_under(generation)
             return False
         if conn.schema_generation != generation:
             return False
@@ -644,6 +641,13 @@ class Database:
         if len(statements) == 1:
             return hash(statements[0].sql) in cheap
         return all(hash(stmt.sql) in cheap for stmt in statements)
+
+    def _cheap_under(self, generation: int) -> RecentTexts:
+        """The texts known cheap under schema ``generation``: forgotten once it moved."""
+        if generation != self._cheap_generation:
+            self.known_cheap.clear()
+            self._cheap_generation = generation
+        return self.known_cheap
 
     def _overran(self, sql: str, held: float) -> None:
         """A statement known cheap was not, this time (its data grew): it runs on a worker
